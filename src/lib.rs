@@ -1,1 +1,20 @@
-pub fn x(){}
+//! webtune: fine-tune small pretrained language models inside a browser tab, on WebGPU through
+//! burn, with a CPU fallback inside wasm. The same core backs the native CLI `webtune`.
+//!
+//! The data path reads in one direction: data → token batches → train → models → metrics.
+
+pub mod backend;
+pub mod data;
+pub mod error;
+pub mod models;
+pub mod platform;
+pub mod rng;
+pub mod train;
+
+#[cfg(target_arch = "wasm32")]
+pub mod web;
+
+pub use error::{Code, Error, Result};
+
+/// The crate version, shown by the page and the CLI.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

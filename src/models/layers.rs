@@ -1,0 +1,69 @@
+//! Building blocks shared by the model families.
+
+use burn::module::Param;
+use burn::nn::{LayerNorm, LayerNormConfig, Linear};
+use burn::prelude::*;
+use burn::tensor::activation::softmax;
+use burn::tensor::{Bool, TensorData};
+
+use crate::rng::Rng;
+
+/// A parameter drawn from N(0, std²) with webtune's own generator, identical on every backend.
+pub fn normal_param<const D: usize>(
+    rng: &mut Rng,
+    shape: [usize; D],
+    std: f64,
+    device: &Device,
+) -> Param<Tensor<D>> {
+    let n = shape.iter().product();
+    Param::from_data(TensorData::new(rng.normal_vec(n, std), shape), device)
+}
+
+/// A `Linear` layer (weight stored `[d_in, d_out]`, as burn and Hugging Face's Conv1D do) with
+/// normal-initialised weights and a zero bias.
+pub fn linear(
+    rng: &mut Rng,
+    d_in: usize,
+    d_out: usize,
+    std: f64,
+    bias: bool,
+    device: &Device,
+) -> Linear {
+    Linear {
+        weight: normal_param(rng, [d_in, d_out], std, device),
+        bias: bias.then(|| Param::from_data(TensorData::zeros::<f32, _>([d_out]), device)),
+    }
+}
+
+pub fn layer_norm(d_model: usize, epsilon: f64, device: &Device) -> LayerNorm {
+    LayerNormConfig::new(d_model)
+        .with_epsilon(epsilon)
+        .init(device)
+}
+
+/// Split `[B, T, H·Dh]` into heads: `[B, H, T, Dh]`.
+pub fn split_heads(x: Tensor<3>, n_heads: usize) -> Tensor<4> {
+    let [b, t, d] = x.dims();
+    x.reshape([b, t, n_heads, d / n_heads]).swap_dims(1, 2)
+}
+
+/// Merge heads back: `[B, H, T, Dh]` → `[B, T, H·Dh]`.
+pub fn merge_heads(x: Tensor<4>) -> Tensor<3> {
+    let [b, h, t, dh] = x.dims();
+    x.swap_dims(1, 2).reshape([b, t, h * dh])
+}
+
+/// Scaled dot-product attention with a causal mask, on `[B, H, T, Dh]` tensors.
+pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
+    let [b, h, t, dh] = q.dims();
+    let scores = q
+        .matmul(k.swap_dims(2, 3))
+        .mul_scalar(1.0 / (dh as f64).sqrt());
+    // `tril_mask` is true strictly above the diagonal: the future positions a token must not see.
+    // f32::MIN rather than -inf keeps softmax finite on every backend (as transformers does).
+    let future = Tensor::<2, Bool>::tril_mask([t, t], 0, &scores.device())
+        .unsqueeze::<4>()
+        .expand([b, h, t, t]);
+    let weights = softmax(scores.mask_fill(future, f32::MIN), 3);
+    weights.matmul(v)
+}

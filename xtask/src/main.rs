@@ -1,1 +1,133 @@
-fn main(){}
+//! Developer tasks for webtune, run as `cargo xtask <command>` (an alias in
+//! .cargo/config.toml), so the only prerequisites are Rust and Node.js.
+
+mod serve;
+mod test_all;
+mod util;
+mod wasm;
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Developer tasks for webtune"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Compile webtune to wasm and generate www/pkg (wasm-bindgen, then wasm-opt for
+    /// release), and copy the page's vendored libraries into www/vendor.
+    BuildWasm {
+        /// Cargo profile; release also runs wasm-opt (several minutes).
+        #[arg(long, value_enum, default_value_t = Profile::Release)]
+        profile: Profile,
+    },
+    /// Build the page and serve www/ with cross-origin isolation headers.
+    Serve {
+        /// Port to listen on (0 picks a free one).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Address to listen on; the default keeps the server private to this machine.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: IpAddr,
+        /// Cargo profile for the wasm build; release also runs wasm-opt.
+        #[arg(long, value_enum, default_value_t = Profile::Release)]
+        profile: Profile,
+    },
+    /// Run every test: native `cargo test`, then the browser tests in tests/e2e,
+    /// installing what they need (wasm target, Debian chromium, npm packages).
+    Test {
+        /// Only the browser tests (skip `cargo test`).
+        #[arg(long, conflicts_with = "native_only")]
+        e2e_only: bool,
+        /// Only `cargo test` (skip the browser tests).
+        #[arg(long)]
+        native_only: bool,
+        /// Run only tests whose name matches: passed to `cargo test` as its filter and to
+        /// `node --test-name-pattern`.
+        filter: Option<String>,
+    },
+}
+
+/// The cargo profile the wasm module is built with.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, ValueEnum)]
+pub enum Profile {
+    Release,
+    Dev,
+}
+
+impl Profile {
+    /// The directory under `target/<triple>/` cargo writes this profile to.
+    pub fn cargo_dir(self) -> &'static str {
+        match self {
+            Profile::Release => "release",
+            Profile::Dev => "debug",
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // Printed by hand rather than by returning the error from main, which would
+            // add a stack backtrace of xtask itself whenever RUST_BACKTRACE is set (it is
+            // in CI); the failing step's own output is what matters.
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> Result<()> {
+    match task {
+        Task::BuildWasm { profile } => wasm::build_wasm(profile),
+        Task::Serve {
+            port,
+            host,
+            profile,
+        } => {
+            // build_wasm also installs the npm packages and vendors the page's libraries.
+            wasm::build_wasm(profile)?;
+            prepare_models()?;
+            let root = util::repo_root().join("www");
+            let server = serve::serve_dir(&root, SocketAddr::new(host, port))
+                .context("cannot start the server")?;
+            println!(
+                "xtask: serving {} at http://{}/",
+                root.display(),
+                server.addr()
+            );
+            server.wait();
+            Ok(())
+        }
+        Task::Test {
+            e2e_only,
+            native_only,
+            filter,
+        } => test_all::test(&test_all::TestOptions {
+            native: !e2e_only,
+            browser: !native_only,
+            filter,
+        }),
+    }
+}
+
+/// Fetches the default models the page offers into `www/models/`, skipping those
+/// already there. No default models are defined yet, so there is nothing to fetch.
+pub fn prepare_models() -> Result<()> {
+    Ok(())
+}

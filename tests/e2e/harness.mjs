@@ -1,0 +1,240 @@
+// Shared helpers for webtune's browser tests (node --test, playwright-core driving the system
+// chromium; browsers are never downloaded). Every wait has a timeout whose message says what was
+// being waited for: a wasm panic can leave promises unsettled, and a test must fail, not hang.
+//
+// Environment (set by `cargo xtask test`):
+//   WEBTUNE_URL        the page, served with COOP/COEP/CSP (default http://127.0.0.1:8080/)
+//   WEBTUNE_CLI        the native webtune binary (for parity checks)
+//   CHROMIUM           chromium executable (default /usr/bin/chromium)
+//   WEBTUNE_ARTIFACTS  where screenshots and JSON go (default ./test-artifacts)
+
+import { chromium } from "playwright-core";
+import { execFileSync } from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
+
+export const BASE_URL = process.env.WEBTUNE_URL ?? "http://127.0.0.1:8080/";
+export const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
+export const ARTIFACTS = path.resolve(process.env.WEBTUNE_ARTIFACTS ?? "test-artifacts");
+export const CLI = process.env.WEBTUNE_CLI ?? null;
+
+// Headless chromium with --enable-unsafe-webgpu exposes a SwiftShader (fallback) WebGPU adapter
+// when there is no GPU. Do not add --use-angle=swiftshader or --enable-unsafe-swiftshader: they
+// break WebGPU.
+export const CHROMIUM_ARGS = [
+  "--no-sandbox",
+  "--enable-unsafe-webgpu",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+  "--no-first-run",
+  "--disable-quic",
+];
+
+/** Reject with "timed out after N ms waiting for <what>" unless `promise` settles first. */
+export function withTimeout(promise, ms, what) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
+  });
+  return Promise.race([Promise.resolve(promise), timeout]).finally(() => clearTimeout(timer));
+}
+
+export async function launchBrowser() {
+  return withTimeout(
+    chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS }),
+    60_000,
+    `chromium (${CHROMIUM}) to launch`,
+  );
+}
+
+/** The page URL with query parameters, e.g. `{backend: "cpu"}`. */
+export function pageUrl(params = {}) {
+  const url = new URL(BASE_URL);
+  for (const [key, value] of Object.entries(params)) url.searchParams.set(key, String(value));
+  return url.href;
+}
+
+export function artifactPath(name) {
+  fs.mkdirSync(ARTIFACTS, { recursive: true });
+  return path.join(ARTIFACTS, name);
+}
+
+export function writeArtifactJson(name, data) {
+  fs.writeFileSync(artifactPath(name), JSON.stringify(data, null, 2) + "\n");
+}
+
+function slug(text) {
+  return text.replace(/[^A-Za-z0-9._-]+/g, "-").replace(/^-+|-+$/g, "").slice(0, 80) || "test";
+}
+
+/**
+ * Open the page in a fresh context, recording page errors, console errors (page and workers),
+ * worker console output and every request (workers' requests too: they are reported on the
+ * context). Returns `{context, page, log, url}`.
+ */
+export async function openPage(browser, params = {}) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const log = {
+    pageErrors: [],
+    consoleErrors: [],
+    console: [],
+    workerConsole: [],
+    workers: [],
+    requests: [],
+    failedRequests: [],
+    crashed: false,
+  };
+  context.on("request", (r) => log.requests.push({ url: r.url(), method: r.method(), type: r.resourceType() }));
+  context.on("requestfailed", (r) => log.failedRequests.push({ url: r.url(), failure: r.failure()?.errorText ?? "?" }));
+  const page = await context.newPage();
+  page.on("pageerror", (e) => log.pageErrors.push(String(e?.stack ?? e)));
+  page.on("crash", () => (log.crashed = true));
+  page.on("worker", (w) => log.workers.push(w.url()));
+  // Console messages from dedicated workers arrive on the page too, with `worker()` set.
+  page.on("console", (m) => {
+    const entry = { type: m.type(), text: m.text() };
+    const worker = m.worker();
+    if (worker) {
+      entry.worker = worker.url();
+      log.workerConsole.push(entry);
+    } else {
+      log.console.push(entry);
+    }
+    if (m.type() === "error") log.consoleErrors.push(worker ? `[worker] ${m.text()}` : m.text());
+  });
+  const url = pageUrl(params);
+  try {
+    await withTimeout(page.goto(url, { waitUntil: "load" }), 30_000, `the page ${url} to load`);
+  } catch (e) {
+    await context.close().catch(() => {});
+    throw e;
+  }
+  return { context, page, log, url };
+}
+
+/** Screenshot and JSON dump of a page, saved under WEBTUNE_ARTIFACTS as `failure-<name>.*`. */
+export async function saveFailureArtifacts(name, { page, log }) {
+  const base = `failure-${slug(name)}`;
+  try {
+    await withTimeout(page.screenshot({ path: artifactPath(`${base}.png`), fullPage: true }), 15_000, "a failure screenshot");
+  } catch (e) {
+    console.error(`could not save ${base}.png: ${e.message}`);
+  }
+  const state = await snapshot(page);
+  writeArtifactJson(`${base}.json`, { log, state });
+  console.error(`saved ${path.join(ARTIFACTS, base)}.{png,json}`);
+}
+
+/**
+ * Run `fn({context, page, log, url})` on a freshly opened page; on failure save a screenshot and
+ * the logs to WEBTUNE_ARTIFACTS; always close the context.
+ */
+export async function withPage(name, browser, params, fn) {
+  const handle = await openPage(browser, params);
+  try {
+    return await fn(handle);
+  } catch (e) {
+    await saveFailureArtifacts(name, handle);
+    throw e;
+  } finally {
+    await withTimeout(handle.context.close(), 15_000, "the browser context to close").catch(() => {});
+  }
+}
+
+// A serialisable view of window.webtune, evaluated in the page (for failure messages).
+const SNAPSHOT_SOURCE = `(() => {
+  const w = window.webtune;
+  if (!w) return { webtune: "missing" };
+  return {
+    backend: w.backend,
+    workerState: w.workerState,
+    generation: w.generation,
+    backendChoice: w.backendChoice,
+    runs: w.runs.map((r) => ({ ...r, progress: r.progress.length + " messages", last: r.progress.at(-1) ?? null })),
+    status: document.querySelector("[data-testid=status]")?.textContent,
+    alerts: [...document.querySelectorAll("[data-testid=error]")].map((a) => a.textContent),
+  };
+})()`;
+
+/** A serialisable summary of window.webtune (for failure messages). */
+export async function snapshot(page) {
+  try {
+    return await withTimeout(page.evaluate(SNAPSHOT_SOURCE), 5_000, "a state snapshot");
+  } catch (e) {
+    return { unavailable: e.message };
+  }
+}
+
+/**
+ * Wait until `predicate(arg)` (evaluated in the page) is truthy; returns its value. On timeout
+ * the error says what was awaited and includes a snapshot of window.webtune.
+ */
+export async function waitInPage(page, predicate, arg, ms, what) {
+  try {
+    const handle = await page.waitForFunction(predicate, arg, { timeout: ms, polling: 100 });
+    const value = await handle.jsonValue();
+    await handle.dispose();
+    return value;
+  } catch (e) {
+    const state = await snapshot(page);
+    throw new Error(`timed out after ${ms} ms waiting for ${what} (${e.message.split("\n")[0]})\npage state: ${JSON.stringify(state, null, 1).slice(0, 4000)}`);
+  }
+}
+
+/** Wait for the first backend message of the page's worker (window.webtune.ready). */
+export async function waitForBackend(page, ms = 90_000) {
+  return withTimeout(page.evaluate(() => window.webtune.ready), ms, "the worker's backend message (window.webtune.ready)");
+}
+
+/** Wait until run number `index` (0-based, in window.webtune.runs) has ended; returns it. */
+export async function waitForRunEnd(page, index, ms, what) {
+  return waitInPage(
+    page,
+    (i) => {
+      const run = window.webtune.runs[i];
+      return run && run.status !== "running" && run.status !== "cancelling" ? run : null;
+    },
+    index,
+    ms,
+    what,
+  );
+}
+
+/** The page and worker logs must hold no errors. */
+export function assertCleanLog(assert, log, what = "the page") {
+  assert.deepEqual(log.pageErrors, [], `${what}: uncaught page errors`);
+  assert.deepEqual(log.consoleErrors, [], `${what}: console errors (page and workers)`);
+  assert.equal(log.crashed, false, `${what}: the renderer crashed`);
+}
+
+/** Run the native CLI's toy training with `config`; returns its JSON summary. */
+export function nativeToy(config, timeoutMs = 300_000) {
+  if (!CLI) throw new Error("WEBTUNE_CLI is not set (cargo xtask test sets it to the native webtune binary)");
+  const stdout = execFileSync(CLI, ["toy", "--config", JSON.stringify(config), "--json"], {
+    encoding: "utf8",
+    timeout: timeoutMs,
+    maxBuffer: 64 * 1024 * 1024,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const line = stdout.trim().split("\n").filter(Boolean).at(-1);
+  try {
+    return JSON.parse(line);
+  } catch (e) {
+    throw new Error(`the native CLI printed no JSON summary (${e.message}); stdout:\n${stdout.slice(0, 2000)}`);
+  }
+}
+
+/** Largest |a[i] - b[i]| over the first `n` entries (default: all), with its index. */
+export function maxAbsDiff(a, b, n = Math.min(a.length, b.length)) {
+  let max = 0;
+  let at = -1;
+  for (let i = 0; i < n; i++) {
+    const d = Math.abs(a[i] - b[i]);
+    if (!(d <= max)) {
+      max = d;
+      at = i;
+    }
+  }
+  return { max, at };
+}

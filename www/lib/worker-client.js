@@ -1,0 +1,210 @@
+// Page-side handle on the compute worker (protocol: see the comment at the top of worker.js).
+// Owns one worker per backend choice, turns replies into events and run promises, and keeps a
+// watchdog: a fatal error terminates the worker (promises of its runs settle with that error) and
+// a worker that stays silent while busy is reported as unresponsive, so the page never waits forever.
+
+/**
+ * Events (subscribe with `on(type, fn)`; `on` returns an unsubscribe function):
+ *   "state"    {state, generation}   state: "starting" | "ready" | "busy" | "crashed"
+ *   "backend"  the worker's backend message
+ *   "progress" the worker's progress message
+ *   "error"    {error: {code, message, details}, fatal, id}  errors not tied to a run, and fatal ones
+ *   "stalled"  {silentMs, state}     no message for `watchdogMs` while starting or busy
+ */
+export class WorkerClient {
+  /**
+   * @param {object} options
+   * @param {URL} options.workerUrl   module URL of worker.js
+   * @param {string} options.backend  "auto" | "webgpu" | "cpu"
+   * @param {number} [options.watchdogMs]  silence (while starting or busy) before "stalled"
+   */
+  constructor({ workerUrl, backend, watchdogMs = 60_000 }) {
+    this.workerUrl = workerUrl;
+    this.backendChoice = backend;
+    this.watchdogMs = watchdogMs;
+    this.worker = null;
+    this.generation = 0;
+    this.state = "starting";
+    this.backend = null;
+    this.lastError = null;
+    this.listeners = new Map();
+    this.pending = new Map(); // run id → resolve({summary} | {error})
+    this.nextId = 1;
+    this.lastMessageAt = 0;
+    this.stallReported = false;
+    this.readyWaiters = [];
+    this.watchdogTimer = setInterval(() => this.checkWatchdog(), 1000);
+  }
+
+  on(type, fn) {
+    if (!this.listeners.has(type)) this.listeners.set(type, new Set());
+    this.listeners.get(type).add(fn);
+    return () => this.listeners.get(type)?.delete(fn);
+  }
+
+  emit(type, detail) {
+    for (const fn of this.listeners.get(type) ?? []) {
+      try {
+        fn(detail);
+      } catch (e) {
+        console.error(`webtune: a "${type}" listener failed`, e);
+      }
+    }
+  }
+
+  setState(state) {
+    this.state = state;
+    this.emit("state", { state, generation: this.generation });
+  }
+
+  /** Start a fresh worker for the current backend choice (terminating any previous one). */
+  start() {
+    this.stop("worker.restarted", "The worker was restarted; this run was abandoned.");
+    this.generation += 1;
+    this.backend = null;
+    this.lastError = null;
+    this.stallReported = false;
+    this.lastMessageAt = performance.now();
+    const generation = this.generation;
+    const worker = new Worker(this.workerUrl, { type: "module", name: `webtune-${this.backendChoice}-${generation}` });
+    this.worker = worker;
+    worker.addEventListener("message", (event) => {
+      if (this.worker === worker) this.handleMessage(event.data);
+    });
+    worker.addEventListener("error", (event) => {
+      // Reaches the page only when the worker could not handle it itself: the script failed to
+      // load or parse, or it crashed before installing its own handlers.
+      if (this.worker !== worker) return;
+      event.preventDefault?.();
+      const message = event.message || "The worker script failed to load or crashed.";
+      this.fail({ code: "worker.crashed", message, details: { filename: event.filename ?? null, lineno: event.lineno ?? null } });
+    });
+    worker.addEventListener("messageerror", () => {
+      if (this.worker !== worker) return;
+      this.emit("error", { id: null, fatal: false, error: { code: "worker.protocol", message: "A message from the worker could not be decoded." } });
+    });
+    this.setState("starting");
+    worker.postMessage({ type: "init", backend: this.backendChoice });
+  }
+
+  /** Terminate the worker now; runs still pending settle with `{error: {code, message}}`. */
+  stop(code = "worker.terminated", message = "The worker was stopped; this run was abandoned.") {
+    if (this.worker) {
+      this.worker.terminate();
+      this.worker = null;
+    }
+    this.settleAll({ code, message });
+  }
+
+  /** Switch backend: a new worker (one worker per backend choice). */
+  setBackend(choice) {
+    if (choice === this.backendChoice && this.worker) return;
+    this.backendChoice = choice;
+    this.start();
+  }
+
+  restart() {
+    this.start();
+  }
+
+  /** Resolves with the backend message of the current worker; rejects if it fails first. */
+  whenReady() {
+    if (this.backend && this.state !== "crashed") return Promise.resolve(this.backend);
+    if (this.state === "crashed") return Promise.reject(errorObject(this.lastError));
+    return new Promise((resolve, reject) => this.readyWaiters.push({ resolve, reject }));
+  }
+
+  /**
+   * Start a toy run. Returns `{id, result}`; `result` always settles, with `{summary}` or
+   * `{error}` (also when the worker crashes or is replaced mid-run).
+   */
+  trainToy(config) {
+    const id = `run-${this.generation}-${this.nextId++}`;
+    const result = new Promise((resolve) => this.pending.set(id, resolve));
+    if (!this.worker || this.state === "crashed") {
+      this.settle(id, { error: { code: "worker.crashed", message: "The worker is not running; restart it first." } });
+      return { id, result };
+    }
+    this.lastMessageAt = performance.now();
+    this.stallReported = false;
+    if (this.state === "ready") this.setState("busy");
+    this.worker.postMessage({ type: "train-toy", id, config });
+    return { id, result };
+  }
+
+  cancel() {
+    this.worker?.postMessage({ type: "cancel" });
+  }
+
+  handleMessage(message) {
+    this.lastMessageAt = performance.now();
+    this.stallReported = false;
+    switch (message?.type) {
+      case "backend":
+        this.backend = message;
+        this.emit("backend", message);
+        this.setState(this.pending.size > 0 ? "busy" : "ready");
+        for (const w of this.readyWaiters.splice(0)) w.resolve(message);
+        break;
+      case "progress":
+        this.emit("progress", message);
+        break;
+      case "done":
+        this.settle(message.id, { summary: message.summary });
+        break;
+      case "error":
+        if (message.fatal) {
+          this.fail(message.error, message.id);
+        } else if (message.id != null && this.pending.has(message.id)) {
+          this.settle(message.id, { error: message.error });
+        } else {
+          this.emit("error", { id: message.id ?? null, fatal: false, error: message.error });
+        }
+        break;
+      default:
+        console.warn("webtune: unknown message from the worker", message);
+    }
+  }
+
+  settle(id, outcome) {
+    const resolve = this.pending.get(id);
+    if (!resolve) return;
+    this.pending.delete(id);
+    resolve(outcome);
+    if (this.pending.size === 0 && this.state === "busy" && this.worker) this.setState("ready");
+  }
+
+  settleAll(error) {
+    for (const id of [...this.pending.keys()]) this.settle(id, { error });
+  }
+
+  /** A fatal error: terminate the worker, settle its runs, tell the page. */
+  fail(error, id = null) {
+    if (this.worker) {
+      this.worker.terminate();
+      this.worker = null;
+    }
+    this.lastError = error;
+    this.setState("crashed");
+    this.settleAll(error);
+    for (const w of this.readyWaiters.splice(0)) w.reject(errorObject(error));
+    this.emit("error", { id, fatal: true, error });
+  }
+
+  checkWatchdog() {
+    if (!this.worker || this.stallReported) return;
+    if (this.state !== "starting" && this.state !== "busy") return;
+    const silentMs = performance.now() - this.lastMessageAt;
+    if (silentMs > this.watchdogMs) {
+      this.stallReported = true;
+      this.emit("stalled", { silentMs, state: this.state });
+    }
+  }
+}
+
+function errorObject(error) {
+  const e = new Error(error?.message ?? "the worker failed");
+  e.code = error?.code ?? "worker.crashed";
+  e.details = error?.details;
+  return e;
+}

@@ -62,6 +62,8 @@ pub struct BackendInfo {
 #[derive(Debug, Clone)]
 pub struct Backend {
     pub device: Device,
+    /// The same device without autodiff, for inference (no graph is recorded).
+    pub inference: Device,
     pub info: BackendInfo,
 }
 
@@ -69,6 +71,7 @@ impl Backend {
     pub fn cpu() -> Self {
         Self {
             device: Device::flex().autodiff(),
+            inference: Device::flex(),
             info: BackendInfo {
                 backend: BackendKind::Cpu,
                 adapter: None,
@@ -97,6 +100,7 @@ impl Backend {
         let info = setup.adapter.get_info();
         let limits = setup.device.limits();
         let backend = Self {
+            inference: device.clone(),
             device: device.autodiff(),
             info: BackendInfo {
                 backend: BackendKind::Webgpu,

@@ -17,6 +17,24 @@ pub enum Code {
     DeviceLost,
     /// Training produced a NaN or infinite loss.
     NonFiniteLoss,
+    /// A file the model needs (config.json, weights…) is not among those given.
+    ModelMissingFile,
+    /// An operation needs a model and none is loaded.
+    ModelNotLoaded,
+    /// The checkpoint's architecture is not one webtune implements.
+    UnsupportedArchitecture,
+    /// The model's config.json is malformed or inconsistent.
+    ModelConfigInvalid,
+    /// A weight tensor's shape disagrees with the config.
+    ShapeMismatch,
+    /// A weights file ends before the data its header promises.
+    WeightsTruncated,
+    /// A weights file is malformed (bad header, bad offsets, unsupported dtype).
+    WeightsCorrupt,
+    /// A weight tensor the model needs is not in the checkpoint.
+    WeightsMissingTensor,
+    /// tokenizer.json could not be read or used.
+    TokenizerInvalid,
     /// Something inside webtune went wrong that is not the user's fault.
     Internal,
 }
@@ -28,6 +46,15 @@ impl Code {
             Code::DeviceUnavailable => "device.unavailable",
             Code::DeviceLost => "device.lost",
             Code::NonFiniteLoss => "train.non_finite_loss",
+            Code::ModelMissingFile => "model.missing_file",
+            Code::ModelNotLoaded => "model.not_loaded",
+            Code::UnsupportedArchitecture => "model.unsupported_architecture",
+            Code::ModelConfigInvalid => "model.config_invalid",
+            Code::ShapeMismatch => "model.shape_mismatch",
+            Code::WeightsTruncated => "weights.truncated",
+            Code::WeightsCorrupt => "weights.corrupt",
+            Code::WeightsMissingTensor => "weights.missing_tensor",
+            Code::TokenizerInvalid => "tokenizer.invalid",
             Code::Internal => "internal",
         }
     }

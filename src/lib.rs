@@ -6,6 +6,8 @@
 pub mod backend;
 pub mod data;
 pub mod error;
+pub mod eval;
+pub mod io;
 pub mod models;
 pub mod platform;
 pub mod rng;

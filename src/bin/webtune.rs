@@ -1,11 +1,17 @@
 //! `webtune`: the native command line on the same core as the browser build (CPU backend by
 //! default; `--backend webgpu` uses burn's wgpu backend on Vulkan/Metal where one exists).
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use serde::Serialize;
+use serde_json::json;
 use webtune::backend::{Backend, BackendKind};
+use webtune::eval::generate::{generate, GenerateOptions};
+use webtune::io::hf::ModelFiles;
+use webtune::models::loaded::LoadedModel;
 use webtune::train::toy::{train_toy, ToyTrainConfig};
 use webtune::Error;
 
@@ -25,6 +31,51 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Architecture, parameter count, sizes and stored dtype of a model.
+    Info {
+        /// A model folder in Hugging Face layout.
+        model: PathBuf,
+    },
+    /// Run the model on a text (or token ids) and print the last position's logits.
+    Forward {
+        model: PathBuf,
+        #[arg(long, conflicts_with = "ids")]
+        text: Option<String>,
+        /// Comma-separated token ids instead of text.
+        #[arg(long, value_delimiter = ',')]
+        ids: Option<Vec<u32>>,
+    },
+    /// Continue a prompt.
+    Generate {
+        model: PathBuf,
+        #[arg(long, conflicts_with = "ids")]
+        prompt: Option<String>,
+        /// Comma-separated prompt token ids instead of text.
+        #[arg(long, value_delimiter = ',')]
+        ids: Option<Vec<u32>>,
+        #[arg(long, default_value_t = 32)]
+        max_new_tokens: usize,
+        /// Always pick the most likely token.
+        #[arg(long)]
+        greedy: bool,
+        #[arg(long, default_value_t = 1.0)]
+        temperature: f32,
+        /// 0 turns top-k off.
+        #[arg(long, default_value_t = 50)]
+        top_k: usize,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        #[arg(long, default_value_t = 1.0)]
+        repetition_penalty: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Recompute every position for each token (to measure what the KV cache saves).
+        #[arg(long)]
+        no_cache: bool,
+        /// Keep going past the end-of-sequence token.
+        #[arg(long)]
+        ignore_eos: bool,
+    },
     /// Train the toy transformer on the copy task (the foundation's end-to-end check).
     Toy {
         /// Full configuration as a JSON object (same keys as the browser API's `trainToy`).
@@ -70,8 +121,162 @@ fn main() -> ExitCode {
     }
 }
 
+fn load(model: &Path) -> Result<LoadedModel, Error> {
+    let files = ModelFiles::from_dir(model)?;
+    // Inference needs no autodiff graph.
+    LoadedModel::load(files, &burn::tensor::Device::flex())
+}
+
+fn input_ids(
+    model: &LoadedModel,
+    text: &Option<String>,
+    ids: &Option<Vec<u32>>,
+) -> Result<Vec<u32>, Error> {
+    match (text, ids) {
+        (Some(text), _) => model.encode(text),
+        (None, Some(ids)) => Ok(ids.clone()),
+        (None, None) => Err(Error::config("give the input as --text/--prompt or --ids")),
+    }
+}
+
+fn print_json(value: &impl Serialize) -> Result<(), Error> {
+    println!("{}", serde_json::to_string(value).map_err(internal)?);
+    Ok(())
+}
+
 fn run(cli: &Cli) -> Result<(), Error> {
     match &cli.command {
+        Command::Info { model } => {
+            let model = load(model)?;
+            if cli.json {
+                print_json(&model.info)?;
+            } else {
+                let i = &model.info;
+                println!("architecture   {}", i.architecture);
+                println!(
+                    "parameters     {} ({:.1}M)",
+                    i.parameters,
+                    i.parameters as f64 / 1e6
+                );
+                println!("layers         {}", i.layers);
+                println!("hidden size    {}", i.hidden_size);
+                println!("heads          {}", i.heads);
+                println!("vocab size     {}", i.vocab_size);
+                println!("max positions  {}", i.max_positions);
+                println!("stored dtype   {}", i.dtype.join(", "));
+                println!(
+                    "tokenizer      {}",
+                    if i.has_tokenizer { "yes" } else { "no" }
+                );
+            }
+            Ok(())
+        }
+        Command::Forward { model, text, ids } => {
+            let model = load(model)?;
+            let ids = input_ids(&model, text, ids)?;
+            let logits = pollster::block_on(model.logits(&ids))?;
+            let last = logits.last().cloned().unwrap_or_default();
+            if cli.json {
+                print_json(&json!({ "input_ids": ids, "logits_last": last }))?;
+            } else {
+                let best = last
+                    .iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .map(|(i, _)| i)
+                    .unwrap_or(0);
+                println!("input ids: {ids:?}");
+                println!(
+                    "most likely next token: {best} (logit {:.4})",
+                    last.get(best).copied().unwrap_or(f32::NAN)
+                );
+            }
+            Ok(())
+        }
+        Command::Generate {
+            model,
+            prompt,
+            ids,
+            max_new_tokens,
+            greedy,
+            temperature,
+            top_k,
+            top_p,
+            repetition_penalty,
+            seed,
+            no_cache,
+            ignore_eos,
+        } => {
+            let model = load(model)?;
+            let prompt_ids = input_ids(&model, prompt, ids)?;
+            let opts = GenerateOptions {
+                max_new_tokens: *max_new_tokens,
+                greedy: *greedy,
+                temperature: *temperature,
+                top_k: *top_k,
+                top_p: *top_p,
+                repetition_penalty: *repetition_penalty,
+                seed: *seed,
+                use_cache: !no_cache,
+                stop_tokens: if *ignore_eos {
+                    vec![]
+                } else {
+                    model.eos_token_id.into_iter().collect()
+                },
+            };
+            let start = webtune::platform::now_ms();
+            let stream = !cli.json && model.tokenizer.is_some();
+            let mut shown = String::new();
+            let mut so_far = Vec::new();
+            let tokens = pollster::block_on(generate(
+                model.causal_lm(),
+                &model.device,
+                &prompt_ids,
+                &opts,
+                |t| {
+                    if stream {
+                        // Decode the whole continuation each time: a token can end mid-character.
+                        so_far.push(t);
+                        if let Some(Ok(text)) =
+                            model.tokenizer.as_ref().map(|tk| tk.decode(&so_far))
+                        {
+                            if let Some(new) = text.strip_prefix(shown.as_str()) {
+                                print!("{new}");
+                                let _ = std::io::stdout().flush();
+                            }
+                            shown = text;
+                        }
+                    }
+                    true
+                },
+            ))?;
+            let seconds = (webtune::platform::now_ms() - start) / 1e3;
+            let text = match &model.tokenizer {
+                Some(tk) => Some(tk.decode(&tokens)?),
+                None => None,
+            };
+            if cli.json {
+                print_json(&json!({
+                    "prompt_ids": prompt_ids,
+                    "generated_ids": tokens,
+                    "text": text,
+                    "tokens_per_s": tokens.len() as f64 / seconds.max(1e-9),
+                    "use_cache": opts.use_cache,
+                }))?;
+            } else {
+                if !stream {
+                    println!("{tokens:?}");
+                } else {
+                    println!();
+                }
+                eprintln!(
+                    "{} tokens in {seconds:.2}s ({:.1} tokens/s)",
+                    tokens.len(),
+                    tokens.len() as f64 / seconds.max(1e-9)
+                );
+            }
+            Ok(())
+        }
         Command::Toy {
             config,
             steps,

@@ -53,17 +53,62 @@ pub fn merge_heads(x: Tensor<4>) -> Tensor<3> {
     x.swap_dims(1, 2).reshape([b, t, h * dh])
 }
 
-/// Scaled dot-product attention with a causal mask, on `[B, H, T, Dh]` tensors.
+/// Scaled dot-product attention with a causal mask, on `[B, H, T, Dh]` tensors. Keys and values
+/// may be longer than the queries (`[B, H, S, Dh]`, S ≥ T, from a KV cache): the queries are then
+/// the last T of the S positions.
 pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
     let [b, h, t, dh] = q.dims();
+    let s = k.dims()[2];
     let scores = q
         .matmul(k.swap_dims(2, 3))
         .mul_scalar(1.0 / (dh as f64).sqrt());
-    // `tril_mask` is true strictly above the diagonal: the future positions a token must not see.
-    // f32::MIN rather than -inf keeps softmax finite on every backend (as transformers does).
-    let future = Tensor::<2, Bool>::tril_mask([t, t], 0, &scores.device())
+    // `tril_mask` is true strictly above the (shifted) diagonal: the future positions a token must
+    // not see. f32::MIN rather than -inf keeps softmax finite on every backend (as transformers does).
+    let future = Tensor::<2, Bool>::tril_mask([t, s], s as i64 - t as i64, &scores.device())
         .unsqueeze::<4>()
-        .expand([b, h, t, t]);
+        .expand([b, h, t, s]);
     let weights = softmax(scores.mask_fill(future, f32::MIN), 3);
     weights.matmul(v)
+}
+
+/// GELU with the tanh approximation (`gelu_new` / `gelu_pytorch_tanh` in transformers).
+/// Written with `x·x·x` rather than `powf(3)`: WGSL's `pow` is undefined for negative bases.
+pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+    let cube = x.clone() * x.clone() * x.clone();
+    let inner = (x.clone() + cube.mul_scalar(0.044715)).mul_scalar(SQRT_2_OVER_PI);
+    (x.clone() * (inner.tanh().add_scalar(1.0))).mul_scalar(0.5)
+}
+
+/// The activations config.json files name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// Exact GELU (erf form).
+    Gelu,
+    /// Tanh-approximated GELU.
+    GeluTanh,
+    Relu,
+    Silu,
+}
+
+impl Activation {
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "gelu" => Self::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Self::GeluTanh,
+            "relu" => Self::Relu,
+            "silu" | "swish" => Self::Silu,
+            _ => return None,
+        })
+    }
+
+    pub fn forward<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        use burn::tensor::activation::{gelu, relu, silu};
+        match self {
+            Self::Gelu => gelu(x),
+            Self::GeluTanh => gelu_tanh(x),
+            Self::Relu => relu(x),
+            Self::Silu => silu(x),
+        }
+    }
 }

@@ -1,5 +1,63 @@
 //! Model families. Each family reads top to bottom in its own file; building blocks shared by
 //! several families live in `layers`.
 
+pub mod gpt2;
 pub mod layers;
+pub mod llama;
+pub mod loaded;
 pub mod toy;
+
+use burn::prelude::*;
+
+/// A model that predicts the next token.
+pub trait CausalLm {
+    /// Token ids `[B, T]` → logits `[B, T, vocab]`, continuing `cache` when given.
+    fn forward(&self, tokens: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3>;
+    /// Longest sequence the model accepts.
+    fn max_positions(&self) -> usize;
+}
+
+impl CausalLm for gpt2::Gpt2 {
+    fn forward(&self, tokens: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
+        gpt2::Gpt2::forward(self, tokens, cache)
+    }
+    fn max_positions(&self) -> usize {
+        gpt2::Gpt2::max_positions(self)
+    }
+}
+
+impl CausalLm for llama::Llama {
+    fn forward(&self, tokens: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
+        llama::Llama::forward(self, tokens, cache)
+    }
+    fn max_positions(&self) -> usize {
+        llama::Llama::max_positions(self)
+    }
+}
+
+/// Keys and values of past positions, per layer, so that generating a token costs one position.
+#[derive(Debug, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    /// Positions cached so far.
+    pub len: usize,
+}
+
+impl KvCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Append this step's `k, v` (`[B, H, T, Dh]`) for `layer` and return the full sequences.
+    pub fn extend(&mut self, layer: usize, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+        if self.layers.len() <= layer {
+            self.layers.resize_with(layer + 1, || None);
+        }
+        let (k, v) = match self.layers[layer].take() {
+            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+            None => (k, v),
+        };
+        self.layers[layer] = Some((k.clone(), v.clone()));
+        (k, v)
+    }
+}

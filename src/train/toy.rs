@@ -18,6 +18,9 @@ use crate::models::toy::{ToyModel, ToyModelConfig};
 use crate::platform::{now_ms, yield_now};
 use crate::rng::Rng;
 
+/// Largest batch (in tokens) the toy task accepts.
+pub const MAX_TOY_BATCH_TOKENS: usize = 65_536;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ToyTrainConfig {
@@ -81,6 +84,15 @@ impl ToyTrainConfig {
                 "batch_size must be between 1 and 4096, got {}",
                 self.batch_size
             )));
+        }
+        // The toy model is a demo: keep a batch well inside what a tab can hold
+        // (4096 × 1024 tokens made the CPU backend fail inside burn instead of refusing).
+        let tokens = self.batch_size * self.seq_len;
+        if tokens > MAX_TOY_BATCH_TOKENS {
+            return Err(Error::config(format!(
+                "batch_size × seq_len is {tokens}; the toy model takes at most {MAX_TOY_BATCH_TOKENS} tokens per batch"
+            ))
+            .with_details(json!({ "batch_size": self.batch_size, "seq_len": self.seq_len })));
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return Err(Error::config(format!(

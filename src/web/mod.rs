@@ -2,11 +2,18 @@
 //! `www/worker.js` and by embedders. All logic lives in the library; this file converts values
 //! and errors at the boundary.
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use serde::Serialize;
+use serde_json::json;
 use wasm_bindgen::prelude::*;
 
 use crate::backend::{Backend, BackendKind};
 use crate::error::{Code, Error};
+use crate::eval::generate::{generate, GenerateOptions};
+use crate::io::hf::ModelFiles;
+use crate::models::loaded::LoadedModel;
 use crate::train::toy::{train_toy, ToyTrainConfig};
 
 extern "C" {
@@ -20,6 +27,8 @@ extern "C" {
 fn start() {
     // SAFETY: called exactly once, before any other export, as the linker contract requires.
     unsafe { __wasm_call_ctors() };
+    // A wasm instance has one thread: never let tokenizers try to start a rayon pool.
+    tokenizers::utils::parallelism::set_parallelism(false);
     std::panic::set_hook(Box::new(|info| {
         console_error_panic_hook::hook(info);
         report_panic(&info.to_string());
@@ -35,6 +44,13 @@ fn report_panic(message: &str) {
             let _ = f.call1(&global, &JsValue::from_str(message));
         }
     }
+}
+
+/// Test hook: panic on purpose, so browser tests can prove a crashed worker is reported and
+/// restartable.
+#[wasm_bindgen(js_name = debugPanic)]
+pub fn debug_panic(message: String) {
+    panic!("{message}");
 }
 
 /// The crate version.
@@ -61,10 +77,73 @@ fn error_to_js(error: &Error) -> JsValue {
     js.into()
 }
 
-/// A compute session on one backend.
+/// A compute session on one backend, holding at most one loaded model.
 #[wasm_bindgen]
 pub struct Session {
     backend: Backend,
+    // Shared with the promises of running calls, so a long generation does not borrow the
+    // session (JS may call other methods meanwhile).
+    model: Rc<RefCell<Option<Rc<LoadedModel>>>>,
+}
+
+/// `{name: Uint8Array | ArrayBuffer}` (a plain object or a `Map`) → model files.
+fn files_from_js(files: &JsValue) -> Result<ModelFiles, Error> {
+    let bad = || {
+        Error::config(
+            "model files must be an object or Map from file name to Uint8Array/ArrayBuffer",
+        )
+    };
+    let entries: Vec<(JsValue, JsValue)> = if let Some(map) = files.dyn_ref::<js_sys::Map>() {
+        let mut out = Vec::new();
+        map.for_each(&mut |value, key| out.push((key, value)));
+        out
+    } else if files.is_object() {
+        js_sys::Object::entries(files.unchecked_ref())
+            .iter()
+            .map(|pair| {
+                let pair: js_sys::Array = pair.unchecked_into();
+                (pair.get(0), pair.get(1))
+            })
+            .collect()
+    } else {
+        return Err(bad());
+    };
+    let mut out = ModelFiles::new();
+    for (name, value) in entries {
+        let name = name.as_string().ok_or_else(bad)?;
+        // Folder pickers give paths like "gpt2/config.json": the file name is what matters.
+        let name = name.rsplit('/').next().unwrap_or(&name).to_owned();
+        let bytes = if let Some(array) = value.dyn_ref::<js_sys::Uint8Array>() {
+            array.to_vec()
+        } else if let Some(buffer) = value.dyn_ref::<js_sys::ArrayBuffer>() {
+            js_sys::Uint8Array::new(buffer).to_vec()
+        } else {
+            return Err(bad().with_details(json!({ "file": name })));
+        };
+        out.insert(name, bytes);
+    }
+    Ok(out)
+}
+
+/// Prompt as `{text}` or `{ids}` (or a plain string).
+fn prompt_ids(model: &LoadedModel, input: &JsValue) -> Result<Vec<u32>, Error> {
+    if let Some(text) = input.as_string() {
+        return model.encode(&text);
+    }
+    let value: serde_json::Value = serde_wasm_bindgen::from_value(input.clone())
+        .map_err(|e| Error::config(format!("invalid prompt: {e}")))?;
+    if let Some(text) = value.get("text").and_then(|t| t.as_str()) {
+        return model.encode(text);
+    }
+    if let Some(ids) = value.get("ids") {
+        let ids: Vec<u32> = serde_json::from_value(ids.clone())
+            .map_err(|_| Error::config("prompt ids must be non-negative integers"))?;
+        model.check_ids(&ids)?;
+        return Ok(ids);
+    }
+    Err(Error::config(
+        "give the prompt as a string, {text} or {ids}",
+    ))
 }
 
 #[wasm_bindgen]
@@ -73,7 +152,149 @@ impl Session {
     pub async fn create(backend: String) -> Result<Session, JsValue> {
         let kind = BackendKind::parse(&backend).map_err(|e| error_to_js(&e))?;
         let backend = Backend::create(kind).await.map_err(|e| error_to_js(&e))?;
-        Ok(Session { backend })
+        Ok(Session {
+            backend,
+            model: Rc::new(RefCell::new(None)),
+        })
+    }
+
+    fn current_model(&self) -> Result<Rc<LoadedModel>, JsValue> {
+        self.model.borrow().clone().ok_or_else(|| {
+            error_to_js(&Error::new(
+                Code::ModelNotLoaded,
+                "no model is loaded; load one first",
+            ))
+        })
+    }
+
+    /// Load a model from its files (`{name: Uint8Array}` or a `Map`): Hugging Face layout
+    /// (`config.json`, safetensors, `tokenizer.json`, ...) or a GGUF file. Replaces the current
+    /// model only when the new one loads; on error the previous model stays usable.
+    /// Resolves to the model's info.
+    #[wasm_bindgen(js_name = loadModel)]
+    pub fn load_model(&self, files: JsValue) -> js_sys::Promise {
+        let slot = self.model.clone();
+        let device = self.backend.inference.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let files = files_from_js(&files).map_err(|e| error_to_js(&e))?;
+            let model = LoadedModel::load(files, &device).map_err(|e| error_to_js(&e))?;
+            let info = to_js(&model.info)?;
+            *slot.borrow_mut() = Some(Rc::new(model));
+            Ok(info)
+        })
+    }
+
+    /// The loaded model's info, or `null`.
+    #[wasm_bindgen(js_name = modelInfo)]
+    pub fn model_info(&self) -> Result<JsValue, JsValue> {
+        match self.model.borrow().as_ref() {
+            Some(model) => to_js(&model.info),
+            None => Ok(JsValue::NULL),
+        }
+    }
+
+    /// Token ids of `text` under the loaded model's tokenizer.
+    pub fn encode(&self, text: String) -> Result<Vec<u32>, JsValue> {
+        self.current_model()?
+            .encode(&text)
+            .map_err(|e| error_to_js(&e))
+    }
+
+    /// Text of token ids.
+    pub fn decode(&self, ids: Vec<u32>) -> Result<String, JsValue> {
+        let model = self.current_model()?;
+        let tokenizer = model.tokenizer.as_ref().ok_or_else(|| {
+            error_to_js(&Error::new(
+                Code::ModelMissingFile,
+                "this model has no tokenizer.json",
+            ))
+        })?;
+        tokenizer.decode(&ids).map_err(|e| error_to_js(&e))
+    }
+
+    /// Logits of every position for token ids: resolves to `{shape: [T, vocab], data: Float32Array}`.
+    pub fn logits(&self, ids: Vec<u32>) -> js_sys::Promise {
+        let model = self.current_model();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let model = model?;
+            let rows = model.logits(&ids).await.map_err(|e| error_to_js(&e))?;
+            let vocab = rows.first().map_or(0, Vec::len);
+            let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+            let out = js_sys::Object::new();
+            let shape = js_sys::Array::of2(&(rows.len() as u32).into(), &(vocab as u32).into());
+            js_sys::Reflect::set(&out, &"shape".into(), &shape)?;
+            js_sys::Reflect::set(
+                &out,
+                &"data".into(),
+                &js_sys::Float32Array::from(flat.as_slice()),
+            )?;
+            Ok(out.into())
+        })
+    }
+
+    /// Continue a prompt (`"text"`, `{text}` or `{ids}`). `options` are `GenerateOptions`
+    /// (snake_case: max_new_tokens, greedy, temperature, top_k, top_p, repetition_penalty, seed,
+    /// use_cache, stop_tokens) plus `ignore_eos`. `on_token(id, text_so_far)` sees each token;
+    /// returning `false` stops. Resolves to `{prompt_ids, generated_ids, text, seconds,
+    /// tokens_per_s}`.
+    pub fn generate(
+        &self,
+        input: JsValue,
+        options: JsValue,
+        on_token: js_sys::Function,
+    ) -> js_sys::Promise {
+        let model = self.current_model();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let model = model?;
+            let run = async {
+                let mut value: serde_json::Value = if options.is_undefined() || options.is_null() {
+                    json!({})
+                } else {
+                    serde_wasm_bindgen::from_value(options)
+                        .map_err(|e| Error::config(format!("invalid generation options: {e}")))?
+                };
+                let ignore_eos = value
+                    .as_object_mut()
+                    .and_then(|o| o.remove("ignore_eos"))
+                    .and_then(|v| v.as_bool())
+                    .unwrap_or(false);
+                let mut opts: GenerateOptions = serde_json::from_value(value)
+                    .map_err(|e| Error::config(format!("invalid generation options: {e}")))?;
+                if opts.stop_tokens.is_empty() && !ignore_eos {
+                    opts.stop_tokens.extend(model.eos_token_id);
+                }
+                let ids = prompt_ids(&model, &input)?;
+                let start = crate::platform::now_ms();
+                let mut so_far = Vec::new();
+                let tokens = generate(model.causal_lm(), &model.device, &ids, &opts, |t| {
+                    so_far.push(t);
+                    let text = model
+                        .tokenizer
+                        .as_ref()
+                        .and_then(|tk| tk.decode(&so_far).ok())
+                        .map_or(JsValue::NULL, |t| JsValue::from_str(&t));
+                    match on_token.call2(&JsValue::NULL, &t.into(), &text) {
+                        Ok(result) => result.as_bool() != Some(false),
+                        Err(_) => false,
+                    }
+                })
+                .await?;
+                let seconds = (crate::platform::now_ms() - start) / 1e3;
+                let text = match &model.tokenizer {
+                    Some(tk) => Some(tk.decode(&tokens)?),
+                    None => None,
+                };
+                Ok::<_, Error>(json!({
+                    "prompt_ids": ids,
+                    "generated_ids": tokens,
+                    "text": text,
+                    "seconds": seconds,
+                    "tokens_per_s": tokens.len() as f64 / seconds.max(1e-9),
+                }))
+            };
+            let result = run.await.map_err(|e| error_to_js(&e))?;
+            to_js(&result)
+        })
     }
 
     /// `{backend, adapter, device_limits}`.

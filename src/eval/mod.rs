@@ -1,0 +1,3 @@
+//! Evaluation: generation (and, with the evaluation issue, metrics).
+
+pub mod generate;

@@ -1,0 +1,335 @@
+//! A Hugging Face model as a set of files: `config.json`, weights (`model.safetensors`, or shards
+//! listed in `model.safetensors.index.json`), and optionally `tokenizer.json`,
+//! `tokenizer_config.json`, `generation_config.json`, `special_tokens_map.json`. The same set
+//! comes from a directory (CLI), from files the user picked, or from a URL (browser).
+//!
+//! A single llama.cpp `*.gguf` file is a model too: its metadata stands in for config.json and
+//! tokenizer.json, and its tensors are dequantised under their Hugging Face names (`io::gguf`).
+
+use std::collections::BTreeMap;
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use serde_json::{json, Value};
+
+use super::gguf::{self, GgufFile, GgufHeader};
+use super::safetensors::SafeTensorsFile;
+use super::tokenizer::Tokenizer;
+use crate::error::{Code, Error, Result};
+
+/// Families webtune implements, by `model_type`.
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["gpt2", "llama", "qwen2", "mistral"];
+
+/// File names webtune reads from a model folder or repo.
+pub fn is_model_file(name: &str) -> bool {
+    matches!(
+        name,
+        "config.json"
+            | "model.safetensors.index.json"
+            | "tokenizer.json"
+            | "tokenizer_config.json"
+            | "generation_config.json"
+            | "special_tokens_map.json"
+    ) || name.ends_with(".safetensors")
+        || name.ends_with(".gguf")
+}
+
+/// The files of one model, in memory, keyed by their name in the repo.
+#[derive(Debug, Default, Clone)]
+pub struct ModelFiles {
+    files: BTreeMap<String, Vec<u8>>,
+}
+
+impl ModelFiles {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn insert(&mut self, name: impl Into<String>, bytes: Vec<u8>) {
+        self.files.insert(name.into(), bytes);
+    }
+
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.files.get(name).map(Vec::as_slice)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.files.keys().map(String::as_str)
+    }
+
+    fn take(&mut self, name: &str) -> Option<Vec<u8>> {
+        self.files.remove(name)
+    }
+
+    /// Read the model files of a local directory.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn from_dir(dir: &std::path::Path) -> Result<Self> {
+        let entries = std::fs::read_dir(dir).map_err(|e| {
+            Error::new(
+                Code::ModelMissingFile,
+                format!("cannot read the model folder {}: {e}", dir.display()),
+            )
+        })?;
+        let mut files = Self::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if is_model_file(&name) {
+                let bytes = std::fs::read(entry.path()).map_err(|e| {
+                    Error::new(
+                        Code::ModelMissingFile,
+                        format!("cannot read {}: {e}", entry.path().display()),
+                    )
+                })?;
+                files.insert(name, bytes);
+            }
+        }
+        Ok(files)
+    }
+
+    /// The one `*.gguf` file, when the model is given as GGUF (no config.json, no safetensors).
+    fn gguf_name(&self) -> Result<Option<String>> {
+        if self.get("config.json").is_some() || self.names().any(|n| n.ends_with(".safetensors")) {
+            return Ok(None);
+        }
+        let ggufs: Vec<&str> = self.names().filter(|n| n.ends_with(".gguf")).collect();
+        match ggufs.as_slice() {
+            [] => Ok(None),
+            [one] => Ok(Some(one.to_string())),
+            many => Err(Error::new(
+                Code::ModelMissingFile,
+                format!(
+                    "{} GGUF files were given ({}); pick one",
+                    many.len(),
+                    many.join(", ")
+                ),
+            )
+            .with_details(json!({ "files": many }))),
+        }
+    }
+
+    fn gguf_header(&self, name: &str) -> Result<GgufHeader> {
+        GgufHeader::parse(name, self.get(name).unwrap_or_default())
+    }
+
+    /// The tokenizer: tokenizer.json, or the vocabulary inside a GGUF file. `None` when neither.
+    pub fn tokenizer(&self) -> Result<Option<Tokenizer>> {
+        if let Some(bytes) = self.get("tokenizer.json") {
+            return Tokenizer::from_bytes(bytes).map(Some);
+        }
+        let Some(name) = self.gguf_name()? else {
+            return Ok(None);
+        };
+        match gguf::tokenizer_json(&name, &self.gguf_header(&name)?)? {
+            Some(json) => Tokenizer::from_bytes(json.to_string().as_bytes()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Parse `config.json` (or build it from a GGUF file's metadata).
+    pub fn config(&self) -> Result<Value> {
+        if let Some(name) = self.gguf_name()? {
+            return gguf::hf_config(&name, &self.gguf_header(&name)?);
+        }
+        let bytes = self.get("config.json").ok_or_else(|| {
+            Error::new(
+                Code::ModelMissingFile,
+                "config.json is missing: a Hugging Face model needs config.json next to its weights",
+            )
+            .with_details(json!({ "file": "config.json", "present": self.names().collect::<Vec<_>>() }))
+        })?;
+        serde_json::from_slice(bytes).map_err(|e| {
+            Error::new(
+                Code::ModelConfigInvalid,
+                format!("config.json is not valid JSON: {e}"),
+            )
+            .with_details(json!({ "file": "config.json" }))
+        })
+    }
+
+    /// Parse the weights, single-file or sharded. Consumes the weight bytes.
+    pub fn take_weights(&mut self) -> Result<Weights> {
+        if let Some(name) = self.gguf_name()? {
+            let bytes = self.take(&name).unwrap_or_default();
+            return Ok(Weights {
+                files: Vec::new(),
+                gguf: vec![GgufFile::parse(&name, bytes)?],
+            });
+        }
+        let mut shards = Vec::new();
+        if let Some(index) = self.take("model.safetensors.index.json") {
+            let index: Value = serde_json::from_slice(&index).map_err(|e| {
+                Error::new(
+                    Code::WeightsCorrupt,
+                    format!("model.safetensors.index.json is not valid JSON: {e}"),
+                )
+            })?;
+            let mut names: Vec<String> = index
+                .get("weight_map")
+                .and_then(Value::as_object)
+                .map(|m| {
+                    m.values()
+                        .filter_map(|v| v.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            names.sort();
+            names.dedup();
+            for name in names {
+                shards.push(name);
+            }
+        } else if self.get("model.safetensors").is_some() {
+            shards.push("model.safetensors".to_string());
+        }
+        if shards.is_empty() {
+            return Err(Error::new(
+                Code::ModelMissingFile,
+                "no weights found: expected model.safetensors (or shards listed in model.safetensors.index.json)",
+            ));
+        }
+        let mut files = Vec::new();
+        for shard in shards {
+            let bytes = self.take(&shard).ok_or_else(|| {
+                Error::new(
+                    Code::ModelMissingFile,
+                    format!("the weight shard {shard} listed in model.safetensors.index.json is missing"),
+                )
+                .with_details(json!({ "file": shard }))
+            })?;
+            files.push(SafeTensorsFile::parse(&shard, bytes)?);
+        }
+        Ok(Weights {
+            files,
+            gguf: Vec::new(),
+        })
+    }
+}
+
+/// All weight tensors of a checkpoint, looked up by name.
+#[derive(Debug, Clone)]
+pub struct Weights {
+    files: Vec<SafeTensorsFile>,
+    gguf: Vec<GgufFile>,
+}
+
+impl Weights {
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        let st = self
+            .files
+            .iter()
+            .flat_map(|f| f.tensors.keys().map(String::as_str));
+        st.chain(self.gguf.iter().flat_map(GgufFile::hf_names))
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.files.iter().any(|f| f.tensors.contains_key(name))
+            || self.gguf.iter().any(|g| g.shape_of(name).is_some())
+    }
+
+    /// The dtypes stored, e.g. `["F32"]`.
+    pub fn dtypes(&self) -> Vec<&'static str> {
+        let mut d: Vec<_> = self
+            .files
+            .iter()
+            .flat_map(|f| f.tensors.values().map(|t| t.dtype.name()))
+            .chain(self.gguf.iter().flat_map(GgufFile::dtype_names))
+            .collect();
+        d.sort();
+        d.dedup();
+        d
+    }
+
+    /// Total number of stored values.
+    pub fn num_values(&self) -> usize {
+        self.files
+            .iter()
+            .flat_map(|f| f.tensors.values())
+            .map(|t| t.shape.iter().product::<usize>())
+            .sum::<usize>()
+            + self.gguf.iter().map(GgufFile::num_values).sum::<usize>()
+    }
+
+    /// The first of `names` present (the Hub uses prefix variants such as `transformer.`),
+    /// as f32 with the shape checked against `shape`.
+    pub fn read(&self, names: &[String], shape: &[usize]) -> Result<Vec<f32>> {
+        for name in names {
+            let found = self
+                .files
+                .iter()
+                .find_map(|f| f.read_f32(name).map(|r| (r, f.name.as_str())))
+                .or_else(|| {
+                    let mut g = self.gguf.iter();
+                    g.find_map(|g| g.read_f32(name).map(|r| (r, g.name.as_str())))
+                });
+            if let Some(((data, found), file)) = found {
+                if found != shape {
+                    return Err(Error::new(
+                        Code::ShapeMismatch,
+                        format!(
+                            "tensor {name} has shape {found:?} but the config implies {shape:?}; the weights do not belong to this config.json"
+                        ),
+                    )
+                    .with_details(json!({ "tensor": name, "found": found, "expected": shape, "file": file })));
+                }
+                return Ok(data);
+            }
+        }
+        Err(Error::new(
+            Code::WeightsMissingTensor,
+            format!(
+                "the weights have no tensor {}",
+                names.first().map(String::as_str).unwrap_or("?")
+            ),
+        )
+        .with_details(json!({ "tried": names })))
+    }
+
+    pub fn tensor<const D: usize>(
+        &self,
+        names: &[String],
+        shape: [usize; D],
+        device: &Device,
+    ) -> Result<Tensor<D>> {
+        let data = self.read(names, &shape)?;
+        Ok(Tensor::from_data(TensorData::new(data, shape), device))
+    }
+}
+
+/// Read an integer field of config.json.
+pub fn config_usize(config: &Value, key: &str) -> Result<usize> {
+    config
+        .get(key)
+        .and_then(Value::as_u64)
+        .map(|v| v as usize)
+        .ok_or_else(|| {
+            Error::new(
+                Code::ModelConfigInvalid,
+                format!("config.json has no positive integer {key:?}"),
+            )
+            .with_details(json!({ "key": key }))
+        })
+}
+
+/// The architecture named by config.json (`model_type`), refused by name when unsupported.
+pub fn architecture(config: &Value) -> Result<String> {
+    let model_type = config
+        .get("model_type")
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            Error::new(
+                Code::ModelConfigInvalid,
+                "config.json has no \"model_type\", so the architecture is unknown",
+            )
+        })?;
+    if SUPPORTED_ARCHITECTURES.contains(&model_type) {
+        Ok(model_type.to_string())
+    } else {
+        Err(Error::new(
+            Code::UnsupportedArchitecture,
+            format!(
+                "webtune does not support the {model_type:?} architecture yet; supported: {}",
+                SUPPORTED_ARCHITECTURES.join(", ")
+            ),
+        )
+        .with_details(json!({ "model_type": model_type, "supported": SUPPORTED_ARCHITECTURES })))
+    }
+}

@@ -1,0 +1,313 @@
+//! Reading `.safetensors` files: an 8-byte little-endian header length, a JSON header mapping
+//! tensor names to `{dtype, shape, data_offsets}`, then the raw data. Every length and offset is
+//! checked against the bytes actually present before anything is allocated, so a truncated
+//! download or a corrupt header is a clear error, never a panic or a giant allocation.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::error::{Code, Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dtype {
+    F32,
+    F16,
+    Bf16,
+    /// Integer buffers (e.g. BERT's `position_ids`); readable, converted to f32 on request.
+    I64,
+}
+
+impl Dtype {
+    fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "F32" => Self::F32,
+            "F16" => Self::F16,
+            "BF16" => Self::Bf16,
+            "I64" => Self::I64,
+            _ => return None,
+        })
+    }
+
+    pub fn size(self) -> usize {
+        match self {
+            Self::F16 | Self::Bf16 => 2,
+            Self::F32 => 4,
+            Self::I64 => 8,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "F32",
+            Self::F16 => "F16",
+            Self::Bf16 => "BF16",
+            Self::I64 => "I64",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorEntry {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    /// Absolute byte range in the file.
+    pub start: usize,
+    pub end: usize,
+}
+
+/// A parsed safetensors file that owns its bytes.
+#[derive(Debug, Clone)]
+pub struct SafeTensorsFile {
+    pub name: String,
+    bytes: Vec<u8>,
+    pub tensors: BTreeMap<String, TensorEntry>,
+}
+
+#[derive(Deserialize)]
+struct RawEntry {
+    dtype: String,
+    shape: Vec<usize>,
+    data_offsets: [usize; 2],
+}
+
+/// The format caps the header at 100 MB; anything larger is corrupt.
+const MAX_HEADER: usize = 100_000_000;
+
+fn corrupt(file: &str, message: String) -> Error {
+    Error::new(
+        Code::WeightsCorrupt,
+        format!("{file} is not a valid safetensors file: {message}"),
+    )
+    .with_details(json!({ "file": file }))
+}
+
+impl SafeTensorsFile {
+    pub fn parse(name: &str, bytes: Vec<u8>) -> Result<Self> {
+        let truncated = |needed: usize| {
+            Error::new(
+                Code::WeightsTruncated,
+                format!(
+                    "{name} is truncated: it has {} bytes but needs at least {needed}; download it again",
+                    bytes.len()
+                ),
+            )
+            .with_details(json!({ "file": name, "bytes": bytes.len(), "needed": needed }))
+        };
+        let Some(len_bytes) = bytes.get(..8) else {
+            return Err(truncated(8));
+        };
+        let mut len = [0u8; 8];
+        len.copy_from_slice(len_bytes);
+        let header_len = u64::from_le_bytes(len);
+        if header_len > MAX_HEADER as u64 {
+            return Err(corrupt(
+                name,
+                format!("header length {header_len} is implausible"),
+            ));
+        }
+        let header_end = 8 + header_len as usize;
+        let Some(header) = bytes.get(8..header_end) else {
+            return Err(truncated(header_end));
+        };
+        let raw: BTreeMap<String, serde_json::Value> = serde_json::from_slice(header)
+            .map_err(|e| corrupt(name, format!("header is not a JSON object ({e})")))?;
+
+        let mut tensors = BTreeMap::new();
+        let mut data_end = 0usize;
+        for (tensor, value) in raw {
+            if tensor == "__metadata__" {
+                continue;
+            }
+            let entry: RawEntry = serde_json::from_value(value)
+                .map_err(|e| corrupt(name, format!("entry {tensor:?}: {e}")))?;
+            let dtype = Dtype::parse(&entry.dtype).ok_or_else(|| {
+                corrupt(
+                    name,
+                    format!(
+                        "tensor {tensor:?} has dtype {}, webtune reads F32, F16, BF16 and I64",
+                        entry.dtype
+                    ),
+                )
+            })?;
+            let [start, end] = entry.data_offsets;
+            let elements = entry
+                .shape
+                .iter()
+                .try_fold(1usize, |acc, &d| acc.checked_mul(d));
+            let expected = elements.and_then(|n| n.checked_mul(dtype.size()));
+            if start > end || expected != Some(end - start) {
+                return Err(corrupt(
+                    name,
+                    format!(
+                        "tensor {tensor:?} has offsets {start}..{end}, which do not fit shape {:?} of {}",
+                        entry.shape, entry.dtype
+                    ),
+                ));
+            }
+            let abs = |o: usize| header_end.checked_add(o);
+            let (Some(abs_start), Some(abs_end)) = (abs(start), abs(end)) else {
+                return Err(corrupt(
+                    name,
+                    format!("tensor {tensor:?} has absurd offsets"),
+                ));
+            };
+            data_end = data_end.max(abs_end);
+            tensors.insert(
+                tensor,
+                TensorEntry {
+                    dtype,
+                    shape: entry.shape,
+                    start: abs_start,
+                    end: abs_end,
+                },
+            );
+        }
+        if data_end > bytes.len() {
+            return Err(truncated(data_end));
+        }
+        Ok(Self {
+            name: name.to_string(),
+            bytes,
+            tensors,
+        })
+    }
+
+    /// The tensor converted to f32, with its shape.
+    pub fn read_f32(&self, tensor: &str) -> Option<(Vec<f32>, Vec<usize>)> {
+        let entry = self.tensors.get(tensor)?;
+        let data = self.bytes.get(entry.start..entry.end)?;
+        Some((to_f32(data, entry.dtype), entry.shape.clone()))
+    }
+}
+
+/// Convert little-endian raw values to f32.
+pub fn to_f32(data: &[u8], dtype: Dtype) -> Vec<f32> {
+    match dtype {
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::Bf16 => data
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::I64 => data
+            .chunks_exact(8)
+            .map(|c| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(c);
+                i64::from_le_bytes(b) as f32
+            })
+            .collect(),
+    }
+}
+
+/// Serialise f32 tensors as a safetensors file (used by export and by tests).
+pub fn write_f32(tensors: &[(&str, &[usize], &[f32])]) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    let mut offset = 0usize;
+    for (name, shape, data) in tensors {
+        let len = data.len() * 4;
+        header.insert(
+            name.to_string(),
+            json!({ "dtype": "F32", "shape": shape, "data_offsets": [offset, offset + len] }),
+        );
+        offset += len;
+    }
+    let mut header = serde_json::Value::Object(header).to_string().into_bytes();
+    // Pad so the data section starts 8-byte aligned, as the reference writer does.
+    while (header.len() + 8) % 8 != 0 {
+        header.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + header.len() + offset);
+    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    out.extend_from_slice(&header);
+    for (_, _, data) in tensors {
+        for v in *data {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<u8> {
+        write_f32(&[
+            ("a", &[2, 3], &[1., 2., 3., 4., 5., 6.]),
+            ("b", &[1], &[7.]),
+        ])
+    }
+
+    #[test]
+    fn round_trip() {
+        let f = SafeTensorsFile::parse("x.safetensors", sample()).unwrap();
+        assert_eq!(
+            f.read_f32("a").unwrap(),
+            (vec![1., 2., 3., 4., 5., 6.], vec![2, 3])
+        );
+        assert_eq!(f.read_f32("b").unwrap().0, vec![7.]);
+        assert!(f.read_f32("c").is_none());
+    }
+
+    #[test]
+    fn every_truncation_is_an_error_not_a_panic() {
+        let bytes = sample();
+        for cut in 0..bytes.len() {
+            let err = SafeTensorsFile::parse("x.safetensors", bytes[..cut].to_vec()).unwrap_err();
+            assert!(
+                matches!(err.code, Code::WeightsTruncated | Code::WeightsCorrupt),
+                "cut {cut}: {err}"
+            );
+        }
+        let err =
+            SafeTensorsFile::parse("x.safetensors", bytes[..bytes.len() - 1].to_vec()).unwrap_err();
+        assert_eq!(err.code, Code::WeightsTruncated);
+        assert!(err.message.contains("x.safetensors"));
+    }
+
+    #[test]
+    fn half_precision_is_converted() {
+        let vals = [1.5f32, -2.25, 0.0];
+        let f16: Vec<u8> = vals
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect();
+        let bf16: Vec<u8> = vals
+            .iter()
+            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+            .collect();
+        assert_eq!(to_f32(&f16, Dtype::F16), vals);
+        assert_eq!(to_f32(&bf16, Dtype::Bf16), vals);
+    }
+
+    #[test]
+    fn inconsistent_offsets_and_dtypes_are_refused() {
+        let header = r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,8]}}"#;
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend_from_slice(&[0u8; 16]);
+        let err = SafeTensorsFile::parse("y", bytes).unwrap_err();
+        assert_eq!(err.code, Code::WeightsCorrupt);
+        let header = r#"{"a":{"dtype":"Q7","shape":[1],"data_offsets":[0,1]}}"#;
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.push(0);
+        let err = SafeTensorsFile::parse("y", bytes).unwrap_err();
+        assert!(err.message.contains("Q7"));
+        let mut bytes = u64::MAX.to_le_bytes().to_vec();
+        bytes.extend_from_slice(b"{}");
+        assert_eq!(
+            SafeTensorsFile::parse("y", bytes).unwrap_err().code,
+            Code::WeightsCorrupt
+        );
+    }
+}

@@ -1,0 +1,258 @@
+//! GPT-2 (gpt2, distilgpt2 and their fine-tunes): learned positions, pre-LayerNorm blocks,
+//! causal self-attention, tanh-GELU MLP, LM head tied to the token embedding.
+//!
+//! Hugging Face stores GPT-2's projections as `Conv1D` with weights `[in, out]` — already the
+//! layout of burn's `Linear`, so unlike `nn.Linear` checkpoints (Llama, BERT) nothing is
+//! transposed here.
+
+use burn::module::Param;
+use burn::nn::{LayerNorm, Linear};
+use burn::prelude::*;
+use burn::tensor::module::embedding;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::layers::{causal_attention, layer_norm, merge_heads, split_heads, Activation};
+use super::KvCache;
+use crate::error::{Code, Error, Result};
+use crate::io::hf::Weights;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Gpt2Config {
+    #[serde(default = "d_vocab")]
+    pub vocab_size: usize,
+    #[serde(default = "d_positions")]
+    pub n_positions: usize,
+    #[serde(default = "d_embd")]
+    pub n_embd: usize,
+    #[serde(default = "d_layer")]
+    pub n_layer: usize,
+    #[serde(default = "d_head")]
+    pub n_head: usize,
+    #[serde(default)]
+    pub n_inner: Option<usize>,
+    #[serde(default = "d_eps")]
+    pub layer_norm_epsilon: f64,
+    #[serde(default = "d_act")]
+    pub activation_function: String,
+    #[serde(default = "d_true")]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub bos_token_id: Option<u32>,
+    #[serde(default)]
+    pub eos_token_id: Option<u32>,
+}
+
+// transformers' GPT2Config defaults, for keys a config.json leaves out.
+fn d_vocab() -> usize {
+    50257
+}
+fn d_positions() -> usize {
+    1024
+}
+fn d_embd() -> usize {
+    768
+}
+fn d_layer() -> usize {
+    12
+}
+fn d_head() -> usize {
+    12
+}
+fn d_eps() -> f64 {
+    1e-5
+}
+fn d_act() -> String {
+    "gelu_new".into()
+}
+fn d_true() -> bool {
+    true
+}
+
+impl Gpt2Config {
+    pub fn from_json(config: &Value) -> Result<Self> {
+        let cfg: Self = serde_json::from_value(config.clone()).map_err(|e| {
+            Error::new(
+                Code::ModelConfigInvalid,
+                format!("config.json is not a valid GPT-2 config: {e}"),
+            )
+        })?;
+        let bad = |m: String| Err(Error::new(Code::ModelConfigInvalid, m));
+        if cfg.n_head == 0 || cfg.n_embd % cfg.n_head != 0 {
+            return bad(format!(
+                "n_embd ({}) must be a multiple of n_head ({})",
+                cfg.n_embd, cfg.n_head
+            ));
+        }
+        if cfg.vocab_size == 0 || cfg.n_positions == 0 || cfg.n_layer == 0 {
+            return bad("vocab_size, n_positions and n_layer must be positive".into());
+        }
+        if Activation::parse(&cfg.activation_function).is_none() {
+            return bad(format!(
+                "activation_function {:?} is not supported",
+                cfg.activation_function
+            ));
+        }
+        Ok(cfg)
+    }
+
+    pub fn inner(&self) -> usize {
+        self.n_inner.unwrap_or(4 * self.n_embd)
+    }
+
+    pub fn summary(&self) -> Value {
+        json!({
+            "architecture": "gpt2",
+            "layers": self.n_layer,
+            "hidden_size": self.n_embd,
+            "heads": self.n_head,
+            "vocab_size": self.vocab_size,
+            "max_positions": self.n_positions,
+        })
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Block {
+    ln_1: LayerNorm,
+    c_attn: Linear,
+    c_proj: Linear,
+    ln_2: LayerNorm,
+    c_fc: Linear,
+    mlp_proj: Linear,
+}
+
+#[derive(Module, Debug)]
+pub struct Gpt2 {
+    wte: Param<Tensor<2>>,
+    wpe: Param<Tensor<2>>,
+    blocks: Vec<Block>,
+    ln_f: LayerNorm,
+    /// `[vocab, d]`; `None` when tied to `wte`.
+    lm_head: Option<Param<Tensor<2>>>,
+    #[module(skip)]
+    n_head: usize,
+    #[module(skip)]
+    activation: Activation,
+}
+
+/// Tensor names with and without the `transformer.` prefix (GPT2LMHeadModel vs GPT2Model).
+fn names(name: &str) -> Vec<String> {
+    vec![format!("transformer.{name}"), name.to_string()]
+}
+
+fn load_linear(
+    w: &Weights,
+    name: &str,
+    d_in: usize,
+    d_out: usize,
+    device: &Device,
+) -> Result<Linear> {
+    Ok(Linear {
+        weight: Param::from_tensor(w.tensor(
+            &names(&format!("{name}.weight")),
+            [d_in, d_out],
+            device,
+        )?),
+        bias: Some(Param::from_tensor(w.tensor(
+            &names(&format!("{name}.bias")),
+            [d_out],
+            device,
+        )?)),
+    })
+}
+
+fn load_norm(w: &Weights, name: &str, d: usize, eps: f64, device: &Device) -> Result<LayerNorm> {
+    let mut norm = layer_norm(d, eps, device);
+    norm.gamma = Param::from_tensor(w.tensor(&names(&format!("{name}.weight")), [d], device)?);
+    norm.beta = Some(Param::from_tensor(w.tensor(
+        &names(&format!("{name}.bias")),
+        [d],
+        device,
+    )?));
+    Ok(norm)
+}
+
+impl Gpt2 {
+    pub fn load(config: &Gpt2Config, w: &Weights, device: &Device) -> Result<Self> {
+        let d = config.n_embd;
+        let eps = config.layer_norm_epsilon;
+        let mut blocks = Vec::with_capacity(config.n_layer);
+        for i in 0..config.n_layer {
+            let p = format!("h.{i}");
+            blocks.push(Block {
+                ln_1: load_norm(w, &format!("{p}.ln_1"), d, eps, device)?,
+                c_attn: load_linear(w, &format!("{p}.attn.c_attn"), d, 3 * d, device)?,
+                c_proj: load_linear(w, &format!("{p}.attn.c_proj"), d, d, device)?,
+                ln_2: load_norm(w, &format!("{p}.ln_2"), d, eps, device)?,
+                c_fc: load_linear(w, &format!("{p}.mlp.c_fc"), d, config.inner(), device)?,
+                mlp_proj: load_linear(w, &format!("{p}.mlp.c_proj"), config.inner(), d, device)?,
+            });
+        }
+        let lm_head = if !config.tie_word_embeddings && w.contains("lm_head.weight") {
+            Some(Param::from_tensor(w.tensor(
+                &["lm_head.weight".to_string()],
+                [config.vocab_size, d],
+                device,
+            )?))
+        } else {
+            None
+        };
+        Ok(Self {
+            wte: Param::from_tensor(w.tensor(
+                &names("wte.weight"),
+                [config.vocab_size, d],
+                device,
+            )?),
+            wpe: Param::from_tensor(w.tensor(
+                &names("wpe.weight"),
+                [config.n_positions, d],
+                device,
+            )?),
+            blocks,
+            ln_f: load_norm(w, "ln_f", d, eps, device)?,
+            lm_head,
+            n_head: config.n_head,
+            // Validated by Gpt2Config::from_json.
+            activation: Activation::parse(&config.activation_function)
+                .unwrap_or(Activation::GeluTanh),
+        })
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.wpe.dims()[0]
+    }
+
+    /// Token ids `[B, T]` → logits `[B, T, vocab]`. With a cache, the tokens continue the cached
+    /// sequence and the cache is extended.
+    pub fn forward(&self, tokens: Tensor<2, Int>, mut cache: Option<&mut KvCache>) -> Tensor<3> {
+        let [_, t] = tokens.dims();
+        let past = cache.as_ref().map_or(0, |c| c.len);
+        let positions = self.wpe.val().narrow(0, past, t).unsqueeze::<3>();
+        let mut x = embedding(self.wte.val(), tokens) + positions;
+        let d = x.dims()[2];
+        for (i, block) in self.blocks.iter().enumerate() {
+            let qkv = block.c_attn.forward(block.ln_1.forward(x.clone()));
+            let part = |j: usize| split_heads(qkv.clone().narrow(2, j * d, d), self.n_head);
+            let (q, mut k, mut v) = (part(0), part(1), part(2));
+            if let Some(cache) = cache.as_deref_mut() {
+                (k, v) = cache.extend(i, k, v);
+            }
+            let attn = merge_heads(causal_attention(q, k, v));
+            x = x + block.c_proj.forward(attn);
+            let h = self
+                .activation
+                .forward(block.c_fc.forward(block.ln_2.forward(x.clone())));
+            x = x + block.mlp_proj.forward(h);
+        }
+        if let Some(cache) = cache {
+            cache.len += t;
+        }
+        let x = self.ln_f.forward(x);
+        let head = match &self.lm_head {
+            Some(w) => w.val(),
+            None => self.wte.val(),
+        };
+        x.matmul(head.transpose().unsqueeze::<3>())
+    }
+}

@@ -1,0 +1,584 @@
+//! Llama and its close relatives (SmolLM, TinyLlama, Qwen2, Mistral within its sliding window):
+//! token embedding, pre-RMSNorm blocks, rotary position embeddings, grouped-query causal
+//! attention, SwiGLU MLP, and an LM head that may be tied to the embedding.
+//!
+//! Hugging Face stores every projection as `nn.Linear`, weight `[out, in]`; burn's `Linear`
+//! keeps `[in, out]`, so each projection is transposed once at load time.
+//!
+//! Rotary embeddings use transformers' `rotate_half` layout: a head's first half is paired with
+//! its second half (`x[i]` with `x[i + Dh/2]`). llama.cpp pairs neighbours instead and its
+//! converter permutes the rows of `q_proj`/`k_proj` to match; `io::gguf` undoes that, so weights
+//! reach this file in the Hugging Face layout whatever file they came from.
+
+use burn::module::Param;
+use burn::nn::{Linear, RmsNorm};
+use burn::prelude::*;
+use burn::tensor::module::embedding;
+use burn::tensor::TensorData;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{json, Value};
+
+use super::layers::{causal_attention, merge_heads, split_heads, Activation};
+use super::KvCache;
+use crate::error::{Code, Error, Result};
+use crate::io::hf::Weights;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LlamaConfig {
+    /// `llama`, `qwen2` or `mistral`.
+    #[serde(default = "d_model_type")]
+    pub model_type: String,
+    #[serde(default = "d_vocab")]
+    pub vocab_size: usize,
+    #[serde(default = "d_hidden")]
+    pub hidden_size: usize,
+    #[serde(default = "d_intermediate")]
+    pub intermediate_size: usize,
+    #[serde(default = "d_layers")]
+    pub num_hidden_layers: usize,
+    #[serde(default = "d_heads")]
+    pub num_attention_heads: usize,
+    /// Defaults to `num_attention_heads` (plain multi-head attention).
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    /// Defaults to `hidden_size / num_attention_heads`.
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    #[serde(default = "d_eps")]
+    pub rms_norm_eps: f64,
+    /// transformers < 5 keeps it at the top level, 5.x under `rope_parameters`.
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    #[serde(default)]
+    pub rope_parameters: Option<RopeParameters>,
+    /// The pre-5.x name of `rope_parameters` (without the theta).
+    #[serde(default)]
+    pub rope_scaling: Option<RopeParameters>,
+    #[serde(default = "d_positions")]
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default)]
+    pub mlp_bias: bool,
+    #[serde(default = "d_act")]
+    pub hidden_act: String,
+    /// Mistral attends to at most this many past positions; webtune caps the context there so
+    /// that the sliding window never comes into play.
+    #[serde(default)]
+    pub sliding_window: Option<usize>,
+    #[serde(default)]
+    pub use_sliding_window: Option<bool>,
+    #[serde(default, deserialize_with = "id_or_list")]
+    pub bos_token_id: Option<u32>,
+    #[serde(default, deserialize_with = "id_or_list")]
+    pub eos_token_id: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RopeParameters {
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    /// `default`, `linear` or `llama3` (older files say `type`).
+    #[serde(default, alias = "type")]
+    pub rope_type: Option<String>,
+    #[serde(default)]
+    pub factor: Option<f64>,
+    #[serde(default)]
+    pub low_freq_factor: Option<f64>,
+    #[serde(default)]
+    pub high_freq_factor: Option<f64>,
+    #[serde(default)]
+    pub original_max_position_embeddings: Option<f64>,
+}
+
+// transformers' LlamaConfig defaults, for keys a config.json leaves out.
+fn d_model_type() -> String {
+    "llama".into()
+}
+fn d_vocab() -> usize {
+    32000
+}
+fn d_hidden() -> usize {
+    4096
+}
+fn d_intermediate() -> usize {
+    11008
+}
+fn d_layers() -> usize {
+    32
+}
+fn d_heads() -> usize {
+    32
+}
+fn d_eps() -> f64 {
+    1e-6
+}
+fn d_positions() -> usize {
+    2048
+}
+fn d_act() -> String {
+    "silu".into()
+}
+
+/// `eos_token_id` is an int, a list of ints (Llama 3: several end tokens) or null; the first
+/// id is the one webtune stops at by default.
+fn id_or_list<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<u32>, D::Error> {
+    let v = Option::<Value>::deserialize(d)?;
+    Ok(match v {
+        Some(Value::Number(n)) => n.as_u64().map(|n| n as u32),
+        Some(Value::Array(a)) => a.first().and_then(Value::as_u64).map(|n| n as u32),
+        _ => None,
+    })
+}
+
+impl LlamaConfig {
+    pub fn from_json(config: &Value) -> Result<Self> {
+        let cfg: Self = serde_json::from_value(config.clone()).map_err(|e| {
+            Error::new(
+                Code::ModelConfigInvalid,
+                format!("config.json is not a valid Llama-family config: {e}"),
+            )
+        })?;
+        let bad = |m: String| Err(Error::new(Code::ModelConfigInvalid, m));
+        let (heads, kv) = (cfg.num_attention_heads, cfg.kv_heads());
+        if heads == 0 || kv == 0 || heads % kv != 0 {
+            return bad(format!(
+                "num_attention_heads ({heads}) must be a positive multiple of num_key_value_heads ({kv})"
+            ));
+        }
+        if cfg.head_dim.is_none() && cfg.hidden_size % heads != 0 {
+            return bad(format!(
+                "hidden_size ({}) must be a multiple of num_attention_heads ({heads}) when head_dim is not given",
+                cfg.hidden_size
+            ));
+        }
+        if cfg.head_dim() == 0 || cfg.head_dim() % 2 != 0 {
+            return bad(format!(
+                "head_dim ({}) must be even and positive for rotary embeddings",
+                cfg.head_dim()
+            ));
+        }
+        if cfg.vocab_size == 0
+            || cfg.hidden_size == 0
+            || cfg.intermediate_size == 0
+            || cfg.num_hidden_layers == 0
+            || cfg.max_position_embeddings == 0
+        {
+            return bad("vocab_size, hidden_size, intermediate_size, num_hidden_layers and max_position_embeddings must be positive".into());
+        }
+        if !(cfg.rms_norm_eps.is_finite() && cfg.rms_norm_eps > 0.0) {
+            return bad(format!(
+                "rms_norm_eps ({}) must be positive",
+                cfg.rms_norm_eps
+            ));
+        }
+        if !(cfg.theta().is_finite() && cfg.theta() > 0.0) {
+            return bad(format!("rope_theta ({}) must be positive", cfg.theta()));
+        }
+        if Activation::parse(&cfg.hidden_act).is_none() {
+            return bad(format!("hidden_act {:?} is not supported", cfg.hidden_act));
+        }
+        cfg.rope()?;
+        Ok(cfg)
+    }
+
+    pub fn kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+
+    pub fn theta(&self) -> f64 {
+        self.rope_theta
+            .or(self.rope_parameters.as_ref().and_then(|r| r.rope_theta))
+            .unwrap_or(10000.0)
+    }
+
+    /// Qwen2 always has q/k/v biases and no output bias; Llama has all four or none.
+    fn qkv_bias(&self) -> bool {
+        self.model_type == "qwen2" || self.attention_bias
+    }
+
+    fn o_bias(&self) -> bool {
+        self.model_type != "qwen2" && self.attention_bias
+    }
+
+    /// Longest sequence computed exactly: Mistral's sliding window is not implemented, so the
+    /// context stops where it would start to matter.
+    pub fn max_positions(&self) -> usize {
+        match self.sliding_window {
+            Some(w) if w > 0 && self.use_sliding_window != Some(false) => {
+                self.max_position_embeddings.min(w)
+            }
+            _ => self.max_position_embeddings,
+        }
+    }
+
+    fn rope(&self) -> Result<Rope> {
+        let p = self
+            .rope_parameters
+            .as_ref()
+            .or(self.rope_scaling.as_ref())
+            .cloned()
+            .unwrap_or_default();
+        let kind = p.rope_type.clone().unwrap_or_else(|| "default".into());
+        let factor = p.factor;
+        let need = |what: Option<f64>, name: &str| {
+            what.filter(|v| v.is_finite() && *v > 0.0).ok_or_else(|| {
+                Error::new(
+                    Code::ModelConfigInvalid,
+                    format!("rope type {kind:?} needs a positive {name}"),
+                )
+            })
+        };
+        Ok(match kind.as_str() {
+            "default" => Rope::Default,
+            "linear" => Rope::Linear(need(factor, "factor")?),
+            "llama3" => Rope::Llama3 {
+                factor: need(factor, "factor")?,
+                low: need(p.low_freq_factor, "low_freq_factor")?,
+                high: need(p.high_freq_factor, "high_freq_factor")?,
+                original: need(
+                    p.original_max_position_embeddings,
+                    "original_max_position_embeddings",
+                )?,
+            },
+            other => {
+                return Err(Error::new(
+                    Code::ModelConfigInvalid,
+                    format!(
+                    "rope type {other:?} is not supported (webtune has default, linear and llama3)"
+                ),
+                ))
+            }
+        })
+    }
+
+    pub fn summary(&self) -> Value {
+        json!({
+            "architecture": self.model_type,
+            "layers": self.num_hidden_layers,
+            "hidden_size": self.hidden_size,
+            "heads": self.num_attention_heads,
+            "kv_heads": self.kv_heads(),
+            "vocab_size": self.vocab_size,
+            "max_positions": self.max_positions(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Rope {
+    Default,
+    /// Positions divided by the factor.
+    Linear(f64),
+    /// Llama 3.1's frequency-dependent stretch.
+    Llama3 {
+        factor: f64,
+        low: f64,
+        high: f64,
+        original: f64,
+    },
+}
+
+/// Inverse frequencies `1 / θ^(2i/Dh)`, computed in f32 as transformers does, then rescaled.
+fn inverse_frequencies(theta: f64, head_dim: usize, rope: Rope) -> Vec<f32> {
+    (0..head_dim / 2)
+        .map(|i| {
+            let f = 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32);
+            match rope {
+                Rope::Default => f,
+                Rope::Linear(s) => f / s as f32,
+                Rope::Llama3 {
+                    factor,
+                    low,
+                    high,
+                    original,
+                } => {
+                    let f = f as f64;
+                    let wavelen = 2.0 * std::f64::consts::PI / f;
+                    let (low_wavelen, high_wavelen) = (original / low, original / high);
+                    let out = if wavelen < high_wavelen {
+                        f
+                    } else if wavelen > low_wavelen {
+                        f / factor
+                    } else {
+                        let smooth = (original / wavelen - low) / (high - low);
+                        (1.0 - smooth) * f / factor + smooth * f
+                    };
+                    out as f32
+                }
+            }
+        })
+        .collect()
+}
+
+#[derive(Module, Debug)]
+pub struct Block {
+    input_norm: RmsNorm,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    post_norm: RmsNorm,
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+#[derive(Module, Debug)]
+pub struct Llama {
+    embed_tokens: Param<Tensor<2>>,
+    blocks: Vec<Block>,
+    norm: RmsNorm,
+    /// `[vocab, d]`; `None` when tied to `embed_tokens`.
+    lm_head: Option<Param<Tensor<2>>>,
+    #[module(skip)]
+    n_heads: usize,
+    #[module(skip)]
+    n_kv_heads: usize,
+    #[module(skip)]
+    inv_freq: Vec<f32>,
+    #[module(skip)]
+    max_positions: usize,
+    #[module(skip)]
+    activation: Activation,
+}
+
+/// `model.`-prefixed (LlamaForCausalLM) and bare (LlamaModel) names.
+fn names(name: &str) -> Vec<String> {
+    vec![format!("model.{name}"), name.to_string()]
+}
+
+fn load_linear(
+    w: &Weights,
+    name: &str,
+    d_in: usize,
+    d_out: usize,
+    bias: bool,
+    device: &Device,
+) -> Result<Linear> {
+    // Stored [out, in] (nn.Linear); burn multiplies by [in, out].
+    let weight: Tensor<2> = w.tensor(&names(&format!("{name}.weight")), [d_out, d_in], device)?;
+    let bias = if bias {
+        Some(Param::from_tensor(w.tensor(
+            &names(&format!("{name}.bias")),
+            [d_out],
+            device,
+        )?))
+    } else {
+        None
+    };
+    Ok(Linear {
+        weight: Param::from_tensor(weight.transpose()),
+        bias,
+    })
+}
+
+fn load_norm(w: &Weights, name: &str, d: usize, eps: f64, device: &Device) -> Result<RmsNorm> {
+    Ok(RmsNorm {
+        gamma: Param::from_tensor(w.tensor(&names(&format!("{name}.weight")), [d], device)?),
+        epsilon: eps,
+    })
+}
+
+impl Llama {
+    pub fn load(config: &LlamaConfig, w: &Weights, device: &Device) -> Result<Self> {
+        let d = config.hidden_size;
+        let eps = config.rms_norm_eps;
+        let (h, kv, dh) = (
+            config.num_attention_heads,
+            config.kv_heads(),
+            config.head_dim(),
+        );
+        let ff = config.intermediate_size;
+        let (qkv_bias, o_bias, mlp_bias) = (config.qkv_bias(), config.o_bias(), config.mlp_bias);
+        let mut blocks = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let p = format!("layers.{i}");
+            let attn = |n: &str, d_in, d_out, bias| {
+                load_linear(w, &format!("{p}.self_attn.{n}"), d_in, d_out, bias, device)
+            };
+            let mlp = |n: &str, d_in, d_out| {
+                load_linear(w, &format!("{p}.mlp.{n}"), d_in, d_out, mlp_bias, device)
+            };
+            blocks.push(Block {
+                input_norm: load_norm(w, &format!("{p}.input_layernorm"), d, eps, device)?,
+                q_proj: attn("q_proj", d, h * dh, qkv_bias)?,
+                k_proj: attn("k_proj", d, kv * dh, qkv_bias)?,
+                v_proj: attn("v_proj", d, kv * dh, qkv_bias)?,
+                o_proj: attn("o_proj", h * dh, d, o_bias)?,
+                post_norm: load_norm(w, &format!("{p}.post_attention_layernorm"), d, eps, device)?,
+                gate_proj: mlp("gate_proj", d, ff)?,
+                up_proj: mlp("up_proj", d, ff)?,
+                down_proj: mlp("down_proj", ff, d)?,
+            });
+        }
+        // A tied checkpoint may still carry a copy of the head; transformers ignores it.
+        let lm_head = if config.tie_word_embeddings {
+            None
+        } else {
+            Some(Param::from_tensor(w.tensor(
+                &["lm_head.weight".to_string()],
+                [config.vocab_size, d],
+                device,
+            )?))
+        };
+        Ok(Self {
+            embed_tokens: Param::from_tensor(w.tensor(
+                &names("embed_tokens.weight"),
+                [config.vocab_size, d],
+                device,
+            )?),
+            blocks,
+            norm: load_norm(w, "norm", d, eps, device)?,
+            lm_head,
+            n_heads: h,
+            n_kv_heads: kv,
+            // Validated by LlamaConfig::from_json.
+            inv_freq: inverse_frequencies(
+                config.theta(),
+                dh,
+                config.rope().unwrap_or(Rope::Default),
+            ),
+            max_positions: config.max_positions(),
+            activation: Activation::parse(&config.hidden_act).unwrap_or(Activation::Silu),
+        })
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.max_positions
+    }
+
+    /// `cos` and `sin` for positions `start..start + t`, each `[1, 1, T, Dh]` with the
+    /// frequencies repeated for both halves (transformers' `cat(freqs, freqs)`).
+    fn rotary_tables(&self, start: usize, t: usize, device: &Device) -> (Tensor<4>, Tensor<4>) {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(t * 2 * half);
+        let mut sin = Vec::with_capacity(t * 2 * half);
+        for pos in start..start + t {
+            for _ in 0..2 {
+                for &f in &self.inv_freq {
+                    // The angle is rounded to f32 as in transformers; cos/sin are then exact.
+                    let angle = (pos as f32 * f) as f64;
+                    cos.push(angle.cos() as f32);
+                    sin.push(angle.sin() as f32);
+                }
+            }
+        }
+        let table =
+            |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, [1, 1, t, 2 * half]), device);
+        (table(cos), table(sin))
+    }
+
+    /// Token ids `[B, T]` → logits `[B, T, vocab]`. With a cache, the tokens continue the cached
+    /// sequence and the cache is extended.
+    pub fn forward(&self, tokens: Tensor<2, Int>, mut cache: Option<&mut KvCache>) -> Tensor<3> {
+        let [_, t] = tokens.dims();
+        let device = tokens.device();
+        let past = cache.as_ref().map_or(0, |c| c.len);
+        let (cos, sin) = self.rotary_tables(past, t, &device);
+        let rotate = |x: Tensor<4>| {
+            // rotate_half: [x1, x2] → [-x2, x1].
+            let half = x.dims()[3] / 2;
+            let x1 = x.clone().narrow(3, 0, half);
+            let x2 = x.clone().narrow(3, half, half);
+            let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+            x * cos.clone() + rotated * sin.clone()
+        };
+        let group = self.n_heads / self.n_kv_heads;
+        let mut x = embedding(self.embed_tokens.val(), tokens);
+        for (i, block) in self.blocks.iter().enumerate() {
+            let h = block.input_norm.forward(x.clone());
+            let q = rotate(split_heads(block.q_proj.forward(h.clone()), self.n_heads));
+            let mut k = rotate(split_heads(
+                block.k_proj.forward(h.clone()),
+                self.n_kv_heads,
+            ));
+            let mut v = split_heads(block.v_proj.forward(h), self.n_kv_heads);
+            // The cache keeps the KV heads unrepeated; each serves `group` query heads.
+            if let Some(cache) = cache.as_deref_mut() {
+                (k, v) = cache.extend(i, k, v);
+            }
+            let attn = merge_heads(causal_attention(
+                q,
+                repeat_kv(k, group),
+                repeat_kv(v, group),
+            ));
+            x = x + block.o_proj.forward(attn);
+            let h = block.post_norm.forward(x.clone());
+            let gate = self.activation.forward(block.gate_proj.forward(h.clone()));
+            x = x + block.down_proj.forward(gate * block.up_proj.forward(h));
+        }
+        if let Some(cache) = cache {
+            cache.len += t;
+        }
+        let x = self.norm.forward(x);
+        let head = match &self.lm_head {
+            Some(w) => w.val(),
+            None => self.embed_tokens.val(),
+        };
+        x.matmul(head.transpose().unsqueeze::<3>())
+    }
+}
+
+/// `[B, KV, T, Dh]` → `[B, KV·group, T, Dh]`, each KV head repeated for consecutive query heads
+/// (transformers' `repeat_kv`).
+fn repeat_kv(x: Tensor<4>, group: usize) -> Tensor<4> {
+    if group == 1 {
+        return x;
+    }
+    let [b, kv, t, dh] = x.dims();
+    x.unsqueeze_dim::<5>(2)
+        .expand([b, kv, group, t, dh])
+        .reshape([b, kv * group, t, dh])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eos_may_be_a_list() {
+        let c =
+            LlamaConfig::from_json(&json!({"eos_token_id": [128001, 128009], "bos_token_id": 1}))
+                .unwrap();
+        assert_eq!((c.eos_token_id, c.bos_token_id), (Some(128001), Some(1)));
+        assert_eq!(c.kv_heads(), 32);
+        assert_eq!(c.head_dim(), 128);
+    }
+
+    #[test]
+    fn rope_theta_from_either_place() {
+        let top = LlamaConfig::from_json(&json!({"rope_theta": 100000.0})).unwrap();
+        let nested = LlamaConfig::from_json(
+            &json!({"rope_parameters": {"rope_theta": 500000.0, "rope_type": "default"}}),
+        )
+        .unwrap();
+        let none = LlamaConfig::from_json(&json!({})).unwrap();
+        assert_eq!(
+            (top.theta(), nested.theta(), none.theta()),
+            (100000.0, 500000.0, 10000.0)
+        );
+    }
+
+    #[test]
+    fn bad_configs_are_refused() {
+        for c in [
+            json!({"num_attention_heads": 6, "num_key_value_heads": 4}),
+            json!({"hidden_size": 30, "num_attention_heads": 4}),
+            json!({"rope_scaling": {"type": "yarn", "factor": 4.0}}),
+            json!({"rope_scaling": {"rope_type": "linear"}}),
+            json!({"hidden_act": "swishglu"}),
+            json!({"num_hidden_layers": "two"}),
+        ] {
+            let err = LlamaConfig::from_json(&c).unwrap_err();
+            assert_eq!(err.code, Code::ModelConfigInvalid, "{c}: {err}");
+        }
+    }
+}

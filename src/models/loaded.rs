@@ -1,0 +1,192 @@
+//! A model ready to use: architecture, config, weights on a device, tokenizer. Built from the
+//! same `ModelFiles` whether they came from a folder, the browser's file picker or a URL.
+
+use burn::module::Module;
+use burn::prelude::*;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::gpt2::{Gpt2, Gpt2Config};
+use super::llama::{Llama, LlamaConfig};
+use super::{CausalLm, KvCache};
+use crate::error::{Code, Error, Result};
+use crate::io::hf::{architecture, ModelFiles};
+use crate::io::tokenizer::Tokenizer;
+
+#[derive(Debug)]
+pub enum Family {
+    Gpt2(Gpt2),
+    Llama(Llama),
+}
+
+impl CausalLm for Family {
+    fn forward(&self, tokens: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
+        match self {
+            Family::Gpt2(m) => m.forward(tokens, cache),
+            Family::Llama(m) => m.forward(tokens, cache),
+        }
+    }
+    fn max_positions(&self) -> usize {
+        match self {
+            Family::Gpt2(m) => m.max_positions(),
+            Family::Llama(m) => m.max_positions(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    pub architecture: String,
+    pub parameters: usize,
+    pub layers: usize,
+    pub hidden_size: usize,
+    pub heads: usize,
+    pub vocab_size: usize,
+    pub max_positions: usize,
+    /// Dtypes of the stored weights, e.g. `["F32"]`.
+    pub dtype: Vec<&'static str>,
+    pub has_tokenizer: bool,
+}
+
+#[derive(Debug)]
+pub struct LoadedModel {
+    pub family: Family,
+    pub info: ModelInfo,
+    pub tokenizer: Option<Tokenizer>,
+    pub eos_token_id: Option<u32>,
+    pub device: Device,
+}
+
+impl LoadedModel {
+    pub fn load(mut files: ModelFiles, device: &Device) -> Result<Self> {
+        let config = files.config()?;
+        let arch = architecture(&config)?;
+        let tokenizer = files.tokenizer()?;
+        let eos_from_generation = files
+            .get("generation_config.json")
+            .and_then(|b| serde_json::from_slice::<Value>(b).ok())
+            .and_then(|g| first_id(g.get("eos_token_id")));
+        let weights = files.take_weights()?;
+        let dtype = weights.dtypes();
+        match arch.as_str() {
+            "gpt2" => {
+                let cfg = Gpt2Config::from_json(&config)?;
+                let model = Gpt2::load(&cfg, &weights, device)?;
+                let info = ModelInfo {
+                    architecture: arch,
+                    parameters: model.num_params(),
+                    layers: cfg.n_layer,
+                    hidden_size: cfg.n_embd,
+                    heads: cfg.n_head,
+                    vocab_size: cfg.vocab_size,
+                    max_positions: cfg.n_positions,
+                    dtype,
+                    has_tokenizer: tokenizer.is_some(),
+                };
+                Ok(Self {
+                    family: Family::Gpt2(model),
+                    info,
+                    tokenizer,
+                    eos_token_id: eos_from_generation.or(cfg.eos_token_id),
+                    device: device.clone(),
+                })
+            }
+            "llama" | "qwen2" | "mistral" => {
+                let cfg = LlamaConfig::from_json(&config)?;
+                let model = Llama::load(&cfg, &weights, device)?;
+                let info = ModelInfo {
+                    architecture: arch,
+                    parameters: model.num_params(),
+                    layers: cfg.num_hidden_layers,
+                    hidden_size: cfg.hidden_size,
+                    heads: cfg.num_attention_heads,
+                    vocab_size: cfg.vocab_size,
+                    max_positions: cfg.max_positions(),
+                    dtype,
+                    has_tokenizer: tokenizer.is_some(),
+                };
+                Ok(Self {
+                    family: Family::Llama(model),
+                    info,
+                    tokenizer,
+                    eos_token_id: eos_from_generation.or(cfg.eos_token_id),
+                    device: device.clone(),
+                })
+            }
+            other => Err(Error::new(
+                Code::UnsupportedArchitecture,
+                format!("{other} is recognised but cannot be loaded yet"),
+            )),
+        }
+    }
+
+    pub fn causal_lm(&self) -> &impl CausalLm {
+        &self.family
+    }
+
+    /// Tokenize with the model's tokenizer, or fail with a clear message when it has none.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let tokenizer = self.tokenizer.as_ref().ok_or_else(|| {
+            Error::new(
+                Code::ModelMissingFile,
+                "this model has no tokenizer.json; pass token ids instead of text",
+            )
+        })?;
+        let ids = tokenizer.encode(text)?;
+        self.check_ids(&ids)?;
+        Ok(ids)
+    }
+
+    /// Token ids must exist in the embedding (a tokenizer from another model may not fit).
+    pub fn check_ids(&self, ids: &[u32]) -> Result<()> {
+        if let Some(bad) = ids.iter().find(|&&t| t as usize >= self.info.vocab_size) {
+            return Err(Error::config(format!(
+                "token id {bad} is outside the model's vocabulary of {}",
+                self.info.vocab_size
+            ))
+            .with_details(json!({ "token_id": bad, "vocab_size": self.info.vocab_size })));
+        }
+        Ok(())
+    }
+
+    /// Logits of every position for one sequence, `[T][vocab]`.
+    pub async fn logits(&self, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
+        self.check_ids(ids)?;
+        if ids.is_empty() || ids.len() > self.info.max_positions {
+            return Err(Error::config(format!(
+                "the input must have between 1 and {} tokens, got {}",
+                self.info.max_positions,
+                ids.len()
+            )));
+        }
+        let tokens = Tensor::<2, Int>::from_data(
+            burn::tensor::TensorData::new(
+                ids.iter().map(|&t| t as i64).collect::<Vec<_>>(),
+                [1, ids.len()],
+            ),
+            &self.device,
+        );
+        let logits = self.causal_lm().forward(tokens, None::<&mut KvCache>);
+        let [_, t, v] = logits.dims();
+        let data = logits
+            .into_data_async()
+            .await
+            .map_err(|e| {
+                Error::new(
+                    Code::DeviceLost,
+                    format!("reading logits back failed: {e:?}"),
+                )
+            })?
+            .try_to_vec::<f32>()
+            .map_err(|e| Error::new(Code::Internal, format!("{e:?}")))?;
+        Ok((0..t).map(|i| data[i * v..(i + 1) * v].to_vec()).collect())
+    }
+}
+
+fn first_id(v: Option<&Value>) -> Option<u32> {
+    match v? {
+        Value::Number(n) => n.as_u64().map(|n| n as u32),
+        Value::Array(a) => a.first().and_then(Value::as_u64).map(|n| n as u32),
+        _ => None,
+    }
+}

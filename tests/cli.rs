@@ -1,0 +1,126 @@
+//! The native CLI's `--json` output, checked against the transformers reference on the tiny
+//! GPT-2 fixture, and its error output for bad input.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn fixture(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(path)
+}
+
+/// Run `webtune <args> --json`; returns (success, parsed stdout).
+fn webtune(args: &[&str]) -> (bool, Value) {
+    let out = Command::new(env!("CARGO_BIN_EXE_webtune"))
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("run webtune");
+    let stdout = String::from_utf8(out.stdout).expect("utf-8 stdout");
+    let value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("stdout is not one JSON value ({e}): {stdout}"));
+    (out.status.success(), value)
+}
+
+fn reference() -> Value {
+    let text = std::fs::read_to_string(fixture("reference/tiny_gpt2.json")).expect("reference");
+    serde_json::from_str(&text).expect("reference JSON")
+}
+
+fn join(ids: &Value) -> String {
+    ids.as_array()
+        .expect("ids")
+        .iter()
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[test]
+fn info_forward_and_generate_print_json_matching_transformers() {
+    let model = fixture("tiny_random/gpt2");
+    let model = model.to_str().unwrap();
+    let reference = reference();
+
+    let (ok, info) = webtune(&["info", model]);
+    assert!(ok);
+    assert_eq!(info["architecture"], "gpt2");
+    // Tied embeddings are counted once, as transformers' `num_parameters()` does.
+    let tensors = reference["tensors"].as_object().expect("tensor list");
+    let parameters: u64 = tensors
+        .iter()
+        .filter(|(name, _)| !name.starts_with("lm_head"))
+        .map(|(_, shape)| {
+            shape
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap())
+                .product::<u64>()
+        })
+        .sum();
+    assert_eq!(info["parameters"], parameters);
+    assert_eq!(info["vocab_size"], reference["config"]["vocab_size"]);
+    assert_eq!(info["layers"], reference["config"]["num_hidden_layers"]);
+
+    let case = &reference["cases"][1];
+    let (ok, forward) = webtune(&["forward", model, "--ids", &join(&case["input_ids"])]);
+    assert!(ok);
+    assert_eq!(forward["input_ids"], case["input_ids"]);
+    let expected = case["logits"].as_array().expect("logits rows");
+    let expected_last = expected
+        .last()
+        .expect("a position")
+        .as_array()
+        .expect("row");
+    let got = forward["logits_last"].as_array().expect("logits_last");
+    assert_eq!(got.len(), expected_last.len());
+    let max_diff = got
+        .iter()
+        .zip(expected_last)
+        .map(|(a, b)| (a.as_f64().unwrap() - b.as_f64().unwrap()).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        max_diff <= 1e-4,
+        "last-position logits differ by {max_diff}"
+    );
+
+    let generation = &reference["generation"];
+    let n = generation["generated_ids"]
+        .as_array()
+        .unwrap()
+        .len()
+        .to_string();
+    let (ok, out) = webtune(&[
+        "generate",
+        model,
+        "--ids",
+        &join(&generation["prompt_ids"]),
+        "--greedy",
+        "--ignore-eos",
+        "--max-new-tokens",
+        &n,
+    ]);
+    assert!(ok);
+    assert_eq!(out["generated_ids"], generation["generated_ids"]);
+}
+
+#[test]
+fn errors_are_json_with_a_code_and_a_failing_exit_status() {
+    let (ok, out) = webtune(&["info", "/definitely/not/a/model"]);
+    assert!(!ok);
+    assert_eq!(out["error"]["code"], "model.missing_file");
+
+    let model = fixture("tiny_random/gpt2");
+    let (ok, out) = webtune(&["forward", model.to_str().unwrap(), "--ids", "1,2,100000"]);
+    assert!(!ok);
+    assert_eq!(out["error"]["code"], "config.invalid");
+    assert!(out["error"]["message"].as_str().unwrap().contains("100000"));
+
+    let (ok, out) = webtune(&["toy", "--config", "{\"steps\": 0}"]);
+    assert!(!ok);
+    assert_eq!(out["error"]["code"], "config.invalid");
+}

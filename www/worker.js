@@ -1,21 +1,49 @@
-// webtune compute worker (a module worker): loads the wasm module, chooses the compute backend
-// and runs training off the main thread, so the page never freezes.
+// webtune compute worker (a module worker): loads the wasm module, chooses the compute backend,
+// and runs training, model loading (local files or Hub downloads) and generation off the main
+// thread, so the page never freezes.
 /*
  * Message protocol (structured-clone messages; every field name is stable API).
  *
  * page → worker
- *   {type: "init", backend: "auto" | "webgpu" | "cpu"}
+ *   {type: "init", backend: "auto" | "webgpu" | "cpu", interrupt?: SharedArrayBuffer}
  *       First message, exactly once per worker. One worker serves one backend choice: to switch,
- *       the page terminates this worker and starts a new one.
+ *       the page terminates this worker and starts a new one. `interrupt` (optional, needs
+ *       cross-origin isolation) is a 4-byte SharedArrayBuffer read as Int32Array: the page sets
+ *       element 0 to 1 to stop the current operation and back to 0 before it starts the next one.
+ *       It exists because generation on the CPU never yields to the event loop, so a "cancel"
+ *       message would only be read after the generation ended; the flag is read at every token.
  *   {type: "train-toy", id, config}
  *       Train the toy model. `id` is chosen by the page and echoed in every reply about this run.
  *       `config` is passed to wasm `Session.trainToy` as is (snake_case keys, all optional:
  *       steps, batch_size, seq_len, vocab, d_model, heads, lr, warmup, seed, ...). Messages sent
- *       before the backend is ready are queued. One run at a time (else error `train.busy`).
+ *       before the backend is ready are queued.
  *       Test hook: `config.debug_panic` (a string) makes wasm panic on purpose instead of training.
+ *   {type: "load-model", id, source}
+ *       Load a model, replacing the current one only if the new one loads (on error the previous
+ *       model stays usable). `source` is one of
+ *         {kind: "files", files: [{name, bytes: ArrayBuffer}]}   Hugging Face layout: config.json,
+ *             model.safetensors (or model.safetensors.index.json and its shards), tokenizer.json,
+ *             optional generation_config.json, ...; folder prefixes ("dir/config.json") are ignored.
+ *         {kind: "hub", repo, revision?: "main", endpoint?: "https://huggingface.co"}
+ *             `repo` is "owner/name" or a URL of the repo (then `endpoint` is ignored). Files come
+ *             from `${endpoint}/${repo}/resolve/${revision}/${file}` (see lib/hub.js for which),
+ *             and are kept in the Cache API (cache "webtune-models-v1", key = the file URL): a repo
+ *             loaded before is read from there without any request.
+ *       Replies: `download` messages (hub only), then `model`, or `error`.
+ *   {type: "generate", id, input, options}
+ *       Continue a prompt with the loaded model. `input` is a string, {text} or {ids: [int]};
+ *       `options` (snake_case, all optional): max_new_tokens, greedy, temperature, top_k, top_p,
+ *       repetition_penalty, seed, use_cache, stop_tokens, ignore_eos. Replies: `token` messages,
+ *       then `done` (with `result`), or `error`.
+ *   {type: "logits", id, ids: [int]}
+ *       Logits of every position of one sequence. Reply: `logits`, or `error`.
  *   {type: "cancel"}
- *       Stop the current run after its current step; it still ends with a `done` message whose
- *       summary has `cancelled: true`. Ignored when nothing runs.
+ *       Stop the current operation: a run stops after its current step and still ends with `done`
+ *       (summary.cancelled: true); a generation stops after its current token and ends with `done`
+ *       (result.cancelled: true); a Hub download is aborted (error `model.load_cancelled`).
+ *       Ignored when nothing runs.
+ *   Only one of train-toy / load-model / generate / logits runs at a time; another one sent
+ *   meanwhile is refused with error `train.busy` (train-toy) or `worker.busy` (the others).
  *
  * worker → page
  *   {type: "backend", backend: "webgpu" | "cpu", requested, reason,
@@ -28,17 +56,39 @@
  *       (also reported when auto chose CPU because of it); null when none was probed or found.
  *   {type: "progress", id, step, total_steps, loss, lr, tokens_per_s, elapsed_s, eta_s, memory_bytes}
  *       After every training step (memory_bytes is null when the backend cannot tell).
- *   {type: "done", id, summary}
+ *   {type: "download", id, file, url, loaded, total, cached, done, missing?}
+ *       Progress of one file of a hub load: bytes `loaded` of `total` (null when the server does
+ *       not say). At most 10 per second per file, and always a final one with `done: true`.
+ *       `cached: true` when the file came from the browser's cache (no request was made);
+ *       `missing: true` when an optional file is not in the repo (HTTP 404, remembered too).
+ *   {type: "model", id, info, source, timing: {download_ms, load_ms}}
+ *       The model is loaded. info = wasm `Session.modelInfo()`: {architecture, parameters, layers,
+ *       hidden_size, heads, vocab_size, max_positions, dtype: ["F32", ...], has_tokenizer}.
+ *       source = {kind: "files", files: [name]} or {kind: "hub", repo, revision, endpoint, base,
+ *       files: [{file, url, bytes, cached, missing}], cached: bool (all from the cache),
+ *       cache_warning: string | null}.
+ *   {type: "token", id, token, text}
+ *       One generated token id; `text` is the decoded text of all tokens generated so far (null
+ *       when the model has no tokenizer).
+ *   {type: "done", id, summary}          (train-toy)
  *       The run ended; summary = {backend, steps, cancelled, losses, initial_loss, final_loss,
  *       first_step_ms, median_step_ms, tokens_per_s}.
+ *   {type: "done", id, result}           (generate)
+ *       result = {prompt_ids, generated_ids, text (null without a tokenizer), seconds,
+ *       tokens_per_s, cancelled}.
+ *   {type: "logits", id, shape: [T, vocab], data: Float32Array}   (data row-major, transferred)
  *   {type: "error", id, error: {code, message, details}, fatal}
- *       `id` is the run's id, or null for errors outside a run (init, uncaught errors).
+ *       `id` is the operation's id, or null for errors outside one (init, uncaught errors).
  *       `fatal: true` means this worker is unusable (wasm panic/trap, failed initialisation): the
  *       page should terminate it and offer a restart. Codes come from wasm (`config.invalid`,
- *       `device.unavailable`, `train.non_finite_loss`, `internal`, ...) or from this file:
- *       `wasm.load_failed`, `wasm.panic`, `wasm.trap`, `worker.uncaught`, `worker.protocol`,
- *       `train.busy`.
+ *       `device.unavailable`, `train.non_finite_loss`, `model.not_loaded`, `model.missing_file`,
+ *       `weights.truncated`, `tokenizer.invalid`, `internal`, ...), from lib/hub.js
+ *       (`model.download_failed`, `model.missing_file`, `model.load_cancelled`, `config.invalid`)
+ *       or from this file: `wasm.load_failed`, `wasm.panic`, `wasm.trap`, `worker.uncaught`,
+ *       `worker.protocol`, `train.busy`, `worker.busy`.
  */
+
+import { downloadHubModel, forget, resolveHubSource } from "./lib/hub.js";
 
 const PKG_URL = new URL("./pkg/webtune.js", import.meta.url);
 // Passed explicitly: wasm-bindgen's `init()` only defaults to the file next to webtune.js when
@@ -49,13 +99,25 @@ const WASM_URL = new URL("./pkg/webtune_bg.wasm", import.meta.url);
 let wasmModule = null;
 /** The session promise, set by "init". Resolves to the wasm Session; rejects on init failure. */
 let sessionPromise = null;
-/** The run in progress: {id, cancelRequested}. */
-let currentRun = null;
+/** The operation in progress: {id, kind, cancelRequested, abort: AbortController | null}. */
+let currentOp = null;
+/** Int32Array over the page's interrupt SharedArrayBuffer (see "init"), or null. */
+let interrupt = null;
 /** Set once the wasm instance has panicked or trapped: nothing may call into it again. */
 let broken = null;
 
-function post(message) {
-  self.postMessage(message);
+function post(message, transfer = []) {
+  self.postMessage(message, transfer);
+}
+
+function coded(code, message, details) {
+  return Object.assign(new Error(message), details === undefined ? { code } : { code, details });
+}
+
+/** Whether the page asked the current operation to stop (by message or through the interrupt flag). */
+function stopRequested(op) {
+  if (!op.cancelRequested && interrupt !== null && Atomics.load(interrupt, 0) === 1) op.cancelRequested = true;
+  return op.cancelRequested;
 }
 
 /** A structured-clonable `{code, message, details}` from anything thrown. */
@@ -106,17 +168,17 @@ self.__webtune_on_panic = (message) => {
     details: { panic: String(message) },
   };
   if (broken === null) broken = payload;
-  post({ type: "error", id: currentRun?.id ?? null, error: payload, fatal: true });
+  post({ type: "error", id: currentOp?.id ?? null, error: payload, fatal: true });
 };
 
 self.addEventListener("error", (event) => {
   const error = event.error ?? new Error(event.message || "uncaught error in the worker");
-  reportError(currentRun?.id ?? null, error, { fallbackCode: "worker.uncaught" });
+  reportError(currentOp?.id ?? null, error, { fallbackCode: "worker.uncaught" });
   event.preventDefault(); // reported above; do not also surface it as a page-side worker error
 });
 
 self.addEventListener("unhandledrejection", (event) => {
-  reportError(currentRun?.id ?? null, event.reason, { fallbackCode: "worker.uncaught" });
+  reportError(currentOp?.id ?? null, event.reason, { fallbackCode: "worker.uncaught" });
   event.preventDefault();
 });
 
@@ -249,42 +311,167 @@ async function initialise(requested) {
   return session;
 }
 
-async function trainToy(id, config) {
+/**
+ * The session, once the backend is ready, for operation `id`; null (after reporting why) when the
+ * operation cannot start. Marks the operation as current; the caller must call `finish(op)`.
+ */
+async function beginOp(id, kind) {
   if (sessionPromise === null) {
-    reportError(id, Object.assign(new Error("The worker got a run before its init message."), { code: "worker.protocol" }), { fatal: false });
-    return;
+    reportError(id, coded("worker.protocol", `The worker got ${kind} before its init message.`), { fatal: false });
+    return null;
   }
   let session;
   try {
     session = await sessionPromise;
   } catch {
-    // The init failure was already reported (fatal); say why this run cannot start too.
-    reportError(id, Object.assign(new Error("The backend failed to start, so the run cannot begin."), { code: broken?.code ?? "device.unavailable" }), { fatal: true });
-    return;
+    // The init failure was already reported (fatal); say why this operation cannot start too.
+    reportError(id, coded(broken?.code ?? "device.unavailable", `The backend failed to start, so ${kind} cannot begin.`), { fatal: true });
+    return null;
   }
   if (broken !== null) {
     post({ type: "error", id, error: broken, fatal: true });
-    return;
+    return null;
   }
-  if (currentRun !== null) {
-    reportError(id, Object.assign(new Error(`Run ${currentRun.id} is still training; cancel it or wait for it to finish.`), { code: "train.busy" }), { fatal: false });
-    return;
+  if (currentOp !== null) {
+    const what = currentOp.kind === "train-toy" ? `Run ${currentOp.id} is still training` : `${currentOp.kind} ${currentOp.id} is still running`;
+    const code = kind === "train-toy" ? "train.busy" : "worker.busy";
+    reportError(id, coded(code, `${what}; cancel it or wait for it to finish.`, { running: currentOp.id, kind: currentOp.kind }), { fatal: false });
+    return null;
   }
-  const run = { id, cancelRequested: false };
-  currentRun = run;
+  currentOp = { id, kind, cancelRequested: false, abort: null };
+  return { session, op: currentOp };
+}
+
+function finish(op) {
+  if (currentOp === op) currentOp = null;
+}
+
+async function trainToy(id, config) {
+  const started = await beginOp(id, "train-toy");
+  if (!started) return;
+  const { session, op } = started;
   try {
     const { debug_panic: debugPanic, ...toyConfig } = config ?? {};
     // Test hook: a run that panics inside wasm on purpose, to prove crashes are survivable.
     if (debugPanic) wasmModule.debugPanic(String(debugPanic));
     const summary = await session.trainToy(toyConfig, (progress) => {
       post({ ...progress, type: "progress", id });
-      return !run.cancelRequested;
+      return !stopRequested(op);
     });
     post({ type: "done", id, summary });
   } catch (e) {
     reportError(id, e);
   } finally {
-    if (currentRun === run) currentRun = null;
+    finish(op);
+  }
+}
+
+/** `[{name, bytes}]` → `{name: ArrayBuffer}` for wasm; throws `worker.protocol` on bad input. */
+function localFiles(files) {
+  if (!Array.isArray(files) || files.length === 0) {
+    throw coded("model.missing_file", "No model files were given: choose config.json, the .safetensors weights and tokenizer.json.");
+  }
+  const out = {};
+  for (const f of files) {
+    const name = typeof f?.name === "string" ? f.name : null;
+    const bytes = f?.bytes;
+    if (!name || !(bytes instanceof ArrayBuffer || ArrayBuffer.isView(bytes))) {
+      throw coded("worker.protocol", "load-model files must be [{name, bytes: ArrayBuffer}].", { name });
+    }
+    out[name] = bytes;
+  }
+  return out;
+}
+
+async function loadModel(id, source) {
+  const started = await beginOp(id, "load-model");
+  if (!started) return;
+  const { session, op } = started;
+  let downloaded = null;
+  try {
+    let files;
+    let described;
+    const t0 = performance.now();
+    if (source?.kind === "files") {
+      files = localFiles(source.files);
+      described = { kind: "files", files: Object.keys(files) };
+    } else if (source?.kind === "hub") {
+      const hub = resolveHubSource(source);
+      op.abort = new AbortController();
+      downloaded = await downloadHubModel(hub, {
+        signal: op.abort.signal,
+        onProgress: (p) => post({ type: "download", id, ...p }),
+      });
+      files = downloaded.files;
+      described = {
+        kind: "hub",
+        repo: hub.repo,
+        revision: hub.revision,
+        endpoint: hub.endpoint,
+        base: hub.base,
+        files: downloaded.report,
+        cached: downloaded.report.every((f) => f.cached),
+        cache_warning: downloaded.cacheWarning,
+      };
+    } else {
+      throw coded("worker.protocol", 'load-model needs source {kind: "files", files} or {kind: "hub", repo}.', { kind: source?.kind ?? null });
+    }
+    const t1 = performance.now();
+    let info;
+    try {
+      info = await session.loadModel(files);
+    } catch (e) {
+      // Files that do not load should not be served from the cache again: a retry downloads them.
+      if (downloaded && !isFatal(e)) await forget(downloaded.urls);
+      throw e;
+    }
+    const t2 = performance.now();
+    post({ type: "model", id, info, source: described, timing: { download_ms: t1 - t0, load_ms: t2 - t1 } });
+  } catch (e) {
+    reportError(id, e);
+  } finally {
+    finish(op);
+  }
+}
+
+async function generate(id, input, options) {
+  const started = await beginOp(id, "generate");
+  if (!started) return;
+  const { session, op } = started;
+  let stoppedByCancel = false;
+  try {
+    const result = await session.generate(input ?? "", options ?? {}, (token, text) => {
+      post({ type: "token", id, token, text: text ?? null });
+      if (stopRequested(op)) {
+        stoppedByCancel = true;
+        return false;
+      }
+      return true;
+    });
+    post({ type: "done", id, result: { ...result, cancelled: stoppedByCancel } });
+  } catch (e) {
+    reportError(id, e);
+  } finally {
+    finish(op);
+  }
+}
+
+async function logits(id, ids) {
+  const started = await beginOp(id, "logits");
+  if (!started) return;
+  const { session, op } = started;
+  try {
+    if (!Array.isArray(ids) && !ArrayBuffer.isView(ids)) throw coded("config.invalid", "logits needs ids: an array of token ids.");
+    // Uint32Array would wrap negative or fractional ids silently: check first.
+    const bad = Array.from(ids).find((t) => !Number.isInteger(t) || t < 0 || t > 0xffffffff);
+    if (bad !== undefined) throw coded("config.invalid", `token ids must be non-negative integers, got ${bad}.`, { token_id: String(bad) });
+    const out = await session.logits(Uint32Array.from(ids));
+    const data = out.data;
+    post({ type: "logits", id, shape: Array.from(out.shape), data }, [data.buffer]);
+  } catch (e) {
+    reportError(id, e);
+  } finally {
+    finish(op);
   }
 }
 
@@ -297,6 +484,9 @@ self.addEventListener("message", (event) => {
         return;
       }
       const requested = ["auto", "webgpu", "cpu"].includes(message.backend) ? message.backend : "auto";
+      if (typeof SharedArrayBuffer === "function" && message.interrupt instanceof SharedArrayBuffer && message.interrupt.byteLength >= 4) {
+        interrupt = new Int32Array(message.interrupt, 0, 1);
+      }
       sessionPromise = initialise(requested);
       // Any init failure leaves the worker without a backend: fatal.
       sessionPromise.catch((e) => reportError(null, e, { fallbackCode: "device.unavailable", fatal: true }));
@@ -305,8 +495,20 @@ self.addEventListener("message", (event) => {
     case "train-toy":
       trainToy(message.id, message.config);
       return;
+    case "load-model":
+      loadModel(message.id, message.source);
+      return;
+    case "generate":
+      generate(message.id, message.input, message.options);
+      return;
+    case "logits":
+      logits(message.id, message.ids);
+      return;
     case "cancel":
-      if (currentRun !== null) currentRun.cancelRequested = true;
+      if (currentOp !== null) {
+        currentOp.cancelRequested = true;
+        currentOp.abort?.abort();
+      }
       return;
     default:
       reportError(null, Object.assign(new Error(`unknown message type ${JSON.stringify(message.type)}`), { code: "worker.protocol" }), { fatal: false });

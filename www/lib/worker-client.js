@@ -1,13 +1,16 @@
 // Page-side handle on the compute worker (protocol: see the comment at the top of worker.js).
-// Owns one worker per backend choice, turns replies into events and run promises, and keeps a
-// watchdog: a fatal error terminates the worker (promises of its runs settle with that error) and
-// a worker that stays silent while busy is reported as unresponsive, so the page never waits forever.
+// Owns one worker per backend choice, turns replies into events and operation promises, and keeps
+// a watchdog: a fatal error terminates the worker (promises of its operations settle with that
+// error) and a worker that stays silent while busy is reported as unresponsive, so the page never
+// waits forever.
 
 /**
  * Events (subscribe with `on(type, fn)`; `on` returns an unsubscribe function):
  *   "state"    {state, generation}   state: "starting" | "ready" | "busy" | "crashed"
  *   "backend"  the worker's backend message
- *   "progress" the worker's progress message
+ *   "progress" the worker's progress message (training)
+ *   "download" the worker's download message (hub model loads)
+ *   "token"    the worker's token message (generation)
  *   "error"    {error: {code, message, details}, fatal, id}  errors not tied to a run, and fatal ones
  *   "stalled"  {silentMs, state}     no message for `watchdogMs` while starting or busy
  */
@@ -28,7 +31,9 @@ export class WorkerClient {
     this.backend = null;
     this.lastError = null;
     this.listeners = new Map();
-    this.pending = new Map(); // run id → resolve({summary} | {error})
+    this.pending = new Map(); // operation id → {resolve, onEvent}
+    // Shared with the worker so that "stop" reaches a generation that never yields (see worker.js).
+    this.interrupt = typeof SharedArrayBuffer === "function" && self.crossOriginIsolated ? new SharedArrayBuffer(4) : null;
     this.nextId = 1;
     this.lastMessageAt = 0;
     this.stallReported = false;
@@ -59,7 +64,7 @@ export class WorkerClient {
 
   /** Start a fresh worker for the current backend choice (terminating any previous one). */
   start() {
-    this.stop("worker.restarted", "The worker was restarted; this run was abandoned.");
+    this.stop("worker.restarted", "The worker was restarted; this operation was abandoned.");
     this.generation += 1;
     this.backend = null;
     this.lastError = null;
@@ -84,11 +89,11 @@ export class WorkerClient {
       this.emit("error", { id: null, fatal: false, error: { code: "worker.protocol", message: "A message from the worker could not be decoded." } });
     });
     this.setState("starting");
-    worker.postMessage({ type: "init", backend: this.backendChoice });
+    worker.postMessage({ type: "init", backend: this.backendChoice, interrupt: this.interrupt ?? undefined });
   }
 
-  /** Terminate the worker now; runs still pending settle with `{error: {code, message}}`. */
-  stop(code = "worker.terminated", message = "The worker was stopped; this run was abandoned.") {
+  /** Terminate the worker now; operations still pending settle with `{error: {code, message}}`. */
+  stop(code = "worker.terminated", message = "The worker was stopped; this operation was abandoned.") {
     if (this.worker) {
       this.worker.terminate();
       this.worker = null;
@@ -119,8 +124,34 @@ export class WorkerClient {
    * `{error}` (also when the worker crashes or is replaced mid-run).
    */
   trainToy(config) {
-    const id = `run-${this.generation}-${this.nextId++}`;
-    const result = new Promise((resolve) => this.pending.set(id, resolve));
+    return this.request("run", { type: "train-toy", config });
+  }
+
+  /**
+   * Load a model (`source` as in worker.js). `onDownload(message)` sees download progress.
+   * `result` settles with `{info, source, timing}` or `{error}`.
+   */
+  loadModel(source, { onDownload } = {}, transfer = []) {
+    return this.request("load", { type: "load-model", source }, onDownload, transfer);
+  }
+
+  /** Generate. `onToken(message)` sees each token; `result` settles with `{result}` or `{error}`. */
+  generate(input, options, { onToken } = {}) {
+    return this.request("gen", { type: "generate", input, options }, onToken);
+  }
+
+  /** Logits of every position; `result` settles with `{shape, data}` or `{error}`. */
+  logits(ids) {
+    return this.request("logits", { type: "logits", ids });
+  }
+
+  /**
+   * Send one operation (`message` without its id). Returns `{id, result}`; `result` always
+   * settles. `onEvent` sees the operation's intermediate messages (progress, download, token).
+   */
+  request(prefix, message, onEvent = null, transfer = []) {
+    const id = `${prefix}-${this.generation}-${this.nextId++}`;
+    const result = new Promise((resolve) => this.pending.set(id, { resolve, onEvent }));
     if (!this.worker || this.state === "crashed") {
       this.settle(id, { error: { code: "worker.crashed", message: "The worker is not running; restart it first." } });
       return { id, result };
@@ -128,11 +159,15 @@ export class WorkerClient {
     this.lastMessageAt = performance.now();
     this.stallReported = false;
     if (this.state === "ready") this.setState("busy");
-    this.worker.postMessage({ type: "train-toy", id, config });
+    // A fresh operation starts un-interrupted (the page runs one at a time).
+    if (this.interrupt) Atomics.store(new Int32Array(this.interrupt), 0, 0);
+    this.worker.postMessage({ ...message, id }, transfer);
     return { id, result };
   }
 
+  /** Ask the current operation to stop (see "cancel" in worker.js). */
   cancel() {
+    if (this.interrupt) Atomics.store(new Int32Array(this.interrupt), 0, 1);
     this.worker?.postMessage({ type: "cancel" });
   }
 
@@ -147,10 +182,19 @@ export class WorkerClient {
         for (const w of this.readyWaiters.splice(0)) w.resolve(message);
         break;
       case "progress":
-        this.emit("progress", message);
+      case "download":
+      case "token":
+        this.pending.get(message.id)?.onEvent?.(message);
+        this.emit(message.type, message);
         break;
       case "done":
-        this.settle(message.id, { summary: message.summary });
+        this.settle(message.id, "summary" in message ? { summary: message.summary } : { result: message.result });
+        break;
+      case "model":
+        this.settle(message.id, { info: message.info, source: message.source, timing: message.timing });
+        break;
+      case "logits":
+        this.settle(message.id, { shape: message.shape, data: message.data });
         break;
       case "error":
         if (message.fatal) {
@@ -167,10 +211,10 @@ export class WorkerClient {
   }
 
   settle(id, outcome) {
-    const resolve = this.pending.get(id);
-    if (!resolve) return;
+    const entry = this.pending.get(id);
+    if (!entry) return;
     this.pending.delete(id);
-    resolve(outcome);
+    entry.resolve(outcome);
     if (this.pending.size === 0 && this.state === "busy" && this.worker) this.setState("ready");
   }
 
@@ -178,7 +222,7 @@ export class WorkerClient {
     for (const id of [...this.pending.keys()]) this.settle(id, { error });
   }
 
-  /** A fatal error: terminate the worker, settle its runs, tell the page. */
+  /** A fatal error: terminate the worker, settle its operations, tell the page. */
   fail(error, id = null) {
     if (this.worker) {
       this.worker.terminate();

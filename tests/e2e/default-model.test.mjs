@@ -1,0 +1,99 @@
+// The default model served with the page (SmolLM2-135M-Instruct, a real pretrained GGUF with
+// Q4_1/Q8_0 weights, prepared by `cargo xtask models`): it loads from the page's own "Ready-made
+// model" button, reports what the native CLI reports, tokenizes text and continues it greedily
+// exactly as the native CLI does, and a reload serves it from the browser cache.
+//
+// CPU only: on headless chromium's SwiftShader adapter a 135M-parameter model would take many
+// minutes per token; WebGPU numerics are covered on the tiny fixtures (models.test.mjs).
+
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+import { CLI, assertCleanLog, launchBrowser, waitForBackend, waitInPage, withPage, withTimeout } from "./harness.mjs";
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+const INDEX = path.join(ROOT, "www/models/index.json");
+const PROMPT = "The capital of France is";
+const NEW_TOKENS = 6;
+
+let browser;
+before(async () => {
+  browser = await launchBrowser();
+});
+after(async () => {
+  await browser?.close();
+});
+
+function defaultModel() {
+  const index = JSON.parse(fs.readFileSync(INDEX, "utf8"));
+  const model = index.models.find((m) => m.id === "smollm2-135m-instruct");
+  assert.ok(model, `${INDEX} lists no smollm2-135m-instruct: \`cargo xtask models\` could not fetch it (see its output)`);
+  return { model, dir: path.join(ROOT, "www", model.repo, "resolve/main") };
+}
+
+function cli(args) {
+  assert.ok(CLI, "WEBTUNE_CLI is not set (cargo xtask test sets it)");
+  const stdout = execFileSync(CLI, [...args, "--json"], { encoding: "utf8", timeout: 300_000, maxBuffer: 64 << 20 });
+  return JSON.parse(stdout.trim().split("\n").at(-1));
+}
+
+test("the default model loads from the page, matches the native CLI, generates from text, and is cached", { timeout: 900_000 }, async () => {
+  const { dir } = defaultModel();
+  const nativeInfo = cli(["info", dir]);
+  const native = cli(["generate", dir, "--prompt", PROMPT, "--greedy", "--max-new-tokens", String(NEW_TOKENS), "--ignore-eos"]);
+
+  await withPage("default-model", browser, { backend: "cpu" }, async ({ page, log }) => {
+    await waitForBackend(page);
+    await page.evaluate(() => window.webtune.clearModelCache());
+    await waitInPage(page, () => !document.querySelector("form.default-form")?.hidden, null, 10_000, "the ready-made model form");
+    await page.getByTestId("load-default-model").click();
+    const loaded = await waitInPage(
+      page,
+      () => {
+        const record = window.webtune.loads.at(-1);
+        return record && record.status !== "loading" ? record : null;
+      },
+      null,
+      300_000,
+      "the default model to download and load",
+    );
+    assert.equal(loaded.error, null, `loading failed: ${JSON.stringify(loaded.error)}`);
+    assert.deepEqual(loaded.info, nativeInfo, "the page reports what `webtune info` reports");
+    assert.equal(loaded.info.architecture, "llama");
+    assert.equal(loaded.info.has_tokenizer, true);
+    console.log(`default model: download ${loaded.timing.download_ms.toFixed(0)} ms, build ${loaded.timing.load_ms.toFixed(0)} ms`);
+
+    // Text in, text out: the tokenizer from the GGUF metadata and the greedy continuation agree
+    // with the native build token for token.
+    const requestsBefore = log.requests.length;
+    const gen = await withTimeout(
+      page.evaluate(
+        ([prompt, n]) => window.webtune.generate(prompt, { greedy: true, max_new_tokens: n, ignore_eos: true }),
+        [PROMPT, NEW_TOKENS],
+      ),
+      300_000,
+      "greedy generation",
+    );
+    assert.equal(gen.error, null, `generation failed: ${JSON.stringify(gen.error)}`);
+    assert.deepEqual(gen.result.prompt_ids, native.prompt_ids);
+    assert.deepEqual(gen.result.generated_ids, native.generated_ids);
+    assert.equal(gen.result.text, native.text);
+    console.log(`default model: "${PROMPT}" →${JSON.stringify(gen.result.text)} at ${gen.result.tokens_per_s.toFixed(2)} tokens/s (CPU wasm)`);
+    assert.deepEqual(log.requests.slice(requestsBefore), [], "generation made no network request");
+
+    // A reload loads it again from the Cache API: the weights are not requested again.
+    await withTimeout(page.reload({ waitUntil: "load" }), 30_000, "the page to reload");
+    await waitForBackend(page);
+    const requestsAtReload = log.requests.length;
+    const again = await withTimeout(page.evaluate(() => window.webtune.loadDefaultModel()), 300_000, "the cached default model");
+    assert.equal(again.error, null, `the cached load failed: ${JSON.stringify(again.error)}`);
+    assert.equal(again.source.cached, true);
+    const gguf = log.requests.slice(requestsAtReload).filter((r) => r.url.endsWith(".gguf"));
+    assert.deepEqual(gguf, [], "the GGUF came from the browser cache");
+    assertCleanLog(assert, log);
+  });
+});

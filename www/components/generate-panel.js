@@ -1,0 +1,173 @@
+// "Generate" panel: a prompt (text, or token ids as "ids: 1, 2, 3"), the sampling settings,
+// Generate and Stop, the streamed output and the speed.
+
+import { el, formatInt } from "../lib/format.js";
+
+const BACKEND_NAMES = { webgpu: "WebGPU", cpu: "CPU" };
+
+/**
+ * The worker's `input` for a prompt: "ids: 1, 2, 3" → {ids}; a bare list of numbers when the
+ * model has no tokenizer → {ids}; anything else → {text}. Throws `config.invalid`.
+ */
+export function parsePrompt(text, hasTokenizer) {
+  const prefixed = /^\s*ids\s*:(.*)$/is.exec(text);
+  const bareIds = !hasTokenizer && /^[\s\d,]+$/.test(text) && /\d/.test(text);
+  if (!prefixed && !bareIds) {
+    if (!hasTokenizer && text.trim() !== "") {
+      throw Object.assign(new Error('This model has no tokenizer: write the prompt as token ids, e.g. "ids: 1, 2, 3".'), { code: "config.invalid" });
+    }
+    return { text };
+  }
+  const parts = (prefixed ? prefixed[1] : text).split(/[\s,]+/).filter(Boolean);
+  const ids = parts.map(Number);
+  const bad = parts.find((p, i) => !/^\d+$/.test(p) || !Number.isSafeInteger(ids[i]));
+  if (bad !== undefined || ids.length === 0) {
+    throw Object.assign(new Error(bad !== undefined ? `"${bad}" is not a token id (ids are non-negative integers).` : "The prompt has no token ids."), {
+      code: "config.invalid",
+    });
+  }
+  return { ids };
+}
+
+/**
+ * @param {HTMLElement} section  the panel's <section>
+ * @param {{onGenerate: (input: object, options: object) => void, onStop: () => void, onError: (e: object) => void}} options
+ */
+export function createGeneratePanel(section, { onGenerate, onStop, onError }) {
+  const prompt = el("textarea", { id: "prompt", name: "prompt", rows: 3, "data-testid": "prompt", "aria-describedby": "prompt-help" }, "");
+  const number = (id, label, value, attrs = {}, title) => {
+    const field = el("input", { id, name: id, type: "number", value, "data-testid": id, title, ...attrs });
+    return { field, wrap: el("div", { class: "field" }, el("label", { for: id }, label), field) };
+  };
+  const maxNew = number("max-new-tokens", "Max new tokens", 32, { min: 1, step: 1, inputmode: "numeric" });
+  const temperature = number("temperature", "Temperature", 1, { min: 0, step: "any", inputmode: "decimal" });
+  const topK = number("top-k", "Top-k", 50, { min: 0, step: 1, inputmode: "numeric" }, "Keep the k most likely tokens (0 = all)");
+  const topP = number("top-p", "Top-p", 1, { min: 0, max: 1, step: "any", inputmode: "decimal" }, "Keep the most likely tokens up to this total probability (1 = all)");
+  const penalty = number("repetition-penalty", "Repetition penalty", 1, { min: 0, step: "any", inputmode: "decimal" }, "Above 1 discourages tokens already in the text");
+  // Not labelled "seed": the toy panel's "Seed" must stay the only control by that name.
+  const rng = number("sampling-rng", "Sampling RNG", 0, { min: 0, step: 1, inputmode: "numeric" }, "Seed of the sampler's random numbers: the same seed gives the same text");
+  const greedy = el("input", { id: "greedy", name: "greedy", type: "checkbox", "data-testid": "greedy" });
+  const samplingFields = [temperature, topK, topP, rng];
+  greedy.addEventListener("change", () => {
+    for (const f of samplingFields) f.field.disabled = greedy.checked || section.dataset.mode === "generating";
+  });
+
+  const generate = el("button", { type: "submit", class: "primary", "data-testid": "generate", disabled: true }, "Generate");
+  const stop = el("button", { type: "button", "data-testid": "stop-generate", disabled: true, onclick: () => onStop() }, "Stop");
+  const form = el(
+    "form",
+    { class: "generate-form", novalidate: true },
+    el("div", { class: "field wide" }, el("label", { for: "prompt" }, "Prompt"), prompt),
+    el("p", { id: "prompt-help", class: "help" }, 'Text, or token ids written as "ids: 1, 2, 3" (the only way for a model without a tokenizer).'),
+    el(
+      "div",
+      { class: "fields" },
+      maxNew.wrap,
+      el("div", { class: "field checkbox" }, greedy, el("label", { for: "greedy" }, "Greedy")),
+      temperature.wrap,
+      topK.wrap,
+      topP.wrap,
+      penalty.wrap,
+      rng.wrap,
+    ),
+    el("div", { class: "buttons" }, generate, stop),
+  );
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    let input;
+    try {
+      input = parsePrompt(prompt.value, hasTokenizer);
+    } catch (e) {
+      onError({ code: e.code ?? "config.invalid", message: e.message });
+      return;
+    }
+    onGenerate(input, options());
+  });
+
+  // Streamed text is announced once, when complete (aria-busy while it grows).
+  const output = el("output", { class: "generated", for: "prompt", "aria-live": "polite", "data-testid": "gen-output" });
+  const ids = el("p", { class: "generated-ids", "data-testid": "gen-ids" });
+  const stats = el("p", { class: "result", "data-testid": "gen-stats" }, "Load a model to generate.");
+
+  section.append(el("h2", { id: "generate-title" }, "Generate"), form, el("div", { class: "output-box" }, output), ids, stats);
+
+  let hasTokenizer = true;
+  let tokens = [];
+  let text = null;
+  let frame = 0;
+
+  function options() {
+    const out = { greedy: greedy.checked };
+    const put = (key, field, integer) => {
+      const v = field.valueAsNumber;
+      if (Number.isFinite(v)) out[key] = integer ? Math.trunc(v) : v;
+    };
+    put("max_new_tokens", maxNew.field, true);
+    put("repetition_penalty", penalty.field, false);
+    if (!greedy.checked) {
+      put("temperature", temperature.field, false);
+      put("top_k", topK.field, true);
+      put("top_p", topP.field, false);
+      put("seed", rng.field, true);
+    }
+    return out;
+  }
+
+  function render() {
+    frame = 0;
+    // Without a tokenizer there is no text: the ids are the output.
+    output.textContent = text ?? tokens.join(" ");
+    ids.textContent = tokens.length ? `Generated ids: ${tokens.join(", ")}` : "";
+  }
+
+  return {
+    /** canGenerate: a model is loaded and the worker is idle; generating: Stop enabled. */
+    setMode({ canGenerate, generating }) {
+      generate.disabled = !canGenerate;
+      stop.disabled = !generating;
+      section.dataset.mode = generating ? "generating" : canGenerate ? "idle" : "unavailable";
+      for (const f of [prompt, maxNew.field, penalty.field, greedy]) f.disabled = generating;
+      for (const f of samplingFields) f.field.disabled = generating || greedy.checked;
+    },
+    /** The loaded model changed (null: none). */
+    setModel(info) {
+      hasTokenizer = info ? info.has_tokenizer : true;
+      prompt.placeholder = info && !info.has_tokenizer ? "ids: 1, 2, 3" : "Once upon a time";
+      delete stats.dataset.outcome;
+      stats.textContent = info ? `Ready: ${info.architecture}${info.has_tokenizer ? "" : " (no tokenizer: give token ids)"}.` : "Load a model to generate.";
+    },
+    begin() {
+      tokens = [];
+      text = null;
+      render();
+      output.setAttribute("aria-busy", "true");
+      delete stats.dataset.outcome;
+      stats.textContent = "Generating…";
+    },
+    /** One token message; redrawn at most once per frame. */
+    token(message) {
+      tokens.push(message.token);
+      if (message.text !== null && message.text !== undefined) text = message.text;
+      if (frame === 0) frame = requestAnimationFrame(render);
+    },
+    finish(result, backend) {
+      tokens = result.generated_ids;
+      if (result.text !== null && result.text !== undefined) text = result.text;
+      render();
+      output.setAttribute("aria-busy", "false");
+      const n = result.generated_ids.length;
+      stats.dataset.outcome = result.cancelled ? "cancelled" : "done";
+      stats.textContent =
+        `${result.cancelled ? "Stopped after" : "Generated"} ${formatInt(n)} token${n === 1 ? "" : "s"} in ${result.seconds.toFixed(2)} s` +
+        ` · ${result.tokens_per_s.toFixed(1)} tokens/s` +
+        (backend ? ` on ${BACKEND_NAMES[backend] ?? backend}` : "") +
+        ` · prompt ${formatInt(result.prompt_ids.length)} tokens`;
+    },
+    fail(error) {
+      render();
+      output.setAttribute("aria-busy", "false");
+      stats.dataset.outcome = "error";
+      stats.textContent = `Failed: ${error.code} — ${error.message}`;
+    },
+  };
+}

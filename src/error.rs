@@ -35,6 +35,10 @@ pub enum Code {
     WeightsMissingTensor,
     /// tokenizer.json could not be read or used.
     TokenizerInvalid,
+    /// A dataset file is unreadable or one of its records is invalid (details name file/line/field).
+    DataInvalid,
+    /// A chat template could not be compiled or rendered.
+    ChatTemplateInvalid,
     /// Something inside webtune went wrong that is not the user's fault.
     Internal,
 }
@@ -55,6 +59,8 @@ impl Code {
             Code::WeightsCorrupt => "weights.corrupt",
             Code::WeightsMissingTensor => "weights.missing_tensor",
             Code::TokenizerInvalid => "tokenizer.invalid",
+            Code::DataInvalid => "data.invalid",
+            Code::ChatTemplateInvalid => "chat_template.invalid",
             Code::Internal => "internal",
         }
     }

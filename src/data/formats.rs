@@ -1,0 +1,586 @@
+//! Dataset files → records. Each record is a JSON object (CSV rows and text lines become objects
+//! too, so schema detection sees one shape) plus the place it came from. Problems that affect a
+//! single record (a malformed JSON line, a CSV row with the wrong number of fields) come back as
+//! [`Issue`]s in place of that record, so the caller decides whether to skip or stop; problems
+//! that make the whole file unreadable (invalid UTF-8, a broken JSON array) are errors.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::{json, Map, Value};
+
+use super::validate::Issue;
+use crate::error::{Code, Error, Result};
+
+/// How a file is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// One JSON value per line (`.jsonl`, `.ndjson`).
+    Jsonl,
+    /// One JSON array of objects (`.json`).
+    Json,
+    /// Comma-separated values with a header row.
+    Csv,
+    /// Tab-separated values with a header row.
+    Tsv,
+    /// Plain text (`.txt`): one example per line, or one document cut into chunks.
+    Text,
+}
+
+impl Format {
+    /// The format a file name's extension names, if any.
+    pub fn from_name(name: &str) -> Option<Format> {
+        let ext = name.rsplit_once('.')?.1.to_ascii_lowercase();
+        Some(match ext.as_str() {
+            "jsonl" | "ndjson" => Format::Jsonl,
+            "json" => Format::Json,
+            "csv" => Format::Csv,
+            "tsv" | "tab" => Format::Tsv,
+            "txt" | "text" | "md" => Format::Text,
+            _ => return None,
+        })
+    }
+
+    /// The extension first, then the content: a `.json` file that holds one object per line is
+    /// read as JSONL (a common mislabelling), and an unknown extension is sniffed.
+    pub fn detect(name: &str, text: &str) -> Format {
+        let first = text.trim_start().chars().next();
+        match (Format::from_name(name), first) {
+            (Some(Format::Json), Some('{')) => Format::Jsonl,
+            (Some(format), _) => format,
+            (None, Some('[')) => Format::Json,
+            (None, Some('{')) => Format::Jsonl,
+            (None, _) => Format::Text,
+        }
+    }
+}
+
+/// How a plain-text file becomes examples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum TextMode {
+    /// Each non-blank line is one example.
+    #[default]
+    Lines,
+    /// The file is one document, cut at line breaks into chunks of at most `chunk_chars`
+    /// characters (a single longer line is cut at a character boundary) for causal LM.
+    Document { chunk_chars: usize },
+}
+
+/// Where a record came from: the file, the 1-based line it starts on, and for CSV/TSV the
+/// 1-based data row (the header is not a row; a quoted field can span lines, so rows and lines
+/// differ).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Location {
+    #[serde(serialize_with = "serialize_arc_str")]
+    pub file: Arc<str>,
+    pub line: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub row: Option<usize>,
+}
+
+fn serialize_arc_str<S: Serializer>(s: &Arc<str>, ser: S) -> Result<S::Ok, S::Error> {
+    ser.serialize_str(s)
+}
+
+impl Location {
+    pub fn line(file: &Arc<str>, line: usize) -> Self {
+        Self {
+            file: file.clone(),
+            line,
+            row: None,
+        }
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.row {
+            Some(row) => write!(f, "{} row {} (line {})", self.file, row, self.line),
+            None => write!(f, "{} line {}", self.file, self.line),
+        }
+    }
+}
+
+/// One record as read: its fields and where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub loc: Location,
+    pub fields: Map<String, Value>,
+}
+
+/// A whole file read into records.
+#[derive(Debug)]
+pub struct Parsed {
+    pub format: Format,
+    /// In file order; a record that could not be read is an [`Issue`] in its place.
+    pub records: Vec<std::result::Result<Record, Issue>>,
+    /// Blank lines (JSONL, text lines mode): not examples, counted so nothing vanishes unseen.
+    pub blank_lines: usize,
+    /// CSV/TSV header, as read (trimmed).
+    pub header: Option<Vec<String>>,
+}
+
+fn data_error(file: &str, reason: &str, message: String, mut details: Value) -> Error {
+    details["file"] = json!(file);
+    details["reason"] = json!(reason);
+    Error::new(Code::DataInvalid, message).with_details(details)
+}
+
+/// Checks the bytes are UTF-8 and strips a byte-order mark. The error names the byte offset (in
+/// the file as given, BOM included) and the line of the first invalid byte.
+pub fn decode_utf8<'a>(file: &str, bytes: &'a [u8]) -> Result<&'a str> {
+    let (bom, body) = match bytes.strip_prefix(b"\xEF\xBB\xBF") {
+        Some(rest) => (3, rest),
+        None => (0, bytes),
+    };
+    std::str::from_utf8(body).map_err(|e| {
+        let offset = bom + e.valid_up_to();
+        let line = 1 + bytes[..offset].iter().filter(|&&b| b == b'\n').count();
+        let column = offset
+            - bytes[..offset]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |p| p + 1)
+            + 1;
+        data_error(
+            file,
+            "invalid_utf8",
+            format!(
+                "{file} is not valid UTF-8: byte 0x{:02X} at byte offset {offset} (line {line}, \
+                 column {column}) cannot be decoded. Save the file as UTF-8 and load it again.",
+                bytes[offset]
+            ),
+            json!({ "byte_offset": offset, "line": line, "column": column }),
+        )
+    })
+}
+
+/// Reads a dataset file. `format` overrides detection from the name and content.
+pub fn read(
+    name: &str,
+    bytes: &[u8],
+    format: Option<Format>,
+    text_mode: TextMode,
+) -> Result<Parsed> {
+    let text = decode_utf8(name, bytes)?;
+    let format = format.unwrap_or_else(|| Format::detect(name, text));
+    let file: Arc<str> = Arc::from(name);
+    match format {
+        Format::Jsonl => Ok(read_jsonl(&file, text)),
+        Format::Json => read_json_array(&file, text),
+        Format::Csv => read_delimited(&file, text, b',', Format::Csv),
+        Format::Tsv => read_delimited(&file, text, b'\t', Format::Tsv),
+        Format::Text => Ok(read_text(&file, text, text_mode)),
+    }
+}
+
+/// serde_json's message without its trailing " at line L column C" (we give our own position).
+fn json_message(e: &serde_json::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" at line ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// A JSON value as a record: objects as they are, a bare string as `{"text": …}`.
+fn value_to_record(loc: Location, value: Value) -> std::result::Result<Record, Issue> {
+    match value {
+        Value::Object(fields) => Ok(Record { loc, fields }),
+        Value::String(s) => {
+            let mut fields = Map::new();
+            fields.insert("text".into(), Value::String(s));
+            Ok(Record { loc, fields })
+        }
+        other => {
+            let kind = match other {
+                Value::Array(_) => "an array",
+                Value::Number(_) => "a number",
+                Value::Bool(_) => "a boolean",
+                _ => "null",
+            };
+            Err(Issue::new(
+                "not_an_object",
+                loc,
+                None,
+                format!("expected a JSON object, found {kind}"),
+            ))
+        }
+    }
+}
+
+fn read_jsonl(file: &Arc<str>, text: &str) -> Parsed {
+    let mut records = Vec::new();
+    let mut blank_lines = 0;
+    let mut lines = text.split('\n').peekable();
+    let mut n = 0;
+    while let Some(raw) = lines.next() {
+        n += 1;
+        let line = raw.strip_suffix('\r').unwrap_or(raw);
+        if line.trim().is_empty() {
+            // The empty string after a final newline is not a line.
+            if lines.peek().is_some() || !line.is_empty() {
+                blank_lines += 1;
+            }
+            continue;
+        }
+        let loc = Location::line(file, n);
+        records.push(match serde_json::from_str::<Value>(line) {
+            Ok(value) => value_to_record(loc, value),
+            Err(e) => {
+                let column = e.column();
+                Err(Issue::new(
+                    "malformed_json",
+                    loc,
+                    None,
+                    format!("malformed JSON at column {column}: {}", json_message(&e)),
+                ))
+            }
+        });
+    }
+    Parsed {
+        format: Format::Jsonl,
+        records,
+        blank_lines,
+        header: None,
+    }
+}
+
+/// A JSON array, element by element, so each element keeps the line it starts on.
+fn read_json_array(file: &Arc<str>, text: &str) -> Result<Parsed> {
+    let bytes = text.as_bytes();
+    let line_at = |pos: usize| 1 + bytes[..pos].iter().filter(|&&b| b == b'\n').count();
+    let skip_ws = |mut pos: usize| {
+        while pos < bytes.len() && bytes[pos].is_ascii_whitespace() {
+            pos += 1;
+        }
+        pos
+    };
+    let broken = |pos: usize, what: String| {
+        let line = line_at(pos.min(bytes.len()));
+        data_error(
+            file,
+            "malformed_json",
+            format!("{file} line {line}: malformed JSON: {what}"),
+            json!({ "line": line, "byte_offset": pos }),
+        )
+    };
+    let mut pos = skip_ws(0);
+    if bytes.get(pos) != Some(&b'[') {
+        return Err(broken(
+            pos,
+            "expected a JSON array of objects (`[ {…}, {…} ]`)".into(),
+        ));
+    }
+    pos = skip_ws(pos + 1);
+    let mut records = Vec::new();
+    if bytes.get(pos) == Some(&b']') {
+        pos += 1;
+    } else {
+        loop {
+            let start = pos;
+            let mut stream =
+                serde_json::Deserializer::from_str(&text[start..]).into_iter::<Value>();
+            let value = match stream.next() {
+                Some(Ok(v)) => v,
+                Some(Err(e)) => {
+                    // serde_json's line is relative to `start`.
+                    let line = line_at(start) + e.line().saturating_sub(1);
+                    return Err(data_error(
+                        file,
+                        "malformed_json",
+                        format!("{file} line {line}: malformed JSON: {}", json_message(&e)),
+                        json!({ "line": line }),
+                    ));
+                }
+                None => return Err(broken(start, "the array is not closed with `]`".into())),
+            };
+            pos = skip_ws(start + stream.byte_offset());
+            records.push(value_to_record(Location::line(file, line_at(start)), value));
+            match bytes.get(pos) {
+                Some(b',') => pos = skip_ws(pos + 1),
+                Some(b']') => {
+                    pos += 1;
+                    break;
+                }
+                _ => {
+                    return Err(broken(
+                        pos,
+                        "expected `,` or `]` after an array element".into(),
+                    ))
+                }
+            }
+        }
+    }
+    if skip_ws(pos) != bytes.len() {
+        return Err(broken(pos, "unexpected text after the closing `]`".into()));
+    }
+    Ok(Parsed {
+        format: Format::Json,
+        records,
+        blank_lines: 0,
+        header: None,
+    })
+}
+
+fn read_delimited(file: &Arc<str>, text: &str, delimiter: u8, format: Format) -> Result<Parsed> {
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .has_headers(true)
+        .flexible(true)
+        .from_reader(text.as_bytes());
+    let header: Vec<String> = reader
+        .headers()
+        .map_err(|e| {
+            data_error(
+                file,
+                "malformed_csv",
+                format!("{file} line 1: the header row cannot be read: {e}"),
+                json!({ "line": 1 }),
+            )
+        })?
+        .iter()
+        .enumerate()
+        .map(|(i, h)| match h.trim() {
+            "" => format!("column{}", i + 1),
+            h => h.to_string(),
+        })
+        .collect();
+    if header.is_empty() || text.trim().is_empty() {
+        return Err(data_error(
+            file,
+            "empty_file",
+            format!("{file} is empty: expected a header row and at least one data row"),
+            json!({}),
+        ));
+    }
+    for (i, h) in header.iter().enumerate() {
+        if header[..i].contains(h) {
+            return Err(data_error(
+                file,
+                "duplicate_column",
+                format!("{file} line 1: the header names column \"{h}\" twice"),
+                json!({ "line": 1, "field": h }),
+            ));
+        }
+    }
+    let mut records = Vec::new();
+    // csv's own line numbers drift with CRLF endings (the '\n' of a "\r\n" is read as the start
+    // of the next record), so lines are counted from the byte offset where a record starts.
+    let raw = text.as_bytes();
+    let (mut counted_to, mut line_at_counted) = (0usize, 1usize);
+    let mut line_of = |byte: usize| {
+        let mut b = byte.min(raw.len());
+        while b < raw.len() && (raw[b] == b'\r' || raw[b] == b'\n') {
+            b += 1;
+        }
+        if b >= counted_to {
+            line_at_counted += raw[counted_to..b].iter().filter(|&&c| c == b'\n').count();
+            counted_to = b;
+        }
+        line_at_counted
+    };
+    for (i, row) in reader.records().enumerate() {
+        let row_no = i + 1;
+        let record = match row {
+            Ok(row) => {
+                let line = row.position().map_or(0, |p| line_of(p.byte() as usize));
+                let loc = Location {
+                    file: file.clone(),
+                    line,
+                    row: Some(row_no),
+                };
+                if row.len() != header.len() {
+                    Err(Issue::new(
+                        "wrong_field_count",
+                        loc,
+                        None,
+                        format!(
+                            "this row has {} fields but the header has {} ({})",
+                            row.len(),
+                            header.len(),
+                            header.join(", ")
+                        ),
+                    ))
+                } else {
+                    let fields = header
+                        .iter()
+                        .zip(row.iter())
+                        .map(|(h, v)| (h.clone(), Value::String(v.to_string())))
+                        .collect();
+                    Ok(Record { loc, fields })
+                }
+            }
+            Err(e) => {
+                let line = e.position().map_or(0, |p| line_of(p.byte() as usize));
+                let loc = Location {
+                    file: file.clone(),
+                    line,
+                    row: Some(row_no),
+                };
+                Err(Issue::new(
+                    "malformed_csv",
+                    loc,
+                    None,
+                    format!("this row cannot be read: {e}"),
+                ))
+            }
+        };
+        records.push(record);
+    }
+    Ok(Parsed {
+        format,
+        records,
+        blank_lines: 0,
+        header: Some(header),
+    })
+}
+
+fn text_record(file: &Arc<str>, line: usize, text: String) -> std::result::Result<Record, Issue> {
+    let mut fields = Map::new();
+    fields.insert("text".into(), Value::String(text));
+    Ok(Record {
+        loc: Location::line(file, line),
+        fields,
+    })
+}
+
+fn read_text(file: &Arc<str>, text: &str, mode: TextMode) -> Parsed {
+    let mut records = Vec::new();
+    let mut blank_lines = 0;
+    let lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
+    match mode {
+        TextMode::Lines => {
+            let total = text.split('\n').count();
+            for (i, line) in lines.enumerate() {
+                if line.trim().is_empty() {
+                    if !(i + 1 == total && line.is_empty()) {
+                        blank_lines += 1;
+                    }
+                    continue;
+                }
+                records.push(text_record(file, i + 1, line.to_string()));
+            }
+        }
+        TextMode::Document { chunk_chars } => {
+            let body = text.strip_suffix('\n').unwrap_or(text);
+            let lines = body.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
+            let limit = chunk_chars.max(1);
+            let mut chunk = String::new();
+            let (mut chunk_chars_now, mut chunk_line) = (0usize, 1usize);
+            for (i, line) in lines.enumerate() {
+                let n = line.chars().count() + 1; // the newline joins lines inside a chunk
+                if chunk_chars_now > 0 && chunk_chars_now + n > limit {
+                    records.push(text_record(file, chunk_line, std::mem::take(&mut chunk)));
+                    chunk_chars_now = 0;
+                }
+                if chunk_chars_now == 0 {
+                    chunk_line = i + 1;
+                }
+                if n > limit {
+                    // One line longer than a chunk: cut it at character boundaries.
+                    let chars: Vec<char> = line.chars().collect();
+                    for piece in chars.chunks(limit) {
+                        records.push(text_record(file, i + 1, piece.iter().collect()));
+                    }
+                    continue;
+                }
+                chunk.push_str(line);
+                chunk.push('\n');
+                chunk_chars_now += n;
+            }
+            if !chunk.trim().is_empty() {
+                records.push(text_record(file, chunk_line, chunk));
+            }
+        }
+    }
+    Parsed {
+        format: Format::Text,
+        records,
+        blank_lines,
+        header: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bom_is_stripped_and_invalid_utf8_is_located() {
+        assert_eq!(decode_utf8("a.txt", b"\xEF\xBB\xBFhi").unwrap(), "hi");
+        let err = decode_utf8("a.txt", b"ok\nfine\nbad \xFF here").unwrap_err();
+        assert_eq!(err.code, Code::DataInvalid);
+        assert_eq!(err.details["byte_offset"], 12);
+        assert_eq!(err.details["line"], 3);
+        assert_eq!(err.details["column"], 5);
+        assert!(
+            err.message.contains("byte offset 12 (line 3"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn format_detection_uses_extension_then_content() {
+        assert_eq!(Format::detect("x.csv", "a,b"), Format::Csv);
+        assert_eq!(
+            Format::detect("x.json", "{\"a\":1}\n{\"a\":2}"),
+            Format::Jsonl
+        );
+        assert_eq!(Format::detect("x.json", "[{}]"), Format::Json);
+        assert_eq!(Format::detect("x", "  [1]"), Format::Json);
+        assert_eq!(Format::detect("x.dat", "hello"), Format::Text);
+    }
+
+    #[test]
+    fn json_array_elements_keep_their_lines() {
+        let p = read(
+            "a.json",
+            b"[\n {\"text\": \"a\"},\n\n {\"text\": \"b\"}\n]\n",
+            None,
+            TextMode::Lines,
+        )
+        .unwrap();
+        let lines: Vec<usize> = p
+            .records
+            .iter()
+            .map(|r| r.as_ref().unwrap().loc.line)
+            .collect();
+        assert_eq!(lines, vec![2, 4]);
+        let err = read(
+            "a.json",
+            b"[\n {\"text\": \"a\"},\n {\"text\" \"b\"}\n]",
+            None,
+            TextMode::Lines,
+        )
+        .unwrap_err();
+        assert_eq!(err.details["line"], 3, "{err}");
+    }
+
+    #[test]
+    fn document_mode_cuts_at_line_breaks() {
+        let p = read(
+            "a.txt",
+            b"aaaa\nbbbb\ncccc\n",
+            None,
+            TextMode::Document { chunk_chars: 10 },
+        )
+        .unwrap();
+        let chunks: Vec<(usize, String)> = p
+            .records
+            .iter()
+            .map(|r| {
+                let r = r.as_ref().unwrap();
+                (r.loc.line, r.fields["text"].as_str().unwrap().to_string())
+            })
+            .collect();
+        assert_eq!(
+            chunks,
+            vec![(1, "aaaa\nbbbb\n".into()), (3, "cccc\n".into())]
+        );
+    }
+}

@@ -1,0 +1,610 @@
+//! Records → examples, with every problem named by file, line and field, and a report of what
+//! was read, what was skipped and why, and what the model will see (token lengths under its
+//! tokenizer, how many examples will be truncated). Nothing is dropped without an entry in the
+//! report: skipped records are counted by reason and listed, blank lines are counted.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::batching::{CausalEncoder, CausalOptions, LabelMap};
+use super::chat::{ChatTemplate, Message};
+use super::formats::{self, Format, Location, Record, TextMode};
+use super::schema::{self, Detection, Schema};
+use crate::error::{Code, Error, Result};
+use crate::io::tokenizer::Tokenizer;
+
+/// One problem with one record.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Issue {
+    /// Stable machine-readable reason: `malformed_json`, `not_an_object`, `malformed_csv`,
+    /// `wrong_field_count`, `missing_field`, `wrong_type`, `empty_text`, `bad_messages`,
+    /// `no_assistant_message`, `chat_template`, `too_long`, `label_seen_once`.
+    pub reason: &'static str,
+    #[serde(flatten)]
+    pub loc: Location,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// A sentence for the page that names the place: "reviews.jsonl line 3: malformed JSON …".
+    pub message: String,
+}
+
+impl Issue {
+    /// `what` is the problem alone; the message is prefixed with the location (and field).
+    pub fn new(reason: &'static str, loc: Location, field: Option<&str>, what: String) -> Self {
+        let message = match field {
+            Some(f) => format!("{loc}, field \"{f}\": {what}"),
+            None => format!("{loc}: {what}"),
+        };
+        Self {
+            reason,
+            loc,
+            field: field.map(str::to_string),
+            message,
+        }
+    }
+
+    /// The issue as a `data.invalid` error (for the stop policy).
+    pub fn to_error(&self) -> Error {
+        Error::new(Code::DataInvalid, self.message.clone()).with_details(json!({
+            "file": &*self.loc.file,
+            "line": self.loc.line,
+            "row": self.loc.row,
+            "field": self.field,
+            "reason": self.reason,
+        }))
+    }
+}
+
+/// What to do with a bad record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// Skip it, count it under its reason and list it in the report.
+    #[default]
+    Skip,
+    /// Stop at the first one with a `data.invalid` error naming file, line and field.
+    Stop,
+}
+
+/// What an example holds, after the schema has been applied.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Content {
+    Text {
+        text: String,
+    },
+    /// Alpaca records become pairs with the prompt already formatted.
+    Pair {
+        prompt: String,
+        completion: String,
+    },
+    Chat {
+        messages: Vec<Message>,
+    },
+    Labeled {
+        text: String,
+        label: String,
+    },
+}
+
+impl Content {
+    /// The key duplicates are found by: classification examples are the same example when
+    /// their texts are equal (a text with two labels must not sit on both sides of a split).
+    pub fn dedup_key(&self) -> u64 {
+        let mut h = DefaultHasher::new();
+        match self {
+            Content::Labeled { text, .. } => text.hash(&mut h),
+            other => other.hash(&mut h),
+        }
+        h.finish()
+    }
+
+    pub fn label(&self) -> Option<&str> {
+        match self {
+            Content::Labeled { label, .. } => Some(label),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Example {
+    pub loc: Location,
+    pub content: Content,
+}
+
+/// The examples of one file, ready to split and batch.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub file: String,
+    pub format: Format,
+    pub schema: Schema,
+    pub examples: Vec<Example>,
+    /// For classification: every label, sorted, with its id.
+    pub labels: Option<LabelMap>,
+}
+
+/// Options for [`inspect`]; every field has a default, so `{}` is valid JSON for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct InspectOptions {
+    /// Overrides detection from the file name and content.
+    pub format: Option<Format>,
+    /// Overrides schema detection.
+    pub schema: Option<Schema>,
+    pub text_mode: TextMode,
+    pub policy: Policy,
+    /// How prompts, completions and texts become tokens (and the sequence length).
+    pub causal: CausalOptions,
+    /// An example longer than `too_long_factor × seq_len` tokens is an issue (skipped or
+    /// stopping), not just truncated: it is almost certainly a formatting accident.
+    pub too_long_factor: usize,
+    /// The model's chat template (Jinja source), for chat datasets; ChatML when absent.
+    pub chat_template: Option<String>,
+    pub bos_token: String,
+    pub eos_token: String,
+    /// At most this many issues are listed in the report (all are counted).
+    pub max_listed_issues: usize,
+}
+
+impl Default for InspectOptions {
+    fn default() -> Self {
+        Self {
+            format: None,
+            schema: None,
+            text_mode: TextMode::Lines,
+            policy: Policy::Skip,
+            causal: CausalOptions::default(),
+            too_long_factor: 8,
+            chat_template: None,
+            bos_token: String::new(),
+            eos_token: String::new(),
+            max_listed_issues: 1000,
+        }
+    }
+}
+
+/// Token-length statistics under the model's tokenizer, of each example as it will be fed
+/// (prompt + separator + completion + EOS; rendered chat; classification text with the
+/// tokenizer's special tokens).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TokenStats {
+    pub seq_len: usize,
+    pub min: usize,
+    pub median: usize,
+    pub p95: usize,
+    pub max: usize,
+    pub mean: f64,
+    pub total: u64,
+    /// Examples longer than `seq_len` (+1 for causal targets): truncated when batched one per
+    /// row; plain texts that are packed are split across rows instead.
+    pub truncated: usize,
+    /// Ten equal-width buckets from 0 to `max`.
+    pub histogram: Vec<Bucket>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Bucket {
+    /// Inclusive bounds, in tokens.
+    pub from: usize,
+    pub to: usize,
+    pub count: usize,
+}
+
+/// What [`inspect`] found, for the page and `--json`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    pub file: String,
+    pub bytes: usize,
+    pub format: Format,
+    pub schema: Detection,
+    pub policy: Policy,
+    /// Records read, good and bad (blank lines are not records).
+    pub records: usize,
+    /// Examples kept.
+    pub examples: usize,
+    pub skipped: usize,
+    pub skipped_by_reason: BTreeMap<String, usize>,
+    /// The skipped records, in file order (the first `max_listed_issues`).
+    pub issues: Vec<Issue>,
+    pub issues_not_listed: usize,
+    /// Problems that do not skip the example (a label seen only once).
+    pub warnings: Vec<Issue>,
+    pub blank_lines: usize,
+    /// Examples identical to an earlier one; kept, and kept on one side of a split.
+    pub duplicates: usize,
+    /// Label → count, for classification.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, usize>>,
+    /// Present when a tokenizer was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<TokenStats>,
+    /// "model" or "chatml (default)" for chat datasets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chat_template: Option<String>,
+}
+
+/// The Alpaca prompt, as the Stanford Alpaca repository formats it.
+pub fn alpaca_prompt(instruction: &str, input: &str) -> String {
+    if input.trim().is_empty() {
+        format!(
+            "Below is an instruction that describes a task. Write a response that appropriately \
+             completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+        )
+    } else {
+        format!(
+            "Below is an instruction that describes a task, paired with an input that provides \
+             further context. Write a response that appropriately completes the request.\n\n\
+             ### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+        )
+    }
+}
+
+/// A field as a string: missing/null and non-strings are issues (labels may be numbers or
+/// booleans); `allow_empty` false makes blank text an issue.
+fn get_str(
+    record: &Record,
+    field: &str,
+    allow_empty: bool,
+    is_label: bool,
+) -> std::result::Result<String, Issue> {
+    let issue = |reason, what: String| Issue::new(reason, record.loc.clone(), Some(field), what);
+    let s = match record.fields.get(field) {
+        None | Some(Value::Null) => {
+            return Err(issue("missing_field", "the field is missing".into()))
+        }
+        Some(Value::String(s)) => s.clone(),
+        Some(v @ (Value::Number(_) | Value::Bool(_))) if is_label => v.to_string(),
+        Some(v) => {
+            let kind = match v {
+                Value::Array(_) => "an array",
+                Value::Object(_) => "an object",
+                Value::Number(_) => "a number",
+                _ => "a boolean",
+            };
+            return Err(issue("wrong_type", format!("expected text, found {kind}")));
+        }
+    };
+    if !allow_empty && s.trim().is_empty() {
+        return Err(issue("empty_text", "the text is empty".into()));
+    }
+    Ok(s)
+}
+
+fn get_messages(record: &Record, field: &str) -> std::result::Result<Vec<Message>, Issue> {
+    let issue = |reason, what: String| Issue::new(reason, record.loc.clone(), Some(field), what);
+    let list = match record.fields.get(field) {
+        None | Some(Value::Null) => {
+            return Err(issue("missing_field", "the field is missing".into()))
+        }
+        Some(Value::Array(list)) => list,
+        Some(_) => {
+            return Err(issue(
+                "bad_messages",
+                "expected a list of {role, content} objects".into(),
+            ))
+        }
+    };
+    let mut messages = Vec::with_capacity(list.len());
+    for (i, m) in list.iter().enumerate() {
+        match (
+            m.get("role").and_then(Value::as_str),
+            m.get("content").and_then(Value::as_str),
+        ) {
+            (Some(role), Some(content)) => messages.push(Message::new(role, content)),
+            _ => {
+                return Err(issue(
+                    "bad_messages",
+                    format!(
+                        "message {} needs a string \"role\" and a string \"content\"",
+                        i + 1
+                    ),
+                ))
+            }
+        }
+    }
+    if !messages
+        .iter()
+        .any(|m| m.role == "assistant" && !m.content.trim().is_empty())
+    {
+        return Err(issue(
+            "no_assistant_message",
+            "the conversation has no assistant message to learn from".into(),
+        ));
+    }
+    Ok(messages)
+}
+
+/// Applies the schema to one record.
+pub fn to_content(record: &Record, schema: &Schema) -> std::result::Result<Content, Issue> {
+    Ok(match schema {
+        Schema::Text { text } => Content::Text {
+            text: get_str(record, text, false, false)?,
+        },
+        Schema::PromptCompletion { prompt, completion } => Content::Pair {
+            prompt: get_str(record, prompt, false, false)?,
+            completion: get_str(record, completion, false, false)?,
+        },
+        Schema::Alpaca {
+            instruction,
+            input,
+            output,
+        } => {
+            let instruction = get_str(record, instruction, false, false)?;
+            let input = match input {
+                // A missing input is an empty input: Alpaca data leaves it out often.
+                Some(f) if record.fields.get(f).is_some_and(|v| !v.is_null()) => {
+                    get_str(record, f, true, false)?
+                }
+                _ => String::new(),
+            };
+            Content::Pair {
+                prompt: alpaca_prompt(&instruction, &input),
+                completion: get_str(record, output, false, false)?,
+            }
+        }
+        Schema::Chat { messages } => Content::Chat {
+            messages: get_messages(record, messages)?,
+        },
+        Schema::Classification { text, label } => Content::Labeled {
+            text: get_str(record, text, false, false)?,
+            label: get_str(record, label, false, true)?.trim().to_string(),
+        },
+    })
+}
+
+fn percentile(sorted: &[usize], p: f64) -> usize {
+    // Nearest rank: the smallest value with at least p of the data at or below it.
+    let rank = ((p * sorted.len() as f64 - 1e-9).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn token_stats(lengths: &[usize], seq_len: usize, limit: usize) -> Option<TokenStats> {
+    if lengths.is_empty() {
+        return None;
+    }
+    let mut sorted = lengths.to_vec();
+    sorted.sort_unstable();
+    let max = *sorted.last().unwrap();
+    let width = max / 10 + 1;
+    let mut histogram: Vec<Bucket> = (0..10)
+        .map(|i| Bucket {
+            from: i * width,
+            to: (i + 1) * width - 1,
+            count: 0,
+        })
+        .collect();
+    for &l in &sorted {
+        histogram[(l / width).min(9)].count += 1;
+    }
+    let total: u64 = sorted.iter().map(|&l| l as u64).sum();
+    Some(TokenStats {
+        seq_len,
+        min: sorted[0],
+        median: percentile(&sorted, 0.5),
+        p95: percentile(&sorted, 0.95),
+        max,
+        mean: total as f64 / sorted.len() as f64,
+        total,
+        truncated: sorted.iter().filter(|&&l| l > limit).count(),
+        histogram,
+    })
+}
+
+/// Reads, validates and measures one dataset file: the single entry point for the CLI and the
+/// wasm layer. With [`Policy::Stop`] the first bad record is the error; with [`Policy::Skip`]
+/// bad records are listed in the report. Without a tokenizer, the report has no token
+/// statistics and over-long examples are not detected.
+pub fn inspect(
+    name: &str,
+    bytes: &[u8],
+    options: &InspectOptions,
+    tokenizer: Option<&Tokenizer>,
+) -> Result<(Dataset, Report)> {
+    let parsed = formats::read(name, bytes, options.format, options.text_mode)?;
+    if parsed.records.is_empty() {
+        return Err(Error::new(
+            Code::DataInvalid,
+            format!("{name} contains no examples (it is empty or only blank lines)"),
+        )
+        .with_details(
+            json!({ "file": name, "reason": "empty_file", "blank_lines": parsed.blank_lines }),
+        ));
+    }
+    let detection = schema::resolve(
+        name,
+        &parsed.records,
+        parsed.header.as_deref(),
+        options.schema.as_ref(),
+    )?;
+    let schema = detection.schema.clone();
+
+    let chat = match (&schema, &options.chat_template) {
+        (Schema::Chat { .. }, Some(source)) => Some((
+            ChatTemplate::new(source, &options.bos_token, &options.eos_token)?,
+            "model",
+        )),
+        (Schema::Chat { .. }, None) => Some((ChatTemplate::chatml(), "chatml (default)")),
+        _ => None,
+    };
+    let encoder = tokenizer
+        .map(|t| CausalEncoder::new(t, chat.as_ref().map(|c| &c.0), options.causal.clone()));
+    let seq_len = options.causal.seq_len;
+    let too_long = options.too_long_factor.max(1) * seq_len;
+
+    let mut examples = Vec::new();
+    let mut issues: Vec<Issue> = Vec::new();
+    let mut skipped_by_reason: BTreeMap<String, usize> = BTreeMap::new();
+    let mut skipped = 0;
+    let mut lengths = Vec::new();
+    let mut seen = HashSet::new();
+    let mut duplicates = 0;
+
+    let records_read = parsed.records.len();
+    for record in parsed.records {
+        let result = record.and_then(|record| {
+            let content = to_content(&record, &schema)?;
+            let mut length = None;
+            if let (Some(tokenizer), Some(encoder)) = (tokenizer, &encoder) {
+                let n = match &content {
+                    Content::Labeled { text, .. } => tokenizer.encode(text).map(|ids| ids.len()),
+                    other => encoder.encode(other).map(|e| e.ids.len()),
+                }
+                .map_err(|e| {
+                    let reason = if e.code == Code::ChatTemplateInvalid {
+                        "chat_template"
+                    } else {
+                        "tokenizer"
+                    };
+                    Issue::new(reason, record.loc.clone(), None, e.message)
+                })?;
+                if n > too_long {
+                    return Err(Issue::new(
+                        "too_long",
+                        record.loc.clone(),
+                        schema.fields().first().copied(),
+                        format!(
+                            "this example is {n} tokens long, more than {}× the sequence length \
+                             ({seq_len}); check the file's format (a missing line break?)",
+                            options.too_long_factor.max(1)
+                        ),
+                    ));
+                }
+                length = Some(n);
+            }
+            Ok((record.loc, content, length))
+        });
+        match result {
+            Ok((loc, content, length)) => {
+                if !seen.insert(content.dedup_key()) {
+                    duplicates += 1;
+                }
+                lengths.extend(length);
+                examples.push(Example { loc, content });
+            }
+            Err(issue) => {
+                if options.policy == Policy::Stop {
+                    return Err(issue.to_error());
+                }
+                skipped += 1;
+                *skipped_by_reason
+                    .entry(issue.reason.to_string())
+                    .or_default() += 1;
+                issues.push(issue);
+            }
+        }
+    }
+
+    let mut warnings = Vec::new();
+    let (labels, label_map) = if schema.is_classification() {
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for e in &examples {
+            *counts
+                .entry(e.content.label().unwrap_or_default().to_string())
+                .or_default() += 1;
+        }
+        let mut first_seen: HashMap<&str, &Example> = HashMap::new();
+        for e in &examples {
+            first_seen
+                .entry(e.content.label().unwrap_or_default())
+                .or_insert(e);
+        }
+        for (label, _) in counts.iter().filter(|(_, &c)| c == 1) {
+            let e = first_seen[label.as_str()];
+            let field = match &schema {
+                Schema::Classification { label, .. } => Some(label.as_str()),
+                _ => None,
+            };
+            warnings.push(Issue::new(
+                "label_seen_once",
+                e.loc.clone(),
+                field,
+                format!(
+                    "the label \"{label}\" appears only once: the model cannot learn it, and it \
+                     cannot be in both the training and the validation split"
+                ),
+            ));
+        }
+        let map = LabelMap::from_labels(counts.keys().map(String::as_str));
+        (Some(counts), Some(map))
+    } else {
+        (None, None)
+    };
+
+    // Causal examples need seq_len + 1 tokens (inputs plus the last target).
+    let limit = if schema.is_classification() {
+        seq_len
+    } else {
+        seq_len + 1
+    };
+    let issues_not_listed = issues.len().saturating_sub(options.max_listed_issues);
+    issues.truncate(options.max_listed_issues);
+    let report = Report {
+        file: name.to_string(),
+        bytes: bytes.len(),
+        format: parsed.format,
+        schema: detection,
+        policy: options.policy,
+        records: records_read,
+        examples: examples.len(),
+        skipped,
+        skipped_by_reason,
+        issues,
+        issues_not_listed,
+        warnings,
+        blank_lines: parsed.blank_lines,
+        duplicates,
+        labels,
+        tokens: token_stats(&lengths, seq_len, limit),
+        chat_template: chat.as_ref().map(|c| c.1.to_string()),
+    };
+    let dataset = Dataset {
+        file: name.to_string(),
+        format: parsed.format,
+        schema,
+        examples,
+        labels: label_map,
+    };
+    Ok((dataset, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let v: Vec<usize> = (1..=20).collect();
+        assert_eq!(percentile(&v, 0.5), 10);
+        assert_eq!(percentile(&v, 0.95), 19);
+        assert_eq!(percentile(&[7], 0.95), 7);
+        let s = token_stats(&[1, 5, 9, 30], 8, 8).unwrap();
+        assert_eq!((s.min, s.max, s.truncated), (1, 30, 2));
+        assert_eq!(s.histogram.iter().map(|b| b.count).sum::<usize>(), 4);
+    }
+
+    #[test]
+    fn alpaca_records_become_formatted_pairs() {
+        let (ds, report) = inspect(
+            "a.jsonl",
+            br#"{"instruction": "Add", "input": "1+1", "output": "2"}
+{"instruction": "Greet", "output": "Hi"}"#,
+            &InspectOptions::default(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(report.examples, 2);
+        match &ds.examples[1].content {
+            Content::Pair { prompt, completion } => {
+                assert!(prompt.contains("### Instruction:\nGreet\n\n### Response:\n"));
+                assert!(!prompt.contains("### Input"));
+                assert_eq!(completion, "Hi");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

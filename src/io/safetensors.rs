@@ -210,7 +210,22 @@ pub fn to_f32(data: &[u8], dtype: Dtype) -> Vec<f32> {
 
 /// Serialise f32 tensors as a safetensors file (used by export and by tests).
 pub fn write_f32(tensors: &[(&str, &[usize], &[f32])]) -> Vec<u8> {
+    write_f32_with_metadata(tensors, &[])
+}
+
+/// As [`write_f32`], with a `__metadata__` string map (transformers looks for `format: pt`).
+pub fn write_f32_with_metadata(
+    tensors: &[(&str, &[usize], &[f32])],
+    metadata: &[(&str, &str)],
+) -> Vec<u8> {
     let mut header = serde_json::Map::new();
+    if !metadata.is_empty() {
+        let map: serde_json::Map<String, serde_json::Value> = metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
+        header.insert("__metadata__".into(), serde_json::Value::Object(map));
+    }
     let mut offset = 0usize;
     for (name, shape, data) in tensors {
         let len = data.len() * 4;

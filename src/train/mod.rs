@@ -2,7 +2,11 @@
 //! (burn-train's `Learner` does not build for wasm32) and is shared by the browser worker and the
 //! native CLI; it reports progress through a callback that can also stop the run.
 
+pub mod export;
+pub mod finetune;
+pub mod lora;
 pub mod loss;
+pub mod run;
 pub mod schedule;
 pub mod toy;
 

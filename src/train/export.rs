@@ -1,0 +1,129 @@
+//! Exports in the formats practitioners already use, as `(file name, bytes)` pairs so that the
+//! CLI writes them to a folder and the browser offers them as downloads:
+//! - the merged model: `model.safetensors` under Hugging Face's tensor names (GPT-2's Conv1D
+//!   `[in, out]` kept as is, Llama's `nn.Linear` transposed back to `[out, in]`, a tied LM head
+//!   left out as transformers expects) and `config.json`;
+//! - a PEFT adapter: `adapter_model.safetensors` (`base_model.model.<module>.lora_A.weight`
+//!   `[r, in]`, `lora_B.weight` `[out, r]`) and `adapter_config.json`.
+
+use serde_json::{json, Value};
+
+use super::finetune::TrainableModel;
+use super::lora::{
+    hf_tensor, lora_factors, merge, named_tensors, read_f32, transpose_2d, FamilyKind,
+};
+use crate::error::{Code, Error, Result};
+use crate::io::safetensors::write_f32_with_metadata;
+use crate::models::loaded::Family;
+use burn::module::Module;
+
+/// Exported files: name → bytes.
+pub type ExportFiles = Vec<(String, Vec<u8>)>;
+
+fn inference_copy(family: &Family) -> Family {
+    match family {
+        Family::Gpt2(m) => Family::Gpt2(m.valid()),
+        Family::Llama(m) => Family::Llama(m.valid()),
+    }
+}
+
+/// Merged f32 weights under Hugging Face names, `(name, shape, data)`, in model order.
+pub async fn merged_tensors(family: &Family) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    let kind = FamilyKind::of(family);
+    // Merge a copy: the caller's model keeps its adapters.
+    let merged = merge(inference_copy(family));
+    let mut out = Vec::new();
+    for t in named_tensors(&merged) {
+        let hf = hf_tensor(kind, &t.path).ok_or_else(|| {
+            Error::new(
+                Code::Internal,
+                format!("no Hugging Face name for parameter {}", t.path),
+            )
+        })?;
+        let data = read_f32(t.value).await?;
+        let (shape, data) = if hf.transposed {
+            (vec![t.shape[1], t.shape[0]], transpose_2d(&data, &t.shape))
+        } else {
+            (t.shape, data)
+        };
+        out.push((hf.name, shape, data));
+    }
+    Ok(out)
+}
+
+/// `model.safetensors` + `config.json` of the merged model. `base_config` is the config.json
+/// the model was loaded from; only its dtype is changed (the weights are written as f32).
+pub async fn export_merged(family: &Family, base_config: &Value) -> Result<ExportFiles> {
+    let tensors = merged_tensors(family).await?;
+    let refs: Vec<(&str, &[usize], &[f32])> = tensors
+        .iter()
+        .map(|(n, s, d)| (n.as_str(), s.as_slice(), d.as_slice()))
+        .collect();
+    let weights = write_f32_with_metadata(&refs, &[("format", "pt")]);
+    let mut config = base_config.clone();
+    if let Some(obj) = config.as_object_mut() {
+        for key in ["torch_dtype", "dtype"] {
+            if obj.contains_key(key) {
+                obj.insert(key.into(), json!("float32"));
+            }
+        }
+    }
+    let config = serde_json::to_vec_pretty(&config)
+        .map_err(|e| Error::new(Code::Internal, format!("{e}")))?;
+    Ok(vec![
+        ("model.safetensors".into(), weights),
+        ("config.json".into(), config),
+    ])
+}
+
+/// `adapter_model.safetensors` + `adapter_config.json` in PEFT's format, loadable with
+/// `PeftModel.from_pretrained(base, dir)`. `base_model` is recorded as
+/// `base_model_name_or_path` (a Hub id or a path).
+pub async fn export_adapter(model: &TrainableModel, base_model: &str) -> Result<ExportFiles> {
+    let spec = model.lora.as_ref().ok_or_else(|| {
+        Error::config("this model was fully fine-tuned; export the merged model instead")
+    })?;
+    let factors = lora_factors(&model.family).await?;
+    let names: Vec<(String, String)> = factors
+        .iter()
+        .map(|f| {
+            (
+                format!("base_model.model.{}.lora_A.weight", f.module),
+                format!("base_model.model.{}.lora_B.weight", f.module),
+            )
+        })
+        .collect();
+    let shapes: Vec<([usize; 2], [usize; 2])> = factors
+        .iter()
+        .map(|f| ([f.rank, f.d_in], [f.d_out, f.rank]))
+        .collect();
+    let mut refs: Vec<(&str, &[usize], &[f32])> = Vec::new();
+    for ((f, (na, nb)), (sa, sb)) in factors.iter().zip(&names).zip(&shapes) {
+        refs.push((na.as_str(), sa.as_slice(), f.a.as_slice()));
+        refs.push((nb.as_str(), sb.as_slice(), f.b.as_slice()));
+    }
+    let weights = write_f32_with_metadata(&refs, &[("format", "pt")]);
+    let config = json!({
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "r": spec.rank,
+        "lora_alpha": spec.alpha,
+        "lora_dropout": 0.0,
+        "target_modules": spec.targets,
+        "bias": "none",
+        // GPT-2's Conv1D stores [in, out]; PEFT needs to know to transpose its delta.
+        "fan_in_fan_out": model.kind == FamilyKind::Gpt2,
+        "init_lora_weights": true,
+        "inference_mode": true,
+        "modules_to_save": null,
+        "use_rslora": false,
+        "use_dora": false,
+    });
+    let config = serde_json::to_vec_pretty(&config)
+        .map_err(|e| Error::new(Code::Internal, format!("{e}")))?;
+    Ok(vec![
+        ("adapter_model.safetensors".into(), weights),
+        ("adapter_config.json".into(), config),
+    ])
+}

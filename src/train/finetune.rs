@@ -1,0 +1,764 @@
+//! Fine-tuning the causal LMs webtune loads (GPT-2 and Llama families): LoRA or full, with the
+//! semantics of transformers' `Trainer` + PEFT so that a run here matches one there step for
+//! step — AdamW with decoupled weight decay and bias correction (no decay on biases and norms),
+//! Hugging Face's warmup schedules, global-norm gradient clipping, gradient accumulation whose
+//! loss is the mean over every counted token of the accumulated micro-batches.
+//!
+//! The loop keeps `train_toy`'s guarantees: a progress callback after every optimiser step that
+//! can stop the run, losses read back asynchronously (WebGPU cannot read synchronously), a
+//! non-finite loss or gradient refused *before* the update so the model keeps its last good
+//! weights, and a yield to the event loop between steps.
+
+use burn::module::{Module, ModuleVisitor, Param, ParamGroup, ParamId};
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::lora::{
+    apply_lora, merge, resolve_targets, FamilyKind, FreezeWhere, LoraInit, LoraSpec,
+};
+use super::loss::masked_cross_entropy;
+use super::median;
+use super::schedule::{LrSchedule, ScheduleKind};
+use crate::backend::Backend;
+use crate::data::TokenBatch;
+use crate::error::{Code, Error, Result};
+use crate::models::loaded::Family;
+use crate::models::{CausalLm, KvCache};
+use crate::platform::{now_ms, yield_now};
+use crate::rng::Rng;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    #[default]
+    Lora,
+    Full,
+}
+
+/// Everything a fine-tuning run is configured with. Batch size and sequence length are those
+/// of the [`TokenBatch`]es given (built by `data`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FinetuneConfig {
+    pub method: Method,
+    /// LoRA rank r.
+    pub lora_r: usize,
+    /// LoRA alpha; the update is scaled by alpha / r.
+    pub lora_alpha: f64,
+    /// Dropout on the LoRA branch's input. Only 0 is implemented (see `validate`).
+    pub lora_dropout: f64,
+    /// Module names (`c_attn`, `q_proj`…) or `["all-linear"]`; empty = the family's default.
+    pub lora_targets: Vec<String>,
+    /// Full fine-tuning: keep the token (and position) embeddings fixed. A tied LM head is the
+    /// token embedding, so it stays fixed too.
+    pub freeze_embeddings: bool,
+    /// Full fine-tuning: keep the first N transformer blocks fixed.
+    pub freeze_layers: usize,
+    pub lr: f64,
+    pub schedule: ScheduleKind,
+    /// Warmup in optimiser steps.
+    pub warmup: usize,
+    /// Optimiser steps; when absent, `epochs` passes over the batches.
+    pub steps: Option<usize>,
+    pub epochs: Option<usize>,
+    /// Micro-batches per optimiser step.
+    pub grad_accum: usize,
+    /// Global gradient-norm clip; 0 turns clipping off.
+    pub max_grad_norm: f64,
+    pub weight_decay: f64,
+    /// Apply weight decay to biases and normalisation weights too (Trainer excludes them).
+    pub decay_bias_and_norm: bool,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_eps: f64,
+    pub seed: u64,
+    /// Shuffle the batch order every epoch (seeded).
+    pub shuffle: bool,
+    /// Evaluate on the eval batches every N steps (0: only at the end).
+    pub eval_every: usize,
+}
+
+impl Default for FinetuneConfig {
+    fn default() -> Self {
+        Self {
+            method: Method::Lora,
+            lora_r: 8,
+            lora_alpha: 16.0,
+            lora_dropout: 0.0,
+            lora_targets: Vec::new(),
+            freeze_embeddings: false,
+            freeze_layers: 0,
+            lr: 2e-4,
+            schedule: ScheduleKind::Linear,
+            warmup: 0,
+            steps: None,
+            epochs: None,
+            grad_accum: 1,
+            max_grad_norm: 1.0,
+            weight_decay: 0.0,
+            decay_bias_and_norm: false,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_eps: 1e-8,
+            seed: 42,
+            shuffle: true,
+            eval_every: 0,
+        }
+    }
+}
+
+impl FinetuneConfig {
+    /// Parse a JSON object; unknown keys and wrong types are `config.invalid` errors.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let cfg: Self = serde_json::from_str(text)
+            .map_err(|e| Error::config(format!("invalid fine-tuning config: {e}")))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &str, msg: String| {
+            Err(Error::config(format!("{field} {msg}")).with_details(json!({ "field": field })))
+        };
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        if self.method == Method::Lora {
+            if !(1..=1024).contains(&self.lora_r) {
+                return bad(
+                    "lora_r",
+                    format!("must be between 1 and 1024, got {}", self.lora_r),
+                );
+            }
+            if !positive(self.lora_alpha) {
+                return bad(
+                    "lora_alpha",
+                    format!("must be a positive number, got {}", self.lora_alpha),
+                );
+            }
+            if self.lora_dropout != 0.0 {
+                return bad(
+                    "lora_dropout",
+                    format!(
+                        "must be 0 for now (LoRA dropout is not implemented yet), got {}",
+                        self.lora_dropout
+                    ),
+                );
+            }
+        }
+        if !positive(self.lr) {
+            return bad("lr", format!("must be a positive number, got {}", self.lr));
+        }
+        if matches!(self.steps, Some(0) | Some(1_000_001..)) {
+            return bad(
+                "steps",
+                format!("must be between 1 and 1000000, got {:?}", self.steps),
+            );
+        }
+        if matches!(self.epochs, Some(0) | Some(10_001..)) {
+            return bad(
+                "epochs",
+                format!("must be between 1 and 10000, got {:?}", self.epochs),
+            );
+        }
+        if self.steps.is_some() && self.epochs.is_some() {
+            return bad("steps", "and epochs cannot both be given".into());
+        }
+        if !(1..=4096).contains(&self.grad_accum) {
+            return bad(
+                "grad_accum",
+                format!("must be between 1 and 4096, got {}", self.grad_accum),
+            );
+        }
+        if !(self.max_grad_norm.is_finite() && self.max_grad_norm >= 0.0) {
+            return bad(
+                "max_grad_norm",
+                format!("must be zero (off) or positive, got {}", self.max_grad_norm),
+            );
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad(
+                "weight_decay",
+                format!("must be zero or positive, got {}", self.weight_decay),
+            );
+        }
+        for (field, v) in [
+            ("adam_beta1", self.adam_beta1),
+            ("adam_beta2", self.adam_beta2),
+        ] {
+            if !(v.is_finite() && (0.0..1.0).contains(&v)) {
+                return bad(field, format!("must be in [0, 1), got {v}"));
+            }
+        }
+        if !positive(self.adam_eps) {
+            return bad(
+                "adam_eps",
+                format!("must be a positive number, got {}", self.adam_eps),
+            );
+        }
+        Ok(())
+    }
+
+    /// Optimiser steps for `n_batches` micro-batches.
+    pub fn total_steps(&self, n_batches: usize) -> usize {
+        match self.steps {
+            Some(s) => s,
+            None => (self.epochs.unwrap_or(1) * n_batches).div_ceil(self.grad_accum),
+        }
+    }
+}
+
+/// A model prepared for fine-tuning: LoRA adapters attached (base frozen), or parts frozen
+/// for full fine-tuning.
+#[derive(Debug)]
+pub struct TrainableModel {
+    pub family: Family,
+    pub kind: FamilyKind,
+    pub method: Method,
+    /// LoRA: rank, alpha, resolved targets and how the factors started.
+    pub lora: Option<LoraSpec>,
+    /// Hugging Face names of the adapted modules.
+    pub lora_modules: Vec<String>,
+}
+
+impl TrainableModel {
+    /// Prepare a loaded model (on an autodiff device) for `config`; LoRA factors start as
+    /// PEFT's default init from `config.seed`.
+    pub fn prepare(family: Family, config: &FinetuneConfig) -> Result<Self> {
+        Self::prepare_with(family, config, LoraInit::Seeded(config.seed))
+    }
+
+    /// As [`prepare`](Self::prepare), with the LoRA factors' start given (replaying a PEFT run).
+    pub fn prepare_with(family: Family, config: &FinetuneConfig, init: LoraInit) -> Result<Self> {
+        config.validate()?;
+        let kind = FamilyKind::of(&family);
+        match config.method {
+            Method::Lora => {
+                let spec = LoraSpec {
+                    rank: config.lora_r,
+                    alpha: config.lora_alpha,
+                    targets: resolve_targets(kind, &config.lora_targets)?,
+                    init,
+                };
+                let (family, modules) = apply_lora(family, &spec)?;
+                Ok(Self {
+                    family,
+                    kind,
+                    method: Method::Lora,
+                    lora: Some(spec),
+                    lora_modules: modules,
+                })
+            }
+            Method::Full => {
+                let (emb, layers) = (config.freeze_embeddings, config.freeze_layers);
+                let frozen = move |path: &str| {
+                    let parts: Vec<&str> = path.split('.').collect();
+                    match parts.as_slice() {
+                        ["wte" | "wpe" | "embed_tokens"] => emb,
+                        ["blocks", i, ..] => i.parse::<usize>().is_ok_and(|i| i < layers),
+                        _ => false,
+                    }
+                };
+                let mut freeze = FreezeWhere {
+                    pred: frozen,
+                    path: Vec::new(),
+                };
+                let family = match family {
+                    Family::Gpt2(m) => Family::Gpt2(m.map(&mut freeze)),
+                    Family::Llama(m) => Family::Llama(m.map(&mut freeze)),
+                };
+                Ok(Self {
+                    family,
+                    kind,
+                    method: Method::Full,
+                    lora: None,
+                    lora_modules: Vec::new(),
+                })
+            }
+        }
+    }
+
+    /// The plain model for inference or export: adapters merged into the base weights.
+    pub fn merged(self) -> Family {
+        merge(self.family)
+    }
+
+    /// (trainable, total) parameter counts.
+    pub fn parameter_counts(&self) -> (usize, usize) {
+        let mut c = CountParams::default();
+        match &self.family {
+            Family::Gpt2(m) => m.visit(&mut c),
+            Family::Llama(m) => m.visit(&mut c),
+        }
+        (c.trainable, c.total)
+    }
+}
+
+#[derive(Default)]
+struct CountParams {
+    trainable: usize,
+    total: usize,
+}
+
+impl ModuleVisitor for CountParams {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let n = param.lazy_shape().num_elements();
+        self.total += n;
+        if param.base().is_require_grad() {
+            self.trainable += n;
+        }
+    }
+}
+
+/// Sent after every optimiser step.
+#[derive(Debug, Clone, Serialize)]
+pub struct FinetuneProgress {
+    pub step: usize,
+    pub total_steps: usize,
+    /// Epochs completed, fractional.
+    pub epoch: f64,
+    pub loss: f32,
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f32,
+    pub tokens_per_s: f64,
+    pub elapsed_s: f64,
+    pub eta_s: f64,
+    pub memory_bytes: Option<u64>,
+    /// Set on the steps where the eval batches were scored.
+    pub eval: Option<EvalLoss>,
+}
+
+/// Mean masked cross-entropy over a set of batches.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct EvalLoss {
+    pub loss: f32,
+    pub perplexity: f32,
+    /// Tokens that counted.
+    pub tokens: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalPoint {
+    pub step: usize,
+    #[serde(flatten)]
+    pub eval: EvalLoss,
+}
+
+/// What a finished (or cancelled) run reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct FinetuneSummary {
+    pub backend: String,
+    pub method: Method,
+    pub steps: usize,
+    pub cancelled: bool,
+    /// Train loss of every completed step (mean over the step's counted tokens).
+    pub losses: Vec<f32>,
+    /// Global gradient norm (before clipping) of every completed step.
+    pub grad_norms: Vec<f32>,
+    pub lrs: Vec<f64>,
+    /// Eval losses before training (step 0), every `eval_every` steps and at the end.
+    pub eval: Vec<EvalPoint>,
+    pub trainable_params: usize,
+    pub total_params: usize,
+    pub first_step_ms: f64,
+    pub median_step_ms: f64,
+    pub tokens_per_s: f64,
+}
+
+pub(crate) fn batch_tensors(
+    batch: &TokenBatch,
+    device: &Device,
+) -> (Tensor<2, Int>, Tensor<2, Int>, Tensor<2>) {
+    let shape = [batch.batch_size, batch.seq_len];
+    (
+        Tensor::from_data(TensorData::new(batch.inputs.clone(), shape), device),
+        Tensor::from_data(TensorData::new(batch.targets.clone(), shape), device),
+        Tensor::from_data(TensorData::new(batch.loss_mask.clone(), shape), device),
+    )
+}
+
+async fn read_scalar(tensor: Tensor<1>) -> Result<f32> {
+    let data = tensor.into_data_async().await.map_err(|e| {
+        Error::new(
+            Code::DeviceLost,
+            format!("reading a result back from the device failed: {e:?}"),
+        )
+    })?;
+    let first = data.convert::<f32>().iter::<f32>().next();
+    first.ok_or_else(|| Error::new(Code::Internal, "a scalar result was empty"))
+}
+
+fn check_batches(batches: &[TokenBatch], max_positions: usize, what: &str) -> Result<()> {
+    for (i, b) in batches.iter().enumerate() {
+        let n = b.batch_size * b.seq_len;
+        if b.batch_size == 0 || b.seq_len == 0 {
+            return Err(Error::config(format!("{what} batch {i} is empty")));
+        }
+        if b.inputs.len() != n || b.targets.len() != n || b.loss_mask.len() != n {
+            return Err(Error::config(format!(
+                "{what} batch {i} has inconsistent lengths (inputs {}, targets {}, mask {}, expected {n})",
+                b.inputs.len(),
+                b.targets.len(),
+                b.loss_mask.len()
+            )));
+        }
+        if b.seq_len > max_positions {
+            return Err(Error::config(format!(
+                "{what} batch {i} has sequences of {} tokens; the model takes at most {max_positions}",
+                b.seq_len
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Sum of squared gradients over every parameter that has one.
+struct GradSquares<'a> {
+    grads: &'a GradientsParams,
+    sum: Option<Tensor<1>>,
+}
+
+impl ModuleVisitor for GradSquares<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = self.grads.get::<D>(param.id) {
+            let s = g.square().sum();
+            self.sum = Some(match self.sum.take() {
+                Some(acc) => acc + s,
+                None => s,
+            });
+        }
+    }
+}
+
+/// Multiply every gradient by `factor` (global-norm clipping).
+struct ScaleGrads<'a> {
+    grads: &'a mut GradientsParams,
+    factor: f64,
+}
+
+impl ModuleVisitor for ScaleGrads<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = self.grads.remove::<D>(param.id) {
+            self.grads.register(param.id, g.mul_scalar(self.factor));
+        }
+    }
+}
+
+/// Ids of 1-D parameters (biases, norm weights): no weight decay for them by default.
+#[derive(Default)]
+struct VectorIds(Vec<ParamId>);
+
+impl ModuleVisitor for VectorIds {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if D == 1 {
+            self.0.push(param.id);
+        }
+    }
+}
+
+/// Fine-tune `model` on `train` (micro-batches; `config.grad_accum` of them per step),
+/// scoring `eval` before, every `eval_every` steps and at the end.
+///
+/// `on_progress` is called after every step; returning `false` stops the run after that step.
+/// On a non-finite loss or gradient the run stops with `train.non_finite_loss` naming the step
+/// and `model` keeps the weights from before that step.
+pub async fn finetune(
+    model: &mut TrainableModel,
+    backend: &Backend,
+    train: &[TokenBatch],
+    eval: &[TokenBatch],
+    config: &FinetuneConfig,
+    on_progress: impl FnMut(&FinetuneProgress) -> bool,
+) -> Result<FinetuneSummary> {
+    config.validate()?;
+    if config.method != model.method {
+        return Err(Error::config(format!(
+            "the model was prepared for {:?} fine-tuning but the config asks for {:?}",
+            model.method, config.method
+        )));
+    }
+    if train.is_empty() {
+        return Err(Error::config("there are no training batches"));
+    }
+    let max_positions = model.family.max_positions();
+    check_batches(train, max_positions, "training")?;
+    check_batches(eval, max_positions, "evaluation")?;
+    let (trainable_params, total_params) = model.parameter_counts();
+    if trainable_params == 0 {
+        return Err(Error::config(
+            "nothing to train: every parameter is frozen (check freeze_layers and freeze_embeddings)",
+        ));
+    }
+    let mut ctx = RunCtx {
+        backend,
+        train,
+        eval,
+        config,
+        on_progress,
+        summary: FinetuneSummary {
+            backend: backend.info.backend.as_str().to_string(),
+            method: config.method,
+            steps: 0,
+            cancelled: false,
+            losses: Vec::new(),
+            grad_norms: Vec::new(),
+            lrs: Vec::new(),
+            eval: Vec::new(),
+            trainable_params,
+            total_params,
+            first_step_ms: 0.0,
+            median_step_ms: 0.0,
+            tokens_per_s: 0.0,
+        },
+    };
+    match &mut model.family {
+        Family::Gpt2(m) => run(m, &mut ctx).await?,
+        Family::Llama(m) => run(m, &mut ctx).await?,
+    }
+    Ok(ctx.summary)
+}
+
+struct RunCtx<'a, P> {
+    backend: &'a Backend,
+    train: &'a [TokenBatch],
+    eval: &'a [TokenBatch],
+    config: &'a FinetuneConfig,
+    on_progress: P,
+    summary: FinetuneSummary,
+}
+
+async fn run<M, P>(model: &mut M, ctx: &mut RunCtx<'_, P>) -> Result<()>
+where
+    M: Module + CausalLm,
+    P: FnMut(&FinetuneProgress) -> bool,
+{
+    let config = ctx.config;
+    let device = &ctx.backend.device;
+    let total_steps = config.total_steps(ctx.train.len());
+    let schedule = LrSchedule {
+        kind: config.schedule,
+        base_lr: config.lr,
+        warmup_steps: config.warmup,
+        total_steps,
+    };
+    let adamw = AdamWConfig::new()
+        .with_beta_1(config.adam_beta1 as f32)
+        .with_beta_2(config.adam_beta2 as f32)
+        .with_epsilon(config.adam_eps as f32)
+        .with_weight_decay(config.weight_decay as f32);
+    let mut optim = adamw.init();
+    if !config.decay_bias_and_norm && config.weight_decay > 0.0 {
+        let mut ids = VectorIds::default();
+        model.visit(&mut ids);
+        optim = optim.with_group(
+            ParamGroup::from_ids(ids.0),
+            adamw.clone().with_weight_decay(0.0).build(),
+            None,
+        );
+    }
+
+    if !ctx.eval.is_empty() {
+        let e = eval_module(model, ctx.eval).await?;
+        ctx.summary.eval.push(EvalPoint { step: 0, eval: e });
+    }
+
+    // The micro-batch stream: epochs over the batches, each in a seeded shuffled order.
+    let mut order_rng = Rng::new(config.seed ^ 0x0D0E_D0E5);
+    let n = ctx.train.len();
+    let mut order: Vec<usize> = Vec::new();
+    let mut consumed = 0usize;
+    let mut next_batch = |consumed: &mut usize| -> usize {
+        if *consumed % n == 0 {
+            order = (0..n).collect();
+            if config.shuffle {
+                order_rng.shuffle(&mut order);
+            }
+        }
+        let i = order[*consumed % n];
+        *consumed += 1;
+        i
+    };
+
+    let start = now_ms();
+    let mut step_ms = Vec::with_capacity(total_steps);
+    let mut step_tokens = Vec::with_capacity(total_steps);
+    for step in 0..total_steps {
+        let step_start = now_ms();
+        let micro: Vec<usize> = (0..config.grad_accum)
+            .map(|_| next_batch(&mut consumed))
+            .collect();
+        let counted: usize = micro.iter().map(|&i| ctx.train[i].counted()).sum();
+        let tokens: usize = micro
+            .iter()
+            .map(|&i| ctx.train[i].batch_size * ctx.train[i].seq_len)
+            .sum();
+        // Each micro-batch's loss is its masked CE sum over the *step's* counted tokens, so the
+        // accumulated gradient is that of the mean over all of them (transformers ≥ 4.46).
+        let mut accumulator = GradientsAccumulator::<M>::new();
+        let mut loss_value = 0.0f64;
+        for &i in &micro {
+            let (inputs, targets, mask) = batch_tensors(&ctx.train[i], device);
+            let logits = model.forward(inputs, None::<&mut KvCache>);
+            let loss = masked_cross_entropy(logits, targets, mask, counted);
+            let grads = GradientsParams::from_grads(loss.backward(), &*model);
+            accumulator.accumulate(&*model, grads);
+            // Async readback: a synchronous one panics on WebGPU in the browser.
+            loss_value += read_scalar(loss).await? as f64;
+        }
+        let mut grads = accumulator.grads();
+        let mut squares = GradSquares {
+            grads: &grads,
+            sum: None,
+        };
+        model.visit(&mut squares);
+        let grad_norm = match squares.sum {
+            Some(s) => (read_scalar(s).await? as f64).sqrt(),
+            None => 0.0,
+        };
+        let loss_value = loss_value as f32;
+        let lr = schedule.lr_at(step);
+        if !loss_value.is_finite() || !grad_norm.is_finite() {
+            let what = if loss_value.is_finite() {
+                format!("the gradient norm became {grad_norm}")
+            } else {
+                format!("the loss became {loss_value}")
+            };
+            // The update is not applied: the model keeps the weights from before this step.
+            return Err(Error::new(
+                Code::NonFiniteLoss,
+                format!(
+                    "{what} at step {}; the model keeps the weights from before it. Lower the learning rate or check the data",
+                    step + 1
+                ),
+            )
+            .with_details(json!({ "step": step + 1, "lr": lr, "loss": loss_value.to_string(), "grad_norm": grad_norm.to_string() })));
+        }
+        if config.max_grad_norm > 0.0 {
+            // torch.nn.utils.clip_grad_norm_: scale by max / (norm + 1e-6) when that is below 1.
+            let coef = config.max_grad_norm / (grad_norm + 1e-6);
+            if coef < 1.0 {
+                let mut scale = ScaleGrads {
+                    grads: &mut grads,
+                    factor: coef,
+                };
+                model.visit(&mut scale);
+            }
+        }
+        *model = optim.step(lr, model.clone(), grads);
+
+        let s = &mut ctx.summary;
+        s.losses.push(loss_value);
+        s.grad_norms.push(grad_norm as f32);
+        s.lrs.push(lr);
+        s.steps = step + 1;
+        let done = step + 1;
+        let eval_now = !ctx.eval.is_empty()
+            && (done == total_steps || (config.eval_every > 0 && done % config.eval_every == 0));
+        let eval = if eval_now {
+            let e = eval_module(model, ctx.eval).await?;
+            ctx.summary.eval.push(EvalPoint {
+                step: done,
+                eval: e,
+            });
+            Some(e)
+        } else {
+            None
+        };
+        let now = now_ms();
+        step_ms.push(now - step_start);
+        step_tokens.push(tokens as f64);
+        let recent = step_ms.len().saturating_sub(20);
+        let recent_s = step_ms[recent..].iter().sum::<f64>() / 1e3;
+        let recent_tokens: f64 = step_tokens[recent..].iter().sum();
+        let per_step_s = recent_s / (step_ms.len() - recent) as f64;
+        let progress = FinetuneProgress {
+            step: done,
+            total_steps,
+            epoch: consumed as f64 / n as f64,
+            loss: loss_value,
+            lr,
+            grad_norm: grad_norm as f32,
+            tokens_per_s: recent_tokens / recent_s.max(1e-9),
+            elapsed_s: (now - start) / 1e3,
+            eta_s: per_step_s * (total_steps - done) as f64,
+            memory_bytes: ctx.backend.memory_in_use(),
+            eval,
+        };
+        if !(ctx.on_progress)(&progress) {
+            ctx.summary.cancelled = done < total_steps;
+            break;
+        }
+        // Let the worker handle messages (cancel) between steps.
+        yield_now().await;
+    }
+
+    let s = &mut ctx.summary;
+    s.first_step_ms = step_ms.first().copied().unwrap_or(0.0);
+    s.median_step_ms = median(step_ms.get(1..).unwrap_or(&[]));
+    let later_ms: f64 = step_ms.get(1..).unwrap_or(&[]).iter().sum();
+    let later_tokens: f64 = step_tokens.get(1..).unwrap_or(&[]).iter().sum();
+    s.tokens_per_s = if later_ms > 0.0 {
+        later_tokens / (later_ms / 1e3)
+    } else if let (Some(ms), Some(t)) = (step_ms.first(), step_tokens.first()) {
+        t / (ms / 1e3).max(1e-9)
+    } else {
+        0.0
+    };
+    Ok(())
+}
+
+async fn eval_module<M: Module + CausalLm>(model: &M, batches: &[TokenBatch]) -> Result<EvalLoss> {
+    // Inference copy: no autodiff graph is recorded (adapters, if any, stay attached).
+    let model = model.valid();
+    let mut device = None;
+    let mut probe = FirstDevice(&mut device);
+    model.visit(&mut probe);
+    let device = device.ok_or_else(|| Error::new(Code::Internal, "the model has no parameters"))?;
+    let mut sum = 0.0f64;
+    let mut tokens = 0usize;
+    for b in batches {
+        let counted = b.counted();
+        if counted == 0 {
+            continue;
+        }
+        let (inputs, targets, mask) = batch_tensors(b, &device);
+        let logits = model.forward(inputs, None::<&mut KvCache>);
+        // Normalising by 1 gives the sum, so batches of any size weigh by their tokens.
+        let total = masked_cross_entropy(logits, targets, mask, 1);
+        sum += read_scalar(total).await? as f64;
+        tokens += counted;
+    }
+    if tokens == 0 {
+        return Err(Error::config(
+            "the evaluation batches have no token that counts in the loss",
+        ));
+    }
+    let loss = sum / tokens as f64;
+    Ok(EvalLoss {
+        loss: loss as f32,
+        perplexity: loss.exp() as f32,
+        tokens,
+    })
+}
+
+struct FirstDevice<'a>(&'a mut Option<Device>);
+
+impl ModuleVisitor for FirstDevice<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if self.0.is_none() {
+            *self.0 = Some(param.lazy_device());
+        }
+    }
+}
+
+/// Mean masked next-token cross-entropy (and perplexity) of a model over `batches`, on the
+/// model's own device, without recording gradients.
+pub async fn evaluate_loss(model: &Family, batches: &[TokenBatch]) -> Result<EvalLoss> {
+    check_batches(batches, model.max_positions(), "evaluation")?;
+    match model {
+        Family::Gpt2(m) => eval_module(m, batches).await,
+        Family::Llama(m) => eval_module(m, batches).await,
+    }
+}

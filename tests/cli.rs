@@ -124,3 +124,19 @@ fn errors_are_json_with_a_code_and_a_failing_exit_status() {
     assert!(!ok);
     assert_eq!(out["error"]["code"], "config.invalid");
 }
+
+#[test]
+fn a_gguf_file_is_a_model_too() {
+    let gguf = fixture("tiny_gguf/tiny_llama_f32.gguf");
+    let (ok, info) = webtune(&["info", gguf.to_str().unwrap()]);
+    assert!(ok, "{info}");
+    assert_eq!(info["architecture"], "llama");
+    let (ok, from_dir) = webtune(&["info", fixture("tiny_random/llama").to_str().unwrap()]);
+    assert!(ok);
+    assert_eq!(info["parameters"], from_dir["parameters"]);
+
+    let not_a_model = fixture("reference/tiny_gpt2.json");
+    let (ok, out) = webtune(&["info", not_a_model.to_str().unwrap()]);
+    assert!(!ok);
+    assert_eq!(out["error"]["code"], "model.missing_file");
+}

@@ -33,7 +33,7 @@ struct Cli {
 enum Command {
     /// Architecture, parameter count, sizes and stored dtype of a model.
     Info {
-        /// A model folder in Hugging Face layout.
+        /// A model folder in Hugging Face layout, or a .gguf file.
         model: PathBuf,
     },
     /// Run the model on a text (or token ids) and print the last position's logits.

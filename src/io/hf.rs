@@ -61,9 +61,33 @@ impl ModelFiles {
         self.files.remove(name)
     }
 
-    /// Read the model files of a local directory.
+    /// Read the model files of a local directory, or a single model file (e.g. a `.gguf`).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn from_dir(dir: &std::path::Path) -> Result<Self> {
+        if dir.is_file() {
+            let name = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if !is_model_file(&name) {
+                return Err(Error::new(
+                    Code::ModelMissingFile,
+                    format!(
+                        "{} is not a model: give a folder in Hugging Face layout or a .gguf file",
+                        dir.display()
+                    ),
+                ));
+            }
+            let bytes = std::fs::read(dir).map_err(|e| {
+                Error::new(
+                    Code::ModelMissingFile,
+                    format!("cannot read {}: {e}", dir.display()),
+                )
+            })?;
+            let mut files = Self::new();
+            files.insert(name, bytes);
+            return Ok(files);
+        }
         let entries = std::fs::read_dir(dir).map_err(|e| {
             Error::new(
                 Code::ModelMissingFile,

@@ -140,3 +140,59 @@ fn a_gguf_file_is_a_model_too() {
     assert!(!ok);
     assert_eq!(out["error"]["code"], "model.missing_file");
 }
+
+#[test]
+fn train_writes_a_model_that_eval_and_info_read() {
+    let out = std::env::temp_dir().join(format!("webtune-cli-train-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let model = fixture("tiny_random/gpt2-vocab");
+    let data = fixture("data/capitals.jsonl");
+    let config = r#"{"batch_size": 8, "samples": 1, "sample_tokens": 4,
+                     "data": {"causal": {"seq_len": 32}},
+                     "train": {"method": "lora", "lr": 0.01, "steps": 3}}"#;
+    let (ok, result) = webtune(&[
+        "train",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--config",
+        config,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{result}");
+    assert_eq!(result["summary"]["steps"], 3);
+    assert_eq!(result["report"]["examples"], 40);
+    assert!(result["before"]["loss"].as_f64().unwrap() > 0.0);
+    for file in [
+        "merged/model.safetensors",
+        "merged/config.json",
+        "merged/tokenizer.json",
+        "adapter/adapter_model.safetensors",
+        "adapter/adapter_config.json",
+    ] {
+        assert!(out.join(file).is_file(), "{file} written");
+    }
+    let (ok, info) = webtune(&["info", out.join("merged").to_str().unwrap()]);
+    assert!(ok);
+    assert_eq!(info["architecture"], "gpt2");
+    let (ok, eval) = webtune(&[
+        "eval",
+        out.join("merged").to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    assert!(ok, "{eval}");
+    assert_eq!(eval["examples"], 40);
+    assert!(eval["eval"]["perplexity"].as_f64().unwrap() > 1.0);
+    let _ = std::fs::remove_dir_all(&out);
+
+    let (ok, err) = webtune(&[
+        "train",
+        model.to_str().unwrap(),
+        "--data",
+        "/no/such/file.jsonl",
+    ]);
+    assert!(!ok);
+    assert_eq!(err["error"]["code"], "data.invalid");
+}

@@ -12,6 +12,7 @@ use webtune::backend::{Backend, BackendKind};
 use webtune::eval::generate::{generate, GenerateOptions};
 use webtune::io::hf::ModelFiles;
 use webtune::models::loaded::LoadedModel;
+use webtune::train::job::{chat_template, eval_file, run_job, DatasetFile, JobConfig, JobEvent};
 use webtune::train::toy::{train_toy, ToyTrainConfig};
 use webtune::Error;
 
@@ -75,6 +76,37 @@ enum Command {
         /// Keep going past the end-of-sequence token.
         #[arg(long)]
         ignore_eos: bool,
+    },
+    /// Fine-tune a model on a dataset file (JSONL, JSON, CSV, TSV or TXT): validates the data,
+    /// holds out a validation share, trains (LoRA by default), evaluates before and after, and
+    /// writes the merged model (and the PEFT adapter) to --out.
+    Train {
+        model: PathBuf,
+        #[arg(long)]
+        data: PathBuf,
+        /// The whole job configuration as JSON (same keys as the browser API's `finetune`).
+        #[arg(long)]
+        config: Option<String>,
+        /// `lora` or `full`.
+        #[arg(long)]
+        method: Option<String>,
+        #[arg(long)]
+        steps: Option<usize>,
+        #[arg(long)]
+        lr: Option<f64>,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Where to write `merged/` and `adapter/`.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Loss and perplexity of a model on a dataset file.
+    Eval {
+        model: PathBuf,
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        config: Option<String>,
     },
     /// Train the toy transformer on the copy task (the foundation's end-to-end check).
     Toy {
@@ -174,6 +206,28 @@ fn run(cli: &Cli) -> Result<(), Error> {
         Command::Forward { model, text, ids } => {
             let model = load(model)?;
             let ids = input_ids(&model, text, ids)?;
+            if model.is_encoder() {
+                // An encoder: the first token's last hidden state and the mean-pooled sentence
+                // embedding (sentence-transformers' pooling for MiniLM).
+                let hidden = pollster::block_on(model.encode_hidden(&ids))?;
+                let first = hidden.first().cloned().unwrap_or_default();
+                let d = first.len();
+                let mean: Vec<f32> = (0..d)
+                    .map(|j| hidden.iter().map(|h| h[j]).sum::<f32>() / hidden.len() as f32)
+                    .collect();
+                if cli.json {
+                    print_json(
+                        &json!({ "input_ids": ids, "hidden_first": first, "pooled_mean": mean }),
+                    )?;
+                } else {
+                    println!("input ids: {ids:?}");
+                    println!(
+                        "mean-pooled embedding ({d} values): {:?}",
+                        &mean[..d.min(8)]
+                    );
+                }
+                return Ok(());
+            }
             let logits = pollster::block_on(model.logits(&ids))?;
             let last = logits.last().cloned().unwrap_or_default();
             if cli.json {
@@ -277,6 +331,148 @@ fn run(cli: &Cli) -> Result<(), Error> {
             }
             Ok(())
         }
+        Command::Train {
+            model,
+            data,
+            config,
+            method,
+            steps,
+            lr,
+            seed,
+            out,
+        } => {
+            let mut cfg = match config {
+                Some(text) => JobConfig::from_json(text)?,
+                None => JobConfig::default(),
+            };
+            if let Some(method) = method {
+                cfg.train.method = serde_json::from_value(json!(method))
+                    .map_err(|_| Error::config("--method must be lora or full"))?;
+            }
+            if steps.is_some() {
+                cfg.train.steps = *steps;
+            }
+            if let Some(lr) = lr {
+                cfg.train.lr = *lr;
+            }
+            if let Some(seed) = seed {
+                cfg.train.seed = *seed;
+            }
+            let files = ModelFiles::from_dir(model)?;
+            let base = LoadedModel::load(files.clone(), &burn::tensor::Device::flex())?;
+            let bytes = read_data(data)?;
+            let name = data
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let backend = Backend::cpu();
+            let json_out = cli.json;
+            let output = pollster::block_on(run_job(
+                files,
+                &base,
+                &backend,
+                DatasetFile {
+                    name: &name,
+                    bytes: &bytes,
+                },
+                &cfg,
+                &model.display().to_string(),
+                |event| {
+                    if !json_out {
+                        match event {
+                            JobEvent::Phase { message, .. } => eprintln!("{message}"),
+                            JobEvent::Step(p) => {
+                                if p.step == 1 || p.step % 10 == 0 || p.step == p.total_steps {
+                                    let eval = p
+                                        .eval
+                                        .map(|e| format!("  val loss {:.4}", e.loss))
+                                        .unwrap_or_default();
+                                    eprintln!(
+                                        "step {:>4}/{}  loss {:.4}  lr {:.2e}  {:.0} tok/s  eta {:.0}s{eval}",
+                                        p.step, p.total_steps, p.loss, p.lr, p.tokens_per_s, p.eta_s
+                                    );
+                                }
+                            }
+                        }
+                    }
+                    true
+                },
+            ))?;
+            if let Some(out) = out {
+                for (name, bytes) in &output.export {
+                    let path = out.join(name);
+                    if let Some(parent) = path.parent() {
+                        std::fs::create_dir_all(parent).map_err(|e| {
+                            Error::config(format!("cannot create {}: {e}", parent.display()))
+                        })?;
+                    }
+                    std::fs::write(&path, bytes).map_err(|e| {
+                        Error::config(format!("cannot write {}: {e}", path.display()))
+                    })?;
+                }
+            }
+            if cli.json {
+                print_json(&output)?;
+            } else {
+                let fmt = |e: Option<webtune::train::finetune::EvalLoss>| {
+                    e.map(|e| format!("loss {:.4}, perplexity {:.2}", e.loss, e.perplexity))
+                        .unwrap_or_else(|| "–".into())
+                };
+                println!(
+                    "{} steps; validation before: {}; after: {}",
+                    output.summary.steps,
+                    fmt(output.before),
+                    fmt(output.after)
+                );
+                for s in &output.samples {
+                    println!(
+                        "\n[{}] {}\n  reference: {}\n  before:    {}\n  after:     {}",
+                        s.source,
+                        s.prompt.trim_end(),
+                        s.reference,
+                        s.before,
+                        s.after
+                    );
+                }
+                match out {
+                    Some(out) => println!(
+                        "\nwrote {} files under {}",
+                        output.export.len(),
+                        out.display()
+                    ),
+                    None => println!("\n(no --out given: nothing written)"),
+                }
+            }
+            Ok(())
+        }
+        Command::Eval {
+            model,
+            data,
+            config,
+        } => {
+            let cfg = match config {
+                Some(text) => JobConfig::from_json(text)?,
+                None => JobConfig::default(),
+            };
+            let files = ModelFiles::from_dir(model)?;
+            let chat = chat_template(&files)?;
+            let base = LoadedModel::load(files, &burn::tensor::Device::flex())?;
+            let bytes = read_data(data)?;
+            let name = data
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let value = pollster::block_on(eval_file(&base, chat, &name, &bytes, &cfg))?;
+            if cli.json {
+                print_json(&value)?;
+            } else {
+                println!(
+                    "{} examples: loss {:.4}, perplexity {:.2}",
+                    value["examples"], value["eval"]["loss"], value["eval"]["perplexity"]
+                );
+            }
+            Ok(())
+        }
         Command::Toy {
             config,
             steps,
@@ -327,6 +523,15 @@ fn run(cli: &Cli) -> Result<(), Error> {
             Ok(())
         }
     }
+}
+
+fn read_data(path: &Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|e| {
+        Error::new(
+            webtune::Code::DataInvalid,
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })
 }
 
 fn internal(e: impl std::fmt::Display) -> Error {

@@ -161,6 +161,7 @@ pub async fn generate(
     mut on_token: impl FnMut(u32) -> bool,
 ) -> Result<Vec<u32>> {
     opts.validate()?;
+    model.check_causal()?;
     if prompt.is_empty() {
         return Err(Error::config("the prompt has no tokens"));
     }

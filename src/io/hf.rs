@@ -18,7 +18,7 @@ use super::tokenizer::Tokenizer;
 use crate::error::{Code, Error, Result};
 
 /// Families webtune implements, by `model_type`.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["gpt2", "llama", "qwen2", "mistral"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["gpt2", "llama", "qwen2", "mistral", "bert"];
 
 /// File names webtune reads from a model folder or repo.
 pub fn is_model_file(name: &str) -> bool {
@@ -247,6 +247,16 @@ impl Weights {
     pub fn contains(&self, name: &str) -> bool {
         self.files.iter().any(|f| f.tensors.contains_key(name))
             || self.gguf.iter().any(|g| g.shape_of(name).is_some())
+    }
+
+    /// The stored shape of a tensor, when present.
+    pub fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
+        let st = self.files.iter().find_map(|f| f.tensors.get(name));
+        st.map(|t| t.shape.clone()).or_else(|| {
+            self.gguf
+                .iter()
+                .find_map(|g| g.shape_of(name).map(<[usize]>::to_vec))
+        })
     }
 
     /// The dtypes stored, e.g. `["F32"]`.

@@ -34,6 +34,15 @@ impl Tokenizer {
         Ok(Self { inner })
     }
 
+    /// The tokenizer as `tokenizer.json` text (for exports of models whose tokenizer came from
+    /// GGUF metadata).
+    pub fn to_json(&self) -> Result<Option<String>> {
+        self.inner
+            .to_string(false)
+            .map(Some)
+            .map_err(|e| invalid(format!("the tokenizer could not be written as JSON: {e}")))
+    }
+
     /// Encode as transformers' `tokenizer(text)` does: with the special tokens the file's
     /// post-processor adds (none for GPT-2; `[CLS] … [SEP]` for BERT).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {

@@ -6,6 +6,7 @@ use burn::prelude::*;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::bert::{Bert, BertConfig};
 use super::gpt2::{Gpt2, Gpt2Config};
 use super::llama::{Llama, LlamaConfig};
 use super::{CausalLm, KvCache};
@@ -13,10 +14,14 @@ use crate::error::{Code, Error, Result};
 use crate::io::hf::{architecture, ModelFiles};
 use crate::io::tokenizer::Tokenizer;
 
+// One per loaded model, and the weights themselves live on the device: boxing buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Family {
     Gpt2(Gpt2),
     Llama(Llama),
+    /// An encoder: no next-token prediction (see [`CausalLm::check_causal`]).
+    Bert(Bert),
 }
 
 impl CausalLm for Family {
@@ -24,12 +29,25 @@ impl CausalLm for Family {
         match self {
             Family::Gpt2(m) => m.forward(tokens, cache),
             Family::Llama(m) => m.forward(tokens, cache),
+            // Unreachable through webtune's entry points, which call `check_causal` first.
+            Family::Bert(m) => m.embedding_scores(tokens),
         }
     }
     fn max_positions(&self) -> usize {
         match self {
             Family::Gpt2(m) => m.max_positions(),
             Family::Llama(m) => m.max_positions(),
+            Family::Bert(m) => m.max_positions(),
+        }
+    }
+    fn check_causal(&self) -> Result<()> {
+        match self {
+            Family::Bert(_) => Err(Error::config(
+                "this is an encoder (BERT) model: it embeds and classifies text but does not \
+                 generate it or train as a language model; use a causal LM (GPT-2, Llama) instead",
+            )
+            .with_details(json!({ "kind": "encoder" }))),
+            _ => Ok(()),
         }
     }
 }
@@ -46,6 +64,11 @@ pub struct ModelInfo {
     /// Dtypes of the stored weights, e.g. `["F32"]`.
     pub dtype: Vec<&'static str>,
     pub has_tokenizer: bool,
+    /// `causal_lm` or `encoder`.
+    pub kind: &'static str,
+    /// Class names of a classification head in the checkpoint, in id order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
 }
 
 #[derive(Debug)]
@@ -82,6 +105,8 @@ impl LoadedModel {
                     max_positions: cfg.n_positions,
                     dtype,
                     has_tokenizer: tokenizer.is_some(),
+                    kind: "causal_lm",
+                    labels: None,
                 };
                 Ok(Self {
                     family: Family::Gpt2(model),
@@ -104,12 +129,44 @@ impl LoadedModel {
                     max_positions: cfg.max_positions(),
                     dtype,
                     has_tokenizer: tokenizer.is_some(),
+                    kind: "causal_lm",
+                    labels: None,
                 };
                 Ok(Self {
                     family: Family::Llama(model),
                     info,
                     tokenizer,
                     eos_token_id: eos_from_generation.or(cfg.eos_token_id),
+                    device: device.clone(),
+                })
+            }
+            "bert" => {
+                let cfg = BertConfig::from_json(&config)?;
+                let model = Bert::load(&cfg, &weights, device)?;
+                let n = model.num_labels();
+                let labels = (n > 0).then(|| {
+                    cfg.labels()
+                        .filter(|l| l.len() == n)
+                        .unwrap_or_else(|| (0..n).map(|i| format!("LABEL_{i}")).collect())
+                });
+                let info = ModelInfo {
+                    architecture: arch,
+                    parameters: model.num_params(),
+                    layers: cfg.num_hidden_layers,
+                    hidden_size: cfg.hidden_size,
+                    heads: cfg.num_attention_heads,
+                    vocab_size: cfg.vocab_size,
+                    max_positions: cfg.max_position_embeddings,
+                    dtype,
+                    has_tokenizer: tokenizer.is_some(),
+                    kind: "encoder",
+                    labels,
+                };
+                Ok(Self {
+                    family: Family::Bert(model),
+                    info,
+                    tokenizer,
+                    eos_token_id: None,
                     device: device.clone(),
                 })
             }
@@ -151,6 +208,7 @@ impl LoadedModel {
 
     /// Logits of every position for one sequence, `[T][vocab]`.
     pub async fn logits(&self, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
+        self.family.check_causal()?;
         self.check_ids(ids)?;
         if ids.is_empty() || ids.len() > self.info.max_positions {
             return Err(Error::config(format!(
@@ -181,6 +239,50 @@ impl LoadedModel {
             .map_err(|e| Error::new(Code::Internal, format!("{e:?}")))?;
         Ok((0..t).map(|i| data[i * v..(i + 1) * v].to_vec()).collect())
     }
+}
+
+impl LoadedModel {
+    /// Whether the model is an encoder (embeds and classifies; does not generate).
+    pub fn is_encoder(&self) -> bool {
+        matches!(self.family, Family::Bert(_))
+    }
+
+    /// An encoder's last hidden states for one sequence (no padding), `[T][hidden]`.
+    pub async fn encode_hidden(&self, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
+        let Family::Bert(bert) = &self.family else {
+            return Err(Error::config(
+                "hidden states of the encoder are only available for encoder (BERT) models",
+            ));
+        };
+        self.check_ids(ids)?;
+        if ids.is_empty() || ids.len() > self.info.max_positions {
+            return Err(Error::config(format!(
+                "the input must have between 1 and {} tokens, got {}",
+                self.info.max_positions,
+                ids.len()
+            )));
+        }
+        let ids: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
+        let tokens = super::bert::int_tensor(&ids, 1, ids.len(), &self.device);
+        let hidden = bert.forward(tokens, None, None);
+        let [_, t, d] = hidden.dims();
+        let data = read_vec(hidden.reshape([t * d])).await?;
+        Ok(data.chunks(d).map(<[f32]>::to_vec).collect())
+    }
+}
+
+/// A tensor read back asynchronously (WebGPU cannot read synchronously).
+async fn read_vec(t: Tensor<1>) -> Result<Vec<f32>> {
+    t.into_data_async()
+        .await
+        .map_err(|e| {
+            Error::new(
+                Code::DeviceLost,
+                format!("reading results back failed: {e:?}"),
+            )
+        })?
+        .try_to_vec::<f32>()
+        .map_err(|e| Error::new(Code::Internal, format!("{e:?}")))
 }
 
 fn first_id(v: Option<&Value>) -> Option<u32> {

@@ -1,6 +1,7 @@
 //! Model families. Each family reads top to bottom in its own file; building blocks shared by
 //! several families live in `layers`.
 
+pub mod bert;
 pub mod gpt2;
 pub mod layers;
 pub mod llama;
@@ -15,6 +16,11 @@ pub trait CausalLm {
     fn forward(&self, tokens: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3>;
     /// Longest sequence the model accepts.
     fn max_positions(&self) -> usize;
+    /// Whether `forward` predicts next tokens. Encoders (BERT) answer with a config error that
+    /// names the model kind; generation and causal fine-tuning call this first.
+    fn check_causal(&self) -> crate::error::Result<()> {
+        Ok(())
+    }
 }
 
 impl CausalLm for gpt2::Gpt2 {

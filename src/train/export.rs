@@ -24,6 +24,7 @@ fn inference_copy(family: &Family) -> Family {
     match family {
         Family::Gpt2(m) => Family::Gpt2(m.valid()),
         Family::Llama(m) => Family::Llama(m.valid()),
+        Family::Bert(m) => Family::Bert(m.valid()),
     }
 }
 

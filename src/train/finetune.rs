@@ -256,7 +256,13 @@ impl TrainableModel {
                     let parts: Vec<&str> = path.split('.').collect();
                     match parts.as_slice() {
                         ["wte" | "wpe" | "embed_tokens"] => emb,
-                        ["blocks", i, ..] => i.parse::<usize>().is_ok_and(|i| i < layers),
+                        ["word_embeddings" | "position_embeddings" | "token_type_embeddings"] => {
+                            emb
+                        }
+                        ["embeddings_norm", ..] => emb,
+                        ["blocks" | "layers", i, ..] => {
+                            i.parse::<usize>().is_ok_and(|i| i < layers)
+                        }
                         _ => false,
                     }
                 };
@@ -267,6 +273,7 @@ impl TrainableModel {
                 let family = match family {
                     Family::Gpt2(m) => Family::Gpt2(m.map(&mut freeze)),
                     Family::Llama(m) => Family::Llama(m.map(&mut freeze)),
+                    Family::Bert(m) => Family::Bert(m.map(&mut freeze)),
                 };
                 Ok(Self {
                     family,
@@ -290,6 +297,7 @@ impl TrainableModel {
         match &self.family {
             Family::Gpt2(m) => m.visit(&mut c),
             Family::Llama(m) => m.visit(&mut c),
+            Family::Bert(m) => m.visit(&mut c),
         }
         (c.trainable, c.total)
     }
@@ -379,7 +387,7 @@ pub(crate) fn batch_tensors(
     )
 }
 
-async fn read_scalar(tensor: Tensor<1>) -> Result<f32> {
+pub(crate) async fn read_scalar(tensor: Tensor<1>) -> Result<f32> {
     let data = tensor.into_data_async().await.map_err(|e| {
         Error::new(
             Code::DeviceLost,
@@ -415,9 +423,9 @@ fn check_batches(batches: &[TokenBatch], max_positions: usize, what: &str) -> Re
 }
 
 /// Sum of squared gradients over every parameter that has one.
-struct GradSquares<'a> {
-    grads: &'a GradientsParams,
-    sum: Option<Tensor<1>>,
+pub(crate) struct GradSquares<'a> {
+    pub grads: &'a GradientsParams,
+    pub sum: Option<Tensor<1>>,
 }
 
 impl ModuleVisitor for GradSquares<'_> {
@@ -433,9 +441,9 @@ impl ModuleVisitor for GradSquares<'_> {
 }
 
 /// Multiply every gradient by `factor` (global-norm clipping).
-struct ScaleGrads<'a> {
-    grads: &'a mut GradientsParams,
-    factor: f64,
+pub(crate) struct ScaleGrads<'a> {
+    pub grads: &'a mut GradientsParams,
+    pub factor: f64,
 }
 
 impl ModuleVisitor for ScaleGrads<'_> {
@@ -448,7 +456,7 @@ impl ModuleVisitor for ScaleGrads<'_> {
 
 /// Ids of 1-D parameters (biases, norm weights): no weight decay for them by default.
 #[derive(Default)]
-struct VectorIds(Vec<ParamId>);
+pub(crate) struct VectorIds(pub Vec<ParamId>);
 
 impl ModuleVisitor for VectorIds {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
@@ -516,6 +524,8 @@ pub async fn finetune(
     match &mut model.family {
         Family::Gpt2(m) => run(m, &mut ctx).await?,
         Family::Llama(m) => run(m, &mut ctx).await?,
+        // Encoders train with `train::classify`.
+        Family::Bert(_) => return Err(model_not_causal()),
     }
     Ok(ctx.summary)
 }
@@ -756,9 +766,18 @@ impl ModuleVisitor for FirstDevice<'_> {
 /// Mean masked next-token cross-entropy (and perplexity) of a model over `batches`, on the
 /// model's own device, without recording gradients.
 pub async fn evaluate_loss(model: &Family, batches: &[TokenBatch]) -> Result<EvalLoss> {
+    model.check_causal()?;
     check_batches(batches, model.max_positions(), "evaluation")?;
     match model {
         Family::Gpt2(m) => eval_module(m, batches).await,
         Family::Llama(m) => eval_module(m, batches).await,
+        Family::Bert(_) => Err(model_not_causal()),
     }
+}
+
+fn model_not_causal() -> Error {
+    Error::config(
+        "an encoder (BERT) model does not train as a language model; fine-tune it for \
+         classification instead",
+    )
 }

@@ -19,6 +19,7 @@ use burn::tensor::TensorData;
 use serde_json::json;
 
 use crate::error::{Code, Error, Result};
+use crate::models::bert::Bert;
 use crate::models::gpt2::Gpt2;
 use crate::models::llama::Llama;
 use crate::models::loaded::Family;
@@ -29,6 +30,7 @@ use crate::rng::Rng;
 pub enum FamilyKind {
     Gpt2,
     Llama,
+    Bert,
 }
 
 impl FamilyKind {
@@ -36,6 +38,7 @@ impl FamilyKind {
         match family {
             Family::Gpt2(_) => Self::Gpt2,
             Family::Llama(_) => Self::Llama,
+            Family::Bert(_) => Self::Bert,
         }
     }
 
@@ -44,6 +47,7 @@ impl FamilyKind {
         match self {
             Self::Gpt2 => &["c_attn"],
             Self::Llama => &["q_proj", "v_proj"],
+            Self::Bert => &["query", "value"],
         }
     }
 
@@ -60,6 +64,9 @@ impl FamilyKind {
                 "up_proj",
                 "down_proj",
             ],
+            // `dense` is the attention output, MLP and pooler projections; the classifier is
+            // the output layer, which PEFT's "all-linear" leaves out.
+            Self::Bert => &["query", "key", "value", "dense"],
         }
     }
 }
@@ -132,6 +139,48 @@ pub fn hf_tensor(kind: FamilyKind, path: &str) -> Option<HfTensor> {
             }
             _ => None,
         },
+        // BertForSequenceClassification's names: the encoder under `bert.`, the head beside it.
+        FamilyKind::Bert => {
+            let linear = |name: String, p: &str| {
+                let weight = p == "weight";
+                t(format!("{name}.{p}"), weight, weight)
+            };
+            match parts.as_slice() {
+                [e @ ("word_embeddings" | "position_embeddings" | "token_type_embeddings")] => {
+                    t(format!("bert.embeddings.{e}.weight"), false, false)
+                }
+                ["embeddings_norm", p] => t(
+                    format!("bert.embeddings.LayerNorm.{}", norm_param(p)?),
+                    false,
+                    false,
+                ),
+                ["pooler", p] => linear("bert.pooler.dense".into(), p),
+                ["classifier", p] => linear("classifier".into(), p),
+                ["layers", i, module, p] => {
+                    let l = format!("bert.encoder.layer.{i}");
+                    match *module {
+                        "query" | "key" | "value" => {
+                            linear(format!("{l}.attention.self.{module}"), p)
+                        }
+                        "attention_output" => linear(format!("{l}.attention.output.dense"), p),
+                        "intermediate" => linear(format!("{l}.intermediate.dense"), p),
+                        "output" => linear(format!("{l}.output.dense"), p),
+                        "attention_norm" => t(
+                            format!("{l}.attention.output.LayerNorm.{}", norm_param(p)?),
+                            false,
+                            false,
+                        ),
+                        "output_norm" => t(
+                            format!("{l}.output.LayerNorm.{}", norm_param(p)?),
+                            false,
+                            false,
+                        ),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            }
+        }
     }
 }
 
@@ -341,6 +390,10 @@ pub fn apply_lora(family: Family, spec: &LoraSpec) -> Result<(Family, Vec<String
             let (m, names) = attach::<Llama>(m, kind, spec)?;
             (Family::Llama(m), names)
         }
+        Family::Bert(m) => {
+            let (m, names) = attach::<Bert>(m, kind, spec)?;
+            (Family::Bert(m), names)
+        }
     })
 }
 
@@ -350,6 +403,7 @@ pub fn merge(family: Family) -> Family {
     match family {
         Family::Gpt2(m) => Family::Gpt2(m.materialize()),
         Family::Llama(m) => Family::Llama(m.materialize()),
+        Family::Bert(m) => Family::Bert(m.materialize()),
     }
 }
 
@@ -392,6 +446,7 @@ pub(crate) fn named_tensors(family: &Family) -> Vec<NamedTensor> {
     match family {
         Family::Gpt2(m) => m.visit(&mut c),
         Family::Llama(m) => m.visit(&mut c),
+        Family::Bert(m) => m.visit(&mut c),
     }
     c.out
 }

@@ -2,8 +2,10 @@
 //! (burn-train's `Learner` does not build for wasm32) and is shared by the browser worker and the
 //! native CLI; it reports progress through a callback that can also stop the run.
 
+pub mod classify;
 pub mod export;
 pub mod finetune;
+pub mod job;
 pub mod lora;
 pub mod loss;
 pub mod run;

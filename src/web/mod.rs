@@ -14,6 +14,8 @@ use crate::error::{Code, Error};
 use crate::eval::generate::{generate, GenerateOptions};
 use crate::io::hf::ModelFiles;
 use crate::models::loaded::LoadedModel;
+use crate::train::export::ExportFiles;
+use crate::train::job::{chat_template, prepare_data, run_job, DatasetFile, JobConfig};
 use crate::train::toy::{train_toy, ToyTrainConfig};
 
 extern "C" {
@@ -84,6 +86,15 @@ pub struct Session {
     // Shared with the promises of running calls, so a long generation does not borrow the
     // session (JS may call other methods meanwhile).
     model: Rc<RefCell<Option<Rc<LoadedModel>>>>,
+    /// The loaded model's files: training loads them again on the autodiff device.
+    files: Rc<RefCell<Option<Rc<ModelFiles>>>>,
+    /// The latest fine-tuned model and its exported files.
+    tuned: Rc<RefCell<Option<Rc<Tuned>>>>,
+}
+
+struct Tuned {
+    model: LoadedModel,
+    export: ExportFiles,
 }
 
 /// `{name: Uint8Array | ArrayBuffer}` (a plain object or a `Map`) → model files.
@@ -125,6 +136,23 @@ fn files_from_js(files: &JsValue) -> Result<ModelFiles, Error> {
     Ok(out)
 }
 
+fn no_tuned_model() -> Error {
+    Error::new(
+        Code::ModelNotLoaded,
+        "there is no fine-tuned model yet; fine-tune the loaded model first",
+    )
+}
+
+fn job_config(config: JsValue) -> Result<JobConfig, Error> {
+    if config.is_undefined() || config.is_null() {
+        return Ok(JobConfig::default());
+    }
+    // Through JSON text, so unknown keys and wrong types get serde's precise messages.
+    let value: serde_json::Value = serde_wasm_bindgen::from_value(config)
+        .map_err(|e| Error::config(format!("invalid fine-tuning configuration: {e}")))?;
+    JobConfig::from_json(&value.to_string())
+}
+
 /// Prompt as `{text}` or `{ids}` (or a plain string).
 fn prompt_ids(model: &LoadedModel, input: &JsValue) -> Result<Vec<u32>, Error> {
     if let Some(text) = input.as_string() {
@@ -155,6 +183,8 @@ impl Session {
         Ok(Session {
             backend,
             model: Rc::new(RefCell::new(None)),
+            files: Rc::new(RefCell::new(None)),
+            tuned: Rc::new(RefCell::new(None)),
         })
     }
 
@@ -174,12 +204,18 @@ impl Session {
     #[wasm_bindgen(js_name = loadModel)]
     pub fn load_model(&self, files: JsValue) -> js_sys::Promise {
         let slot = self.model.clone();
+        let files_slot = self.files.clone();
+        let tuned_slot = self.tuned.clone();
         let device = self.backend.inference.clone();
         wasm_bindgen_futures::future_to_promise(async move {
             let files = files_from_js(&files).map_err(|e| error_to_js(&e))?;
+            let kept = files.clone();
             let model = LoadedModel::load(files, &device).map_err(|e| error_to_js(&e))?;
             let info = to_js(&model.info)?;
             *slot.borrow_mut() = Some(Rc::new(model));
+            *files_slot.borrow_mut() = Some(Rc::new(kept));
+            // A fine-tuned model belongs to the base it was trained from.
+            *tuned_slot.borrow_mut() = None;
             Ok(info)
         })
     }
@@ -213,10 +249,12 @@ impl Session {
     }
 
     /// Logits of every position for token ids: resolves to `{shape: [T, vocab], data: Float32Array}`.
-    pub fn logits(&self, ids: Vec<u32>) -> js_sys::Promise {
-        let model = self.current_model();
+    /// `which` is `"base"` (default) or `"tuned"` (the latest fine-tuned model).
+    pub fn logits(&self, ids: Vec<u32>, which: Option<String>) -> js_sys::Promise {
+        let pick = self.pick_model(which.as_deref());
         wasm_bindgen_futures::future_to_promise(async move {
-            let model = model?;
+            let (base, tuned) = pick?;
+            let model = tuned.as_ref().map_or(&*base, |t| &t.model);
             let rows = model.logits(&ids).await.map_err(|e| error_to_js(&e))?;
             let vocab = rows.first().map_or(0, Vec::len);
             let flat: Vec<f32> = rows.iter().flatten().copied().collect();
@@ -234,7 +272,8 @@ impl Session {
 
     /// Continue a prompt (`"text"`, `{text}` or `{ids}`). `options` are `GenerateOptions`
     /// (snake_case: max_new_tokens, greedy, temperature, top_k, top_p, repetition_penalty, seed,
-    /// use_cache, stop_tokens) plus `ignore_eos`. `on_token(id, text_so_far)` sees each token;
+    /// use_cache, stop_tokens) plus `ignore_eos` and `model` (`"base"`, the default, or
+    /// `"tuned"`). `on_token(id, text_so_far)` sees each token;
     /// returning `false` stops. Resolves to `{prompt_ids, generated_ids, text, seconds,
     /// tokens_per_s}`.
     pub fn generate(
@@ -243,15 +282,26 @@ impl Session {
         options: JsValue,
         on_token: js_sys::Function,
     ) -> js_sys::Promise {
-        let model = self.current_model();
+        let base = self.current_model();
+        let tuned = self.tuned.borrow().clone();
         wasm_bindgen_futures::future_to_promise(async move {
-            let model = model?;
+            let base = base?;
             let run = async {
                 let mut value: serde_json::Value = if options.is_undefined() || options.is_null() {
                     json!({})
                 } else {
                     serde_wasm_bindgen::from_value(options)
                         .map_err(|e| Error::config(format!("invalid generation options: {e}")))?
+                };
+                let which = value.as_object_mut().and_then(|o| o.remove("model"));
+                let model: &LoadedModel = match which.as_ref().and_then(|v| v.as_str()) {
+                    None | Some("base") => &base,
+                    Some("tuned") => &tuned.as_ref().ok_or_else(no_tuned_model)?.model,
+                    Some(other) => {
+                        return Err(Error::config(format!(
+                            "model must be \"base\" or \"tuned\", not {other:?}"
+                        )))
+                    }
                 };
                 let ignore_eos = value
                     .as_object_mut()
@@ -263,7 +313,7 @@ impl Session {
                 if opts.stop_tokens.is_empty() && !ignore_eos {
                     opts.stop_tokens.extend(model.eos_token_id);
                 }
-                let ids = prompt_ids(&model, &input)?;
+                let ids = prompt_ids(model, &input)?;
                 let start = crate::platform::now_ms();
                 let mut so_far = Vec::new();
                 let tokens = generate(model.causal_lm(), &model.device, &ids, &opts, |t| {
@@ -295,6 +345,178 @@ impl Session {
             let result = run.await.map_err(|e| error_to_js(&e))?;
             to_js(&result)
         })
+    }
+
+    /// Read and validate a dataset file for the loaded model without training: resolves to
+    /// `{report, train_examples, validation_examples, train_batches, eval_batches, preview}`
+    /// where `preview` shows the first examples as the model will see them (text and whether
+    /// each token counts in the loss). `config` is the fine-tuning job configuration (its
+    /// `data`, `validation_fraction`, `batch_size` ... matter here).
+    #[wasm_bindgen(js_name = inspectDataset)]
+    pub fn inspect_dataset(
+        &self,
+        name: String,
+        bytes: Vec<u8>,
+        config: JsValue,
+    ) -> js_sys::Promise {
+        let base = self.current_model();
+        let files = self.files.borrow().clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let base = base?;
+            let run = || -> Result<serde_json::Value, Error> {
+                let config = job_config(config)?;
+                let chat = match &files {
+                    Some(f) => chat_template(f)?,
+                    None => None,
+                };
+                let data = prepare_data(&base, chat, &name, &bytes, &config)?;
+                let tokenizer = base.tokenizer.as_ref();
+                let preview: Vec<serde_json::Value> = data
+                    .train_batches
+                    .first()
+                    .map(|b| {
+                        (0..b.batch_size.min(3))
+                            .map(|row| {
+                                let range = row * b.seq_len..(row + 1) * b.seq_len;
+                                let ids: Vec<u32> =
+                                    b.inputs[range.clone()].iter().map(|&t| t as u32).collect();
+                                let pieces: Vec<serde_json::Value> = ids
+                                    .iter()
+                                    .zip(&b.loss_mask[range])
+                                    .map(|(&id, &m)| {
+                                        let text = tokenizer
+                                            .and_then(|t| t.decode(&[id]).ok())
+                                            .unwrap_or_default();
+                                        // mask[t] says whether token t+1 counts; shown on t+1.
+                                        json!({ "id": id, "text": text, "target_counts": m > 0.0 })
+                                    })
+                                    .collect();
+                                json!({ "tokens": pieces })
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Ok(json!({
+                    "report": data.report,
+                    "train_examples": data.train.len(),
+                    "validation_examples": data.validation.len(),
+                    "train_batches": data.train_batches.len(),
+                    "eval_batches": data.eval_batches.len(),
+                    "total_steps": config.train.total_steps(data.train_batches.len()),
+                    "preview": preview,
+                }))
+            };
+            let value = run().map_err(|e| error_to_js(&e))?;
+            to_js(&value)
+        })
+    }
+
+    /// Fine-tune the loaded model on a dataset file and evaluate it before and after on
+    /// held-out examples. `on_event(event)` sees `{type: "phase", phase, message}` and
+    /// `{type: "step", step, total_steps, loss, lr, grad_norm, tokens_per_s, elapsed_s, eta_s,
+    /// eval, ...}`; returning `false` stops training early (evaluation and export still run).
+    /// Resolves to `{report, summary, before, after, samples, files, ...}`; the fine-tuned
+    /// model then answers `generate(..., {model: "tuned"})` and `exportFiles()`.
+    pub fn finetune(
+        &self,
+        name: String,
+        bytes: Vec<u8>,
+        config: JsValue,
+        on_event: js_sys::Function,
+    ) -> js_sys::Promise {
+        let base = self.current_model();
+        let files = self.files.borrow().clone();
+        let tuned_slot = self.tuned.clone();
+        let backend = self.backend.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let base = base?;
+            let run = async {
+                let config = job_config(config)?;
+                let files = files.ok_or_else(|| {
+                    Error::new(Code::ModelNotLoaded, "no model is loaded; load one first")
+                })?;
+                let out = run_job(
+                    (*files).clone(),
+                    &base,
+                    &backend,
+                    DatasetFile {
+                        name: &name,
+                        bytes: &bytes,
+                    },
+                    &config,
+                    "webtune-base",
+                    |event| {
+                        let Ok(value) = to_js(&event) else {
+                            return true;
+                        };
+                        match on_event.call1(&JsValue::NULL, &value) {
+                            Ok(result) => result.as_bool() != Some(false),
+                            Err(_) => false,
+                        }
+                    },
+                )
+                .await?;
+                Ok::<_, Error>(out)
+            };
+            let mut out = run.await.map_err(|e| error_to_js(&e))?;
+            let value = to_js(&out)?;
+            if let Some(model) = out.tuned.take() {
+                *tuned_slot.borrow_mut() = Some(Rc::new(Tuned {
+                    model,
+                    export: std::mem::take(&mut out.export),
+                }));
+            }
+            Ok(value)
+        })
+    }
+
+    /// The fine-tuned model's files: `{"merged/model.safetensors": Uint8Array, ...}` (plus
+    /// `adapter/...` for LoRA) — a Hugging Face model folder and a PEFT adapter.
+    #[wasm_bindgen(js_name = exportFiles)]
+    pub fn export_files(&self) -> Result<JsValue, JsValue> {
+        let tuned = self
+            .tuned
+            .borrow()
+            .clone()
+            .ok_or_else(|| error_to_js(&no_tuned_model()))?;
+        let out = js_sys::Object::new();
+        for (name, bytes) in &tuned.export {
+            js_sys::Reflect::set(
+                &out,
+                &name.as_str().into(),
+                &js_sys::Uint8Array::from(bytes.as_slice()),
+            )?;
+        }
+        Ok(out.into())
+    }
+
+    /// Info of the fine-tuned model, or `null`.
+    #[wasm_bindgen(js_name = tunedInfo)]
+    pub fn tuned_info(&self) -> Result<JsValue, JsValue> {
+        match self.tuned.borrow().as_ref() {
+            Some(t) => to_js(&t.model.info),
+            None => Ok(JsValue::NULL),
+        }
+    }
+
+    fn pick_model(
+        &self,
+        which: Option<&str>,
+    ) -> Result<(Rc<LoadedModel>, Option<Rc<Tuned>>), JsValue> {
+        let base = self.current_model()?;
+        match which {
+            None | Some("base") => Ok((base, None)),
+            Some("tuned") => {
+                let tuned = self.tuned.borrow().clone();
+                Ok((
+                    base,
+                    Some(tuned.ok_or_else(|| error_to_js(&no_tuned_model()))?),
+                ))
+            }
+            Some(other) => Err(error_to_js(&Error::config(format!(
+                "model must be \"base\" or \"tuned\", not {other:?}"
+            )))),
+        }
     }
 
     /// `{backend, adapter, device_limits}`.

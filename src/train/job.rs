@@ -1,0 +1,467 @@
+//! A whole fine-tuning job as a person starts it: a model, a dataset file and one configuration
+//! in; a validated dataset, a held-out split, training, the before/after evaluation on the
+//! held-out examples (loss, perplexity, and greedy continuations side by side) and the exported
+//! files out. The browser worker and the CLI both call [`run_job`], so they do the same thing.
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::export::ExportFiles;
+use super::finetune::{evaluate_loss, EvalLoss, FinetuneConfig, FinetuneProgress, FinetuneSummary};
+use super::run::train;
+use crate::backend::Backend;
+use crate::data::batching::CausalEncoder;
+use crate::data::chat::{ChatTemplate, Message};
+use crate::data::split::{split, Holdout};
+use crate::data::validate::{inspect, Content, Dataset, Example, InspectOptions, Report};
+use crate::error::{Code, Error, Result};
+use crate::eval::generate::{generate, GenerateOptions};
+use crate::io::hf::ModelFiles;
+use crate::io::tokenizer::Tokenizer;
+use crate::models::loaded::LoadedModel;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobConfig {
+    /// How the dataset file is read and tokenized (format, schema, seq_len, ...).
+    pub data: InspectOptions,
+    /// Share of the examples held out for the before/after evaluation.
+    pub validation_fraction: f64,
+    /// At most this many held-out examples are scored (evaluation costs a forward pass each).
+    pub validation_max: usize,
+    /// Sequences per optimiser micro-batch.
+    pub batch_size: usize,
+    pub train: FinetuneConfig,
+    /// Held-out prompts continued by the model before and after training.
+    pub samples: usize,
+    pub sample_tokens: usize,
+}
+
+impl Default for JobConfig {
+    fn default() -> Self {
+        Self {
+            data: InspectOptions::default(),
+            validation_fraction: 0.1,
+            validation_max: 64,
+            batch_size: 4,
+            train: FinetuneConfig::default(),
+            samples: 3,
+            sample_tokens: 24,
+        }
+    }
+}
+
+impl JobConfig {
+    pub fn from_json(text: &str) -> Result<Self> {
+        serde_json::from_str(text)
+            .map_err(|e| Error::config(format!("invalid fine-tuning configuration: {e}")))
+    }
+
+    fn validate(&self) -> Result<()> {
+        if !(self.validation_fraction > 0.0 && self.validation_fraction < 1.0) {
+            return Err(Error::config("validation_fraction must be between 0 and 1"));
+        }
+        if self.batch_size == 0 || self.validation_max == 0 {
+            return Err(Error::config(
+                "batch_size and validation_max must be at least 1",
+            ));
+        }
+        self.train.validate()
+    }
+}
+
+/// One held-out prompt, what the data says follows it, and what each model wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    /// Where the example comes from, e.g. "qa.jsonl line 12".
+    pub source: String,
+    pub prompt: String,
+    pub reference: String,
+    pub before: String,
+    pub after: String,
+}
+
+/// Something a job reports while it runs.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum JobEvent<'a> {
+    /// A new phase: "data", "training", "samples", "export".
+    Phase {
+        phase: &'static str,
+        message: String,
+    },
+    Step(&'a FinetuneProgress),
+}
+
+#[derive(Serialize)]
+pub struct JobOutput {
+    pub report: Report,
+    pub train_examples: usize,
+    pub validation_examples: usize,
+    pub train_batches: usize,
+    pub summary: FinetuneSummary,
+    /// Held-out loss of the base model and of the fine-tuned one.
+    pub before: Option<EvalLoss>,
+    pub after: Option<EvalLoss>,
+    pub samples: Vec<Sample>,
+    /// Names of the exported files (`merged/…`, `adapter/…`).
+    pub files: Vec<String>,
+    #[serde(skip)]
+    pub export: ExportFiles,
+    /// The fine-tuned model, loaded from its export on the inference device.
+    #[serde(skip)]
+    pub tuned: Option<LoadedModel>,
+}
+
+/// The dataset read, validated, split and batched for `base`'s tokenizer.
+pub struct PreparedData {
+    pub report: Report,
+    pub dataset: Dataset,
+    pub train: Vec<usize>,
+    pub validation: Vec<usize>,
+    pub train_batches: Vec<crate::data::TokenBatch>,
+    pub eval_batches: Vec<crate::data::TokenBatch>,
+    pub chat: Option<ChatTemplate>,
+}
+
+/// The chat template a model ships (tokenizer_config.json), if any.
+pub fn chat_template(files: &ModelFiles) -> Result<Option<ChatTemplate>> {
+    match files.get("tokenizer_config.json") {
+        Some(bytes) => ChatTemplate::from_tokenizer_config(bytes),
+        None => Ok(None),
+    }
+}
+
+fn tokenizer_of(model: &LoadedModel) -> Result<&Tokenizer> {
+    model.tokenizer.as_ref().ok_or_else(|| {
+        Error::new(
+            Code::ModelMissingFile,
+            "this model has no tokenizer, so a text dataset cannot be turned into tokens; load \
+             the model together with its tokenizer.json",
+        )
+    })
+}
+
+/// Read, validate, split and batch a dataset for `base`.
+pub fn prepare_data(
+    base: &LoadedModel,
+    chat: Option<ChatTemplate>,
+    name: &str,
+    bytes: &[u8],
+    config: &JobConfig,
+) -> Result<PreparedData> {
+    config.validate()?;
+    let tokenizer = tokenizer_of(base)?;
+    let mut options = config.data.clone();
+    // Rows hold seq_len inputs plus one target: never more than the model's context.
+    options.causal.seq_len = options
+        .causal
+        .seq_len
+        .min(base.info.max_positions.saturating_sub(1))
+        .max(1);
+    if let Some(t) = &chat {
+        options
+            .chat_template
+            .get_or_insert_with(|| t.source().to_owned());
+    }
+    let (dataset, report) = inspect(name, bytes, &options, Some(tokenizer))?;
+    if dataset.labels.is_some() {
+        return Err(Error::new(
+            Code::DataInvalid,
+            format!(
+                "{name} is a classification dataset (text + label); {} is a causal language \
+                 model, which learns to continue text. Use an encoder model (BERT/MiniLM) for \
+                 classification, or give prompt/completion pairs.",
+                base.info.architecture
+            ),
+        ));
+    }
+    if dataset.examples.len() < 2 {
+        return Err(Error::new(
+            Code::DataInvalid,
+            format!(
+                "{name} has {} usable example(s); at least 2 are needed (one to train on, one \
+                 to evaluate)",
+                dataset.examples.len()
+            ),
+        ));
+    }
+    let holdout = Holdout::Fraction(config.validation_fraction);
+    let parts = split(&dataset, holdout, config.train.seed)?;
+    let mut validation = parts.validation;
+    validation.truncate(config.validation_max);
+    let train_idx = parts.train;
+    if train_idx.is_empty() || validation.is_empty() {
+        return Err(Error::new(
+            Code::DataInvalid,
+            format!(
+                "{name}: the split left {} training and {} validation examples; both need at \
+                 least one",
+                train_idx.len(),
+                validation.len()
+            ),
+        ));
+    }
+    let encoder = CausalEncoder::new(tokenizer, chat.as_ref(), options.causal.clone());
+    let pick =
+        |idx: &[usize]| -> Vec<&Example> { idx.iter().map(|&i| &dataset.examples[i]).collect() };
+    let plain = dataset
+        .examples
+        .iter()
+        .all(|e| matches!(e.content, Content::Text { .. }));
+    let batches = |examples: Vec<&Example>| -> Result<Vec<crate::data::TokenBatch>> {
+        if plain {
+            encoder.packed(&examples, config.batch_size)
+        } else {
+            examples
+                .chunks(config.batch_size)
+                .map(|chunk| encoder.batch(chunk))
+                .collect()
+        }
+    };
+    let train_batches = batches(pick(&train_idx))?;
+    let eval_batches = batches(pick(&validation))?;
+    Ok(PreparedData {
+        report,
+        train: train_idx,
+        validation,
+        train_batches,
+        eval_batches,
+        chat,
+        dataset,
+    })
+}
+
+/// A dataset file as read from disk or the browser's file picker.
+#[derive(Debug, Clone, Copy)]
+pub struct DatasetFile<'a> {
+    pub name: &'a str,
+    pub bytes: &'a [u8],
+}
+
+/// A prompt and its reference continuation for one held-out example.
+fn sample_prompt(
+    example: &Example,
+    tokenizer: &Tokenizer,
+    chat: Option<&ChatTemplate>,
+    separator: &str,
+) -> Result<Option<(Vec<u32>, String, String)>> {
+    Ok(match &example.content {
+        Content::Pair { prompt, completion } => {
+            let text = format!("{prompt}{separator}");
+            Some((tokenizer.encode(&text)?, text, completion.clone()))
+        }
+        Content::Chat { messages } => {
+            let Some(last) = messages.iter().rposition(|m| m.role == "assistant") else {
+                return Ok(None);
+            };
+            let fallback = ChatTemplate::chatml();
+            let template = chat.unwrap_or(&fallback);
+            let history: Vec<Message> = messages[..last].to_vec();
+            let text = template.render(&history, true)?;
+            Some((
+                tokenizer.encode_with(&text, false)?,
+                text,
+                messages[last].content.clone(),
+            ))
+        }
+        Content::Text { text } => {
+            let ids = tokenizer.encode(text)?;
+            if ids.len() < 4 {
+                return Ok(None);
+            }
+            let cut = (ids.len() / 2).min(32);
+            Some((
+                ids[..cut].to_vec(),
+                tokenizer.decode(&ids[..cut])?,
+                tokenizer.decode(&ids[cut..])?,
+            ))
+        }
+        Content::Labeled { .. } => None,
+    })
+}
+
+/// Greedy continuation of `ids` as text (stopping at EOS).
+pub async fn continue_text(model: &LoadedModel, ids: &[u32], tokens: usize) -> Result<String> {
+    let options = GenerateOptions {
+        max_new_tokens: tokens,
+        greedy: true,
+        stop_tokens: model.eos_token_id.into_iter().collect(),
+        ..Default::default()
+    };
+    let max = model.info.max_positions.saturating_sub(tokens + 1).max(1);
+    let ids = &ids[ids.len().saturating_sub(max)..];
+    let out = generate(model.causal_lm(), &model.device, ids, &options, |_| true).await?;
+    let out: Vec<u32> = out
+        .into_iter()
+        .filter(|t| Some(*t) != model.eos_token_id)
+        .collect();
+    match &model.tokenizer {
+        Some(t) => t.decode(&out),
+        None => Ok(format!("{out:?}")),
+    }
+}
+
+/// Fine-tune `base` (loaded from `files`) on the dataset file `name`/`bytes` and evaluate it
+/// before and after on held-out examples. `on_event` sees phases and every step; returning
+/// `false` from it cancels training (the job still evaluates and exports what was trained).
+pub async fn run_job(
+    files: ModelFiles,
+    base: &LoadedModel,
+    backend: &Backend,
+    dataset: DatasetFile<'_>,
+    config: &JobConfig,
+    base_name: &str,
+    mut on_event: impl FnMut(JobEvent) -> bool,
+) -> Result<JobOutput> {
+    let DatasetFile { name, bytes } = dataset;
+    let chat = chat_template(&files)?;
+    on_event(JobEvent::Phase {
+        phase: "data",
+        message: format!("Reading {name}…"),
+    });
+    let data = prepare_data(base, chat, name, bytes, config)?;
+    let tokenizer = tokenizer_of(base)?;
+    let separator = config.data.causal.separator.clone();
+
+    // Samples and the base model's continuations first: the base model is at hand now.
+    let mut samples = Vec::new();
+    for &i in &data.validation {
+        if samples.len() >= config.samples {
+            break;
+        }
+        let example = &data.dataset.examples[i];
+        if let Some((ids, prompt, reference)) =
+            sample_prompt(example, tokenizer, data.chat.as_ref(), &separator)?
+        {
+            if ids.is_empty() {
+                continue;
+            }
+            on_event(JobEvent::Phase {
+                phase: "samples",
+                message: format!("Base model on held-out example {}…", samples.len() + 1),
+            });
+            let before = continue_text(base, &ids, config.sample_tokens).await?;
+            samples.push((
+                ids,
+                Sample {
+                    source: example.loc.to_string(),
+                    prompt,
+                    reference,
+                    before,
+                    after: String::new(),
+                },
+            ));
+        }
+    }
+
+    on_event(JobEvent::Phase {
+        phase: "training",
+        message: format!(
+            "Training on {} examples ({} batches), evaluating on {}…",
+            data.train.len(),
+            data.train_batches.len(),
+            data.validation.len()
+        ),
+    });
+    let mut config_train = config.train.clone();
+    if config_train.eval_every == 0 {
+        // A few points on the validation curve without slowing training much.
+        let steps = config_train.total_steps(data.train_batches.len());
+        config_train.eval_every = (steps / 5).max(1);
+    }
+    let out = train(
+        files,
+        backend,
+        &data.train_batches,
+        &data.eval_batches,
+        &config_train,
+        base_name,
+        |p| on_event(JobEvent::Step(p)),
+    )
+    .await?;
+
+    on_event(JobEvent::Phase {
+        phase: "export",
+        message: "Loading the fine-tuned model for evaluation…".into(),
+    });
+    let mut export = out.files;
+    // A GGUF base has no tokenizer.json to copy: write the one built from its metadata, so
+    // the export is a complete Hugging Face model.
+    if !export.iter().any(|(n, _)| n == "merged/tokenizer.json") {
+        if let Some(json) = tokenizer.to_json()? {
+            export.push(("merged/tokenizer.json".into(), json.into_bytes()));
+        }
+    }
+    let mut merged = ModelFiles::new();
+    for (n, b) in &export {
+        if let Some(file) = n.strip_prefix("merged/") {
+            merged.insert(file.to_owned(), b.clone());
+        }
+    }
+    let tuned = LoadedModel::load(merged, &base.device)?;
+    let after = match out.after {
+        Some(a) => Some(a),
+        None => Some(evaluate_loss(&tuned.family, &data.eval_batches).await?),
+    };
+    let before = match out.before {
+        Some(b) => Some(b),
+        None => Some(evaluate_loss(&base.family, &data.eval_batches).await?),
+    };
+    let total = samples.len();
+    let mut done = Vec::new();
+    for (k, (ids, mut sample)) in samples.into_iter().enumerate() {
+        on_event(JobEvent::Phase {
+            phase: "samples",
+            message: format!("Fine-tuned model on held-out example {}/{total}…", k + 1),
+        });
+        sample.after = continue_text(&tuned, &ids, config.sample_tokens).await?;
+        done.push(sample);
+    }
+    Ok(JobOutput {
+        report: data.report,
+        train_examples: data.train.len(),
+        validation_examples: data.validation.len(),
+        train_batches: data.train_batches.len(),
+        summary: out.summary,
+        before,
+        after,
+        samples: done,
+        files: export.iter().map(|(n, _)| n.clone()).collect(),
+        export,
+        tuned: Some(tuned),
+    })
+}
+
+/// Score a model on a dataset file (all of it): mean masked loss and perplexity.
+pub async fn eval_file(
+    model: &LoadedModel,
+    chat: Option<ChatTemplate>,
+    name: &str,
+    bytes: &[u8],
+    config: &JobConfig,
+) -> Result<serde_json::Value> {
+    let tokenizer = tokenizer_of(model)?;
+    let mut options = config.data.clone();
+    options.causal.seq_len = options
+        .causal
+        .seq_len
+        .min(model.info.max_positions.saturating_sub(1))
+        .max(1);
+    let (dataset, report) = inspect(name, bytes, &options, Some(tokenizer))?;
+    let encoder = CausalEncoder::new(tokenizer, chat.as_ref(), options.causal.clone());
+    let examples: Vec<&Example> = dataset.examples.iter().collect();
+    let batches = if examples
+        .iter()
+        .all(|e| matches!(e.content, Content::Text { .. }))
+    {
+        encoder.packed(&examples, config.batch_size)?
+    } else {
+        examples
+            .chunks(config.batch_size.max(1))
+            .map(|c| encoder.batch(c))
+            .collect::<Result<Vec<_>>>()?
+    };
+    let loss = evaluate_loss(&model.family, &batches).await?;
+    Ok(json!({ "examples": dataset.examples.len(), "eval": loss, "report": report }))
+}

@@ -1,0 +1,336 @@
+//! Classification fine-tuning of the tiny BERT against PyTorch (transformers + PEFT), replayed
+//! step for step from tests/fixtures/reference/classify_bert.json: full fine-tuning and LoRA
+//! (query/value, the head trained in full), cancellation, non-finite losses, accuracy, and the
+//! `BertForSequenceClassification` export (left in target/tmp/classify_export for
+//! tools/reference/check_classify_export.py).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde_json::{json, Value};
+use webtune::backend::Backend;
+use webtune::data::batching::{ClassBatch, LabelMap};
+use webtune::io::hf::ModelFiles;
+use webtune::io::safetensors::{write_f32, SafeTensorsFile};
+use webtune::models::bert::Pooling;
+use webtune::models::loaded::LoadedModel;
+use webtune::train::classify::{
+    evaluate_classifier, export_classifier, predict, train_classifier, ClassifierModel, HeadConfig,
+};
+use webtune::train::finetune::{FinetuneConfig, Method};
+use webtune::train::lora::LoraInit;
+use webtune::train::schedule::ScheduleKind;
+use webtune::Code;
+
+fn fixture(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(path)
+}
+
+fn reference() -> Value {
+    let text = std::fs::read_to_string(fixture("reference/classify_bert.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    match v {
+        Value::Array(a) => a.iter().flat_map(floats).collect(),
+        Value::Number(n) => vec![n.as_f64().unwrap() as f32],
+        other => panic!("not a number: {other}"),
+    }
+}
+
+fn ints(v: &Value) -> Vec<i64> {
+    match v {
+        Value::Array(a) => a.iter().flat_map(ints).collect(),
+        Value::Number(n) => vec![n.as_i64().unwrap()],
+        other => panic!("not an int: {other}"),
+    }
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn base_config() -> Value {
+    let text = std::fs::read_to_string(fixture("tiny_random/bert/config.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The tiny BERT under `bert.` names with the reference's initial classifier.
+fn files(r: &Value) -> ModelFiles {
+    let bytes = std::fs::read(fixture("tiny_random/bert/model.safetensors")).unwrap();
+    let file = SafeTensorsFile::parse("model.safetensors", bytes).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = file
+        .tensors
+        .keys()
+        .map(|n| {
+            let (d, s) = file.read_f32(n).unwrap();
+            (format!("bert.{n}"), s, d)
+        })
+        .collect();
+    let n = r["classifier"]["num_labels"].as_u64().unwrap() as usize;
+    tensors.push((
+        "classifier.weight".into(),
+        vec![n, 32],
+        floats(&r["classifier"]["weight"]),
+    ));
+    tensors.push((
+        "classifier.bias".into(),
+        vec![n],
+        floats(&r["classifier"]["bias"]),
+    ));
+    let refs: Vec<(&str, &[usize], &[f32])> = tensors
+        .iter()
+        .map(|(n, s, d)| (n.as_str(), s.as_slice(), d.as_slice()))
+        .collect();
+    let mut config = base_config();
+    config["id2label"] = r["id2label"].clone();
+    let mut f = ModelFiles::new();
+    f.insert("model.safetensors", write_f32(&refs));
+    f.insert("config.json", serde_json::to_vec(&config).unwrap());
+    f
+}
+
+fn batches(r: &Value) -> Vec<ClassBatch> {
+    r["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            let rows = b["input_ids"].as_array().unwrap().len();
+            ClassBatch {
+                batch_size: rows,
+                seq_len: b["input_ids"][0].as_array().unwrap().len(),
+                input_ids: ints(&b["input_ids"]),
+                attention_mask: ints(&b["attention_mask"]),
+                labels: ints(&b["labels"]),
+            }
+        })
+        .collect()
+}
+
+fn labels() -> LabelMap {
+    // Already in id order (sorted) for this reference.
+    LabelMap::from_labels(["negative", "neutral", "positive"])
+}
+
+fn config(method: Method) -> FinetuneConfig {
+    FinetuneConfig {
+        method,
+        lora_r: 4,
+        lora_alpha: 8.0,
+        lora_targets: vec!["query".into(), "value".into()],
+        lr: 1e-3,
+        schedule: ScheduleKind::Constant,
+        steps: Some(4),
+        shuffle: false,
+        max_grad_norm: 1.0,
+        weight_decay: 0.0,
+        ..FinetuneConfig::default()
+    }
+}
+
+const HEAD: HeadConfig = HeadConfig {
+    pooling: Pooling::Pooler,
+    dropout: 0.0,
+};
+
+fn prepare(r: &Value, method: Method, backend: &Backend) -> ClassifierModel {
+    let loaded = LoadedModel::load(files(r), &backend.device).unwrap();
+    let init = if method == Method::Lora {
+        let mut map = BTreeMap::new();
+        for (module, a) in r["lora"]["init_lora_A"].as_object().unwrap() {
+            map.insert(module.clone(), (floats(a), vec![0.0; 32 * 4]));
+        }
+        LoraInit::Given(map)
+    } else {
+        LoraInit::Seeded(0)
+    };
+    ClassifierModel::prepare_with(loaded.family, labels(), &config(method), HEAD, init).unwrap()
+}
+
+fn replay(method: Method, key: &str) {
+    let r = reference();
+    let backend = Backend::cpu();
+    let mut model = prepare(&r, method, &backend);
+    let b = batches(&r);
+    let summary = pollster::block_on(train_classifier(
+        &mut model,
+        &backend,
+        &b,
+        &[],
+        &config(method),
+        |_| true,
+    ))
+    .unwrap();
+    let theirs = &r[key];
+    if method == Method::Lora {
+        assert_eq!(
+            summary.trainable_params as i64,
+            theirs["trainable_params"].as_i64().unwrap()
+        );
+    }
+    let loss_diff = max_diff(&summary.losses, &floats(&theirs["losses"]));
+    let norm_diff = max_diff(&summary.grad_norms, &floats(&theirs["grad_norms"]));
+    let logits = pollster::block_on(predict(&model, &b[0])).unwrap().concat();
+    let logit_diff = max_diff(&logits, &floats(&theirs["final_logits"]));
+    println!(
+        "{key}: losses {:?}; max |diff| loss {loss_diff:.2e}, grad norm {norm_diff:.2e}, final logits {logit_diff:.2e}",
+        summary.losses
+    );
+    assert!(loss_diff <= 1e-5, "losses differ by {loss_diff}");
+    assert!(norm_diff <= 1e-4, "grad norms differ by {norm_diff}");
+    assert!(logit_diff <= 1e-4, "final logits differ by {logit_diff}");
+}
+
+#[test]
+fn full_finetuning_matches_pytorch() {
+    replay(Method::Full, "full");
+}
+
+#[test]
+fn lora_matches_peft() {
+    replay(Method::Lora, "lora");
+}
+
+#[test]
+fn training_learns_cancels_and_refuses_non_finite_losses() {
+    let r = reference();
+    let backend = Backend::cpu();
+    let b = batches(&r);
+    // Learns: 40 steps at a higher rate fit the 5 training examples.
+    let mut cfg = config(Method::Full);
+    cfg.lr = 5e-3;
+    cfg.steps = Some(40);
+    let mut model = prepare(&r, Method::Full, &backend);
+    let s = pollster::block_on(train_classifier(&mut model, &backend, &b, &b, &cfg, |_| {
+        true
+    }))
+    .unwrap();
+    let (first, last) = (s.eval[0].1, s.eval.last().unwrap().1);
+    println!("eval before {first:?}, after {last:?}");
+    assert!(last.loss < first.loss * 0.5, "{first:?} → {last:?}");
+    assert_eq!(last.accuracy, 1.0);
+    assert_eq!(last.examples, 5);
+
+    // Cancel after 2 steps.
+    let mut model = prepare(&r, Method::Lora, &backend);
+    let s = pollster::block_on(train_classifier(
+        &mut model,
+        &backend,
+        &b,
+        &[],
+        &config(Method::Lora),
+        |p| p.step < 2,
+    ))
+    .unwrap();
+    assert_eq!((s.steps, s.cancelled), (2, true));
+
+    // An absurd learning rate: non-finite loss, reported with its step.
+    let mut cfg = config(Method::Full);
+    cfg.lr = 1e30;
+    cfg.steps = Some(10);
+    let mut model = prepare(&r, Method::Full, &backend);
+    let err = pollster::block_on(train_classifier(
+        &mut model,
+        &backend,
+        &b,
+        &[],
+        &cfg,
+        |_| true,
+    ))
+    .unwrap_err();
+    assert_eq!(err.code, Code::NonFiniteLoss, "{err}");
+}
+
+#[test]
+fn new_head_mean_pooling_and_export() {
+    let r = reference();
+    let backend = Backend::cpu();
+    // A checkpoint without a head: a new one is drawn for the labels.
+    let loaded = LoadedModel::load(
+        ModelFiles::from_dir(&fixture("tiny_random/bert")).unwrap(),
+        &backend.device,
+    )
+    .unwrap();
+    let head = HeadConfig {
+        pooling: Pooling::Mean,
+        dropout: 0.1,
+    };
+    let mut cfg = config(Method::Lora);
+    cfg.steps = Some(3);
+    let mut model =
+        ClassifierModel::prepare(loaded.family, labels(), &cfg, head).expect("new head");
+    let b = batches(&r);
+    pollster::block_on(train_classifier(
+        &mut model,
+        &backend,
+        &b,
+        &[],
+        &cfg,
+        |_| true,
+    ))
+    .unwrap();
+
+    // Export a pooler-pooled model (what transformers' head computes) and check it reloads here.
+    let mut model = prepare(&r, Method::Lora, &backend);
+    let mut cfg = config(Method::Lora);
+    cfg.lr = 1e-2;
+    pollster::block_on(train_classifier(
+        &mut model,
+        &backend,
+        &b,
+        &[],
+        &cfg,
+        |_| true,
+    ))
+    .unwrap();
+    let files = pollster::block_on(export_classifier(&model, &base_config())).unwrap();
+    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tmp/classify_export");
+    std::fs::create_dir_all(&out).unwrap();
+    let mut reloaded = ModelFiles::new();
+    for (name, bytes) in &files {
+        std::fs::write(out.join(name), bytes).unwrap();
+        reloaded.insert(name.clone(), bytes.clone());
+    }
+    let logits = pollster::block_on(predict(&model, &b[0])).unwrap();
+    std::fs::write(
+        out.join("webtune_logits.json"),
+        serde_json::to_vec(&json!({ "batch": r["batches"][0], "logits": logits })).unwrap(),
+    )
+    .unwrap();
+    let config: Value = serde_json::from_slice(&files[1].1).unwrap();
+    assert_eq!(config["id2label"]["2"], "positive");
+    assert_eq!(config["label2id"]["neutral"], 1);
+    assert_eq!(config["architectures"][0], "BertForSequenceClassification");
+    let again = LoadedModel::load(reloaded, &backend.inference).unwrap();
+    assert_eq!(again.info.labels.as_ref().unwrap()[0], "negative");
+    let again = ClassifierModel::prepare(again.family, labels(), &config_full(), HEAD).unwrap();
+    let e1 = pollster::block_on(evaluate_classifier_of(&again, &b)).unwrap();
+    let theirs = pollster::block_on(predict(&again, &b[0])).unwrap();
+    let d = max_diff(&theirs.concat(), &logits.concat());
+    assert!(d <= 1e-5, "exported model predicts differently ({d})");
+    assert!(e1.examples == 5);
+}
+
+fn config_full() -> FinetuneConfig {
+    config(Method::Full)
+}
+
+async fn evaluate_classifier_of(
+    model: &ClassifierModel,
+    b: &[ClassBatch],
+) -> webtune::Result<webtune::train::classify::ClassEval> {
+    match &model.model.family {
+        webtune::models::loaded::Family::Bert(bert) => {
+            evaluate_classifier(bert, b, model.head.pooling).await
+        }
+        _ => unreachable!(),
+    }
+}

@@ -5,7 +5,8 @@
 // long the worker may stay silent while starting or busy before the page offers a restart;
 // ?hub=<url> (default https://huggingface.co): the initial "Hub endpoint" for model downloads.
 //
-// One long operation runs at a time (training, loading a model, generating, logits); starting
+// One long operation runs at a time (training, loading a model, generating, logits, checking a
+// dataset, fine-tuning, exporting); starting
 // another meanwhile resolves at once with an error (`train.busy` / `worker.busy`).
 //
 // window.webtune = {
@@ -29,7 +30,25 @@
 //   generate(input, options)      input: string | {text} | {ids}; options: snake_case (worker.js).
 //       Resolves with {status, input, options, tokens: [streamed ids], result, error};
 //       result = {prompt_ids, generated_ids, text, seconds, tokens_per_s, cancelled}.
-//   logits(ids)                   resolves with {shape: [T, vocab], data: Float32Array, error}
+//   logits(ids, which)            which: "base" (default) | "tuned" (the fine-tuned model);
+//                                 resolves with {shape: [T, vocab], data: Float32Array, error}
+//   samples                       [{file, title, task}]: the sample datasets (www/samples/)
+//   dataset                       the chosen dataset {name, bytes: byte length, source} or null
+//   inspectDataset(input, config) input: a File, {name, bytes} (bytes: ArrayBuffer / typed array
+//                                 / string), a sample's file name, or null (the chosen dataset);
+//                                 it becomes the chosen dataset. config: the job configuration
+//                                 (worker.js "inspect-dataset"; default: the panels' settings).
+//       Resolves with {status: "done" | "error", name, config, result, error}; result = the
+//       worker's dataset result {report, train_examples, validation_examples, ..., preview}.
+//   finetune(input, config)       fine-tune on `input` (as above; null: the chosen dataset) with
+//                                 the job configuration `config` (default: the panels' settings).
+//       Resolves with {id, status: "done" | "cancelled" | "error", name, config,
+//       events: [finetune events], result, error}; result as worker.js "done" (finetune).
+//       cancel() stops it after the current step (evaluation and export still run).
+//   finetunes                     the fine-tuning records, oldest first
+//   tuned                         info of the latest fine-tuned model, or null (read-only)
+//   exportFiles()                 resolves with {files: {name: Uint8Array}, error} (the
+//                                 fine-tuned model's "merged/..." and "adapter/..." files)
 //   clearModelCache()             forget downloaded model files; resolves with true/false
 //   Every one of them resolves (never rejects); errors come back in `error` ({code, message,
 //   details}) and are also shown in the alert region.
@@ -41,11 +60,23 @@ import { createBackendPanel } from "./components/backend-panel.js";
 import { createToyPanel } from "./components/toy-panel.js";
 import { createModelPanel } from "./components/model-panel.js";
 import { createGeneratePanel } from "./components/generate-panel.js";
+import { createDatasetPanel } from "./components/dataset-panel.js";
+import { createFinetunePanel } from "./components/finetune-panel.js";
+import { createResultsPanel, downloadName } from "./components/results-panel.js";
+import { SAMPLES, sampleUrl } from "./lib/samples.js";
 import { entriesFromFileList, pickModelFiles } from "./lib/model-files.js";
 import { CACHE_NAME, DEFAULT_ENDPOINT } from "./lib/hub.js";
 
 const CHOICES = ["auto", "webgpu", "cpu"];
-const BUSY_WORDS = { train: "training", load: "loading a model", generate: "generating", logits: "computing logits" };
+const BUSY_WORDS = {
+  train: "training",
+  load: "loading a model",
+  generate: "generating",
+  logits: "computing logits",
+  inspect: "checking a dataset",
+  finetune: "fine-tuning",
+  export: "exporting the fine-tuned model",
+};
 const NAMES = { auto: "auto", webgpu: "WebGPU", cpu: "CPU" };
 
 const params = new URLSearchParams(location.search);
@@ -59,7 +90,22 @@ const alerts = createAlerts(document.getElementById("alerts"));
 
 /** Everything the page knows; `window.webtune` exposes it. */
 // activeOp: the operation in progress ({kind: "train" | "load" | "generate" | "logits"}), or null.
-const state = { backend: null, runs: [], activeRun: null, activeOp: null, model: null, loads: [] };
+// dataset: {name, bytes: ArrayBuffer, source: "file" | "sample" | "api"}; tuned: fine-tuned model info;
+// exported: {files: {name: Uint8Array}} once fetched for the current fine-tuned model.
+const state = {
+  backend: null,
+  runs: [],
+  activeRun: null,
+  activeOp: null,
+  model: null,
+  loads: [],
+  dataset: null,
+  finetunes: [],
+  activeFinetune: null,
+  tuned: null,
+  lastResult: null,
+  exported: null,
+};
 const runsById = new Map();
 
 let resolveReady;
@@ -98,6 +144,20 @@ const generatePanel = createGeneratePanel(document.getElementById("generate-pane
   onError: (error) => alerts.show(error),
 });
 
+const datasetPanel = createDatasetPanel(document.getElementById("dataset-panel"), {
+  samples: SAMPLES,
+  onFile: (file) => void chooseAndInspect(file),
+  onSample: (file) => void chooseAndInspect(file),
+  onInspect: () => void inspectDataset(null),
+});
+const finetunePanel = createFinetunePanel(document.getElementById("finetune-panel"), {
+  onStart: () => void finetune(null),
+  onStop: () => cancel(),
+});
+const resultsPanel = createResultsPanel(document.getElementById("results-panel"), {
+  onDownload: (path) => void download(path),
+});
+
 function setStatus(text, mode) {
   statusEl.textContent = text;
   statusEl.dataset.state = mode;
@@ -115,6 +175,13 @@ function updateMode() {
   toyPanel.setMode(mode);
   modelPanel.setMode({ canLoad: mode === "idle", loading: op?.kind === "load" });
   generatePanel.setMode({ canGenerate: mode === "idle" && state.model !== null, generating: op?.kind === "generate" });
+  const idle = mode === "idle";
+  datasetPanel.setMode({ canInspect: idle && state.model !== null && state.dataset !== null, busy: op?.kind === "inspect" || op?.kind === "finetune" });
+  finetunePanel.setMode({
+    canStart: idle && state.model !== null && state.dataset !== null,
+    running: op?.kind === "finetune",
+    cancelling: state.activeFinetune?.status === "cancelling",
+  });
   document.body.dataset.mode = mode;
 }
 
@@ -260,6 +327,16 @@ function cancel() {
     updateMode();
     return;
   }
+  const ft = state.activeFinetune;
+  if (ft) {
+    if (ft.status !== "running") return;
+    ft.status = "cancelling";
+    client.cancel();
+    finetunePanel.stopping();
+    setStatus("Stopping after the current step; the model is still evaluated and exported…", "cancelling");
+    updateMode();
+    return;
+  }
   const op = state.activeOp;
   if (!op || op.cancelling) return;
   op.cancelling = true;
@@ -289,7 +366,20 @@ function setModel(info) {
   state.model = info;
   window.webtune.model = info;
   generatePanel.setModel(info);
+  datasetPanel.setModel(info);
+  // A fine-tuned model belongs to the model it was tuned from.
+  if (state.tuned !== null || state.lastResult !== null) {
+    setTuned(null);
+    resultsPanel.clear(info ? "A different model was loaded: fine-tune it to compare." : "The worker was restarted: the fine-tuned model is gone.");
+  }
   updateMode();
+}
+
+function setTuned(info) {
+  state.tuned = info;
+  state.exported = null;
+  if (info === null) state.lastResult = null;
+  generatePanel.setTuned(info !== null);
 }
 
 /** An error as a plain {code, message, details} (for records and alerts). */
@@ -451,7 +541,7 @@ async function generate(input, options = {}) {
   if (outcome.result) {
     record.result = outcome.result;
     record.status = outcome.result.cancelled ? "cancelled" : "done";
-    generatePanel.finish(outcome.result, state.backend?.backend);
+    generatePanel.finish({ ...outcome.result, model: options.model === "tuned" ? "tuned" : "base" }, state.backend?.backend);
     idleStatus();
   } else {
     record.error = outcome.error;
@@ -466,8 +556,8 @@ async function generate(input, options = {}) {
   return record;
 }
 
-/** Logits of every position of `ids`: {shape, data: Float32Array, error}. */
-async function logits(ids) {
+/** Logits of every position of `ids` under the base or the "tuned" model: {shape, data: Float32Array, error}. */
+async function logits(ids, which = "base") {
   const refusal = refusalFor("logits");
   if (refusal) {
     alerts.show(refusal);
@@ -475,7 +565,7 @@ async function logits(ids) {
   }
   state.activeOp = { kind: "logits" };
   updateMode();
-  const { result } = client.logits(Array.from(ids ?? []));
+  const { result } = client.logits(Array.from(ids ?? []), which);
   const outcome = await result;
   state.activeOp = null;
   updateMode();
@@ -484,6 +574,233 @@ async function logits(ids) {
     return { shape: null, data: null, error: outcome.error };
   }
   return { shape: outcome.shape, data: outcome.data, error: null };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Datasets, fine-tuning, export.
+
+function deepMerge(base, over) {
+  const out = { ...base };
+  for (const [key, value] of Object.entries(over ?? {})) {
+    out[key] = value && typeof value === "object" && !Array.isArray(value) && base?.[key] && typeof base[key] === "object" ? deepMerge(base[key], value) : value;
+  }
+  return out;
+}
+
+/** The job configuration the panels describe. */
+function panelConfig() {
+  return deepMerge(datasetPanel.config(), finetunePanel.config());
+}
+
+/**
+ * `input` → {name, bytes: ArrayBuffer, source}: a File, {name, bytes}, a sample's file name, or
+ * null (the chosen dataset). Throws a coded error.
+ */
+async function datasetFrom(input) {
+  if (input === null || input === undefined) {
+    if (!state.dataset) throw Object.assign(new Error("Choose a dataset file or a sample first."), { code: "data.missing" });
+    return state.dataset;
+  }
+  if (typeof File !== "undefined" && input instanceof File) {
+    return { name: input.name, bytes: await input.arrayBuffer(), source: "file" };
+  }
+  if (typeof input === "string") {
+    const sample = SAMPLES.find((s) => s.file === input);
+    if (!sample) {
+      throw Object.assign(new Error(`There is no sample dataset ${JSON.stringify(input)}; available: ${SAMPLES.map((s) => s.file).join(", ")}.`), {
+        code: "data.missing",
+      });
+    }
+    let response;
+    try {
+      response = await fetch(sampleUrl(sample.file));
+    } catch (e) {
+      throw Object.assign(new Error(`Could not read the sample ${sample.file}: ${e?.message ?? e}`), { code: "data.missing" });
+    }
+    if (!response.ok) throw Object.assign(new Error(`Could not read the sample ${sample.file} (HTTP ${response.status}).`), { code: "data.missing" });
+    return { name: sample.file, bytes: await response.arrayBuffer(), source: "sample" };
+  }
+  const name = typeof input?.name === "string" ? input.name : "";
+  let bytes = input?.bytes;
+  if (typeof bytes === "string") bytes = new TextEncoder().encode(bytes).buffer;
+  else if (ArrayBuffer.isView(bytes)) bytes = bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength);
+  if (!name || !(bytes instanceof ArrayBuffer)) {
+    throw Object.assign(new Error("A dataset is a File, {name, bytes} or a sample's file name."), { code: "config.invalid" });
+  }
+  return { name, bytes, source: "api" };
+}
+
+function setDataset(dataset) {
+  state.dataset = dataset;
+  datasetPanel.chosen(dataset.name, dataset.bytes.byteLength, state.model ? null : "Load a model to check it: the report counts tokens with the model's tokenizer.");
+  updateMode();
+}
+
+/** A file or sample chosen in the panel: keep it, and check it when a model is loaded. */
+async function chooseAndInspect(input) {
+  let dataset;
+  try {
+    dataset = await datasetFrom(input);
+  } catch (e) {
+    alerts.show(plainError(e, "data.missing"));
+    return;
+  }
+  setDataset(dataset);
+  if (state.model && !state.activeOp && client.state === "ready") await inspectDataset(null);
+}
+
+/** window.webtune.inspectDataset. */
+async function inspectDataset(input, config) {
+  const record = { id: null, status: "checking", name: null, config: null, result: null, error: null };
+  const fail = (error) => {
+    record.status = "error";
+    record.error = error;
+    if (client.state !== "crashed") alerts.show(error);
+    return record;
+  };
+  let dataset;
+  try {
+    dataset = await datasetFrom(input);
+  } catch (e) {
+    return fail(plainError(e, "data.missing"));
+  }
+  record.name = dataset.name;
+  record.config = config ?? panelConfig();
+  setDataset(dataset);
+  const refusal = refusalFor("inspect") ?? (state.model ? null : { code: "model.not_loaded", message: "Load a model first: the dataset is tokenised with its tokenizer." });
+  if (refusal) {
+    datasetPanel.note(refusal.message);
+    return fail(refusal);
+  }
+  state.activeOp = { kind: "inspect" };
+  updateMode();
+  datasetPanel.begin(dataset.name);
+  setStatus(`Checking ${dataset.name}…`, "loading");
+  // Copied to the worker (not transferred): the page keeps the bytes for fine-tuning.
+  const { id, result } = client.inspectDataset(dataset.name, dataset.bytes, record.config);
+  record.id = id;
+  const outcome = await result;
+  state.activeOp = null;
+  if (outcome.result) {
+    record.status = "done";
+    record.result = outcome.result;
+    datasetPanel.show(outcome.result);
+    finetunePanel.dataset(outcome.result);
+    idleStatus();
+  } else {
+    datasetPanel.fail(outcome.error);
+    fail(outcome.error);
+    idleStatus();
+  }
+  updateMode();
+  return record;
+}
+
+/** window.webtune.finetune. */
+async function finetune(input, config) {
+  const record = { id: null, status: "running", name: null, config: null, events: [], result: null, error: null };
+  state.finetunes.push(record);
+  const fail = (error) => {
+    record.status = "error";
+    record.error = error;
+    if (client.state !== "crashed") alerts.show(error);
+    return record;
+  };
+  let dataset;
+  try {
+    dataset = await datasetFrom(input);
+  } catch (e) {
+    return fail(plainError(e, "data.missing"));
+  }
+  record.name = dataset.name;
+  record.config = config ?? panelConfig();
+  if (input !== null && input !== undefined) setDataset(dataset);
+  const refusal = refusalFor("train") ?? (state.model ? null : { code: "model.not_loaded", message: "Load a model first." });
+  if (refusal) return fail(refusal);
+
+  state.activeOp = { kind: "finetune" };
+  state.activeFinetune = record;
+  updateMode();
+  finetunePanel.begin(record.config);
+  setStatus(`Fine-tuning on ${NAMES[state.backend?.backend] ?? "?"}…`, "running");
+  const { id, result } = client.finetune(dataset.name, dataset.bytes, record.config, {
+    onEvent: (message) => {
+      record.events.push(message.event);
+      finetunePanel.event(message.event);
+    },
+  });
+  record.id = id;
+  const outcome = await result;
+  state.activeOp = null;
+  state.activeFinetune = null;
+  if (outcome.result) {
+    const r = outcome.result;
+    record.result = r;
+    record.status = r.summary?.cancelled ? "cancelled" : "done";
+    setTuned(r.tuned_info ?? state.model);
+    state.lastResult = r;
+    finetunePanel.finish(r);
+    resultsPanel.show(r);
+    const b = r.before?.loss;
+    const a = r.after?.loss;
+    setStatus(
+      `Fine-tuning ${r.summary.cancelled ? "stopped" : "finished"} after ${r.summary.steps} steps` +
+        (Number.isFinite(a) && Number.isFinite(b) ? `: validation loss ${b.toFixed(3)} → ${a.toFixed(3)}.` : "."),
+      client.state === "ready" ? "idle" : client.state,
+    );
+  } else {
+    finetunePanel.fail(outcome.error);
+    if (outcome.error?.code === "data.invalid") datasetPanel.fail(outcome.error);
+    fail(outcome.error);
+    if (client.state !== "crashed") setStatus(`Fine-tuning failed: ${outcome.error.code}.`, client.state === "ready" ? "idle" : client.state);
+  }
+  updateMode();
+  return record;
+}
+
+/** window.webtune.exportFiles: {files: {name: Uint8Array}, error}. Fetched once per fine-tuned model. */
+async function exportFiles() {
+  if (state.exported) return { files: state.exported.files, error: null };
+  const refusal = refusalFor("export") ?? (state.tuned ? null : { code: "model.not_tuned", message: "Fine-tune a model first." });
+  if (refusal) {
+    alerts.show(refusal);
+    return { files: null, error: refusal };
+  }
+  state.activeOp = { kind: "export" };
+  updateMode();
+  const { result } = client.exportFiles();
+  const outcome = await result;
+  state.activeOp = null;
+  updateMode();
+  if (outcome.error) {
+    if (client.state !== "crashed") alerts.show(outcome.error);
+    return { files: null, error: outcome.error };
+  }
+  const files = Object.fromEntries(Object.entries(outcome.files).map(([name, buffer]) => [name, new Uint8Array(buffer)]));
+  state.exported = { files };
+  resultsPanel.sizes(Object.keys(files), Object.fromEntries(Object.entries(files).map(([n, b]) => [n, b.byteLength])));
+  return { files, error: null };
+}
+
+/** Save one exported file through a Blob URL (nothing is uploaded). */
+async function download(path) {
+  const { files, error } = await exportFiles();
+  if (error) return;
+  const bytes = files[path];
+  if (!bytes) {
+    alerts.show({ code: "model.missing_file", message: `The export has no file ${path}.` });
+    return;
+  }
+  const type = path.endsWith(".json") ? "application/json" : "application/octet-stream";
+  const url = URL.createObjectURL(new Blob([bytes], { type }));
+  const a = document.createElement("a");
+  a.href = url;
+  a.download = downloadName(path);
+  a.hidden = true;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
 }
 
 /** Delete the downloaded model files from the browser (the loaded model stays loaded). */
@@ -536,6 +853,17 @@ window.webtune = {
   generate,
   logits,
   clearModelCache,
+  samples: SAMPLES,
+  finetunes: state.finetunes,
+  inspectDataset: (input = null, config) => inspectDataset(input, config).catch((e) => ({ status: "error", error: plainError(e) })),
+  finetune: (input = null, config) => finetune(input, config).catch((e) => ({ status: "error", events: [], result: null, error: plainError(e) })),
+  exportFiles: () => exportFiles().catch((e) => ({ files: null, error: plainError(e) })),
+  get dataset() {
+    return state.dataset ? { name: state.dataset.name, bytes: state.dataset.bytes.byteLength, source: state.dataset.source } : null;
+  },
+  get tuned() {
+    return state.tuned;
+  },
   setBackend,
   restartWorker,
   whenReady: () => client.whenReady(),

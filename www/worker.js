@@ -37,13 +37,34 @@
  *       then `done` (with `result`), or `error`.
  *   {type: "logits", id, ids: [int]}
  *       Logits of every position of one sequence. Reply: `logits`, or `error`.
+ *       Optional `which`: "base" (default) or "tuned" (the latest fine-tuned model).
+ *       (`generate`'s options may also carry `model: "base" | "tuned"`.)
+ *   {type: "inspect-dataset", id, name, bytes: ArrayBuffer, config}
+ *       Read and validate a dataset file for the loaded model without training (wasm
+ *       `Session.inspectDataset`). `name` is the file name (its extension picks the format unless
+ *       `config.data.format` says otherwise); `config` is the fine-tuning job configuration
+ *       (snake_case, all optional: data: {policy: "skip" | "stop", causal: {seq_len,
+ *       train_on_prompt, ...}, schema, format}, validation_fraction, validation_max, batch_size,
+ *       samples, sample_tokens, train: {method, lora_r, lora_alpha, lr, schedule, steps, ...}).
+ *       Reply: `dataset`, or `error` (`data.invalid` with details {file, line, row, field, reason}
+ *       under policy "stop"; `model.not_loaded`; `config.invalid`).
+ *   {type: "finetune", id, name, bytes: ArrayBuffer, config}
+ *       Fine-tune the loaded model on a dataset file (wasm `Session.finetune`): evaluates the base
+ *       model on the held-out split, trains (LoRA or full, `config.train`), evaluates again,
+ *       continues a few held-out prompts with both models and exports the result. Replies:
+ *       `finetune-event` messages, then `done` (with `result`), or `error`. Stop with `cancel` (or
+ *       the interrupt flag, read after every step): training stops after its current step, and
+ *       evaluation and export still run (result.summary.cancelled: true).
+ *   {type: "export", id}
+ *       The fine-tuned model's files. Reply: `files`, or `error` (no fine-tuned model yet).
  *   {type: "cancel"}
  *       Stop the current operation: a run stops after its current step and still ends with `done`
- *       (summary.cancelled: true); a generation stops after its current token and ends with `done`
+ *       (summary.cancelled: true; a fine-tuning job: result.summary.cancelled: true); a generation stops after its current token and ends with `done`
  *       (result.cancelled: true); a Hub download is aborted (error `model.load_cancelled`).
  *       Ignored when nothing runs.
- *   Only one of train-toy / load-model / generate / logits runs at a time; another one sent
- *   meanwhile is refused with error `train.busy` (train-toy) or `worker.busy` (the others).
+ *   Only one of train-toy / load-model / generate / logits / inspect-dataset / finetune / export
+ *   runs at a time; another one sent
+ *   meanwhile is refused with error `train.busy` (train-toy, finetune) or `worker.busy` (the others).
  *
  * worker → page
  *   {type: "backend", backend: "webgpu" | "cpu", requested, reason,
@@ -77,6 +98,29 @@
  *       result = {prompt_ids, generated_ids, text (null without a tokenizer), seconds,
  *       tokens_per_s, cancelled}.
  *   {type: "logits", id, shape: [T, vocab], data: Float32Array}   (data row-major, transferred)
+ *   {type: "dataset", id, result}        (inspect-dataset)
+ *       result = {report, train_examples, validation_examples, train_batches, eval_batches,
+ *       total_steps, preview: [{tokens: [{id, text, counts}]}]}; report = the data report
+ *       (file, bytes, format, schema: {schema: {kind, ...}, detected, fields, explanation}, policy,
+ *       records, examples, skipped, skipped_by_reason, issues: [{reason, file, line, row?, field?,
+ *       message}], issues_not_listed, warnings, blank_lines, duplicates, labels?, tokens?: {seq_len,
+ *       min, median, p95, max, mean, total, truncated, histogram: [{from, to, count}]},
+ *       chat_template?).
+ *   {type: "finetune-event", id, event}  (finetune)
+ *       event = {type: "phase", phase: "data" | "samples" | "training" | "export", message} or
+ *       {type: "step", step, total_steps, epoch, loss, lr, grad_norm, tokens_per_s, elapsed_s, eta_s,
+ *       memory_bytes, eval: null | {loss, perplexity, tokens}}.
+ *   {type: "done", id, result}           (finetune)
+ *       result = {report, train_examples, validation_examples, train_batches, summary: {backend,
+ *       method, steps, cancelled, losses, grad_norms, lrs, eval: [{step, loss, perplexity, tokens}],
+ *       trainable_params, total_params, first_step_ms, median_step_ms, tokens_per_s},
+ *       before: {loss, perplexity, tokens} | null, after: {...} | null,
+ *       samples: [{source, prompt, reference, before, after}], files: [name],
+ *       tuned_info: wasm `Session.tunedInfo()` (the fine-tuned model's info) | null}.
+ *   {type: "files", id, files: {name: ArrayBuffer}}   (export; the buffers are transferred)
+ *       Names are "merged/model.safetensors", "merged/config.json", "merged/tokenizer.json", ...
+ *       (a Hugging Face model folder) and, after LoRA, "adapter/adapter_model.safetensors",
+ *       "adapter/adapter_config.json", ... (a PEFT adapter).
  *   {type: "error", id, error: {code, message, details}, fatal}
  *       `id` is the operation's id, or null for errors outside one (init, uncaught errors).
  *       `fatal: true` means this worker is unusable (wasm panic/trap, failed initialisation): the
@@ -334,7 +378,7 @@ async function beginOp(id, kind) {
   }
   if (currentOp !== null) {
     const what = currentOp.kind === "train-toy" ? `Run ${currentOp.id} is still training` : `${currentOp.kind} ${currentOp.id} is still running`;
-    const code = kind === "train-toy" ? "train.busy" : "worker.busy";
+    const code = kind === "train-toy" || kind === "finetune" ? "train.busy" : "worker.busy";
     reportError(id, coded(code, `${what}; cancel it or wait for it to finish.`, { running: currentOp.id, kind: currentOp.kind }), { fatal: false });
     return null;
   }
@@ -456,7 +500,79 @@ async function generate(id, input, options) {
   }
 }
 
-async function logits(id, ids) {
+/** A dataset's bytes as the Uint8Array wasm expects; throws `worker.protocol` on bad input. */
+function datasetBytes(kind, name, bytes) {
+  if (typeof name !== "string" || name === "") throw coded("worker.protocol", `${kind} needs the dataset file's name.`);
+  if (bytes instanceof ArrayBuffer) return new Uint8Array(bytes);
+  if (ArrayBuffer.isView(bytes)) return new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  throw coded("worker.protocol", `${kind} needs bytes: an ArrayBuffer of the dataset file.`, { name });
+}
+
+async function inspectDataset(id, name, bytes, config) {
+  const started = await beginOp(id, "inspect-dataset");
+  if (!started) return;
+  const { session, op } = started;
+  try {
+    const data = datasetBytes("inspect-dataset", name, bytes);
+    const result = await session.inspectDataset(name, data, config ?? {});
+    post({ type: "dataset", id, result });
+  } catch (e) {
+    reportError(id, e);
+  } finally {
+    finish(op);
+  }
+}
+
+async function finetune(id, name, bytes, config) {
+  const started = await beginOp(id, "finetune");
+  if (!started) return;
+  const { session, op } = started;
+  try {
+    const data = datasetBytes("finetune", name, bytes);
+    // wasm yields to the event loop only once per step, so a "cancel" message can arrive late:
+    // the interrupt flag, read after every event, stops the run after its current step.
+    const result = await session.finetune(name, data, config ?? {}, (event) => {
+      post({ type: "finetune-event", id, event });
+      return !stopRequested(op);
+    });
+    let tunedInfo = null;
+    try {
+      tunedInfo = session.tunedInfo() ?? null;
+    } catch {
+      tunedInfo = null;
+    }
+    post({ type: "done", id, result: { ...result, tuned_info: tunedInfo } });
+  } catch (e) {
+    reportError(id, e);
+  } finally {
+    finish(op);
+  }
+}
+
+async function exportFiles(id) {
+  const started = await beginOp(id, "export");
+  if (!started) return;
+  const { session, op } = started;
+  try {
+    const out = session.exportFiles();
+    const files = {};
+    const transfer = [];
+    for (const [name, bytes] of Object.entries(out ?? {})) {
+      // Transfer a buffer that holds exactly this file.
+      const whole = bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength;
+      const buffer = whole ? bytes.buffer : bytes.slice().buffer;
+      files[name] = buffer;
+      transfer.push(buffer);
+    }
+    post({ type: "files", id, files }, transfer);
+  } catch (e) {
+    reportError(id, e);
+  } finally {
+    finish(op);
+  }
+}
+
+async function logits(id, ids, which) {
   const started = await beginOp(id, "logits");
   if (!started) return;
   const { session, op } = started;
@@ -465,7 +581,10 @@ async function logits(id, ids) {
     // Uint32Array would wrap negative or fractional ids silently: check first.
     const bad = Array.from(ids).find((t) => !Number.isInteger(t) || t < 0 || t > 0xffffffff);
     if (bad !== undefined) throw coded("config.invalid", `token ids must be non-negative integers, got ${bad}.`, { token_id: String(bad) });
-    const out = await session.logits(Uint32Array.from(ids));
+    if (which != null && which !== "base" && which !== "tuned") {
+      throw coded("config.invalid", `which must be "base" or "tuned", not ${JSON.stringify(which)}.`);
+    }
+    const out = await session.logits(Uint32Array.from(ids), which ?? "base");
     const data = out.data;
     post({ type: "logits", id, shape: Array.from(out.shape), data }, [data.buffer]);
   } catch (e) {
@@ -502,7 +621,16 @@ self.addEventListener("message", (event) => {
       generate(message.id, message.input, message.options);
       return;
     case "logits":
-      logits(message.id, message.ids);
+      logits(message.id, message.ids, message.which);
+      return;
+    case "inspect-dataset":
+      inspectDataset(message.id, message.name, message.bytes, message.config);
+      return;
+    case "finetune":
+      finetune(message.id, message.name, message.bytes, message.config);
+      return;
+    case "export":
+      exportFiles(message.id);
       return;
     case "cancel":
       if (currentOp !== null) {

@@ -378,17 +378,22 @@ impl Session {
                         (0..b.batch_size.min(3))
                             .map(|row| {
                                 let range = row * b.seq_len..(row + 1) * b.seq_len;
-                                let ids: Vec<u32> =
+                                // The row's inputs plus its last target: every token of the
+                                // example. mask[t] says whether token t + 1 (the target of
+                                // position t) counts in the loss.
+                                let mut ids: Vec<u32> =
                                     b.inputs[range.clone()].iter().map(|&t| t as u32).collect();
+                                ids.push(b.targets[range.end - 1] as u32);
+                                let mask = &b.loss_mask[range];
                                 let pieces: Vec<serde_json::Value> = ids
                                     .iter()
-                                    .zip(&b.loss_mask[range])
-                                    .map(|(&id, &m)| {
+                                    .enumerate()
+                                    .map(|(k, &id)| {
                                         let text = tokenizer
                                             .and_then(|t| t.decode(&[id]).ok())
                                             .unwrap_or_default();
-                                        // mask[t] says whether token t+1 counts; shown on t+1.
-                                        json!({ "id": id, "text": text, "target_counts": m > 0.0 })
+                                        let counts = k > 0 && mask[k - 1] > 0.0;
+                                        json!({ "id": id, "text": text, "counts": counts })
                                     })
                                     .collect();
                                 json!({ "tokens": pieces })

@@ -72,9 +72,9 @@ function browserRun(backend) {
       assert.equal(backendMessage.requested, backend);
       assert.equal(backendMessage.backend, backend, `the worker should run on ${backend}: ${backendMessage.reason}`);
 
-      await page.getByLabel("Steps").fill(String(TOY_CONFIG.steps));
-      await page.getByLabel("Learning rate").fill(String(TOY_CONFIG.lr));
-      await page.getByLabel("Seed").fill(String(TOY_CONFIG.seed));
+      await page.getByLabel("Steps", { exact: true }).fill(String(TOY_CONFIG.steps));
+      await page.getByLabel("Learning rate", { exact: true }).fill(String(TOY_CONFIG.lr));
+      await page.getByLabel("Seed", { exact: true }).fill(String(TOY_CONFIG.seed));
       await page.getByTestId("start").click();
       const run = await waitForRunEnd(page, 0, RUN_TIMEOUT_MS[backend], `the ${TOY_CONFIG.steps}-step toy run on ${backend} to end`);
 
@@ -149,11 +149,11 @@ test("a. the page loads and auto picks a backend (CPU when only a fallback WebGP
     assert.equal(await status.getAttribute("aria-live"), "polite");
     await waitInPage(page, () => document.querySelector("[data-testid=status]").dataset.state === "idle", null, 10_000, "the status to say idle");
     for (const label of ["Steps", "Learning rate", "Seed", "Compute backend"]) {
-      assert.equal(await page.getByLabel(label).count(), 1, `one control labelled ${label}`);
+      assert.equal(await page.getByLabel(label, { exact: true }).count(), 1, `one control labelled ${label}`);
     }
-    assert.equal(await page.getByLabel("Steps").inputValue(), "200");
-    assert.equal(await page.getByLabel("Learning rate").inputValue(), "0.003");
-    assert.equal(await page.getByLabel("Seed").inputValue(), "42");
+    assert.equal(await page.getByLabel("Steps", { exact: true }).inputValue(), "200");
+    assert.equal(await page.getByLabel("Learning rate", { exact: true }).inputValue(), "0.003");
+    assert.equal(await page.getByLabel("Seed", { exact: true }).inputValue(), "42");
     assert.ok(await page.getByTestId("start").isEnabled(), "Start is enabled when idle");
     assert.ok(!(await page.getByTestId("cancel").isEnabled()), "Cancel is disabled when idle");
     assert.equal(await page.getByTestId("error").count(), 0, "no alerts");
@@ -284,7 +284,7 @@ test("d. cancel stops a long CPU run and the worker stays usable", { timeout: 30
     const cancel = page.getByTestId("cancel");
     assert.ok(!(await cancel.isEnabled()), "Cancel is disabled before a run");
 
-    await page.getByLabel("Steps").fill("5000");
+    await page.getByLabel("Steps", { exact: true }).fill("5000");
     await page.getByTestId("start").click();
     await waitInPage(page, () => (window.webtune.runs[0]?.progress.length ?? 0) >= 5, null, 120_000, "5 progress messages of the 5000-step run");
     assert.ok(await cancel.isEnabled(), "Cancel is enabled while running");
@@ -309,7 +309,7 @@ test("d. cancel stops a long CPU run and the worker stays usable", { timeout: 30
     assert.match(await page.getByTestId("result").textContent(), /^Cancelled after \d+ steps/);
 
     // The same worker trains again.
-    await page.getByLabel("Steps").fill("30");
+    await page.getByLabel("Steps", { exact: true }).fill("30");
     await page.getByTestId("start").click();
     const second = await waitForRunEnd(page, 1, 120_000, "a second, 30-step run in the same worker");
     assert.equal(second.error, null, `the second run failed: ${JSON.stringify(second.error)}`);
@@ -354,7 +354,7 @@ test("f. an invalid config shows a config.invalid alert and the page keeps worki
 
     // Still usable: the same worker trains.
     await waitInPage(page, () => document.querySelector("[data-testid=status]").dataset.state === "idle", null, 10_000, "the status to say idle");
-    await page.getByLabel("Steps").fill("20");
+    await page.getByLabel("Steps", { exact: true }).fill("20");
     await page.getByTestId("start").click();
     const good = await waitForRunEnd(page, 2, 120_000, "a valid 20-step run after the errors");
     assert.equal(good.error, null, `the valid run failed: ${JSON.stringify(good.error)}`);
@@ -397,7 +397,7 @@ test("g. a run that crashes the wasm module settles; the page offers a restart a
     assert.equal(await alert.count(), 0, "the crash alert is gone after the restart");
 
     // The page trains again.
-    await page.getByLabel("Steps").fill("10");
+    await page.getByLabel("Steps", { exact: true }).fill("10");
     await page.getByTestId("start").click();
     const next = await waitForRunEnd(page, 1, 120_000, "a 10-step run after the crash");
     assert.equal(next.error, null, `the run after the crash failed: ${JSON.stringify(next.error)}`);

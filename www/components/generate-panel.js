@@ -1,5 +1,6 @@
 // "Generate" panel: a prompt (text, or token ids as "ids: 1, 2, 3"), the sampling settings,
-// Generate and Stop, the streamed output and the speed.
+// which model answers (base or fine-tuned, once there is one), Generate and Stop, the streamed
+// output and the speed.
 
 import { el, formatInt } from "../lib/format.js";
 
@@ -52,6 +53,18 @@ export function createGeneratePanel(section, { onGenerate, onStop, onError }) {
     for (const f of samplingFields) f.field.disabled = greedy.checked || section.dataset.mode === "generating";
   });
 
+  // Which model answers: the base model, or the latest fine-tuned one.
+  const useBase = el("input", { type: "radio", id: "gen-model-base", name: "gen-model", value: "base", checked: true, "data-testid": "gen-model-base" });
+  const useTuned = el("input", { type: "radio", id: "gen-model-tuned", name: "gen-model", value: "tuned", disabled: true, "data-testid": "gen-model-tuned" });
+  const modelChoice = el(
+    "fieldset",
+    { class: "choice", "data-testid": "gen-model" },
+    el("legend", {}, "Generate with"),
+    el("span", { class: "field checkbox" }, useBase, el("label", { for: "gen-model-base" }, "Base model")),
+    el("span", { class: "field checkbox" }, useTuned, el("label", { for: "gen-model-tuned" }, "Fine-tuned model")),
+  );
+  let tunedAvailable = false;
+
   const generate = el("button", { type: "submit", class: "primary", "data-testid": "generate", disabled: true }, "Generate");
   const stop = el("button", { type: "button", "data-testid": "stop-generate", disabled: true, onclick: () => onStop() }, "Stop");
   const form = el(
@@ -70,6 +83,7 @@ export function createGeneratePanel(section, { onGenerate, onStop, onError }) {
       penalty.wrap,
       rng.wrap,
     ),
+    modelChoice,
     el("div", { class: "buttons" }, generate, stop),
   );
   form.addEventListener("submit", (event) => {
@@ -98,6 +112,7 @@ export function createGeneratePanel(section, { onGenerate, onStop, onError }) {
 
   function options() {
     const out = { greedy: greedy.checked };
+    if (useTuned.checked && tunedAvailable) out.model = "tuned";
     const put = (key, field, integer) => {
       const v = field.valueAsNumber;
       if (Number.isFinite(v)) out[key] = integer ? Math.trunc(v) : v;
@@ -126,8 +141,17 @@ export function createGeneratePanel(section, { onGenerate, onStop, onError }) {
       generate.disabled = !canGenerate;
       stop.disabled = !generating;
       section.dataset.mode = generating ? "generating" : canGenerate ? "idle" : "unavailable";
-      for (const f of [prompt, maxNew.field, penalty.field, greedy]) f.disabled = generating;
+      for (const f of [prompt, maxNew.field, penalty.field, greedy, useBase]) f.disabled = generating;
+      useTuned.disabled = generating || !tunedAvailable;
       for (const f of samplingFields) f.field.disabled = generating || greedy.checked;
+    },
+    /** Whether a fine-tuned model exists (it becomes the default choice when it appears). */
+    setTuned(available) {
+      const appeared = available && !tunedAvailable;
+      tunedAvailable = Boolean(available);
+      useTuned.disabled = !tunedAvailable || section.dataset.mode === "generating";
+      if (appeared) useTuned.checked = true;
+      if (!tunedAvailable) useBase.checked = true;
     },
     /** The loaded model changed (null: none). */
     setModel(info) {
@@ -161,7 +185,8 @@ export function createGeneratePanel(section, { onGenerate, onStop, onError }) {
         `${result.cancelled ? "Stopped after" : "Generated"} ${formatInt(n)} token${n === 1 ? "" : "s"} in ${result.seconds.toFixed(2)} s` +
         ` · ${result.tokens_per_s.toFixed(1)} tokens/s` +
         (backend ? ` on ${BACKEND_NAMES[backend] ?? backend}` : "") +
-        ` · prompt ${formatInt(result.prompt_ids.length)} tokens`;
+        ` · prompt ${formatInt(result.prompt_ids.length)} tokens` +
+        (result.model === "tuned" ? " · fine-tuned model" : tunedAvailable ? " · base model" : "");
     },
     fail(error) {
       render();

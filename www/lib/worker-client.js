@@ -11,6 +11,7 @@
  *   "progress" the worker's progress message (training)
  *   "download" the worker's download message (hub model loads)
  *   "token"    the worker's token message (generation)
+ *   "finetune-event" the worker's finetune-event message (fine-tuning phases and steps)
  *   "error"    {error: {code, message, details}, fatal, id}  errors not tied to a run, and fatal ones
  *   "stalled"  {silentMs, state}     no message for `watchdogMs` while starting or busy
  */
@@ -140,9 +141,33 @@ export class WorkerClient {
     return this.request("gen", { type: "generate", input, options }, onToken);
   }
 
-  /** Logits of every position; `result` settles with `{shape, data}` or `{error}`. */
-  logits(ids) {
-    return this.request("logits", { type: "logits", ids });
+  /**
+   * Logits of every position of the base (default) or the fine-tuned ("tuned") model; `result`
+   * settles with `{shape, data}` or `{error}`.
+   */
+  logits(ids, which = "base") {
+    return this.request("logits", { type: "logits", ids, which });
+  }
+
+  /**
+   * Read and validate a dataset file (`bytes`: an ArrayBuffer, copied to the worker). `result`
+   * settles with `{result}` (the report, splits and preview) or `{error}`.
+   */
+  inspectDataset(name, bytes, config) {
+    return this.request("data", { type: "inspect-dataset", name, bytes, config });
+  }
+
+  /**
+   * Fine-tune on a dataset file. `onEvent(message)` sees each finetune-event message; `result`
+   * settles with `{result}` or `{error}`.
+   */
+  finetune(name, bytes, config, { onEvent } = {}) {
+    return this.request("ft", { type: "finetune", name, bytes, config }, onEvent);
+  }
+
+  /** The fine-tuned model's files; `result` settles with `{files: {name: ArrayBuffer}}` or `{error}`. */
+  exportFiles() {
+    return this.request("export", { type: "export" });
   }
 
   /**
@@ -184,6 +209,7 @@ export class WorkerClient {
       case "progress":
       case "download":
       case "token":
+      case "finetune-event":
         this.pending.get(message.id)?.onEvent?.(message);
         this.emit(message.type, message);
         break;
@@ -195,6 +221,12 @@ export class WorkerClient {
         break;
       case "logits":
         this.settle(message.id, { shape: message.shape, data: message.data });
+        break;
+      case "dataset":
+        this.settle(message.id, { result: message.result });
+        break;
+      case "files":
+        this.settle(message.id, { files: message.files });
         break;
       case "error":
         if (message.fatal) {

@@ -1,0 +1,441 @@
+// Fine-tuning browser tests on the tiny random GPT-2 with the real GPT-2 vocabulary
+// (tests/fixtures/tiny_random/gpt2-vocab): the dataset report (a malformed JSONL line under the
+// skip and stop policies), a LoRA run whose held-out loss falls, shown on the chart and in the
+// before/after panel, Stop mid-run, a no-egress check over the whole local flow, the exported
+// merged model loading in the native CLI with the same logits, and WebGPU losses matching CPU.
+
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+import {
+  CLI,
+  assertCleanLog,
+  launchBrowser,
+  maxAbsDiff,
+  waitForBackend,
+  waitInPage,
+  withPage,
+  withTimeout,
+  writeArtifactJson,
+} from "./harness.mjs";
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+const MODEL_DIR = path.join(ROOT, "tests/fixtures/tiny_random/gpt2-vocab");
+// tokenizer.json is a symlink; readFileSync follows it.
+const MODEL_FILES = ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json"];
+
+// A small, repetitive prompt → completion set: the completions share their wording, so even a
+// random tiny model learns it within a few dozen LoRA steps.
+const COUNTRIES = [
+  ["France", "Paris"], ["Germany", "Berlin"], ["Italy", "Rome"], ["Spain", "Madrid"], ["Portugal", "Lisbon"],
+  ["Austria", "Vienna"], ["Belgium", "Brussels"], ["Greece", "Athens"], ["Poland", "Warsaw"], ["Norway", "Oslo"],
+  ["Sweden", "Stockholm"], ["Finland", "Helsinki"], ["Denmark", "Copenhagen"], ["Ireland", "Dublin"], ["Hungary", "Budapest"],
+  ["Egypt", "Cairo"], ["Kenya", "Nairobi"], ["Japan", "Tokyo"], ["China", "Beijing"], ["India", "Delhi"],
+  ["Russia", "Moscow"], ["Canada", "Ottawa"], ["Mexico", "Mexico City"], ["Peru", "Lima"], ["Chile", "Santiago"],
+  ["Cuba", "Havana"], ["Iran", "Tehran"], ["Iraq", "Baghdad"], ["Syria", "Damascus"], ["Turkey", "Ankara"],
+  ["Thailand", "Bangkok"], ["Vietnam", "Hanoi"], ["Nepal", "Kathmandu"], ["Ghana", "Accra"], ["Senegal", "Dakar"],
+  ["Morocco", "Rabat"], ["Algeria", "Algiers"], ["Tunisia", "Tunis"], ["Libya", "Tripoli"], ["Sudan", "Khartoum"],
+];
+const GOOD_JSONL = COUNTRIES.map(([c, k]) => JSON.stringify({ prompt: `Q: What is the capital of ${c}?`, completion: `A: The capital of ${c} is ${k}.` })).join("\n") + "\n";
+// Line 3 is broken JSON; the other lines are fine.
+const BAD_JSONL = GOOD_JSONL.split("\n")
+  .map((line, i) => (i === 2 ? '{"prompt": "Q: What is the capital of Italy?", "completion": ' : line))
+  .join("\n");
+
+// seq_len 32 covers every example (about 20 tokens); a 20% validation share holds out 8 pairs.
+const DATA = { data: { policy: "skip", causal: { seq_len: 32 } }, validation_fraction: 0.2, batch_size: 4 };
+const LORA = { ...DATA, samples: 3, sample_tokens: 12, train: { method: "lora", lr: 1e-2, steps: 30, eval_every: 10, seed: 7, lora_r: 8, lora_alpha: 16 } };
+
+const OP_TIMEOUT_MS = 180_000;
+
+let browser;
+before(async () => {
+  browser = await launchBrowser();
+});
+after(async () => {
+  await browser?.close();
+});
+
+/** Load the fixture through window.webtune.loadModelFiles([{name, bytes}]). */
+async function loadFixture(page) {
+  const files = MODEL_FILES.map((name) => ({ name, b64: fs.readFileSync(path.join(MODEL_DIR, name)).toString("base64") }));
+  const record = await withTimeout(
+    page.evaluate(async (list) => {
+      const decode = (b64) => Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+      const r = await window.webtune.loadModelFiles(list.map((f) => ({ name: f.name, bytes: decode(f.b64) })));
+      return { status: r.status, info: r.info, error: r.error };
+    }, files),
+    120_000,
+    "the gpt2-vocab fixture to load",
+  );
+  assert.equal(record.error, null, `loading failed: ${JSON.stringify(record.error)}`);
+  assert.equal(record.info.vocab_size, 50257);
+  assert.equal(record.info.has_tokenizer, true);
+  return record.info;
+}
+
+function inspect(page, name, text, config, ms = OP_TIMEOUT_MS) {
+  return withTimeout(
+    page.evaluate(({ name, text, config }) => window.webtune.inspectDataset({ name, bytes: text }, config), { name, text, config }),
+    ms,
+    `inspectDataset(${name})`,
+  );
+}
+
+/** Fine-tune through the API; returns the record without the bulky report. */
+function finetune(page, name, text, config, ms = OP_TIMEOUT_MS) {
+  return withTimeout(
+    page.evaluate(({ name, text, config }) => window.webtune.finetune({ name, bytes: text }, config), { name, text, config }),
+    ms,
+    `finetune(${name})`,
+  );
+}
+
+/** The last row of logits([1, 2, 3], which), as a plain array. */
+async function lastLogits(page, which) {
+  const out = await withTimeout(
+    page.evaluate(async (w) => {
+      const r = await window.webtune.logits([1, 2, 3], w);
+      if (r.error) return { error: r.error };
+      const [t, v] = r.shape;
+      return { shape: r.shape, last: Array.from(r.data.subarray((t - 1) * v, t * v)) };
+    }, which),
+    60_000,
+    `logits([1, 2, 3], ${which})`,
+  );
+  assert.equal(out.error, undefined, `logits failed: ${JSON.stringify(out.error)}`);
+  return out.last;
+}
+
+function cliJson(args) {
+  assert.ok(CLI, "WEBTUNE_CLI is not set (cargo xtask test sets it to the native webtune binary)");
+  const stdout = execFileSync(CLI, [...args, "--json"], { encoding: "utf8", timeout: 300_000, maxBuffer: 256 << 20 });
+  return JSON.parse(stdout.trim().split("\n").filter(Boolean).at(-1));
+}
+
+const isLocal = (url) => {
+  const u = new URL(url);
+  if (u.protocol === "blob:" || u.protocol === "data:") return true;
+  return ["127.0.0.1", "localhost", "[::1]"].includes(u.hostname);
+};
+
+// ---------------------------------------------------------------------------------------------
+
+test("a. a malformed JSONL line: listed with its line number under skip, data.invalid naming line 3 under stop; the page stays usable", { timeout: 300_000 }, async () => {
+  await withPage("finetune-a-report", browser, { backend: "cpu" }, async ({ page, log }) => {
+    await waitForBackend(page);
+    await loadFixture(page);
+
+    // Skip: the report lists line 3 and keeps the rest.
+    const skip = await inspect(page, "bad.jsonl", BAD_JSONL, DATA);
+    assert.equal(skip.error, null, `inspect failed: ${JSON.stringify(skip.error)}`);
+    const r = skip.result.report;
+    console.log(`skip report: records ${r.records}, examples ${r.examples}, skipped ${JSON.stringify(r.skipped_by_reason)}, issue ${JSON.stringify(r.issues[0])}`);
+    assert.equal(r.format, "jsonl");
+    assert.equal(r.schema.schema.kind, "prompt_completion");
+    assert.equal(r.examples, COUNTRIES.length - 1);
+    assert.equal(r.skipped, 1);
+    assert.equal(r.issues.length, 1);
+    assert.equal(r.issues[0].line, 3);
+    assert.equal(r.issues[0].reason, "malformed_json");
+    assert.equal(skip.result.train_examples + skip.result.validation_examples, COUNTRIES.length - 1);
+    // The panel shows it.
+    const issue = page.locator('[data-testid=dataset-issue][data-line="3"]');
+    await issue.waitFor({ timeout: 10_000 });
+    assert.match(await issue.textContent(), /bad\.jsonl:3/);
+    assert.match(await page.getByTestId("report-format").textContent(), /JSON Lines/);
+    assert.match(await page.getByTestId("report-schema").textContent(), /prompt → completion \(detected\)/);
+    assert.match(await page.getByTestId("report-skipped").textContent(), /^1: malformed json ×1/);
+    assert.match(await page.getByTestId("report-examples").textContent(), new RegExp(`^${COUNTRIES.length - 1}$`));
+    assert.match(await page.getByTestId("report-truncated").textContent(), /^0 longer than 32 tokens/);
+    assert.match(await page.getByTestId("dataset-privacy").textContent(), /never leaves this machine/);
+    // The preview shows the completion tokens (and only those) as counting in the loss.
+    const preview = skip.result.preview;
+    assert.ok(preview.length > 0, "a preview of the first examples");
+    const counted = preview[0].tokens.filter((t) => t.counts).map((t) => t.text).join("");
+    assert.match(counted, /^A: The capital of \w+ is [\w ]+\.<\|endoftext\|>$/, `counted tokens: ${JSON.stringify(counted)}`);
+    assert.doesNotMatch(counted, /Q: What/, "prompt tokens do not count");
+    // The panel highlights the tokens that are predicted in the loss: the completion and its EOS.
+    const highlighted = await page.locator("[data-testid=preview-example]").first().locator("mark.counts").allTextContents();
+    assert.match(highlighted.join(""), /^A: The capital of \w+ is [\w ]+\.<\|endoftext\|>$/, `highlighted: ${JSON.stringify(highlighted)}`);
+
+    // Stop, through the panel: changing the policy checks the chosen file again.
+    await page.getByLabel("Bad records").selectOption("stop");
+    const state = await waitInPage(
+      page,
+      () => {
+        const el = document.querySelector("[data-testid=dataset-state]");
+        return el?.dataset.outcome === "error" ? el.textContent : null;
+      },
+      null,
+      30_000,
+      "the stop policy to refuse the file in the dataset panel",
+    );
+    assert.match(state, /data\.invalid \(bad\.jsonl:3\)/);
+    assert.equal(await page.getByTestId("dataset-report").isHidden(), true, "no report for a refused file");
+    const alert = page.locator('[data-testid=error][data-code="data.invalid"]');
+    await alert.first().waitFor({ timeout: 10_000 });
+    assert.match(await alert.first().textContent(), /line 3/);
+
+    // Stop, through the API: the error names line 3.
+    const stop = await inspect(page, "bad.jsonl", BAD_JSONL, { ...DATA, data: { ...DATA.data, policy: "stop" } });
+    assert.equal(stop.status, "error");
+    assert.equal(stop.error.code, "data.invalid");
+    assert.equal(stop.error.details.line, 3);
+    assert.equal(stop.error.details.file, "bad.jsonl");
+    assert.match(stop.error.message, /line 3/);
+
+    // A sample dataset, fetched from the page's own origin with the chooser.
+    await page.getByLabel("Bad records").selectOption("skip");
+    await waitInPage(page, () => document.querySelector("[data-testid=dataset-state]")?.dataset.outcome === "done", null, 30_000, "bad.jsonl checked again under skip");
+    await page.getByLabel("Sample dataset").selectOption("chatterbot_english_qa.jsonl");
+    await page.getByTestId("use-sample").click();
+    await waitInPage(
+      page,
+      () => document.querySelector("[data-testid=dataset-state]")?.dataset.outcome === "done" && /chatterbot/.test(document.querySelector("[data-testid=report-file]")?.textContent ?? ""),
+      null,
+      60_000,
+      "the sample's report",
+    );
+    assert.equal(await page.evaluate(() => window.webtune.dataset.source), "sample");
+    assert.match(await page.getByTestId("report-skipped").textContent(), /empty text ×28/);
+    assert.match(await page.getByTestId("report-schema").textContent(), /prompt → completion/);
+
+    // Still usable: a good file is reported, generation works.
+    const good = await inspect(page, "capitals.jsonl", GOOD_JSONL, DATA);
+    assert.equal(good.error, null);
+    assert.equal(good.result.report.skipped, 0);
+    assert.equal(good.result.report.examples, COUNTRIES.length);
+    const gen = await withTimeout(page.evaluate(() => window.webtune.generate("Q: What is", { greedy: true, max_new_tokens: 4, ignore_eos: true })), 60_000, "a generation");
+    assert.equal(gen.error, null);
+    assert.equal(gen.result.generated_ids.length, 4);
+    assert.equal(await page.evaluate(() => window.webtune.workerState), "ready");
+    assertCleanLog(assert, log);
+  });
+});
+
+test("b. LoRA fine-tuning lowers the held-out loss; chart, before/after and samples show it; Stop works mid-run", { timeout: 600_000 }, async () => {
+  await withPage("finetune-b-lora", browser, { backend: "cpu" }, async ({ page, log }) => {
+    await waitForBackend(page);
+    await loadFixture(page);
+
+    const run = await finetune(page, "capitals.jsonl", GOOD_JSONL, LORA);
+    assert.equal(run.error, null, `fine-tuning failed: ${JSON.stringify(run.error)}`);
+    assert.equal(run.status, "done");
+    const { summary, before: b, after: a, samples, files } = run.result;
+    const steps = run.events.filter((e) => e.type === "step");
+    const phases = run.events.filter((e) => e.type === "phase").map((e) => e.phase);
+    console.log(
+      `LoRA CPU: ${summary.steps} steps, train loss ${summary.losses[0].toFixed(4)} → ${summary.losses.at(-1).toFixed(4)}, ` +
+        `validation loss ${b.loss.toFixed(4)} → ${a.loss.toFixed(4)} (perplexity ${b.perplexity.toFixed(1)} → ${a.perplexity.toFixed(1)}, ${a.tokens} tokens), ` +
+        `${summary.median_step_ms.toFixed(1)} ms/step median (first ${summary.first_step_ms.toFixed(1)}), ${summary.tokens_per_s.toFixed(0)} tokens/s, ` +
+        `${summary.trainable_params} of ${summary.total_params} parameters trained; phases ${phases.join(",")}`,
+    );
+    writeArtifactJson("finetune-b-lora.json", { summary, before: b, after: a, samples, files });
+    assert.equal(summary.cancelled, false);
+    assert.equal(summary.steps, 30);
+    assert.equal(steps.length, 30);
+    assert.equal(summary.method, "lora");
+    assert.ok(summary.trainable_params < summary.total_params);
+    assert.ok(a.loss < b.loss, `validation loss after (${a.loss}) < before (${b.loss})`);
+    assert.ok(summary.eval.length >= 3, "validation loss every 10 steps");
+    assert.ok(files.includes("merged/model.safetensors") && files.includes("adapter/adapter_model.safetensors"), `files: ${files}`);
+    assert.ok(samples.length > 0 && samples.length <= 3, "held-out samples");
+
+    // The fine-tune panel: progress, chart with train and validation points.
+    assert.equal((await page.getByTestId("ft-step").textContent()).trim(), "30 / 30");
+    const chart = await page.evaluate(() => {
+      const plot = document.querySelector("[data-testid=ft-chart] .uplot");
+      return { drawn: Boolean(plot), legend: [...document.querySelectorAll("[data-testid=ft-chart] .u-legend .u-label")].map((l) => l.textContent) };
+    });
+    assert.ok(chart.drawn, "the uPlot chart is drawn");
+    assert.deepEqual(chart.legend.slice(1), ["train loss", "validation loss"]);
+    assert.match(await page.getByTestId("ft-result").textContent(), /^Done: 30 steps of LoRA on CPU/);
+
+    // The before/after panel shows the same numbers, the verdict and the samples.
+    assert.equal((await page.getByTestId("val-loss-before").textContent()).trim(), b.loss.toFixed(4));
+    assert.equal((await page.getByTestId("val-loss-after").textContent()).trim(), a.loss.toFixed(4));
+    assert.equal((await page.getByTestId("perplexity-after").textContent()).trim(), a.perplexity.toFixed(2));
+    assert.equal(await page.getByTestId("val-loss-change").getAttribute("data-better"), "true");
+    assert.equal(await page.getByTestId("verdict").getAttribute("data-outcome"), "better");
+    assert.match(await page.getByTestId("verdict").textContent(), /validation loss fell/);
+    assert.equal(await page.getByTestId("sample-row").count(), samples.length);
+    assert.equal((await page.getByTestId("sample-after").first().textContent()), samples[0].after);
+    assert.ok((await page.locator("[data-testid=download-file]").count()) >= 4, "download buttons");
+    // The generate panel offers the fine-tuned model, chosen by default.
+    assert.ok(await page.getByTestId("gen-model-tuned").isEnabled());
+    assert.ok(await page.getByTestId("gen-model-tuned").isChecked());
+
+    // A second run, started from the panel, stopped mid-run with the Stop button.
+    await page.getByLabel("Training steps").fill("400");
+    await page.getByLabel("Fine-tune learning rate").fill("0.01");
+    const index = await page.evaluate(() => window.webtune.finetunes.length);
+    await page.getByTestId("ft-start").click();
+    await waitInPage(page, (i) => (window.webtune.finetunes[i]?.events.filter((e) => e.type === "step").length ?? 0) >= 3, index, 120_000, "three steps of the second run");
+    await page.getByTestId("ft-stop").click();
+    const stopped = await waitInPage(
+      page,
+      (i) => {
+        const r = window.webtune.finetunes[i];
+        return r && r.status !== "running" && r.status !== "cancelling" ? { status: r.status, summary: r.result?.summary ?? null, after: r.result?.after ?? null, error: r.error } : null;
+      },
+      index,
+      120_000,
+      "the stopped run to end",
+    );
+    console.log(`stopped run: status ${stopped.status}, ${stopped.summary?.steps} of 400 steps, after ${JSON.stringify(stopped.after)}`);
+    assert.equal(stopped.error, null);
+    assert.equal(stopped.status, "cancelled");
+    assert.equal(stopped.summary.cancelled, true);
+    assert.ok(stopped.summary.steps >= 3 && stopped.summary.steps < 400, `stopped after ${stopped.summary.steps} steps`);
+    assert.ok(stopped.after, "the stopped model is still evaluated");
+    assert.match(await page.getByTestId("ft-result").textContent(), /^Stopped:/);
+
+    // Still usable: generate with the fine-tuned model from the panel.
+    await page.getByLabel("Prompt").fill("Q: What is the capital of France?");
+    await page.getByLabel("Max new tokens").fill("6");
+    await page.getByLabel("Greedy").check();
+    await page.getByTestId("generate").click();
+    await waitInPage(page, () => document.querySelector("[data-testid=gen-stats]")?.dataset.outcome === "done", null, 60_000, "the generation to finish");
+    assert.match(await page.getByTestId("gen-stats").textContent(), /fine-tuned model/);
+    assertCleanLog(assert, log);
+  });
+});
+
+test("c. privacy: after the model is loaded, checking data, fine-tuning, generating and exporting make no request at all", { timeout: 600_000 }, async () => {
+  await withPage("finetune-c-privacy", browser, { backend: "cpu" }, async ({ page, log }) => {
+    await waitForBackend(page);
+    await loadFixture(page);
+    await page.waitForLoadState("networkidle").catch(() => {});
+    const mark = log.requests.length;
+
+    // The dataset through the file input, checked automatically.
+    await page.getByTestId("dataset-file").setInputFiles({ name: "capitals.jsonl", mimeType: "application/jsonl", buffer: Buffer.from(GOOD_JSONL) });
+    await waitInPage(page, () => document.querySelector("[data-testid=dataset-state]")?.dataset.outcome === "done", null, 60_000, "the dataset report");
+    // Fine-tune the chosen dataset (input null).
+    const direct = await withTimeout(page.evaluate((config) => window.webtune.finetune(null, config), { ...LORA, train: { ...LORA.train, steps: 10 } }), OP_TIMEOUT_MS, "fine-tuning the chosen dataset");
+    assert.equal(direct.error, null, `fine-tuning failed: ${JSON.stringify(direct.error)}`);
+    assert.equal(direct.name, "capitals.jsonl");
+    const gen = await withTimeout(
+      page.evaluate(() => window.webtune.generate("Q: What is the capital of Peru?", { greedy: true, max_new_tokens: 8, ignore_eos: true, model: "tuned" })),
+      60_000,
+      "generating with the fine-tuned model",
+    );
+    assert.equal(gen.error, null);
+    const exported = await withTimeout(
+      page.evaluate(async () => {
+        const r = await window.webtune.exportFiles();
+        return { error: r.error, names: r.files ? Object.keys(r.files) : null };
+      }),
+      60_000,
+      "exportFiles()",
+    );
+    assert.equal(exported.error, null);
+    // And a real download through the page's button.
+    const [download] = await Promise.all([
+      page.waitForEvent("download", { timeout: 30_000 }),
+      page.locator('[data-testid=download-file][data-file="merged/config.json"]').click(),
+    ]);
+    assert.equal(download.suggestedFilename(), "webtune-merged-config.json");
+    await page.waitForTimeout(500);
+
+    const during = log.requests.slice(mark);
+    console.log(`requests before the model was loaded: ${mark}; after: ${during.length} ${JSON.stringify(during)}`);
+    assert.deepEqual(during, [], "no request after the model was loaded");
+    const remote = log.requests.filter((r) => !isLocal(r.url));
+    assert.deepEqual(remote, [], "no request to another host during the whole test");
+    assert.deepEqual(log.failedRequests, []);
+    assertCleanLog(assert, log);
+  });
+});
+
+test("d. the exported merged model loads in the native CLI, whose logits equal the browser's fine-tuned logits", { timeout: 600_000 }, async () => {
+  await withPage("finetune-d-export", browser, { backend: "cpu" }, async ({ page, log }) => {
+    await waitForBackend(page);
+    await loadFixture(page);
+    const run = await finetune(page, "capitals.jsonl", GOOD_JSONL, { ...LORA, train: { ...LORA.train, steps: 15 } });
+    assert.equal(run.error, null, `fine-tuning failed: ${JSON.stringify(run.error)}`);
+    const merged = run.result.files.filter((f) => f.startsWith("merged/"));
+    assert.ok(merged.includes("merged/model.safetensors") && merged.includes("merged/config.json"), `merged files: ${merged}`);
+
+    // Download each merged file with the page's buttons.
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "webtune-merged-"));
+    for (const file of merged) {
+      const [download] = await Promise.all([
+        page.waitForEvent("download", { timeout: 60_000 }),
+        page.locator(`[data-testid=download-file][data-file="${file}"]`).click(),
+      ]);
+      assert.equal(download.suggestedFilename(), `webtune-${file.replaceAll("/", "-")}`);
+      await download.saveAs(path.join(dir, file.slice("merged/".length)));
+    }
+    console.log(`downloaded ${merged.length} files to ${dir}: ${fs.readdirSync(dir).map((f) => `${f} (${fs.statSync(path.join(dir, f)).size} B)`).join(", ")}`);
+
+    const tuned = await lastLogits(page, "tuned");
+    const base = await lastLogits(page, "base");
+    const info = cliJson(["info", dir]);
+    assert.equal(info.architecture, "gpt2");
+    assert.equal(info.vocab_size, 50257);
+    const native = cliJson(["forward", dir, "--ids", "1,2,3"]);
+    assert.equal(native.logits_last.length, tuned.length);
+    const d = maxAbsDiff(native.logits_last, tuned);
+    const moved = maxAbsDiff(base, tuned);
+    console.log(`CLI vs browser tuned logits: max |Δ| ${d.max.toExponential(2)} at ${d.at}; tuned vs base: max |Δ| ${moved.max.toExponential(2)}; CLI info ${JSON.stringify(info)}`);
+    assert.ok(d.max <= 1e-4, `native logits of the export differ from the browser's by ${d.max}`);
+    assert.ok(moved.max > 1e-3, "the fine-tuned logits differ from the base model's");
+    fs.rmSync(dir, { recursive: true, force: true });
+    assertCleanLog(assert, log);
+  });
+});
+
+// Per-step training losses, WebGPU vs CPU, same data, config and seed. Measured on headless
+// chromium's SwiftShader adapter (5 LoRA steps, batch 2, seq_len 24): max |Δ| 1.9e-6 (losses
+// ≈ 10.86). The 1e-4 bound leaves room for f32 reductions in another order (matmul tiling,
+// softmax) on hardware GPUs compounding over a few optimiser steps; a real bug (a wrong gradient,
+// a missing mask) moves the losses by far more. The measured value is printed and saved.
+const WEBGPU_LOSS_TOLERANCE = 1e-4;
+const SMALL = {
+  data: { policy: "skip", causal: { seq_len: 24 } },
+  validation_fraction: 0.2,
+  validation_max: 4,
+  batch_size: 2,
+  samples: 1,
+  sample_tokens: 2,
+  train: { method: "lora", lr: 1e-2, steps: 5, seed: 3, lora_r: 4, lora_alpha: 8 },
+};
+
+test("e. a short LoRA run on WebGPU has the CPU run's per-step losses", { timeout: 900_000 }, async () => {
+  const results = {};
+  for (const backend of ["cpu", "webgpu"]) {
+    await withPage(`finetune-e-${backend}`, browser, { backend }, async ({ page, log }) => {
+      const message = await waitForBackend(page);
+      assert.equal(message.backend, backend);
+      await loadFixture(page);
+      const run = await finetune(page, "capitals.jsonl", GOOD_JSONL, SMALL, 600_000);
+      assert.equal(run.error, null, `${backend} fine-tuning failed: ${JSON.stringify(run.error)}`);
+      results[backend] = run.result.summary;
+      results[backend].before = run.result.before;
+      results[backend].after = run.result.after;
+      assertCleanLog(assert, log);
+    });
+  }
+  const cpu = results.cpu;
+  const gpu = results.webgpu;
+  const d = maxAbsDiff(cpu.losses, gpu.losses);
+  console.log(
+    `losses cpu ${JSON.stringify(cpu.losses.map((x) => +x.toFixed(6)))}\n` +
+      `losses webgpu ${JSON.stringify(gpu.losses.map((x) => +x.toFixed(6)))}\n` +
+      `max |Δ| ${d.max.toExponential(2)} at step ${d.at + 1}; before ${cpu.before.loss} vs ${gpu.before.loss}; ` +
+      `median ms/step cpu ${cpu.median_step_ms.toFixed(1)} webgpu ${gpu.median_step_ms.toFixed(1)} (first ${cpu.first_step_ms.toFixed(0)} / ${gpu.first_step_ms.toFixed(0)})`,
+  );
+  writeArtifactJson("finetune-e-webgpu-vs-cpu.json", { tolerance: WEBGPU_LOSS_TOLERANCE, max_abs_diff: d.max, cpu, webgpu: gpu });
+  assert.equal(gpu.backend, "webgpu");
+  assert.equal(gpu.losses.length, 5);
+  assert.equal(cpu.losses.length, 5);
+  assert.ok(Math.abs(cpu.before.loss - gpu.before.loss) <= WEBGPU_LOSS_TOLERANCE, "the base model's held-out loss matches");
+  assert.ok(d.max <= WEBGPU_LOSS_TOLERANCE, `WebGPU losses differ from CPU by ${d.max}`);
+});

@@ -1,0 +1,211 @@
+// "Fine-tune" panel: method (LoRA or full), training steps, learning rate, LoRA rank and alpha,
+// batch size; Start and Stop; the current phase, a progress bar with step, loss, learning rate,
+// tokens/s and ETA; and a live chart of the training loss with validation-loss points.
+
+import { el, formatBytes, formatDuration, formatInt, formatLoss, formatLr, formatMs } from "../lib/format.js";
+import { createLossChart } from "./loss-chart.js";
+
+const DEFAULT_LR = { lora: 2e-4, full: 5e-5 };
+const MAX_DEFAULT_STEPS = 60;
+const PHASES = {
+  data: "Reading the dataset",
+  samples: "Evaluating and writing sample answers",
+  training: "Training",
+  export: "Exporting the fine-tuned model",
+};
+
+/**
+ * @param {HTMLElement} section  the panel's <section>
+ * @param {{onStart: (train: object) => void, onStop: () => void}} options
+ */
+export function createFinetunePanel(section, { onStart, onStop }) {
+  const number = (id, label, value, attrs = {}) => {
+    const field = el("input", { id, name: id, type: "number", value, "data-testid": id, ...attrs });
+    // A value the user typed is kept; defaults follow the dataset and the method.
+    field.addEventListener("input", () => (field.dataset.touched = "true"));
+    return { field, wrap: el("div", { class: "field" }, el("label", { for: id }, label), field) };
+  };
+  const method = el(
+    "select",
+    { id: "ft-method", "data-testid": "ft-method" },
+    el("option", { value: "lora" }, "LoRA (small adapters; default)"),
+    el("option", { value: "full" }, "Full (every weight)"),
+  );
+  const steps = number("ft-steps", "Training steps", 30, { min: 1, step: 1, inputmode: "numeric" });
+  const lr = number("ft-lr", "Fine-tune learning rate", DEFAULT_LR.lora, { min: 0, step: "any", inputmode: "decimal" });
+  const rank = number("ft-lora-r", "LoRA rank", 8, { min: 1, step: 1, inputmode: "numeric" });
+  const alpha = number("ft-lora-alpha", "LoRA alpha", 16, { min: 0, step: "any", inputmode: "decimal" });
+  const batch = number("ft-batch-size", "Batch size", 4, { min: 1, step: 1, inputmode: "numeric" });
+  method.addEventListener("change", () => {
+    const lora = method.value === "lora";
+    rank.wrap.hidden = !lora;
+    alpha.wrap.hidden = !lora;
+    if (lr.field.dataset.touched !== "true") lr.field.value = String(DEFAULT_LR[method.value]);
+  });
+
+  const start = el("button", { type: "submit", class: "primary", "data-testid": "ft-start", disabled: true }, "Start fine-tuning");
+  const stop = el("button", { type: "button", "data-testid": "ft-stop", disabled: true, onclick: () => onStop() }, "Stop");
+  const form = el(
+    "form",
+    { class: "toy-form", novalidate: true, "aria-describedby": "ft-help" },
+    el(
+      "div",
+      { class: "fields" },
+      el("div", { class: "field" }, el("label", { for: "ft-method" }, "Method"), method),
+      steps.wrap,
+      lr.wrap,
+      rank.wrap,
+      alpha.wrap,
+      batch.wrap,
+    ),
+    el("div", { class: "buttons" }, start, stop),
+  );
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    onStart(config());
+  });
+
+  const phase = el("p", { class: "phase", role: "status", "aria-live": "polite", "data-testid": "ft-phase" }, "Choose a model and a dataset, then start.");
+  const bar = el("progress", { max: 1, value: 0, "data-testid": "ft-progress", "aria-label": "Fine-tuning progress" });
+  const stat = (label, testid) => {
+    const value = el("span", { class: "stat-value", "data-testid": testid }, "–");
+    return { value, wrap: el("div", { class: "stat" }, el("span", { class: "stat-label" }, label), value) };
+  };
+  const step = stat("Step", "ft-step");
+  const epoch = stat("Epoch", "ft-epoch");
+  const loss = stat("Train loss", "ft-loss");
+  const evalLoss = stat("Validation loss", "ft-eval-loss");
+  const rate = stat("LR", "ft-lr-value");
+  const speed = stat("Tokens/s", "ft-tokens-per-s");
+  const eta = stat("ETA", "ft-eta");
+  const memory = stat("Memory", "ft-memory");
+  memory.wrap.hidden = true;
+  const chartBox = el("div", { class: "chart", role: "img", "aria-label": "Training and validation loss by step", "data-testid": "ft-chart" });
+  const result = el("p", { class: "result", "data-testid": "ft-result" }, "No fine-tuning yet.");
+
+  section.append(
+    el("h2", { id: "finetune-title" }, "Fine-tune"),
+    el(
+      "p",
+      { id: "ft-help", class: "help" },
+      "LoRA trains small low-rank adapters next to the frozen weights (fast, little memory); full fine-tuning changes every weight. " +
+        "The default number of steps is about one pass over the training examples (at most 60).",
+    ),
+    form,
+    phase,
+    el("div", { class: "progress-row" }, bar),
+    el("div", { class: "stats" }, step.wrap, epoch.wrap, loss.wrap, evalLoss.wrap, rate.wrap, speed.wrap, eta.wrap, memory.wrap),
+    chartBox,
+    result,
+  );
+
+  const chart = createLossChart(chartBox, { validation: true });
+  let latest = null;
+  let frame = 0;
+
+  function config() {
+    const out = { method: method.value };
+    const put = (key, field, integer) => {
+      const v = field.valueAsNumber;
+      if (Number.isFinite(v)) out[key] = integer ? Math.trunc(v) : v;
+    };
+    put("steps", steps.field, true);
+    put("lr", lr.field, false);
+    if (method.value === "lora") {
+      put("lora_r", rank.field, true);
+      put("lora_alpha", alpha.field, false);
+    }
+    const b = batch.field.valueAsNumber;
+    return { train: out, ...(Number.isFinite(b) ? { batch_size: Math.trunc(b) } : {}) };
+  }
+
+  function render() {
+    frame = 0;
+    const p = latest;
+    if (!p) return;
+    bar.max = p.total_steps;
+    bar.value = p.step;
+    step.value.textContent = `${formatInt(p.step)} / ${formatInt(p.total_steps)}`;
+    epoch.value.textContent = Number.isFinite(p.epoch) ? p.epoch.toFixed(2) : "–";
+    loss.value.textContent = formatLoss(p.loss);
+    rate.value.textContent = formatLr(p.lr);
+    speed.value.textContent = formatInt(p.tokens_per_s);
+    eta.value.textContent = formatDuration(p.eta_s);
+    memory.wrap.hidden = p.memory_bytes == null;
+    if (p.memory_bytes != null) memory.value.textContent = formatBytes(p.memory_bytes);
+  }
+
+  return {
+    /** canStart: model + dataset + idle worker; running / cancelling: a job is in progress. */
+    setMode({ canStart, running, cancelling }) {
+      start.disabled = !canStart;
+      stop.disabled = !running || cancelling;
+      for (const f of [method, steps.field, lr.field, rank.field, alpha.field, batch.field]) f.disabled = running;
+      section.dataset.mode = running ? (cancelling ? "cancelling" : "running") : canStart ? "idle" : "unavailable";
+    },
+    /** A dataset was checked: the default steps become one epoch (at most 60). */
+    dataset(inspected) {
+      if (steps.field.dataset.touched !== "true" && Number.isFinite(inspected?.train_batches)) {
+        steps.field.value = String(Math.max(1, Math.min(MAX_DEFAULT_STEPS, inspected.train_batches)));
+      }
+    },
+    /** The job configuration's training part, from the controls. */
+    config,
+    begin(cfg) {
+      latest = null;
+      bar.value = 0;
+      bar.max = cfg?.train?.steps > 0 ? cfg.train.steps : 1;
+      for (const s of [step, epoch, loss, evalLoss, rate, speed, eta, memory]) s.value.textContent = "–";
+      chart.reset(bar.max);
+      delete result.dataset.outcome;
+      result.textContent = "Running…";
+      phase.textContent = "Starting…";
+    },
+    event(e) {
+      if (e.type === "phase") {
+        phase.dataset.phase = e.phase;
+        phase.textContent = `${PHASES[e.phase] ?? e.phase}: ${e.message}`;
+        return;
+      }
+      if (e.type !== "step") return;
+      if (!latest) chart.reset(e.total_steps);
+      latest = e;
+      chart.push(e.step, e.loss, e.total_steps);
+      if (e.eval) {
+        chart.pushEval(e.step, e.eval.loss);
+        evalLoss.value.textContent = formatLoss(e.eval.loss);
+      }
+      if (frame === 0) frame = requestAnimationFrame(render);
+    },
+    stopping() {
+      phase.textContent = "Stopping after the current step (the model is still evaluated and exported)…";
+    },
+    finish(r) {
+      render();
+      chart.flush();
+      const s = r.summary;
+      for (const ev of s.eval ?? []) chart.pushEval(ev.step, ev.loss);
+      const last = (s.eval ?? []).at(-1);
+      if (last) evalLoss.value.textContent = formatLoss(last.loss);
+      chart.flush();
+      phase.textContent = s.cancelled ? `Stopped after ${formatInt(s.steps)} steps; evaluated and exported.` : "Done.";
+      result.dataset.outcome = s.cancelled ? "cancelled" : "done";
+      const first = s.losses?.[0];
+      const final = s.losses?.at(-1);
+      result.textContent =
+        `${s.cancelled ? "Stopped" : "Done"}: ${formatInt(s.steps)} steps of ${s.method === "full" ? "full fine-tuning" : "LoRA"} on ${s.backend === "webgpu" ? "WebGPU" : "CPU"}` +
+        ` · train loss ${formatLoss(first)} → ${formatLoss(final)}` +
+        ` · ${formatInt(s.trainable_params)} of ${formatInt(s.total_params)} parameters trained` +
+        ` · ${formatMs(s.median_step_ms)}/step (median; first ${formatMs(s.first_step_ms)}) · ${formatInt(s.tokens_per_s)} tokens/s`;
+    },
+    fail(error) {
+      render();
+      chart.flush();
+      phase.textContent = "Failed.";
+      result.dataset.outcome = "error";
+      result.textContent = `Failed: ${error.code} — ${error.message}`;
+    },
+    /** What the chart shows (for tests). */
+    chartData: () => chart.data(),
+  };
+}

@@ -41,6 +41,13 @@ impl Message {
 /// The ChatML template webtune uses when a chat dataset meets a model without a template.
 pub const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 
+/// The work one render may do (minijinja's fuel: about one unit per instruction executed and per
+/// 64 bytes created). Templates as models ship them use a few thousand per conversation; a
+/// template with nested huge loops or exploding strings fails with `chat_template.invalid` after
+/// at most ~a second and a few hundred MB instead of hanging the tab. Recursion (macros, nested
+/// includes) is bounded by minijinja itself (500 frames), `range` by its 100 000-item limit.
+pub const CHAT_TEMPLATE_FUEL: u64 = 5_000_000;
+
 /// A compiled chat template with the special tokens it may refer to.
 #[derive(Clone)]
 pub struct ChatTemplate {
@@ -80,6 +87,7 @@ impl ChatTemplate {
                 .map_err(|e| template_error(format!("chat template syntax: {e}"), &e))?,
         );
         env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+        env.set_fuel(Some(CHAT_TEMPLATE_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function(
             "raise_exception",
@@ -159,6 +167,9 @@ impl ChatTemplate {
             .map_err(|e| {
                 let what = match e.kind() {
                     ErrorKind::InvalidOperation => "the chat template refused the conversation",
+                    ErrorKind::OutOfFuel => {
+                        "the chat template did too much work (an endless or huge loop?)"
+                    }
                     _ => "the chat template failed",
                 };
                 template_error(

@@ -252,7 +252,20 @@ fn read_jsonl(file: &Arc<str>, text: &str) -> Parsed {
 /// A JSON array, element by element, so each element keeps the line it starts on.
 fn read_json_array(file: &Arc<str>, text: &str) -> Result<Parsed> {
     let bytes = text.as_bytes();
-    let line_at = |pos: usize| 1 + bytes[..pos].iter().filter(|&&b| b == b'\n').count();
+    // Line of a byte offset, counted incrementally: elements come in file order, so the whole
+    // file is scanned once (counting from the start each time was quadratic in the element
+    // count, minutes on a few MB of small elements).
+    let counted = std::cell::Cell::new((0usize, 1usize));
+    let line_at = |pos: usize| {
+        let pos = pos.min(bytes.len());
+        let (mut at, mut line) = counted.get();
+        if pos < at {
+            (at, line) = (0, 1);
+        }
+        line += bytes[at..pos].iter().filter(|&&b| b == b'\n').count();
+        counted.set((pos, line));
+        line
+    };
     let skip_ws = |mut pos: usize| {
         while pos < bytes.len() && bytes[pos].is_ascii_whitespace() {
             pos += 1;
@@ -357,8 +370,9 @@ fn read_delimited(file: &Arc<str>, text: &str, delimiter: u8, format: Format) ->
             json!({}),
         ));
     }
-    for (i, h) in header.iter().enumerate() {
-        if header[..i].contains(h) {
+    let mut seen = std::collections::HashSet::new();
+    for h in &header {
+        if !seen.insert(h) {
             return Err(data_error(
                 file,
                 "duplicate_column",

@@ -364,12 +364,9 @@ fn percentile(sorted: &[usize], p: f64) -> usize {
 }
 
 fn token_stats(lengths: &[usize], seq_len: usize, limit: usize) -> Option<TokenStats> {
-    if lengths.is_empty() {
-        return None;
-    }
     let mut sorted = lengths.to_vec();
     sorted.sort_unstable();
-    let max = *sorted.last().unwrap();
+    let max = *sorted.last()?;
     let width = max / 10 + 1;
     let mut histogram: Vec<Bucket> = (0..10)
         .map(|i| Bucket {
@@ -434,7 +431,7 @@ pub fn inspect(
     let encoder = tokenizer
         .map(|t| CausalEncoder::new(t, chat.as_ref().map(|c| &c.0), options.causal.clone()));
     let seq_len = options.causal.seq_len;
-    let too_long = options.too_long_factor.max(1) * seq_len;
+    let too_long = options.too_long_factor.max(1).saturating_mul(seq_len);
 
     let mut examples = Vec::new();
     let mut issues: Vec<Issue> = Vec::new();
@@ -539,7 +536,7 @@ pub fn inspect(
     let limit = if schema.is_classification() {
         seq_len
     } else {
-        seq_len + 1
+        seq_len.saturating_add(1)
     };
     let issues_not_listed = issues.len().saturating_sub(options.max_listed_issues);
     issues.truncate(options.max_listed_issues);

@@ -424,7 +424,19 @@ impl GgufHeader {
                 )
             })?;
             let (block, block_bytes) = dtype.block();
-            let n = ne.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
+            // Every dimension must fit a usize, and so must the product of the non-zero ones,
+            // so that the element count in any order (`shape.iter().product()`) cannot overflow
+            // even when a zero dimension makes the tensor empty.
+            let dims_fit = ne.iter().all(|&d| usize::try_from(d).is_ok())
+                && ne
+                    .iter()
+                    .filter(|&&d| d != 0)
+                    .try_fold(1usize, |acc, &d| acc.checked_mul(d as usize))
+                    .is_some();
+            let n = ne
+                .iter()
+                .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+                .filter(|_| dims_fit);
             let bytes_len = n
                 .filter(|_| ne[0] % block as u64 == 0)
                 .and_then(|n| (n / block as u64).checked_mul(block_bytes as u64));
@@ -721,8 +733,8 @@ impl GgufFile {
                 None
             };
             if let Some(h) = unpermute {
-                let rows = t.shape[0];
-                if h == 0 || rows % (2 * h) != 0 {
+                let rows = t.shape.first().copied().unwrap_or(0);
+                if h.checked_mul(2).is_none_or(|h2| h2 == 0 || rows % h2 != 0) {
                     return Err(corrupt(
                         name,
                         format!("tensor {gguf:?} has {rows} rows, which cannot be split into {h} rotary heads"),
@@ -791,7 +803,12 @@ impl GgufFile {
 /// `2i + s` what Hugging Face stores at row `s·Dh/2 + i` (`s` ∈ {0, 1}).
 pub fn unpermute_rows(data: &[f32], shape: &[usize], heads: usize) -> Vec<f32> {
     let rows = shape.first().copied().unwrap_or(0);
-    if heads == 0 || rows % (2 * heads) != 0 {
+    if heads
+        .checked_mul(2)
+        .is_none_or(|h2| h2 == 0 || rows % h2 != 0)
+        || rows == 0
+        || data.len() % rows != 0
+    {
         return data.to_vec();
     }
     let cols = data.len().checked_div(rows).unwrap_or(0);

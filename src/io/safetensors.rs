@@ -136,7 +136,17 @@ impl SafeTensorsFile {
                 .shape
                 .iter()
                 .try_fold(1usize, |acc, &d| acc.checked_mul(d));
-            let expected = elements.and_then(|n| n.checked_mul(dtype.size()));
+            // The product of the non-zero dimensions must fit too, so that the element count
+            // taken in any order cannot overflow when a zero dimension makes the tensor empty.
+            let nonzero_fits = entry
+                .shape
+                .iter()
+                .filter(|&&d| d != 0)
+                .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+                .is_some();
+            let expected = elements
+                .filter(|_| nonzero_fits)
+                .and_then(|n| n.checked_mul(dtype.size()));
             if start > end || expected != Some(end - start) {
                 return Err(corrupt(
                     name,

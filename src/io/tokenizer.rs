@@ -23,8 +23,90 @@ fn invalid(message: String) -> Error {
     Error::new(Code::TokenizerInvalid, message).with_details(json!({ "file": "tokenizer.json" }))
 }
 
+/// Checks what `tokenizers` would panic on instead of reporting: it `expect`s while reading a
+/// decoder or a `Precompiled` normalizer, so a tokenizer.json cut short inside its `decoder`
+/// (a half-finished download) or with a malformed `precompiled_charsmap` would crash the tab.
+/// The JSON is parsed first (syntax and nesting depth), and every Precompiled normalizer is
+/// read on its own. A `TemplateProcessing` post-processor whose template names a special token
+/// missing from its `special_tokens` makes `tokenizers` index out of bounds on every encode, so
+/// that is refused here too.
+fn precheck(bytes: &[u8]) -> Result<()> {
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| invalid(format!("tokenizer.json is not valid JSON: {e}")))?;
+    fn walk(v: &serde_json::Value) -> Result<()> {
+        match v {
+            serde_json::Value::Object(o) => {
+                if o.get("type").and_then(serde_json::Value::as_str) == Some("Precompiled") {
+                    serde_json::from_value::<tokenizers::normalizers::Precompiled>(v.clone())
+                        .map_err(|e| {
+                            invalid(format!(
+                                "tokenizer.json has an unreadable Precompiled normalizer: {e}"
+                            ))
+                        })?;
+                }
+                o.values().try_for_each(walk)
+            }
+            serde_json::Value::Array(a) => a.iter().try_for_each(walk),
+            _ => Ok(()),
+        }
+    }
+    value.get("normalizer").map_or(Ok(()), walk)?;
+    value.get("post_processor").map_or(Ok(()), check_templates)
+}
+
+/// Every special token a `TemplateProcessing` template uses must be in its `special_tokens`,
+/// with as many ids as tokens.
+fn check_templates(v: &serde_json::Value) -> Result<()> {
+    use serde_json::Value;
+    match v {
+        Value::Object(o) => {
+            if o.get("type").and_then(Value::as_str) == Some("TemplateProcessing") {
+                let specials = o.get("special_tokens").and_then(Value::as_object);
+                for (name, token) in specials.into_iter().flatten() {
+                    let len = |k: &str| token.get(k).and_then(Value::as_array).map(Vec::len);
+                    if len("ids") != len("tokens") {
+                        return Err(invalid(format!(
+                            "tokenizer.json's post-processor special token {name:?} has \
+                             different numbers of ids and tokens"
+                        )));
+                    }
+                }
+                let pieces = ["single", "pair"]
+                    .into_iter()
+                    .filter_map(|k| o.get(k).and_then(Value::as_array))
+                    .flatten();
+                for piece in pieces {
+                    let id = match piece {
+                        Value::Object(p) => p
+                            .get("SpecialToken")
+                            .and_then(|s| s.get("id"))
+                            .and_then(Value::as_str),
+                        // The string form: `$A`, `$B:1` are sequences, `[CLS]` or `[CLS]:1` tokens.
+                        Value::String(s) if !s.starts_with('$') => {
+                            Some(s.rsplit_once(':').map_or(s.as_str(), |(id, _)| id))
+                        }
+                        _ => None,
+                    };
+                    if let Some(id) = id {
+                        if specials.is_none_or(|s| !s.contains_key(id)) {
+                            return Err(invalid(format!(
+                                "tokenizer.json's post-processor template uses the special token \
+                                 {id:?}, which its special_tokens do not define"
+                            )));
+                        }
+                    }
+                }
+            }
+            o.values().try_for_each(check_templates)
+        }
+        Value::Array(a) => a.iter().try_for_each(check_templates),
+        _ => Ok(()),
+    }
+}
+
 impl Tokenizer {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        precheck(bytes)?;
         let mut inner = tokenizers::Tokenizer::from_bytes(bytes)
             .map_err(|e| invalid(format!("tokenizer.json could not be read: {e}")))?;
         inner.with_padding(None);

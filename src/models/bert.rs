@@ -118,6 +118,25 @@ impl BertConfig {
                     .into(),
             );
         }
+        if cfg.hidden_size == 0 || cfg.intermediate_size == 0 {
+            return bad("hidden_size and intermediate_size must be positive".into());
+        }
+        super::check_config_sizes(
+            "BERT",
+            super::MAX_CONFIG_DIM,
+            &[
+                ("vocab_size", Some(cfg.vocab_size)),
+                ("hidden_size", Some(cfg.hidden_size)),
+                ("intermediate_size", Some(cfg.intermediate_size)),
+                ("max_position_embeddings", Some(cfg.max_position_embeddings)),
+                ("type_vocab_size", Some(cfg.type_vocab_size)),
+            ],
+        )?;
+        super::check_config_sizes(
+            "BERT",
+            super::MAX_CONFIG_LAYERS,
+            &[("num_hidden_layers", Some(cfg.num_hidden_layers))],
+        )?;
         if Activation::parse(&cfg.hidden_act).is_none() {
             return bad(format!("hidden_act {:?} is not supported", cfg.hidden_act));
         }
@@ -243,13 +262,12 @@ fn load_linear(
 }
 
 fn load_norm(w: &Weights, name: &str, d: usize, eps: f64, device: &Device) -> Result<LayerNorm> {
+    // The weights first, so a corrupt `d` fails on their shapes before anything is allocated.
+    let gamma = w.tensor(&names(&format!("{name}.weight")), [d], device)?;
+    let beta = w.tensor(&names(&format!("{name}.bias")), [d], device)?;
     let mut norm = layer_norm(d, eps, device);
-    norm.gamma = Param::from_tensor(w.tensor(&names(&format!("{name}.weight")), [d], device)?);
-    norm.beta = Some(Param::from_tensor(w.tensor(
-        &names(&format!("{name}.bias")),
-        [d],
-        device,
-    )?));
+    norm.gamma = Param::from_tensor(gamma);
+    norm.beta = Some(Param::from_tensor(beta));
     Ok(norm)
 }
 
@@ -261,7 +279,8 @@ impl Bert {
         let ff = config.intermediate_size;
         let eps = config.layer_norm_eps;
         let lin = |name: &str, d_in, d_out| load_linear(w, &names(name), d_in, d_out, device);
-        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        // Grown as layers load (not reserved from the config's count).
+        let mut layers = Vec::new();
         for i in 0..config.num_hidden_layers {
             let p = format!("encoder.layer.{i}");
             layers.push(BertLayer {
@@ -288,7 +307,10 @@ impl Bert {
             None
         };
         let classifier = if w.contains("classifier.weight") {
-            let n = w.shape_of("classifier.weight").map_or(0, |s| s[0]);
+            let n = w
+                .shape_of("classifier.weight")
+                .and_then(|s| s.first().copied())
+                .unwrap_or(0);
             Some(load_linear(w, &["classifier".to_string()], d, n, device)?)
         } else {
             None

@@ -84,9 +84,32 @@ impl Gpt2Config {
                 cfg.n_embd, cfg.n_head
             ));
         }
-        if cfg.vocab_size == 0 || cfg.n_positions == 0 || cfg.n_layer == 0 {
-            return bad("vocab_size, n_positions and n_layer must be positive".into());
+        if cfg.vocab_size == 0
+            || cfg.n_positions == 0
+            || cfg.n_layer == 0
+            || cfg.n_embd == 0
+            || cfg.n_inner == Some(0)
+        {
+            return bad(
+                "vocab_size, n_positions, n_layer, n_embd and n_inner must be positive".into(),
+            );
         }
+        let max = super::MAX_CONFIG_DIM;
+        super::check_config_sizes(
+            "GPT-2",
+            max,
+            &[
+                ("vocab_size", Some(cfg.vocab_size)),
+                ("n_positions", Some(cfg.n_positions)),
+                ("n_embd", cfg.n_embd.checked_mul(4)),
+                ("n_inner", Some(cfg.n_inner.unwrap_or(0))),
+            ],
+        )?;
+        super::check_config_sizes(
+            "GPT-2",
+            super::MAX_CONFIG_LAYERS,
+            &[("n_layer", Some(cfg.n_layer))],
+        )?;
         if Activation::parse(&cfg.activation_function).is_none() {
             return bad(format!(
                 "activation_function {:?} is not supported",
@@ -97,7 +120,7 @@ impl Gpt2Config {
     }
 
     pub fn inner(&self) -> usize {
-        self.n_inner.unwrap_or(4 * self.n_embd)
+        self.n_inner.unwrap_or(self.n_embd.saturating_mul(4))
     }
 
     pub fn summary(&self) -> Value {
@@ -163,13 +186,13 @@ fn load_linear(
 }
 
 fn load_norm(w: &Weights, name: &str, d: usize, eps: f64, device: &Device) -> Result<LayerNorm> {
+    // The weights first: their shapes are checked against `d` before anything of size `d` is
+    // allocated, so a corrupt config cannot make the loader reserve memory the file does not hold.
+    let gamma = w.tensor(&names(&format!("{name}.weight")), [d], device)?;
+    let beta = w.tensor(&names(&format!("{name}.bias")), [d], device)?;
     let mut norm = layer_norm(d, eps, device);
-    norm.gamma = Param::from_tensor(w.tensor(&names(&format!("{name}.weight")), [d], device)?);
-    norm.beta = Some(Param::from_tensor(w.tensor(
-        &names(&format!("{name}.bias")),
-        [d],
-        device,
-    )?));
+    norm.gamma = Param::from_tensor(gamma);
+    norm.beta = Some(Param::from_tensor(beta));
     Ok(norm)
 }
 
@@ -177,7 +200,8 @@ impl Gpt2 {
     pub fn load(config: &Gpt2Config, w: &Weights, device: &Device) -> Result<Self> {
         let d = config.n_embd;
         let eps = config.layer_norm_epsilon;
-        let mut blocks = Vec::with_capacity(config.n_layer);
+        // Grown as layers load (not reserved from the config's count).
+        let mut blocks = Vec::new();
         for i in 0..config.n_layer {
             let p = format!("h.{i}");
             blocks.push(Block {

@@ -168,6 +168,30 @@ impl LlamaConfig {
         {
             return bad("vocab_size, hidden_size, intermediate_size, num_hidden_layers and max_position_embeddings must be positive".into());
         }
+        let max = super::MAX_CONFIG_DIM;
+        super::check_config_sizes(
+            "Llama-family",
+            max,
+            &[
+                ("vocab_size", Some(cfg.vocab_size)),
+                ("hidden_size", Some(cfg.hidden_size)),
+                ("intermediate_size", Some(cfg.intermediate_size)),
+                ("head_dim", Some(cfg.head_dim())),
+                (
+                    "num_attention_heads × head_dim",
+                    heads.checked_mul(cfg.head_dim()),
+                ),
+                (
+                    "num_key_value_heads × head_dim",
+                    kv.checked_mul(cfg.head_dim()),
+                ),
+            ],
+        )?;
+        super::check_config_sizes(
+            "Llama-family",
+            super::MAX_CONFIG_LAYERS,
+            &[("num_hidden_layers", Some(cfg.num_hidden_layers))],
+        )?;
         if !(cfg.rms_norm_eps.is_finite() && cfg.rms_norm_eps > 0.0) {
             return bad(format!(
                 "rms_norm_eps ({}) must be positive",
@@ -398,7 +422,8 @@ impl Llama {
         );
         let ff = config.intermediate_size;
         let (qkv_bias, o_bias, mlp_bias) = (config.qkv_bias(), config.o_bias(), config.mlp_bias);
-        let mut blocks = Vec::with_capacity(config.num_hidden_layers);
+        // Grown as layers load (not reserved from the config's count).
+        let mut blocks = Vec::new();
         for i in 0..config.num_hidden_layers {
             let p = format!("layers.{i}");
             let attn = |n: &str, d_in, d_out, bias| {

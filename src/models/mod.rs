@@ -10,6 +10,37 @@ pub mod toy;
 
 use burn::prelude::*;
 
+use crate::error::{Code, Error};
+
+/// The largest size webtune accepts for one dimension read from a config.json (hidden size,
+/// vocabulary, positions, heads × head size…). Real checkpoints stay far below it; a corrupt or
+/// hostile config cannot make the loader compute overflowing shapes or reserve absurd memory.
+pub const MAX_CONFIG_DIM: usize = 1 << 24;
+/// The most layers a config.json may declare.
+pub const MAX_CONFIG_LAYERS: usize = 4096;
+
+/// `model.config_invalid` unless every `(name, value)` is at most `max` (`None`: overflowed).
+pub(crate) fn check_config_sizes(
+    family: &str,
+    max: usize,
+    sizes: &[(&str, Option<usize>)],
+) -> crate::error::Result<()> {
+    for (name, value) in sizes {
+        if value.is_none_or(|v| v > max) {
+            let shown = value.map_or_else(|| "an overflowing value".to_string(), |v| v.to_string());
+            return Err(Error::new(
+                Code::ModelConfigInvalid,
+                format!(
+                    "config.json gives {name} = {shown}, more than webtune accepts for a {family} \
+                     model ({max}); the file is corrupt or not a {family} config"
+                ),
+            )
+            .with_details(serde_json::json!({ "key": name, "max": max })));
+        }
+    }
+    Ok(())
+}
+
 /// A model that predicts the next token.
 pub trait CausalLm {
     /// Token ids `[B, T]` → logits `[B, T, vocab]`, continuing `cache` when given.

@@ -105,7 +105,7 @@ export async function openPage(browser, params = {}) {
   });
   const url = pageUrl(params);
   try {
-    await withTimeout(page.goto(url, { waitUntil: "load" }), 120_000, `the page ${url} to load`);
+    await withTimeout(page.goto(url, { waitUntil: "load", timeout: 120_000 }), 125_000, `the page ${url} to load`);
   } catch (e) {
     await context.close().catch(() => {});
     throw e;

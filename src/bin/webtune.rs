@@ -26,6 +26,10 @@ struct Cli {
     /// Print machine-readable JSON on stdout (errors too, as {"error": {code, message, details}}).
     #[arg(long, global = true)]
     json: bool,
+    /// `train` and `toy`: also print every step's progress as one JSON line on stderr (used
+    /// by `cargo xtask bench` for per-step timings).
+    #[arg(long, global = true, hide = true)]
+    progress_json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -99,6 +103,9 @@ enum Command {
         /// Where to write `merged/` and `adapter/`.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Device for training: `cpu` (default) or `webgpu` (native wgpu).
+        #[arg(long, default_value = "cpu")]
+        backend: String,
     },
     /// Loss and perplexity of a model on a dataset file.
     Eval {
@@ -340,6 +347,7 @@ fn run(cli: &Cli) -> Result<(), Error> {
             lr,
             seed,
             out,
+            backend,
         } => {
             let mut cfg = match config {
                 Some(text) => JobConfig::from_json(text)?,
@@ -365,8 +373,12 @@ fn run(cli: &Cli) -> Result<(), Error> {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let backend = Backend::cpu();
+            let backend = pollster::block_on(Backend::create(BackendKind::parse(backend)?))?;
             let json_out = cli.json;
+            let progress_json = cli.progress_json;
+            if progress_json {
+                eprintln!("{}", json!({ "backend_info": &backend.info }));
+            }
             let output = pollster::block_on(run_job(
                 files,
                 &base,
@@ -378,6 +390,11 @@ fn run(cli: &Cli) -> Result<(), Error> {
                 &cfg,
                 &model.display().to_string(),
                 |event| {
+                    if progress_json {
+                        if let Ok(line) = serde_json::to_string(&event) {
+                            eprintln!("{line}");
+                        }
+                    }
                     if !json_out {
                         match event {
                             JobEvent::Phase { message, .. } => eprintln!("{message}"),
@@ -496,7 +513,16 @@ fn run(cli: &Cli) -> Result<(), Error> {
             let kind = BackendKind::parse(backend)?;
             let backend = pollster::block_on(Backend::create(kind))?;
             let json = cli.json;
+            let progress_json = cli.progress_json;
+            if progress_json {
+                eprintln!("{}", json!({ "backend_info": &backend.info }));
+            }
             let mut summary = pollster::block_on(train_toy(&backend, &cfg, |p| {
+                if progress_json {
+                    if let Ok(line) = serde_json::to_string(p) {
+                        eprintln!("{line}");
+                    }
+                }
                 if !json && (p.step == 1 || p.step % 20 == 0 || p.step == p.total_steps) {
                     eprintln!(
                         "step {:>5}/{}  loss {:.4}  lr {:.2e}  {:.0} tok/s  eta {:.1}s",

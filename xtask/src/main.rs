@@ -1,6 +1,7 @@
 //! Developer tasks for webtune, run as `cargo xtask <command>` (an alias in
 //! .cargo/config.toml), so the only prerequisites are Rust and Node.js.
 
+mod bench;
 mod models;
 mod serve;
 mod test_all;
@@ -62,6 +63,36 @@ enum Task {
         /// Run only tests whose name matches: passed to `cargo test` as its filter and to
         /// `node --test-name-pattern`.
         filter: Option<String>,
+    },
+    /// Measure the same workloads on every path in one run — native CLI (CPU, release build),
+    /// headless Chromium on CPU-wasm and WebGPU, and the PyTorch reference when a Python with
+    /// torch is found ($WEBTUNE_TORCH_PYTHON, else python3) — print a table and write
+    /// target/bench/<timestamp>.json.
+    Bench {
+        /// Larger workloads (SmolLM2 LoRA at batch 4 × 128, more steps); takes much longer.
+        #[arg(long)]
+        full: bool,
+        /// Only these cases (comma-separated): toy-train, smollm2-lora-step,
+        /// smollm2-generate, tiny-gpt2-vocab-train.
+        #[arg(long, value_delimiter = ',')]
+        cases: Option<Vec<String>>,
+        /// Skip the headless Chromium paths (CPU-wasm, WebGPU).
+        #[arg(long)]
+        no_browser: bool,
+        /// Skip the PyTorch reference.
+        #[arg(long)]
+        no_torch: bool,
+        /// Measure what is already built (target/release/webtune, www/pkg, www/models).
+        #[arg(long)]
+        no_build: bool,
+    },
+    /// The long hostile-input run: tests/hostile.rs (every parser of outside bytes fed random,
+    /// truncated, bit-flipped and absurd inputs) in release with many cases per property.
+    /// Failing inputs are saved under target/hostile-failures/.
+    Fuzz {
+        /// Cases per property (`cargo test` runs 64).
+        #[arg(long, default_value_t = 20_000)]
+        cases: u32,
     },
 }
 
@@ -133,6 +164,24 @@ fn run(task: Task) -> Result<()> {
             browser: !native_only,
             filter,
         }),
+        Task::Bench {
+            full,
+            cases,
+            no_browser,
+            no_torch,
+            no_build,
+        } => bench::bench(&bench::BenchOptions {
+            full,
+            cases,
+            browser: !no_browser,
+            torch: !no_torch,
+            no_build,
+        }),
+        Task::Fuzz { cases } => util::run(
+            util::cargo()
+                .args(["test", "-p", "webtune", "--release", "--test", "hostile"])
+                .env("WEBTUNE_HOSTILE_CASES", cases.to_string()),
+        ),
     }
 }
 

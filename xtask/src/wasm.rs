@@ -408,7 +408,7 @@ fn file_size(path: &Path) -> Result<u64> {
 }
 
 /// The size of `path` after gzip at the default level: roughly what a browser downloads.
-fn gzip_size(path: &Path) -> Result<u64> {
+pub(crate) fn gzip_size(path: &Path) -> Result<u64> {
     let mut file =
         fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut encoder = GzEncoder::new(ByteCounter(0), Compression::default());

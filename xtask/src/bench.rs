@@ -1,0 +1,1074 @@
+//! `cargo xtask bench`: the same workloads on every path this machine has — the native CLI (CPU,
+//! release build), headless Chromium on the CPU-wasm backend and on WebGPU (SwiftShader when there
+//! is no GPU), and the PyTorch reference (eager, CPU, fp32, transformers + PEFT) — in one
+//! invocation. Prints a table (Markdown, ready for the README) and writes everything measured to
+//! `<target>/bench/<timestamp>.json`.
+//!
+//! Per-step times come from the progress events of each path (the native CLI prints them with its
+//! hidden `--progress-json` flag; the page reports them to `window.webtune`); the first step is
+//! reported apart (warm-up: kernel compilation, allocator growth) and steps that also ran an
+//! evaluation are left out of the median and spread.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::serve::serve_dir;
+use crate::util::{self, repo_root, CHROMIUM};
+use crate::wasm::{build_wasm, gzip_size};
+use crate::{prepare_models, Profile};
+
+pub struct BenchOptions {
+    pub full: bool,
+    pub cases: Option<Vec<String>>,
+    pub browser: bool,
+    pub torch: bool,
+    /// Measure what is already built (www/pkg, target/release/webtune): no builds.
+    pub no_build: bool,
+}
+
+/// The case names `--cases` accepts.
+pub const CASES: &[&str] = &[
+    "toy-train",
+    "smollm2-lora-step",
+    "smollm2-generate",
+    "tiny-gpt2-vocab-train",
+];
+
+const SMOLLM2_ID: &str = "smollm2-135m-instruct";
+const SMOLLM2_GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+const TINY_GPT2: &str = "tests/fixtures/tiny_random/gpt2-vocab";
+const DATASET: &str = "shakespeare_excerpt.txt";
+/// A fixed prompt (token ids of SmolLM2's vocabulary), so every path generates from the same one.
+const PROMPT_IDS: &[u32] = &[1, 9690, 198, 2683, 359, 253, 5356, 5646];
+
+/// The columns of the table, in order.
+const PATHS: &[(&str, &str)] = &[
+    ("native-cpu", "native CLI, CPU (release)"),
+    ("native-wgpu", "native CLI, burn-wgpu"),
+    ("wasm-cpu", "Chromium, CPU-wasm"),
+    ("wasm-webgpu", "Chromium, WebGPU"),
+    ("torch", "PyTorch eager CPU"),
+];
+
+/// One workload, described for every path.
+struct Case {
+    name: String,
+    /// The `--cases` name that selects it.
+    group: &'static str,
+    /// What the figures mean: "train" (step times) or "generate" (tokens/s only).
+    kind: &'static str,
+    tokens_per_step: Option<usize>,
+    /// Arguments of the native CLI (after the binary).
+    native: Vec<String>,
+    /// Also run on burn's wgpu backend natively: the native arguments plus these and
+    /// `--backend webgpu` (skipped when the machine has no wgpu adapter).
+    native_wgpu: Option<Vec<String>>,
+    /// The case as tests/bench/bench.mjs reads it.
+    browser: Value,
+    /// Arguments of tools/reference/bench_torch.py, when PyTorch has the workload.
+    torch: Option<Vec<String>>,
+}
+
+fn s(v: impl ToString) -> String {
+    v.to_string()
+}
+
+fn cases(full: bool) -> Vec<Case> {
+    let root = repo_root();
+    let smollm2 = root
+        .join("www/models")
+        .join(SMOLLM2_ID)
+        .join("resolve/main")
+        .join(SMOLLM2_GGUF);
+    let data = root.join("www/samples").join(DATASET);
+    let mut out = Vec::new();
+
+    // Toy transformer on the copy task (the foundation's check): tiny, so it shows overheads.
+    let toy_steps = if full { 200 } else { 40 };
+    let toy = json!({ "steps": toy_steps, "batch_size": 16, "seq_len": 16 });
+    let toy_args = vec![
+        s("toy"),
+        s("--config"),
+        toy.to_string(),
+        s("--json"),
+        s("--progress-json"),
+    ];
+    out.push(Case {
+        name: s("toy-train"),
+        group: "toy-train",
+        kind: "train",
+        tokens_per_step: Some(16 * 16),
+        native: toy_args,
+        native_wgpu: Some(vec![]),
+        browser: json!({ "kind": "toy", "config": toy }),
+        torch: None,
+    });
+
+    // SmolLM2-135M, LoRA r=8 on q/v, packed plain text (every row is seq_len tokens).
+    let (batch, seq, steps) = if full { (4, 128, 12) } else { (1, 64, 6) };
+    let job = |targets: &[&str], batch: usize, seq: usize, steps: usize| {
+        json!({
+            "batch_size": batch,
+            "validation_max": 2,
+            "samples": 0,
+            "data": { "causal": { "seq_len": seq } },
+            "train": {
+                "method": "lora", "lora_r": 8, "lora_alpha": 16.0, "lora_targets": targets,
+                "steps": steps, "eval_every": 1_000_000, "seed": 0
+            }
+        })
+    };
+    let smol_job = job(&["q_proj", "v_proj"], batch, seq, steps);
+    out.push(Case {
+        name: s("smollm2-lora-step"),
+        group: "smollm2-lora-step",
+        kind: "train",
+        tokens_per_step: Some(batch * seq),
+        native: vec![
+            s("train"),
+            smollm2.display().to_string(),
+            s("--data"),
+            data.display().to_string(),
+            s("--config"),
+            smol_job.to_string(),
+            s("--json"),
+            s("--progress-json"),
+        ],
+        native_wgpu: Some(vec![]),
+        browser: json!({
+            "kind": "finetune", "model": { "default": SMOLLM2_ID }, "dataset": DATASET,
+            "config": smol_job, "tokens_per_step": batch * seq,
+        }),
+        torch: Some(vec![
+            s("--case"),
+            s("smollm2-lora-step"),
+            s("--batch"),
+            s(batch),
+            s("--seq"),
+            s(seq),
+            s("--steps"),
+            s(steps),
+        ]),
+    });
+
+    // Generation, with and without the KV cache.
+    let ids: Vec<String> = PROMPT_IDS.iter().map(u32::to_string).collect();
+    for (use_cache, new_tokens) in [
+        (true, if full { 64 } else { 24 }),
+        (false, if full { 32 } else { 12 }),
+    ] {
+        let mut native = vec![
+            s("generate"),
+            smollm2.display().to_string(),
+            s("--ids"),
+            ids.join(","),
+            s("--max-new-tokens"),
+            s(new_tokens),
+            s("--greedy"),
+            s("--ignore-eos"),
+            s("--json"),
+        ];
+        let mut torch = vec![
+            s("--case"),
+            s("smollm2-generate"),
+            s("--prompt-len"),
+            s(PROMPT_IDS.len()),
+            s("--new-tokens"),
+            s(new_tokens),
+        ];
+        if !use_cache {
+            native.push(s("--no-cache"));
+            torch.push(s("--no-cache"));
+        }
+        out.push(Case {
+            name: if use_cache {
+                s("smollm2-generate (KV cache)")
+            } else {
+                s("smollm2-generate (no cache)")
+            },
+            group: "smollm2-generate",
+            kind: "generate",
+            tokens_per_step: None,
+            native,
+            native_wgpu: None,
+            browser: json!({
+                "kind": "generate", "model": { "default": SMOLLM2_ID }, "ids": PROMPT_IDS,
+                "max_new_tokens": new_tokens, "use_cache": use_cache,
+            }),
+            torch: Some(torch),
+        });
+    }
+
+    // Tiny GPT-2 with the real 50257-token vocabulary: the LM head dominates.
+    let (batch, seq, steps) = if full { (4, 64, 30) } else { (4, 64, 10) };
+    let gpt2_job = job(&["c_attn"], batch, seq, steps);
+    let gpt2_dir = root.join(TINY_GPT2);
+    out.push(Case {
+        name: s("tiny-gpt2-vocab-train"),
+        group: "tiny-gpt2-vocab-train",
+        kind: "train",
+        tokens_per_step: Some(batch * seq),
+        native: vec![
+            s("train"),
+            gpt2_dir.display().to_string(),
+            s("--data"),
+            data.display().to_string(),
+            s("--config"),
+            gpt2_job.to_string(),
+            s("--json"),
+            s("--progress-json"),
+        ],
+        native_wgpu: Some(vec![]),
+        browser: json!({
+            "kind": "finetune",
+            "model": { "dir": gpt2_dir, "files": ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json"] },
+            "dataset": DATASET, "config": gpt2_job, "tokens_per_step": batch * seq,
+        }),
+        torch: Some(vec![
+            s("--case"),
+            s("tiny-gpt2-vocab-train"),
+            s("--batch"),
+            s(batch),
+            s("--seq"),
+            s(seq),
+            s("--steps"),
+            s(steps),
+        ]),
+    });
+    out
+}
+
+pub fn bench(options: &BenchOptions) -> Result<()> {
+    let started = Instant::now();
+    let root = repo_root();
+    if let Some(names) = &options.cases {
+        for n in names {
+            if !CASES.contains(&n.as_str()) {
+                bail!("unknown case {n:?}; the cases are {}", CASES.join(", "));
+            }
+        }
+    }
+    let selected: Vec<Case> = cases(options.full)
+        .into_iter()
+        .filter(|c| {
+            options
+                .cases
+                .as_ref()
+                .is_none_or(|names| names.iter().any(|n| n == c.group))
+        })
+        .collect();
+
+    // Builds first, so a missing prerequisite fails before anything is measured.
+    if options.browser {
+        util::ensure_wasm_target()?;
+        util::ensure_chromium()?;
+        util::ensure_npm_deps()?;
+    }
+    let cli = util::target_dir()?
+        .join("release")
+        .join(format!("webtune{}", std::env::consts::EXE_SUFFIX));
+    if options.no_build {
+        if !cli.is_file() {
+            bail!("--no-build: {} is not built", cli.display());
+        }
+    } else {
+        println!(
+            "xtask bench: building the native CLI in release (the first time this compiles burn \
+             natively in release: ~10+ min on 2 cores)"
+        );
+        util::run(util::cargo().args(["build", "--release", "-p", "webtune", "--bin", "webtune"]))?;
+        if options.browser {
+            build_wasm(Profile::Release)?;
+        }
+        prepare_models()?;
+    }
+
+    let mut notes: Vec<String> = Vec::new();
+    let machine = machine_info();
+    if let Some(load) = load_average() {
+        if load > 0.5 {
+            let line = format!(
+                "the machine is busy (load average {load:.2} before measuring): figures will be \
+                 skewed, PyTorch's most of all; rerun on an idle machine"
+            );
+            println!("xtask bench: warning: {line}");
+            notes.push(line);
+        }
+    }
+    let wasm_path = root.join("www/pkg/webtune_bg.wasm");
+    let wasm = match fs::metadata(&wasm_path) {
+        Ok(m) => json!({ "raw_bytes": m.len(), "gzip_bytes": gzip_size(&wasm_path)? }),
+        Err(_) => json!(null),
+    };
+
+    // results[case][path] = figures (or {skipped}/{error}).
+    let mut results: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
+
+    // (a) Native CLI.
+    for case in &selected {
+        println!("xtask bench: native-cpu {}", case.name);
+        let value = run_native(&cli, &case.native, case, Duration::from_secs(1800));
+        results
+            .entry(case.name.clone())
+            .or_default()
+            .insert("native-cpu".into(), value);
+        if let Some(extra) = &case.native_wgpu {
+            println!("xtask bench: native-wgpu {}", case.name);
+            let mut args = case.native.clone();
+            args.extend(extra.iter().cloned());
+            args.extend([s("--backend"), s("webgpu")]);
+            let value = run_native(&cli, &args, case, Duration::from_secs(900));
+            results
+                .entry(case.name.clone())
+                .or_default()
+                .insert("native-wgpu".into(), value);
+        }
+    }
+
+    // (b, c) Headless Chromium, CPU-wasm and WebGPU.
+    let mut browser_meta = json!(null);
+    if options.browser {
+        let spec = json!({
+            "backends": ["cpu", "webgpu"],
+            "timeout_ms": if options.full { 1_800_000 } else { 420_000 },
+            // SwiftShader: minutes per SmolLM2 step; the default run reports a timeout.
+            "fallback_timeout_ms": if options.full { 1_800_000 } else { 150_000 },
+            "cases": selected.iter().map(|c| {
+                let mut b = c.browser.clone();
+                b["name"] = json!(c.name);
+                b
+            }).collect::<Vec<_>>(),
+        });
+        let server = serve_dir(&root.join("www"), SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let url = format!("http://{}/", server.addr());
+        println!("xtask bench: headless Chromium at {url} (CPU-wasm, then WebGPU)");
+        let out = Command::new("node")
+            .arg("tests/bench/bench.mjs")
+            .current_dir(&root)
+            .env("WEBTUNE_URL", &url)
+            .env("CHROMIUM", CHROMIUM)
+            .env("BENCH_SPEC", spec.to_string())
+            .stderr(Stdio::inherit())
+            .output()
+            .context("could not start node tests/bench/bench.mjs")?;
+        drop(server);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        match last_json(&stdout) {
+            Some(v) => {
+                for (backend, path) in [("cpu", "wasm-cpu"), ("webgpu", "wasm-webgpu")] {
+                    let b = &v["backends"][backend];
+                    for case in &selected {
+                        let value = if let Some(e) = b["error"].as_str() {
+                            json!({ "error": e })
+                        } else if let Some(skip) = b["skipped"].as_str() {
+                            json!({ "skipped": skip })
+                        } else {
+                            b["cases"][&case.name].clone()
+                        };
+                        let value = if value.is_null() {
+                            json!({ "skipped": b["aborted"].as_str().unwrap_or("not run") })
+                        } else {
+                            value
+                        };
+                        results
+                            .entry(case.name.clone())
+                            .or_default()
+                            .insert(path.into(), value);
+                    }
+                }
+                let mut meta = v.clone();
+                for backend in ["cpu", "webgpu"] {
+                    if let Some(o) = meta["backends"][backend].as_object_mut() {
+                        o.remove("cases");
+                    }
+                }
+                browser_meta = meta;
+            }
+            None => {
+                let why = format!("bench.mjs printed no JSON ({})", out.status);
+                notes.push(why.clone());
+                for case in &selected {
+                    for path in ["wasm-cpu", "wasm-webgpu"] {
+                        results
+                            .entry(case.name.clone())
+                            .or_default()
+                            .insert(path.into(), json!({ "error": why }));
+                    }
+                }
+            }
+        }
+    } else {
+        notes.push("browser paths skipped (--no-browser)".into());
+    }
+
+    // (d) PyTorch reference.
+    let torch_python = if options.torch {
+        find_torch_python()
+    } else {
+        Err("--no-torch".into())
+    };
+    match &torch_python {
+        Ok(python) => {
+            for case in &selected {
+                let value = match &case.torch {
+                    Some(args) => {
+                        println!("xtask bench: torch {}", case.name);
+                        run_torch(python, args)
+                    }
+                    None => json!({ "skipped": "no PyTorch version of this workload" }),
+                };
+                results
+                    .entry(case.name.clone())
+                    .or_default()
+                    .insert("torch".into(), value);
+            }
+        }
+        Err(why) => {
+            let line = format!("PyTorch reference skipped: {why}");
+            println!("xtask bench: {line}");
+            notes.push(line);
+            for case in &selected {
+                results
+                    .entry(case.name.clone())
+                    .or_default()
+                    .insert("torch".into(), json!({ "skipped": why }));
+            }
+        }
+    }
+
+    add_ratios(&mut results);
+    let targets = targets(&results, &wasm);
+    let table = table(&selected, &results);
+    let stamp = timestamp();
+    let report = json!({
+        "date_utc": stamp,
+        "full": options.full,
+        "machine": machine,
+        "browser": browser_meta,
+        "torch_python": torch_python.as_ref().ok(),
+        "wasm": wasm,
+        "cases": results,
+        "targets": targets,
+        "notes": notes,
+        "seconds": started.elapsed().as_secs_f64(),
+    });
+    let dir = util::target_dir()?.join("bench");
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let file = dir.join(format!("{}.json", stamp.replace(':', "-")));
+    fs::write(&file, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("cannot write {}", file.display()))?;
+
+    println!();
+    println!(
+        "webtune bench, {stamp} UTC, {} ({} cores){}",
+        machine["cpu"].as_str().unwrap_or("?"),
+        machine["cores"],
+        if options.full { ", --full" } else { "" }
+    );
+    if let Some(adapter) = browser_meta["backends"]["webgpu"]["adapter"].as_object() {
+        println!("WebGPU adapter: {}", Value::Object(adapter.clone()));
+    }
+    println!();
+    print!("{table}");
+    println!();
+    if let Some(w) = wasm.as_object() {
+        println!(
+            "www/pkg/webtune_bg.wasm: {} raw, {} gzip",
+            util::megabytes(w["raw_bytes"].as_u64().unwrap_or(0)),
+            util::megabytes(w["gzip_bytes"].as_u64().unwrap_or(0))
+        );
+    }
+    println!("\nIssue 11 targets:");
+    for t in targets.as_array().into_iter().flatten() {
+        println!(
+            "  [{}] {}: {}",
+            t["status"].as_str().unwrap_or("?"),
+            t["target"].as_str().unwrap_or("?"),
+            t["measured"].as_str().unwrap_or("?")
+        );
+    }
+    for n in &notes {
+        println!("note: {n}");
+    }
+    println!(
+        "\nxtask bench: wrote {} in {:.0} s",
+        file.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Median, spread and count of `values`.
+fn stats(values: &[f64]) -> Value {
+    if values.is_empty() {
+        return Value::Null;
+    }
+    let mut s = values.to_vec();
+    s.sort_by(f64::total_cmp);
+    let q = |p: f64| {
+        let k = (s.len() - 1) as f64 * p;
+        let lo = k.floor() as usize;
+        let hi = (lo + 1).min(s.len() - 1);
+        s[lo] + (s[hi] - s[lo]) * (k - lo as f64)
+    };
+    json!({ "n": s.len(), "median": q(0.5), "min": s[0], "max": s[s.len() - 1], "p10": q(0.1), "p90": q(0.9) })
+}
+
+/// Figures from per-step (cumulative elapsed seconds, ran an evaluation) pairs.
+fn train_figures(steps: &[(f64, bool)], tokens_per_step: Option<usize>) -> Value {
+    let mut prev = 0.0;
+    let durations: Vec<(f64, bool)> = steps
+        .iter()
+        .map(|&(elapsed, eval)| {
+            let ms = (elapsed - prev) * 1e3;
+            prev = elapsed;
+            (ms, eval)
+        })
+        .collect();
+    let later: Vec<f64> = durations
+        .iter()
+        .skip(1)
+        .filter(|d| !d.1)
+        .map(|d| d.0)
+        .collect();
+    let st = stats(&later);
+    let median = st["median"].as_f64();
+    json!({
+        "first_step_ms": durations.first().map(|d| d.0),
+        "step_ms": durations.iter().map(|d| d.0).collect::<Vec<_>>(),
+        "median_step_ms": median,
+        "spread_ms": st,
+        "tokens_per_step": tokens_per_step,
+        "tokens_per_s": match (median, tokens_per_step) {
+            (Some(m), Some(t)) if m > 0.0 => Some(t as f64 / (m / 1e3)),
+            _ => None,
+        },
+    })
+}
+
+/// A child's output, with when each stderr line arrived, and its peak RSS.
+struct ChildRun {
+    status: Option<std::process::ExitStatus>,
+    stdout: String,
+    stderr: Vec<(f64, String)>,
+    peak_rss_kb: Option<u64>,
+    seconds: f64,
+    timed_out: bool,
+}
+
+fn run_child(cmd: &mut Command, timeout: Duration) -> Result<ChildRun> {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("could not start {:?}", cmd.get_program()))?;
+    let pid = child.id();
+    let mut stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    let out_thread = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text
+    });
+    let (tx, rx) = mpsc::channel();
+    let err_thread = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
+            let _ = tx.send((start.elapsed().as_secs_f64(), line));
+        }
+    });
+    let mut peak = None;
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(kb) = vm_hwm_kb(pid) {
+            peak = Some(peak.map_or(kb, |p: u64| p.max(kb)));
+        }
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            timed_out = true;
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = err_thread.join();
+    let stderr: Vec<(f64, String)> = rx.try_iter().collect();
+    Ok(ChildRun {
+        status,
+        stdout: out_thread.join().unwrap_or_default(),
+        stderr,
+        peak_rss_kb: peak,
+        seconds: start.elapsed().as_secs_f64(),
+        timed_out,
+    })
+}
+
+/// Peak resident set size of a live process (Linux), in kB.
+fn vm_hwm_kb(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+fn last_json(text: &str) -> Option<Value> {
+    text.lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<Value>(l.trim()).ok())
+        .filter(Value::is_object)
+}
+
+fn run_native(cli: &Path, args: &[String], case: &Case, timeout: Duration) -> Value {
+    let run = match run_child(
+        Command::new(cli).args(args).current_dir(repo_root()),
+        timeout,
+    ) {
+        Ok(run) => run,
+        Err(e) => return json!({ "error": format!("{e:#}") }),
+    };
+    if run.timed_out {
+        return json!({ "error": format!("timed out after {} s", timeout.as_secs()) });
+    }
+    let out = last_json(&run.stdout);
+    let ok = run.status.is_some_and(|s| s.success());
+    if !ok {
+        let message = out
+            .as_ref()
+            .and_then(|o| o["error"]["message"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| {
+                let tail: Vec<&str> = run
+                    .stderr
+                    .iter()
+                    .rev()
+                    .take(3)
+                    .map(|l| l.1.as_str())
+                    .collect();
+                tail.join(" | ")
+            });
+        // An unavailable native GPU is a skip, not a failure.
+        if args.iter().any(|a| a == "webgpu") {
+            return json!({ "skipped": format!("no native wgpu device: {message}") });
+        }
+        return json!({ "error": message });
+    }
+    let Some(out) = out else {
+        return json!({ "error": "the CLI printed no JSON" });
+    };
+    let mut value = if case.kind == "train" {
+        // Step events: {"type":"step",...} for train, progress objects for toy.
+        let events: Vec<(f64, Value)> = run
+            .stderr
+            .iter()
+            .filter_map(|(t, l)| serde_json::from_str::<Value>(l).ok().map(|v| (*t, v)))
+            .filter(|(_, v)| v["step"].is_u64() && v["elapsed_s"].is_number())
+            .filter(|(_, v)| v["type"].is_null() || v["type"] == "step")
+            .collect();
+        let steps: Vec<(f64, bool)> = events
+            .iter()
+            .map(|(_, v)| (v["elapsed_s"].as_f64().unwrap_or(0.0), !v["eval"].is_null()))
+            .collect();
+        let mut v = train_figures(&steps, case.tokens_per_step);
+        v["process_start_to_first_step_ms"] = json!(events.first().map(|e| e.0 * 1e3));
+        // The device the CLI trained on (its `--progress-json` prints it first).
+        v["backend_info"] = run
+            .stderr
+            .iter()
+            .find_map(|(_, l)| {
+                serde_json::from_str::<Value>(l)
+                    .ok()?
+                    .get("backend_info")
+                    .cloned()
+            })
+            .unwrap_or(Value::Null);
+        let summary = if out["summary"].is_object() {
+            &out["summary"]
+        } else {
+            &out
+        };
+        v["summary"] = json!({
+            "backend": summary["backend"],
+            "first_step_ms": summary["first_step_ms"],
+            "median_step_ms": summary["median_step_ms"],
+            "tokens_per_s": summary["tokens_per_s"],
+        });
+        v
+    } else {
+        json!({
+            "tokens": out["generated_ids"].as_array().map(Vec::len),
+            "tokens_per_s": out["tokens_per_s"],
+            "use_cache": out["use_cache"],
+        })
+    };
+    value["peak_rss_bytes"] = json!(run.peak_rss_kb.map(|kb| kb * 1024));
+    value["process_seconds"] = json!(run.seconds);
+    value["load_avg"] = json!(load_average());
+    value
+}
+
+/// The 1-minute load average: other work on the machine (a build, a test run) skews every figure,
+/// PyTorch's spinning OpenMP threads most of all.
+fn load_average() -> Option<f64> {
+    fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A Python that imports torch, transformers and peft: `$WEBTUNE_TORCH_PYTHON`, else `python3`.
+fn find_torch_python() -> std::result::Result<String, String> {
+    let check = |python: &str| {
+        Command::new(python)
+            .args(["-c", "import torch, transformers, peft"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if let Ok(python) = std::env::var("WEBTUNE_TORCH_PYTHON") {
+        if check(&python) {
+            return Ok(python);
+        }
+        return Err(format!(
+            "WEBTUNE_TORCH_PYTHON={python} cannot import torch, transformers and peft"
+        ));
+    }
+    if check("python3") {
+        return Ok("python3".into());
+    }
+    Err(
+        "no torch python (set WEBTUNE_TORCH_PYTHON to a Python with torch, transformers and \
+         peft: pip install -r tools/reference/requirements.txt)"
+            .into(),
+    )
+}
+
+fn run_torch(python: &str, args: &[String]) -> Value {
+    let root = repo_root();
+    let run = run_child(
+        Command::new(python)
+            .arg(root.join("tools/reference/bench_torch.py"))
+            .args(args)
+            .current_dir(&root),
+        Duration::from_secs(1800),
+    );
+    let run = match run {
+        Ok(run) => run,
+        Err(e) => return json!({ "error": format!("{e:#}") }),
+    };
+    match (
+        run.status.is_some_and(|s| s.success()),
+        last_json(&run.stdout),
+    ) {
+        (true, Some(mut v)) => {
+            if let Some(o) = v.as_object_mut() {
+                o.remove("losses");
+            }
+            v["spread_ms"] = json!({
+                "min": v["min_step_ms"], "max": v["max_step_ms"],
+                "p10": v["p10_step_ms"], "p90": v["p90_step_ms"],
+            });
+            v["peak_rss_bytes"] = json!(run.peak_rss_kb.map(|kb| kb * 1024));
+            v["load_avg"] = json!(load_average());
+            v
+        }
+        _ => {
+            let tail: Vec<&str> = run
+                .stderr
+                .iter()
+                .rev()
+                .take(3)
+                .map(|l| l.1.as_str())
+                .collect();
+            json!({ "error": format!("bench_torch.py failed: {}", tail.join(" | ")) })
+        }
+    }
+}
+
+/// tokens/s of each path over PyTorch's and over the native CLI's, for the same case.
+fn add_ratios(results: &mut BTreeMap<String, BTreeMap<String, Value>>) {
+    for paths in results.values_mut() {
+        let tps = |p: &BTreeMap<String, Value>, k: &str| {
+            p.get(k)
+                .and_then(|v| v["tokens_per_s"].as_f64())
+                .filter(|x| *x > 0.0)
+        };
+        let torch = tps(paths, "torch");
+        let native = tps(paths, "native-cpu");
+        let native_wgpu = tps(paths, "native-wgpu");
+        if let (Some(v), Some(r)) = (paths.get_mut("wasm-webgpu"), native_wgpu) {
+            if let Some(t) = v["tokens_per_s"].as_f64() {
+                v["vs_native_wgpu"] = json!(t / r);
+            }
+        }
+        for value in paths.values_mut() {
+            if let Some(t) = value["tokens_per_s"].as_f64() {
+                if let Some(r) = torch {
+                    value["vs_torch"] = json!(t / r);
+                }
+                if let Some(r) = native {
+                    value["vs_native"] = json!(t / r);
+                }
+            }
+        }
+    }
+}
+
+fn targets(results: &BTreeMap<String, BTreeMap<String, Value>>, wasm: &Value) -> Value {
+    let get = |case: &str, path: &str, key: &str| {
+        results
+            .get(case)
+            .and_then(|p| p.get(path))
+            .and_then(|v| v[key].as_f64())
+    };
+    let ratio = |value: Option<f64>, goal: f64, what: &str| match value {
+        Some(r) => (
+            if r >= goal { "met" } else { "not met" },
+            format!("{r:.2}× {what}"),
+        ),
+        None => ("not measured", "no figure on this run".to_owned()),
+    };
+    let mut out = Vec::new();
+    let case = "smollm2-lora-step";
+    let (st, m) = ratio(get(case, "wasm-cpu", "vs_torch"), 0.5, "PyTorch");
+    out.push(json!({ "target": "CPU-wasm train tokens/s ≥ 0.5× PyTorch (SmolLM2 LoRA)", "status": st, "measured": m }));
+    let (st, m) = ratio(get(case, "native-cpu", "vs_torch"), 1.0, "PyTorch");
+    out.push(json!({ "target": "native CPU train tokens/s ≥ 1.0× PyTorch (SmolLM2 LoRA)", "status": st, "measured": m }));
+    let webgpu = get(case, "wasm-webgpu", "tokens_per_s");
+    let native_wgpu = get(case, "native-wgpu", "tokens_per_s");
+    let (st, m) = match (webgpu, native_wgpu) {
+        (Some(a), Some(b)) => ratio(Some(a / b), 0.8, "native burn-wgpu"),
+        _ => {
+            // The toy case is the only one the CLI runs on wgpu.
+            let toy = get("toy-train", "wasm-webgpu", "tokens_per_s").zip(get(
+                "toy-train",
+                "native-wgpu",
+                "tokens_per_s",
+            ));
+            match toy {
+                Some((a, b)) => {
+                    let (st, m) = ratio(Some(a / b), 0.8, "native burn-wgpu");
+                    (st, format!("{m} (toy-train only)"))
+                }
+                None if native_wgpu.is_some() => (
+                    "not measured",
+                    "no browser WebGPU figure for the same case (timed out or failed); note the \
+                     browser's adapter (SwiftShader) and native wgpu's (e.g. llvmpipe) differ"
+                        .to_owned(),
+                ),
+                None => (
+                    "not measured",
+                    "no native wgpu adapter on this machine, or no browser WebGPU figure"
+                        .to_owned(),
+                ),
+            }
+        }
+    };
+    out.push(json!({ "target": "browser WebGPU ≥ 0.8× native burn-wgpu, same adapter", "status": st, "measured": m }));
+    for path in ["wasm-cpu", "wasm-webgpu"] {
+        let t = get(case, path, "model_in_memory_to_first_step_ms");
+        let (st, m) = match t {
+            Some(ms) => (
+                if ms <= 5000.0 { "met" } else { "not met" },
+                format!("{:.1} s", ms / 1e3),
+            ),
+            None => ("not measured", "no figure on this run".to_owned()),
+        };
+        out.push(json!({ "target": format!("first training step ≤ 5 s after the model is in memory ({path})"), "status": st, "measured": m }));
+    }
+    match wasm.as_object() {
+        Some(w) => {
+            let raw = w["raw_bytes"].as_u64().unwrap_or(0) as f64 / 1e6;
+            let gz = w["gzip_bytes"].as_u64().unwrap_or(0) as f64 / 1e6;
+            out.push(json!({
+                "target": "release wasm ≤ 8 MB (≤ 3 MB gzip)",
+                "status": if raw <= 8.0 && gz <= 3.0 { "met" } else { "not met" },
+                "measured": format!("{raw:.1} MB raw, {gz:.1} MB gzip"),
+            }));
+        }
+        None => out.push(json!({ "target": "release wasm ≤ 8 MB (≤ 3 MB gzip)", "status": "not measured", "measured": "www/pkg/webtune_bg.wasm missing" })),
+    }
+    Value::Array(out)
+}
+
+fn fmt_num(v: Option<f64>, digits: usize) -> String {
+    match v {
+        Some(x) if x >= 100.0 => format!("{x:.0}"),
+        Some(x) => format!("{x:.digits$}"),
+        None => "–".into(),
+    }
+}
+
+fn table(cases: &[Case], results: &BTreeMap<String, BTreeMap<String, Value>>) -> String {
+    let mut t = String::from(
+        "| case | path | median step ms (p10–p90) | first step ms | tokens/s | × PyTorch | × native | notes |\n\
+         |---|---|---|---|---|---|---|---|\n",
+    );
+    for case in cases {
+        let Some(paths) = results.get(&case.name) else {
+            continue;
+        };
+        for (key, label) in PATHS {
+            let Some(v) = paths.get(*key) else { continue };
+            if let Some(skip) = v["skipped"].as_str() {
+                let short: String = skip.chars().take(90).collect();
+                t += &format!("| {} | {label} | skipped: {short} | | | | | |\n", case.name);
+                continue;
+            }
+            if let Some(err) = v["error"].as_str() {
+                let short: String = err.replace('\n', " ").chars().take(120).collect();
+                t += &format!("| {} | {label} | error: {short} | | | | | |\n", case.name);
+                continue;
+            }
+            let median = v["median_step_ms"].as_f64();
+            let spread = &v["spread_ms"];
+            let step = if case.kind == "train" {
+                format!(
+                    "{} ({}–{})",
+                    fmt_num(median, 1),
+                    fmt_num(spread["p10"].as_f64(), 1),
+                    fmt_num(spread["p90"].as_f64(), 1)
+                )
+            } else {
+                "–".into()
+            };
+            let mut notes = Vec::new();
+            if let Some(ms) = v["model_in_memory_to_first_step_ms"].as_f64() {
+                notes.push(format!("model in memory → 1st step {:.1} s", ms / 1e3));
+            }
+            if v["fresh_page"] == json!(true) {
+                if let Some(ms) = v["page_load_to_first_step_ms"].as_f64() {
+                    notes.push(format!("page load → 1st step {:.1} s", ms / 1e3));
+                }
+            }
+            if let Some(r) = v["vs_native_wgpu"].as_f64() {
+                notes.push(format!("{r:.2}× native wgpu"));
+            }
+            if let Some(a) = v["backend_info"]["adapter"].as_object() {
+                notes.push(format!(
+                    "adapter {} ({})",
+                    a.get("name").and_then(Value::as_str).unwrap_or("?"),
+                    a.get("backend").and_then(Value::as_str).unwrap_or("?")
+                ));
+            }
+            if let Some(b) = v["peak_rss_bytes"].as_u64() {
+                notes.push(format!("peak RSS {:.0} MB", b as f64 / 1e6));
+            }
+            if let Some(b) = v["peak_memory_bytes"].as_u64() {
+                notes.push(format!("backend memory {:.0} MB", b as f64 / 1e6));
+            }
+            if let Some(b) = v["ua_memory_bytes"].as_u64() {
+                notes.push(format!("page memory after {:.0} MB", b as f64 / 1e6));
+            }
+            if let Some(n) = v["spread_ms"]["n"].as_u64() {
+                notes.push(format!("{n} timed steps"));
+            }
+            if let Some(n) = v["tokens"].as_u64() {
+                notes.push(format!("{n} tokens"));
+            }
+            t += &format!(
+                "| {} | {label} | {step} | {} | {} | {} | {} | {} |\n",
+                case.name,
+                fmt_num(v["first_step_ms"].as_f64(), 1),
+                fmt_num(v["tokens_per_s"].as_f64(), 1),
+                fmt_num(v["vs_torch"].as_f64(), 2),
+                fmt_num(v["vs_native"].as_f64(), 2),
+                notes.join("; ")
+            );
+        }
+    }
+    t
+}
+
+fn machine_info() -> Value {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).trim().to_owned())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_owned());
+    let memory = fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .map(|v| v.trim().to_owned())
+    });
+    json!({
+        "cpu": cpu,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "memory": memory,
+        "os": std::env::consts::OS,
+    })
+}
+
+/// The current UTC time as `YYYY-MM-DDTHH:MM:SSZ` (no date crate needed).
+fn timestamp() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn train_figures_skip_warmup_and_eval_steps() {
+        let v = train_figures(
+            &[
+                (1.0, false),
+                (1.1, false),
+                (1.3, false),
+                (1.4, false),
+                (3.0, true),
+            ],
+            Some(100),
+        );
+        assert_eq!(v["first_step_ms"].as_f64(), Some(1000.0));
+        assert_eq!(v["spread_ms"]["n"], 3);
+        let median = v["median_step_ms"].as_f64().unwrap();
+        assert!((median - 100.0).abs() < 1e-6, "{median}");
+        assert!((v["tokens_per_s"].as_f64().unwrap() - 1000.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn timestamps_are_iso() {
+        let t = timestamp();
+        assert_eq!(t.len(), 20, "{t}");
+        assert!(t.starts_with("20") && t.ends_with('Z'), "{t}");
+    }
+}

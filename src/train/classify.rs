@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 use super::export::{merged_tensors, ExportFiles};
 use super::finetune::{
-    read_scalar, FinetuneConfig, GradSquares, Method, ScaleGrads, TrainableModel, VectorIds,
+    check_and_clip, read_scalar, FinetuneConfig, Method, TrainableModel, VectorIds,
 };
 use super::lora::LoraInit;
 use super::median;
@@ -372,38 +372,17 @@ pub async fn train_classifier(
             loss_value += read_scalar(loss).await? as f64;
         }
         let mut grads = accumulator.grads();
-        let mut squares = GradSquares {
-            grads: &grads,
-            sum: None,
-        };
-        bert.visit(&mut squares);
-        let grad_norm = match squares.sum {
-            Some(s) => (read_scalar(s).await? as f64).sqrt(),
-            None => 0.0,
-        };
         let loss_value = loss_value as f32;
         let lr = schedule.lr_at(step);
-        if !loss_value.is_finite() || !grad_norm.is_finite() {
-            return Err(Error::new(
-                Code::NonFiniteLoss,
-                format!(
-                    "the loss or gradient became non-finite ({loss_value}, {grad_norm}) at step {}; \
-                     the model keeps the weights from before it. Lower the learning rate or check the data",
-                    step + 1
-                ),
-            )
-            .with_details(json!({ "step": step + 1, "lr": lr, "loss": loss_value.to_string() })));
-        }
-        if config.max_grad_norm > 0.0 {
-            let coef = config.max_grad_norm / (grad_norm + 1e-6);
-            if coef < 1.0 {
-                let mut scale = ScaleGrads {
-                    grads: &mut grads,
-                    factor: coef,
-                };
-                bert.visit(&mut scale);
-            }
-        }
+        let grad_norm = check_and_clip(
+            &*bert,
+            &mut grads,
+            loss_value,
+            config.max_grad_norm,
+            step,
+            lr,
+        )
+        .await?;
         *bert = optim.step(lr, bert.clone(), grads);
         summary.losses.push(loss_value);
         summary.grad_norms.push(grad_norm as f32);

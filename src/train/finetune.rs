@@ -422,8 +422,53 @@ fn check_batches(batches: &[TokenBatch], max_positions: usize, what: &str) -> Re
     Ok(())
 }
 
+/// What every optimiser step does between backward and update: the global gradient norm, a
+/// refusal of a non-finite loss or norm (the update is then not applied, so the model keeps the
+/// weights from before this step), and torch's `clip_grad_norm_` (scale by max / (norm + 1e-6)
+/// when that is below 1). Returns the norm before clipping.
+pub(crate) async fn check_and_clip<M: Module>(
+    module: &M,
+    grads: &mut GradientsParams,
+    loss: f32,
+    max_grad_norm: f64,
+    step: usize,
+    lr: f64,
+) -> Result<f64> {
+    let mut squares = GradSquares { grads, sum: None };
+    module.visit(&mut squares);
+    let grad_norm = match squares.sum {
+        Some(s) => (read_scalar(s).await? as f64).sqrt(),
+        None => 0.0,
+    };
+    if !loss.is_finite() || !grad_norm.is_finite() {
+        let what = if loss.is_finite() {
+            format!("the gradient norm became {grad_norm}")
+        } else {
+            format!("the loss became {loss}")
+        };
+        return Err(Error::new(
+            Code::NonFiniteLoss,
+            format!(
+                "{what} at step {}; the model keeps the weights from before it. Lower the learning rate or check the data",
+                step + 1
+            ),
+        )
+        .with_details(json!({ "step": step + 1, "lr": lr, "loss": loss.to_string(), "grad_norm": grad_norm.to_string() })));
+    }
+    if max_grad_norm > 0.0 {
+        let coef = max_grad_norm / (grad_norm + 1e-6);
+        if coef < 1.0 {
+            module.visit(&mut ScaleGrads {
+                grads,
+                factor: coef,
+            });
+        }
+    }
+    Ok(grad_norm)
+}
+
 /// Sum of squared gradients over every parameter that has one.
-pub(crate) struct GradSquares<'a> {
+struct GradSquares<'a> {
     pub grads: &'a GradientsParams,
     pub sum: Option<Tensor<1>>,
 }
@@ -441,7 +486,7 @@ impl ModuleVisitor for GradSquares<'_> {
 }
 
 /// Multiply every gradient by `factor` (global-norm clipping).
-pub(crate) struct ScaleGrads<'a> {
+struct ScaleGrads<'a> {
     pub grads: &'a mut GradientsParams,
     pub factor: f64,
 }
@@ -618,44 +663,17 @@ where
             loss_value += read_scalar(loss).await? as f64;
         }
         let mut grads = accumulator.grads();
-        let mut squares = GradSquares {
-            grads: &grads,
-            sum: None,
-        };
-        model.visit(&mut squares);
-        let grad_norm = match squares.sum {
-            Some(s) => (read_scalar(s).await? as f64).sqrt(),
-            None => 0.0,
-        };
         let loss_value = loss_value as f32;
         let lr = schedule.lr_at(step);
-        if !loss_value.is_finite() || !grad_norm.is_finite() {
-            let what = if loss_value.is_finite() {
-                format!("the gradient norm became {grad_norm}")
-            } else {
-                format!("the loss became {loss_value}")
-            };
-            // The update is not applied: the model keeps the weights from before this step.
-            return Err(Error::new(
-                Code::NonFiniteLoss,
-                format!(
-                    "{what} at step {}; the model keeps the weights from before it. Lower the learning rate or check the data",
-                    step + 1
-                ),
-            )
-            .with_details(json!({ "step": step + 1, "lr": lr, "loss": loss_value.to_string(), "grad_norm": grad_norm.to_string() })));
-        }
-        if config.max_grad_norm > 0.0 {
-            // torch.nn.utils.clip_grad_norm_: scale by max / (norm + 1e-6) when that is below 1.
-            let coef = config.max_grad_norm / (grad_norm + 1e-6);
-            if coef < 1.0 {
-                let mut scale = ScaleGrads {
-                    grads: &mut grads,
-                    factor: coef,
-                };
-                model.visit(&mut scale);
-            }
-        }
+        let grad_norm = check_and_clip(
+            &*model,
+            &mut grads,
+            loss_value,
+            config.max_grad_norm,
+            step,
+            lr,
+        )
+        .await?;
         *model = optim.step(lr, model.clone(), grads);
 
         let s = &mut ctx.summary;

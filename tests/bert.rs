@@ -14,11 +14,8 @@ use webtune::models::bert::{Bert, Pooling};
 use webtune::models::loaded::{Family, LoadedModel};
 use webtune::Code;
 
-fn fixture(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(path)
-}
+mod common;
+use common::fixture;
 
 fn tiny_files() -> ModelFiles {
     ModelFiles::from_dir(&fixture("tiny_random/bert")).expect("fixture readable")

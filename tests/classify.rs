@@ -22,11 +22,8 @@ use webtune::train::lora::LoraInit;
 use webtune::train::schedule::ScheduleKind;
 use webtune::Code;
 
-fn fixture(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(path)
-}
+mod common;
+use common::fixture;
 
 fn reference() -> Value {
     let text = std::fs::read_to_string(fixture("reference/classify_bert.json")).unwrap();

@@ -1,16 +1,12 @@
 //! The native CLI's `--json` output, checked against the transformers reference on the tiny
 //! GPT-2 fixture, and its error output for bad input.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::Value;
 
-fn fixture(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(path)
-}
+mod common;
+use common::fixture;
 
 /// Run `webtune <args> --json`; returns (success, parsed stdout).
 fn webtune(args: &[&str]) -> (bool, Value) {

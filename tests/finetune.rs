@@ -30,11 +30,8 @@ use webtune::train::finetune::{
 use webtune::train::lora::{lora_factors, parameters, LoraInit};
 use webtune::Code;
 
-fn fixture(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(path)
-}
+mod common;
+use common::fixture;
 
 fn reference(name: &str) -> Value {
     let path = fixture(&format!("reference/finetune_{name}.json"));

@@ -3,8 +3,6 @@
 //! model as its safetensors original, the vocabulary rebuilt as a tokenizer, and clear errors for
 //! broken files.
 
-use std::path::PathBuf;
-
 use burn::tensor::Device;
 use serde_json::Value;
 use webtune::eval::generate::{generate, GenerateOptions};
@@ -13,11 +11,8 @@ use webtune::io::hf::ModelFiles;
 use webtune::models::loaded::LoadedModel;
 use webtune::Code;
 
-fn fixture(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(path)
-}
+mod common;
+use common::fixture;
 
 fn bytes(name: &str) -> Vec<u8> {
     std::fs::read(fixture(&format!("tiny_gguf/{name}"))).expect("fixture readable")

@@ -1,8 +1,6 @@
 //! GPT-2: loading Hugging Face checkpoints, parity with transformers on the tiny fixture,
 //! generation with and without the KV cache, and clear errors for broken checkpoints.
 
-use std::path::PathBuf;
-
 use burn::tensor::Device;
 use serde_json::Value;
 use webtune::eval::generate::{generate, GenerateOptions};
@@ -10,11 +8,8 @@ use webtune::io::hf::ModelFiles;
 use webtune::models::loaded::LoadedModel;
 use webtune::Code;
 
-fn fixture(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(path)
-}
+mod common;
+use common::{fixture, ids};
 
 fn tiny_files() -> ModelFiles {
     ModelFiles::from_dir(&fixture("tiny_random/gpt2")).expect("fixture readable")
@@ -27,14 +22,6 @@ fn load(files: ModelFiles) -> Result<LoadedModel, webtune::Error> {
 fn reference() -> Value {
     let text = std::fs::read_to_string(fixture("reference/tiny_gpt2.json")).expect("reference");
     serde_json::from_str(&text).expect("reference JSON")
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .expect("id array")
-        .iter()
-        .map(|x| x.as_u64().expect("id") as u32)
-        .collect()
 }
 
 #[test]

@@ -38,6 +38,9 @@ use webtune::models::gpt2::Gpt2Config;
 use webtune::models::llama::LlamaConfig;
 use webtune::models::loaded::LoadedModel;
 
+mod common;
+use common::fixture;
+
 // ---------------------------------------------------------------------------------------------
 // Allocation accounting
 
@@ -197,12 +200,6 @@ fn check<T>(
         )));
     }
     Ok(out)
-}
-
-fn fixture(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(path)
 }
 
 fn read_fixture(path: &str) -> Vec<u8> {

@@ -1,8 +1,6 @@
 //! A whole fine-tuning job (the path the page and `webtune train` take): dataset file in,
 //! validation split, LoRA training, before/after evaluation, samples, export that loads back.
 
-use std::path::PathBuf;
-
 use burn::tensor::Device;
 use webtune::backend::Backend;
 use webtune::io::hf::ModelFiles;
@@ -10,11 +8,8 @@ use webtune::models::loaded::LoadedModel;
 use webtune::train::job::{run_job, DatasetFile, JobConfig, JobEvent};
 use webtune::Code;
 
-fn fixture(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(path)
-}
+mod common;
+use common::fixture;
 
 /// The tiny random GPT-2 with the real GPT-2 vocabulary and tokenizer.
 fn model() -> (ModelFiles, LoadedModel) {

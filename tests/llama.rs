@@ -2,8 +2,6 @@
 //! (4 query heads sharing 2 KV heads, RoPE under `rope_parameters`, untied head), generation
 //! with and without the KV cache, and clear errors for broken checkpoints.
 
-use std::path::PathBuf;
-
 use burn::tensor::Device;
 use serde_json::Value;
 use webtune::eval::generate::{generate, GenerateOptions};
@@ -11,11 +9,8 @@ use webtune::io::hf::ModelFiles;
 use webtune::models::loaded::LoadedModel;
 use webtune::Code;
 
-fn fixture(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(path)
-}
+mod common;
+use common::{fixture, ids};
 
 fn tiny_files() -> ModelFiles {
     ModelFiles::from_dir(&fixture("tiny_random/llama")).expect("fixture readable")
@@ -28,14 +23,6 @@ fn load(files: ModelFiles) -> Result<LoadedModel, webtune::Error> {
 fn reference() -> Value {
     let text = std::fs::read_to_string(fixture("reference/tiny_llama.json")).expect("reference");
     serde_json::from_str(&text).expect("reference JSON")
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .expect("id array")
-        .iter()
-        .map(|x| x.as_u64().expect("id") as u32)
-        .collect()
 }
 
 fn max_diff(ours: &[Vec<f32>], theirs: &Value) -> f32 {

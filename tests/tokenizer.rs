@@ -1,17 +1,12 @@
 //! The real GPT-2 tokenizer (tests/fixtures/tokenizers/gpt2) encodes tricky strings exactly as
 //! transformers does (reference: tools/reference/gpt2_tokenizer.py).
 
-use std::path::PathBuf;
-
 use serde_json::Value;
 use webtune::io::tokenizer::Tokenizer;
 use webtune::Code;
 
-fn fixture(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(path)
-}
+mod common;
+use common::fixture;
 
 #[test]
 fn gpt2_encodes_like_transformers() {

@@ -39,6 +39,8 @@ pub enum Code {
     DataInvalid,
     /// A chat template could not be compiled or rendered.
     ChatTemplateInvalid,
+    /// The run would not fit the memory the backend can give it.
+    MemoryInsufficient,
     /// Something inside webtune went wrong that is not the user's fault.
     Internal,
 }
@@ -61,6 +63,7 @@ impl Code {
             Code::TokenizerInvalid => "tokenizer.invalid",
             Code::DataInvalid => "data.invalid",
             Code::ChatTemplateInvalid => "chat_template.invalid",
+            Code::MemoryInsufficient => "memory.insufficient",
             Code::Internal => "internal",
         }
     }

@@ -210,7 +210,7 @@ fn training_learns_cancels_and_refuses_non_finite_losses() {
         true
     }))
     .unwrap();
-    let (first, last) = (s.eval[0].1, s.eval.last().unwrap().1);
+    let (first, last) = (s.eval[0].eval, s.eval.last().unwrap().eval);
     println!("eval before {first:?}, after {last:?}");
     assert!(last.loss < first.loss * 0.5, "{first:?} → {last:?}");
     assert_eq!(last.accuracy, 1.0);

@@ -470,7 +470,7 @@ fn invalid_configs_are_refused_with_a_code() {
         r#"{"lr": -1}"#,
         r#"{"grad_accum": 0}"#,
         r#"{"steps": 3, "epochs": 1}"#,
-        r#"{"lora_dropout": 0.1}"#,
+        r#"{"lora_dropout": 1.0}"#,
         r#"{"adam_beta2": 1.0}"#,
         r#"{"learning_rate": 0.1}"#,
         r#"{"schedule": "exponential"}"#,

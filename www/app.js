@@ -32,6 +32,10 @@
 //       result = {prompt_ids, generated_ids, text, seconds, tokens_per_s, cancelled}.
 //   logits(ids, which)            which: "base" (default) | "tuned" (the fine-tuned model);
 //                                 resolves with {shape: [T, vocab], data: Float32Array, error}
+//   classify(text, which)         an encoder's prediction (which: "base" | "tuned"): resolves with
+//                                 {result: {label, labels, probs}, error}
+//   similarity(a, b, which)       cosine similarity of two texts' mean-pooled embeddings (an
+//                                 encoder): resolves with {result: {similarity}, error}
 //   samples                       [{file, title, task}]: the sample datasets (www/samples/)
 //   dataset                       the chosen dataset {name, bytes: byte length, source} or null
 //   inspectDataset(input, config) input: a File, {name, bytes} (bytes: ArrayBuffer / typed array
@@ -45,16 +49,37 @@
 //       Resolves with {id, status: "done" | "cancelled" | "error", name, config,
 //       events: [finetune events], result, error}; result as worker.js "done" (finetune).
 //       cancel() stops it after the current step (evaluation and export still run).
+//   checkpoint                    the interrupted run saved in this browser (OPFS) for the loaded
+//                                 model: {step, total_steps, saved_at, config, dataset: {name, size,
+//                                 sha256}, model} or null; refreshCheckpoint() re-reads it
+//   resumeInterrupted(input)      continue it on `input` (as finetune; must be the same file, by
+//                                 size and SHA-256, else error checkpoint.dataset_mismatch);
+//                                 resolves as finetune does. discardCheckpoint() deletes it.
+//   pause() / resume()            pause the running fine-tuning job after its current step /
+//                                 continue it exactly where it stopped (false when there is
+//                                 nothing to pause or resume); the record's `pause` is null,
+//                                 "pausing" or the step it paused at; its events include
+//                                 {type: "paused" | "resumed", step, total_steps}.
 //   finetunes                     the fine-tuning records, oldest first
+//   finetuneChart()               what the fine-tuning chart plots: {steps, losses, evals, lrs}
+//   debugLoseDevice()             test hook: the worker destroys its GPU device (see worker.js)
+//   evaluationReport()            the latest fine-tuning as one JSON-able report (model, dataset,
+//                                 config, result with before/after) or null; the results panel
+//                                 offers it as a download
 //   tuned                         info of the latest fine-tuned model, or null (read-only)
 //   exportFiles()                 resolves with {files: {name: Uint8Array}, error} (the
 //                                 fine-tuned model's "merged/..." and "adapter/..." files)
 //   clearModelCache()             forget downloaded model files; resolves with true/false
+//   cachedModels()                re-read the model cache (also shown in the model panel);
+//                                 resolves with [{base, repo, revisions, files, bytes}]
+//   deleteCachedModel(base)       forget one cached repo (base: its URL before /resolve/);
+//                                 resolves with the number of cache entries deleted
 //   Every one of them resolves (never rejects); errors come back in `error` ({code, message,
 //   details}) and are also shown in the alert region.
 // }
 
 import { WorkerClient } from "./lib/worker-client.js";
+import { createPrivacyIndicator } from "./components/privacy-indicator.js";
 import { createAlerts } from "./components/alerts.js";
 import { createBackendPanel } from "./components/backend-panel.js";
 import { createToyPanel } from "./components/toy-panel.js";
@@ -65,7 +90,7 @@ import { createFinetunePanel } from "./components/finetune-panel.js";
 import { createResultsPanel, downloadName } from "./components/results-panel.js";
 import { SAMPLES, sampleUrl } from "./lib/samples.js";
 import { entriesFromFileList, pickModelFiles } from "./lib/model-files.js";
-import { CACHE_NAME, DEFAULT_ENDPOINT } from "./lib/hub.js";
+import { CACHE_NAME, DEFAULT_ENDPOINT, deleteCachedModel, listCachedModels } from "./lib/hub.js";
 
 const CHOICES = ["auto", "webgpu", "cpu"];
 const BUSY_WORDS = {
@@ -76,6 +101,7 @@ const BUSY_WORDS = {
   inspect: "checking a dataset",
   finetune: "fine-tuning",
   export: "exporting the fine-tuned model",
+  classify: "classifying",
 };
 const NAMES = { auto: "auto", webgpu: "WebGPU", cpu: "CPU" };
 
@@ -134,6 +160,7 @@ const modelPanel = createModelPanel(document.getElementById("model-panel"), {
   onDefault: (id) => void loadDefaultModel(id),
   onCancel: () => cancel(),
   onClearCache: () => void clearModelCache(),
+  onDeleteCached: (base) => void deleteCached(base),
   onError: (error) => alerts.show(error),
 });
 const defaultModels = fetchDefaultModels();
@@ -153,9 +180,16 @@ const datasetPanel = createDatasetPanel(document.getElementById("dataset-panel")
 const finetunePanel = createFinetunePanel(document.getElementById("finetune-panel"), {
   onStart: () => void finetune(null),
   onStop: () => cancel(),
+  onPause: () => pause(),
+  onResume: () => resume(),
+  onContinue: () => void resumeInterrupted(null),
+  onDiscard: () => void discardCheckpoint(),
 });
 const resultsPanel = createResultsPanel(document.getElementById("results-panel"), {
   onDownload: (path) => void download(path),
+  onClassify: (text, which) => classify(text, which),
+  onSimilarity: (a, b, which) => similarity(a, b, which),
+  onReport: () => downloadReport(),
 });
 
 function setStatus(text, mode) {
@@ -181,6 +215,8 @@ function updateMode() {
     canStart: idle && state.model !== null && state.dataset !== null,
     running: op?.kind === "finetune",
     cancelling: state.activeFinetune?.status === "cancelling",
+    pausing: state.activeFinetune?.pause === "pausing",
+    paused: Number.isInteger(state.activeFinetune?.pause),
   });
   document.body.dataset.mode = mode;
 }
@@ -222,6 +258,9 @@ client.on("backend", (message) => {
   alerts.dismissWhere((code) => code === "worker.unresponsive");
 });
 
+const privacy = createPrivacyIndicator(document.querySelector(".site-header"));
+client.on("network", ({ url, at }) => privacy.record(url, at));
+
 client.on("progress", (message) => {
   const run = runsById.get(message.id);
   if (!run) return;
@@ -233,7 +272,7 @@ client.on("progress", (message) => {
 client.on("error", ({ error, fatal }) => {
   if (fatal) {
     const actions = [restartAction()];
-    if (error.code === "device.unavailable" && client.backendChoice !== "cpu") {
+    if ((error.code === "device.unavailable" || error.code === "device.lost") && client.backendChoice !== "cpu") {
       actions.push({ label: "Use the CPU", testid: "use-cpu", run: () => setBackend("cpu") });
     }
     alerts.show(error, { actions });
@@ -344,6 +383,74 @@ function cancel() {
   setStatus(op.kind === "load" ? "Stopping the download…" : "Stopping…", "cancelling");
 }
 
+/**
+ * window.webtune.pause: pause the running fine-tuning job after its current step (worker.js
+ * "pause"). Returns false when no job is training. The record's `pause` is then "pausing", and
+ * the step number once the worker reports the job paused.
+ */
+function pause() {
+  const ft = state.activeFinetune;
+  if (!ft || ft.status !== "running" || ft.pause != null) return false;
+  ft.pause = "pausing";
+  client.pause();
+  finetunePanel.pausing();
+  setStatus("Pausing after the current step…", "running");
+  updateMode();
+  return true;
+}
+
+/** window.webtune.resume: continue a paused (or pausing) fine-tuning job. */
+function resume() {
+  const ft = state.activeFinetune;
+  if (!ft || ft.status !== "running" || ft.pause == null) return false;
+  ft.pause = null;
+  client.resume();
+  finetunePanel.resumed();
+  setStatus(`Fine-tuning on ${NAMES[state.backend?.backend] ?? "?"}…`, "running");
+  updateMode();
+  return true;
+}
+
+/**
+ * The interrupted run saved in this browser (worker.js "checkpoint-info"), offered when it belongs
+ * to the loaded model: window.webtune.checkpoint.
+ */
+async function refreshCheckpoint() {
+  const model = state.model;
+  const outcome = model ? await client.checkpointInfo().result : { result: null };
+  const meta = outcome.result ?? null;
+  const fits = meta && model && meta.model?.architecture === model.architecture && meta.model?.parameters === model.parameters;
+  state.checkpoint = fits ? meta : null;
+  finetunePanel.checkpoint(state.checkpoint);
+  return state.checkpoint;
+}
+
+/**
+ * window.webtune.resumeInterrupted(input): continue the saved interrupted run on `input` (as for
+ * finetune; null: the chosen dataset), which must be the same file (size and SHA-256), with the
+ * run's own configuration. Resolves as finetune does; a different file ends with error
+ * `checkpoint.dataset_mismatch`.
+ */
+async function resumeInterrupted(input) {
+  const meta = state.checkpoint ?? (await refreshCheckpoint());
+  return finetune(input, meta?.config ?? panelConfig(), { resume: true });
+}
+
+async function discardCheckpoint() {
+  await client.discardCheckpoint().result;
+  return refreshCheckpoint();
+}
+
+/** A finetune event about pausing: keep the record and the controls in line. */
+function pauseEvent(record, event) {
+  if (event.type === "paused" && record.pause === "pausing") {
+    record.pause = event.step;
+    finetunePanel.paused(event.step, event.total_steps);
+    setStatus(`Paused at step ${event.step}.`, "paused");
+    updateMode();
+  }
+}
+
 /** Why an operation of `kind` cannot start now, as an error; null when it can. */
 function refusalFor(kind) {
   if (state.activeOp) {
@@ -364,9 +471,12 @@ function refusalFor(kind) {
 
 function setModel(info) {
   state.model = info;
+  if (info) privacy.modelLoaded();
   window.webtune.model = info;
   generatePanel.setModel(info);
   datasetPanel.setModel(info);
+  finetunePanel.setModel(info);
+  void refreshCheckpoint();
   // A fine-tuned model belongs to the model it was tuned from.
   if (state.tuned !== null || state.lastResult !== null) {
     setTuned(null);
@@ -425,6 +535,7 @@ async function loadModel(label, sourceSummary, prepare) {
     outcome = { error: plainError(e, "model.missing_file") };
   }
   state.activeOp = null;
+  void refreshCache();
   if (outcome.info) {
     record.status = "done";
     record.info = outcome.info;
@@ -576,6 +687,35 @@ async function logits(ids, which = "base") {
   return { shape: outcome.shape, data: outcome.data, error: null };
 }
 
+/** Run one short encoder operation (`call(client)` → {result}); resolves with {result, error}. */
+async function encoderOp(call) {
+  const refusal = refusalFor("classify");
+  if (refusal) {
+    alerts.show(refusal);
+    return { result: null, error: refusal };
+  }
+  state.activeOp = { kind: "classify" };
+  updateMode();
+  const outcome = await call(client).result;
+  state.activeOp = null;
+  updateMode();
+  if (outcome.error) {
+    if (client.state !== "crashed") alerts.show(outcome.error);
+    return { result: null, error: outcome.error };
+  }
+  return { result: outcome.result, error: null };
+}
+
+/** An encoder's prediction for `text`: {result: {label, labels, probs}, error}. */
+function classify(text, which = "base") {
+  return encoderOp((c) => c.classify(String(text ?? ""), which));
+}
+
+/** Cosine similarity of two texts' embeddings: {result: {similarity}, error}. */
+function similarity(a, b, which = "base") {
+  return encoderOp((c) => c.similarity(String(a ?? ""), String(b ?? ""), which));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Datasets, fine-tuning, export.
 
@@ -697,8 +837,8 @@ async function inspectDataset(input, config) {
 }
 
 /** window.webtune.finetune. */
-async function finetune(input, config) {
-  const record = { id: null, status: "running", name: null, config: null, events: [], result: null, error: null };
+async function finetune(input, config, { resume = false } = {}) {
+  const record = { id: null, status: "running", name: null, config: null, events: [], result: null, error: null, pause: null };
   state.finetunes.push(record);
   const fail = (error) => {
     record.status = "error";
@@ -723,16 +863,22 @@ async function finetune(input, config) {
   updateMode();
   finetunePanel.begin(record.config);
   setStatus(`Fine-tuning on ${NAMES[state.backend?.backend] ?? "?"}…`, "running");
+  if (resume) record.resumed = true;
   const { id, result } = client.finetune(dataset.name, dataset.bytes, record.config, {
+    resume,
     onEvent: (message) => {
       record.events.push(message.event);
       finetunePanel.event(message.event);
+      pauseEvent(record, message.event);
     },
   });
   record.id = id;
   const outcome = await result;
   state.activeOp = null;
   state.activeFinetune = null;
+  record.pause = null;
+  // A finished run deleted its checkpoint; a stopped one saved its last.
+  void refreshCheckpoint();
   if (outcome.result) {
     const r = outcome.result;
     record.result = r;
@@ -803,15 +949,84 @@ async function download(path) {
   setTimeout(() => URL.revokeObjectURL(url), 60_000);
 }
 
+/**
+ * The latest fine-tuning's evaluation report: what was trained, on what, with which settings,
+ * and the before/after numbers and examples, as one JSON document (snake_case keys as the CLI's
+ * `train --json`). Null before any fine-tuning.
+ */
+function evaluationReport() {
+  const record = [...state.finetunes].reverse().find((f) => f.result);
+  if (!record) return null;
+  return {
+    webtune_version: state.backend?.version ?? null,
+    created: new Date().toISOString(),
+    backend: state.backend ? { backend: state.backend.backend, adapter: state.backend.adapter } : null,
+    model: state.model,
+    dataset: record.name,
+    config: record.config,
+    result: record.result,
+  };
+}
+
+/** Save the evaluation report as a JSON file (made in the tab; nothing is uploaded). */
+function downloadReport() {
+  const report = evaluationReport();
+  if (!report) return;
+  const url = URL.createObjectURL(new Blob([JSON.stringify(report, null, 2)], { type: "application/json" }));
+  const a = document.createElement("a");
+  a.href = url;
+  a.download = "webtune-evaluation-report.json";
+  a.hidden = true;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+}
+
 /** Delete the downloaded model files from the browser (the loaded model stays loaded). */
 async function clearModelCache() {
   try {
     const deleted = await caches.delete(CACHE_NAME);
     modelPanel.note(deleted ? "Downloaded model files were deleted from this browser." : "No downloaded model files were stored.");
+    await refreshCache();
     return deleted;
   } catch (e) {
     alerts.show({ code: "model.cache_failed", message: `Could not clear the model cache: ${e?.message ?? e}` });
     return false;
+  }
+}
+
+/** Re-read the model cache into the panel; resolves with the list (window.webtune.cachedModels()). */
+let cacheRead = Promise.resolve([]);
+function refreshCache() {
+  // Reads are chained so that an older listing never overwrites a newer one.
+  cacheRead = cacheRead
+    .catch(() => [])
+    .then(() => listCachedModels())
+    .then(
+      (repos) => {
+        modelPanel.setCache(repos);
+        return repos;
+      },
+      (e) => {
+        alerts.show({ code: "model.cache_failed", message: `Could not read the model cache: ${e?.message ?? e}` }, { level: "warning" });
+        return [];
+      },
+    );
+  return cacheRead;
+}
+
+/** Forget one cached repo (`base`: its URL before /resolve/); resolves with the entries deleted. */
+async function deleteCached(base) {
+  if (state.activeOp?.kind === "load") return 0;
+  try {
+    const count = await deleteCachedModel(base);
+    modelPanel.note(`Deleted ${base} from the browser's model cache.`);
+    await refreshCache();
+    return count;
+  } catch (e) {
+    alerts.show({ code: "model.cache_failed", message: `Could not delete ${base} from the model cache: ${e?.message ?? e}` });
+    return 0;
   }
 }
 
@@ -846,18 +1061,33 @@ window.webtune = {
   ready,
   train,
   cancel,
+  pause,
+  resume,
+  resumeInterrupted: (input = null) => resumeInterrupted(input).catch((e) => ({ status: "error", events: [], result: null, error: plainError(e) })),
+  discardCheckpoint,
+  refreshCheckpoint,
+  get checkpoint() {
+    return state.checkpoint ?? null;
+  },
   loadModelFiles,
   loadModelFromHub,
   loadDefaultModel,
   defaultModels,
   generate,
   logits,
+  classify,
+  similarity,
   clearModelCache,
+  cachedModels: refreshCache,
+  deleteCachedModel: deleteCached,
   samples: SAMPLES,
   finetunes: state.finetunes,
   inspectDataset: (input = null, config) => inspectDataset(input, config).catch((e) => ({ status: "error", error: plainError(e) })),
   finetune: (input = null, config) => finetune(input, config).catch((e) => ({ status: "error", events: [], result: null, error: plainError(e) })),
   exportFiles: () => exportFiles().catch((e) => ({ files: null, error: plainError(e) })),
+  finetuneChart: () => finetunePanel.chartData(),
+  evaluationReport,
+  debugLoseDevice: () => client.worker?.postMessage({ type: "debug-lose-device" }),
   get dataset() {
     return state.dataset ? { name: state.dataset.name, bytes: state.dataset.bytes.byteLength, source: state.dataset.source } : null;
   },
@@ -878,4 +1108,5 @@ window.webtune = {
   },
 };
 
+void refreshCache();
 client.start();

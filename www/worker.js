@@ -31,7 +31,9 @@
  *             loaded before is read from there without any request.
  *       Replies: `download` messages (hub only), then `model`, or `error`.
  *   {type: "generate", id, input, options}
- *       Continue a prompt with the loaded model. `input` is a string, {text} or {ids: [int]};
+ *       Continue a prompt with the loaded model. `input` is a string, {text}, {ids: [int]} or
+ *       {chat: [{role, content}], add_generation_prompt?: true} (formatted with the model's chat
+ *       template; stops at the template's end-of-turn token unless stop_tokens are given);
  *       `options` (snake_case, all optional): max_new_tokens, greedy, temperature, top_k, top_p,
  *       repetition_penalty, seed, use_cache, stop_tokens, ignore_eos. Replies: `token` messages,
  *       then `done` (with `result`), or `error`.
@@ -48,21 +50,66 @@
  *       samples, sample_tokens, train: {method, lora_r, lora_alpha, lr, schedule, steps, ...}).
  *       Reply: `dataset`, or `error` (`data.invalid` with details {file, line, row, field, reason}
  *       under policy "stop"; `model.not_loaded`; `config.invalid`).
- *   {type: "finetune", id, name, bytes: ArrayBuffer, config}
+ *   {type: "finetune", id, name, bytes: ArrayBuffer, config, resume?: boolean}
  *       Fine-tune the loaded model on a dataset file (wasm `Session.finetune`): evaluates the base
  *       model on the held-out split, trains (LoRA or full, `config.train`), evaluates again,
  *       continues a few held-out prompts with both models and exports the result. Replies:
  *       `finetune-event` messages, then `done` (with `result`), or `error`. Stop with `cancel` (or
  *       the interrupt flag, read after every step): training stops after its current step, and
  *       evaluation and export still run (result.summary.cancelled: true).
+ *       Checkpoints (when wasm has `Session.finetuneResumable` and the browser has OPFS): the job
+ *       saves one every `config.checkpoint_every` steps (default 25) and when paused or stopped
+ *       early, to OPFS (see CHECKPOINT_DIR below), with the job's config, the model's identity and
+ *       the dataset's name, size and SHA-256; each write is reported as finetune-event
+ *       {type: "checkpoint", step, bytes} (or {type: "checkpoint", step, error}). A job that
+ *       reaches its last step deletes it. `resume: true` continues the saved run instead (its
+ *       saved config is used, `config` is ignored) once the dataset's size and SHA-256 and the
+ *       model match; otherwise error `checkpoint.dataset_mismatch` / `checkpoint.model_mismatch`
+ *       / `checkpoint.missing`. The continued run's losses are the uninterrupted run's.
+ *   {type: "checkpoint-info", id}
+ *       Reply `done` with result = the saved checkpoint's description ({step, total_steps,
+ *       saved_at, config, dataset: {name, size, sha256}, model}) or null.
+ *   {type: "checkpoint-discard", id}
+ *       Delete the saved checkpoint. Reply `done` (result null).
+ *   {type: "evaluate", id, name, bytes: ArrayBuffer, config, which?: "base" | "tuned"}
+ *       Score the base (default) or the latest fine-tuned model on the held-out split of a dataset
+ *       file, without training (wasm `Session.evaluate`). The split is the one `finetune` makes
+ *       with the same `config` (same seed, validation_fraction, validation_max), so the base
+ *       model's numbers equal a following job's `before`. Reply: `done` with result =
+ *       {task: "causal", model, loss, perplexity, tokens, validation_examples} or, for an encoder
+ *       (classification) model, {task: "classification", model, labels, loss, accuracy, macro_f1,
+ *       per_class, confusion_matrix, examples}; or `error` (`evaluate.unsupported` when the wasm
+ *       module was built without `Session.evaluate`, plus the codes of `inspect-dataset`).
+ *   {type: "classify", id, text, which?: "base" | "tuned"}
+ *       Classify one text with an encoder's head (the checkpoint's, or the fine-tuned one).
+ *       Reply: `done` with result = {label, labels: [string], probs: [number]}, or `error`.
+ *   {type: "similarity", id, a, b, which?: "base" | "tuned"}
+ *       Cosine similarity of two texts' mean-pooled embeddings (an encoder). Reply: `done` with
+ *       result = {similarity}, or `error`.
  *   {type: "export", id}
  *       The fine-tuned model's files. Reply: `files`, or `error` (no fine-tuned model yet).
+ *   {type: "debug-lose-device"}
+ *       Test hook: destroy the worker's GPU device(s), as a driver reset would. A session on WebGPU
+ *       then reports error `device.lost` (fatal: restart the worker, or switch to the CPU).
+ *   {type: "pause"}
+ *       Pause the running fine-tuning job after its current training step (ignored otherwise, and
+ *       after the last step): the training loop waits between two steps with all its state
+ *       (weights, optimizer moments, data order, random generators) as it was, so a resumed run
+ *       gives exactly the losses of an uninterrupted one. Reply: finetune-event
+ *       {type: "paused", step, total_steps}. Interrupt flag value 2 asks the same (read after every
+ *       step, so it pauses after the current one even though messages wait for the step's end);
+ *       while paused, the flag going back to 0 resumes (when it paused the job) and 1 cancels.
+ *   {type: "resume"}
+ *       Continue a paused job (reply: finetune-event {type: "resumed", step, total_steps}); before
+ *       the pause took effect it withdraws the request. `cancel` while paused ends the job as a
+ *       cancel does (evaluated and exported, result.summary.cancelled: true).
  *   {type: "cancel"}
  *       Stop the current operation: a run stops after its current step and still ends with `done`
  *       (summary.cancelled: true; a fine-tuning job: result.summary.cancelled: true); a generation stops after its current token and ends with `done`
  *       (result.cancelled: true); a Hub download is aborted (error `model.load_cancelled`).
  *       Ignored when nothing runs.
- *   Only one of train-toy / load-model / generate / logits / inspect-dataset / finetune / export
+ *   Only one of train-toy / load-model / generate / logits / inspect-dataset / finetune / evaluate /
+ *   export
  *   runs at a time; another one sent
  *   meanwhile is refused with error `train.busy` (train-toy, finetune) or `worker.busy` (the others).
  *
@@ -84,7 +131,8 @@
  *       `missing: true` when an optional file is not in the repo (HTTP 404, remembered too).
  *   {type: "model", id, info, source, timing: {download_ms, load_ms}}
  *       The model is loaded. info = wasm `Session.modelInfo()`: {architecture, parameters, layers,
- *       hidden_size, heads, vocab_size, max_positions, dtype: ["F32", ...], has_tokenizer}.
+ *       hidden_size, heads, vocab_size, max_positions, dtype: ["F32", ...], has_tokenizer,
+ *       has_chat_template, chat_template_source?, chat_template_error?}.
  *       source = {kind: "files", files: [name]} or {kind: "hub", repo, revision, endpoint, base,
  *       files: [{file, url, bytes, cached, missing}], cached: bool (all from the cache),
  *       cache_warning: string | null}.
@@ -96,7 +144,7 @@
  *       first_step_ms, median_step_ms, tokens_per_s}.
  *   {type: "done", id, result}           (generate)
  *       result = {prompt_ids, generated_ids, text (null without a tokenizer), seconds,
- *       tokens_per_s, cancelled}.
+ *       tokens_per_s, cancelled, chat_prompt (the formatted conversation, or null)}.
  *   {type: "logits", id, shape: [T, vocab], data: Float32Array}   (data row-major, transferred)
  *   {type: "dataset", id, result}        (inspect-dataset)
  *       result = {report, train_examples, validation_examples, train_batches, eval_batches,
@@ -109,7 +157,9 @@
  *   {type: "finetune-event", id, event}  (finetune)
  *       event = {type: "phase", phase: "data" | "samples" | "training" | "export", message} or
  *       {type: "step", step, total_steps, epoch, loss, lr, grad_norm, tokens_per_s, elapsed_s, eta_s,
- *       memory_bytes, eval: null | {loss, perplexity, tokens}}.
+ *       memory_bytes, eval: null | {loss, perplexity, tokens}}, or (see "pause")
+ *       {type: "paused" | "resumed", step, total_steps}.
+ *   {type: "done", id, result}           (evaluate: see "evaluate" above)
  *   {type: "done", id, result}           (finetune)
  *       result = {report, train_examples, validation_examples, train_batches, summary: {backend,
  *       method, steps, cancelled, losses, grad_norms, lrs, eval: [{step, loss, perplexity, tokens}],
@@ -121,6 +171,9 @@
  *       Names are "merged/model.safetensors", "merged/config.json", "merged/tokenizer.json", ...
  *       (a Hugging Face model folder) and, after LoRA, "adapter/adapter_model.safetensors",
  *       "adapter/adapter_config.json", ... (a PEFT adapter).
+ *   {type: "network", url, at}
+ *       The worker made a request (Resource Timing entry; `at` = timeOrigin + startTime, ms).
+ *       The page counts those made after the model was loaded (the privacy indicator).
  *   {type: "error", id, error: {code, message, details}, fatal}
  *       `id` is the operation's id, or null for errors outside one (init, uncaught errors).
  *       `fatal: true` means this worker is unusable (wasm panic/trap, failed initialisation): the
@@ -156,6 +209,40 @@ function post(message, transfer = []) {
 
 function coded(code, message, details) {
   return Object.assign(new Error(message), details === undefined ? { code } : { code, details });
+}
+
+/** Whether the page asked the current fine-tuning job to pause (by message, or the interrupt flag's 2). */
+function pauseRequested(op) {
+  if (!op.pauseRequested && interrupt !== null && Atomics.load(interrupt, 0) === 2) op.pauseRequested = true;
+  return op.pauseRequested;
+}
+
+/**
+ * Pause the job after the step `event`: the Promise returned to wasm keeps the training loop
+ * waiting between two steps (nothing of its state changes) until "resume" (true) or "cancel"
+ * (false: the job then ends as a cancelled one, evaluated and exported). A pause asked through
+ * the interrupt flag alone also ends when the flag goes back to 0 (resume) or to 1 (cancel).
+ */
+function pauseAfter(op, id, event) {
+  const byFlag = interrupt !== null && Atomics.load(interrupt, 0) === 2;
+  return new Promise((resolve) => {
+    const poll = interrupt === null ? 0 : setInterval(() => {
+      const flag = Atomics.load(interrupt, 0);
+      if (flag === 1) end(false);
+      else if (flag === 0 && byFlag) end(true);
+    }, 50);
+    const end = (goOn) => {
+      if (op.paused === null) return;
+      clearInterval(poll);
+      op.paused = null;
+      op.pauseRequested = false;
+      if (!goOn) op.cancelRequested = true;
+      else post({ type: "finetune-event", id, event: { type: "resumed", step: event.step, total_steps: event.total_steps } });
+      resolve(goOn);
+    };
+    op.paused = { step: event.step, end };
+    post({ type: "finetune-event", id, event: { type: "paused", step: event.step, total_steps: event.total_steps } });
+  });
 }
 
 /** Whether the page asked the current operation to stop (by message or through the interrupt flag). */
@@ -202,6 +289,47 @@ function reportError(id, error, { fallbackCode = "internal", fatal = isFatal(err
   if (fatal && broken === null) broken = payload;
   post({ type: "error", id: id ?? null, error: payload, fatal: Boolean(fatal) });
 }
+
+// Every request this worker makes, as the browser records it (Resource Timing), so the page's
+// privacy indicator counts the worker's requests too. `at` is wall-clock ms: the worker's clock
+// has its own origin.
+if (typeof PerformanceObserver === "function") {
+  new PerformanceObserver((list) => {
+    for (const entry of list.getEntries()) post({ type: "network", url: entry.name, at: performance.timeOrigin + entry.startTime });
+  }).observe({ type: "resource", buffered: false });
+}
+
+// Every GPUDevice created in this worker (wgpu asks the adapter for one), so a lost device is
+// reported the moment the browser says so (driver reset, GPU process crash, the tab losing its
+// GPU) instead of surfacing later as a confusing failed readback, and so tests can lose one.
+const gpuDevices = [];
+function watchGpuDevices() {
+  if (typeof GPUAdapter === "undefined" || GPUAdapter.prototype.requestDevice.webtuneWatched) return;
+  const original = GPUAdapter.prototype.requestDevice;
+  const watched = async function (...args) {
+    const device = await original.apply(this, args);
+    gpuDevices.push(device);
+    device.lost.then((info) => {
+      // A device dropped while the backend was being chosen (auto falling back) is no loss.
+      if (!sessionUsesGpu) return;
+      const payload = {
+        code: "device.lost",
+        message:
+          `The GPU device was lost (${info.reason === "destroyed" ? "destroyed" : "the browser reported a loss"}${info.message ? `: ${info.message}` : ""}). ` +
+          "What was running stopped; your dataset and settings are kept. Restart the worker to continue, or use the CPU backend if this happens again.",
+        details: { reason: String(info.reason ?? "unknown"), message: String(info.message ?? "") },
+      };
+      if (broken === null) broken = payload;
+      post({ type: "error", id: currentOp?.id ?? null, error: payload, fatal: true });
+    });
+    return device;
+  };
+  watched.webtuneWatched = true;
+  GPUAdapter.prototype.requestDevice = watched;
+}
+watchGpuDevices();
+/** Whether the session computes on a GPU device (else a device lost is only a probe's). */
+let sessionUsesGpu = false;
 
 // wasm calls this from its panic hook before the instance traps, so the page hears about a
 // panic even when the trap leaves a promise unsettled.
@@ -330,6 +458,7 @@ async function initialise(requested) {
   if (backend === "webgpu") {
     try {
       session = await wasm.Session.create("webgpu");
+      sessionUsesGpu = true;
     } catch (e) {
       if (requested === "webgpu" || isFatal(e)) throw e;
       // auto: a device that cannot be created is no reason to fail; use the CPU.
@@ -382,7 +511,7 @@ async function beginOp(id, kind) {
     reportError(id, coded(code, `${what}; cancel it or wait for it to finish.`, { running: currentOp.id, kind: currentOp.kind }), { fatal: false });
     return null;
   }
-  currentOp = { id, kind, cancelRequested: false, abort: null };
+  currentOp = { id, kind, cancelRequested: false, abort: null, pauseRequested: false, paused: null };
   return { session, op: currentOp };
 }
 
@@ -523,18 +652,131 @@ async function inspectDataset(id, name, bytes, config) {
   }
 }
 
-async function finetune(id, name, bytes, config) {
+// Checkpoints of the current fine-tuning job, in the origin private file system (OPFS): one slot,
+// the latest run's. `run.ckpt` holds wasm's checkpoint bytes (trainable weights, AdamW state,
+// batch position, loss history); `run.json` says what it belongs to: {step, total_steps,
+// saved_at, config, dataset: {name, size, sha256}, model: {architecture, parameters, layers,
+// hidden_size, vocab_size}}. It is written after the bytes, so it never names a missing one.
+const CHECKPOINT_DIR = "webtune-checkpoints";
+
+async function checkpointDir(create) {
+  if (!navigator.storage?.getDirectory) return null;
+  const root = await navigator.storage.getDirectory();
+  try {
+    return await root.getDirectoryHandle(CHECKPOINT_DIR, { create });
+  } catch {
+    return null;
+  }
+}
+
+async function writeFile(dir, name, data) {
+  const handle = await dir.getFileHandle(name, { create: true });
+  const writable = await handle.createWritable();
+  await writable.write(data);
+  await writable.close();
+}
+
+/** The saved checkpoint's description, or null. */
+async function checkpointMeta() {
+  const dir = await checkpointDir(false);
+  if (!dir) return null;
+  try {
+    const file = await (await dir.getFileHandle("run.json")).getFile();
+    return JSON.parse(await file.text());
+  } catch {
+    return null;
+  }
+}
+
+async function discardCheckpoint() {
+  const root = navigator.storage?.getDirectory ? await navigator.storage.getDirectory() : null;
+  await root?.removeEntry(CHECKPOINT_DIR, { recursive: true }).catch(() => {});
+}
+
+async function sha256Hex(bytes) {
+  const digest = await crypto.subtle.digest("SHA-256", bytes);
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** What identifies the loaded model in a checkpoint's description. */
+function modelKey(session) {
+  const i = session.modelInfo();
+  return { architecture: i.architecture, parameters: i.parameters, layers: i.layers, hidden_size: i.hidden_size, vocab_size: i.vocab_size };
+}
+
+/** The saved checkpoint's bytes if it belongs to this model and dataset; throws a coded error otherwise. */
+async function checkpointFor(session, dataset) {
+  const meta = await checkpointMeta();
+  if (!meta) throw coded("checkpoint.missing", "There is no interrupted run to continue in this browser.");
+  if (JSON.stringify(meta.model) !== JSON.stringify(modelKey(session))) {
+    throw coded("checkpoint.model_mismatch", `The interrupted run trained another model (${meta.model?.architecture}, ${meta.model?.parameters} parameters); load that model to continue it.`, { expected: meta.model });
+  }
+  const d = meta.dataset;
+  if (d.size !== dataset.size || d.sha256 !== dataset.sha256) {
+    throw coded(
+      "checkpoint.dataset_mismatch",
+      `${dataset.name} is not the file the interrupted run trained on: that was ${d.name} (${d.size} bytes, SHA-256 ${d.sha256.slice(0, 12)}…), ` +
+        `this one has ${dataset.size} bytes and SHA-256 ${dataset.sha256.slice(0, 12)}…. Choose the same file to continue.`,
+      { expected: d, got: dataset },
+    );
+  }
+  const dir = await checkpointDir(false);
+  const file = await (await dir.getFileHandle("run.ckpt")).getFile();
+  return { meta, bytes: new Uint8Array(await file.arrayBuffer()) };
+}
+
+async function finetune(id, name, bytes, config, resume) {
   const started = await beginOp(id, "finetune");
   if (!started) return;
   const { session, op } = started;
   try {
     const data = datasetBytes("finetune", name, bytes);
+    // Checkpoints need a wasm build with Session.finetuneResumable, OPFS and WebCrypto (both only
+    // in secure contexts); without them the job trains without checkpoints.
+    const resumable =
+      typeof session.finetuneResumable === "function" && typeof crypto?.subtle?.digest === "function" && (await checkpointDir(true).catch(() => null)) !== null;
+    if (resume && !resumable) throw coded("checkpoint.unsupported", "This browser or wasm build cannot save or resume checkpoints.");
+    let writes = Promise.resolve();
+    let run;
+    if (resumable) {
+      const dataset = { name, size: data.byteLength, sha256: await sha256Hex(data) };
+      let saved = null;
+      if (resume) {
+        saved = await checkpointFor(session, dataset);
+        config = saved.meta.config;
+      }
+      const model = modelKey(session);
+      // Writes are chained, so they land in step order; a failed write is reported, not fatal.
+      const onCheckpoint = ({ step, bytes: ckpt }) => {
+        writes = writes.then(async () => {
+          try {
+            const dir = await checkpointDir(true);
+            await writeFile(dir, "run.ckpt", ckpt);
+            const meta = { step, total_steps: op.totalSteps ?? null, saved_at: new Date().toISOString(), config: config ?? {}, dataset, model };
+            await writeFile(dir, "run.json", JSON.stringify(meta));
+            post({ type: "finetune-event", id, event: { type: "checkpoint", step, bytes: ckpt.byteLength } });
+          } catch (e) {
+            post({ type: "finetune-event", id, event: { type: "checkpoint", step, error: errorPayload(e) } });
+          }
+        });
+      };
+      run = (onEvent) => session.finetuneResumable(name, data, config ?? {}, onEvent, onCheckpoint, saved?.bytes ?? null);
+    } else {
+      run = (onEvent) => session.finetune(name, data, config ?? {}, onEvent);
+    }
     // wasm yields to the event loop only once per step, so a "cancel" message can arrive late:
     // the interrupt flag, read after every event, stops the run after its current step.
-    const result = await session.finetune(name, data, config ?? {}, (event) => {
+    const result = await run((event) => {
+      if (event.type === "step") op.totalSteps = event.total_steps;
       post({ type: "finetune-event", id, event });
-      return !stopRequested(op);
+      if (stopRequested(op)) return false;
+      // Pausing after the last step would only delay the evaluation.
+      if (event.type === "step" && event.step < event.total_steps && pauseRequested(op)) return pauseAfter(op, id, event);
+      return true;
     });
+    await writes;
+    // A run that reached its end needs no checkpoint; a stopped one keeps its last.
+    if (resumable && !result?.summary?.cancelled) await discardCheckpoint();
     let tunedInfo = null;
     try {
       tunedInfo = session.tunedInfo() ?? null;
@@ -542,6 +784,43 @@ async function finetune(id, name, bytes, config) {
       tunedInfo = null;
     }
     post({ type: "done", id, result: { ...result, tuned_info: tunedInfo } });
+  } catch (e) {
+    reportError(id, e);
+  } finally {
+    finish(op);
+  }
+}
+
+async function evaluate(id, name, bytes, config, which) {
+  const started = await beginOp(id, "evaluate");
+  if (!started) return;
+  const { session, op } = started;
+  try {
+    if (typeof session.evaluate !== "function") {
+      throw coded("evaluate.unsupported", "This build of the webtune wasm module cannot evaluate without training (it has no Session.evaluate); rebuild it with `cargo xtask build-wasm`.");
+    }
+    if (which != null && which !== "base" && which !== "tuned") {
+      throw coded("config.invalid", `which must be "base" or "tuned", not ${JSON.stringify(which)}.`);
+    }
+    const data = datasetBytes("evaluate", name, bytes);
+    const result = await session.evaluate(name, data, config ?? {}, which ?? "base");
+    post({ type: "done", id, result: { ...result, model: which ?? "base" } });
+  } catch (e) {
+    reportError(id, e);
+  } finally {
+    finish(op);
+  }
+}
+
+async function encoderCall(id, kind, which, call) {
+  const started = await beginOp(id, kind);
+  if (!started) return;
+  const { session, op } = started;
+  try {
+    if (which != null && which !== "base" && which !== "tuned") {
+      throw coded("config.invalid", `which must be "base" or "tuned", not ${JSON.stringify(which)}.`);
+    }
+    post({ type: "done", id, result: await call(session, which ?? "base") });
   } catch (e) {
     reportError(id, e);
   } finally {
@@ -627,15 +906,49 @@ self.addEventListener("message", (event) => {
       inspectDataset(message.id, message.name, message.bytes, message.config);
       return;
     case "finetune":
-      finetune(message.id, message.name, message.bytes, message.config);
+      finetune(message.id, message.name, message.bytes, message.config, message.resume === true);
+      return;
+    case "checkpoint-info":
+      checkpointMeta().then(
+        (meta) => post({ type: "done", id: message.id, result: meta }),
+        (e) => reportError(message.id, e),
+      );
+      return;
+    case "checkpoint-discard":
+      discardCheckpoint().then(() => post({ type: "done", id: message.id, result: null }));
+      return;
+    case "evaluate":
+      evaluate(message.id, message.name, message.bytes, message.config, message.which);
+      return;
+    case "classify":
+      encoderCall(message.id, "classify", message.which, (session, which) => session.classify(String(message.text ?? ""), which));
+      return;
+    case "similarity":
+      encoderCall(message.id, "similarity", message.which, async (session, which) => ({
+        similarity: await session.similarity(String(message.a ?? ""), String(message.b ?? ""), which),
+      }));
       return;
     case "export":
       exportFiles(message.id);
+      return;
+    case "debug-lose-device":
+      // Test hook: lose the GPU device as a driver reset would.
+      for (const device of gpuDevices) device.destroy();
       return;
     case "cancel":
       if (currentOp !== null) {
         currentOp.cancelRequested = true;
         currentOp.abort?.abort();
+        currentOp.paused?.end(false);
+      }
+      return;
+    case "pause":
+      if (currentOp?.kind === "finetune") currentOp.pauseRequested = true;
+      return;
+    case "resume":
+      if (currentOp?.kind === "finetune") {
+        currentOp.pauseRequested = false;
+        currentOp.paused?.end(true);
       }
       return;
     default:

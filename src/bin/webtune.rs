@@ -9,10 +9,13 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 use serde_json::json;
 use webtune::backend::{Backend, BackendKind};
+use webtune::data::chat::Message;
 use webtune::eval::generate::{generate, GenerateOptions};
 use webtune::io::hf::ModelFiles;
 use webtune::models::loaded::LoadedModel;
-use webtune::train::job::{chat_template, eval_file, run_job, DatasetFile, JobConfig, JobEvent};
+use webtune::train::job::{
+    chat_template, eval_file, run_task, DatasetFile, JobConfig, JobEvent, JobResult,
+};
 use webtune::train::toy::{train_toy, ToyTrainConfig};
 use webtune::Error;
 
@@ -53,11 +56,18 @@ enum Command {
     /// Continue a prompt.
     Generate {
         model: PathBuf,
-        #[arg(long, conflicts_with = "ids")]
+        #[arg(long, conflicts_with_all = ["ids", "chat"])]
         prompt: Option<String>,
         /// Comma-separated prompt token ids instead of text.
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, value_delimiter = ',', conflicts_with = "chat")]
         ids: Option<Vec<u32>>,
+        /// A user message, formatted with the model's chat template (the answer stops at the
+        /// template's end-of-turn token).
+        #[arg(long)]
+        chat: Option<String>,
+        /// A system message before --chat.
+        #[arg(long, requires = "chat")]
+        system: Option<String>,
         #[arg(long, default_value_t = 32)]
         max_new_tokens: usize,
         /// Always pick the most likely token.
@@ -207,6 +217,11 @@ fn run(cli: &Cli) -> Result<(), Error> {
                     "tokenizer      {}",
                     if i.has_tokenizer { "yes" } else { "no" }
                 );
+                match (&i.chat.chat_template_source, &i.chat.chat_template_error) {
+                    (Some(source), _) => println!("chat template  yes ({source})"),
+                    (None, Some(error)) => println!("chat template  unusable: {error}"),
+                    (None, None) => println!("chat template  no"),
+                }
             }
             Ok(())
         }
@@ -258,6 +273,8 @@ fn run(cli: &Cli) -> Result<(), Error> {
             model,
             prompt,
             ids,
+            chat,
+            system,
             max_new_tokens,
             greedy,
             temperature,
@@ -269,7 +286,21 @@ fn run(cli: &Cli) -> Result<(), Error> {
             ignore_eos,
         } => {
             let model = load(model)?;
-            let prompt_ids = input_ids(&model, prompt, ids)?;
+            let chat_prompt = match chat {
+                Some(message) => {
+                    let mut messages = Vec::new();
+                    if let Some(system) = system {
+                        messages.push(Message::new("system", system));
+                    }
+                    messages.push(Message::new("user", message));
+                    Some((model.chat_prompt(&messages, true)?, messages))
+                }
+                None => None,
+            };
+            let prompt_ids = match &chat_prompt {
+                Some((_, messages)) => model.chat_ids(messages, true)?,
+                None => input_ids(&model, prompt, ids)?,
+            };
             let opts = GenerateOptions {
                 max_new_tokens: *max_new_tokens,
                 greedy: *greedy,
@@ -281,12 +312,16 @@ fn run(cli: &Cli) -> Result<(), Error> {
                 use_cache: !no_cache,
                 stop_tokens: if *ignore_eos {
                     vec![]
+                } else if chat_prompt.is_some() {
+                    model.chat_stop_tokens()
                 } else {
                     model.eos_token_id.into_iter().collect()
                 },
             };
             let start = webtune::platform::now_ms();
             let stream = !cli.json && model.tokenizer.is_some();
+            // A chat reply is shown without the end-of-turn token that closes it.
+            let ends_turn = |t: &u32| chat_prompt.is_some() && opts.stop_tokens.contains(t);
             let mut shown = String::new();
             let mut so_far = Vec::new();
             let tokens = pollster::block_on(generate(
@@ -295,7 +330,7 @@ fn run(cli: &Cli) -> Result<(), Error> {
                 &prompt_ids,
                 &opts,
                 |t| {
-                    if stream {
+                    if stream && !ends_turn(&t) {
                         // Decode the whole continuation each time: a token can end mid-character.
                         so_far.push(t);
                         if let Some(Ok(text)) =
@@ -312,8 +347,12 @@ fn run(cli: &Cli) -> Result<(), Error> {
                 },
             ))?;
             let seconds = (webtune::platform::now_ms() - start) / 1e3;
+            let reply = match tokens.split_last() {
+                Some((last, rest)) if ends_turn(last) => rest,
+                _ => &tokens[..],
+            };
             let text = match &model.tokenizer {
-                Some(tk) => Some(tk.decode(&tokens)?),
+                Some(tk) => Some(tk.decode(reply)?),
                 None => None,
             };
             if cli.json {
@@ -321,6 +360,7 @@ fn run(cli: &Cli) -> Result<(), Error> {
                     "prompt_ids": prompt_ids,
                     "generated_ids": tokens,
                     "text": text,
+                    "chat_prompt": chat_prompt.as_ref().map(|(text, _)| text),
                     "tokens_per_s": tokens.len() as f64 / seconds.max(1e-9),
                     "use_cache": opts.use_cache,
                 }))?;
@@ -379,7 +419,7 @@ fn run(cli: &Cli) -> Result<(), Error> {
             if progress_json {
                 eprintln!("{}", json!({ "backend_info": &backend.info }));
             }
-            let output = pollster::block_on(run_job(
+            let output = pollster::block_on(run_task(
                 files,
                 &base,
                 &backend,
@@ -410,13 +450,30 @@ fn run(cli: &Cli) -> Result<(), Error> {
                                     );
                                 }
                             }
+                            JobEvent::ClassStep(p) => {
+                                if p.step == 1 || p.step % 10 == 0 || p.step == p.total_steps {
+                                    let eval = p
+                                        .eval
+                                        .map(|e| {
+                                            format!(
+                                                "  val loss {:.4} accuracy {:.3}",
+                                                e.loss, e.accuracy
+                                            )
+                                        })
+                                        .unwrap_or_default();
+                                    eprintln!(
+                                        "step {:>4}/{}  loss {:.4}  lr {:.2e}  {:.1} examples/s  eta {:.0}s{eval}",
+                                        p.step, p.total_steps, p.loss, p.lr, p.examples_per_s, p.eta_s
+                                    );
+                                }
+                            }
                         }
                     }
                     true
                 },
             ))?;
             if let Some(out) = out {
-                for (name, bytes) in &output.export {
+                for (name, bytes) in output.export() {
                     let path = out.join(name);
                     if let Some(parent) = path.parent() {
                         std::fs::create_dir_all(parent).map_err(|e| {
@@ -431,30 +488,14 @@ fn run(cli: &Cli) -> Result<(), Error> {
             if cli.json {
                 print_json(&output)?;
             } else {
-                let fmt = |e: Option<webtune::train::finetune::EvalLoss>| {
-                    e.map(|e| format!("loss {:.4}, perplexity {:.2}", e.loss, e.perplexity))
-                        .unwrap_or_else(|| "–".into())
-                };
-                println!(
-                    "{} steps; validation before: {}; after: {}",
-                    output.summary.steps,
-                    fmt(output.before),
-                    fmt(output.after)
-                );
-                for s in &output.samples {
-                    println!(
-                        "\n[{}] {}\n  reference: {}\n  before:    {}\n  after:     {}",
-                        s.source,
-                        s.prompt.trim_end(),
-                        s.reference,
-                        s.before,
-                        s.after
-                    );
+                match &output {
+                    JobResult::Causal(output) => print_causal(output),
+                    JobResult::Classification(output) => print_classification(output),
                 }
                 match out {
                     Some(out) => println!(
                         "\nwrote {} files under {}",
-                        output.export.len(),
+                        output.export().len(),
                         out.display()
                     ),
                     None => println!("\n(no --out given: nothing written)"),
@@ -479,6 +520,24 @@ fn run(cli: &Cli) -> Result<(), Error> {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
+            if base.is_encoder() {
+                let value = pollster::block_on(webtune::train::classify_job::eval_class_file(
+                    &base, &name, &bytes, &cfg,
+                ))?;
+                if cli.json {
+                    print_json(&value)?;
+                } else {
+                    let m = |k: &str| value["eval"][k].as_f64().unwrap_or(f64::NAN);
+                    println!(
+                        "{} examples: accuracy {:.3}, macro-F1 {:.3}, loss {:.4}",
+                        value["examples"],
+                        m("accuracy"),
+                        m("macro_f1"),
+                        m("loss")
+                    );
+                }
+                return Ok(());
+            }
             let value = pollster::block_on(eval_file(&base, chat, &name, &bytes, &cfg))?;
             if cli.json {
                 print_json(&value)?;
@@ -548,6 +607,72 @@ fn run(cli: &Cli) -> Result<(), Error> {
             }
             Ok(())
         }
+    }
+}
+
+fn print_causal(output: &webtune::train::job::JobOutput) {
+    let fmt = |e: Option<webtune::train::finetune::EvalLoss>| {
+        e.map(|e| format!("loss {:.4}, perplexity {:.2}", e.loss, e.perplexity))
+            .unwrap_or_else(|| "–".into())
+    };
+    println!(
+        "{} steps; validation before: {}; after: {}",
+        output.summary.steps,
+        fmt(output.before),
+        fmt(output.after)
+    );
+    if let (Some(b), Some(a)) = (output.answers_before, output.answers_after) {
+        println!(
+            "answers on {} samples: exact match {:.2} → {:.2}, token F1 {:.2} → {:.2}",
+            a.examples, b.exact_match, a.exact_match, b.token_f1, a.token_f1
+        );
+    }
+    for s in &output.samples {
+        println!(
+            "\n[{}] {}\n  reference: {}\n  before:    {}\n  after:     {}",
+            s.source,
+            s.prompt.trim_end(),
+            s.reference,
+            s.before,
+            s.after
+        );
+    }
+}
+
+fn print_classification(output: &webtune::train::classify_job::ClassifyJobOutput) {
+    let (b, a) = (&output.before, &output.after);
+    println!(
+        "{} steps; {} validation examples, labels {}",
+        output.summary.steps,
+        a.examples,
+        output.labels.join(", ")
+    );
+    println!(
+        "accuracy {:.3} → {:.3}; macro-F1 {:.3} → {:.3}; loss {:.4} → {:.4}",
+        b.accuracy, a.accuracy, b.macro_f1, a.macro_f1, b.loss, a.loss
+    );
+    for (before, after) in b.per_class.iter().zip(&a.per_class) {
+        println!(
+            "  {:<16} F1 {:.3} → {:.3}  (support {})",
+            after.label, before.f1, after.f1, after.support
+        );
+    }
+    println!(
+        "{} predictions changed: {} fixed, {} broken",
+        output.changed_total, output.fixed, output.broken
+    );
+    for c in &output.changed {
+        println!(
+            "  [{}] {} {:?}: {} ({:.2}) → {} ({:.2}), true {}",
+            c.status,
+            c.source,
+            c.text,
+            c.before.label,
+            c.before.prob,
+            c.after.label,
+            c.after.prob,
+            c.label
+        );
     }
 }
 

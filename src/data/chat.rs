@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::error::{Code, Error, Result};
+use crate::io::hf::ModelFiles;
 use crate::io::tokenizer::Tokenizer;
 
 /// One chat message.
@@ -53,6 +54,9 @@ pub const CHAT_TEMPLATE_FUEL: u64 = 5_000_000;
 pub struct ChatTemplate {
     env: Environment<'static>,
     source: String,
+    /// Where the template came from (`tokenizer_config.json`, `chat_template.jinja`, `gguf`…);
+    /// empty for one given directly.
+    origin: String,
     pub bos_token: String,
     pub eos_token: String,
 }
@@ -63,6 +67,7 @@ impl std::fmt::Debug for ChatTemplate {
             .field("bos_token", &self.bos_token)
             .field("eos_token", &self.eos_token)
             .field("source_chars", &self.source.len())
+            .field("origin", &self.origin)
             .finish()
     }
 }
@@ -100,9 +105,20 @@ impl ChatTemplate {
         Ok(Self {
             env,
             source: source.to_string(),
+            origin: String::new(),
             bos_token: bos_token.into(),
             eos_token: eos_token.into(),
         })
+    }
+
+    /// Records where the template came from (shown to the user, e.g. in the model's info).
+    pub fn with_origin(mut self, origin: &str) -> Self {
+        self.origin = origin.to_string();
+        self
+    }
+
+    pub fn origin(&self) -> &str {
+        &self.origin
     }
 
     /// The fallback template (ChatML), for models that ship none.
@@ -116,38 +132,97 @@ impl ChatTemplate {
 
     /// Reads `chat_template`, `bos_token` and `eos_token` from a tokenizer_config.json. The
     /// template may be a string or a list of `{name, template}` (the one named "default" is
-    /// used); the tokens may be strings or `{"content": …}` objects. `Ok(None)` when the file
-    /// has no template.
+    /// used, as transformers does); the tokens may be strings or `{"content": …}` objects.
+    /// `Ok(None)` when the file has no template.
     pub fn from_tokenizer_config(bytes: &[u8]) -> Result<Option<Self>> {
-        let config: Value = serde_json::from_slice(bytes).map_err(|e| {
-            Error::new(
-                Code::TokenizerInvalid,
-                format!("tokenizer_config.json is not valid JSON: {e}"),
+        let config = parse_json("tokenizer_config.json", bytes)?;
+        let Some(template) = pick_template("tokenizer_config.json", &config["chat_template"])?
+        else {
+            return Ok(None);
+        };
+        let t = Self::new(
+            &template,
+            &special_token(&config, "bos_token"),
+            &special_token(&config, "eos_token"),
+        )?;
+        Ok(Some(t.with_origin("tokenizer_config.json")))
+    }
+
+    /// The chat template of a model, from the first of (transformers' order: a separate
+    /// template file overrides the tokenizer config's entry):
+    /// 1. `chat_template.jinja` (the template as a file, transformers ≥ 4.43),
+    /// 2. `chat_template.json` (`{"chat_template": …}`, the older separate file),
+    /// 3. `tokenizer_config.json`'s `chat_template` (string or named list),
+    /// 4. a GGUF file's `tokenizer.chat_template` metadata.
+    ///
+    /// `bos_token`/`eos_token` come from tokenizer_config.json (or special_tokens_map.json), or
+    /// from the GGUF vocabulary. `Ok(None)` when the model ships no template; a template that
+    /// does not compile is a `chat_template.invalid` error.
+    pub fn from_model_files(files: &ModelFiles) -> Result<Option<Self>> {
+        let config = files
+            .get("tokenizer_config.json")
+            .map(|b| parse_json("tokenizer_config.json", b))
+            .transpose()?;
+        let specials = files
+            .get("special_tokens_map.json")
+            .and_then(|b| serde_json::from_slice::<Value>(b).ok());
+        let token = |key: &str| {
+            let from = |v: &Option<Value>| v.as_ref().map(|v| special_token(v, key));
+            from(&config)
+                .filter(|t| !t.is_empty())
+                .or_else(|| from(&specials))
+                .unwrap_or_default()
+        };
+        let compile = |template: &str, origin: &str| {
+            Self::new(template, &token("bos_token"), &token("eos_token"))
+                .map(|t| Some(t.with_origin(origin)))
+        };
+        if let Some(bytes) = files.get("chat_template.jinja") {
+            let template = std::str::from_utf8(bytes).map_err(|_| {
+                Error::new(
+                    Code::ChatTemplateInvalid,
+                    "chat_template.jinja is not UTF-8 text",
+                )
+                .with_details(json!({ "file": "chat_template.jinja" }))
+            })?;
+            return compile(template, "chat_template.jinja");
+        }
+        if let Some(bytes) = files.get("chat_template.json") {
+            let value = parse_json("chat_template.json", bytes)?;
+            if let Some(template) = pick_template("chat_template.json", &value["chat_template"])? {
+                return compile(&template, "chat_template.json");
+            }
+        }
+        if let Some(config) = &config {
+            if let Some(template) =
+                pick_template("tokenizer_config.json", &config["chat_template"])?
+            {
+                return compile(&template, "tokenizer_config.json");
+            }
+        }
+        if let Some(g) = files.gguf_chat_template()? {
+            let t = Self::new(&g.template, &g.bos_token, &g.eos_token)?;
+            return Ok(Some(t.with_origin("gguf")));
+        }
+        Ok(None)
+    }
+
+    /// The token that ends an assistant turn under this template (ChatML's `<|im_end|>`,
+    /// Llama 3's `<|eot_id|>`, Gemma's `<end_of_turn>`…): the first special token the template
+    /// writes after an assistant message. Generation in chat mode stops there even when the
+    /// model's EOS is another token. `None` when the template writes no special token there
+    /// or refuses the probe conversation.
+    pub fn end_of_turn(&self, tokenizer: &Tokenizer) -> Option<u32> {
+        const PROBE: &str = "WEBTUNE_END_OF_TURN_PROBE";
+        let text = self
+            .render(
+                &[Message::new("user", "hi"), Message::new("assistant", PROBE)],
+                false,
             )
-            .with_details(json!({ "file": "tokenizer_config.json" }))
-        })?;
-        let template = match &config["chat_template"] {
-            Value::String(s) => Some(s.clone()),
-            Value::Array(list) => list
-                .iter()
-                .find(|t| t["name"] == "default")
-                .or_else(|| list.first())
-                .and_then(|t| t["template"].as_str())
-                .map(str::to_string),
-            _ => None,
-        };
-        let token = |key: &str| match &config[key] {
-            Value::String(s) => s.clone(),
-            Value::Object(o) => o
-                .get("content")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
-            _ => String::new(),
-        };
-        template
-            .map(|t| Self::new(&t, &token("bos_token"), &token("eos_token")))
-            .transpose()
+            .ok()?;
+        let after = &text[text.rfind(PROBE)? + PROBE.len()..];
+        let ids = tokenizer.encode_with(after, false).ok()?;
+        ids.into_iter().find(|&id| tokenizer.is_special(id))
     }
 
     /// Renders a conversation; `add_generation_prompt` appends the assistant header so the
@@ -205,6 +280,56 @@ impl ChatTemplate {
             }
         }
         Ok((ids, assistant))
+    }
+}
+
+fn parse_json(file: &str, bytes: &[u8]) -> Result<Value> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        Error::new(
+            Code::TokenizerInvalid,
+            format!("{file} is not valid JSON: {e}"),
+        )
+        .with_details(json!({ "file": file }))
+    })
+}
+
+/// A `chat_template` entry: a string, or a list of `{name, template}` of which transformers
+/// renders the one named "default" (a list without one is refused, as transformers does).
+fn pick_template(file: &str, value: &Value) -> Result<Option<String>> {
+    match value {
+        Value::String(s) => Ok(Some(s.clone())),
+        Value::Array(list) => {
+            let default = list.iter().find(|t| t["name"] == "default");
+            match default.and_then(|t| t["template"].as_str()) {
+                Some(t) => Ok(Some(t.to_string())),
+                None => {
+                    let names: Vec<&str> = list.iter().filter_map(|t| t["name"].as_str()).collect();
+                    Err(Error::new(
+                        Code::ChatTemplateInvalid,
+                        format!(
+                            "{file} lists chat templates ({}) but none named \"default\" with a \
+                             template string",
+                            names.join(", ")
+                        ),
+                    )
+                    .with_details(json!({ "file": file, "templates": names })))
+                }
+            }
+        }
+        _ => Ok(None),
+    }
+}
+
+/// A special token of a tokenizer config: a string or an `{"content": …}` object.
+fn special_token(config: &Value, key: &str) -> String {
+    match &config[key] {
+        Value::String(s) => s.clone(),
+        Value::Object(o) => o
+            .get("content")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
+        _ => String::new(),
     }
 }
 

@@ -4,6 +4,7 @@
 //! [`Issue`]s in place of that record, so the caller decides whether to skip or stop; problems
 //! that make the whole file unreadable (invalid UTF-8, a broken JSON array) are errors.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -150,12 +151,116 @@ pub fn decode_utf8<'a>(file: &str, bytes: &'a [u8]) -> Result<&'a str> {
             "invalid_utf8",
             format!(
                 "{file} is not valid UTF-8: byte 0x{:02X} at byte offset {offset} (line {line}, \
-                 column {column}) cannot be decoded. Save the file as UTF-8 and load it again.",
+                 column {column}) cannot be decoded. Save the file as UTF-8, or choose its \
+                 encoding (windows-1252 for most spreadsheets saved on Windows, utf-16le).",
                 bytes[offset]
             ),
             json!({ "byte_offset": offset, "line": line, "column": column }),
         )
     })
+}
+
+/// A text encoding for files that are not UTF-8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Encoding {
+    /// UTF-8 (a BOM is skipped); a UTF-16 file with a BOM is recognised by it.
+    #[default]
+    #[serde(rename = "utf-8")]
+    Utf8,
+    /// Windows-1252, what the Web calls "latin1"/"iso-8859-1" too (WHATWG Encoding), the
+    /// usual encoding of spreadsheets exported on Western-European Windows machines.
+    #[serde(rename = "windows-1252", alias = "latin1", alias = "iso-8859-1")]
+    Windows1252,
+    #[serde(rename = "utf-16le")]
+    Utf16Le,
+    #[serde(rename = "utf-16be")]
+    Utf16Be,
+}
+
+/// Windows-1252's 0x80–0x9F; the five unassigned bytes map to the C1 controls, as WHATWG's
+/// decoder (and so the browser's TextDecoder) does.
+const CP1252_HIGH: [u16; 32] = [
+    0x20AC, 0x0081, 0x201A, 0x0192, 0x201E, 0x2026, 0x2020, 0x2021, 0x02C6, 0x2030, 0x0160, 0x2039,
+    0x0152, 0x008D, 0x017D, 0x008F, 0x0090, 0x2018, 0x2019, 0x201C, 0x201D, 0x2022, 0x2013, 0x2014,
+    0x02DC, 0x2122, 0x0161, 0x203A, 0x0153, 0x009D, 0x017E, 0x0178,
+];
+
+fn decode_utf16(file: &str, body: &[u8], little_endian: bool, skipped: usize) -> Result<String> {
+    if body.len() % 2 != 0 {
+        return Err(data_error(
+            file,
+            "invalid_utf16",
+            format!(
+                "{file} is not valid UTF-16: it has an odd number of bytes ({}), so its last \
+                 character is cut off",
+                body.len() + skipped
+            ),
+            json!({ "byte_offset": body.len() + skipped - 1 }),
+        ));
+    }
+    let units = body.chunks_exact(2).map(|p| {
+        if little_endian {
+            u16::from_le_bytes([p[0], p[1]])
+        } else {
+            u16::from_be_bytes([p[0], p[1]])
+        }
+    });
+    let mut out = String::with_capacity(body.len() / 2);
+    for (i, c) in char::decode_utf16(units).enumerate() {
+        match c {
+            Ok(c) => out.push(c),
+            Err(e) => {
+                let offset = skipped + 2 * i;
+                let line = 1 + out.matches('\n').count();
+                return Err(data_error(
+                    file,
+                    "invalid_utf16",
+                    format!(
+                        "{file} is not valid UTF-16: an unpaired surrogate 0x{:04X} at byte \
+                         offset {offset} (line {line})",
+                        e.unpaired_surrogate()
+                    ),
+                    json!({ "byte_offset": offset, "line": line }),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The encoding [`decode`] reads `bytes` in when asked for `encoding` (a UTF-16 BOM wins).
+pub fn effective_encoding(bytes: &[u8], encoding: Encoding) -> Encoding {
+    match (encoding, bytes) {
+        (Encoding::Utf8 | Encoding::Utf16Le, [0xFF, 0xFE, ..]) => Encoding::Utf16Le,
+        (Encoding::Utf8 | Encoding::Utf16Be, [0xFE, 0xFF, ..]) => Encoding::Utf16Be,
+        (e, _) => e,
+    }
+}
+
+/// The file's text in `encoding`. UTF-8 is borrowed; a UTF-16 byte-order mark wins over a
+/// UTF-8 choice (such a file cannot be UTF-8), so files saved as "Unicode" by Windows tools load.
+pub fn decode<'a>(file: &str, bytes: &'a [u8], encoding: Encoding) -> Result<Cow<'a, str>> {
+    match (encoding, bytes) {
+        (Encoding::Utf8 | Encoding::Utf16Le, [0xFF, 0xFE, rest @ ..]) => {
+            decode_utf16(file, rest, true, 2).map(Cow::Owned)
+        }
+        (Encoding::Utf8 | Encoding::Utf16Be, [0xFE, 0xFF, rest @ ..]) => {
+            decode_utf16(file, rest, false, 2).map(Cow::Owned)
+        }
+        (Encoding::Utf8, _) => decode_utf8(file, bytes).map(Cow::Borrowed),
+        (Encoding::Utf16Le, _) => decode_utf16(file, bytes, true, 0).map(Cow::Owned),
+        (Encoding::Utf16Be, _) => decode_utf16(file, bytes, false, 0).map(Cow::Owned),
+        (Encoding::Windows1252, _) => Ok(Cow::Owned(
+            bytes
+                .iter()
+                .map(|&b| match b {
+                    0x80..=0x9F => char::from_u32(CP1252_HIGH[(b - 0x80) as usize] as u32)
+                        .unwrap_or('\u{FFFD}'),
+                    _ => b as char,
+                })
+                .collect(),
+        )),
+    }
 }
 
 /// Reads a dataset file. `format` overrides detection from the name and content.
@@ -165,7 +270,19 @@ pub fn read(
     format: Option<Format>,
     text_mode: TextMode,
 ) -> Result<Parsed> {
-    let text = decode_utf8(name, bytes)?;
+    read_encoded(name, bytes, format, text_mode, Encoding::Utf8)
+}
+
+/// [`read`] for a file in `encoding`.
+pub fn read_encoded(
+    name: &str,
+    bytes: &[u8],
+    format: Option<Format>,
+    text_mode: TextMode,
+    encoding: Encoding,
+) -> Result<Parsed> {
+    let text = decode(name, bytes, encoding)?;
+    let text = text.as_ref();
     let format = format.unwrap_or_else(|| Format::detect(name, text));
     let file: Arc<str> = Arc::from(name);
     match format {
@@ -522,6 +639,47 @@ fn read_text(file: &Arc<str>, text: &str, mode: TextMode) -> Parsed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn other_encodings_decode_like_the_browser() {
+        // "café – ok" in windows-1252: é is 0xE9, the en dash 0x96.
+        let cp = b"caf\xE9 \x96 ok";
+        assert_eq!(
+            decode("a.csv", cp, Encoding::Windows1252).unwrap(),
+            "café – ok"
+        );
+        assert!(decode("a.csv", cp, Encoding::Utf8).is_err());
+        let utf16: Vec<u8> = "hé\nℓ😀"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        let with_bom = [&[0xFF, 0xFE][..], &utf16].concat();
+        // A UTF-16 BOM is recognised even when UTF-8 was assumed.
+        assert_eq!(
+            decode("a.txt", &with_bom, Encoding::Utf8).unwrap(),
+            "hé\nℓ😀"
+        );
+        assert_eq!(
+            decode("a.txt", &utf16, Encoding::Utf16Le).unwrap(),
+            "hé\nℓ😀"
+        );
+        let be: Vec<u8> = "hi".encode_utf16().flat_map(u16::to_be_bytes).collect();
+        assert_eq!(decode("a.txt", &be, Encoding::Utf16Be).unwrap(), "hi");
+        let odd = decode("a.txt", &utf16[..3], Encoding::Utf16Le).unwrap_err();
+        assert_eq!(odd.details["reason"], "invalid_utf16");
+        // A lone high surrogate (0xD800) on line 2.
+        let lone = [b'a', 0, b'\n', 0, 0x00, 0xD8, b'b', 0];
+        let err = decode("a.txt", &lone, Encoding::Utf16Le).unwrap_err();
+        assert_eq!(
+            (
+                err.details["line"].as_u64(),
+                err.details["byte_offset"].as_u64()
+            ),
+            (Some(2), Some(4))
+        );
+        let e: Encoding = serde_json::from_str("\"latin1\"").unwrap();
+        assert_eq!(e, Encoding::Windows1252);
+    }
 
     #[test]
     fn bom_is_stripped_and_invalid_utf8_is_located() {

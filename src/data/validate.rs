@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::batching::{CausalEncoder, CausalOptions, LabelMap};
 use super::chat::{ChatTemplate, Message};
-use super::formats::{self, Format, Location, Record, TextMode};
+use super::formats::{self, Encoding, Format, Location, Record, TextMode};
 use super::schema::{self, Detection, Schema};
 use crate::error::{Code, Error, Result};
 use crate::io::tokenizer::Tokenizer;
@@ -137,6 +137,8 @@ pub struct InspectOptions {
     /// Overrides schema detection.
     pub schema: Option<Schema>,
     pub text_mode: TextMode,
+    /// The file's text encoding (UTF-8 unless told; a UTF-16 BOM is recognised).
+    pub encoding: Encoding,
     pub policy: Policy,
     /// How prompts, completions and texts become tokens (and the sequence length).
     pub causal: CausalOptions,
@@ -157,6 +159,7 @@ impl Default for InspectOptions {
             format: None,
             schema: None,
             text_mode: TextMode::Lines,
+            encoding: Encoding::Utf8,
             policy: Policy::Skip,
             causal: CausalOptions::default(),
             too_long_factor: 8,
@@ -201,6 +204,8 @@ pub struct Report {
     pub file: String,
     pub bytes: usize,
     pub format: Format,
+    /// The text encoding the file was read in.
+    pub encoding: Encoding,
     pub schema: Detection,
     pub policy: Policy,
     /// Records read, good and bad (blank lines are not records).
@@ -402,7 +407,13 @@ pub fn inspect(
     options: &InspectOptions,
     tokenizer: Option<&Tokenizer>,
 ) -> Result<(Dataset, Report)> {
-    let parsed = formats::read(name, bytes, options.format, options.text_mode)?;
+    let parsed = formats::read_encoded(
+        name,
+        bytes,
+        options.format,
+        options.text_mode,
+        options.encoding,
+    )?;
     if parsed.records.is_empty() {
         return Err(Error::new(
             Code::DataInvalid,
@@ -544,6 +555,7 @@ pub fn inspect(
         file: name.to_string(),
         bytes: bytes.len(),
         format: parsed.format,
+        encoding: formats::effective_encoding(bytes, options.encoding),
         schema: detection,
         policy: options.policy,
         records: records_read,

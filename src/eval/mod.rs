@@ -1,3 +1,4 @@
-//! Evaluation: generation (and, with the evaluation issue, metrics).
+//! Evaluation: generation and the metrics reported before and after fine-tuning.
 
 pub mod generate;
+pub mod metrics;

@@ -933,6 +933,34 @@ pub fn dequantize(dtype: GgmlType, data: &[u8]) -> Vec<f32> {
     out
 }
 
+/// The chat template a GGUF file carries (`tokenizer.chat_template`, as llama.cpp's converter
+/// writes it from tokenizer_config.json) with the BOS/EOS token strings the template may insert
+/// (looked up by `tokenizer.ggml.{bos,eos}_token_id` in `tokenizer.ggml.tokens`, as transformers
+/// does when it loads a GGUF tokenizer). Named extra templates (`tokenizer.chat_template.<name>`)
+/// are not used: transformers renders the default one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GgufChatTemplate {
+    pub template: String,
+    pub bos_token: String,
+    pub eos_token: String,
+}
+
+pub fn chat_template(h: &GgufHeader) -> Option<GgufChatTemplate> {
+    let template = h.get("tokenizer.chat_template")?.as_str()?.to_string();
+    let tokens = h.get("tokenizer.ggml.tokens").and_then(MetaValue::as_array);
+    let token = |key: &str| -> String {
+        let id = h.get(key).and_then(MetaValue::as_u64);
+        id.and_then(|id| tokens?.get(usize::try_from(id).ok()?)?.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    Some(GgufChatTemplate {
+        template,
+        bos_token: token("tokenizer.ggml.bos_token_id"),
+        eos_token: token("tokenizer.ggml.eos_token_id"),
+    })
+}
+
 /// A `tokenizer.json` for the file's vocabulary, when it is a byte-level BPE (`tokenizer.ggml.model`
 /// = `gpt2`) with a pre-tokenizer webtune knows. `Ok(None)` when there is no vocabulary or it is
 /// of another kind (SentencePiece `llama` vocabularies are not rebuilt yet).

@@ -1,7 +1,8 @@
 //! A Hugging Face model as a set of files: `config.json`, weights (`model.safetensors`, or shards
 //! listed in `model.safetensors.index.json`), and optionally `tokenizer.json`,
-//! `tokenizer_config.json`, `generation_config.json`, `special_tokens_map.json`. The same set
-//! comes from a directory (CLI), from files the user picked, or from a URL (browser).
+//! `tokenizer_config.json`, `generation_config.json`, `special_tokens_map.json`,
+//! `chat_template.jinja` (or `chat_template.json`). The same set comes from a directory (CLI),
+//! from files the user picked, or from a URL (browser).
 //!
 //! A single llama.cpp `*.gguf` file is a model too: its metadata stands in for config.json and
 //! tokenizer.json, and its tensors are dequantised under their Hugging Face names (`io::gguf`).
@@ -30,6 +31,8 @@ pub fn is_model_file(name: &str) -> bool {
             | "tokenizer_config.json"
             | "generation_config.json"
             | "special_tokens_map.json"
+            | "chat_template.jinja"
+            | "chat_template.json"
     ) || name.ends_with(".safetensors")
         || name.ends_with(".gguf")
 }
@@ -145,6 +148,15 @@ impl ModelFiles {
         };
         match gguf::tokenizer_json(&name, &self.gguf_header(&name)?)? {
             Some(json) => Tokenizer::from_bytes(json.to_string().as_bytes()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The chat template inside a GGUF model's metadata, with its BOS/EOS strings. `None` when
+    /// the model is not a GGUF file or the file has no template.
+    pub fn gguf_chat_template(&self) -> Result<Option<gguf::GgufChatTemplate>> {
+        match self.gguf_name()? {
+            Some(name) => Ok(gguf::chat_template(&self.gguf_header(&name)?)),
             None => Ok(None),
         }
     }

@@ -148,6 +148,14 @@ impl Tokenizer {
         self.inner.token_to_id(token)
     }
 
+    /// Whether `id` is a special added token (`<|im_end|>`, `</s>`…), which decoding for
+    /// display may drop and chat templates use as markers.
+    pub fn is_special(&self, id: u32) -> bool {
+        self.inner
+            .id_to_token(id)
+            .is_some_and(|t| self.inner.get_added_vocabulary().is_special_token(&t))
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }

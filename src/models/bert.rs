@@ -56,6 +56,10 @@ pub struct BertConfig {
     /// Class names by id, as strings (`{"0": "negative", …}`), when the checkpoint has a head.
     #[serde(default)]
     pub id2label: Option<BTreeMap<String, String>>,
+    /// The pooling a head was trained with, written by webtune's export (transformers' head
+    /// always uses the pooler).
+    #[serde(default)]
+    pub webtune_pooling: Option<Pooling>,
 }
 
 // transformers' BertConfig defaults, for keys a config.json leaves out.

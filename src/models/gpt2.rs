@@ -12,7 +12,10 @@ use burn::tensor::module::embedding;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::layers::{causal_attention, layer_norm, merge_heads, split_heads, Activation};
+use super::layers::{
+    causal_attention_dropout, dropout, layer_norm, linear_forward, merge_heads, split_heads,
+    Activation, TrainDropout,
+};
 use super::KvCache;
 use crate::error::{Code, Error, Result};
 use crate::io::hf::Weights;
@@ -41,6 +44,14 @@ pub struct Gpt2Config {
     pub bos_token_id: Option<u32>,
     #[serde(default)]
     pub eos_token_id: Option<u32>,
+    /// Dropout on the embeddings, the attention probabilities and the residual branches. Only
+    /// applied while fine-tuning with `model_dropout` on (see `train::finetune`).
+    #[serde(default = "d_pdrop")]
+    pub embd_pdrop: f64,
+    #[serde(default = "d_pdrop")]
+    pub attn_pdrop: f64,
+    #[serde(default = "d_pdrop")]
+    pub resid_pdrop: f64,
 }
 
 // transformers' GPT2Config defaults, for keys a config.json leaves out.
@@ -68,6 +79,9 @@ fn d_act() -> String {
 fn d_true() -> bool {
     true
 }
+fn d_pdrop() -> f64 {
+    0.1
+}
 
 impl Gpt2Config {
     pub fn from_json(config: &Value) -> Result<Self> {
@@ -93,6 +107,15 @@ impl Gpt2Config {
             return bad(
                 "vocab_size, n_positions, n_layer, n_embd and n_inner must be positive".into(),
             );
+        }
+        for (key, p) in [
+            ("embd_pdrop", cfg.embd_pdrop),
+            ("attn_pdrop", cfg.attn_pdrop),
+            ("resid_pdrop", cfg.resid_pdrop),
+        ] {
+            if !(p.is_finite() && (0.0..1.0).contains(&p)) {
+                return bad(format!("{key} must be in [0, 1), got {p}"));
+            }
         }
         let max = super::MAX_CONFIG_DIM;
         super::check_config_sizes(
@@ -157,6 +180,12 @@ pub struct Gpt2 {
     n_head: usize,
     #[module(skip)]
     activation: Activation,
+    /// config.json's dropout probabilities.
+    #[module(skip)]
+    pdrop: TrainDropout,
+    /// The dropout applied while training (all zero unless fine-tuning turned it on).
+    #[module(skip)]
+    dropout: TrainDropout,
 }
 
 /// Tensor names with and without the `transformer.` prefix (GPT2LMHeadModel vs GPT2Model).
@@ -240,7 +269,25 @@ impl Gpt2 {
             // Validated by Gpt2Config::from_json.
             activation: Activation::parse(&config.activation_function)
                 .unwrap_or(Activation::GeluTanh),
+            pdrop: TrainDropout {
+                embd: config.embd_pdrop,
+                attn: config.attn_pdrop,
+                resid: config.resid_pdrop,
+                lora: 0.0,
+            },
+            dropout: TrainDropout::default(),
         })
+    }
+
+    /// Dropout while training: config.json's probabilities when `model` is set, and `lora` on
+    /// the input of every LoRA branch. Inference never drops anything (see [`dropout`]).
+    pub fn set_train_dropout(&mut self, model: bool, lora: f64) {
+        let base = if model {
+            self.pdrop
+        } else {
+            TrainDropout::default()
+        };
+        self.dropout = TrainDropout { lora, ..base };
     }
 
     pub fn max_positions(&self) -> usize {
@@ -253,21 +300,24 @@ impl Gpt2 {
         let [_, t] = tokens.dims();
         let past = cache.as_ref().map_or(0, |c| c.len);
         let positions = self.wpe.val().narrow(0, past, t).unsqueeze::<3>();
-        let mut x = embedding(self.wte.val(), tokens) + positions;
+        let drop = self.dropout;
+        let mut x = dropout(embedding(self.wte.val(), tokens) + positions, drop.embd);
         let d = x.dims()[2];
         for (i, block) in self.blocks.iter().enumerate() {
-            let qkv = block.c_attn.forward(block.ln_1.forward(x.clone()));
+            let qkv = linear_forward(&block.c_attn, block.ln_1.forward(x.clone()), drop.lora);
             let part = |j: usize| split_heads(qkv.clone().narrow(2, j * d, d), self.n_head);
             let (q, mut k, mut v) = (part(0), part(1), part(2));
             if let Some(cache) = cache.as_deref_mut() {
                 (k, v) = cache.extend(i, k, v);
             }
-            let attn = merge_heads(causal_attention(q, k, v));
-            x = x + block.c_proj.forward(attn);
-            let h = self
-                .activation
-                .forward(block.c_fc.forward(block.ln_2.forward(x.clone())));
-            x = x + block.mlp_proj.forward(h);
+            let attn = merge_heads(causal_attention_dropout(q, k, v, drop.attn));
+            x = x + dropout(linear_forward(&block.c_proj, attn, drop.lora), drop.resid);
+            let h = self.activation.forward(linear_forward(
+                &block.c_fc,
+                block.ln_2.forward(x.clone()),
+                drop.lora,
+            ));
+            x = x + dropout(linear_forward(&block.mlp_proj, h, drop.lora), drop.resid);
         }
         if let Some(cache) = cache {
             cache.len += t;

@@ -1,9 +1,10 @@
 //! Building blocks shared by the model families.
 
 use burn::module::Param;
-use burn::nn::{LayerNorm, LayerNormConfig, Linear};
+use burn::nn::{DropoutConfig, LayerNorm, LayerNormConfig, Linear};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
+use burn::tensor::module::linear as linear_op;
 use burn::tensor::{Bool, TensorData};
 
 use crate::rng::Rng;
@@ -53,10 +54,62 @@ pub fn merge_heads(x: Tensor<4>) -> Tensor<3> {
     x.swap_dims(1, 2).reshape([b, t, h * dh])
 }
 
+/// Dropout probabilities a model applies while it trains. All zero (the default) outside
+/// fine-tuning; `train::finetune` sets them from its configuration.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TrainDropout {
+    /// On the embeddings (GPT-2's `embd_pdrop`).
+    pub embd: f64,
+    /// On the attention probabilities (GPT-2's `attn_pdrop`).
+    pub attn: f64,
+    /// On each residual branch's output (GPT-2's `resid_pdrop`).
+    pub resid: f64,
+    /// On the input of every LoRA branch (PEFT's `lora_dropout`).
+    pub lora: f64,
+}
+
+/// Dropout exactly as burn's `nn::Dropout` applies it: only when the tensor lives on an autodiff
+/// device (training) and `prob` > 0, zeroing each value with probability `prob` and scaling the
+/// rest by 1 / (1 − prob). The mask comes from the device's random generator, which
+/// `Device::seed` makes reproducible. Evaluation and generation run on the inference device, so
+/// they never drop anything.
+pub fn dropout<const D: usize>(x: Tensor<D>, prob: f64) -> Tensor<D> {
+    if prob <= 0.0 {
+        return x;
+    }
+    DropoutConfig::new(prob).init().forward(x)
+}
+
+/// A linear layer's `x @ W + b`. While training with LoRA dropout, an adapted layer computes
+/// PEFT's form instead, `x @ W_base + b + scale · (dropout(x) @ a) @ b`: burn's adapter folds the
+/// factors into the weight (`W_base + scale · a @ b`), which leaves no place to drop the branch's
+/// input. Otherwise (no adapter, no dropout, inference) it is burn's own `Linear::forward`.
+pub fn linear_forward<const D: usize>(
+    layer: &Linear,
+    x: Tensor<D>,
+    lora_dropout: f64,
+) -> Tensor<D> {
+    let adapter = layer.weight.adapter();
+    match adapter {
+        Some(lora) if lora_dropout > 0.0 && x.device().is_autodiff() => {
+            let bias = layer.bias.as_ref().map(|b| b.val());
+            let base = linear_op(x.clone(), layer.weight.base(), bias);
+            let down = linear_op(dropout(x, lora_dropout), lora.a.val(), None);
+            base + linear_op(down, lora.b.val(), None).mul_scalar(lora.scale)
+        }
+        _ => layer.forward(x),
+    }
+}
+
 /// Scaled dot-product attention with a causal mask, on `[B, H, T, Dh]` tensors. Keys and values
 /// may be longer than the queries (`[B, H, S, Dh]`, S ≥ T, from a KV cache): the queries are then
 /// the last T of the S positions.
 pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
+    causal_attention_dropout(q, k, v, 0.0)
+}
+
+/// [`causal_attention`] with dropout on the attention probabilities (while training).
+pub fn causal_attention_dropout(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, prob: f64) -> Tensor<4> {
     let [b, h, t, dh] = q.dims();
     let s = k.dims()[2];
     let scores = q
@@ -67,7 +120,7 @@ pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
     let future = Tensor::<2, Bool>::tril_mask([t, s], s as i64 - t as i64, &scores.device())
         .unsqueeze::<4>()
         .expand([b, h, t, s]);
-    let weights = softmax(scores.mask_fill(future, f32::MIN), 3);
+    let weights = dropout(softmax(scores.mask_fill(future, f32::MIN), 3), prob);
     weights.matmul(v)
 }
 

@@ -18,7 +18,9 @@ use burn::tensor::TensorData;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Value};
 
-use super::layers::{causal_attention, merge_heads, split_heads, Activation};
+use super::layers::{
+    causal_attention_dropout, linear_forward, merge_heads, split_heads, Activation, TrainDropout,
+};
 use super::KvCache;
 use crate::error::{Code, Error, Result};
 use crate::io::hf::Weights;
@@ -74,6 +76,10 @@ pub struct LlamaConfig {
     pub bos_token_id: Option<u32>,
     #[serde(default, deserialize_with = "id_or_list")]
     pub eos_token_id: Option<u32>,
+    /// Dropout on the attention probabilities while fine-tuning with `model_dropout` on
+    /// (transformers' default, and SmolLM2's, is 0).
+    #[serde(default)]
+    pub attention_dropout: f64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -142,6 +148,10 @@ impl LlamaConfig {
             )
         })?;
         let bad = |m: String| Err(Error::new(Code::ModelConfigInvalid, m));
+        let p = cfg.attention_dropout;
+        if !(p.is_finite() && (0.0..1.0).contains(&p)) {
+            return bad(format!("attention_dropout must be in [0, 1), got {p}"));
+        }
         let (heads, kv) = (cfg.num_attention_heads, cfg.kv_heads());
         if heads == 0 || kv == 0 || heads % kv != 0 {
             return bad(format!(
@@ -372,6 +382,12 @@ pub struct Llama {
     max_positions: usize,
     #[module(skip)]
     activation: Activation,
+    /// config.json's `attention_dropout`.
+    #[module(skip)]
+    attention_dropout: f64,
+    /// The dropout applied while training (all zero unless fine-tuning turned it on).
+    #[module(skip)]
+    dropout: TrainDropout,
 }
 
 /// `model.`-prefixed (LlamaForCausalLM) and bare (LlamaModel) names.
@@ -473,7 +489,19 @@ impl Llama {
             ),
             max_positions: config.max_positions(),
             activation: Activation::parse(&config.hidden_act).unwrap_or(Activation::Silu),
+            attention_dropout: config.attention_dropout,
+            dropout: TrainDropout::default(),
         })
+    }
+
+    /// Dropout while training: config.json's `attention_dropout` when `model` is set, and
+    /// `lora` on the input of every LoRA branch. Inference never drops anything.
+    pub fn set_train_dropout(&mut self, model: bool, lora: f64) {
+        self.dropout = TrainDropout {
+            attn: if model { self.attention_dropout } else { 0.0 },
+            lora,
+            ..TrainDropout::default()
+        };
     }
 
     pub fn max_positions(&self) -> usize {
@@ -517,28 +545,28 @@ impl Llama {
             x * cos.clone() + rotated * sin.clone()
         };
         let group = self.n_heads / self.n_kv_heads;
+        let drop = self.dropout;
+        let proj = |layer: &Linear, x: Tensor<3>| linear_forward(layer, x, drop.lora);
         let mut x = embedding(self.embed_tokens.val(), tokens);
         for (i, block) in self.blocks.iter().enumerate() {
             let h = block.input_norm.forward(x.clone());
-            let q = rotate(split_heads(block.q_proj.forward(h.clone()), self.n_heads));
-            let mut k = rotate(split_heads(
-                block.k_proj.forward(h.clone()),
-                self.n_kv_heads,
-            ));
-            let mut v = split_heads(block.v_proj.forward(h), self.n_kv_heads);
+            let q = rotate(split_heads(proj(&block.q_proj, h.clone()), self.n_heads));
+            let mut k = rotate(split_heads(proj(&block.k_proj, h.clone()), self.n_kv_heads));
+            let mut v = split_heads(proj(&block.v_proj, h), self.n_kv_heads);
             // The cache keeps the KV heads unrepeated; each serves `group` query heads.
             if let Some(cache) = cache.as_deref_mut() {
                 (k, v) = cache.extend(i, k, v);
             }
-            let attn = merge_heads(causal_attention(
+            let attn = merge_heads(causal_attention_dropout(
                 q,
                 repeat_kv(k, group),
                 repeat_kv(v, group),
+                drop.attn,
             ));
-            x = x + block.o_proj.forward(attn);
+            x = x + proj(&block.o_proj, attn);
             let h = block.post_norm.forward(x.clone());
-            let gate = self.activation.forward(block.gate_proj.forward(h.clone()));
-            x = x + block.down_proj.forward(gate * block.up_proj.forward(h));
+            let gate = self.activation.forward(proj(&block.gate_proj, h.clone()));
+            x = x + proj(&block.down_proj, gate * proj(&block.up_proj, h));
         }
         if let Some(cache) = cache {
             cache.len += t;

@@ -6,10 +6,11 @@ use burn::prelude::*;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::bert::{Bert, BertConfig};
+use super::bert::{Bert, BertConfig, Pooling};
 use super::gpt2::{Gpt2, Gpt2Config};
 use super::llama::{Llama, LlamaConfig};
 use super::{CausalLm, KvCache};
+use crate::data::chat::{ChatTemplate, Message};
 use crate::error::{Code, Error, Result};
 use crate::io::hf::{architecture, ModelFiles};
 use crate::io::tokenizer::Tokenizer;
@@ -58,6 +59,8 @@ pub struct ModelInfo {
     pub parameters: usize,
     pub layers: usize,
     pub hidden_size: usize,
+    /// Width of the MLP's hidden layer.
+    pub intermediate_size: usize,
     pub heads: usize,
     pub vocab_size: usize,
     pub max_positions: usize,
@@ -69,6 +72,23 @@ pub struct ModelInfo {
     /// Class names of a classification head in the checkpoint, in id order.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub labels: Option<Vec<String>>,
+    /// How the classification head pools the encoder's output (with `labels`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pooling: Option<Pooling>,
+    #[serde(flatten)]
+    pub chat: ChatInfo,
+}
+
+/// Whether the model ships a chat template (so the page offers chat mode), where it came from
+/// (`chat_template.jinja`, `tokenizer_config.json`, `gguf`…), or why it cannot be used.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ChatInfo {
+    pub has_chat_template: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chat_template_source: Option<String>,
+    /// The `chat_template.invalid` message of a template that does not compile.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chat_template_error: Option<String>,
 }
 
 #[derive(Debug)]
@@ -78,10 +98,32 @@ pub struct LoadedModel {
     pub tokenizer: Option<Tokenizer>,
     pub eos_token_id: Option<u32>,
     pub device: Device,
+    /// The chat template the model ships (see [`ChatTemplate::from_model_files`]).
+    pub chat_template: Option<ChatTemplate>,
 }
 
 impl LoadedModel {
-    pub fn load(mut files: ModelFiles, device: &Device) -> Result<Self> {
+    pub fn load(files: ModelFiles, device: &Device) -> Result<Self> {
+        // Read before the weights consume the files. A template that does not compile leaves
+        // the model usable without chat mode; the error is kept in the info.
+        let chat = ChatTemplate::from_model_files(&files);
+        let mut model = Self::load_weights(files, device)?;
+        match chat {
+            Ok(Some(t)) => {
+                model.info.chat = ChatInfo {
+                    has_chat_template: true,
+                    chat_template_source: Some(t.origin().to_string()),
+                    chat_template_error: None,
+                };
+                model.chat_template = Some(t);
+            }
+            Ok(None) => {}
+            Err(e) => model.info.chat.chat_template_error = Some(e.message),
+        }
+        Ok(model)
+    }
+
+    fn load_weights(mut files: ModelFiles, device: &Device) -> Result<Self> {
         let config = files.config()?;
         let arch = architecture(&config)?;
         let tokenizer = files.tokenizer()?;
@@ -100,18 +142,22 @@ impl LoadedModel {
                     parameters: model.num_params(),
                     layers: cfg.n_layer,
                     hidden_size: cfg.n_embd,
+                    intermediate_size: cfg.inner(),
                     heads: cfg.n_head,
                     vocab_size: cfg.vocab_size,
                     max_positions: cfg.n_positions,
                     dtype,
                     has_tokenizer: tokenizer.is_some(),
+                    chat: ChatInfo::default(),
                     kind: "causal_lm",
                     labels: None,
+                    pooling: None,
                 };
                 Ok(Self {
                     family: Family::Gpt2(model),
                     info,
                     tokenizer,
+                    chat_template: None,
                     eos_token_id: eos_from_generation.or(cfg.eos_token_id),
                     device: device.clone(),
                 })
@@ -124,18 +170,22 @@ impl LoadedModel {
                     parameters: model.num_params(),
                     layers: cfg.num_hidden_layers,
                     hidden_size: cfg.hidden_size,
+                    intermediate_size: cfg.intermediate_size,
                     heads: cfg.num_attention_heads,
                     vocab_size: cfg.vocab_size,
                     max_positions: cfg.max_positions(),
                     dtype,
                     has_tokenizer: tokenizer.is_some(),
+                    chat: ChatInfo::default(),
                     kind: "causal_lm",
                     labels: None,
+                    pooling: None,
                 };
                 Ok(Self {
                     family: Family::Llama(model),
                     info,
                     tokenizer,
+                    chat_template: None,
                     eos_token_id: eos_from_generation.or(cfg.eos_token_id),
                     device: device.clone(),
                 })
@@ -154,18 +204,28 @@ impl LoadedModel {
                     parameters: model.num_params(),
                     layers: cfg.num_hidden_layers,
                     hidden_size: cfg.hidden_size,
+                    intermediate_size: cfg.intermediate_size,
                     heads: cfg.num_attention_heads,
                     vocab_size: cfg.vocab_size,
                     max_positions: cfg.max_position_embeddings,
                     dtype,
                     has_tokenizer: tokenizer.is_some(),
+                    chat: ChatInfo::default(),
                     kind: "encoder",
+                    pooling: labels.as_ref().map(|_| {
+                        cfg.webtune_pooling.unwrap_or(if model.has_pooler() {
+                            Pooling::Pooler
+                        } else {
+                            Pooling::Mean
+                        })
+                    }),
                     labels,
                 };
                 Ok(Self {
                     family: Family::Bert(model),
                     info,
                     tokenizer,
+                    chat_template: None,
                     eos_token_id: None,
                     device: device.clone(),
                 })
@@ -268,6 +328,120 @@ impl LoadedModel {
         let [_, t, d] = hidden.dims();
         let data = read_vec(hidden.reshape([t * d])).await?;
         Ok(data.chunks(d).map(<[f32]>::to_vec).collect())
+    }
+}
+
+impl LoadedModel {
+    /// Mean-pooled sentence embedding of `text` (sentence-transformers' pooling for MiniLM).
+    pub async fn embed(&self, text: &str) -> Result<Vec<f32>> {
+        let ids = self.encoder_ids(text)?;
+        let hidden = self.encode_hidden(&ids).await?;
+        let mut mean = vec![0f32; hidden.first().map_or(0, Vec::len)];
+        for row in &hidden {
+            for (m, v) in mean.iter_mut().zip(row) {
+                *m += v;
+            }
+        }
+        let n = hidden.len().max(1) as f32;
+        mean.iter_mut().for_each(|m| *m /= n);
+        Ok(mean)
+    }
+
+    /// Classification logits of `text` with the checkpoint's head (`info.labels` order).
+    pub async fn classify(&self, text: &str) -> Result<Vec<f32>> {
+        let Family::Bert(bert) = &self.family else {
+            return Err(Error::config(
+                "only encoder (BERT) models classify texts; this one generates text",
+            ));
+        };
+        let pooling = self.info.pooling.ok_or_else(|| {
+            Error::config(
+                "this encoder has no classification head yet: fine-tune it on a labelled dataset",
+            )
+        })?;
+        let ids = self.encoder_ids(text)?;
+        let ids: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
+        let tokens = super::bert::int_tensor(&ids, 1, ids.len(), &self.device);
+        let hidden = bert.forward(tokens, None, None);
+        let logits = bert.classify(bert.pool(hidden, None, pooling)?)?;
+        let n = logits.dims()[1];
+        read_vec(logits.reshape([n])).await
+    }
+
+    /// `text` tokenized with special tokens, cut to the model's positions keeping the final
+    /// special token (BERT's `[SEP]`).
+    fn encoder_ids(&self, text: &str) -> Result<Vec<u32>> {
+        let tokenizer = self.tokenizer.as_ref().ok_or_else(|| {
+            Error::new(
+                Code::ModelMissingFile,
+                "this model has no tokenizer; load it together with its tokenizer.json",
+            )
+        })?;
+        let mut ids = tokenizer.encode(text)?;
+        let max = self.info.max_positions;
+        if ids.len() > max {
+            let last = ids[ids.len() - 1];
+            ids.truncate(max - 1);
+            ids.push(last);
+        }
+        Ok(ids)
+    }
+}
+
+impl LoadedModel {
+    /// The model's chat template, or why there is none: `chat_template.invalid` for one that
+    /// does not compile, `config.invalid` for a model that ships none.
+    pub fn chat(&self) -> Result<&ChatTemplate> {
+        if let Some(t) = &self.chat_template {
+            return Ok(t);
+        }
+        Err(match &self.info.chat.chat_template_error {
+            Some(message) => Error::new(Code::ChatTemplateInvalid, message.clone()),
+            None => Error::config(
+                "this model ships no chat template (tokenizer_config.json, chat_template.jinja \
+                 or GGUF metadata), so it has no chat mode; give a plain prompt instead",
+            ),
+        })
+    }
+
+    /// A conversation formatted with the model's template, as transformers'
+    /// `apply_chat_template(messages, tokenize=False, add_generation_prompt=…)` returns it.
+    pub fn chat_prompt(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        if messages.is_empty() {
+            return Err(Error::config("the conversation has no messages"));
+        }
+        self.chat()?.render(messages, add_generation_prompt)
+    }
+
+    /// Token ids of a formatted conversation. The template writes the special tokens, so the
+    /// tokenizer adds none (transformers tokenizes with `add_special_tokens=False`).
+    pub fn chat_ids(&self, messages: &[Message], add_generation_prompt: bool) -> Result<Vec<u32>> {
+        let text = self.chat_prompt(messages, add_generation_prompt)?;
+        let tokenizer = self.tokenizer.as_ref().ok_or_else(|| {
+            Error::new(
+                Code::ModelMissingFile,
+                "this model has no tokenizer, so a conversation cannot be turned into tokens",
+            )
+        })?;
+        let ids = tokenizer.encode_with(&text, false)?;
+        self.check_ids(&ids)?;
+        Ok(ids)
+    }
+
+    /// Where chat generation stops: the model's EOS and the template's end-of-turn token
+    /// (they differ for e.g. ChatML templates on a model whose EOS is `<|endoftext|>`).
+    pub fn chat_stop_tokens(&self) -> Vec<u32> {
+        let mut stops: Vec<u32> = self.eos_token_id.into_iter().collect();
+        if let (Some(t), Some(tokenizer)) = (&self.chat_template, &self.tokenizer) {
+            let eot = t.end_of_turn(tokenizer);
+            let eos = tokenizer.token_id(&t.eos_token);
+            for id in [eot, eos].into_iter().flatten() {
+                if !stops.contains(&id) && (id as usize) < self.info.vocab_size {
+                    stops.push(id);
+                }
+            }
+        }
+        stops
     }
 }
 

@@ -16,6 +16,7 @@ use burn::tensor::TensorData;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::control::Control;
 use super::export::{merged_tensors, ExportFiles};
 use super::finetune::{
     check_and_clip, read_scalar, FinetuneConfig, Method, TrainableModel, VectorIds,
@@ -177,20 +178,30 @@ pub struct ClassEval {
     pub examples: usize,
 }
 
+/// The held-out scores at one step (0: before training).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ClassEvalPoint {
+    pub step: usize,
+    #[serde(flatten)]
+    pub eval: ClassEval,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ClassifySummary {
+    pub backend: String,
     pub method: Method,
     pub steps: usize,
     pub cancelled: bool,
     pub losses: Vec<f32>,
     pub grad_norms: Vec<f32>,
     pub lrs: Vec<f64>,
-    /// `(step, eval)`: before training (step 0), every `eval_every` steps and at the end.
-    pub eval: Vec<(usize, ClassEval)>,
+    /// Before training (step 0), every `eval_every` steps and at the end.
+    pub eval: Vec<ClassEvalPoint>,
     pub trainable_params: usize,
     pub total_params: usize,
     pub first_step_ms: f64,
     pub median_step_ms: f64,
+    pub examples_per_s: f64,
 }
 
 fn tensors(b: &ClassBatch, device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>, Tensor<1, Int>) {
@@ -265,15 +276,16 @@ fn ce_sum(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
 
 /// Fine-tune `model` on `train` (`config.grad_accum` batches per step; the loss of a step is the
 /// mean over all its examples), scoring `eval` before, every `eval_every` steps and at the end.
-/// `on_progress` returning `false` stops the run after that step. A non-finite loss or gradient
+/// `on_progress` returning `false` stops the run after that step, and a [`Control::Pause`] makes
+/// it wait between two steps (see [`finetune`](super::finetune::finetune)). A non-finite loss or gradient
 /// stops it with `train.non_finite_loss`, keeping the weights from before that step.
-pub async fn train_classifier(
+pub async fn train_classifier<C: Into<Control>>(
     model: &mut ClassifierModel,
     backend: &Backend,
     train: &[ClassBatch],
     eval: &[ClassBatch],
     config: &FinetuneConfig,
-    mut on_progress: impl FnMut(&ClassifyProgress) -> bool,
+    mut on_progress: impl FnMut(&ClassifyProgress) -> C,
 ) -> Result<ClassifySummary> {
     config.validate()?;
     if config.method != model.model.method {
@@ -316,6 +328,7 @@ pub async fn train_classifier(
         );
     }
     let mut summary = ClassifySummary {
+        backend: backend.info.backend.as_str().to_string(),
         method: config.method,
         steps: 0,
         cancelled: false,
@@ -327,18 +340,20 @@ pub async fn train_classifier(
         total_params,
         first_step_ms: 0.0,
         median_step_ms: 0.0,
+        examples_per_s: 0.0,
     };
     if !eval.is_empty() {
-        summary
-            .eval
-            .push((0, evaluate_classifier(bert, eval, head.pooling).await?));
+        summary.eval.push(ClassEvalPoint {
+            step: 0,
+            eval: evaluate_classifier(bert, eval, head.pooling).await?,
+        });
     }
     let mut order_rng = Rng::new(config.seed ^ 0x0D0E_D0E5);
     let mut dropout_rng = Rng::new(config.seed ^ 0xD20B_0000);
     let n = train.len();
     let mut order: Vec<usize> = Vec::new();
     let mut consumed = 0usize;
-    let start = now_ms();
+    let mut start = now_ms();
     let mut step_ms = Vec::with_capacity(total_steps);
     let mut step_examples = Vec::with_capacity(total_steps);
     for step in 0..total_steps {
@@ -393,7 +408,10 @@ pub async fn train_classifier(
             && (done == total_steps || (config.eval_every > 0 && done % config.eval_every == 0));
         let e = if eval_now {
             let e = evaluate_classifier(bert, eval, head.pooling).await?;
-            summary.eval.push((done, e));
+            summary.eval.push(ClassEvalPoint {
+                step: done,
+                eval: e,
+            });
             Some(e)
         } else {
             None
@@ -414,7 +432,9 @@ pub async fn train_classifier(
             eta_s: secs / done as f64 * (total_steps - done) as f64,
             eval: e,
         };
-        if !on_progress(&progress) {
+        let (go_on, paused_ms) = on_progress(&progress).into().proceed().await;
+        start += paused_ms;
+        if !go_on {
             summary.cancelled = done < total_steps;
             break;
         }
@@ -422,6 +442,8 @@ pub async fn train_classifier(
     }
     summary.first_step_ms = step_ms.first().copied().unwrap_or(0.0);
     summary.median_step_ms = median(step_ms.get(1..).unwrap_or(&[]));
+    let secs: f64 = step_ms.iter().sum::<f64>() / 1e3;
+    summary.examples_per_s = step_examples.iter().sum::<f64>() / secs.max(1e-9);
     Ok(summary)
 }
 
@@ -480,10 +502,19 @@ fn bert_device(bert: &Bert) -> Result<Device> {
 
 /// Logits `[B][labels]` of a (trained) classifier for one batch, on the model's device.
 pub async fn predict(model: &ClassifierModel, batch: &ClassBatch) -> Result<Vec<Vec<f32>>> {
-    let bert = model.bert()?.valid();
+    batch_logits(model.bert()?, model.head.pooling, batch).await
+}
+
+/// Logits `[B][labels]` of `bert`'s head for one batch, without recording gradients.
+pub async fn batch_logits(
+    bert: &Bert,
+    pooling: Pooling,
+    batch: &ClassBatch,
+) -> Result<Vec<Vec<f32>>> {
+    let bert = bert.valid();
     let device = bert_device(&bert)?;
     let (ids, mask, _) = tensors(batch, &device);
-    let out = logits(&bert, ids, mask, model.head.pooling, None)?;
+    let out = logits(&bert, ids, mask, pooling, None)?;
     let [b, c] = out.dims();
     let data = super::lora::read_f32(out.reshape([b * c])).await?;
     Ok(data.chunks(c).map(<[f32]>::to_vec).collect())

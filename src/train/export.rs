@@ -110,7 +110,7 @@ pub async fn export_adapter(model: &TrainableModel, base_model: &str) -> Result<
         "base_model_name_or_path": base_model,
         "r": spec.rank,
         "lora_alpha": spec.alpha,
-        "lora_dropout": 0.0,
+        "lora_dropout": spec.dropout,
         "target_modules": spec.targets,
         "bias": "none",
         // GPT-2's Conv1D stores [in, out]; PEFT needs to know to transpose its delta.

@@ -16,6 +16,11 @@ use burn::tensor::TensorData;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::checkpoint::{
+    load_optimizer, optimizer_bytes, restore_params, save_params, Checkpoint, Checkpointing,
+    StatesOn,
+};
+use super::control::Control;
 use super::lora::{
     apply_lora, merge, resolve_targets, FamilyKind, FreezeWhere, LoraInit, LoraSpec,
 };
@@ -48,8 +53,13 @@ pub struct FinetuneConfig {
     pub lora_r: usize,
     /// LoRA alpha; the update is scaled by alpha / r.
     pub lora_alpha: f64,
-    /// Dropout on the LoRA branch's input. Only 0 is implemented (see `validate`).
+    /// Dropout on the LoRA branch's input while training, as PEFT's `lora_dropout` (0 = off).
     pub lora_dropout: f64,
+    /// Apply the model's own dropout while training (GPT-2's `embd_pdrop`, `attn_pdrop`,
+    /// `resid_pdrop`; Llama's `attention_dropout`), as transformers' `Trainer` does in train
+    /// mode. Off by default: a run is then deterministic for its seed and its losses compare
+    /// step for step with a reference run. Evaluation and generation never apply dropout.
+    pub model_dropout: bool,
     /// Module names (`c_attn`, `q_proj`…) or `["all-linear"]`; empty = the family's default.
     pub lora_targets: Vec<String>,
     /// Full fine-tuning: keep the token (and position) embeddings fixed. A tied LM head is the
@@ -88,6 +98,7 @@ impl Default for FinetuneConfig {
             lora_r: 8,
             lora_alpha: 16.0,
             lora_dropout: 0.0,
+            model_dropout: false,
             lora_targets: Vec::new(),
             freeze_embeddings: false,
             freeze_layers: 0,
@@ -137,13 +148,10 @@ impl FinetuneConfig {
                     format!("must be a positive number, got {}", self.lora_alpha),
                 );
             }
-            if self.lora_dropout != 0.0 {
+            if !(self.lora_dropout.is_finite() && (0.0..1.0).contains(&self.lora_dropout)) {
                 return bad(
                     "lora_dropout",
-                    format!(
-                        "must be 0 for now (LoRA dropout is not implemented yet), got {}",
-                        self.lora_dropout
-                    ),
+                    format!("must be in [0, 1), got {}", self.lora_dropout),
                 );
             }
         }
@@ -232,6 +240,12 @@ impl TrainableModel {
     /// As [`prepare`](Self::prepare), with the LoRA factors' start given (replaying a PEFT run).
     pub fn prepare_with(family: Family, config: &FinetuneConfig, init: LoraInit) -> Result<Self> {
         config.validate()?;
+        let mut family = family;
+        let lora_dropout = match config.method {
+            Method::Lora => config.lora_dropout,
+            Method::Full => 0.0,
+        };
+        set_train_dropout(&mut family, config.model_dropout, lora_dropout)?;
         let kind = FamilyKind::of(&family);
         match config.method {
             Method::Lora => {
@@ -240,6 +254,7 @@ impl TrainableModel {
                     alpha: config.lora_alpha,
                     targets: resolve_targets(kind, &config.lora_targets)?,
                     init,
+                    dropout: config.lora_dropout,
                 };
                 let (family, modules) = apply_lora(family, &spec)?;
                 Ok(Self {
@@ -286,8 +301,11 @@ impl TrainableModel {
         }
     }
 
-    /// The plain model for inference or export: adapters merged into the base weights.
-    pub fn merged(self) -> Family {
+    /// The plain model for inference or export: adapters merged into the base weights (and
+    /// dropout off again).
+    pub fn merged(mut self) -> Family {
+        // Cannot fail: turning dropout off is accepted for every family.
+        let _ = set_train_dropout(&mut self.family, false, 0.0);
         merge(self.family)
     }
 
@@ -301,6 +319,26 @@ impl TrainableModel {
         }
         (c.trainable, c.total)
     }
+}
+
+/// Sets the dropout a model applies while training (see [`FinetuneConfig::model_dropout`] and
+/// `lora_dropout`). Encoders take none yet: asking for it is refused rather than ignored.
+pub fn set_train_dropout(family: &mut Family, model: bool, lora: f64) -> Result<()> {
+    match family {
+        Family::Gpt2(m) => m.set_train_dropout(model, lora),
+        Family::Llama(m) => m.set_train_dropout(model, lora),
+        Family::Bert(_) if model || lora > 0.0 => {
+            return Err(Error::config(
+                "dropout while training (model_dropout, lora_dropout) is implemented for the \
+                 causal LMs (GPT-2, Llama) only; turn it off for encoder models",
+            )
+            .with_details(
+                json!({ "field": if lora > 0.0 { "lora_dropout" } else { "model_dropout" } }),
+            ))
+        }
+        Family::Bert(_) => {}
+    }
+    Ok(())
 }
 
 #[derive(Default)]
@@ -339,7 +377,7 @@ pub struct FinetuneProgress {
 }
 
 /// Mean masked cross-entropy over a set of batches.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct EvalLoss {
     pub loss: f32,
     pub perplexity: f32,
@@ -347,7 +385,7 @@ pub struct EvalLoss {
     pub tokens: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EvalPoint {
     pub step: usize,
     #[serde(flatten)]
@@ -514,18 +552,50 @@ impl ModuleVisitor for VectorIds {
 /// Fine-tune `model` on `train` (micro-batches; `config.grad_accum` of them per step),
 /// scoring `eval` before, every `eval_every` steps and at the end.
 ///
-/// `on_progress` is called after every step; returning `false` stops the run after that step.
-/// On a non-finite loss or gradient the run stops with `train.non_finite_loss` naming the step
+/// `on_progress` is called after every step; it returns `bool` (`false` stops the run after that
+/// step) or a [`Control`], whose `Pause` makes the loop wait between two steps without touching
+/// any state, then resume or stop. On a non-finite loss or gradient the run stops with `train.non_finite_loss` naming the step
 /// and `model` keeps the weights from before that step.
-pub async fn finetune(
+pub async fn finetune<C: Into<Control>>(
     model: &mut TrainableModel,
     backend: &Backend,
     train: &[TokenBatch],
     eval: &[TokenBatch],
     config: &FinetuneConfig,
-    on_progress: impl FnMut(&FinetuneProgress) -> bool,
+    on_progress: impl FnMut(&FinetuneProgress) -> C,
+) -> Result<FinetuneSummary> {
+    finetune_checkpointed(model, backend, train, eval, config, None, on_progress).await
+}
+
+/// [`finetune`] that saves [`Checkpoint`]s (every `checkpointing.every` steps, and when the run
+/// is paused or stopped before its last step) and can continue from one: the model must be
+/// prepared as for the saved run (same base, method, config), and the run then goes on from the
+/// saved step with the saved trainable weights, AdamW state and batch order, so its losses are
+/// those of the uninterrupted run (without dropout; see [`super::checkpoint`]). The summary
+/// covers the whole run, the steps before the checkpoint included.
+pub async fn finetune_checkpointed<C: Into<Control>>(
+    model: &mut TrainableModel,
+    backend: &Backend,
+    train: &[TokenBatch],
+    eval: &[TokenBatch],
+    config: &FinetuneConfig,
+    checkpointing: Option<Checkpointing<'_>>,
+    on_progress: impl FnMut(&FinetuneProgress) -> C,
 ) -> Result<FinetuneSummary> {
     config.validate()?;
+    if let Some(ck) = checkpointing.as_ref().and_then(|c| c.resume.as_ref()) {
+        if &ck.config != config {
+            return Err(Error::config(
+                "the checkpoint was saved by a run with another configuration; resume with the same one",
+            ));
+        }
+        if ck.step >= config.total_steps(train.len()) {
+            return Err(Error::config(format!(
+                "the checkpoint is at step {}, the end of the run",
+                ck.step
+            )));
+        }
+    }
     if config.method != model.method {
         return Err(Error::config(format!(
             "the model was prepared for {:?} fine-tuning but the config asks for {:?}",
@@ -550,6 +620,7 @@ pub async fn finetune(
         eval,
         config,
         on_progress,
+        checkpointing,
         summary: FinetuneSummary {
             backend: backend.info.backend.as_str().to_string(),
             method: config.method,
@@ -575,19 +646,21 @@ pub async fn finetune(
     Ok(ctx.summary)
 }
 
-struct RunCtx<'a, P> {
+struct RunCtx<'a, 'c, P> {
     backend: &'a Backend,
     train: &'a [TokenBatch],
     eval: &'a [TokenBatch],
     config: &'a FinetuneConfig,
     on_progress: P,
+    checkpointing: Option<Checkpointing<'c>>,
     summary: FinetuneSummary,
 }
 
-async fn run<M, P>(model: &mut M, ctx: &mut RunCtx<'_, P>) -> Result<()>
+async fn run<M, P, C>(model: &mut M, ctx: &mut RunCtx<'_, '_, P>) -> Result<()>
 where
     M: Module + CausalLm,
-    P: FnMut(&FinetuneProgress) -> bool,
+    P: FnMut(&FinetuneProgress) -> C,
+    C: Into<Control>,
 {
     let config = ctx.config;
     let device = &ctx.backend.device;
@@ -604,17 +677,53 @@ where
         .with_epsilon(config.adam_eps as f32)
         .with_weight_decay(config.weight_decay as f32);
     let mut optim = adamw.init();
-    if !config.decay_bias_and_norm && config.weight_decay > 0.0 {
-        let mut ids = VectorIds::default();
-        model.visit(&mut ids);
+    if config.model_dropout || (config.method == Method::Lora && config.lora_dropout > 0.0) {
+        // Dropout masks come from the device's generator: seeded, a run repeats itself (on the
+        // same backend; the generator is per process, so one run at a time).
+        device.seed(config.seed);
+    }
+    // Restored parameters take back their saved ids, which the optimizer record and the
+    // no-decay group below are keyed by: restore first.
+    let resume = ctx.checkpointing.as_mut().and_then(|c| c.resume.take());
+    let first_step = resume.as_ref().map_or(0, |ck| ck.step);
+    if let Some(ck) = &resume {
+        *model = restore_params(model.clone(), &ck.params)?;
+        // Every parameter's saved state is rebuilt on the CPU (see `StatesOn`).
         optim = optim.with_group(
-            ParamGroup::from_ids(ids.0),
-            adamw.clone().with_weight_decay(0.0).build(),
+            ParamGroup::ids_from_module(model.clone()),
+            StatesOn {
+                inner: adamw.build(),
+                device: Device::flex(),
+            },
             None,
         );
     }
+    if !config.decay_bias_and_norm && config.weight_decay > 0.0 {
+        let mut ids = VectorIds::default();
+        model.visit(&mut ids);
+        let no_decay = adamw.clone().with_weight_decay(0.0).build();
+        optim = if resume.is_some() {
+            let device = Device::flex();
+            let inner = no_decay;
+            optim.with_group(
+                ParamGroup::from_ids(ids.0),
+                StatesOn { inner, device },
+                None,
+            )
+        } else {
+            optim.with_group(ParamGroup::from_ids(ids.0), no_decay, None)
+        };
+    }
 
-    if !ctx.eval.is_empty() {
+    if let Some(ck) = &resume {
+        optim = load_optimizer(optim, &ck.optimizer)?;
+        let s = &mut ctx.summary;
+        s.losses.clone_from(&ck.losses);
+        s.grad_norms.clone_from(&ck.grad_norms);
+        s.lrs.clone_from(&ck.lrs);
+        s.eval.clone_from(&ck.eval);
+        s.steps = ck.step;
+    } else if !ctx.eval.is_empty() {
         let e = eval_module(model, ctx.eval).await?;
         ctx.summary.eval.push(EvalPoint { step: 0, eval: e });
     }
@@ -636,10 +745,15 @@ where
         i
     };
 
-    let start = now_ms();
+    // The seeded stream is replayed up to where the checkpoint left it.
+    for _ in 0..resume.as_ref().map_or(0, |ck| ck.consumed) {
+        next_batch(&mut consumed);
+    }
+
+    let mut start = now_ms();
     let mut step_ms = Vec::with_capacity(total_steps);
     let mut step_tokens = Vec::with_capacity(total_steps);
-    for step in 0..total_steps {
+    for step in first_step..total_steps {
         let step_start = now_ms();
         let micro: Vec<usize> = (0..config.grad_accum)
             .map(|_| next_batch(&mut consumed))
@@ -714,7 +828,29 @@ where
             memory_bytes: ctx.backend.memory_in_use(),
             eval,
         };
-        if !(ctx.on_progress)(&progress) {
+        let control: Control = (ctx.on_progress)(&progress).into();
+        if let Some(c) = ctx.checkpointing.as_mut() {
+            let early = !matches!(control, Control::Continue);
+            if done < total_steps && (early || (c.every > 0 && done % c.every == 0)) {
+                let s = &ctx.summary;
+                let ck = Checkpoint {
+                    step: done,
+                    consumed,
+                    config: config.clone(),
+                    losses: s.losses.clone(),
+                    grad_norms: s.grad_norms.clone(),
+                    lrs: s.lrs.clone(),
+                    eval: s.eval.clone(),
+                    params: save_params(&*model).await?,
+                    optimizer: optimizer_bytes(&optim)?,
+                };
+                (c.save)(ck);
+            }
+        }
+        let (go_on, paused_ms) = control.proceed().await;
+        // Time spent paused is not training time.
+        start += paused_ms;
+        if !go_on {
             ctx.summary.cancelled = done < total_steps;
             break;
         }

@@ -6,9 +6,14 @@
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::checkpoint::Checkpointing;
+use super::classify::ClassifyProgress;
+use super::classify_job::{run_classify_job, ClassifyJobOutput, HeadOptions};
+use super::control::Control;
 use super::export::ExportFiles;
 use super::finetune::{evaluate_loss, EvalLoss, FinetuneConfig, FinetuneProgress, FinetuneSummary};
-use super::run::train;
+use super::memory::{self, BatchShape, MemoryEstimate};
+use super::run::train_checkpointed;
 use crate::backend::Backend;
 use crate::data::batching::CausalEncoder;
 use crate::data::chat::{ChatTemplate, Message};
@@ -16,6 +21,7 @@ use crate::data::split::{split, Holdout};
 use crate::data::validate::{inspect, Content, Dataset, Example, InspectOptions, Report};
 use crate::error::{Code, Error, Result};
 use crate::eval::generate::{generate, GenerateOptions};
+use crate::eval::metrics::{answer_metrics, AnswerMetrics};
 use crate::io::hf::ModelFiles;
 use crate::io::tokenizer::Tokenizer;
 use crate::models::loaded::LoadedModel;
@@ -35,6 +41,11 @@ pub struct JobConfig {
     /// Held-out prompts continued by the model before and after training.
     pub samples: usize,
     pub sample_tokens: usize,
+    /// The classification head (encoder models only).
+    pub head: HeadOptions,
+    /// Save a checkpoint every N training steps (and when paused or stopped early) where the
+    /// caller asks for checkpoints (`run_task_checkpointed`); 0: only then. Causal LMs only.
+    pub checkpoint_every: usize,
 }
 
 impl Default for JobConfig {
@@ -47,6 +58,8 @@ impl Default for JobConfig {
             train: FinetuneConfig::default(),
             samples: 3,
             sample_tokens: 24,
+            head: HeadOptions::default(),
+            checkpoint_every: 25,
         }
     }
 }
@@ -57,7 +70,7 @@ impl JobConfig {
             .map_err(|e| Error::config(format!("invalid fine-tuning configuration: {e}")))
     }
 
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         if !(self.validation_fraction > 0.0 && self.validation_fraction < 1.0) {
             return Err(Error::config("validation_fraction must be between 0 and 1"));
         }
@@ -91,6 +104,9 @@ pub enum JobEvent<'a> {
         message: String,
     },
     Step(&'a FinetuneProgress),
+    /// A classification step (`examples_per_s` instead of `tokens_per_s`).
+    #[serde(rename = "step")]
+    ClassStep(&'a ClassifyProgress),
 }
 
 #[derive(Serialize)]
@@ -104,6 +120,12 @@ pub struct JobOutput {
     pub before: Option<EvalLoss>,
     pub after: Option<EvalLoss>,
     pub samples: Vec<Sample>,
+    /// The memory the run was estimated to need (checked against the backend before training).
+    pub memory: MemoryEstimate,
+    /// Exact match and token F1 of the samples' greedy answers against their references, for
+    /// prompt–completion and chat data (plain text has no answers to match).
+    pub answers_before: Option<AnswerMetrics>,
+    pub answers_after: Option<AnswerMetrics>,
     /// Names of the exported files (`merged/…`, `adapter/…`).
     pub files: Vec<String>,
     #[serde(skip)]
@@ -124,12 +146,10 @@ pub struct PreparedData {
     pub chat: Option<ChatTemplate>,
 }
 
-/// The chat template a model ships (tokenizer_config.json), if any.
+/// The chat template a model ships (chat_template.jinja, tokenizer_config.json or GGUF
+/// metadata; see [`ChatTemplate::from_model_files`]), if any.
 pub fn chat_template(files: &ModelFiles) -> Result<Option<ChatTemplate>> {
-    match files.get("tokenizer_config.json") {
-        Some(bytes) => ChatTemplate::from_tokenizer_config(bytes),
-        None => Ok(None),
-    }
+    ChatTemplate::from_model_files(files)
 }
 
 fn tokenizer_of(model: &LoadedModel) -> Result<&Tokenizer> {
@@ -160,9 +180,12 @@ pub fn prepare_data(
         .min(base.info.max_positions.saturating_sub(1))
         .max(1);
     if let Some(t) = &chat {
-        options
-            .chat_template
-            .get_or_insert_with(|| t.source().to_owned());
+        if options.chat_template.is_none() {
+            // The model's template with the model's special tokens, as it renders in training.
+            options.chat_template = Some(t.source().to_owned());
+            options.bos_token.clone_from(&t.bos_token);
+            options.eos_token.clone_from(&t.eos_token);
+        }
     }
     let (dataset, report) = inspect(name, bytes, &options, Some(tokenizer))?;
     if dataset.labels.is_some() {
@@ -304,16 +327,67 @@ pub async fn continue_text(model: &LoadedModel, ids: &[u32], tokens: usize) -> R
 
 /// Fine-tune `base` (loaded from `files`) on the dataset file `name`/`bytes` and evaluate it
 /// before and after on held-out examples. `on_event` sees phases and every step; returning
-/// `false` from it cancels training (the job still evaluates and exports what was trained).
-pub async fn run_job(
+/// `false` from it cancels training (the job still evaluates and exports what was trained);
+/// returning [`Control::Pause`] for a step pauses training after it (answers to phase events are
+/// ignored).
+pub async fn run_job<C: Into<Control>>(
     files: ModelFiles,
     base: &LoadedModel,
     backend: &Backend,
     dataset: DatasetFile<'_>,
     config: &JobConfig,
     base_name: &str,
-    mut on_event: impl FnMut(JobEvent) -> bool,
+    on_event: impl FnMut(JobEvent) -> C,
 ) -> Result<JobOutput> {
+    run_job_checkpointed(
+        files, base, backend, dataset, config, base_name, None, on_event,
+    )
+    .await
+}
+
+/// Full fine-tuning of models above this many parameters saves no checkpoints.
+pub const MAX_FULL_CHECKPOINT_PARAMS: usize = 16 << 20;
+
+/// [`run_job`] whose training saves checkpoints (every `config.checkpoint_every` steps, and when
+/// paused or stopped early) and can continue from one saved by the same job (same model,
+/// dataset and configuration): the continued run's losses are the uninterrupted run's.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_job_checkpointed<C: Into<Control>>(
+    files: ModelFiles,
+    base: &LoadedModel,
+    backend: &Backend,
+    dataset: DatasetFile<'_>,
+    config: &JobConfig,
+    base_name: &str,
+    checkpointing: Option<Checkpointing<'_>>,
+    mut on_event: impl FnMut(JobEvent) -> C,
+) -> Result<JobOutput> {
+    let checkpointing = checkpointing.map(|c| Checkpointing {
+        every: config.checkpoint_every,
+        ..c
+    });
+    // A checkpoint holds the trainable weights and both AdamW moments, copied a few times on
+    // the way out: fully fine-tuning a large model would need gigabytes (and could exhaust the
+    // 4 GiB of wasm memory), so such runs train without checkpoints.
+    let too_big = config.train.method == super::finetune::Method::Full
+        && base.info.parameters > MAX_FULL_CHECKPOINT_PARAMS;
+    let resuming = checkpointing.as_ref().is_some_and(|c| c.resume.is_some());
+    let checkpointing = if too_big && !resuming {
+        if checkpointing.is_some() {
+            on_event(JobEvent::Phase {
+                phase: "training",
+                message: format!(
+                    "No checkpoints for this run: full fine-tuning of {} parameters would need \
+                     about {} MiB per checkpoint (LoRA checkpoints are small)",
+                    base.info.parameters,
+                    (base.info.parameters * 12) >> 20
+                ),
+            });
+        }
+        None
+    } else {
+        checkpointing
+    };
     let DatasetFile { name, bytes } = dataset;
     let chat = chat_template(&files)?;
     on_event(JobEvent::Phase {
@@ -323,6 +397,17 @@ pub async fn run_job(
     let data = prepare_data(base, chat, name, bytes, config)?;
     let tokenizer = tokenizer_of(base)?;
     let separator = config.data.causal.separator.clone();
+    let memory = memory::plan(
+        &base.info,
+        &config.train,
+        BatchShape::largest(data.train_batches.iter().map(|b| (b.batch_size, b.seq_len))),
+        0,
+        &backend.info,
+    )?;
+    on_event(JobEvent::Phase {
+        phase: "memory",
+        message: memory_message(&memory),
+    });
 
     // Samples and the base model's continuations first: the base model is at hand now.
     let mut samples = Vec::new();
@@ -370,13 +455,14 @@ pub async fn run_job(
         let steps = config_train.total_steps(data.train_batches.len());
         config_train.eval_every = (steps / 5).max(1);
     }
-    let out = train(
+    let out = train_checkpointed(
         files,
         backend,
         &data.train_batches,
         &data.eval_batches,
         &config_train,
         base_name,
+        checkpointing,
         |p| on_event(JobEvent::Step(p)),
     )
     .await?;
@@ -392,6 +478,23 @@ pub async fn run_job(
         if let Some(json) = tokenizer.to_json()? {
             export.push(("merged/tokenizer.json".into(), json.into_bytes()));
         }
+    }
+    // Nor a tokenizer_config.json: carry its chat template (and the tokens it inserts) over,
+    // so the fine-tuned model chats like the base.
+    if let Some(t) = data.chat.as_ref().filter(|_| {
+        !export
+            .iter()
+            .any(|(n, _)| n == "merged/tokenizer_config.json" || n == "merged/chat_template.jinja")
+    }) {
+        let config = json!({
+            "chat_template": t.source(),
+            "bos_token": t.bos_token,
+            "eos_token": t.eos_token,
+        });
+        export.push((
+            "merged/tokenizer_config.json".into(),
+            serde_json::to_vec_pretty(&config).unwrap_or_default(),
+        ));
     }
     let mut merged = ModelFiles::new();
     for (n, b) in &export {
@@ -418,6 +521,21 @@ pub async fn run_job(
         sample.after = continue_text(&tuned, &ids, config.sample_tokens).await?;
         done.push(sample);
     }
+    let answers = |after: bool| {
+        if data
+            .dataset
+            .examples
+            .iter()
+            .any(|e| matches!(e.content, Content::Text { .. }))
+        {
+            return None;
+        }
+        answer_metrics(done.iter().map(|s| {
+            let out = if after { &s.after } else { &s.before };
+            (out.as_str(), s.reference.as_str())
+        }))
+    };
+    let (answers_before, answers_after) = (answers(false), answers(true));
     Ok(JobOutput {
         report: data.report,
         train_examples: data.train.len(),
@@ -427,6 +545,9 @@ pub async fn run_job(
         before,
         after,
         samples: done,
+        memory,
+        answers_before,
+        answers_after,
         files: export.iter().map(|(n, _)| n.clone()).collect(),
         export,
         tuned: Some(tuned),
@@ -464,4 +585,109 @@ pub async fn eval_file(
     };
     let loss = evaluate_loss(&model.family, &batches).await?;
     Ok(json!({ "examples": dataset.examples.len(), "eval": loss, "report": report }))
+}
+
+/// What a job produced: a causal language model or a classifier.
+#[derive(Serialize)]
+#[serde(tag = "task", rename_all = "snake_case")]
+pub enum JobResult {
+    Causal(JobOutput),
+    Classification(ClassifyJobOutput),
+}
+
+impl JobResult {
+    /// The exported files (`merged/…`, `adapter/…`).
+    pub fn export(&self) -> &ExportFiles {
+        match self {
+            JobResult::Causal(o) => &o.export,
+            JobResult::Classification(o) => &o.export,
+        }
+    }
+
+    /// Moves the exported files and the fine-tuned model out (after serializing the result).
+    pub fn take(&mut self) -> (ExportFiles, Option<LoadedModel>) {
+        match self {
+            JobResult::Causal(o) => (std::mem::take(&mut o.export), o.tuned.take()),
+            JobResult::Classification(o) => (std::mem::take(&mut o.export), o.tuned.take()),
+        }
+    }
+}
+
+/// The job `base` calls for: classification for an encoder, causal LM fine-tuning otherwise.
+pub async fn run_task<C: Into<Control>>(
+    files: ModelFiles,
+    base: &LoadedModel,
+    backend: &Backend,
+    dataset: DatasetFile<'_>,
+    config: &JobConfig,
+    base_name: &str,
+    on_event: impl FnMut(JobEvent) -> C,
+) -> Result<JobResult> {
+    if base.is_encoder() {
+        let out = run_classify_job(
+            files,
+            base,
+            backend,
+            dataset.name,
+            dataset.bytes,
+            config,
+            on_event,
+        )
+        .await?;
+        Ok(JobResult::Classification(out))
+    } else {
+        let out = run_job(files, base, backend, dataset, config, base_name, on_event).await?;
+        Ok(JobResult::Causal(out))
+    }
+}
+
+/// [`run_task`] with checkpoints for causal LMs (see [`run_job_checkpointed`]); a classifier
+/// job runs as [`run_task`] runs it, and refuses a checkpoint to resume from.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_task_checkpointed<C: Into<Control>>(
+    files: ModelFiles,
+    base: &LoadedModel,
+    backend: &Backend,
+    dataset: DatasetFile<'_>,
+    config: &JobConfig,
+    base_name: &str,
+    checkpointing: Option<Checkpointing<'_>>,
+    on_event: impl FnMut(JobEvent) -> C,
+) -> Result<JobResult> {
+    if base.is_encoder() {
+        if checkpointing.as_ref().is_some_and(|c| c.resume.is_some()) {
+            return Err(Error::config(
+                "resuming from a checkpoint is implemented for causal language models only",
+            ));
+        }
+        return run_task(files, base, backend, dataset, config, base_name, on_event).await;
+    }
+    let out = run_job_checkpointed(
+        files,
+        base,
+        backend,
+        dataset,
+        config,
+        base_name,
+        checkpointing,
+        on_event,
+    )
+    .await?;
+    Ok(JobResult::Causal(out))
+}
+
+/// "About 1.2 GiB: weights …" for the phase message.
+pub fn memory_message(m: &MemoryEstimate) -> String {
+    let mib = |b: u64| format!("{:.0} MiB", b as f64 / (1u64 << 20) as f64);
+    format!(
+        "Estimated memory {} (weights {}, gradients {}, optimizer {}, activations {} for {} × {} \
+         tokens)",
+        mib(m.total),
+        mib(m.weights),
+        mib(m.gradients),
+        mib(m.optimizer),
+        mib(m.activations),
+        m.batch_size,
+        m.seq_len
+    )
 }

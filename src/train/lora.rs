@@ -9,7 +9,11 @@
 //!   with a = √5, i.e. U(±1/√in); B = 0) — burn draws A from the device's RNG, which differs per
 //!   backend — or from given factors (to replay a PEFT run exactly);
 //! - names and layouts map to PEFT's: burn keeps `a [in, r]`, `b [r, out]`; PEFT `lora_A [r, in]`,
-//!   `lora_B [out, r]`.
+//!   `lora_B [out, r]`;
+//! - LoRA dropout: burn's adapter folds the factors into the weight, so there is no branch input
+//!   to drop. While training with `lora_dropout` > 0 the models compute PEFT's split form
+//!   `x W + scale · (dropout(x) a) b` instead (`models::layers::linear_forward`); without dropout,
+//!   and always at inference, they use the folded weight.
 
 use std::collections::BTreeMap;
 
@@ -257,6 +261,9 @@ pub struct LoraSpec {
     /// Resolved target names (see [`resolve_targets`]).
     pub targets: Vec<String>,
     pub init: LoraInit,
+    /// Dropout on the branch's input while training (applied by the models' forward, see
+    /// `models::layers::linear_forward`); recorded in the exported adapter_config.json.
+    pub dropout: f64,
 }
 
 impl LoraSpec {

@@ -2,12 +2,16 @@
 //! (burn-train's `Learner` does not build for wasm32) and is shared by the browser worker and the
 //! native CLI; it reports progress through a callback that can also stop the run.
 
+pub mod checkpoint;
 pub mod classify;
+pub mod classify_job;
+pub mod control;
 pub mod export;
 pub mod finetune;
 pub mod job;
 pub mod lora;
 pub mod loss;
+pub mod memory;
 pub mod run;
 pub mod schedule;
 pub mod toy;

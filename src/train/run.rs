@@ -3,10 +3,12 @@
 
 use serde::Serialize;
 
+use super::checkpoint::Checkpointing;
+use super::control::Control;
 use super::export::{export_adapter, export_merged, ExportFiles};
 use super::finetune::{
-    evaluate_loss, finetune, EvalLoss, FinetuneConfig, FinetuneProgress, FinetuneSummary, Method,
-    TrainableModel,
+    evaluate_loss, finetune_checkpointed, EvalLoss, FinetuneConfig, FinetuneProgress,
+    FinetuneSummary, Method, TrainableModel,
 };
 use crate::backend::Backend;
 use crate::data::TokenBatch;
@@ -15,11 +17,12 @@ use crate::io::hf::ModelFiles;
 use crate::models::loaded::{Family, LoadedModel};
 
 /// Files copied from the base model into the merged export, when present.
-const TOKENIZER_FILES: &[&str] = &[
+pub(crate) const TOKENIZER_FILES: &[&str] = &[
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
     "generation_config.json",
+    "chat_template.jinja",
 ];
 
 /// A finished (or cancelled) run.
@@ -40,14 +43,40 @@ pub struct TrainOutput {
 
 /// Load `files` on `backend`, fine-tune on `train`, score `eval` before and after, and export.
 /// `base_model` goes into the adapter's `base_model_name_or_path` (a Hub id or a path).
-pub async fn train(
+pub async fn train<C: Into<Control>>(
     files: ModelFiles,
     backend: &Backend,
     train: &[TokenBatch],
     eval: &[TokenBatch],
     config: &FinetuneConfig,
     base_model: &str,
-    on_progress: impl FnMut(&FinetuneProgress) -> bool,
+    on_progress: impl FnMut(&FinetuneProgress) -> C,
+) -> Result<TrainOutput> {
+    train_checkpointed(
+        files,
+        backend,
+        train,
+        eval,
+        config,
+        base_model,
+        None,
+        on_progress,
+    )
+    .await
+}
+
+/// [`train`] with checkpoints saved and possibly resumed from (see
+/// [`finetune_checkpointed`]).
+#[allow(clippy::too_many_arguments)]
+pub async fn train_checkpointed<C: Into<Control>>(
+    files: ModelFiles,
+    backend: &Backend,
+    train: &[TokenBatch],
+    eval: &[TokenBatch],
+    config: &FinetuneConfig,
+    base_model: &str,
+    checkpointing: Option<Checkpointing<'_>>,
+    on_progress: impl FnMut(&FinetuneProgress) -> C,
 ) -> Result<TrainOutput> {
     config.validate()?;
     let base_config = files.config()?;
@@ -57,7 +86,16 @@ pub async fn train(
         .collect();
     let loaded = LoadedModel::load(files, &backend.device)?;
     let mut model = TrainableModel::prepare(loaded.family, config)?;
-    let summary = finetune(&mut model, backend, train, eval, config, on_progress).await?;
+    let summary = finetune_checkpointed(
+        &mut model,
+        backend,
+        train,
+        eval,
+        config,
+        checkpointing,
+        on_progress,
+    )
+    .await?;
     let first_eval = summary.eval.first().filter(|e| e.step == 0).map(|e| e.eval);
     let last_eval = summary.eval.last().filter(|e| e.step == summary.steps);
     let after = match (last_eval, eval.is_empty()) {

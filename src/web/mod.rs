@@ -9,13 +9,21 @@ use serde::Serialize;
 use serde_json::json;
 use wasm_bindgen::prelude::*;
 
-use crate::backend::{Backend, BackendKind};
+use crate::backend::{Backend, BackendInfo, BackendKind};
+use crate::data::chat::Message;
 use crate::error::{Code, Error};
 use crate::eval::generate::{generate, GenerateOptions};
 use crate::io::hf::ModelFiles;
 use crate::models::loaded::LoadedModel;
+use crate::train::checkpoint::{Checkpoint, Checkpointing};
+use crate::train::classify_job::{evaluate_classification, prepare_class_data};
+use crate::train::control::Control;
 use crate::train::export::ExportFiles;
-use crate::train::job::{chat_template, prepare_data, run_job, DatasetFile, JobConfig};
+use crate::train::finetune::evaluate_loss;
+use crate::train::job::{
+    chat_template, prepare_data, run_task, run_task_checkpointed, DatasetFile, JobConfig,
+};
+use crate::train::memory::{self, BatchShape, MemoryEstimate, MemoryLimits};
 use crate::train::toy::{train_toy, ToyTrainConfig};
 
 extern "C" {
@@ -169,9 +177,47 @@ fn prompt_ids(model: &LoadedModel, input: &JsValue) -> Result<Vec<u32>, Error> {
         model.check_ids(&ids)?;
         return Ok(ids);
     }
+    if let Some(chat) = value.get("chat") {
+        let add = value.get("add_generation_prompt").and_then(|v| v.as_bool());
+        return model.chat_ids(&chat_messages(chat)?, add.unwrap_or(true));
+    }
     Err(Error::config(
-        "give the prompt as a string, {text} or {ids}",
+        "give the prompt as a string, {text}, {ids} or {chat: [{role, content}]}",
     ))
+}
+
+/// `[{role, content}]` (or that list as JSON text) → chat messages.
+fn chat_messages(value: &serde_json::Value) -> Result<Vec<Message>, Error> {
+    let parsed;
+    let value = match value.as_str() {
+        Some(text) => {
+            parsed = serde_json::from_str::<serde_json::Value>(text)
+                .map_err(|e| Error::config(format!("the conversation is not valid JSON: {e}")))?;
+            &parsed
+        }
+        None => value,
+    };
+    serde_json::from_value(value.clone()).map_err(|e| {
+        Error::config(format!(
+            "a conversation is a list of {{role, content}} messages with string values: {e}"
+        ))
+    })
+}
+
+/// The formatted conversation when `input` is `{chat: …}`.
+fn chat_text(model: &LoadedModel, input: &JsValue) -> Result<Option<String>, Error> {
+    if input.as_string().is_some() || !input.is_object() {
+        return Ok(None);
+    }
+    let value: serde_json::Value = serde_wasm_bindgen::from_value(input.clone())
+        .map_err(|e| Error::config(format!("invalid prompt: {e}")))?;
+    let Some(chat) = value.get("chat") else {
+        return Ok(None);
+    };
+    let add = value.get("add_generation_prompt").and_then(|v| v.as_bool());
+    model
+        .chat_prompt(&chat_messages(chat)?, add.unwrap_or(true))
+        .map(Some)
 }
 
 #[wasm_bindgen]
@@ -270,12 +316,14 @@ impl Session {
         })
     }
 
-    /// Continue a prompt (`"text"`, `{text}` or `{ids}`). `options` are `GenerateOptions`
+    /// Continue a prompt (`"text"`, `{text}`, `{ids}`, or `{chat: [{role, content}],
+    /// add_generation_prompt?: true}` formatted with the model's chat template; a chat stops at
+    /// the template's end-of-turn token). `options` are `GenerateOptions`
     /// (snake_case: max_new_tokens, greedy, temperature, top_k, top_p, repetition_penalty, seed,
     /// use_cache, stop_tokens) plus `ignore_eos` and `model` (`"base"`, the default, or
     /// `"tuned"`). `on_token(id, text_so_far)` sees each token;
     /// returning `false` stops. Resolves to `{prompt_ids, generated_ids, text, seconds,
-    /// tokens_per_s}`.
+    /// tokens_per_s, chat_prompt}` (`chat_prompt`: the formatted conversation, or null).
     pub fn generate(
         &self,
         input: JsValue,
@@ -310,8 +358,14 @@ impl Session {
                     .unwrap_or(false);
                 let mut opts: GenerateOptions = serde_json::from_value(value)
                     .map_err(|e| Error::config(format!("invalid generation options: {e}")))?;
+                let chat_prompt = chat_text(model, &input)?;
                 if opts.stop_tokens.is_empty() && !ignore_eos {
-                    opts.stop_tokens.extend(model.eos_token_id);
+                    if chat_prompt.is_some() {
+                        // A chat turn ends at the template's end-of-turn token.
+                        opts.stop_tokens = model.chat_stop_tokens();
+                    } else {
+                        opts.stop_tokens.extend(model.eos_token_id);
+                    }
                 }
                 let ids = prompt_ids(model, &input)?;
                 let start = crate::platform::now_ms();
@@ -330,13 +384,23 @@ impl Session {
                 })
                 .await?;
                 let seconds = (crate::platform::now_ms() - start) / 1e3;
+                // A chat reply is shown without the end-of-turn token that closed it.
+                let shown = match tokens.split_last() {
+                    Some((last, rest))
+                        if chat_prompt.is_some() && opts.stop_tokens.contains(last) =>
+                    {
+                        rest
+                    }
+                    _ => &tokens[..],
+                };
                 let text = match &model.tokenizer {
-                    Some(tk) => Some(tk.decode(&tokens)?),
+                    Some(tk) => Some(tk.decode(shown)?),
                     None => None,
                 };
                 Ok::<_, Error>(json!({
                     "prompt_ids": ids,
                     "generated_ids": tokens,
+                    "chat_prompt": chat_prompt,
                     "text": text,
                     "seconds": seconds,
                     "tokens_per_s": tokens.len() as f64 / seconds.max(1e-9),
@@ -361,10 +425,14 @@ impl Session {
     ) -> js_sys::Promise {
         let base = self.current_model();
         let files = self.files.borrow().clone();
+        let backend_info = self.backend.info.clone();
         wasm_bindgen_futures::future_to_promise(async move {
             let base = base?;
             let run = || -> Result<serde_json::Value, Error> {
                 let config = job_config(config)?;
+                if base.is_encoder() {
+                    return inspect_labelled(&base, &name, &bytes, &config, &backend_info);
+                }
                 let chat = match &files {
                     Some(f) => chat_template(f)?,
                     None => None,
@@ -401,7 +469,18 @@ impl Session {
                             .collect()
                     })
                     .unwrap_or_default();
+                let shapes = data.train_batches.iter().map(|b| (b.batch_size, b.seq_len));
+                let (memory, memory_problem) = memory_json(
+                    &base,
+                    &config,
+                    BatchShape::largest(shapes),
+                    0,
+                    &backend_info,
+                );
                 Ok(json!({
+                    "task": "causal",
+                    "memory": memory,
+                    "memory_problem": memory_problem,
                     "report": data.report,
                     "train_examples": data.train.len(),
                     "validation_examples": data.validation.len(),
@@ -419,7 +498,9 @@ impl Session {
     /// Fine-tune the loaded model on a dataset file and evaluate it before and after on
     /// held-out examples. `on_event(event)` sees `{type: "phase", phase, message}` and
     /// `{type: "step", step, total_steps, loss, lr, grad_norm, tokens_per_s, elapsed_s, eta_s,
-    /// eval, ...}`; returning `false` stops training early (evaluation and export still run).
+    /// eval, ...}`; returning `false` stops training early (evaluation and export still run);
+    /// returning a Promise for a step pauses training after it until the Promise settles
+    /// (`true`: resume; `false` or a rejection: stop as `false` does).
     /// Resolves to `{report, summary, before, after, samples, files, ...}`; the fine-tuned
     /// model then answers `generate(..., {model: "tuned"})` and `exportFiles()`.
     pub fn finetune(
@@ -440,7 +521,7 @@ impl Session {
                 let files = files.ok_or_else(|| {
                     Error::new(Code::ModelNotLoaded, "no model is loaded; load one first")
                 })?;
-                let out = run_job(
+                let out = run_task(
                     (*files).clone(),
                     &base,
                     &backend,
@@ -452,11 +533,11 @@ impl Session {
                     "webtune-base",
                     |event| {
                         let Ok(value) = to_js(&event) else {
-                            return true;
+                            return Control::Continue;
                         };
                         match on_event.call1(&JsValue::NULL, &value) {
-                            Ok(result) => result.as_bool() != Some(false),
-                            Err(_) => false,
+                            Ok(result) => js_control(result),
+                            Err(_) => Control::Stop,
                         }
                     },
                 )
@@ -465,11 +546,79 @@ impl Session {
             };
             let mut out = run.await.map_err(|e| error_to_js(&e))?;
             let value = to_js(&out)?;
-            if let Some(model) = out.tuned.take() {
-                *tuned_slot.borrow_mut() = Some(Rc::new(Tuned {
-                    model,
-                    export: std::mem::take(&mut out.export),
-                }));
+            if let (export, Some(model)) = out.take() {
+                *tuned_slot.borrow_mut() = Some(Rc::new(Tuned { model, export }));
+            }
+            Ok(value)
+        })
+    }
+
+    /// As `finetune`, saving checkpoints and possibly continuing from one (causal LMs):
+    /// `on_checkpoint({step, bytes: Uint8Array})` receives one every `config.checkpoint_every`
+    /// steps and when the run is paused or stopped early; `resume` (a checkpoint's bytes, or
+    /// null) continues the run it was saved from, on the same model, dataset and configuration,
+    /// with the losses the uninterrupted run would have had.
+    #[wasm_bindgen(js_name = finetuneResumable)]
+    pub fn finetune_resumable(
+        &self,
+        name: String,
+        bytes: Vec<u8>,
+        config: JsValue,
+        on_event: js_sys::Function,
+        on_checkpoint: js_sys::Function,
+        resume: Option<Vec<u8>>,
+    ) -> js_sys::Promise {
+        let base = self.current_model();
+        let files = self.files.borrow().clone();
+        let tuned_slot = self.tuned.clone();
+        let backend = self.backend.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let base = base?;
+            let run = async {
+                let config = job_config(config)?;
+                let files = files.ok_or_else(|| {
+                    Error::new(Code::ModelNotLoaded, "no model is loaded; load one first")
+                })?;
+                let resume = resume.as_deref().map(Checkpoint::from_bytes).transpose()?;
+                let mut save = |ck: Checkpoint| {
+                    let out = js_sys::Object::new();
+                    let _ = js_sys::Reflect::set(&out, &"step".into(), &(ck.step as f64).into());
+                    let bytes = js_sys::Uint8Array::from(ck.to_bytes().as_slice());
+                    let _ = js_sys::Reflect::set(&out, &"bytes".into(), &bytes);
+                    let _ = on_checkpoint.call1(&JsValue::NULL, &out);
+                };
+                let out = run_task_checkpointed(
+                    (*files).clone(),
+                    &base,
+                    &backend,
+                    DatasetFile {
+                        name: &name,
+                        bytes: &bytes,
+                    },
+                    &config,
+                    "webtune-base",
+                    Some(Checkpointing {
+                        resume,
+                        every: config.checkpoint_every,
+                        save: &mut save,
+                    }),
+                    |event| {
+                        let Ok(value) = to_js(&event) else {
+                            return Control::Continue;
+                        };
+                        match on_event.call1(&JsValue::NULL, &value) {
+                            Ok(result) => js_control(result),
+                            Err(_) => Control::Stop,
+                        }
+                    },
+                )
+                .await?;
+                Ok::<_, Error>(out)
+            };
+            let mut out = run.await.map_err(|e| error_to_js(&e))?;
+            let value = to_js(&out)?;
+            if let (export, Some(model)) = out.take() {
+                *tuned_slot.borrow_mut() = Some(Rc::new(Tuned { model, export }));
             }
             Ok(value)
         })
@@ -524,6 +673,101 @@ impl Session {
         }
     }
 
+    /// Score the base model (`which` "base", default) or the latest fine-tuned one ("tuned")
+    /// on the held-out split of a dataset file, without training: the split `finetune` makes
+    /// with the same `config`, so the base model's numbers equal that job's `before`. Resolves
+    /// to `{task: "causal", loss, perplexity, tokens, validation_examples, seconds}` or `{task:
+    /// "classification", labels, loss, accuracy, macro_f1, per_class, confusion_matrix,
+    /// examples, validation_examples, seconds}`.
+    pub fn evaluate(
+        &self,
+        name: String,
+        bytes: Vec<u8>,
+        config: JsValue,
+        which: Option<String>,
+    ) -> js_sys::Promise {
+        let pick = self.pick_model(which.as_deref());
+        let files = self.files.borrow().clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let (base, tuned) = pick?;
+            let model = tuned.as_ref().map_or(&*base, |t| &t.model);
+            let run = async {
+                let config = job_config(config)?;
+                if model.is_encoder() {
+                    let (data, m) = evaluate_classification(model, &name, &bytes, &config).await?;
+                    let mut value = serde_json::to_value(&m)
+                        .map_err(|e| Error::new(Code::Internal, e.to_string()))?;
+                    value["task"] = json!("classification");
+                    value["labels"] = json!(data.labels.labels);
+                    value["validation_examples"] = json!(data.validation.len());
+                    return Ok::<_, Error>(value);
+                }
+                let chat = match &files {
+                    Some(f) => chat_template(f)?,
+                    None => None,
+                };
+                // The tuned model is scored on the base's split and tokenization.
+                let data = prepare_data(&base, chat, &name, &bytes, &config)?;
+                let start = crate::platform::now_ms();
+                let loss = evaluate_loss(&model.family, &data.eval_batches).await?;
+                let mut value = serde_json::to_value(loss)
+                    .map_err(|e| Error::new(Code::Internal, e.to_string()))?;
+                value["task"] = json!("causal");
+                value["validation_examples"] = json!(data.validation.len());
+                value["seconds"] = json!((crate::platform::now_ms() - start) / 1e3);
+                Ok(value)
+            };
+            let value = run.await.map_err(|e| error_to_js(&e))?;
+            to_js(&value)
+        })
+    }
+
+    /// Classify `text` with an encoder's head: `which` is "base" (default; needs a head in the
+    /// checkpoint) or "tuned" (the latest fine-tuned classifier). Resolves to
+    /// `{labels: [string], probs: [number], label}` (probabilities in label order).
+    pub fn classify(&self, text: String, which: Option<String>) -> js_sys::Promise {
+        let pick = self.pick_model(which.as_deref());
+        wasm_bindgen_futures::future_to_promise(async move {
+            let (base, tuned) = pick?;
+            let model = tuned.as_ref().map_or(&*base, |t| &t.model);
+            let run = async {
+                let logits = model.classify(&text).await?;
+                let lp = crate::eval::metrics::log_softmax(&logits);
+                let probs: Vec<f64> = lp.iter().map(|v| v.exp()).collect();
+                let labels = model.info.labels.clone().unwrap_or_default();
+                let best = crate::eval::metrics::argmax(&logits);
+                Ok::<_, Error>(json!({
+                    "label": labels.get(best),
+                    "labels": labels,
+                    "probs": probs,
+                }))
+            };
+            let value = run.await.map_err(|e| error_to_js(&e))?;
+            to_js(&value)
+        })
+    }
+
+    /// Cosine similarity of the mean-pooled embeddings of two texts (an encoder, "base" or
+    /// "tuned"). Resolves to a number in [-1, 1].
+    pub fn similarity(&self, a: String, b: String, which: Option<String>) -> js_sys::Promise {
+        let pick = self.pick_model(which.as_deref());
+        wasm_bindgen_futures::future_to_promise(async move {
+            let (base, tuned) = pick?;
+            let model = tuned.as_ref().map_or(&*base, |t| &t.model);
+            let run = async {
+                if !model.is_encoder() {
+                    return Err(Error::config(
+                        "sentence similarity needs an encoder (BERT/MiniLM) model",
+                    ));
+                }
+                let (x, y) = (model.embed(&a).await?, model.embed(&b).await?);
+                Ok(cosine(&x, &y))
+            };
+            let value = run.await.map_err(|e| error_to_js(&e))?;
+            Ok(JsValue::from_f64(value))
+        })
+    }
+
     /// `{backend, adapter, device_limits}`.
     #[wasm_bindgen(js_name = backendInfo)]
     pub fn backend_info(&self) -> Result<JsValue, JsValue> {
@@ -557,5 +801,130 @@ impl Session {
             .map_err(|e| error_to_js(&e))?;
             to_js(&summary)
         })
+    }
+}
+
+fn cosine(x: &[f32], y: &[f32]) -> f64 {
+    let dot: f64 = x.iter().zip(y).map(|(a, b)| *a as f64 * *b as f64).sum();
+    let norm = |v: &[f32]| v.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (norm(x) * norm(y)).max(1e-12)
+}
+
+/// `inspectDataset` for an encoder: the labelled dataset's report, split and label ids.
+fn inspect_labelled(
+    base: &LoadedModel,
+    name: &str,
+    bytes: &[u8],
+    config: &JobConfig,
+    backend: &BackendInfo,
+) -> Result<serde_json::Value, Error> {
+    let data = prepare_class_data(base, name, bytes, config)?;
+    let shapes = data.train_batches.iter().map(|b| (b.batch_size, b.seq_len));
+    let (memory, memory_problem) = memory_json(
+        base,
+        config,
+        BatchShape::largest(shapes),
+        data.labels.len(),
+        backend,
+    );
+    let tokenizer = base.tokenizer.as_ref();
+    let preview: Vec<serde_json::Value> = data
+        .train_batches
+        .first()
+        .map(|b| {
+            (0..b.batch_size.min(3))
+                .map(|row| {
+                    let range = row * b.seq_len..(row + 1) * b.seq_len;
+                    let pieces: Vec<serde_json::Value> = b.input_ids[range.clone()]
+                        .iter()
+                        .zip(&b.attention_mask[range])
+                        .filter(|(_, &m)| m == 1)
+                        .map(|(&id, _)| {
+                            let text = tokenizer
+                                .and_then(|t| t.decode(&[id as u32]).ok())
+                                .unwrap_or_default();
+                            json!({ "id": id, "text": text, "counts": true })
+                        })
+                        .collect();
+                    let label = data.labels.label(b.labels[row] as usize);
+                    json!({ "tokens": pieces, "label": label })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(json!({
+        "task": "classification",
+        "memory": memory,
+        "memory_problem": memory_problem,
+        "labels": data.labels.labels,
+        "report": data.report,
+        "train_examples": data.train.len(),
+        "validation_examples": data.validation.len(),
+        "train_batches": data.train_batches.len(),
+        "eval_batches": data.eval_batches.len(),
+        "total_steps": config.train.total_steps(data.train_batches.len()),
+        "preview": preview,
+    }))
+}
+
+#[wasm_bindgen]
+impl Session {
+    /// A conversation (`[{role, content}]`, or that list as JSON text) formatted with the loaded
+    /// model's chat template, as transformers' `apply_chat_template(tokenize=False)` gives it:
+    /// `{text, ids, stop_tokens, source}`. Errors: `chat_template.invalid` (the template does not
+    /// compile or refuses the conversation), `config.invalid` (no template, bad messages).
+    #[wasm_bindgen(js_name = chatPrompt)]
+    pub fn chat_prompt(
+        &self,
+        messages: JsValue,
+        add_generation_prompt: Option<bool>,
+    ) -> Result<JsValue, JsValue> {
+        let model = self.current_model()?;
+        let run = || -> Result<serde_json::Value, Error> {
+            let value: serde_json::Value = serde_wasm_bindgen::from_value(messages)
+                .map_err(|e| Error::config(format!("invalid conversation: {e}")))?;
+            let messages = chat_messages(&value)?;
+            let add = add_generation_prompt.unwrap_or(true);
+            let text = model.chat_prompt(&messages, add)?;
+            let ids = model.chat_ids(&messages, add)?;
+            Ok(json!({
+                "text": text,
+                "ids": ids,
+                "stop_tokens": model.chat_stop_tokens(),
+                "source": model.info.chat.chat_template_source,
+            }))
+        };
+        let value = run().map_err(|e| error_to_js(&e))?;
+        to_js(&value)
+    }
+}
+
+/// The run's memory estimate and, when it cannot fit this backend, why (the job will refuse it).
+fn memory_json(
+    base: &LoadedModel,
+    config: &JobConfig,
+    shape: BatchShape,
+    classes: usize,
+    backend: &BackendInfo,
+) -> (MemoryEstimate, Option<String>) {
+    let e = memory::estimate(&base.info, &config.train, shape, classes);
+    let problem = memory::check_fits(&e, MemoryLimits::of(backend), config.train.method)
+        .err()
+        .map(|err| err.message);
+    (e, problem)
+}
+
+/// A `finetune` callback's answer: `false` stops; a Promise pauses until it settles (to
+/// `false`, or rejected: stop; anything else: resume); anything else goes on.
+fn js_control(answer: JsValue) -> Control {
+    use wasm_bindgen::JsCast;
+    match answer.dyn_into::<js_sys::Promise>() {
+        Ok(promise) => Control::Pause(Box::pin(async move {
+            match wasm_bindgen_futures::JsFuture::from(promise).await {
+                Ok(v) => v.as_bool() != Some(false),
+                Err(_) => false,
+            }
+        })),
+        Err(answer) => (answer.as_bool() != Some(false)).into(),
     }
 }

@@ -1,7 +1,9 @@
 // The default model served with the page (SmolLM2-135M-Instruct, a real pretrained GGUF with
 // Q4_1/Q8_0 weights, prepared by `cargo xtask models`): it loads from the page's own "Ready-made
 // model" button, reports what the native CLI reports, tokenizes text and continues it greedily
-// exactly as the native CLI does, and a reload serves it from the browser cache.
+// exactly as the native CLI does, and a reload serves it from the browser cache. Its GGUF carries
+// a chat template: the generate panel offers chat mode, formats the conversation with it and
+// stops at its end-of-turn token, as `webtune generate --chat` does.
 //
 // CPU only: on headless chromium's SwiftShader adapter a 135M-parameter model would take many
 // minutes per token; WebGPU numerics are covered on the tiny fixtures (models.test.mjs).
@@ -94,6 +96,47 @@ test("the default model loads from the page, matches the native CLI, generates f
     assert.equal(again.source.cached, true);
     const gguf = log.requests.slice(requestsAtReload).filter((r) => r.url.endsWith(".gguf"));
     assert.deepEqual(gguf, [], "the GGUF came from the browser cache");
+    assertCleanLog(assert, log);
+  });
+});
+
+test("the default model chats: the template from its GGUF formats the conversation and the reply stops at <|im_end|>", { timeout: 900_000 }, async () => {
+  const { dir } = defaultModel();
+  const QUESTION = "What is the capital of France?";
+  const MAX = 16;
+  const native = cli(["generate", dir, "--chat", QUESTION, "--greedy", "--max-new-tokens", String(MAX)]);
+  assert.ok(native.chat_prompt.includes(`<|im_start|>user\n${QUESTION}<|im_end|>\n<|im_start|>assistant\n`), native.chat_prompt);
+
+  await withPage("default-model-chat", browser, { backend: "cpu" }, async ({ page, log }) => {
+    await waitForBackend(page);
+    const loaded = await withTimeout(page.evaluate(() => window.webtune.loadDefaultModel()), 300_000, "the default model");
+    assert.equal(loaded.error, null, `loading failed: ${JSON.stringify(loaded.error)}`);
+    assert.equal(loaded.info.has_chat_template, true);
+    assert.equal(loaded.info.chat_template_source, "gguf");
+
+    // The chat switch is offered (and on) for a model with a template.
+    assert.ok(await page.getByTestId("chat-fields").isVisible(), "the chat switch is shown");
+    assert.ok(await page.getByTestId("chat-mode").isChecked(), "chat mode is on by default for a chat model");
+    await page.getByTestId("prompt").fill(QUESTION);
+    await page.getByTestId("max-new-tokens").fill(String(MAX));
+    await page.getByTestId("greedy").check();
+    await page.getByTestId("generate").click();
+    await waitInPage(page, () => ["done", "error"].includes(document.querySelector("[data-testid=gen-stats]")?.dataset.outcome), null, 300_000, "the chat reply");
+    assert.equal(await page.getByTestId("gen-stats").getAttribute("data-outcome"), "done", await page.getByTestId("gen-stats").textContent());
+
+    // The formatted prompt is the model's template applied to the conversation, as the CLI has it.
+    const formatted = await page.getByTestId("chat-prompt").textContent();
+    assert.ok(formatted.includes("<|im_start|>user"), formatted);
+    assert.equal(formatted, native.chat_prompt);
+    // The reply is the native one, token for token, and stops at <|im_end|> (id 2) when it
+    // ends within the limit; the shown text leaves the end-of-turn token out.
+    const ids = (await page.getByTestId("gen-ids").textContent()).replace("Generated ids: ", "").split(", ").map(Number);
+    assert.deepEqual(ids, native.generated_ids);
+    if (ids.length < MAX) assert.equal(ids.at(-1), 2, "the reply ended at <|im_end|>");
+    const reply = await page.getByTestId("gen-output").textContent();
+    assert.ok(!reply.includes("<|im_end|>"), reply);
+    console.log(`default model chat: ${JSON.stringify(QUESTION)} →${JSON.stringify(reply)} (${ids.length} tokens)`);
+    assert.match(await page.getByTestId("chat-state").textContent(), /1 earlier turn/);
     assertCleanLog(assert, log);
   });
 });

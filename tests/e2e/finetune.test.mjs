@@ -206,6 +206,30 @@ test("a. a malformed JSONL line: listed with its line number under skip, data.in
     assert.match(await page.getByTestId("report-skipped").textContent(), /empty text ×28/);
     assert.match(await page.getByTestId("report-schema").textContent(), /prompt → completion/);
 
+    // A CSV saved by a Western-European spreadsheet (windows-1252): refused as UTF-8 with the
+    // byte's line, read correctly once its encoding is chosen in the panel.
+    // Header, 11 plain rows, then "café – good" on line 13 (é = 0xE9, the en dash = 0x96).
+    const plain = Array.from({ length: 11 }, (_, i) => `row ${i + 1}`).join("\n");
+    const latin = [...Buffer.from(`text\n${plain}\n`, "latin1"), 0x63, 0x61, 0x66, 0xe9, 0x20, 0x96, 0x20, 0x67, 0x6f, 0x6f, 0x64, 0x0a];
+    const asUtf8 = await withTimeout(
+      page.evaluate(([b, c]) => window.webtune.inspectDataset({ name: "latin.csv", bytes: new Uint8Array(b) }, c), [latin, DATA]),
+      OP_TIMEOUT_MS,
+      "latin.csv as UTF-8",
+    );
+    assert.equal(asUtf8.error?.code, "data.invalid");
+    assert.equal(asUtf8.error.details.line, 13);
+    assert.match(asUtf8.error.message, /windows-1252/);
+    // Choosing the encoding checks the chosen file again, with the panel's settings.
+    await page.getByLabel("Text encoding").selectOption("windows-1252");
+    await waitInPage(
+      page,
+      () => document.querySelector("[data-testid=dataset-state]")?.dataset.outcome === "done" && /windows-1252/.test(document.querySelector("[data-testid=report-format]")?.textContent ?? ""),
+      null,
+      60_000,
+      "latin.csv read as windows-1252",
+    );
+    assert.match(await page.getByTestId("report-examples").textContent(), /12/);
+
     // Still usable: a good file is reported, generation works.
     const good = await inspect(page, "capitals.jsonl", GOOD_JSONL, DATA);
     assert.equal(good.error, null);
@@ -254,7 +278,12 @@ test("b. LoRA fine-tuning lowers the held-out loss; chart, before/after and samp
       return { drawn: Boolean(plot), legend: [...document.querySelectorAll("[data-testid=ft-chart] .u-legend .u-label")].map((l) => l.textContent) };
     });
     assert.ok(chart.drawn, "the uPlot chart is drawn");
-    assert.deepEqual(chart.legend.slice(1), ["train loss", "validation loss"]);
+    assert.deepEqual(chart.legend.slice(1), ["train loss", "validation loss", "learning rate"]);
+    // The learning-rate curve is the schedule the run used, step by step.
+    const plotted = await page.evaluate(() => window.webtune.finetuneChart());
+    const drawnLrs = plotted.steps.map((s, i) => [s, plotted.lrs[i]]).filter(([, lr]) => lr !== null);
+    assert.deepEqual(drawnLrs.map(([s]) => s), summary.lrs.map((_, i) => i + 1));
+    assert.ok(maxAbsDiff(drawnLrs.map(([, lr]) => lr), summary.lrs).max < 1e-12, "the plotted learning rates are the summary's");
     assert.match(await page.getByTestId("ft-result").textContent(), /^Done: 30 steps of LoRA on CPU/);
 
     // The before/after panel shows the same numbers, the verdict and the samples.
@@ -342,11 +371,30 @@ test("c. privacy: after the model is loaded, checking data, fine-tuning, generat
       page.locator('[data-testid=download-file][data-file="merged/config.json"]').click(),
     ]);
     assert.equal(download.suggestedFilename(), "webtune-merged-config.json");
+    // The evaluation report: one JSON file with the settings and the before/after numbers.
+    const [reportDownload] = await Promise.all([page.waitForEvent("download", { timeout: 30_000 }), page.getByTestId("download-report").click()]);
+    assert.equal(reportDownload.suggestedFilename(), "webtune-evaluation-report.json");
+    const report = JSON.parse(fs.readFileSync(await reportDownload.path(), "utf8"));
+    const latest = await page.evaluate(() => window.webtune.finetunes.at(-1).result);
+    assert.equal(report.result.after.loss, latest.after.loss);
+    assert.equal(report.result.before.loss, latest.before.loss);
+    assert.equal(report.backend.backend, "cpu");
+    assert.equal(report.model.architecture, "gpt2");
+    assert.equal(typeof report.config.train, "object");
     await page.waitForTimeout(500);
 
     const during = log.requests.slice(mark);
     console.log(`requests before the model was loaded: ${mark}; after: ${during.length} ${JSON.stringify(during)}`);
     assert.deepEqual(during, [], "no request after the model was loaded");
+    // The page's own privacy line agrees (it reads the browser's Resource Timing records of the
+    // page and the worker)…
+    const privacy = page.getByTestId("privacy");
+    assert.equal(await privacy.getAttribute("data-requests"), "0");
+    assert.match(await privacy.textContent(), /no network request since the model was loaded/);
+    // …and would say so if something did go out.
+    await page.evaluate(() => fetch("./models/index.json").then((r) => r.text()));
+    await waitInPage(page, () => document.querySelector("[data-testid=privacy]")?.dataset.requests === "1", null, 10_000, "the page's request to be counted");
+    assert.match(await privacy.textContent(), /1 network request since the model was loaded: .*models\/index\.json/);
     const remote = log.requests.filter((r) => !isLocal(r.url));
     assert.deepEqual(remote, [], "no request to another host during the whole test");
     assert.deepEqual(log.failedRequests, []);
@@ -438,4 +486,41 @@ test("e. a short LoRA run on WebGPU has the CPU run's per-step losses", { timeou
   assert.equal(cpu.losses.length, 5);
   assert.ok(Math.abs(cpu.before.loss - gpu.before.loss) <= WEBGPU_LOSS_TOLERANCE, "the base model's held-out loss matches");
   assert.ok(d.max <= WEBGPU_LOSS_TOLERANCE, `WebGPU losses differ from CPU by ${d.max}`);
+});
+
+test("f. a run too big for the CPU backend's memory is refused before training, with advice, and the page stays usable", { timeout: 300_000 }, async () => {
+  await withPage("finetune-f-memory", browser, { backend: "cpu" }, async ({ page, log }) => {
+    await waitForBackend(page);
+    await loadFixture(page);
+    // About 10,000 tokens of plain text, packed into 127-token rows: batches of 64 rows make
+    // logits of 64 × 127 × 50,257 floats (1.6 GB), kept three times for the backward pass.
+    const lines = Array.from({ length: 16 }, () => COUNTRIES.map(([c, k]) => `The capital of ${c} is ${k}, and everyone there knows it well.`)).flat();
+    const text = lines.join("\n") + "\n";
+    const big = { data: { causal: { seq_len: 127 } }, validation_fraction: 0.1, batch_size: 64, train: { method: "full", steps: 2 } };
+    const inspected = await inspect(page, "long.txt", text, big);
+    assert.equal(inspected.error, null, JSON.stringify(inspected.error));
+    const m = inspected.result.memory;
+    assert.equal(m.batch_size, 64);
+    assert.ok(m.activations > 3 * 64 * 127 * 50257 * 4, `activations ${m.activations} include the logits three times`);
+    assert.match(inspected.result.memory_problem, /use LoRA/);
+    assert.match(await page.getByTestId("ft-memory-estimate").textContent(), /will not fit/);
+
+    const run = await finetune(page, "long.txt", text, big);
+    assert.equal(run.status, "error");
+    assert.equal(run.error.code, "memory.insufficient");
+    assert.match(run.error.message, /batch size of \d+ or less/);
+    assert.deepEqual(
+      run.events.filter((e) => e.type === "step"),
+      [],
+      "refused before any training step",
+    );
+
+    // The advice works: LoRA with small batches of the same text trains.
+    const ok = await finetune(page, "long.txt", text, { ...big, batch_size: 4, train: { method: "lora", steps: 2, lr: 1e-3 } });
+    assert.equal(ok.error, null, JSON.stringify(ok.error));
+    assert.equal(ok.result.summary.steps, 2);
+    assert.ok(ok.events.some((e) => e.type === "phase" && e.phase === "memory"));
+    assert.ok(ok.result.memory.total < m.total);
+    assertCleanLog(assert, log);
+  });
 });

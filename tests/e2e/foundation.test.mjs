@@ -415,3 +415,34 @@ test("e. a screenshot of the page after a completed run is saved", { timeout: 42
   assert.equal(run.status, "done");
   assert.ok(fs.statSync(artifactPath("foundation.png")).size > 10_000, "foundation.png was written");
 });
+
+test("h. losing the GPU device mid-run is reported as device.lost; the page keeps the dataset, switches to the CPU and trains", { timeout: 600_000 }, async () => {
+  await withPage("h-device-lost", browser, { backend: "webgpu" }, async ({ page, log }) => {
+    const message = await waitForBackend(page);
+    assert.equal(message.backend, "webgpu");
+    await page.evaluate(() => window.webtune.inspectDataset({ name: "notes.txt", bytes: "a line\nanother line\n" }));
+    // A long toy run; lose the device once it is under way.
+    const running = page.evaluate(() => window.webtune.train({ steps: 100000, seed: 1 }));
+    await waitInPage(page, () => (window.webtune.runs.at(-1)?.progress.length ?? 0) >= 2, null, 120_000, "the WebGPU run to start");
+    await page.evaluate(() => window.webtune.debugLoseDevice());
+    const run = await withTimeout(running, 60_000, "the run to settle after the device loss");
+    assert.equal(run.summary, null);
+    // The worker's device watch or the failed readback in wasm, whichever comes first.
+    assert.equal(run.error.code, "device.lost", JSON.stringify(run.error));
+    await waitInPage(page, () => window.webtune.workerState === "crashed", null, 30_000, "the worker to be marked unusable");
+    const alert = page.locator('[role=alert][data-code="device.lost"]').filter({ has: page.getByTestId("use-cpu") });
+    assert.equal(await alert.count(), 1, "an alert says what happened and offers the CPU");
+    assert.match(await alert.textContent(), /GPU device was lost/);
+    // Nothing the user gave is lost: the chosen dataset is still there.
+    assert.equal(await page.evaluate(() => window.webtune.dataset?.name), "notes.txt");
+    await alert.getByTestId("use-cpu").click();
+    await waitInPage(page, () => window.webtune.workerState === "ready" && window.webtune.backend?.backend === "cpu", null, 90_000, "the CPU worker");
+    const next = await withTimeout(page.evaluate(() => window.webtune.train({ steps: 10, seed: 1 })), 120_000, "a CPU run after the loss");
+    assert.equal(next.error, null, JSON.stringify(next.error));
+    assert.equal(next.summary.steps, 10);
+    assert.deepEqual(log.pageErrors, [], "uncaught page errors");
+    // A destroyed device makes wgpu log its failed calls; nothing else may log errors.
+    const unexpected = log.consoleErrors.filter((e) => !/device|Device|GPU|panicked at|lost/.test(e));
+    assert.deepEqual(unexpected, [], "console errors unrelated to the lost device");
+  });
+});

@@ -11,6 +11,7 @@
 import { chromium } from "playwright-core";
 import { execFileSync } from "node:child_process";
 import fs from "node:fs";
+import http from "node:http";
 import path from "node:path";
 
 export const BASE_URL = process.env.WEBTUNE_URL ?? "http://127.0.0.1:8080/";
@@ -50,7 +51,12 @@ export async function launchBrowser() {
 
 /** The page URL with query parameters, e.g. `{backend: "cpu"}`. */
 export function pageUrl(params = {}) {
-  const url = new URL(BASE_URL);
+  return pageUrlAt("", params);
+}
+
+/** A page under WEBTUNE_URL (`pathname` relative to it, e.g. "examples/") with query parameters. */
+export function pageUrlAt(pathname, params = {}) {
+  const url = new URL(pathname, BASE_URL);
   for (const [key, value] of Object.entries(params)) url.searchParams.set(key, String(value));
   return url.href;
 }
@@ -73,7 +79,7 @@ function slug(text) {
  * worker console output and every request (workers' requests too: they are reported on the
  * context). Returns `{context, page, log, url}`.
  */
-export async function openPage(browser, params = {}, attempt = { retried: false }) {
+export async function openPage(browser, params = {}, attempt = { retried: false }, pathname = "") {
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   const log = {
     pageErrors: [],
@@ -103,7 +109,7 @@ export async function openPage(browser, params = {}, attempt = { retried: false 
     }
     if (m.type() === "error") log.consoleErrors.push(worker ? `[worker] ${m.text()}` : m.text());
   });
-  const url = pageUrl(params);
+  const url = pageUrlAt(pathname, params);
   // Requests still open when a load stalls say which resource held the "load" event.
   const open = new Set();
   page.on("request", (r) => open.add(r.url()));
@@ -118,7 +124,7 @@ export async function openPage(browser, params = {}, attempt = { retried: false 
     // context; the stalled requests are reported so the cause can be found.
     if (!attempt.retried) {
       console.log(`openPage: ${url} did not load (${e.message}); open requests: ${JSON.stringify([...open])}; retrying once`);
-      return openPage(browser, params, { retried: true });
+      return openPage(browser, params, { retried: true }, pathname);
     }
     throw e;
   }
@@ -143,7 +149,12 @@ export async function saveFailureArtifacts(name, { page, log }) {
  * the logs to WEBTUNE_ARTIFACTS; always close the context.
  */
 export async function withPage(name, browser, params, fn) {
-  const handle = await openPage(browser, params);
+  return withPageAt(name, browser, "", params, fn);
+}
+
+/** withPage for the page at `pathname` (relative to WEBTUNE_URL, e.g. "examples/shakespeare.html"). */
+export async function withPageAt(name, browser, pathname, params, fn) {
+  const handle = await openPage(browser, params, { retried: false }, pathname);
   try {
     return await fn(handle);
   } catch (e) {
@@ -249,4 +260,30 @@ export function maxAbsDiff(a, b, n = Math.min(a.length, b.length)) {
     }
   }
   return { max, at };
+}
+
+/**
+ * A tiny Hugging Face Hub: `GET /<owner>/<name>/resolve/main/<file>` from `repos`
+ * ({"owner/name": {file: Buffer}}), CORS-enabled like huggingface.co (the page is cross-origin
+ * isolated), with a request log. Returns {server, log, endpoint, close()}.
+ */
+export async function startHubServer(repos) {
+  const log = [];
+  const server = http.createServer((req, res) => {
+    const url = new URL(req.url, "http://localhost");
+    const match = /^\/([^/]+\/[^/]+)\/resolve\/([^/]+)\/(.+)$/.exec(url.pathname);
+    const body = match && match[2] === "main" ? repos[decodeURIComponent(match[1])]?.[decodeURIComponent(match[3])] : undefined;
+    log.push({ method: req.method, path: url.pathname, status: body ? 200 : 404 });
+    const headers = { "Access-Control-Allow-Origin": "*", "Cross-Origin-Resource-Policy": "cross-origin", "Cache-Control": "no-store" };
+    if (!body) {
+      res.writeHead(404, { ...headers, "Content-Type": "text/plain" });
+      res.end("Entry not found");
+      return;
+    }
+    res.writeHead(200, { ...headers, "Content-Type": "application/octet-stream", "Content-Length": body.length });
+    res.end(req.method === "HEAD" ? undefined : body);
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const close = () => new Promise((resolve) => server.close(resolve));
+  return { server, log, endpoint: `http://127.0.0.1:${server.address().port}`, close };
 }

@@ -196,6 +196,8 @@ test("a. loading local files (file input, folder input, drop) shows the model's 
     console.log(`file input: loaded in ${(record.timing.load_ms).toFixed(1)} ms; info ${JSON.stringify(info)}`);
     assert.equal(info.architecture, "gpt2");
     assert.equal(info.has_tokenizer, false);
+    assert.equal(info.has_chat_template, false);
+    assert.ok(await page.getByTestId("chat-fields").isHidden(), "no chat mode for a model without a chat template");
     assert.deepEqual(info.dtype, ["F32"]);
     const native = nativeInfo();
     if (native) {

@@ -54,6 +54,14 @@ export function createDatasetPanel(section, { samples, onFile, onSample, onInspe
     el("option", { value: "skip" }, "Skip them and list them"),
     el("option", { value: "stop" }, "Stop at the first one"),
   );
+  const encoding = el(
+    "select",
+    { id: "dataset-encoding", "data-testid": "dataset-encoding" },
+    el("option", { value: "utf-8" }, "UTF-8 (or UTF-16 with a BOM)"),
+    el("option", { value: "windows-1252" }, "Windows-1252 / Latin-1"),
+    el("option", { value: "utf-16le" }, "UTF-16 LE"),
+    el("option", { value: "utf-16be" }, "UTF-16 BE"),
+  );
   const seqLen = el("input", { id: "dataset-seq-len", type: "number", min: 8, step: 1, value: 128, inputmode: "numeric", "data-testid": "dataset-seq-len" });
   const validation = el("input", {
     id: "dataset-validation",
@@ -66,7 +74,7 @@ export function createDatasetPanel(section, { samples, onFile, onSample, onInspe
     "data-testid": "dataset-validation",
   });
   const recheck = el("button", { type: "button", "data-testid": "inspect-dataset", disabled: true, onclick: () => onInspect() }, "Check again");
-  for (const f of [policy, seqLen, validation]) f.addEventListener("change", () => section.dataset.hasDataset === "true" && onInspect());
+  for (const f of [policy, encoding, seqLen, validation]) f.addEventListener("change", () => section.dataset.hasDataset === "true" && onInspect());
 
   const chosen = el("p", { class: "result", "data-testid": "dataset-name" }, "No dataset chosen.");
   const state = el("p", { class: "help", role: "status", "aria-live": "polite", "data-testid": "dataset-state" }, "");
@@ -92,6 +100,7 @@ export function createDatasetPanel(section, { samples, onFile, onSample, onInspe
       "div",
       { class: "fields dataset-options" },
       el("div", { class: "field" }, el("label", { for: "dataset-policy" }, "Bad records"), policy),
+      el("div", { class: "field" }, el("label", { for: "dataset-encoding" }, "Text encoding"), encoding),
       el("div", { class: "field" }, el("label", { for: "dataset-seq-len" }, "Sequence length (tokens)"), seqLen),
       el("div", { class: "field" }, el("label", { for: "dataset-validation" }, "Validation share"), validation),
       el("div", { class: "buttons" }, recheck),
@@ -116,7 +125,7 @@ export function createDatasetPanel(section, { samples, onFile, onSample, onInspe
         "dl",
         { class: "facts" },
         stat("File", `${r.file} (${formatBytes(r.bytes)})`, "report-file"),
-        stat("Format", FORMAT_NAMES[r.format] ?? r.format, "report-format"),
+        stat("Format", `${FORMAT_NAMES[r.format] ?? r.format}${r.encoding && r.encoding !== "utf-8" ? ` (${r.encoding})` : ""}`, "report-format"),
         stat("Schema", `${SCHEMA_NAMES[kind] ?? kind} (${schema.detected ? "detected" : "chosen"})`, "report-schema"),
         stat("Records", formatInt(r.records), "report-records"),
         stat("Examples kept", formatInt(r.examples), "report-examples"),
@@ -237,7 +246,7 @@ export function createDatasetPanel(section, { samples, onFile, onSample, onInspe
       fileInput.disabled = busy;
       sampleSelect.disabled = busy;
       sampleButton.disabled = busy || !sampleSelect.value;
-      for (const f of [policy, seqLen, validation]) f.disabled = busy;
+      for (const f of [policy, encoding, seqLen, validation]) f.disabled = busy;
     },
     /** The model changed: the sequence length cannot exceed its context. */
     setModel(info) {
@@ -254,7 +263,7 @@ export function createDatasetPanel(section, { samples, onFile, onSample, onInspe
     },
     /** The job configuration's data part, from the controls. */
     config() {
-      const out = { data: { policy: policy.value, causal: {} } };
+      const out = { data: { policy: policy.value, encoding: encoding.value, causal: {} } };
       if (Number.isFinite(seqLen.valueAsNumber)) out.data.causal.seq_len = Math.trunc(seqLen.valueAsNumber);
       if (Number.isFinite(validation.valueAsNumber)) out.validation_fraction = validation.valueAsNumber;
       return out;

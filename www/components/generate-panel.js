@@ -1,6 +1,8 @@
 // "Generate" panel: a prompt (text, or token ids as "ids: 1, 2, 3"), the sampling settings,
 // which model answers (base or fine-tuned, once there is one), Generate and Stop, the streamed
-// output and the speed.
+// output and the speed. For a model that ships a chat template, a "Chat" switch turns the prompt
+// into the next user message of a conversation that the model's template formats (the reply
+// stops at the template's end-of-turn token); the formatted prompt is shown under the reply.
 
 import { el, formatInt } from "../lib/format.js";
 
@@ -65,13 +67,52 @@ export function createGeneratePanel(section, { onGenerate, onStop, onError }) {
   );
   let tunedAvailable = false;
 
+  // Chat mode: offered only when the loaded model has a chat template.
+  const chatMode = el("input", { id: "chat-mode", name: "chat-mode", type: "checkbox", "data-testid": "chat-mode" });
+  const system = el("input", { id: "chat-system", name: "chat-system", type: "text", "data-testid": "chat-system", placeholder: "optional" });
+  const resetChat = el("button", { type: "button", "data-testid": "chat-reset", onclick: () => setConversation([]) }, "New conversation");
+  const chatState = el("p", { class: "help", "data-testid": "chat-state" });
+  const chatFields = el(
+    "div",
+    { class: "fields chat-fields", hidden: true, "data-testid": "chat-fields" },
+    el("div", { class: "field checkbox" }, chatMode, el("label", { for: "chat-mode" }, "Chat")),
+    el("div", { class: "field wide chat-only" }, el("label", { for: "chat-system" }, "System message"), system),
+    el("div", { class: "buttons chat-only" }, resetChat),
+    chatState,
+  );
+  /** [{role, content}] of the turns so far (system message excluded). */
+  let conversation = [];
+  /** The user message of the generation in flight (chat mode), added with the reply. */
+  let pendingUser = null;
+  let chatSource = null;
+  function setConversation(turns) {
+    conversation = turns;
+    const n = conversation.filter((m) => m.role === "user").length;
+    chatState.textContent = chatMode.checked
+      ? `Template: ${chatSource ?? "model"} · ${n === 0 ? "new conversation" : `${n} earlier turn${n === 1 ? "" : "s"}`}.`
+      : "";
+    resetChat.disabled = n === 0 || section.dataset.mode === "generating";
+  }
+  function syncChat() {
+    for (const e of chatFields.querySelectorAll(".chat-only")) e.hidden = !chatMode.checked;
+    promptLabel.textContent = chatMode.checked ? "Message" : "Prompt";
+    help.textContent = chatMode.checked
+      ? "Your next message; the model's chat template formats the conversation."
+      : 'Text, or token ids written as "ids: 1, 2, 3" (the only way for a model without a tokenizer).';
+    setConversation(conversation);
+  }
+  chatMode.addEventListener("change", syncChat);
+
   const generate = el("button", { type: "submit", class: "primary", "data-testid": "generate", disabled: true }, "Generate");
   const stop = el("button", { type: "button", "data-testid": "stop-generate", disabled: true, onclick: () => onStop() }, "Stop");
+  const promptLabel = el("label", { for: "prompt" }, "Prompt");
+  const help = el("p", { id: "prompt-help", class: "help" }, 'Text, or token ids written as "ids: 1, 2, 3" (the only way for a model without a tokenizer).');
   const form = el(
     "form",
     { class: "generate-form", novalidate: true },
-    el("div", { class: "field wide" }, el("label", { for: "prompt" }, "Prompt"), prompt),
-    el("p", { id: "prompt-help", class: "help" }, 'Text, or token ids written as "ids: 1, 2, 3" (the only way for a model without a tokenizer).'),
+    chatFields,
+    el("div", { class: "field wide" }, promptLabel, prompt),
+    help,
     el(
       "div",
       { class: "fields" },
@@ -89,11 +130,18 @@ export function createGeneratePanel(section, { onGenerate, onStop, onError }) {
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     let input;
-    try {
-      input = parsePrompt(prompt.value, hasTokenizer);
-    } catch (e) {
-      onError({ code: e.code ?? "config.invalid", message: e.message });
-      return;
+    if (chatMode.checked && !chatFields.hidden) {
+      pendingUser = { role: "user", content: prompt.value };
+      const head = system.value.trim() ? [{ role: "system", content: system.value }] : [];
+      input = { chat: [...head, ...conversation, pendingUser] };
+    } else {
+      pendingUser = null;
+      try {
+        input = parsePrompt(prompt.value, hasTokenizer);
+      } catch (e) {
+        onError({ code: e.code ?? "config.invalid", message: e.message });
+        return;
+      }
     }
     onGenerate(input, options());
   });
@@ -102,8 +150,10 @@ export function createGeneratePanel(section, { onGenerate, onStop, onError }) {
   const output = el("output", { class: "generated", for: "prompt", "aria-live": "polite", "data-testid": "gen-output" });
   const ids = el("p", { class: "generated-ids", "data-testid": "gen-ids" });
   const stats = el("p", { class: "result", "data-testid": "gen-stats" }, "Load a model to generate.");
+  const chatPrompt = el("pre", { class: "chat-prompt", "data-testid": "chat-prompt" });
+  const chatPromptBox = el("details", { class: "chat-prompt-box", hidden: true }, el("summary", {}, "Formatted prompt (the model's chat template)"), chatPrompt);
 
-  section.append(el("h2", { id: "generate-title" }, "Generate"), form, el("div", { class: "output-box" }, output), ids, stats);
+  section.append(el("h2", { id: "generate-title" }, "Generate"), form, el("div", { class: "output-box" }, output), ids, stats, chatPromptBox);
 
   let hasTokenizer = true;
   let tokens = [];
@@ -141,7 +191,8 @@ export function createGeneratePanel(section, { onGenerate, onStop, onError }) {
       generate.disabled = !canGenerate;
       stop.disabled = !generating;
       section.dataset.mode = generating ? "generating" : canGenerate ? "idle" : "unavailable";
-      for (const f of [prompt, maxNew.field, penalty.field, greedy, useBase]) f.disabled = generating;
+      for (const f of [prompt, maxNew.field, penalty.field, greedy, useBase, chatMode, system]) f.disabled = generating;
+      resetChat.disabled = generating || conversation.length === 0;
       useTuned.disabled = generating || !tunedAvailable;
       for (const f of samplingFields) f.field.disabled = generating || greedy.checked;
     },
@@ -156,6 +207,14 @@ export function createGeneratePanel(section, { onGenerate, onStop, onError }) {
     /** The loaded model changed (null: none). */
     setModel(info) {
       hasTokenizer = info ? info.has_tokenizer : true;
+      // A new model starts a new conversation; chat is offered only with a template.
+      const canChat = Boolean(info?.has_chat_template && info?.has_tokenizer);
+      chatSource = info?.chat_template_source ?? null;
+      chatFields.hidden = !canChat;
+      chatMode.checked = canChat;
+      chatPromptBox.hidden = true;
+      setConversation([]);
+      syncChat();
       prompt.placeholder = info && !info.has_tokenizer ? "ids: 1, 2, 3" : "Once upon a time";
       delete stats.dataset.outcome;
       stats.textContent = info ? `Ready: ${info.architecture}${info.has_tokenizer ? "" : " (no tokenizer: give token ids)"}.` : "Load a model to generate.";
@@ -178,6 +237,14 @@ export function createGeneratePanel(section, { onGenerate, onStop, onError }) {
       tokens = result.generated_ids;
       if (result.text !== null && result.text !== undefined) text = result.text;
       render();
+      if (typeof result.chat_prompt === "string") {
+        chatPrompt.textContent = result.chat_prompt;
+        chatPromptBox.hidden = false;
+        if (pendingUser !== null && text !== null) setConversation([...conversation, pendingUser, { role: "assistant", content: text }]);
+      } else {
+        chatPromptBox.hidden = true;
+      }
+      pendingUser = null;
       output.setAttribute("aria-busy", "false");
       const n = result.generated_ids.length;
       stats.dataset.outcome = result.cancelled ? "cancelled" : "done";

@@ -1,6 +1,8 @@
 // Live training-loss chart, drawn by uPlot (vendored into www/vendor/uplot by `cargo xtask
 // build-wasm`). Points are buffered and drawn at most once per animation frame. With
-// `{validation: true}` a second series shows validation-loss points (pushEval) on the same axes.
+// `{validation: true}` a second series shows validation-loss points (pushEval) on the same axes;
+// with `{lr: true}` the learning rate of each step is drawn on its own scale (right axis), so a
+// warmup or a decay is visible next to the loss it causes.
 
 import uPlot from "../vendor/uplot/uPlot.esm.js";
 
@@ -8,13 +10,15 @@ const HEIGHT = 240;
 
 /**
  * @param {HTMLElement} container  element the chart fills (its width is followed)
- * @param {{validation?: boolean}} [options]  validation: add a "validation loss" point series
+ * @param {{validation?: boolean, lr?: boolean}} [options]  validation: add a "validation loss"
+ *   point series; lr: add a "learning rate" line on a right-hand axis (push's 4th argument)
  * @returns {{reset: Function, push: Function, pushEval: Function, flush: Function, data: Function}}
  */
-export function createLossChart(container, { validation = false } = {}) {
+export function createLossChart(container, { validation = false, lr = false } = {}) {
   let steps = [];
   let losses = [];
   let evals = [];
+  let lrs = [];
   let totalSteps = 1;
   let frame = 0;
   let chart = null;
@@ -26,6 +30,7 @@ export function createLossChart(container, { validation = false } = {}) {
       grid: style.getPropertyValue("--grid").trim() || "rgba(128,128,128,0.25)",
       line: style.getPropertyValue("--accent").trim() || "#2563eb",
       eval: style.getPropertyValue("--eval").trim() || "#d9480f",
+      lr: style.getPropertyValue("--lr").trim() || "#7c8a99",
     };
   }
 
@@ -49,6 +54,7 @@ export function createLossChart(container, { validation = false } = {}) {
         scales: {
           x: { time: false, range: () => [1, Math.max(2, totalSteps)] },
           y: { range: (_u, _min, max) => [0, Math.max(0.5, Number.isFinite(max) ? max * 1.05 : 3)] },
+          ...(lr ? { lr: { range: (_u, _min, max) => [0, Number.isFinite(max) && max > 0 ? max * 1.1 : 1] } } : {}),
         },
         series: [
           { label: "step", value: (_u, v) => (v == null ? "–" : String(v)) },
@@ -71,8 +77,25 @@ export function createLossChart(container, { validation = false } = {}) {
                 },
               ]
             : []),
+          ...(lr
+            ? [
+                {
+                  label: "learning rate",
+                  scale: "lr",
+                  stroke: c.lr,
+                  width: 1,
+                  dash: [4, 4],
+                  points: { show: false },
+                  value: (_u, v) => (v == null ? "–" : v.toExponential(2)),
+                },
+              ]
+            : []),
         ],
-        axes: [axis("step"), axis("loss")],
+        axes: [
+          axis("step"),
+          axis("loss"),
+          ...(lr ? [{ ...axis("learning rate"), scale: "lr", side: 1, grid: { show: false }, values: (_u, ticks) => ticks.map((t) => (t === 0 ? "0" : t.toExponential(0))) }] : []),
+        ],
         legend: { show: true, live: true },
         cursor: { drag: { x: false, y: false } },
       },
@@ -82,7 +105,7 @@ export function createLossChart(container, { validation = false } = {}) {
   }
 
   function series() {
-    return validation ? [steps, losses, evals] : [steps, losses];
+    return [steps, losses, ...(validation ? [evals] : []), ...(lr ? [lrs] : [])];
   }
 
   function flush() {
@@ -99,16 +122,18 @@ export function createLossChart(container, { validation = false } = {}) {
     steps = [];
     losses = [];
     evals = [];
+    lrs = [];
     totalSteps = total > 0 ? total : 1;
     flush();
   }
 
-  /** Add one point. */
-  function push(step, loss, total) {
+  /** Add one point (`rate`: that step's learning rate, drawn with `{lr: true}`). */
+  function push(step, loss, total, rate) {
     if (Number.isFinite(total) && total > 0) totalSteps = total;
     steps.push(step);
     losses.push(Number.isFinite(loss) ? loss : null);
     evals.push(null);
+    lrs.push(Number.isFinite(rate) ? rate : null);
     schedule();
   }
 
@@ -123,13 +148,14 @@ export function createLossChart(container, { validation = false } = {}) {
       steps.push(step);
       losses.push(null);
       evals.push(value);
+      lrs.push(null);
     }
     schedule();
   }
 
-  /** What is plotted: {steps, losses, evals}. */
+  /** What is plotted: {steps, losses, evals, lrs}. */
   function data() {
-    return { steps: [...steps], losses: [...losses], evals: [...evals] };
+    return { steps: [...steps], losses: [...losses], evals: [...evals], lrs: [...lrs] };
   }
 
   build();

@@ -20,9 +20,10 @@ export function formatParameters(n) {
  * @param {(repo: string, opts: {endpoint: string, revision: string}) => void} options.onHub
  * @param {() => void} options.onCancel        stop a download
  * @param {() => void} options.onClearCache    forget downloaded models
+ * @param {(base: string) => void} options.onDeleteCached  forget one cached repo (its URL before /resolve/)
  * @param {(error: object) => void} options.onError
  */
-export function createModelPanel(section, { endpoint, onFiles, onHub, onDefault, onCancel, onClearCache, onError }) {
+export function createModelPanel(section, { endpoint, onFiles, onHub, onDefault, onCancel, onClearCache, onDeleteCached, onError }) {
   // Models served with the page (filled by setDefaults).
   const defaultSelect = el("select", { id: "default-model", "data-testid": "default-model" });
   const defaultLoad = el("button", { type: "submit", class: "primary", "data-testid": "load-default-model" }, "Load");
@@ -115,6 +116,10 @@ export function createModelPanel(section, { endpoint, onFiles, onHub, onDefault,
   const status = el("p", { class: "model-status", role: "status", "aria-live": "polite", "data-testid": "model-status" }, "No model loaded.");
   const downloads = el("ul", { class: "downloads", "data-testid": "downloads", "aria-label": "Downloads" });
   const info = el("table", { class: "model-info", "data-testid": "model-info", hidden: true });
+  // What the browser keeps from earlier downloads (lib/hub.js listCachedModels).
+  const cacheList = el("ul", { class: "cached-models", "data-testid": "cached-models", "aria-labelledby": "model-cache-title" });
+  const cacheTotal = el("p", { class: "help", "data-testid": "cache-total" }, "Checking the browser's model cache…");
+  const cacheBox = el("details", { class: "model-cache", "data-testid": "model-cache", open: true }, el("summary", { id: "model-cache-title" }, "Downloaded models kept in this browser"), cacheTotal, cacheList);
 
   section.append(
     el("h2", { id: "model-title" }, "Model"),
@@ -125,7 +130,9 @@ export function createModelPanel(section, { endpoint, onFiles, onHub, onDefault,
     status,
     downloads,
     info,
+    cacheBox,
   );
+  let cacheBusy = false;
 
   const rows = new Map(); // file → {row, bar, text}
   let frame = 0;
@@ -179,6 +186,7 @@ export function createModelPanel(section, { endpoint, onFiles, onHub, onDefault,
       folderInput.disabled = !canLoad;
       stop.disabled = !loading;
       clear.disabled = loading;
+      this.setCacheBusy(loading);
       section.dataset.mode = loading ? "loading" : canLoad ? "idle" : "busy";
     },
     /** The models served with the page: [{id, name, files: [{name, bytes}], ...}]. */
@@ -251,6 +259,35 @@ export function createModelPanel(section, { endpoint, onFiles, onHub, onDefault,
       info.replaceChildren();
       status.dataset.state = "none";
       status.textContent = message;
+    },
+    /** The cached repos: [{base, repo, revisions, files: [{file, bytes}], bytes}] (lib/hub.js). */
+    setCache(repos) {
+      const total = repos.reduce((sum, r) => sum + r.bytes, 0);
+      cacheTotal.textContent = repos.length
+        ? `${repos.length} model${repos.length === 1 ? "" : "s"}, ${formatBytes(total)} in all. Loading one of them again downloads nothing.`
+        : "None: models downloaded from the Hub (or the ready-made ones) are kept here for the next visit.";
+      cacheList.replaceChildren(
+        ...repos.map((r) => {
+          const remove = el(
+            "button",
+            { type: "button", "data-testid": "delete-cached-model", title: `Delete the cached files of ${r.base}`, "aria-label": `Delete ${r.repo} from the cache`, disabled: cacheBusy, onclick: () => onDeleteCached(r.base) },
+            "Delete",
+          );
+          const files = r.files.length;
+          return el(
+            "li",
+            { class: "cached-model", "data-testid": "cached-model", "data-base": r.base, "data-repo": r.repo, "data-bytes": String(r.bytes), "data-files": String(files) },
+            el("span", { class: "cached-name", title: r.base }, r.repo, r.revisions.length ? el("small", {}, ` @${r.revisions.join(", ")}`) : null),
+            el("span", { class: "cached-size", "data-testid": "cached-size" }, `${formatBytes(r.bytes)} · ${files} file${files === 1 ? "" : "s"}`),
+            remove,
+          );
+        }),
+      );
+    },
+    /** Disable the delete buttons while a load runs (it may be writing to the cache). */
+    setCacheBusy(busy) {
+      cacheBusy = busy;
+      for (const b of cacheList.querySelectorAll("button")) b.disabled = busy;
     },
     /** A short note in the status line (e.g. after clearing the cache). */
     note(text) {

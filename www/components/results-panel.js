@@ -2,6 +2,9 @@
 // fine-tuned one, with the change and an honest verdict (including "it got worse"); the held-out
 // samples side by side (prompt, reference, base output, fine-tuned output); and downloads of the
 // exported files (the merged Hugging Face model folder and, after LoRA, the PEFT adapter).
+// For a classifier (an encoder fine-tuned on labelled data): accuracy, macro-F1 and loss, F1 per
+// class, both confusion matrices, the held-out examples whose prediction changed, and a box to
+// try a sentence on both models (plus sentence similarity before/after).
 
 import { el, formatBytes, formatInt, formatLoss } from "../lib/format.js";
 
@@ -22,13 +25,15 @@ function signed(x, digits = 1) {
  * @param {HTMLElement} section  the panel's <section>
  * @param {{onDownload: (path: string) => void}} options
  */
-export function createResultsPanel(section, { onDownload }) {
+export function createResultsPanel(section, { onDownload, onClassify, onSimilarity, onReport }) {
   const empty = el("p", { class: "help", "data-testid": "results-empty" }, "Fine-tune a model to compare it with the base model here.");
   const verdict = el("p", { class: "verdict", role: "status", "aria-live": "polite", "data-testid": "verdict" });
   const table = el("table", { class: "before-after", "data-testid": "before-after", hidden: true });
   const samples = el("div", { class: "samples", "data-testid": "samples", hidden: true });
   const downloads = el("div", { class: "downloads", "data-testid": "downloads", hidden: true });
-  section.append(el("h2", { id: "results-title" }, "Before / after"), empty, verdict, table, samples, downloads);
+  const classes = el("div", { class: "classes", "data-testid": "classes", hidden: true });
+  const tryIt = el("div", { class: "try-it", "data-testid": "try-it", hidden: true });
+  section.append(el("h2", { id: "results-title" }, "Before / after"), empty, verdict, table, classes, samples, tryIt, downloads);
 
   function cell(text, testid, attrs = {}) {
     return el("td", { "data-testid": testid, ...attrs }, text);
@@ -63,6 +68,153 @@ export function createResultsPanel(section, { onDownload }) {
       ),
     );
     table.hidden = false;
+  }
+
+  const percent = (x) => (Number.isFinite(x) ? `${(x * 100).toFixed(1)}%` : "–");
+  const points = (b, a) => (Number.isFinite(b) && Number.isFinite(a) ? `${a - b >= 0 ? "+" : "−"}${Math.abs((a - b) * 100).toFixed(1)} pts` : "–");
+
+  function renderClassTable(result) {
+    const { before, after } = result;
+    const row = (label, key, fmt, testid, higherBetter) => {
+      const b = before?.[key];
+      const a = after?.[key];
+      const better = Number.isFinite(b) && Number.isFinite(a) && a !== b ? String(higherBetter ? a > b : a < b) : "";
+      const change = higherBetter ? points(b, a) : Number.isFinite(b) && Number.isFinite(a) && b !== 0 ? signed(pct(b, a)) : "–";
+      return el("tr", {}, el("th", { scope: "row" }, label), cell(fmt(b), `${testid}-before`), cell(fmt(a), `${testid}-after`), cell(change, `${testid}-change`, { "data-better": better }));
+    };
+    table.replaceChildren(
+      el("caption", {}, `Held-out validation set (${formatInt(after?.examples ?? before?.examples)} examples, ${result.labels.length} labels)`),
+      el("thead", {}, el("tr", {}, el("th", {}, ""), el("th", { scope: "col" }, "Base model"), el("th", { scope: "col" }, "Fine-tuned"), el("th", { scope: "col" }, "Change"))),
+      el(
+        "tbody",
+        {},
+        row("Accuracy", "accuracy", percent, "accuracy", true),
+        row("Macro-F1", "macro_f1", (x) => (Number.isFinite(x) ? x.toFixed(3) : "–"), "macro-f1", true),
+        row("Validation loss", "loss", formatLoss, "val-loss", false),
+      ),
+    );
+    table.hidden = false;
+  }
+
+  function matrix(title, labels, m, testid) {
+    return el(
+      "table",
+      { class: "confusion", "data-testid": testid },
+      el("caption", {}, title),
+      el("thead", {}, el("tr", {}, el("th", { scope: "col" }, "true ↓ / predicted →"), labels.map((l) => el("th", { scope: "col" }, l)))),
+      el(
+        "tbody",
+        {},
+        labels.map((l, i) => el("tr", {}, el("th", { scope: "row" }, l), labels.map((_, j) => el("td", { "data-diagonal": i === j ? "true" : "false" }, String(m?.[i]?.[j] ?? 0))))),
+      ),
+    );
+  }
+
+  function renderClasses(result) {
+    const { labels, before, after, changed } = result;
+    const perClass = el(
+      "table",
+      { class: "before-after", "data-testid": "per-class" },
+      el("caption", {}, "F1 per class (precision and recall after fine-tuning)"),
+      el("thead", {}, el("tr", {}, ["Label", "Support", "F1 before", "F1 after", "Precision", "Recall"].map((h) => el("th", { scope: "col" }, h)))),
+      el(
+        "tbody",
+        {},
+        labels.map((l, i) => {
+          const b = before?.per_class?.[i];
+          const a = after?.per_class?.[i];
+          return el(
+            "tr",
+            { "data-testid": "per-class-row" },
+            el("th", { scope: "row" }, l),
+            el("td", {}, formatInt(a?.support)),
+            el("td", {}, b ? b.f1.toFixed(3) : "–"),
+            el("td", { "data-better": b && a && a.f1 !== b.f1 ? String(a.f1 > b.f1) : "" }, a ? a.f1.toFixed(3) : "–"),
+            el("td", {}, a ? a.precision.toFixed(3) : "–"),
+            el("td", {}, a ? a.recall.toFixed(3) : "–"),
+          );
+        }),
+      ),
+    );
+    const matrices = el("div", { class: "confusions" }, matrix("Base model", labels, before?.confusion_matrix, "confusion-before"), matrix("Fine-tuned", labels, after?.confusion_matrix, "confusion-after"));
+    const list = changed?.length
+      ? el(
+          "table",
+          { class: "side-by-side", "data-testid": "changed" },
+          el("caption", {}, `Held-out examples whose prediction changed: ${formatInt(result.fixed)} fixed, ${formatInt(result.broken)} broken${result.changed_total > changed.length ? ` (first ${changed.length} of ${result.changed_total} shown)` : ""}`),
+          el("thead", {}, el("tr", {}, ["", "Text", "True label", "Base model", "Fine-tuned"].map((h) => el("th", { scope: "col" }, h)))),
+          el(
+            "tbody",
+            {},
+            changed.map((c) =>
+              el(
+                "tr",
+                { "data-testid": "changed-row", "data-status": c.status, title: c.source },
+                el("td", {}, c.status),
+                el("td", {}, c.text),
+                el("td", {}, c.label),
+                el("td", {}, `${c.before.label} (${percent(c.before.prob)})`),
+                el("td", {}, `${c.after.label} (${percent(c.after.prob)})`),
+              ),
+            ),
+          ),
+        )
+      : el("p", { class: "help" }, "No held-out prediction changed.");
+    classes.replaceChildren(el("h3", {}, "Per class"), perClass, matrices, el("h3", {}, "What changed"), list);
+    classes.hidden = false;
+  }
+
+  function classVerdict(result) {
+    const { before, after, summary } = result;
+    const stopped = summary.cancelled ? ` Training was stopped after ${formatInt(summary.steps)} steps.` : "";
+    const chance = result.head_from_checkpoint
+      ? ""
+      : " The base model had no head for these labels, so its head was new and \u201cbefore\u201d is chance level: that is the baseline fine-tuning has to beat.";
+    const d = after.accuracy - before.accuracy;
+    if (d > 1e-9) {
+      return { text: `Fine-tuning helped: held-out accuracy ${percent(before.accuracy)} → ${percent(after.accuracy)} (${points(before.accuracy, after.accuracy)}), macro-F1 ${before.macro_f1.toFixed(3)} → ${after.macro_f1.toFixed(3)}.${chance}${stopped}`, outcome: "better" };
+    }
+    if (Math.abs(d) <= 1e-9) {
+      return { text: `No change in held-out accuracy (${percent(after.accuracy)}); validation loss ${formatLoss(before.loss)} → ${formatLoss(after.loss)}. Try more steps or a higher learning rate.${chance}${stopped}`, outcome: "same" };
+    }
+    return { text: `Fine-tuning made the classifier worse on held-out data: accuracy ${percent(before.accuracy)} → ${percent(after.accuracy)}. Try a lower learning rate or fewer steps.${stopped}`, outcome: "worse" };
+  }
+
+  function renderTryIt(result) {
+    if (!onClassify) return;
+    const input = el("input", { type: "text", "data-testid": "try-text", "aria-label": "A sentence to classify", placeholder: "Type a sentence…" });
+    const out = el("div", { class: "try-out", "data-testid": "try-out", role: "status", "aria-live": "polite" });
+    const describe = (r) => (r ? `${r.label} (${percent(Math.max(...r.probs))})` : "–");
+    const run = async () => {
+      out.textContent = "Classifying…";
+      const base = result.head_from_checkpoint ? await onClassify(input.value, "base") : null;
+      const tuned = await onClassify(input.value, "tuned");
+      out.replaceChildren(
+        el("p", { "data-testid": "try-base" }, `Base model: ${result.head_from_checkpoint ? describe(base?.result) : "no head for these labels before fine-tuning"}`),
+        el("p", { "data-testid": "try-tuned" }, `Fine-tuned: ${describe(tuned?.result)}`),
+      );
+    };
+    const a = el("input", { type: "text", "data-testid": "sim-a", "aria-label": "First sentence", placeholder: "First sentence" });
+    const b = el("input", { type: "text", "data-testid": "sim-b", "aria-label": "Second sentence", placeholder: "Second sentence" });
+    const simOut = el("p", { "data-testid": "sim-out", role: "status", "aria-live": "polite" });
+    const sim = async () => {
+      simOut.textContent = "Comparing…";
+      const before = await onSimilarity(a.value, b.value, "base");
+      const after = await onSimilarity(a.value, b.value, "tuned");
+      const f = (r) => (Number.isFinite(r?.result?.similarity) ? r.result.similarity.toFixed(3) : "–");
+      simOut.textContent = `Cosine similarity of the sentence embeddings: base ${f(before)}, fine-tuned ${f(after)}.`;
+      simOut.dataset.before = f(before);
+      simOut.dataset.after = f(after);
+    };
+    tryIt.replaceChildren(
+      el("h3", {}, "Try it"),
+      el("form", { class: "row", onsubmit: (e) => (e.preventDefault(), void run()) }, input, el("button", { type: "submit", "data-testid": "try-button" }, "Classify with both")),
+      out,
+      el("p", { class: "help" }, "Fine-tuning for a labelling also moves the sentence embeddings: compare how similar two sentences look to each model."),
+      el("form", { class: "row", onsubmit: (e) => (e.preventDefault(), void sim()) }, a, b, el("button", { type: "submit", "data-testid": "sim-button" }, "Compare")),
+      simOut,
+    );
+    tryIt.hidden = false;
   }
 
   function verdictText(result) {
@@ -156,6 +308,14 @@ export function createResultsPanel(section, { onDownload }) {
     const adapter = files.filter((f) => f.startsWith("adapter/"));
     const other = files.filter((f) => !f.startsWith("merged/") && !f.startsWith("adapter/"));
     downloads.replaceChildren(
+      onReport
+        ? el(
+            "p",
+            {},
+            el("button", { type: "button", "data-testid": "download-report", onclick: () => onReport() }, "Download the evaluation report (JSON)"),
+            " — settings, before/after numbers and examples, to keep or compare runs.",
+          )
+        : null,
       el("h3", {}, "Download the fine-tuned model"),
       el("p", { class: "help" }, "The files are made in this tab and saved straight to your computer; nothing is uploaded."),
       group("Merged model (Hugging Face folder)", merged, "merged/", "Put these files in one folder: it loads like the base model (transformers, webtune)."),
@@ -168,8 +328,17 @@ export function createResultsPanel(section, { onDownload }) {
   return {
     show(result) {
       empty.hidden = true;
-      renderTable(result.before, result.after);
-      const v = verdictText(result);
+      const classification = result.task === "classification";
+      if (classification) {
+        renderClassTable(result);
+        renderClasses(result);
+        renderTryIt(result);
+      } else {
+        renderTable(result.before, result.after);
+        classes.hidden = true;
+        tryIt.hidden = true;
+      }
+      const v = classification ? classVerdict(result) : verdictText(result);
       verdict.textContent = v.text;
       verdict.dataset.outcome = v.outcome;
       renderSamples(result.samples);
@@ -185,6 +354,8 @@ export function createResultsPanel(section, { onDownload }) {
       verdict.textContent = "";
       delete verdict.dataset.outcome;
       table.hidden = true;
+      classes.hidden = true;
+      tryIt.hidden = true;
       samples.hidden = true;
       downloads.hidden = true;
     },

@@ -4,8 +4,8 @@
 //
 // Files: config.json (required); model.safetensors, or else model.safetensors.index.json and the
 // shards it lists (required); tokenizer.json, generation_config.json, tokenizer_config.json,
-// special_tokens_map.json (optional: a 404 is remembered as "absent", also in the cache, so that a
-// cached repo makes no requests at all).
+// special_tokens_map.json, chat_template.jinja (optional: a 404 is remembered as "absent", also
+// in the cache, so that a cached repo makes no requests at all).
 //
 // Requests are CORS requests without credentials: the page is cross-origin isolated (COEP
 // require-corp), so another origin's files need Access-Control-Allow-Origin. Private or gated
@@ -18,7 +18,7 @@
 
 export const CACHE_NAME = "webtune-models-v1";
 export const DEFAULT_ENDPOINT = "https://huggingface.co";
-export const OPTIONAL_FILES = ["tokenizer.json", "generation_config.json", "tokenizer_config.json", "special_tokens_map.json"];
+export const OPTIONAL_FILES = ["tokenizer.json", "generation_config.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"];
 /** Header of the cache entries that stand for "this file is not in the repo". */
 const MISSING_HEADER = "x-webtune-missing";
 /** Progress messages per file are at most this often (plus a final one). */
@@ -314,4 +314,49 @@ export async function forget(urls) {
   const cache = await openCache();
   if (!cache) return;
   await Promise.all(urls.map((url) => cache.delete(url).catch(() => false)));
+}
+
+/**
+ * What the model cache holds, one entry per repo (the URL before "/resolve/"), largest first:
+ * [{base, repo, revisions: [string], files: [{file, url, bytes}], bytes}]. "Not in the repo"
+ * markers are not counted as files. Also usable from the page (the Cache API is per origin).
+ */
+export async function listCachedModels() {
+  const cache = await openCache();
+  if (!cache) return [];
+  const repos = new Map();
+  for (const request of await cache.keys()) {
+    const url = request.url;
+    const at = url.indexOf("/resolve/");
+    const base = at >= 0 ? url.slice(0, at) : url.slice(0, url.lastIndexOf("/"));
+    const rest = at >= 0 ? url.slice(at + "/resolve/".length) : url.slice(url.lastIndexOf("/") + 1);
+    const slash = rest.indexOf("/");
+    const revision = at >= 0 && slash > 0 ? decodeURIComponent(rest.slice(0, slash)) : null;
+    const file = at >= 0 && slash > 0 ? rest.slice(slash + 1) : rest;
+    let entry = repos.get(base);
+    if (!entry) {
+      const parts = new URL(base).pathname.split("/").filter(Boolean);
+      entry = { base, repo: parts.slice(-2).join("/"), revisions: [], files: [], bytes: 0 };
+      repos.set(base, entry);
+    }
+    if (revision !== null && !entry.revisions.includes(revision)) entry.revisions.push(revision);
+    const response = await cache.match(request).catch(() => undefined);
+    if (!response || response.headers.get(MISSING_HEADER) === "1") continue;
+    // Entries are stored with their length; fall back to reading the body when it is absent.
+    const header = response.headers.get("content-length");
+    const bytes = header !== null && /^\d+$/.test(header) ? Number(header) : (await response.arrayBuffer()).byteLength;
+    entry.files.push({ file: decodeURIComponent(file), url, bytes });
+    entry.bytes += bytes;
+  }
+  return [...repos.values()].filter((r) => r.files.length > 0 || r.revisions.length > 0).sort((a, b) => b.bytes - a.bytes || a.base.localeCompare(b.base));
+}
+
+/** Delete every cached file (and "missing" marker) of the repo at `base`; resolves with how many entries went. */
+export async function deleteCachedModel(base) {
+  const cache = await openCache();
+  if (!cache) return 0;
+  const prefix = `${String(base).replace(/\/+$/, "")}/`;
+  const doomed = (await cache.keys()).filter((r) => r.url.startsWith(prefix));
+  const done = await Promise.all(doomed.map((r) => cache.delete(r).catch(() => false)));
+  return done.filter(Boolean).length;
 }

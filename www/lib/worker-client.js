@@ -12,6 +12,7 @@
  *   "download" the worker's download message (hub model loads)
  *   "token"    the worker's token message (generation)
  *   "finetune-event" the worker's finetune-event message (fine-tuning phases and steps)
+ *   "network"  the worker's network message (a request the worker made: {url, at})
  *   "error"    {error: {code, message, details}, fatal, id}  errors not tied to a run, and fatal ones
  *   "stalled"  {silentMs, state}     no message for `watchdogMs` while starting or busy
  */
@@ -161,8 +162,51 @@ export class WorkerClient {
    * Fine-tune on a dataset file. `onEvent(message)` sees each finetune-event message; `result`
    * settles with `{result}` or `{error}`.
    */
-  finetune(name, bytes, config, { onEvent } = {}) {
-    return this.request("ft", { type: "finetune", name, bytes, config }, onEvent);
+  finetune(name, bytes, config, { onEvent, resume = false } = {}) {
+    return this.request("ft", { type: "finetune", name, bytes, config, ...(resume ? { resume: true } : {}) }, onEvent);
+  }
+
+  /** The saved checkpoint of an interrupted fine-tuning run; `result` settles with `{result: description | null}`. */
+  checkpointInfo() {
+    return this.quietRequest("ckpt", { type: "checkpoint-info" });
+  }
+
+  /** Delete the saved checkpoint; `result` settles with `{result: null}`. */
+  discardCheckpoint() {
+    return this.quietRequest("ckpt", { type: "checkpoint-discard" });
+  }
+
+  /**
+   * A request the worker answers at once, beside any operation: it neither marks the worker
+   * busy (which would refuse the page's next operation meanwhile) nor touches the interrupt flag.
+   */
+  quietRequest(prefix, message) {
+    const id = `${prefix}-${this.generation}-${this.nextId++}`;
+    const result = new Promise((resolve) => this.pending.set(id, { resolve, onEvent: null }));
+    if (!this.worker || this.state === "crashed") {
+      this.settle(id, { error: { code: "worker.crashed", message: "The worker is not running; restart it first." } });
+    } else {
+      this.worker.postMessage({ ...message, id });
+    }
+    return { id, result };
+  }
+
+  /**
+   * Score the base (`which` "base") or fine-tuned ("tuned") model on a dataset file's held-out
+   * split without training; `result` settles with `{result}` or `{error}`.
+   */
+  evaluate(name, bytes, config, which = "base") {
+    return this.request("eval", { type: "evaluate", name, bytes, config, which });
+  }
+
+  /** Classify a text with an encoder's head; `result` settles with `{result: {label, labels, probs}}` or `{error}`. */
+  classify(text, which = "base") {
+    return this.request("cls", { type: "classify", text, which });
+  }
+
+  /** Cosine similarity of two texts' embeddings; `result` settles with `{result: {similarity}}` or `{error}`. */
+  similarity(a, b, which = "base") {
+    return this.request("sim", { type: "similarity", a, b, which });
   }
 
   /** The fine-tuned model's files; `result` settles with `{files: {name: ArrayBuffer}}` or `{error}`. */
@@ -185,6 +229,7 @@ export class WorkerClient {
     this.stallReported = false;
     if (this.state === "ready") this.setState("busy");
     // A fresh operation starts un-interrupted (the page runs one at a time).
+    this.paused = false;
     if (this.interrupt) Atomics.store(new Int32Array(this.interrupt), 0, 0);
     this.worker.postMessage({ ...message, id }, transfer);
     return { id, result };
@@ -192,8 +237,25 @@ export class WorkerClient {
 
   /** Ask the current operation to stop (see "cancel" in worker.js). */
   cancel() {
+    this.paused = false;
     if (this.interrupt) Atomics.store(new Int32Array(this.interrupt), 0, 1);
     this.worker?.postMessage({ type: "cancel" });
+  }
+
+  /** Pause the running fine-tuning job after its current step (see "pause" in worker.js). */
+  pause() {
+    // A paused worker is silent on purpose: no "stalled" warning meanwhile.
+    this.paused = true;
+    if (this.interrupt) Atomics.store(new Int32Array(this.interrupt), 0, 2);
+    this.worker?.postMessage({ type: "pause" });
+  }
+
+  /** Continue a paused fine-tuning job (see "resume" in worker.js). */
+  resume() {
+    this.paused = false;
+    this.lastMessageAt = performance.now();
+    if (this.interrupt) Atomics.store(new Int32Array(this.interrupt), 0, 0);
+    this.worker?.postMessage({ type: "resume" });
   }
 
   handleMessage(message) {
@@ -205,6 +267,9 @@ export class WorkerClient {
         this.emit("backend", message);
         this.setState(this.pending.size > 0 ? "busy" : "ready");
         for (const w of this.readyWaiters.splice(0)) w.resolve(message);
+        break;
+      case "network":
+        this.emit("network", message);
         break;
       case "progress":
       case "download":
@@ -268,7 +333,7 @@ export class WorkerClient {
   }
 
   checkWatchdog() {
-    if (!this.worker || this.stallReported) return;
+    if (!this.worker || this.stallReported || this.paused) return;
     if (this.state !== "starting" && this.state !== "busy") return;
     const silentMs = performance.now() - this.lastMessageAt;
     if (silentMs > this.watchdogMs) {

@@ -1,0 +1,559 @@
+//! The classification counterpart of [`run_job`](super::job::run_job): an encoder (BERT,
+//! MiniLM) and a labelled dataset file in; the labels mapped to ids, a held-out split
+//! (stratified), the before/after metrics on it (accuracy, macro-F1, per class, confusion
+//! matrix), the held-out examples whose prediction changed, and a
+//! `BertForSequenceClassification` export out.
+//!
+//! "Before" is the base encoder with the head it will start training from: the checkpoint's own
+//! head when it has one per label, otherwise a freshly drawn one, so "before" is then chance
+//! level by construction — the honest baseline for a new labelling.
+
+use serde::{Deserialize, Serialize};
+
+use super::classify::{
+    batch_logits, export_classifier, predict, train_classifier, ClassifierModel, ClassifyProgress,
+    ClassifySummary, HeadConfig,
+};
+use super::control::Control;
+use super::export::ExportFiles;
+use super::job::{memory_message, JobConfig, JobEvent};
+use super::memory::{self, BatchShape, MemoryEstimate};
+use super::run::TOKENIZER_FILES;
+use crate::backend::Backend;
+use crate::data::batching::{class_batch, ClassBatch, LabelMap};
+use crate::data::split::{split, Holdout};
+use crate::data::validate::{inspect, Content, Dataset, Example, Report};
+use crate::error::{Code, Error, Result};
+use crate::eval::metrics::{argmax, classification_metrics, log_softmax, ClassMetrics};
+use crate::io::hf::ModelFiles;
+use crate::io::tokenizer::Tokenizer;
+use crate::models::bert::{Bert, Pooling};
+use crate::models::loaded::{Family, LoadedModel};
+use crate::platform::now_ms;
+
+/// Choices for the classification head; the job picks what is unset.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeadOptions {
+    /// Unset: the pooler when the checkpoint already has a head for these labels (that is what
+    /// it was trained with), else mean pooling (sentence-transformers' embedding, which every
+    /// checkpoint has).
+    pub pooling: Option<Pooling>,
+    /// Dropout on the pooled vector while training; unset: the checkpoint's
+    /// `classifier_dropout`, else `hidden_dropout_prob` (transformers' rule).
+    pub dropout: Option<f64>,
+}
+
+/// At most this many changed predictions are listed (all are counted).
+const MAX_CHANGED: usize = 20;
+
+/// What the prediction for one example was.
+#[derive(Debug, Clone, Serialize)]
+pub struct Prediction {
+    pub label: String,
+    /// Softmax probability of that label.
+    pub prob: f64,
+    /// Probability of the true label.
+    pub prob_true: f64,
+}
+
+/// A held-out example the fine-tuned model labels differently from the base model.
+#[derive(Debug, Clone, Serialize)]
+pub struct Changed {
+    /// Where the example comes from, e.g. "reviews.csv row 12 (line 13)".
+    pub source: String,
+    pub text: String,
+    /// The true label.
+    pub label: String,
+    /// "fixed" (wrong before, right after), "broken" (right before, wrong after) or "changed"
+    /// (wrong both times, differently).
+    pub status: &'static str,
+    pub before: Prediction,
+    pub after: Prediction,
+}
+
+#[derive(Serialize)]
+pub struct ClassifyJobOutput {
+    pub report: Report,
+    /// Class names, in id order (the head's rows; `id2label` of the export).
+    pub labels: Vec<String>,
+    pub pooling: Pooling,
+    /// Whether the head came from the checkpoint (else it was drawn new).
+    pub head_from_checkpoint: bool,
+    pub train_examples: usize,
+    pub validation_examples: usize,
+    pub train_batches: usize,
+    /// The memory the run was estimated to need (checked against the backend before training).
+    pub memory: MemoryEstimate,
+    pub summary: ClassifySummary,
+    pub before: ClassMetrics,
+    pub after: ClassMetrics,
+    /// Held-out examples whose predicted label changed, fixed ones first.
+    pub changed: Vec<Changed>,
+    pub changed_total: usize,
+    pub fixed: usize,
+    pub broken: usize,
+    /// Names of the exported files (`merged/…`).
+    pub files: Vec<String>,
+    #[serde(skip)]
+    pub export: ExportFiles,
+    /// The fine-tuned classifier, loaded from its export on the inference device.
+    #[serde(skip)]
+    pub tuned: Option<LoadedModel>,
+}
+
+/// `examples` tokenized into batches of `batch_size`, each padded to its longest example
+/// (at most `seq_len` tokens) rather than to `seq_len`: short sentences cost what they are.
+fn batches(
+    tokenizer: &Tokenizer,
+    labels: &LabelMap,
+    examples: &[&Example],
+    batch_size: usize,
+    seq_len: usize,
+    pad_id: u32,
+) -> Result<Vec<ClassBatch>> {
+    examples
+        .chunks(batch_size.max(1))
+        .map(|chunk| {
+            let mut longest = 1;
+            for e in chunk {
+                if let Content::Labeled { text, .. } = &e.content {
+                    longest = longest.max(tokenizer.encode(text)?.len());
+                }
+            }
+            class_batch(tokenizer, labels, chunk, longest.min(seq_len), pad_id)
+        })
+        .collect()
+}
+
+/// Logits of every example of `batches`, in order, with the time it took.
+async fn logits_of(
+    model: &ClassifierModel,
+    batches: &[ClassBatch],
+) -> Result<(Vec<Vec<f32>>, f64)> {
+    let start = now_ms();
+    let mut out = Vec::new();
+    for b in batches {
+        out.extend(predict(model, b).await?);
+    }
+    Ok((out, (now_ms() - start) / 1e3))
+}
+
+fn prediction(labels: &LabelMap, logits: &[f32], truth: usize) -> Prediction {
+    let lp = log_softmax(logits);
+    let p = argmax(logits);
+    Prediction {
+        label: labels.label(p).unwrap_or_default().to_owned(),
+        prob: lp[p].exp(),
+        prob_true: lp.get(truth).map_or(0.0, |v| v.exp()),
+    }
+}
+
+fn encoder_files(files: &ModelFiles) -> ExportFiles {
+    TOKENIZER_FILES
+        .iter()
+        .filter_map(|n| files.get(n).map(|b| (format!("merged/{n}"), b.to_vec())))
+        .collect()
+}
+
+/// A labelled dataset read, validated, split (stratified) and batched for `base`.
+pub struct ClassData {
+    pub report: Report,
+    pub dataset: Dataset,
+    pub labels: LabelMap,
+    pub train: Vec<usize>,
+    pub validation: Vec<usize>,
+    pub train_batches: Vec<ClassBatch>,
+    pub eval_batches: Vec<ClassBatch>,
+}
+
+fn tokenizer_of(base: &LoadedModel) -> Result<&Tokenizer> {
+    base.tokenizer.as_ref().ok_or_else(|| {
+        Error::new(
+            Code::ModelMissingFile,
+            "this model has no tokenizer, so text cannot be turned into tokens; load the model \
+             together with its tokenizer.json",
+        )
+    })
+}
+
+/// Read, validate, split and batch a labelled dataset file for the encoder `base`.
+pub fn prepare_class_data(
+    base: &LoadedModel,
+    name: &str,
+    bytes: &[u8],
+    config: &JobConfig,
+) -> Result<ClassData> {
+    config.validate()?;
+    let tokenizer = tokenizer_of(base)?;
+    let mut options = config.data.clone();
+    options.causal.seq_len = options.causal.seq_len.min(base.info.max_positions).max(2);
+    let seq_len = options.causal.seq_len;
+    let (dataset, report) = inspect(name, bytes, &options, Some(tokenizer))?;
+    let Some(labels) = dataset.labels.clone() else {
+        return Err(Error::new(
+            Code::DataInvalid,
+            format!(
+                "{name} has no labels; {} is an encoder, fine-tuned here to classify texts. Give \
+                 each example a text and a label (fields text/label, sentence/label or \
+                 text/category), or load a causal language model to learn to continue text.",
+                base.info.architecture
+            ),
+        ));
+    };
+    if labels.len() < 2 {
+        return Err(Error::new(
+            Code::DataInvalid,
+            format!(
+                "{name} has a single label ({}); classification needs at least two",
+                labels.labels.join(", ")
+            ),
+        ));
+    }
+    let parts = split(
+        &dataset,
+        Holdout::Fraction(config.validation_fraction),
+        config.train.seed,
+    )?;
+    let mut validation = parts.validation;
+    validation.truncate(config.validation_max);
+    if parts.train.is_empty() || validation.is_empty() {
+        return Err(Error::new(
+            Code::DataInvalid,
+            format!(
+                "{name}: the split left {} training and {} validation examples; both need at \
+                 least one",
+                parts.train.len(),
+                validation.len()
+            ),
+        ));
+    }
+    let pick =
+        |idx: &[usize]| -> Vec<&Example> { idx.iter().map(|&i| &dataset.examples[i]).collect() };
+    let pad_id = tokenizer.token_id("[PAD]").unwrap_or(0);
+    let batch = |idx: &[usize]| {
+        batches(
+            tokenizer,
+            &labels,
+            &pick(idx),
+            config.batch_size,
+            seq_len,
+            pad_id,
+        )
+    };
+    let train_batches = batch(&parts.train)?;
+    let eval_batches = batch(&validation)?;
+    Ok(ClassData {
+        report,
+        labels,
+        train: parts.train,
+        validation,
+        train_batches,
+        eval_batches,
+        dataset,
+    })
+}
+
+/// Fine-tune the encoder `base` (loaded from `files`) to classify the dataset file's labels.
+/// Events and cancellation as for [`run_job`](super::job::run_job).
+pub async fn run_classify_job<C: Into<Control>>(
+    files: ModelFiles,
+    base: &LoadedModel,
+    backend: &Backend,
+    name: &str,
+    bytes: &[u8],
+    config: &JobConfig,
+    mut on_event: impl FnMut(JobEvent) -> C,
+) -> Result<ClassifyJobOutput> {
+    let tokenizer = tokenizer_of(base)?;
+    on_event(JobEvent::Phase {
+        phase: "data",
+        message: format!("Reading {name}…"),
+    });
+    let data = prepare_class_data(base, name, bytes, config)?;
+    let ClassData {
+        report,
+        dataset,
+        labels,
+        train,
+        validation,
+        train_batches,
+        eval_batches,
+    } = data;
+    let held_out: Vec<&Example> = validation.iter().map(|&i| &dataset.examples[i]).collect();
+    let memory = memory::plan(
+        &base.info,
+        &config.train,
+        BatchShape::largest(train_batches.iter().map(|b| (b.batch_size, b.seq_len))),
+        labels.len(),
+        &backend.info,
+    )?;
+    on_event(JobEvent::Phase {
+        phase: "memory",
+        message: memory_message(&memory),
+    });
+
+    let base_config = files.config()?;
+    let extra = encoder_files(&files);
+    let loaded = LoadedModel::load(files, &backend.device)?;
+    let Family::Bert(bert) = &loaded.family else {
+        return Err(Error::config(format!(
+            "classification fine-tuning needs an encoder (BERT) model; {} is a causal language model",
+            base.info.architecture
+        )));
+    };
+    let head_from_checkpoint = bert.num_labels() == labels.len();
+    let head = head_config(bert, &base_config, config.head, head_from_checkpoint);
+    let mut model = ClassifierModel::prepare(loaded.family, labels.clone(), &config.train, head)?;
+
+    on_event(JobEvent::Phase {
+        phase: "evaluation",
+        message: format!("Base model on {} held-out examples…", held_out.len()),
+    });
+    let truth: Vec<usize> = eval_batches
+        .iter()
+        .flat_map(|b| b.labels.iter().map(|&l| l as usize))
+        .collect();
+    let (logits_before, secs) = logits_of(&model, &eval_batches).await?;
+    let before = classification_metrics(&labels.labels, &truth, &logits_before, secs);
+
+    on_event(JobEvent::Phase {
+        phase: "training",
+        message: format!(
+            "Training on {} examples ({} batches), evaluating on {}…",
+            train.len(),
+            train_batches.len(),
+            held_out.len()
+        ),
+    });
+    let mut train_config = config.train.clone();
+    if train_config.eval_every == 0 {
+        let steps = train_config.total_steps(train_batches.len());
+        train_config.eval_every = (steps / 5).max(1);
+    }
+    let summary = train_classifier(
+        &mut model,
+        backend,
+        &train_batches,
+        &eval_batches,
+        &train_config,
+        |p: &ClassifyProgress| on_event(JobEvent::ClassStep(p)),
+    )
+    .await?;
+
+    on_event(JobEvent::Phase {
+        phase: "evaluation",
+        message: format!("Fine-tuned model on {} held-out examples…", held_out.len()),
+    });
+    let (logits_after, secs) = logits_of(&model, &eval_batches).await?;
+    let after = classification_metrics(&labels.labels, &truth, &logits_after, secs);
+    let mut changed = Vec::new();
+    for (k, e) in held_out.iter().enumerate() {
+        let (b, a) = (argmax(&logits_before[k]), argmax(&logits_after[k]));
+        if a == b {
+            continue;
+        }
+        let t = truth[k];
+        let status = match (b == t, a == t) {
+            (false, true) => "fixed",
+            (true, false) => "broken",
+            _ => "changed",
+        };
+        let Content::Labeled { text, label } = &e.content else {
+            continue;
+        };
+        changed.push(Changed {
+            source: e.loc.to_string(),
+            text: text.clone(),
+            label: label.clone(),
+            status,
+            before: prediction(&labels, &logits_before[k], t),
+            after: prediction(&labels, &logits_after[k], t),
+        });
+    }
+    let rank = |c: &Changed| match c.status {
+        "fixed" => 0,
+        "broken" => 1,
+        _ => 2,
+    };
+    changed.sort_by_key(rank);
+    let fixed = changed.iter().filter(|c| c.status == "fixed").count();
+    let broken = changed.iter().filter(|c| c.status == "broken").count();
+    let changed_total = changed.len();
+    changed.truncate(MAX_CHANGED);
+
+    on_event(JobEvent::Phase {
+        phase: "export",
+        message: "Exporting the fine-tuned classifier…".into(),
+    });
+    let mut export: ExportFiles = export_classifier(&model, &base_config)
+        .await?
+        .into_iter()
+        .map(|(n, b)| (format!("merged/{n}"), b))
+        .collect();
+    export.extend(extra);
+    if !export.iter().any(|(n, _)| n == "merged/tokenizer.json") {
+        if let Some(json) = tokenizer.to_json()? {
+            export.push(("merged/tokenizer.json".into(), json.into_bytes()));
+        }
+    }
+    let mut merged = ModelFiles::new();
+    for (n, b) in &export {
+        if let Some(file) = n.strip_prefix("merged/") {
+            merged.insert(file.to_owned(), b.clone());
+        }
+    }
+    let tuned = LoadedModel::load(merged, &base.device)?;
+    Ok(ClassifyJobOutput {
+        report,
+        labels: labels.labels.clone(),
+        pooling: head.pooling,
+        head_from_checkpoint,
+        train_examples: train.len(),
+        validation_examples: held_out.len(),
+        train_batches: train_batches.len(),
+        memory,
+        summary,
+        before,
+        after,
+        changed,
+        changed_total,
+        fixed,
+        broken,
+        files: export.iter().map(|(n, _)| n.clone()).collect(),
+        export,
+        tuned: Some(tuned),
+    })
+}
+
+fn head_config(
+    bert: &Bert,
+    config: &serde_json::Value,
+    options: HeadOptions,
+    head_from_checkpoint: bool,
+) -> HeadConfig {
+    // A head exported by webtune says how it pools; transformers' heads use the pooler.
+    let saved = config
+        .get("webtune_pooling")
+        .and_then(|v| serde_json::from_value::<Pooling>(v.clone()).ok())
+        .filter(|_| head_from_checkpoint);
+    let pooling =
+        options
+            .pooling
+            .or(saved)
+            .unwrap_or(if head_from_checkpoint && bert.has_pooler() {
+                Pooling::Pooler
+            } else {
+                Pooling::Mean
+            });
+    let from_config = |key: &str| config.get(key).and_then(serde_json::Value::as_f64);
+    let dropout = options
+        .dropout
+        .or_else(|| from_config("classifier_dropout"))
+        .or_else(|| from_config("hidden_dropout_prob"))
+        .unwrap_or(0.1);
+    HeadConfig { pooling, dropout }
+}
+
+/// Classification metrics of `model` (the base encoder, or a fine-tuned classifier) on the
+/// held-out split of a labelled dataset file — the split and, for a base without a head for
+/// these labels, the freshly drawn head that [`run_classify_job`] would start from, so the
+/// base model's numbers equal that job's `before`.
+pub async fn evaluate_classification(
+    model: &LoadedModel,
+    name: &str,
+    bytes: &[u8],
+    config: &JobConfig,
+) -> Result<(ClassData, ClassMetrics)> {
+    let data = prepare_class_data(model, name, bytes, config)?;
+    let Family::Bert(bert) = &model.family else {
+        return Err(Error::config(
+            "classification needs an encoder (BERT) model",
+        ));
+    };
+    // As the job: a head with one row per label is kept, any other is drawn anew.
+    let from_checkpoint = bert.num_labels() == data.labels.len();
+    let pooling = match (config.head.pooling, model.info.pooling) {
+        (Some(p), _) => p,
+        (None, Some(p)) if from_checkpoint => p,
+        _ => head_config(bert, &serde_json::Value::Null, config.head, from_checkpoint).pooling,
+    };
+    let bert = if from_checkpoint {
+        bert.clone()
+    } else {
+        bert.clone()
+            .with_new_classifier(data.labels.len(), config.train.seed)
+    };
+    let start = now_ms();
+    let mut logits = Vec::new();
+    for b in &data.eval_batches {
+        logits.extend(batch_logits(&bert, pooling, b).await?);
+    }
+    let truth: Vec<usize> = data
+        .eval_batches
+        .iter()
+        .flat_map(|b| b.labels.iter().map(|&l| l as usize))
+        .collect();
+    let metrics = classification_metrics(
+        &data.labels.labels,
+        &truth,
+        &logits,
+        (now_ms() - start) / 1e3,
+    );
+    Ok((data, metrics))
+}
+
+/// Classification metrics of a classifier (a checkpoint with a head) on every example of a
+/// labelled dataset file (the CLI's `eval`). The file's labels must be the head's.
+pub async fn eval_class_file(
+    model: &LoadedModel,
+    name: &str,
+    bytes: &[u8],
+    config: &JobConfig,
+) -> Result<serde_json::Value> {
+    let tokenizer = tokenizer_of(model)?;
+    let Family::Bert(bert) = &model.family else {
+        return Err(Error::config(
+            "classification needs an encoder (BERT) model",
+        ));
+    };
+    let (Some(labels), Some(pooling)) = (&model.info.labels, model.info.pooling) else {
+        return Err(Error::config(
+            "this encoder has no classification head: fine-tune it on a labelled dataset first \
+             (webtune train), then evaluate the result",
+        ));
+    };
+    let mut options = config.data.clone();
+    options.causal.seq_len = options.causal.seq_len.min(model.info.max_positions).max(2);
+    let (dataset, report) = inspect(name, bytes, &options, Some(tokenizer))?;
+    let map = LabelMap {
+        labels: labels.clone(),
+    };
+    let examples: Vec<&Example> = dataset.examples.iter().collect();
+    let pad_id = tokenizer.token_id("[PAD]").unwrap_or(0);
+    let batches = batches(
+        tokenizer,
+        &map,
+        &examples,
+        config.batch_size,
+        options.causal.seq_len,
+        pad_id,
+    )?;
+    let start = now_ms();
+    let mut logits = Vec::new();
+    for b in &batches {
+        logits.extend(batch_logits(bert, pooling, b).await?);
+    }
+    let truth: Vec<usize> = batches
+        .iter()
+        .flat_map(|b| b.labels.iter().map(|&l| l as usize))
+        .collect();
+    let metrics = classification_metrics(labels, &truth, &logits, (now_ms() - start) / 1e3);
+    Ok(serde_json::json!({
+        "task": "classification",
+        "examples": dataset.examples.len(),
+        "labels": labels,
+        "eval": metrics,
+        "report": report,
+    }))
+}

@@ -1,0 +1,157 @@
+// Classification in the page: the default encoder (all-MiniLM-L6-v2, real pretrained weights
+// prepared by `cargo xtask models`) is taught the sentiment sample (www/samples/
+// pang_lee_polarity_200.jsonl) on the CPU backend. The page's before/after numbers must equal
+// what the native CLI computes for the same job, held-out accuracy must rise above the new
+// head's chance level, the results panel must show the classification view, the fine-tuned
+// model must classify and embed typed sentences, the export must be a
+// BertForSequenceClassification folder the native CLI loads with its labels, and nothing may
+// touch the network after the model is loaded.
+
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+import { CLI, assertCleanLog, launchBrowser, waitForBackend, waitInPage, withPage, withTimeout, writeArtifactJson } from "./harness.mjs";
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+const INDEX = path.join(ROOT, "www/models/index.json");
+const SAMPLE = "pang_lee_polarity_200.jsonl";
+// 160 training sentences, 40 held out; LoRA (q, v) plus the new head, the page's encoder
+// defaults (measured natively: accuracy 0.575 → 0.825).
+const CONFIG = {
+  data: { causal: { seq_len: 64 } },
+  validation_fraction: 0.2,
+  validation_max: 64,
+  batch_size: 8,
+  train: { method: "lora", lr: 5e-3, steps: 50, warmup: 5, seed: 3, eval_every: 25 },
+};
+
+let browser;
+before(async () => {
+  browser = await launchBrowser();
+});
+after(async () => {
+  await browser?.close();
+});
+
+function minilm() {
+  const index = JSON.parse(fs.readFileSync(INDEX, "utf8"));
+  const model = index.models.find((m) => m.id === "all-minilm-l6-v2");
+  assert.ok(model, `${INDEX} lists no all-minilm-l6-v2: \`cargo xtask models\` could not fetch it`);
+  return { model, dir: path.join(ROOT, "www", model.repo, "resolve/main") };
+}
+
+function cli(args) {
+  assert.ok(CLI, "WEBTUNE_CLI is not set (cargo xtask test sets it)");
+  const stdout = execFileSync(CLI, [...args, "--json"], { encoding: "utf8", timeout: 600_000, maxBuffer: 64 << 20 });
+  return JSON.parse(stdout.trim().split("\n").at(-1));
+}
+
+test("MiniLM learns the sentiment sample in the page, as the native CLI does, and the classifier is usable and exported", { timeout: 1_500_000 }, async () => {
+  const { dir } = minilm();
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "webtune-classify-"));
+  const native = cli(["train", dir, "--data", path.join(ROOT, "www/samples", SAMPLE), "--config", JSON.stringify(CONFIG), "--backend", "cpu", "--out", tmp]);
+  assert.equal(native.task, "classification");
+
+  await withPage("classify", browser, { backend: "cpu" }, async ({ page, log }) => {
+    await waitForBackend(page);
+    const loaded = await withTimeout(page.evaluate(() => window.webtune.loadDefaultModel("all-minilm-l6-v2")), 300_000, "MiniLM to load");
+    assert.equal(loaded.error, null, `loading failed: ${JSON.stringify(loaded.error)}`);
+    assert.equal(loaded.info.kind, "encoder");
+
+    // Choosing the bundled sample fetches it from the page's own origin, once.
+    const inspected = await withTimeout(page.evaluate(([s, c]) => window.webtune.inspectDataset(s, c), [SAMPLE, CONFIG]), 120_000, "inspectDataset");
+    assert.equal(inspected.error, null, JSON.stringify(inspected.error));
+    assert.equal(inspected.result.task, "classification");
+    assert.deepEqual(inspected.result.labels, ["neg", "pos"]);
+    assert.equal(inspected.result.train_examples + inspected.result.validation_examples, 200);
+    assert.ok(inspected.result.preview[0].label === "neg" || inspected.result.preview[0].label === "pos");
+    const requestsAfterData = log.requests.length;
+
+    // The chosen dataset (null): already in the page, so training needs nothing from the network.
+    const record = await withTimeout(page.evaluate((c) => window.webtune.finetune(null, c), CONFIG), 1_200_000, "fine-tuning MiniLM");
+    assert.equal(record.error, null, `fine-tuning failed: ${JSON.stringify(record.error)}`);
+    const r = record.result;
+    writeArtifactJson("classify-result.json", { page: { ...r, report: undefined }, native: { ...native, report: undefined } });
+    assert.equal(r.task, "classification");
+    assert.deepEqual(r.labels, ["neg", "pos"]);
+    assert.equal(r.head_from_checkpoint, false);
+    assert.equal(r.summary.steps, CONFIG.train.steps);
+    const steps = record.events.filter((e) => e.type === "step");
+    assert.equal(steps.length, CONFIG.train.steps, "one progress event per step");
+    assert.ok(steps.every((e) => Number.isFinite(e.examples_per_s) && e.examples_per_s > 0));
+
+    // The page runs the CLI's job: same split, same head, same numbers (CPU in wasm vs native).
+    for (const k of ["before", "after"]) {
+      const [p, n] = [r[k], native[k]];
+      assert.equal(p.examples, n.examples, `${k}: held-out examples`);
+      assert.ok(Math.abs(p.loss - n.loss) <= 2e-3, `${k} loss: page ${p.loss} vs native ${n.loss}`);
+      assert.ok(Math.abs(p.accuracy - n.accuracy) <= 1 / p.examples + 1e-9, `${k} accuracy: page ${p.accuracy} vs native ${n.accuracy}`);
+      const total = p.confusion_matrix.flat().reduce((a, b) => a + b, 0);
+      assert.equal(total, p.examples, `${k}: the confusion matrix counts every held-out example`);
+      assert.equal(p.per_class.length, 2);
+    }
+    // Teaching works: the new head starts at chance and the tuned classifier beats it clearly.
+    assert.ok(r.after.accuracy >= r.before.accuracy + 0.15, `held-out accuracy ${r.before.accuracy} → ${r.after.accuracy}`);
+    assert.ok(r.after.loss < r.before.loss, `held-out loss ${r.before.loss} → ${r.after.loss}`);
+    console.log(
+      `MiniLM sentiment (CPU wasm): accuracy ${r.before.accuracy.toFixed(3)} → ${r.after.accuracy.toFixed(3)}, macro-F1 ${r.before.macro_f1.toFixed(3)} → ${r.after.macro_f1.toFixed(3)}, ` +
+        `${r.summary.median_step_ms.toFixed(0)} ms/step, ${r.summary.examples_per_s.toFixed(1)} examples/s; native ${native.summary.examples_per_s.toFixed(1)} examples/s`,
+    );
+
+    // The results panel shows the classification view.
+    await waitInPage(page, () => !document.querySelector('[data-testid="classes"]')?.hidden, null, 10_000, "the per-class view");
+    const shown = await page.evaluate(() => ({
+      accuracy: document.querySelector('[data-testid="accuracy-after"]')?.textContent,
+      rows: document.querySelectorAll('[data-testid="per-class-row"]').length,
+      matrices: document.querySelectorAll('[data-testid^="confusion-"]').length,
+      verdict: document.querySelector('[data-testid="verdict"]')?.dataset.outcome,
+    }));
+    assert.equal(shown.accuracy, `${(r.after.accuracy * 100).toFixed(1)}%`);
+    assert.equal(shown.rows, 2);
+    assert.equal(shown.matrices, 2);
+    assert.equal(shown.verdict, "better");
+
+    // Typed sentences: the page's "try it" box and the API agree; similarity is a cosine.
+    await page.getByTestId("try-text").fill("a warm , funny and beautifully acted film .");
+    await page.getByTestId("try-button").click();
+    const tried = await waitInPage(page, () => document.querySelector('[data-testid="try-tuned"]')?.textContent ?? null, null, 60_000, "the try-it answer");
+    const api = await page.evaluate(() => window.webtune.classify("a warm , funny and beautifully acted film .", "tuned"));
+    assert.equal(api.error, null);
+    assert.deepEqual(api.result.labels, ["neg", "pos"]);
+    assert.ok(Math.abs(api.result.probs[0] + api.result.probs[1] - 1) < 1e-6);
+    assert.ok(tried.includes(api.result.label), `${tried} names ${api.result.label}`);
+    const base = await page.evaluate(() => window.webtune.classify("fine", "base"));
+    assert.equal(base.error.code, "config.invalid", "the base encoder has no head to classify with");
+    const sims = await page.evaluate(async () => {
+      const a = "the movie was wonderful";
+      const b = "a truly great film";
+      const c = "the tax form is due in april";
+      const s = async (x, y, w) => (await window.webtune.similarity(x, y, w)).result.similarity;
+      return { ab: await s(a, b, "base"), ac: await s(a, c, "base"), aa: await s(a, a, "tuned") };
+    });
+    assert.ok(Math.abs(sims.aa - 1) < 1e-5, `a sentence is its own nearest neighbour (${sims.aa})`);
+    assert.ok(sims.ab > sims.ac, `two film reviews are closer (${sims.ab}) than a review and a tax note (${sims.ac})`);
+
+    // The export is a BertForSequenceClassification folder with the labels, loadable natively.
+    const exported = await page.evaluate(async () => {
+      const r = await window.webtune.exportFiles();
+      return { error: r.error, names: Object.keys(r.files ?? {}), config: r.files ? new TextDecoder().decode(r.files["merged/config.json"]) : null };
+    });
+    assert.equal(exported.error, null);
+    assert.ok(exported.names.includes("merged/model.safetensors") && exported.names.includes("merged/tokenizer.json"), exported.names.join(", "));
+    const config = JSON.parse(exported.config);
+    assert.deepEqual(config.architectures, ["BertForSequenceClassification"]);
+    assert.deepEqual(config.id2label, { 0: "neg", 1: "pos" });
+    const info = cli(["info", path.join(tmp, "merged")]);
+    assert.deepEqual(info.labels, ["neg", "pos"]);
+
+    assert.deepEqual(log.requests.slice(requestsAfterData), [], "training, evaluating, classifying and exporting touched no network");
+    assertCleanLog(assert, log);
+  });
+  fs.rmSync(tmp, { recursive: true, force: true });
+});

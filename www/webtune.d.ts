@@ -1,0 +1,500 @@
+// Types of webtune's JavaScript API (webtune.js). Field names of results are the worker's
+// (snake_case), documented at the top of worker.js.
+
+export type Backend = "auto" | "webgpu" | "cpu";
+export type Task = "causal" | "classification";
+export type WhichModel = "base" | "tuned";
+
+/** Every error webtune throws or emits. */
+export declare class WebtuneError extends Error {
+  constructor(code: string, message: string, details?: Record<string, unknown>);
+  readonly name: "WebtuneError";
+  /**
+   * Stable code, e.g. "model.not_loaded", "model.not_tuned", "data.invalid", "data.missing",
+   * "config.invalid", "model.download_failed", "model.missing_file", "model.load_cancelled",
+   * "weights.truncated", "train.busy", "worker.busy", "train.non_finite_loss",
+   * "device.unavailable", "evaluate.unsupported", "export.no_adapter", "worker.disposed",
+   * "wasm.panic", "wasm.trap", "internal".
+   */
+  code: string;
+  /** For "data.invalid": {file, line, row?, field?, reason}; for downloads: {url, status, ...}. */
+  details: Record<string, any> | undefined;
+  /** Set on "error" events: the worker is unusable (create a new FineTuner). */
+  fatal?: boolean;
+  static from(error: unknown, fallbackCode?: string): WebtuneError;
+  toJSON(): { name: string; code: string; message: string; details: unknown };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configuration (worker.js "inspect-dataset" / "finetune"; unknown keys are config.invalid).
+
+export interface TrainConfig {
+  method?: "lora" | "full";
+  lora_r?: number;
+  lora_alpha?: number;
+  /** Dropout on the LoRA branch's input while training (PEFT's lora_dropout), in [0, 1). */
+  lora_dropout?: number;
+  /** Apply the model's own dropout while training (GPT-2's *_pdrop, Llama's attention_dropout). Default false. */
+  model_dropout?: boolean;
+  lora_targets?: string[];
+  freeze_embeddings?: boolean;
+  freeze_layers?: number;
+  lr?: number;
+  schedule?: "constant" | "linear" | "cosine";
+  warmup?: number;
+  /** Optimiser steps; or `epochs` (not both). */
+  steps?: number;
+  epochs?: number;
+  grad_accum?: number;
+  max_grad_norm?: number;
+  weight_decay?: number;
+  seed?: number;
+  shuffle?: boolean;
+  /** Validation loss every N steps (0: about five times per run). */
+  eval_every?: number;
+  [key: string]: unknown;
+}
+
+export interface JobConfig {
+  data?: {
+    policy?: "skip" | "stop";
+    format?: "jsonl" | "json" | "csv" | "tsv" | "text";
+    schema?: unknown;
+    causal?: { seq_len?: number; separator?: string; add_eos?: boolean; train_on_prompt?: boolean; [key: string]: unknown };
+    [key: string]: unknown;
+  };
+  validation_fraction?: number;
+  validation_max?: number;
+  batch_size?: number;
+  /** Held-out prompts continued before and after (causal models). */
+  samples?: number;
+  sample_tokens?: number;
+  train?: TrainConfig;
+  /** Classification head (encoder models); unset fields are chosen by the job. */
+  head?: { pooling?: "cls" | "mean" | "pooler" | string; dropout?: number };
+  /**
+   * Causal LMs: save a checkpoint of training to the origin's private file system (OPFS) every
+   * N steps (default 25; 0: only when paused or stopped early); see worker.js "finetune".
+   */
+  checkpoint_every?: number;
+  [key: string]: unknown;
+}
+
+export type PresetName = "quick-demo" | "standard";
+export declare const PRESETS: Readonly<Record<PresetName, Record<Task, JobConfig>>>;
+
+export interface CreateOptions {
+  backend?: Backend;
+  /** Default: worker.js next to webtune.js (must be same-origin with the page). */
+  workerUrl?: string | URL;
+  /** Silence while busy before a "stalled" event (default 60000). */
+  watchdogMs?: number;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Models.
+
+export interface NamedBytes {
+  name: string;
+  bytes: ArrayBuffer | ArrayBufferView;
+}
+
+export type ModelSource =
+  /** "owner/name" (Hub repo id) or a URL (relative ones start with "./", "../" or "/"). */
+  | string
+  | URL
+  | File
+  | FileList
+  | Array<File | NamedBytes>
+  | { hub: string; endpoint?: string; revision?: string; files?: string[] }
+  | { url: string; revision?: string; files?: string[] }
+  | { served: string; index?: string | URL };
+
+export interface LoadModelOptions {
+  /** Hub endpoint for repo ids (default https://huggingface.co). */
+  endpoint?: string;
+  revision?: string;
+  /** Fetch exactly these files of the repo (e.g. one .gguf). */
+  files?: string[];
+  /** models/index.json for {served} sources. */
+  index?: string | URL;
+}
+
+export interface ModelInfo {
+  architecture: string;
+  parameters: number;
+  layers: number;
+  hidden_size: number;
+  heads: number;
+  vocab_size: number;
+  max_positions: number;
+  dtype: string[];
+  has_tokenizer: boolean;
+  /** The model ships a chat template: `generate({chat: [...]})` formats conversations with it. */
+  has_chat_template: boolean;
+  /** Where the template came from: "chat_template.jinja", "tokenizer_config.json", "gguf", ... */
+  chat_template_source?: string;
+  /** Why a template the model ships cannot be used (chat_template.invalid). */
+  chat_template_error?: string;
+  [key: string]: unknown;
+}
+
+export interface ChatMessage {
+  role: "system" | "user" | "assistant" | string;
+  content: string;
+}
+
+export interface DownloadProgress {
+  file: string;
+  url: string;
+  loaded: number;
+  total: number | null;
+  cached: boolean;
+  done: boolean;
+  missing?: boolean;
+}
+
+export interface LoadedModel {
+  info: ModelInfo;
+  source:
+    | { kind: "files"; files: string[] }
+    | {
+        kind: "hub";
+        repo: string;
+        revision: string;
+        endpoint: string;
+        base: string;
+        files: Array<{ file: string; url: string; bytes: number; cached: boolean; missing: boolean }>;
+        cached: boolean;
+        cache_warning: string | null;
+      };
+  timing: { download_ms: number; load_ms: number };
+}
+
+export interface ServedModel {
+  id: string;
+  name: string;
+  task: string;
+  license?: string;
+  source?: string;
+  /** Absolute URL of the Hub-layout repo. */
+  repo: string;
+  files: Array<{ name: string; bytes: number; [key: string]: unknown }>;
+  [key: string]: unknown;
+}
+
+export interface CachedModel {
+  /** The repo's URL (everything before "/resolve/"). */
+  base: string;
+  /** "owner/name" (the last two path segments of base). */
+  repo: string;
+  revisions: string[];
+  files: Array<{ file: string; url: string; bytes: number }>;
+  /** Total bytes of the files. */
+  bytes: number;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Datasets.
+
+export type DatasetInput = File | Blob | string | URL | { name: string; bytes: ArrayBuffer | ArrayBufferView | string } | { name: string; text: string };
+
+export interface DataIssue {
+  reason: string;
+  file: string;
+  line: number;
+  row?: number;
+  field?: string;
+  message: string;
+}
+
+export interface DataReport {
+  file: string;
+  bytes: number;
+  format: string;
+  schema: { schema: { kind: string; [key: string]: unknown }; detected: boolean; fields: unknown; explanation: string };
+  policy: "skip" | "stop";
+  records: number;
+  examples: number;
+  skipped: number;
+  skipped_by_reason: Record<string, number>;
+  issues: DataIssue[];
+  issues_not_listed: number;
+  warnings: string[];
+  blank_lines: number;
+  duplicates: number;
+  labels?: unknown;
+  tokens?: {
+    seq_len: number;
+    min: number;
+    median: number;
+    p95: number;
+    max: number;
+    mean: number;
+    total: number;
+    truncated: number;
+    histogram: Array<{ from: number; to: number; count: number }>;
+  };
+  chat_template?: unknown;
+  [key: string]: unknown;
+}
+
+export interface DatasetResult {
+  report: DataReport;
+  train_examples: number;
+  validation_examples: number;
+  train_batches: number;
+  eval_batches: number;
+  total_steps: number;
+  preview: Array<{ tokens: Array<{ id: number; text: string; counts: boolean }> }>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Evaluation and training results.
+
+export interface CausalEval {
+  loss: number;
+  perplexity: number;
+  tokens: number;
+}
+
+export interface ClassStats {
+  label: string;
+  precision: number;
+  recall: number;
+  f1: number;
+  support: number;
+}
+
+export interface ClassificationEval {
+  loss: number;
+  accuracy: number;
+  macro_f1: number;
+  per_class: ClassStats[];
+  /** Rows: true label, columns: predicted label, in `labels` order. */
+  confusion_matrix: number[][];
+  examples: number;
+  seconds?: number;
+}
+
+export type EvaluateResult =
+  | ({ task: "causal"; model: WhichModel; validation_examples?: number } & CausalEval)
+  | ({ task: "classification"; model: WhichModel; labels: string[] } & ClassificationEval);
+
+/** A "progress" event: one training step. */
+export interface StepProgress {
+  step: number;
+  total_steps: number;
+  epoch?: number;
+  loss: number;
+  lr: number;
+  grad_norm?: number;
+  tokens_per_s?: number;
+  examples_per_s?: number;
+  elapsed_s?: number;
+  eta_s: number | null;
+  memory_bytes?: number | null;
+  /** A validation evaluation at this step, when one ran. */
+  eval?: { loss: number; perplexity?: number; tokens?: number; accuracy?: number } | null;
+}
+
+export interface PhaseEvent {
+  phase: "data" | "samples" | "training" | "export" | string;
+  message: string;
+}
+
+export interface TrainSummary {
+  backend: "webgpu" | "cpu";
+  method: "lora" | "full";
+  steps: number;
+  cancelled: boolean;
+  losses: number[];
+  grad_norms?: number[];
+  lrs?: number[];
+  eval?: Array<{ step: number; loss: number; perplexity?: number; tokens?: number }>;
+  trainable_params?: number;
+  total_params?: number;
+  first_step_ms?: number;
+  median_step_ms?: number;
+  tokens_per_s?: number;
+  [key: string]: unknown;
+}
+
+interface TrainResultBase {
+  report: DataReport;
+  train_examples: number;
+  validation_examples: number;
+  train_batches: number;
+  summary: TrainSummary;
+  /** Names of the exported files: "merged/...", and "adapter/..." after LoRA. */
+  files: string[];
+  tuned_info: ModelInfo | null;
+  /** summary.cancelled. */
+  cancelled: boolean;
+  /** The job configuration that ran. */
+  config: JobConfig;
+  [key: string]: unknown;
+}
+
+export interface CausalTrainResult extends TrainResultBase {
+  task: "causal";
+  before: CausalEval | null;
+  after: CausalEval | null;
+  samples: Array<{ source: string; prompt: string; reference: string; before: string; after: string }>;
+}
+
+export interface ClassificationTrainResult extends TrainResultBase {
+  task: "classification";
+  labels: string[];
+  before: ClassificationEval | null;
+  after: ClassificationEval | null;
+  pooling?: string;
+  head_from_checkpoint?: boolean;
+  /** Held-out examples whose prediction changed (at most 20 listed; changed_total counts all). */
+  changed: Array<{
+    source: string;
+    text: string;
+    /** The true label. */
+    label: string;
+    status?: "fixed" | "broken" | "changed";
+    before: { label: string; prob: number; prob_true?: number };
+    after: { label: string; prob: number; prob_true?: number };
+  }>;
+  changed_total?: number;
+  fixed?: number;
+  broken?: number;
+}
+
+export type TrainResult = CausalTrainResult | ClassificationTrainResult;
+
+export interface GenerateOptions {
+  max_new_tokens?: number;
+  greedy?: boolean;
+  temperature?: number;
+  top_k?: number;
+  top_p?: number;
+  repetition_penalty?: number;
+  seed?: number;
+  use_cache?: boolean;
+  stop_tokens?: number[];
+  ignore_eos?: boolean;
+  /** Default: "tuned" when a fine-tuned model exists, else "base". */
+  model?: WhichModel;
+}
+
+export interface GenerateResult {
+  prompt_ids: number[];
+  generated_ids: number[];
+  /** Null when the model has no tokenizer; a chat reply without its end-of-turn token. */
+  text: string | null;
+  /** The conversation as the model's template formatted it (chat prompts only). */
+  chat_prompt: string | null;
+  seconds: number;
+  tokens_per_s: number;
+  cancelled: boolean;
+  model: WhichModel;
+}
+
+export type ExportKind = "merged" | "peft" | "all";
+/** File name (inside the folder; "merged/..." and "adapter/..." for "all") → bytes. */
+export type ExportedFiles = Record<string, Uint8Array>;
+
+export interface BackendInfo {
+  backend: "webgpu" | "cpu";
+  requested: Backend;
+  reason: string;
+  adapter: { vendor: string; architecture: string; device: string; description: string; is_fallback: boolean } | null;
+  limits: unknown;
+  info: unknown;
+  version: string | null;
+}
+
+export type WorkerState = "starting" | "ready" | "busy" | "crashed" | "disposed";
+
+export interface FineTunerEvents {
+  progress: StepProgress;
+  phase: PhaseEvent;
+  download: DownloadProgress;
+  token: { token: number; text: string | null };
+  state: WorkerState;
+  backend: BackendInfo;
+  /** Errors outside an operation, and fatal ones (error.fatal: create a new FineTuner). */
+  error: WebtuneError;
+  stalled: { silentMs: number; state: WorkerState };
+  /** Training waits after this step (pause()) until resume() or cancel(). */
+  paused: { step: number; total_steps: number };
+  resumed: { step: number; total_steps: number };
+}
+
+// ---------------------------------------------------------------------------------------------
+
+export declare class FineTuner {
+  /** Start a worker and wait for its backend. */
+  static create(options?: CreateOptions): Promise<FineTuner>;
+  static cachedModels(): Promise<CachedModel[]>;
+  /** Resolves with the number of cache entries deleted. */
+  static deleteCachedModel(base: string): Promise<number>;
+  static clearCache(): Promise<boolean>;
+  static servedModels(index?: string | URL): Promise<ServedModel[]>;
+
+  private constructor();
+
+  readonly backend: BackendInfo | null;
+  readonly state: WorkerState;
+  readonly model: ModelInfo | null;
+  readonly task: Task | null;
+  readonly dataset: { name: string; bytes: number; options: JobConfig; report: DataReport | null } | null;
+  readonly tuned: ModelInfo | null;
+  readonly lastResult: TrainResult | null;
+
+  on<K extends keyof FineTunerEvents>(type: K, fn: (detail: FineTunerEvents[K]) => void): () => void;
+  off<K extends keyof FineTunerEvents>(type: K, fn: (detail: FineTunerEvents[K]) => void): void;
+  once<K extends keyof FineTunerEvents>(type: K, fn: (detail: FineTunerEvents[K]) => void): () => void;
+
+  loadModel(source: ModelSource, options?: LoadModelOptions): Promise<LoadedModel>;
+  loadDataset(input: DatasetInput, options?: JobConfig & { name?: string }): Promise<DatasetResult>;
+  /**
+   * Held-out scores without training. After train() on the same dataset it uses that job's
+   * configuration (the same split); before, the dataset's options merged with `options`.
+   */
+  evaluate(options?: JobConfig & { model?: WhichModel }): Promise<EvaluateResult>;
+  train(config?: JobConfig & { preset?: PresetName }): Promise<TrainResult>;
+  /** Returns whether something was running. */
+  cancel(): boolean;
+  /**
+   * Pause training after its current step (a "paused" event says when it waits); resume()
+   * continues from exactly the same state, so the losses equal an uninterrupted run's.
+   * cancel() while paused ends the run as cancel() does (evaluated and exported).
+   * Both return whether something was running.
+   */
+  pause(): boolean;
+  resume(): boolean;
+  generate(
+    prompt: string | { text: string } | { ids: number[] } | { chat: ChatMessage[]; add_generation_prompt?: boolean },
+    options?: GenerateOptions,
+  ): Promise<GenerateResult>;
+  export(kind?: ExportKind): Promise<ExportedFiles>;
+  dispose(): void;
+}
+
+export declare function servedModels(index?: string | URL): Promise<ServedModel[]>;
+export declare function taskOf(info: Pick<ModelInfo, "architecture"> | null): Task;
+export declare function mergeConfig<T extends object>(base: T, over: object | undefined): T;
+
+export default FineTuner;
+
+// The web component (components/webtune-trainer.js).
+export declare class WebtuneTrainer extends HTMLElement {
+  readonly tuner: FineTuner | null;
+  readonly result: TrainResult | null;
+  /** "starting" | "loading" | "ready" | "training" | "done" | "error". */
+  readonly state: string;
+  train(): Promise<TrainResult | null>;
+  cancel(): void;
+}
+
+declare global {
+  interface HTMLElementTagNameMap {
+    "webtune-trainer": WebtuneTrainer;
+  }
+}

@@ -14,9 +14,12 @@ use std::thread::JoinHandle;
 use anyhow::{anyhow, Context, Result};
 use tiny_http::{Header, Method, Request, Response, Server, StatusCode};
 
-/// Enough request threads for a browser's parallel fetches (it opens about six
-/// connections per origin) plus a test harness's own requests.
-const WORKERS: usize = 8;
+/// Request threads. A thread answering with a large model file stays busy for as long as the
+/// client takes to read it — a page whose worker is computing reads slowly, and a closed page's
+/// socket may take a while to fail — so keep far more than a browser's six connections per
+/// origin: with 8, browser tests under load saw the page's own module scripts wait for a free
+/// thread for over a minute.
+const WORKERS: usize = 32;
 
 const CSP: &str = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; \
                    worker-src 'self' blob:; connect-src 'self'; \

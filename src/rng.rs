@@ -13,6 +13,11 @@ impl Rng {
         Self { state: seed }
     }
 
+    /// The generator's whole state: `Rng::new(r.state())` continues `r`'s stream exactly.
+    pub fn state(&self) -> u64 {
+        self.state
+    }
+
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.state;

@@ -181,6 +181,13 @@ fn train_writes_a_model_that_eval_and_info_read() {
     assert!(ok, "{eval}");
     assert_eq!(eval["examples"], 40);
     assert!(eval["eval"]["perplexity"].as_f64().unwrap() > 1.0);
+    // Prompt–completion data: greedy answers to the first `samples` (3) prompts are scored.
+    let answers = &eval["answers"];
+    assert_eq!(answers["examples"], 3, "{eval}");
+    for key in ["exact_match", "token_f1"] {
+        let v = answers[key].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&v), "{key} {v}");
+    }
     let _ = std::fs::remove_dir_all(&out);
 
     let (ok, err) = webtune(&[
@@ -191,4 +198,120 @@ fn train_writes_a_model_that_eval_and_info_read() {
     ]);
     assert!(!ok);
     assert_eq!(err["error"]["code"], "data.invalid");
+}
+
+#[test]
+fn data_reports_a_file_and_a_validation_file_without_training() {
+    let dir = std::env::temp_dir().join(format!("webtune-cli-data-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let all = std::fs::read_to_string(fixture("data/capitals.jsonl")).unwrap();
+    let lines: Vec<&str> = all.lines().collect();
+    // Line 2 of the training file is broken; its last line is also in the validation file.
+    let mut train: Vec<&str> = lines[..31].to_vec();
+    train.insert(1, "{\"prompt\": \"broken");
+    std::fs::write(dir.join("train.jsonl"), train.join("\n") + "\n").unwrap();
+    std::fs::write(dir.join("valid.jsonl"), lines[30..].join("\n") + "\n").unwrap();
+    let model = fixture("tiny_random/gpt2-vocab");
+    let (ok, out) = webtune(&[
+        "data",
+        model.to_str().unwrap(),
+        "--data",
+        dir.join("train.jsonl").to_str().unwrap(),
+        "--validation",
+        dir.join("valid.jsonl").to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    assert_eq!(out["task"], "causal");
+    assert_eq!(out["report"]["skipped"], 1);
+    assert_eq!(out["report"]["issues"][0]["line"], 2);
+    assert_eq!(out["report"]["issues"][0]["reason"], "malformed_json");
+    assert_eq!(out["validation_report"]["examples"], 10);
+    assert_eq!(out["overlap_removed"], 1);
+    assert_eq!(out["train_examples"], 30);
+    assert_eq!(out["validation_examples"], 10);
+    assert!(out["mb_per_s"].as_f64().unwrap() > 0.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn train_flags_override_the_config_and_the_task_is_checked() {
+    let dir = std::env::temp_dir().join(format!("webtune-cli-flags-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let all = std::fs::read_to_string(fixture("data/capitals.jsonl")).unwrap();
+    let lines: Vec<&str> = all.lines().collect();
+    std::fs::write(dir.join("train.jsonl"), lines[..32].join("\n") + "\n").unwrap();
+    std::fs::write(dir.join("valid.jsonl"), lines[32..].join("\n") + "\n").unwrap();
+    let model = fixture("tiny_random/gpt2-vocab");
+    let train = dir.join("train.jsonl");
+    let valid = dir.join("valid.jsonl");
+    let out = dir.join("out");
+    let (ok, result) = webtune(&[
+        "train",
+        model.to_str().unwrap(),
+        "--data",
+        train.to_str().unwrap(),
+        "--val-data",
+        valid.to_str().unwrap(),
+        "--task",
+        "causal-lm",
+        "--config",
+        r#"{"samples": 0, "train": {"epochs": 3}}"#,
+        "--steps",
+        "2",
+        "--lora-r",
+        "4",
+        "--lora-alpha",
+        "8",
+        "--lora-targets",
+        "c_attn,c_proj",
+        "--batch-size",
+        "8",
+        "--seq-len",
+        "32",
+        "--schedule",
+        "linear",
+        "--warmup",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{result}");
+    assert_eq!(
+        result["summary"]["steps"], 2,
+        "--steps replaces the config's epochs"
+    );
+    assert_eq!(result["validation_examples"], 8);
+    assert_eq!(result["train_batches"], 4, "32 pairs in batches of 8");
+    let adapter: Value =
+        serde_json::from_slice(&std::fs::read(out.join("adapter/adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(adapter["r"], 4);
+    assert_eq!(adapter["lora_alpha"], 8.0);
+    let mut targets: Vec<&str> = adapter["target_modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    targets.sort_unstable();
+    assert_eq!(targets, ["c_attn", "c_proj"]);
+    // A causal model asked to classify: refused, naming what the model does.
+    let (ok, err) = webtune(&[
+        "train",
+        model.to_str().unwrap(),
+        "--data",
+        train.to_str().unwrap(),
+        "--task",
+        "classification",
+    ]);
+    assert!(!ok);
+    assert_eq!(err["error"]["code"], "config.invalid");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("causal language model"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

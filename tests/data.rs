@@ -732,3 +732,36 @@ fn only_assistant_tokens_count_in_chat_batches() {
     let b = enc.batch(&[&ds.examples[0]]).unwrap();
     assert_eq!(b.counted(), assistant.iter().filter(|&&a| a).count());
 }
+
+#[test]
+fn reading_reports_progress_from_zero_to_every_record() {
+    use std::cell::RefCell;
+    use webtune::data::validate::inspect_with_progress;
+    let text: String = (0..3000)
+        .map(|i| format!("{{\"text\": \"line number {i}\"}}\n"))
+        .collect();
+    let seen = RefCell::new(Vec::new());
+    let record = |p: webtune::data::validate::DataProgress<'_>| {
+        assert_eq!(
+            (p.file, p.bytes, p.records),
+            ("big.jsonl", text.len(), 3000)
+        );
+        seen.borrow_mut().push(p.records_done);
+    };
+    let gpt2 = gpt2();
+    let (ds, _) = inspect_with_progress(
+        "big.jsonl",
+        text.as_bytes(),
+        &InspectOptions::default(),
+        Some(&gpt2),
+        Some(&record),
+    )
+    .unwrap();
+    assert_eq!(ds.examples.len(), 3000);
+    let seen = seen.into_inner();
+    assert_eq!(seen.first(), Some(&0));
+    assert_eq!(seen.last(), Some(&3000));
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+    // Records every 256 (a hundredth of 3000 is less): 0, 256, ..., 2816, then 3000.
+    assert_eq!(seen.len(), 13, "{seen:?}");
+}

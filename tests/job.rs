@@ -358,8 +358,10 @@ fn a_classification_job_learns_the_labels_and_reports_what_changed() {
     // "Before" is reproducible on its own: the base encoder with the head the job drew.
     let (_, base_again) = pollster::block_on(evaluate_classification(
         &base,
-        "reviews.jsonl",
-        data.as_bytes(),
+        DatasetFile {
+            name: "reviews.jsonl",
+            bytes: data.as_bytes(),
+        },
         &config,
     ))
     .unwrap();
@@ -383,8 +385,10 @@ fn a_classification_job_learns_the_labels_and_reports_what_changed() {
     );
     let (_, again) = pollster::block_on(evaluate_classification(
         &tuned,
-        "reviews.jsonl",
-        data.as_bytes(),
+        DatasetFile {
+            name: "reviews.jsonl",
+            bytes: data.as_bytes(),
+        },
         &config,
     ))
     .unwrap();
@@ -461,4 +465,202 @@ fn tasks_refuse_data_of_the_other_kind_with_a_clear_error() {
         "{}",
         err.message
     );
+}
+
+/// The validation file and the training file as one `DatasetFiles`.
+fn with_validation<'a>(
+    train: (&'a str, &'a [u8]),
+    validation: (&'a str, &'a [u8]),
+) -> webtune::train::job::DatasetFiles<'a> {
+    webtune::train::job::DatasetFiles {
+        train: DatasetFile {
+            name: train.0,
+            bytes: train.1,
+        },
+        validation: Some(DatasetFile {
+            name: validation.0,
+            bytes: validation.1,
+        }),
+        progress: None,
+    }
+}
+
+#[test]
+fn a_separate_validation_file_is_the_held_out_set_and_never_trained_on() {
+    use webtune::train::job::prepare_data;
+    let (_, base) = model();
+    let all = std::fs::read_to_string(fixture("data/capitals.jsonl")).unwrap();
+    let lines: Vec<&str> = all.lines().collect();
+    // Training: the first 30 pairs plus two that are also in the validation file.
+    let train: String = lines[..30]
+        .iter()
+        .chain(&lines[30..32])
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let validation: String = lines[30..].iter().map(|l| format!("{l}\n")).collect();
+    let data = prepare_data(
+        &base,
+        None,
+        with_validation(
+            ("train.jsonl", train.as_bytes()),
+            ("valid.jsonl", validation.as_bytes()),
+        ),
+        &config("lora", 0.01, 2),
+    )
+    .expect("both files read");
+    assert_eq!(data.overlap_removed, 2);
+    assert_eq!((data.train.len(), data.validation.len()), (30, 10));
+    let report = data
+        .validation_report
+        .as_ref()
+        .expect("the validation file's report");
+    assert_eq!((report.file.as_str(), report.examples), ("valid.jsonl", 10));
+    for &i in &data.validation {
+        assert_eq!(&*data.dataset.examples[i].loc.file, "valid.jsonl");
+    }
+    for &i in &data.train {
+        let example = &data.dataset.examples[i];
+        assert_eq!(&*example.loc.file, "train.jsonl");
+        assert!(data
+            .validation
+            .iter()
+            .all(|&v| data.dataset.examples[v].content != example.content));
+    }
+    // The whole validation file is scored (10 examples, batches of 8), not a share of it.
+    let rows: usize = data.eval_batches.iter().map(|b| b.batch_size).sum();
+    assert_eq!(rows, 10);
+    // Every training example also in the validation file: nothing is left to train on.
+    let err = prepare_data(
+        &base,
+        None,
+        with_validation(
+            ("train.jsonl", validation.as_bytes()),
+            ("valid.jsonl", validation.as_bytes()),
+        ),
+        &config("lora", 0.01, 2),
+    )
+    .err()
+    .expect("no training examples left");
+    assert_eq!(err.code, Code::DataInvalid);
+    assert!(
+        err.message.contains("0 training")
+            && err.message.contains("10 training example(s) were dropped"),
+        "{}",
+        err.message
+    );
+}
+
+#[test]
+fn a_validation_file_must_match_the_training_file() {
+    use webtune::train::classify_job::prepare_class_data;
+    use webtune::train::job::prepare_data;
+    let (_, bert) = sentiment_model();
+    let train = sentiment_jsonl(20);
+    let class_cfg = class_config("lora");
+    // A label the training file never has.
+    let odd = "{\"text\": \"the film was fine\", \"label\": \"neutral\"}\n\
+               {\"text\": \"the film was good\", \"label\": \"pos\"}\n";
+    let err = prepare_class_data(
+        &bert,
+        with_validation(
+            ("train.jsonl", train.as_bytes()),
+            ("valid.jsonl", odd.as_bytes()),
+        ),
+        &class_cfg,
+    )
+    .err()
+    .expect("an unknown label is refused");
+    assert_eq!(err.code, Code::DataInvalid);
+    assert!(
+        err.message.contains("valid.jsonl") && err.message.contains("neutral"),
+        "{}",
+        err.message
+    );
+    // A validation file without labels, for a classifier.
+    let plain = "{\"text\": \"the film was fine\"}\n";
+    let err = prepare_class_data(
+        &bert,
+        with_validation(
+            ("train.jsonl", train.as_bytes()),
+            ("valid.jsonl", plain.as_bytes()),
+        ),
+        &class_cfg,
+    )
+    .err()
+    .expect("a validation file without labels is refused");
+    assert!(
+        err.message.contains("valid.jsonl has no labels"),
+        "{}",
+        err.message
+    );
+    // And a labelled validation file for a causal LM.
+    let (_, gpt2) = model();
+    let capitals = std::fs::read(fixture("data/capitals.jsonl")).unwrap();
+    let err = prepare_data(
+        &gpt2,
+        None,
+        with_validation(
+            ("capitals.jsonl", &capitals),
+            ("valid.jsonl", train.as_bytes()),
+        ),
+        &config("lora", 0.01, 2),
+    )
+    .err()
+    .expect("a labelled validation file is refused for a causal LM");
+    assert!(
+        err.message
+            .contains("valid.jsonl is a classification dataset"),
+        "{}",
+        err.message
+    );
+}
+
+#[test]
+fn a_classification_job_evaluates_on_the_validation_file() {
+    use webtune::train::job::{run_task, JobResult};
+    let (files, base) = sentiment_model();
+    let data = sentiment_jsonl(60);
+    let lines: Vec<&str> = data.lines().collect();
+    let train: String = lines[..48].iter().map(|l| format!("{l}\n")).collect();
+    let validation: String = lines[48..].iter().map(|l| format!("{l}\n")).collect();
+    let mut config = class_config("lora");
+    config.train.steps = Some(4);
+    let mut reading = String::new();
+    let result = pollster::block_on(run_task(
+        files,
+        &base,
+        &Backend::cpu(),
+        with_validation(
+            ("train.jsonl", train.as_bytes()),
+            ("valid.jsonl", validation.as_bytes()),
+        ),
+        &config,
+        "tiny-bert",
+        |e| {
+            if let JobEvent::Phase {
+                phase: "data",
+                message,
+            } = e
+            {
+                reading = message;
+            }
+            true
+        },
+    ))
+    .expect("the job runs");
+    let JobResult::Classification(out) = result else {
+        panic!("an encoder runs a classification job");
+    };
+    assert!(reading.contains("valid.jsonl"), "{reading}");
+    let report = out
+        .validation_report
+        .as_ref()
+        .expect("the validation report");
+    assert_eq!(report.examples, 12);
+    // Duplicate texts in the generated reviews may overlap across the two files.
+    assert_eq!(out.train_examples + out.overlap_removed, 48);
+    assert_eq!(out.validation_examples, 12);
+    assert_eq!((out.before.examples, out.after.examples), (12, 12));
+    let json = serde_json::to_value(&out).unwrap();
+    assert_eq!(json["validation_report"]["file"], "valid.jsonl");
 }

@@ -260,14 +260,23 @@ mod checkpoints {
     use webtune::data::TokenBatch;
     use webtune::train::checkpoint::{Checkpoint, Checkpointing};
     use webtune::train::finetune::{finetune_checkpointed, FinetuneSummary, TrainableModel};
-    use webtune::train::job::prepare_data;
+    use webtune::train::job::{prepare_data, DatasetFile};
     use webtune::Code;
 
     fn data(config: &JobConfig) -> (Vec<TokenBatch>, Vec<TokenBatch>) {
         let files = ModelFiles::from_dir(&fixture("tiny_random/gpt2-vocab")).unwrap();
         let base = LoadedModel::load(files, &Device::flex()).unwrap();
         let bytes = std::fs::read(fixture("data/capitals.jsonl")).unwrap();
-        let d = prepare_data(&base, None, "capitals.jsonl", &bytes, config).unwrap();
+        let d = prepare_data(
+            &base,
+            None,
+            DatasetFile {
+                name: "capitals.jsonl",
+                bytes: &bytes,
+            },
+            config,
+        )
+        .unwrap();
         (d.train_batches, d.eval_batches)
     }
 
@@ -453,4 +462,631 @@ fn a_stopped_job_continues_from_its_checkpoint() {
     assert_eq!(resumed.summary.losses, straight.summary.losses);
     assert_eq!(resumed.before.unwrap().loss, straight.before.unwrap().loss);
     assert_eq!(resumed.after.unwrap().loss, straight.after.unwrap().loss);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Classification checkpoints (the tiny BERT): the trainable weights (LoRA factors or the whole
+// encoder) and the head, AdamW's state, the batch order and the head-dropout generator, so a
+// resumed classification run is the uninterrupted one; a checkpoint of the other kind of run
+// (causal ↔ classification) or of another labelling, head, dataset or configuration is refused.
+
+mod class_checkpoints {
+    use super::*;
+    use std::cell::RefCell;
+    use webtune::train::checkpoint::{Checkpoint, CheckpointTask, Checkpointing};
+    use webtune::train::classify::{
+        predict, train_classifier_checkpointed, ClassEvalPoint, ClassifySummary,
+    };
+    use webtune::train::classify_job::ClassifyJobOutput;
+    use webtune::train::finetune::{finetune_checkpointed, TrainableModel};
+    use webtune::train::job::{prepare_data, run_task_checkpointed, JobResult};
+    use webtune::{Code, Error};
+
+    fn class_config(method: Method) -> FinetuneConfig {
+        FinetuneConfig {
+            method,
+            lora_r: 4,
+            lora_alpha: 8.0,
+            lora_targets: vec!["query".into(), "value".into()],
+            lr: 5e-3,
+            steps: Some(10),
+            warmup: 2,
+            grad_accum: 2,
+            weight_decay: 0.01,
+            eval_every: 3,
+            seed: 9,
+            ..FinetuneConfig::default()
+        }
+    }
+
+    /// Head dropout on: the resumed run must draw the uninterrupted run's masks.
+    const HEAD: HeadConfig = HeadConfig {
+        pooling: Pooling::Mean,
+        dropout: 0.1,
+    };
+
+    fn fresh(config: &FinetuneConfig, labels: &[&str], head: HeadConfig) -> ClassifierModel {
+        let backend = Backend::cpu();
+        let files = ModelFiles::from_dir(&fixture("tiny_random/bert")).expect("fixture");
+        let loaded = LoadedModel::load(files, &backend.device).unwrap();
+        let labels = LabelMap::from_labels(labels.iter().copied());
+        ClassifierModel::prepare(loaded.family, labels, config, head).unwrap()
+    }
+
+    struct Run {
+        out: webtune::Result<ClassifySummary>,
+        saved: Vec<Checkpoint>,
+        /// Logits of the first training batch after the run.
+        logits: Vec<Vec<f32>>,
+    }
+
+    fn run_with(
+        config: &FinetuneConfig,
+        labels: &[&str],
+        head: HeadConfig,
+        batches: &[ClassBatch],
+        resume: Option<Checkpoint>,
+        every: usize,
+        on_step: impl FnMut(usize) -> Control,
+    ) -> Run {
+        let backend = Backend::cpu();
+        let mut model = fresh(config, labels, head);
+        let saved = RefCell::new(Vec::new());
+        let mut save = |ck: Checkpoint| saved.borrow_mut().push(ck);
+        let mut on_step = on_step;
+        let out = pollster::block_on(train_classifier_checkpointed(
+            &mut model,
+            &backend,
+            batches,
+            &batches[..2],
+            config,
+            Some(Checkpointing {
+                resume,
+                every,
+                save: &mut save,
+            }),
+            |p| on_step(p.step),
+        ));
+        let logits = pollster::block_on(predict(&model, &batches[0])).unwrap();
+        Run {
+            out,
+            saved: saved.into_inner(),
+            logits,
+        }
+    }
+
+    fn run(
+        config: &FinetuneConfig,
+        resume: Option<Checkpoint>,
+        every: usize,
+        on_step: impl FnMut(usize) -> Control,
+    ) -> Run {
+        run_with(
+            config,
+            &["a", "b", "c"],
+            HEAD,
+            &class_batches(),
+            resume,
+            every,
+            on_step,
+        )
+    }
+
+    fn reason(e: &Error) -> &str {
+        e.details["reason"].as_str().unwrap_or("")
+    }
+
+    fn evals(s: &ClassifySummary) -> Vec<ClassEvalPoint> {
+        s.eval.clone()
+    }
+
+    #[test]
+    fn a_classifier_resumed_from_a_checkpoint_equals_the_uninterrupted_one() {
+        for method in [Method::Lora, Method::Full] {
+            let config = class_config(method);
+            let straight = run(&config, None, 4, |_| Control::Continue);
+            let summary = straight.out.unwrap();
+            assert_eq!((summary.steps, summary.cancelled), (10, false));
+            // Every 4 steps, never at the end.
+            let steps: Vec<usize> = straight.saved.iter().map(|c| c.step).collect();
+            assert_eq!(steps, [4, 8], "{method:?}");
+            let ck = &straight.saved[0];
+            assert_eq!(ck.task, CheckpointTask::Classification);
+            assert_eq!(ck.losses, summary.losses[..4]);
+            assert_eq!(ck.consumed, 8);
+            // The head is in the checkpoint, LoRA or not, and it was trained.
+            let head_of = |ck: &Checkpoint| {
+                ck.params
+                    .iter()
+                    .find(|p| p.path == "classifier.weight")
+                    .expect("the head is saved")
+                    .values
+                    .clone()
+            };
+            assert!(ck.params.iter().any(|p| p.path == "classifier.bias"));
+            assert_ne!(head_of(ck), head_of(&straight.saved[1]));
+            if method == Method::Lora {
+                assert!(ck.params.iter().any(|p| p.path.ends_with("lora.a")));
+                assert!(!ck.params.iter().any(|p| p.path == "word_embeddings.weight"));
+            }
+            let bytes = ck.to_bytes();
+            let values: usize = ck.params.iter().map(|p| p.values.len()).sum();
+            eprintln!(
+                "classification {method:?}: checkpoint at step 4: {} bytes ({} parameters, \
+                 {values} values; optimizer {} bytes)",
+                bytes.len(),
+                ck.params.len(),
+                ck.optimizer.len()
+            );
+            let back = Checkpoint::from_bytes(&bytes).unwrap();
+            assert_eq!(back.params, ck.params);
+            assert_eq!(back.optimizer, ck.optimizer);
+            assert_eq!(back.classification, ck.classification);
+
+            // Continued in a freshly loaded model (new parameter ids, a freshly drawn head).
+            let resumed = run(&config, Some(back.clone()), 4, |_| Control::Continue);
+            let later: Vec<usize> = resumed.saved.iter().map(|c| c.step).collect();
+            assert_eq!(later, [8]);
+            let r = resumed.out.unwrap();
+            assert_eq!((r.steps, r.cancelled), (10, false));
+            assert_eq!(r.losses, summary.losses, "{method:?}: per-step losses");
+            assert_eq!(r.grad_norms, summary.grad_norms, "{method:?}: grad norms");
+            assert_eq!(r.lrs, summary.lrs);
+            assert_eq!(evals(&r), evals(&summary), "{method:?}: validation points");
+            assert_eq!(resumed.logits, straight.logits, "{method:?}: final logits");
+            // The checkpoint saved later by the resumed run is the uninterrupted run's.
+            assert_eq!(resumed.saved[0].params, straight.saved[1].params);
+            assert_eq!(
+                resumed.saved[0].classification,
+                straight.saved[1].classification
+            );
+
+            // The resumed run trains the checkpoint's head: another head there changes the
+            // losses from the first resumed step on.
+            let mut tampered = back;
+            for p in &mut tampered.params {
+                if p.path == "classifier.weight" {
+                    p.values.iter_mut().for_each(|v| *v *= -1.0);
+                }
+            }
+            let t = run(&config, Some(tampered), 0, |_| Control::Continue)
+                .out
+                .unwrap();
+            assert_eq!(t.losses[..4], summary.losses[..4]);
+            assert_ne!(t.losses[4], summary.losses[4], "{method:?}: head ignored?");
+        }
+    }
+
+    #[test]
+    fn a_classifier_checkpoint_is_refused_by_another_run() {
+        let config = class_config(Method::Lora);
+        let straight = run(&config, None, 4, |_| Control::Continue);
+        let ck = straight.saved[0].clone();
+        let refused = |r: Run| r.out.expect_err("refused");
+
+        let mut other = config.clone();
+        other.lr *= 2.0;
+        let e = refused(run(&other, Some(ck.clone()), 0, |_| Control::Continue));
+        assert_eq!((e.code, reason(&e)), (Code::ConfigInvalid, "config"));
+
+        let batches = class_batches();
+        let e = refused(run_with(
+            &config,
+            &["x", "y", "z"],
+            HEAD,
+            &batches,
+            Some(ck.clone()),
+            0,
+            |_| Control::Continue,
+        ));
+        assert_eq!((e.code, reason(&e)), (Code::ConfigInvalid, "labels"));
+
+        let cls = HeadConfig {
+            pooling: Pooling::Cls,
+            ..HEAD
+        };
+        let e = refused(run_with(
+            &config,
+            &["a", "b", "c"],
+            cls,
+            &batches,
+            Some(ck.clone()),
+            0,
+            |_| Control::Continue,
+        ));
+        assert_eq!((e.code, reason(&e)), (Code::ConfigInvalid, "head"));
+
+        let e = refused(run_with(
+            &config,
+            &["a", "b", "c"],
+            HEAD,
+            &batches[..5],
+            Some(ck.clone()),
+            0,
+            |_| Control::Continue,
+        ));
+        assert_eq!((e.code, reason(&e)), (Code::ConfigInvalid, "data"));
+
+        let mut at_end = ck.clone();
+        at_end.step = 10;
+        let e = refused(run(&config, Some(at_end), 0, |_| Control::Continue));
+        assert_eq!(reason(&e), "step");
+
+        let mut forged = ck.clone();
+        forged.consumed = usize::MAX;
+        let e = refused(run(&config, Some(forged), 0, |_| Control::Continue));
+        assert_eq!(reason(&e), "inconsistent");
+
+        // Full fine-tuning's checkpoint does not continue a LoRA run (nor the reverse).
+        let full = class_config(Method::Full);
+        let e = refused(run(&full, Some(ck), 0, |_| Control::Continue));
+        assert_eq!(e.code, Code::ConfigInvalid);
+    }
+
+    // -------------------------------------------------------------- the job, as the page runs it
+
+    const WORDS_POS: [&str; 6] = ["good", "great", "lovely", "wonderful", "fun", "brilliant"];
+    const WORDS_NEG: [&str; 6] = ["bad", "awful", "dull", "terrible", "boring", "weak"];
+    const FILLER: [&str; 8] = [
+        "the", "film", "was", "really", "plot", "acting", "quite", "and",
+    ];
+
+    /// A word-level tokenizer for the tiny random BERT (as tests/job.rs).
+    fn sentiment_tokenizer() -> String {
+        let mut vocab = vec!["[PAD]", "[UNK]", "[CLS]", "[SEP]"];
+        vocab.extend(WORDS_POS);
+        vocab.extend(WORDS_NEG);
+        vocab.extend(FILLER);
+        let vocab: serde_json::Map<String, serde_json::Value> = vocab
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (w.to_string(), serde_json::json!(i)))
+            .collect();
+        let special = |id: usize, content: &str| {
+            serde_json::json!({"id": id, "content": content, "single_word": false,
+                "lstrip": false, "rstrip": false, "normalized": false, "special": true})
+        };
+        serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null,
+            "added_tokens": [special(0, "[PAD]"), special(1, "[UNK]"), special(2, "[CLS]"),
+                             special(3, "[SEP]")],
+            "normalizer": {"type": "Lowercase"},
+            "pre_tokenizer": {"type": "Whitespace"},
+            "post_processor": {
+                "type": "TemplateProcessing",
+                "single": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}},
+                           {"Sequence": {"id": "A", "type_id": 0}},
+                           {"SpecialToken": {"id": "[SEP]", "type_id": 0}}],
+                "pair": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}},
+                         {"Sequence": {"id": "A", "type_id": 0}},
+                         {"SpecialToken": {"id": "[SEP]", "type_id": 0}},
+                         {"Sequence": {"id": "B", "type_id": 1}},
+                         {"SpecialToken": {"id": "[SEP]", "type_id": 1}}],
+                "special_tokens": {
+                    "[CLS]": {"id": "[CLS]", "ids": [2], "tokens": ["[CLS]"]},
+                    "[SEP]": {"id": "[SEP]", "ids": [3], "tokens": ["[SEP]"]}
+                }
+            },
+            "decoder": null,
+            "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
+        })
+        .to_string()
+    }
+
+    /// `n` short reviews; the label is the polarity of their opinion words.
+    fn sentiment_jsonl(n: usize) -> String {
+        let mut rng = webtune::rng::Rng::new(11);
+        let mut pick = |words: &[&'static str]| {
+            words[(rng.uniform() * words.len() as f64) as usize % words.len()]
+        };
+        (0..n)
+            .map(|i| {
+                let (words, label) = if i % 2 == 0 {
+                    (&WORDS_POS, "pos")
+                } else {
+                    (&WORDS_NEG, "neg")
+                };
+                let text = format!(
+                    "{} {} {} {} {} {}",
+                    pick(&FILLER),
+                    pick(&FILLER),
+                    pick(words),
+                    pick(&FILLER),
+                    pick(words),
+                    pick(&FILLER)
+                );
+                serde_json::json!({"text": text, "label": label}).to_string() + "\n"
+            })
+            .collect()
+    }
+
+    fn sentiment_model() -> (ModelFiles, LoadedModel) {
+        let mut files = ModelFiles::from_dir(&fixture("tiny_random/bert")).expect("fixture");
+        files.insert("tokenizer.json", sentiment_tokenizer().into_bytes());
+        let base = LoadedModel::load(files.clone(), &Device::flex()).expect("loads");
+        (files, base)
+    }
+
+    fn job_config(method: &str) -> JobConfig {
+        JobConfig::from_json(&format!(
+            r#"{{"batch_size": 8, "validation_fraction": 0.25, "checkpoint_every": 5,
+                "train": {{"method": "{method}", "lr": 0.01, "steps": 14, "seed": 5,
+                          "warmup": 2, "grad_accum": 2, "weight_decay": 0.01,
+                          "lora_targets": ["all-linear"]}}}}"#
+        ))
+        .expect("valid config")
+    }
+
+    /// The task the page runs, on the tiny BERT or (`causal`) the tiny GPT-2 with the capitals.
+    fn task(
+        causal: bool,
+        config: &JobConfig,
+        resume: Option<Checkpoint>,
+        mut on_step: impl FnMut(usize) -> Control,
+    ) -> (webtune::Result<JobResult>, Vec<Checkpoint>) {
+        let (files, base, name, data) = if causal {
+            let files = ModelFiles::from_dir(&fixture("tiny_random/gpt2-vocab")).unwrap();
+            let base = LoadedModel::load(files.clone(), &Device::flex()).unwrap();
+            let data = std::fs::read(fixture("data/capitals.jsonl")).unwrap();
+            (files, base, "capitals.jsonl", data)
+        } else {
+            let (files, base) = sentiment_model();
+            (
+                files,
+                base,
+                "reviews.jsonl",
+                sentiment_jsonl(96).into_bytes(),
+            )
+        };
+        let saved = RefCell::new(Vec::new());
+        let mut save = |ck: Checkpoint| saved.borrow_mut().push(ck);
+        let out = pollster::block_on(run_task_checkpointed(
+            files,
+            &base,
+            &Backend::cpu(),
+            DatasetFile { name, bytes: &data },
+            config,
+            "tiny",
+            Some(Checkpointing {
+                resume,
+                every: 0,
+                save: &mut save,
+            }),
+            |e| match e {
+                JobEvent::Step(p) => on_step(p.step),
+                JobEvent::ClassStep(p) => on_step(p.step),
+                JobEvent::Phase { .. } => Control::Continue,
+            },
+        ));
+        (out, saved.into_inner())
+    }
+
+    fn classified(r: webtune::Result<JobResult>) -> ClassifyJobOutput {
+        match r.expect("the job runs") {
+            JobResult::Classification(o) => o,
+            JobResult::Causal(_) => panic!("an encoder runs a classification job"),
+        }
+    }
+
+    /// Metrics without their timing.
+    fn metrics(m: &webtune::eval::metrics::ClassMetrics) -> serde_json::Value {
+        let mut v = serde_json::to_value(m).unwrap();
+        v.as_object_mut().unwrap().remove("seconds");
+        v
+    }
+
+    #[test]
+    fn a_paused_classification_job_continues_from_its_checkpoint() {
+        for method in ["lora", "full"] {
+            let config = job_config(method);
+            let (straight, saved) = task(false, &config, None, |_| Control::Continue);
+            let straight = classified(straight);
+            let steps: Vec<usize> = saved.iter().map(|c| c.step).collect();
+            assert_eq!(
+                steps,
+                [5, 10],
+                "{method}: checkpoint_every of the job config"
+            );
+            assert_eq!(straight.summary.steps, 14);
+
+            // Paused at step 7, then the tab closes (Stop while paused): a checkpoint at 7.
+            let seen = Rc::new(Cell::new(0));
+            let (stopped, saved) = task(false, &config, None, |step| {
+                if step == 7 {
+                    pause(false, &seen)
+                } else {
+                    Control::Continue
+                }
+            });
+            let stopped = classified(stopped);
+            assert_eq!(seen.get(), 4, "the pause was awaited");
+            assert_eq!(
+                (stopped.summary.steps, stopped.summary.cancelled),
+                (7, true)
+            );
+            let steps: Vec<usize> = saved.iter().map(|c| c.step).collect();
+            assert_eq!(steps, [5, 7]);
+            let bytes = saved[1].to_bytes();
+            eprintln!(
+                "classification job ({method}, tiny BERT): checkpoint {} bytes",
+                bytes.len()
+            );
+            let ck = Checkpoint::from_bytes(&bytes).unwrap();
+
+            let (resumed, later) = task(false, &config, Some(ck), |_| Control::Continue);
+            let resumed = classified(resumed);
+            let steps: Vec<usize> = later.iter().map(|c| c.step).collect();
+            assert_eq!(steps, [10]);
+            let (a, b) = (&straight.summary, &resumed.summary);
+            assert_eq!((b.steps, b.cancelled), (14, false));
+            assert_eq!(a.losses, b.losses, "{method}: per-step losses");
+            assert_eq!(a.grad_norms, b.grad_norms, "{method}: grad norms");
+            assert_eq!(a.eval, b.eval, "{method}: validation points");
+            assert_eq!(metrics(&straight.before), metrics(&resumed.before));
+            assert_eq!(
+                metrics(&straight.after),
+                metrics(&resumed.after),
+                "{method}: final metrics"
+            );
+            assert_eq!(straight.changed_total, resumed.changed_total);
+            // Training did something, so the equalities above say something.
+            assert_ne!(metrics(&straight.before), metrics(&straight.after));
+            let weights = |o: &ClassifyJobOutput| {
+                o.export
+                    .iter()
+                    .find(|(n, _)| n == "merged/model.safetensors")
+                    .map(|(_, b)| b.clone())
+                    .expect("exported")
+            };
+            assert!(weights(&straight) == weights(&resumed), "{method}: export");
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_of_the_other_kind_of_job_is_refused() {
+        // A causal checkpoint (tiny GPT-2, stopped at step 2) and a classification one.
+        let mut causal = causal_config("lora");
+        causal.checkpoint_every = 0;
+        let (_, saved) = task(true, &causal, None, |s| (s < 2).into());
+        let causal_ck = Checkpoint::from_bytes(&saved[0].to_bytes()).unwrap();
+        assert_eq!(causal_ck.task, CheckpointTask::Causal);
+        let config = job_config("lora");
+        let (_, saved) = task(false, &config, None, |s| (s < 2).into());
+        let class_ck = Checkpoint::from_bytes(&saved[0].to_bytes()).unwrap();
+        assert_eq!(class_ck.task, CheckpointTask::Classification);
+
+        // Causal → classification job, with the classification job's own configuration (so
+        // only the kind differs), refused before any data is read or any step is taken.
+        let mut same = causal_ck.clone();
+        same.config = config.train.clone();
+        for ck in [causal_ck.clone(), same] {
+            let mut steps = 0;
+            let (out, saved) = task(false, &config, Some(ck), |_| {
+                steps += 1;
+                Control::Continue
+            });
+            let e = out.err().expect("refused");
+            assert_eq!((e.code, reason(&e)), (Code::ConfigInvalid, "task"));
+            assert!(e.message.contains("causal"), "{}", e.message);
+            assert_eq!(e.details["checkpoint_task"], "causal");
+            assert_eq!(e.details["task"], "classification");
+            assert_eq!((steps, saved.len()), (0, 0));
+        }
+        // … and at the training loop itself.
+        let loop_config = class_config(Method::Lora);
+        let mut direct = causal_ck.clone();
+        direct.config = loop_config.clone();
+        let e = run(&loop_config, Some(direct), 0, |_| Control::Continue)
+            .out
+            .expect_err("refused");
+        assert_eq!((e.code, reason(&e)), (Code::ConfigInvalid, "task"));
+
+        // Classification → causal job, and → the causal loop.
+        let (out, _) = task(true, &causal, Some(class_ck.clone()), |_| Control::Continue);
+        let e = out.err().expect("refused");
+        assert_eq!((e.code, reason(&e)), (Code::ConfigInvalid, "task"));
+        assert!(e.message.contains("classification"), "{}", e.message);
+        let files = ModelFiles::from_dir(&fixture("tiny_random/gpt2-vocab")).unwrap();
+        let base = LoadedModel::load(files.clone(), &Device::flex()).unwrap();
+        let bytes = std::fs::read(fixture("data/capitals.jsonl")).unwrap();
+        let data = prepare_data(
+            &base,
+            None,
+            DatasetFile {
+                name: "capitals.jsonl",
+                bytes: &bytes,
+            },
+            &causal,
+        )
+        .unwrap();
+        let backend = Backend::cpu();
+        let loaded = LoadedModel::load(files, &backend.device).unwrap();
+        let mut model = TrainableModel::prepare(loaded.family, &causal.train).unwrap();
+        let mut direct = class_ck;
+        direct.config = causal.train.clone();
+        let mut save = |_: Checkpoint| panic!("nothing to save");
+        let e = pollster::block_on(finetune_checkpointed(
+            &mut model,
+            &backend,
+            &data.train_batches,
+            &data.eval_batches,
+            &causal.train,
+            Some(Checkpointing {
+                resume: Some(direct),
+                every: 0,
+                save: &mut save,
+            }),
+            |_| Control::Continue,
+        ))
+        .expect_err("refused");
+        assert_eq!((e.code, reason(&e)), (Code::ConfigInvalid, "task"));
+    }
+
+    /// The bytes of `ck` in the version-1 layout (causal checkpoints saved before this version).
+    fn as_v1(ck: &Checkpoint) -> Vec<u8> {
+        let v2 = ck.to_bytes();
+        assert_eq!(&v2[..8], b"WTCKPT02");
+        let len = u64::from_le_bytes(v2[8..16].try_into().unwrap()) as usize;
+        let mut header: serde_json::Value = serde_json::from_slice(&v2[16..16 + len]).unwrap();
+        let obj = header.as_object_mut().unwrap();
+        for key in ["task", "total_params", "train_batches", "classification"] {
+            obj.remove(key);
+        }
+        let header = serde_json::to_vec(&header).unwrap();
+        let mut out = b"WTCKPT01".to_vec();
+        out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+        out.extend_from_slice(&header);
+        // Version 1 had no checksum after the optimizer record.
+        out.extend_from_slice(&v2[16 + len..v2.len() - 8]);
+        out
+    }
+
+    #[test]
+    fn the_byte_format_is_versioned_and_validated() {
+        let config = class_config(Method::Lora);
+        let ck = run(&config, None, 4, |_| Control::Continue).saved[0].clone();
+        let bytes = ck.to_bytes();
+        let bad = |b: &[u8]| Checkpoint::from_bytes(b).expect_err("refused").code;
+
+        // A version-1 file is causal by definition: a classifier's header in one is refused,
+        // as is an unknown version, a truncated file, or a header whose task and
+        // classification state disagree.
+        let mut v1 = bytes.clone();
+        v1[..8].copy_from_slice(b"WTCKPT01");
+        assert_eq!(bad(&v1), Code::DataInvalid);
+        let mut v9 = bytes.clone();
+        v9[..8].copy_from_slice(b"WTCKPT09");
+        let e = Checkpoint::from_bytes(&v9).err().unwrap();
+        assert!(e.message.contains("WTCKPT09"), "{}", e.message);
+        for cut in [0, 7, 15, 40, bytes.len() / 2, bytes.len() - 1] {
+            assert_eq!(bad(&bytes[..cut]), Code::DataInvalid, "cut at {cut}");
+        }
+        // One flipped bit anywhere (header, weights, optimizer record) is caught.
+        for at in [20, bytes.len() / 2, bytes.len() - 9] {
+            let mut flipped = bytes.clone();
+            flipped[at] ^= 0x10;
+            assert_eq!(bad(&flipped), Code::DataInvalid, "bit flipped at {at}");
+        }
+        let mut odd = ck.clone();
+        odd.task = CheckpointTask::Causal;
+        assert_eq!(bad(&odd.to_bytes()), Code::DataInvalid);
+        let mut huge = ck.clone();
+        huge.params[0].shape = vec![usize::MAX, 3];
+        assert_eq!(bad(&huge.to_bytes()), Code::DataInvalid);
+
+        // A causal checkpoint in the version-1 layout still reads (as causal) and resumes.
+        let mut causal = causal_config("lora");
+        causal.checkpoint_every = 0;
+        let (straight, _) = task(true, &causal, None, |_| Control::Continue);
+        let (_, saved) = task(true, &causal, None, |s| (s < 4).into());
+        let old = Checkpoint::from_bytes(&as_v1(&saved[0])).unwrap();
+        assert_eq!(old.task, CheckpointTask::Causal);
+        assert_eq!((old.total_params, old.train_batches), (None, None));
+        let (resumed, _) = task(true, &causal, Some(old), |_| Control::Continue);
+        let losses = |r: webtune::Result<JobResult>| match r.unwrap() {
+            JobResult::Causal(o) => o.summary.losses,
+            JobResult::Classification(_) => panic!("a causal job"),
+        };
+        assert_eq!(losses(resumed), losses(straight));
+    }
 }

@@ -38,6 +38,12 @@
 //                                 encoder): resolves with {result: {similarity}, error}
 //   samples                       [{file, title, task}]: the sample datasets (www/samples/)
 //   dataset                       the chosen dataset {name, bytes: byte length, source} or null
+//   setValidationFile(input)      a separate validation file (a File or {name, bytes}; null
+//                                 removes it): it replaces the held-out share in inspectDataset
+//                                 and finetune, and training examples it also has are left out
+//                                 of training. Re-checks the chosen dataset; resolves as
+//                                 inspectDataset does (or with null when nothing is chosen).
+//   validationFile                {name, bytes: byte length} or null
 //   inspectDataset(input, config) input: a File, {name, bytes} (bytes: ArrayBuffer / typed array
 //                                 / string), a sample's file name, or null (the chosen dataset);
 //                                 it becomes the chosen dataset. config: the job configuration
@@ -126,6 +132,8 @@ const state = {
   model: null,
   loads: [],
   dataset: null,
+  // A separate validation file {name, bytes: ArrayBuffer}, or null (hold out a share).
+  validation: null,
   finetunes: [],
   activeFinetune: null,
   tuned: null,
@@ -176,6 +184,7 @@ const datasetPanel = createDatasetPanel(document.getElementById("dataset-panel")
   onFile: (file) => void chooseAndInspect(file),
   onSample: (file) => void chooseAndInspect(file),
   onInspect: () => void inspectDataset(null),
+  onValidationFile: (file) => void setValidationFile(file),
 });
 const finetunePanel = createFinetunePanel(document.getElementById("finetune-panel"), {
   onStart: () => void finetune(null),
@@ -776,6 +785,30 @@ function setDataset(dataset) {
   updateMode();
 }
 
+/** The separate validation file as worker messages carry it, or undefined. */
+function validationMessage() {
+  return state.validation ? { name: state.validation.name, bytes: state.validation.bytes } : undefined;
+}
+
+/** window.webtune.setValidationFile: keep (or drop) a validation file and re-check the dataset. */
+async function setValidationFile(input) {
+  if (input === null || input === undefined) {
+    state.validation = null;
+  } else {
+    let file;
+    try {
+      file = await datasetFrom(input);
+    } catch (e) {
+      alerts.show(plainError(e, "data.missing"));
+      return null;
+    }
+    state.validation = { name: file.name, bytes: file.bytes };
+  }
+  datasetPanel.validationFile(state.validation ? { name: state.validation.name, bytes: state.validation.bytes.byteLength } : null);
+  if (state.dataset && state.model && !state.activeOp && client.state === "ready") return inspectDataset(null);
+  return null;
+}
+
 /** A file or sample chosen in the panel: keep it, and check it when a model is loaded. */
 async function chooseAndInspect(input) {
   let dataset;
@@ -817,7 +850,7 @@ async function inspectDataset(input, config) {
   datasetPanel.begin(dataset.name);
   setStatus(`Checking ${dataset.name}…`, "loading");
   // Copied to the worker (not transferred): the page keeps the bytes for fine-tuning.
-  const { id, result } = client.inspectDataset(dataset.name, dataset.bytes, record.config);
+  const { id, result } = client.inspectDataset(dataset.name, dataset.bytes, record.config, validationMessage(), (p) => datasetPanel.progress(p));
   record.id = id;
   const outcome = await result;
   state.activeOp = null;
@@ -853,6 +886,7 @@ async function finetune(input, config, { resume = false } = {}) {
     return fail(plainError(e, "data.missing"));
   }
   record.name = dataset.name;
+  record.validation = state.validation?.name ?? null;
   record.config = config ?? panelConfig();
   if (input !== null && input !== undefined) setDataset(dataset);
   const refusal = refusalFor("train") ?? (state.model ? null : { code: "model.not_loaded", message: "Load a model first." });
@@ -866,6 +900,7 @@ async function finetune(input, config, { resume = false } = {}) {
   if (resume) record.resumed = true;
   const { id, result } = client.finetune(dataset.name, dataset.bytes, record.config, {
     resume,
+    validation: validationMessage(),
     onEvent: (message) => {
       record.events.push(message.event);
       finetunePanel.event(message.event);
@@ -963,6 +998,7 @@ function evaluationReport() {
     backend: state.backend ? { backend: state.backend.backend, adapter: state.backend.adapter } : null,
     model: state.model,
     dataset: record.name,
+    validation_file: record.validation ?? null,
     config: record.config,
     result: record.result,
   };
@@ -1090,6 +1126,10 @@ window.webtune = {
   debugLoseDevice: () => client.worker?.postMessage({ type: "debug-lose-device" }),
   get dataset() {
     return state.dataset ? { name: state.dataset.name, bytes: state.dataset.bytes.byteLength, source: state.dataset.source } : null;
+  },
+  setValidationFile: (input = null) => setValidationFile(input).catch((e) => ({ status: "error", error: plainError(e) })),
+  get validationFile() {
+    return state.validation ? { name: state.validation.name, bytes: state.validation.bytes.byteLength } : null;
   },
   get tuned() {
     return state.tuned;

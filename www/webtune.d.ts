@@ -80,7 +80,7 @@ export interface JobConfig {
   [key: string]: unknown;
 }
 
-export type PresetName = "quick-demo" | "standard";
+export type PresetName = "quick-demo" | "balanced" | "thorough" | "standard";
 export declare const PRESETS: Readonly<Record<PresetName, Record<Task, JobConfig>>>;
 
 export interface CreateOptions {
@@ -241,6 +241,10 @@ export interface DataReport {
 
 export interface DatasetResult {
   report: DataReport;
+  /** The separate validation file's report, when `validation` was given. */
+  validation_report?: DataReport | null;
+  /** Training examples left out because the validation file has them too. */
+  overlap_removed: number;
   train_examples: number;
   validation_examples: number;
   train_batches: number;
@@ -296,6 +300,14 @@ export interface StepProgress {
   memory_bytes?: number | null;
   /** A validation evaluation at this step, when one ran. */
   eval?: { loss: number; perplexity?: number; tokens?: number; accuracy?: number } | null;
+}
+
+/** Reading a dataset file: records checked and tokenized so far (loadDataset and train). */
+export interface DataProgress {
+  file: string;
+  bytes: number;
+  records_done: number;
+  records: number;
 }
 
 export interface PhaseEvent {
@@ -414,6 +426,7 @@ export type WorkerState = "starting" | "ready" | "busy" | "crashed" | "disposed"
 export interface FineTunerEvents {
   progress: StepProgress;
   phase: PhaseEvent;
+  "data-progress": DataProgress;
   download: DownloadProgress;
   token: { token: number; text: string | null };
   state: WorkerState;
@@ -452,7 +465,7 @@ export declare class FineTuner {
   once<K extends keyof FineTunerEvents>(type: K, fn: (detail: FineTunerEvents[K]) => void): () => void;
 
   loadModel(source: ModelSource, options?: LoadModelOptions): Promise<LoadedModel>;
-  loadDataset(input: DatasetInput, options?: JobConfig & { name?: string }): Promise<DatasetResult>;
+  loadDataset(input: DatasetInput, options?: JobConfig & { name?: string; validation?: DatasetInput }): Promise<DatasetResult>;
   /**
    * Held-out scores without training. After train() on the same dataset it uses that job's
    * configuration (the same split); before, the dataset's options merged with `options`.

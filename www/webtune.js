@@ -45,10 +45,13 @@ export class WebtuneError extends Error {
 }
 
 /**
- * Ready-made job configurations (worker.js "finetune" config), per task. `quick-demo` trains a
- * few dozen steps on a small held-out set: a demonstration in minutes, not a finished model.
+ * Ready-made job configurations (worker.js "finetune" config), per task — the page's presets.
+ * `quick-demo` trains a few dozen steps on a small held-out set: a demonstration in minutes, not
+ * a finished model; `balanced` one pass over the training data (three for a classifier);
+ * `thorough` three passes (five) with larger adapters and a larger held-out set. `standard` is
+ * the old name of `balanced`.
  */
-export const PRESETS = Object.freeze({
+const PRESET_TABLE = {
   "quick-demo": {
     causal: {
       validation_fraction: 0.1,
@@ -69,7 +72,7 @@ export const PRESETS = Object.freeze({
       train: { method: "lora", lr: 5e-3, steps: 50, warmup: 5, seed: 3 },
     },
   },
-  standard: {
+  balanced: {
     causal: {
       validation_fraction: 0.1,
       validation_max: 32,
@@ -87,7 +90,30 @@ export const PRESETS = Object.freeze({
       train: { method: "lora", lr: 5e-3, epochs: 3, warmup: 6, seed: 42 },
     },
   },
-});
+  // Longer, with larger adapters: three passes (five for a classifier, whose new head needs
+  // more) over the training data, a larger held-out set.
+  thorough: {
+    causal: {
+      validation_fraction: 0.1,
+      validation_max: 64,
+      batch_size: 4,
+      samples: 3,
+      sample_tokens: 32,
+      data: { causal: { seq_len: 256 } },
+      train: { method: "lora", lr: 1e-3, epochs: 3, lora_r: 16, lora_alpha: 32, seed: 42, eval_every: 50 },
+    },
+    classification: {
+      validation_fraction: 0.2,
+      validation_max: 200,
+      batch_size: 16,
+      data: { causal: { seq_len: 128 } },
+      train: { method: "lora", lr: 5e-3, epochs: 5, warmup: 10, seed: 42, eval_every: 50 },
+    },
+  },
+};
+// "standard" was the first name of "balanced"; it stays as an alias.
+PRESET_TABLE.standard = PRESET_TABLE.balanced;
+export const PRESETS = Object.freeze(PRESET_TABLE);
 
 /** The task a model is trained for: encoders (BERT/MiniLM) classify, everything else continues text. */
 export function taskOf(info) {
@@ -433,17 +459,25 @@ export class FineTuner {
    * (fetched), or {name, bytes | text}. `options` is the job configuration that train() and
    * evaluate() start from (worker.js "inspect-dataset": data: {policy, format, schema, causal:
    * {seq_len, ...}}, validation_fraction, validation_max, batch_size, train: {...}), plus `name`
-   * to override the file name. Resolves with the report, the split and a token preview; a file
-   * refused under policy "stop" throws `data.invalid` with details {file, line, field, reason}.
+   * to override the file name and `validation`: a separate validation file (any input form
+   * above) evaluated instead of a held-out share (training examples it also has are left out of
+   * training; result.validation_report, result.overlap_removed). Resolves with the report, the
+   * split and a token preview; a file refused under policy "stop" throws `data.invalid` with
+   * details {file, line, field, reason}.
    */
   async loadDataset(input, options = {}) {
     this.#alive();
-    const { name: nameOverride, ...config } = options ?? {};
+    const { name: nameOverride, validation: heldOut, ...config } = options ?? {};
     const dataset = await datasetOf(input, { name: nameOverride });
+    const validation = heldOut == null ? undefined : await datasetOf(heldOut, {});
     this.#needModel("loadDataset()");
     // Copied to the worker, not transferred: train() and evaluate() send the bytes again.
-    const outcome = await this.#settle(this.#client.inspectDataset(dataset.name, dataset.bytes, config));
-    this.#dataset = { ...dataset, options: config, result: outcome.result };
+    const onProgress = (m) => {
+      const { type: _t, id: _i, ...progress } = m;
+      this.#emit("data-progress", progress);
+    };
+    const outcome = await this.#settle(this.#client.inspectDataset(dataset.name, dataset.bytes, config, validation, onProgress));
+    this.#dataset = { ...dataset, validation, options: config, result: outcome.result };
     return outcome.result;
   }
 
@@ -464,7 +498,7 @@ export class FineTuner {
     if (which === "tuned" && !this.#tuned) throw new WebtuneError("model.not_tuned", "There is no fine-tuned model yet: call train() first.");
     const d = this.#dataset;
     const start = this.#trainedOn === d && this.#lastResult ? this.#lastResult.config : d.options;
-    const outcome = await this.#settle(this.#client.evaluate(d.name, d.bytes, mergeConfig(start, config), which));
+    const outcome = await this.#settle(this.#client.evaluate(d.name, d.bytes, mergeConfig(start, config), which, d.validation));
     const result = outcome.result;
     return { ...result, task: result.task ?? taskOf(this.#model) };
   }
@@ -497,9 +531,10 @@ export class FineTuner {
       const { type, ...event } = m.event ?? {};
       if (type === "step") this.#emit("progress", event);
       else if (type === "phase") this.#emit("phase", event);
+      else if (type === "data_progress") this.#emit("data-progress", event);
       else if (type === "paused" || type === "resumed") this.#emit(type, event);
     };
-    const outcome = await this.#settle(this.#client.finetune(d.name, d.bytes, job, { onEvent }));
+    const outcome = await this.#settle(this.#client.finetune(d.name, d.bytes, job, { onEvent, validation: d.validation }));
     const r = outcome.result;
     const result = { ...r, task: r.task ?? (Array.isArray(r.labels) ? "classification" : "causal"), cancelled: Boolean(r.summary?.cancelled), config: job };
     this.#tuned = r.tuned_info ?? this.#model;

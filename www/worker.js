@@ -41,16 +41,22 @@
  *       Logits of every position of one sequence. Reply: `logits`, or `error`.
  *       Optional `which`: "base" (default) or "tuned" (the latest fine-tuned model).
  *       (`generate`'s options may also carry `model: "base" | "tuned"`.)
- *   {type: "inspect-dataset", id, name, bytes: ArrayBuffer, config}
+ *   {type: "inspect-dataset", id, name, bytes: ArrayBuffer, config, validation?: {name, bytes}}
  *       Read and validate a dataset file for the loaded model without training (wasm
- *       `Session.inspectDataset`). `name` is the file name (its extension picks the format unless
+ *       `Session.inspectDataset`). `validation`, here and in `finetune` and `evaluate`, is a
+ *       separate validation file (same fields): it replaces the held-out share, and training
+ *       examples it also has are dropped from training (result.overlap_removed; its own report
+ *       is result.validation_report). `name` is the file name (its extension picks the format unless
  *       `config.data.format` says otherwise); `config` is the fine-tuning job configuration
  *       (snake_case, all optional: data: {policy: "skip" | "stop", causal: {seq_len,
  *       train_on_prompt, ...}, schema, format}, validation_fraction, validation_max, batch_size,
  *       samples, sample_tokens, train: {method, lora_r, lora_alpha, lr, schedule, steps, ...}).
+ *       Progress: `dataset-progress` messages {file, bytes, records_done, records} while each file
+ *       is checked and tokenized (finetune reports the same as finetune-event {type:
+ *       "data_progress", ...}).
  *       Reply: `dataset`, or `error` (`data.invalid` with details {file, line, row, field, reason}
  *       under policy "stop"; `model.not_loaded`; `config.invalid`).
- *   {type: "finetune", id, name, bytes: ArrayBuffer, config, resume?: boolean}
+ *   {type: "finetune", id, name, bytes: ArrayBuffer, config, resume?: boolean, validation?}
  *       Fine-tune the loaded model on a dataset file (wasm `Session.finetune`): evaluates the base
  *       model on the held-out split, trains (LoRA or full, `config.train`), evaluates again,
  *       continues a few held-out prompts with both models and exports the result. Replies:
@@ -68,10 +74,10 @@
  *       / `checkpoint.missing`. The continued run's losses are the uninterrupted run's.
  *   {type: "checkpoint-info", id}
  *       Reply `done` with result = the saved checkpoint's description ({step, total_steps,
- *       saved_at, config, dataset: {name, size, sha256}, model}) or null.
+ *       saved_at, config, dataset: {name, size, sha256}, validation: {name, size, sha256} | null, model}) or null.
  *   {type: "checkpoint-discard", id}
  *       Delete the saved checkpoint. Reply `done` (result null).
- *   {type: "evaluate", id, name, bytes: ArrayBuffer, config, which?: "base" | "tuned"}
+ *   {type: "evaluate", id, name, bytes: ArrayBuffer, config, which?: "base" | "tuned", validation?}
  *       Score the base (default) or the latest fine-tuned model on the held-out split of a dataset
  *       file, without training (wasm `Session.evaluate`). The split is the one `finetune` makes
  *       with the same `config` (same seed, validation_fraction, validation_max), so the base
@@ -146,6 +152,7 @@
  *       result = {prompt_ids, generated_ids, text (null without a tokenizer), seconds,
  *       tokens_per_s, cancelled, chat_prompt (the formatted conversation, or null)}.
  *   {type: "logits", id, shape: [T, vocab], data: Float32Array}   (data row-major, transferred)
+ *   {type: "dataset-progress", id, file, bytes, records_done, records}   (inspect-dataset)
  *   {type: "dataset", id, result}        (inspect-dataset)
  *       result = {report, train_examples, validation_examples, train_batches, eval_batches,
  *       total_steps, preview: [{tokens: [{id, text, counts}]}]}; report = the data report
@@ -637,13 +644,21 @@ function datasetBytes(kind, name, bytes) {
   throw coded("worker.protocol", `${kind} needs bytes: an ArrayBuffer of the dataset file.`, { name });
 }
 
-async function inspectDataset(id, name, bytes, config) {
+/** `[name, bytes]` of the optional separate validation file, or `[undefined, undefined]`. */
+function validationArgs(kind, validation) {
+  if (validation == null) return [undefined, undefined];
+  return [validation.name, datasetBytes(`${kind} (validation file)`, validation.name, validation.bytes)];
+}
+
+async function inspectDataset(id, name, bytes, config, validation) {
   const started = await beginOp(id, "inspect-dataset");
   if (!started) return;
   const { session, op } = started;
   try {
     const data = datasetBytes("inspect-dataset", name, bytes);
-    const result = await session.inspectDataset(name, data, config ?? {});
+    // Reading a large file takes a while: progress about a hundred times per file.
+    const onProgress = (p) => post({ type: "dataset-progress", id, file: p.file, bytes: p.bytes, records_done: p.records_done, records: p.records });
+    const result = await session.inspectDataset(name, data, config ?? {}, ...validationArgs("inspect-dataset", validation), onProgress);
     post({ type: "dataset", id, result });
   } catch (e) {
     reportError(id, e);
@@ -655,7 +670,7 @@ async function inspectDataset(id, name, bytes, config) {
 // Checkpoints of the current fine-tuning job, in the origin private file system (OPFS): one slot,
 // the latest run's. `run.ckpt` holds wasm's checkpoint bytes (trainable weights, AdamW state,
 // batch position, loss history); `run.json` says what it belongs to: {step, total_steps,
-// saved_at, config, dataset: {name, size, sha256}, model: {architecture, parameters, layers,
+// saved_at, config, dataset: {name, size, sha256}, validation, model: {architecture, parameters, layers,
 // hidden_size, vocab_size}}. It is written after the bytes, so it never names a missing one.
 const CHECKPOINT_DIR = "webtune-checkpoints";
 
@@ -705,7 +720,7 @@ function modelKey(session) {
 }
 
 /** The saved checkpoint's bytes if it belongs to this model and dataset; throws a coded error otherwise. */
-async function checkpointFor(session, dataset) {
+async function checkpointFor(session, dataset, heldOut) {
   const meta = await checkpointMeta();
   if (!meta) throw coded("checkpoint.missing", "There is no interrupted run to continue in this browser.");
   if (JSON.stringify(meta.model) !== JSON.stringify(modelKey(session))) {
@@ -720,17 +735,29 @@ async function checkpointFor(session, dataset) {
       { expected: d, got: dataset },
     );
   }
+  // A different validation file changes which examples train (the overlap is dropped).
+  const v = meta.validation ?? null;
+  if ((v?.sha256 ?? null) !== (heldOut?.sha256 ?? null)) {
+    throw coded(
+      "checkpoint.dataset_mismatch",
+      v
+        ? `The interrupted run also used the validation file ${v.name} (${v.size} bytes); choose it too to continue.`
+        : "The interrupted run held out a share of the dataset instead of using a validation file; remove the validation file to continue.",
+      { expected: v, got: heldOut },
+    );
+  }
   const dir = await checkpointDir(false);
   const file = await (await dir.getFileHandle("run.ckpt")).getFile();
   return { meta, bytes: new Uint8Array(await file.arrayBuffer()) };
 }
 
-async function finetune(id, name, bytes, config, resume) {
+async function finetune(id, name, bytes, config, resume, validation) {
   const started = await beginOp(id, "finetune");
   if (!started) return;
   const { session, op } = started;
   try {
     const data = datasetBytes("finetune", name, bytes);
+    const [validationName, validationData] = validationArgs("finetune", validation);
     // Checkpoints need a wasm build with Session.finetuneResumable, OPFS and WebCrypto (both only
     // in secure contexts); without them the job trains without checkpoints.
     const resumable =
@@ -740,9 +767,10 @@ async function finetune(id, name, bytes, config, resume) {
     let run;
     if (resumable) {
       const dataset = { name, size: data.byteLength, sha256: await sha256Hex(data) };
+      const heldOut = validationData ? { name: validationName, size: validationData.byteLength, sha256: await sha256Hex(validationData) } : null;
       let saved = null;
       if (resume) {
-        saved = await checkpointFor(session, dataset);
+        saved = await checkpointFor(session, dataset, heldOut);
         config = saved.meta.config;
       }
       const model = modelKey(session);
@@ -752,7 +780,7 @@ async function finetune(id, name, bytes, config, resume) {
           try {
             const dir = await checkpointDir(true);
             await writeFile(dir, "run.ckpt", ckpt);
-            const meta = { step, total_steps: op.totalSteps ?? null, saved_at: new Date().toISOString(), config: config ?? {}, dataset, model };
+            const meta = { step, total_steps: op.totalSteps ?? null, saved_at: new Date().toISOString(), config: config ?? {}, dataset, validation: heldOut, model };
             await writeFile(dir, "run.json", JSON.stringify(meta));
             post({ type: "finetune-event", id, event: { type: "checkpoint", step, bytes: ckpt.byteLength } });
           } catch (e) {
@@ -760,9 +788,9 @@ async function finetune(id, name, bytes, config, resume) {
           }
         });
       };
-      run = (onEvent) => session.finetuneResumable(name, data, config ?? {}, onEvent, onCheckpoint, saved?.bytes ?? null);
+      run = (onEvent) => session.finetuneResumable(name, data, config ?? {}, onEvent, onCheckpoint, saved?.bytes ?? null, validationName, validationData);
     } else {
-      run = (onEvent) => session.finetune(name, data, config ?? {}, onEvent);
+      run = (onEvent) => session.finetune(name, data, config ?? {}, onEvent, validationName, validationData);
     }
     // wasm yields to the event loop only once per step, so a "cancel" message can arrive late:
     // the interrupt flag, read after every event, stops the run after its current step.
@@ -791,7 +819,7 @@ async function finetune(id, name, bytes, config, resume) {
   }
 }
 
-async function evaluate(id, name, bytes, config, which) {
+async function evaluate(id, name, bytes, config, which, validation) {
   const started = await beginOp(id, "evaluate");
   if (!started) return;
   const { session, op } = started;
@@ -803,7 +831,7 @@ async function evaluate(id, name, bytes, config, which) {
       throw coded("config.invalid", `which must be "base" or "tuned", not ${JSON.stringify(which)}.`);
     }
     const data = datasetBytes("evaluate", name, bytes);
-    const result = await session.evaluate(name, data, config ?? {}, which ?? "base");
+    const result = await session.evaluate(name, data, config ?? {}, which ?? "base", ...validationArgs("evaluate", validation));
     post({ type: "done", id, result: { ...result, model: which ?? "base" } });
   } catch (e) {
     reportError(id, e);
@@ -903,10 +931,10 @@ self.addEventListener("message", (event) => {
       logits(message.id, message.ids, message.which);
       return;
     case "inspect-dataset":
-      inspectDataset(message.id, message.name, message.bytes, message.config);
+      inspectDataset(message.id, message.name, message.bytes, message.config, message.validation);
       return;
     case "finetune":
-      finetune(message.id, message.name, message.bytes, message.config, message.resume === true);
+      finetune(message.id, message.name, message.bytes, message.config, message.resume === true, message.validation);
       return;
     case "checkpoint-info":
       checkpointMeta().then(
@@ -918,7 +946,7 @@ self.addEventListener("message", (event) => {
       discardCheckpoint().then(() => post({ type: "done", id: message.id, result: null }));
       return;
     case "evaluate":
-      evaluate(message.id, message.name, message.bytes, message.config, message.which);
+      evaluate(message.id, message.name, message.bytes, message.config, message.which, message.validation);
       return;
     case "classify":
       encoderCall(message.id, "classify", message.which, (session, which) => session.classify(String(message.text ?? ""), which));

@@ -14,7 +14,7 @@ use webtune::eval::generate::{generate, GenerateOptions};
 use webtune::io::hf::ModelFiles;
 use webtune::models::loaded::LoadedModel;
 use webtune::train::job::{
-    chat_template, eval_file, run_task, DatasetFile, JobConfig, JobEvent, JobResult,
+    chat_template, eval_file, run_task, DatasetFile, DatasetFiles, JobConfig, JobEvent, JobResult,
 };
 use webtune::train::toy::{train_toy, ToyTrainConfig};
 use webtune::Error;
@@ -92,30 +92,83 @@ enum Command {
         ignore_eos: bool,
     },
     /// Fine-tune a model on a dataset file (JSONL, JSON, CSV, TSV or TXT): validates the data,
-    /// holds out a validation share, trains (LoRA by default), evaluates before and after, and
-    /// writes the merged model (and the PEFT adapter) to --out.
+    /// holds out a validation share (or reads --validation), trains (LoRA by default), evaluates
+    /// before and after, and writes the merged model (and the PEFT adapter) to --out.
     Train {
         model: PathBuf,
         #[arg(long)]
         data: PathBuf,
-        /// The whole job configuration as JSON (same keys as the browser API's `finetune`).
+        /// A separate validation file (same fields as --data) instead of holding out a share of
+        /// --data; training examples that also appear in it are dropped from training.
+        #[arg(long, alias = "val-data")]
+        validation: Option<PathBuf>,
+        /// The whole job configuration as JSON (same keys as the browser API's `finetune`); the
+        /// flags below override it.
         #[arg(long)]
         config: Option<String>,
+        /// `causal-lm` or `classification`: checked against the model (an encoder classifies,
+        /// every other model continues text).
+        #[arg(long)]
+        task: Option<String>,
         /// `lora` or `full`.
         #[arg(long)]
         method: Option<String>,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "epochs")]
         steps: Option<usize>,
+        /// Passes over the training batches (instead of --steps).
+        #[arg(long)]
+        epochs: Option<usize>,
         #[arg(long)]
         lr: Option<f64>,
         #[arg(long)]
         seed: Option<u64>,
+        #[arg(long)]
+        lora_r: Option<usize>,
+        #[arg(long)]
+        lora_alpha: Option<f64>,
+        /// Module names (`q_proj,v_proj`, `c_attn`, `query,value`) or `all-linear`.
+        #[arg(long, value_delimiter = ',')]
+        lora_targets: Option<Vec<String>>,
+        #[arg(long)]
+        batch_size: Option<usize>,
+        #[arg(long)]
+        grad_accum: Option<usize>,
+        #[arg(long)]
+        seq_len: Option<usize>,
+        /// Warmup steps.
+        #[arg(long)]
+        warmup: Option<usize>,
+        /// `constant`, `linear` or `cosine`.
+        #[arg(long)]
+        schedule: Option<String>,
+        #[arg(long)]
+        weight_decay: Option<f64>,
+        /// Global gradient-norm clipping (0: off).
+        #[arg(long)]
+        clip: Option<f64>,
+        /// Share of --data held out for validation (without --validation).
+        #[arg(long)]
+        val_fraction: Option<f64>,
         /// Where to write `merged/` and `adapter/`.
         #[arg(long)]
         out: Option<PathBuf>,
         /// Device for training: `cpu` (default) or `webgpu` (native wgpu).
         #[arg(long, default_value = "cpu")]
         backend: String,
+    },
+    /// Read, validate, split and tokenize a dataset file for a model without training: the
+    /// report (format, schema, examples kept and skipped with file and line, labels, token
+    /// lengths), the train/validation split and the read speed.
+    Data {
+        model: PathBuf,
+        #[arg(long)]
+        data: PathBuf,
+        /// A separate validation file (as for `train`).
+        #[arg(long)]
+        validation: Option<PathBuf>,
+        /// The job configuration as JSON (its `data`, `validation_fraction`, `batch_size` ...).
+        #[arg(long)]
+        config: Option<String>,
     },
     /// Loss and perplexity of a model on a dataset file.
     Eval {
@@ -381,11 +434,25 @@ fn run(cli: &Cli) -> Result<(), Error> {
         Command::Train {
             model,
             data,
+            validation,
             config,
+            task,
             method,
             steps,
+            epochs,
             lr,
             seed,
+            lora_r,
+            lora_alpha,
+            lora_targets,
+            batch_size,
+            grad_accum,
+            seq_len,
+            warmup,
+            schedule,
+            weight_decay,
+            clip,
+            val_fraction,
             out,
             backend,
         } => {
@@ -393,12 +460,51 @@ fn run(cli: &Cli) -> Result<(), Error> {
                 Some(text) => JobConfig::from_json(text)?,
                 None => JobConfig::default(),
             };
+            if epochs.is_some() {
+                cfg.train.epochs = *epochs;
+                cfg.train.steps = None;
+            }
+            if let Some(v) = lora_r {
+                cfg.train.lora_r = *v;
+            }
+            if let Some(v) = lora_alpha {
+                cfg.train.lora_alpha = *v;
+            }
+            if let Some(v) = lora_targets {
+                cfg.train.lora_targets.clone_from(v);
+            }
+            if let Some(v) = batch_size {
+                cfg.batch_size = *v;
+            }
+            if let Some(v) = grad_accum {
+                cfg.train.grad_accum = *v;
+            }
+            if let Some(v) = seq_len {
+                cfg.data.causal.seq_len = *v;
+            }
+            if let Some(v) = warmup {
+                cfg.train.warmup = *v;
+            }
+            if let Some(v) = schedule {
+                cfg.train.schedule = serde_json::from_value(json!(v))
+                    .map_err(|_| Error::config("--schedule must be constant, linear or cosine"))?;
+            }
+            if let Some(v) = weight_decay {
+                cfg.train.weight_decay = *v;
+            }
+            if let Some(v) = clip {
+                cfg.train.max_grad_norm = *v;
+            }
+            if let Some(v) = val_fraction {
+                cfg.validation_fraction = *v;
+            }
             if let Some(method) = method {
                 cfg.train.method = serde_json::from_value(json!(method))
                     .map_err(|_| Error::config("--method must be lora or full"))?;
             }
             if steps.is_some() {
                 cfg.train.steps = *steps;
+                cfg.train.epochs = None;
             }
             if let Some(lr) = lr {
                 cfg.train.lr = *lr;
@@ -408,24 +514,59 @@ fn run(cli: &Cli) -> Result<(), Error> {
             }
             let files = ModelFiles::from_dir(model)?;
             let base = LoadedModel::load(files.clone(), &burn::tensor::Device::flex())?;
+            if let Some(task) = task {
+                let model_task = if base.is_encoder() {
+                    "classification"
+                } else {
+                    "causal-lm"
+                };
+                if task != model_task {
+                    return Err(Error::config(format!(
+                        "--task {task}: {} is {}; its task is {model_task}",
+                        model.display(),
+                        if base.is_encoder() {
+                            "an encoder (it classifies texts)"
+                        } else {
+                            "a causal language model (it continues text)"
+                        }
+                    )));
+                }
+            }
             let bytes = read_data(data)?;
             let name = data
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
+            let held_out = validation
+                .as_ref()
+                .map(|path| -> Result<(String, Vec<u8>), Error> {
+                    let name = path
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    Ok((name, read_data(path)?))
+                })
+                .transpose()?;
             let backend = pollster::block_on(Backend::create(BackendKind::parse(backend)?))?;
             let json_out = cli.json;
             let progress_json = cli.progress_json;
             if progress_json {
                 eprintln!("{}", json!({ "backend_info": &backend.info }));
             }
+            let progress = data_progress(json_out || progress_json);
             let output = pollster::block_on(run_task(
                 files,
                 &base,
                 &backend,
-                DatasetFile {
-                    name: &name,
-                    bytes: &bytes,
+                DatasetFiles {
+                    train: DatasetFile {
+                        name: &name,
+                        bytes: &bytes,
+                    },
+                    validation: held_out
+                        .as_ref()
+                        .map(|(name, bytes)| DatasetFile { name, bytes }),
+                    progress: Some(&progress),
                 },
                 &cfg,
                 &model.display().to_string(),
@@ -503,6 +644,71 @@ fn run(cli: &Cli) -> Result<(), Error> {
             }
             Ok(())
         }
+        Command::Data {
+            model,
+            data,
+            validation,
+            config,
+        } => {
+            let cfg = match config {
+                Some(text) => JobConfig::from_json(text)?,
+                None => JobConfig::default(),
+            };
+            let files = ModelFiles::from_dir(model)?;
+            let chat = chat_template(&files)?;
+            let base = LoadedModel::load(files, &burn::tensor::Device::flex())?;
+            let (name, bytes) = named_file(data)?;
+            let held_out = validation.as_deref().map(named_file).transpose()?;
+            let progress = data_progress(cli.json);
+            let dataset = DatasetFiles {
+                train: DatasetFile {
+                    name: &name,
+                    bytes: &bytes,
+                },
+                validation: held_out
+                    .as_ref()
+                    .map(|(name, bytes)| DatasetFile { name, bytes }),
+                progress: Some(&progress),
+            };
+            let total_bytes = bytes.len() + held_out.as_ref().map_or(0, |(_, b)| b.len());
+            let start = std::time::Instant::now();
+            let mut value = if base.is_encoder() {
+                let d = webtune::train::classify_job::prepare_class_data(&base, dataset, &cfg)?;
+                json!({
+                    "task": "classification",
+                    "labels": d.labels.labels,
+                    "report": d.report,
+                    "validation_report": d.validation_report,
+                    "overlap_removed": d.overlap_removed,
+                    "train_examples": d.train.len(),
+                    "validation_examples": d.validation.len(),
+                    "train_batches": d.train_batches.len(),
+                    "eval_batches": d.eval_batches.len(),
+                })
+            } else {
+                let d = webtune::train::job::prepare_data(&base, chat, dataset, &cfg)?;
+                json!({
+                    "task": "causal",
+                    "report": d.report,
+                    "validation_report": d.validation_report,
+                    "overlap_removed": d.overlap_removed,
+                    "train_examples": d.train.len(),
+                    "validation_examples": d.validation.len(),
+                    "train_batches": d.train_batches.len(),
+                    "eval_batches": d.eval_batches.len(),
+                })
+            };
+            let seconds = start.elapsed().as_secs_f64();
+            value["seconds"] = json!(seconds);
+            value["bytes"] = json!(total_bytes);
+            value["mb_per_s"] = json!(total_bytes as f64 / 1e6 / seconds.max(1e-9));
+            if cli.json {
+                print_json(&value)?;
+            } else {
+                print_data_report(&value);
+            }
+            Ok(())
+        }
         Command::Eval {
             model,
             data,
@@ -546,6 +752,15 @@ fn run(cli: &Cli) -> Result<(), Error> {
                     "{} examples: loss {:.4}, perplexity {:.2}",
                     value["examples"], value["eval"]["loss"], value["eval"]["perplexity"]
                 );
+                let a = &value["answers"];
+                if !a.is_null() {
+                    println!(
+                        "greedy answers to {} prompts: exact match {:.3}, token F1 {:.3}",
+                        a["examples"],
+                        a["exact_match"].as_f64().unwrap_or(f64::NAN),
+                        a["token_f1"].as_f64().unwrap_or(f64::NAN)
+                    );
+                }
             }
             Ok(())
         }
@@ -674,6 +889,88 @@ fn print_classification(output: &webtune::train::classify_job::ClassifyJobOutput
             c.label
         );
     }
+}
+
+/// Reading progress on stderr ("reading train.jsonl: 40% of 120000 records") at every tenth of
+/// a file that has more than 10,000 records; nothing when `quiet`.
+fn data_progress(quiet: bool) -> impl Fn(webtune::data::validate::DataProgress<'_>) {
+    let shown = std::cell::Cell::new(0usize);
+    move |p| {
+        if quiet || p.records <= 10_000 {
+            return;
+        }
+        let tenth = p.records_done * 10 / p.records;
+        if p.records_done == 0 || tenth > shown.get() {
+            shown.set(tenth);
+            eprintln!(
+                "reading {}: {}% of {} records",
+                p.file,
+                tenth * 10,
+                p.records
+            );
+        }
+    }
+}
+
+/// A dataset file's name (for messages) and bytes.
+fn named_file(path: &Path) -> Result<(String, Vec<u8>), Error> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok((name, read_data(path)?))
+}
+
+/// `webtune data` without --json: the report as a person reads it.
+fn print_data_report(value: &serde_json::Value) {
+    for key in ["report", "validation_report"] {
+        let r = &value[key];
+        if r.is_null() {
+            continue;
+        }
+        println!(
+            "{}: {} bytes, {} ({}), {}",
+            r["file"].as_str().unwrap_or("?"),
+            r["bytes"],
+            r["format"].as_str().unwrap_or("?"),
+            r["encoding"].as_str().unwrap_or("?"),
+            r["schema"]["explanation"].as_str().unwrap_or("")
+        );
+        println!(
+            "  {} records, {} examples kept, {} skipped {}, {} duplicates",
+            r["records"], r["examples"], r["skipped"], r["skipped_by_reason"], r["duplicates"]
+        );
+        for issue in r["issues"].as_array().into_iter().flatten().take(20) {
+            println!("  {}", issue["message"].as_str().unwrap_or("?"));
+        }
+        if let Some(labels) = r["labels"].as_object() {
+            let list: Vec<String> = labels.iter().map(|(k, v)| format!("{k} ×{v}")).collect();
+            println!("  labels: {}", list.join(", "));
+        }
+        let t = &r["tokens"];
+        if !t.is_null() {
+            println!(
+                "  tokens: min {} median {} p95 {} max {}; {} longer than {}",
+                t["min"], t["median"], t["p95"], t["max"], t["truncated"], t["seq_len"]
+            );
+        }
+    }
+    println!(
+        "split: {} training, {} validation{}",
+        value["train_examples"],
+        value["validation_examples"],
+        match value["overlap_removed"].as_u64() {
+            Some(n) if n > 0 =>
+                format!(" ({n} training examples also in the validation file left out)"),
+            _ => String::new(),
+        }
+    );
+    println!(
+        "read, validated and tokenized {:.1} MB in {:.2} s ({:.1} MB/s)",
+        value["bytes"].as_f64().unwrap_or(0.0) / 1e6,
+        value["seconds"].as_f64().unwrap_or(0.0),
+        value["mb_per_s"].as_f64().unwrap_or(0.0)
+    );
 }
 
 fn read_data(path: &Path) -> Result<Vec<u8>, Error> {

@@ -274,6 +274,26 @@ pub fn class_batch(
     seq_len: usize,
     pad_id: u32,
 ) -> Result<ClassBatch> {
+    let ids = examples
+        .iter()
+        .map(|e| match &e.content {
+            Content::Labeled { text, .. } => tokenizer.encode(text),
+            _ => Ok(Vec::new()),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    class_batch_of_ids(tokenizer, labels, examples, ids, seq_len, pad_id)
+}
+
+/// [`class_batch`] from the examples' token ids (`ids[i]` is `examples[i]`'s text with the
+/// tokenizer's special tokens), for callers that tokenized them already.
+pub fn class_batch_of_ids(
+    tokenizer: &Tokenizer,
+    labels: &LabelMap,
+    examples: &[&Example],
+    ids: Vec<Vec<u32>>,
+    seq_len: usize,
+    pad_id: u32,
+) -> Result<ClassBatch> {
     // What the post-processor wraps around text: BERT's [CLS] … [SEP] adds one at each end.
     let suffix = tokenizer.encode("")?.len() / 2;
     let n = examples.len() * seq_len;
@@ -284,8 +304,8 @@ pub fn class_batch(
         attention_mask: Vec::with_capacity(n),
         labels: Vec::with_capacity(examples.len()),
     };
-    for e in examples {
-        let Content::Labeled { text, label } = &e.content else {
+    for (e, mut ids) in examples.iter().zip(ids) {
+        let Content::Labeled { label, .. } = &e.content else {
             return Err(Error::new(
                 Code::DataInvalid,
                 format!("{}: not a classification example", e.loc),
@@ -301,7 +321,6 @@ pub fn class_batch(
             )
             .with_details(json!({ "file": &*e.loc.file, "line": e.loc.line, "reason": "unknown_label", "label": label }))
         })?;
-        let mut ids = tokenizer.encode(text)?;
         if ids.len() > seq_len {
             let tail: Vec<u32> = ids[ids.len() - suffix.min(seq_len)..].to_vec();
             ids.truncate(seq_len - tail.len());

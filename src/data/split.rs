@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use super::validate::{Dataset, Example};
-use crate::error::{Error, Result};
+use crate::error::{Code, Error, Result};
 use crate::rng::Rng;
 
 /// How much goes to validation.
@@ -124,17 +124,87 @@ pub fn split_examples(examples: &[Example], holdout: Holdout, seed: u64) -> Resu
     })
 }
 
-/// For a separate validation file: removes from `train` every example that also appears in
-/// `validation`, and returns how many were removed.
-pub fn remove_overlap(train: &mut Dataset, validation: &Dataset) -> usize {
+/// A separate validation file joined to the training file: the validation examples are appended
+/// to `train`'s, and the split trains on every training-file example that does not also appear in
+/// the validation file (same text for classification, same content otherwise) and validates on
+/// the whole validation file. Returns the split and how many training examples were dropped as
+/// overlapping. For classification both files need labels, and the validation file may only use
+/// labels the training file has (the classifier cannot learn a label it never sees).
+pub fn join_validation(
+    train: &mut Dataset,
+    validation: Dataset,
+    seed: u64,
+) -> Result<(Split, usize)> {
+    match (&train.labels, &validation.labels) {
+        (Some(known), Some(theirs)) => {
+            let unknown: Vec<&str> = theirs
+                .labels
+                .iter()
+                .filter(|l| known.id(l).is_none())
+                .map(String::as_str)
+                .collect();
+            if !unknown.is_empty() {
+                return Err(Error::new(
+                    Code::DataInvalid,
+                    format!(
+                        "the validation file {} has label(s) {} that no example of the training \
+                         file {} has (its labels: {}); the classifier cannot learn a label it \
+                         never sees",
+                        validation.file,
+                        unknown.join(", "),
+                        train.file,
+                        known.labels.join(", ")
+                    ),
+                ));
+            }
+        }
+        (None, None) => {}
+        (Some(_), None) | (None, Some(_)) => {
+            return Err(Error::new(
+                Code::DataInvalid,
+                format!(
+                    "the training file {} is read as {} but the validation file {} as {}; give \
+                     both the same fields",
+                    train.file,
+                    train.schema.describe(),
+                    validation.file,
+                    validation.schema.describe()
+                ),
+            ));
+        }
+    }
+    if validation.examples.is_empty() {
+        return Err(Error::new(
+            Code::DataInvalid,
+            format!(
+                "the validation file {} has no usable examples",
+                validation.file
+            ),
+        ));
+    }
     let keys: HashSet<u64> = validation
         .examples
         .iter()
         .map(|e| e.content.dedup_key())
         .collect();
-    let before = train.examples.len();
-    train
+    let n = train.examples.len();
+    let kept: Vec<usize> = (0..n)
+        .filter(|&i| !keys.contains(&train.examples[i].content.dedup_key()))
+        .collect();
+    let removed = n - kept.len();
+    let mut seen = HashSet::new();
+    train.examples.extend(validation.examples);
+    let duplicates = train
         .examples
-        .retain(|e| !keys.contains(&e.content.dedup_key()));
-    before - train.examples.len()
+        .iter()
+        .filter(|e| !seen.insert(e.content.dedup_key()))
+        .count();
+    let split = Split {
+        train: kept,
+        validation: (n..train.examples.len()).collect(),
+        seed,
+        stratified: false,
+        duplicates,
+    };
+    Ok((split, removed))
 }

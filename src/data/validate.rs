@@ -407,6 +407,32 @@ pub fn inspect(
     options: &InspectOptions,
     tokenizer: Option<&Tokenizer>,
 ) -> Result<(Dataset, Report)> {
+    inspect_with_progress(name, bytes, options, tokenizer, None)
+}
+
+/// How far reading a dataset file has got, for a progress bar: the file is parsed into records
+/// first (fast), then each record is checked and tokenized (most of the time).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct DataProgress<'a> {
+    pub file: &'a str,
+    /// The file's size.
+    pub bytes: usize,
+    /// Records checked and tokenized so far, of `records`.
+    pub records_done: usize,
+    pub records: usize,
+}
+
+/// A progress callback (shared, so the dataset files that carry it can be copied).
+pub type OnDataProgress<'a> = &'a dyn Fn(DataProgress<'_>);
+
+/// [`inspect`], reporting progress to `progress` about a hundred times over the file.
+pub fn inspect_with_progress(
+    name: &str,
+    bytes: &[u8],
+    options: &InspectOptions,
+    tokenizer: Option<&Tokenizer>,
+    progress: Option<OnDataProgress<'_>>,
+) -> Result<(Dataset, Report)> {
     let parsed = formats::read_encoded(
         name,
         bytes,
@@ -453,7 +479,22 @@ pub fn inspect(
     let mut duplicates = 0;
 
     let records_read = parsed.records.len();
-    for record in parsed.records {
+    let report_every = (records_read / 100).max(256);
+    let tell = |done: usize| {
+        if let Some(progress) = progress {
+            progress(DataProgress {
+                file: name,
+                bytes: bytes.len(),
+                records_done: done,
+                records: records_read,
+            });
+        }
+    };
+    tell(0);
+    for (k, record) in parsed.records.into_iter().enumerate() {
+        if k > 0 && k % report_every == 0 {
+            tell(k);
+        }
         let result = record.and_then(|record| {
             let content = to_content(&record, &schema)?;
             let mut length = None;
@@ -507,6 +548,7 @@ pub fn inspect(
         }
     }
 
+    tell(records_read);
     let mut warnings = Vec::new();
     let (labels, label_map) = if schema.is_classification() {
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();

@@ -1,17 +1,22 @@
-//! Checkpoints of a causal fine-tuning run, so that a stopped run (a reloaded tab, a killed CLI)
-//! continues as if it had not stopped: the trainable parameters (LoRA factors, or the weights
-//! full fine-tuning changes) with their burn ids, AdamW's state (both moments and the step
+//! Checkpoints of a fine-tuning run (causal LM or classifier), so that a stopped run (a reloaded
+//! tab, a killed CLI) continues as if it had not stopped: the trainable parameters (LoRA factors,
+//! or the weights full fine-tuning changes, and a classifier's head) with their burn ids, AdamW's state (both moments and the step
 //! counter of every parameter, burn's `OptimizerRecord` in its burnpack bytes), the position in
 //! the seeded batch stream, and the history the summary reports (losses, grad norms, learning
-//! rates, validation points).
+//! rates, validation points). A classifier's checkpoint also holds its labels, its head's
+//! pooling and dropout, and the state of the generator that draws the head's dropout masks (so
+//! a resumed classification run with head dropout draws the uninterrupted run's masks).
 //!
 //! AdamW's record keys each parameter's state by its `ParamId`, and a freshly loaded model draws
 //! new ids; restoring a parameter therefore gives it back its saved id as well as its value, so
 //! the optimizer record loads unchanged.
 //!
-//! Not restored: the device's random generator, which draws dropout masks (`model_dropout`,
-//! `lora_dropout`; both off by default). A resumed run with dropout draws other masks than the
-//! uninterrupted one would have.
+//! Not restored: the device's random generator, which draws the causal LMs' dropout masks
+//! (`model_dropout`, `lora_dropout`; both off by default). A resumed causal run with dropout
+//! draws other masks than the uninterrupted one would have.
+//!
+//! The bytes start with a versioned magic: `WTCKPT02` (written now; the header names the task)
+//! or `WTCKPT01` (causal checkpoints saved before classification ones existed; still read).
 
 use burn::module::{ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{DynOptimizer, DynState, LearningRate, StateSink, StateSource};
@@ -20,10 +25,48 @@ use burn::tensor::kind::BridgeTensor;
 use burn::tensor::{Bytes, TensorData};
 use serde::{Deserialize, Serialize};
 
+use serde_json::json;
+
+use super::classify::{ClassEvalPoint, HeadConfig};
 use super::finetune::{EvalPoint, FinetuneConfig};
 use crate::error::{Code, Error, Result};
 
-const MAGIC: &[u8; 8] = b"WTCKPT01";
+/// The magic of the format written now.
+const MAGIC: &[u8; 8] = b"WTCKPT02";
+/// Version 1: causal checkpoints only, without `task`, `total_params`, `train_batches`.
+const MAGIC_V1: &[u8; 8] = b"WTCKPT01";
+
+/// What kind of run saved a checkpoint (and which it can continue).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckpointTask {
+    /// Causal language-model fine-tuning (GPT-2, Llama).
+    #[default]
+    Causal,
+    /// Sequence classification with an encoder (BERT, MiniLM).
+    Classification,
+}
+
+impl CheckpointTask {
+    fn describe(self) -> &'static str {
+        match self {
+            CheckpointTask::Causal => "a causal language model's fine-tuning",
+            CheckpointTask::Classification => "a classification fine-tuning (encoder)",
+        }
+    }
+}
+
+/// What a classification run keeps besides the causal fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassState {
+    /// Class names in id order (the head's rows).
+    pub labels: Vec<String>,
+    pub head: HeadConfig,
+    /// Held-out scores so far (step 0 and every `eval_every` steps).
+    pub eval: Vec<ClassEvalPoint>,
+    /// The state of the generator that draws the head's dropout masks.
+    pub dropout_rng: u64,
+}
 
 /// One trainable parameter as saved.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,6 +83,9 @@ pub struct SavedParam {
 /// The state of a run after `step` optimiser steps.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Checkpoint {
+    /// The run that saved it (version-1 checkpoints are causal).
+    #[serde(default)]
+    pub task: CheckpointTask,
     /// Optimiser steps completed.
     pub step: usize,
     /// Micro-batches drawn from the seeded stream.
@@ -49,7 +95,18 @@ pub struct Checkpoint {
     pub losses: Vec<f32>,
     pub grad_norms: Vec<f32>,
     pub lrs: Vec<f64>,
+    /// Validation points of a causal run (a classifier's are in `classification`).
     pub eval: Vec<EvalPoint>,
+    /// Every parameter of the model being trained (frozen ones, adapters and head included):
+    /// a resume on another model is refused even where the trainable shapes agree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_params: Option<usize>,
+    /// Training micro-batches of the run (another dataset or batching is refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_batches: Option<usize>,
+    /// Set for (and only for) classification checkpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classification: Option<ClassState>,
     pub params: Vec<SavedParam>,
     /// burn's `OptimizerRecord` (AdamW moments and step counters), burnpack bytes.
     #[serde(skip)]
@@ -58,11 +115,13 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     /// One self-contained file: magic, JSON header length (u64 LE), the JSON header, every
-    /// parameter's values (f32 LE, in header order), then the optimizer record.
+    /// parameter's values (f32 LE, in header order), the optimizer record, then (since
+    /// `WTCKPT02`) a u64 LE checksum of everything before it, so a truncated or damaged file
+    /// is refused rather than half loaded.
     pub fn to_bytes(&self) -> Vec<u8> {
         let header = serde_json::to_vec(self).unwrap_or_default();
         let floats: usize = self.params.iter().map(|p| p.values.len()).sum();
-        let mut out = Vec::with_capacity(16 + header.len() + floats * 4 + self.optimizer.len());
+        let mut out = Vec::with_capacity(24 + header.len() + floats * 4 + self.optimizer.len());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&(header.len() as u64).to_le_bytes());
         out.extend_from_slice(&header);
@@ -72,6 +131,8 @@ impl Checkpoint {
             }
         }
         out.extend_from_slice(&self.optimizer);
+        let sum = checksum(&out);
+        out.extend_from_slice(&sum.to_le_bytes());
         out
     }
 
@@ -82,23 +143,66 @@ impl Checkpoint {
                 format!("this is not a webtune checkpoint ({why})"),
             )
         };
-        if bytes.len() < 16 || &bytes[..8] != MAGIC {
+        if bytes.len() < 16 {
             return Err(bad("wrong header"));
         }
-        let len = u64::from_le_bytes(bytes[8..16].try_into().unwrap_or_default()) as usize;
+        let v1 = match &bytes[..8] {
+            m if m == MAGIC => false,
+            m if m == MAGIC_V1 => true,
+            m if m.starts_with(b"WTCKPT") => {
+                return Err(Error::new(
+                    Code::DataInvalid,
+                    format!(
+                        "this checkpoint has format {}, which this version of webtune does not \
+                         read (it reads WTCKPT01 and WTCKPT02)",
+                        String::from_utf8_lossy(m)
+                    ),
+                ))
+            }
+            _ => return Err(bad("wrong header")),
+        };
+        let bytes = if v1 {
+            bytes
+        } else {
+            let body = bytes
+                .len()
+                .checked_sub(8)
+                .filter(|&n| n >= 16)
+                .ok_or_else(|| bad("truncated"))?;
+            let (body, sum) = bytes.split_at(body);
+            if checksum(body).to_le_bytes() != sum {
+                return Err(bad("truncated or damaged: the checksum does not match"));
+            }
+            body
+        };
+        let len = u64::from_le_bytes(bytes[8..16].try_into().unwrap_or_default());
         let rest = &bytes[16..];
-        if rest.len() < len {
-            return Err(bad("truncated header"));
-        }
+        let len = match usize::try_from(len) {
+            Ok(len) if len <= rest.len() => len,
+            _ => return Err(bad("truncated header")),
+        };
         let mut ck: Checkpoint =
             serde_json::from_slice(&rest[..len]).map_err(|e| bad(&format!("header: {e}")))?;
+        if v1
+            && (ck.task != CheckpointTask::Causal
+                || ck.classification.is_some()
+                || ck.total_params.is_some()
+                || ck.train_batches.is_some())
+        {
+            return Err(bad("a version-1 header with version-2 fields"));
+        }
+        if (ck.task == CheckpointTask::Classification) != ck.classification.is_some() {
+            return Err(bad("the task and the classification state disagree"));
+        }
         let mut at = len;
         for p in &mut ck.params {
-            let n: usize = p.shape.iter().product();
-            let end = at + n * 4;
-            if rest.len() < end {
-                return Err(bad("truncated parameters"));
-            }
+            let end = p
+                .shape
+                .iter()
+                .try_fold(4usize, |n, &d| n.checked_mul(d))
+                .and_then(|n| n.checked_add(at))
+                .filter(|&end| end <= rest.len())
+                .ok_or_else(|| bad("truncated parameters"))?;
             p.values = rest[at..end]
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -108,6 +212,120 @@ impl Checkpoint {
         ck.optimizer = rest[at..].to_vec();
         Ok(ck)
     }
+
+    /// Whether this checkpoint was saved by a `task` run (else a `config.invalid` error with
+    /// details `{"field": "checkpoint", "reason": "task", "checkpoint_task", "task"}`).
+    pub fn check_task(&self, task: CheckpointTask) -> Result<()> {
+        if self.task == task {
+            return Ok(());
+        }
+        Err(Error::config(format!(
+            "this checkpoint was saved by {}; it cannot continue {} (another model was loaded \
+             since?)",
+            self.task.describe(),
+            task.describe()
+        ))
+        .with_details(json!({
+            "field": "checkpoint",
+            "reason": "task",
+            "checkpoint_task": self.task,
+            "task": task,
+        })))
+    }
+
+    /// Whether this checkpoint can continue a `task` run of `config` over `train_batches`
+    /// micro-batches (`total_steps` steps) on a model of `total_params` parameters: the same
+    /// kind of run, configuration, data and model, and not at the end already. A mismatch is a
+    /// `config.invalid` error saying which (details: `{"field": "checkpoint", "reason": …}`).
+    pub fn check_resume(
+        &self,
+        task: CheckpointTask,
+        config: &FinetuneConfig,
+        total_steps: usize,
+        train_batches: usize,
+        total_params: usize,
+    ) -> Result<()> {
+        let refuse = |reason: &str, message: String| {
+            Err(Error::config(message).with_details(json!({
+                "field": "checkpoint",
+                "reason": reason,
+                "checkpoint_task": self.task,
+                "task": task,
+            })))
+        };
+        self.check_task(task)?;
+        if &self.config != config {
+            return refuse(
+                "config",
+                "the checkpoint was saved by a run with another configuration; resume with the \
+                 same one"
+                    .into(),
+            );
+        }
+        if self.total_params.is_some_and(|n| n != total_params) {
+            return refuse(
+                "model",
+                format!(
+                    "the checkpoint was saved for a model of {} parameters, this one has \
+                     {total_params}; resume on the same model",
+                    self.total_params.unwrap_or_default()
+                ),
+            );
+        }
+        if self.train_batches.is_some_and(|n| n != train_batches) {
+            return refuse(
+                "data",
+                format!(
+                    "the checkpoint was saved by a run over {} training batches, this one has \
+                     {train_batches}; resume with the same dataset and batch size",
+                    self.train_batches.unwrap_or_default()
+                ),
+            );
+        }
+        if self.step >= total_steps {
+            return refuse(
+                "step",
+                format!(
+                    "the checkpoint is at step {}, the end of the run",
+                    self.step
+                ),
+            );
+        }
+        if self.consumed != self.step * config.grad_accum
+            || self.losses.len() != self.step
+            || self.grad_norms.len() != self.step
+            || self.lrs.len() != self.step
+        {
+            return refuse(
+                "inconsistent",
+                format!(
+                    "the checkpoint is inconsistent (step {}, {} micro-batches, {} losses)",
+                    self.step,
+                    self.consumed,
+                    self.losses.len()
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A 64-bit checksum (FNV-1a over 8-byte words, then the tail bytes): quick enough for the
+/// hundreds of megabytes of a large checkpoint in wasm, and any truncation or flipped byte
+/// changes it.
+fn checksum(bytes: &[u8]) -> u64 {
+    const PRIME: u64 = 0x0000_0100_0000_01B3;
+    let mut h: u64 = 0xCBF2_9CE4_8422_2325 ^ bytes.len() as u64;
+    let mut words = bytes.chunks_exact(8);
+    for w in &mut words {
+        let w = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+        h = (h ^ w).wrapping_mul(PRIME);
+        h ^= h >> 29;
+    }
+    for &b in words.remainder() {
+        h = (h ^ u64::from(b)).wrapping_mul(PRIME);
+    }
+    h
 }
 
 /// The trainable parameters of a module, read back from the device.

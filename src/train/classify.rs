@@ -16,6 +16,10 @@ use burn::tensor::TensorData;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::checkpoint::{
+    load_optimizer, optimizer_bytes, restore_params, save_params, Checkpoint, CheckpointTask,
+    Checkpointing, ClassState, StatesOn,
+};
 use super::control::Control;
 use super::export::{merged_tensors, ExportFiles};
 use super::finetune::{
@@ -171,7 +175,7 @@ pub struct ClassifyProgress {
 }
 
 /// Mean cross-entropy and accuracy over a set of batches.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ClassEval {
     pub loss: f32,
     pub accuracy: f32,
@@ -179,7 +183,7 @@ pub struct ClassEval {
 }
 
 /// The held-out scores at one step (0: before training).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ClassEvalPoint {
     pub step: usize,
     #[serde(flatten)]
@@ -285,8 +289,31 @@ pub async fn train_classifier<C: Into<Control>>(
     train: &[ClassBatch],
     eval: &[ClassBatch],
     config: &FinetuneConfig,
+    on_progress: impl FnMut(&ClassifyProgress) -> C,
+) -> Result<ClassifySummary> {
+    train_classifier_checkpointed(model, backend, train, eval, config, None, on_progress).await
+}
+
+/// [`train_classifier`] that saves [`Checkpoint`]s (every `checkpointing.every` steps, and when
+/// the run is paused or stopped before its last step) and can continue from one, as
+/// [`finetune_checkpointed`](super::finetune::finetune_checkpointed) does for causal LMs. A
+/// checkpoint holds the trainable parameters (LoRA factors or the whole encoder, and the head,
+/// so the resumed run goes on with the trained head rather than a freshly drawn one), AdamW's
+/// state, the position in the seeded batch order, the state of the head-dropout generator and
+/// the history; the model must be prepared as for the saved run (same base, labels, head and
+/// configuration), and the resumed run's losses are the uninterrupted run's. A causal
+/// checkpoint, or one of another model, labelling, head, dataset or configuration, is refused
+/// with `config.invalid`. The summary covers the whole run.
+pub async fn train_classifier_checkpointed<C: Into<Control>>(
+    model: &mut ClassifierModel,
+    backend: &Backend,
+    train: &[ClassBatch],
+    eval: &[ClassBatch],
+    config: &FinetuneConfig,
+    checkpointing: Option<Checkpointing<'_>>,
     mut on_progress: impl FnMut(&ClassifyProgress) -> C,
 ) -> Result<ClassifySummary> {
+    let mut checkpointing = checkpointing;
     config.validate()?;
     if config.method != model.model.method {
         return Err(Error::config(
@@ -303,6 +330,21 @@ pub async fn train_classifier<C: Into<Control>>(
     let head = model.head;
     let device = &backend.device;
     let total_steps = config.total_steps(train.len());
+    let resume = checkpointing.as_mut().and_then(|c| c.resume.take());
+    let resume = match resume {
+        Some(ck) => {
+            ck.check_resume(
+                CheckpointTask::Classification,
+                config,
+                total_steps,
+                train.len(),
+                total_params,
+            )?;
+            let state = check_class_state(&ck, model)?;
+            Some((ck, state))
+        }
+        None => None,
+    };
     let schedule = LrSchedule {
         kind: config.schedule,
         base_lr: config.lr,
@@ -315,17 +357,39 @@ pub async fn train_classifier<C: Into<Control>>(
         .with_epsilon(config.adam_eps as f32)
         .with_weight_decay(config.weight_decay as f32);
     let mut optim = adamw.init();
+    let labels_now = model.labels.labels.clone();
     let Family::Bert(bert) = &mut model.model.family else {
         return Err(Error::new(Code::Internal, "not an encoder"));
     };
+    // Restored parameters (the head among them) take back their saved ids, which the optimizer
+    // record and the no-decay group are keyed by: restore first (as the causal loop does).
+    if let Some((ck, _)) = &resume {
+        *bert = restore_params(bert.clone(), &ck.params)?;
+        // Every parameter's saved state is rebuilt on the CPU (see `StatesOn`).
+        optim = optim.with_group(
+            ParamGroup::ids_from_module(bert.clone()),
+            StatesOn {
+                inner: adamw.build(),
+                device: Device::flex(),
+            },
+            None,
+        );
+    }
     if !config.decay_bias_and_norm && config.weight_decay > 0.0 {
         let mut ids = VectorIds::default();
         bert.visit(&mut ids);
-        optim = optim.with_group(
-            ParamGroup::from_ids(ids.0),
-            adamw.clone().with_weight_decay(0.0).build(),
-            None,
-        );
+        let no_decay = adamw.clone().with_weight_decay(0.0).build();
+        optim = if resume.is_some() {
+            let device = Device::flex();
+            let inner = no_decay;
+            optim.with_group(
+                ParamGroup::from_ids(ids.0),
+                StatesOn { inner, device },
+                None,
+            )
+        } else {
+            optim.with_group(ParamGroup::from_ids(ids.0), no_decay, None)
+        };
     }
     let mut summary = ClassifySummary {
         backend: backend.info.backend.as_str().to_string(),
@@ -342,33 +406,50 @@ pub async fn train_classifier<C: Into<Control>>(
         median_step_ms: 0.0,
         examples_per_s: 0.0,
     };
-    if !eval.is_empty() {
+    let mut dropout_rng = Rng::new(config.seed ^ 0xD20B_0000);
+    if let Some((ck, state)) = &resume {
+        optim = load_optimizer(optim, &ck.optimizer)?;
+        summary.losses.clone_from(&ck.losses);
+        summary.grad_norms.clone_from(&ck.grad_norms);
+        summary.lrs.clone_from(&ck.lrs);
+        summary.eval.clone_from(&state.eval);
+        summary.steps = ck.step;
+        dropout_rng = Rng::new(state.dropout_rng);
+    } else if !eval.is_empty() {
         summary.eval.push(ClassEvalPoint {
             step: 0,
             eval: evaluate_classifier(bert, eval, head.pooling).await?,
         });
     }
+    // The micro-batch stream: epochs over the batches, each in a seeded shuffled order.
     let mut order_rng = Rng::new(config.seed ^ 0x0D0E_D0E5);
-    let mut dropout_rng = Rng::new(config.seed ^ 0xD20B_0000);
     let n = train.len();
     let mut order: Vec<usize> = Vec::new();
     let mut consumed = 0usize;
+    let mut next_batch = |consumed: &mut usize| -> usize {
+        if *consumed % n == 0 {
+            order = (0..n).collect();
+            if config.shuffle {
+                order_rng.shuffle(&mut order);
+            }
+        }
+        let i = order[*consumed % n];
+        *consumed += 1;
+        i
+    };
+    // The seeded stream is replayed up to where the checkpoint left it.
+    let first_step = resume.as_ref().map_or(0, |(ck, _)| ck.step);
+    for _ in 0..resume.as_ref().map_or(0, |(ck, _)| ck.consumed) {
+        next_batch(&mut consumed);
+    }
     let mut start = now_ms();
     let mut step_ms = Vec::with_capacity(total_steps);
     let mut step_examples = Vec::with_capacity(total_steps);
-    for step in 0..total_steps {
+    for step in first_step..total_steps {
         let step_start = now_ms();
-        let mut micro = Vec::with_capacity(config.grad_accum);
-        for _ in 0..config.grad_accum {
-            if consumed % n == 0 {
-                order = (0..n).collect();
-                if config.shuffle {
-                    order_rng.shuffle(&mut order);
-                }
-            }
-            micro.push(order[consumed % n]);
-            consumed += 1;
-        }
+        let micro: Vec<usize> = (0..config.grad_accum)
+            .map(|_| next_batch(&mut consumed))
+            .collect();
         let examples: usize = micro.iter().map(|&i| train[i].batch_size).sum();
         let mut accumulator = GradientsAccumulator::<Bert>::new();
         let mut loss_value = 0.0f64;
@@ -429,10 +510,37 @@ pub async fn train_classifier<C: Into<Control>>(
             grad_norm: grad_norm as f32,
             examples_per_s: step_examples.iter().sum::<f64>() / secs.max(1e-9),
             elapsed_s: (now - start) / 1e3,
-            eta_s: secs / done as f64 * (total_steps - done) as f64,
+            eta_s: secs / step_ms.len() as f64 * (total_steps - done) as f64,
             eval: e,
         };
-        let (go_on, paused_ms) = on_progress(&progress).into().proceed().await;
+        let control: Control = on_progress(&progress).into();
+        if let Some(c) = checkpointing.as_mut() {
+            let early = !matches!(control, Control::Continue);
+            if done < total_steps && (early || (c.every > 0 && done % c.every == 0)) {
+                let ck = Checkpoint {
+                    task: CheckpointTask::Classification,
+                    step: done,
+                    consumed,
+                    config: config.clone(),
+                    losses: summary.losses.clone(),
+                    grad_norms: summary.grad_norms.clone(),
+                    lrs: summary.lrs.clone(),
+                    eval: Vec::new(),
+                    total_params: Some(total_params),
+                    train_batches: Some(n),
+                    classification: Some(ClassState {
+                        labels: labels_now.clone(),
+                        head,
+                        eval: summary.eval.clone(),
+                        dropout_rng: dropout_rng.state(),
+                    }),
+                    params: save_params(&*bert).await?,
+                    optimizer: optimizer_bytes(&optim)?,
+                };
+                (c.save)(ck);
+            }
+        }
+        let (go_on, paused_ms) = control.proceed().await;
         start += paused_ms;
         if !go_on {
             summary.cancelled = done < total_steps;
@@ -445,6 +553,46 @@ pub async fn train_classifier<C: Into<Control>>(
     let secs: f64 = step_ms.iter().sum::<f64>() / 1e3;
     summary.examples_per_s = step_examples.iter().sum::<f64>() / secs.max(1e-9);
     Ok(summary)
+}
+
+/// The classification part of a checkpoint, checked against the classifier it would continue
+/// (its labels in the same order, the same head).
+fn check_class_state(ck: &Checkpoint, model: &ClassifierModel) -> Result<ClassState> {
+    let refuse = |reason: &str, message: String| {
+        Err(Error::config(message)
+            .with_details(serde_json::json!({ "field": "checkpoint", "reason": reason })))
+    };
+    let Some(state) = &ck.classification else {
+        return refuse("task", "this checkpoint has no classification state".into());
+    };
+    if state.labels != model.labels.labels {
+        return refuse(
+            "labels",
+            format!(
+                "the checkpoint was saved by a run with the labels [{}], this dataset has [{}]; \
+                 resume with the same dataset",
+                state.labels.join(", "),
+                model.labels.labels.join(", ")
+            ),
+        );
+    }
+    if state.head != model.head {
+        return refuse(
+            "head",
+            format!(
+                "the checkpoint's head ({:?} pooling, dropout {}) is not this run's ({:?} \
+                 pooling, dropout {}); resume with the same head options",
+                state.head.pooling, state.head.dropout, model.head.pooling, model.head.dropout
+            ),
+        );
+    }
+    if state.eval.iter().any(|e| e.step > ck.step) {
+        return refuse(
+            "inconsistent",
+            "the checkpoint's validation points lie beyond its step".into(),
+        );
+    }
+    Ok(state.clone())
 }
 
 /// Mean cross-entropy and accuracy of `bert`'s head over `batches`, without recording gradients.

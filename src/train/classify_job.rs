@@ -10,18 +10,21 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::checkpoint::Checkpointing;
 use super::classify::{
-    batch_logits, export_classifier, predict, train_classifier, ClassifierModel, ClassifyProgress,
-    ClassifySummary, HeadConfig,
+    batch_logits, export_classifier, predict, train_classifier_checkpointed, ClassifierModel,
+    ClassifyProgress, ClassifySummary, HeadConfig,
 };
 use super::control::Control;
 use super::export::ExportFiles;
-use super::job::{memory_message, JobConfig, JobEvent};
+use super::job::{
+    job_checkpointing, memory_message, read_and_split, reading_message, DatasetFiles, JobConfig,
+    JobEvent, ReadSplit,
+};
 use super::memory::{self, BatchShape, MemoryEstimate};
 use super::run::TOKENIZER_FILES;
 use crate::backend::Backend;
-use crate::data::batching::{class_batch, ClassBatch, LabelMap};
-use crate::data::split::{split, Holdout};
+use crate::data::batching::{class_batch_of_ids, ClassBatch, LabelMap};
 use crate::data::validate::{inspect, Content, Dataset, Example, Report};
 use crate::error::{Code, Error, Result};
 use crate::eval::metrics::{argmax, classification_metrics, log_softmax, ClassMetrics};
@@ -75,6 +78,11 @@ pub struct Changed {
 #[derive(Serialize)]
 pub struct ClassifyJobOutput {
     pub report: Report,
+    /// The separate validation file's report, when one was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation_report: Option<Report>,
+    /// Training examples dropped because the validation file has them too.
+    pub overlap_removed: usize,
     /// Class names, in id order (the head's rows; `id2label` of the export).
     pub labels: Vec<String>,
     pub pooling: Pooling,
@@ -115,13 +123,16 @@ fn batches(
     examples
         .chunks(batch_size.max(1))
         .map(|chunk| {
-            let mut longest = 1;
-            for e in chunk {
-                if let Content::Labeled { text, .. } = &e.content {
-                    longest = longest.max(tokenizer.encode(text)?.len());
-                }
-            }
-            class_batch(tokenizer, labels, chunk, longest.min(seq_len), pad_id)
+            // Each text is tokenized once, for its length and its row.
+            let ids = chunk
+                .iter()
+                .map(|e| match &e.content {
+                    Content::Labeled { text, .. } => tokenizer.encode(text),
+                    _ => Ok(Vec::new()),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let longest = ids.iter().map(Vec::len).max().unwrap_or(1).max(1);
+            class_batch_of_ids(tokenizer, labels, chunk, ids, longest.min(seq_len), pad_id)
         })
         .collect()
 }
@@ -159,6 +170,10 @@ fn encoder_files(files: &ModelFiles) -> ExportFiles {
 /// A labelled dataset read, validated, split (stratified) and batched for `base`.
 pub struct ClassData {
     pub report: Report,
+    /// The separate validation file's report, when there is one.
+    pub validation_report: Option<Report>,
+    /// Training examples dropped because the validation file has them too.
+    pub overlap_removed: usize,
     pub dataset: Dataset,
     pub labels: LabelMap,
     pub train: Vec<usize>,
@@ -178,10 +193,9 @@ fn tokenizer_of(base: &LoadedModel) -> Result<&Tokenizer> {
 }
 
 /// Read, validate, split and batch a labelled dataset file for the encoder `base`.
-pub fn prepare_class_data(
+pub fn prepare_class_data<'a>(
     base: &LoadedModel,
-    name: &str,
-    bytes: &[u8],
+    files: impl Into<DatasetFiles<'a>>,
     config: &JobConfig,
 ) -> Result<ClassData> {
     config.validate()?;
@@ -189,42 +203,41 @@ pub fn prepare_class_data(
     let mut options = config.data.clone();
     options.causal.seq_len = options.causal.seq_len.min(base.info.max_positions).max(2);
     let seq_len = options.causal.seq_len;
-    let (dataset, report) = inspect(name, bytes, &options, Some(tokenizer))?;
-    let Some(labels) = dataset.labels.clone() else {
-        return Err(Error::new(
-            Code::DataInvalid,
-            format!(
-                "{name} has no labels; {} is an encoder, fine-tuned here to classify texts. Give \
-                 each example a text and a label (fields text/label, sentence/label or \
-                 text/category), or load a causal language model to learn to continue text.",
-                base.info.architecture
-            ),
-        ));
-    };
+    let architecture = &base.info.architecture;
+    let read = read_and_split(files.into(), &options, tokenizer, config, |dataset| {
+        if dataset.labels.is_none() {
+            return Err(Error::new(
+                Code::DataInvalid,
+                format!(
+                    "{} has no labels; {architecture} is an encoder, fine-tuned here to classify \
+                     texts. Give each example a text and a label (fields text/label, \
+                     sentence/label or text/category), or load a causal language model to learn \
+                     to continue text.",
+                    dataset.file
+                ),
+            ));
+        }
+        Ok(())
+    })?;
+    let ReadSplit {
+        dataset,
+        report,
+        validation_report,
+        overlap_removed,
+        train,
+        validation,
+    } = read;
+    let labels = dataset
+        .labels
+        .clone()
+        .unwrap_or_else(|| LabelMap::from_labels([]));
     if labels.len() < 2 {
         return Err(Error::new(
             Code::DataInvalid,
             format!(
-                "{name} has a single label ({}); classification needs at least two",
+                "{} has a single label ({}); classification needs at least two",
+                dataset.file,
                 labels.labels.join(", ")
-            ),
-        ));
-    }
-    let parts = split(
-        &dataset,
-        Holdout::Fraction(config.validation_fraction),
-        config.train.seed,
-    )?;
-    let mut validation = parts.validation;
-    validation.truncate(config.validation_max);
-    if parts.train.is_empty() || validation.is_empty() {
-        return Err(Error::new(
-            Code::DataInvalid,
-            format!(
-                "{name}: the split left {} training and {} validation examples; both need at \
-                 least one",
-                parts.train.len(),
-                validation.len()
             ),
         ));
     }
@@ -241,12 +254,14 @@ pub fn prepare_class_data(
             pad_id,
         )
     };
-    let train_batches = batch(&parts.train)?;
+    let train_batches = batch(&train)?;
     let eval_batches = batch(&validation)?;
     Ok(ClassData {
         report,
+        validation_report,
+        overlap_removed,
         labels,
-        train: parts.train,
+        train,
         validation,
         train_batches,
         eval_batches,
@@ -256,23 +271,46 @@ pub fn prepare_class_data(
 
 /// Fine-tune the encoder `base` (loaded from `files`) to classify the dataset file's labels.
 /// Events and cancellation as for [`run_job`](super::job::run_job).
-pub async fn run_classify_job<C: Into<Control>>(
+pub async fn run_classify_job<'a, C: Into<Control>>(
     files: ModelFiles,
     base: &LoadedModel,
     backend: &Backend,
-    name: &str,
-    bytes: &[u8],
+    dataset: impl Into<DatasetFiles<'a>>,
     config: &JobConfig,
+    on_event: impl FnMut(JobEvent) -> C,
+) -> Result<ClassifyJobOutput> {
+    run_classify_job_checkpointed(files, base, backend, dataset, config, None, on_event).await
+}
+
+/// [`run_classify_job`] whose training saves checkpoints (every `config.checkpoint_every`
+/// steps, and when paused or stopped early; none for full fine-tuning of a model over
+/// [`MAX_FULL_CHECKPOINT_PARAMS`](super::job::MAX_FULL_CHECKPOINT_PARAMS)) and can continue from
+/// one saved by the same job (same model, dataset, labels, head and configuration): the
+/// continued run trains the checkpoint's head and weights, and its losses and final metrics are
+/// the uninterrupted run's. "Before" is scored, as in the uninterrupted job, on the base encoder
+/// with the head the run started from. See
+/// [`train_classifier_checkpointed`](super::classify::train_classifier_checkpointed).
+pub async fn run_classify_job_checkpointed<'a, C: Into<Control>>(
+    files: ModelFiles,
+    base: &LoadedModel,
+    backend: &Backend,
+    dataset: impl Into<DatasetFiles<'a>>,
+    config: &JobConfig,
+    checkpointing: Option<Checkpointing<'_>>,
     mut on_event: impl FnMut(JobEvent) -> C,
 ) -> Result<ClassifyJobOutput> {
+    let checkpointing = job_checkpointing(base, config, checkpointing, &mut on_event);
     let tokenizer = tokenizer_of(base)?;
+    let dataset: DatasetFiles = dataset.into();
     on_event(JobEvent::Phase {
         phase: "data",
-        message: format!("Reading {name}…"),
+        message: reading_message(&dataset),
     });
-    let data = prepare_class_data(base, name, bytes, config)?;
+    let data = prepare_class_data(base, dataset, config)?;
     let ClassData {
         report,
+        validation_report,
+        overlap_removed,
         dataset,
         labels,
         train,
@@ -331,12 +369,13 @@ pub async fn run_classify_job<C: Into<Control>>(
         let steps = train_config.total_steps(train_batches.len());
         train_config.eval_every = (steps / 5).max(1);
     }
-    let summary = train_classifier(
+    let summary = train_classifier_checkpointed(
         &mut model,
         backend,
         &train_batches,
         &eval_batches,
         &train_config,
+        checkpointing,
         |p: &ClassifyProgress| on_event(JobEvent::ClassStep(p)),
     )
     .await?;
@@ -406,6 +445,8 @@ pub async fn run_classify_job<C: Into<Control>>(
     let tuned = LoadedModel::load(merged, &base.device)?;
     Ok(ClassifyJobOutput {
         report,
+        validation_report,
+        overlap_removed,
         labels: labels.labels.clone(),
         pooling: head.pooling,
         head_from_checkpoint,
@@ -459,13 +500,12 @@ fn head_config(
 /// held-out split of a labelled dataset file — the split and, for a base without a head for
 /// these labels, the freshly drawn head that [`run_classify_job`] would start from, so the
 /// base model's numbers equal that job's `before`.
-pub async fn evaluate_classification(
+pub async fn evaluate_classification<'a>(
     model: &LoadedModel,
-    name: &str,
-    bytes: &[u8],
+    dataset: impl Into<DatasetFiles<'a>>,
     config: &JobConfig,
 ) -> Result<(ClassData, ClassMetrics)> {
-    let data = prepare_class_data(model, name, bytes, config)?;
+    let data = prepare_class_data(model, dataset, config)?;
     let Family::Bert(bert) = &model.family else {
         return Err(Error::config(
             "classification needs an encoder (BERT) model",

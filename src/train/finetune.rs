@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::checkpoint::{
-    load_optimizer, optimizer_bytes, restore_params, save_params, Checkpoint, Checkpointing,
-    StatesOn,
+    load_optimizer, optimizer_bytes, restore_params, save_params, Checkpoint, CheckpointTask,
+    Checkpointing, StatesOn,
 };
 use super::control::Control;
 use super::lora::{
@@ -583,19 +583,6 @@ pub async fn finetune_checkpointed<C: Into<Control>>(
     on_progress: impl FnMut(&FinetuneProgress) -> C,
 ) -> Result<FinetuneSummary> {
     config.validate()?;
-    if let Some(ck) = checkpointing.as_ref().and_then(|c| c.resume.as_ref()) {
-        if &ck.config != config {
-            return Err(Error::config(
-                "the checkpoint was saved by a run with another configuration; resume with the same one",
-            ));
-        }
-        if ck.step >= config.total_steps(train.len()) {
-            return Err(Error::config(format!(
-                "the checkpoint is at step {}, the end of the run",
-                ck.step
-            )));
-        }
-    }
     if config.method != model.method {
         return Err(Error::config(format!(
             "the model was prepared for {:?} fine-tuning but the config asks for {:?}",
@@ -613,6 +600,15 @@ pub async fn finetune_checkpointed<C: Into<Control>>(
         return Err(Error::config(
             "nothing to train: every parameter is frozen (check freeze_layers and freeze_embeddings)",
         ));
+    }
+    if let Some(ck) = checkpointing.as_ref().and_then(|c| c.resume.as_ref()) {
+        ck.check_resume(
+            CheckpointTask::Causal,
+            config,
+            config.total_steps(train.len()),
+            train.len(),
+            total_params,
+        )?;
     }
     let mut ctx = RunCtx {
         backend,
@@ -834,6 +830,7 @@ where
             if done < total_steps && (early || (c.every > 0 && done % c.every == 0)) {
                 let s = &ctx.summary;
                 let ck = Checkpoint {
+                    task: CheckpointTask::Causal,
                     step: done,
                     consumed,
                     config: config.clone(),
@@ -841,6 +838,9 @@ where
                     grad_norms: s.grad_norms.clone(),
                     lrs: s.lrs.clone(),
                     eval: s.eval.clone(),
+                    total_params: Some(s.total_params),
+                    train_batches: Some(n),
+                    classification: None,
                     params: save_params(&*model).await?,
                     optimizer: optimizer_bytes(&optim)?,
                 };

@@ -6,9 +6,11 @@
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::checkpoint::Checkpointing;
+use super::checkpoint::{CheckpointTask, Checkpointing};
 use super::classify::ClassifyProgress;
-use super::classify_job::{run_classify_job, ClassifyJobOutput, HeadOptions};
+use super::classify_job::{
+    run_classify_job, run_classify_job_checkpointed, ClassifyJobOutput, HeadOptions,
+};
 use super::control::Control;
 use super::export::ExportFiles;
 use super::finetune::{evaluate_loss, EvalLoss, FinetuneConfig, FinetuneProgress, FinetuneSummary};
@@ -17,8 +19,11 @@ use super::run::train_checkpointed;
 use crate::backend::Backend;
 use crate::data::batching::CausalEncoder;
 use crate::data::chat::{ChatTemplate, Message};
-use crate::data::split::{split, Holdout};
-use crate::data::validate::{inspect, Content, Dataset, Example, InspectOptions, Report};
+use crate::data::split::{join_validation, split, Holdout};
+use crate::data::validate::{
+    inspect, inspect_with_progress, Content, Dataset, Example, InspectOptions, OnDataProgress,
+    Report,
+};
 use crate::error::{Code, Error, Result};
 use crate::eval::generate::{generate, GenerateOptions};
 use crate::eval::metrics::{answer_metrics, AnswerMetrics};
@@ -44,7 +49,8 @@ pub struct JobConfig {
     /// The classification head (encoder models only).
     pub head: HeadOptions,
     /// Save a checkpoint every N training steps (and when paused or stopped early) where the
-    /// caller asks for checkpoints (`run_task_checkpointed`); 0: only then. Causal LMs only.
+    /// caller asks for checkpoints (`run_task_checkpointed`); 0: only then. Causal and
+    /// classification jobs alike.
     pub checkpoint_every: usize,
 }
 
@@ -112,6 +118,11 @@ pub enum JobEvent<'a> {
 #[derive(Serialize)]
 pub struct JobOutput {
     pub report: Report,
+    /// The separate validation file's report, when one was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation_report: Option<Report>,
+    /// Training examples dropped because the validation file has them too.
+    pub overlap_removed: usize,
     pub train_examples: usize,
     pub validation_examples: usize,
     pub train_batches: usize,
@@ -138,6 +149,10 @@ pub struct JobOutput {
 /// The dataset read, validated, split and batched for `base`'s tokenizer.
 pub struct PreparedData {
     pub report: Report,
+    /// The separate validation file's report, when there is one.
+    pub validation_report: Option<Report>,
+    /// Training examples dropped because the validation file has them too.
+    pub overlap_removed: usize,
     pub dataset: Dataset,
     pub train: Vec<usize>,
     pub validation: Vec<usize>,
@@ -163,13 +178,13 @@ fn tokenizer_of(model: &LoadedModel) -> Result<&Tokenizer> {
 }
 
 /// Read, validate, split and batch a dataset for `base`.
-pub fn prepare_data(
+pub fn prepare_data<'a>(
     base: &LoadedModel,
     chat: Option<ChatTemplate>,
-    name: &str,
-    bytes: &[u8],
+    files: impl Into<DatasetFiles<'a>>,
     config: &JobConfig,
 ) -> Result<PreparedData> {
+    let files = files.into();
     config.validate()?;
     let tokenizer = tokenizer_of(base)?;
     let mut options = config.data.clone();
@@ -187,44 +202,29 @@ pub fn prepare_data(
             options.eos_token.clone_from(&t.eos_token);
         }
     }
-    let (dataset, report) = inspect(name, bytes, &options, Some(tokenizer))?;
-    if dataset.labels.is_some() {
-        return Err(Error::new(
-            Code::DataInvalid,
-            format!(
-                "{name} is a classification dataset (text + label); {} is a causal language \
-                 model, which learns to continue text. Use an encoder model (BERT/MiniLM) for \
-                 classification, or give prompt/completion pairs.",
-                base.info.architecture
-            ),
-        ));
-    }
-    if dataset.examples.len() < 2 {
-        return Err(Error::new(
-            Code::DataInvalid,
-            format!(
-                "{name} has {} usable example(s); at least 2 are needed (one to train on, one \
-                 to evaluate)",
-                dataset.examples.len()
-            ),
-        ));
-    }
-    let holdout = Holdout::Fraction(config.validation_fraction);
-    let parts = split(&dataset, holdout, config.train.seed)?;
-    let mut validation = parts.validation;
-    validation.truncate(config.validation_max);
-    let train_idx = parts.train;
-    if train_idx.is_empty() || validation.is_empty() {
-        return Err(Error::new(
-            Code::DataInvalid,
-            format!(
-                "{name}: the split left {} training and {} validation examples; both need at \
-                 least one",
-                train_idx.len(),
-                validation.len()
-            ),
-        ));
-    }
+    let architecture = &base.info.architecture;
+    let read = read_and_split(files, &options, tokenizer, config, |dataset| {
+        if dataset.labels.is_some() {
+            return Err(Error::new(
+                Code::DataInvalid,
+                format!(
+                    "{} is a classification dataset (text + label); {architecture} is a causal \
+                     language model, which learns to continue text. Use an encoder model \
+                     (BERT/MiniLM) for classification, or give prompt/completion pairs.",
+                    dataset.file
+                ),
+            ));
+        }
+        Ok(())
+    })?;
+    let ReadSplit {
+        dataset,
+        report,
+        validation_report,
+        overlap_removed,
+        train: train_idx,
+        validation,
+    } = read;
     let encoder = CausalEncoder::new(tokenizer, chat.as_ref(), options.causal.clone());
     let pick =
         |idx: &[usize]| -> Vec<&Example> { idx.iter().map(|&i| &dataset.examples[i]).collect() };
@@ -246,6 +246,8 @@ pub fn prepare_data(
     let eval_batches = batches(pick(&validation))?;
     Ok(PreparedData {
         report,
+        validation_report,
+        overlap_removed,
         train: train_idx,
         validation,
         train_batches,
@@ -260,6 +262,121 @@ pub fn prepare_data(
 pub struct DatasetFile<'a> {
     pub name: &'a str,
     pub bytes: &'a [u8],
+}
+
+/// The training file and, optionally, a separate validation file (without one, a seeded share
+/// of the training file is held out: `validation_fraction`), and who to tell how reading them
+/// goes.
+#[derive(Clone, Copy)]
+pub struct DatasetFiles<'a> {
+    pub train: DatasetFile<'a>,
+    pub validation: Option<DatasetFile<'a>>,
+    pub progress: Option<OnDataProgress<'a>>,
+}
+
+impl<'a> From<DatasetFile<'a>> for DatasetFiles<'a> {
+    fn from(train: DatasetFile<'a>) -> Self {
+        Self {
+            train,
+            validation: None,
+            progress: None,
+        }
+    }
+}
+
+/// The dataset files read, validated and split (indices into `dataset.examples`; the
+/// validation file's examples, if any, follow the training file's).
+pub(crate) struct ReadSplit {
+    pub dataset: Dataset,
+    pub report: Report,
+    pub validation_report: Option<Report>,
+    pub overlap_removed: usize,
+    pub train: Vec<usize>,
+    pub validation: Vec<usize>,
+}
+
+/// Read each file with `options` (`check` refuses a dataset of the wrong kind), then split: the
+/// whole validation file against the training file less the examples they share, or a seeded
+/// `validation_fraction` of the training file. At most `validation_max` examples are kept for
+/// validation.
+pub(crate) fn read_and_split(
+    files: DatasetFiles<'_>,
+    options: &InspectOptions,
+    tokenizer: &Tokenizer,
+    config: &JobConfig,
+    check: impl Fn(&Dataset) -> Result<()>,
+) -> Result<ReadSplit> {
+    let name = files.train.name;
+    let read = |file: DatasetFile| {
+        inspect_with_progress(
+            file.name,
+            file.bytes,
+            options,
+            Some(tokenizer),
+            files.progress,
+        )
+    };
+    let (mut dataset, report) = read(files.train)?;
+    check(&dataset)?;
+    let (parts, validation_report, overlap_removed) = match files.validation {
+        Some(v) => {
+            let (held_out, held_out_report) = read(v)?;
+            check(&held_out)?;
+            let (parts, removed) = join_validation(&mut dataset, held_out, config.train.seed)?;
+            (parts, Some(held_out_report), removed)
+        }
+        None => {
+            if dataset.examples.len() < 2 {
+                return Err(Error::new(
+                    Code::DataInvalid,
+                    format!(
+                        "{name} has {} usable example(s); at least 2 are needed (one to train \
+                         on, one to evaluate)",
+                        dataset.examples.len()
+                    ),
+                ));
+            }
+            let holdout = Holdout::Fraction(config.validation_fraction);
+            (split(&dataset, holdout, config.train.seed)?, None, 0)
+        }
+    };
+    let mut validation = parts.validation;
+    validation.truncate(config.validation_max);
+    if parts.train.is_empty() || validation.is_empty() {
+        let overlap = if overlap_removed > 0 {
+            format!(
+                " ({overlap_removed} training example(s) were dropped because the validation \
+                 file has them too)"
+            )
+        } else {
+            String::new()
+        };
+        return Err(Error::new(
+            Code::DataInvalid,
+            format!(
+                "{name}: the split left {} training and {} validation examples; both need at \
+                 least one{overlap}",
+                parts.train.len(),
+                validation.len()
+            ),
+        ));
+    }
+    Ok(ReadSplit {
+        dataset,
+        report,
+        validation_report,
+        overlap_removed,
+        train: parts.train,
+        validation,
+    })
+}
+
+/// "Reading train.csv…" or "Reading train.csv and valid.csv…".
+pub(crate) fn reading_message(files: &DatasetFiles) -> String {
+    match files.validation {
+        Some(v) => format!("Reading {} and {}…", files.train.name, v.name),
+        None => format!("Reading {}…", files.train.name),
+    }
 }
 
 /// A prompt and its reference continuation for one held-out example.
@@ -330,11 +447,11 @@ pub async fn continue_text(model: &LoadedModel, ids: &[u32], tokens: usize) -> R
 /// `false` from it cancels training (the job still evaluates and exports what was trained);
 /// returning [`Control::Pause`] for a step pauses training after it (answers to phase events are
 /// ignored).
-pub async fn run_job<C: Into<Control>>(
+pub async fn run_job<'a, C: Into<Control>>(
     files: ModelFiles,
     base: &LoadedModel,
     backend: &Backend,
-    dataset: DatasetFile<'_>,
+    dataset: impl Into<DatasetFiles<'a>>,
     config: &JobConfig,
     base_name: &str,
     on_event: impl FnMut(JobEvent) -> C,
@@ -348,20 +465,15 @@ pub async fn run_job<C: Into<Control>>(
 /// Full fine-tuning of models above this many parameters saves no checkpoints.
 pub const MAX_FULL_CHECKPOINT_PARAMS: usize = 16 << 20;
 
-/// [`run_job`] whose training saves checkpoints (every `config.checkpoint_every` steps, and when
-/// paused or stopped early) and can continue from one saved by the same job (same model,
-/// dataset and configuration): the continued run's losses are the uninterrupted run's.
-#[allow(clippy::too_many_arguments)]
-pub async fn run_job_checkpointed<C: Into<Control>>(
-    files: ModelFiles,
+/// The checkpointing a job's training gets: saving every `config.checkpoint_every` steps, and
+/// none at all (said in a phase event) for full fine-tuning of a model over
+/// [`MAX_FULL_CHECKPOINT_PARAMS`] — unless the job resumes from a checkpoint (then it exists).
+pub(crate) fn job_checkpointing<'c, C>(
     base: &LoadedModel,
-    backend: &Backend,
-    dataset: DatasetFile<'_>,
     config: &JobConfig,
-    base_name: &str,
-    checkpointing: Option<Checkpointing<'_>>,
-    mut on_event: impl FnMut(JobEvent) -> C,
-) -> Result<JobOutput> {
+    checkpointing: Option<Checkpointing<'c>>,
+    on_event: &mut impl FnMut(JobEvent) -> C,
+) -> Option<Checkpointing<'c>> {
     let checkpointing = checkpointing.map(|c| Checkpointing {
         every: config.checkpoint_every,
         ..c
@@ -372,7 +484,7 @@ pub async fn run_job_checkpointed<C: Into<Control>>(
     let too_big = config.train.method == super::finetune::Method::Full
         && base.info.parameters > MAX_FULL_CHECKPOINT_PARAMS;
     let resuming = checkpointing.as_ref().is_some_and(|c| c.resume.is_some());
-    let checkpointing = if too_big && !resuming {
+    if too_big && !resuming {
         if checkpointing.is_some() {
             on_event(JobEvent::Phase {
                 phase: "training",
@@ -387,14 +499,31 @@ pub async fn run_job_checkpointed<C: Into<Control>>(
         None
     } else {
         checkpointing
-    };
-    let DatasetFile { name, bytes } = dataset;
+    }
+}
+
+/// [`run_job`] whose training saves checkpoints (every `config.checkpoint_every` steps, and when
+/// paused or stopped early) and can continue from one saved by the same job (same model,
+/// dataset and configuration): the continued run's losses are the uninterrupted run's.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_job_checkpointed<'a, C: Into<Control>>(
+    files: ModelFiles,
+    base: &LoadedModel,
+    backend: &Backend,
+    dataset: impl Into<DatasetFiles<'a>>,
+    config: &JobConfig,
+    base_name: &str,
+    checkpointing: Option<Checkpointing<'_>>,
+    mut on_event: impl FnMut(JobEvent) -> C,
+) -> Result<JobOutput> {
+    let checkpointing = job_checkpointing(base, config, checkpointing, &mut on_event);
+    let dataset: DatasetFiles = dataset.into();
     let chat = chat_template(&files)?;
     on_event(JobEvent::Phase {
         phase: "data",
-        message: format!("Reading {name}…"),
+        message: reading_message(&dataset),
     });
-    let data = prepare_data(base, chat, name, bytes, config)?;
+    let data = prepare_data(base, chat, dataset, config)?;
     let tokenizer = tokenizer_of(base)?;
     let separator = config.data.causal.separator.clone();
     let memory = memory::plan(
@@ -538,6 +667,8 @@ pub async fn run_job_checkpointed<C: Into<Control>>(
     let (answers_before, answers_after) = (answers(false), answers(true));
     Ok(JobOutput {
         report: data.report,
+        validation_report: data.validation_report,
+        overlap_removed: data.overlap_removed,
         train_examples: data.train.len(),
         validation_examples: data.validation.len(),
         train_batches: data.train_batches.len(),
@@ -554,7 +685,9 @@ pub async fn run_job_checkpointed<C: Into<Control>>(
     })
 }
 
-/// Score a model on a dataset file (all of it): mean masked loss and perplexity.
+/// Score a model on a dataset file (all of it): mean masked loss and perplexity, and for
+/// prompt–completion and chat data the exact match and token F1 of greedy answers to the first
+/// `config.samples` prompts (`answers`, as `train` reports `answers_before`/`answers_after`).
 pub async fn eval_file(
     model: &LoadedModel,
     chat: Option<ChatTemplate>,
@@ -583,8 +716,41 @@ pub async fn eval_file(
             .map(|c| encoder.batch(c))
             .collect::<Result<Vec<_>>>()?
     };
+    let start = crate::platform::now_ms();
     let loss = evaluate_loss(&model.family, &batches).await?;
-    Ok(json!({ "examples": dataset.examples.len(), "eval": loss, "report": report }))
+    let loss_seconds = (crate::platform::now_ms() - start) / 1e3;
+    // Greedy answers of the first `samples` prompts against their references, as `train` scores
+    // its held-out samples (plain text has no answers).
+    let mut pairs = Vec::new();
+    let has_answers = !dataset
+        .examples
+        .iter()
+        .any(|e| matches!(e.content, Content::Text { .. }));
+    if has_answers {
+        for example in &dataset.examples {
+            if pairs.len() >= config.samples {
+                break;
+            }
+            let prompt = sample_prompt(
+                example,
+                tokenizer,
+                chat.as_ref(),
+                &config.data.causal.separator,
+            )?;
+            if let Some((ids, _, reference)) = prompt.filter(|p| !p.0.is_empty()) {
+                let answer = continue_text(model, &ids, config.sample_tokens).await?;
+                pairs.push((answer, reference));
+            }
+        }
+    }
+    let answers = answer_metrics(pairs.iter().map(|(a, r)| (a.as_str(), r.as_str())));
+    Ok(json!({
+        "examples": dataset.examples.len(),
+        "eval": loss,
+        "loss_seconds": loss_seconds,
+        "answers": answers,
+        "report": report,
+    }))
 }
 
 /// What a job produced: a causal language model or a classifier.
@@ -614,26 +780,17 @@ impl JobResult {
 }
 
 /// The job `base` calls for: classification for an encoder, causal LM fine-tuning otherwise.
-pub async fn run_task<C: Into<Control>>(
+pub async fn run_task<'a, C: Into<Control>>(
     files: ModelFiles,
     base: &LoadedModel,
     backend: &Backend,
-    dataset: DatasetFile<'_>,
+    dataset: impl Into<DatasetFiles<'a>>,
     config: &JobConfig,
     base_name: &str,
     on_event: impl FnMut(JobEvent) -> C,
 ) -> Result<JobResult> {
     if base.is_encoder() {
-        let out = run_classify_job(
-            files,
-            base,
-            backend,
-            dataset.name,
-            dataset.bytes,
-            config,
-            on_event,
-        )
-        .await?;
+        let out = run_classify_job(files, base, backend, dataset, config, on_event).await?;
         Ok(JobResult::Classification(out))
     } else {
         let out = run_job(files, base, backend, dataset, config, base_name, on_event).await?;
@@ -641,26 +798,45 @@ pub async fn run_task<C: Into<Control>>(
     }
 }
 
-/// [`run_task`] with checkpoints for causal LMs (see [`run_job_checkpointed`]); a classifier
-/// job runs as [`run_task`] runs it, and refuses a checkpoint to resume from.
+/// [`run_task`] with checkpoints, saved and resumed from: [`run_job_checkpointed`] for a causal
+/// LM, [`run_classify_job_checkpointed`] for an encoder (the checkpoint then holds the
+/// classification head too). A checkpoint continues only the kind of job that saved it: a
+/// causal one given to an encoder (or the reverse) is refused at once with `config.invalid`
+/// (details `{"field": "checkpoint", "reason": "task"}`), as is one of another configuration,
+/// model, labelling or dataset. Full fine-tuning of a model over [`MAX_FULL_CHECKPOINT_PARAMS`]
+/// saves none (see [`run_job_checkpointed`]).
 #[allow(clippy::too_many_arguments)]
-pub async fn run_task_checkpointed<C: Into<Control>>(
+pub async fn run_task_checkpointed<'a, C: Into<Control>>(
     files: ModelFiles,
     base: &LoadedModel,
     backend: &Backend,
-    dataset: DatasetFile<'_>,
+    dataset: impl Into<DatasetFiles<'a>>,
     config: &JobConfig,
     base_name: &str,
     checkpointing: Option<Checkpointing<'_>>,
     on_event: impl FnMut(JobEvent) -> C,
 ) -> Result<JobResult> {
+    // Refuse a checkpoint of the other kind before reading data or scoring the base model.
+    let task = if base.is_encoder() {
+        CheckpointTask::Classification
+    } else {
+        CheckpointTask::Causal
+    };
+    if let Some(ck) = checkpointing.as_ref().and_then(|c| c.resume.as_ref()) {
+        ck.check_task(task)?;
+    }
     if base.is_encoder() {
-        if checkpointing.as_ref().is_some_and(|c| c.resume.is_some()) {
-            return Err(Error::config(
-                "resuming from a checkpoint is implemented for causal language models only",
-            ));
-        }
-        return run_task(files, base, backend, dataset, config, base_name, on_event).await;
+        let out = run_classify_job_checkpointed(
+            files,
+            base,
+            backend,
+            dataset,
+            config,
+            checkpointing,
+            on_event,
+        )
+        .await?;
+        return Ok(JobResult::Classification(out));
     }
     let out = run_job_checkpointed(
         files,

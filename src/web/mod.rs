@@ -11,6 +11,7 @@ use wasm_bindgen::prelude::*;
 
 use crate::backend::{Backend, BackendInfo, BackendKind};
 use crate::data::chat::Message;
+use crate::data::validate::{DataProgress, OnDataProgress};
 use crate::error::{Code, Error};
 use crate::eval::generate::{generate, GenerateOptions};
 use crate::io::hf::ModelFiles;
@@ -21,7 +22,8 @@ use crate::train::control::Control;
 use crate::train::export::ExportFiles;
 use crate::train::finetune::evaluate_loss;
 use crate::train::job::{
-    chat_template, prepare_data, run_task, run_task_checkpointed, DatasetFile, JobConfig,
+    chat_template, prepare_data, run_task, run_task_checkpointed, DatasetFile, DatasetFiles,
+    JobConfig,
 };
 use crate::train::memory::{self, BatchShape, MemoryEstimate, MemoryLimits};
 use crate::train::toy::{train_toy, ToyTrainConfig};
@@ -422,6 +424,9 @@ impl Session {
         name: String,
         bytes: Vec<u8>,
         config: JsValue,
+        validation_name: Option<String>,
+        validation_bytes: Option<Vec<u8>>,
+        on_progress: Option<js_sys::Function>,
     ) -> js_sys::Promise {
         let base = self.current_model();
         let files = self.files.borrow().clone();
@@ -430,14 +435,18 @@ impl Session {
             let base = base?;
             let run = || -> Result<serde_json::Value, Error> {
                 let config = job_config(config)?;
+                let progress = on_progress.as_ref().map(data_progress_to);
+                let progress = progress.as_ref().map(|p| p as OnDataProgress);
+                let dataset =
+                    dataset_files(&name, &bytes, &validation_name, &validation_bytes, progress);
                 if base.is_encoder() {
-                    return inspect_labelled(&base, &name, &bytes, &config, &backend_info);
+                    return inspect_labelled(&base, dataset, &config, &backend_info);
                 }
                 let chat = match &files {
                     Some(f) => chat_template(f)?,
                     None => None,
                 };
-                let data = prepare_data(&base, chat, &name, &bytes, &config)?;
+                let data = prepare_data(&base, chat, dataset, &config)?;
                 let tokenizer = base.tokenizer.as_ref();
                 let preview: Vec<serde_json::Value> = data
                     .train_batches
@@ -482,6 +491,8 @@ impl Session {
                     "memory": memory,
                     "memory_problem": memory_problem,
                     "report": data.report,
+                    "validation_report": data.validation_report,
+                    "overlap_removed": data.overlap_removed,
                     "train_examples": data.train.len(),
                     "validation_examples": data.validation.len(),
                     "train_batches": data.train_batches.len(),
@@ -509,6 +520,8 @@ impl Session {
         bytes: Vec<u8>,
         config: JsValue,
         on_event: js_sys::Function,
+        validation_name: Option<String>,
+        validation_bytes: Option<Vec<u8>>,
     ) -> js_sys::Promise {
         let base = self.current_model();
         let files = self.files.borrow().clone();
@@ -521,14 +534,18 @@ impl Session {
                 let files = files.ok_or_else(|| {
                     Error::new(Code::ModelNotLoaded, "no model is loaded; load one first")
                 })?;
+                let progress = data_progress_to(&on_event);
                 let out = run_task(
                     (*files).clone(),
                     &base,
                     &backend,
-                    DatasetFile {
-                        name: &name,
-                        bytes: &bytes,
-                    },
+                    dataset_files(
+                        &name,
+                        &bytes,
+                        &validation_name,
+                        &validation_bytes,
+                        Some(&progress),
+                    ),
                     &config,
                     "webtune-base",
                     |event| {
@@ -553,11 +570,16 @@ impl Session {
         })
     }
 
-    /// As `finetune`, saving checkpoints and possibly continuing from one (causal LMs):
+    /// As `finetune`, saving checkpoints and possibly continuing from one — causal LMs and
+    /// classification jobs (encoders: the checkpoint then holds the head too):
     /// `on_checkpoint({step, bytes: Uint8Array})` receives one every `config.checkpoint_every`
     /// steps and when the run is paused or stopped early; `resume` (a checkpoint's bytes, or
     /// null) continues the run it was saved from, on the same model, dataset and configuration,
-    /// with the losses the uninterrupted run would have had.
+    /// with the losses the uninterrupted run would have had. A checkpoint of the other kind of
+    /// job (causal for an encoder, or the reverse), or of another model, dataset or
+    /// configuration, is refused with `config.invalid` (details `{field: "checkpoint", reason}`).
+    // Positional arguments are how a wasm-bindgen method takes optional values from JS.
+    #[allow(clippy::too_many_arguments)]
     #[wasm_bindgen(js_name = finetuneResumable)]
     pub fn finetune_resumable(
         &self,
@@ -567,6 +589,8 @@ impl Session {
         on_event: js_sys::Function,
         on_checkpoint: js_sys::Function,
         resume: Option<Vec<u8>>,
+        validation_name: Option<String>,
+        validation_bytes: Option<Vec<u8>>,
     ) -> js_sys::Promise {
         let base = self.current_model();
         let files = self.files.borrow().clone();
@@ -579,6 +603,7 @@ impl Session {
                 let files = files.ok_or_else(|| {
                     Error::new(Code::ModelNotLoaded, "no model is loaded; load one first")
                 })?;
+                let progress = data_progress_to(&on_event);
                 let resume = resume.as_deref().map(Checkpoint::from_bytes).transpose()?;
                 let mut save = |ck: Checkpoint| {
                     let out = js_sys::Object::new();
@@ -591,10 +616,13 @@ impl Session {
                     (*files).clone(),
                     &base,
                     &backend,
-                    DatasetFile {
-                        name: &name,
-                        bytes: &bytes,
-                    },
+                    dataset_files(
+                        &name,
+                        &bytes,
+                        &validation_name,
+                        &validation_bytes,
+                        Some(&progress),
+                    ),
                     &config,
                     "webtune-base",
                     Some(Checkpointing {
@@ -685,6 +713,8 @@ impl Session {
         bytes: Vec<u8>,
         config: JsValue,
         which: Option<String>,
+        validation_name: Option<String>,
+        validation_bytes: Option<Vec<u8>>,
     ) -> js_sys::Promise {
         let pick = self.pick_model(which.as_deref());
         let files = self.files.borrow().clone();
@@ -693,8 +723,10 @@ impl Session {
             let model = tuned.as_ref().map_or(&*base, |t| &t.model);
             let run = async {
                 let config = job_config(config)?;
+                let dataset =
+                    dataset_files(&name, &bytes, &validation_name, &validation_bytes, None);
                 if model.is_encoder() {
-                    let (data, m) = evaluate_classification(model, &name, &bytes, &config).await?;
+                    let (data, m) = evaluate_classification(model, dataset, &config).await?;
                     let mut value = serde_json::to_value(&m)
                         .map_err(|e| Error::new(Code::Internal, e.to_string()))?;
                     value["task"] = json!("classification");
@@ -707,7 +739,7 @@ impl Session {
                     None => None,
                 };
                 // The tuned model is scored on the base's split and tokenization.
-                let data = prepare_data(&base, chat, &name, &bytes, &config)?;
+                let data = prepare_data(&base, chat, dataset, &config)?;
                 let start = crate::platform::now_ms();
                 let loss = evaluate_loss(&model.family, &data.eval_batches).await?;
                 let mut value = serde_json::to_value(loss)
@@ -810,15 +842,51 @@ fn cosine(x: &[f32], y: &[f32]) -> f64 {
     dot / (norm(x) * norm(y)).max(1e-12)
 }
 
+/// The dataset file and the optional separate validation file the JS caller passed (both the
+/// validation name and bytes, or neither).
+fn dataset_files<'a>(
+    name: &'a str,
+    bytes: &'a [u8],
+    validation_name: &'a Option<String>,
+    validation_bytes: &'a Option<Vec<u8>>,
+    progress: Option<OnDataProgress<'a>>,
+) -> DatasetFiles<'a> {
+    let validation = match (validation_name, validation_bytes) {
+        (Some(name), Some(bytes)) => Some(DatasetFile { name, bytes }),
+        _ => None,
+    };
+    DatasetFiles {
+        train: DatasetFile { name, bytes },
+        validation,
+        progress,
+    }
+}
+
+/// Sends `{type: "data_progress", file, bytes, records_done, records}` to a JS callback (wasm
+/// runs the whole read synchronously; a worker's postMessage from the callback still reaches the
+/// page meanwhile).
+fn data_progress_to(callback: &js_sys::Function) -> impl Fn(DataProgress<'_>) + '_ {
+    move |p| {
+        if let Ok(value) = to_js(&json!({
+            "type": "data_progress",
+            "file": p.file,
+            "bytes": p.bytes,
+            "records_done": p.records_done,
+            "records": p.records,
+        })) {
+            let _ = callback.call1(&JsValue::NULL, &value);
+        }
+    }
+}
+
 /// `inspectDataset` for an encoder: the labelled dataset's report, split and label ids.
 fn inspect_labelled(
     base: &LoadedModel,
-    name: &str,
-    bytes: &[u8],
+    dataset: DatasetFiles<'_>,
     config: &JobConfig,
     backend: &BackendInfo,
 ) -> Result<serde_json::Value, Error> {
-    let data = prepare_class_data(base, name, bytes, config)?;
+    let data = prepare_class_data(base, dataset, config)?;
     let shapes = data.train_batches.iter().map(|b| (b.batch_size, b.seq_len));
     let (memory, memory_problem) = memory_json(
         base,
@@ -858,6 +926,8 @@ fn inspect_labelled(
         "memory_problem": memory_problem,
         "labels": data.labels.labels,
         "report": data.report,
+        "validation_report": data.validation_report,
+        "overlap_removed": data.overlap_removed,
         "train_examples": data.train.len(),
         "validation_examples": data.validation.len(),
         "train_batches": data.train_batches.len(),

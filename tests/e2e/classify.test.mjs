@@ -15,7 +15,7 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
-import { CLI, assertCleanLog, launchBrowser, waitForBackend, waitInPage, withPage, withTimeout, writeArtifactJson } from "./harness.mjs";
+import { CLI, artifactPath, assertCleanLog, launchBrowser, waitForBackend, waitInPage, withPage, withTimeout, writeArtifactJson } from "./harness.mjs";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const INDEX = path.join(ROOT, "www/models/index.json");
@@ -58,10 +58,13 @@ test("MiniLM learns the sentiment sample in the page, as the native CLI does, an
   assert.equal(native.task, "classification");
 
   await withPage("classify", browser, { backend: "cpu" }, async ({ page, log }) => {
+    // A screenshot of each stage of the flow (model → data → training → results), as artifacts.
+    const stage = (name) => withTimeout(page.screenshot({ path: artifactPath(`classify-${name}.png`), fullPage: true }), 30_000, `the ${name} screenshot`);
     await waitForBackend(page);
     const loaded = await withTimeout(page.evaluate(() => window.webtune.loadDefaultModel("all-minilm-l6-v2")), 300_000, "MiniLM to load");
     assert.equal(loaded.error, null, `loading failed: ${JSON.stringify(loaded.error)}`);
     assert.equal(loaded.info.kind, "encoder");
+    await stage("1-model");
 
     // Choosing the bundled sample fetches it from the page's own origin, once.
     const inspected = await withTimeout(page.evaluate(([s, c]) => window.webtune.inspectDataset(s, c), [SAMPLE, CONFIG]), 120_000, "inspectDataset");
@@ -71,9 +74,13 @@ test("MiniLM learns the sentiment sample in the page, as the native CLI does, an
     assert.equal(inspected.result.train_examples + inspected.result.validation_examples, 200);
     assert.ok(inspected.result.preview[0].label === "neg" || inspected.result.preview[0].label === "pos");
     const requestsAfterData = log.requests.length;
+    await stage("2-data");
 
     // The chosen dataset (null): already in the page, so training needs nothing from the network.
-    const record = await withTimeout(page.evaluate((c) => window.webtune.finetune(null, c), CONFIG), 1_200_000, "fine-tuning MiniLM");
+    const running = withTimeout(page.evaluate((c) => window.webtune.finetune(null, c), CONFIG), 1_200_000, "fine-tuning MiniLM");
+    await waitInPage(page, () => (window.webtune.finetunes.at(-1)?.events ?? []).filter((e) => e.type === "step").length >= 5, null, 600_000, "five training steps");
+    await stage("3-training");
+    const record = await running;
     assert.equal(record.error, null, `fine-tuning failed: ${JSON.stringify(record.error)}`);
     const r = record.result;
     writeArtifactJson("classify-result.json", { page: { ...r, report: undefined }, native: { ...native, report: undefined } });
@@ -115,6 +122,7 @@ test("MiniLM learns the sentiment sample in the page, as the native CLI does, an
     assert.equal(shown.rows, 2);
     assert.equal(shown.matrices, 2);
     assert.equal(shown.verdict, "better");
+    await stage("4-results");
 
     // Typed sentences: the page's "try it" box and the API agree; similarity is a cosine.
     await page.getByTestId("try-text").fill("a warm , funny and beautifully acted film .");

@@ -524,3 +524,75 @@ test("f. a run too big for the CPU backend's memory is refused before training, 
     assertCleanLog(assert, log);
   });
 });
+
+test("g. a separate validation file: chosen in the panel, it replaces the held-out share, overlapping pairs leave training, and the CLI makes the same split", { timeout: 600_000 }, async () => {
+  // Training: the first 32 pairs plus 2 that are also in the validation file (the last 8).
+  const lines = GOOD_JSONL.trim().split("\n");
+  const trainText = [...lines.slice(0, 32), ...lines.slice(32, 34)].join("\n") + "\n";
+  const validText = lines.slice(32).join("\n") + "\n";
+  const config = { ...DATA, samples: 1, sample_tokens: 4, train: { method: "lora", lr: 1e-2, steps: 4, seed: 7, lora_r: 4, lora_alpha: 8 } };
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "webtune-validation-file-"));
+  fs.writeFileSync(path.join(tmp, "train.jsonl"), trainText);
+  fs.writeFileSync(path.join(tmp, "valid.jsonl"), validText);
+  const native = cliJson(["train", MODEL_DIR, "--data", path.join(tmp, "train.jsonl"), "--validation", path.join(tmp, "valid.jsonl"), "--config", JSON.stringify(config), "--out", path.join(tmp, "out")]);
+  assert.equal(native.overlap_removed, 2);
+  assert.equal(native.validation_examples, 8);
+  assert.equal(native.validation_report.file, "valid.jsonl");
+
+  await withPage("finetune-g-validation-file", browser, { backend: "cpu" }, async ({ page, log }) => {
+    await waitForBackend(page);
+    await loadFixture(page);
+    const outcome = () => page.evaluate(() => document.querySelector("[data-testid=dataset-state]")?.dataset.outcome ?? null);
+    await page.getByTestId("dataset-file").setInputFiles({ name: "train.jsonl", mimeType: "application/jsonl", buffer: Buffer.from(trainText) });
+    await waitInPage(page, () => /train\.jsonl/.test(document.querySelector("[data-testid=report-file]")?.textContent ?? ""), null, 60_000, "train.jsonl checked");
+    assert.equal(await outcome(), "done");
+    // Without a validation file: the panel's 10% share of the 34 pairs.
+    assert.match(await page.getByTestId("report-split").textContent(), /^31 training · 3 validation$/);
+    await page.getByTestId("dataset-validation-file").setInputFiles({ name: "valid.jsonl", mimeType: "application/jsonl", buffer: Buffer.from(validText) });
+    const shown = await waitInPage(
+      page,
+      () => document.querySelector("[data-testid=report-validation-file]")?.textContent ?? null,
+      null,
+      60_000,
+      "the validation file in the report",
+    );
+    assert.match(shown, /^valid\.jsonl \(.*\): 8 examples kept · 2 training example\(s\) also in it were left out of training$/);
+    assert.match(await page.getByTestId("report-split").textContent(), /^32 training · 8 validation \(from valid\.jsonl\)$/);
+    assert.match(await page.getByTestId("dataset-validation-name").textContent(), /^valid\.jsonl/);
+    assert.equal(await page.getByTestId("dataset-validation").isDisabled(), true, "the share does not apply with a validation file");
+
+    // Presets set the steps from the checked dataset (32 training pairs in batches of 4: 8
+    // batches) and the LoRA size; typing a value makes the settings "custom".
+    const fields = () => page.evaluate(() => ["ft-preset", "ft-steps", "ft-lora-r", "ft-lora-alpha"].map((id) => document.querySelector(`[data-testid=${id}]`).value));
+    assert.deepEqual(await fields(), ["balanced", "8", "8", "16"]);
+    await page.getByTestId("ft-preset").selectOption("quick");
+    assert.deepEqual(await fields(), ["quick", "4", "8", "16"]);
+    await page.getByTestId("ft-preset").selectOption("thorough");
+    assert.deepEqual(await fields(), ["thorough", "24", "16", "32"]);
+    await page.getByTestId("ft-steps").fill("5");
+    assert.deepEqual(await fields(), ["custom", "5", "16", "32"]);
+    await page.getByTestId("ft-preset").selectOption("balanced");
+    assert.deepEqual(await fields(), ["balanced", "8", "8", "16"]);
+
+    const run = await finetune(page, "train.jsonl", trainText, config);
+    assert.equal(run.error, null, `fine-tuning failed: ${JSON.stringify(run.error)}`);
+    const r = run.result;
+    assert.equal(r.overlap_removed, 2);
+    assert.equal(r.train_examples, 32);
+    assert.equal(r.validation_examples, 8);
+    assert.equal(r.validation_report.examples, 8);
+    // Same split and the same base model: the same "before" loss as the native CLI.
+    console.log(`validation file: page before ${r.before.loss}, CLI before ${native.before.loss}; after ${r.after.loss} vs ${native.after.loss}`);
+    assert.ok(Math.abs(r.before.loss - native.before.loss) < 1e-4, `before: page ${r.before.loss}, CLI ${native.before.loss}`);
+    assert.equal(r.before.tokens, native.before.tokens);
+    const report = await page.evaluate(() => window.webtune.evaluationReport());
+    assert.equal(report.validation_file, "valid.jsonl");
+
+    // Removing it brings the share back.
+    await page.getByTestId("dataset-validation-remove").click();
+    await waitInPage(page, () => /^31 training · 3 validation$/.test(document.querySelector("[data-testid=report-split]")?.textContent ?? ""), null, 60_000, "the share split again");
+    assert.equal(await page.getByTestId("report-validation-file").count(), 0);
+    assert.equal(await page.evaluate(() => window.webtune.validationFile), null);
+    assertCleanLog(assert, log);
+  });
+});

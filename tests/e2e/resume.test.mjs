@@ -5,7 +5,8 @@
 // (evaluated and exported); window.webtune.pause()/resume() drive the same. A run interrupted
 // by a reload continues from its OPFS checkpoint once the same dataset file is given again (a
 // different file is refused), with the losses of the uninterrupted run. The FineTuner module's
-// pause()/resume() do the same for embedders.
+// pause()/resume() do the same for embedders. A MiniLM classification job resumes after a
+// reload as a causal one does.
 
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
@@ -53,14 +54,14 @@ async function loadFixture(page) {
 }
 
 /** Start a fine-tuning job without waiting for it; returns its index in window.webtune.finetunes. */
-function startJob(page, config = CONFIG) {
+function startJob(page, config = CONFIG, name = "capitals.jsonl", text = DATA_TEXT) {
   return page.evaluate(
-    ({ text, config }) => {
+    ({ name, text, config }) => {
       const index = window.webtune.finetunes.length;
-      window.__job = window.webtune.finetune({ name: "capitals.jsonl", bytes: text }, config);
+      window.__job = window.webtune.finetune({ name, bytes: text }, config);
       return index;
     },
-    { text: DATA_TEXT, config },
+    { name, text, config },
   );
 }
 
@@ -288,6 +289,74 @@ test("d. the FineTuner module: ft.pause()/ft.resume() with paused/resumed events
     assert.ok(out.events[0][1] >= 3 && out.events[0][1] < STEPS, `paused at ${out.events[0][1]}`);
     assert.equal(out.steps, STEPS);
     assert.deepEqual(out.paused, out.straight, "per-step losses");
+    assertCleanLog(assert, log);
+  });
+});
+
+test("e. a classification job (MiniLM) interrupted by a reload continues from its checkpoint with the uninterrupted run's losses and metrics", { timeout: 900_000 }, async () => {
+  // 80 sentences of the sentiment sample (40 of each label: the file lists the negative ones
+  // first): 64 to train on in batches of 8, 16 held out.
+  const lines = fs.readFileSync(path.join(ROOT, "www/samples/pang_lee_polarity_200.jsonl"), "utf8").trim().split("\n");
+  const text = [...lines.slice(0, 40), ...lines.slice(-40)].join("\n") + "\n";
+  const steps = 12;
+  const config = {
+    data: { causal: { seq_len: 32 } },
+    validation_fraction: 0.2,
+    batch_size: 8,
+    checkpoint_every: 4,
+    train: { method: "lora", lr: 5e-3, steps, warmup: 2, seed: 3, eval_every: 6 },
+  };
+  const loadMiniLM = async (page) => {
+    const loaded = await withTimeout(page.evaluate(() => window.webtune.loadDefaultModel("all-minilm-l6-v2")), 300_000, "MiniLM to load");
+    assert.equal(loaded.error, null, `loading failed: ${JSON.stringify(loaded.error)}`);
+  };
+  await withPage("resume-e-classification", browser, { backend: "cpu" }, async ({ page, log }) => {
+    await waitForBackend(page);
+    await loadMiniLM(page);
+
+    await startJob(page, config, "reviews.jsonl", text);
+    const straight = await jobResult(page);
+    assert.equal(straight.error, null, JSON.stringify(straight.error));
+    assert.deepEqual(
+      straight.events.filter((e) => e.type === "checkpoint").map((e) => e.step),
+      [4, 8],
+      "a checkpoint every 4 steps, none at the end",
+    );
+    const straightMetrics = await page.evaluate(() => window.webtune.finetunes.at(-1).result.after);
+
+    const index = await startJob(page, config, "reviews.jsonl", text);
+    await waitForSteps(page, index, 5);
+    await page.evaluate(() => window.webtune.pause());
+    const pausedAt = await waitForPaused(page, index);
+    await waitInPage(page, ({ i, step }) => window.webtune.finetunes[i].events.some((e) => e.type === "checkpoint" && e.step === step), { i: index, step: pausedAt }, 30_000, "the pause's checkpoint");
+
+    await page.reload({ waitUntil: "load" });
+    await waitForBackend(page);
+    await loadMiniLM(page);
+    const offer = page.getByTestId("ft-checkpoint");
+    await offer.waitFor({ state: "visible", timeout: 20_000 });
+    assert.match(await offer.textContent(), new RegExp(`step ${pausedAt} of ${steps}.*reviews\\.jsonl`));
+
+    const resumed = await withTimeout(
+      page.evaluate(async (t) => {
+        const r = await window.webtune.resumeInterrupted({ name: "reviews.jsonl", bytes: t });
+        return { status: r.status, error: r.error, summary: r.result?.summary ?? null, after: r.result?.after ?? null, steps: r.events.filter((e) => e.type === "step").map((e) => e.step) };
+      }, text),
+      300_000,
+      "the resumed classification run",
+    );
+    assert.equal(resumed.error, null, JSON.stringify(resumed.error));
+    assert.equal(resumed.steps[0], pausedAt + 1, "training continues after the saved step");
+    const a = straight.summary.losses;
+    const b = resumed.summary.losses;
+    assert.equal(b.length, a.length);
+    const worst = Math.max(...a.map((x, i) => Math.abs(x - b[i])));
+    console.log(`MiniLM reloaded at step ${pausedAt}: max |loss diff| ${worst}; accuracy ${straightMetrics.accuracy} vs ${resumed.after.accuracy}`);
+    writeArtifactJson("resume-e-classification.json", { pausedAt, straight: a, resumed: b, worst });
+    assert.ok(worst <= 1e-5, `losses differ by ${worst}`);
+    assert.equal(resumed.after.accuracy, straightMetrics.accuracy);
+    assert.deepEqual(resumed.after.confusion_matrix, straightMetrics.confusion_matrix);
+    assert.equal(await page.evaluate(() => window.webtune.refreshCheckpoint()), null, "the finished run deleted its checkpoint");
     assertCleanLog(assert, log);
   });
 });

@@ -23,8 +23,9 @@ const SCHEMA_NAMES = {
  * @param {(file: File) => void} options.onFile        a file was chosen
  * @param {(file: string) => void} options.onSample    a sample was chosen
  * @param {() => void} options.onInspect               "Check again" (options changed)
+ * @param {(file: File | null) => void} [options.onValidationFile]  a separate validation file was chosen (null: removed)
  */
-export function createDatasetPanel(section, { samples, onFile, onSample, onInspect }) {
+export function createDatasetPanel(section, { samples, onFile, onSample, onInspect, onValidationFile = () => {} }) {
   const fileInput = el("input", {
     id: "dataset-file",
     type: "file",
@@ -73,11 +74,27 @@ export function createDatasetPanel(section, { samples, onFile, onSample, onInspe
     inputmode: "decimal",
     "data-testid": "dataset-validation",
   });
+  // A separate validation file replaces the held-out share (the share field is disabled then).
+  const validationFile = el("input", {
+    id: "dataset-validation-file",
+    type: "file",
+    accept: ".jsonl,.ndjson,.json,.csv,.tsv,.txt",
+    "data-testid": "dataset-validation-file",
+  });
+  validationFile.addEventListener("change", () => {
+    const file = validationFile.files?.[0];
+    validationFile.value = "";
+    if (file) onValidationFile(file);
+  });
+  const validationChosen = el("span", { class: "help", "data-testid": "dataset-validation-name" }, "none: a share of the dataset is held out");
+  const validationRemove = el("button", { type: "button", "data-testid": "dataset-validation-remove", hidden: true, onclick: () => onValidationFile(null) }, "Remove");
+  let hasValidationFile = false;
   const recheck = el("button", { type: "button", "data-testid": "inspect-dataset", disabled: true, onclick: () => onInspect() }, "Check again");
   for (const f of [policy, encoding, seqLen, validation]) f.addEventListener("change", () => section.dataset.hasDataset === "true" && onInspect());
 
   const chosen = el("p", { class: "result", "data-testid": "dataset-name" }, "No dataset chosen.");
   const state = el("p", { class: "help", role: "status", "aria-live": "polite", "data-testid": "dataset-state" }, "");
+  const reading = el("progress", { max: 1, value: 0, hidden: true, "data-testid": "dataset-progress", "aria-label": "Reading the dataset" });
   const report = el("div", { class: "dataset-report", "data-testid": "dataset-report", hidden: true });
   const preview = el("div", { class: "dataset-preview", "data-testid": "dataset-preview", hidden: true });
 
@@ -103,10 +120,18 @@ export function createDatasetPanel(section, { samples, onFile, onSample, onInspe
       el("div", { class: "field" }, el("label", { for: "dataset-encoding" }, "Text encoding"), encoding),
       el("div", { class: "field" }, el("label", { for: "dataset-seq-len" }, "Sequence length (tokens)"), seqLen),
       el("div", { class: "field" }, el("label", { for: "dataset-validation" }, "Validation share"), validation),
+      el(
+        "div",
+        { class: "field" },
+        el("label", { for: "dataset-validation-file" }, "Separate validation file (optional)"),
+        validationFile,
+        el("div", { class: "buttons" }, validationChosen, validationRemove),
+      ),
       el("div", { class: "buttons" }, recheck),
     ),
     chosen,
     state,
+    reading,
     report,
     preview,
   );
@@ -131,7 +156,21 @@ export function createDatasetPanel(section, { samples, onFile, onSample, onInspe
         stat("Examples kept", formatInt(r.examples), "report-examples"),
         stat("Skipped", r.skipped ? `${formatInt(r.skipped)}: ${skipped.map(([k, n]) => `${k.replaceAll("_", " ")} ×${n}`).join(", ")}` : "none", "report-skipped"),
         stat("Duplicates", formatInt(r.duplicates), "report-duplicates"),
-        stat("Split", `${formatInt(result.train_examples)} training · ${formatInt(result.validation_examples)} validation`, "report-split"),
+        stat(
+          "Split",
+          `${formatInt(result.train_examples)} training · ${formatInt(result.validation_examples)} validation` +
+            (result.validation_report ? ` (from ${result.validation_report.file})` : ""),
+          "report-split",
+        ),
+        ...(result.validation_report
+          ? stat(
+              "Validation file",
+              `${result.validation_report.file} (${formatBytes(result.validation_report.bytes)}): ${formatInt(result.validation_report.examples)} examples kept` +
+                (result.validation_report.skipped ? `, ${formatInt(result.validation_report.skipped)} skipped` : "") +
+                (result.overlap_removed ? ` · ${formatInt(result.overlap_removed)} training example(s) also in it were left out of training` : " · no overlap with the training file"),
+              "report-validation-file",
+            )
+          : []),
         stat("Batches", `${formatInt(result.train_batches)} training · ${formatInt(result.eval_batches)} evaluation`, "report-batches"),
       ),
       el("p", { class: "help", "data-testid": "report-explanation" }, schema.explanation ?? ""),
@@ -246,7 +285,9 @@ export function createDatasetPanel(section, { samples, onFile, onSample, onInspe
       fileInput.disabled = busy;
       sampleSelect.disabled = busy;
       sampleButton.disabled = busy || !sampleSelect.value;
-      for (const f of [policy, encoding, seqLen, validation]) f.disabled = busy;
+      for (const f of [policy, encoding, seqLen, validationFile]) f.disabled = busy;
+      validation.disabled = busy || hasValidationFile;
+      validationRemove.disabled = busy;
     },
     /** The model changed: the sequence length cannot exceed its context. */
     setModel(info) {
@@ -261,6 +302,13 @@ export function createDatasetPanel(section, { samples, onFile, onSample, onInspe
       chosen.textContent = `Dataset: ${name} (${formatBytes(bytes)})`;
       state.textContent = note ?? "";
     },
+    /** The separate validation file ({name, bytes}) or null. */
+    validationFile(file) {
+      hasValidationFile = file != null;
+      validationChosen.textContent = file ? `${file.name} (${formatBytes(file.bytes)})` : "none: a share of the dataset is held out";
+      validationRemove.hidden = !file;
+      validation.disabled = hasValidationFile || section.dataset.mode === "busy";
+    },
     /** The job configuration's data part, from the controls. */
     config() {
       const out = { data: { policy: policy.value, encoding: encoding.value, causal: {} } };
@@ -273,8 +321,18 @@ export function createDatasetPanel(section, { samples, onFile, onSample, onInspe
       state.textContent = `Checking ${name}…`;
       section.setAttribute("aria-busy", "true");
     },
+    /** Reading progress {file, bytes, records_done, records} (shown for files of many records). */
+    progress(p) {
+      if (!(p.records > 0)) return;
+      reading.hidden = false;
+      reading.max = p.records;
+      reading.value = p.records_done;
+      reading.dataset.file = p.file;
+      state.textContent = `Checking ${p.file} (${formatBytes(p.bytes)}): ${formatInt(p.records_done)} of ${formatInt(p.records)} records tokenized (${Math.floor((100 * p.records_done) / p.records)}%)…`;
+    },
     show(result) {
       section.removeAttribute("aria-busy");
+      reading.hidden = true;
       const r = result.report;
       state.dataset.outcome = "done";
       state.textContent =
@@ -286,6 +344,7 @@ export function createDatasetPanel(section, { samples, onFile, onSample, onInspe
     },
     fail(error) {
       section.removeAttribute("aria-busy");
+      reading.hidden = true;
       state.dataset.outcome = "error";
       const d = error.details ?? {};
       const where = d.file ? ` (${d.file}${d.line != null ? `:${d.line}` : ""}${d.field ? `, field ${d.field}` : ""})` : "";

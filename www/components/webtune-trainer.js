@@ -9,7 +9,7 @@
 //              or a URL of a Hub-layout repo / one .gguf file (relative: "./", "../" or "/")
 //   dataset    URL of a dataset file, fetched before the model is loaded (so that nothing goes
 //              over the network once the model is in memory); users can also drop or pick a file
-//   preset     "quick-demo" (default) or "standard" (webtune.js PRESETS)
+//   preset     "quick-demo" (default), "balanced" or "thorough" (webtune.js PRESETS)
 //   backend    "auto" (default), "webgpu" or "cpu"
 //   steps, lr, method ("lora" | "full")   override the preset's training settings
 //   endpoint   Hub endpoint for repo ids (default https://huggingface.co)

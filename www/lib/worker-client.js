@@ -154,16 +154,16 @@ export class WorkerClient {
    * Read and validate a dataset file (`bytes`: an ArrayBuffer, copied to the worker). `result`
    * settles with `{result}` (the report, splits and preview) or `{error}`.
    */
-  inspectDataset(name, bytes, config) {
-    return this.request("data", { type: "inspect-dataset", name, bytes, config });
+  inspectDataset(name, bytes, config, validation = undefined, onProgress = null) {
+    return this.request("data", { type: "inspect-dataset", name, bytes, config, validation }, onProgress);
   }
 
   /**
    * Fine-tune on a dataset file. `onEvent(message)` sees each finetune-event message; `result`
    * settles with `{result}` or `{error}`.
    */
-  finetune(name, bytes, config, { onEvent, resume = false } = {}) {
-    return this.request("ft", { type: "finetune", name, bytes, config, ...(resume ? { resume: true } : {}) }, onEvent);
+  finetune(name, bytes, config, { onEvent, resume = false, validation = undefined } = {}) {
+    return this.request("ft", { type: "finetune", name, bytes, config, validation, ...(resume ? { resume: true } : {}) }, onEvent);
   }
 
   /** The saved checkpoint of an interrupted fine-tuning run; `result` settles with `{result: description | null}`. */
@@ -195,8 +195,8 @@ export class WorkerClient {
    * Score the base (`which` "base") or fine-tuned ("tuned") model on a dataset file's held-out
    * split without training; `result` settles with `{result}` or `{error}`.
    */
-  evaluate(name, bytes, config, which = "base") {
-    return this.request("eval", { type: "evaluate", name, bytes, config, which });
+  evaluate(name, bytes, config, which = "base", validation = undefined) {
+    return this.request("eval", { type: "evaluate", name, bytes, config, which, validation });
   }
 
   /** Classify a text with an encoder's head; `result` settles with `{result: {label, labels, probs}}` or `{error}`. */
@@ -275,6 +275,7 @@ export class WorkerClient {
       case "download":
       case "token":
       case "finetune-event":
+      case "dataset-progress":
         this.pending.get(message.id)?.onEvent?.(message);
         this.emit(message.type, message);
         break;

@@ -37,6 +37,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run: the size of the train variant's many flags does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Architecture, parameter count, sizes and stored dtype of a model.

@@ -11,6 +11,8 @@
 //                       {path}, config: job configuration, tokens_per_step}
 //     kind "generate": {model, ids, max_new_tokens, use_cache}
 //     kind "toy":      {config: trainToy configuration}
+//     kind "data":     {model, url: a dataset served with the page, config}: read, validate and
+//                       tokenize it (window.webtune.inspectDataset), MB/s
 
 import fs from "node:fs";
 import path from "node:path";
@@ -170,7 +172,25 @@ async function runToy(page, c) {
   };
 }
 
-const RUNNERS = { finetune: runFinetune, generate: runGenerate, toy: runToy };
+/** Dataset throughput: the bytes are fetched first (not timed), then copied to the worker, parsed, validated and tokenized. */
+async function runData(page, c) {
+  await ensureModel(page, c.model);
+  const r = await page.evaluate(
+    async ({ url, config }) => {
+      const bytes = await (await fetch(url)).arrayBuffer();
+      const name = url.split("/").pop();
+      const t0 = performance.now();
+      const rec = await window.webtune.inspectDataset({ name, bytes }, config);
+      const t1 = performance.now();
+      return { status: rec.status, error: rec.error, seconds: (t1 - t0) / 1e3, bytes: bytes.byteLength, examples: rec.result?.report?.examples ?? null };
+    },
+    { url: c.url, config: c.config },
+  );
+  if (r.status !== "done") throw new Error(`inspectDataset ended with ${r.status}: ${JSON.stringify(r.error)}`);
+  return { mb_per_s: r.bytes / 1e6 / r.seconds, seconds: r.seconds, bytes: r.bytes, examples: r.examples };
+}
+
+const RUNNERS = { finetune: runFinetune, generate: runGenerate, toy: runToy, data: runData };
 
 /** Every case on a fresh page (so a case that hangs cannot spoil the next one, and page-load
  * figures are comparable); the backend description comes from the first page. */

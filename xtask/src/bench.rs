@@ -41,12 +41,17 @@ pub const CASES: &[&str] = &[
     "smollm2-lora-step",
     "smollm2-generate",
     "tiny-gpt2-vocab-train",
+    "data-read",
 ];
 
 const SMOLLM2_ID: &str = "smollm2-135m-instruct";
 const SMOLLM2_GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const TINY_GPT2: &str = "tests/fixtures/tiny_random/gpt2-vocab";
 const DATASET: &str = "shakespeare_excerpt.txt";
+const MINILM_ID: &str = "all-minilm-l6-v2";
+/// Where the generated large datasets of the data-read cases go (served with the page, ignored
+/// by git).
+const BENCH_DATA: &str = "www/bench-data";
 /// A fixed prompt (token ids of SmolLM2's vocabulary), so every path generates from the same one.
 const PROMPT_IDS: &[u32] = &[1, 9690, 198, 2683, 359, 253, 5356, 5646];
 
@@ -64,7 +69,8 @@ struct Case {
     name: String,
     /// The `--cases` name that selects it.
     group: &'static str,
-    /// What the figures mean: "train" (step times) or "generate" (tokens/s only).
+    /// What the figures mean: "train" (step times), "generate" (tokens/s only) or "data"
+    /// (dataset read + validate + tokenize throughput, MB/s).
     kind: &'static str,
     tokens_per_step: Option<usize>,
     /// Arguments of the native CLI (after the binary).
@@ -244,7 +250,119 @@ fn cases(full: bool) -> Vec<Case> {
             s(steps),
         ]),
     });
+
+    // Reading a large dataset: parse, validate, tokenize every example for the report, split
+    // and batch (`webtune data`; the page's inspectDataset), with each default model's tokenizer.
+    let megabytes = if full { 100 } else { 20 };
+    let data_config =
+        json!({ "data": { "causal": { "seq_len": 128 } }, "validation_fraction": 0.1 });
+    for (label, model_id, model_path, file) in [
+        (
+            "MiniLM, text/label",
+            MINILM_ID,
+            root.join("www/models").join(MINILM_ID).join("resolve/main"),
+            format!("reviews-{megabytes}mb.jsonl"),
+        ),
+        (
+            "SmolLM2, prompt/completion",
+            SMOLLM2_ID,
+            smollm2.clone(),
+            format!("qa-{megabytes}mb.jsonl"),
+        ),
+    ] {
+        let path = root.join(BENCH_DATA).join(&file);
+        out.push(Case {
+            name: format!("data-read ({label}, {megabytes} MB)"),
+            group: "data-read",
+            kind: "data",
+            tokens_per_step: None,
+            native: vec![
+                s("data"),
+                model_path.display().to_string(),
+                s("--data"),
+                path.display().to_string(),
+                s("--config"),
+                data_config.to_string(),
+                s("--json"),
+            ],
+            native_wgpu: None,
+            browser: json!({
+                "kind": "data", "model": { "default": model_id },
+                "url": format!("bench-data/{file}"), "config": data_config,
+            }),
+            torch: None,
+        });
+    }
     out
+}
+
+/// Writes the data-read cases' datasets (deterministic, from the sentiment sample's words) if
+/// they are not there yet: `reviews-*.jsonl` (text/label) and `qa-*.jsonl` (prompt/completion).
+fn write_bench_datasets(cases: &[Case]) -> Result<()> {
+    let root = repo_root();
+    let sample = fs::read_to_string(root.join("www/samples/pang_lee_polarity_200.jsonl"))
+        .context("reading the sentiment sample for the data-read datasets")?;
+    let words: Vec<String> = sample
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["text"].as_str().map(str::to_owned))
+        .flat_map(|t| t.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .collect();
+    if words.is_empty() {
+        bail!("the sentiment sample has no words");
+    }
+    for case in cases.iter().filter(|c| c.kind == "data") {
+        let Some(path) = case.native.get(3).map(std::path::PathBuf::from) else {
+            continue;
+        };
+        if path.is_file() {
+            continue;
+        }
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let megabytes: usize = name
+            .rsplit('-')
+            .next()
+            .and_then(|t| t.strip_suffix("mb.jsonl"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(20);
+        fs::create_dir_all(path.parent().unwrap_or(&root))?;
+        // xorshift64*: the same file on every machine.
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = |n: usize| {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % n
+        };
+        let mut text = String::with_capacity(megabytes << 20);
+        let mut i = 0usize;
+        while text.len() < megabytes * 1_000_000 {
+            let phrase = |lo: usize, hi: usize, next: &mut dyn FnMut(usize) -> usize| {
+                let n = lo + next(hi - lo);
+                (0..n)
+                    .map(|_| words[next(words.len())].as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            let line = if name.starts_with("reviews") {
+                let t = format!("{i} {}", phrase(12, 60, &mut next));
+                let label = if next(2) == 0 { "pos" } else { "neg" };
+                json!({ "text": t, "label": label })
+            } else {
+                let p = format!("Q{i}: {}?", phrase(5, 20, &mut next));
+                json!({ "prompt": p, "completion": phrase(10, 50, &mut next) })
+            };
+            text += &line.to_string();
+            text.push('\n');
+            i += 1;
+        }
+        fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        println!("xtask bench: wrote {} ({i} examples)", path.display());
+    }
+    Ok(())
 }
 
 pub fn bench(options: &BenchOptions) -> Result<()> {
@@ -291,6 +409,7 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
         }
         prepare_models()?;
     }
+    write_bench_datasets(&selected)?;
 
     let mut notes: Vec<String> = Vec::new();
     let machine = machine_info();
@@ -668,7 +787,14 @@ fn run_native(cli: &Path, args: &[String], case: &Case, timeout: Duration) -> Va
     let Some(out) = out else {
         return json!({ "error": "the CLI printed no JSON" });
     };
-    let mut value = if case.kind == "train" {
+    let mut value = if case.kind == "data" {
+        json!({
+            "mb_per_s": out["mb_per_s"],
+            "seconds": out["seconds"],
+            "bytes": out["bytes"],
+            "examples": out["report"]["examples"],
+        })
+    } else if case.kind == "train" {
         // Step events: {"type":"step",...} for train, progress objects for toy.
         let events: Vec<(f64, Value)> = run
             .stderr
@@ -816,7 +942,14 @@ fn add_ratios(results: &mut BTreeMap<String, BTreeMap<String, Value>>) {
                 v["vs_native_wgpu"] = json!(t / r);
             }
         }
+        let mbs = paths
+            .get("native-cpu")
+            .and_then(|v| v["mb_per_s"].as_f64())
+            .filter(|x| *x > 0.0);
         for value in paths.values_mut() {
+            if let (Some(t), Some(r)) = (value["mb_per_s"].as_f64(), mbs) {
+                value["vs_native"] = json!(t / r);
+            }
             if let Some(t) = value["tokens_per_s"].as_f64() {
                 if let Some(r) = torch {
                     value["vs_torch"] = json!(t / r);
@@ -980,6 +1113,13 @@ fn table(cases: &[Case], results: &BTreeMap<String, BTreeMap<String, Value>>) ->
             }
             if let Some(n) = v["tokens"].as_u64() {
                 notes.push(format!("{n} tokens"));
+            }
+            if let Some(m) = v["mb_per_s"].as_f64() {
+                notes.push(format!(
+                    "{m:.2} MB/s ({} examples in {:.1} s)",
+                    v["examples"],
+                    v["seconds"].as_f64().unwrap_or(f64::NAN)
+                ));
             }
             t += &format!(
                 "| {} | {label} | {step} | {} | {} | {} | {} | {} |\n",

@@ -44,6 +44,10 @@
 //                                 of training. Re-checks the chosen dataset; resolves as
 //                                 inspectDataset does (or with null when nothing is chosen).
 //   validationFile                {name, bytes: byte length} or null
+//   baseline                      after a dataset is checked, the base model is scored on its
+//                                 held-out split automatically ("before"; worker.js "evaluate"):
+//                                 {dataset, config, result} or null; whenBaseline() waits for it.
+//                                 Operations started meanwhile wait for it to end.
 //   inspectDataset(input, config) input: a File, {name, bytes} (bytes: ArrayBuffer / typed array
 //                                 / string), a sample's file name, or null (the chosen dataset);
 //                                 it becomes the chosen dataset. config: the job configuration
@@ -108,6 +112,7 @@ const BUSY_WORDS = {
   finetune: "fine-tuning",
   export: "exporting the fine-tuned model",
   classify: "classifying",
+  evaluate: "evaluating the base model",
 };
 const NAMES = { auto: "auto", webgpu: "WebGPU", cpu: "CPU" };
 
@@ -134,6 +139,9 @@ const state = {
   dataset: null,
   // A separate validation file {name, bytes: ArrayBuffer}, or null (hold out a share).
   validation: null,
+  // The automatic "before" evaluation: its promise while it runs, and its latest result.
+  autoEval: null,
+  baseline: null,
   finetunes: [],
   activeFinetune: null,
   tuned: null,
@@ -212,8 +220,9 @@ function updateMode() {
   const op = state.activeOp;
   let mode;
   if (run) mode = run.status === "cancelling" ? "cancelling" : "running";
-  else if (op) mode = "busy";
-  else if (client.state === "ready") mode = "idle";
+  // The automatic "before" evaluation keeps the controls usable: what they start waits for it.
+  else if (op && !op.auto) mode = "busy";
+  else if (client.state === "ready" || (op?.auto && client.state === "busy")) mode = "idle";
   else mode = "unavailable";
   toyPanel.setMode(mode);
   modelPanel.setMode({ canLoad: mode === "idle", loading: op?.kind === "load" });
@@ -325,6 +334,7 @@ async function train(config = {}) {
     return run;
   };
   if (state.activeRun) return refuse({ code: "train.busy", message: "A run is already in progress; cancel it or wait for it to finish." });
+  if (state.autoEval) await settleAuto();
   const refusal = refusalFor("train");
   if (refusal) return refuse(refusal);
 
@@ -485,6 +495,9 @@ function setModel(info) {
   generatePanel.setModel(info);
   datasetPanel.setModel(info);
   finetunePanel.setModel(info);
+  // The base model's "before" belonged to the previous model.
+  state.baseline = null;
+  resultsPanel.baseline(null, null);
   void refreshCheckpoint();
   // A fine-tuned model belongs to the model it was tuned from.
   if (state.tuned !== null || state.lastResult !== null) {
@@ -513,6 +526,7 @@ function plainError(e, fallbackCode = "page.error") {
 async function loadModel(label, sourceSummary, prepare) {
   const record = { id: null, source: sourceSummary, status: "loading", downloads: [], info: null, timing: null, error: null };
   state.loads.push(record);
+  if (state.autoEval) await settleAuto();
   const refusal = refusalFor("load");
   if (refusal) {
     record.status = "error";
@@ -638,6 +652,7 @@ async function loadDefaultModel(id) {
 /** Generate from `input` (string | {text} | {ids}) with `options` (snake_case). */
 async function generate(input, options = {}) {
   const record = { id: null, input, options: { ...options }, status: "generating", tokens: [], result: null, error: null };
+  if (state.autoEval) await settleAuto();
   const refusal = refusalFor("generate");
   if (refusal) {
     record.status = "error";
@@ -678,6 +693,7 @@ async function generate(input, options = {}) {
 
 /** Logits of every position of `ids` under the base or the "tuned" model: {shape, data: Float32Array, error}. */
 async function logits(ids, which = "base") {
+  if (state.autoEval) await settleAuto();
   const refusal = refusalFor("logits");
   if (refusal) {
     alerts.show(refusal);
@@ -698,6 +714,7 @@ async function logits(ids, which = "base") {
 
 /** Run one short encoder operation (`call(client)` → {result}); resolves with {result, error}. */
 async function encoderOp(call) {
+  if (state.autoEval) await settleAuto();
   const refusal = refusalFor("classify");
   if (refusal) {
     alerts.show(refusal);
@@ -805,7 +822,7 @@ async function setValidationFile(input) {
     state.validation = { name: file.name, bytes: file.bytes };
   }
   datasetPanel.validationFile(state.validation ? { name: state.validation.name, bytes: state.validation.bytes.byteLength } : null);
-  if (state.dataset && state.model && !state.activeOp && client.state === "ready") return inspectDataset(null);
+  if (state.dataset && state.model && (!state.activeOp || state.activeOp.auto) && client.state !== "crashed") return inspectDataset(null);
   return null;
 }
 
@@ -819,7 +836,44 @@ async function chooseAndInspect(input) {
     return;
   }
   setDataset(dataset);
-  if (state.model && !state.activeOp && client.state === "ready") await inspectDataset(null);
+  if (state.model && (!state.activeOp || state.activeOp.auto) && client.state !== "crashed") await inspectDataset(null);
+}
+
+/**
+ * Resolves once the automatic "before" evaluation (if one runs) has ended. Callers await it
+ * only while one runs: an operation must otherwise reach the worker synchronously (a cancel()
+ * right after generate() relies on it).
+ */
+async function settleAuto() {
+  while (state.autoEval) await state.autoEval;
+}
+
+/**
+ * Score the base model on the held-out split of the dataset just checked (the split the job
+ * will make with `config`), and show it in the results panel. Runs only when nothing else does;
+ * any operation started meanwhile waits for it (settleAuto). Failures are shown there quietly:
+ * the job reports its own "before" anyway.
+ */
+async function autoBefore(dataset, config) {
+  if (!state.model || state.activeOp || client.state !== "ready" || typeof client.evaluate !== "function") return;
+  const op = { kind: "evaluate", auto: true };
+  state.activeOp = op;
+  let done;
+  state.autoEval = new Promise((resolve) => (done = resolve));
+  const model = state.model;
+  resultsPanel.baselinePending(dataset.name);
+  try {
+    const { result } = client.evaluate(dataset.name, dataset.bytes, config, "base", validationMessage());
+    const outcome = await result;
+    state.baseline = outcome.result ? { dataset: dataset.name, config, result: outcome.result } : null;
+    // A model loaded meanwhile makes these numbers stale (loading waited, so this is rare).
+    if (state.model === model) resultsPanel.baseline(outcome.result ?? null, outcome.error ?? null);
+  } finally {
+    if (state.activeOp === op) state.activeOp = null;
+    state.autoEval = null;
+    done();
+    updateMode();
+  }
 }
 
 /** window.webtune.inspectDataset. */
@@ -840,6 +894,7 @@ async function inspectDataset(input, config) {
   record.name = dataset.name;
   record.config = config ?? panelConfig();
   setDataset(dataset);
+  if (state.autoEval) await settleAuto();
   const refusal = refusalFor("inspect") ?? (state.model ? null : { code: "model.not_loaded", message: "Load a model first: the dataset is tokenised with its tokenizer." });
   if (refusal) {
     datasetPanel.note(refusal.message);
@@ -860,6 +915,9 @@ async function inspectDataset(input, config) {
     datasetPanel.show(outcome.result);
     finetunePanel.dataset(outcome.result);
     idleStatus();
+    // "Before" on its own, as soon as model and data are in: the numbers fine-tuning must beat
+    // (not when the run would not fit: scoring uses the same batches).
+    if (!outcome.result.memory_problem) void autoBefore(dataset, record.config);
   } else {
     datasetPanel.fail(outcome.error);
     fail(outcome.error);
@@ -889,6 +947,7 @@ async function finetune(input, config, { resume = false } = {}) {
   record.validation = state.validation?.name ?? null;
   record.config = config ?? panelConfig();
   if (input !== null && input !== undefined) setDataset(dataset);
+  if (state.autoEval) await settleAuto();
   const refusal = refusalFor("train") ?? (state.model ? null : { code: "model.not_loaded", message: "Load a model first." });
   if (refusal) return fail(refusal);
 
@@ -942,6 +1001,7 @@ async function finetune(input, config, { resume = false } = {}) {
 /** window.webtune.exportFiles: {files: {name: Uint8Array}, error}. Fetched once per fine-tuned model. */
 async function exportFiles() {
   if (state.exported) return { files: state.exported.files, error: null };
+  if (state.autoEval) await settleAuto();
   const refusal = refusalFor("export") ?? (state.tuned ? null : { code: "model.not_tuned", message: "Fine-tune a model first." });
   if (refusal) {
     alerts.show(refusal);
@@ -1128,6 +1188,12 @@ window.webtune = {
     return state.dataset ? { name: state.dataset.name, bytes: state.dataset.bytes.byteLength, source: state.dataset.source } : null;
   },
   setValidationFile: (input = null) => setValidationFile(input).catch((e) => ({ status: "error", error: plainError(e) })),
+  /** The automatic "before" evaluation of the checked dataset: {dataset, config, result} or null. */
+  get baseline() {
+    return state.baseline;
+  },
+  /** Resolves when the automatic "before" evaluation (if running) has ended. */
+  whenBaseline: () => settleAuto().then(() => state.baseline),
   get validationFile() {
     return state.validation ? { name: state.validation.name, bytes: state.validation.bytes.byteLength } : null;
   },

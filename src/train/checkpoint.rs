@@ -1,11 +1,12 @@
 //! Checkpoints of a fine-tuning run (causal LM or classifier), so that a stopped run (a reloaded
 //! tab, a killed CLI) continues as if it had not stopped: the trainable parameters (LoRA factors,
-//! or the weights full fine-tuning changes, and a classifier's head) with their burn ids, AdamW's state (both moments and the step
-//! counter of every parameter, burn's `OptimizerRecord` in its burnpack bytes), the position in
-//! the seeded batch stream, and the history the summary reports (losses, grad norms, learning
-//! rates, validation points). A classifier's checkpoint also holds its labels, its head's
-//! pooling and dropout, and the state of the generator that draws the head's dropout masks (so
-//! a resumed classification run with head dropout draws the uninterrupted run's masks).
+//! or the weights full fine-tuning changes, and a classifier's head) with their burn ids, AdamW's
+//! state (both moments and the step counter of every parameter, burn's `OptimizerRecord` in its
+//! burnpack bytes), the position in the seeded batch stream, and the history the summary reports
+//! (losses, grad norms, learning rates, validation points). A classifier's checkpoint also holds
+//! its labels, its head's pooling and dropout, and the state of the generator that draws the
+//! head's dropout masks (so a resumed classification run with head dropout draws the
+//! uninterrupted run's masks).
 //!
 //! AdamW's record keys each parameter's state by its `ParamId`, and a freshly loaded model draws
 //! new ids; restoring a parameter therefore gives it back its saved id as well as its value, so

@@ -561,6 +561,13 @@ test("g. a separate validation file: chosen in the panel, it replaces the held-o
     assert.match(await page.getByTestId("dataset-validation-name").textContent(), /^valid\.jsonl/);
     assert.equal(await page.getByTestId("dataset-validation").isDisabled(), true, "the share does not apply with a validation file");
 
+    // "Before" runs by itself once model and data are in: the base model on the 8 held-out pairs.
+    const baseline = await withTimeout(page.evaluate(() => window.webtune.whenBaseline()), 120_000, "the automatic before evaluation");
+    assert.equal(baseline?.dataset, "train.jsonl");
+    assert.equal(baseline.result.validation_examples, 8);
+    assert.ok(Number.isFinite(baseline.result.loss) && baseline.result.perplexity > 1, JSON.stringify(baseline.result));
+    assert.match(await page.getByTestId("baseline").textContent(), /^Before fine-tuning, on 8 held-out examples \(\d+ tokens scored in [\d.]+ s\): loss [\d.]+, perplexity [\d,]+\./);
+
     // Presets set the steps from the checked dataset (32 training pairs in batches of 4: 8
     // batches) and the LoRA size; typing a value makes the settings "custom".
     const fields = () => page.evaluate(() => ["ft-preset", "ft-steps", "ft-lora-r", "ft-lora-alpha"].map((id) => document.querySelector(`[data-testid=${id}]`).value));
@@ -584,6 +591,9 @@ test("g. a separate validation file: chosen in the panel, it replaces the held-o
     // Same split and the same base model: the same "before" loss as the native CLI.
     console.log(`validation file: page before ${r.before.loss}, CLI before ${native.before.loss}; after ${r.after.loss} vs ${native.after.loss}`);
     assert.ok(Math.abs(r.before.loss - native.before.loss) < 1e-4, `before: page ${r.before.loss}, CLI ${native.before.loss}`);
+    // The automatic "before" is the job's "before": same split, same model.
+    assert.ok(Math.abs(baseline.result.loss - r.before.loss) < 1e-5, `automatic before ${baseline.result.loss}, job before ${r.before.loss}`);
+    assert.equal(await page.getByTestId("baseline").isHidden(), true, "the before/after table replaces the lone before");
     assert.equal(r.before.tokens, native.before.tokens);
     const report = await page.evaluate(() => window.webtune.evaluationReport());
     assert.equal(report.validation_file, "valid.jsonl");

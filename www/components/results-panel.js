@@ -1,4 +1,4 @@
-// "Before / after" panel: held-out validation loss and perplexity of the base model and of the
+// "Before / after" panel: the base model's score as soon as a dataset is checked; then held-out validation loss and perplexity of the base model and of the
 // fine-tuned one, with the change and an honest verdict (including "it got worse"); the held-out
 // samples side by side (prompt, reference, base output, fine-tuned output); and downloads of the
 // exported files (the merged Hugging Face model folder and, after LoRA, the PEFT adapter).
@@ -33,7 +33,9 @@ export function createResultsPanel(section, { onDownload, onClassify, onSimilari
   const downloads = el("div", { class: "downloads", "data-testid": "downloads", hidden: true });
   const classes = el("div", { class: "classes", "data-testid": "classes", hidden: true });
   const tryIt = el("div", { class: "try-it", "data-testid": "try-it", hidden: true });
-  section.append(el("h2", { id: "results-title" }, "Before / after"), empty, verdict, table, classes, samples, tryIt, downloads);
+  // "Before" alone: the base model scored as soon as a dataset is checked.
+  const baselineEl = el("p", { class: "baseline", role: "status", "aria-live": "polite", "data-testid": "baseline", hidden: true });
+  section.append(el("h2", { id: "results-title" }, "Before / after"), empty, baselineEl, verdict, table, classes, samples, tryIt, downloads);
 
   function cell(text, testid, attrs = {}) {
     return el("td", { "data-testid": testid, ...attrs }, text);
@@ -328,6 +330,7 @@ export function createResultsPanel(section, { onDownload, onClassify, onSimilari
   return {
     show(result) {
       empty.hidden = true;
+      baselineEl.hidden = true;
       const classification = result.task === "classification";
       if (classification) {
         renderClassTable(result);
@@ -344,12 +347,37 @@ export function createResultsPanel(section, { onDownload, onClassify, onSimilari
       renderSamples(result.samples);
       renderDownloads(result.files);
     },
+    /** The base model is being scored on the checked dataset's held-out split. */
+    baselinePending(name) {
+      baselineEl.hidden = false;
+      baselineEl.dataset.state = "pending";
+      baselineEl.textContent = `Scoring the base model on the held-out examples of ${name}…`;
+    },
+    /** The base model's score ("before"), or why there is none (`error`); both null: hide it. */
+    baseline(r, error) {
+      baselineEl.hidden = !r && !error;
+      if (error) {
+        baselineEl.dataset.state = "error";
+        baselineEl.textContent = `Could not score the base model before training: ${error.code} — ${error.message}`;
+        return;
+      }
+      if (!r) return;
+      baselineEl.dataset.state = "done";
+      const n = formatInt(r.validation_examples ?? r.examples);
+      const secs = Number.isFinite(r.seconds) ? ` in ${r.seconds.toFixed(1)} s` : "";
+      baselineEl.textContent =
+        r.task === "classification"
+          ? `Before fine-tuning, on ${n} held-out examples${secs}: accuracy ${(r.accuracy * 100).toFixed(1)}%, macro-F1 ${r.macro_f1.toFixed(3)}, loss ${formatLoss(r.loss)}. ` +
+            "A new classification head starts untrained, so this is about chance level: the number to beat."
+          : `Before fine-tuning, on ${n} held-out examples (${formatInt(r.tokens)} tokens scored${secs}): loss ${formatLoss(r.loss)}, perplexity ${formatInt(Math.round(r.perplexity))}. Fine-tuning should lower both.`;
+    },
     /** File sizes became known (after the first export). */
     sizes(files, sizes) {
       renderDownloads(files, sizes);
     },
     clear(text) {
       empty.hidden = false;
+      baselineEl.hidden = true;
       empty.textContent = text ?? "Fine-tune a model to compare it with the base model here.";
       verdict.textContent = "";
       delete verdict.dataset.outcome;

@@ -21,7 +21,7 @@ use webtune::train::finetune::{FinetuneConfig, Method};
 use webtune::train::job::{run_job, DatasetFile, JobConfig, JobEvent, JobOutput};
 
 mod common;
-use common::fixture;
+use common::{fixture, sentiment_jsonl, sentiment_model};
 
 /// Pending `polls` times (waking itself each time, as a timer or a message would), then ready
 /// with `answer`; counts its polls in `seen`, so a test can tell the loop really awaited it.
@@ -724,88 +724,6 @@ mod class_checkpoints {
     }
 
     // -------------------------------------------------------------- the job, as the page runs it
-
-    const WORDS_POS: [&str; 6] = ["good", "great", "lovely", "wonderful", "fun", "brilliant"];
-    const WORDS_NEG: [&str; 6] = ["bad", "awful", "dull", "terrible", "boring", "weak"];
-    const FILLER: [&str; 8] = [
-        "the", "film", "was", "really", "plot", "acting", "quite", "and",
-    ];
-
-    /// A word-level tokenizer for the tiny random BERT (as tests/job.rs).
-    fn sentiment_tokenizer() -> String {
-        let mut vocab = vec!["[PAD]", "[UNK]", "[CLS]", "[SEP]"];
-        vocab.extend(WORDS_POS);
-        vocab.extend(WORDS_NEG);
-        vocab.extend(FILLER);
-        let vocab: serde_json::Map<String, serde_json::Value> = vocab
-            .iter()
-            .enumerate()
-            .map(|(i, w)| (w.to_string(), serde_json::json!(i)))
-            .collect();
-        let special = |id: usize, content: &str| {
-            serde_json::json!({"id": id, "content": content, "single_word": false,
-                "lstrip": false, "rstrip": false, "normalized": false, "special": true})
-        };
-        serde_json::json!({
-            "version": "1.0", "truncation": null, "padding": null,
-            "added_tokens": [special(0, "[PAD]"), special(1, "[UNK]"), special(2, "[CLS]"),
-                             special(3, "[SEP]")],
-            "normalizer": {"type": "Lowercase"},
-            "pre_tokenizer": {"type": "Whitespace"},
-            "post_processor": {
-                "type": "TemplateProcessing",
-                "single": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}},
-                           {"Sequence": {"id": "A", "type_id": 0}},
-                           {"SpecialToken": {"id": "[SEP]", "type_id": 0}}],
-                "pair": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}},
-                         {"Sequence": {"id": "A", "type_id": 0}},
-                         {"SpecialToken": {"id": "[SEP]", "type_id": 0}},
-                         {"Sequence": {"id": "B", "type_id": 1}},
-                         {"SpecialToken": {"id": "[SEP]", "type_id": 1}}],
-                "special_tokens": {
-                    "[CLS]": {"id": "[CLS]", "ids": [2], "tokens": ["[CLS]"]},
-                    "[SEP]": {"id": "[SEP]", "ids": [3], "tokens": ["[SEP]"]}
-                }
-            },
-            "decoder": null,
-            "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
-        })
-        .to_string()
-    }
-
-    /// `n` short reviews; the label is the polarity of their opinion words.
-    fn sentiment_jsonl(n: usize) -> String {
-        let mut rng = webtune::rng::Rng::new(11);
-        let mut pick = |words: &[&'static str]| {
-            words[(rng.uniform() * words.len() as f64) as usize % words.len()]
-        };
-        (0..n)
-            .map(|i| {
-                let (words, label) = if i % 2 == 0 {
-                    (&WORDS_POS, "pos")
-                } else {
-                    (&WORDS_NEG, "neg")
-                };
-                let text = format!(
-                    "{} {} {} {} {} {}",
-                    pick(&FILLER),
-                    pick(&FILLER),
-                    pick(words),
-                    pick(&FILLER),
-                    pick(words),
-                    pick(&FILLER)
-                );
-                serde_json::json!({"text": text, "label": label}).to_string() + "\n"
-            })
-            .collect()
-    }
-
-    fn sentiment_model() -> (ModelFiles, LoadedModel) {
-        let mut files = ModelFiles::from_dir(&fixture("tiny_random/bert")).expect("fixture");
-        files.insert("tokenizer.json", sentiment_tokenizer().into_bytes());
-        let base = LoadedModel::load(files.clone(), &Device::flex()).expect("loads");
-        (files, base)
-    }
 
     fn job_config(method: &str) -> JobConfig {
         JobConfig::from_json(&format!(

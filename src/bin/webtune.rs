@@ -534,21 +534,8 @@ fn run(cli: &Cli) -> Result<(), Error> {
                     )));
                 }
             }
-            let bytes = read_data(data)?;
-            let name = data
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let held_out = validation
-                .as_ref()
-                .map(|path| -> Result<(String, Vec<u8>), Error> {
-                    let name = path
-                        .file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    Ok((name, read_data(path)?))
-                })
-                .transpose()?;
+            let (name, bytes) = named_file(data)?;
+            let held_out = validation.as_deref().map(named_file).transpose()?;
             let backend = pollster::block_on(Backend::create(BackendKind::parse(backend)?))?;
             let json_out = cli.json;
             let progress_json = cli.progress_json;
@@ -723,11 +710,7 @@ fn run(cli: &Cli) -> Result<(), Error> {
             let files = ModelFiles::from_dir(model)?;
             let chat = chat_template(&files)?;
             let base = LoadedModel::load(files, &burn::tensor::Device::flex())?;
-            let bytes = read_data(data)?;
-            let name = data
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let (name, bytes) = named_file(data)?;
             if base.is_encoder() {
                 let value = pollster::block_on(webtune::train::classify_job::eval_class_file(
                     &base, &name, &bytes, &cfg,

@@ -128,6 +128,17 @@ pub struct Dataset {
     pub labels: Option<LabelMap>,
 }
 
+impl Dataset {
+    /// Whether every example has a reference answer to score greedy generations against
+    /// (prompt–completion and chat data; plain text has none).
+    pub fn has_answers(&self) -> bool {
+        !self
+            .examples
+            .iter()
+            .any(|e| matches!(e.content, Content::Text { .. }))
+    }
+}
+
 /// Options for [`inspect`]; every field has a default, so `{}` is valid JSON for it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]

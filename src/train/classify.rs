@@ -8,8 +8,8 @@
 //! The export is a `BertForSequenceClassification` checkpoint (LoRA merged) whose config.json
 //! names the classes (`id2label`/`label2id`), loadable with `AutoModelForSequenceClassification`.
 
-use burn::module::{Module, ModuleMapper, Param, ParamGroup};
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
+use burn::module::{Module, ModuleMapper, Param};
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::TensorData;
@@ -18,12 +18,13 @@ use serde_json::{json, Value};
 
 use super::checkpoint::{
     load_optimizer, optimizer_bytes, restore_params, save_params, Checkpoint, CheckpointTask,
-    Checkpointing, ClassState, StatesOn,
+    Checkpointing, ClassState,
 };
 use super::control::Control;
 use super::export::{merged_tensors, ExportFiles};
 use super::finetune::{
-    check_and_clip, read_scalar, FinetuneConfig, Method, TrainableModel, VectorIds,
+    adamw_optimizer, check_and_clip, read_scalar, BatchStream, FinetuneConfig, Method,
+    TrainableModel,
 };
 use super::lora::LoraInit;
 use super::median;
@@ -351,12 +352,6 @@ pub async fn train_classifier_checkpointed<C: Into<Control>>(
         warmup_steps: config.warmup,
         total_steps,
     };
-    let adamw = AdamWConfig::new()
-        .with_beta_1(config.adam_beta1 as f32)
-        .with_beta_2(config.adam_beta2 as f32)
-        .with_epsilon(config.adam_eps as f32)
-        .with_weight_decay(config.weight_decay as f32);
-    let mut optim = adamw.init();
     let labels_now = model.labels.labels.clone();
     let Family::Bert(bert) = &mut model.model.family else {
         return Err(Error::new(Code::Internal, "not an encoder"));
@@ -365,32 +360,8 @@ pub async fn train_classifier_checkpointed<C: Into<Control>>(
     // record and the no-decay group are keyed by: restore first (as the causal loop does).
     if let Some((ck, _)) = &resume {
         *bert = restore_params(bert.clone(), &ck.params)?;
-        // Every parameter's saved state is rebuilt on the CPU (see `StatesOn`).
-        optim = optim.with_group(
-            ParamGroup::ids_from_module(bert.clone()),
-            StatesOn {
-                inner: adamw.build(),
-                device: Device::flex(),
-            },
-            None,
-        );
     }
-    if !config.decay_bias_and_norm && config.weight_decay > 0.0 {
-        let mut ids = VectorIds::default();
-        bert.visit(&mut ids);
-        let no_decay = adamw.clone().with_weight_decay(0.0).build();
-        optim = if resume.is_some() {
-            let device = Device::flex();
-            let inner = no_decay;
-            optim.with_group(
-                ParamGroup::from_ids(ids.0),
-                StatesOn { inner, device },
-                None,
-            )
-        } else {
-            optim.with_group(ParamGroup::from_ids(ids.0), no_decay, None)
-        };
-    }
+    let mut optim = adamw_optimizer(&*bert, config, resume.is_some());
     let mut summary = ClassifySummary {
         backend: backend.info.backend.as_str().to_string(),
         method: config.method,
@@ -421,34 +392,18 @@ pub async fn train_classifier_checkpointed<C: Into<Control>>(
             eval: evaluate_classifier(bert, eval, head.pooling).await?,
         });
     }
-    // The micro-batch stream: epochs over the batches, each in a seeded shuffled order.
-    let mut order_rng = Rng::new(config.seed ^ 0x0D0E_D0E5);
     let n = train.len();
-    let mut order: Vec<usize> = Vec::new();
-    let mut consumed = 0usize;
-    let mut next_batch = |consumed: &mut usize| -> usize {
-        if *consumed % n == 0 {
-            order = (0..n).collect();
-            if config.shuffle {
-                order_rng.shuffle(&mut order);
-            }
-        }
-        let i = order[*consumed % n];
-        *consumed += 1;
-        i
-    };
+    let mut stream = BatchStream::new(config.seed, n, config.shuffle);
     // The seeded stream is replayed up to where the checkpoint left it.
     let first_step = resume.as_ref().map_or(0, |(ck, _)| ck.step);
-    for _ in 0..resume.as_ref().map_or(0, |(ck, _)| ck.consumed) {
-        next_batch(&mut consumed);
-    }
+    stream.skip(resume.as_ref().map_or(0, |(ck, _)| ck.consumed));
     let mut start = now_ms();
     let mut step_ms = Vec::with_capacity(total_steps);
     let mut step_examples = Vec::with_capacity(total_steps);
     for step in first_step..total_steps {
         let step_start = now_ms();
         let micro: Vec<usize> = (0..config.grad_accum)
-            .map(|_| next_batch(&mut consumed))
+            .map(|_| stream.next_batch())
             .collect();
         let examples: usize = micro.iter().map(|&i| train[i].batch_size).sum();
         let mut accumulator = GradientsAccumulator::<Bert>::new();
@@ -504,7 +459,7 @@ pub async fn train_classifier_checkpointed<C: Into<Control>>(
         let progress = ClassifyProgress {
             step: done,
             total_steps,
-            epoch: consumed as f64 / n as f64,
+            epoch: stream.consumed as f64 / n as f64,
             loss: loss_value,
             lr,
             grad_norm: grad_norm as f32,
@@ -520,7 +475,7 @@ pub async fn train_classifier_checkpointed<C: Into<Control>>(
                 let ck = Checkpoint {
                     task: CheckpointTask::Classification,
                     step: done,
-                    consumed,
+                    consumed: stream.consumed,
                     config: config.clone(),
                     losses: summary.losses.clone(),
                     grad_norms: summary.grad_norms.clone(),

@@ -10,7 +10,7 @@
 //! weights, and a yield to the event loop between steps.
 
 use burn::module::{Module, ModuleVisitor, Param, ParamGroup, ParamId};
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use serde::{Deserialize, Serialize};
@@ -537,6 +537,97 @@ impl ModuleVisitor for ScaleGrads<'_> {
     }
 }
 
+/// AdamW as both training loops set it up: `config`'s betas, epsilon and weight decay, with
+/// biases and norms in a no-decay group unless `decay_bias_and_norm`. `module` holds the
+/// parameters to step (restored ones already carry their saved ids, which key the groups);
+/// `resuming`: every group rebuilds its saved state on the CPU (see [`StatesOn`]), ready for
+/// [`load_optimizer`](super::checkpoint::load_optimizer).
+pub(crate) fn adamw_optimizer<M: Module>(
+    module: &M,
+    config: &FinetuneConfig,
+    resuming: bool,
+) -> ModuleOptimizer {
+    let adamw = AdamWConfig::new()
+        .with_beta_1(config.adam_beta1 as f32)
+        .with_beta_2(config.adam_beta2 as f32)
+        .with_epsilon(config.adam_eps as f32)
+        .with_weight_decay(config.weight_decay as f32);
+    let mut optim = adamw.init();
+    if resuming {
+        optim = optim.with_group(
+            ParamGroup::ids_from_module(module.clone()),
+            StatesOn {
+                inner: adamw.build(),
+                device: Device::flex(),
+            },
+            None,
+        );
+    }
+    if !config.decay_bias_and_norm && config.weight_decay > 0.0 {
+        let mut ids = VectorIds::default();
+        module.visit(&mut ids);
+        let group = ParamGroup::from_ids(ids.0);
+        let no_decay = adamw.clone().with_weight_decay(0.0).build();
+        optim = if resuming {
+            let device = Device::flex();
+            optim.with_group(
+                group,
+                StatesOn {
+                    inner: no_decay,
+                    device,
+                },
+                None,
+            )
+        } else {
+            optim.with_group(group, no_decay, None)
+        };
+    }
+    optim
+}
+
+/// The micro-batch stream of a run: epochs over `n` batches, each in an order shuffled by a
+/// generator seeded from the run's seed, so a run (and a resumed one, which replays the stream
+/// up to its checkpoint with [`BatchStream::skip`]) draws the same batches on every platform.
+pub(crate) struct BatchStream {
+    rng: Rng,
+    order: Vec<usize>,
+    shuffle: bool,
+    /// Micro-batches drawn so far (what a checkpoint saves as `consumed`).
+    pub consumed: usize,
+}
+
+impl BatchStream {
+    pub fn new(seed: u64, n: usize, shuffle: bool) -> Self {
+        Self {
+            rng: Rng::new(seed ^ 0x0D0E_D0E5),
+            order: (0..n).collect(),
+            shuffle,
+            consumed: 0,
+        }
+    }
+
+    /// The index of the next batch.
+    pub fn next_batch(&mut self) -> usize {
+        let n = self.order.len();
+        if self.consumed % n == 0 {
+            self.order = (0..n).collect();
+            if self.shuffle {
+                self.rng.shuffle(&mut self.order);
+            }
+        }
+        let i = self.order[self.consumed % n];
+        self.consumed += 1;
+        i
+    }
+
+    /// Draw (and drop) `count` batches: where a checkpoint's run had got to.
+    pub fn skip(&mut self, count: usize) {
+        for _ in 0..count {
+            self.next_batch();
+        }
+    }
+}
+
 /// Ids of 1-D parameters (biases, norm weights): no weight decay for them by default.
 #[derive(Default)]
 pub(crate) struct VectorIds(pub Vec<ParamId>);
@@ -667,49 +758,19 @@ where
         warmup_steps: config.warmup,
         total_steps,
     };
-    let adamw = AdamWConfig::new()
-        .with_beta_1(config.adam_beta1 as f32)
-        .with_beta_2(config.adam_beta2 as f32)
-        .with_epsilon(config.adam_eps as f32)
-        .with_weight_decay(config.weight_decay as f32);
-    let mut optim = adamw.init();
     if config.model_dropout || (config.method == Method::Lora && config.lora_dropout > 0.0) {
         // Dropout masks come from the device's generator: seeded, a run repeats itself (on the
         // same backend; the generator is per process, so one run at a time).
         device.seed(config.seed);
     }
     // Restored parameters take back their saved ids, which the optimizer record and the
-    // no-decay group below are keyed by: restore first.
+    // no-decay group are keyed by: restore first.
     let resume = ctx.checkpointing.as_mut().and_then(|c| c.resume.take());
     let first_step = resume.as_ref().map_or(0, |ck| ck.step);
     if let Some(ck) = &resume {
         *model = restore_params(model.clone(), &ck.params)?;
-        // Every parameter's saved state is rebuilt on the CPU (see `StatesOn`).
-        optim = optim.with_group(
-            ParamGroup::ids_from_module(model.clone()),
-            StatesOn {
-                inner: adamw.build(),
-                device: Device::flex(),
-            },
-            None,
-        );
     }
-    if !config.decay_bias_and_norm && config.weight_decay > 0.0 {
-        let mut ids = VectorIds::default();
-        model.visit(&mut ids);
-        let no_decay = adamw.clone().with_weight_decay(0.0).build();
-        optim = if resume.is_some() {
-            let device = Device::flex();
-            let inner = no_decay;
-            optim.with_group(
-                ParamGroup::from_ids(ids.0),
-                StatesOn { inner, device },
-                None,
-            )
-        } else {
-            optim.with_group(ParamGroup::from_ids(ids.0), no_decay, None)
-        };
-    }
+    let mut optim = adamw_optimizer(model, config, resume.is_some());
 
     if let Some(ck) = &resume {
         optim = load_optimizer(optim, &ck.optimizer)?;
@@ -724,27 +785,10 @@ where
         ctx.summary.eval.push(EvalPoint { step: 0, eval: e });
     }
 
-    // The micro-batch stream: epochs over the batches, each in a seeded shuffled order.
-    let mut order_rng = Rng::new(config.seed ^ 0x0D0E_D0E5);
     let n = ctx.train.len();
-    let mut order: Vec<usize> = Vec::new();
-    let mut consumed = 0usize;
-    let mut next_batch = |consumed: &mut usize| -> usize {
-        if *consumed % n == 0 {
-            order = (0..n).collect();
-            if config.shuffle {
-                order_rng.shuffle(&mut order);
-            }
-        }
-        let i = order[*consumed % n];
-        *consumed += 1;
-        i
-    };
-
+    let mut stream = BatchStream::new(config.seed, n, config.shuffle);
     // The seeded stream is replayed up to where the checkpoint left it.
-    for _ in 0..resume.as_ref().map_or(0, |ck| ck.consumed) {
-        next_batch(&mut consumed);
-    }
+    stream.skip(resume.as_ref().map_or(0, |ck| ck.consumed));
 
     let mut start = now_ms();
     let mut step_ms = Vec::with_capacity(total_steps);
@@ -752,7 +796,7 @@ where
     for step in first_step..total_steps {
         let step_start = now_ms();
         let micro: Vec<usize> = (0..config.grad_accum)
-            .map(|_| next_batch(&mut consumed))
+            .map(|_| stream.next_batch())
             .collect();
         let counted: usize = micro.iter().map(|&i| ctx.train[i].counted()).sum();
         let tokens: usize = micro
@@ -814,7 +858,7 @@ where
         let progress = FinetuneProgress {
             step: done,
             total_steps,
-            epoch: consumed as f64 / n as f64,
+            epoch: stream.consumed as f64 / n as f64,
             loss: loss_value,
             lr,
             grad_norm: grad_norm as f32,
@@ -832,7 +876,7 @@ where
                 let ck = Checkpoint {
                     task: CheckpointTask::Causal,
                     step: done,
-                    consumed,
+                    consumed: stream.consumed,
                     config: config.clone(),
                     losses: s.losses.clone(),
                     grad_norms: s.grad_norms.clone(),

@@ -651,12 +651,7 @@ pub async fn run_job_checkpointed<'a, C: Into<Control>>(
         done.push(sample);
     }
     let answers = |after: bool| {
-        if data
-            .dataset
-            .examples
-            .iter()
-            .any(|e| matches!(e.content, Content::Text { .. }))
-        {
+        if !data.dataset.has_answers() {
             return None;
         }
         answer_metrics(done.iter().map(|s| {
@@ -722,11 +717,7 @@ pub async fn eval_file(
     // Greedy answers of the first `samples` prompts against their references, as `train` scores
     // its held-out samples (plain text has no answers).
     let mut pairs = Vec::new();
-    let has_answers = !dataset
-        .examples
-        .iter()
-        .any(|e| matches!(e.content, Content::Text { .. }));
-    if has_answers {
+    if dataset.has_answers() {
         for example in &dataset.examples {
             if pairs.len() >= config.samples {
                 break;

@@ -396,7 +396,7 @@ fn cli_generate_chat_formats_the_conversation() {
 #[test]
 fn a_job_on_a_gguf_chat_model_exports_its_template() {
     use webtune::backend::Backend;
-    use webtune::train::job::{run_job, DatasetFile, JobConfig};
+    use webtune::train::job::{run_job, DataSource, DatasetFile, JobConfig};
 
     let files = gguf_with_template(TOKENS_TEMPLATE);
     let base = load(files.clone());
@@ -423,7 +423,7 @@ fn a_job_on_a_gguf_chat_model_exports_its_template() {
         &Backend::cpu(),
         DatasetFile {
             name: "chat.jsonl",
-            bytes: rows.as_bytes(),
+            source: DataSource::Bytes(rows.as_bytes()),
         },
         &config,
         "tiny-chat",

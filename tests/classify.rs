@@ -117,18 +117,23 @@ fn labels() -> LabelMap {
     LabelMap::from_labels(["negative", "neutral", "positive"])
 }
 
+/// The reference's hyperparameters (tools/reference/classify_reference.py): 20 steps of two
+/// accumulated batches, 2 warmup steps then linear decay, weight decay on matrices, clipping
+/// that is active on most steps.
 fn config(method: Method) -> FinetuneConfig {
     FinetuneConfig {
         method,
         lora_r: 4,
         lora_alpha: 8.0,
         lora_targets: vec!["query".into(), "value".into()],
-        lr: 1e-3,
-        schedule: ScheduleKind::Constant,
-        steps: Some(4),
+        lr: 5e-3,
+        schedule: ScheduleKind::Linear,
+        warmup: 2,
+        steps: Some(20),
+        grad_accum: 2,
         shuffle: false,
-        max_grad_norm: 1.0,
-        weight_decay: 0.0,
+        max_grad_norm: 0.17,
+        weight_decay: 0.01,
         ..FinetuneConfig::default()
     }
 }
@@ -205,6 +210,9 @@ fn training_learns_cancels_and_refuses_non_finite_losses() {
     let mut cfg = config(Method::Full);
     cfg.lr = 5e-3;
     cfg.steps = Some(40);
+    cfg.schedule = ScheduleKind::Constant;
+    cfg.warmup = 0;
+    cfg.max_grad_norm = 1.0;
     let mut model = prepare(&r, Method::Full, &backend);
     let s = pollster::block_on(train_classifier(&mut model, &backend, &b, &b, &cfg, |_| {
         true
@@ -274,6 +282,34 @@ fn new_head_mean_pooling_and_export() {
         |_| true,
     ))
     .unwrap();
+    // Mean pooling is not what transformers' head computes: the export ships a modeling file
+    // with that pooling and points AutoModelForSequenceClassification at it
+    // (tools/reference/check_classify_export.py loads it with trust_remote_code).
+    let files = pollster::block_on(export_classifier(&model, &base_config())).unwrap();
+    let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["model.safetensors", "config.json", "modeling_webtune.py"]
+    );
+    let exported = file_json(&files, "config.json");
+    assert_eq!(exported["webtune_pooling"], "mean");
+    assert_eq!(
+        exported["auto_map"]["AutoModelForSequenceClassification"],
+        "modeling_webtune.WebtuneBertForSequenceClassification"
+    );
+    let py = std::str::from_utf8(&files[2].1).unwrap();
+    assert!(py.contains("class WebtuneBertForSequenceClassification("));
+    write_export(&model, &files, &b[0], "classify_export_mean");
+    // Reloaded here with its pooling, the export predicts the same.
+    let again = reload(&files, &backend, head);
+    let d = max_diff(
+        &pollster::block_on(predict(&again, &b[0])).unwrap().concat(),
+        &pollster::block_on(predict(&model, &b[0])).unwrap().concat(),
+    );
+    assert!(
+        d <= 1e-5,
+        "exported mean-pooled model predicts differently ({d})"
+    );
 
     // Export a pooler-pooled model (what transformers' head computes) and check it reloads here.
     let mut model = prepare(&r, Method::Lora, &backend);
@@ -289,31 +325,71 @@ fn new_head_mean_pooling_and_export() {
     ))
     .unwrap();
     let files = pollster::block_on(export_classifier(&model, &base_config())).unwrap();
-    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tmp/classify_export");
-    std::fs::create_dir_all(&out).unwrap();
-    let mut reloaded = ModelFiles::new();
-    for (name, bytes) in &files {
-        std::fs::write(out.join(name), bytes).unwrap();
-        reloaded.insert(name.clone(), bytes.clone());
-    }
-    let logits = pollster::block_on(predict(&model, &b[0])).unwrap();
-    std::fs::write(
-        out.join("webtune_logits.json"),
-        serde_json::to_vec(&json!({ "batch": r["batches"][0], "logits": logits })).unwrap(),
-    )
-    .unwrap();
-    let config: Value = serde_json::from_slice(&files[1].1).unwrap();
+    let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["model.safetensors", "config.json"],
+        "no modeling file"
+    );
+    let logits = write_export(&model, &files, &b[0], "classify_export");
+    let config = file_json(&files, "config.json");
     assert_eq!(config["id2label"]["2"], "positive");
     assert_eq!(config["label2id"]["neutral"], 1);
     assert_eq!(config["architectures"][0], "BertForSequenceClassification");
-    let again = LoadedModel::load(reloaded, &backend.inference).unwrap();
-    assert_eq!(again.info.labels.as_ref().unwrap()[0], "negative");
-    let again = ClassifierModel::prepare(again.family, labels(), &config_full(), HEAD).unwrap();
+    assert_eq!(config["webtune_pooling"], "pooler");
+    assert!(config.get("auto_map").is_none(), "{config}");
+    let again = reload(&files, &backend, HEAD);
     let e1 = pollster::block_on(evaluate_classifier_of(&again, &b)).unwrap();
     let theirs = pollster::block_on(predict(&again, &b[0])).unwrap();
     let d = max_diff(&theirs.concat(), &logits.concat());
     assert!(d <= 1e-5, "exported model predicts differently ({d})");
     assert!(e1.examples == 5);
+}
+
+fn file_json(files: &[(String, Vec<u8>)], name: &str) -> Value {
+    let (_, bytes) = files.iter().find(|(n, _)| n == name).unwrap();
+    serde_json::from_slice(bytes).unwrap()
+}
+
+/// Writes an export and the logits webtune computes for `batch` to target/tmp/`dir`, for
+/// tools/reference/check_classify_export.py; returns those logits.
+fn write_export(
+    model: &ClassifierModel,
+    files: &[(String, Vec<u8>)],
+    batch: &ClassBatch,
+    dir: &str,
+) -> Vec<Vec<f32>> {
+    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target/tmp")
+        .join(dir);
+    std::fs::create_dir_all(&out).unwrap();
+    for (name, bytes) in files {
+        std::fs::write(out.join(name), bytes).unwrap();
+    }
+    let logits = pollster::block_on(predict(model, batch)).unwrap();
+    let ids: Vec<&[i64]> = batch.input_ids.chunks(batch.seq_len).collect();
+    let mask: Vec<&[i64]> = batch.attention_mask.chunks(batch.seq_len).collect();
+    std::fs::write(
+        out.join("webtune_logits.json"),
+        serde_json::to_vec(&json!({
+            "batch": { "input_ids": ids, "attention_mask": mask },
+            "logits": logits,
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    logits
+}
+
+/// The export loaded back as webtune loads any checkpoint (the head from the checkpoint).
+fn reload(files: &[(String, Vec<u8>)], backend: &Backend, head: HeadConfig) -> ClassifierModel {
+    let mut reloaded = ModelFiles::new();
+    for (name, bytes) in files {
+        reloaded.insert(name.clone(), bytes.clone());
+    }
+    let again = LoadedModel::load(reloaded, &backend.inference).unwrap();
+    assert_eq!(again.info.labels.as_ref().unwrap()[0], "negative");
+    ClassifierModel::prepare(again.family, labels(), &config_full(), head).unwrap()
 }
 
 fn config_full() -> FinetuneConfig {

@@ -160,6 +160,12 @@ fn train_writes_a_model_that_eval_and_info_read() {
     assert_eq!(result["summary"]["steps"], 3);
     assert_eq!(result["report"]["examples"], 40);
     assert!(result["before"]["loss"].as_f64().unwrap() > 0.0);
+    // The metrics' shared keys: tokens evaluated and the time it took, before and after.
+    for when in ["before", "after"] {
+        let e = &result[when];
+        assert!(e["tokens"].as_u64().unwrap() > 0, "{when}: {e}");
+        assert!(e["seconds"].as_f64().unwrap() > 0.0, "{when}: {e}");
+    }
     for file in [
         "merged/model.safetensors",
         "merged/config.json",
@@ -181,6 +187,7 @@ fn train_writes_a_model_that_eval_and_info_read() {
     assert!(ok, "{eval}");
     assert_eq!(eval["examples"], 40);
     assert!(eval["eval"]["perplexity"].as_f64().unwrap() > 1.0);
+    assert!(eval["eval"]["seconds"].as_f64().unwrap() > 0.0, "{eval}");
     // Prompt–completion data: greedy answers to the first `samples` (3) prompts are scored.
     let answers = &eval["answers"];
     assert_eq!(answers["examples"], 3, "{eval}");
@@ -314,4 +321,70 @@ fn train_flags_override_the_config_and_the_task_is_checked() {
         "{err}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn train_json_has_the_headline_numbers_for_both_tasks() {
+    // Causal: the tiny GPT-2 on the capitals pairs.
+    let out = std::env::temp_dir().join(format!("webtune-cli-headline-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let model = fixture("tiny_random/gpt2-vocab");
+    let data = fixture("data/capitals.jsonl");
+    let (ok, result) = webtune(&[
+        "train",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--steps",
+        "3",
+        "--batch-size",
+        "8",
+        "--seq-len",
+        "32",
+    ]);
+    assert!(ok, "{result}");
+    assert_eq!(result["steps"], 3);
+    assert_eq!(result["train_loss"], result["summary"]["losses"]);
+    assert_eq!(result["train_loss"].as_array().unwrap().len(), 3);
+    assert!(result["tokens_per_s"].as_f64().unwrap() > 0.0, "{result}");
+
+    // Classification: the tiny BERT with a word-level tokenizer, on labelled reviews. Its new
+    // head pools by the mean, so the export carries the class transformers needs for that.
+    let dir = out.join("bert");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("tiny_random/bert").join(f), dir.join(f)).unwrap();
+    }
+    std::fs::write(dir.join("tokenizer.json"), common::sentiment_tokenizer()).unwrap();
+    let reviews = out.join("reviews.jsonl");
+    std::fs::write(&reviews, common::sentiment_jsonl(60)).unwrap();
+    let written = out.join("classifier");
+    let (ok, result) = webtune(&[
+        "train",
+        dir.to_str().unwrap(),
+        "--data",
+        reviews.to_str().unwrap(),
+        "--steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--out",
+        written.to_str().unwrap(),
+    ]);
+    assert!(ok, "{result}");
+    assert_eq!(result["task"], "classification");
+    assert_eq!(result["steps"], 4);
+    assert_eq!(result["train_loss"], result["summary"]["losses"]);
+    assert!(result["tokens_per_s"].as_f64().unwrap() > 0.0, "{result}");
+    assert!(result["after"]["accuracy"].is_number(), "{result}");
+    assert_eq!(result["pooling"], "mean");
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(written.join("merged/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        config["auto_map"]["AutoModelForSequenceClassification"],
+        "modeling_webtune.WebtuneBertForSequenceClassification"
+    );
+    assert!(written.join("merged/modeling_webtune.py").is_file());
+    let _ = std::fs::remove_dir_all(&out);
 }

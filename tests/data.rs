@@ -734,7 +734,7 @@ fn only_assistant_tokens_count_in_chat_batches() {
 }
 
 #[test]
-fn reading_reports_progress_from_zero_to_every_record() {
+fn reading_reports_progress_from_zero_to_the_whole_file() {
     use std::cell::RefCell;
     use webtune::data::validate::inspect_with_progress;
     let text: String = (0..3000)
@@ -742,11 +742,8 @@ fn reading_reports_progress_from_zero_to_every_record() {
         .collect();
     let seen = RefCell::new(Vec::new());
     let record = |p: webtune::data::validate::DataProgress<'_>| {
-        assert_eq!(
-            (p.file, p.bytes, p.records),
-            ("big.jsonl", text.len(), 3000)
-        );
-        seen.borrow_mut().push(p.records_done);
+        assert_eq!((p.file, p.bytes), ("big.jsonl", text.len()));
+        seen.borrow_mut().push((p.bytes_done, p.records_done));
     };
     let gpt2 = gpt2();
     let (ds, _) = inspect_with_progress(
@@ -759,9 +756,133 @@ fn reading_reports_progress_from_zero_to_every_record() {
     .unwrap();
     assert_eq!(ds.examples.len(), 3000);
     let seen = seen.into_inner();
-    assert_eq!(seen.first(), Some(&0));
-    assert_eq!(seen.last(), Some(&3000));
-    assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
-    // Records every 256 (a hundredth of 3000 is less): 0, 256, ..., 2816, then 3000.
-    assert_eq!(seen.len(), 13, "{seen:?}");
+    assert_eq!(seen.first(), Some(&(0, 0)));
+    assert_eq!(seen.last(), Some(&(text.len(), 3000)));
+    assert!(
+        seen.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1),
+        "{seen:?}"
+    );
+    // About every hundredth of the file: the start, 100 steps (the last may coincide with the
+    // end, which is reported once more), the end.
+    assert!((100..=102).contains(&seen.len()), "{}", seen.len());
+}
+
+#[test]
+fn a_file_over_max_examples_is_checked_in_full_and_a_uniform_sample_kept() {
+    // 2000 labelled lines, sorted by label as exports often are, one of them broken.
+    let mut text = String::new();
+    for i in 0..2000 {
+        let label = if i < 1000 { "neg" } else { "pos" };
+        if i == 1500 {
+            text.push_str("{broken\n");
+        } else {
+            text.push_str(&format!(
+                "{{\"text\": \"review {i}\", \"label\": \"{label}\"}}\n"
+            ));
+        }
+    }
+    let options = InspectOptions {
+        max_examples: 200,
+        ..Default::default()
+    };
+    let (ds, report) = inspect("sorted.jsonl", text.as_bytes(), &options, None).unwrap();
+    assert_eq!(
+        (report.records, report.examples, report.skipped),
+        (2000, 1999, 1)
+    );
+    assert_eq!(report.sampled, Some(200));
+    assert_eq!(report.issues[0].loc.line, 1501);
+    // Counts are over the whole file, not the sample.
+    let labels = report.labels.as_ref().unwrap();
+    assert_eq!((labels["neg"], labels["pos"]), (1000, 999));
+    assert_eq!(ds.examples.len(), 200);
+    // Kept in file order, and from all over the file: both labels, both ends.
+    let lines: Vec<usize> = ds.examples.iter().map(|e| e.loc.line).collect();
+    assert!(lines.windows(2).all(|w| w[0] < w[1]), "{lines:?}");
+    let neg = ds
+        .examples
+        .iter()
+        .filter(|e| e.content.label() == Some("neg"))
+        .count();
+    assert!((60..=140).contains(&neg), "{neg} of 200 negatives");
+    assert!(
+        lines[0] <= 200 && *lines.last().unwrap() > 1800,
+        "{lines:?}"
+    );
+    // The same file gives the same sample.
+    let (again, _) = inspect("sorted.jsonl", text.as_bytes(), &options, None).unwrap();
+    assert_eq!(again.examples, ds.examples);
+    // Under the cap nothing is sampled.
+    let (all, report) = inspect(
+        "sorted.jsonl",
+        text.as_bytes(),
+        &InspectOptions::default(),
+        None,
+    )
+    .unwrap();
+    assert_eq!((all.examples.len(), report.sampled), (1999, None));
+}
+
+/// A file on disk is streamed in pieces (of 8 MiB) cut at line breaks; what it reads must be
+/// exactly what reading the same bytes in memory gives, whatever falls on a piece boundary.
+#[test]
+fn a_file_streamed_from_disk_reads_as_the_same_bytes_in_memory() {
+    use webtune::data::validate::inspect_path;
+    let dir = std::env::temp_dir().join(format!("webtune-stream-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    // ~20 MB of JSON lines (BOM, CRLF endings, blank lines, a malformed line, duplicates):
+    // three pieces, so records, blank lines and line numbers cross two boundaries.
+    let mut text = String::from("\u{feff}");
+    let mut i = 0;
+    while text.len() < 20_000_000 {
+        match i % 997 {
+            13 => text.push_str("\r\n"),
+            500 => text.push_str("{\"text\": broken\r\n"),
+            _ => text.push_str(&format!(
+                "{{\"text\": \"review number {} with some words to make it longer than short\", \"label\": \"{}\"}}\r\n",
+                i % 150_000,
+                ["neg", "pos"][i % 2]
+            )),
+        }
+        i += 1;
+    }
+    let path = dir.join("big.jsonl");
+    std::fs::write(&path, &text).unwrap();
+    let options = InspectOptions::default();
+    let (a, ra) = inspect("big.jsonl", text.as_bytes(), &options, None).unwrap();
+    let (b, rb) = inspect_path("big.jsonl", &path, &options, None, None).unwrap();
+    assert!(ra.records > 200_000, "{}", ra.records);
+    assert!(ra.blank_lines > 200 && ra.skipped > 200 && ra.duplicates > 0);
+    assert_eq!(ra.sampled, Some(100_000));
+    assert_eq!(ra, rb);
+    assert_eq!(a.examples, b.examples);
+
+    // One example per line, as text.
+    let lines: String = text.replace("\"text\": ", "").replace(['{', '}'], "");
+    let path = dir.join("big.txt");
+    std::fs::write(&path, &lines).unwrap();
+    let (a, ra) = inspect("big.txt", lines.as_bytes(), &options, None).unwrap();
+    let (b, rb) = inspect_path("big.txt", &path, &options, None, None).unwrap();
+    assert_eq!(ra.format, Format::Text);
+    assert_eq!(ra, rb);
+    assert_eq!(a.examples, b.examples);
+
+    // Invalid UTF-8 in the third piece: the same error, naming the same byte, line and column.
+    let mut bytes = text.into_bytes();
+    let at = bytes.len() - 1000;
+    let at = at + bytes[at..].iter().position(|&b| b == b'v').unwrap();
+    bytes[at] = 0xFF;
+    let path = dir.join("bad.jsonl");
+    std::fs::write(&path, &bytes).unwrap();
+    let ea = inspect("bad.jsonl", &bytes, &options, None).unwrap_err();
+    let eb = inspect_path("bad.jsonl", &path, &options, None, None).unwrap_err();
+    assert_eq!(ea.details["byte_offset"], at);
+    assert_eq!((ea.message, ea.details), (eb.message, eb.details));
+
+    let err =
+        inspect_path("gone.jsonl", &dir.join("gone.jsonl"), &options, None, None).unwrap_err();
+    assert_eq!(err.code, Code::DataInvalid);
+    assert!(err.message.contains("cannot read"), "{}", err.message);
+    let _ = std::fs::remove_dir_all(&dir);
 }

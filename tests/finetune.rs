@@ -5,12 +5,14 @@
 //! Tolerances. Every run is f32. PEFT adds the LoRA branch to the activations
 //! (`x W + (x A) B s`) while burn composes the weight (`x (W + s A B)`); torch's AdamW computes
 //! its bias corrections in f64 where burn's use f32; reductions are ordered differently. These
-//! differ at ~1e-7 relative per operation and five Adam steps amplify them (Adam normalises the
-//! update, so a tiny gradient difference in a near-zero component moves a weight by up to lr).
-//! Measured on the CPU backend: losses within 3.5e-7 relative (the fixtures keep 7 significant
-//! digits), pre-clip grad norms within 6.4e-6 relative, final LoRA factors and fully fine-tuned
-//! weights within 1.5e-6 absolute. Asserted: losses 1e-6 relative, grad norms 2e-5 relative,
-//! weights 1e-5 absolute + 1e-4 relative (`cargo test -- --nocapture` prints the numbers).
+//! differ at ~1e-7 relative per operation and twenty Adam steps amplify them (Adam normalises
+//! the update, so a tiny gradient difference in a near-zero component moves a weight by up to
+//! lr). The runs: 20 steps of two accumulated micro-batches, 2 warmup steps then linear decay,
+//! weight decay 0.1 on matrices, clipping active on every step. Measured on the CPU backend:
+//! losses within 2.2e-6 relative (full fine-tuning; LoRA less; the fixtures keep 7 significant
+//! digits), pre-clip grad norms within 1.9e-5 relative (GPT-2 LoRA, whose norms are ~0.07).
+//! Asserted: losses 1e-5 relative (the issue asks 1e-4), grad norms 5e-5 relative, weights
+//! 1e-5 absolute + 1e-4 relative (`cargo test -- --nocapture` prints the numbers).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -135,11 +137,11 @@ fn check_steps(name: &str, summary: &FinetuneSummary, r: &Value) {
     }
     eprintln!("{name}: losses {:?}\n  reference {losses:?}\n  max rel diff: loss {worst_loss:e}, grad norm {worst_norm:e}", summary.losses);
     assert!(
-        worst_loss < 1e-6,
+        worst_loss < 1e-5,
         "{name}: loss differs by {worst_loss:e} relative"
     );
     assert!(
-        worst_norm < 2e-5,
+        worst_norm < 5e-5,
         "{name}: grad norm differs by {worst_norm:e} relative"
     );
 }

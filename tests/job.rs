@@ -5,7 +5,7 @@ use burn::tensor::Device;
 use webtune::backend::Backend;
 use webtune::io::hf::ModelFiles;
 use webtune::models::loaded::LoadedModel;
-use webtune::train::job::{run_job, DatasetFile, JobConfig, JobEvent};
+use webtune::train::job::{run_job, DataSource, DatasetFile, JobConfig, JobEvent};
 use webtune::Code;
 
 mod common;
@@ -42,7 +42,7 @@ fn capitals_job(
         &Backend::cpu(),
         DatasetFile {
             name: "capitals.jsonl",
-            bytes: &data,
+            source: DataSource::Bytes(&data),
         },
         config,
         "tiny-gpt2-vocab",
@@ -148,7 +148,10 @@ fn datasets_the_model_cannot_learn_from_are_refused_clearly() {
             files.clone(),
             &base,
             &Backend::cpu(),
-            DatasetFile { name, bytes },
+            DatasetFile {
+                name,
+                source: DataSource::Bytes(bytes),
+            },
             &config("lora", 0.01, 2),
             "tiny",
             |_| true,
@@ -174,7 +177,7 @@ fn datasets_the_model_cannot_learn_from_are_refused_clearly() {
         &Backend::cpu(),
         DatasetFile {
             name: "qa.jsonl",
-            bytes: b"{\"prompt\": \"a\", \"completion\": \"b\"}\n{\"prompt\": \"c\", \"completion\": \"d\"}\n{\"prompt\": broken\n",
+            source: DataSource::Bytes(b"{\"prompt\": \"a\", \"completion\": \"b\"}\n{\"prompt\": \"c\", \"completion\": \"d\"}\n{\"prompt\": broken\n"),
         },
         &stop,
         "tiny",
@@ -194,7 +197,7 @@ fn datasets_the_model_cannot_learn_from_are_refused_clearly() {
         &Backend::cpu(),
         DatasetFile {
             name: "capitals.jsonl",
-            bytes: &std::fs::read(fixture("data/capitals.jsonl")).unwrap(),
+            source: DataSource::Bytes(&std::fs::read(fixture("data/capitals.jsonl")).unwrap()),
         },
         &config("lora", 0.01, 2),
         "tiny",
@@ -230,7 +233,7 @@ fn a_classification_job_learns_the_labels_and_reports_what_changed() {
         &Backend::cpu(),
         DatasetFile {
             name: "reviews.jsonl",
-            bytes: data.as_bytes(),
+            source: DataSource::Bytes(data.as_bytes()),
         },
         &config,
         "tiny-bert",
@@ -282,7 +285,7 @@ fn a_classification_job_learns_the_labels_and_reports_what_changed() {
         &base,
         DatasetFile {
             name: "reviews.jsonl",
-            bytes: data.as_bytes(),
+            source: DataSource::Bytes(data.as_bytes()),
         },
         &config,
     ))
@@ -309,7 +312,7 @@ fn a_classification_job_learns_the_labels_and_reports_what_changed() {
         &tuned,
         DatasetFile {
             name: "reviews.jsonl",
-            bytes: data.as_bytes(),
+            source: DataSource::Bytes(data.as_bytes()),
         },
         &config,
     ))
@@ -355,7 +358,7 @@ fn tasks_refuse_data_of_the_other_kind_with_a_clear_error() {
         &Backend::cpu(),
         DatasetFile {
             name: "plain.jsonl",
-            bytes: text.as_bytes(),
+            source: DataSource::Bytes(text.as_bytes()),
         },
         &class_config("full"),
         "tiny-bert",
@@ -373,7 +376,7 @@ fn tasks_refuse_data_of_the_other_kind_with_a_clear_error() {
         &Backend::cpu(),
         DatasetFile {
             name: "reviews.jsonl",
-            bytes: labelled.as_bytes(),
+            source: DataSource::Bytes(labelled.as_bytes()),
         },
         &config("lora", 0.01, 2),
         "tiny-gpt2-vocab",
@@ -397,11 +400,11 @@ fn with_validation<'a>(
     webtune::train::job::DatasetFiles {
         train: DatasetFile {
             name: train.0,
-            bytes: train.1,
+            source: DataSource::Bytes(train.1),
         },
         validation: Some(DatasetFile {
             name: validation.0,
-            bytes: validation.1,
+            source: DataSource::Bytes(validation.1),
         }),
         progress: None,
     }
@@ -585,4 +588,60 @@ fn a_classification_job_evaluates_on_the_validation_file() {
     assert_eq!((out.before.examples, out.after.examples), (12, 12));
     let json = serde_json::to_value(&out).unwrap();
     assert_eq!(json["validation_report"]["file"], "valid.jsonl");
+}
+
+#[test]
+fn the_merged_export_can_be_half_precision() {
+    use webtune::io::safetensors::{SafeTensorsFile, StoreDtype};
+    let mut config = config("lora", 0.01, 2);
+    let (_, f32_run) = capitals_job(&config, |_| true);
+    config.export_dtype = StoreDtype::F16;
+    let (_, f16_run) = capitals_job(&config, |_| true);
+    let file = |out: &webtune::train::job::JobOutput, name: &str| {
+        out.export
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, b)| b.clone())
+            .unwrap()
+    };
+    let full = SafeTensorsFile::parse("f32", file(&f32_run, "merged/model.safetensors")).unwrap();
+    let half = SafeTensorsFile::parse("f16", file(&f16_run, "merged/model.safetensors")).unwrap();
+    let (full_bytes, half_bytes) = (
+        file(&f32_run, "merged/model.safetensors").len(),
+        file(&f16_run, "merged/model.safetensors").len(),
+    );
+    assert!(
+        half_bytes * 2 < full_bytes + 4096,
+        "{half_bytes} vs {full_bytes}"
+    );
+    // Same tensors, each the f32 export's values rounded to f16 (same seed, same training).
+    assert_eq!(
+        full.tensors.keys().collect::<Vec<_>>(),
+        half.tensors.keys().collect::<Vec<_>>()
+    );
+    for name in full.tensors.keys() {
+        let (a, shape_a) = full.read_f32(name).unwrap();
+        let (b, shape_b) = half.read_f32(name).unwrap();
+        assert_eq!(shape_a, shape_b);
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(half::f16::from_f32(*x).to_f32(), *y, "{name}");
+        }
+    }
+    let config_json: serde_json::Value =
+        serde_json::from_slice(&file(&f16_run, "merged/config.json")).unwrap();
+    assert_eq!(config_json["torch_dtype"], "float16");
+    // The adapter stays f32, and the half-precision folder loads as a model again.
+    assert_eq!(
+        file(&f32_run, "adapter/adapter_model.safetensors"),
+        file(&f16_run, "adapter/adapter_model.safetensors")
+    );
+    let mut merged = ModelFiles::new();
+    for (n, b) in &f16_run.export {
+        if let Some(f) = n.strip_prefix("merged/") {
+            merged.insert(f.to_owned(), b.clone());
+        }
+    }
+    LoadedModel::load(merged, &Device::flex()).expect("the f16 export loads");
+    // What the job evaluated is the same either way: the page's model keeps f32.
+    assert_eq!(f32_run.after.unwrap().loss, f16_run.after.unwrap().loss);
 }

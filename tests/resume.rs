@@ -18,7 +18,7 @@ use webtune::models::loaded::LoadedModel;
 use webtune::train::classify::{train_classifier, ClassifierModel, HeadConfig};
 use webtune::train::control::Control;
 use webtune::train::finetune::{FinetuneConfig, Method};
-use webtune::train::job::{run_job, DatasetFile, JobConfig, JobEvent, JobOutput};
+use webtune::train::job::{run_job, DataSource, DatasetFile, JobConfig, JobEvent, JobOutput};
 
 mod common;
 use common::{fixture, sentiment_jsonl, sentiment_model};
@@ -74,7 +74,7 @@ fn causal_job(config: &JobConfig, mut on_step: impl FnMut(usize) -> Control) -> 
         &Backend::cpu(),
         DatasetFile {
             name: "capitals.jsonl",
-            bytes: &data,
+            source: DataSource::Bytes(&data),
         },
         config,
         "tiny-gpt2-vocab",
@@ -260,7 +260,7 @@ mod checkpoints {
     use webtune::data::TokenBatch;
     use webtune::train::checkpoint::{Checkpoint, Checkpointing};
     use webtune::train::finetune::{finetune_checkpointed, FinetuneSummary, TrainableModel};
-    use webtune::train::job::{prepare_data, DatasetFile};
+    use webtune::train::job::{prepare_data, DataSource, DatasetFile};
     use webtune::Code;
 
     fn data(config: &JobConfig) -> (Vec<TokenBatch>, Vec<TokenBatch>) {
@@ -272,7 +272,7 @@ mod checkpoints {
             None,
             DatasetFile {
                 name: "capitals.jsonl",
-                bytes: &bytes,
+                source: DataSource::Bytes(&bytes),
             },
             config,
         )
@@ -430,7 +430,7 @@ fn a_stopped_job_continues_from_its_checkpoint() {
             &Backend::cpu(),
             DatasetFile {
                 name: "capitals.jsonl",
-                bytes: &data,
+                source: DataSource::Bytes(&data),
             },
             &config,
             "tiny-gpt2-vocab",
@@ -762,7 +762,10 @@ mod class_checkpoints {
             files,
             &base,
             &Backend::cpu(),
-            DatasetFile { name, bytes: &data },
+            DatasetFile {
+                name,
+                source: DataSource::Bytes(&data),
+            },
             config,
             "tiny",
             Some(Checkpointing {
@@ -912,7 +915,7 @@ mod class_checkpoints {
             None,
             DatasetFile {
                 name: "capitals.jsonl",
-                bytes: &bytes,
+                source: DataSource::Bytes(&bytes),
             },
             &causal,
         )

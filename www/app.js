@@ -73,9 +73,11 @@
 //   finetunes                     the fine-tuning records, oldest first
 //   finetuneChart()               what the fine-tuning chart plots: {steps, losses, evals, lrs}
 //   debugLoseDevice()             test hook: the worker destroys its GPU device (see worker.js)
-//   evaluationReport()            the latest fine-tuning as one JSON-able report (model, dataset,
-//                                 config, result with before/after) or null; the results panel
-//                                 offers it as a download
+//   evaluationReport()            the latest fine-tuning of the loaded model as one JSON-able
+//                                 report (model, dataset, config, data_summary, curves, result
+//                                 with before/after) or null; the results panel offers it as a
+//                                 download. evaluationReportHtml(): the same as one self-contained
+//                                 HTML document (lib/report-html.js), or null.
 //   tuned                         info of the latest fine-tuned model, or null (read-only)
 //   exportFiles()                 resolves with {files: {name: Uint8Array}, error} (the
 //                                 fine-tuned model's "merged/..." and "adapter/..." files)
@@ -99,6 +101,8 @@ import { createDatasetPanel } from "./components/dataset-panel.js";
 import { createFinetunePanel } from "./components/finetune-panel.js";
 import { createResultsPanel, downloadName } from "./components/results-panel.js";
 import { SAMPLES, sampleUrl } from "./lib/samples.js";
+import { curves, dataSummary, modelSource } from "./lib/report.js";
+import { reportHtml } from "./lib/report-html.js";
 import { entriesFromFileList, pickModelFiles } from "./lib/model-files.js";
 import { CACHE_NAME, DEFAULT_ENDPOINT, deleteCachedModel, listCachedModels } from "./lib/hub.js";
 
@@ -206,7 +210,7 @@ const resultsPanel = createResultsPanel(document.getElementById("results-panel")
   onDownload: (path) => void download(path),
   onClassify: (text, which) => classify(text, which),
   onSimilarity: (a, b, which) => similarity(a, b, which),
-  onReport: () => downloadReport(),
+  onReport: (kind) => downloadReport(kind),
 });
 
 function setStatus(text, mode) {
@@ -1046,32 +1050,54 @@ async function download(path) {
 
 /**
  * The latest fine-tuning's evaluation report: what was trained, on what, with which settings,
- * and the before/after numbers and examples, as one JSON document (snake_case keys as the CLI's
- * `train --json`). Null before any fine-tuning.
+ * the data summary, the curves, and the before/after numbers and examples, as one JSON document
+ * (snake_case keys as the CLI's `train --json`). `result` is the job's result as the worker sent
+ * it; `data_summary` (lib/report.js dataSummary) and `curves` (per step: train loss, learning
+ * rate, gradient norm; validation points) are read from it. Null before any fine-tuning, and
+ * once another model is loaded (the result shown belongs to the model it was tuned from).
  */
 function evaluationReport() {
-  const record = [...state.finetunes].reverse().find((f) => f.result);
+  const record = state.lastResult ? state.finetunes.findLast((f) => f.result === state.lastResult) : null;
   if (!record) return null;
+  const load = state.loads.findLast((l) => l.status === "done" && l.info === state.model);
   return {
     webtune_version: state.backend?.version ?? null,
     created: new Date().toISOString(),
     backend: state.backend ? { backend: state.backend.backend, adapter: state.backend.adapter } : null,
     model: state.model,
+    model_source: modelSource(load?.source),
     dataset: record.name,
     validation_file: record.validation ?? null,
+    task: record.result.task === "classification" ? "classification" : "causal",
     config: record.config,
+    data_summary: dataSummary(record.result),
+    curves: curves(record.result.summary),
     result: record.result,
   };
 }
 
-/** Save the evaluation report as a JSON file (made in the tab; nothing is uploaded). */
-function downloadReport() {
+/** The evaluation report as a self-contained HTML document, or null before any fine-tuning. */
+function evaluationReportHtml() {
+  const report = evaluationReport();
+  return report ? reportHtml(report) : null;
+}
+
+/** Save the evaluation report, `kind` "html" or "json" (made in the tab; nothing is uploaded). */
+function downloadReport(kind = "json") {
   const report = evaluationReport();
   if (!report) return;
-  const url = URL.createObjectURL(new Blob([JSON.stringify(report, null, 2)], { type: "application/json" }));
+  let body;
+  try {
+    body = kind === "html" ? reportHtml(report) : JSON.stringify(report, null, 2);
+  } catch (e) {
+    alerts.show(plainError(e, "report.failed"));
+    return;
+  }
+  const type = kind === "html" ? "text/html;charset=utf-8" : "application/json";
+  const url = URL.createObjectURL(new Blob([body], { type }));
   const a = document.createElement("a");
   a.href = url;
-  a.download = "webtune-evaluation-report.json";
+  a.download = `webtune-evaluation-report.${kind === "html" ? "html" : "json"}`;
   a.hidden = true;
   document.body.append(a);
   a.click();
@@ -1183,6 +1209,7 @@ window.webtune = {
   exportFiles: () => exportFiles().catch((e) => ({ files: null, error: plainError(e) })),
   finetuneChart: () => finetunePanel.chartData(),
   evaluationReport,
+  evaluationReportHtml,
   debugLoseDevice: () => client.worker?.postMessage({ type: "debug-lose-device" }),
   get dataset() {
     return state.dataset ? { name: state.dataset.name, bytes: state.dataset.bytes.byteLength, source: state.dataset.source } : null;

@@ -59,6 +59,9 @@ export interface JobConfig {
   data?: {
     policy?: "skip" | "stop";
     format?: "jsonl" | "json" | "csv" | "tsv" | "text";
+    /** At most this many examples are kept for training and validation (default 100000); a
+     * larger file is checked in full and a seeded uniform sample kept (report.sampled). */
+    max_examples?: number;
     schema?: unknown;
     causal?: { seq_len?: number; separator?: string; add_eos?: boolean; train_on_prompt?: boolean; [key: string]: unknown };
     [key: string]: unknown;
@@ -77,6 +80,9 @@ export interface JobConfig {
    * N steps (default 25; 0: only when paused or stopped early); see worker.js "finetune".
    */
   checkpoint_every?: number;
+  /** Precision of the merged model's weights in the export: "f32" (default, as trained), or
+   * "f16"/"bf16" (half the size; config.json's torch_dtype says which). Adapters stay f32. */
+  export_dtype?: "f32" | "f16" | "bf16";
   [key: string]: unknown;
 }
 
@@ -215,7 +221,11 @@ export interface DataReport {
   schema: { schema: { kind: string; [key: string]: unknown }; detected: boolean; fields: unknown; explanation: string };
   policy: "skip" | "stop";
   records: number;
+  /** Good examples in the file. */
   examples: number;
+  /** Present when the file has more than `max_examples` good examples: how many (a seeded
+   * uniform sample, in file order) are kept for training and validation. */
+  sampled?: number;
   skipped: number;
   skipped_by_reason: Record<string, number>;
   issues: DataIssue[];
@@ -259,7 +269,10 @@ export interface DatasetResult {
 export interface CausalEval {
   loss: number;
   perplexity: number;
+  /** Tokens that counted in the loss. */
   tokens: number;
+  /** Wall-clock seconds the evaluation took. */
+  seconds: number;
 }
 
 export interface ClassStats {
@@ -305,9 +318,12 @@ export interface StepProgress {
 /** Reading a dataset file: records checked and tokenized so far (loadDataset and train). */
 export interface DataProgress {
   file: string;
+  /** The file's size. */
   bytes: number;
+  /** How much of it has been read, checked and tokenized (records are handled one at a time). */
+  bytes_done: number;
+  /** Records read so far. */
   records_done: number;
-  records: number;
 }
 
 export interface PhaseEvent {

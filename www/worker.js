@@ -51,7 +51,7 @@
  *       (snake_case, all optional: data: {policy: "skip" | "stop", causal: {seq_len,
  *       train_on_prompt, ...}, schema, format}, validation_fraction, validation_max, batch_size,
  *       samples, sample_tokens, train: {method, lora_r, lora_alpha, lr, schedule, steps, ...}).
- *       Progress: `dataset-progress` messages {file, bytes, records_done, records} while each file
+ *       Progress: `dataset-progress` messages {file, bytes, bytes_done, records_done} while each file
  *       is checked and tokenized (finetune reports the same as finetune-event {type:
  *       "data_progress", ...}).
  *       Reply: `dataset`, or `error` (`data.invalid` with details {file, line, row, field, reason}
@@ -152,7 +152,7 @@
  *       result = {prompt_ids, generated_ids, text (null without a tokenizer), seconds,
  *       tokens_per_s, cancelled, chat_prompt (the formatted conversation, or null)}.
  *   {type: "logits", id, shape: [T, vocab], data: Float32Array}   (data row-major, transferred)
- *   {type: "dataset-progress", id, file, bytes, records_done, records}   (inspect-dataset)
+ *   {type: "dataset-progress", id, file, bytes, bytes_done, records_done}   (inspect-dataset)
  *   {type: "dataset", id, result}        (inspect-dataset)
  *       result = {report, train_examples, validation_examples, train_batches, eval_batches,
  *       total_steps, preview: [{tokens: [{id, text, counts}]}]}; report = the data report
@@ -201,6 +201,12 @@ const WASM_URL = new URL("./pkg/webtune_bg.wasm", import.meta.url);
 
 /** The loaded wasm-bindgen module (its free functions), once "init" has loaded it. */
 let wasmModule = null;
+/** The wasm instance's exports (its `memory` included), once "init" has loaded it. */
+let wasmExports = null;
+// Test hook (tests/e2e/soak.test.mjs reads it with Playwright's worker.evaluate): the size of the
+// wasm linear memory in bytes, or null before init. It never shrinks, so growth over repeated
+// identical jobs is a leak or fragmentation. A global, because the page has no message for it.
+self.webtuneWasmMemoryBytes = () => wasmExports?.memory?.buffer.byteLength ?? null;
 /** The session promise, set by "init". Resolves to the wasm Session; rejects on init failure. */
 let sessionPromise = null;
 /** The operation in progress: {id, kind, cancelRequested, abort: AbortController | null}. */
@@ -417,7 +423,7 @@ async function initialise(requested) {
   let wasm;
   try {
     wasm = await import(PKG_URL.href);
-    await wasm.default({ module_or_path: WASM_URL });
+    wasmExports = await wasm.default({ module_or_path: WASM_URL });
     wasmModule = wasm;
   } catch (e) {
     const err = new Error(
@@ -657,7 +663,7 @@ async function inspectDataset(id, name, bytes, config, validation) {
   try {
     const data = datasetBytes("inspect-dataset", name, bytes);
     // Reading a large file takes a while: progress about a hundred times per file.
-    const onProgress = (p) => post({ type: "dataset-progress", id, file: p.file, bytes: p.bytes, records_done: p.records_done, records: p.records });
+    const onProgress = (p) => post({ type: "dataset-progress", id, file: p.file, bytes: p.bytes, bytes_done: p.bytes_done, records_done: p.records_done });
     const result = await session.inspectDataset(name, data, config ?? {}, ...validationArgs("inspect-dataset", validation), onProgress);
     post({ type: "dataset", id, result });
   } catch (e) {

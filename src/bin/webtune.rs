@@ -14,7 +14,8 @@ use webtune::eval::generate::{generate, GenerateOptions};
 use webtune::io::hf::ModelFiles;
 use webtune::models::loaded::LoadedModel;
 use webtune::train::job::{
-    chat_template, eval_file, run_task, DatasetFile, DatasetFiles, JobConfig, JobEvent, JobResult,
+    chat_template, eval_file, run_task, DataSource, DatasetFile, DatasetFiles, JobConfig, JobEvent,
+    JobResult,
 };
 use webtune::train::toy::{train_toy, ToyTrainConfig};
 use webtune::Error;
@@ -151,6 +152,10 @@ enum Command {
         /// Share of --data held out for validation (without --validation).
         #[arg(long)]
         val_fraction: Option<f64>,
+        /// Precision of the merged model's weights: `f32` (as trained), `f16` or `bf16` (half
+        /// the size; transformers loads it with `torch_dtype` from its config).
+        #[arg(long)]
+        export_dtype: Option<String>,
         /// Where to write `merged/` and `adapter/`.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -455,6 +460,7 @@ fn run(cli: &Cli) -> Result<(), Error> {
             weight_decay,
             clip,
             val_fraction,
+            export_dtype,
             out,
             backend,
         } => {
@@ -500,6 +506,10 @@ fn run(cli: &Cli) -> Result<(), Error> {
             if let Some(v) = val_fraction {
                 cfg.validation_fraction = *v;
             }
+            if let Some(v) = export_dtype {
+                cfg.export_dtype = serde_json::from_value(json!(v))
+                    .map_err(|_| Error::config("--export-dtype must be f32, f16 or bf16"))?;
+            }
             if let Some(method) = method {
                 cfg.train.method = serde_json::from_value(json!(method))
                     .map_err(|_| Error::config("--method must be lora or full"))?;
@@ -534,8 +544,11 @@ fn run(cli: &Cli) -> Result<(), Error> {
                     )));
                 }
             }
-            let (name, bytes) = named_file(data)?;
-            let held_out = validation.as_deref().map(named_file).transpose()?;
+            let name = data_file_name(data)?;
+            let held_out = validation
+                .as_deref()
+                .map(|p| data_file_name(p).map(|n| (n, p)))
+                .transpose()?;
             let backend = pollster::block_on(Backend::create(BackendKind::parse(backend)?))?;
             let json_out = cli.json;
             let progress_json = cli.progress_json;
@@ -550,11 +563,12 @@ fn run(cli: &Cli) -> Result<(), Error> {
                 DatasetFiles {
                     train: DatasetFile {
                         name: &name,
-                        bytes: &bytes,
+                        source: DataSource::Path(data),
                     },
-                    validation: held_out
-                        .as_ref()
-                        .map(|(name, bytes)| DatasetFile { name, bytes }),
+                    validation: held_out.as_ref().map(|(name, path)| DatasetFile {
+                        name,
+                        source: DataSource::Path(path),
+                    }),
                     progress: Some(&progress),
                 },
                 &cfg,
@@ -616,7 +630,20 @@ fn run(cli: &Cli) -> Result<(), Error> {
                 }
             }
             if cli.json {
-                print_json(&output)?;
+                // The result as the page gets it, plus the headline numbers at the top.
+                let (steps, train_loss, tokens_per_s) = match &output {
+                    JobResult::Causal(o) => {
+                        (o.summary.steps, &o.summary.losses, o.summary.tokens_per_s)
+                    }
+                    JobResult::Classification(o) => {
+                        (o.summary.steps, &o.summary.losses, o.summary.tokens_per_s)
+                    }
+                };
+                let mut value = serde_json::to_value(&output).map_err(internal)?;
+                value["steps"] = json!(steps);
+                value["train_loss"] = json!(train_loss);
+                value["tokens_per_s"] = json!(tokens_per_s);
+                print_json(&value)?;
             } else {
                 match &output {
                     JobResult::Causal(output) => print_causal(output),
@@ -646,20 +673,25 @@ fn run(cli: &Cli) -> Result<(), Error> {
             let files = ModelFiles::from_dir(model)?;
             let chat = chat_template(&files)?;
             let base = LoadedModel::load(files, &burn::tensor::Device::flex())?;
-            let (name, bytes) = named_file(data)?;
-            let held_out = validation.as_deref().map(named_file).transpose()?;
+            let name = data_file_name(data)?;
+            let held_out = validation
+                .as_deref()
+                .map(|p| data_file_name(p).map(|n| (n, p)))
+                .transpose()?;
             let progress = data_progress(cli.json);
             let dataset = DatasetFiles {
                 train: DatasetFile {
                     name: &name,
-                    bytes: &bytes,
+                    source: DataSource::Path(data),
                 },
-                validation: held_out
-                    .as_ref()
-                    .map(|(name, bytes)| DatasetFile { name, bytes }),
+                validation: held_out.as_ref().map(|(name, path)| DatasetFile {
+                    name,
+                    source: DataSource::Path(path),
+                }),
                 progress: Some(&progress),
             };
-            let total_bytes = bytes.len() + held_out.as_ref().map_or(0, |(_, b)| b.len());
+            let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+            let total_bytes = size(data) + held_out.as_ref().map_or(0, |(_, p)| size(p));
             let start = std::time::Instant::now();
             let mut value = if base.is_encoder() {
                 let d = webtune::train::classify_job::prepare_class_data(&base, dataset, &cfg)?;
@@ -876,22 +908,23 @@ fn print_classification(output: &webtune::train::classify_job::ClassifyJobOutput
     }
 }
 
-/// Reading progress on stderr ("reading train.jsonl: 40% of 120000 records") at every tenth of
-/// a file that has more than 10,000 records; nothing when `quiet`.
+/// Reading progress on stderr ("reading train.jsonl: 40% of 52.1 MB, 120000 records") at every
+/// tenth of a file over 2 MB; nothing when `quiet`.
 fn data_progress(quiet: bool) -> impl Fn(webtune::data::validate::DataProgress<'_>) {
     let shown = std::cell::Cell::new(0usize);
     move |p| {
-        if quiet || p.records <= 10_000 {
+        if quiet || p.bytes <= 2_000_000 {
             return;
         }
-        let tenth = p.records_done * 10 / p.records;
-        if p.records_done == 0 || tenth > shown.get() {
+        let tenth = p.bytes_done * 10 / p.bytes;
+        if p.bytes_done == 0 || tenth > shown.get() {
             shown.set(tenth);
             eprintln!(
-                "reading {}: {}% of {} records",
+                "reading {}: {}% of {:.1} MB, {} records",
                 p.file,
                 tenth * 10,
-                p.records
+                p.bytes as f64 / 1e6,
+                p.records_done
             );
         }
     }
@@ -899,11 +932,25 @@ fn data_progress(quiet: bool) -> impl Fn(webtune::data::validate::DataProgress<'
 
 /// A dataset file's name (for messages) and bytes.
 fn named_file(path: &Path) -> Result<(String, Vec<u8>), Error> {
-    let name = path
-        .file_name()
+    Ok((file_name(path), read_data(path)?))
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    Ok((name, read_data(path)?))
+        .unwrap_or_default()
+}
+
+/// A dataset file's name (for messages), once it is known to be there: `train` and `data`
+/// stream the file itself from disk.
+fn data_file_name(path: &Path) -> Result<String, Error> {
+    std::fs::metadata(path).map_err(|e| {
+        Error::new(
+            webtune::Code::DataInvalid,
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    Ok(file_name(path))
 }
 
 /// `webtune data` without --json: the report as a person reads it.

@@ -112,6 +112,22 @@ pub struct Record {
     pub fields: Map<String, Value>,
 }
 
+/// What a reader hands on, record by record: the record (or why it could not be read) and the
+/// offset in the decoded text just past it, for progress. It returns whether to go on.
+pub type Sink<'s> = dyn FnMut(std::result::Result<Record, Issue>, usize) -> Result<bool> + 's;
+
+/// What [`read_each`] learnt about the file besides its records.
+#[derive(Debug, Clone)]
+pub struct ReadSummary {
+    pub format: Format,
+    /// Blank lines (JSONL, text lines mode): not examples, counted so nothing vanishes unseen.
+    pub blank_lines: usize,
+    /// CSV/TSV header, as read (trimmed).
+    pub header: Option<Vec<String>>,
+    /// Length of the decoded text (what the sink's offsets count in).
+    pub text_len: usize,
+}
+
 /// A whole file read into records.
 #[derive(Debug)]
 pub struct Parsed {
@@ -137,27 +153,31 @@ pub fn decode_utf8<'a>(file: &str, bytes: &'a [u8]) -> Result<&'a str> {
         Some(rest) => (3, rest),
         None => (0, bytes),
     };
-    std::str::from_utf8(body).map_err(|e| {
-        let offset = bom + e.valid_up_to();
-        let line = 1 + bytes[..offset].iter().filter(|&&b| b == b'\n').count();
-        let column = offset
-            - bytes[..offset]
-                .iter()
-                .rposition(|&b| b == b'\n')
-                .map_or(0, |p| p + 1)
-            + 1;
-        data_error(
-            file,
-            "invalid_utf8",
-            format!(
-                "{file} is not valid UTF-8: byte 0x{:02X} at byte offset {offset} (line {line}, \
-                 column {column}) cannot be decoded. Save the file as UTF-8, or choose its \
-                 encoding (windows-1252 for most spreadsheets saved on Windows, utf-16le).",
-                bytes[offset]
-            ),
-            json!({ "byte_offset": offset, "line": line, "column": column }),
-        )
-    })
+    std::str::from_utf8(body).map_err(|e| utf8_error(file, bytes, bom + e.valid_up_to(), 0, 1))
+}
+
+/// The invalid-UTF-8 error for the byte at `offset` in `chunk`, a piece of the file that starts
+/// at byte `base` on line `first_line`.
+fn utf8_error(file: &str, chunk: &[u8], offset: usize, base: usize, first_line: usize) -> Error {
+    let line = first_line + chunk[..offset].iter().filter(|&&b| b == b'\n').count();
+    let column = offset
+        - chunk[..offset]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |p| p + 1)
+        + 1;
+    let offset_in_file = base + offset;
+    data_error(
+        file,
+        "invalid_utf8",
+        format!(
+            "{file} is not valid UTF-8: byte 0x{:02X} at byte offset {offset_in_file} (line \
+             {line}, column {column}) cannot be decoded. Save the file as UTF-8, or choose its \
+             encoding (windows-1252 for most spreadsheets saved on Windows, utf-16le).",
+            chunk[offset]
+        ),
+        json!({ "byte_offset": offset_in_file, "line": line, "column": column }),
+    )
 }
 
 /// A text encoding for files that are not UTF-8.
@@ -281,17 +301,147 @@ pub fn read_encoded(
     text_mode: TextMode,
     encoding: Encoding,
 ) -> Result<Parsed> {
+    let mut records = Vec::new();
+    let summary = read_each(name, bytes, format, text_mode, encoding, &mut |r, _| {
+        records.push(r);
+        Ok(true)
+    })?;
+    Ok(Parsed {
+        format: summary.format,
+        records,
+        blank_lines: summary.blank_lines,
+        header: summary.header,
+    })
+}
+
+/// Reads a dataset file record by record into `sink`, which may stop early. No record outlives
+/// the sink's handling of it, so a large file is never held as records (several times its
+/// size): only its text, once. A JSON array is the exception: its elements are parsed one at a
+/// time too, but the array must be complete and well-formed before anything counts.
+pub fn read_each(
+    name: &str,
+    bytes: &[u8],
+    format: Option<Format>,
+    text_mode: TextMode,
+    encoding: Encoding,
+    sink: &mut Sink<'_>,
+) -> Result<ReadSummary> {
     let text = decode(name, bytes, encoding)?;
     let text = text.as_ref();
     let format = format.unwrap_or_else(|| Format::detect(name, text));
     let file: Arc<str> = Arc::from(name);
-    match format {
-        Format::Jsonl => Ok(read_jsonl(&file, text)),
-        Format::Json => read_json_array(&file, text),
-        Format::Csv => read_delimited(&file, text, b',', Format::Csv),
-        Format::Tsv => read_delimited(&file, text, b'\t', Format::Tsv),
-        Format::Text => Ok(read_text(&file, text, text_mode)),
+    let (blank_lines, header) = match format {
+        Format::Jsonl => (read_jsonl(&file, text, 1, 0, sink)?.0, None),
+        Format::Json => (read_json_array(&file, text, sink)?, None),
+        Format::Csv => (0, Some(read_delimited(&file, text, b',', sink)?)),
+        Format::Tsv => (0, Some(read_delimited(&file, text, b'\t', sink)?)),
+        Format::Text => (read_text(&file, text, text_mode, sink)?, None),
+    };
+    Ok(ReadSummary {
+        format,
+        blank_lines,
+        header,
+        text_len: text.len(),
+    })
+}
+
+/// How much of a file is read at a time when it is streamed from disk.
+#[cfg(not(target_arch = "wasm32"))]
+const CHUNK: usize = 8 << 20;
+
+/// [`read_each`] for a file on disk. JSON Lines and one-example-per-line text in UTF-8 are
+/// streamed in pieces of about 8 MiB cut at line breaks, so memory stays bounded whatever the
+/// file's size (a single line longer than a piece is read whole); other formats and encodings
+/// are read whole, once. Offsets given to the sink are file offsets.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn read_each_path(
+    name: &str,
+    path: &std::path::Path,
+    format: Option<Format>,
+    text_mode: TextMode,
+    encoding: Encoding,
+    sink: &mut Sink<'_>,
+) -> Result<ReadSummary> {
+    use std::io::Read;
+    let io_error = |e: std::io::Error| {
+        data_error(
+            name,
+            "unreadable",
+            format!("cannot read {}: {e}", path.display()),
+            json!({ "path": path.display().to_string() }),
+        )
+    };
+    let mut file = std::fs::File::open(path).map_err(io_error)?;
+    let len = file.metadata().map_err(io_error)?.len() as usize;
+    let mut buf = Vec::new();
+    (&mut file)
+        .take(CHUNK as u64)
+        .read_to_end(&mut buf)
+        .map_err(io_error)?;
+    const BOM: &[u8] = b"\xEF\xBB\xBF";
+    let utf8 = effective_encoding(&buf, encoding) == Encoding::Utf8;
+    let format = format.unwrap_or_else(|| {
+        let start = buf.strip_prefix(BOM).unwrap_or(&buf);
+        Format::detect(
+            name,
+            &String::from_utf8_lossy(&start[..start.len().min(4096)]),
+        )
+    });
+    let line_based = matches!(
+        (format, text_mode),
+        (Format::Jsonl, _) | (Format::Text, TextMode::Lines)
+    );
+    if !utf8 || !line_based || buf.len() >= len {
+        file.read_to_end(&mut buf).map_err(io_error)?;
+        return read_each(name, &buf, Some(format), text_mode, encoding, sink);
     }
+    let file_name: Arc<str> = Arc::from(name);
+    let (mut base, mut line, mut blank_lines, mut eof) = (0usize, 1usize, 0usize, false);
+    loop {
+        // A piece ends at the last line break read (or at the end of the file).
+        let cut = match buf.iter().rposition(|&b| b == b'\n') {
+            Some(p) if !eof => p + 1,
+            _ if eof => buf.len(),
+            _ => {
+                let more = (&mut file)
+                    .take(CHUNK as u64)
+                    .read_to_end(&mut buf)
+                    .map_err(io_error)?;
+                eof = more == 0;
+                continue;
+            }
+        };
+        let skip = if base == 0 && buf.starts_with(BOM) {
+            3
+        } else {
+            0
+        };
+        let piece = &buf[..cut];
+        let text = std::str::from_utf8(&piece[skip..])
+            .map_err(|e| utf8_error(name, piece, skip + e.valid_up_to(), base, line))?;
+        let (blank, more) = match format {
+            Format::Jsonl => read_jsonl(&file_name, text, line, base + skip, sink)?,
+            _ => read_text_lines(&file_name, text, line, base + skip, sink)?,
+        };
+        blank_lines += blank;
+        if !more || (eof && cut == buf.len()) {
+            break;
+        }
+        line += text.bytes().filter(|&b| b == b'\n').count();
+        base += cut;
+        buf.drain(..cut);
+        let more = (&mut file)
+            .take(CHUNK as u64)
+            .read_to_end(&mut buf)
+            .map_err(io_error)?;
+        eof = more == 0;
+    }
+    Ok(ReadSummary {
+        format,
+        blank_lines,
+        header: None,
+        text_len: len,
+    })
 }
 
 /// serde_json's message without its trailing " at line L column C" (we give our own position).
@@ -329,13 +479,22 @@ fn value_to_record(loc: Location, value: Value) -> std::result::Result<Record, I
     }
 }
 
-fn read_jsonl(file: &Arc<str>, text: &str) -> Parsed {
-    let mut records = Vec::new();
+/// Reads JSON lines from `text`, a piece of the file that starts at byte `base` on line
+/// `first_line`. Returns the blank lines and whether the sink wants more.
+fn read_jsonl(
+    file: &Arc<str>,
+    text: &str,
+    first_line: usize,
+    base: usize,
+    sink: &mut Sink<'_>,
+) -> Result<(usize, bool)> {
     let mut blank_lines = 0;
     let mut lines = text.split('\n').peekable();
-    let mut n = 0;
+    let mut n = first_line - 1;
+    let mut end = 0;
     while let Some(raw) = lines.next() {
         n += 1;
+        end = (end + raw.len() + 1).min(text.len());
         let line = raw.strip_suffix('\r').unwrap_or(raw);
         if line.trim().is_empty() {
             // The empty string after a final newline is not a line.
@@ -345,7 +504,7 @@ fn read_jsonl(file: &Arc<str>, text: &str) -> Parsed {
             continue;
         }
         let loc = Location::line(file, n);
-        records.push(match serde_json::from_str::<Value>(line) {
+        let record = match serde_json::from_str::<Value>(line) {
             Ok(value) => value_to_record(loc, value),
             Err(e) => {
                 let column = e.column();
@@ -356,18 +515,17 @@ fn read_jsonl(file: &Arc<str>, text: &str) -> Parsed {
                     format!("malformed JSON at column {column}: {}", json_message(&e)),
                 ))
             }
-        });
+        };
+        if !sink(record, base + end)? {
+            return Ok((blank_lines, false));
+        }
     }
-    Parsed {
-        format: Format::Jsonl,
-        records,
-        blank_lines,
-        header: None,
-    }
+    Ok((blank_lines, true))
 }
 
 /// A JSON array, element by element, so each element keeps the line it starts on.
-fn read_json_array(file: &Arc<str>, text: &str) -> Result<Parsed> {
+/// Returns the blank lines (none: a JSON array has no lines of its own).
+fn read_json_array(file: &Arc<str>, text: &str, sink: &mut Sink<'_>) -> Result<usize> {
     let bytes = text.as_bytes();
     // Line of a byte offset, counted incrementally: elements come in file order, so the whole
     // file is scanned once (counting from the start each time was quadratic in the element
@@ -406,7 +564,6 @@ fn read_json_array(file: &Arc<str>, text: &str) -> Result<Parsed> {
         ));
     }
     pos = skip_ws(pos + 1);
-    let mut records = Vec::new();
     if bytes.get(pos) == Some(&b']') {
         pos += 1;
     } else {
@@ -429,7 +586,10 @@ fn read_json_array(file: &Arc<str>, text: &str) -> Result<Parsed> {
                 None => return Err(broken(start, "the array is not closed with `]`".into())),
             };
             pos = skip_ws(start + stream.byte_offset());
-            records.push(value_to_record(Location::line(file, line_at(start)), value));
+            let record = value_to_record(Location::line(file, line_at(start)), value);
+            if !sink(record, pos)? {
+                return Ok(0);
+            }
             match bytes.get(pos) {
                 Some(b',') => pos = skip_ws(pos + 1),
                 Some(b']') => {
@@ -448,15 +608,16 @@ fn read_json_array(file: &Arc<str>, text: &str) -> Result<Parsed> {
     if skip_ws(pos) != bytes.len() {
         return Err(broken(pos, "unexpected text after the closing `]`".into()));
     }
-    Ok(Parsed {
-        format: Format::Json,
-        records,
-        blank_lines: 0,
-        header: None,
-    })
+    Ok(0)
 }
 
-fn read_delimited(file: &Arc<str>, text: &str, delimiter: u8, format: Format) -> Result<Parsed> {
+/// Returns the header.
+fn read_delimited(
+    file: &Arc<str>,
+    text: &str,
+    delimiter: u8,
+    sink: &mut Sink<'_>,
+) -> Result<Vec<String>> {
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .has_headers(true)
@@ -498,7 +659,6 @@ fn read_delimited(file: &Arc<str>, text: &str, delimiter: u8, format: Format) ->
             ));
         }
     }
-    let mut records = Vec::new();
     // csv's own line numbers drift with CRLF endings (the '\n' of a "\r\n" is read as the start
     // of the next record), so lines are counted from the byte offset where a record starts.
     let raw = text.as_bytes();
@@ -516,6 +676,12 @@ fn read_delimited(file: &Arc<str>, text: &str, delimiter: u8, format: Format) ->
     };
     for (i, row) in reader.records().enumerate() {
         let row_no = i + 1;
+        // Where the row starts: progress runs one row behind, which does not matter.
+        let at = match &row {
+            Ok(r) => r.position().map(|p| p.byte()),
+            Err(e) => e.position().map(|p| p.byte()),
+        }
+        .unwrap_or(0) as usize;
         let record = match row {
             Ok(row) => {
                 let line = row.position().map_or(0, |p| line_of(p.byte() as usize));
@@ -560,14 +726,11 @@ fn read_delimited(file: &Arc<str>, text: &str, delimiter: u8, format: Format) ->
                 ))
             }
         };
-        records.push(record);
+        if !sink(record, at)? {
+            break;
+        }
     }
-    Ok(Parsed {
-        format,
-        records,
-        blank_lines: 0,
-        header: Some(header),
-    })
+    Ok(header)
 }
 
 fn text_record(file: &Arc<str>, line: usize, text: String) -> std::result::Result<Record, Issue> {
@@ -579,22 +742,44 @@ fn text_record(file: &Arc<str>, line: usize, text: String) -> std::result::Resul
     })
 }
 
-fn read_text(file: &Arc<str>, text: &str, mode: TextMode) -> Parsed {
-    let mut records = Vec::new();
+/// Reads one example per line from `text`, a piece of the file that starts at byte `base` on
+/// line `first_line`. Returns the blank lines and whether the sink wants more.
+fn read_text_lines(
+    file: &Arc<str>,
+    text: &str,
+    first_line: usize,
+    base: usize,
+    sink: &mut Sink<'_>,
+) -> Result<(usize, bool)> {
     let mut blank_lines = 0;
-    let lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
+    let mut end = 0;
+    let mut pieces = text.split('\n').peekable();
+    let mut n = first_line - 1;
+    while let Some(raw) = pieces.next() {
+        n += 1;
+        end = (end + raw.len() + 1).min(text.len());
+        let line = raw.strip_suffix('\r').unwrap_or(raw);
+        if line.trim().is_empty() {
+            // The empty string after a final newline is not a line.
+            if pieces.peek().is_some() || !line.is_empty() {
+                blank_lines += 1;
+            }
+            continue;
+        }
+        if !sink(text_record(file, n, line.to_string()), base + end)? {
+            return Ok((blank_lines, false));
+        }
+    }
+    Ok((blank_lines, true))
+}
+
+/// Returns the blank lines (lines mode).
+fn read_text(file: &Arc<str>, text: &str, mode: TextMode, sink: &mut Sink<'_>) -> Result<usize> {
+    let mut blank_lines = 0;
+    let mut end = 0;
     match mode {
         TextMode::Lines => {
-            let total = text.split('\n').count();
-            for (i, line) in lines.enumerate() {
-                if line.trim().is_empty() {
-                    if !(i + 1 == total && line.is_empty()) {
-                        blank_lines += 1;
-                    }
-                    continue;
-                }
-                records.push(text_record(file, i + 1, line.to_string()));
-            }
+            blank_lines = read_text_lines(file, text, 1, 0, sink)?.0;
         }
         TextMode::Document { chunk_chars } => {
             let body = text.strip_suffix('\n').unwrap_or(text);
@@ -602,12 +787,20 @@ fn read_text(file: &Arc<str>, text: &str, mode: TextMode) -> Parsed {
             let limit = chunk_chars.max(1);
             let mut chunk = String::new();
             let (mut chunk_chars_now, mut chunk_line) = (0usize, 1usize);
+            // Offsets are approximate here (a '\r' stripped from a line is not counted):
+            // they only drive progress.
             for (i, line) in lines.enumerate() {
                 let n = line.chars().count() + 1; // the newline joins lines inside a chunk
                 if chunk_chars_now > 0 && chunk_chars_now + n > limit {
-                    records.push(text_record(file, chunk_line, std::mem::take(&mut chunk)));
+                    if !sink(
+                        text_record(file, chunk_line, std::mem::take(&mut chunk)),
+                        end,
+                    )? {
+                        return Ok(blank_lines);
+                    }
                     chunk_chars_now = 0;
                 }
+                end = (end + line.len() + 1).min(text.len());
                 if chunk_chars_now == 0 {
                     chunk_line = i + 1;
                 }
@@ -615,7 +808,9 @@ fn read_text(file: &Arc<str>, text: &str, mode: TextMode) -> Parsed {
                     // One line longer than a chunk: cut it at character boundaries.
                     let chars: Vec<char> = line.chars().collect();
                     for piece in chars.chunks(limit) {
-                        records.push(text_record(file, i + 1, piece.iter().collect()));
+                        if !sink(text_record(file, i + 1, piece.iter().collect()), end)? {
+                            return Ok(blank_lines);
+                        }
                     }
                     continue;
                 }
@@ -624,16 +819,11 @@ fn read_text(file: &Arc<str>, text: &str, mode: TextMode) -> Parsed {
                 chunk_chars_now += n;
             }
             if !chunk.trim().is_empty() {
-                records.push(text_record(file, chunk_line, chunk));
+                sink(text_record(file, chunk_line, chunk), text.len())?;
             }
         }
     }
-    Parsed {
-        format: Format::Text,
-        records,
-        blank_lines,
-        header: None,
-    }
+    Ok(blank_lines)
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! report: skipped records are counted by reason and listed, blank lines are counted.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::hash::{Hash, Hasher};
 
 use serde::{Deserialize, Serialize};
@@ -16,6 +16,7 @@ use super::formats::{self, Encoding, Format, Location, Record, TextMode};
 use super::schema::{self, Detection, Schema};
 use crate::error::{Code, Error, Result};
 use crate::io::tokenizer::Tokenizer;
+use crate::rng::Rng;
 
 /// One problem with one record.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -162,6 +163,10 @@ pub struct InspectOptions {
     pub eos_token: String,
     /// At most this many issues are listed in the report (all are counted).
     pub max_listed_issues: usize,
+    /// At most this many examples are kept in memory for training and validation; a file with
+    /// more is checked in full and a seeded uniform sample of this size is kept (the report
+    /// says so). Bounds memory on files of millions of lines.
+    pub max_examples: usize,
 }
 
 impl Default for InspectOptions {
@@ -178,6 +183,7 @@ impl Default for InspectOptions {
             bos_token: String::new(),
             eos_token: String::new(),
             max_listed_issues: 1000,
+            max_examples: 100_000,
         }
     }
 }
@@ -221,8 +227,12 @@ pub struct Report {
     pub policy: Policy,
     /// Records read, good and bad (blank lines are not records).
     pub records: usize,
-    /// Examples kept.
+    /// Good examples in the file (every one checked, counted and measured).
     pub examples: usize,
+    /// Set when the file has more than `max_examples` good examples: how many of them, a seeded
+    /// uniform sample in file order, are kept for training and validation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sampled: Option<usize>,
     pub skipped: usize,
     pub skipped_by_reason: BTreeMap<String, usize>,
     /// The skipped records, in file order (the first `max_listed_issues`).
@@ -379,8 +389,7 @@ fn percentile(sorted: &[usize], p: f64) -> usize {
     sorted[rank - 1]
 }
 
-fn token_stats(lengths: &[usize], seq_len: usize, limit: usize) -> Option<TokenStats> {
-    let mut sorted = lengths.to_vec();
+fn token_stats(mut sorted: Vec<usize>, seq_len: usize, limit: usize) -> Option<TokenStats> {
     sorted.sort_unstable();
     let max = *sorted.last()?;
     let width = max / 10 + 1;
@@ -421,22 +430,35 @@ pub fn inspect(
     inspect_with_progress(name, bytes, options, tokenizer, None)
 }
 
-/// How far reading a dataset file has got, for a progress bar: the file is parsed into records
-/// first (fast), then each record is checked and tokenized (most of the time).
+/// How far reading a dataset file has got, for a progress bar. Records are parsed, checked and
+/// tokenized one at a time, so the share of the file read is the progress.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct DataProgress<'a> {
     pub file: &'a str,
     /// The file's size.
     pub bytes: usize,
-    /// Records checked and tokenized so far, of `records`.
+    /// How much of it has been read, checked and tokenized.
+    pub bytes_done: usize,
+    /// Records read so far (good and bad).
     pub records_done: usize,
-    pub records: usize,
 }
 
 /// A progress callback (shared, so the dataset files that carry it can be copied).
 pub type OnDataProgress<'a> = &'a dyn Fn(DataProgress<'_>);
 
+/// The schema is detected from the fields of this many good records at the start of the file.
+const SCHEMA_SAMPLE: usize = 200;
+
+/// Seed of the uniform sample kept when a file has more than `max_examples` examples: fixed,
+/// so the same file always yields the same examples (the split has its own seed).
+const SAMPLE_SEED: u64 = 0x5eed_da7a;
+
 /// [`inspect`], reporting progress to `progress` about a hundred times over the file.
+///
+/// Memory: records are handled one at a time (read, checked, tokenized for the statistics,
+/// then kept as an example or counted as an issue), so besides the file's bytes only the kept
+/// examples stay: at most `max_examples`, a seeded uniform sample of the file's examples when it
+/// has more (every example is still checked and counted in the report).
 pub fn inspect_with_progress(
     name: &str,
     bytes: &[u8],
@@ -444,28 +466,105 @@ pub fn inspect_with_progress(
     tokenizer: Option<&Tokenizer>,
     progress: Option<OnDataProgress<'_>>,
 ) -> Result<(Dataset, Report)> {
-    let parsed = formats::read_encoded(
+    let read = |format: Option<Format>, sink: &mut formats::Sink<'_>| {
+        formats::read_each(
+            name,
+            bytes,
+            format,
+            options.text_mode,
+            options.encoding,
+            sink,
+        )
+    };
+    let encoding = formats::effective_encoding(bytes, options.encoding);
+    inspect_source(
         name,
-        bytes,
-        options.format,
-        options.text_mode,
-        options.encoding,
-    )?;
-    if parsed.records.is_empty() {
+        bytes.len(),
+        encoding,
+        &read,
+        options,
+        tokenizer,
+        progress,
+    )
+}
+
+/// [`inspect_with_progress`] for a file on disk: JSON Lines and line-per-example text are
+/// streamed from it (see [`formats::read_each_path`]), so neither the file nor its records are
+/// ever held whole; memory is the kept examples (at most `max_examples`) and per-example
+/// counters.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn inspect_path(
+    name: &str,
+    path: &std::path::Path,
+    options: &InspectOptions,
+    tokenizer: Option<&Tokenizer>,
+    progress: Option<OnDataProgress<'_>>,
+) -> Result<(Dataset, Report)> {
+    use std::io::Read;
+    let unreadable = |e: std::io::Error| {
+        Error::new(
+            Code::DataInvalid,
+            format!("cannot read {}: {e}", path.display()),
+        )
+        .with_details(json!({ "file": name, "reason": "unreadable" }))
+    };
+    let len = std::fs::metadata(path).map_err(unreadable)?.len() as usize;
+    let mut start = [0u8; 4];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut start))
+        .map_err(unreadable)?;
+    let encoding = formats::effective_encoding(&start[..n], options.encoding);
+    let read = |format: Option<Format>, sink: &mut formats::Sink<'_>| {
+        formats::read_each_path(
+            name,
+            path,
+            format,
+            options.text_mode,
+            options.encoding,
+            sink,
+        )
+    };
+    inspect_source(name, len, encoding, &read, options, tokenizer, progress)
+}
+
+/// Reads a file's records into `sink`, all of them or until it stops; called twice (the schema
+/// from the first records, then everything).
+type ReadFn<'r> =
+    dyn Fn(Option<Format>, &mut formats::Sink<'_>) -> Result<formats::ReadSummary> + 'r;
+
+fn inspect_source(
+    name: &str,
+    bytes_len: usize,
+    encoding: Encoding,
+    read: &ReadFn<'_>,
+    options: &InspectOptions,
+    tokenizer: Option<&Tokenizer>,
+    progress: Option<OnDataProgress<'_>>,
+) -> Result<(Dataset, Report)> {
+    // The schema first, from the fields at the start of the file (a pass that stops early).
+    let mut head = Vec::new();
+    let mut good = 0;
+    let summary = read(options.format, &mut |record, _| {
+        good += record.is_ok() as usize;
+        head.push(record);
+        Ok(good < SCHEMA_SAMPLE)
+    })?;
+    if head.is_empty() {
         return Err(Error::new(
             Code::DataInvalid,
             format!("{name} contains no examples (it is empty or only blank lines)"),
         )
         .with_details(
-            json!({ "file": name, "reason": "empty_file", "blank_lines": parsed.blank_lines }),
+            json!({ "file": name, "reason": "empty_file", "blank_lines": summary.blank_lines }),
         ));
     }
     let detection = schema::resolve(
         name,
-        &parsed.records,
-        parsed.header.as_deref(),
+        &head,
+        summary.header.as_deref(),
         options.schema.as_ref(),
     )?;
+    drop(head);
     let schema = detection.schema.clone();
 
     let chat = match (&schema, &options.chat_template) {
@@ -480,31 +579,43 @@ pub fn inspect_with_progress(
         .map(|t| CausalEncoder::new(t, chat.as_ref().map(|c| &c.0), options.causal.clone()));
     let seq_len = options.causal.seq_len;
     let too_long = options.too_long_factor.max(1).saturating_mul(seq_len);
+    let max_examples = options.max_examples.max(1);
 
-    let mut examples = Vec::new();
+    // Kept examples with their ordinal among all good ones (a sample keeps file order).
+    let mut kept: Vec<(usize, Example)> = Vec::new();
+    let mut sampler = Rng::new(SAMPLE_SEED);
+    let mut valid = 0usize;
     let mut issues: Vec<Issue> = Vec::new();
+    let mut issues_seen = 0usize;
     let mut skipped_by_reason: BTreeMap<String, usize> = BTreeMap::new();
     let mut skipped = 0;
-    let mut lengths = Vec::new();
+    let mut lengths: Vec<usize> = Vec::new();
     let mut seen = HashSet::new();
     let mut duplicates = 0;
+    // Classification: count and first place of every label, over all good records.
+    let mut label_counts: BTreeMap<String, (usize, Location)> = BTreeMap::new();
+    let mut records_read = 0usize;
 
-    let records_read = parsed.records.len();
-    let report_every = (records_read / 100).max(256);
-    let tell = |done: usize| {
+    let text_len = summary.text_len.max(1);
+    let step = (text_len / 100).max(1);
+    let mut next_report = 0usize;
+    let tell = |at: usize, records: usize| {
         if let Some(progress) = progress {
             progress(DataProgress {
                 file: name,
-                bytes: bytes.len(),
-                records_done: done,
-                records: records_read,
+                bytes: bytes_len,
+                // Offsets count in the decoded text; scale them to the file's bytes.
+                bytes_done: ((at as u128 * bytes_len as u128) / text_len as u128) as usize,
+                records_done: records,
             });
         }
     };
-    tell(0);
-    for (k, record) in parsed.records.into_iter().enumerate() {
-        if k > 0 && k % report_every == 0 {
-            tell(k);
+    tell(0, 0);
+    let summary = read(Some(summary.format), &mut |record, at| {
+        records_read += 1;
+        if at >= next_report {
+            tell(at, records_read);
+            next_report = at + step;
         }
         let result = record.and_then(|record| {
             let content = to_content(&record, &schema)?;
@@ -528,8 +639,9 @@ pub fn inspect_with_progress(
                         record.loc.clone(),
                         schema.fields().first().copied(),
                         format!(
-                            "this example is {n} tokens long, more than {}× the sequence length \
-                             ({seq_len}); check the file's format (a missing line break?)",
+                            "this example is {n} tokens long, more than {}× the sequence \
+                                 length ({seq_len}); check the file's format (a missing line \
+                                 break?)",
                             options.too_long_factor.max(1)
                         ),
                     ));
@@ -544,7 +656,24 @@ pub fn inspect_with_progress(
                     duplicates += 1;
                 }
                 lengths.extend(length);
-                examples.push(Example { loc, content });
+                if let Some(label) = content.label() {
+                    label_counts
+                        .entry(label.to_string())
+                        .or_insert_with(|| (0, loc.clone()))
+                        .0 += 1;
+                }
+                // Reservoir sampling: after the first max_examples, example k replaces a
+                // random kept one with probability max_examples / (k + 1).
+                let example = Example { loc, content };
+                if kept.len() < max_examples {
+                    kept.push((valid, example));
+                } else {
+                    let j = sampler.below(valid as u64 + 1) as usize;
+                    if j < max_examples {
+                        kept[j] = (valid, example);
+                    }
+                }
+                valid += 1;
             }
             Err(issue) => {
                 if options.policy == Policy::Stop {
@@ -554,35 +683,29 @@ pub fn inspect_with_progress(
                 *skipped_by_reason
                     .entry(issue.reason.to_string())
                     .or_default() += 1;
-                issues.push(issue);
+                issues_seen += 1;
+                if issues.len() < options.max_listed_issues {
+                    issues.push(issue);
+                }
             }
         }
-    }
+        Ok(true)
+    })?;
+    tell(text_len, records_read);
+    kept.sort_unstable_by_key(|(k, _)| *k);
+    let sampled = (valid > kept.len()).then_some(kept.len());
+    let examples: Vec<Example> = kept.into_iter().map(|(_, e)| e).collect();
 
-    tell(records_read);
     let mut warnings = Vec::new();
     let (labels, label_map) = if schema.is_classification() {
-        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-        for e in &examples {
-            *counts
-                .entry(e.content.label().unwrap_or_default().to_string())
-                .or_default() += 1;
-        }
-        let mut first_seen: HashMap<&str, &Example> = HashMap::new();
-        for e in &examples {
-            first_seen
-                .entry(e.content.label().unwrap_or_default())
-                .or_insert(e);
-        }
-        for (label, _) in counts.iter().filter(|(_, &c)| c == 1) {
-            let e = first_seen[label.as_str()];
-            let field = match &schema {
-                Schema::Classification { label, .. } => Some(label.as_str()),
-                _ => None,
-            };
+        let field = match &schema {
+            Schema::Classification { label, .. } => Some(label.as_str()),
+            _ => None,
+        };
+        for (label, (_, loc)) in label_counts.iter().filter(|(_, (c, _))| *c == 1) {
             warnings.push(Issue::new(
                 "label_seen_once",
-                e.loc.clone(),
+                loc.clone(),
                 field,
                 format!(
                     "the label \"{label}\" appears only once: the model cannot learn it, and it \
@@ -590,7 +713,8 @@ pub fn inspect_with_progress(
                 ),
             ));
         }
-        let map = LabelMap::from_labels(counts.keys().map(String::as_str));
+        let map = LabelMap::from_labels(label_counts.keys().map(String::as_str));
+        let counts = label_counts.into_iter().map(|(l, (c, _))| (l, c)).collect();
         (Some(counts), Some(map))
     } else {
         (None, None)
@@ -602,31 +726,30 @@ pub fn inspect_with_progress(
     } else {
         seq_len.saturating_add(1)
     };
-    let issues_not_listed = issues.len().saturating_sub(options.max_listed_issues);
-    issues.truncate(options.max_listed_issues);
     let report = Report {
         file: name.to_string(),
-        bytes: bytes.len(),
-        format: parsed.format,
-        encoding: formats::effective_encoding(bytes, options.encoding),
+        bytes: bytes_len,
+        format: summary.format,
+        encoding,
         schema: detection,
         policy: options.policy,
         records: records_read,
-        examples: examples.len(),
+        examples: valid,
+        sampled,
         skipped,
         skipped_by_reason,
         issues,
-        issues_not_listed,
+        issues_not_listed: issues_seen.saturating_sub(options.max_listed_issues),
         warnings,
-        blank_lines: parsed.blank_lines,
+        blank_lines: summary.blank_lines,
         duplicates,
         labels,
-        tokens: token_stats(&lengths, seq_len, limit),
+        tokens: token_stats(lengths, seq_len, limit),
         chat_template: chat.as_ref().map(|c| c.1.to_string()),
     };
     let dataset = Dataset {
         file: name.to_string(),
-        format: parsed.format,
+        format: summary.format,
         schema,
         examples,
         labels: label_map,
@@ -644,7 +767,7 @@ mod tests {
         assert_eq!(percentile(&v, 0.5), 10);
         assert_eq!(percentile(&v, 0.95), 19);
         assert_eq!(percentile(&[7], 0.95), 7);
-        let s = token_stats(&[1, 5, 9, 30], 8, 8).unwrap();
+        let s = token_stats(vec![1, 5, 9, 30], 8, 8).unwrap();
         assert_eq!((s.min, s.max, s.truncated), (1, 30, 2));
         assert_eq!(s.histogram.iter().map(|b| b.count).sum::<usize>(), 4);
     }

@@ -228,6 +228,53 @@ pub fn write_f32_with_metadata(
     tensors: &[(&str, &[usize], &[f32])],
     metadata: &[(&str, &str)],
 ) -> Vec<u8> {
+    write_with_metadata(tensors, metadata, StoreDtype::F32)
+}
+
+/// The precision weights are written in: f32 as trained, or half the size in f16/bf16
+/// (rounded to nearest even, as torch's `.half()` / `.bfloat16()` do).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreDtype {
+    #[default]
+    F32,
+    F16,
+    Bf16,
+}
+
+impl StoreDtype {
+    /// The safetensors dtype name.
+    pub fn safetensors_name(self) -> &'static str {
+        match self {
+            StoreDtype::F32 => "F32",
+            StoreDtype::F16 => "F16",
+            StoreDtype::Bf16 => "BF16",
+        }
+    }
+
+    /// transformers' `torch_dtype` name.
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            StoreDtype::F32 => "float32",
+            StoreDtype::F16 => "float16",
+            StoreDtype::Bf16 => "bfloat16",
+        }
+    }
+
+    fn width(self) -> usize {
+        match self {
+            StoreDtype::F32 => 4,
+            StoreDtype::F16 | StoreDtype::Bf16 => 2,
+        }
+    }
+}
+
+/// Serialise f32 tensors as a safetensors file stored in `dtype`.
+pub fn write_with_metadata(
+    tensors: &[(&str, &[usize], &[f32])],
+    metadata: &[(&str, &str)],
+    dtype: StoreDtype,
+) -> Vec<u8> {
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
         let map: serde_json::Map<String, serde_json::Value> = metadata
@@ -238,10 +285,14 @@ pub fn write_f32_with_metadata(
     }
     let mut offset = 0usize;
     for (name, shape, data) in tensors {
-        let len = data.len() * 4;
+        let len = data.len() * dtype.width();
         header.insert(
             name.to_string(),
-            json!({ "dtype": "F32", "shape": shape, "data_offsets": [offset, offset + len] }),
+            json!({
+                "dtype": dtype.safetensors_name(),
+                "shape": shape,
+                "data_offsets": [offset, offset + len]
+            }),
         );
         offset += len;
     }
@@ -254,8 +305,12 @@ pub fn write_f32_with_metadata(
     out.extend_from_slice(&(header.len() as u64).to_le_bytes());
     out.extend_from_slice(&header);
     for (_, _, data) in tensors {
-        for v in *data {
-            out.extend_from_slice(&v.to_le_bytes());
+        for &v in *data {
+            match dtype {
+                StoreDtype::F32 => out.extend_from_slice(&v.to_le_bytes()),
+                StoreDtype::F16 => out.extend_from_slice(&half::f16::from_f32(v).to_le_bytes()),
+                StoreDtype::Bf16 => out.extend_from_slice(&half::bf16::from_f32(v).to_le_bytes()),
+            }
         }
     }
     out

@@ -207,6 +207,8 @@ pub struct ClassifySummary {
     pub first_step_ms: f64,
     pub median_step_ms: f64,
     pub examples_per_s: f64,
+    /// Non-padding tokens through the encoder per second of training.
+    pub tokens_per_s: f64,
 }
 
 fn tensors(b: &ClassBatch, device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>, Tensor<1, Int>) {
@@ -376,6 +378,7 @@ pub async fn train_classifier_checkpointed<C: Into<Control>>(
         first_step_ms: 0.0,
         median_step_ms: 0.0,
         examples_per_s: 0.0,
+        tokens_per_s: 0.0,
     };
     let mut dropout_rng = Rng::new(config.seed ^ 0xD20B_0000);
     if let Some((ck, state)) = &resume {
@@ -400,12 +403,17 @@ pub async fn train_classifier_checkpointed<C: Into<Control>>(
     let mut start = now_ms();
     let mut step_ms = Vec::with_capacity(total_steps);
     let mut step_examples = Vec::with_capacity(total_steps);
+    let mut tokens = 0usize;
     for step in first_step..total_steps {
         let step_start = now_ms();
         let micro: Vec<usize> = (0..config.grad_accum)
             .map(|_| stream.next_batch())
             .collect();
         let examples: usize = micro.iter().map(|&i| train[i].batch_size).sum();
+        tokens += micro
+            .iter()
+            .map(|&i| train[i].attention_mask.iter().filter(|&&m| m != 0).count())
+            .sum::<usize>();
         let mut accumulator = GradientsAccumulator::<Bert>::new();
         let mut loss_value = 0.0f64;
         for &i in &micro {
@@ -507,6 +515,7 @@ pub async fn train_classifier_checkpointed<C: Into<Control>>(
     summary.median_step_ms = median(step_ms.get(1..).unwrap_or(&[]));
     let secs: f64 = step_ms.iter().sum::<f64>() / 1e3;
     summary.examples_per_s = step_examples.iter().sum::<f64>() / secs.max(1e-9);
+    summary.tokens_per_s = tokens as f64 / secs.max(1e-9);
     Ok(summary)
 }
 
@@ -623,10 +632,16 @@ pub async fn batch_logits(
     Ok(data.chunks(c).map(<[f32]>::to_vec).collect())
 }
 
+/// transformers' loader for heads trained on `cls` or `mean` pooling (see [`export_classifier`]).
+pub const MODELING_WEBTUNE_PY: &str = include_str!("modeling_webtune.py");
+
 /// A `BertForSequenceClassification` checkpoint: `model.safetensors` (LoRA merged, `bert.`
 /// names, `classifier.*`) and `config.json` (the base config with `architectures`, `id2label`,
-/// `label2id` and the pooling used). transformers' head pools with the pooler: a head trained
-/// on `cls` or `mean` pooling loads there but predicts differently (`webtune_pooling` says so).
+/// `label2id` and the pooling used, `webtune_pooling`). transformers' own head classifies the
+/// pooler output, so a head trained on `cls` or `mean` pooling would load there and predict
+/// differently: such exports also carry `modeling_webtune.py`, a class with that pooling, and
+/// an `auto_map` entry for it, so `AutoModelForSequenceClassification.from_pretrained(dir,
+/// trust_remote_code=True)` predicts what webtune predicts.
 pub async fn export_classifier(
     model: &ClassifierModel,
     base_config: &Value,
@@ -668,6 +683,28 @@ pub async fn export_classifier(
     );
     obj.insert("problem_type".into(), json!("single_label_classification"));
     obj.insert("webtune_pooling".into(), json!(model.head.pooling));
+    let custom_pooling = model.head.pooling != Pooling::Pooler;
+    const AUTO_CLASS: &str = "AutoModelForSequenceClassification";
+    if custom_pooling {
+        let map = obj.entry("auto_map").or_insert_with(|| json!({}));
+        if !map.is_object() {
+            *map = json!({});
+        }
+        map[AUTO_CLASS] = json!("modeling_webtune.WebtuneBertForSequenceClassification");
+    } else if let Some(map) = obj.get_mut("auto_map").and_then(Value::as_object_mut) {
+        // A base that is itself a cls/mean export of ours: its auto_map must not outlive the
+        // modeling file, which a pooler head does not ship.
+        if map
+            .get(AUTO_CLASS)
+            .and_then(Value::as_str)
+            .is_some_and(|c| c.starts_with("modeling_webtune."))
+        {
+            map.remove(AUTO_CLASS);
+        }
+        if map.is_empty() {
+            obj.remove("auto_map");
+        }
+    }
     for key in ["torch_dtype", "dtype"] {
         if obj.contains_key(key) {
             obj.insert(key.into(), json!("float32"));
@@ -675,8 +712,15 @@ pub async fn export_classifier(
     }
     let config = serde_json::to_vec_pretty(&config)
         .map_err(|e| Error::new(Code::Internal, format!("{e}")))?;
-    Ok(vec![
+    let mut files = vec![
         ("model.safetensors".into(), weights),
         ("config.json".into(), config),
-    ])
+    ];
+    if custom_pooling {
+        files.push((
+            "modeling_webtune.py".into(),
+            MODELING_WEBTUNE_PY.as_bytes().to_vec(),
+        ));
+    }
+    Ok(files)
 }

@@ -16,7 +16,7 @@ use super::classify::{
     ClassifyProgress, ClassifySummary, HeadConfig,
 };
 use super::control::Control;
-use super::export::ExportFiles;
+use super::export::{store_merged_as, ExportFiles};
 use super::job::{
     job_checkpointing, memory_message, read_and_split, reading_message, DatasetFiles, JobConfig,
     JobEvent, ReadSplit,
@@ -443,6 +443,7 @@ pub async fn run_classify_job_checkpointed<'a, C: Into<Control>>(
         }
     }
     let tuned = LoadedModel::load(merged, &base.device)?;
+    store_merged_as(&mut export, config.export_dtype)?;
     Ok(ClassifyJobOutput {
         report,
         validation_report,

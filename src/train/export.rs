@@ -13,7 +13,9 @@ use super::lora::{
     hf_tensor, lora_factors, merge, named_tensors, read_f32, transpose_2d, FamilyKind,
 };
 use crate::error::{Code, Error, Result};
-use crate::io::safetensors::write_f32_with_metadata;
+use crate::io::safetensors::{
+    write_f32_with_metadata, write_with_metadata, SafeTensorsFile, StoreDtype,
+};
 use crate::models::loaded::Family;
 use burn::module::Module;
 
@@ -75,6 +77,48 @@ pub async fn export_merged(family: &Family, base_config: &Value) -> Result<Expor
         ("model.safetensors".into(), weights),
         ("config.json".into(), config),
     ])
+}
+
+/// Rewrites an export's merged weights (`merged/model.safetensors`, written in f32) in `dtype`
+/// and records it as `torch_dtype` in `merged/config.json`; the adapter stays f32, as PEFT
+/// keeps adapters. Nothing to do for f32.
+pub fn store_merged_as(files: &mut ExportFiles, dtype: StoreDtype) -> Result<()> {
+    if dtype == StoreDtype::F32 {
+        return Ok(());
+    }
+    for (name, bytes) in files.iter_mut() {
+        match name.as_str() {
+            "merged/model.safetensors" => {
+                let file = SafeTensorsFile::parse(name, std::mem::take(bytes))?;
+                let mut tensors = Vec::with_capacity(file.tensors.len());
+                for tensor in file.tensors.keys() {
+                    let (data, shape) = file.read_f32(tensor).ok_or_else(|| {
+                        Error::new(Code::Internal, format!("{tensor} cannot be read back"))
+                    })?;
+                    tensors.push((tensor.as_str(), shape, data));
+                }
+                let refs: Vec<(&str, &[usize], &[f32])> = tensors
+                    .iter()
+                    .map(|(n, s, d)| (*n, s.as_slice(), d.as_slice()))
+                    .collect();
+                *bytes = write_with_metadata(&refs, &[("format", "pt")], dtype);
+            }
+            "merged/config.json" => {
+                let mut config: Value = serde_json::from_slice(bytes)
+                    .map_err(|e| Error::new(Code::Internal, format!("{e}")))?;
+                if let Some(obj) = config.as_object_mut() {
+                    obj.insert("torch_dtype".into(), json!(dtype.torch_name()));
+                    if obj.contains_key("dtype") {
+                        obj.insert("dtype".into(), json!(dtype.torch_name()));
+                    }
+                }
+                *bytes = serde_json::to_vec_pretty(&config)
+                    .map_err(|e| Error::new(Code::Internal, format!("{e}")))?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// `adapter_model.safetensors` + `adapter_config.json` in PEFT's format, loadable with

@@ -376,13 +376,17 @@ pub struct FinetuneProgress {
     pub eval: Option<EvalLoss>,
 }
 
-/// Mean masked cross-entropy over a set of batches.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+/// Mean masked cross-entropy over a set of batches. (Not `PartialEq`: two evaluations of the
+/// same model take different times; compare the measured fields.)
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct EvalLoss {
     pub loss: f32,
     pub perplexity: f32,
     /// Tokens that counted.
     pub tokens: usize,
+    /// Wall-clock time of the evaluation (0 in checkpoints written before it was recorded).
+    #[serde(default)]
+    pub seconds: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -919,6 +923,7 @@ where
 
 async fn eval_module<M: Module + CausalLm>(model: &M, batches: &[TokenBatch]) -> Result<EvalLoss> {
     // Inference copy: no autodiff graph is recorded (adapters, if any, stay attached).
+    let started = now_ms();
     let model = model.valid();
     let mut device = None;
     let mut probe = FirstDevice(&mut device);
@@ -948,6 +953,7 @@ async fn eval_module<M: Module + CausalLm>(model: &M, batches: &[TokenBatch]) ->
         loss: loss as f32,
         perplexity: loss.exp() as f32,
         tokens,
+        seconds: (now_ms() - started) / 1e3,
     })
 }
 

@@ -12,7 +12,7 @@ use super::classify_job::{
     run_classify_job, run_classify_job_checkpointed, ClassifyJobOutput, HeadOptions,
 };
 use super::control::Control;
-use super::export::ExportFiles;
+use super::export::{store_merged_as, ExportFiles};
 use super::finetune::{evaluate_loss, EvalLoss, FinetuneConfig, FinetuneProgress, FinetuneSummary};
 use super::memory::{self, BatchShape, MemoryEstimate};
 use super::run::train_checkpointed;
@@ -28,6 +28,7 @@ use crate::error::{Code, Error, Result};
 use crate::eval::generate::{generate, GenerateOptions};
 use crate::eval::metrics::{answer_metrics, AnswerMetrics};
 use crate::io::hf::ModelFiles;
+use crate::io::safetensors::StoreDtype;
 use crate::io::tokenizer::Tokenizer;
 use crate::models::loaded::LoadedModel;
 
@@ -52,6 +53,9 @@ pub struct JobConfig {
     /// caller asks for checkpoints (`run_task_checkpointed`); 0: only then. Causal and
     /// classification jobs alike.
     pub checkpoint_every: usize,
+    /// The precision of the exported merged weights: "f32" (as trained), "f16" or "bf16" (half
+    /// the download; the model shown in the page keeps f32).
+    pub export_dtype: StoreDtype,
 }
 
 impl Default for JobConfig {
@@ -66,6 +70,7 @@ impl Default for JobConfig {
             sample_tokens: 24,
             head: HeadOptions::default(),
             checkpoint_every: 25,
+            export_dtype: StoreDtype::F32,
         }
     }
 }
@@ -257,11 +262,21 @@ pub fn prepare_data<'a>(
     })
 }
 
-/// A dataset file as read from disk or the browser's file picker.
+/// A dataset file, by the name messages use for it and where its bytes are.
 #[derive(Debug, Clone, Copy)]
 pub struct DatasetFile<'a> {
     pub name: &'a str,
-    pub bytes: &'a [u8],
+    pub source: DataSource<'a>,
+}
+
+/// Where a dataset file's bytes are.
+#[derive(Debug, Clone, Copy)]
+pub enum DataSource<'a> {
+    /// In memory (the browser's file picker, tests).
+    Bytes(&'a [u8]),
+    /// On disk: streamed where the format allows, so files larger than memory can be read.
+    #[cfg(not(target_arch = "wasm32"))]
+    Path(&'a std::path::Path),
 }
 
 /// The training file and, optionally, a separate validation file (without one, a seeded share
@@ -307,14 +322,18 @@ pub(crate) fn read_and_split(
     check: impl Fn(&Dataset) -> Result<()>,
 ) -> Result<ReadSplit> {
     let name = files.train.name;
-    let read = |file: DatasetFile| {
-        inspect_with_progress(
+    let read = |file: DatasetFile| match file.source {
+        DataSource::Bytes(bytes) => {
+            inspect_with_progress(file.name, bytes, options, Some(tokenizer), files.progress)
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        DataSource::Path(path) => crate::data::validate::inspect_path(
             file.name,
-            file.bytes,
+            path,
             options,
             Some(tokenizer),
             files.progress,
-        )
+        ),
     };
     let (mut dataset, report) = read(files.train)?;
     check(&dataset)?;
@@ -632,6 +651,7 @@ pub async fn run_job_checkpointed<'a, C: Into<Control>>(
         }
     }
     let tuned = LoadedModel::load(merged, &base.device)?;
+    store_merged_as(&mut export, config.export_dtype)?;
     let after = match out.after {
         Some(a) => Some(a),
         None => Some(evaluate_loss(&tuned.family, &data.eval_batches).await?),
@@ -711,9 +731,7 @@ pub async fn eval_file(
             .map(|c| encoder.batch(c))
             .collect::<Result<Vec<_>>>()?
     };
-    let start = crate::platform::now_ms();
     let loss = evaluate_loss(&model.family, &batches).await?;
-    let loss_seconds = (crate::platform::now_ms() - start) / 1e3;
     // Greedy answers of the first `samples` prompts against their references, as `train` scores
     // its held-out samples (plain text has no answers).
     let mut pairs = Vec::new();
@@ -738,7 +756,6 @@ pub async fn eval_file(
     Ok(json!({
         "examples": dataset.examples.len(),
         "eval": loss,
-        "loss_seconds": loss_seconds,
         "answers": answers,
         "report": report,
     }))

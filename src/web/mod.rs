@@ -22,8 +22,8 @@ use crate::train::control::Control;
 use crate::train::export::ExportFiles;
 use crate::train::finetune::evaluate_loss;
 use crate::train::job::{
-    chat_template, prepare_data, run_task, run_task_checkpointed, DatasetFile, DatasetFiles,
-    JobConfig,
+    chat_template, prepare_data, run_task, run_task_checkpointed, DataSource, DatasetFile,
+    DatasetFiles, JobConfig,
 };
 use crate::train::memory::{self, BatchShape, MemoryEstimate, MemoryLimits};
 use crate::train::toy::{train_toy, ToyTrainConfig};
@@ -852,17 +852,23 @@ fn dataset_files<'a>(
     progress: Option<OnDataProgress<'a>>,
 ) -> DatasetFiles<'a> {
     let validation = match (validation_name, validation_bytes) {
-        (Some(name), Some(bytes)) => Some(DatasetFile { name, bytes }),
+        (Some(name), Some(bytes)) => Some(DatasetFile {
+            name,
+            source: DataSource::Bytes(bytes),
+        }),
         _ => None,
     };
     DatasetFiles {
-        train: DatasetFile { name, bytes },
+        train: DatasetFile {
+            name,
+            source: DataSource::Bytes(bytes),
+        },
         validation,
         progress,
     }
 }
 
-/// Sends `{type: "data_progress", file, bytes, records_done, records}` to a JS callback (wasm
+/// Sends `{type: "data_progress", file, bytes, bytes_done, records_done}` to a JS callback (wasm
 /// runs the whole read synchronously; a worker's postMessage from the callback still reaches the
 /// page meanwhile).
 fn data_progress_to(callback: &js_sys::Function) -> impl Fn(DataProgress<'_>) + '_ {
@@ -871,8 +877,8 @@ fn data_progress_to(callback: &js_sys::Function) -> impl Fn(DataProgress<'_>) + 
             "type": "data_progress",
             "file": p.file,
             "bytes": p.bytes,
+            "bytes_done": p.bytes_done,
             "records_done": p.records_done,
-            "records": p.records,
         })) {
             let _ = callback.call1(&JsValue::NULL, &value);
         }

@@ -124,6 +124,21 @@ test("MiniLM learns the sentiment sample in the page, as the native CLI does, an
     assert.equal(shown.verdict, "better");
     await stage("4-results");
 
+    // The HTML report carries the classification view: accuracy, both confusion matrices cell
+    // for cell, the changed predictions; and nothing to run or load.
+    const [htmlDownload] = await Promise.all([page.waitForEvent("download", { timeout: 30_000 }), page.getByTestId("download-report-html").click()]);
+    assert.equal(htmlDownload.suggestedFilename(), "webtune-evaluation-report.html");
+    const html = fs.readFileSync(await htmlDownload.path(), "utf8");
+    fs.writeFileSync(artifactPath("classify-report.html"), html);
+    assert.ok(html.includes(`<td class="before">${(r.before.accuracy * 100).toFixed(1)}%</td><td class="after">${(r.after.accuracy * 100).toFixed(1)}%</td>`), "accuracy before and after");
+    for (const which of ["before", "after"]) {
+      const table = html.match(new RegExp(`<table class="confusion" data-matrix="${which}">([\\s\\S]*?)</table>`))?.[1] ?? "";
+      const cells = [...table.matchAll(/<td data-diagonal="(?:true|false)">(\d+)<\/td>/g)].map((m) => Number(m[1]));
+      assert.deepEqual(cells, r[which].confusion_matrix.flat(), `the ${which} confusion matrix`);
+    }
+    assert.equal((html.match(/<tr data-status="/g) ?? []).length, r.changed.length, "one row per changed prediction");
+    assert.doesNotMatch(html, /<script|https?:\/\//i);
+
     // Typed sentences: the page's "try it" box and the API agree; similarity is a cosine.
     await page.getByTestId("try-text").fill("a warm , funny and beautifully acted film .");
     await page.getByTestId("try-button").click();
@@ -155,6 +170,12 @@ test("MiniLM learns the sentiment sample in the page, as the native CLI does, an
     const config = JSON.parse(exported.config);
     assert.deepEqual(config.architectures, ["BertForSequenceClassification"]);
     assert.deepEqual(config.id2label, { 0: "neg", 1: "pos" });
+    // MiniLM's head pools by the mean, which transformers' BERT head cannot: the export carries
+    // the class that does and points AutoModelForSequenceClassification at it, and says so.
+    assert.equal(config.webtune_pooling, "mean");
+    assert.equal(config.auto_map?.AutoModelForSequenceClassification, "modeling_webtune.WebtuneBertForSequenceClassification");
+    assert.ok(exported.names.includes("merged/modeling_webtune.py"), exported.names.join(", "));
+    assert.match(await page.getByRole("region", { name: "Before / after" }).getByTestId("downloads").textContent(), /trust_remote_code=True/);
     const info = cli(["info", path.join(tmp, "merged")]);
     assert.deepEqual(info.labels, ["neg", "pos"]);
 

@@ -195,6 +195,30 @@ test("a. the API: create → loadModel → loadDataset → train (progress event
     assert.equal(out.state, "ready");
     assert.equal(out.tunedInfo.vocab_size, 50257);
 
+    // Reading progress: records are read, checked and tokenized one at a time, and "data-progress"
+    // events follow them through the file, from byte 0 to its end.
+    const reading = await withTimeout(
+      page.evaluate(async () => {
+        const text = Array.from({ length: 3000 }, (_, i) => JSON.stringify({ prompt: `Q: item ${i}?`, completion: ` A${i}` })).join("\n") + "\n";
+        const events = [];
+        const off = window.ft.on("data-progress", (p) => events.push(p));
+        const r = await window.ft.loadDataset({ name: "many.jsonl", text });
+        off();
+        return { events, bytes: new TextEncoder().encode(text).length, examples: r.report.examples };
+      }),
+      OP_MS,
+      "a 3000-line dataset to be checked",
+    );
+    assert.equal(reading.examples, 3000);
+    assert.ok(reading.events.length >= 50, `${reading.events.length} progress events`);
+    assert.ok(reading.events.every((e) => e.file === "many.jsonl" && e.bytes === reading.bytes));
+    assert.deepEqual([reading.events[0].bytes_done, reading.events[0].records_done], [0, 0]);
+    assert.deepEqual([reading.events.at(-1).bytes_done, reading.events.at(-1).records_done], [reading.bytes, 3000]);
+    assert.ok(
+      reading.events.every((e, i) => i === 0 || (e.bytes_done > reading.events[i - 1].bytes_done && e.records_done > reading.events[i - 1].records_done)),
+      "progress only moves forward",
+    );
+
     // dispose(): the worker is gone, later calls throw worker.disposed.
     const disposed = await page.evaluate(async () => {
       window.ft.dispose();

@@ -1,7 +1,8 @@
 // Fine-tuning browser tests on the tiny random GPT-2 with the real GPT-2 vocabulary
 // (tests/fixtures/tiny_random/gpt2-vocab): the dataset report (a malformed JSONL line under the
 // skip and stop policies), a LoRA run whose held-out loss falls, shown on the chart and in the
-// before/after panel, Stop mid-run, a no-egress check over the whole local flow, the exported
+// before/after panel, Stop mid-run, a no-egress check over the whole local flow (with the
+// evaluation report downloaded as JSON and as an HTML page that opens offline), the exported
 // merged model loading in the native CLI with the same logits, and WebGPU losses matching CPU.
 
 import { after, before, test } from "node:test";
@@ -10,10 +11,11 @@ import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
+import { fileURLToPath, pathToFileURL } from "node:url";
 
 import {
   CLI,
+  artifactPath,
   assertCleanLog,
   launchBrowser,
   maxAbsDiff,
@@ -381,6 +383,71 @@ test("c. privacy: after the model is loaded, checking data, fine-tuning, generat
     assert.equal(report.backend.backend, "cpu");
     assert.equal(report.model.architecture, "gpt2");
     assert.equal(typeof report.config.train, "object");
+    // Its data summary and curves are the run's own.
+    assert.equal(report.task, "causal");
+    assert.equal(report.data_summary.file, "capitals.jsonl");
+    assert.equal(report.data_summary.examples, latest.report.examples);
+    assert.deepEqual([report.data_summary.train_examples, report.data_summary.validation_examples], [latest.train_examples, latest.validation_examples]);
+    assert.equal(report.data_summary.tokens.seq_len, 32);
+    assert.deepEqual(report.curves.steps, latest.summary.losses.map((_, i) => i + 1));
+    assert.deepEqual(report.curves.train_loss, latest.summary.losses);
+    assert.deepEqual(report.curves.learning_rate, latest.summary.lrs);
+    assert.deepEqual(report.curves.validation.map((p) => p.step), latest.summary.eval.map((p) => p.step));
+
+    // The same report as one HTML page: the JSON's numbers as the results panel formats them,
+    // the curves as SVG polylines (one point per step), the settings, and nothing to load.
+    const [htmlDownload] = await Promise.all([page.waitForEvent("download", { timeout: 30_000 }), page.getByTestId("download-report-html").click()]);
+    assert.equal(htmlDownload.suggestedFilename(), "webtune-evaluation-report.html");
+    // Saved under its own name: a file:// page is parsed as HTML only with the .html extension.
+    const htmlPath = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "webtune-report-")), htmlDownload.suggestedFilename());
+    await htmlDownload.saveAs(htmlPath);
+    const html = fs.readFileSync(htmlPath, "utf8");
+    fs.copyFileSync(htmlPath, artifactPath("finetune-c-report.html"));
+    const b = report.result.before;
+    const a = report.result.after;
+    assert.ok(
+      html.includes(`<tr data-metric="loss"><th scope="row">Validation loss</th><td class="before">${b.loss.toFixed(4)}</td><td class="after">${a.loss.toFixed(4)}</td>`),
+      "the validation loss before and after",
+    );
+    assert.ok(html.includes(`<td class="before">${b.perplexity.toFixed(2)}</td><td class="after">${a.perplexity.toFixed(2)}</td>`), "the perplexity before and after");
+    assert.ok(html.includes(`<td class="before">${b.tokens}</td><td class="after">${a.tokens}</td>`), "the tokens scored");
+    const polyline = (key) => html.match(new RegExp(`<polyline data-series="${key}"[^>]* points="([^"]*)"`))?.[1].trim().split(/\s+/).length ?? 0;
+    assert.equal(polyline("train_loss"), report.curves.train_loss.length);
+    assert.equal(polyline("train_loss"), 10);
+    assert.equal(polyline("learning_rate"), report.curves.learning_rate.length);
+    assert.equal(polyline("validation_loss"), report.curves.validation.length);
+    assert.ok(html.includes(`<tr><th scope="row">train.lr</th><td>${LORA.train.lr}</td></tr>`), "the learning rate setting");
+    assert.ok(html.includes("<title>webtune report: gpt2 (local files) on capitals.jsonl, "), "the title names model and dataset");
+    assert.doesNotMatch(html, /<script/i);
+    assert.doesNotMatch(html, /https?:\/\//i);
+    // Opened from the file with the network off (in its own context, outside this page's
+    // request log): it renders, requests nothing else, and its CSP reports no violation.
+    const viewer = await browser.newContext({ offline: true });
+    try {
+      const view = await viewer.newPage();
+      const seen = [];
+      const errors = [];
+      view.on("request", (r) => seen.push(r.url()));
+      view.on("console", (m) => m.type() === "error" && errors.push(m.text()));
+      const fileUrl = pathToFileURL(htmlPath).href;
+      await withTimeout(view.goto(fileUrl, { waitUntil: "load" }), 30_000, "the HTML report to open from its file");
+      const shown = await view.evaluate(() => ({
+        before: document.querySelector('tr[data-metric="loss"] td.before')?.textContent,
+        after: document.querySelector('tr[data-metric="loss"] td.after')?.textContent,
+        polylines: document.querySelectorAll("svg polyline").length,
+        width: document.querySelector("svg")?.getBoundingClientRect().width ?? 0,
+        scripts: document.scripts.length,
+      }));
+      assert.deepEqual(seen, [fileUrl], "the report loads nothing but itself");
+      assert.deepEqual(errors, []);
+      assert.deepEqual([shown.before, shown.after], [b.loss.toFixed(4), a.loss.toFixed(4)]);
+      assert.equal(shown.polylines, 3, "train loss, validation loss and learning rate");
+      assert.ok(shown.width > 100, `the chart is drawn (${shown.width} px wide)`);
+      assert.equal(shown.scripts, 0);
+    } finally {
+      await viewer.close();
+      fs.rmSync(path.dirname(htmlPath), { recursive: true, force: true });
+    }
     await page.waitForTimeout(500);
 
     const during = log.requests.slice(mark);

@@ -1,7 +1,8 @@
 // Model browser tests: loading a Hugging Face model from local files (file input, folder input,
-// drop) and from a Hub-layout server (download progress, Cache API: no request after a reload),
-// logits and greedy generation matching transformers' reference outputs on CPU and WebGPU, and
-// typed errors (missing repo, truncated weights) that keep the previous model usable.
+// drop) and from a Hub-layout server (download progress, Cache API: no request after a reload,
+// the worker's own CSP: the page's origin plus only a Hub the user asked for), logits and greedy
+// generation matching transformers' reference outputs on CPU and WebGPU, and typed errors
+// (missing repo, truncated weights) that keep the previous model usable.
 
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
@@ -182,6 +183,45 @@ async function generateIds(page, input, options, ms, what) {
 
 const greedyOptions = (n) => ({ greedy: true, max_new_tokens: n, ignore_eos: true });
 
+/**
+ * Fetch `urls` from inside the page's worker whose script URL satisfies `which` (Playwright
+ * evaluates in the worker itself, so the worker's own Content-Security-Policy applies). Returns
+ * [{url, status, error, refused}]: `refused` is the CSP directive that blocked the request.
+ */
+async function fetchInWorker(page, which, urls) {
+  let worker;
+  await withTimeout(
+    (async () => {
+      while (!(worker = page.workers().find((w) => which(w.url())))) await new Promise((resolve) => setTimeout(resolve, 100));
+    })(),
+    30_000,
+    "the worker to probe",
+  );
+  const probe = async (urls) => {
+    const refused = new Map();
+    const waiting = new Map();
+    addEventListener("securitypolicyviolation", (e) => {
+      refused.set(e.blockedURI, e.effectiveDirective);
+      waiting.get(e.blockedURI)?.();
+    });
+    const out = [];
+    for (const url of urls) {
+      let status = null;
+      let error = null;
+      try {
+        status = (await fetch(url, { mode: "cors", credentials: "omit" })).status;
+      } catch (e) {
+        error = String(e);
+      }
+      // The violation event may be dispatched after the fetch has rejected.
+      if (error !== null && !refused.has(url)) await new Promise((resolve) => waiting.set(url, resolve));
+      out.push({ url, status, error, refused: refused.get(url) ?? null });
+    }
+    return out;
+  };
+  return withTimeout(worker.evaluate(probe, urls), 30_000, "fetches inside the worker (a failed one waits for its CSP violation event)");
+}
+
 // ---------------------------------------------------------------------------------------------
 
 test("a. loading local files (file input, folder input, drop) shows the model's info, as the native CLI reports it", { timeout: 180_000 }, async () => {
@@ -318,6 +358,15 @@ test("d. a Hub repo downloads with progress, is cached (no request after a reloa
     assert.equal(await page.getByTestId("hub-endpoint").inputValue(), hub.endpoint, "?hub= sets the endpoint field");
     hub.log.length = 0;
 
+    // The worker's script carries its own CSP: it starts able to reach only the page's origin.
+    const own = new URL("worker.js", page.url()).href;
+    const probe = `${hub.endpoint}/${REPO}/resolve/main/config.json`;
+    const unasked = probe.replace("127.0.0.1", "localhost"); // the same server, at an origin nobody asked for
+    const initial = await fetchInWorker(page, (url) => !url.includes("connect="), [own, probe]);
+    assert.equal(initial[0].status, 200, JSON.stringify(initial));
+    assert.equal(initial[1].refused, "connect-src", `the Hub is out of reach before the user asks for it: ${JSON.stringify(initial)}`);
+    assert.deepEqual(hub.log, [], "the refused request never reached the hub");
+
     await page.getByLabel("Hub repo id or URL").fill(REPO);
     await page.getByTestId("load-model").click();
     const first = await waitForLoad(page, 0, 60_000, "the Hub model to download and load");
@@ -352,6 +401,14 @@ test("d. a Hub repo downloads with progress, is cached (no request after a reloa
     const gen = await generateIds(page, { ids: REFERENCE.generation.prompt_ids }, greedyOptions(REFERENCE.generation.generated_ids.length), 60_000, "generation after the Hub load");
     assert.deepEqual(gen.result?.generated_ids, REFERENCE.generation.generated_ids);
     assert.equal(hub.log.length, countBefore, "no request after the model was loaded");
+
+    // The load ran in a worker whose URL allows this Hub, and that worker replaced the first: it
+    // reaches the page's origin and the Hub, and is refused anywhere else.
+    hub.log.length = 0;
+    const allowed = await fetchInWorker(page, (url) => url.includes(`connect=${encodeURIComponent(hub.endpoint)}`), [own, probe, unasked]);
+    assert.deepEqual(allowed.map((r) => r.status), [200, 200, null], JSON.stringify(allowed));
+    assert.equal(allowed[2].refused, "connect-src", JSON.stringify(allowed));
+    assert.deepEqual(hub.log.map((r) => r.path), [`/${REPO}/resolve/main/config.json`], "only the allowed request reached the hub");
 
     // Reload: the same repo again comes from the Cache API without a single request.
     hub.log.length = 0;
@@ -388,6 +445,16 @@ test("d. a Hub repo downloads with progress, is cached (no request after a reloa
     const alert = page.locator('[role=alert][data-code="model.download_failed"]');
     assert.equal(await alert.count(), 1, "one alert for the missing repo");
     assert.match(await page.getByTestId("model-status").textContent(), /still in use/);
+    assert.deepEqual(await page.evaluate(() => window.webtune.model), first.info, "the previous model stays loaded");
+    // A URL on an origin the worker may not reach loads in a new worker; when that fails, the
+    // worker holding the model stays.
+    const elsewhere = await withTimeout(
+      page.evaluate((url) => window.webtune.loadModelFromHub(url), new URL("/webtune-test/does-not-exist", unasked).href),
+      60_000,
+      "the missing repo at another origin to fail",
+    );
+    assert.equal(elsewhere.error?.code, "model.download_failed", JSON.stringify(elsewhere.error));
+    assert.equal(elsewhere.error.details.status, 404, "the new worker reached the origin it was asked for");
     assert.deepEqual(await page.evaluate(() => window.webtune.model), first.info, "the previous model stays loaded");
     const still = await generateIds(page, { ids: REFERENCE.generation.prompt_ids }, greedyOptions(REFERENCE.generation.generated_ids.length), 60_000, "generation after the failed load");
     assert.deepEqual(still.result?.generated_ids, REFERENCE.generation.generated_ids);

@@ -5,11 +5,12 @@ Loads tests/fixtures/tiny_random/bert as BertForSequenceClassification (3 labels
 tests/fixtures/reference/classify_bert.json:
 - the classifier's initial weight/bias and id2label/label2id;
 - logits of the padded batch of tiny_bert.json (token types included, as that fixture has them);
-- 4 optimiser steps of full fine-tuning and of LoRA (PEFT, task SEQ_CLS: r=4, alpha=8 on
-  query/value, classifier trained as a module to save) on two fixed batches (no token types,
-  attention masks), AdamW lr 1e-3 constant, no weight decay, global-norm clipping at 1.0,
-  mean cross-entropy per batch: per-step losses and grad norms, the final classifier and the
-  final logits of batch 0.
+- 20 optimiser steps of full fine-tuning and of LoRA (PEFT, task SEQ_CLS: r=4, alpha=8 on
+  query/value, classifier trained as a module to save), each over both fixed batches (gradient
+  accumulation 2; no token types, attention masks; the step's loss is the mean cross-entropy
+  over its examples), AdamW lr 5e-3 with 2 warmup steps and linear decay, weight decay 0.01 on
+  matrices only, global-norm clipping at 0.17 (active on most steps): per-step losses and grad norms, the final
+  classifier and the final logits of batch 0.
 """
 
 import copy
@@ -18,7 +19,7 @@ import json
 import peft
 import torch
 from _common import REPO_ROOT, generated_by, require, tensor_to_list, write_json
-from transformers import AutoConfig, BertForSequenceClassification
+from transformers import AutoConfig, BertForSequenceClassification, get_linear_schedule_with_warmup
 
 PATH = REPO_ROOT / "tests/fixtures/tiny_random/bert"
 LABELS = ["negative", "neutral", "positive"]
@@ -34,7 +35,17 @@ BATCHES = [
         "labels": [1, 0],
     },
 ]
-HP = {"lr": 1e-3, "steps": 4, "max_grad_norm": 1.0, "weight_decay": 0.0, "betas": [0.9, 0.999], "eps": 1e-8}
+HP = {
+    "lr": 5e-3,
+    "steps": 20,
+    "warmup": 2,
+    "schedule": "linear",
+    "grad_accum": 2,
+    "max_grad_norm": 0.17,
+    "weight_decay": 0.01,
+    "betas": [0.9, 0.999],
+    "eps": 1e-8,
+}
 LORA = {"r": 4, "alpha": 8, "targets": ["query", "value"]}
 
 
@@ -59,18 +70,31 @@ def tensors(b):
 
 
 def train(model, params):
-    opt = torch.optim.AdamW(params, lr=HP["lr"], betas=tuple(HP["betas"]), eps=HP["eps"], weight_decay=HP["weight_decay"])
+    # Decay on matrices only (transformers' Trainer leaves biases and LayerNorm weights alone).
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": HP["weight_decay"]},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(groups, lr=HP["lr"], betas=tuple(HP["betas"]), eps=HP["eps"])
+    sched = get_linear_schedule_with_warmup(opt, HP["warmup"], HP["steps"])
     model.train()  # every dropout is 0, so train and eval modes compute the same
     losses, norms = [], []
     for step in range(HP["steps"]):
-        ids, mask, labels = tensors(BATCHES[step % len(BATCHES)])
+        # grad_accum micro-batches per step; the step's loss is the mean over all its examples.
+        micro = [BATCHES[(step * HP["grad_accum"] + k) % len(BATCHES)] for k in range(HP["grad_accum"])]
+        examples = sum(len(b["labels"]) for b in micro)
         opt.zero_grad()
-        logits = model(input_ids=ids, attention_mask=mask).logits
-        loss = torch.nn.functional.cross_entropy(logits, labels)
-        loss.backward()
+        total = 0.0
+        for b in micro:
+            ids, mask, labels = tensors(b)
+            logits = model(input_ids=ids, attention_mask=mask).logits
+            loss = torch.nn.functional.cross_entropy(logits, labels, reduction="sum") / examples
+            loss.backward()
+            total += float(loss)
         norm = torch.nn.utils.clip_grad_norm_(params, HP["max_grad_norm"])
         opt.step()
-        losses.append(float(loss))
+        sched.step()
+        losses.append(total)
         norms.append(float(norm))
     model.eval()
     ids, mask, _ = tensors(BATCHES[0])

@@ -43,7 +43,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 hf_logging.disable_progress_bar()
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "tiny_random"
-STEPS = 5
+STEPS = 20
 BATCH, SEQ = 2, 12
 HP = {
     "lora": {

@@ -153,7 +153,13 @@ export function createDatasetPanel(section, { samples, onFile, onSample, onInspe
         stat("Format", `${FORMAT_NAMES[r.format] ?? r.format}${r.encoding && r.encoding !== "utf-8" ? ` (${r.encoding})` : ""}`, "report-format"),
         stat("Schema", `${SCHEMA_NAMES[kind] ?? kind} (${schema.detected ? "detected" : "chosen"})`, "report-schema"),
         stat("Records", formatInt(r.records), "report-records"),
-        stat("Examples kept", formatInt(r.examples), "report-examples"),
+        stat(
+          "Examples kept",
+          r.sampled == null
+            ? formatInt(r.examples)
+            : `${formatInt(r.examples)}, of which a random ${formatInt(r.sampled)} are used (the cap on examples held in memory, max_examples)`,
+          "report-examples",
+        ),
         stat("Skipped", r.skipped ? `${formatInt(r.skipped)}: ${skipped.map(([k, n]) => `${k.replaceAll("_", " ")} ×${n}`).join(", ")}` : "none", "report-skipped"),
         stat("Duplicates", formatInt(r.duplicates), "report-duplicates"),
         stat(
@@ -321,14 +327,14 @@ export function createDatasetPanel(section, { samples, onFile, onSample, onInspe
       state.textContent = `Checking ${name}…`;
       section.setAttribute("aria-busy", "true");
     },
-    /** Reading progress {file, bytes, records_done, records} (shown for files of many records). */
+    /** Reading progress {file, bytes, bytes_done, records_done}. */
     progress(p) {
-      if (!(p.records > 0)) return;
+      if (!(p.bytes > 0) || !Number.isFinite(p.bytes_done)) return;
       reading.hidden = false;
-      reading.max = p.records;
-      reading.value = p.records_done;
+      reading.max = p.bytes;
+      reading.value = p.bytes_done;
       reading.dataset.file = p.file;
-      state.textContent = `Checking ${p.file} (${formatBytes(p.bytes)}): ${formatInt(p.records_done)} of ${formatInt(p.records)} records tokenized (${Math.floor((100 * p.records_done) / p.records)}%)…`;
+      state.textContent = `Checking ${p.file} (${formatBytes(p.bytes)}): ${Math.floor((100 * p.bytes_done) / p.bytes)}% read, ${formatInt(p.records_done)} records checked and tokenized…`;
     },
     show(result) {
       section.removeAttribute("aria-busy");

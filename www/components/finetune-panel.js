@@ -63,6 +63,14 @@ export function createFinetunePanel(section, { onStart, onStop, onPause = () => 
   const rank = number("ft-lora-r", "LoRA rank", 8, { min: 1, step: 1, inputmode: "numeric" });
   const alpha = number("ft-lora-alpha", "LoRA alpha", 16, { min: 0, step: "any", inputmode: "decimal" });
   const batch = number("ft-batch-size", "Batch size", 4, { min: 1, step: 1, inputmode: "numeric" });
+  // The precision of the merged model's download; training and the page's model stay f32.
+  const exportDtype = el(
+    "select",
+    { id: "ft-export-dtype", "data-testid": "ft-export-dtype" },
+    el("option", { value: "f32" }, "f32 (as trained)"),
+    el("option", { value: "f16" }, "f16 (half the size)"),
+    el("option", { value: "bf16" }, "bf16 (half the size)"),
+  );
   method.addEventListener("change", () => {
     const lora = method.value === "lora";
     rank.wrap.hidden = !lora;
@@ -112,6 +120,7 @@ export function createFinetunePanel(section, { onStart, onStop, onPause = () => 
       rank.wrap,
       alpha.wrap,
       batch.wrap,
+      el("div", { class: "field" }, el("label", { for: "ft-export-dtype" }, "Download precision"), exportDtype),
     ),
     el("div", { class: "buttons" }, start, pause, stop),
   );
@@ -182,7 +191,11 @@ export function createFinetunePanel(section, { onStart, onStop, onPause = () => 
       put("lora_alpha", alpha.field, false);
     }
     const b = batch.field.valueAsNumber;
-    return { train: out, ...(Number.isFinite(b) ? { batch_size: Math.trunc(b) } : {}) };
+    return {
+      train: out,
+      ...(Number.isFinite(b) ? { batch_size: Math.trunc(b) } : {}),
+      ...(exportDtype.value !== "f32" ? { export_dtype: exportDtype.value } : {}),
+    };
   }
 
   function render() {
@@ -259,7 +272,7 @@ export function createFinetunePanel(section, { onStart, onStop, onPause = () => 
     },
     event(e) {
       if (e.type === "data_progress") {
-        if (e.records > 0) phase.textContent = `${PHASES.data}: ${e.file}, ${formatInt(e.records_done)} of ${formatInt(e.records)} records (${Math.floor((100 * e.records_done) / e.records)}%)`;
+        if (e.bytes > 0 && Number.isFinite(e.bytes_done)) phase.textContent = `${PHASES.data}: ${e.file}, ${formatInt(e.records_done)} records (${Math.floor((100 * e.bytes_done) / e.bytes)}% of the file)`;
         return;
       }
       if (e.type === "phase") {

@@ -1,7 +1,9 @@
 // "Before / after" panel: the base model's score as soon as a dataset is checked; then held-out validation loss and perplexity of the base model and of the
 // fine-tuned one, with the change and an honest verdict (including "it got worse"); the held-out
 // samples side by side (prompt, reference, base output, fine-tuned output); and downloads of the
-// exported files (the merged Hugging Face model folder and, after LoRA, the PEFT adapter).
+// exported files (the merged Hugging Face model folder and, after LoRA, the PEFT adapter) and of
+// the evaluation report (HTML or JSON). The verdict and the number formats are exported for the
+// HTML report (lib/report-html.js), so both say the same thing.
 // For a classifier (an encoder fine-tuned on labelled data): accuracy, macro-F1 and loss, F1 per
 // class, both confusion matrices, the held-out examples whose prediction changed, and a box to
 // try a sentence on both models (plus sentence similarity before/after).
@@ -13,17 +15,80 @@ export function downloadName(path) {
   return `webtune-${path.replaceAll("/", "-")}`;
 }
 
-function pct(before, after) {
+/** Relative change in percent. */
+export function pct(before, after) {
   return ((after - before) / before) * 100;
 }
 
-function signed(x, digits = 1) {
+/** A signed percentage: "+1.5%", "−3.0%", "±0.0%". */
+export function signed(x, digits = 1) {
   return `${x > 0 ? "+" : x < 0 ? "−" : "±"}${Math.abs(x).toFixed(digits)}%`;
+}
+
+/** A rate in 0..1 as a percentage. */
+export function percent(x) {
+  return Number.isFinite(x) ? `${(x * 100).toFixed(1)}%` : "–";
+}
+
+/** The change of a rate in percentage points: "+12.5 pts". */
+export function points(b, a) {
+  return Number.isFinite(b) && Number.isFinite(a) ? `${a - b >= 0 ? "+" : "−"}${Math.abs((a - b) * 100).toFixed(1)} pts` : "–";
+}
+
+/**
+ * The verdict on a fine-tuning result, {text, outcome: "better" | "same" | "worse" | "none"}:
+ * the panel shows it, and the HTML report repeats it word for word.
+ */
+export function verdictFor(result) {
+  return result.task === "classification" ? classVerdict(result) : verdictText(result);
+}
+
+function classVerdict(result) {
+  const { before, after, summary } = result;
+  const stopped = summary.cancelled ? ` Training was stopped after ${formatInt(summary.steps)} steps.` : "";
+  const chance = result.head_from_checkpoint
+    ? ""
+    : " The base model had no head for these labels, so its head was new and \u201cbefore\u201d is chance level: that is the baseline fine-tuning has to beat.";
+  const d = after.accuracy - before.accuracy;
+  if (d > 1e-9) {
+    return { text: `Fine-tuning helped: held-out accuracy ${percent(before.accuracy)} → ${percent(after.accuracy)} (${points(before.accuracy, after.accuracy)}), macro-F1 ${before.macro_f1.toFixed(3)} → ${after.macro_f1.toFixed(3)}.${chance}${stopped}`, outcome: "better" };
+  }
+  if (Math.abs(d) <= 1e-9) {
+    return { text: `No change in held-out accuracy (${percent(after.accuracy)}); validation loss ${formatLoss(before.loss)} → ${formatLoss(after.loss)}. Try more steps or a higher learning rate.${chance}${stopped}`, outcome: "same" };
+  }
+  return { text: `Fine-tuning made the classifier worse on held-out data: accuracy ${percent(before.accuracy)} → ${percent(after.accuracy)}. Try a lower learning rate or fewer steps.${stopped}`, outcome: "worse" };
+}
+
+function verdictText(result) {
+  const { before, after, summary } = result;
+  if (!before || !after) return { text: "There were no held-out examples to evaluate, so there is no before/after comparison.", outcome: "none" };
+  const change = pct(before.loss, after.loss);
+  const losses = summary.losses ?? [];
+  const k = Math.max(1, Math.floor(losses.length / 5));
+  const mean = (xs) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
+  const trainFell = losses.length >= 2 && mean(losses.slice(-k)) < mean(losses.slice(0, k));
+  const stopped = summary.cancelled ? ` Training was stopped after ${formatInt(summary.steps)} steps.` : "";
+  if (after.loss < before.loss - 1e-6) {
+    return {
+      text: `Fine-tuning helped: validation loss fell ${Math.abs(change).toFixed(1)}% (${formatLoss(before.loss)} → ${formatLoss(after.loss)}), perplexity ${before.perplexity.toFixed(2)} → ${after.perplexity.toFixed(2)}.${stopped}`,
+      outcome: "better",
+    };
+  }
+  if (Math.abs(after.loss - before.loss) <= 1e-6) {
+    return { text: `No change: validation loss stayed at ${formatLoss(after.loss)}. Try more steps or a higher learning rate.${stopped}`, outcome: "same" };
+  }
+  const why = trainFell
+    ? "The training loss fell while the validation loss rose: the model is memorising the training examples (overfitting). Use fewer steps, a lower learning rate or more data."
+    : "The training loss did not fall either: the learning rate may be too high or too low, or there were too few steps.";
+  return {
+    text: `Fine-tuning made the model worse on held-out data: validation loss rose ${change.toFixed(1)}% (${formatLoss(before.loss)} → ${formatLoss(after.loss)}). ${why}${stopped}`,
+    outcome: "worse",
+  };
 }
 
 /**
  * @param {HTMLElement} section  the panel's <section>
- * @param {{onDownload: (path: string) => void}} options
+ * @param {{onDownload: (path: string) => void, onReport?: (kind: "html" | "json") => void}} options
  */
 export function createResultsPanel(section, { onDownload, onClassify, onSimilarity, onReport }) {
   const empty = el("p", { class: "help", "data-testid": "results-empty" }, "Fine-tune a model to compare it with the base model here.");
@@ -41,7 +106,7 @@ export function createResultsPanel(section, { onDownload, onClassify, onSimilari
     return el("td", { "data-testid": testid, ...attrs }, text);
   }
 
-  function renderTable(before, after) {
+  function renderTable(before, after, answers) {
     const row = (label, key, fmt, testid) => {
       const b = before?.[key];
       const a = after?.[key];
@@ -55,8 +120,18 @@ export function createResultsPanel(section, { onDownload, onClassify, onSimilari
         cell(change === null ? "–" : signed(change), `${testid}-change`, { "data-better": change === null ? "" : change < 0 ? "true" : "false" }),
       );
     };
+    // Exact match and token F1 of the greedy answers shown below (prompt–completion and chat
+    // data): higher is better, so the change is in points and "better" means a rise.
+    const answerRow = (label, key, testid) => {
+      const b = answers?.before?.[key];
+      const a = answers?.after?.[key];
+      const better = Number.isFinite(b) && Number.isFinite(a) && a !== b ? String(a > b) : "";
+      return el("tr", {}, el("th", { scope: "row" }, label), cell(percent(b), `${testid}-before`), cell(percent(a), `${testid}-after`), cell(points(b, a), `${testid}-change`, { "data-better": better }));
+    };
+    const n = answers?.after?.examples ?? answers?.before?.examples;
+    const answerRows = n ? [answerRow(`Exact match (${formatInt(n)} greedy answers; higher is better)`, "exact_match", "exact-match"), answerRow("Token F1 (same answers; higher is better)", "token_f1", "token-f1")] : [];
     table.replaceChildren(
-      el("caption", {}, `Held-out validation set (${formatInt(after?.tokens ?? before?.tokens)} tokens scored; lower is better)`),
+      el("caption", {}, `Held-out validation set (${formatInt(after?.tokens ?? before?.tokens)} tokens scored; loss and perplexity: lower is better)`),
       el(
         "thead",
         {},
@@ -67,13 +142,11 @@ export function createResultsPanel(section, { onDownload, onClassify, onSimilari
         {},
         row("Validation loss", "loss", formatLoss, "val-loss"),
         row("Perplexity", "perplexity", (x) => (Number.isFinite(x) ? x.toFixed(2) : "–"), "perplexity"),
+        ...answerRows,
       ),
     );
     table.hidden = false;
   }
-
-  const percent = (x) => (Number.isFinite(x) ? `${(x * 100).toFixed(1)}%` : "–");
-  const points = (b, a) => (Number.isFinite(b) && Number.isFinite(a) ? `${a - b >= 0 ? "+" : "−"}${Math.abs((a - b) * 100).toFixed(1)} pts` : "–");
 
   function renderClassTable(result) {
     const { before, after } = result;
@@ -166,22 +239,6 @@ export function createResultsPanel(section, { onDownload, onClassify, onSimilari
     classes.hidden = false;
   }
 
-  function classVerdict(result) {
-    const { before, after, summary } = result;
-    const stopped = summary.cancelled ? ` Training was stopped after ${formatInt(summary.steps)} steps.` : "";
-    const chance = result.head_from_checkpoint
-      ? ""
-      : " The base model had no head for these labels, so its head was new and \u201cbefore\u201d is chance level: that is the baseline fine-tuning has to beat.";
-    const d = after.accuracy - before.accuracy;
-    if (d > 1e-9) {
-      return { text: `Fine-tuning helped: held-out accuracy ${percent(before.accuracy)} → ${percent(after.accuracy)} (${points(before.accuracy, after.accuracy)}), macro-F1 ${before.macro_f1.toFixed(3)} → ${after.macro_f1.toFixed(3)}.${chance}${stopped}`, outcome: "better" };
-    }
-    if (Math.abs(d) <= 1e-9) {
-      return { text: `No change in held-out accuracy (${percent(after.accuracy)}); validation loss ${formatLoss(before.loss)} → ${formatLoss(after.loss)}. Try more steps or a higher learning rate.${chance}${stopped}`, outcome: "same" };
-    }
-    return { text: `Fine-tuning made the classifier worse on held-out data: accuracy ${percent(before.accuracy)} → ${percent(after.accuracy)}. Try a lower learning rate or fewer steps.${stopped}`, outcome: "worse" };
-  }
-
   function renderTryIt(result) {
     if (!onClassify) return;
     const input = el("input", { type: "text", "data-testid": "try-text", "aria-label": "A sentence to classify", placeholder: "Type a sentence…" });
@@ -217,33 +274,6 @@ export function createResultsPanel(section, { onDownload, onClassify, onSimilari
       simOut,
     );
     tryIt.hidden = false;
-  }
-
-  function verdictText(result) {
-    const { before, after, summary } = result;
-    if (!before || !after) return { text: "There were no held-out examples to evaluate, so there is no before/after comparison.", outcome: "none" };
-    const change = pct(before.loss, after.loss);
-    const losses = summary.losses ?? [];
-    const k = Math.max(1, Math.floor(losses.length / 5));
-    const mean = (xs) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
-    const trainFell = losses.length >= 2 && mean(losses.slice(-k)) < mean(losses.slice(0, k));
-    const stopped = summary.cancelled ? ` Training was stopped after ${formatInt(summary.steps)} steps.` : "";
-    if (after.loss < before.loss - 1e-6) {
-      return {
-        text: `Fine-tuning helped: validation loss fell ${Math.abs(change).toFixed(1)}% (${formatLoss(before.loss)} → ${formatLoss(after.loss)}), perplexity ${before.perplexity.toFixed(2)} → ${after.perplexity.toFixed(2)}.${stopped}`,
-        outcome: "better",
-      };
-    }
-    if (Math.abs(after.loss - before.loss) <= 1e-6) {
-      return { text: `No change: validation loss stayed at ${formatLoss(after.loss)}. Try more steps or a higher learning rate.${stopped}`, outcome: "same" };
-    }
-    const why = trainFell
-      ? "The training loss fell while the validation loss rose: the model is memorising the training examples (overfitting). Use fewer steps, a lower learning rate or more data."
-      : "The training loss did not fall either: the learning rate may be too high or too low, or there were too few steps.";
-    return {
-      text: `Fine-tuning made the model worse on held-out data: validation loss rose ${change.toFixed(1)}% (${formatLoss(before.loss)} → ${formatLoss(after.loss)}). ${why}${stopped}`,
-      outcome: "worse",
-    };
   }
 
   function renderSamples(list) {
@@ -314,13 +344,22 @@ export function createResultsPanel(section, { onDownload, onClassify, onSimilari
         ? el(
             "p",
             {},
-            el("button", { type: "button", "data-testid": "download-report", onclick: () => onReport() }, "Download the evaluation report (JSON)"),
-            " — settings, before/after numbers and examples, to keep or compare runs.",
+            el("button", { type: "button", "data-testid": "download-report-html", onclick: () => onReport("html") }, "Download report (HTML)"),
+            " ",
+            el("button", { type: "button", "data-testid": "download-report", onclick: () => onReport("json") }, "Download report (JSON)"),
+            " — settings, data summary, curves, before/after numbers and examples: a page that opens offline, or the numbers to compare runs.",
           )
         : null,
       el("h3", {}, "Download the fine-tuned model"),
       el("p", { class: "help" }, "The files are made in this tab and saved straight to your computer; nothing is uploaded."),
-      group("Merged model (Hugging Face folder)", merged, "merged/", "Put these files in one folder: it loads like the base model (transformers, webtune)."),
+      group(
+        "Merged model (Hugging Face folder)",
+        merged,
+        "merged/",
+        merged.includes("merged/modeling_webtune.py")
+          ? "Put these files in one folder. The classifier was trained on mean or CLS pooling, which transformers' own BERT head does not do, so modeling_webtune.py comes with it: load it with AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True) to get the predictions seen here (webtune reads it as it is)."
+          : "Put these files in one folder: it loads like the base model (transformers, webtune).",
+      ),
       group("LoRA adapter (PEFT)", adapter, "adapter/", "Only the adapter weights: load them on top of the base model with PEFT."),
       group("Other files", other, "", null),
     );
@@ -337,11 +376,11 @@ export function createResultsPanel(section, { onDownload, onClassify, onSimilari
         renderClasses(result);
         renderTryIt(result);
       } else {
-        renderTable(result.before, result.after);
+        renderTable(result.before, result.after, { before: result.answers_before, after: result.answers_after });
         classes.hidden = true;
         tryIt.hidden = true;
       }
-      const v = classification ? classVerdict(result) : verdictText(result);
+      const v = verdictFor(result);
       verdict.textContent = v.text;
       verdict.dataset.outcome = v.outcome;
       renderSamples(result.samples);

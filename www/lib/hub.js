@@ -291,7 +291,9 @@ function fetchFailure(e, file, url, hub, loaded = 0) {
   return codedError(
     "model.download_failed",
     `Could not download ${url}${loaded > 0 ? ` (the connection broke after ${loaded} bytes)` : ""}: ${e?.message ?? e}. ` +
-      "The server may be unreachable, or it does not allow cross-origin requests (CORS).",
+      "The server may be unreachable, it does not allow cross-origin requests (CORS), or it redirected " +
+      "the download to a host outside the page's Content-Security-Policy (the worker may reach only the " +
+      "Hub's own host and its subdomains).",
     { file, url, status: null, repo: hub.repo, revision: hub.revision },
   );
 }

@@ -3,6 +3,17 @@
 // a watchdog: a fatal error terminates the worker (promises of its operations settle with that
 // error) and a worker that stays silent while busy is reported as unresponsive, so the page never
 // waits forever.
+//
+// Network policy: the server gives the worker script a Content-Security-Policy whose connect-src
+// is 'self' plus the origins in the worker URL's `connect` parameters (xtask/src/serve.rs), and a
+// dedicated worker obeys its own script's policy. A worker therefore starts able to reach only the
+// page's origin. A Hub load from another origin runs in a new worker whose URL allows that Hub
+// (and its file hosts: see hubSources): the current worker keeps its model meanwhile and is
+// replaced only once the new one has loaded, so a failed load still leaves the previous model in
+// use, as in a single worker. Nothing else lives only in a worker: datasets are re-sent with each
+// operation, checkpoints are in OPFS, and a fine-tuned model belongs to the model being replaced.
+
+import { resolveHubSource } from "./hub.js";
 
 /**
  * Events (subscribe with `on(type, fn)`; `on` returns an unsubscribe function):
@@ -24,7 +35,13 @@ export class WorkerClient {
    * @param {number} [options.watchdogMs]  silence (while starting or busy) before "stalled"
    */
   constructor({ workerUrl, backend, watchdogMs = 60_000 }) {
-    this.workerUrl = workerUrl;
+    this.workerUrl = new URL(workerUrl, globalThis.location?.href);
+    // Sources an embedder put in the URL itself stay allowed in every worker.
+    this.baseConnect = this.workerUrl.searchParams.getAll("connect");
+    /** The sources (besides 'self') the current worker may connect to. */
+    this.connect = this.baseConnect;
+    /** A worker started for a load from a new origin: {worker, connect, id, source, backend}. */
+    this.candidate = null;
     this.backendChoice = backend;
     this.watchdogMs = watchdogMs;
     this.worker = null;
@@ -72,30 +89,43 @@ export class WorkerClient {
     this.lastError = null;
     this.stallReported = false;
     this.lastMessageAt = performance.now();
-    const generation = this.generation;
-    const worker = new Worker(this.workerUrl, { type: "module", name: `webtune-${this.backendChoice}-${generation}` });
-    this.worker = worker;
+    // A fresh worker has no model, so it needs no model host.
+    this.connect = this.baseConnect;
+    this.worker = this.spawn(this.connect, `webtune-${this.backendChoice}-${this.generation}`);
+    this.setState("starting");
+  }
+
+  /** A new worker allowed to reach `connect`, its messages routed to this client; "init" sent. */
+  spawn(connect, name) {
+    const url = new URL(this.workerUrl);
+    url.searchParams.delete("connect");
+    for (const source of connect) url.searchParams.append("connect", source);
+    const worker = new Worker(url, { type: "module", name });
     worker.addEventListener("message", (event) => {
       if (this.worker === worker) this.handleMessage(event.data);
+      else if (this.candidate?.worker === worker) this.handleCandidateMessage(event.data);
     });
     worker.addEventListener("error", (event) => {
       // Reaches the page only when the worker could not handle it itself: the script failed to
       // load or parse, or it crashed before installing its own handlers.
-      if (this.worker !== worker) return;
+      if (this.worker !== worker && this.candidate?.worker !== worker) return;
       event.preventDefault?.();
       const message = event.message || "The worker script failed to load or crashed.";
-      this.fail({ code: "worker.crashed", message, details: { filename: event.filename ?? null, lineno: event.lineno ?? null } });
+      const error = { code: "worker.crashed", message, details: { filename: event.filename ?? null, lineno: event.lineno ?? null } };
+      if (this.worker === worker) this.fail(error);
+      else this.dropCandidate(error);
     });
     worker.addEventListener("messageerror", () => {
-      if (this.worker !== worker) return;
+      if (this.worker !== worker && this.candidate?.worker !== worker) return;
       this.emit("error", { id: null, fatal: false, error: { code: "worker.protocol", message: "A message from the worker could not be decoded." } });
     });
-    this.setState("starting");
     worker.postMessage({ type: "init", backend: this.backendChoice, interrupt: this.interrupt ?? undefined });
+    return worker;
   }
 
   /** Terminate the worker now; operations still pending settle with `{error: {code, message}}`. */
   stop(code = "worker.terminated", message = "The worker was stopped; this operation was abandoned.") {
+    this.dropCandidate(null);
     if (this.worker) {
       this.worker.terminate();
       this.worker = null;
@@ -134,7 +164,111 @@ export class WorkerClient {
    * `result` settles with `{info, source, timing}` or `{error}`.
    */
   loadModel(source, { onDownload } = {}, transfer = []) {
-    return this.request("load", { type: "load-model", source }, onDownload, transfer);
+    const needed = this.hubSourcesFor(source);
+    if (needed?.error) {
+      const id = `load-${this.generation}-${this.nextId++}`;
+      return { id, result: Promise.resolve({ error: needed.error }) };
+    }
+    if (needed === null || needed.every((s) => this.connect.includes(s))) {
+      return this.request("load", { type: "load-model", source }, onDownload, transfer);
+    }
+    return this.loadInNewWorker(source, [...new Set([...this.baseConnect, ...needed])], onDownload);
+  }
+
+  /**
+   * The CSP sources a hub `source` downloads from, [] when that is the worker's own origin, null
+   * when it is no hub source or not a valid one (the worker then reports why), or {error} when
+   * no CSP source can name its host.
+   */
+  hubSourcesFor(source) {
+    if (source?.kind !== "hub") return null;
+    let base;
+    try {
+      base = new URL(resolveHubSource(source).base);
+    } catch {
+      return null;
+    }
+    if (base.origin === this.workerUrl.origin) return [];
+    if (base.hostname.startsWith("[")) {
+      // CSP host sources have no syntax for IPv6 literals.
+      const message = `The worker may only connect to hosts named in its Content-Security-Policy, which cannot name the IPv6 address ${base.host}: use a host name for it.`;
+      return { error: { code: "config.invalid", message, details: { value: base.origin } } };
+    }
+    return hubSources(base);
+  }
+
+  /**
+   * Load a hub model in a new worker allowed to reach its host (see the top of this file); the
+   * current worker is replaced only when the model has loaded. Returns {id, result} as request().
+   */
+  loadInNewWorker(source, connect, onDownload) {
+    const id = `load-${this.generation}-${this.nextId++}`;
+    const result = new Promise((resolve) => this.pending.set(id, { resolve, onEvent: onDownload }));
+    if (!this.worker || this.state === "crashed") {
+      this.settle(id, { error: { code: "worker.crashed", message: "The worker is not running; restart it first." } });
+      return { id, result };
+    }
+    if (this.candidate || this.state === "busy") {
+      // One operation at a time, as the worker itself enforces.
+      const message = "Another operation is still running; cancel it or wait for it to finish.";
+      this.settle(id, { error: { code: "worker.busy", message } });
+      return { id, result };
+    }
+    this.lastMessageAt = performance.now();
+    this.stallReported = false;
+    if (this.state === "ready") this.setState("busy");
+    this.paused = false;
+    if (this.interrupt) Atomics.store(new Int32Array(this.interrupt), 0, 0);
+    this.candidate = { worker: null, connect, id, source, backend: null };
+    this.candidate.worker = this.spawn(connect, `webtune-${this.backendChoice}-${this.generation}-load`);
+    return { id, result };
+  }
+
+  /** Messages of the candidate worker: its backend, then its load's downloads and outcome. */
+  handleCandidateMessage(message) {
+    const candidate = this.candidate;
+    this.lastMessageAt = performance.now();
+    this.stallReported = false;
+    switch (message?.type) {
+      case "backend":
+        candidate.backend = message;
+        candidate.worker.postMessage({ type: "load-model", id: candidate.id, source: candidate.source });
+        break;
+      case "network":
+      case "download":
+        this.handleMessage(message);
+        break;
+      case "model": {
+        // Loaded: the candidate becomes the worker (its backend message first, as for a start).
+        const previous = this.worker;
+        this.candidate = null;
+        this.worker = candidate.worker;
+        this.connect = candidate.connect;
+        previous?.terminate();
+        // Only quick requests can still wait on the previous worker: they will get no answer.
+        for (const id of [...this.pending.keys()]) {
+          if (id !== candidate.id) this.settle(id, { error: { code: "worker.restarted", message: "The worker was replaced by one with the new model; ask again." } });
+        }
+        this.handleMessage(candidate.backend);
+        this.handleMessage(message);
+        break;
+      }
+      case "error":
+        // Any error before the model loaded ends this load; the current worker stays as it was.
+        this.dropCandidate(message.error);
+        break;
+      default:
+        break;
+    }
+  }
+
+  /** Terminate the candidate worker; its load settles with `error` (if one is given). */
+  dropCandidate(error) {
+    const candidate = this.candidate;
+    if (!candidate) return;
+    this.candidate = null;
+    candidate.worker.terminate();
+    if (error) this.settle(candidate.id, { error });
   }
 
   /** Generate. `onToken(message)` sees each token; `result` settles with `{result}` or `{error}`. */
@@ -240,6 +374,9 @@ export class WorkerClient {
     this.paused = false;
     if (this.interrupt) Atomics.store(new Int32Array(this.interrupt), 0, 1);
     this.worker?.postMessage({ type: "cancel" });
+    if (this.candidate?.backend) this.candidate.worker.postMessage({ type: "cancel" });
+    // Still starting: its load has not begun, so it ends here.
+    else this.dropCandidate({ code: "model.load_cancelled", message: "Loading the model was cancelled." });
   }
 
   /** Pause the running fine-tuning job after its current step (see "pause" in worker.js). */
@@ -322,6 +459,7 @@ export class WorkerClient {
 
   /** A fatal error: terminate the worker, settle its operations, tell the page. */
   fail(error, id = null) {
+    this.dropCandidate(null);
     if (this.worker) {
       this.worker.terminate();
       this.worker = null;
@@ -342,6 +480,20 @@ export class WorkerClient {
       this.emit("stalled", { silentMs, state: this.state });
     }
   }
+}
+
+/**
+ * CSP sources for a Hub at `url`'s origin. huggingface.co and hf.co redirect file downloads to
+ * their own subdomains (cdn-lfs.hf.co, cas-bridge.xethub.hf.co, ...) and a redirect is checked
+ * against connect-src too, so that family is allowed whole; another named host is allowed with
+ * its subdomains (where a mirror would keep its files), an IP address alone.
+ */
+function hubSources(url) {
+  const host = url.hostname;
+  if (url.protocol === "https:" && (host === "huggingface.co" || host === "hf.co")) {
+    return ["https://huggingface.co", "https://*.huggingface.co", "https://hf.co", "https://*.hf.co"];
+  }
+  return /^[\d.]+$/.test(host) ? [url.origin] : [url.origin, `${url.protocol}//*.${url.host}`];
 }
 
 function errorObject(error) {

@@ -21,10 +21,94 @@ use tiny_http::{Header, Method, Request, Response, Server, StatusCode};
 /// thread for over a minute.
 const WORKERS: usize = 32;
 
-const CSP: &str = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; \
-                   worker-src 'self' blob:; connect-src 'self'; \
-                   style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; \
-                   object-src 'none'; base-uri 'self'";
+/// Most origins one script URL may add to its `connect-src` (keeps the header short).
+const MAX_CONNECT: usize = 16;
+
+/// The Content-Security-Policy of the page (`connect` empty) and of every script. A dedicated
+/// worker's policy is the one delivered with its own main script, not the page's, so scripts
+/// carry one too; the headers of modules it imports are ignored. `connect` holds the sources a
+/// worker URL asked for with `?connect=` (already checked by [`connect_source`]): the model
+/// hosts the user chose, so the worker can reach those and nothing else.
+fn csp(connect: &[String]) -> String {
+    let mut connect_src = String::from("'self'");
+    for source in connect {
+        connect_src.push(' ');
+        connect_src.push_str(source);
+    }
+    format!(
+        "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self' blob:; \
+         connect-src {connect_src}; style-src 'self' 'unsafe-inline'; \
+         img-src 'self' data: blob:; object-src 'none'; base-uri 'self'"
+    )
+}
+
+/// The `connect` query parameters of a request target as CSP sources; `Err` when one is not a
+/// plain http(s) origin (see [`connect_source`]) or there are too many.
+fn connect_params(target: &str) -> Result<Vec<String>, ()> {
+    let Some((_, query)) = target.split_once('?') else {
+        return Ok(Vec::new());
+    };
+    let query = query.split('#').next().unwrap_or("");
+    let mut sources = Vec::new();
+    for pair in query.split('&') {
+        let Some(("connect", value)) = pair.split_once('=') else {
+            continue;
+        };
+        let source = percent_decode(value)
+            .as_deref()
+            .and_then(connect_source)
+            .ok_or(())?;
+        if !sources.contains(&source) {
+            sources.push(source);
+        }
+    }
+    if sources.len() > MAX_CONNECT {
+        return Err(());
+    }
+    Ok(sources)
+}
+
+/// `value` as a CSP host source if it is `http(s)://host[:port]`: the host a DNS name or IPv4
+/// address (letters, digits, hyphens, dots), optionally prefixed with `*.` (its subdomains, where
+/// a Hub serves its large files). Everything else — a path, a quote, a space, a semicolon,
+/// userinfo, another scheme — is refused, so a parameter can add an origin to `connect-src` but
+/// never another directive or keyword.
+fn connect_source(value: &str) -> Option<String> {
+    let (scheme, rest) = value.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "http" && scheme != "https" {
+        return None;
+    }
+    let (host, port) = match rest.split_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (rest, None),
+    };
+    if let Some(port) = port {
+        let digits =
+            !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit());
+        if !digits || port.parse::<u32>().ok()? > 65535 {
+            return None;
+        }
+    }
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    if name.is_empty() || name.len() > 253 {
+        return None;
+    }
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if !name.split('.').all(label_ok) {
+        return None;
+    }
+    let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+    Some(format!("{scheme}://{}{port}", host.to_ascii_lowercase()))
+}
 
 /// A running server. Dropping it stops the server and waits for its threads.
 pub struct ServerHandle {
@@ -147,6 +231,22 @@ fn file_response(request: &Request, root: &Path) -> Response<Body> {
         Err(_) => return text(500, "500 Internal Server Error\n"),
     };
     let content_type = content_type(&path);
+    let policy = if content_type.starts_with("text/html") {
+        // The page's policy is fixed: a query string cannot widen it.
+        Some(csp(&[]))
+    } else if content_type.starts_with("text/javascript") {
+        match connect_params(url_path) {
+            Ok(connect) => Some(csp(&connect)),
+            Err(()) => {
+                return text(
+                    400,
+                    "400 Bad Request: each connect parameter must be one http(s) origin\n",
+                )
+            }
+        }
+    } else {
+        None
+    };
     let range = request
         .headers()
         .iter()
@@ -184,6 +284,9 @@ fn file_response(request: &Request, root: &Path) -> Response<Body> {
     if let Some(content_range) = content_range {
         response = response.with_header(header("Content-Range", &content_range));
     }
+    if let Some(policy) = policy {
+        response = response.with_header(header("Content-Security-Policy", &policy));
+    }
     response
 }
 
@@ -200,7 +303,7 @@ fn text(status: u16, body: &'static str) -> Response<Body> {
 }
 
 fn with_common_headers(response: Response<Body>, content_type: &str) -> Response<Body> {
-    let mut response = response
+    response
         // tiny_http switches to chunked encoding above 32 KiB by default, which drops
         // Content-Length; fetch() progress bars for model downloads need it.
         .with_chunked_threshold(usize::MAX)
@@ -209,11 +312,7 @@ fn with_common_headers(response: Response<Body>, content_type: &str) -> Response
         .with_header(header("Cross-Origin-Embedder-Policy", "require-corp"))
         .with_header(header("Cross-Origin-Resource-Policy", "same-origin"))
         .with_header(header("Cache-Control", "no-cache"))
-        .with_header(header("X-Content-Type-Options", "nosniff"));
-    if content_type.starts_with("text/html") {
-        response = response.with_header(header("Content-Security-Policy", CSP));
-    }
-    response
+        .with_header(header("X-Content-Type-Options", "nosniff"))
 }
 
 fn header(name: &str, value: &str) -> Header {
@@ -377,6 +476,7 @@ mod tests {
             fs::write(dir.join("www/index.html"), "<!doctype html>root").unwrap();
             fs::write(dir.join("www/sub/index.html"), "sub").unwrap();
             fs::write(dir.join("www/sub/a b.js"), "export {};").unwrap();
+            fs::write(dir.join("www/worker.js"), "export {};").unwrap();
             fs::write(dir.join("secret.txt"), "outside").unwrap();
             TempTree(dir)
         }
@@ -498,6 +598,47 @@ mod tests {
         assert_eq!(content_type(Path::new("noext")), "application/octet-stream");
     }
 
+    #[test]
+    fn connect_sources() {
+        assert_eq!(
+            connect_source("https://huggingface.co").as_deref(),
+            Some("https://huggingface.co")
+        );
+        assert_eq!(
+            connect_source("HTTP://LocalHost:8080").as_deref(),
+            Some("http://localhost:8080")
+        );
+        assert_eq!(
+            connect_source("https://*.hf.co").as_deref(),
+            Some("https://*.hf.co")
+        );
+        for bad in [
+            "huggingface.co",
+            "ftp://a.com",
+            "https://a.com/",
+            "https://a.com:",
+            "https://a.com:80:80",
+            "https://-a.com",
+            "https://a..com",
+            "https://*",
+            "https://a.*.com",
+            "https://a.com;script-src",
+            "https://a com",
+            "https://a.com\"",
+        ] {
+            assert_eq!(connect_source(bad), None, "{bad}");
+        }
+        assert_eq!(connect_params("/w.js"), Ok(vec![]));
+        assert_eq!(connect_params("/w.js?connectx=1&x=connect"), Ok(vec![]));
+        let many: Vec<String> = (0..=MAX_CONNECT)
+            .map(|i| format!("connect=http%3A%2F%2Fh{i}.example"))
+            .collect();
+        assert_eq!(
+            connect_params(&format!("/w.js?{}", many.join("&"))),
+            Err(())
+        );
+    }
+
     /// Sends a raw HTTP/1.1 request and returns the whole response.
     fn fetch(addr: SocketAddr, request: &str) -> String {
         let mut stream = TcpStream::connect(addr).unwrap();
@@ -538,7 +679,73 @@ mod tests {
 
         let js = get("/sub/a%20b.js", "");
         assert!(js.contains("Content-Type: text/javascript"), "{js}");
-        assert!(!js.contains("Content-Security-Policy"), "{js}");
+        assert!(js.contains("connect-src 'self'; "), "{js}");
+
+        // A worker's policy comes from its own script: `connect-src 'self'` plus exactly the
+        // origins its URL asked for, and nothing else whatever the query says.
+        let csp_of = |response: &str| {
+            response
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Security-Policy: "))
+                .map(str::to_owned)
+        };
+        let connect_src = |response: &str| {
+            csp_of(response).and_then(|p| {
+                p.split("; ")
+                    .find_map(|d| d.strip_prefix("connect-src "))
+                    .map(str::to_owned)
+            })
+        };
+        let worker = get("/worker.js", "");
+        assert!(worker.starts_with("HTTP/1.1 200"), "{worker}");
+        assert_eq!(connect_src(&worker).as_deref(), Some("'self'"), "{worker}");
+        assert_eq!(csp_of(&worker), Some(csp(&[])), "{worker}");
+        assert!(
+            csp_of(&worker)
+                .unwrap()
+                .contains("script-src 'self' 'wasm-unsafe-eval'"),
+            "{worker}"
+        );
+        let hub = get(
+            "/worker.js?connect=https%3A%2F%2Fhuggingface.co&connect=https%3A%2F%2F*.hf.co\
+             &connect=http%3A%2F%2F127.0.0.1%3A9000&x=1&connect=https%3A%2F%2FHuggingFace.co",
+            "",
+        );
+        assert!(hub.starts_with("HTTP/1.1 200"), "{hub}");
+        assert_eq!(
+            connect_src(&hub).as_deref(),
+            Some("'self' https://huggingface.co https://*.hf.co http://127.0.0.1:9000"),
+            "{hub}"
+        );
+        for hostile in [
+            "x%3B%20script-src%20*",
+            "https%3A%2F%2Fa.com%3B%20script-src%20*",
+            "javascript%3Aalert(1)",
+            "https%3A%2F%2Fa.com%2Fpath",
+            "https%3A%2F%2Fa.com%2F",
+            "https%3A%2F%2Fa.com%27",
+            "https%3A%2F%2Fa.com%20'unsafe-eval'",
+            "'unsafe-inline'",
+            "*",
+            "https%3A%2F%2F*",
+            "https%3A%2F%2Fuser%40a.com",
+            "data%3A",
+            "https%3A%2F%2Fa.com%3A99999",
+            "https%3A%2F%2F%5B%3A%3A1%5D",
+            "%zz",
+            "",
+        ] {
+            let response = get(&format!("/worker.js?connect={hostile}"), "");
+            assert!(
+                response.starts_with("HTTP/1.1 400"),
+                "{hostile}: {response}"
+            );
+            assert!(csp_of(&response).is_none(), "{hostile}: {response}");
+        }
+        // The page's own policy never takes a parameter.
+        let page = get("/?connect=https%3A%2F%2Fa.com", "");
+        assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+        assert_eq!(connect_src(&page).as_deref(), Some("'self'"), "{page}");
 
         let partial = get("/index.html", "Range: bytes=2-4\r\n");
         assert!(partial.starts_with("HTTP/1.1 206"), "{partial}");

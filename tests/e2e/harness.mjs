@@ -79,7 +79,7 @@ function slug(text) {
  * worker console output and every request (workers' requests too: they are reported on the
  * context). Returns `{context, page, log, url}`.
  */
-export async function openPage(browser, params = {}, attempt = { retried: false }, pathname = "") {
+export async function openPage(browser, params = {}, attempt = { tries: 0 }, pathname = "") {
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   const log = {
     pageErrors: [],
@@ -119,12 +119,15 @@ export async function openPage(browser, params = {}, attempt = { retried: false 
     await withTimeout(page.goto(url, { waitUntil: "load", timeout: 60_000 }), 65_000, `the page ${url} to load`);
   } catch (e) {
     await context.close().catch(() => {});
-    // Seen rarely and only on the first page of a whole run on a loaded 2-core machine: the
-    // navigation never reached "load" although the server had answered. One retry in a fresh
-    // context; the stalled requests are reported so the cause can be found.
-    if (!attempt.retried) {
-      console.log(`openPage: ${url} did not load (${e.message}); open requests: ${JSON.stringify([...open])}; retrying once`);
-      return openPage(browser, params, { retried: true }, pathname);
+    // Seen on a loaded 2-core machine, in spells of a few minutes (in full runs, right after the
+    // MiniLM <webtune-trainer> test): the navigation never reaches "load" although the server
+    // answers the same file to curl in milliseconds. Up to two more tries in fresh contexts,
+    // after a pause; the stalled requests are reported so the cause can be found.
+    const tries = (attempt.tries ?? (attempt.retried ? 1 : 0)) + 1;
+    if (tries < 3) {
+      console.log(`openPage: ${url} did not load (${e.message}); open requests: ${JSON.stringify([...open])}; try ${tries + 1} of 3 in 10 s`);
+      await new Promise((r) => setTimeout(r, 10_000));
+      return openPage(browser, params, { tries }, pathname);
     }
     throw e;
   }

@@ -807,8 +807,10 @@ pub fn unpermute_rows(data: &[f32], shape: &[usize], heads: usize) -> Vec<f32> {
         .checked_mul(2)
         .is_none_or(|h2| h2 == 0 || rows % h2 != 0)
         || rows == 0
+        || data.is_empty()
         || data.len() % rows != 0
     {
+        // Nothing to permute (an empty tensor may still claim 2^62 rows: found by fuzzing).
         return data.to_vec();
     }
     let cols = data.len().checked_div(rows).unwrap_or(0);

@@ -60,7 +60,13 @@ fn check_templates(v: &serde_json::Value) -> Result<()> {
     use serde_json::Value;
     match v {
         Value::Object(o) => {
-            if o.get("type").and_then(Value::as_str) == Some("TemplateProcessing") {
+            // serde reads the post-processor untagged: an object with a misspelled or missing
+            // "type" still loads as a template if it has these fields (found by fuzzing).
+            let template = o.get("type").and_then(Value::as_str) == Some("TemplateProcessing")
+                || ["single", "pair", "special_tokens"]
+                    .iter()
+                    .any(|k| o.contains_key(*k));
+            if template {
                 let specials = o.get("special_tokens").and_then(Value::as_object);
                 for (name, token) in specials.into_iter().flatten() {
                     let len = |k: &str| token.get(k).and_then(Value::as_array).map(Vec::len);

@@ -2,6 +2,7 @@
 //! .cargo/config.toml), so the only prerequisites are Rust and Node.js.
 
 mod bench;
+mod fuzz;
 mod models;
 mod serve;
 mod test_all;
@@ -87,12 +88,27 @@ enum Task {
         no_build: bool,
     },
     /// The long hostile-input run: tests/hostile.rs (every parser of outside bytes fed random,
-    /// truncated, bit-flipped and absurd inputs) in release with many cases per property.
-    /// Failing inputs are saved under target/hostile-failures/.
+    /// truncated, bit-flipped and absurd inputs) in release with many cases per property, then,
+    /// with a nightly toolchain, the cargo-fuzz targets in fuzz/ (installing cargo-fuzz if
+    /// needed) for a fixed time each. Failing proptest inputs are saved under
+    /// target/hostile-failures/, fuzz crashes under fuzz/artifacts/<target>/.
     Fuzz {
         /// Cases per property (`cargo test` runs 64).
         #[arg(long, default_value_t = 20_000)]
         cases: u32,
+        /// Skip the proptest run (only the fuzz targets).
+        #[arg(long)]
+        no_proptest: bool,
+        /// Seconds each fuzz target runs.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only these fuzz targets (comma-separated): safetensors, gguf, hf_config,
+        /// tokenizer_json, dataset, chat_template.
+        #[arg(long, value_delimiter = ',')]
+        targets: Option<Vec<String>>,
+        /// cargo-fuzz's sanitizer (address, leak, memory, thread, none).
+        #[arg(long, default_value = "none")]
+        sanitizer: String,
     },
 }
 
@@ -177,11 +193,19 @@ fn run(task: Task) -> Result<()> {
             torch: !no_torch,
             no_build,
         }),
-        Task::Fuzz { cases } => util::run(
-            util::cargo()
-                .args(["test", "-p", "webtune", "--release", "--test", "hostile"])
-                .env("WEBTUNE_HOSTILE_CASES", cases.to_string()),
-        ),
+        Task::Fuzz {
+            cases,
+            no_proptest,
+            seconds,
+            targets,
+            sanitizer,
+        } => fuzz::fuzz(&fuzz::FuzzOptions {
+            cases,
+            no_proptest,
+            seconds,
+            targets,
+            sanitizer,
+        }),
     }
 }
 

@@ -479,14 +479,15 @@ fn value_to_record(loc: Location, value: Value) -> std::result::Result<Record, I
     }
 }
 
-/// Reads JSON lines from `text`, a piece of the file that starts at byte `base` on line
-/// `first_line`. Returns the blank lines and whether the sink wants more.
-fn read_jsonl(
-    file: &Arc<str>,
+/// Walks the non-blank lines of `text`, a piece of the file that starts at byte `base` on line
+/// `first_line`, handing each (line number, line without its `\r`) to `record` and the result to
+/// `sink`. Returns the blank lines and whether the sink wants more.
+fn read_lines(
     text: &str,
     first_line: usize,
     base: usize,
     sink: &mut Sink<'_>,
+    mut record: impl FnMut(usize, &str) -> std::result::Result<Record, Issue>,
 ) -> Result<(usize, bool)> {
     let mut blank_lines = 0;
     let mut lines = text.split('\n').peekable();
@@ -503,8 +504,24 @@ fn read_jsonl(
             }
             continue;
         }
+        if !sink(record(n, line), base + end)? {
+            return Ok((blank_lines, false));
+        }
+    }
+    Ok((blank_lines, true))
+}
+
+/// JSON lines from a piece of the file (see [`read_lines`]).
+fn read_jsonl(
+    file: &Arc<str>,
+    text: &str,
+    first_line: usize,
+    base: usize,
+    sink: &mut Sink<'_>,
+) -> Result<(usize, bool)> {
+    read_lines(text, first_line, base, sink, |n, line| {
         let loc = Location::line(file, n);
-        let record = match serde_json::from_str::<Value>(line) {
+        match serde_json::from_str::<Value>(line) {
             Ok(value) => value_to_record(loc, value),
             Err(e) => {
                 let column = e.column();
@@ -515,12 +532,8 @@ fn read_jsonl(
                     format!("malformed JSON at column {column}: {}", json_message(&e)),
                 ))
             }
-        };
-        if !sink(record, base + end)? {
-            return Ok((blank_lines, false));
         }
-    }
-    Ok((blank_lines, true))
+    })
 }
 
 /// A JSON array, element by element, so each element keeps the line it starts on.
@@ -742,8 +755,7 @@ fn text_record(file: &Arc<str>, line: usize, text: String) -> std::result::Resul
     })
 }
 
-/// Reads one example per line from `text`, a piece of the file that starts at byte `base` on
-/// line `first_line`. Returns the blank lines and whether the sink wants more.
+/// One example per line from a piece of the file (see [`read_lines`]).
 fn read_text_lines(
     file: &Arc<str>,
     text: &str,
@@ -751,26 +763,9 @@ fn read_text_lines(
     base: usize,
     sink: &mut Sink<'_>,
 ) -> Result<(usize, bool)> {
-    let mut blank_lines = 0;
-    let mut end = 0;
-    let mut pieces = text.split('\n').peekable();
-    let mut n = first_line - 1;
-    while let Some(raw) = pieces.next() {
-        n += 1;
-        end = (end + raw.len() + 1).min(text.len());
-        let line = raw.strip_suffix('\r').unwrap_or(raw);
-        if line.trim().is_empty() {
-            // The empty string after a final newline is not a line.
-            if pieces.peek().is_some() || !line.is_empty() {
-                blank_lines += 1;
-            }
-            continue;
-        }
-        if !sink(text_record(file, n, line.to_string()), base + end)? {
-            return Ok((blank_lines, false));
-        }
-    }
-    Ok((blank_lines, true))
+    read_lines(text, first_line, base, sink, |n, line| {
+        text_record(file, n, line.to_string())
+    })
 }
 
 /// Returns the blank lines (lines mode).

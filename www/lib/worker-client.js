@@ -214,11 +214,7 @@ export class WorkerClient {
       this.settle(id, { error: { code: "worker.busy", message } });
       return { id, result };
     }
-    this.lastMessageAt = performance.now();
-    this.stallReported = false;
-    if (this.state === "ready") this.setState("busy");
-    this.paused = false;
-    if (this.interrupt) Atomics.store(new Int32Array(this.interrupt), 0, 0);
+    this.beginOperation();
     this.candidate = { worker: null, connect, id, source, backend: null };
     this.candidate.worker = this.spawn(connect, `webtune-${this.backendChoice}-${this.generation}-load`);
     return { id, result };
@@ -260,6 +256,15 @@ export class WorkerClient {
       default:
         break;
     }
+  }
+
+  /** An operation starts: busy, the watchdog reset, and un-interrupted (one runs at a time). */
+  beginOperation() {
+    this.lastMessageAt = performance.now();
+    this.stallReported = false;
+    if (this.state === "ready") this.setState("busy");
+    this.paused = false;
+    if (this.interrupt) Atomics.store(new Int32Array(this.interrupt), 0, 0);
   }
 
   /** Terminate the candidate worker; its load settles with `error` (if one is given). */
@@ -359,12 +364,7 @@ export class WorkerClient {
       this.settle(id, { error: { code: "worker.crashed", message: "The worker is not running; restart it first." } });
       return { id, result };
     }
-    this.lastMessageAt = performance.now();
-    this.stallReported = false;
-    if (this.state === "ready") this.setState("busy");
-    // A fresh operation starts un-interrupted (the page runs one at a time).
-    this.paused = false;
-    if (this.interrupt) Atomics.store(new Int32Array(this.interrupt), 0, 0);
+    this.beginOperation();
     this.worker.postMessage({ ...message, id }, transfer);
     return { id, result };
   }

@@ -18,7 +18,7 @@ use webtune::models::loaded::LoadedModel;
 use webtune::Code;
 
 mod common;
-use common::fixture;
+use common::{default_model, fixture, SMOLLM2_GGUF};
 
 /// SmolLM2-135M-Instruct's template, as its tokenizer_config.json and its GGUF carry it.
 const SMOLLM2_TEMPLATE: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
@@ -180,17 +180,11 @@ fn gguf_bos_and_eos_reach_the_template_and_stop_generation() {
 
 #[test]
 fn the_real_smollm2_gguf_has_its_template() {
-    // Present after `cargo xtask models`; skipped (with a note) where it is not.
-    let path = fixture(
-        "../../www/models/smollm2-135m-instruct/resolve/main/SmolLM2-135M-Instruct.Q4_1.gguf",
-    );
-    if !path.is_file() {
-        eprintln!(
-            "skipped: {} is absent (run `cargo xtask models`)",
-            path.display()
-        );
+    // Present after `cargo xtask models`; skipped (with a note) where it is not, unless
+    // WEBTUNE_REQUIRE_MODELS is set.
+    let Some(path) = default_model(SMOLLM2_GGUF) else {
         return;
-    }
+    };
     let files = ModelFiles::from_dir(&path).unwrap();
     let t = ChatTemplate::from_model_files(&files).unwrap().unwrap();
     assert_eq!(t.origin(), "gguf");

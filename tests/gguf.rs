@@ -171,6 +171,104 @@ fn f32_gguf_is_the_safetensors_model() {
 }
 
 #[test]
+fn llama3_rope_freqs_become_the_models_frequencies() {
+    // A Llama 3.1-style file (tools/reference/tiny_variants.py): the llama3 rope scaling is only
+    // in llama.cpp's rope_freqs.weight, one divisor per frequency.
+    let name = "tiny_llama3_rope_f32.gguf";
+    let reference = json("reference/tiny_variants.json")["models"]["llama3_rope"].clone();
+    let config = gguf_files(name, bytes(name)).config().unwrap();
+    let rope = &config["rope_scaling"];
+    assert_eq!(rope["rope_type"], "longrope", "{config}");
+    assert_eq!(rope["short_factor"], rope["long_factor"]);
+    let factors: Vec<f32> = rope["short_factor"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    let expected: Vec<f32> = reference["gguf"]["rope_freqs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    assert_eq!(factors, expected);
+    assert!(factors.iter().any(|&f| f != 1.0));
+
+    let gguf = load(gguf_files(name, bytes(name))).unwrap();
+    let st = load(ModelFiles::from_dir(&fixture("tiny_random/llama3_rope")).unwrap()).unwrap();
+    assert_eq!(gguf.info.parameters, st.info.parameters);
+    let mut worst_vs_st = 0f32;
+    let mut worst_vs_ref = 0f32;
+    for case in reference["cases"].as_array().unwrap() {
+        let input = ids(&case["input_ids"]);
+        let ours = pollster::block_on(gguf.logits(&input)).unwrap();
+        let theirs = pollster::block_on(st.logits(&input)).unwrap();
+        worst_vs_st = worst_vs_st.max(max_abs_diff(&ours, &theirs));
+        let expected: Vec<Vec<f32>> = case["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap() as f32)
+                    .collect()
+            })
+            .collect();
+        worst_vs_ref = worst_vs_ref.max(max_abs_diff(&ours, &expected));
+    }
+    eprintln!("llama3-rope GGUF: max |logit diff| vs safetensors (llama3 config) {worst_vs_st:e}, vs transformers {worst_vs_ref:e}");
+    assert!(worst_vs_st <= 1e-4, "{worst_vs_st}");
+    assert!(worst_vs_ref <= 1e-4, "{worst_vs_ref}");
+
+    // Greedy generation with the cache equals transformers'.
+    for gen in reference["generation"].as_array().unwrap() {
+        let expected = ids(&gen["generated_ids"]);
+        let opts = GenerateOptions {
+            max_new_tokens: expected.len(),
+            greedy: true,
+            ..Default::default()
+        };
+        let out = pollster::block_on(generate(
+            gguf.causal_lm(),
+            &gguf.device,
+            &ids(&gen["prompt_ids"]),
+            &opts,
+            |_| true,
+        ))
+        .unwrap();
+        assert_eq!(out, expected);
+    }
+
+    // Without the factors (plain rope at the same theta) the logits would be far off.
+    let mut files = ModelFiles::from_dir(&fixture("tiny_random/llama3_rope")).unwrap();
+    let mut plain: Value = serde_json::from_slice(files.get("config.json").unwrap()).unwrap();
+    plain["rope_parameters"] = serde_json::json!({"rope_type": "default", "rope_theta": 500000.0});
+    files.insert("config.json", serde_json::to_vec(&plain).unwrap());
+    let plain = load(files).unwrap();
+    let input: Vec<u32> = (0..64).map(|i| (i * 53 + 7) % 100).collect();
+    let a = pollster::block_on(gguf.logits(&input)).unwrap();
+    let b = pollster::block_on(plain.logits(&input)).unwrap();
+    assert!(max_abs_diff(&a, &b) > 0.1);
+}
+
+#[test]
+fn broken_rope_freqs_are_refused() {
+    let name = "tiny_llama3_rope_f32.gguf";
+    let good = bytes(name);
+    let at = GgufFile::parse(name, good.clone()).unwrap().header.tensors["rope_freqs.weight"].start;
+    for bad in [-1.0f32, 0.0, f32::NAN, f32::INFINITY] {
+        let mut broken = good.clone();
+        broken[at + 4..at + 8].copy_from_slice(&bad.to_le_bytes());
+        let err = load(gguf_files(name, broken)).unwrap_err();
+        assert_eq!(err.code, Code::ModelConfigInvalid, "{bad}: {err}");
+        assert!(err.message.contains("rope_freqs.weight"), "{}", err.message);
+    }
+}
+
+#[test]
 fn without_unpermuting_the_logits_would_be_wrong() {
     // Guard for the test above: the permutation is not a no-op on this model.
     let file = GgufFile::parse("f32.gguf", bytes("tiny_llama_f32.gguf")).unwrap();

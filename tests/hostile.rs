@@ -229,10 +229,15 @@ fn models() -> &'static [Checkpoint] {
 fn ggufs() -> &'static [(&'static str, Vec<u8>)] {
     static G: OnceLock<Vec<(&'static str, Vec<u8>)>> = OnceLock::new();
     G.get_or_init(|| {
-        ["tiny_llama_f32.gguf", "tiny_llama_mixed.gguf"]
-            .into_iter()
-            .map(|n| (n, read_fixture(&format!("tiny_gguf/{n}"))))
-            .collect()
+        // The SentencePiece one exercises the `llama` vocabulary path (merges from scores).
+        [
+            "tiny_llama_f32.gguf",
+            "tiny_llama_mixed.gguf",
+            "tiny_spm_vocab.gguf",
+        ]
+        .into_iter()
+        .map(|n| (n, read_fixture(&format!("tiny_gguf/{n}"))))
+        .collect()
     })
 }
 
@@ -375,7 +380,7 @@ fn exercise_safetensors(name: &str, bytes: Vec<u8>) -> webtune::error::Result<us
 
 fn exercise_gguf(name: &str, bytes: Vec<u8>) -> webtune::error::Result<usize> {
     let header = GgufHeader::parse(name, &bytes)?;
-    let _ = gguf::hf_config(name, &header);
+    let _ = gguf::hf_config(name, &header, &bytes);
     if let Ok(Some(json)) = gguf::tokenizer_json(name, &header) {
         let _ = Tokenizer::from_bytes(json.to_string().as_bytes());
     }
@@ -623,6 +628,9 @@ fn meta_key() -> impl Strategy<Value = String> {
         Just("tokenizer.ggml.bos_token_id".to_string()),
         Just("tokenizer.ggml.add_bos_token".to_string()),
         Just("tokenizer.ggml.pre".to_string()),
+        Just("tokenizer.ggml.scores".to_string()),
+        Just("tokenizer.ggml.unknown_token_id".to_string()),
+        Just("tokenizer.ggml.add_space_prefix".to_string()),
         "[a-z.]{1,16}",
     ]
 }
@@ -643,7 +651,7 @@ proptest! {
 
     #[test]
     fn gguf_mutated_fixtures(
-        which in 0..2usize,
+        which in 0..3usize,
         mutations in prop::collection::vec(mutation(), 1..4),
     ) {
         let real = &ggufs()[which].1;
@@ -667,7 +675,7 @@ proptest! {
 
     #[test]
     fn gguf_mutated_fixtures_load(
-        which in 0..2usize,
+        which in 0..3usize,
         mutations in prop::collection::vec(mutation(), 1..3),
     ) {
         let (name, real) = &ggufs()[which];

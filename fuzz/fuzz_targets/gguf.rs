@@ -16,7 +16,7 @@ const NAME: &str = "model.gguf";
 fuzz_target!(|data: &[u8]| {
     let parsed = check(data.len(), || {
         let header = GgufHeader::parse(NAME, data)?;
-        let _ = gguf::hf_config(NAME, &header);
+        let _ = gguf::hf_config(NAME, &header, data);
         let _ = gguf::chat_template(&header);
         if let Ok(Some(json)) = gguf::tokenizer_json(NAME, &header) {
             let _ = Tokenizer::from_bytes(json.to_string().as_bytes());

@@ -164,7 +164,8 @@ impl ModelFiles {
     /// Parse `config.json` (or build it from a GGUF file's metadata).
     pub fn config(&self) -> Result<Value> {
         if let Some(name) = self.gguf_name()? {
-            return gguf::hf_config(&name, &self.gguf_header(&name)?);
+            let bytes = self.get(&name).unwrap_or_default();
+            return gguf::hf_config(&name, &self.gguf_header(&name)?, bytes);
         }
         let bytes = self.get("config.json").ok_or_else(|| {
             Error::new(

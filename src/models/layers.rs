@@ -110,17 +110,43 @@ pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
 
 /// [`causal_attention`] with dropout on the attention probabilities (while training).
 pub fn causal_attention_dropout(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, prob: f64) -> Tensor<4> {
+    causal_attention_window(q, k, v, prob, None)
+}
+
+/// [`causal_attention_dropout`] where, with `window = Some(w)`, each query also stops seeing keys
+/// `w` or more positions behind it: the query at position `i` attends to keys `j` with
+/// `i - w < j <= i` (Mistral's sliding window, exactly transformers' `sliding_window_overlay`).
+pub fn causal_attention_window(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    prob: f64,
+    window: Option<usize>,
+) -> Tensor<4> {
     let [b, h, t, dh] = q.dims();
     let s = k.dims()[2];
+    let device = q.device();
     let scores = q
         .matmul(k.swap_dims(2, 3))
         .mul_scalar(1.0 / (dh as f64).sqrt());
+    // The queries are the last `t` of the `s` positions, so query row `r` is position `r + s - t`.
     // `tril_mask` is true strictly above the (shifted) diagonal: the future positions a token must
     // not see. f32::MIN rather than -inf keeps softmax finite on every backend (as transformers does).
-    let future = Tensor::<2, Bool>::tril_mask([t, s], s as i64 - t as i64, &scores.device())
+    let future = Tensor::<2, Bool>::tril_mask([t, s], s as i64 - t as i64, &device)
         .unsqueeze::<4>()
         .expand([b, h, t, s]);
-    let weights = dropout(softmax(scores.mask_fill(future, f32::MIN), 3), prob);
+    let mut scores = scores.mask_fill(future, f32::MIN);
+    // Only when some key is out of reach: the last query (position s - 1) sees from s - w on.
+    if let Some(w) = window.filter(|&w| w < s) {
+        // `triu_mask` is true where `j - r < offset`; key j is too old for row r when
+        // j <= r + (s - t) - w, i.e. j - r < s - t - w + 1. Never the diagonal, as w >= 1.
+        let offset = s as i64 - t as i64 - w as i64 + 1;
+        let old = Tensor::<2, Bool>::triu_mask([t, s], offset, &device)
+            .unsqueeze::<4>()
+            .expand([b, h, t, s]);
+        scores = scores.mask_fill(old, f32::MIN);
+    }
+    let weights = dropout(softmax(scores, 3), prob);
     weights.matmul(v)
 }
 

@@ -1,6 +1,7 @@
-//! Llama and its close relatives (SmolLM, TinyLlama, Qwen2, Mistral within its sliding window):
-//! token embedding, pre-RMSNorm blocks, rotary position embeddings, grouped-query causal
-//! attention, SwiGLU MLP, and an LM head that may be tied to the embedding.
+//! Llama and its close relatives (SmolLM, TinyLlama, Qwen2, Mistral): token embedding,
+//! pre-RMSNorm blocks, rotary position embeddings (plain, linear, Llama 3.1 or per-frequency
+//! factors), grouped-query causal attention (within a sliding window where the config says so),
+//! SwiGLU MLP, and an LM head that may be tied to the embedding.
 //!
 //! Hugging Face stores every projection as `nn.Linear`, weight `[out, in]`; burn's `Linear`
 //! keeps `[in, out]`, so each projection is transposed once at load time.
@@ -19,7 +20,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Value};
 
 use super::layers::{
-    causal_attention_dropout, linear_forward, merge_heads, split_heads, Activation, TrainDropout,
+    causal_attention_window, linear_forward, merge_heads, split_heads, Activation, TrainDropout,
 };
 use super::KvCache;
 use crate::error::{Code, Error, Result};
@@ -66,12 +67,24 @@ pub struct LlamaConfig {
     pub mlp_bias: bool,
     #[serde(default = "d_act")]
     pub hidden_act: String,
-    /// Mistral attends to at most this many past positions; webtune caps the context there so
-    /// that the sliding window never comes into play.
-    #[serde(default)]
-    pub sliding_window: Option<usize>,
+    /// Mistral and Qwen2: how many positions (itself included) a sliding-window layer attends
+    /// to. `None`: the key is absent, which transformers reads as 4096 for both; `Some(None)`:
+    /// `null`, no window. Which layers slide is [`LlamaConfig::layer_windows`].
+    #[serde(
+        default,
+        deserialize_with = "null_or_value",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sliding_window: Option<Option<usize>>,
+    /// Qwen2: whether `sliding_window` applies at all (transformers' default: no).
     #[serde(default)]
     pub use_sliding_window: Option<bool>,
+    /// Qwen2: without `layer_types`, the layers from this index on slide (default 28).
+    #[serde(default)]
+    pub max_window_layers: Option<usize>,
+    /// Qwen2 (transformers 5): `full_attention` or `sliding_attention`, one per layer.
+    #[serde(default)]
+    pub layer_types: Option<Vec<String>>,
     #[serde(default, deserialize_with = "id_or_list")]
     pub bos_token_id: Option<u32>,
     #[serde(default, deserialize_with = "id_or_list")]
@@ -86,7 +99,7 @@ pub struct LlamaConfig {
 pub struct RopeParameters {
     #[serde(default)]
     pub rope_theta: Option<f64>,
-    /// `default`, `linear` or `llama3` (older files say `type`).
+    /// `default`, `linear`, `llama3` or `longrope` (older files say `type`).
     #[serde(default, alias = "type")]
     pub rope_type: Option<String>,
     #[serde(default)]
@@ -97,6 +110,22 @@ pub struct RopeParameters {
     pub high_freq_factor: Option<f64>,
     #[serde(default)]
     pub original_max_position_embeddings: Option<f64>,
+    /// `longrope`: divisors of the frequencies, one per frequency, for sequences up to
+    /// `original_max_position_embeddings` (short) and beyond (long).
+    #[serde(default)]
+    pub short_factor: Option<Vec<f64>>,
+    #[serde(default)]
+    pub long_factor: Option<Vec<f64>>,
+    /// `longrope`: a scale on cos and sin.
+    #[serde(default)]
+    pub attention_factor: Option<f64>,
+}
+
+/// Tells an absent key (`None`, via `#[serde(default)]`) from an explicit `null` (`Some(None)`).
+fn null_or_value<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Option<usize>>, D::Error> {
+    Option::<usize>::deserialize(d).map(Some)
 }
 
 // transformers' LlamaConfig defaults, for keys a config.json leaves out.
@@ -215,6 +244,7 @@ impl LlamaConfig {
             return bad(format!("hidden_act {:?} is not supported", cfg.hidden_act));
         }
         cfg.rope()?;
+        cfg.layer_windows()?;
         Ok(cfg)
     }
 
@@ -242,14 +272,68 @@ impl LlamaConfig {
         self.model_type != "qwen2" && self.attention_bias
     }
 
-    /// Longest sequence computed exactly: Mistral's sliding window is not implemented, so the
-    /// context stops where it would start to matter.
+    /// Longest sequence the model takes (a sliding window does not shorten it).
     pub fn max_positions(&self) -> usize {
-        match self.sliding_window {
-            Some(w) if w > 0 && self.use_sliding_window != Some(false) => {
-                self.max_position_embeddings.min(w)
+        self.max_position_embeddings
+    }
+
+    /// Per layer, the sliding window it attends within (`None`: the whole causal context), as
+    /// transformers decides it. Mistral slides every layer unless `sliding_window` is null
+    /// (MistralModel ignores `use_sliding_window` and `layer_types`). Qwen2 slides only with
+    /// `use_sliding_window`, and then the layers `layer_types` marks `sliding_attention` (by
+    /// default those from `max_window_layers` on). Llama has no window.
+    pub fn layer_windows(&self) -> Result<Vec<Option<usize>>> {
+        let n = self.num_hidden_layers;
+        let bad = |m: String| Error::new(Code::ModelConfigInvalid, m);
+        // Absent: MistralConfig's and Qwen2Config's default.
+        let window = self.sliding_window.unwrap_or(Some(4096));
+        let checked = |w: Option<usize>| match w {
+            Some(0) => Err(bad(
+                "sliding_window must be a positive number of positions (or null for none)".into(),
+            )),
+            w => Ok(w),
+        };
+        match self.model_type.as_str() {
+            "mistral" => Ok(vec![checked(window)?; n]),
+            "qwen2" => {
+                let window = if self.use_sliding_window == Some(true) {
+                    checked(window)?
+                } else {
+                    None
+                };
+                let first_sliding = self.max_window_layers.unwrap_or(28);
+                let types: Vec<&str> = match &self.layer_types {
+                    Some(t) => t.iter().map(String::as_str).collect(),
+                    None => (0..n)
+                        .map(|i| match window {
+                            Some(_) if i >= first_sliding => "sliding_attention",
+                            _ => "full_attention",
+                        })
+                        .collect(),
+                };
+                if types.len() != n {
+                    return Err(bad(format!(
+                        "layer_types has {} entries but num_hidden_layers is {n}",
+                        types.len()
+                    )));
+                }
+                types
+                    .iter()
+                    .enumerate()
+                    .map(|(i, ty)| match *ty {
+                        "full_attention" => Ok(None),
+                        "sliding_attention" => window.map(Some).ok_or_else(|| {
+                            bad(format!(
+                                "layer_types marks layer {i} sliding_attention, but no window is set (use_sliding_window is not true, or sliding_window is null); transformers refuses this config too"
+                            ))
+                        }),
+                        other => Err(bad(format!(
+                            "layer_types[{i}] is {other:?}; webtune knows full_attention and sliding_attention"
+                        ))),
+                    })
+                    .collect()
             }
-            _ => self.max_position_embeddings,
+            _ => Ok(vec![None; n]),
         }
     }
 
@@ -270,6 +354,20 @@ impl LlamaConfig {
                 )
             })
         };
+        let half = self.head_dim() / 2;
+        let factors = |v: Option<&Vec<f64>>, name: &str| -> Result<Vec<f64>> {
+            match v {
+                Some(f) if f.len() == half && f.iter().all(|x| x.is_finite() && *x > 0.0) => {
+                    Ok(f.clone())
+                }
+                _ => Err(Error::new(
+                    Code::ModelConfigInvalid,
+                    format!(
+                        "rope type {kind:?} needs {name}: {half} positive numbers (head_dim / 2)"
+                    ),
+                )),
+            }
+        };
         Ok(match kind.as_str() {
             "default" => Rope::Default,
             "linear" => Rope::Linear(need(factor, "factor")?),
@@ -282,11 +380,43 @@ impl LlamaConfig {
                     "original_max_position_embeddings",
                 )?,
             },
+            // transformers' spelling of fixed per-frequency divisors; `io::gguf` turns llama.cpp's
+            // `rope_freqs.weight` into it. Phi-3's form, which switches factor sets and scales
+            // cos/sin, is refused rather than half-implemented.
+            "longrope" => {
+                let short = factors(p.short_factor.as_ref(), "short_factor")?;
+                if factors(p.long_factor.as_ref(), "long_factor")? != short {
+                    return Err(Error::new(
+                        Code::ModelConfigInvalid,
+                        "rope type \"longrope\" with different short_factor and long_factor (Phi-3 style: the factors change once a sequence outgrows original_max_position_embeddings) is not supported; webtune reads longrope only as fixed per-frequency factors",
+                    ));
+                }
+                let original = need(
+                    p.original_max_position_embeddings,
+                    "original_max_position_embeddings",
+                )?;
+                // transformers' default when attention_factor is absent.
+                let factor = p
+                    .factor
+                    .unwrap_or(self.max_position_embeddings as f64 / original);
+                let attention = p.attention_factor.unwrap_or(if factor <= 1.0 {
+                    1.0
+                } else {
+                    (1.0 + factor.ln() / original.ln()).sqrt()
+                });
+                if attention != 1.0 {
+                    return Err(Error::new(
+                        Code::ModelConfigInvalid,
+                        format!("rope type \"longrope\" with attention_factor {attention} (cos and sin scaled) is not supported; only 1 is"),
+                    ));
+                }
+                Rope::Factors(short)
+            }
             other => {
                 return Err(Error::new(
                     Code::ModelConfigInvalid,
                     format!(
-                    "rope type {other:?} is not supported (webtune has default, linear and llama3)"
+                    "rope type {other:?} is not supported (webtune has default, linear, llama3 and longrope with fixed factors)"
                 ),
                 ))
             }
@@ -306,7 +436,7 @@ impl LlamaConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 enum Rope {
     Default,
     /// Positions divided by the factor.
@@ -318,16 +448,24 @@ enum Rope {
         high: f64,
         original: f64,
     },
+    /// Frequency `i` divided by `factors[i]` (llama.cpp's `rope_freqs`, transformers' longrope
+    /// with one set of factors).
+    Factors(Vec<f64>),
 }
 
 /// Inverse frequencies `1 / θ^(2i/Dh)`, computed in f32 as transformers does, then rescaled.
-fn inverse_frequencies(theta: f64, head_dim: usize, rope: Rope) -> Vec<f32> {
+fn inverse_frequencies(theta: f64, head_dim: usize, rope: &Rope) -> Vec<f32> {
     (0..head_dim / 2)
         .map(|i| {
-            let f = 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32);
-            match rope {
+            let base = (theta as f32).powf((2 * i) as f32 / head_dim as f32);
+            let f = 1.0 / base;
+            match *rope {
                 Rope::Default => f,
                 Rope::Linear(s) => f / s as f32,
+                // As transformers' longrope computes it: 1 / (factor · θ^(2i/Dh)).
+                Rope::Factors(ref factors) => {
+                    1.0 / (factors.get(i).copied().unwrap_or(1.0) as f32 * base)
+                }
                 Rope::Llama3 {
                     factor,
                     low,
@@ -378,6 +516,9 @@ pub struct Llama {
     n_kv_heads: usize,
     #[module(skip)]
     inv_freq: Vec<f32>,
+    /// Per layer, the sliding window of its attention (`None`: all past positions).
+    #[module(skip)]
+    windows: Vec<Option<usize>>,
     #[module(skip)]
     max_positions: usize,
     #[module(skip)]
@@ -481,12 +622,8 @@ impl Llama {
             lm_head,
             n_heads: h,
             n_kv_heads: kv,
-            // Validated by LlamaConfig::from_json.
-            inv_freq: inverse_frequencies(
-                config.theta(),
-                dh,
-                config.rope().unwrap_or(Rope::Default),
-            ),
+            inv_freq: inverse_frequencies(config.theta(), dh, &config.rope()?),
+            windows: config.layer_windows()?,
             max_positions: config.max_positions(),
             activation: Activation::parse(&config.hidden_act).unwrap_or(Activation::Silu),
             attention_dropout: config.attention_dropout,
@@ -553,15 +690,18 @@ impl Llama {
             let q = rotate(split_heads(proj(&block.q_proj, h.clone()), self.n_heads));
             let mut k = rotate(split_heads(proj(&block.k_proj, h.clone()), self.n_kv_heads));
             let mut v = split_heads(proj(&block.v_proj, h), self.n_kv_heads);
-            // The cache keeps the KV heads unrepeated; each serves `group` query heads.
+            // The cache keeps the KV heads unrepeated; each serves `group` query heads. It keeps
+            // every past position, even those a sliding window no longer reaches (the mask
+            // skips them), so the cache grows as it does without a window.
             if let Some(cache) = cache.as_deref_mut() {
                 (k, v) = cache.extend(i, k, v);
             }
-            let attn = merge_heads(causal_attention_dropout(
+            let attn = merge_heads(causal_attention_window(
                 q,
                 repeat_kv(k, group),
                 repeat_kv(v, group),
                 drop.attn,
+                self.windows.get(i).copied().flatten(),
             ));
             x = x + proj(&block.o_proj, attn);
             let h = block.post_norm.forward(x.clone());
@@ -632,6 +772,97 @@ mod tests {
         ] {
             let err = LlamaConfig::from_json(&c).unwrap_err();
             assert_eq!(err.code, Code::ModelConfigInvalid, "{c}: {err}");
+        }
+    }
+
+    fn windows(c: Value) -> Result<Vec<Option<usize>>> {
+        LlamaConfig::from_json(&c).map(|c| c.layer_windows().unwrap())
+    }
+
+    #[test]
+    fn sliding_windows_follow_transformers() {
+        let layers = |extra: Value| {
+            let mut c = json!({"num_hidden_layers": 3});
+            c.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            windows(c)
+        };
+        // Mistral: every layer, MistralConfig's 4096 when the key is absent, none when null.
+        let m = |w: Value| layers(json!({"model_type": "mistral", "sliding_window": w}));
+        assert_eq!(m(json!(8)).unwrap(), vec![Some(8); 3]);
+        assert_eq!(m(Value::Null).unwrap(), vec![None; 3]);
+        assert_eq!(
+            layers(json!({"model_type": "mistral"})).unwrap(),
+            vec![Some(4096); 3]
+        );
+        // Qwen2: only with use_sliding_window, from max_window_layers on or as layer_types says.
+        let q = |extra: Value| {
+            let mut c = json!({"model_type": "qwen2", "sliding_window": 16});
+            c.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            layers(c)
+        };
+        assert_eq!(q(json!({})).unwrap(), vec![None; 3]);
+        assert_eq!(
+            q(json!({"use_sliding_window": true, "max_window_layers": 1})).unwrap(),
+            vec![None, Some(16), Some(16)]
+        );
+        let types = json!(["sliding_attention", "full_attention", "sliding_attention"]);
+        assert_eq!(
+            q(json!({"use_sliding_window": true, "layer_types": types})).unwrap(),
+            vec![Some(16), None, Some(16)]
+        );
+        // Llama has no window, whatever the config carries.
+        assert_eq!(
+            layers(json!({"model_type": "llama", "sliding_window": 8})).unwrap(),
+            vec![None; 3]
+        );
+        for bad in [
+            json!({"model_type": "mistral", "sliding_window": 0}),
+            json!({"model_type": "mistral", "sliding_window": "8"}),
+            json!({"model_type": "qwen2", "use_sliding_window": false,
+                   "layer_types": ["sliding_attention", "full_attention", "full_attention"]}),
+            json!({"model_type": "qwen2", "layer_types": ["full_attention"]}),
+            json!({"model_type": "qwen2", "layer_types": ["full_attention", "chunked_attention", "full_attention"]}),
+        ] {
+            let err = layers(bad.clone()).unwrap_err();
+            assert_eq!(err.code, Code::ModelConfigInvalid, "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn longrope_with_one_set_of_factors_divides_the_frequencies() {
+        let cfg = |short: Value, long: Value, attention: Value| {
+            LlamaConfig::from_json(&json!({
+                "hidden_size": 32, "num_attention_heads": 4, "max_position_embeddings": 64,
+                "rope_parameters": {"rope_type": "longrope", "rope_theta": 10000.0,
+                    "short_factor": short, "long_factor": long, "attention_factor": attention,
+                    "original_max_position_embeddings": 64}
+            }))
+        };
+        let f = json!([1.0, 2.0, 4.0, 8.0]);
+        let c = cfg(f.clone(), f.clone(), json!(1.0)).unwrap();
+        let plain = inverse_frequencies(c.theta(), 8, &Rope::Default);
+        let scaled = inverse_frequencies(c.theta(), 8, &c.rope().unwrap());
+        for (i, div) in [1.0f32, 2.0, 4.0, 8.0].iter().enumerate() {
+            assert!((scaled[i] * div / plain[i] - 1.0).abs() < 1e-6, "{i}");
+        }
+        // Without attention_factor, transformers' default is 1 here (factor 64 / 64).
+        assert!(cfg(f.clone(), f.clone(), Value::Null).is_ok());
+        for (short, long, attention) in [
+            (f.clone(), json!([1.0, 2.0, 4.0, 9.0]), json!(1.0)),
+            (f.clone(), f.clone(), json!(1.2)),
+            (json!([1.0, 2.0]), json!([1.0, 2.0]), json!(1.0)),
+            (
+                json!([1.0, 2.0, 0.0, 8.0]),
+                json!([1.0, 2.0, 0.0, 8.0]),
+                json!(1.0),
+            ),
+        ] {
+            let err = cfg(short, long, attention).unwrap_err();
+            assert_eq!(err.code, Code::ModelConfigInvalid, "{err}");
         }
     }
 }

@@ -15,6 +15,36 @@ pub fn fixture(path: &str) -> PathBuf {
         .join(path)
 }
 
+/// SmolLM2-135M-Instruct, the page's default causal LM, under `www/models/`.
+pub const SMOLLM2_GGUF: &str = "smollm2-135m-instruct/resolve/main/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// A default model file under `www/models/` (fetched by `cargo xtask models`; not in git).
+///
+/// Absent, the calling test is skipped with a note, so a fresh clone's `cargo test` passes
+/// offline. With `WEBTUNE_REQUIRE_MODELS` set (to anything but "" or "0"; `cargo xtask test` sets
+/// it after fetching the models) an absent file fails the test instead: there a skip would hide
+/// that the parity checks against the real model never ran.
+pub fn default_model(path: &str) -> Option<PathBuf> {
+    let full = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("www/models")
+        .join(path);
+    if full.is_file() {
+        return Some(full);
+    }
+    let required =
+        std::env::var_os("WEBTUNE_REQUIRE_MODELS").is_some_and(|v| !v.is_empty() && v != "0");
+    assert!(
+        !required,
+        "{} is absent and WEBTUNE_REQUIRE_MODELS is set: run `cargo xtask models`",
+        full.display()
+    );
+    eprintln!(
+        "skipped: {} is absent (run `cargo xtask models`; set WEBTUNE_REQUIRE_MODELS=1 to fail instead)",
+        full.display()
+    );
+    None
+}
+
 /// Token ids from a JSON array in a reference fixture.
 pub fn ids(v: &Value) -> Vec<u32> {
     v.as_array()

@@ -34,7 +34,8 @@ pub fn test(options: &TestOptions) -> Result<()> {
         util::ensure_npm_deps()?;
     }
 
-    // The default models first: native parity tests read them (all-MiniLM-L6-v2).
+    // The default models first: native parity tests read them (all-MiniLM-L6-v2,
+    // SmolLM2-135M-Instruct).
     prepare_models()?;
 
     if options.native {
@@ -48,6 +49,10 @@ pub fn test(options: &TestOptions) -> Result<()> {
         for package in &packages {
             let mut cmd = util::cargo();
             cmd.args(["test", "-p", package]);
+            // The models are there now (prepare_models above), so a test that finds one
+            // missing fails here instead of skipping (as it does in a plain `cargo test`
+            // without them): a skip would hide that the real-model parity tests never ran.
+            cmd.env("WEBTUNE_REQUIRE_MODELS", "1");
             if let Some(filter) = &options.filter {
                 cmd.args(["--", filter]);
             }

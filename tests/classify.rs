@@ -143,8 +143,9 @@ const HEAD: HeadConfig = HeadConfig {
     dropout: 0.0,
 };
 
-fn prepare(r: &Value, method: Method, backend: &Backend) -> ClassifierModel {
-    let loaded = LoadedModel::load(files(r), &backend.device).unwrap();
+fn prepare(r: &Value, cfg: &FinetuneConfig, backend: &Backend) -> ClassifierModel {
+    let method = cfg.method;
+    let loaded = LoadedModel::load(files(r), &cfg.training_device(backend)).unwrap();
     let init = if method == Method::Lora {
         let mut map = BTreeMap::new();
         for (module, a) in r["lora"]["init_lora_A"].as_object().unwrap() {
@@ -154,20 +155,24 @@ fn prepare(r: &Value, method: Method, backend: &Backend) -> ClassifierModel {
     } else {
         LoraInit::Seeded(0)
     };
-    ClassifierModel::prepare_with(loaded.family, labels(), &config(method), HEAD, init).unwrap()
+    ClassifierModel::prepare_with(loaded.family, labels(), cfg, HEAD, init).unwrap()
 }
 
-fn replay(method: Method, key: &str) {
+fn replay(method: Method, key: &str, gradient_checkpointing: bool) {
     let r = reference();
     let backend = Backend::cpu();
-    let mut model = prepare(&r, method, &backend);
+    let cfg = FinetuneConfig {
+        gradient_checkpointing,
+        ..config(method)
+    };
+    let mut model = prepare(&r, &cfg, &backend);
     let b = batches(&r);
     let summary = pollster::block_on(train_classifier(
         &mut model,
         &backend,
         &b,
         &[],
-        &config(method),
+        &cfg,
         |_| true,
     ))
     .unwrap();
@@ -193,12 +198,18 @@ fn replay(method: Method, key: &str) {
 
 #[test]
 fn full_finetuning_matches_pytorch() {
-    replay(Method::Full, "full");
+    replay(Method::Full, "full", false);
 }
 
 #[test]
 fn lora_matches_peft() {
-    replay(Method::Lora, "lora");
+    replay(Method::Lora, "lora", false);
+}
+
+#[test]
+fn gradient_checkpointing_gives_the_same_steps() {
+    replay(Method::Full, "full", true);
+    replay(Method::Lora, "lora", true);
 }
 
 #[test]
@@ -213,7 +224,7 @@ fn training_learns_cancels_and_refuses_non_finite_losses() {
     cfg.schedule = ScheduleKind::Constant;
     cfg.warmup = 0;
     cfg.max_grad_norm = 1.0;
-    let mut model = prepare(&r, Method::Full, &backend);
+    let mut model = prepare(&r, &config(Method::Full), &backend);
     let s = pollster::block_on(train_classifier(&mut model, &backend, &b, &b, &cfg, |_| {
         true
     }))
@@ -225,7 +236,7 @@ fn training_learns_cancels_and_refuses_non_finite_losses() {
     assert_eq!(last.examples, 5);
 
     // Cancel after 2 steps.
-    let mut model = prepare(&r, Method::Lora, &backend);
+    let mut model = prepare(&r, &config(Method::Lora), &backend);
     let s = pollster::block_on(train_classifier(
         &mut model,
         &backend,
@@ -241,7 +252,7 @@ fn training_learns_cancels_and_refuses_non_finite_losses() {
     let mut cfg = config(Method::Full);
     cfg.lr = 1e30;
     cfg.steps = Some(10);
-    let mut model = prepare(&r, Method::Full, &backend);
+    let mut model = prepare(&r, &config(Method::Full), &backend);
     let err = pollster::block_on(train_classifier(
         &mut model,
         &backend,
@@ -312,7 +323,7 @@ fn new_head_mean_pooling_and_export() {
     );
 
     // Export a pooler-pooled model (what transformers' head computes) and check it reloads here.
-    let mut model = prepare(&r, Method::Lora, &backend);
+    let mut model = prepare(&r, &config(Method::Lora), &backend);
     let mut cfg = config(Method::Lora);
     cfg.lr = 1e-2;
     pollster::block_on(train_classifier(

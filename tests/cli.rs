@@ -195,6 +195,64 @@ fn train_writes_a_model_that_eval_and_info_read() {
         let v = answers[key].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&v), "{key} {v}");
     }
+    // The base with the PEFT adapter merged on the fly scores what the merged export scores,
+    // and not what the base alone scores.
+    let eval_loss = |args: &[&str]| {
+        let (ok, v) = webtune(args);
+        assert!(ok, "{v}");
+        (v["eval"]["loss"].as_f64().unwrap(), v)
+    };
+    let merged_loss = eval["eval"]["loss"].as_f64().unwrap();
+    let (base_loss, _) = eval_loss(&[
+        "eval",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    let adapter_dir = out.join("adapter");
+    let (adapted_loss, adapted) = eval_loss(&[
+        "eval",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--adapter",
+        adapter_dir.to_str().unwrap(),
+    ]);
+    assert!(
+        (adapted_loss - merged_loss).abs() <= 1e-5 * merged_loss,
+        "base + adapter {adapted_loss} vs merged {merged_loss}"
+    );
+    assert!(
+        (adapted_loss - base_loss).abs() > 1e-4,
+        "the adapter changed nothing: {adapted_loss} vs base {base_loss}"
+    );
+    let written: Value =
+        serde_json::from_slice(&std::fs::read(adapter_dir.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(adapted["adapter"]["r"], written["r"], "{adapted}");
+    let (ok, generated) = webtune(&[
+        "generate",
+        model.to_str().unwrap(),
+        "--ids",
+        "1,2,3",
+        "--greedy",
+        "--max-new-tokens",
+        "4",
+        "--adapter",
+        adapter_dir.to_str().unwrap(),
+    ]);
+    assert!(ok, "{generated}");
+    // A folder without an adapter is a clear error.
+    let (ok, err) = webtune(&[
+        "eval",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--adapter",
+        out.join("merged").to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert_eq!(err["error"]["code"], "model.missing_file", "{err}");
     let _ = std::fs::remove_dir_all(&out);
 
     let (ok, err) = webtune(&[

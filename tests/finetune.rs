@@ -29,7 +29,8 @@ use webtune::train::export::{export_adapter, export_merged, merged_tensors};
 use webtune::train::finetune::{
     evaluate_loss, finetune, FinetuneConfig, FinetuneSummary, Method, TrainableModel,
 };
-use webtune::train::lora::{lora_factors, parameters, LoraInit};
+use webtune::train::lora::{lora_factors, parameters};
+use webtune::train::replay::{replay, ReferenceRun};
 use webtune::Code;
 
 mod common;
@@ -64,42 +65,17 @@ fn floats(v: &Value) -> Vec<f32> {
     }
 }
 
-fn ints(v: &Value) -> Vec<i64> {
-    match v {
-        Value::Array(a) => a.iter().flat_map(ints).collect(),
-        Value::Number(n) => vec![n.as_i64().unwrap()],
-        other => panic!("not an int: {other}"),
-    }
-}
-
+// The reference's parts, read by the library's own reader (the browser test uses it too).
 fn batches(r: &Value) -> Vec<TokenBatch> {
-    r["batches"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| {
-            let rows = b["inputs"].as_array().unwrap();
-            TokenBatch {
-                batch_size: rows.len(),
-                seq_len: rows[0].as_array().unwrap().len(),
-                inputs: ints(&b["inputs"]),
-                targets: ints(&b["targets"]),
-                loss_mask: floats(&b["loss_mask"]),
-            }
-        })
-        .collect()
+    ReferenceRun::from_json(r, "full")
+        .expect("reference")
+        .batches
 }
 
 fn config(r: &Value, method: &str) -> FinetuneConfig {
-    FinetuneConfig::from_json(&r[method]["config"].to_string()).expect("reference config")
-}
-
-fn given_factors(r: &Value) -> LoraInit {
-    let mut map = BTreeMap::new();
-    for (module, f) in r["lora"]["initial_factors"].as_object().unwrap() {
-        map.insert(module.clone(), (floats(&f["lora_A"]), floats(&f["lora_B"])));
-    }
-    LoraInit::Given(map)
+    ReferenceRun::from_json(r, method)
+        .expect("reference config")
+        .config
 }
 
 fn rel(a: f32, b: f32) -> f32 {
@@ -148,19 +124,9 @@ fn check_steps(name: &str, summary: &FinetuneSummary, r: &Value) {
 
 fn lora_run(name: &str) -> (TrainableModel, FinetuneSummary, Value) {
     let r = reference(name);
-    let backend = Backend::cpu();
-    let cfg = config(&r, "lora");
-    let mut model =
-        TrainableModel::prepare_with(load(name, &backend), &cfg, given_factors(&r)).unwrap();
-    let summary = pollster::block_on(finetune(
-        &mut model,
-        &backend,
-        &batches(&r),
-        &[],
-        &cfg,
-        |_| true,
-    ))
-    .expect("LoRA run");
+    let run = ReferenceRun::from_json(&r, "lora").unwrap();
+    let (model, summary) =
+        pollster::block_on(replay(files(name), &Backend::cpu(), &run)).expect("LoRA run");
     (model, summary, r)
 }
 
@@ -194,19 +160,10 @@ fn llama_lora_matches_peft_step_for_step() {
 
 fn full_parity(name: &str) {
     let r = reference(name);
-    let backend = Backend::cpu();
-    let cfg = config(&r, "full");
-    assert_eq!(cfg.method, Method::Full);
-    let mut model = TrainableModel::prepare(load(name, &backend), &cfg).unwrap();
-    let summary = pollster::block_on(finetune(
-        &mut model,
-        &backend,
-        &batches(&r),
-        &[],
-        &cfg,
-        |_| true,
-    ))
-    .expect("full run");
+    let run = ReferenceRun::from_json(&r, "full").unwrap();
+    assert_eq!(run.config.method, Method::Full);
+    let (model, summary) =
+        pollster::block_on(replay(files(name), &Backend::cpu(), &run)).expect("full run");
     check_steps(&format!("{name} full"), &summary, &r["full"]);
     let tensors = pollster::block_on(merged_tensors(&model.family)).unwrap();
     let by_name: BTreeMap<&str, &Vec<f32>> =
@@ -575,5 +532,32 @@ fn train_and_eval_entry_points_export_loadable_files() {
         }
         let e = pollster::block_on(eval(merged, &backend, &data)).unwrap();
         assert!(rel(e.loss, after.loss) < 1e-6, "{e:?} vs {after:?}");
+    }
+}
+
+#[test]
+fn gradient_checkpointing_changes_nothing_but_memory() {
+    // The same reference runs with burn's balanced checkpointing: recomputing activations in
+    // the backward pass must give PyTorch's steps just the same.
+    for name in ["gpt2", "llama"] {
+        let r = reference(name);
+        for method in ["lora", "full"] {
+            let mut run = ReferenceRun::from_json(&r, method).unwrap();
+            run.config.gradient_checkpointing = true;
+            let backend = Backend::cpu();
+            assert_eq!(
+                run.config
+                    .training_device(&backend)
+                    .gradient_checkpointing_strategy(),
+                Some(burn::tensor::GradientCheckpointingStrategy::Balanced)
+            );
+            let (_, summary) = pollster::block_on(replay(files(name), &backend, &run))
+                .unwrap_or_else(|e| panic!("{name} {method}: {e:?}"));
+            check_steps(
+                &format!("{name} {method} checkpointed"),
+                &summary,
+                &r[method],
+            );
+        }
     }
 }

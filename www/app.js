@@ -32,6 +32,10 @@
 //       result = {prompt_ids, generated_ids, text, seconds, tokens_per_s, cancelled}.
 //   logits(ids, which)            which: "base" (default) | "tuned" (the fine-tuned model);
 //                                 resolves with {shape: [T, vocab], data: Float32Array, error}
+//   replayReference(json, method) self-check: replay a committed PyTorch/PEFT training run
+//                                 (tests/fixtures/reference/finetune_*.json text; "lora" | "full")
+//                                 from the loaded model's files; resolves with {result:
+//                                 {summary, reference_losses, reference_grad_norms}, error}
 //   classify(text, which)         an encoder's prediction (which: "base" | "tuned"): resolves with
 //                                 {result: {label, labels, probs}, error}
 //   similarity(a, b, which)       cosine similarity of two texts' mean-pooled embeddings (an
@@ -117,6 +121,7 @@ const BUSY_WORDS = {
   export: "exporting the fine-tuned model",
   classify: "classifying",
   evaluate: "evaluating the base model",
+  replay: "replaying a reference run",
 };
 const NAMES = { auto: "auto", webgpu: "WebGPU", cpu: "CPU" };
 
@@ -716,6 +721,23 @@ async function logits(ids, which = "base") {
   return { shape: outcome.shape, data: outcome.data, error: null };
 }
 
+/**
+ * Self-check: replay a committed PyTorch/PEFT reference run (the JSON text of
+ * tests/fixtures/reference/finetune_*.json; method "lora" | "full") on this page's backend from the
+ * loaded model's files. Resolves with {result: {summary, reference_losses, reference_grad_norms}, error}.
+ */
+async function replayReference(reference, method) {
+  if (state.autoEval) await settleAuto();
+  const refusal = refusalFor("replay");
+  if (refusal) return { result: null, error: refusal };
+  state.activeOp = { kind: "replay" };
+  updateMode();
+  const outcome = await client.replayReference(String(reference ?? ""), method).result;
+  state.activeOp = null;
+  updateMode();
+  return { result: outcome.result ?? null, error: outcome.error ?? null };
+}
+
 /** Run one short encoder operation (`call(client)` → {result}); resolves with {result, error}. */
 async function encoderOp(call) {
   if (state.autoEval) await settleAuto();
@@ -1197,6 +1219,7 @@ window.webtune = {
   defaultModels,
   generate,
   logits,
+  replayReference,
   classify,
   similarity,
   clearModelCache,

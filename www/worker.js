@@ -94,6 +94,12 @@
  *       result = {similarity}, or `error`.
  *   {type: "export", id}
  *       The fine-tuned model's files. Reply: `files`, or `error` (no fine-tuned model yet).
+ *   {type: "replay-reference", id, reference: string, method: "lora" | "full"}
+ *       Self-check of the backend: run a committed PyTorch/PEFT reference training run
+ *       (tests/fixtures/reference/finetune_*.json, its JSON text) from the loaded model's files
+ *       (wasm `Session.replayReference`; the loaded model is unchanged). Reply: `done` with
+ *       result = {summary: {losses, grad_norms, lrs, ...}, reference_losses, reference_grad_norms},
+ *       or `error`.
  *   {type: "debug-lose-device"}
  *       Test hook: destroy the worker's GPU device(s), as a driver reset would. A session on WebGPU
  *       then reports error `device.lost` (fatal: restart the worker, or switch to the CPU).
@@ -885,6 +891,22 @@ async function exportFiles(id) {
   }
 }
 
+async function replayReference(id, reference, method) {
+  const started = await beginOp(id, "replay-reference");
+  if (!started) return;
+  const { session, op } = started;
+  try {
+    if (typeof session.replayReference !== "function") throw coded("replay.unsupported", "this wasm build has no Session.replayReference.");
+    if (typeof reference !== "string") throw coded("config.invalid", "replay-reference needs the reference run as JSON text.");
+    if (method !== "lora" && method !== "full") throw coded("config.invalid", `method must be "lora" or "full", not ${JSON.stringify(method)}.`);
+    post({ type: "done", id, result: await session.replayReference(reference, method) });
+  } catch (e) {
+    reportError(id, e);
+  } finally {
+    finish(op);
+  }
+}
+
 async function logits(id, ids, which) {
   const started = await beginOp(id, "logits");
   if (!started) return;
@@ -964,6 +986,9 @@ self.addEventListener("message", (event) => {
       return;
     case "export":
       exportFiles(message.id);
+      return;
+    case "replay-reference":
+      replayReference(message.id, message.reference, message.method);
       return;
     case "debug-lose-device":
       // Test hook: lose the GPU device as a driver reset would.

@@ -7,12 +7,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{json, Value};
 use webtune::backend::{Backend, BackendKind};
 use webtune::data::chat::Message;
 use webtune::eval::generate::{generate, GenerateOptions};
 use webtune::io::hf::ModelFiles;
 use webtune::models::loaded::LoadedModel;
+use webtune::train::adapter::{apply_peft_adapter, read_peft_adapter};
 use webtune::train::job::{
     chat_template, eval_file, run_task, DataSource, DatasetFile, DatasetFiles, JobConfig, JobEvent,
     JobResult,
@@ -93,6 +94,10 @@ enum Command {
         /// Keep going past the end-of-sequence token.
         #[arg(long)]
         ignore_eos: bool,
+        /// A LoRA adapter folder (PEFT's `adapter_config.json` + `adapter_model.safetensors`, as
+        /// `webtune train --out DIR` writes to DIR/adapter), merged into the model first.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
     },
     /// Fine-tune a model on a dataset file (JSONL, JSON, CSV, TSV or TXT): validates the data,
     /// holds out a validation share (or reads --validation), trains (LoRA by default), evaluates
@@ -152,6 +157,10 @@ enum Command {
         /// Share of --data held out for validation (without --validation).
         #[arg(long)]
         val_fraction: Option<f64>,
+        /// Recompute cheap activations in the backward pass instead of keeping them (less
+        /// memory for long sequences, same results).
+        #[arg(long)]
+        gradient_checkpointing: bool,
         /// Precision of the merged model's weights: `f32` (as trained), `f16` or `bf16` (half
         /// the size; transformers loads it with `torch_dtype` from its config).
         #[arg(long)]
@@ -184,6 +193,10 @@ enum Command {
         data: PathBuf,
         #[arg(long)]
         config: Option<String>,
+        /// A LoRA adapter folder (PEFT format, e.g. DIR/adapter of `webtune train --out DIR`),
+        /// merged into the model before evaluating.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
     },
     /// Train the toy transformer on the copy task (the foundation's end-to-end check).
     Toy {
@@ -234,6 +247,21 @@ fn load(model: &Path) -> Result<LoadedModel, Error> {
     let files = ModelFiles::from_dir(model)?;
     // Inference needs no autodiff graph.
     LoadedModel::load(files, &burn::tensor::Device::flex())
+}
+
+/// Merge a PEFT LoRA adapter into a loaded model; returns what was applied for `--json`.
+fn with_adapter(
+    model: LoadedModel,
+    adapter: Option<&Path>,
+) -> Result<(LoadedModel, Option<Value>), Error> {
+    let Some(dir) = adapter else {
+        return Ok((model, None));
+    };
+    let parsed = read_peft_adapter(dir)?;
+    let model = apply_peft_adapter(model, &parsed)?;
+    let mut summary = parsed.summary();
+    summary["path"] = json!(dir.display().to_string());
+    Ok((model, Some(summary)))
 }
 
 fn input_ids(
@@ -344,8 +372,9 @@ fn run(cli: &Cli) -> Result<(), Error> {
             seed,
             no_cache,
             ignore_eos,
+            adapter,
         } => {
-            let model = load(model)?;
+            let model = with_adapter(load(model)?, adapter.as_deref())?.0;
             let chat_prompt = match chat {
                 Some(message) => {
                     let mut messages = Vec::new();
@@ -460,6 +489,7 @@ fn run(cli: &Cli) -> Result<(), Error> {
             weight_decay,
             clip,
             val_fraction,
+            gradient_checkpointing,
             export_dtype,
             out,
             backend,
@@ -505,6 +535,9 @@ fn run(cli: &Cli) -> Result<(), Error> {
             }
             if let Some(v) = val_fraction {
                 cfg.validation_fraction = *v;
+            }
+            if *gradient_checkpointing {
+                cfg.train.gradient_checkpointing = true;
             }
             if let Some(v) = export_dtype {
                 cfg.export_dtype = serde_json::from_value(json!(v))
@@ -734,6 +767,7 @@ fn run(cli: &Cli) -> Result<(), Error> {
             model,
             data,
             config,
+            adapter,
         } => {
             let cfg = match config {
                 Some(text) => JobConfig::from_json(text)?,
@@ -742,6 +776,7 @@ fn run(cli: &Cli) -> Result<(), Error> {
             let files = ModelFiles::from_dir(model)?;
             let chat = chat_template(&files)?;
             let base = LoadedModel::load(files, &burn::tensor::Device::flex())?;
+            let (base, applied) = with_adapter(base, adapter.as_deref())?;
             let (name, bytes) = named_file(data)?;
             if base.is_encoder() {
                 let value = pollster::block_on(webtune::train::classify_job::eval_class_file(
@@ -761,10 +796,19 @@ fn run(cli: &Cli) -> Result<(), Error> {
                 }
                 return Ok(());
             }
-            let value = pollster::block_on(eval_file(&base, chat, &name, &bytes, &cfg))?;
+            let mut value = pollster::block_on(eval_file(&base, chat, &name, &bytes, &cfg))?;
+            if let Some(summary) = applied {
+                value["adapter"] = summary;
+            }
             if cli.json {
                 print_json(&value)?;
             } else {
+                if let Some(a) = value.get("adapter") {
+                    println!(
+                        "with LoRA adapter {} (r {}, {} modules, merged)",
+                        a["path"], a["r"], a["modules"]
+                    );
+                }
                 println!(
                     "{} examples: loss {:.4}, perplexity {:.2}",
                     value["examples"], value["eval"]["loss"], value["eval"]["perplexity"]

@@ -331,7 +331,7 @@ pub async fn train_classifier_checkpointed<C: Into<Control>>(
     check(eval, model.bert()?, n_labels, "evaluation")?;
     let (trainable_params, total_params) = model.model.parameter_counts();
     let head = model.head;
-    let device = &backend.device;
+    let device = &config.training_device(backend);
     let total_steps = config.total_steps(train.len());
     let resume = checkpointing.as_mut().and_then(|c| c.resume.take());
     let resume = match resume {

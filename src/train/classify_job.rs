@@ -333,7 +333,7 @@ pub async fn run_classify_job_checkpointed<'a, C: Into<Control>>(
 
     let base_config = files.config()?;
     let extra = encoder_files(&files);
-    let loaded = LoadedModel::load(files, &backend.device)?;
+    let loaded = LoadedModel::load(files, &config.train.training_device(backend))?;
     let Family::Bert(bert) = &loaded.family else {
         return Err(Error::config(format!(
             "classification fine-tuning needs an encoder (BERT) model; {} is a causal language model",

@@ -89,6 +89,11 @@ pub struct FinetuneConfig {
     pub shuffle: bool,
     /// Evaluate on the eval batches every N steps (0: only at the end).
     pub eval_every: usize,
+    /// Keep fewer activations for the backward pass and recompute the cheap ones from their
+    /// inputs instead (burn's balanced gradient checkpointing: element-wise and other
+    /// memory-bound operations are recomputed, matmuls are kept). Lowers peak memory for long
+    /// sequences at the cost of some recomputation; the results are the same.
+    pub gradient_checkpointing: bool,
 }
 
 impl Default for FinetuneConfig {
@@ -117,11 +122,22 @@ impl Default for FinetuneConfig {
             seed: 42,
             shuffle: true,
             eval_every: 0,
+            gradient_checkpointing: false,
         }
     }
 }
 
 impl FinetuneConfig {
+    /// The device a run trains on: the backend's autodiff device, with gradient checkpointing
+    /// when asked for. The model and the batches must both live on it.
+    pub fn training_device(&self, backend: &Backend) -> Device {
+        if self.gradient_checkpointing {
+            backend.device.clone().gradient_checkpointing()
+        } else {
+            backend.device.clone()
+        }
+    }
+
     /// Parse a JSON object; unknown keys and wrong types are `config.invalid` errors.
     pub fn from_json(text: &str) -> Result<Self> {
         let cfg: Self = serde_json::from_str(text)
@@ -754,7 +770,7 @@ where
     C: Into<Control>,
 {
     let config = ctx.config;
-    let device = &ctx.backend.device;
+    let device = &config.training_device(ctx.backend);
     let total_steps = config.total_steps(ctx.train.len());
     let schedule = LrSchedule {
         kind: config.schedule,

@@ -30,8 +30,11 @@ pub struct MemoryEstimate {
     pub gradients: u64,
     /// AdamW's two moments per trainable parameter.
     pub optimizer: u64,
-    /// Kept for the backward pass of one micro-batch.
+    /// Kept for the backward pass of one micro-batch (without gradient checkpointing: an upper
+    /// bound when it is on).
     pub activations: u64,
+    /// The run recomputes memory-bound activations in the backward pass.
+    pub gradient_checkpointing: bool,
     pub total: u64,
     /// The largest single tensor (a GPU buffer must hold it whole).
     pub largest_buffer: u64,
@@ -153,6 +156,7 @@ pub fn estimate(
         gradients,
         optimizer,
         activations,
+        gradient_checkpointing: config.gradient_checkpointing,
         total: weights + gradients + optimizer + activations,
         largest_buffer: largest,
         largest_buffer_name: name,
@@ -209,6 +213,9 @@ pub fn check_fits(estimate: &MemoryEstimate, limits: MemoryLimits, method: Metho
                 "use shorter sequences (now {} tokens)",
                 estimate.seq_len
             ));
+            if !estimate.gradient_checkpointing {
+                advice.push("turn on gradient checkpointing (it keeps fewer activations)".into());
+            }
             return Err(Error::new(
                 Code::MemoryInsufficient,
                 format!(

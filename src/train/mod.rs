@@ -2,6 +2,7 @@
 //! (burn-train's `Learner` does not build for wasm32) and is shared by the browser worker and the
 //! native CLI; it reports progress through a callback that can also stop the run.
 
+pub mod adapter;
 pub mod checkpoint;
 pub mod classify;
 pub mod classify_job;
@@ -12,6 +13,7 @@ pub mod job;
 pub mod lora;
 pub mod loss;
 pub mod memory;
+pub mod replay;
 pub mod run;
 pub mod schedule;
 pub mod toy;

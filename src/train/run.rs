@@ -84,7 +84,7 @@ pub async fn train_checkpointed<C: Into<Control>>(
         .iter()
         .filter_map(|n| files.get(n).map(|b| (n.to_string(), b.to_vec())))
         .collect();
-    let loaded = LoadedModel::load(files, &backend.device)?;
+    let loaded = LoadedModel::load(files, &config.training_device(backend))?;
     let mut model = TrainableModel::prepare(loaded.family, config)?;
     let summary = finetune_checkpointed(
         &mut model,

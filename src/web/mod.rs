@@ -26,6 +26,7 @@ use crate::train::job::{
     DatasetFiles, JobConfig,
 };
 use crate::train::memory::{self, BatchShape, MemoryEstimate, MemoryLimits};
+use crate::train::replay::{replay, ReferenceRun};
 use crate::train::toy::{train_toy, ToyTrainConfig};
 
 extern "C" {
@@ -797,6 +798,37 @@ impl Session {
             };
             let value = run.await.map_err(|e| error_to_js(&e))?;
             Ok(JsValue::from_f64(value))
+        })
+    }
+
+    /// Replay a committed reference training run (`tests/fixtures/reference/finetune_*.json`,
+    /// recorded from PyTorch + PEFT by `tools/reference/finetune_reference.py`) on this session's
+    /// backend, starting from the loaded model's files: `reference` is that file's JSON text,
+    /// `method` `"lora"` or `"full"`. Resolves to `{summary, reference_losses,
+    /// reference_grad_norms}`: a self-check of the backend's numerics (the browser tests compare
+    /// WebGPU with PyTorch through it). The loaded model is not changed.
+    #[wasm_bindgen(js_name = replayReference)]
+    pub fn replay_reference(&self, reference: String, method: String) -> js_sys::Promise {
+        let files = self.files.borrow().clone();
+        let backend = self.backend.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let run = async {
+                let files = files.ok_or_else(|| {
+                    Error::new(Code::ModelNotLoaded, "no model is loaded; load one first")
+                })?;
+                let value: serde_json::Value = serde_json::from_str(&reference).map_err(|e| {
+                    Error::config(format!("the reference run is not valid JSON: {e}"))
+                })?;
+                let run = ReferenceRun::from_json(&value, &method)?;
+                let (_, summary) = replay((*files).clone(), &backend, &run).await?;
+                Ok::<_, Error>(json!({
+                    "summary": summary,
+                    "reference_losses": run.losses,
+                    "reference_grad_norms": run.grad_norms,
+                }))
+            };
+            let out = run.await.map_err(|e| error_to_js(&e))?;
+            to_js(&out)
         })
     }
 

@@ -71,6 +71,8 @@ export function createFinetunePanel(section, { onStart, onStop, onPause = () => 
     el("option", { value: "f16" }, "f16 (half the size)"),
     el("option", { value: "bf16" }, "bf16 (half the size)"),
   );
+  // burn's balanced gradient checkpointing: same results, fewer activations kept.
+  const checkpointing = el("input", { id: "ft-grad-checkpointing", name: "ft-grad-checkpointing", type: "checkbox", "data-testid": "ft-grad-checkpointing" });
   method.addEventListener("change", () => {
     const lora = method.value === "lora";
     rank.wrap.hidden = !lora;
@@ -121,6 +123,12 @@ export function createFinetunePanel(section, { onStart, onStop, onPause = () => 
       alpha.wrap,
       batch.wrap,
       el("div", { class: "field" }, el("label", { for: "ft-export-dtype" }, "Download precision"), exportDtype),
+      el(
+        "div",
+        { class: "field checkbox", title: "Recompute cheap activations in the backward pass instead of keeping them: less memory for long sequences, same results." },
+        checkpointing,
+        el("label", { for: "ft-grad-checkpointing" }, "Gradient checkpointing (less memory)"),
+      ),
     ),
     el("div", { class: "buttons" }, start, pause, stop),
   );
@@ -186,6 +194,7 @@ export function createFinetunePanel(section, { onStart, onStop, onPause = () => 
     put("lr", lr.field, false);
     // A new head starts from random weights: warm up over the first tenth of the run.
     if (kind === "encoder" && Number.isFinite(out.steps)) out.warmup = Math.floor(out.steps / 10);
+    if (checkpointing.checked) out.gradient_checkpointing = true;
     if (method.value === "lora") {
       put("lora_r", rank.field, true);
       put("lora_alpha", alpha.field, false);

@@ -290,6 +290,15 @@ export class WorkerClient {
   }
 
   /**
+   * Replay a committed reference training run (JSON text of tests/fixtures/reference/finetune_*.json)
+   * on this worker's backend from the loaded model's files; `result` settles with
+   * `{result: {summary, reference_losses, reference_grad_norms}}` or `{error}`.
+   */
+  replayReference(reference, method) {
+    return this.request("replay", { type: "replay-reference", reference, method });
+  }
+
+  /**
    * Read and validate a dataset file (`bytes`: an ArrayBuffer, copied to the worker). `result`
    * settles with `{result}` (the report, splits and preview) or `{error}`.
    */

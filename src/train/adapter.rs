@@ -1,0 +1,307 @@
+//! Reading a PEFT LoRA adapter (`adapter_config.json` + `adapter_model.safetensors`) back onto its
+//! base model: webtune's own adapter exports, or adapters trained with PEFT on a workstation.
+//!
+//! The factors are attached with [`apply_lora`] from their stored values and merged, so the model
+//! runs as fast as the base. Only what changes the function is refused (DoRA, per-module
+//! rank/alpha patterns, trained biases, extra saved modules); `lora_dropout` does not matter
+//! at inference and is ignored.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use super::lora::{apply_lora, merge, FamilyKind, LoraInit, LoraSpec};
+use crate::error::{Code, Error, Result};
+use crate::io::safetensors::SafeTensorsFile;
+use crate::models::loaded::LoadedModel;
+
+pub const ADAPTER_CONFIG: &str = "adapter_config.json";
+pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
+
+/// A parsed adapter, ready to attach.
+#[derive(Debug, Clone)]
+pub struct PeftAdapter {
+    pub spec: LoraSpec,
+    /// Hugging Face names of the adapted modules, sorted.
+    pub modules: Vec<String>,
+    /// `base_model_name_or_path` from the config, for messages.
+    pub base_model: Option<String>,
+    /// `lora_alpha` as written (the spec's alpha folds in rsLoRA's scaling).
+    pub lora_alpha: f64,
+    pub use_rslora: bool,
+}
+
+impl PeftAdapter {
+    /// What the CLI prints about the adapter it applied.
+    pub fn summary(&self) -> Value {
+        json!({
+            "r": self.spec.rank,
+            "lora_alpha": self.lora_alpha,
+            "use_rslora": self.use_rslora,
+            "scale": self.spec.scale(),
+            "modules": self.modules.len(),
+            "base_model_name_or_path": self.base_model,
+        })
+    }
+}
+
+/// `(lora_A, lora_B)` of one module as they are found in the file.
+type FactorPair = (Option<Vec<f32>>, Option<Vec<f32>>);
+
+fn bad(message: impl Into<String>) -> Error {
+    Error::new(Code::ModelConfigInvalid, message)
+}
+
+/// Parse an adapter from the bytes of its two files. `file` names the weights in messages.
+pub fn parse_peft_adapter(config: &[u8], file: &str, weights: Vec<u8>) -> Result<PeftAdapter> {
+    let config: Value = serde_json::from_slice(config).map_err(|e| {
+        bad(format!("{ADAPTER_CONFIG} is not valid JSON: {e}"))
+            .with_details(json!({ "file": ADAPTER_CONFIG }))
+    })?;
+    let field = |key: &str| config.get(key).filter(|v| !v.is_null());
+    let peft_type = field("peft_type").and_then(Value::as_str).unwrap_or("");
+    if !peft_type.eq_ignore_ascii_case("lora") {
+        return Err(bad(format!(
+            "{ADAPTER_CONFIG} describes a {peft_type:?} adapter; webtune reads LoRA adapters only"
+        )));
+    }
+    let rank = field("r")
+        .and_then(Value::as_u64)
+        .filter(|&r| r > 0)
+        .ok_or_else(|| bad(format!("{ADAPTER_CONFIG} needs a positive integer \"r\"")))?
+        as usize;
+    let lora_alpha = field("lora_alpha")
+        .and_then(Value::as_f64)
+        .filter(|a| a.is_finite())
+        .ok_or_else(|| bad(format!("{ADAPTER_CONFIG} needs a numeric \"lora_alpha\"")))?;
+    let flag = |key: &str| field(key).and_then(Value::as_bool).unwrap_or(false);
+    let use_rslora = flag("use_rslora");
+    if flag("use_dora") {
+        return Err(bad(
+            "this is a DoRA adapter (use_dora: true), which webtune does not implement; merge it \
+             in PEFT (merge_and_unload) and load the merged model instead",
+        ));
+    }
+    for key in ["rank_pattern", "alpha_pattern"] {
+        if field(key)
+            .and_then(Value::as_object)
+            .is_some_and(|m| !m.is_empty())
+        {
+            return Err(bad(format!(
+                "{ADAPTER_CONFIG} sets per-module ranks or alphas ({key}), which webtune does not \
+                 read; merge the adapter in PEFT and load the merged model instead"
+            )));
+        }
+    }
+    if let Some(bias) = field("bias").and_then(Value::as_str) {
+        if bias != "none" {
+            return Err(bad(format!(
+                "the adapter trains biases (bias: {bias:?}); webtune reads adapters with bias \"none\""
+            )));
+        }
+    }
+    if let Some(m) = field("modules_to_save").and_then(Value::as_array) {
+        if !m.is_empty() {
+            return Err(bad(format!(
+                "the adapter also saves whole modules ({}); webtune reads LoRA factors only — \
+                 load the merged model instead",
+                m.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    if flag("lora_bias") {
+        return Err(bad(
+            "the adapter has a bias on lora_B (lora_bias: true), which webtune does not read; \
+             merge it in PEFT (merge_and_unload) and load the merged model instead",
+        ));
+    }
+    // PEFT options that change which weights the factors apply to or add other trained
+    // tensors; present in newer PEFT configs as null when unused.
+    for key in [
+        "layers_to_transform",
+        "layer_replication",
+        "trainable_token_indices",
+        "target_parameters",
+        "alora_invocation_tokens",
+    ] {
+        let used = match field(key) {
+            None => false,
+            Some(Value::Array(a)) => !a.is_empty(),
+            Some(Value::Object(o)) => !o.is_empty(),
+            Some(_) => true,
+        };
+        if used {
+            return Err(bad(format!(
+                "the adapter uses PEFT's {key}, which webtune does not read; merge it in PEFT \
+                 (merge_and_unload) and load the merged model instead"
+            )));
+        }
+    }
+
+    let weights = SafeTensorsFile::parse(file, weights)?;
+    // PEFT saves `base_model.model.<module>.lora_{A,B}.weight`; an adapter name may sit before
+    // `.weight` in hand-saved state dicts.
+    let mut factors: BTreeMap<String, FactorPair> = BTreeMap::new();
+    for name in weights.tensors.keys() {
+        let unknown = || {
+            bad(format!(
+                "{file} holds {name}, which is not a LoRA factor of a linear layer; webtune reads \
+                 lora_A/lora_B pairs only"
+            ))
+            .with_details(json!({ "file": file, "tensor": name }))
+        };
+        let rest = name.strip_prefix("base_model.model.").ok_or_else(unknown)?;
+        let (module, which) = ["lora_A", "lora_B"]
+            .iter()
+            .find_map(|w| {
+                let (m, tail) = rest.split_once(&format!(".{w}."))?;
+                let adapter_name_ok = match tail.strip_suffix(".weight") {
+                    Some(adapter_name) => !adapter_name.contains('.'),
+                    None => tail == "weight",
+                };
+                adapter_name_ok.then(|| (m.to_string(), *w))
+            })
+            .ok_or_else(unknown)?;
+        let (data, shape) = weights.read_f32(name).ok_or_else(|| {
+            Error::new(
+                Code::WeightsTruncated,
+                format!("{file}: {name} cannot be read"),
+            )
+        })?;
+        let expected_rank_axis = if which == "lora_A" { 0 } else { 1 };
+        if shape.len() != 2 || shape[expected_rank_axis] != rank {
+            return Err(Error::new(
+                Code::ShapeMismatch,
+                format!(
+                    "{name} has shape {shape:?}, but the adapter's rank is {rank} ({which} is \
+                     stored {})",
+                    if which == "lora_A" {
+                        "[r, in]"
+                    } else {
+                        "[out, r]"
+                    }
+                ),
+            )
+            .with_details(json!({ "file": file, "tensor": name, "shape": shape, "r": rank })));
+        }
+        let slot = factors.entry(module).or_default();
+        if which == "lora_A" {
+            slot.0 = Some(data);
+        } else {
+            slot.1 = Some(data);
+        }
+    }
+    let mut given = BTreeMap::new();
+    for (module, pair) in factors {
+        match pair {
+            (Some(a), Some(b)) => {
+                given.insert(module, (a, b));
+            }
+            _ => {
+                return Err(bad(format!(
+                    "{file} has only one of lora_A and lora_B for {module}"
+                )));
+            }
+        }
+    }
+    if given.is_empty() {
+        return Err(bad(format!("{file} holds no LoRA factors")));
+    }
+    let modules: Vec<String> = given.keys().cloned().collect();
+    // rsLoRA scales by alpha/sqrt(r); the spec scales by alpha/r.
+    let alpha = if use_rslora {
+        lora_alpha * (rank as f64).sqrt()
+    } else {
+        lora_alpha
+    };
+    Ok(PeftAdapter {
+        spec: LoraSpec {
+            rank,
+            alpha,
+            targets: modules.clone(),
+            init: LoraInit::Given(given),
+            dropout: 0.0,
+        },
+        modules,
+        base_model: field("base_model_name_or_path")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        lora_alpha,
+        use_rslora,
+    })
+}
+
+/// Read `adapter_config.json` and `adapter_model.safetensors` from a folder.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn read_peft_adapter(dir: &std::path::Path) -> Result<PeftAdapter> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read(&path).map_err(|e| {
+            Error::new(
+                Code::ModelMissingFile,
+                format!(
+                    "cannot read {}: {e} (an adapter folder holds {ADAPTER_CONFIG} and \
+                     {ADAPTER_WEIGHTS}, as PEFT's save_pretrained and `webtune train --out` write)",
+                    path.display()
+                ),
+            )
+        })
+    };
+    let config = read(ADAPTER_CONFIG)?;
+    let weights = read(ADAPTER_WEIGHTS)?;
+    parse_peft_adapter(&config, ADAPTER_WEIGHTS, weights)
+}
+
+/// Attach the adapter to a causal LM and merge it into the weights.
+pub fn apply_peft_adapter(mut model: LoadedModel, adapter: &PeftAdapter) -> Result<LoadedModel> {
+    if model.is_encoder() {
+        // Classification adapters carry a trained head (modules_to_save) that webtune's
+        // classification exports merge instead.
+        return Err(bad(
+            "webtune applies adapters to causal language models; for a classifier, load the \
+             merged model (the merged/ folder of a webtune export)",
+        ));
+    }
+    let base = adapter
+        .base_model
+        .as_deref()
+        .map(|b| format!(" (it was trained on {b})"))
+        .unwrap_or_default();
+    let kind = FamilyKind::of(&model.family);
+    let family = model.family;
+    let (adapted, attached) = apply_lora(family, &adapter.spec).map_err(|e| {
+        let message = format!("the adapter does not fit this model{base}: {}", e.message);
+        // Whatever attaching found wrong (no such module, other sizes) is a mismatch between
+        // the adapter and this base, not a bad setting of the user's.
+        Error {
+            code: Code::ShapeMismatch,
+            message,
+            ..e
+        }
+    })?;
+    let missing: Vec<&String> = adapter
+        .modules
+        .iter()
+        .filter(|m| !attached.contains(m))
+        .collect();
+    if !missing.is_empty() {
+        return Err(Error::new(
+            Code::ShapeMismatch,
+            format!(
+                "the adapter adapts modules this {kind:?} model does not have{base}: {}",
+                missing
+                    .iter()
+                    .take(3)
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+        .with_details(json!({ "missing": missing })));
+    }
+    model.family = merge(adapted);
+    Ok(model)
+}

@@ -1,0 +1,162 @@
+//! LoRA adapters in PEFT's format read back onto their base model (`webtune eval|generate
+//! --adapter`): adapters saved by PEFT itself (tools/reference/peft_adapters.py) give
+//! transformers' logits, and adapters that do not fit, or use what webtune does not implement,
+//! are refused with a clear error.
+
+use burn::tensor::Device;
+use serde_json::Value;
+use webtune::error::Code;
+use webtune::io::hf::ModelFiles;
+use webtune::models::loaded::LoadedModel;
+use webtune::train::adapter::{apply_peft_adapter, parse_peft_adapter, read_peft_adapter};
+
+mod common;
+use common::{fixture, ids};
+
+fn reference() -> Value {
+    let text = std::fs::read_to_string(fixture("reference/peft_adapters.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn base(name: &str) -> LoadedModel {
+    let files = ModelFiles::from_dir(&fixture(name)).unwrap();
+    LoadedModel::load(files, &Device::flex()).unwrap()
+}
+
+fn adapter_files(case: &str) -> (Vec<u8>, Vec<u8>) {
+    let dir = fixture(&format!("peft_adapters/{case}"));
+    (
+        std::fs::read(dir.join("adapter_config.json")).unwrap(),
+        std::fs::read(dir.join("adapter_model.safetensors")).unwrap(),
+    )
+}
+
+#[test]
+fn adapters_saved_by_peft_give_transformers_logits() {
+    let r = reference();
+    let cases = r["cases"].as_object().unwrap();
+    assert_eq!(cases.len(), 3);
+    for (name, case) in cases {
+        let model = base(case["base"].as_str().unwrap());
+        let seq = ids(&case["sequence"]);
+        let before = pollster::block_on(model.logits(&seq)).unwrap();
+        let adapter = read_peft_adapter(&fixture(case["adapter"].as_str().unwrap()))
+            .unwrap_or_else(|e| {
+                panic!("{name}: {e:?}");
+            });
+        let model = apply_peft_adapter(model, &adapter).unwrap();
+        let after = pollster::block_on(model.logits(&seq)).unwrap();
+        let expected = case["logits"].as_array().unwrap();
+        assert_eq!(after.len(), expected.len());
+        let (mut diff, mut change) = (0f32, 0f32);
+        for ((row, want), old) in after.iter().zip(expected).zip(&before) {
+            let want = want.as_array().unwrap();
+            assert_eq!(row.len(), want.len());
+            for ((x, w), o) in row.iter().zip(want).zip(old) {
+                diff = diff.max((x - w.as_f64().unwrap() as f32).abs());
+                change = change.max((x - o).abs());
+            }
+        }
+        eprintln!(
+            "{name}: max |logit diff| vs PEFT {diff:.2e} (the adapter moves logits by {change:.3})"
+        );
+        assert!(diff <= 2e-5, "{name}: logits differ from PEFT's by {diff}");
+        assert!(
+            change > 1e-2,
+            "{name}: the adapter changed nothing ({change})"
+        );
+    }
+    // rsLoRA: the spec's scale is alpha / sqrt(r), PEFT's use_rslora.
+    let (config, weights) = adapter_files("llama_all_linear_rslora");
+    let a = parse_peft_adapter(&config, "adapter_model.safetensors", weights).unwrap();
+    assert!(a.use_rslora);
+    assert!(
+        (a.spec.scale() - 6.0 / 2.0).abs() < 1e-12,
+        "{}",
+        a.spec.scale()
+    );
+    assert_eq!(
+        a.modules.len(),
+        14,
+        "7 projections × 2 layers: {:?}",
+        a.modules
+    );
+}
+
+fn edited_config(case: &str, edit: impl FnOnce(&mut Value)) -> Vec<u8> {
+    let (config, _) = adapter_files(case);
+    let mut v: Value = serde_json::from_slice(&config).unwrap();
+    edit(&mut v);
+    serde_json::to_vec(&v).unwrap()
+}
+
+#[test]
+fn adapters_that_do_not_fit_are_refused_clearly() {
+    let (_, weights) = adapter_files("llama_q_v");
+    let parse = |config: Vec<u8>, weights: Vec<u8>| {
+        parse_peft_adapter(&config, "adapter_model.safetensors", weights).unwrap_err()
+    };
+
+    // Options that change the function and that webtune does not implement.
+    for (key, value, words) in [
+        ("use_dora", serde_json::json!(true), "DoRA"),
+        ("lora_bias", serde_json::json!(true), "lora_bias"),
+        (
+            "rank_pattern",
+            serde_json::json!({"q_proj": 8}),
+            "rank_pattern",
+        ),
+        ("modules_to_save", serde_json::json!(["lm_head"]), "lm_head"),
+        (
+            "layers_to_transform",
+            serde_json::json!([0]),
+            "layers_to_transform",
+        ),
+        ("peft_type", serde_json::json!("IA3"), "LoRA adapters only"),
+        ("r", serde_json::json!(0), "positive integer"),
+    ] {
+        let config = edited_config("llama_q_v", |c| c[key] = value.clone());
+        let e = parse(config, weights.clone());
+        assert_eq!(e.code, Code::ModelConfigInvalid, "{key}: {e:?}");
+        assert!(e.message.contains(words), "{key}: {}", e.message);
+    }
+    let e = parse(b"{not json".to_vec(), weights.clone());
+    assert!(e.message.contains("adapter_config.json"), "{}", e.message);
+
+    // A rank that does not match the stored factors.
+    let config = edited_config("llama_q_v", |c| c["r"] = 3.into());
+    let e = parse(config, weights.clone());
+    assert_eq!(e.code, Code::ShapeMismatch, "{e:?}");
+    assert!(e.message.contains("rank is 3"), "{}", e.message);
+
+    // Truncated weights.
+    let (config, _) = adapter_files("llama_q_v");
+    let e = parse(config.clone(), weights[..weights.len() - 10].to_vec());
+    assert_eq!(e.code, Code::WeightsTruncated, "{e:?}");
+
+    // A Llama adapter on GPT-2: modules it does not have.
+    let a = parse_peft_adapter(&config, "adapter_model.safetensors", weights).unwrap();
+    let e = apply_peft_adapter(base("tiny_random/gpt2"), &a).unwrap_err();
+    assert_eq!(e.code, Code::ShapeMismatch, "{e:?}");
+    assert!(
+        e.message.contains("model.layers.0.self_attn.q_proj"),
+        "{}",
+        e.message
+    );
+    assert!(e.message.contains("tiny_random/llama"), "{}", e.message);
+
+    // A missing folder names both files.
+    let e = read_peft_adapter(&fixture("peft_adapters/nope")).unwrap_err();
+    assert_eq!(e.code, Code::ModelMissingFile, "{e:?}");
+    assert!(
+        e.message.contains("adapter_model.safetensors"),
+        "{}",
+        e.message
+    );
+
+    // An encoder: classifier adapters carry a head webtune merges into its exports instead.
+    let (config, weights) = adapter_files("llama_q_v");
+    let a = parse_peft_adapter(&config, "adapter_model.safetensors", weights).unwrap();
+    let e = apply_peft_adapter(base("tiny_random/bert"), &a).unwrap_err();
+    assert!(e.message.contains("merged model"), "{}", e.message);
+}

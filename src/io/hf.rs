@@ -339,6 +339,40 @@ impl Weights {
         let data = self.read(names, &shape)?;
         Ok(Tensor::from_data(TensorData::new(data, shape), device))
     }
+
+    /// An `nn.Linear` weight, stored `[out, in]`, as the `[in, out]` matrix burn multiplies by —
+    /// transposed here, in memory: a transposed view would be copied again by the CPU backend
+    /// on every matmul (most of a generated token's time before this).
+    pub fn linear_weight(
+        &self,
+        names: &[String],
+        d_out: usize,
+        d_in: usize,
+        device: &Device,
+    ) -> Result<Tensor<2>> {
+        let data = self.read(names, &[d_out, d_in])?;
+        Ok(Tensor::from_data(
+            TensorData::new(transposed(&data, d_out, d_in), [d_in, d_out]),
+            device,
+        ))
+    }
+}
+
+/// A row-major `[rows, cols]` matrix as row-major `[cols, rows]`.
+pub fn transposed(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; data.len()];
+    // Blocks keep both the reads and the writes within a few cache lines.
+    const BLOCK: usize = 32;
+    for i0 in (0..rows).step_by(BLOCK) {
+        for j0 in (0..cols).step_by(BLOCK) {
+            for i in i0..(i0 + BLOCK).min(rows) {
+                for j in j0..(j0 + BLOCK).min(cols) {
+                    out[j * rows + i] = data[i * cols + j];
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Read an integer field of config.json.

@@ -254,9 +254,9 @@ fn load_linear(
     // Stored [out, in] (nn.Linear); burn multiplies by [in, out].
     let with =
         |suffix: &str| -> Vec<String> { names.iter().map(|n| format!("{n}.{suffix}")).collect() };
-    let weight: Tensor<2> = w.tensor(&with("weight"), [d_out, d_in], device)?;
+    let weight = w.linear_weight(&with("weight"), d_out, d_in, device)?;
     Ok(Linear {
-        weight: Param::from_tensor(weight.transpose()),
+        weight: Param::from_tensor(weight),
         bias: Some(Param::from_tensor(w.tensor(
             &with("bias"),
             [d_out],

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::layers::{
-    causal_attention_dropout, dropout, layer_norm, linear_forward, merge_heads, split_heads,
-    Activation, TrainDropout,
+    causal_attention_dropout, dropout, layer_norm, linear_forward, lm_head_logits, merge_heads,
+    split_heads, Activation, TrainDropout,
 };
 use super::KvCache;
 use crate::error::{Code, Error, Result};
@@ -327,6 +327,6 @@ impl Gpt2 {
             Some(w) => w.val(),
             None => self.wte.val(),
         };
-        x.matmul(head.transpose().unsqueeze::<3>())
+        lm_head_logits(x, head)
     }
 }

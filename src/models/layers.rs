@@ -191,3 +191,19 @@ impl Activation {
         }
     }
 }
+
+/// Logits `x @ headᵀ` for `x [B, T, d]` and an LM head stored `[vocab, d]` (transformers' layout,
+/// shared with a tied embedding). Multiplying by `headᵀ` makes the CPU backend copy the whole
+/// transposed head on every call (49152 × 576 floats for SmolLM2: most of a generated token's
+/// time); for few rows, `(head @ xᵀ)ᵀ` computes the same dot products and only the small
+/// `[B, vocab, T]` result is ever laid out again.
+pub fn lm_head_logits(x: Tensor<3>, head: Tensor<2>) -> Tensor<3> {
+    let [b, t, d] = x.dims();
+    if b * t < d {
+        head.unsqueeze::<3>()
+            .matmul(x.swap_dims(1, 2))
+            .swap_dims(1, 2)
+    } else {
+        x.matmul(head.transpose().unsqueeze::<3>())
+    }
+}

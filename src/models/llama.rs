@@ -20,7 +20,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Value};
 
 use super::layers::{
-    causal_attention_window, linear_forward, merge_heads, split_heads, Activation, TrainDropout,
+    causal_attention_window, linear_forward, lm_head_logits, merge_heads, split_heads, Activation,
+    TrainDropout,
 };
 use super::KvCache;
 use crate::error::{Code, Error, Result};
@@ -545,7 +546,7 @@ fn load_linear(
     device: &Device,
 ) -> Result<Linear> {
     // Stored [out, in] (nn.Linear); burn multiplies by [in, out].
-    let weight: Tensor<2> = w.tensor(&names(&format!("{name}.weight")), [d_out, d_in], device)?;
+    let weight = w.linear_weight(&names(&format!("{name}.weight")), d_out, d_in, device)?;
     let bias = if bias {
         Some(Param::from_tensor(w.tensor(
             &names(&format!("{name}.bias")),
@@ -556,7 +557,7 @@ fn load_linear(
         None
     };
     Ok(Linear {
-        weight: Param::from_tensor(weight.transpose()),
+        weight: Param::from_tensor(weight),
         bias,
     })
 }
@@ -716,7 +717,7 @@ impl Llama {
             Some(w) => w.val(),
             None => self.embed_tokens.val(),
         };
-        x.matmul(head.transpose().unsqueeze::<3>())
+        lm_head_logits(x, head)
     }
 }
 

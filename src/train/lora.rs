@@ -23,6 +23,7 @@ use burn::tensor::TensorData;
 use serde_json::json;
 
 use crate::error::{Code, Error, Result};
+use crate::io::hf::transposed;
 use crate::models::bert::Bert;
 use crate::models::gpt2::Gpt2;
 use crate::models::llama::Llama;
@@ -341,9 +342,14 @@ impl Reparameterizer for Attach<'_> {
             },
         };
         let device = base.lazy_device();
-        // PEFT's A [r, in] is burn's a [in, r]; PEFT's B [out, r] is burn's b [r, out].
-        let a = Tensor::<2>::from_data(TensorData::new(a, [r, d_in]), &device).transpose();
-        let b = Tensor::<2>::from_data(TensorData::new(b, [d_out, r]), &device).transpose();
+        // PEFT's A [r, in] is burn's a [in, r]; PEFT's B [out, r] is burn's b [r, out]
+        // (transposed in memory, not as views the CPU backend would copy on every use).
+        let a =
+            Tensor::<2>::from_data(TensorData::new(transposed(&a, r, d_in), [d_in, r]), &device);
+        let b = Tensor::<2>::from_data(
+            TensorData::new(transposed(&b, d_out, r), [r, d_out]),
+            &device,
+        );
         self.state.attached.push(module);
         let adapter = LoraAdapter {
             a: Param::from_tensor(a),
@@ -486,18 +492,8 @@ pub struct LoraFactors {
     pub b: Vec<f32>,
 }
 
-fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0; data.len()];
-    for i in 0..rows {
-        for j in 0..cols {
-            out[j * rows + i] = data[i * cols + j];
-        }
-    }
-    out
-}
-
 pub(crate) fn transpose_2d(data: &[f32], shape: &[usize]) -> Vec<f32> {
-    transpose(data, shape[0], shape[1])
+    transposed(data, shape[0], shape[1])
 }
 
 /// Read the adapters of a LoRA model back, in PEFT's layout and model order.
@@ -527,8 +523,8 @@ pub async fn lora_factors(family: &Family) -> Result<Vec<LoraFactors>> {
         })?;
         let (d_in, rank, d_out) = (a_shape[0], a_shape[1], b_shape[1]);
         // burn a [in, r] → PEFT A [r, in]; burn b [r, out] → PEFT B [out, r].
-        let a = transpose(&read_f32(a).await?, d_in, rank);
-        let b = transpose(&read_f32(b).await?, rank, d_out);
+        let a = transposed(&read_f32(a).await?, d_in, rank);
+        let b = transposed(&read_f32(b).await?, rank, d_out);
         out.push(LoraFactors {
             module,
             rank,

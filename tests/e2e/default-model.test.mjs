@@ -140,3 +140,39 @@ test("the default model chats: the template from its GGUF formats the conversati
     assertCleanLog(assert, log);
   });
 });
+
+// WebGPU: the same chat on the GPU backend. On a GPU-less machine headless chromium's adapter is
+// SwiftShader, which generates with this 135M-parameter model at about 0.16 tokens/s (cargo xtask
+// bench), so the reply is capped at 8 tokens — SmolLM2's whole answer here ("The capital of
+// France is Paris." + <|im_end|>). The prompt and the tokens must be the native CLI's.
+test("the default model loads and chats on WebGPU too, with the native CLI's tokens", { timeout: 1_200_000 }, async () => {
+  const { dir } = defaultModel();
+  const QUESTION = "What is the capital of France?";
+  const MAX = 8;
+  const native = cli(["generate", dir, "--chat", QUESTION, "--greedy", "--max-new-tokens", String(MAX)]);
+
+  await withPage("default-model-webgpu", browser, { backend: "webgpu" }, async ({ page, log }) => {
+    const message = await waitForBackend(page);
+    assert.equal(message.backend, "webgpu");
+    const loaded = await withTimeout(page.evaluate(() => window.webtune.loadDefaultModel()), 600_000, "the default model on WebGPU");
+    assert.equal(loaded.error, null, `loading failed: ${JSON.stringify(loaded.error)}`);
+    assert.equal(loaded.info.has_chat_template, true);
+    const gen = await withTimeout(
+      page.evaluate(
+        ([q, n]) => window.webtune.generate({ chat: [{ role: "user", content: q }] }, { greedy: true, max_new_tokens: n }),
+        [QUESTION, MAX],
+      ),
+      1_000_000,
+      "the chat reply on WebGPU",
+    );
+    assert.equal(gen.error, null, `generation failed: ${JSON.stringify(gen.error)}`);
+    assert.equal(gen.result.chat_prompt, native.chat_prompt);
+    assert.deepEqual(gen.result.prompt_ids, native.prompt_ids);
+    assert.deepEqual(gen.result.generated_ids, native.generated_ids);
+    console.log(
+      `default model on WebGPU: load ${loaded.timing.load_ms.toFixed(0)} ms; ${JSON.stringify(QUESTION)} →${JSON.stringify(gen.result.text)} ` +
+        `(${gen.result.generated_ids.length} tokens, ${gen.result.tokens_per_s.toFixed(3)} tokens/s)`,
+    );
+    assertCleanLog(assert, log);
+  });
+});

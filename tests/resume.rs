@@ -412,12 +412,24 @@ mod checkpoints {
 /// (fresh model, data read again) with the uninterrupted job's losses and held-out loss.
 #[test]
 fn a_stopped_job_continues_from_its_checkpoint() {
+    // Without dropout, and with the model's and LoRA's dropout on: each step's masks are drawn
+    // from (seed, step), so the resumed run draws the uninterrupted run's masks.
+    for dropout in [false, true] {
+        let mut config = causal_config("lora");
+        config.checkpoint_every = 3;
+        if dropout {
+            config.train.model_dropout = true;
+            config.train.lora_dropout = 0.1;
+        }
+        stopped_job_continues(&config, dropout);
+    }
+}
+
+fn stopped_job_continues(config: &JobConfig, dropout: bool) {
     use std::cell::RefCell;
     use webtune::train::checkpoint::{Checkpoint, Checkpointing};
     use webtune::train::job::run_job_checkpointed;
 
-    let mut config = causal_config("lora");
-    config.checkpoint_every = 3;
     let job = |resume: Option<Checkpoint>, stop_at: usize| {
         let files = ModelFiles::from_dir(&fixture("tiny_random/gpt2-vocab")).unwrap();
         let base = LoadedModel::load(files.clone(), &Device::flex()).unwrap();
@@ -432,7 +444,7 @@ fn a_stopped_job_continues_from_its_checkpoint() {
                 name: "capitals.jsonl",
                 source: DataSource::Bytes(&data),
             },
-            &config,
+            config,
             "tiny-gpt2-vocab",
             Some(Checkpointing {
                 resume,
@@ -459,9 +471,42 @@ fn a_stopped_job_continues_from_its_checkpoint() {
         (resumed.summary.steps, resumed.summary.cancelled),
         (10, false)
     );
-    assert_eq!(resumed.summary.losses, straight.summary.losses);
+    assert_eq!(
+        resumed.summary.losses, straight.summary.losses,
+        "dropout {dropout}"
+    );
     assert_eq!(resumed.before.unwrap().loss, straight.before.unwrap().loss);
-    assert_eq!(resumed.after.unwrap().loss, straight.after.unwrap().loss);
+    assert_eq!(
+        resumed.after.unwrap().loss,
+        straight.after.unwrap().loss,
+        "dropout {dropout}"
+    );
+    if dropout {
+        // The masks do change the run: otherwise this would prove nothing about them.
+        let mut plain = config.clone();
+        plain.train.model_dropout = false;
+        plain.train.lora_dropout = 0.0;
+        let (undropped, _) = {
+            let files = ModelFiles::from_dir(&fixture("tiny_random/gpt2-vocab")).unwrap();
+            let base = LoadedModel::load(files.clone(), &Device::flex()).unwrap();
+            let data = std::fs::read(fixture("data/capitals.jsonl")).unwrap();
+            let out = pollster::block_on(run_job(
+                files,
+                &base,
+                &Backend::cpu(),
+                DatasetFile {
+                    name: "capitals.jsonl",
+                    source: DataSource::Bytes(&data),
+                },
+                &plain,
+                "tiny-gpt2-vocab",
+                |_| Control::Continue,
+            ))
+            .unwrap();
+            (out, ())
+        };
+        assert_ne!(undropped.summary.losses, straight.summary.losses);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

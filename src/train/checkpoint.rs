@@ -12,9 +12,9 @@
 //! new ids; restoring a parameter therefore gives it back its saved id as well as its value, so
 //! the optimizer record loads unchanged.
 //!
-//! Not restored: the device's random generator, which draws the causal LMs' dropout masks
-//! (`model_dropout`, `lora_dropout`; both off by default). A resumed causal run with dropout
-//! draws other masks than the uninterrupted one would have.
+//! Not saved: the device's random generator, which draws the causal LMs' dropout masks
+//! (`model_dropout`, `lora_dropout`): the loop reseeds it from (seed, step) at every step, so a
+//! resumed run draws the uninterrupted run's masks without it.
 //!
 //! The bytes start with a versioned magic: `WTCKPT02` (written now; the header names the task)
 //! or `WTCKPT01` (causal checkpoints saved before classification ones existed; still read).

@@ -433,6 +433,15 @@ pub struct FinetuneSummary {
     pub tokens_per_s: f64,
 }
 
+/// The device generator's seed for step `step`'s dropout masks (splitmix64 of both, so nearby
+/// steps and seeds give unrelated streams).
+fn dropout_seed(seed: u64, step: usize) -> u64 {
+    let mut z = seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 pub(crate) fn batch_tensors(
     batch: &TokenBatch,
     device: &Device,
@@ -778,11 +787,8 @@ where
         warmup_steps: config.warmup,
         total_steps,
     };
-    if config.model_dropout || (config.method == Method::Lora && config.lora_dropout > 0.0) {
-        // Dropout masks come from the device's generator: seeded, a run repeats itself (on the
-        // same backend; the generator is per process, so one run at a time).
-        device.seed(config.seed);
-    }
+    let drops =
+        config.model_dropout || (config.method == Method::Lora && config.lora_dropout > 0.0);
     // Restored parameters take back their saved ids, which the optimizer record and the
     // no-decay group are keyed by: restore first.
     let resume = ctx.checkpointing.as_mut().and_then(|c| c.resume.take());
@@ -815,6 +821,14 @@ where
     let mut step_tokens = Vec::with_capacity(total_steps);
     for step in first_step..total_steps {
         let step_start = now_ms();
+        if drops {
+            // Dropout masks come from the device's generator. Seeding it afresh from (seed,
+            // step) makes each step's masks independent of the steps before: a run repeats
+            // itself, and a run resumed from a checkpoint draws the uninterrupted run's masks
+            // without saving the generator (on the same backend; one run at a time, as the
+            // generator is per process).
+            device.seed(dropout_seed(config.seed, step));
+        }
         let micro: Vec<usize> = (0..config.grad_accum)
             .map(|_| stream.next_batch())
             .collect();

@@ -491,8 +491,25 @@ test("e. truncated weights show weights.truncated and the previous model keeps g
     assert.deepEqual(await page.evaluate(() => window.webtune.model), good.info, "the previous model stays loaded");
     assert.equal((await page.getByTestId("model-architecture").textContent()).trim(), "gpt2", "the info table still shows it");
 
-    // Dismiss the alert; the previous model generates through the panel.
     await alert.getByTestId("error-dismiss").click();
+
+    // A half-downloaded GGUF (the tiny Llama cut off inside its tensor data): the same code, the
+    // file named, and the previous model still loaded.
+    const gguf = fs.readFileSync(path.join(ROOT, "tests/fixtures/tiny_gguf/tiny_llama_f32.gguf"));
+    const ggufIndex = await loadsCount(page);
+    await page.getByTestId("model-files").setInputFiles([
+      { name: "tiny_llama_f32.gguf", mimeType: "application/octet-stream", buffer: gguf.subarray(0, Math.floor(gguf.length * 0.7)) },
+    ]);
+    const badGguf = await waitForLoad(page, ggufIndex, 60_000, "the truncated GGUF to fail");
+    assert.equal(badGguf.status, "error");
+    assert.equal(badGguf.error.code, "weights.truncated", JSON.stringify(badGguf.error));
+    assert.match(badGguf.error.message, /tiny_llama_f32\.gguf/);
+    await waitInPage(page, () => document.querySelectorAll('[role=alert][data-code="weights.truncated"]').length === 1, null, 10_000, "the GGUF's weights.truncated alert");
+    console.log(`truncated GGUF: ${badGguf.error.message}`);
+    assert.deepEqual(await page.evaluate(() => window.webtune.model), good.info, "the previous model stays loaded after the GGUF too");
+    await page.locator('[role=alert][data-code="weights.truncated"]').getByTestId("error-dismiss").click();
+
+    // The previous model generates through the panel.
     const g = REFERENCE.generation;
     await page.getByLabel("Prompt").fill(g.prompt_ids.join(" "));
     await page.getByLabel("Max new tokens").fill(String(g.generated_ids.length));

@@ -98,10 +98,11 @@ pub fn fuzz(options: &FuzzOptions) -> Result<()> {
 
     let root = repo_root();
     let fuzz_dir = root.join("fuzz");
-    // cargo-fuzz's own default unless CARGO_TARGET_DIR says otherwise: the fuzz build (every
-    // crate instrumented) shares nothing with the normal one, so keeping them apart costs no
-    // rebuilds and never blocks a `cargo build` in the repository.
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+    // cargo-fuzz's own default (fuzz/target) unless WEBTUNE_FUZZ_TARGET_DIR says otherwise —
+    // not CARGO_TARGET_DIR, which the release proptest run above shares with the normal build:
+    // the fuzz build (every crate instrumented, nightly) shares nothing with it, so keeping
+    // them apart costs no rebuilds and never blocks a `cargo build` in the repository.
+    let target_dir = std::env::var_os("WEBTUNE_FUZZ_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| fuzz_dir.join("target"));
 

@@ -18,6 +18,7 @@ use webtune::train::job::{
     chat_template, eval_file, run_task, DataSource, DatasetFile, DatasetFiles, JobConfig, JobEvent,
     JobResult,
 };
+use webtune::train::qlora::BaseQuant;
 use webtune::train::toy::{train_toy, ToyTrainConfig};
 use webtune::Error;
 
@@ -161,6 +162,10 @@ enum Command {
         /// memory for long sequences, same results).
         #[arg(long)]
         gradient_checkpointing: bool,
+        /// QLoRA: keep the frozen base's linear weights quantized while training with LoRA,
+        /// `q8` or `q4` (blocks of 32 values per scale; `train.quantize_block_size` changes it).
+        #[arg(long)]
+        quantize_base: Option<String>,
         /// Precision of the merged model's weights: `f32` (as trained), `f16` or `bf16` (half
         /// the size; transformers loads it with `torch_dtype` from its config).
         #[arg(long)]
@@ -490,6 +495,7 @@ fn run(cli: &Cli) -> Result<(), Error> {
             clip,
             val_fraction,
             gradient_checkpointing,
+            quantize_base,
             export_dtype,
             out,
             backend,
@@ -538,6 +544,9 @@ fn run(cli: &Cli) -> Result<(), Error> {
             }
             if *gradient_checkpointing {
                 cfg.train.gradient_checkpointing = true;
+            }
+            if let Some(v) = quantize_base {
+                cfg.train.quantize_base = Some(BaseQuant::parse(v)?);
             }
             if let Some(v) = export_dtype {
                 cfg.export_dtype = serde_json::from_value(json!(v))

@@ -26,6 +26,7 @@ use super::lora::{
 };
 use super::loss::masked_cross_entropy;
 use super::median;
+use super::qlora::{quantize_base, BaseQuant, QuantReport, DEFAULT_BLOCK_SIZE};
 use super::schedule::{LrSchedule, ScheduleKind};
 use crate::backend::Backend;
 use crate::data::TokenBatch;
@@ -94,6 +95,11 @@ pub struct FinetuneConfig {
     /// memory-bound operations are recomputed, matmuls are kept). Lowers peak memory for long
     /// sequences at the cost of some recomputation; the results are the same.
     pub gradient_checkpointing: bool,
+    /// QLoRA: keep the frozen base's linear projection weights quantized in memory while
+    /// training with LoRA, `"q8"` or `"q4"` (see [`super::qlora`]). Off (f32 base) by default.
+    pub quantize_base: Option<BaseQuant>,
+    /// QLoRA: values sharing one quantization scale (1–255).
+    pub quantize_block_size: usize,
 }
 
 impl Default for FinetuneConfig {
@@ -123,6 +129,8 @@ impl Default for FinetuneConfig {
             shuffle: true,
             eval_every: 0,
             gradient_checkpointing: false,
+            quantize_base: None,
+            quantize_block_size: DEFAULT_BLOCK_SIZE,
         }
     }
 }
@@ -168,6 +176,25 @@ impl FinetuneConfig {
                 return bad(
                     "lora_dropout",
                     format!("must be in [0, 1), got {}", self.lora_dropout),
+                );
+            }
+        }
+        if self.quantize_base.is_some() {
+            if self.method != Method::Lora {
+                return bad(
+                    "quantize_base",
+                    "keeps a frozen base quantized, so it needs method \"lora\"; full \
+                     fine-tuning trains the base weights themselves"
+                        .into(),
+                );
+            }
+            if !(1..=255).contains(&self.quantize_block_size) {
+                return bad(
+                    "quantize_block_size",
+                    format!(
+                        "must be between 1 and 255, got {}",
+                        self.quantize_block_size
+                    ),
                 );
             }
         }
@@ -244,6 +271,8 @@ pub struct TrainableModel {
     pub lora: Option<LoraSpec>,
     /// Hugging Face names of the adapted modules.
     pub lora_modules: Vec<String>,
+    /// QLoRA: what quantizing the base did.
+    pub quantized: Option<QuantReport>,
 }
 
 impl TrainableModel {
@@ -272,6 +301,14 @@ impl TrainableModel {
                     init,
                     dropout: config.lora_dropout,
                 };
+                let (family, quantized) = match config.quantize_base {
+                    Some(q) => {
+                        let (family, report) =
+                            quantize_base(family, q, config.quantize_block_size)?;
+                        (family, Some(report))
+                    }
+                    None => (family, None),
+                };
                 let (family, modules) = apply_lora(family, &spec)?;
                 Ok(Self {
                     family,
@@ -279,6 +316,7 @@ impl TrainableModel {
                     method: Method::Lora,
                     lora: Some(spec),
                     lora_modules: modules,
+                    quantized,
                 })
             }
             Method::Full => {
@@ -312,6 +350,7 @@ impl TrainableModel {
                     method: Method::Full,
                     lora: None,
                     lora_modules: Vec::new(),
+                    quantized: None,
                 })
             }
         }
@@ -431,6 +470,9 @@ pub struct FinetuneSummary {
     pub first_step_ms: f64,
     pub median_step_ms: f64,
     pub tokens_per_s: f64,
+    /// QLoRA: the base's quantized weights (absent with an f32 base).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantized_base: Option<QuantReport>,
 }
 
 /// The device generator's seed for step `step`'s dropout masks (splitmix64 of both, so nearby
@@ -751,6 +793,7 @@ pub async fn finetune_checkpointed<C: Into<Control>>(
             first_step_ms: 0.0,
             median_step_ms: 0.0,
             tokens_per_s: 0.0,
+            quantized_base: model.quantized.clone(),
         },
     };
     match &mut model.family {

@@ -411,13 +411,14 @@ pub fn apply_lora(family: Family, spec: &LoraSpec) -> Result<(Family, Vec<String
 }
 
 /// Fold the adapters into the base weights (`W + scale · a @ b`) and drop them: the model is a
-/// plain model again, as fast as before LoRA.
+/// plain model again, as fast as before LoRA. A QLoRA base comes back dequantized (f32).
 pub fn merge(family: Family) -> Family {
-    match family {
+    let merged = match family {
         Family::Gpt2(m) => Family::Gpt2(m.materialize()),
         Family::Llama(m) => Family::Llama(m.materialize()),
         Family::Bert(m) => Family::Bert(m.materialize()),
-    }
+    };
+    super::qlora::dequantize_all(merged)
 }
 
 /// One parameter's value as read through a visitor: its burn path, shape and a flat view.
@@ -431,6 +432,8 @@ pub(crate) struct NamedTensor {
 struct Collect {
     path: Vec<String>,
     out: Vec<NamedTensor>,
+    /// Only the LoRA factors (`….lora.a|b`), not the bases.
+    factors_only: bool,
 }
 
 impl ModuleVisitor for Collect {
@@ -442,11 +445,19 @@ impl ModuleVisitor for Collect {
     }
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         // Inside a reparameterized parameter the visitor sees the base, then the factors.
-        let value = param.base();
+        let path = self.path.join(".");
+        if self.factors_only && !(path.ends_with(".lora.a") || path.ends_with(".lora.b")) {
+            return;
+        }
+        // A QLoRA base is read as the f32 weights it stands for.
+        let value = match param.base() {
+            v if matches!(v.dtype(), burn::tensor::DType::QFloat(_)) => v.dequantize(),
+            v => v,
+        };
         let shape = value.dims().to_vec();
         let n: usize = shape.iter().product();
         self.out.push(NamedTensor {
-            path: self.path.join("."),
+            path,
             shape,
             value: value.reshape([n]),
         });
@@ -455,7 +466,14 @@ impl ModuleVisitor for Collect {
 
 /// Every float parameter of a model (LoRA bases and factors included) with its burn path.
 pub(crate) fn named_tensors(family: &Family) -> Vec<NamedTensor> {
-    let mut c = Collect::default();
+    collect(family, false)
+}
+
+fn collect(family: &Family, factors_only: bool) -> Vec<NamedTensor> {
+    let mut c = Collect {
+        factors_only,
+        ..Collect::default()
+    };
     match family {
         Family::Gpt2(m) => m.visit(&mut c),
         Family::Llama(m) => m.visit(&mut c),
@@ -502,7 +520,7 @@ pub async fn lora_factors(family: &Family) -> Result<Vec<LoraFactors>> {
     let mut a_of: BTreeMap<String, (Vec<usize>, Tensor<1>)> = BTreeMap::new();
     let mut order = Vec::new();
     let mut b_of: BTreeMap<String, (Vec<usize>, Tensor<1>)> = BTreeMap::new();
-    for t in named_tensors(family) {
+    for t in collect(family, true) {
         if let Some(base) = t.path.strip_suffix(".lora.a") {
             let module = hf_module(kind, base).unwrap_or_else(|| base.to_string());
             order.push(module.clone());
@@ -559,8 +577,8 @@ impl<F: Fn(&str) -> bool> ModuleMapper for FreezeWhere<F> {
     }
 }
 
-/// Every float parameter as stored (LoRA bases unmerged, factors under `<path>.lora.a|b`), by
-/// burn path: `(path, shape, data)`. For checks and debugging.
+/// Every float parameter as stored (LoRA bases unmerged, a quantized one dequantized; factors
+/// under `<path>.lora.a|b`), by burn path: `(path, shape, data)`. For checks and debugging.
 pub async fn parameters(family: &Family) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
     let mut out = Vec::new();
     for t in named_tensors(family) {

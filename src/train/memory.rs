@@ -128,12 +128,25 @@ pub fn estimate(
     );
     let v = info.vocab_size as u64;
     let trainable = trainable_params(info, config, classes);
-    let weights = info.parameters as u64 * F32
+    let mut weights = info.parameters as u64 * F32
         + if config.method == Method::Lora {
             trainable * F32
         } else {
             0
         };
+    if let (Method::Lora, Some(_)) = (config.method, config.quantize_base) {
+        // QLoRA stores the linear projections (everything but the embeddings, roughly) as a
+        // byte per value (the CPU backend's storage at 8 and 4 bits; WebGPU packs 4-bit values
+        // tighter, so this is an upper bound there) plus an f32 scale per block. The dense
+        // weights burn composes in forward are transient and not counted here.
+        let linear = (info.parameters as u64)
+            .saturating_sub(v * d)
+            .min(l * (4 * d * d + 3 * d * i));
+        let block = config.quantize_block_size.max(1) as u64;
+        let per_value = 1.0 + F32 as f64 / block as f64;
+        weights -= linear * F32;
+        weights += (linear as f64 * per_value).ceil() as u64;
+    }
     let per_token_layer = 12 * d + 4 * i + 3 * h * t;
     let mut activations = b * t * l * per_token_layer * F32;
     let scores = b * h * t * t * F32;
@@ -300,6 +313,25 @@ mod tests {
         // The embedding (49152 × 576) outweighs 4 × 128 rows of logits, not 8 × 128.
         assert_eq!(lora.largest_buffer_name, "token embedding [49152 × 576]");
         assert_eq!(bigger.largest_buffer_name, "logits [8 × 128 × 49152]");
+    }
+
+    #[test]
+    fn a_quantized_base_counts_its_linear_weights_at_a_byte_and_a_scale() {
+        let info = smollm2();
+        let lora = estimate(&info, &FinetuneConfig::default(), shape(4, 128), 0);
+        let q8 = estimate(
+            &info,
+            &FinetuneConfig {
+                quantize_base: Some(crate::train::qlora::BaseQuant::Q8),
+                ..Default::default()
+            },
+            shape(4, 128),
+            0,
+        );
+        // Every parameter but the 49152 × 576 embedding, at 1 + 4/32 bytes instead of 4.
+        let linear = (info.parameters - 49152 * 576) as u64;
+        assert_eq!(lora.weights - q8.weights, linear * 4 - linear * 9 / 8);
+        assert_eq!(q8.activations, lora.activations);
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod job;
 pub mod lora;
 pub mod loss;
 pub mod memory;
+pub mod qlora;
 pub mod replay;
 pub mod run;
 pub mod schedule;

@@ -1,0 +1,288 @@
+//! QLoRA: LoRA over a base whose frozen linear projection weights are kept quantized in memory.
+//!
+//! Before the adapters are attached, every linear projection weight of the base (the modules
+//! PEFT's "all-linear" names — not only the LoRA targets) is quantized with burn's symmetric
+//! block quantization: 8 or 4 bits per value, one f32 scale per block of values along the
+//! output dimension. Embeddings, the LM head, norms and biases stay f32; so do the LoRA factors,
+//! the only trainable parameters.
+//!
+//! In forward, burn composes `dequantize(base) + scale · (a @ b)` (or dequantizes a weight with
+//! no adapter), so each dense weight still exists transiently and autodiff keeps the adapted
+//! ones for the backward pass: what QLoRA saves is the memory of the *stored* base weights.
+//!
+//! burn's CPU backend (`flex`) keeps quantized values as one `i8` each whatever the bit width,
+//! so on the CPU 4 bits save no memory over 8 (only precision is lost); WebGPU packs them.
+//!
+//! Merging (export, `TrainableModel::merged`) folds the adapters into the dequantized base and
+//! dequantizes every other quantized weight: a merged model is f32, as without QLoRA.
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::prelude::*;
+use burn::tensor::quantization::{quantizable, QuantMode, QuantScheme, QuantValue, ScaleDtype};
+use burn::tensor::DType;
+use burn::tensor::TensorData;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::lora::{hf_module, matches_target, FamilyKind};
+use crate::error::{Code, Error, Result};
+use crate::models::loaded::Family;
+
+/// How the frozen base weights are stored while training with LoRA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BaseQuant {
+    /// 8-bit symmetric integers (−127..127) with a scale per block.
+    Q8,
+    /// 4-bit symmetric integers (−7..7) with a scale per block.
+    Q4,
+}
+
+/// Values per scale unless configured otherwise (GGUF's Q8_0 / Q4_0 use 32 too).
+pub const DEFAULT_BLOCK_SIZE: usize = 32;
+/// A weight whose output dimension has no divisor ≥ this up to the block size stays f32: a
+/// smaller block would spend more on scales than it saves.
+const MIN_BLOCK: usize = 8;
+
+impl BaseQuant {
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "q8" | "8" => Ok(Self::Q8),
+            "q4" | "4" => Ok(Self::Q4),
+            other => Err(Error::config(format!(
+                "unknown base quantization {other:?}: choose \"q8\" or \"q4\""
+            ))
+            .with_details(json!({ "field": "quantize_base" }))),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Q8 => "q8",
+            Self::Q4 => "q4",
+        }
+    }
+
+    pub fn bits(self) -> u32 {
+        match self {
+            Self::Q8 => 8,
+            Self::Q4 => 4,
+        }
+    }
+
+    fn value(self) -> QuantValue {
+        match self {
+            Self::Q8 => QuantValue::Q8S,
+            Self::Q4 => QuantValue::Q4S,
+        }
+    }
+
+    /// burn's scheme for blocks of `block` values (along the innermost dimension) on `device`:
+    /// the device's storage (packed on WebGPU), symmetric values, f32 scales.
+    pub fn scheme(self, device: &Device, block: usize) -> QuantScheme {
+        device
+            .settings()
+            .quantization
+            .scheme
+            .with_value(self.value())
+            .with_mode(QuantMode::Symmetric)
+            .per_block([block as u8], ScaleDtype::F32)
+    }
+}
+
+/// What quantizing a base did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct QuantReport {
+    pub bits: u32,
+    pub block_size: usize,
+    /// Linear weights now quantized, and their values.
+    pub tensors: usize,
+    pub values: u64,
+    /// Linear weights left in f32 (no usable block divides their output dimension).
+    pub kept_f32: Vec<String>,
+    /// Bytes those quantized weights took in f32, and take now on this backend (values as
+    /// stored — one byte each on the CPU, packed on WebGPU — plus the scales).
+    pub f32_bytes: u64,
+    pub quantized_bytes: u64,
+}
+
+/// The largest divisor of `n` that is at most `block`.
+fn block_for(n: usize, block: usize) -> usize {
+    (1..=block.min(n)).rev().find(|b| n % b == 0).unwrap_or(1)
+}
+
+struct Quantize<'a> {
+    kind: FamilyKind,
+    quant: BaseQuant,
+    block: usize,
+    path: Vec<String>,
+    report: &'a mut QuantReport,
+    probed: Vec<usize>,
+    error: Option<Error>,
+}
+
+impl Quantize<'_> {
+    /// Whether this backend quantizes and dequantizes `scheme` correctly, tried once per block
+    /// size on a small tensor (burn's `supports_dtype` answers for arithmetic, which no backend
+    /// offers on quantized tensors; the CPU backend stores them only).
+    fn probe(&mut self, device: &Device, scheme: &QuantScheme, block: usize) -> Result<()> {
+        if self.probed.contains(&block) {
+            return Ok(());
+        }
+        let refuse = |why: String| {
+            Error::new(
+                Code::DeviceUnavailable,
+                format!(
+                    "this backend cannot keep weights {}-bit quantized in blocks of {block} ({why}); \
+                     train without quantize_base",
+                    self.quant.bits()
+                ),
+            )
+            .with_details(json!({ "field": "quantize_base", "block_size": block }))
+        };
+        if !quantizable(scheme) {
+            return Err(refuse("burn cannot quantize this scheme".into()));
+        }
+        let values: Vec<f32> = (0..2 * block)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) / 6.0)
+            .collect();
+        let x = Tensor::<2>::from_data(TensorData::new(values.clone(), [2, block]), device);
+        let back = x
+            .quantize_dynamic(scheme)
+            .dequantize()
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .map_err(|e| refuse(format!("{e:?}")))?;
+        // Symmetric rounding is off by at most half a step of the block's largest value (1).
+        let (lo, hi) = self.quant.value().range();
+        let step = 2.0 / (hi - lo);
+        let tolerance = step * 0.5 + 1e-6;
+        let off = |(a, b): (&f32, &f32)| {
+            let d = (a - b).abs();
+            d.is_nan() || d > tolerance
+        };
+        if back.len() != values.len() || values.iter().zip(&back).any(off) {
+            return Err(refuse(format!(
+                "a round trip is off by more than half a step ({tolerance})"
+            )));
+        }
+        self.probed.push(block);
+        Ok(())
+    }
+}
+
+impl ModuleMapper for Quantize<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let path = self.path.join(".");
+        // The projections PEFT's "all-linear" names: not a classifier head, which trains.
+        let linear = hf_module(self.kind, &path).is_some_and(|m| {
+            self.kind
+                .linear_modules()
+                .iter()
+                .any(|t| matches_target(&m, t))
+        });
+        if D != 2 || !linear || self.error.is_some() {
+            return param;
+        }
+        let shape = param.lazy_shape();
+        let (d_in, d_out) = (shape[0], shape[1]);
+        let block = block_for(d_out, self.block);
+        if block < MIN_BLOCK.min(self.block) {
+            self.report.kept_f32.push(path);
+            return param;
+        }
+        let device = param.lazy_device();
+        let scheme = self.quant.scheme(&device, block);
+        if let Err(e) = self.probe(&device, &scheme, block) {
+            self.error = Some(e);
+            return param;
+        }
+        let n = (d_in * d_out) as u64;
+        // burn's CPU backend stores each quantized value in a byte; the GPU backends pack them.
+        let value_bytes = if device.clone().without_autodiff() != Device::flex() {
+            (n * self.quant.bits() as u64).div_ceil(8)
+        } else {
+            n
+        };
+        self.report.tensors += 1;
+        self.report.values += n;
+        self.report.f32_bytes += 4 * n;
+        self.report.quantized_bytes += value_bytes + 4 * (n / block as u64);
+        param.map(|w| w.quantize_dynamic(&scheme))
+    }
+}
+
+/// Dequantize every quantized float parameter (after a merge: the model is f32 again).
+struct Dequantize;
+
+impl ModuleMapper for Dequantize {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if matches!(param.base().dtype(), DType::QFloat(_)) {
+            param.map(|w| w.dequantize())
+        } else {
+            param
+        }
+    }
+}
+
+/// Quantize every linear projection weight of `family` (before LoRA is attached). `block_size`
+/// values share a scale; a weight whose output dimension it does not divide uses the largest
+/// divisor below it (at least 8, else the weight stays f32).
+pub fn quantize_base(
+    family: Family,
+    quant: BaseQuant,
+    block_size: usize,
+) -> Result<(Family, QuantReport)> {
+    if !(1..=255).contains(&block_size) {
+        return Err(Error::config(format!(
+            "quantize_block_size must be between 1 and 255, got {block_size}"
+        ))
+        .with_details(json!({ "field": "quantize_block_size" })));
+    }
+    let kind = FamilyKind::of(&family);
+    let mut report = QuantReport {
+        bits: quant.bits(),
+        block_size,
+        ..QuantReport::default()
+    };
+    let mut q = Quantize {
+        kind,
+        quant,
+        block: block_size,
+        path: Vec::new(),
+        report: &mut report,
+        probed: Vec::new(),
+        error: None,
+    };
+    let family = match family {
+        Family::Gpt2(m) => Family::Gpt2(m.map(&mut q)),
+        Family::Llama(m) => Family::Llama(m.map(&mut q)),
+        Family::Bert(m) => Family::Bert(m.map(&mut q)),
+    };
+    if let Some(e) = q.error {
+        return Err(e);
+    }
+    if report.tensors == 0 {
+        return Err(Error::config(
+            "quantize_base found no linear weight it could quantize in this model",
+        )
+        .with_details(json!({ "field": "quantize_base", "kept_f32": report.kept_f32 })));
+    }
+    Ok((family, report))
+}
+
+/// Dequantize whatever is still quantized (call after `materialize`).
+pub fn dequantize_all(family: Family) -> Family {
+    match family {
+        Family::Gpt2(m) => Family::Gpt2(m.map(&mut Dequantize)),
+        Family::Llama(m) => Family::Llama(m.map(&mut Dequantize)),
+        Family::Bert(m) => Family::Bert(m.map(&mut Dequantize)),
+    }
+}

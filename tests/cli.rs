@@ -1,25 +1,11 @@
 //! The native CLI's `--json` output, checked against the transformers reference on the tiny
 //! GPT-2 fixture, and its error output for bad input.
 
-use std::process::Command;
-
 use serde_json::Value;
 
 mod common;
-use common::fixture;
-
-/// Run `webtune <args> --json`; returns (success, parsed stdout).
-fn webtune(args: &[&str]) -> (bool, Value) {
-    let out = Command::new(env!("CARGO_BIN_EXE_webtune"))
-        .args(args)
-        .arg("--json")
-        .output()
-        .expect("run webtune");
-    let stdout = String::from_utf8(out.stdout).expect("utf-8 stdout");
-    let value = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("stdout is not one JSON value ({e}): {stdout}"));
-    (out.status.success(), value)
-}
+// `webtune(args)`: run the CLI with `--json`; (success, parsed stdout).
+use common::{fixture, webtune_json as webtune};
 
 fn reference() -> Value {
     let text = std::fs::read_to_string(fixture("reference/tiny_gpt2.json")).expect("reference");

@@ -486,25 +486,7 @@ fn stopped_job_continues(config: &JobConfig, dropout: bool) {
         let mut plain = config.clone();
         plain.train.model_dropout = false;
         plain.train.lora_dropout = 0.0;
-        let (undropped, _) = {
-            let files = ModelFiles::from_dir(&fixture("tiny_random/gpt2-vocab")).unwrap();
-            let base = LoadedModel::load(files.clone(), &Device::flex()).unwrap();
-            let data = std::fs::read(fixture("data/capitals.jsonl")).unwrap();
-            let out = pollster::block_on(run_job(
-                files,
-                &base,
-                &Backend::cpu(),
-                DatasetFile {
-                    name: "capitals.jsonl",
-                    source: DataSource::Bytes(&data),
-                },
-                &plain,
-                "tiny-gpt2-vocab",
-                |_| Control::Continue,
-            ))
-            .unwrap();
-            (out, ())
-        };
+        let undropped = causal_job(&plain, |_| Control::Continue);
         assert_ne!(undropped.summary.losses, straight.summary.losses);
     }
 }

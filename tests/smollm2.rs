@@ -10,7 +10,6 @@
 //! The GGUF is not in git: `cargo xtask models` fetches it. Without it these tests print
 //! "skipped: …" and pass, unless `WEBTUNE_REQUIRE_MODELS` is set (`cargo xtask test` sets it).
 
-use std::process::Command;
 use std::time::Instant;
 
 use burn::tensor::Device;
@@ -21,7 +20,7 @@ use webtune::io::hf::ModelFiles;
 use webtune::models::loaded::LoadedModel;
 
 mod common;
-use common::{default_model, fixture, ids, SMOLLM2_GGUF};
+use common::{default_model, fixture, ids, webtune_json, SMOLLM2_GGUF};
 
 /// Both sides run in float32 and accumulate in different orders over 30 layers; against a
 /// float64 run of the same weights each is ~1e-4 off (transformers 8.2e-5, webtune 1.1e-4), so
@@ -188,21 +187,11 @@ fn greedy_chat_generation_matches_transformers() {
     );
 }
 
-/// Run the built `webtune` with `--json`; returns the parsed stdout.
+/// Run the built `webtune` with `--json`; the parsed stdout of a successful run.
 fn webtune(args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_webtune"))
-        .args(args)
-        .arg("--json")
-        .output()
-        .expect("run webtune");
-    let stdout = String::from_utf8(out.stdout).expect("utf-8 stdout");
-    assert!(
-        out.status.success(),
-        "webtune {args:?} failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("stdout is not one JSON value ({e}): {stdout}"))
+    let (ok, value) = webtune_json(args);
+    assert!(ok, "webtune {args:?} failed: {value}");
+    value
 }
 
 #[test]

@@ -134,3 +134,21 @@ pub fn sentiment_model() -> (ModelFiles, LoadedModel) {
     let base = LoadedModel::load(files.clone(), &Device::flex()).expect("loads");
     (files, base)
 }
+
+/// Run the built `webtune` CLI with `--json`: (exit status success, parsed stdout — the result,
+/// or `{"error": …}`).
+pub fn webtune_json(args: &[&str]) -> (bool, Value) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_webtune"))
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("run webtune");
+    let stdout = String::from_utf8(out.stdout).expect("utf-8 stdout");
+    let value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "stdout of webtune {args:?} is not one JSON value ({e}): {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.success(), value)
+}

@@ -290,3 +290,21 @@ export async function startHubServer(repos) {
   const close = () => new Promise((resolve) => server.close(resolve));
   return { server, log, endpoint: `http://127.0.0.1:${server.address().port}`, close };
 }
+
+/**
+ * Load model files from disk in the page through window.webtune.loadModelFiles([{name, bytes}])
+ * (`paths`: absolute file paths). Resolves with the load record's {status, info, error}.
+ */
+export async function loadModelFilesFromDisk(page, paths, ms, what) {
+  const files = paths.map((p) => ({ name: path.basename(p), b64: fs.readFileSync(p).toString("base64") }));
+  return withTimeout(
+    page.evaluate(async (list) => {
+      const decode = (b64) => Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+      const r = await window.webtune.loadModelFiles(list.map((f) => ({ name: f.name, bytes: decode(f.b64) })));
+      return { status: r.status, info: r.info, error: r.error };
+    }, files),
+    ms,
+    what,
+  );
+}
+

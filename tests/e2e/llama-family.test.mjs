@@ -15,7 +15,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
-import { assertCleanLog, launchBrowser, maxAbsDiff, waitForBackend, withPage, withTimeout, writeArtifactJson } from "./harness.mjs";
+import { assertCleanLog, launchBrowser, loadModelFilesFromDisk, maxAbsDiff, waitForBackend, withPage, withTimeout, writeArtifactJson } from "./harness.mjs";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const TOLERANCE = 1e-4;
@@ -39,21 +39,9 @@ after(async () => {
   await browser?.close();
 });
 
-function filesOf(model) {
-  const paths = model.files ?? fs.readdirSync(path.join(ROOT, model.dir)).map((f) => path.join(model.dir, f));
-  return paths.map((p) => ({ name: path.basename(p), b64: fs.readFileSync(path.join(ROOT, p)).toString("base64") }));
-}
-
 async function load(page, model, ms) {
-  const record = await withTimeout(
-    page.evaluate(async (list) => {
-      const decode = (b64) => Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
-      const r = await window.webtune.loadModelFiles(list.map((f) => ({ name: f.name, bytes: decode(f.b64) })));
-      return { status: r.status, info: r.info, error: r.error };
-    }, filesOf(model)),
-    ms,
-    `${model.name} to load`,
-  );
+  const paths = (model.files ?? fs.readdirSync(path.join(ROOT, model.dir)).map((f) => path.join(model.dir, f))).map((p) => path.join(ROOT, p));
+  const record = await loadModelFilesFromDisk(page, paths, ms, `${model.name} to load`);
   assert.equal(record.error, null, `loading ${model.name} failed: ${JSON.stringify(record.error)}`);
   assert.equal(record.info.architecture, model.architecture);
   return record.info;

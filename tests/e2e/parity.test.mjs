@@ -19,7 +19,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
-import { assertCleanLog, launchBrowser, waitForBackend, withPage, withTimeout, writeArtifactJson } from "./harness.mjs";
+import { assertCleanLog, launchBrowser, loadModelFilesFromDisk, waitForBackend, withPage, withTimeout, writeArtifactJson } from "./harness.mjs";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const LOSS_RTOL = 1e-4;
@@ -35,21 +35,10 @@ after(async () => {
   await browser?.close();
 });
 
-function fixtureFiles(name) {
-  const dir = path.join(ROOT, "tests/fixtures/tiny_random", name);
-  return fs.readdirSync(dir).map((file) => ({ name: file, b64: fs.readFileSync(path.join(dir, file)).toString("base64") }));
-}
-
 async function loadFixture(page, name) {
-  const record = await withTimeout(
-    page.evaluate(async (list) => {
-      const decode = (b64) => Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
-      const r = await window.webtune.loadModelFiles(list.map((f) => ({ name: f.name, bytes: decode(f.b64) })));
-      return { status: r.status, info: r.info, error: r.error };
-    }, fixtureFiles(name)),
-    120_000,
-    `the ${name} fixture to load`,
-  );
+  const dir = path.join(ROOT, "tests/fixtures/tiny_random", name);
+  const paths = fs.readdirSync(dir).map((file) => path.join(dir, file));
+  const record = await loadModelFilesFromDisk(page, paths, 120_000, `the ${name} fixture to load`);
   assert.equal(record.error, null, `loading ${name} failed: ${JSON.stringify(record.error)}`);
   assert.equal(record.info.architecture, name);
 }

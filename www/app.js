@@ -150,6 +150,8 @@ const state = {
   validation: null,
   // The automatic "before" evaluation: its promise while it runs, and its latest result.
   autoEval: null,
+  // The pending checkpoint-info request after a model load (see refreshCheckpoint), or null.
+  checkpointRefresh: null,
   baseline: null,
   finetunes: [],
   activeFinetune: null,
@@ -343,7 +345,7 @@ async function train(config = {}) {
     return run;
   };
   if (state.activeRun) return refuse({ code: "train.busy", message: "A run is already in progress; cancel it or wait for it to finish." });
-  if (state.autoEval) await settleAuto();
+  if (state.autoEval || state.checkpointRefresh) await settleAuto();
   const refusal = refusalFor("train");
   if (refusal) return refuse(refusal);
 
@@ -445,7 +447,12 @@ function resume() {
  */
 async function refreshCheckpoint() {
   const model = state.model;
-  const outcome = model ? await client.checkpointInfo().result : { result: null };
+  // A background request: operations started meanwhile wait for it (settleAuto) instead of
+  // finding the worker busy.
+  const pending = model ? client.checkpointInfo().result : Promise.resolve({ result: null });
+  state.checkpointRefresh = pending;
+  const outcome = await pending;
+  if (state.checkpointRefresh === pending) state.checkpointRefresh = null;
   const meta = outcome.result ?? null;
   const fits = meta && model && meta.model?.architecture === model.architecture && meta.model?.parameters === model.parameters;
   state.checkpoint = fits ? meta : null;
@@ -489,9 +496,13 @@ function refusalFor(kind) {
     };
   }
   if (client.state !== "ready") {
+    const [code, message] = {
+      crashed: ["worker.crashed", "The worker has stopped; restart it first."],
+      busy: ["worker.busy", "The worker is finishing another request; try again in a moment."],
+    }[client.state] ?? ["worker.not_ready", "The backend is still starting; try again in a moment."];
     return {
-      code: client.state === "crashed" ? "worker.crashed" : "worker.not_ready",
-      message: client.state === "crashed" ? "The worker has stopped; restart it first." : "The backend is still starting; try again in a moment.",
+      code,
+      message,
     };
   }
   return null;
@@ -535,7 +546,7 @@ function plainError(e, fallbackCode = "page.error") {
 async function loadModel(label, sourceSummary, prepare) {
   const record = { id: null, source: sourceSummary, status: "loading", downloads: [], info: null, timing: null, error: null };
   state.loads.push(record);
-  if (state.autoEval) await settleAuto();
+  if (state.autoEval || state.checkpointRefresh) await settleAuto();
   const refusal = refusalFor("load");
   if (refusal) {
     record.status = "error";
@@ -661,7 +672,7 @@ async function loadDefaultModel(id) {
 /** Generate from `input` (string | {text} | {ids}) with `options` (snake_case). */
 async function generate(input, options = {}) {
   const record = { id: null, input, options: { ...options }, status: "generating", tokens: [], result: null, error: null };
-  if (state.autoEval) await settleAuto();
+  if (state.autoEval || state.checkpointRefresh) await settleAuto();
   const refusal = refusalFor("generate");
   if (refusal) {
     record.status = "error";
@@ -702,7 +713,7 @@ async function generate(input, options = {}) {
 
 /** Logits of every position of `ids` under the base or the "tuned" model: {shape, data: Float32Array, error}. */
 async function logits(ids, which = "base") {
-  if (state.autoEval) await settleAuto();
+  if (state.autoEval || state.checkpointRefresh) await settleAuto();
   const refusal = refusalFor("logits");
   if (refusal) {
     alerts.show(refusal);
@@ -727,7 +738,7 @@ async function logits(ids, which = "base") {
  * loaded model's files. Resolves with {result: {summary, reference_losses, reference_grad_norms}, error}.
  */
 async function replayReference(reference, method) {
-  if (state.autoEval) await settleAuto();
+  if (state.autoEval || state.checkpointRefresh) await settleAuto();
   const refusal = refusalFor("replay");
   if (refusal) return { result: null, error: refusal };
   state.activeOp = { kind: "replay" };
@@ -740,7 +751,7 @@ async function replayReference(reference, method) {
 
 /** Run one short encoder operation (`call(client)` → {result}); resolves with {result, error}. */
 async function encoderOp(call) {
-  if (state.autoEval) await settleAuto();
+  if (state.autoEval || state.checkpointRefresh) await settleAuto();
   const refusal = refusalFor("classify");
   if (refusal) {
     alerts.show(refusal);
@@ -871,7 +882,7 @@ async function chooseAndInspect(input) {
  * right after generate() relies on it).
  */
 async function settleAuto() {
-  while (state.autoEval) await state.autoEval;
+  while (state.autoEval || state.checkpointRefresh) await (state.autoEval ?? state.checkpointRefresh);
 }
 
 /**
@@ -881,6 +892,7 @@ async function settleAuto() {
  * the job reports its own "before" anyway.
  */
 async function autoBefore(dataset, config) {
+  if (state.checkpointRefresh) await state.checkpointRefresh.catch(() => {});
   if (!state.model || state.activeOp || client.state !== "ready" || typeof client.evaluate !== "function") return;
   const op = { kind: "evaluate", auto: true };
   state.activeOp = op;
@@ -920,7 +932,7 @@ async function inspectDataset(input, config) {
   record.name = dataset.name;
   record.config = config ?? panelConfig();
   setDataset(dataset);
-  if (state.autoEval) await settleAuto();
+  if (state.autoEval || state.checkpointRefresh) await settleAuto();
   const refusal = refusalFor("inspect") ?? (state.model ? null : { code: "model.not_loaded", message: "Load a model first: the dataset is tokenised with its tokenizer." });
   if (refusal) {
     datasetPanel.note(refusal.message);
@@ -973,7 +985,7 @@ async function finetune(input, config, { resume = false } = {}) {
   record.validation = state.validation?.name ?? null;
   record.config = config ?? panelConfig();
   if (input !== null && input !== undefined) setDataset(dataset);
-  if (state.autoEval) await settleAuto();
+  if (state.autoEval || state.checkpointRefresh) await settleAuto();
   const refusal = refusalFor("train") ?? (state.model ? null : { code: "model.not_loaded", message: "Load a model first." });
   if (refusal) return fail(refusal);
 
@@ -1027,7 +1039,7 @@ async function finetune(input, config, { resume = false } = {}) {
 /** window.webtune.exportFiles: {files: {name: Uint8Array}, error}. Fetched once per fine-tuned model. */
 async function exportFiles() {
   if (state.exported) return { files: state.exported.files, error: null };
-  if (state.autoEval) await settleAuto();
+  if (state.autoEval || state.checkpointRefresh) await settleAuto();
   const refusal = refusalFor("export") ?? (state.tuned ? null : { code: "model.not_tuned", message: "Fine-tune a model first." });
   if (refusal) {
     alerts.show(refusal);

@@ -249,8 +249,15 @@ impl LlamaConfig {
         Ok(cfg)
     }
 
+    /// Without the key, transformers' defaults: 8 for Mistral (`MistralConfig`), the number of
+    /// attention heads (no grouping) for Llama and Qwen2.
     pub fn kv_heads(&self) -> usize {
-        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+        self.num_key_value_heads
+            .unwrap_or(if self.model_type == "mistral" {
+                8
+            } else {
+                self.num_attention_heads
+            })
     }
 
     pub fn head_dim(&self) -> usize {
@@ -745,6 +752,22 @@ mod tests {
         assert_eq!((c.eos_token_id, c.bos_token_id), (Some(128001), Some(1)));
         assert_eq!(c.kv_heads(), 32);
         assert_eq!(c.head_dim(), 128);
+    }
+
+    #[test]
+    fn kv_heads_default_as_transformers_does() {
+        let cfg = |v: serde_json::Value| LlamaConfig::from_json(&v).unwrap();
+        let base = json!({"num_attention_heads": 32, "hidden_size": 4096});
+        let mut mistral = base.clone();
+        mistral["model_type"] = "mistral".into();
+        assert_eq!(cfg(mistral).kv_heads(), 8);
+        let mut llama = base.clone();
+        llama["model_type"] = "llama".into();
+        assert_eq!(cfg(llama).kv_heads(), 32);
+        let mut explicit = base;
+        explicit["model_type"] = "mistral".into();
+        explicit["num_key_value_heads"] = 4.into();
+        assert_eq!(cfg(explicit).kv_heads(), 4);
     }
 
     #[test]

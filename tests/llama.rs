@@ -10,7 +10,7 @@ use webtune::models::loaded::LoadedModel;
 use webtune::Code;
 
 mod common;
-use common::{fixture, ids};
+use common::{fixture, ids, max_diff};
 
 fn tiny_files() -> ModelFiles {
     ModelFiles::from_dir(&fixture("tiny_random/llama")).expect("fixture readable")
@@ -23,20 +23,6 @@ fn load(files: ModelFiles) -> Result<LoadedModel, webtune::Error> {
 fn reference() -> Value {
     let text = std::fs::read_to_string(fixture("reference/tiny_llama.json")).expect("reference");
     serde_json::from_str(&text).expect("reference JSON")
-}
-
-fn max_diff(ours: &[Vec<f32>], theirs: &Value) -> f32 {
-    let theirs = theirs.as_array().expect("rows");
-    assert_eq!(ours.len(), theirs.len());
-    let mut max = 0f32;
-    for (row, expected) in ours.iter().zip(theirs) {
-        let expected = expected.as_array().expect("row");
-        assert_eq!(row.len(), expected.len());
-        for (a, b) in row.iter().zip(expected) {
-            max = max.max((a - b.as_f64().expect("float") as f32).abs());
-        }
-    }
-    max
 }
 
 #[test]

@@ -15,7 +15,7 @@ use webtune::models::{CausalLm, KvCache};
 use webtune::train::finetune::{evaluate_loss, finetune, FinetuneConfig, TrainableModel};
 
 mod common;
-use common::{fixture, ids};
+use common::{fixture, ids, max_diff};
 
 const MODELS: [&str; 3] = ["qwen2", "llama3_rope", "mistral_sw"];
 
@@ -28,20 +28,6 @@ fn reference(name: &str) -> Value {
     let text = std::fs::read_to_string(fixture("reference/tiny_variants.json")).expect("reference");
     let all: Value = serde_json::from_str(&text).expect("reference JSON");
     all["models"][name].clone()
-}
-
-fn max_diff(ours: &[Vec<f32>], theirs: &Value) -> f32 {
-    let theirs = theirs.as_array().expect("rows");
-    assert_eq!(ours.len(), theirs.len());
-    let mut max = 0f32;
-    for (row, expected) in ours.iter().zip(theirs) {
-        let expected = expected.as_array().expect("row");
-        assert_eq!(row.len(), expected.len());
-        for (a, b) in row.iter().zip(expected) {
-            max = max.max((a - b.as_f64().expect("float") as f32).abs());
-        }
-    }
-    max
 }
 
 fn argmax(row: &[f32]) -> u32 {

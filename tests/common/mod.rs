@@ -152,3 +152,18 @@ pub fn webtune_json(args: &[&str]) -> (bool, Value) {
     });
     (out.status.success(), value)
 }
+
+/// Largest |ours − theirs| over logits rows and a reference's JSON rows of the same shape.
+pub fn max_diff(ours: &[Vec<f32>], theirs: &Value) -> f32 {
+    let theirs = theirs.as_array().expect("rows");
+    assert_eq!(ours.len(), theirs.len());
+    let mut max = 0f32;
+    for (row, expected) in ours.iter().zip(theirs) {
+        let expected = expected.as_array().expect("row");
+        assert_eq!(row.len(), expected.len());
+        for (a, b) in row.iter().zip(expected) {
+            max = max.max((a - b.as_f64().expect("float") as f32).abs());
+        }
+    }
+    max
+}

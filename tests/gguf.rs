@@ -12,7 +12,7 @@ use webtune::models::loaded::LoadedModel;
 use webtune::Code;
 
 mod common;
-use common::fixture;
+use common::{fixture, max_diff};
 
 fn bytes(name: &str) -> Vec<u8> {
     std::fs::read(fixture(&format!("tiny_gguf/{name}"))).expect("fixture readable")
@@ -51,6 +51,21 @@ fn max_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
         .zip(b.iter().flatten())
         .map(|(x, y)| (x - y).abs())
         .fold(0f32, f32::max)
+}
+
+/// Largest logit differences of `gguf` over the reference's cases: (vs the safetensors model
+/// `st`, vs the reference's transformers logits).
+fn worst_logit_diffs(gguf: &LoadedModel, st: &LoadedModel, reference: &Value) -> (f32, f32) {
+    let mut worst_vs_st = 0f32;
+    let mut worst_vs_ref = 0f32;
+    for case in reference["cases"].as_array().unwrap() {
+        let input = ids(&case["input_ids"]);
+        let ours = pollster::block_on(gguf.logits(&input)).unwrap();
+        let theirs = pollster::block_on(st.logits(&input)).unwrap();
+        worst_vs_st = worst_vs_st.max(max_abs_diff(&ours, &theirs));
+        worst_vs_ref = worst_vs_ref.max(max_diff(&ours, &case["logits"]));
+    }
+    (worst_vs_st, worst_vs_ref)
 }
 
 #[test]
@@ -127,27 +142,7 @@ fn f32_gguf_is_the_safetensors_model() {
 
     // Same weights after un-permuting q/k: same logits, and the transformers reference holds.
     let reference = json("reference/tiny_llama.json");
-    let mut worst_vs_st = 0f32;
-    let mut worst_vs_ref = 0f32;
-    for case in reference["cases"].as_array().unwrap() {
-        let input = ids(&case["input_ids"]);
-        let ours = pollster::block_on(gguf.logits(&input)).unwrap();
-        let theirs = pollster::block_on(st.logits(&input)).unwrap();
-        worst_vs_st = worst_vs_st.max(max_abs_diff(&ours, &theirs));
-        let expected: Vec<Vec<f32>> = case["logits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                r.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_f64().unwrap() as f32)
-                    .collect()
-            })
-            .collect();
-        worst_vs_ref = worst_vs_ref.max(max_abs_diff(&ours, &expected));
-    }
+    let (worst_vs_st, worst_vs_ref) = worst_logit_diffs(&gguf, &st, &reference);
     eprintln!("F32 GGUF: max |logit diff| vs safetensors {worst_vs_st:e}, vs transformers {worst_vs_ref:e}");
     assert!(worst_vs_st <= 1e-6, "{worst_vs_st}");
     assert!(worst_vs_ref <= 1e-4, "{worst_vs_ref}");
@@ -198,27 +193,7 @@ fn llama3_rope_freqs_become_the_models_frequencies() {
     let gguf = load(gguf_files(name, bytes(name))).unwrap();
     let st = load(ModelFiles::from_dir(&fixture("tiny_random/llama3_rope")).unwrap()).unwrap();
     assert_eq!(gguf.info.parameters, st.info.parameters);
-    let mut worst_vs_st = 0f32;
-    let mut worst_vs_ref = 0f32;
-    for case in reference["cases"].as_array().unwrap() {
-        let input = ids(&case["input_ids"]);
-        let ours = pollster::block_on(gguf.logits(&input)).unwrap();
-        let theirs = pollster::block_on(st.logits(&input)).unwrap();
-        worst_vs_st = worst_vs_st.max(max_abs_diff(&ours, &theirs));
-        let expected: Vec<Vec<f32>> = case["logits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                r.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_f64().unwrap() as f32)
-                    .collect()
-            })
-            .collect();
-        worst_vs_ref = worst_vs_ref.max(max_abs_diff(&ours, &expected));
-    }
+    let (worst_vs_st, worst_vs_ref) = worst_logit_diffs(&gguf, &st, &reference);
     eprintln!("llama3-rope GGUF: max |logit diff| vs safetensors (llama3 config) {worst_vs_st:e}, vs transformers {worst_vs_ref:e}");
     assert!(worst_vs_st <= 1e-4, "{worst_vs_st}");
     assert!(worst_vs_ref <= 1e-4, "{worst_vs_ref}");

@@ -54,8 +54,23 @@ pub struct DeviceLimits {
 #[derive(Debug, Clone, Serialize)]
 pub struct BackendInfo {
     pub backend: BackendKind,
+    /// Threads the CPU backend computes on (its rayon pool); null on WebGPU.
+    pub cpu_threads: Option<usize>,
     pub adapter: Option<AdapterInfo>,
     pub device_limits: Option<DeviceLimits>,
+}
+
+/// Threads burn-flex's matmuls and reductions run on: the rayon pool natively and in the
+/// threaded wasm build (started by the page, see `web::threads`), one in the plain wasm build.
+pub fn cpu_threads() -> usize {
+    #[cfg(any(not(target_arch = "wasm32"), feature = "wasm-threads"))]
+    {
+        rayon::current_num_threads()
+    }
+    #[cfg(all(target_arch = "wasm32", not(feature = "wasm-threads")))]
+    {
+        1
+    }
 }
 
 /// A device ready for training (autodiff enabled) and what we know about it.
@@ -74,6 +89,7 @@ impl Backend {
             inference: Device::flex(),
             info: BackendInfo {
                 backend: BackendKind::Cpu,
+                cpu_threads: Some(cpu_threads()),
                 adapter: None,
                 device_limits: None,
             },
@@ -82,6 +98,7 @@ impl Backend {
 
     /// Create the WebGPU device once per process (burn's wgpu runtime cannot be initialised
     /// twice) and hand out clones afterwards.
+    #[cfg(feature = "webgpu")]
     pub async fn webgpu() -> Result<Self> {
         use std::sync::Mutex;
         static WGPU: Mutex<Option<Backend>> = Mutex::new(None);
@@ -104,6 +121,7 @@ impl Backend {
             device: device.autodiff(),
             info: BackendInfo {
                 backend: BackendKind::Webgpu,
+                cpu_threads: None,
                 adapter: Some(AdapterInfo {
                     name: info.name,
                     vendor: info.vendor,
@@ -122,6 +140,16 @@ impl Backend {
             *guard = Some(backend.clone());
         }
         Ok(backend)
+    }
+
+    /// Builds without the `webgpu` feature (the threaded CPU-only wasm module) have no WebGPU.
+    #[cfg(not(feature = "webgpu"))]
+    pub async fn webgpu() -> Result<Self> {
+        Err(Error::new(
+            Code::DeviceUnavailable,
+            "this build of webtune has no WebGPU backend (it is the CPU-only build); use the CPU \
+             backend, or the default build for WebGPU",
+        ))
     }
 
     pub async fn create(kind: BackendKind) -> Result<Self> {

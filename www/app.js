@@ -130,6 +130,9 @@ const initialChoice = CHOICES.includes(params.get("backend")) ? params.get("back
 const watchdogSeconds = Number(params.get("watchdog"));
 const watchdogMs = Number.isFinite(watchdogSeconds) && watchdogSeconds > 0 ? watchdogSeconds * 1000 : 60_000;
 const hubEndpoint = params.get("hub") || DEFAULT_ENDPOINT;
+// ?threads=N: threads of the CPU backend (default: all cores; 1 = the single-threaded module).
+const threadsParam = Number(params.get("threads"));
+const cpuThreads = Number.isInteger(threadsParam) && threadsParam >= 1 ? threadsParam : undefined;
 
 const statusEl = document.querySelector("[data-testid=status]");
 const alerts = createAlerts(document.getElementById("alerts"));
@@ -169,7 +172,7 @@ const ready = new Promise((resolve, reject) => {
 });
 ready.catch(() => {}); // a failed start is shown in the alert region; awaiting `ready` still rejects
 
-const client = new WorkerClient({ workerUrl: new URL("./worker.js", import.meta.url), backend: initialChoice, watchdogMs });
+const client = new WorkerClient({ workerUrl: new URL("./worker.js", import.meta.url), backend: initialChoice, watchdogMs, cpuThreads });
 
 const backendPanel = createBackendPanel(document.getElementById("backend-panel"), {
   choice: initialChoice,

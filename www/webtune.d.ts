@@ -95,6 +95,11 @@ export interface CreateOptions {
   workerUrl?: string | URL;
   /** Silence while busy before a "stalled" event (default 60000). */
   watchdogMs?: number;
+  /**
+   * Threads of the CPU backend (default navigator.hardwareConcurrency). More than one uses the
+   * threaded module and needs a cross-origin isolated page; 1 forces the single-threaded one.
+   */
+  cpuThreads?: number;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -431,6 +436,8 @@ export interface BackendInfo {
   backend: "webgpu" | "cpu";
   requested: Backend;
   reason: string;
+  /** Threads the CPU backend computes on; null on WebGPU. */
+  cpu_threads: number | null;
   adapter: { vendor: string; architecture: string; device: string; description: string; is_fallback: boolean } | null;
   limits: unknown;
   info: unknown;

@@ -309,11 +309,16 @@ export class FineTuner {
   /**
    * Start a worker and wait for its backend. Options: backend "auto" (default: WebGPU on a
    * hardware adapter, else CPU) | "webgpu" | "cpu"; workerUrl (default: worker.js next to this
-   * module); watchdogMs (silence before a "stalled" event, default 60000).
+   * module); watchdogMs (silence before a "stalled" event, default 60000); cpuThreads (threads of
+   * the CPU backend, default navigator.hardwareConcurrency; more than one needs a cross-origin
+   * isolated page, else the backend says why it runs on one).
    */
-  static async create({ backend = "auto", workerUrl = WORKER_URL, watchdogMs = 60_000 } = {}) {
+  static async create({ backend = "auto", workerUrl = WORKER_URL, watchdogMs = 60_000, cpuThreads } = {}) {
     if (!BACKENDS.includes(backend)) throw new WebtuneError("config.invalid", `backend must be one of ${BACKENDS.join(", ")}, not ${JSON.stringify(backend)}.`);
-    const client = new WorkerClient({ workerUrl: new URL(String(workerUrl), documentBase()), backend, watchdogMs });
+    if (cpuThreads !== undefined && !(Number.isInteger(cpuThreads) && cpuThreads >= 1)) {
+      throw new WebtuneError("config.invalid", `cpuThreads must be a whole number of at least 1, not ${JSON.stringify(cpuThreads)}.`);
+    }
+    const client = new WorkerClient({ workerUrl: new URL(String(workerUrl), documentBase()), backend, watchdogMs, cpuThreads });
     const tuner = new FineTuner(client);
     client.start();
     try {

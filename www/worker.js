@@ -5,9 +5,13 @@
  * Message protocol (structured-clone messages; every field name is stable API).
  *
  * page → worker
- *   {type: "init", backend: "auto" | "webgpu" | "cpu", interrupt?: SharedArrayBuffer}
+ *   {type: "init", backend: "auto" | "webgpu" | "cpu", interrupt?: SharedArrayBuffer, cpuThreads?: number}
  *       First message, exactly once per worker. One worker serves one backend choice: to switch,
- *       the page terminates this worker and starts a new one. `interrupt` (optional, needs
+ *       the page terminates this worker and starts a new one. The CPU backend runs on
+ *       `cpuThreads` threads (default: navigator.hardwareConcurrency) when the page is
+ *       cross-origin isolated and the threaded module (pkg-threads/) loads: its kernels then run
+ *       on a pool of Web Workers sharing the wasm memory. 1, no isolation, or no threaded module
+ *       gives the single-threaded module (the backend message says which and why). `interrupt` (optional, needs
  *       cross-origin isolation) is a 4-byte SharedArrayBuffer read as Int32Array: the page sets
  *       element 0 to 1 to stop the current operation and back to 0 before it starts the next one.
  *       It exists because generation on the CPU never yields to the event loop, so a "cancel"
@@ -17,7 +21,8 @@
  *       `config` is passed to wasm `Session.trainToy` as is (snake_case keys, all optional:
  *       steps, batch_size, seq_len, vocab, d_model, heads, lr, warmup, seed, ...). Messages sent
  *       before the backend is ready are queued.
- *       Test hook: `config.debug_panic` (a string) makes wasm panic on purpose instead of training.
+ *       Test hooks: `config.debug_panic` (a string) makes wasm panic on purpose instead of training;
+ *       `config.debug_panic_thread` makes a thread of the threaded CPU backend panic.
  *   {type: "load-model", id, source}
  *       Load a model, replacing the current one only if the new one loads (on error the previous
  *       model stays usable). `source` is one of
@@ -130,10 +135,15 @@
  *    adapter: {vendor, architecture, device, description, is_fallback} | null,
  *    limits: {adapter: {maxStorageBufferBindingSize, maxBufferSize, maxComputeWorkgroupStorageSize} | null,
  *             device: {max_storage_buffer_binding_size, max_buffer_size} | null} | null,
- *    info, version}   (info: wasm Session.backendInfo(); version: the wasm crate version)
+ *    info, version, cpu_threads}   (info: wasm Session.backendInfo(); version: the wasm crate
+ *    version; cpu_threads: threads of the CPU backend, null on WebGPU)
  *       Sent once, when the session is ready. `requested` is the init choice, `backend` what is
  *       used, `reason` a sentence saying why. `adapter` is the WebGPU adapter the worker probed
  *       (also reported when auto chose CPU because of it); null when none was probed or found.
+ *   {type: "thread-port", port: MessagePort}
+ *       One per thread of the threaded CPU backend, before "backend". A pool thread that panics
+ *       or traps sends {code, message, details} on its port: this worker is then blocked waiting
+ *       for that thread, so the page must treat it as a fatal error of this worker.
  *   {type: "progress", id, step, total_steps, loss, lr, tokens_per_s, elapsed_s, eta_s, memory_bytes}
  *       After every training step (memory_bytes is null when the backend cannot tell).
  *   {type: "download", id, file, url, loaded, total, cached, done, missing?}
@@ -204,6 +214,12 @@ const PKG_URL = new URL("./pkg/webtune.js", import.meta.url);
 // Passed explicitly: wasm-bindgen's `init()` only defaults to the file next to webtune.js when
 // generated with a default module path.
 const WASM_URL = new URL("./pkg/webtune_bg.wasm", import.meta.url);
+// The threaded CPU-only build (`cargo xtask build-wasm` makes both).
+const THREADS_PKG_URL = new URL("./pkg-threads/webtune.js", import.meta.url);
+const THREADS_WASM_URL = new URL("./pkg-threads/webtune_bg.wasm", import.meta.url);
+const THREAD_WORKER_URL = new URL("./thread-worker.js", import.meta.url);
+/** The pool's workers, kept referenced for the worker's lifetime. */
+const threadWorkers = [];
 
 /** The loaded wasm-bindgen module (its free functions), once "init" has loaded it. */
 let wasmModule = null;
@@ -424,22 +440,77 @@ function describeAdapter(adapter) {
   return parts.length ? parts.join(" ") : "unnamed adapter";
 }
 
-/** Decide the backend for `requested`, create the wasm session, and announce it. */
-async function initialise(requested) {
-  let wasm;
+/** Import a wasm-bindgen package and instantiate its module; sets wasmModule/wasmExports. */
+async function loadPackage(pkgUrl, wasmUrl) {
   try {
-    wasm = await import(PKG_URL.href);
-    wasmExports = await wasm.default({ module_or_path: WASM_URL });
+    const wasm = await import(pkgUrl.href);
+    wasmExports = await wasm.default({ module_or_path: wasmUrl });
     wasmModule = wasm;
+    return wasm;
   } catch (e) {
     const err = new Error(
-      `Could not load the webtune wasm module from ${PKG_URL.pathname} (${e?.message ?? e}). ` +
+      `Could not load the webtune wasm module from ${pkgUrl.pathname} (${e?.message ?? e}). ` +
         "Build it with `cargo xtask build-wasm`.",
     );
     err.code = e?.code ?? "wasm.load_failed";
     throw err;
   }
+}
 
+/**
+ * Why the threaded CPU module cannot be used here (a sentence), or null when it can: it needs
+ * SharedArrayBuffer (cross-origin isolation) and more than one thread.
+ */
+function threadsUnavailable(threads) {
+  if (threads <= 1) return "one CPU thread was asked for";
+  if (!self.crossOriginIsolated || typeof SharedArrayBuffer !== "function") {
+    return "the page is not cross-origin isolated (COOP/COEP headers), so wasm threads cannot share memory";
+  }
+  return null;
+}
+
+/**
+ * Load the threaded module and start its pool of `threads` Web Workers; resolves once every
+ * thread runs. The pool workers instantiate the same module on the same (shared) memory. The
+ * workers start first: rayon's pool build blocks until its threads run, and a browser starts no
+ * worker while its parent is blocked.
+ */
+async function loadThreadedPackage(threads) {
+  const wasm = await loadPackage(THREADS_PKG_URL, THREADS_WASM_URL);
+  if (typeof wasm.threadPoolBuild !== "function") throw new Error(`${THREADS_PKG_URL.pathname} has no thread pool`);
+  const [module, memory] = wasm.threadPoolShared();
+  const started = [];
+  for (let i = 0; i < threads; i++) {
+    const worker = new Worker(THREAD_WORKER_URL, { type: "module", name: `webtune-cpu-${i}` });
+    threadWorkers.push(worker);
+    started.push(
+      new Promise((resolve, reject) => {
+        worker.addEventListener("message", (e) => (e.data?.type === "ready" ? resolve() : reject(new Error(e.data?.message ?? "thread failed"))));
+        worker.addEventListener("error", (e) => reject(new Error(e.message || "a CPU thread's worker failed to load")));
+      }),
+    );
+    // A trap or panic on a pool thread leaves this worker blocked waiting for it, unable to
+    // report anything: the thread tells the page directly, through a port of its own.
+    const channel = new MessageChannel();
+    post({ type: "thread-port", port: channel.port1 }, [channel.port1]);
+    worker.postMessage({ pkgUrl: THREADS_PKG_URL.href, module, memory, port: channel.port2 }, [channel.port2]);
+  }
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error("the CPU threads did not start within 60 s")), 60_000);
+  });
+  try {
+    await Promise.race([Promise.all(started), timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+  // Every worker now waits for a rayon thread to run.
+  wasm.threadPoolBuild(threads);
+  return wasm;
+}
+
+/** Decide the backend for `requested`, create the wasm session, and announce it. */
+async function initialise(requested, cpuThreads) {
   const probe = requested === "cpu" ? null : await probeWebGpu();
   let backend;
   let reason;
@@ -474,6 +545,27 @@ async function initialise(requested) {
     reason = `A hardware WebGPU adapter is available (${describeAdapter(probe.adapter)}), so auto chose WebGPU.`;
   }
 
+  let wasm;
+  let threadsNote = "";
+  if (backend === "cpu") {
+    const why = threadsUnavailable(cpuThreads);
+    if (why === null) {
+      try {
+        wasm = await loadThreadedPackage(cpuThreads);
+      } catch (e) {
+        // A threaded module that is missing or whose threads do not start is no reason to fail:
+        // the single-threaded module computes the same, slower. The half-started one is dropped.
+        for (const worker of threadWorkers.splice(0)) worker.terminate();
+        wasmModule = null;
+        wasmExports = null;
+        threadsNote = ` The threaded CPU module could not be used (${e?.message ?? e}), so the CPU backend runs on one thread.`;
+      }
+    } else if (cpuThreads > 1) {
+      threadsNote = ` The CPU backend runs on one thread: ${why}.`;
+    }
+  }
+  if (wasm === undefined) wasm = await loadPackage(PKG_URL, WASM_URL);
+
   if (backend === "webgpu") {
     try {
       session = await wasm.Session.create("webgpu");
@@ -488,13 +580,17 @@ async function initialise(requested) {
   if (session === null) session = await wasm.Session.create("cpu");
 
   const info = session.backendInfo();
+  if (info?.backend === "cpu" && info.cpu_threads > 1) {
+    threadsNote = ` The CPU backend runs on ${info.cpu_threads} threads (Web Workers sharing the wasm memory).`;
+  }
   const deviceLimits = info?.device_limits ?? null;
   const adapterLimits = probe?.limits ?? null;
   post({
     type: "backend",
     backend: info?.backend ?? backend,
     requested,
-    reason,
+    reason: reason + threadsNote,
+    cpu_threads: info?.cpu_threads ?? null,
     adapter: probe?.adapter ?? null,
     limits: adapterLimits || deviceLimits ? { adapter: adapterLimits, device: deviceLimits } : null,
     info: info ?? null,
@@ -543,9 +639,16 @@ async function trainToy(id, config) {
   if (!started) return;
   const { session, op } = started;
   try {
-    const { debug_panic: debugPanic, ...toyConfig } = config ?? {};
-    // Test hook: a run that panics inside wasm on purpose, to prove crashes are survivable.
+    const { debug_panic: debugPanic, debug_panic_thread: debugPanicThread, ...toyConfig } = config ?? {};
+    // Test hooks: a run that panics inside wasm on purpose (here, or on a CPU pool thread while
+    // this worker waits for it), to prove crashes are survivable.
     if (debugPanic) wasmModule.debugPanic(String(debugPanic));
+    if (debugPanicThread) {
+      if (typeof wasmModule.debugPanicOnThread !== "function") {
+        throw coded("config.invalid", "debug_panic_thread needs the threaded CPU backend.");
+      }
+      wasmModule.debugPanicOnThread(String(debugPanicThread));
+    }
     const summary = await session.trainToy(toyConfig, (progress) => {
       post({ ...progress, type: "progress", id });
       return !stopRequested(op);
@@ -941,7 +1044,9 @@ self.addEventListener("message", (event) => {
       if (typeof SharedArrayBuffer === "function" && message.interrupt instanceof SharedArrayBuffer && message.interrupt.byteLength >= 4) {
         interrupt = new Int32Array(message.interrupt, 0, 1);
       }
-      sessionPromise = initialise(requested);
+      const hardware = Math.max(1, Math.min(16, navigator.hardwareConcurrency || 1));
+      const cpuThreads = Number.isInteger(message.cpuThreads) && message.cpuThreads >= 1 ? Math.min(message.cpuThreads, 64) : hardware;
+      sessionPromise = initialise(requested, cpuThreads);
       // Any init failure leaves the worker without a backend: fatal.
       sessionPromise.catch((e) => reportError(null, e, { fallbackCode: "device.unavailable", fatal: true }));
       return;

@@ -29,6 +29,9 @@ use crate::train::memory::{self, BatchShape, MemoryEstimate, MemoryLimits};
 use crate::train::replay::{replay, ReferenceRun};
 use crate::train::toy::{train_toy, ToyTrainConfig};
 
+#[cfg(feature = "wasm-threads")]
+pub mod threads;
+
 extern "C" {
     // cubecl registers static constructors (through `inventory`). If nothing calls
     // `__wasm_call_ctors`, wasm-ld treats the module as a "command" and re-runs every
@@ -38,9 +41,11 @@ extern "C" {
 
 #[wasm_bindgen(start)]
 fn start() {
-    // SAFETY: called exactly once, before any other export, as the linker contract requires.
+    // SAFETY: called exactly once, before any other export, as the linker contract requires
+    // (in the threaded build wasm-bindgen calls this start function on the first thread only).
     unsafe { __wasm_call_ctors() };
-    // A wasm instance has one thread: never let tokenizers try to start a rayon pool.
+    // Tokenization stays serial (the threaded build's pool is for the tensor kernels, and the
+    // plain build has no threads at all).
     tokenizers::utils::parallelism::set_parallelism(false);
     std::panic::set_hook(Box::new(|info| {
         console_error_panic_hook::hook(info);

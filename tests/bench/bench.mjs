@@ -1,11 +1,11 @@
 // Browser half of `cargo xtask bench` (not a test file): opens the page in headless chromium, a
-// fresh page per case and backend (CPU-wasm, WebGPU), drives `window.webtune` through the case and
+// fresh page per case and backend (CPU-wasm on every core, CPU-wasm on one thread, WebGPU), drives `window.webtune` through the case and
 // prints one JSON object on stdout (progress goes to stderr). Reuses tests/e2e/harness.mjs.
 //
 // Environment (set by `cargo xtask bench`):
 //   WEBTUNE_URL   the page, served with COOP/COEP/CSP
 //   CHROMIUM      chromium executable
-//   BENCH_SPEC    JSON: {backends: ["cpu", "webgpu"], timeout_ms, fallback_timeout_ms (limit per
+//   BENCH_SPEC    JSON: {backends: ["cpu", "cpu-1t", "webgpu"], timeout_ms, fallback_timeout_ms (limit per
 //                 case on a software WebGPU adapter), cases: [{name, kind, ...}]}
 //     kind "finetune": {model: {default: id} | {dir, files: [name]}, dataset: sample file name |
 //                       {path}, config: job configuration, tokens_per_step}
@@ -19,7 +19,9 @@ import path from "node:path";
 import { launchBrowser, openPage, waitForBackend, withTimeout } from "../e2e/harness.mjs";
 
 const spec = JSON.parse(process.env.BENCH_SPEC ?? "{}");
-const backends = spec.backends ?? ["cpu", "webgpu"];
+const backends = spec.backends ?? ["cpu", "cpu-1t", "webgpu"];
+/** Page parameters per bench backend: "cpu-1t" is the single-threaded CPU module. */
+const PAGE_PARAMS = { cpu: { backend: "cpu" }, "cpu-1t": { backend: "cpu", threads: 1 }, webgpu: { backend: "webgpu" } };
 const timeoutMs = spec.timeout_ms ?? 600_000;
 const say = (text) => process.stderr.write(`bench.mjs: ${text}\n`);
 
@@ -204,7 +206,8 @@ async function benchBackend(backend) {
       let handle = null;
       let timedOut = false;
       try {
-        handle = await openPage(browser, { backend, watchdog: Math.ceil(timeoutMs / 1000) + 60 });
+        const params = PAGE_PARAMS[backend] ?? { backend };
+        handle = await openPage(browser, { ...params, watchdog: Math.ceil(timeoutMs / 1000) + 60 });
         const { page } = handle;
         const message = await waitForBackend(page, 120_000);
         if (out.used === undefined) {
@@ -213,8 +216,9 @@ async function benchBackend(backend) {
           out.adapter = message.adapter ?? null;
           out.reason = message.reason ?? null;
           out.version = message.version ?? null;
+          out.cpu_threads = message.cpu_threads ?? null;
         }
-        if (message.backend !== backend) {
+        if (message.backend !== params.backend) {
           out.skipped = `asked for ${backend}, the page chose ${message.backend}: ${message.reason}`;
           return out;
         }

@@ -365,12 +365,18 @@ test("f. an invalid config shows a config.invalid alert and the page keeps worki
 });
 
 // A deliberate panic inside wasm (the worker's `debug_panic` test hook calls the wasm export
-// `debugPanic`): the instance traps, exactly as an unexpected bug would.
-const CRASH_CONFIG = { steps: 1, debug_panic: "deliberate test panic" };
+// `debugPanic`): the instance traps, exactly as an unexpected bug would. `debug_panic_thread`
+// panics on a thread of the threaded CPU backend instead, while the worker waits for it (it can
+// then report nothing itself: the thread tells the page).
+const CRASHES = [
+  { where: "in the worker", config: { steps: 1, debug_panic: "deliberate test panic" } },
+  { where: "on a CPU pool thread", config: { steps: 1, debug_panic_thread: "deliberate test panic" } },
+];
 
-test("g. a run that crashes the wasm module settles; the page offers a restart and the new worker trains", { timeout: 300_000 }, async () => {
-  await withPage("g-crash-restart", browser, { backend: "cpu" }, async ({ page, log }) => {
-    await waitForBackend(page);
+for (const { where, config: CRASH_CONFIG } of CRASHES) test(`g. a run that crashes the wasm module ${where} settles; the page offers a restart and the new worker trains`, { timeout: 300_000 }, async () => {
+  await withPage(`g-crash-restart${CRASH_CONFIG.debug_panic_thread ? "-thread" : ""}`, browser, CRASH_CONFIG.debug_panic_thread ? { backend: "cpu", threads: 2 } : { backend: "cpu" }, async ({ page, log }) => {
+    const backend = await waitForBackend(page);
+    if (CRASH_CONFIG.debug_panic_thread) assert.equal(backend.cpu_threads, 2, `the CPU backend's threads: ${backend.reason}`);
     const generation = await page.evaluate(() => window.webtune.generation);
     const run = await withTimeout(
       page.evaluate((config) => window.webtune.train(config), CRASH_CONFIG),

@@ -54,12 +54,29 @@ function maxRel(ours, theirs) {
   return worst;
 }
 
-for (const backend of ["webgpu", "cpu"]) {
-  test(`${backend}: the 20-step PyTorch/PEFT reference runs replay with PyTorch's losses and grad norms`, { timeout: 900_000 }, async () => {
+// "cpu" is the page's default CPU backend: the threaded module on every core when the page is
+// cross-origin isolated (as served here); "cpu-1t" the single-threaded module.
+const VARIANTS = [
+  { name: "webgpu", params: { backend: "webgpu" } },
+  { name: "cpu", params: { backend: "cpu" } },
+  { name: "cpu-1t", params: { backend: "cpu", threads: 1 } },
+];
+
+for (const { name: variant, params } of VARIANTS) {
+  const backend = params.backend;
+  test(`${variant}: the 20-step PyTorch/PEFT reference runs replay with PyTorch's losses and grad norms`, { timeout: 900_000 }, async () => {
     const measured = {};
-    await withPage(`parity-${backend}`, browser, { backend }, async ({ page, log }) => {
+    await withPage(`parity-${variant}`, browser, params, async ({ page, log }) => {
       const message = await waitForBackend(page);
       assert.equal(message.backend, backend);
+      if (backend === "cpu") {
+        const cores = await page.evaluate(() => navigator.hardwareConcurrency);
+        const expected = params.threads ?? cores;
+        assert.equal(message.cpu_threads, expected, `CPU threads (reason: ${message.reason})`);
+        if (expected > 1) assert.match(message.reason, new RegExp(`runs on ${expected} threads`));
+      } else {
+        assert.equal(message.cpu_threads, null);
+      }
       for (const model of MODELS) {
         await loadFixture(page, model);
         const reference = fs.readFileSync(path.join(ROOT, `tests/fixtures/reference/finetune_${model}.json`), "utf8");
@@ -81,13 +98,13 @@ for (const backend of ["webgpu", "cpu"]) {
           // The run learns: a replay that did nothing would fail here as well as above.
           assert.ok(summary.losses.at(-1) < summary.losses[0], `${model} ${method}: loss did not fall`);
           measured[`${model}_${method}`] = { loss_max_rel: loss, grad_norm_max_rel: norm, losses: summary.losses, reference: refLosses, median_step_ms: summary.median_step_ms };
-          console.log(`${backend} ${model} ${method}: losses max rel diff ${loss.toExponential(2)}, grad norms ${norm.toExponential(2)} (${summary.median_step_ms.toFixed(1)} ms/step)`);
+          console.log(`${variant} ${model} ${method}: losses max rel diff ${loss.toExponential(2)}, grad norms ${norm.toExponential(2)} (${summary.median_step_ms.toFixed(1)} ms/step)`);
           assert.ok(loss <= LOSS_RTOL, `${backend} ${model} ${method}: losses differ from PyTorch by ${loss} relative`);
           assert.ok(norm <= GRAD_NORM_RTOL, `${backend} ${model} ${method}: grad norms differ from PyTorch by ${norm} relative`);
         }
       }
       assertCleanLog(assert, log);
     });
-    writeArtifactJson(`parity-${backend}.json`, { loss_rtol: LOSS_RTOL, grad_norm_rtol: GRAD_NORM_RTOL, measured });
+    writeArtifactJson(`parity-${variant}.json`, { loss_rtol: LOSS_RTOL, grad_norm_rtol: GRAD_NORM_RTOL, measured });
   });
 }

@@ -63,6 +63,9 @@ export function createBackendPanel(section, { choice, onChoose, onRestart }) {
     name.textContent = NAMES[message.backend] ?? message.backend;
     name.dataset.backend = message.backend;
     reason.textContent = message.reason ?? "";
+    if (message.backend === "cpu" && Number.isInteger(message.cpu_threads)) {
+      fact("CPU threads", String(message.cpu_threads), "cpu-threads");
+    }
     const a = message.adapter;
     if (a) {
       fact("Adapter vendor", a.vendor || "–", "adapter-vendor");

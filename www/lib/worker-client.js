@@ -33,8 +33,10 @@ export class WorkerClient {
    * @param {URL} options.workerUrl   module URL of worker.js
    * @param {string} options.backend  "auto" | "webgpu" | "cpu"
    * @param {number} [options.watchdogMs]  silence (while starting or busy) before "stalled"
+   * @param {number} [options.cpuThreads]  CPU backend threads (default: the worker's choice,
+   *   navigator.hardwareConcurrency; 1 = the single-threaded module)
    */
-  constructor({ workerUrl, backend, watchdogMs = 60_000 }) {
+  constructor({ workerUrl, backend, watchdogMs = 60_000, cpuThreads }) {
     this.workerUrl = new URL(workerUrl, globalThis.location?.href);
     // Sources an embedder put in the URL itself stay allowed in every worker.
     this.baseConnect = this.workerUrl.searchParams.getAll("connect");
@@ -43,6 +45,7 @@ export class WorkerClient {
     /** A worker started for a load from a new origin: {worker, connect, id, source, backend}. */
     this.candidate = null;
     this.backendChoice = backend;
+    this.cpuThreads = cpuThreads;
     this.watchdogMs = watchdogMs;
     this.worker = null;
     this.generation = 0;
@@ -102,6 +105,13 @@ export class WorkerClient {
     for (const source of connect) url.searchParams.append("connect", source);
     const worker = new Worker(url, { type: "module", name });
     worker.addEventListener("message", (event) => {
+      if (event.data?.type === "thread-port") {
+        // A CPU pool thread's crash report: its worker is stuck waiting for it (see worker.js).
+        event.data.port.onmessage = ({ data }) => {
+          if (this.worker === worker) this.fail(data);
+        };
+        return;
+      }
       if (this.worker === worker) this.handleMessage(event.data);
       else if (this.candidate?.worker === worker) this.handleCandidateMessage(event.data);
     });
@@ -119,7 +129,7 @@ export class WorkerClient {
       if (this.worker !== worker && this.candidate?.worker !== worker) return;
       this.emit("error", { id: null, fatal: false, error: { code: "worker.protocol", message: "A message from the worker could not be decoded." } });
     });
-    worker.postMessage({ type: "init", backend: this.backendChoice, interrupt: this.interrupt ?? undefined });
+    worker.postMessage({ type: "init", backend: this.backendChoice, interrupt: this.interrupt ?? undefined, cpuThreads: this.cpuThreads });
     return worker;
   }
 

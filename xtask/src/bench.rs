@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 
 use crate::serve::serve_dir;
 use crate::util::{self, repo_root, CHROMIUM};
-use crate::wasm::{build_wasm, gzip_size};
+use crate::wasm::{build_wasm, gzip_size, Threads};
 use crate::{prepare_models, Profile};
 
 pub struct BenchOptions {
@@ -59,9 +59,17 @@ const PROMPT_IDS: &[u32] = &[1, 9690, 198, 2683, 359, 253, 5356, 5646];
 const PATHS: &[(&str, &str)] = &[
     ("native-cpu", "native CLI, CPU (release)"),
     ("native-wgpu", "native CLI, burn-wgpu"),
-    ("wasm-cpu", "Chromium, CPU-wasm"),
+    ("wasm-cpu", "Chromium, CPU-wasm (threads)"),
+    ("wasm-cpu-1t", "Chromium, CPU-wasm 1 thread"),
     ("wasm-webgpu", "Chromium, WebGPU"),
     ("torch", "PyTorch eager CPU"),
+];
+
+/// bench.mjs's backends and the columns they fill.
+const BROWSER_PATHS: [(&str, &str); 3] = [
+    ("cpu", "wasm-cpu"),
+    ("cpu-1t", "wasm-cpu-1t"),
+    ("webgpu", "wasm-webgpu"),
 ];
 
 /// One workload, described for every path.
@@ -405,7 +413,7 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
         );
         util::run(util::cargo().args(["build", "--release", "-p", "webtune", "--bin", "webtune"]))?;
         if options.browser {
-            build_wasm(Profile::Release)?;
+            build_wasm(Profile::Release, Threads::Required)?;
         }
         prepare_models()?;
     }
@@ -423,11 +431,16 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
             notes.push(line);
         }
     }
-    let wasm_path = root.join("www/pkg/webtune_bg.wasm");
-    let wasm = match fs::metadata(&wasm_path) {
-        Ok(m) => json!({ "raw_bytes": m.len(), "gzip_bytes": gzip_size(&wasm_path)? }),
-        Err(_) => json!(null),
+    let module_size = |dir: &str| -> Result<Value> {
+        let path = root.join("www").join(dir).join("webtune_bg.wasm");
+        Ok(match fs::metadata(&path) {
+            Ok(m) => json!({ "raw_bytes": m.len(), "gzip_bytes": gzip_size(&path)? }),
+            Err(_) => json!(null),
+        })
     };
+    let wasm = module_size("pkg")?;
+    // The threaded CPU-only module, which cross-origin isolated pages load for the CPU backend.
+    let wasm_threads = module_size("pkg-threads")?;
 
     // results[case][path] = figures (or {skipped}/{error}).
     let mut results: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
@@ -457,7 +470,7 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
     let mut browser_meta = json!(null);
     if options.browser {
         let spec = json!({
-            "backends": ["cpu", "webgpu"],
+            "backends": ["cpu", "cpu-1t", "webgpu"],
             "timeout_ms": if options.full { 1_800_000 } else { 420_000 },
             // SwiftShader: minutes per SmolLM2 step; the default run reports a timeout.
             "fallback_timeout_ms": if options.full { 1_800_000 } else { 150_000 },
@@ -469,7 +482,7 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
         });
         let server = serve_dir(&root.join("www"), SocketAddr::from(([127, 0, 0, 1], 0)))?;
         let url = format!("http://{}/", server.addr());
-        println!("xtask bench: headless Chromium at {url} (CPU-wasm, then WebGPU)");
+        println!("xtask bench: headless Chromium at {url} (CPU-wasm threaded, on one thread, then WebGPU)");
         let out = Command::new("node")
             .arg("tests/bench/bench.mjs")
             .current_dir(&root)
@@ -483,7 +496,7 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
         let stdout = String::from_utf8_lossy(&out.stdout);
         match last_json(&stdout) {
             Some(v) => {
-                for (backend, path) in [("cpu", "wasm-cpu"), ("webgpu", "wasm-webgpu")] {
+                for (backend, path) in BROWSER_PATHS {
                     let b = &v["backends"][backend];
                     for case in &selected {
                         let value = if let Some(e) = b["error"].as_str() {
@@ -505,7 +518,7 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
                     }
                 }
                 let mut meta = v.clone();
-                for backend in ["cpu", "webgpu"] {
+                for (backend, _) in BROWSER_PATHS {
                     if let Some(o) = meta["backends"][backend].as_object_mut() {
                         o.remove("cases");
                     }
@@ -516,7 +529,7 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
                 let why = format!("bench.mjs printed no JSON ({})", out.status);
                 notes.push(why.clone());
                 for case in &selected {
-                    for path in ["wasm-cpu", "wasm-webgpu"] {
+                    for (_, path) in BROWSER_PATHS {
                         results
                             .entry(case.name.clone())
                             .or_default()
@@ -575,6 +588,7 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
         "browser": browser_meta,
         "torch_python": torch_python.as_ref().ok(),
         "wasm": wasm,
+        "wasm_threads": wasm_threads,
         "cases": results,
         "targets": targets,
         "notes": notes,
@@ -599,12 +613,14 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
     println!();
     print!("{table}");
     println!();
-    if let Some(w) = wasm.as_object() {
-        println!(
-            "www/pkg/webtune_bg.wasm: {} raw, {} gzip",
-            util::megabytes(w["raw_bytes"].as_u64().unwrap_or(0)),
-            util::megabytes(w["gzip_bytes"].as_u64().unwrap_or(0))
-        );
+    for (dir, size) in [("pkg", &wasm), ("pkg-threads", &wasm_threads)] {
+        if let Some(w) = size.as_object() {
+            println!(
+                "www/{dir}/webtune_bg.wasm: {} raw, {} gzip",
+                util::megabytes(w["raw_bytes"].as_u64().unwrap_or(0)),
+                util::megabytes(w["gzip_bytes"].as_u64().unwrap_or(0))
+            );
+        }
     }
     println!("\nIssue 11 targets:");
     for t in targets.as_array().into_iter().flatten() {

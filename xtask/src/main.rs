@@ -28,8 +28,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Compile webtune to wasm and generate www/pkg (wasm-bindgen, then wasm-opt for
-    /// release), and copy the page's vendored libraries into www/vendor.
+    /// Compile webtune to wasm and generate www/pkg (WebGPU + single-threaded CPU) and
+    /// www/pkg-threads (multi-threaded CPU, nightly Rust) with wasm-bindgen, then wasm-opt for
+    /// release, and copy the page's vendored libraries into www/vendor.
     BuildWasm {
         /// Cargo profile; release also runs wasm-opt (several minutes).
         #[arg(long, value_enum, default_value_t = Profile::Release)]
@@ -147,7 +148,7 @@ fn main() -> ExitCode {
 
 fn run(task: Task) -> Result<()> {
     match task {
-        Task::BuildWasm { profile } => wasm::build_wasm(profile),
+        Task::BuildWasm { profile } => wasm::build_wasm(profile, wasm::Threads::Required),
         Task::Serve {
             port,
             host,
@@ -156,7 +157,7 @@ fn run(task: Task) -> Result<()> {
         } => {
             if !no_build {
                 // build_wasm also installs the npm packages and vendors the page's libraries.
-                wasm::build_wasm(profile)?;
+                wasm::build_wasm(profile, wasm::Threads::Optional)?;
                 prepare_models()?;
             }
             let root = util::repo_root().join("www");

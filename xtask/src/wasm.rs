@@ -1,4 +1,5 @@
-//! `cargo xtask build-wasm`: compile webtune for the browser and turn it into `www/pkg`.
+//! `cargo xtask build-wasm`: compile webtune for the browser and turn it into `www/pkg` and
+//! `www/pkg-threads`.
 
 use std::collections::hash_map::DefaultHasher;
 use std::fs;
@@ -50,21 +51,163 @@ const PIPELINE_VERSION: u32 = 2;
 /// The generated files the page imports; all must exist to skip regeneration.
 const PKG_OUTPUTS: &[&str] = &["webtune.js", "webtune_bg.wasm", "webtune.d.ts"];
 
-/// Builds `www/pkg` (and `www/vendor`) for `profile`.
-pub fn build_wasm(profile: Profile) -> Result<()> {
+/// The nightly toolchain the threaded module is built with (`-Z build-std`).
+pub const THREADS_TOOLCHAIN: &str = "nightly";
+
+/// Linear memory the threaded module may grow to. Shared memory needs a declared maximum
+/// (rustc's default is 1 GiB, too small to fine-tune SmolLM2); 4 GiB is all wasm32 can address.
+const THREADS_MAX_MEMORY: u64 = 4 << 30;
+
+/// One of the two wasm packages the page can load.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Package {
+    /// `www/pkg`: WebGPU and the single-threaded CPU backend; stable Rust; every browser.
+    Main,
+    /// `www/pkg-threads`: the CPU backend only, its kernels on a rayon pool of Web Workers over
+    /// shared memory (needs a cross-origin isolated page); nightly Rust with `+atomics`.
+    Threads,
+}
+
+impl Package {
+    fn dir_name(self) -> &'static str {
+        match self {
+            Package::Main => "pkg",
+            Package::Threads => "pkg-threads",
+        }
+    }
+}
+
+/// What to do when the threaded module cannot be built.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Threads {
+    /// Fail (tests and benchmarks measure it).
+    Required,
+    /// Warn and go on without it: the page then runs the CPU backend on one thread.
+    Optional,
+}
+
+/// Builds `www/pkg`, `www/pkg-threads` (and `www/vendor`) for `profile`.
+pub fn build_wasm(profile: Profile, threads: Threads) -> Result<()> {
     let root = repo_root();
     util::ensure_wasm_target()?;
     util::ensure_npm_deps()?;
     check_wasm_bindgen_lock(&root.join("Cargo.lock"))?;
-
-    let mut cmd = util::cargo();
-    cmd.args(["build", "--lib", "-p", "webtune", "--target", WASM_TARGET]);
-    if profile == Profile::Release {
-        cmd.arg("--release");
+    build_package(profile, Package::Main)?;
+    let threaded =
+        ensure_threads_toolchain().and_then(|()| build_package(profile, Package::Threads));
+    if let Err(err) = threaded {
+        if threads == Threads::Required {
+            return Err(err);
+        }
+        println!(
+            "xtask: warning: the threaded CPU module could not be built ({err:#}); the page's CPU \
+             backend will run on one thread"
+        );
+        // An older build would no longer match this one.
+        let stale = root.join("www").join(Package::Threads.dir_name());
+        if stale.exists() {
+            fs::remove_dir_all(&stale)
+                .with_context(|| format!("cannot remove {}", stale.display()))?;
+        }
     }
+    vendor_js()
+}
+
+/// Installs the nightly toolchain and its standard library sources where missing (rustup).
+fn ensure_threads_toolchain() -> Result<()> {
+    let has_src = Command::new("rustup")
+        .args([
+            "component",
+            "list",
+            "--installed",
+            "--toolchain",
+            THREADS_TOOLCHAIN,
+        ])
+        .output()
+        .is_ok_and(|out| {
+            out.status.success()
+                && String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .any(|l| l.trim().starts_with("rust-src"))
+        });
+    if has_src {
+        return Ok(());
+    }
+    println!(
+        "xtask: installing the {THREADS_TOOLCHAIN} toolchain with rust-src (the threaded wasm \
+         module rebuilds the standard library with atomics)"
+    );
+    util::run(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        THREADS_TOOLCHAIN,
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src",
+    ]))
+    .context("the threaded wasm module needs rustup's nightly toolchain with rust-src")
+}
+
+/// The cargo command that compiles `package`, and the target dir it writes to.
+fn cargo_build(profile: Profile, package: Package) -> Result<(Command, PathBuf)> {
+    let target_dir = util::target_dir()?;
+    match package {
+        Package::Main => {
+            let mut cmd = util::cargo();
+            cmd.args(["build", "--lib", "-p", "webtune", "--target", WASM_TARGET]);
+            if profile == Profile::Release {
+                cmd.arg("--release");
+            }
+            Ok((cmd, target_dir))
+        }
+        Package::Threads => {
+            // Its own target dir: other rustflags and a rebuilt std would otherwise evict the
+            // main build's artifacts on every switch.
+            let dir = target_dir.join("wasm-threads");
+            // The rustup proxy with `+nightly`, not `$CARGO` (xtask's stable cargo).
+            let mut cmd = Command::new("cargo");
+            cmd.arg(format!("+{THREADS_TOOLCHAIN}"))
+                .args(["build", "--lib", "-p", "webtune", "--target", WASM_TARGET])
+                .args(["--no-default-features", "--features", "wasm-threads"])
+                // std itself must be compiled with atomics for its locks to work across threads.
+                .args(["-Z", "build-std=std,panic_abort"])
+                // A panic aborts in wasm anyway; build-std has no unwinding runtime for it.
+                .args(["--config", "profile.release.panic=\"abort\""])
+                .args(["--config", "profile.dev.panic=\"abort\""])
+                .arg("--target-dir")
+                .arg(&dir)
+                // wasm-bindgen's thread support wants the memory imported and shared, and the
+                // TLS symbols exported; rustc does not ask wasm-ld for them by itself.
+                .env(
+                    "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS",
+                    format!(
+                        "-C target-feature=+atomics,+bulk-memory,+mutable-globals,+simd128 \
+                         -C link-arg=--shared-memory -C link-arg=--import-memory \
+                         -C link-arg=--max-memory={THREADS_MAX_MEMORY} \
+                         -C link-arg=--export=__wasm_init_tls -C link-arg=--export=__tls_size \
+                         -C link-arg=--export=__tls_align -C link-arg=--export=__tls_base"
+                    ),
+                )
+                .current_dir(repo_root())
+                // Set by rustup for xtask's own (stable) toolchain; `+nightly` must win.
+                .env_remove("RUSTUP_TOOLCHAIN");
+            if profile == Profile::Release {
+                cmd.arg("--release");
+            }
+            Ok((cmd, dir))
+        }
+    }
+}
+
+/// Compiles `package` and turns it into `www/<package>` (wasm-bindgen, then wasm-opt for
+/// release), skipping what is up to date.
+fn build_package(profile: Profile, package: Package) -> Result<()> {
+    let root = repo_root();
+    let (mut cmd, target_dir) = cargo_build(profile, package)?;
     util::run(&mut cmd)?;
 
-    let raw_path = util::target_dir()?
+    let raw_path = target_dir
         .join(WASM_TARGET)
         .join(profile.cargo_dir())
         .join("webtune.wasm");
@@ -72,7 +215,7 @@ pub fn build_wasm(profile: Profile) -> Result<()> {
     check_raw_module(&raw)
         .with_context(|| format!("{} failed the pre-bindgen checks", raw_path.display()))?;
 
-    let pkg = root.join("www/pkg");
+    let pkg = root.join("www").join(package.dir_name());
     let optimise = profile == Profile::Release;
     let stamp_path = pkg.join(".build-stamp");
     let stamp = build_stamp(&raw, profile, optimise);
@@ -82,17 +225,22 @@ pub fn build_wasm(profile: Profile) -> Result<()> {
     // target dir then skips wasm-opt, which takes minutes.
     let cache = util::target_dir()?
         .join("webtune-pkg")
-        .join(profile.cargo_dir());
+        .join(profile.cargo_dir())
+        .join(package.dir_name());
     let holds_stamp = |dir: &Path| {
         fs::read_to_string(dir.join(".build-stamp")).is_ok_and(|old| old == stamp)
             && PKG_OUTPUTS.iter().all(|name| dir.join(name).is_file())
     };
     if holds_stamp(&pkg) {
-        println!("xtask: webtune.wasm unchanged, www/pkg is up to date");
+        println!(
+            "xtask: webtune.wasm unchanged, www/{} is up to date",
+            package.dir_name()
+        );
         println!("  cargo output   {}", megabytes(raw.len() as u64));
     } else if holds_stamp(&cache) {
         println!(
-            "xtask: webtune.wasm unchanged, restoring www/pkg from {}",
+            "xtask: webtune.wasm unchanged, restoring www/{} from {}",
+            package.dir_name(),
             cache.display()
         );
         if pkg.exists() {
@@ -132,12 +280,12 @@ pub fn build_wasm(profile: Profile) -> Result<()> {
         copy_dir(&pkg, &cache)?;
     }
     println!(
-        "  www/pkg/webtune_bg.wasm {} ({} gzipped)",
+        "  www/{}/webtune_bg.wasm {} ({} gzipped)",
+        package.dir_name(),
         megabytes(file_size(&final_wasm)?),
         megabytes(gzip_size(&final_wasm)?)
     );
-
-    vendor_js()
+    Ok(())
 }
 
 /// Copies the page's third-party libraries from `node_modules` into `www/vendor`, so

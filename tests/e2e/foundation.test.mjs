@@ -112,6 +112,11 @@ function native() {
   return nativeSummary;
 }
 
+/** Compute workers (worker.js) the page started; the threaded CPU backend's pool workers aside. */
+function computeWorkers(log) {
+  return log.workers.filter((url) => new URL(url).pathname.endsWith("/worker.js")).length;
+}
+
 test("a. the page loads and auto picks a backend (CPU when only a fallback WebGPU adapter exists)", { timeout: 150_000 }, async () => {
   await withPage("a-auto-backend", browser, { backend: "auto" }, async ({ page, log }) => {
     const message = await waitForBackend(page);
@@ -159,11 +164,17 @@ test("a. the page loads and auto picks a backend (CPU when only a fallback WebGP
     assert.equal(await page.getByTestId("error").count(), 0, "no alerts");
 
     // The page is cross-origin isolated and fetched the wasm module (from the worker) and uPlot,
-    // all from its own origin.
+    // all from its own origin. Being isolated, its CPU backend is the threaded module, with one
+    // pool worker per thread besides the compute worker; WebGPU is in the main module.
     assert.equal(await page.evaluate(() => self.crossOriginIsolated), true, "the page is cross-origin isolated");
-    assert.ok(log.requests.some((r) => r.url.endsWith("/pkg/webtune_bg.wasm")), "the worker fetched webtune_bg.wasm");
+    const cores = await page.evaluate(() => navigator.hardwareConcurrency);
+    const threaded = message.backend === "cpu" && cores > 1;
+    assert.equal(message.cpu_threads, message.backend === "cpu" ? cores : null);
+    const module = threaded ? "/pkg-threads/webtune_bg.wasm" : "/pkg/webtune_bg.wasm";
+    assert.ok(log.requests.some((r) => r.url.endsWith(module)), `the worker fetched ${module}`);
     assert.ok(log.requests.some((r) => r.url.endsWith("/vendor/uplot/uPlot.esm.js")), "uPlot was loaded");
-    assert.equal(log.workers.length, 1, "one worker");
+    assert.equal(computeWorkers(log), 1, "one compute worker");
+    assert.equal(log.workers.length - 1, threaded ? cores : 0, "a pool worker per CPU thread");
     assertSameOrigin(log);
     assertCleanLog(assert, log);
   });
@@ -185,7 +196,7 @@ test("a2. switching backend replaces the worker", { timeout: 150_000 }, async ()
     assert.equal(await page.evaluate(() => window.webtune.generation), generation + 1, "a new worker was started");
     assert.match(page.url(), /[?&]backend=cpu\b/, "the URL remembers the choice");
     assert.equal((await page.getByTestId("backend-name").textContent()).trim(), "CPU");
-    assert.equal(log.workers.length, 2, "two workers were created over the page's life");
+    assert.equal(computeWorkers(log), 2, "two compute workers were created over the page's life");
     assertCleanLog(assert, log);
   });
 });
@@ -316,7 +327,7 @@ test("d. cancel stops a long CPU run and the worker stays usable", { timeout: 30
     assert.equal(second.summary.cancelled, false);
     assert.equal(second.summary.steps, 30);
     assert.equal(await page.evaluate(() => window.webtune.generation), generation, "still the same worker");
-    assert.equal(log.workers.length, 1, "no new worker was started");
+    assert.equal(computeWorkers(log), 1, "no new worker was started");
     assertCleanLog(assert, log);
   });
 });

@@ -11,9 +11,10 @@
  *       `cpuThreads` threads (default: navigator.hardwareConcurrency) when the page is
  *       cross-origin isolated and the threaded module (pkg-threads/) loads: its kernels then run
  *       on a pool of Web Workers sharing the wasm memory. 1, no isolation, or no threaded module
- *       gives the single-threaded module (the backend message says which and why). `interrupt` (optional, needs
- *       cross-origin isolation) is a 4-byte SharedArrayBuffer read as Int32Array: the page sets
- *       element 0 to 1 to stop the current operation and back to 0 before it starts the next one.
+ *       gives the single-threaded module (the backend message says which and why).
+ *       `interrupt` (optional, needs cross-origin isolation) is a 4-byte SharedArrayBuffer read
+ *       as Int32Array: the page sets element 0 to 1 to stop the current operation and back to 0
+ *       before it starts the next one.
  *       It exists because generation on the CPU never yields to the event loop, so a "cancel"
  *       message would only be read after the generation ended; the flag is read at every token.
  *   {type: "train-toy", id, config}

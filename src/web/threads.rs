@@ -64,12 +64,6 @@ pub fn thread_pool_build(threads: usize) -> Result<(), JsValue> {
         .map_err(|e| JsValue::from_str(&format!("could not start the thread pool: {e}")))
 }
 
-/// Threads in the pool (1 before it is built).
-#[wasm_bindgen(js_name = threadCount)]
-pub fn thread_count() -> usize {
-    rayon::current_num_threads()
-}
-
 /// Test hook: panic on a pool thread while this thread waits for it, as a bug in a parallel
 /// kernel would (browser tests prove the page reports it and can restart).
 #[wasm_bindgen(js_name = debugPanicOnThread)]

@@ -1,12 +1,13 @@
 // Browser half of `cargo xtask bench` (not a test file): opens the page in headless chromium, a
-// fresh page per case and backend (CPU-wasm on every core, CPU-wasm on one thread, WebGPU), drives `window.webtune` through the case and
-// prints one JSON object on stdout (progress goes to stderr). Reuses tests/e2e/harness.mjs.
+// fresh page per case and backend (CPU-wasm on every core, CPU-wasm on one thread, WebGPU),
+// drives `window.webtune` through the case and prints one JSON object on stdout (progress goes to
+// stderr). Reuses tests/e2e/harness.mjs.
 //
 // Environment (set by `cargo xtask bench`):
 //   WEBTUNE_URL   the page, served with COOP/COEP/CSP
 //   CHROMIUM      chromium executable
-//   BENCH_SPEC    JSON: {backends: ["cpu", "cpu-1t", "webgpu"], timeout_ms, fallback_timeout_ms (limit per
-//                 case on a software WebGPU adapter), cases: [{name, kind, ...}]}
+//   BENCH_SPEC    JSON: {backends: ["cpu", "cpu-1t", "webgpu"], timeout_ms, fallback_timeout_ms
+//                 (limit per case on a software WebGPU adapter), cases: [{name, kind, ...}]}
 //     kind "finetune": {model: {default: id} | {dir, files: [name]}, dataset: sample file name |
 //                       {path}, config: job configuration, tokens_per_step}
 //     kind "generate": {model, ids, max_new_tokens, use_cache}

@@ -216,10 +216,8 @@ fn ensure_cargo_fuzz() -> Result<()> {
 /// `cargo +nightly fuzz <subcommand>` with the options every call must share: cargo-fuzz
 /// rebuilds when any of them differs between `build` and `run`.
 fn cargo_fuzz(subcommand: &str, fuzz_dir: &Path, target_dir: &Path, sanitizer: &str) -> Command {
-    // The rustup proxy, not `$CARGO` (the stable cargo running xtask), so `+nightly` works.
-    let mut cmd = Command::new("cargo");
-    cmd.arg("+nightly")
-        .args(["fuzz", subcommand, "--fuzz-dir"])
+    let mut cmd = util::nightly_cargo();
+    cmd.args(["fuzz", subcommand, "--fuzz-dir"])
         .arg(fuzz_dir)
         .arg("--target-dir")
         .arg(target_dir)
@@ -228,10 +226,7 @@ fn cargo_fuzz(subcommand: &str, fuzz_dir: &Path, target_dir: &Path, sanitizer: &
         .args(["--sanitizer", sanitizer])
         // webtune pulls in burn, cubecl and wgpu; one codegen unit per crate (cargo-fuzz's
         // default) makes the first build far longer for little speed in the parsers.
-        .args(["--codegen-units", "16"])
-        .current_dir(repo_root())
-        // Set by rustup for xtask's own (stable) toolchain; `+nightly` must win.
-        .env_remove("RUSTUP_TOOLCHAIN");
+        .args(["--codegen-units", "16"]);
     cmd
 }
 

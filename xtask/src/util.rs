@@ -35,6 +35,21 @@ pub fn cargo() -> Command {
     cmd
 }
 
+/// The rustup toolchain of the nightly-only work: the threaded wasm module (`-Z build-std`) and
+/// the cargo-fuzz targets.
+pub const NIGHTLY: &str = "nightly";
+
+/// A `cargo +nightly` command working in the repository root: the rustup proxy, not `$CARGO`
+/// (the stable cargo running xtask), and without the `RUSTUP_TOOLCHAIN` rustup set for xtask's
+/// own toolchain, so `+nightly` wins.
+pub fn nightly_cargo() -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.arg(format!("+{NIGHTLY}"))
+        .current_dir(repo_root())
+        .env_remove("RUSTUP_TOOLCHAIN");
+    cmd
+}
+
 /// Runs `cmd` with the terminal as its stdout/stderr so progress shows, failing on a
 /// non-zero exit status.
 pub fn run(cmd: &mut Command) -> Result<()> {

@@ -51,9 +51,6 @@ const PIPELINE_VERSION: u32 = 2;
 /// The generated files the page imports; all must exist to skip regeneration.
 const PKG_OUTPUTS: &[&str] = &["webtune.js", "webtune_bg.wasm", "webtune.d.ts"];
 
-/// The nightly toolchain the threaded module is built with (`-Z build-std`).
-pub const THREADS_TOOLCHAIN: &str = "nightly";
-
 /// Linear memory the threaded module may grow to. Shared memory needs a declared maximum
 /// (rustc's default is 1 GiB, too small to fine-tune SmolLM2); 4 GiB is all wasm32 can address.
 const THREADS_MAX_MEMORY: u64 = 4 << 30;
@@ -121,7 +118,7 @@ fn ensure_threads_toolchain() -> Result<()> {
             "list",
             "--installed",
             "--toolchain",
-            THREADS_TOOLCHAIN,
+            util::NIGHTLY,
         ])
         .output()
         .is_ok_and(|out| {
@@ -134,13 +131,14 @@ fn ensure_threads_toolchain() -> Result<()> {
         return Ok(());
     }
     println!(
-        "xtask: installing the {THREADS_TOOLCHAIN} toolchain with rust-src (the threaded wasm \
-         module rebuilds the standard library with atomics)"
+        "xtask: installing the {} toolchain with rust-src (the threaded wasm \
+         module rebuilds the standard library with atomics)",
+        util::NIGHTLY
     );
     util::run(Command::new("rustup").args([
         "toolchain",
         "install",
-        THREADS_TOOLCHAIN,
+        util::NIGHTLY,
         "--profile",
         "minimal",
         "--component",
@@ -151,53 +149,41 @@ fn ensure_threads_toolchain() -> Result<()> {
 
 /// The cargo command that compiles `package`, and the target dir it writes to.
 fn cargo_build(profile: Profile, package: Package) -> Result<(Command, PathBuf)> {
-    let target_dir = util::target_dir()?;
-    match package {
-        Package::Main => {
-            let mut cmd = util::cargo();
-            cmd.args(["build", "--lib", "-p", "webtune", "--target", WASM_TARGET]);
-            if profile == Profile::Release {
-                cmd.arg("--release");
-            }
-            Ok((cmd, target_dir))
-        }
-        Package::Threads => {
-            // Its own target dir: other rustflags and a rebuilt std would otherwise evict the
-            // main build's artifacts on every switch.
-            let dir = target_dir.join("wasm-threads");
-            // The rustup proxy with `+nightly`, not `$CARGO` (xtask's stable cargo).
-            let mut cmd = Command::new("cargo");
-            cmd.arg(format!("+{THREADS_TOOLCHAIN}"))
-                .args(["build", "--lib", "-p", "webtune", "--target", WASM_TARGET])
-                .args(["--no-default-features", "--features", "wasm-threads"])
-                // std itself must be compiled with atomics for its locks to work across threads.
-                .args(["-Z", "build-std=std,panic_abort"])
-                // A panic aborts in wasm anyway; build-std has no unwinding runtime for it.
-                .args(["--config", "profile.release.panic=\"abort\""])
-                .args(["--config", "profile.dev.panic=\"abort\""])
-                .arg("--target-dir")
-                .arg(&dir)
-                // wasm-bindgen's thread support wants the memory imported and shared, and the
-                // TLS symbols exported; rustc does not ask wasm-ld for them by itself.
-                .env(
-                    "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS",
-                    format!(
-                        "-C target-feature=+atomics,+bulk-memory,+mutable-globals,+simd128 \
-                         -C link-arg=--shared-memory -C link-arg=--import-memory \
-                         -C link-arg=--max-memory={THREADS_MAX_MEMORY} \
-                         -C link-arg=--export=__wasm_init_tls -C link-arg=--export=__tls_size \
-                         -C link-arg=--export=__tls_align -C link-arg=--export=__tls_base"
-                    ),
-                )
-                .current_dir(repo_root())
-                // Set by rustup for xtask's own (stable) toolchain; `+nightly` must win.
-                .env_remove("RUSTUP_TOOLCHAIN");
-            if profile == Profile::Release {
-                cmd.arg("--release");
-            }
-            Ok((cmd, dir))
-        }
+    let mut target_dir = util::target_dir()?;
+    let mut cmd = match package {
+        Package::Main => util::cargo(),
+        Package::Threads => util::nightly_cargo(),
+    };
+    cmd.args(["build", "--lib", "-p", "webtune", "--target", WASM_TARGET]);
+    if profile == Profile::Release {
+        cmd.arg("--release");
     }
+    if package == Package::Threads {
+        // Its own target dir: other rustflags and a rebuilt std would otherwise evict the main
+        // build's artifacts on every switch.
+        target_dir = target_dir.join("wasm-threads");
+        cmd.args(["--no-default-features", "--features", "wasm-threads"])
+            // std itself must be compiled with atomics for its locks to work across threads.
+            .args(["-Z", "build-std=std,panic_abort"])
+            // A panic aborts in wasm anyway; build-std has no unwinding runtime for it.
+            .args(["--config", "profile.release.panic=\"abort\""])
+            .args(["--config", "profile.dev.panic=\"abort\""])
+            .arg("--target-dir")
+            .arg(&target_dir)
+            // wasm-bindgen's thread support wants the memory imported and shared, and the TLS
+            // symbols exported; rustc does not ask wasm-ld for them by itself.
+            .env(
+                "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS",
+                format!(
+                    "-C target-feature=+atomics,+bulk-memory,+mutable-globals,+simd128 \
+                     -C link-arg=--shared-memory -C link-arg=--import-memory \
+                     -C link-arg=--max-memory={THREADS_MAX_MEMORY} \
+                     -C link-arg=--export=__wasm_init_tls -C link-arg=--export=__tls_size \
+                     -C link-arg=--export=__tls_align -C link-arg=--export=__tls_base"
+                ),
+            );
+    }
+    Ok((cmd, target_dir))
 }
 
 /// Compiles `package` and turns it into `www/<package>` (wasm-bindgen, then wasm-opt for

@@ -84,11 +84,27 @@ pub fn dropout<const D: usize>(x: Tensor<D>, prob: f64) -> Tensor<D> {
 /// PEFT's form instead, `x @ W_base + b + scale · (dropout(x) @ a) @ b`: burn's adapter folds the
 /// factors into the weight (`W_base + scale · a @ b`), which leaves no place to drop the branch's
 /// input. Otherwise (no adapter, no dropout, inference) it is burn's own `Linear::forward`.
+///
+/// A batch of sequences `[B, T, d]` is multiplied as one `[B·T, d]` matrix, as PyTorch does: the
+/// CPU backend otherwise runs B matrix products of T rows, each packing the whole weight again
+/// (SmolLM2 LoRA 4 × 128, native: 180 -> 190 tokens/s).
 pub fn linear_forward<const D: usize>(
     layer: &Linear,
     x: Tensor<D>,
     lora_dropout: f64,
 ) -> Tensor<D> {
+    let dims = x.dims();
+    if D > 2 && dims[..D - 2].iter().product::<usize>() > 1 {
+        let rows = dims[..D - 1].iter().product();
+        let out = linear_2d(layer, x.reshape([rows, dims[D - 1]]), lora_dropout);
+        let mut out_dims = dims;
+        out_dims[D - 1] = out.dims()[1];
+        return out.reshape(out_dims);
+    }
+    linear_2d(layer, x, lora_dropout)
+}
+
+fn linear_2d<const D: usize>(layer: &Linear, x: Tensor<D>, lora_dropout: f64) -> Tensor<D> {
     let adapter = layer.weight.adapter();
     match adapter {
         Some(lora) if lora_dropout > 0.0 && x.device().is_autodiff() => {
@@ -204,6 +220,10 @@ pub fn lm_head_logits(x: Tensor<3>, head: Tensor<2>) -> Tensor<3> {
             .matmul(x.swap_dims(1, 2))
             .swap_dims(1, 2)
     } else {
-        x.matmul(head.transpose().unsqueeze::<3>())
+        // One `[B·T, d]` product rather than B of T rows (see `linear_forward`).
+        let vocab = head.dims()[0];
+        x.reshape([b * t, d])
+            .matmul(head.transpose())
+            .reshape([b, t, vocab])
     }
 }

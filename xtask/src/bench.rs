@@ -10,6 +10,7 @@
 //! evaluation are left out of the median and spread.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -33,7 +34,34 @@ pub struct BenchOptions {
     pub torch: bool,
     /// Measure what is already built (www/pkg, target/release/webtune): no builds.
     pub no_build: bool,
+    /// Only these columns (names of [`PATHS`]); all when `None`.
+    pub paths: Option<Vec<String>>,
 }
+
+impl BenchOptions {
+    /// Whether the column `path` is measured in this run.
+    fn wants(&self, path: &str) -> bool {
+        let selected = self
+            .paths
+            .as_ref()
+            .is_none_or(|names| names.iter().any(|n| n == path));
+        selected
+            && match path {
+                "torch" => self.torch,
+                p if p.starts_with("wasm-") => self.browser,
+                _ => true,
+            }
+    }
+}
+
+/// The Vulkan driver file of the SwiftShader that Debian's Chromium ships and falls back to for
+/// WebGPU on a machine without a GPU. The native CLI can load the same driver (through the
+/// Vulkan loader next to it), which makes "browser WebGPU vs native burn-wgpu on the same
+/// adapter" measurable on such a machine.
+const SWIFTSHADER_ICD: &str = "/usr/lib/chromium/vk_swiftshader_icd.json";
+
+/// What a column left out by `--paths` shows.
+const NOT_SELECTED: &str = "not selected (--paths)";
 
 /// The case names `--cases` accepts.
 pub const CASES: &[&str] = &[
@@ -59,6 +87,7 @@ const PROMPT_IDS: &[u32] = &[1, 9690, 198, 2683, 359, 253, 5356, 5646];
 const PATHS: &[(&str, &str)] = &[
     ("native-cpu", "native CLI, CPU (release)"),
     ("native-wgpu", "native CLI, burn-wgpu"),
+    ("native-wgpu-ss", "native CLI, burn-wgpu on SwiftShader"),
     ("wasm-cpu", "Chromium, CPU-wasm (threads)"),
     ("wasm-cpu-1t", "Chromium, CPU-wasm 1 thread"),
     ("wasm-webgpu", "Chromium, WebGPU"),
@@ -383,6 +412,19 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
             }
         }
     }
+    if let Some(names) = &options.paths {
+        for n in names {
+            if !PATHS.iter().any(|(p, _)| p == n) {
+                let all: Vec<&str> = PATHS.iter().map(|(p, _)| *p).collect();
+                bail!("unknown path {n:?}; the paths are {}", all.join(", "));
+            }
+        }
+    }
+    let browser_backends: Vec<(&str, &str)> = BROWSER_PATHS
+        .into_iter()
+        .filter(|(_, path)| options.wants(path))
+        .collect();
+    let browser = !browser_backends.is_empty();
     let selected: Vec<Case> = cases(options.full)
         .into_iter()
         .filter(|c| {
@@ -394,7 +436,7 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
         .collect();
 
     // Builds first, so a missing prerequisite fails before anything is measured.
-    if options.browser {
+    if browser {
         util::ensure_wasm_target()?;
         util::ensure_chromium()?;
         util::ensure_npm_deps()?;
@@ -412,7 +454,7 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
              natively in release: ~10+ min on 2 cores)"
         );
         util::run(util::cargo().args(["build", "--release", "-p", "webtune", "--bin", "webtune"]))?;
-        if options.browser {
+        if browser {
             build_wasm(Profile::Release, Threads::Required)?;
         }
         prepare_models()?;
@@ -447,30 +489,82 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
 
     // (a) Native CLI.
     for case in &selected {
-        println!("xtask bench: native-cpu {}", case.name);
-        let value = run_native(&cli, &case.native, case, Duration::from_secs(1800));
+        let value = if options.wants("native-cpu") {
+            println!("xtask bench: native-cpu {}", case.name);
+            run_native(&cli, &case.native, &[], case, Duration::from_secs(1800))
+        } else {
+            json!({ "skipped": NOT_SELECTED })
+        };
         results
             .entry(case.name.clone())
             .or_default()
             .insert("native-cpu".into(), value);
         if let Some(extra) = &case.native_wgpu {
-            println!("xtask bench: native-wgpu {}", case.name);
-            let mut args = case.native.clone();
-            args.extend(extra.iter().cloned());
-            args.extend([s("--backend"), s("webgpu")]);
-            let value = run_native(&cli, &args, case, Duration::from_secs(900));
+            let value = if options.wants("native-wgpu") {
+                println!("xtask bench: native-wgpu {}", case.name);
+                let mut args = case.native.clone();
+                args.extend(extra.iter().cloned());
+                args.extend([s("--backend"), s("webgpu")]);
+                run_native(&cli, &args, &[], case, Duration::from_secs(900))
+            } else {
+                json!({ "skipped": NOT_SELECTED })
+            };
             results
                 .entry(case.name.clone())
                 .or_default()
                 .insert("native-wgpu".into(), value);
+            let value = if !options.wants("native-wgpu-ss") {
+                json!({ "skipped": NOT_SELECTED })
+            } else if !Path::new(SWIFTSHADER_ICD).is_file() {
+                json!({ "skipped": format!("no {SWIFTSHADER_ICD} (Debian's chromium package)") })
+            } else {
+                println!("xtask bench: native-wgpu-ss {}", case.name);
+                let mut args = case.native.clone();
+                args.extend(extra.iter().cloned());
+                args.extend([s("--backend"), s("webgpu")]);
+                let chromium_dir = Path::new(SWIFTSHADER_ICD).parent().expect("absolute path");
+                let env = [
+                    ("VK_ICD_FILENAMES", OsStr::new(SWIFTSHADER_ICD)),
+                    // Chromium's own Vulkan loader, for machines without libvulkan1.
+                    ("LD_LIBRARY_PATH", chromium_dir.as_os_str()),
+                ];
+                // As long as the browser gets for the same workload on the same adapter.
+                let timeout = Duration::from_secs(if options.full { 1800 } else { 150 });
+                let value = run_native(&cli, &args, &env, case, timeout);
+                match value["backend_info"]["adapter"]["driver"].as_str() {
+                    Some(driver) if !driver.contains("SwiftShader") => json!({
+                        "error": format!("wgpu picked another adapter ({driver}), not SwiftShader")
+                    }),
+                    _ => value,
+                }
+            };
+            results
+                .entry(case.name.clone())
+                .or_default()
+                .insert("native-wgpu-ss".into(), value);
         }
     }
 
     // (b, c) Headless Chromium, CPU-wasm and WebGPU.
     let mut browser_meta = json!(null);
-    if options.browser {
+    for (_, path) in BROWSER_PATHS {
+        if !browser_backends.iter().any(|(_, p)| *p == path) {
+            let why = if options.browser {
+                NOT_SELECTED
+            } else {
+                "--no-browser"
+            };
+            for case in &selected {
+                results
+                    .entry(case.name.clone())
+                    .or_default()
+                    .insert(path.into(), json!({ "skipped": why }));
+            }
+        }
+    }
+    if browser {
         let spec = json!({
-            "backends": ["cpu", "cpu-1t", "webgpu"],
+            "backends": browser_backends.iter().map(|(b, _)| *b).collect::<Vec<_>>(),
             "timeout_ms": if options.full { 1_800_000 } else { 420_000 },
             // SwiftShader: minutes per SmolLM2 step; the default run reports a timeout.
             "fallback_timeout_ms": if options.full { 1_800_000 } else { 150_000 },
@@ -482,7 +576,14 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
         });
         let server = serve_dir(&root.join("www"), SocketAddr::from(([127, 0, 0, 1], 0)))?;
         let url = format!("http://{}/", server.addr());
-        println!("xtask bench: headless Chromium at {url} (CPU-wasm threaded, on one thread, then WebGPU)");
+        println!(
+            "xtask bench: headless Chromium at {url} ({})",
+            browser_backends
+                .iter()
+                .map(|(_, p)| *p)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         let out = Command::new("node")
             .arg("tests/bench/bench.mjs")
             .current_dir(&root)
@@ -496,7 +597,7 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
         let stdout = String::from_utf8_lossy(&out.stdout);
         match last_json(&stdout) {
             Some(v) => {
-                for (backend, path) in BROWSER_PATHS {
+                for &(backend, path) in &browser_backends {
                     let b = &v["backends"][backend];
                     for case in &selected {
                         let value = if let Some(e) = b["error"].as_str() {
@@ -518,7 +619,7 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
                     }
                 }
                 let mut meta = v.clone();
-                for (backend, _) in BROWSER_PATHS {
+                for &(backend, _) in &browser_backends {
                     if let Some(o) = meta["backends"][backend].as_object_mut() {
                         o.remove("cases");
                     }
@@ -529,7 +630,7 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
                 let why = format!("bench.mjs printed no JSON ({})", out.status);
                 notes.push(why.clone());
                 for case in &selected {
-                    for (_, path) in BROWSER_PATHS {
+                    for &(_, path) in &browser_backends {
                         results
                             .entry(case.name.clone())
                             .or_default()
@@ -538,15 +639,17 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
                 }
             }
         }
-    } else {
+    } else if !options.browser {
         notes.push("browser paths skipped (--no-browser)".into());
     }
 
     // (d) PyTorch reference.
-    let torch_python = if options.torch {
-        find_torch_python()
-    } else {
+    let torch_python = if !options.torch {
         Err("--no-torch".into())
+    } else if !options.wants("torch") {
+        Err(NOT_SELECTED.into())
+    } else {
+        find_torch_python()
     };
     match &torch_python {
         Ok(python) => {
@@ -578,7 +681,10 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
     }
 
     add_ratios(&mut results);
-    let targets = targets(&results, &wasm);
+    let browser_on_swiftshader = browser_meta["backends"]["webgpu"]["adapter"]["architecture"]
+        .as_str()
+        .is_some_and(|a| a.eq_ignore_ascii_case("swiftshader"));
+    let targets = targets(&results, &wasm, browser_on_swiftshader);
     let table = table(&selected, &results);
     let stamp = timestamp();
     let report = json!({
@@ -767,11 +873,19 @@ fn last_json(text: &str) -> Option<Value> {
         .filter(Value::is_object)
 }
 
-fn run_native(cli: &Path, args: &[String], case: &Case, timeout: Duration) -> Value {
-    let run = match run_child(
-        Command::new(cli).args(args).current_dir(repo_root()),
-        timeout,
-    ) {
+fn run_native(
+    cli: &Path,
+    args: &[String],
+    env: &[(&str, &OsStr)],
+    case: &Case,
+    timeout: Duration,
+) -> Value {
+    let mut cmd = Command::new(cli);
+    cmd.args(args).current_dir(repo_root());
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    let run = match run_child(&mut cmd, timeout) {
         Ok(run) => run,
         Err(e) => return json!({ "error": format!("{e:#}") }),
     };
@@ -779,7 +893,13 @@ fn run_native(cli: &Path, args: &[String], case: &Case, timeout: Duration) -> Va
         return json!({ "error": format!("timed out after {} s", timeout.as_secs()) });
     }
     let out = last_json(&run.stdout);
-    let ok = run.status.is_some_and(|s| s.success());
+    // A process killed by a signal after printing its whole result crashed while exiting: the
+    // native CLI on SwiftShader's Vulkan driver does about half the time (the driver's static
+    // destructors run while its worker threads still use them; burn keeps the device for the
+    // process's lifetime). The figures stand; the crash is recorded beside them.
+    let exit_signal =
+        exit_signal(run.status).filter(|_| out.as_ref().is_some_and(|o| o.get("error").is_none()));
+    let ok = run.status.is_some_and(|s| s.success()) || exit_signal.is_some();
     if !ok {
         let message = out
             .as_ref()
@@ -857,8 +977,25 @@ fn run_native(cli: &Path, args: &[String], case: &Case, timeout: Duration) -> Va
     };
     value["peak_rss_bytes"] = json!(run.peak_rss_kb.map(|kb| kb * 1024));
     value["process_seconds"] = json!(run.seconds);
+    if let Some(signal) = exit_signal {
+        value["crashed_at_exit_signal"] = json!(signal);
+    }
     value["load_avg"] = json!(load_average());
     value
+}
+
+/// The signal that ended a process, where the platform has them.
+fn exit_signal(status: Option<std::process::ExitStatus>) -> Option<i32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        status.and_then(|s| s.signal())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = status;
+        None
+    }
 }
 
 /// The 1-minute load average: other work on the machine (a build, a test run) skews every figure,
@@ -952,10 +1089,15 @@ fn add_ratios(results: &mut BTreeMap<String, BTreeMap<String, Value>>) {
         };
         let torch = tps(paths, "torch");
         let native = tps(paths, "native-cpu");
-        let native_wgpu = tps(paths, "native-wgpu");
-        if let (Some(v), Some(r)) = (paths.get_mut("wasm-webgpu"), native_wgpu) {
-            if let Some(t) = v["tokens_per_s"].as_f64() {
-                v["vs_native_wgpu"] = json!(t / r);
+        for (native_path, key) in [
+            ("native-wgpu", "vs_native_wgpu"),
+            ("native-wgpu-ss", "vs_native_wgpu_ss"),
+        ] {
+            let native_wgpu = tps(paths, native_path);
+            if let (Some(v), Some(r)) = (paths.get_mut("wasm-webgpu"), native_wgpu) {
+                if let Some(t) = v["tokens_per_s"].as_f64() {
+                    v[key] = json!(t / r);
+                }
             }
         }
         let mbs = paths
@@ -978,7 +1120,11 @@ fn add_ratios(results: &mut BTreeMap<String, BTreeMap<String, Value>>) {
     }
 }
 
-fn targets(results: &BTreeMap<String, BTreeMap<String, Value>>, wasm: &Value) -> Value {
+fn targets(
+    results: &BTreeMap<String, BTreeMap<String, Value>>,
+    wasm: &Value,
+    browser_on_swiftshader: bool,
+) -> Value {
     let get = |case: &str, path: &str, key: &str| {
         results
             .get(case)
@@ -998,35 +1144,37 @@ fn targets(results: &BTreeMap<String, BTreeMap<String, Value>>, wasm: &Value) ->
     out.push(json!({ "target": "CPU-wasm train tokens/s ≥ 0.5× PyTorch (SmolLM2 LoRA)", "status": st, "measured": m }));
     let (st, m) = ratio(get(case, "native-cpu", "vs_torch"), 1.0, "PyTorch");
     out.push(json!({ "target": "native CPU train tokens/s ≥ 1.0× PyTorch (SmolLM2 LoRA)", "status": st, "measured": m }));
-    let webgpu = get(case, "wasm-webgpu", "tokens_per_s");
-    let native_wgpu = get(case, "native-wgpu", "tokens_per_s");
-    let (st, m) = match (webgpu, native_wgpu) {
-        (Some(a), Some(b)) => ratio(Some(a / b), 0.8, "native burn-wgpu"),
-        _ => {
-            // The toy case is the only one the CLI runs on wgpu.
-            let toy = get("toy-train", "wasm-webgpu", "tokens_per_s").zip(get(
-                "toy-train",
-                "native-wgpu",
-                "tokens_per_s",
-            ));
-            match toy {
-                Some((a, b)) => {
-                    let (st, m) = ratio(Some(a / b), 0.8, "native burn-wgpu");
-                    (st, format!("{m} (toy-train only)"))
-                }
-                None if native_wgpu.is_some() => (
-                    "not measured",
-                    "no browser WebGPU figure for the same case (timed out or failed); note the \
-                     browser's adapter (SwiftShader) and native wgpu's (e.g. llvmpipe) differ"
-                        .to_owned(),
-                ),
-                None => (
-                    "not measured",
-                    "no native wgpu adapter on this machine, or no browser WebGPU figure"
-                        .to_owned(),
-                ),
-            }
+    // The same adapter: natively the SwiftShader that Chromium fell back to, when it did (no
+    // GPU), else whatever wgpu picks (the GPU both use).
+    let (native_path, key) = if browser_on_swiftshader {
+        ("native-wgpu-ss", "vs_native_wgpu_ss")
+    } else {
+        ("native-wgpu", "vs_native_wgpu")
+    };
+    let measured: Vec<(&str, f64)> = [case, "tiny-gpt2-vocab-train", "toy-train"]
+        .into_iter()
+        .filter_map(|c| get(c, "wasm-webgpu", key).map(|r| (c, r)))
+        .collect();
+    let (st, m) = match measured.first() {
+        // The largest workload measured decides; the others are listed beside it.
+        Some(&(_, r)) => {
+            let (st, _) = ratio(Some(r), 0.8, "");
+            let list: Vec<String> = measured
+                .iter()
+                .map(|(c, r)| format!("{r:.2}× ({c})"))
+                .collect();
+            (
+                st,
+                format!("{} native burn-wgpu ({native_path})", list.join(", ")),
+            )
         }
+        None => (
+            "not measured",
+            format!(
+                "no pair of browser WebGPU and {native_path} figures for one case on this run \
+                 (timed out, failed or skipped)"
+            ),
+        ),
     };
     out.push(json!({ "target": "browser WebGPU ≥ 0.8× native burn-wgpu, same adapter", "status": st, "measured": m }));
     for path in ["wasm-cpu", "wasm-webgpu"] {
@@ -1075,6 +1223,9 @@ fn table(cases: &[Case], results: &BTreeMap<String, BTreeMap<String, Value>>) ->
         for (key, label) in PATHS {
             let Some(v) = paths.get(*key) else { continue };
             if let Some(skip) = v["skipped"].as_str() {
+                if skip == NOT_SELECTED {
+                    continue;
+                }
                 let short: String = skip.chars().take(90).collect();
                 t += &format!("| {} | {label} | skipped: {short} | | | | | |\n", case.name);
                 continue;
@@ -1107,6 +1258,14 @@ fn table(cases: &[Case], results: &BTreeMap<String, BTreeMap<String, Value>>) ->
             }
             if let Some(r) = v["vs_native_wgpu"].as_f64() {
                 notes.push(format!("{r:.2}× native wgpu"));
+            }
+            if let Some(signal) = v["crashed_at_exit_signal"].as_i64() {
+                notes.push(format!(
+                    "crashed at exit (signal {signal}) after its results"
+                ));
+            }
+            if let Some(r) = v["vs_native_wgpu_ss"].as_f64() {
+                notes.push(format!("{r:.2}× native wgpu on SwiftShader"));
             }
             if let Some(a) = v["backend_info"]["adapter"].as_object() {
                 notes.push(format!(
@@ -1219,6 +1378,134 @@ mod tests {
         let median = v["median_step_ms"].as_f64().unwrap();
         assert!((median - 100.0).abs() < 1e-6, "{median}");
         assert!((v["tokens_per_s"].as_f64().unwrap() - 1000.0).abs() < 1e-6);
+    }
+
+    fn options(paths: Option<&[&str]>, browser: bool, torch: bool) -> BenchOptions {
+        BenchOptions {
+            full: false,
+            cases: None,
+            browser,
+            torch,
+            no_build: true,
+            paths: paths.map(|p| p.iter().map(|s| s.to_string()).collect()),
+        }
+    }
+
+    #[test]
+    fn paths_select_columns_and_no_flags_still_apply() {
+        let all = options(None, true, true);
+        assert!(PATHS.iter().all(|(p, _)| all.wants(p)));
+        let some = options(Some(&["native-cpu", "wasm-cpu", "torch"]), true, true);
+        assert!(some.wants("native-cpu") && some.wants("wasm-cpu") && some.wants("torch"));
+        assert!(!some.wants("native-wgpu") && !some.wants("wasm-cpu-1t"));
+        let no_browser = options(Some(&["native-cpu", "wasm-cpu", "torch"]), false, false);
+        assert!(no_browser.wants("native-cpu"));
+        assert!(!no_browser.wants("wasm-cpu") && !no_browser.wants("torch"));
+    }
+
+    fn case_results(pairs: &[(&str, &str, f64)]) -> BTreeMap<String, BTreeMap<String, Value>> {
+        let mut results: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
+        for (case, path, tps) in pairs {
+            results
+                .entry(case.to_string())
+                .or_default()
+                .insert(path.to_string(), json!({ "tokens_per_s": tps }));
+        }
+        add_ratios(&mut results);
+        results
+    }
+
+    fn webgpu_target(targets: Value) -> (String, String) {
+        let t = targets
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["target"].as_str().unwrap().starts_with("browser WebGPU"))
+            .unwrap()
+            .clone();
+        let text = |v: &Value| v.as_str().unwrap().to_owned();
+        (text(&t["status"]), text(&t["measured"]))
+    }
+
+    #[test]
+    fn webgpu_target_compares_the_same_adapter() {
+        let results = case_results(&[
+            ("toy-train", "wasm-webgpu", 900.0),
+            ("toy-train", "native-wgpu", 9000.0),
+            ("toy-train", "native-wgpu-ss", 1000.0),
+            ("tiny-gpt2-vocab-train", "wasm-webgpu", 40.0),
+            ("tiny-gpt2-vocab-train", "native-wgpu", 400.0),
+            ("tiny-gpt2-vocab-train", "native-wgpu-ss", 80.0),
+        ]);
+        // On SwiftShader the browser is compared with native wgpu on SwiftShader, and the
+        // largest workload measured decides.
+        let (status, measured) = webgpu_target(targets(&results, &json!(null), true));
+        assert_eq!(status, "not met", "{measured}");
+        assert!(
+            measured.starts_with("0.50× (tiny-gpt2-vocab-train), 0.90× (toy-train)"),
+            "{measured}"
+        );
+        assert!(measured.contains("native-wgpu-ss"), "{measured}");
+        // With a GPU both use, the plain native wgpu column is the same adapter.
+        let (status, measured) = webgpu_target(targets(&results, &json!(null), false));
+        assert_eq!(status, "not met", "{measured}");
+        assert!(
+            measured.starts_with("0.10× (tiny-gpt2-vocab-train)"),
+            "{measured}"
+        );
+        let met = case_results(&[
+            ("toy-train", "wasm-webgpu", 900.0),
+            ("toy-train", "native-wgpu-ss", 1000.0),
+        ]);
+        assert_eq!(webgpu_target(targets(&met, &json!(null), true)).0, "met");
+        assert_eq!(
+            webgpu_target(targets(&met, &json!(null), false)).0,
+            "not measured"
+        );
+    }
+
+    fn generate_case() -> Case {
+        Case {
+            name: s("generate"),
+            group: "smollm2-generate",
+            kind: "generate",
+            tokens_per_step: None,
+            native: vec![],
+            native_wgpu: None,
+            browser: json!(null),
+            torch: None,
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_crash_after_the_result_keeps_the_figures_and_says_so() {
+        let sh = Path::new("/bin/sh");
+        let run = |script: &str| {
+            run_native(
+                sh,
+                &[s("-c"), s(script)],
+                &[],
+                &generate_case(),
+                Duration::from_secs(60),
+            )
+        };
+        let crashed =
+            run(r#"echo '{"tokens_per_s": 12.5, "generated_ids": [1, 2]}'; kill -SEGV $$"#);
+        assert_eq!(crashed["tokens_per_s"].as_f64(), Some(12.5), "{crashed}");
+        assert_eq!(
+            crashed["crashed_at_exit_signal"].as_i64(),
+            Some(11),
+            "{crashed}"
+        );
+        // Without a complete result, a crash is an error.
+        let early = run("echo starting >&2; kill -SEGV $$");
+        assert!(early["error"].is_string(), "{early}");
+        let failed = run(r#"echo '{"error": {"message": "bad model"}}'; kill -SEGV $$"#);
+        assert_eq!(failed["error"].as_str(), Some("bad model"), "{failed}");
+        let clean = run(r#"echo '{"tokens_per_s": 3.0, "generated_ids": [1]}'"#);
+        assert_eq!(clean["tokens_per_s"].as_f64(), Some(3.0), "{clean}");
+        assert!(clean.get("crashed_at_exit_signal").is_none(), "{clean}");
     }
 
     #[test]

@@ -87,6 +87,10 @@ enum Task {
         /// Measure what is already built (target/release/webtune, www/pkg, www/models).
         #[arg(long)]
         no_build: bool,
+        /// Only these columns (comma-separated): native-cpu, native-wgpu, wasm-cpu,
+        /// wasm-cpu-1t, wasm-webgpu, torch. The others show "not selected".
+        #[arg(long, value_delimiter = ',')]
+        paths: Option<Vec<String>>,
     },
     /// The long hostile-input run: tests/hostile.rs (every parser of outside bytes fed random,
     /// truncated, bit-flipped and absurd inputs) in release with many cases per property, then,
@@ -187,12 +191,14 @@ fn run(task: Task) -> Result<()> {
             no_browser,
             no_torch,
             no_build,
+            paths,
         } => bench::bench(&bench::BenchOptions {
             full,
             cases,
             browser: !no_browser,
             torch: !no_torch,
             no_build,
+            paths,
         }),
         Task::Fuzz {
             cases,

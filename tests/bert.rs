@@ -109,6 +109,16 @@ fn info_reports_an_encoder() {
         .map(|s| ints(s).iter().product::<i64>() as usize)
         .sum();
     assert_eq!(i.parameters, stored);
+    // The matrices of the linear layers (and pooler): every 2-D tensor but the embeddings.
+    let matrices: usize = r["tensors"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(name, shape)| !name.contains("embeddings") && ints(shape).len() == 2)
+        .map(|(_, s)| ints(s).iter().product::<i64>() as usize)
+        .sum();
+    assert_eq!(i.matmul_weights, matrices);
+    assert_eq!(i.attention_width, 32);
     assert!(i.labels.is_none());
 }
 

@@ -42,6 +42,11 @@ fn info_reports_the_architecture() {
     // wte + wpe + 2 blocks (2 LN, c_attn, c_proj, c_fc, c_proj) + ln_f; the LM head is tied.
     let block = 2 * 2 * 32 + (32 * 96 + 96) + (32 * 32 + 32) + (32 * 128 + 128) + (128 * 32 + 32);
     assert_eq!(i.parameters, 100 * 32 + 64 * 32 + 2 * block + 2 * 32);
+    // Every weight but the position embedding, the biases and the layer norms is multiplied by
+    // each token (the token embedding as the tied LM head).
+    let biases_and_norms = 2 * (2 * 2 * 32 + 96 + 32 + 128 + 32) + 2 * 32;
+    assert_eq!(i.matmul_weights, i.parameters - 64 * 32 - biases_and_norms);
+    assert_eq!(i.attention_width, 32);
     assert_eq!(i.dtype, vec!["F32"]);
 }
 

@@ -43,6 +43,12 @@ fn info_reports_the_architecture() {
     // embed + head (untied) + 2 blocks (2 RMSNorm, q 32→32, k/v 32→16, o, gate/up 32→64, down) + norm.
     let block = 2 * 32 + 32 * 32 + 2 * (32 * 16) + 32 * 32 + 3 * (32 * 64);
     assert_eq!(i.parameters, 2 * 100 * 32 + 2 * block + 32);
+    // Every weight but the embedding and the norms is multiplied by each token.
+    assert_eq!(
+        i.matmul_weights,
+        i.parameters - 100 * 32 - (2 * 2 * 32 + 32)
+    );
+    assert_eq!(i.attention_width, 4 * 8);
     assert_eq!(i.dtype, vec!["F32"]);
     assert_eq!(model.eos_token_id, Some(2));
 }

@@ -139,6 +139,10 @@ export interface ModelInfo {
   heads: number;
   vocab_size: number;
   max_positions: number;
+  /** Weights each token is multiplied by (linear layers and LM head): 2 FLOPs each per token. */
+  matmul_weights: number;
+  /** Heads × head dim: attention costs 4 · layers · context · attention_width FLOPs per token. */
+  attention_width: number;
   dtype: string[];
   has_tokenizer: boolean;
   /** The model ships a chat template: `generate({chat: [...]})` formats conversations with it. */

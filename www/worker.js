@@ -154,7 +154,8 @@
  *       `missing: true` when an optional file is not in the repo (HTTP 404, remembered too).
  *   {type: "model", id, info, source, timing: {download_ms, load_ms}}
  *       The model is loaded. info = wasm `Session.modelInfo()`: {architecture, parameters, layers,
- *       hidden_size, heads, vocab_size, max_positions, dtype: ["F32", ...], has_tokenizer,
+ *       hidden_size, heads, vocab_size, max_positions, matmul_weights, attention_width,
+ *       dtype: ["F32", ...], has_tokenizer,
  *       has_chat_template, chat_template_source?, chat_template_error?}.
  *       source = {kind: "files", files: [name]} or {kind: "hub", repo, revision, endpoint, base,
  *       files: [{file, url, bytes, cached, missing}], cached: bool (all from the cache),

@@ -330,6 +330,11 @@ fn run(cli: &Cli) -> Result<(), Error> {
                 println!("layers         {}", i.layers);
                 println!("hidden size    {}", i.hidden_size);
                 println!("heads          {}", i.heads);
+                println!(
+                    "matmul weights {} ({:.1}M per token, LM head included)",
+                    i.matmul_weights,
+                    i.matmul_weights as f64 / 1e6
+                );
                 println!("vocab size     {}", i.vocab_size);
                 println!("max positions  {}", i.max_positions);
                 println!("stored dtype   {}", i.dtype.join(", "));

@@ -64,6 +64,14 @@ pub struct ModelInfo {
     pub heads: usize,
     pub vocab_size: usize,
     pub max_positions: usize,
+    /// Weights each token is multiplied by in a forward pass: every linear layer, plus the LM
+    /// head (also when it is the tied embedding) and a classification head. A forward pass costs
+    /// 2 FLOPs per such weight and token, plus attention (see `attention_width`);
+    /// `cargo xtask bench` turns step times into FLOP/s with it.
+    pub matmul_weights: usize,
+    /// Width of the attention's dot products (heads × head dim): scores and the weighted sum
+    /// cost 4 · layers · context · attention_width FLOPs per token.
+    pub attention_width: usize,
     /// Dtypes of the stored weights, e.g. `["F32"]`.
     pub dtype: Vec<&'static str>,
     pub has_tokenizer: bool,
@@ -137,6 +145,7 @@ impl LoadedModel {
             "gpt2" => {
                 let cfg = Gpt2Config::from_json(&config)?;
                 let model = Gpt2::load(&cfg, &weights, device)?;
+                let d = cfg.n_embd;
                 let info = ModelInfo {
                     architecture: arch,
                     parameters: model.num_params(),
@@ -146,6 +155,10 @@ impl LoadedModel {
                     heads: cfg.n_head,
                     vocab_size: cfg.vocab_size,
                     max_positions: cfg.n_positions,
+                    // c_attn (q, k, v), c_proj, c_fc, mlp.c_proj; the LM head is wte.
+                    matmul_weights: cfg.n_layer * (4 * d * d + 2 * d * cfg.inner())
+                        + cfg.vocab_size * d,
+                    attention_width: d,
                     dtype,
                     has_tokenizer: tokenizer.is_some(),
                     chat: ChatInfo::default(),
@@ -165,6 +178,9 @@ impl LoadedModel {
             "llama" | "qwen2" | "mistral" => {
                 let cfg = LlamaConfig::from_json(&config)?;
                 let model = Llama::load(&cfg, &weights, device)?;
+                let d = cfg.hidden_size;
+                let q_width = cfg.num_attention_heads * cfg.head_dim();
+                let kv_width = cfg.kv_heads() * cfg.head_dim();
                 let info = ModelInfo {
                     architecture: arch,
                     parameters: model.num_params(),
@@ -174,6 +190,11 @@ impl LoadedModel {
                     heads: cfg.num_attention_heads,
                     vocab_size: cfg.vocab_size,
                     max_positions: cfg.max_positions(),
+                    // q, k, v, o; gate, up, down; the LM head (tied or not).
+                    matmul_weights: cfg.num_hidden_layers
+                        * (2 * d * q_width + 2 * d * kv_width + 3 * d * cfg.intermediate_size)
+                        + cfg.vocab_size * d,
+                    attention_width: q_width,
                     dtype,
                     has_tokenizer: tokenizer.is_some(),
                     chat: ChatInfo::default(),
@@ -194,6 +215,7 @@ impl LoadedModel {
                 let cfg = BertConfig::from_json(&config)?;
                 let model = Bert::load(&cfg, &weights, device)?;
                 let n = model.num_labels();
+                let d = cfg.hidden_size;
                 let labels = (n > 0).then(|| {
                     cfg.labels()
                         .filter(|l| l.len() == n)
@@ -208,6 +230,12 @@ impl LoadedModel {
                     heads: cfg.num_attention_heads,
                     vocab_size: cfg.vocab_size,
                     max_positions: cfg.max_position_embeddings,
+                    // q, k, v, attention output, intermediate, output; pooler; classifier.
+                    matmul_weights: cfg.num_hidden_layers
+                        * (4 * d * d + 2 * d * cfg.intermediate_size)
+                        + if model.has_pooler() { d * d } else { 0 }
+                        + d * n,
+                    attention_width: d,
                     dtype,
                     has_tokenizer: tokenizer.is_some(),
                     chat: ChatInfo::default(),

@@ -14,7 +14,7 @@ use std::ffi::OsStr;
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -119,6 +119,33 @@ struct Case {
     browser: Value,
     /// Arguments of tools/reference/bench_torch.py, when PyTorch has the workload.
     torch: Option<Vec<String>>,
+    /// For a fine-tuning case, what its model FLOPs per step are counted from.
+    flops: Option<TrainShape>,
+}
+
+/// A fine-tuning workload's model and sequence shape.
+struct TrainShape {
+    /// The model `webtune info --json` describes (`matmul_weights`, `layers`,
+    /// `attention_width`).
+    model: PathBuf,
+    seq_len: usize,
+    /// Full fine-tuning (weight gradients for every matrix) rather than LoRA.
+    full: bool,
+}
+
+/// Model FLOPs of one training step of `tokens` tokens, counted as is usual: 2 per weight and
+/// token for each matrix product; attention as computed (the whole T × T scores, masked after).
+/// The forward pass costs 2·W per token plus 4·L·T·A for the scores and the weighted sum; the
+/// backward pass the same again for the input gradients (frozen weights get no weight gradients
+/// under LoRA), another 2·W for the weight gradients of a full fine-tune, and twice the
+/// forward attention. LoRA's own rank-r products are left out (< 1% for r = 8).
+fn train_flops_per_step(info: &Value, shape: &TrainShape, tokens: usize) -> Option<f64> {
+    let w = info["matmul_weights"].as_f64()?;
+    let layers = info["layers"].as_f64()?;
+    let width = info["attention_width"].as_f64()?;
+    let linear = 2.0 * w * if shape.full { 3.0 } else { 2.0 };
+    let attention = 3.0 * 4.0 * layers * shape.seq_len as f64 * width;
+    Some(tokens as f64 * (linear + attention))
 }
 
 fn s(v: impl ToString) -> String {
@@ -154,6 +181,7 @@ fn cases(full: bool) -> Vec<Case> {
         native_wgpu: Some(vec![]),
         browser: json!({ "kind": "toy", "config": toy }),
         torch: None,
+        flops: None,
     });
 
     // SmolLM2-135M, LoRA r=8 on q/v, packed plain text (every row is seq_len tokens).
@@ -201,6 +229,11 @@ fn cases(full: bool) -> Vec<Case> {
             s("--steps"),
             s(steps),
         ]),
+        flops: Some(TrainShape {
+            model: smollm2.clone(),
+            seq_len: seq,
+            full: false,
+        }),
     });
 
     // Generation, with and without the KV cache.
@@ -248,6 +281,7 @@ fn cases(full: bool) -> Vec<Case> {
                 "max_new_tokens": new_tokens, "use_cache": use_cache,
             }),
             torch: Some(torch),
+            flops: None,
         });
     }
 
@@ -286,6 +320,11 @@ fn cases(full: bool) -> Vec<Case> {
             s("--steps"),
             s(steps),
         ]),
+        flops: Some(TrainShape {
+            model: gpt2_dir.clone(),
+            seq_len: seq,
+            full: false,
+        }),
     });
 
     // Reading a large dataset: parse, validate, tokenize every example for the report, split
@@ -328,6 +367,7 @@ fn cases(full: bool) -> Vec<Case> {
                 "url": format!("bench-data/{file}"), "config": data_config,
             }),
             torch: None,
+            flops: None,
         });
     }
     out
@@ -460,8 +500,25 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
         prepare_models()?;
     }
     write_bench_datasets(&selected)?;
-
     let mut notes: Vec<String> = Vec::new();
+
+    // Model FLOPs per step of the fine-tuning cases, from each model's own description.
+    let mut flops: BTreeMap<String, f64> = BTreeMap::new();
+    for case in &selected {
+        let (Some(shape), Some(tokens)) = (&case.flops, case.tokens_per_step) else {
+            continue;
+        };
+        match model_info(&cli, &shape.model) {
+            Ok(info) => match train_flops_per_step(&info, shape, tokens) {
+                Some(f) => {
+                    flops.insert(case.name.clone(), f);
+                }
+                None => notes.push(format!("no FLOP count for {}: {info}", case.name)),
+            },
+            Err(e) => notes.push(format!("no FLOP count for {}: {e:#}", case.name)),
+        }
+    }
+
     let machine = machine_info();
     if let Some(load) = load_average() {
         if load > 0.5 {
@@ -680,6 +737,7 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
         }
     }
 
+    add_flops(&mut results, &flops);
     add_ratios(&mut results);
     let browser_on_swiftshader = browser_meta["backends"]["webgpu"]["adapter"]["architecture"]
         .as_str()
@@ -696,6 +754,7 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
         "wasm": wasm,
         "wasm_threads": wasm_threads,
         "cases": results,
+        "model_flops_per_step": flops,
         "targets": targets,
         "notes": notes,
         "seconds": started.elapsed().as_secs_f64(),
@@ -1079,6 +1138,39 @@ fn run_torch(python: &str, args: &[String]) -> Value {
     }
 }
 
+/// `webtune info --json` of `model`.
+fn model_info(cli: &Path, model: &Path) -> Result<Value> {
+    let out = Command::new(cli)
+        .arg("info")
+        .arg(model)
+        .arg("--json")
+        .output()
+        .with_context(|| format!("could not start {}", cli.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    match last_json(&text) {
+        Some(v) if out.status.success() => Ok(v),
+        _ => bail!("`webtune info {}` failed: {text}", model.display()),
+    }
+}
+
+/// Achieved model FLOP/s of each path that has a median step time, for the cases with a FLOP
+/// count.
+fn add_flops(
+    results: &mut BTreeMap<String, BTreeMap<String, Value>>,
+    flops: &BTreeMap<String, f64>,
+) {
+    for (case, paths) in results.iter_mut() {
+        let Some(per_step) = flops.get(case) else {
+            continue;
+        };
+        for value in paths.values_mut() {
+            if let Some(ms) = value["median_step_ms"].as_f64().filter(|ms| *ms > 0.0) {
+                value["model_gflop_per_s"] = json!(per_step / (ms / 1e3) / 1e9);
+            }
+        }
+    }
+}
+
 /// tokens/s of each path over PyTorch's and over the native CLI's, for the same case.
 fn add_ratios(results: &mut BTreeMap<String, BTreeMap<String, Value>>) {
     for paths in results.values_mut() {
@@ -1213,8 +1305,8 @@ fn fmt_num(v: Option<f64>, digits: usize) -> String {
 
 fn table(cases: &[Case], results: &BTreeMap<String, BTreeMap<String, Value>>) -> String {
     let mut t = String::from(
-        "| case | path | median step ms (p10–p90) | first step ms | tokens/s | × PyTorch | × native | notes |\n\
-         |---|---|---|---|---|---|---|---|\n",
+        "| case | path | median step ms (p10–p90) | first step ms | tokens/s | model GFLOP/s | × PyTorch | × native | notes |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
     );
     for case in cases {
         let Some(paths) = results.get(&case.name) else {
@@ -1227,12 +1319,15 @@ fn table(cases: &[Case], results: &BTreeMap<String, BTreeMap<String, Value>>) ->
                     continue;
                 }
                 let short: String = skip.chars().take(90).collect();
-                t += &format!("| {} | {label} | skipped: {short} | | | | | |\n", case.name);
+                t += &format!(
+                    "| {} | {label} | skipped: {short} | | | | | | |\n",
+                    case.name
+                );
                 continue;
             }
             if let Some(err) = v["error"].as_str() {
                 let short: String = err.replace('\n', " ").chars().take(120).collect();
-                t += &format!("| {} | {label} | error: {short} | | | | | |\n", case.name);
+                t += &format!("| {} | {label} | error: {short} | | | | | | |\n", case.name);
                 continue;
             }
             let median = v["median_step_ms"].as_f64();
@@ -1297,10 +1392,11 @@ fn table(cases: &[Case], results: &BTreeMap<String, BTreeMap<String, Value>>) ->
                 ));
             }
             t += &format!(
-                "| {} | {label} | {step} | {} | {} | {} | {} | {} |\n",
+                "| {} | {label} | {step} | {} | {} | {} | {} | {} | {} |\n",
                 case.name,
                 fmt_num(v["first_step_ms"].as_f64(), 1),
                 fmt_num(v["tokens_per_s"].as_f64(), 1),
+                fmt_num(v["model_gflop_per_s"].as_f64(), 1),
                 fmt_num(v["vs_torch"].as_f64(), 2),
                 fmt_num(v["vs_native"].as_f64(), 2),
                 notes.join("; ")
@@ -1464,6 +1560,40 @@ mod tests {
         );
     }
 
+    #[test]
+    fn flops_count_weights_and_attention_per_token() {
+        // SmolLM2-135M as `webtune info --json` describes it.
+        let info =
+            json!({ "matmul_weights": 134_479_872u64, "layers": 30, "attention_width": 576 });
+        let shape = |seq_len, full| TrainShape {
+            model: PathBuf::new(),
+            seq_len,
+            full,
+        };
+        let lora = train_flops_per_step(&info, &shape(64, false), 64).unwrap();
+        // 4 FLOPs per weight and token (forward, input gradients) and 3 × 4·L·T·A.
+        let per_token = 4.0 * 134_479_872.0 + 12.0 * 30.0 * 64.0 * 576.0;
+        assert!((lora - 64.0 * per_token).abs() < 1.0, "{lora}");
+        // Full fine-tuning adds the weight gradients: 2 more per weight and token.
+        let full = train_flops_per_step(&info, &shape(64, true), 64).unwrap();
+        assert!((full - lora - 64.0 * 2.0 * 134_479_872.0).abs() < 1.0);
+        // Longer sequences cost more per token, in attention only.
+        let long = train_flops_per_step(&info, &shape(128, false), 64).unwrap();
+        assert!((long - lora - 64.0 * 12.0 * 30.0 * 64.0 * 576.0).abs() < 1.0);
+        assert!(train_flops_per_step(&json!({ "layers": 30 }), &shape(64, false), 64).is_none());
+
+        let mut results = case_results(&[("smollm2-lora-step", "torch", 1.0)]);
+        let paths = results.get_mut("smollm2-lora-step").unwrap();
+        paths.insert("native-cpu".into(), json!({ "median_step_ms": 500.0 }));
+        paths.insert("wasm-cpu".into(), json!({ "error": "timed out" }));
+        let flops = BTreeMap::from([("smollm2-lora-step".to_owned(), 3e9)]);
+        add_flops(&mut results, &flops);
+        let paths = &results["smollm2-lora-step"];
+        assert_eq!(paths["native-cpu"]["model_gflop_per_s"].as_f64(), Some(6.0));
+        assert!(paths["wasm-cpu"].get("model_gflop_per_s").is_none());
+        assert!(paths["torch"].get("model_gflop_per_s").is_none());
+    }
+
     fn generate_case() -> Case {
         Case {
             name: s("generate"),
@@ -1474,6 +1604,7 @@ mod tests {
             native_wgpu: None,
             browser: json!(null),
             torch: None,
+            flops: None,
         }
     }
 

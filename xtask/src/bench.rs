@@ -557,11 +557,11 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
             .or_default()
             .insert("native-cpu".into(), value);
         if let Some(extra) = &case.native_wgpu {
+            let mut args = case.native.clone();
+            args.extend(extra.iter().cloned());
+            args.extend([s("--backend"), s("webgpu")]);
             let value = if options.wants("native-wgpu") {
                 println!("xtask bench: native-wgpu {}", case.name);
-                let mut args = case.native.clone();
-                args.extend(extra.iter().cloned());
-                args.extend([s("--backend"), s("webgpu")]);
                 run_native(&cli, &args, &[], case, Duration::from_secs(900))
             } else {
                 json!({ "skipped": NOT_SELECTED })
@@ -576,16 +576,13 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
                 json!({ "skipped": format!("no {SWIFTSHADER_ICD} (Debian's chromium package)") })
             } else {
                 println!("xtask bench: native-wgpu-ss {}", case.name);
-                let mut args = case.native.clone();
-                args.extend(extra.iter().cloned());
-                args.extend([s("--backend"), s("webgpu")]);
                 let chromium_dir = Path::new(SWIFTSHADER_ICD).parent().expect("absolute path");
                 let env = [
                     ("VK_ICD_FILENAMES", OsStr::new(SWIFTSHADER_ICD)),
                     // Chromium's own Vulkan loader, for machines without libvulkan1.
                     ("LD_LIBRARY_PATH", chromium_dir.as_os_str()),
                 ];
-                // As long as the browser gets for the same workload on the same adapter.
+                // The browser's time limit for the same workload on the same adapter.
                 let timeout = Duration::from_secs(if options.full { 1800 } else { 150 });
                 let value = run_native(&cli, &args, &env, case, timeout);
                 match value["backend_info"]["adapter"]["driver"].as_str() {
@@ -1377,6 +1374,9 @@ fn table(cases: &[Case], results: &BTreeMap<String, BTreeMap<String, Value>>) ->
             }
             if let Some(b) = v["ua_memory_bytes"].as_u64() {
                 notes.push(format!("page memory after {:.0} MB", b as f64 / 1e6));
+            }
+            if v["ua_memory_skipped"].is_string() {
+                notes.push("page memory not measured (thread pool)".into());
             }
             if let Some(n) = v["spread_ms"]["n"].as_u64() {
                 notes.push(format!("{n} timed steps"));

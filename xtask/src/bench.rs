@@ -552,10 +552,7 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
         } else {
             json!({ "skipped": NOT_SELECTED })
         };
-        results
-            .entry(case.name.clone())
-            .or_default()
-            .insert("native-cpu".into(), value);
+        record(&mut results, case, "native-cpu", value);
         if let Some(extra) = &case.native_wgpu {
             let mut args = case.native.clone();
             args.extend(extra.iter().cloned());
@@ -566,10 +563,7 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
             } else {
                 json!({ "skipped": NOT_SELECTED })
             };
-            results
-                .entry(case.name.clone())
-                .or_default()
-                .insert("native-wgpu".into(), value);
+            record(&mut results, case, "native-wgpu", value);
             let value = if !options.wants("native-wgpu-ss") {
                 json!({ "skipped": NOT_SELECTED })
             } else if !Path::new(SWIFTSHADER_ICD).is_file() {
@@ -592,10 +586,7 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
                     _ => value,
                 }
             };
-            results
-                .entry(case.name.clone())
-                .or_default()
-                .insert("native-wgpu-ss".into(), value);
+            record(&mut results, case, "native-wgpu-ss", value);
         }
     }
 
@@ -609,10 +600,7 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
                 "--no-browser"
             };
             for case in &selected {
-                results
-                    .entry(case.name.clone())
-                    .or_default()
-                    .insert(path.into(), json!({ "skipped": why }));
+                record(&mut results, case, path, json!({ "skipped": why }));
             }
         }
     }
@@ -666,10 +654,7 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
                         } else {
                             value
                         };
-                        results
-                            .entry(case.name.clone())
-                            .or_default()
-                            .insert(path.into(), value);
+                        record(&mut results, case, path, value);
                     }
                 }
                 let mut meta = v.clone();
@@ -685,10 +670,7 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
                 notes.push(why.clone());
                 for case in &selected {
                     for &(_, path) in &browser_backends {
-                        results
-                            .entry(case.name.clone())
-                            .or_default()
-                            .insert(path.into(), json!({ "error": why }));
+                        record(&mut results, case, path, json!({ "error": why }));
                     }
                 }
             }
@@ -715,10 +697,7 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
                     }
                     None => json!({ "skipped": "no PyTorch version of this workload" }),
                 };
-                results
-                    .entry(case.name.clone())
-                    .or_default()
-                    .insert("torch".into(), value);
+                record(&mut results, case, "torch", value);
             }
         }
         Err(why) => {
@@ -726,10 +705,7 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
             println!("xtask bench: {line}");
             notes.push(line);
             for case in &selected {
-                results
-                    .entry(case.name.clone())
-                    .or_default()
-                    .insert("torch".into(), json!({ "skipped": why }));
+                record(&mut results, case, "torch", json!({ "skipped": why }));
             }
         }
     }
@@ -1038,6 +1014,19 @@ fn run_native(
     }
     value["load_avg"] = json!(load_average());
     value
+}
+
+/// Files `value` as `case`'s figures on `path` (a column of [`PATHS`]).
+fn record(
+    results: &mut BTreeMap<String, BTreeMap<String, Value>>,
+    case: &Case,
+    path: &str,
+    value: Value,
+) {
+    results
+        .entry(case.name.clone())
+        .or_default()
+        .insert(path.to_owned(), value);
 }
 
 /// The signal that ended a process, where the platform has them.

@@ -390,7 +390,8 @@ fn cli_generate_chat_formats_the_conversation() {
 #[test]
 fn a_job_on_a_gguf_chat_model_exports_its_template() {
     use webtune::backend::Backend;
-    use webtune::train::job::{run_job, DataSource, DatasetFile, JobConfig};
+    use webtune::train::causal_job::CausalJob;
+    use webtune::train::job::{run_job, DataSource, DatasetFile, JobConfig, JobContext};
 
     let files = gguf_with_template(TOKENS_TEMPLATE);
     let base = load(files.clone());
@@ -412,15 +413,19 @@ fn a_job_on_a_gguf_chat_model_exports_its_template() {
     )
     .unwrap();
     let out = pollster::block_on(run_job(
-        files,
-        &base,
-        &Backend::cpu(),
+        &CausalJob,
+        &JobContext {
+            files: &files,
+            base: &base,
+            backend: &Backend::cpu(),
+            config: &config,
+            base_name: "tiny-chat",
+        },
         DatasetFile {
             name: "chat.jsonl",
             source: DataSource::Bytes(rows.as_bytes()),
         },
-        &config,
-        "tiny-chat",
+        None,
         |_| true,
     ))
     .expect("the job runs");

@@ -20,6 +20,7 @@ use webtune::train::classify::{
 use webtune::train::finetune::{FinetuneConfig, Method};
 use webtune::train::lora::LoraInit;
 use webtune::train::schedule::ScheduleKind;
+use webtune::train::trainer::RunOptions;
 use webtune::Code;
 
 mod common;
@@ -173,7 +174,7 @@ fn replay(method: Method, key: &str, gradient_checkpointing: bool) {
         &b,
         &[],
         &cfg,
-        |_| true,
+        RunOptions::default(),
     ))
     .unwrap();
     let theirs = &r[key];
@@ -225,9 +226,14 @@ fn training_learns_cancels_and_refuses_non_finite_losses() {
     cfg.warmup = 0;
     cfg.max_grad_norm = 1.0;
     let mut model = prepare(&r, &config(Method::Full), &backend);
-    let s = pollster::block_on(train_classifier(&mut model, &backend, &b, &b, &cfg, |_| {
-        true
-    }))
+    let s = pollster::block_on(train_classifier(
+        &mut model,
+        &backend,
+        &b,
+        &b,
+        &cfg,
+        RunOptions::default(),
+    ))
     .unwrap();
     let (first, last) = (s.eval[0].eval, s.eval.last().unwrap().eval);
     println!("eval before {first:?}, after {last:?}");
@@ -243,7 +249,7 @@ fn training_learns_cancels_and_refuses_non_finite_losses() {
         &b,
         &[],
         &config(Method::Lora),
-        |p| p.step < 2,
+        RunOptions::default().on_step(|p| p.step < 2),
     ))
     .unwrap();
     assert_eq!((s.steps, s.cancelled), (2, true));
@@ -259,7 +265,7 @@ fn training_learns_cancels_and_refuses_non_finite_losses() {
         &b,
         &[],
         &cfg,
-        |_| true,
+        RunOptions::default(),
     ))
     .unwrap_err();
     assert_eq!(err.code, Code::NonFiniteLoss, "{err}");
@@ -290,7 +296,7 @@ fn new_head_mean_pooling_and_export() {
         &b,
         &[],
         &cfg,
-        |_| true,
+        RunOptions::default(),
     ))
     .unwrap();
     // Mean pooling is not what transformers' head computes: the export ships a modeling file
@@ -332,7 +338,7 @@ fn new_head_mean_pooling_and_export() {
         &b,
         &[],
         &cfg,
-        |_| true,
+        RunOptions::default(),
     ))
     .unwrap();
     let files = pollster::block_on(export_classifier(&model, &base_config())).unwrap();

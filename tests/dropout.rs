@@ -16,8 +16,10 @@ use webtune::io::hf::ModelFiles;
 use webtune::models::layers::dropout;
 use webtune::models::loaded::{Family, LoadedModel};
 use webtune::models::{CausalLm, KvCache};
+use webtune::train::causal::{evaluate_loss, finetune};
 use webtune::train::export::{export_adapter, merged_tensors};
-use webtune::train::finetune::{evaluate_loss, finetune, FinetuneConfig, TrainableModel};
+use webtune::train::finetune::{FinetuneConfig, TrainableModel};
+use webtune::train::trainer::RunOptions;
 use webtune::Code;
 
 mod common;
@@ -158,7 +160,7 @@ fn gpt2_dropout_applies_to_training_forwards_only() {
     // Evaluation: bit-identical with and without the dropout configuration.
     let e_plain = pollster::block_on(evaluate_loss(&plain.family, &data)).unwrap();
     let e_dropped = pollster::block_on(evaluate_loss(&dropped.family, &data)).unwrap();
-    let measured = |e: webtune::train::finetune::EvalLoss| (e.loss, e.perplexity, e.tokens);
+    let measured = |e: webtune::train::causal::EvalLoss| (e.loss, e.perplexity, e.tokens);
     assert_eq!(measured(e_plain), measured(e_dropped));
     // Inference: the merged model has its dropout off again: on the training device it gives
     // the untouched model's logits exactly, every time. (The inference device computes the same
@@ -187,7 +189,7 @@ async fn train(
 ) -> (Vec<f32>, TrainableModel) {
     let cfg = config(json);
     let mut model = TrainableModel::prepare(load(name, &backend.device), &cfg).unwrap();
-    let summary = finetune(&mut model, backend, data, &[], &cfg, |_| true)
+    let summary = finetune(&mut model, backend, data, &[], &cfg, RunOptions::default())
         .await
         .unwrap();
     (summary.losses, model)

@@ -25,12 +25,12 @@ use webtune::io::hf::ModelFiles;
 use webtune::io::safetensors::SafeTensorsFile;
 use webtune::models::loaded::{Family, LoadedModel};
 use webtune::models::{CausalLm, KvCache};
+use webtune::train::causal::{evaluate_loss, finetune, FinetuneSummary};
 use webtune::train::export::{export_adapter, export_merged, merged_tensors};
-use webtune::train::finetune::{
-    evaluate_loss, finetune, FinetuneConfig, FinetuneSummary, Method, TrainableModel,
-};
+use webtune::train::finetune::{FinetuneConfig, Method, TrainableModel};
 use webtune::train::lora::{lora_factors, parameters};
 use webtune::train::replay::{replay, ReferenceRun};
+use webtune::train::trainer::RunOptions;
 use webtune::Code;
 
 mod common;
@@ -359,10 +359,10 @@ fn non_finite_loss_stops_and_keeps_the_last_good_weights() {
         &train,
         &[],
         &nan_config(4),
-        |p| {
+        RunOptions::default().on_step(|p| {
             seen = p.step;
             true
-        },
+        }),
     ))
     .unwrap_err();
     assert_eq!(err.code, Code::NonFiniteLoss);
@@ -377,7 +377,7 @@ fn non_finite_loss_stops_and_keeps_the_last_good_weights() {
         &train,
         &[],
         &nan_config(seen),
-        |_| true,
+        RunOptions::default(),
     ))
     .unwrap();
     let ours = pollster::block_on(parameters(&model.family)).unwrap();
@@ -405,12 +405,12 @@ fn progress_can_cancel_and_reports_each_step() {
         &batches(&r),
         &eval,
         &cfg,
-        |p| {
+        RunOptions::default().on_step(|p| {
             steps.push(p.step);
             assert_eq!(p.total_steps, 50);
             assert!(p.loss.is_finite() && p.grad_norm.is_finite());
             p.step < 3
-        },
+        }),
     ))
     .unwrap();
     assert_eq!(steps, [1, 2, 3]);
@@ -464,7 +464,7 @@ fn full_finetuning_can_freeze_embeddings_and_layers() {
         &batches(&r),
         &[],
         &cfg,
-        |_| true,
+        RunOptions::default(),
     ))
     .unwrap();
     let after = pollster::block_on(parameters(&model.family)).unwrap();
@@ -494,7 +494,7 @@ fn train_and_eval_entry_points_export_loadable_files() {
             &data,
             &cfg,
             &format!("tests/fixtures/tiny_random/{name}"),
-            |_| true,
+            RunOptions::default(),
         ))
         .unwrap();
         let (before, after) = (out.before.unwrap(), out.after.unwrap());

@@ -5,7 +5,8 @@ use burn::tensor::Device;
 use webtune::backend::Backend;
 use webtune::io::hf::ModelFiles;
 use webtune::models::loaded::LoadedModel;
-use webtune::train::job::{run_job, DataSource, DatasetFile, JobConfig, JobEvent};
+use webtune::train::causal_job::CausalJob;
+use webtune::train::job::{run_job, DataSource, DatasetFile, JobConfig, JobContext, JobEvent};
 use webtune::Code;
 
 mod common;
@@ -33,19 +34,23 @@ fn config(method: &str, lr: f64, steps: usize) -> JobConfig {
 fn capitals_job(
     config: &JobConfig,
     on_event: impl FnMut(JobEvent) -> bool,
-) -> (LoadedModel, webtune::train::job::JobOutput) {
+) -> (LoadedModel, webtune::train::causal_job::JobOutput) {
     let (files, base) = model();
     let data = std::fs::read(fixture("data/capitals.jsonl")).unwrap();
     let out = pollster::block_on(run_job(
-        files,
-        &base,
-        &Backend::cpu(),
+        &CausalJob,
+        &JobContext {
+            files: &files,
+            base: &base,
+            backend: &Backend::cpu(),
+            config,
+            base_name: "tiny-gpt2-vocab",
+        },
         DatasetFile {
             name: "capitals.jsonl",
             source: DataSource::Bytes(&data),
         },
-        config,
-        "tiny-gpt2-vocab",
+        None,
         on_event,
     ))
     .expect("the job runs");
@@ -74,8 +79,11 @@ fn lora_job_lowers_held_out_loss_and_exports_a_model_that_loads() {
     let (base, out) = capitals_job(&config("lora", 0.05, 40), |event| {
         match event {
             JobEvent::Phase { phase, .. } => phases.push(phase),
-            JobEvent::Step(_) => steps += 1,
-            JobEvent::ClassStep(_) => panic!("a causal LM reports token steps"),
+            JobEvent::Step(p) => {
+                let tokens = p.tokens_per_s.is_some() && p.examples_per_s.is_none();
+                assert!(tokens, "a causal LM reports token steps");
+                steps += 1
+            }
         }
         true
     });
@@ -145,15 +153,19 @@ fn datasets_the_model_cannot_learn_from_are_refused_clearly() {
     let (files, base) = model();
     let run = |name: &str, bytes: &[u8]| {
         pollster::block_on(run_job(
-            files.clone(),
-            &base,
-            &Backend::cpu(),
+            &CausalJob,
+            &JobContext {
+                files: &files.clone(),
+                base: &base,
+                backend: &Backend::cpu(),
+                config: &config("lora", 0.01, 2),
+                base_name: "tiny",
+            },
             DatasetFile {
                 name,
                 source: DataSource::Bytes(bytes),
             },
-            &config("lora", 0.01, 2),
-            "tiny",
+            None,
             |_| true,
         ))
         .err()
@@ -172,15 +184,13 @@ fn datasets_the_model_cannot_learn_from_are_refused_clearly() {
     let mut stop = config("lora", 0.01, 2);
     stop.data.policy = serde_json::from_str("\"stop\"").unwrap();
     let err = pollster::block_on(run_job(
-        files.clone(),
-        &base,
-        &Backend::cpu(),
+        &CausalJob,
+        &JobContext { files: &files.clone(), base: &base, backend: &Backend::cpu(), config: &stop, base_name: "tiny" },
         DatasetFile {
             name: "qa.jsonl",
             source: DataSource::Bytes(b"{\"prompt\": \"a\", \"completion\": \"b\"}\n{\"prompt\": \"c\", \"completion\": \"d\"}\n{\"prompt\": broken\n"),
         },
-        &stop,
-        "tiny",
+        None,
         |_| true,
     ))
     .err()
@@ -192,15 +202,19 @@ fn datasets_the_model_cannot_learn_from_are_refused_clearly() {
     let tiny = ModelFiles::from_dir(&fixture("tiny_random/gpt2")).unwrap();
     let no_tok = LoadedModel::load(tiny.clone(), &Device::flex()).unwrap();
     let err = pollster::block_on(run_job(
-        tiny,
-        &no_tok,
-        &Backend::cpu(),
+        &CausalJob,
+        &JobContext {
+            files: &tiny,
+            base: &no_tok,
+            backend: &Backend::cpu(),
+            config: &config("lora", 0.01, 2),
+            base_name: "tiny",
+        },
         DatasetFile {
             name: "capitals.jsonl",
             source: DataSource::Bytes(&std::fs::read(fixture("data/capitals.jsonl")).unwrap()),
         },
-        &config("lora", 0.01, 2),
-        "tiny",
+        None,
         |_| true,
     ))
     .err()
@@ -222,7 +236,7 @@ fn class_config(method: &str) -> JobConfig {
 #[test]
 fn a_classification_job_learns_the_labels_and_reports_what_changed() {
     use webtune::train::classify_job::{eval_class_file, evaluate_classification};
-    use webtune::train::job::{run_task, JobResult};
+    use webtune::train::{run_task, JobResult};
     let (files, base) = sentiment_model();
     let data = sentiment_jsonl(80);
     let config = class_config("lora");
@@ -237,11 +251,15 @@ fn a_classification_job_learns_the_labels_and_reports_what_changed() {
         },
         &config,
         "tiny-bert",
+        None,
         |e| {
             match e {
-                JobEvent::ClassStep(_) => steps += 1,
+                JobEvent::Step(p) => {
+                    let examples = p.examples_per_s.is_some() && p.tokens_per_s.is_none();
+                    assert!(examples, "a classifier reports classification steps");
+                    steps += 1
+                }
                 JobEvent::Phase { phase, .. } => phases.push(phase),
-                JobEvent::Step(_) => panic!("a classifier reports classification steps"),
             }
             true
         },
@@ -349,7 +367,7 @@ fn a_classification_job_learns_the_labels_and_reports_what_changed() {
 
 #[test]
 fn tasks_refuse_data_of_the_other_kind_with_a_clear_error() {
-    use webtune::train::job::run_task;
+    use webtune::train::run_task;
     let (files, base) = sentiment_model();
     let text = "{\"text\": \"the film was good\"}\n{\"text\": \"the plot was dull\"}\n";
     let err = pollster::block_on(run_task(
@@ -362,6 +380,7 @@ fn tasks_refuse_data_of_the_other_kind_with_a_clear_error() {
         },
         &class_config("full"),
         "tiny-bert",
+        None,
         |_| true,
     ))
     .err()
@@ -380,6 +399,7 @@ fn tasks_refuse_data_of_the_other_kind_with_a_clear_error() {
         },
         &config("lora", 0.01, 2),
         "tiny-gpt2-vocab",
+        None,
         |_| true,
     ))
     .err()
@@ -412,7 +432,7 @@ fn with_validation<'a>(
 
 #[test]
 fn a_separate_validation_file_is_the_held_out_set_and_never_trained_on() {
-    use webtune::train::job::prepare_data;
+    use webtune::train::causal_job::prepare_data;
     let (_, base) = model();
     let all = std::fs::read_to_string(fixture("data/capitals.jsonl")).unwrap();
     let lines: Vec<&str> = all.lines().collect();
@@ -477,8 +497,8 @@ fn a_separate_validation_file_is_the_held_out_set_and_never_trained_on() {
 
 #[test]
 fn a_validation_file_must_match_the_training_file() {
+    use webtune::train::causal_job::prepare_data;
     use webtune::train::classify_job::prepare_class_data;
-    use webtune::train::job::prepare_data;
     let (_, bert) = sentiment_model();
     let train = sentiment_jsonl(20);
     let class_cfg = class_config("lora");
@@ -542,7 +562,7 @@ fn a_validation_file_must_match_the_training_file() {
 
 #[test]
 fn a_classification_job_evaluates_on_the_validation_file() {
-    use webtune::train::job::{run_task, JobResult};
+    use webtune::train::{run_task, JobResult};
     let (files, base) = sentiment_model();
     let data = sentiment_jsonl(60);
     let lines: Vec<&str> = data.lines().collect();
@@ -561,6 +581,7 @@ fn a_classification_job_evaluates_on_the_validation_file() {
         ),
         &config,
         "tiny-bert",
+        None,
         |e| {
             if let JobEvent::Phase {
                 phase: "data",
@@ -597,7 +618,7 @@ fn the_merged_export_can_be_half_precision() {
     let (_, f32_run) = capitals_job(&config, |_| true);
     config.export_dtype = StoreDtype::F16;
     let (_, f16_run) = capitals_job(&config, |_| true);
-    let file = |out: &webtune::train::job::JobOutput, name: &str| {
+    let file = |out: &webtune::train::causal_job::JobOutput, name: &str| {
         out.export
             .iter()
             .find(|(n, _)| n == name)

@@ -12,7 +12,9 @@ use webtune::eval::generate::{generate, GenerateOptions};
 use webtune::io::hf::ModelFiles;
 use webtune::models::loaded::LoadedModel;
 use webtune::models::{CausalLm, KvCache};
-use webtune::train::finetune::{evaluate_loss, finetune, FinetuneConfig, TrainableModel};
+use webtune::train::causal::{evaluate_loss, finetune};
+use webtune::train::finetune::{FinetuneConfig, TrainableModel};
+use webtune::train::trainer::RunOptions;
 
 mod common;
 use common::{fixture, ids, max_diff};
@@ -241,7 +243,7 @@ fn training_sees_the_window() {
         std::slice::from_ref(&batch),
         &[],
         &config,
-        |_| true,
+        RunOptions::default(),
     ))
     .unwrap();
     assert!(

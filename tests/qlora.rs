@@ -15,9 +15,11 @@ use webtune::backend::Backend;
 use webtune::data::TokenBatch;
 use webtune::io::hf::ModelFiles;
 use webtune::models::loaded::{Family, LoadedModel};
-use webtune::train::finetune::{evaluate_loss, finetune, FinetuneConfig, TrainableModel};
+use webtune::train::causal::{evaluate_loss, finetune};
+use webtune::train::finetune::{FinetuneConfig, TrainableModel};
 use webtune::train::lora::{lora_factors, parameters};
 use webtune::train::replay::ReferenceRun;
+use webtune::train::trainer::RunOptions;
 use webtune::Code;
 
 mod common;
@@ -151,9 +153,15 @@ fn quantized_bases_train_only_the_factors_and_score_close_to_the_f32_base() {
                 "{name} {quant}: {gap:e}"
             );
 
-            let summary =
-                pollster::block_on(finetune(&mut model, &backend, &data, &data, &cfg, |_| true))
-                    .unwrap();
+            let summary = pollster::block_on(finetune(
+                &mut model,
+                &backend,
+                &data,
+                &data,
+                &cfg,
+                RunOptions::default(),
+            ))
+            .unwrap();
             assert!(summary.losses.iter().all(|l| l.is_finite()));
             let (first, last) = (summary.eval[0].eval.loss, summary.eval.last().unwrap());
             assert!(last.eval.loss < first, "{name} {quant}: {first} → {last:?}");
@@ -192,7 +200,7 @@ fn train_exports_a_loadable_f32_model_and_an_unchanged_peft_adapter() {
             &data,
             cfg,
             "tiny",
-            |_| true,
+            RunOptions::default(),
         ))
         .unwrap()
     };

@@ -15,10 +15,12 @@ use webtune::data::batching::{ClassBatch, LabelMap};
 use webtune::io::hf::ModelFiles;
 use webtune::models::bert::Pooling;
 use webtune::models::loaded::LoadedModel;
+use webtune::train::causal_job::{CausalJob, JobOutput};
 use webtune::train::classify::{train_classifier, ClassifierModel, HeadConfig};
 use webtune::train::control::Control;
 use webtune::train::finetune::{FinetuneConfig, Method};
-use webtune::train::job::{run_job, DataSource, DatasetFile, JobConfig, JobEvent, JobOutput};
+use webtune::train::job::{run_job, DataSource, DatasetFile, JobConfig, JobContext, JobEvent};
+use webtune::train::trainer::RunOptions;
 
 mod common;
 use common::{fixture, sentiment_jsonl, sentiment_model};
@@ -69,15 +71,19 @@ fn causal_job(config: &JobConfig, mut on_step: impl FnMut(usize) -> Control) -> 
     let base = LoadedModel::load(files.clone(), &Device::flex()).expect("loads");
     let data = std::fs::read(fixture("data/capitals.jsonl")).unwrap();
     pollster::block_on(run_job(
-        files,
-        &base,
-        &Backend::cpu(),
+        &CausalJob,
+        &JobContext {
+            files: &files,
+            base: &base,
+            backend: &Backend::cpu(),
+            config,
+            base_name: "tiny-gpt2-vocab",
+        },
         DatasetFile {
             name: "capitals.jsonl",
             source: DataSource::Bytes(&data),
         },
-        config,
-        "tiny-gpt2-vocab",
+        None,
         |e| match e {
             JobEvent::Step(p) => on_step(p.step),
             _ => Control::Continue,
@@ -109,7 +115,7 @@ fn a_paused_and_resumed_causal_run_equals_the_uninterrupted_one() {
         assert_eq!((a.steps, b.steps, b.cancelled), (10, 10, false));
         assert_eq!(a.losses, b.losses, "{method}: per-step losses");
         assert_eq!(a.grad_norms, b.grad_norms, "{method}: gradient norms");
-        let evals = |s: &webtune::train::finetune::FinetuneSummary| {
+        let evals = |s: &webtune::train::causal::FinetuneSummary| {
             s.eval
                 .iter()
                 .map(|e| (e.step, e.eval.loss))
@@ -207,7 +213,7 @@ fn class_run(method: Method, on_step: impl FnMut(usize) -> Control) -> (Vec<f32>
         &b,
         &b[..2],
         &config,
-        |p| on_step(p.step),
+        RunOptions::default().on_step(|p| on_step(p.step)),
     ))
     .unwrap();
     (s.losses, s.steps, s.cancelled)
@@ -258,9 +264,10 @@ mod checkpoints {
     use super::*;
     use std::cell::RefCell;
     use webtune::data::TokenBatch;
+    use webtune::train::causal::{finetune, FinetuneSummary};
+    use webtune::train::causal_job::prepare_data;
     use webtune::train::checkpoint::{Checkpoint, Checkpointing};
-    use webtune::train::finetune::{finetune_checkpointed, FinetuneSummary, TrainableModel};
-    use webtune::train::job::{prepare_data, DataSource, DatasetFile};
+    use webtune::train::finetune::TrainableModel;
     use webtune::Code;
 
     fn data(config: &JobConfig) -> (Vec<TokenBatch>, Vec<TokenBatch>) {
@@ -299,18 +306,19 @@ mod checkpoints {
         let saved = RefCell::new(Vec::new());
         let mut save = |ck: Checkpoint| saved.borrow_mut().push(ck);
         let mut on_step = on_step;
-        let out = pollster::block_on(finetune_checkpointed(
+        let out = pollster::block_on(finetune(
             &mut model,
             &backend,
             &batches.0,
             &batches.1,
             config,
-            Some(Checkpointing {
-                resume,
-                every,
-                save: &mut save,
-            }),
-            |p| on_step(p.step),
+            RunOptions::default()
+                .checkpointing(Some(Checkpointing {
+                    resume,
+                    every,
+                    save: Box::new(&mut save),
+                }))
+                .on_step(|p| on_step(p.step)),
         ));
         (out, saved.into_inner())
     }
@@ -428,7 +436,6 @@ fn a_stopped_job_continues_from_its_checkpoint() {
 fn stopped_job_continues(config: &JobConfig, dropout: bool) {
     use std::cell::RefCell;
     use webtune::train::checkpoint::{Checkpoint, Checkpointing};
-    use webtune::train::job::run_job_checkpointed;
 
     let job = |resume: Option<Checkpoint>, stop_at: usize| {
         let files = ModelFiles::from_dir(&fixture("tiny_random/gpt2-vocab")).unwrap();
@@ -436,20 +443,23 @@ fn stopped_job_continues(config: &JobConfig, dropout: bool) {
         let data = std::fs::read(fixture("data/capitals.jsonl")).unwrap();
         let saved = RefCell::new(Vec::new());
         let mut save = |ck: Checkpoint| saved.borrow_mut().push(ck);
-        let out = pollster::block_on(run_job_checkpointed(
-            files,
-            &base,
-            &Backend::cpu(),
+        let out = pollster::block_on(run_job(
+            &CausalJob,
+            &JobContext {
+                files: &files,
+                base: &base,
+                backend: &Backend::cpu(),
+                config,
+                base_name: "tiny-gpt2-vocab",
+            },
             DatasetFile {
                 name: "capitals.jsonl",
                 source: DataSource::Bytes(&data),
             },
-            config,
-            "tiny-gpt2-vocab",
             Some(Checkpointing {
                 resume,
                 every: 0,
-                save: &mut save,
+                save: Box::new(&mut save),
             }),
             |e| match e {
                 JobEvent::Step(p) if p.step == stop_at => Control::Stop,
@@ -500,13 +510,13 @@ fn stopped_job_continues(config: &JobConfig, dropout: bool) {
 mod class_checkpoints {
     use super::*;
     use std::cell::RefCell;
-    use webtune::train::checkpoint::{Checkpoint, CheckpointTask, Checkpointing};
-    use webtune::train::classify::{
-        predict, train_classifier_checkpointed, ClassEvalPoint, ClassifySummary,
-    };
+    use webtune::train::causal::finetune;
+    use webtune::train::causal_job::prepare_data;
+    use webtune::train::checkpoint::{Checkpoint, Checkpointing};
+    use webtune::train::classify::{predict, train_classifier, ClassEvalPoint, ClassifySummary};
     use webtune::train::classify_job::ClassifyJobOutput;
-    use webtune::train::finetune::{finetune_checkpointed, TrainableModel};
-    use webtune::train::job::{prepare_data, run_task_checkpointed, JobResult};
+    use webtune::train::finetune::TrainableModel;
+    use webtune::train::{run_task, JobResult};
     use webtune::{Code, Error};
 
     fn class_config(method: Method) -> FinetuneConfig {
@@ -561,18 +571,19 @@ mod class_checkpoints {
         let saved = RefCell::new(Vec::new());
         let mut save = |ck: Checkpoint| saved.borrow_mut().push(ck);
         let mut on_step = on_step;
-        let out = pollster::block_on(train_classifier_checkpointed(
+        let out = pollster::block_on(train_classifier(
             &mut model,
             &backend,
             batches,
             &batches[..2],
             config,
-            Some(Checkpointing {
-                resume,
-                every,
-                save: &mut save,
-            }),
-            |p| on_step(p.step),
+            RunOptions::default()
+                .checkpointing(Some(Checkpointing {
+                    resume,
+                    every,
+                    save: Box::new(&mut save),
+                }))
+                .on_step(|p| on_step(p.step)),
         ));
         let logits = pollster::block_on(predict(&model, &batches[0])).unwrap();
         Run {
@@ -618,7 +629,7 @@ mod class_checkpoints {
             let steps: Vec<usize> = straight.saved.iter().map(|c| c.step).collect();
             assert_eq!(steps, [4, 8], "{method:?}");
             let ck = &straight.saved[0];
-            assert_eq!(ck.task, CheckpointTask::Classification);
+            assert_eq!(ck.task, "classification");
             assert_eq!(ck.losses, summary.losses[..4]);
             assert_eq!(ck.consumed, 8);
             // The head is in the checkpoint, LoRA or not, and it was trained.
@@ -648,7 +659,7 @@ mod class_checkpoints {
             let back = Checkpoint::from_bytes(&bytes).unwrap();
             assert_eq!(back.params, ck.params);
             assert_eq!(back.optimizer, ck.optimizer);
-            assert_eq!(back.classification, ck.classification);
+            assert_eq!(back.state, ck.state);
 
             // Continued in a freshly loaded model (new parameter ids, a freshly drawn head).
             let resumed = run(&config, Some(back.clone()), 4, |_| Control::Continue);
@@ -663,10 +674,7 @@ mod class_checkpoints {
             assert_eq!(resumed.logits, straight.logits, "{method:?}: final logits");
             // The checkpoint saved later by the resumed run is the uninterrupted run's.
             assert_eq!(resumed.saved[0].params, straight.saved[1].params);
-            assert_eq!(
-                resumed.saved[0].classification,
-                straight.saved[1].classification
-            );
+            assert_eq!(resumed.saved[0].state, straight.saved[1].state);
 
             // The resumed run trains the checkpoint's head: another head there changes the
             // losses from the first resumed step on.
@@ -785,7 +793,7 @@ mod class_checkpoints {
         };
         let saved = RefCell::new(Vec::new());
         let mut save = |ck: Checkpoint| saved.borrow_mut().push(ck);
-        let out = pollster::block_on(run_task_checkpointed(
+        let out = pollster::block_on(run_task(
             files,
             &base,
             &Backend::cpu(),
@@ -798,11 +806,10 @@ mod class_checkpoints {
             Some(Checkpointing {
                 resume,
                 every: 0,
-                save: &mut save,
+                save: Box::new(&mut save),
             }),
             |e| match e {
                 JobEvent::Step(p) => on_step(p.step),
-                JobEvent::ClassStep(p) => on_step(p.step),
                 JobEvent::Phase { .. } => Control::Continue,
             },
         ));
@@ -897,11 +904,11 @@ mod class_checkpoints {
         causal.checkpoint_every = 0;
         let (_, saved) = task(true, &causal, None, |s| (s < 2).into());
         let causal_ck = Checkpoint::from_bytes(&saved[0].to_bytes()).unwrap();
-        assert_eq!(causal_ck.task, CheckpointTask::Causal);
+        assert_eq!(causal_ck.task, "causal");
         let config = job_config("lora");
         let (_, saved) = task(false, &config, None, |s| (s < 2).into());
         let class_ck = Checkpoint::from_bytes(&saved[0].to_bytes()).unwrap();
-        assert_eq!(class_ck.task, CheckpointTask::Classification);
+        assert_eq!(class_ck.task, "classification");
 
         // Causal → classification job, with the classification job's own configuration (so
         // only the kind differs), refused before any data is read or any step is taken.
@@ -953,40 +960,20 @@ mod class_checkpoints {
         let mut direct = class_ck;
         direct.config = causal.train.clone();
         let mut save = |_: Checkpoint| panic!("nothing to save");
-        let e = pollster::block_on(finetune_checkpointed(
+        let e = pollster::block_on(finetune(
             &mut model,
             &backend,
             &data.train_batches,
             &data.eval_batches,
             &causal.train,
-            Some(Checkpointing {
+            RunOptions::default().checkpointing(Some(Checkpointing {
                 resume: Some(direct),
                 every: 0,
-                save: &mut save,
-            }),
-            |_| Control::Continue,
+                save: Box::new(&mut save),
+            })),
         ))
         .expect_err("refused");
         assert_eq!((e.code, reason(&e)), (Code::ConfigInvalid, "task"));
-    }
-
-    /// The bytes of `ck` in the version-1 layout (causal checkpoints saved before this version).
-    fn as_v1(ck: &Checkpoint) -> Vec<u8> {
-        let v2 = ck.to_bytes();
-        assert_eq!(&v2[..8], b"WTCKPT02");
-        let len = u64::from_le_bytes(v2[8..16].try_into().unwrap()) as usize;
-        let mut header: serde_json::Value = serde_json::from_slice(&v2[16..16 + len]).unwrap();
-        let obj = header.as_object_mut().unwrap();
-        for key in ["task", "total_params", "train_batches", "classification"] {
-            obj.remove(key);
-        }
-        let header = serde_json::to_vec(&header).unwrap();
-        let mut out = b"WTCKPT01".to_vec();
-        out.extend_from_slice(&(header.len() as u64).to_le_bytes());
-        out.extend_from_slice(&header);
-        // Version 1 had no checksum after the optimizer record.
-        out.extend_from_slice(&v2[16 + len..v2.len() - 8]);
-        out
     }
 
     #[test]
@@ -994,18 +981,19 @@ mod class_checkpoints {
         let config = class_config(Method::Lora);
         let ck = run(&config, None, 4, |_| Control::Continue).saved[0].clone();
         let bytes = ck.to_bytes();
+        assert_eq!(&bytes[..8], b"WTCKPT03");
         let bad = |b: &[u8]| Checkpoint::from_bytes(b).expect_err("refused").code;
 
-        // A version-1 file is causal by definition: a classifier's header in one is refused,
-        // as is an unknown version, a truncated file, or a header whose task and
-        // classification state disagree.
-        let mut v1 = bytes.clone();
-        v1[..8].copy_from_slice(b"WTCKPT01");
-        assert_eq!(bad(&v1), Code::DataInvalid);
-        let mut v9 = bytes.clone();
-        v9[..8].copy_from_slice(b"WTCKPT09");
-        let e = Checkpoint::from_bytes(&v9).err().unwrap();
-        assert!(e.message.contains("WTCKPT09"), "{}", e.message);
+        // Earlier and unknown versions are refused by name, as are a truncated file, a flipped
+        // bit and a header whose shapes cannot be.
+        for version in [b"WTCKPT01", b"WTCKPT02", b"WTCKPT09"] {
+            let mut other = bytes.clone();
+            other[..8].copy_from_slice(version);
+            let e = Checkpoint::from_bytes(&other).err().unwrap();
+            assert_eq!(e.code, Code::DataInvalid);
+            let name = String::from_utf8_lossy(version);
+            assert!(e.message.contains(name.as_ref()), "{}", e.message);
+        }
         for cut in [0, 7, 15, 40, bytes.len() / 2, bytes.len() - 1] {
             assert_eq!(bad(&bytes[..cut]), Code::DataInvalid, "cut at {cut}");
         }
@@ -1015,26 +1003,24 @@ mod class_checkpoints {
             flipped[at] ^= 0x10;
             assert_eq!(bad(&flipped), Code::DataInvalid, "bit flipped at {at}");
         }
-        let mut odd = ck.clone();
-        odd.task = CheckpointTask::Causal;
-        assert_eq!(bad(&odd.to_bytes()), Code::DataInvalid);
         let mut huge = ck.clone();
         huge.params[0].shape = vec![usize::MAX, 3];
         assert_eq!(bad(&huge.to_bytes()), Code::DataInvalid);
 
-        // A causal checkpoint in the version-1 layout still reads (as causal) and resumes.
-        let mut causal = causal_config("lora");
-        causal.checkpoint_every = 0;
-        let (straight, _) = task(true, &causal, None, |_| Control::Continue);
-        let (_, saved) = task(true, &causal, None, |s| (s < 4).into());
-        let old = Checkpoint::from_bytes(&as_v1(&saved[0])).unwrap();
-        assert_eq!(old.task, CheckpointTask::Causal);
-        assert_eq!((old.total_params, old.train_batches), (None, None));
-        let (resumed, _) = task(true, &causal, Some(old), |_| Control::Continue);
-        let losses = |r: webtune::Result<JobResult>| match r.unwrap() {
-            JobResult::Causal(o) => o.summary.losses,
-            JobResult::Classification(_) => panic!("a causal job"),
-        };
-        assert_eq!(losses(resumed), losses(straight));
+        // A task state that does not read is refused when resuming, before any step.
+        let mut odd = ck.clone();
+        odd.state = serde_json::json!({ "labels": 3 });
+        let odd = Checkpoint::from_bytes(&odd.to_bytes()).unwrap();
+        let mut steps = 0;
+        let e = run(&config, Some(odd), 0, |_| {
+            steps += 1;
+            Control::Continue
+        })
+        .out
+        .expect_err("refused");
+        assert_eq!(
+            (e.code, reason(&e), steps),
+            (Code::ConfigInvalid, "inconsistent", 0)
+        );
     }
 }

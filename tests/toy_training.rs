@@ -14,7 +14,7 @@ fn config(steps: usize, seed: u64) -> ToyTrainConfig {
     }
 }
 
-fn run(cfg: &ToyTrainConfig) -> webtune::train::RunSummary {
+fn run(cfg: &ToyTrainConfig) -> webtune::train::toy::ToySummary {
     pollster::block_on(train_toy(&Backend::cpu(), cfg, |_| true)).expect("toy training runs")
 }
 

@@ -14,12 +14,12 @@ use webtune::eval::generate::{generate, GenerateOptions};
 use webtune::io::hf::ModelFiles;
 use webtune::models::loaded::LoadedModel;
 use webtune::train::adapter::{apply_peft_adapter, read_peft_adapter};
-use webtune::train::job::{
-    chat_template, eval_file, run_task, DataSource, DatasetFile, DatasetFiles, JobConfig, JobEvent,
-    JobResult,
-};
+use webtune::train::causal_job::{chat_template, eval_file};
+use webtune::train::job::{DataSource, DatasetFile, DatasetFiles, JobConfig, JobEvent};
 use webtune::train::qlora::BaseQuant;
 use webtune::train::toy::{train_toy, ToyTrainConfig};
+use webtune::train::trainer::Progress;
+use webtune::train::{run_task, JobResult};
 use webtune::Error;
 
 #[derive(Parser)]
@@ -647,6 +647,7 @@ fn run(cli: &Cli) -> Result<(), Error> {
                 },
                 &cfg,
                 &model.display().to_string(),
+                None,
                 |event| {
                     if progress_json {
                         if let Ok(line) = serde_json::to_string(&event) {
@@ -658,31 +659,7 @@ fn run(cli: &Cli) -> Result<(), Error> {
                             JobEvent::Phase { message, .. } => eprintln!("{message}"),
                             JobEvent::Step(p) => {
                                 if p.step == 1 || p.step % 10 == 0 || p.step == p.total_steps {
-                                    let eval = p
-                                        .eval
-                                        .map(|e| format!("  val loss {:.4}", e.loss))
-                                        .unwrap_or_default();
-                                    eprintln!(
-                                        "step {:>4}/{}  loss {:.4}  lr {:.2e}  {:.0} tok/s  eta {:.0}s{eval}",
-                                        p.step, p.total_steps, p.loss, p.lr, p.tokens_per_s, p.eta_s
-                                    );
-                                }
-                            }
-                            JobEvent::ClassStep(p) => {
-                                if p.step == 1 || p.step % 10 == 0 || p.step == p.total_steps {
-                                    let eval = p
-                                        .eval
-                                        .map(|e| {
-                                            format!(
-                                                "  val loss {:.4} accuracy {:.3}",
-                                                e.loss, e.accuracy
-                                            )
-                                        })
-                                        .unwrap_or_default();
-                                    eprintln!(
-                                        "step {:>4}/{}  loss {:.4}  lr {:.2e}  {:.1} examples/s  eta {:.0}s{eval}",
-                                        p.step, p.total_steps, p.loss, p.lr, p.examples_per_s, p.eta_s
-                                    );
+                                    eprintln!("{}", step_line(p));
                                 }
                             }
                         }
@@ -781,7 +758,7 @@ fn run(cli: &Cli) -> Result<(), Error> {
                     "eval_batches": d.eval_batches.len(),
                 })
             } else {
-                let d = webtune::train::job::prepare_data(&base, chat, dataset, &cfg)?;
+                let d = webtune::train::causal_job::prepare_data(&base, chat, dataset, &cfg)?;
                 json!({
                     "task": "causal",
                     "report": d.report,
@@ -927,8 +904,30 @@ fn run(cli: &Cli) -> Result<(), Error> {
     }
 }
 
-fn print_causal(output: &webtune::train::job::JobOutput) {
-    let fmt = |e: Option<webtune::train::finetune::EvalLoss>| {
+/// "step   10/100  loss 1.2345  lr 2.00e-4  1234 tok/s  eta 12s  val loss 1.3000".
+fn step_line(p: &Progress) -> String {
+    let speed = match (p.tokens_per_s, p.examples_per_s) {
+        (Some(t), _) => format!("{t:.0} tok/s"),
+        (None, Some(e)) => format!("{e:.1} examples/s"),
+        (None, None) => String::new(),
+    };
+    let mut eval = String::new();
+    if let Some(e) = &p.eval {
+        if let Some(loss) = e["loss"].as_f64() {
+            eval += &format!("  val loss {loss:.4}");
+        }
+        if let Some(accuracy) = e["accuracy"].as_f64() {
+            eval += &format!(" accuracy {accuracy:.3}");
+        }
+    }
+    format!(
+        "step {:>4}/{}  loss {:.4}  lr {:.2e}  {speed}  eta {:.0}s{eval}",
+        p.step, p.total_steps, p.loss, p.lr, p.eta_s
+    )
+}
+
+fn print_causal(output: &webtune::train::causal_job::JobOutput) {
+    let fmt = |e: Option<webtune::train::causal::EvalLoss>| {
         e.map(|e| format!("loss {:.4}, perplexity {:.2}", e.loss, e.perplexity))
             .unwrap_or_else(|| "–".into())
     };

@@ -6,6 +6,7 @@ pub mod gpt2;
 pub mod layers;
 pub mod llama;
 pub mod loaded;
+pub mod names;
 pub mod toy;
 
 use burn::prelude::*;

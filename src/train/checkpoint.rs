@@ -1,12 +1,10 @@
-//! Checkpoints of a fine-tuning run (causal LM or classifier), so that a stopped run (a reloaded
-//! tab, a killed CLI) continues as if it had not stopped: the trainable parameters (LoRA factors,
-//! or the weights full fine-tuning changes, and a classifier's head) with their burn ids, AdamW's
-//! state (both moments and the step counter of every parameter, burn's `OptimizerRecord` in its
-//! burnpack bytes), the position in the seeded batch stream, and the history the summary reports
-//! (losses, grad norms, learning rates, validation points). A classifier's checkpoint also holds
-//! its labels, its head's pooling and dropout, and the state of the generator that draws the
-//! head's dropout masks (so a resumed classification run with head dropout draws the
-//! uninterrupted run's masks).
+//! Checkpoints of a fine-tuning run, whatever its task, so that a stopped run (a reloaded tab, a
+//! killed CLI) continues as if it had not stopped: the trainable parameters (LoRA factors, the
+//! weights full fine-tuning changes, a classifier's head) with their burn ids, AdamW's state
+//! (both moments and the step counter of every parameter, burn's `OptimizerRecord` in its
+//! burnpack bytes), the position in the seeded batch stream, the history the summary reports
+//! (losses, grad norms, learning rates, validation points) and the task's own state (a
+//! classifier's labels, head and dropout generator; see [`super::task::Task::state`]).
 //!
 //! AdamW's record keys each parameter's state by its `ParamId`, and a freshly loaded model draws
 //! new ids; restoring a parameter therefore gives it back its saved id as well as its value, so
@@ -16,8 +14,7 @@
 //! (`model_dropout`, `lora_dropout`): the loop reseeds it from (seed, step) at every step, so a
 //! resumed run draws the uninterrupted run's masks without it.
 //!
-//! The bytes start with a versioned magic: `WTCKPT02` (written now; the header names the task)
-//! or `WTCKPT01` (causal checkpoints saved before classification ones existed; still read).
+//! The bytes start with a versioned magic, `WTCKPT03`; other versions are refused by name.
 
 use burn::module::{ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{DynOptimizer, DynState, LearningRate, StateSink, StateSource};
@@ -25,49 +22,13 @@ use burn::prelude::*;
 use burn::tensor::kind::BridgeTensor;
 use burn::tensor::{Bytes, TensorData};
 use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 
-use serde_json::json;
-
-use super::classify::{ClassEvalPoint, HeadConfig};
-use super::finetune::{EvalPoint, FinetuneConfig};
+use super::finetune::FinetuneConfig;
 use crate::error::{Code, Error, Result};
 
-/// The magic of the format written now.
-const MAGIC: &[u8; 8] = b"WTCKPT02";
-/// Version 1: causal checkpoints only, without `task`, `total_params`, `train_batches`.
-const MAGIC_V1: &[u8; 8] = b"WTCKPT01";
-
-/// What kind of run saved a checkpoint (and which it can continue).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CheckpointTask {
-    /// Causal language-model fine-tuning (GPT-2, Llama).
-    #[default]
-    Causal,
-    /// Sequence classification with an encoder (BERT, MiniLM).
-    Classification,
-}
-
-impl CheckpointTask {
-    fn describe(self) -> &'static str {
-        match self {
-            CheckpointTask::Causal => "a causal language model's fine-tuning",
-            CheckpointTask::Classification => "a classification fine-tuning (encoder)",
-        }
-    }
-}
-
-/// What a classification run keeps besides the causal fields.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ClassState {
-    /// Class names in id order (the head's rows).
-    pub labels: Vec<String>,
-    pub head: HeadConfig,
-    /// Held-out scores so far (step 0 and every `eval_every` steps).
-    pub eval: Vec<ClassEvalPoint>,
-    /// The state of the generator that draws the head's dropout masks.
-    pub dropout_rng: u64,
-}
+/// The magic of the format written and read.
+const MAGIC: &[u8; 8] = b"WTCKPT03";
 
 /// One trainable parameter as saved.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -83,10 +44,10 @@ pub struct SavedParam {
 
 /// The state of a run after `step` optimiser steps.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Checkpoint {
-    /// The run that saved it (version-1 checkpoints are causal).
-    #[serde(default)]
-    pub task: CheckpointTask,
+    /// The task of the run that saved it ("causal", "classification"): it continues only that.
+    pub task: String,
     /// Optimiser steps completed.
     pub step: usize,
     /// Micro-batches drawn from the seeded stream.
@@ -96,18 +57,15 @@ pub struct Checkpoint {
     pub losses: Vec<f32>,
     pub grad_norms: Vec<f32>,
     pub lrs: Vec<f64>,
-    /// Validation points of a causal run (a classifier's are in `classification`).
-    pub eval: Vec<EvalPoint>,
+    /// Validation points so far, as the task scores them (`{step, ...}`).
+    pub eval: Vec<Value>,
     /// Every parameter of the model being trained (frozen ones, adapters and head included):
     /// a resume on another model is refused even where the trainable shapes agree.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub total_params: Option<usize>,
+    pub total_params: usize,
     /// Training micro-batches of the run (another dataset or batching is refused).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub train_batches: Option<usize>,
-    /// Set for (and only for) classification checkpoints.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub classification: Option<ClassState>,
+    pub train_batches: usize,
+    /// The task's own state ([`super::task::Task::state`]).
+    pub state: Value,
     pub params: Vec<SavedParam>,
     /// burn's `OptimizerRecord` (AdamW moments and step counters), burnpack bytes.
     #[serde(skip)]
@@ -116,9 +74,9 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     /// One self-contained file: magic, JSON header length (u64 LE), the JSON header, every
-    /// parameter's values (f32 LE, in header order), the optimizer record, then (since
-    /// `WTCKPT02`) a u64 LE checksum of everything before it, so a truncated or damaged file
-    /// is refused rather than half loaded.
+    /// parameter's values (f32 LE, in header order), the optimizer record, then a u64 LE
+    /// checksum of everything before it, so a truncated or damaged file is refused rather than
+    /// half loaded.
     pub fn to_bytes(&self) -> Vec<u8> {
         let header = serde_json::to_vec(self).unwrap_or_default();
         let floats: usize = self.params.iter().map(|p| p.values.len()).sum();
@@ -147,35 +105,30 @@ impl Checkpoint {
         if bytes.len() < 16 {
             return Err(bad("wrong header"));
         }
-        let v1 = match &bytes[..8] {
-            m if m == MAGIC => false,
-            m if m == MAGIC_V1 => true,
+        match &bytes[..8] {
+            m if m == MAGIC => {}
             m if m.starts_with(b"WTCKPT") => {
                 return Err(Error::new(
                     Code::DataInvalid,
                     format!(
                         "this checkpoint has format {}, which this version of webtune does not \
-                         read (it reads WTCKPT01 and WTCKPT02)",
-                        String::from_utf8_lossy(m)
+                         read (it reads {})",
+                        String::from_utf8_lossy(m),
+                        String::from_utf8_lossy(MAGIC)
                     ),
                 ))
             }
             _ => return Err(bad("wrong header")),
-        };
-        let bytes = if v1 {
-            bytes
-        } else {
-            let body = bytes
-                .len()
-                .checked_sub(8)
-                .filter(|&n| n >= 16)
-                .ok_or_else(|| bad("truncated"))?;
-            let (body, sum) = bytes.split_at(body);
-            if checksum(body).to_le_bytes() != sum {
-                return Err(bad("truncated or damaged: the checksum does not match"));
-            }
-            body
-        };
+        }
+        let body = bytes
+            .len()
+            .checked_sub(8)
+            .filter(|&n| n >= 16)
+            .ok_or_else(|| bad("truncated"))?;
+        let (bytes, sum) = bytes.split_at(body);
+        if checksum(bytes).to_le_bytes() != sum {
+            return Err(bad("truncated or damaged: the checksum does not match"));
+        }
         let len = u64::from_le_bytes(bytes[8..16].try_into().unwrap_or_default());
         let rest = &bytes[16..];
         let len = match usize::try_from(len) {
@@ -184,17 +137,6 @@ impl Checkpoint {
         };
         let mut ck: Checkpoint =
             serde_json::from_slice(&rest[..len]).map_err(|e| bad(&format!("header: {e}")))?;
-        if v1
-            && (ck.task != CheckpointTask::Causal
-                || ck.classification.is_some()
-                || ck.total_params.is_some()
-                || ck.train_batches.is_some())
-        {
-            return Err(bad("a version-1 header with version-2 fields"));
-        }
-        if (ck.task == CheckpointTask::Classification) != ck.classification.is_some() {
-            return Err(bad("the task and the classification state disagree"));
-        }
         let mut at = len;
         for p in &mut ck.params {
             let end = p
@@ -216,15 +158,14 @@ impl Checkpoint {
 
     /// Whether this checkpoint was saved by a `task` run (else a `config.invalid` error with
     /// details `{"field": "checkpoint", "reason": "task", "checkpoint_task", "task"}`).
-    pub fn check_task(&self, task: CheckpointTask) -> Result<()> {
+    pub fn check_task(&self, task: &str) -> Result<()> {
         if self.task == task {
             return Ok(());
         }
         Err(Error::config(format!(
-            "this checkpoint was saved by {}; it cannot continue {} (another model was loaded \
-             since?)",
-            self.task.describe(),
-            task.describe()
+            "this checkpoint was saved by a {} fine-tuning run; it cannot continue a {task} one \
+             (another model was loaded since?)",
+            self.task
         ))
         .with_details(json!({
             "field": "checkpoint",
@@ -240,7 +181,7 @@ impl Checkpoint {
     /// `config.invalid` error saying which (details: `{"field": "checkpoint", "reason": …}`).
     pub fn check_resume(
         &self,
-        task: CheckpointTask,
+        task: &str,
         config: &FinetuneConfig,
         total_steps: usize,
         train_batches: usize,
@@ -263,23 +204,23 @@ impl Checkpoint {
                     .into(),
             );
         }
-        if self.total_params.is_some_and(|n| n != total_params) {
+        if self.total_params != total_params {
             return refuse(
                 "model",
                 format!(
                     "the checkpoint was saved for a model of {} parameters, this one has \
                      {total_params}; resume on the same model",
-                    self.total_params.unwrap_or_default()
+                    self.total_params
                 ),
             );
         }
-        if self.train_batches.is_some_and(|n| n != train_batches) {
+        if self.train_batches != train_batches {
             return refuse(
                 "data",
                 format!(
                     "the checkpoint was saved by a run over {} training batches, this one has \
                      {train_batches}; resume with the same dataset and batch size",
-                    self.train_batches.unwrap_or_default()
+                    self.train_batches
                 ),
             );
         }
@@ -470,8 +411,9 @@ pub struct Checkpointing<'a> {
     pub resume: Option<Checkpoint>,
     /// Save every N optimiser steps (0: only when the run is paused or stopped early).
     pub every: usize,
-    /// Receives each checkpoint.
-    pub save: &'a mut dyn FnMut(Checkpoint),
+    /// Receives each checkpoint. (Boxed rather than borrowed: a box's lifetime can shrink to
+    /// that of the run's other callbacks, a `&mut dyn` one cannot.)
+    pub save: Box<dyn FnMut(Checkpoint) + 'a>,
 }
 
 /// An optimizer whose states, when loaded from a record, are built on `device`. burn's

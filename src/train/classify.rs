@@ -1,41 +1,30 @@
 //! Fine-tuning an encoder (BERT, MiniLM) for sequence classification: a linear head on a pooled
 //! sentence vector, trained with cross-entropy together with LoRA on the encoder (PEFT's
 //! `task_type=SEQ_CLS`: the head is trained in full, as a "module to save") or with the whole
-//! encoder (full fine-tuning). The optimiser, schedule, clipping and the guarantees of the loop
-//! (progress callback that can stop the run, asynchronous readback, non-finite loss refused
-//! before the update) are those of `finetune`; the hyperparameters are a [`FinetuneConfig`].
+//! encoder (full fine-tuning). It is a [`Task`] of the one training loop
+//! ([`super::trainer`]); the hyperparameters are a [`FinetuneConfig`].
 //!
 //! The export is a `BertForSequenceClassification` checkpoint (LoRA merged) whose config.json
 //! names the classes (`id2label`/`label2id`), loadable with `AutoModelForSequenceClassification`.
 
 use burn::module::{Module, ModuleMapper, Param};
-use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::TensorData;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::checkpoint::{
-    load_optimizer, optimizer_bytes, restore_params, save_params, Checkpoint, CheckpointTask,
-    Checkpointing, ClassState,
-};
-use super::control::Control;
 use super::export::{merged_tensors, ExportFiles};
-use super::finetune::{
-    adamw_optimizer, check_and_clip, read_scalar, BatchStream, FinetuneConfig, Method,
-    TrainableModel,
-};
-use super::lora::LoraInit;
-use super::median;
-use super::schedule::LrSchedule;
+use super::finetune::{FinetuneConfig, Method, TrainableModel};
+use super::lora::{read_f32, LoraInit};
+use super::task::{EvalPoint, Speed, Task};
+use super::trainer::{module_device, read_scalar, train_loop, Progress, RunOptions, Summary};
 use crate::backend::Backend;
 use crate::data::batching::{ClassBatch, LabelMap};
 use crate::error::{Code, Error, Result};
 use crate::io::safetensors::write_f32_with_metadata;
 use crate::models::bert::{Bert, Pooling};
 use crate::models::loaded::Family;
-use crate::platform::{now_ms, yield_now};
 use crate::rng::Rng;
 
 /// The head's choices (the optimiser's are in [`FinetuneConfig`]).
@@ -55,6 +44,19 @@ impl Default for HeadConfig {
             dropout: 0.1,
         }
     }
+}
+
+/// Choices for the classification head; the job picks what is unset.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeadOptions {
+    /// Unset: the pooler when the checkpoint already has a head for these labels (that is what
+    /// it was trained with), else mean pooling (sentence-transformers' embedding, which every
+    /// checkpoint has).
+    pub pooling: Option<Pooling>,
+    /// Dropout on the pooled vector while training; unset: the checkpoint's
+    /// `classifier_dropout`, else `hidden_dropout_prob` (transformers' rule).
+    pub dropout: Option<f64>,
 }
 
 /// An encoder with a classification head, prepared for training.
@@ -160,21 +162,6 @@ impl ClassifierModel {
     }
 }
 
-/// Sent after every optimiser step.
-#[derive(Debug, Clone, Serialize)]
-pub struct ClassifyProgress {
-    pub step: usize,
-    pub total_steps: usize,
-    pub epoch: f64,
-    pub loss: f32,
-    pub lr: f64,
-    pub grad_norm: f32,
-    pub examples_per_s: f64,
-    pub elapsed_s: f64,
-    pub eta_s: f64,
-    pub eval: Option<ClassEval>,
-}
-
 /// Mean cross-entropy and accuracy over a set of batches.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ClassEval {
@@ -183,33 +170,9 @@ pub struct ClassEval {
     pub examples: usize,
 }
 
-/// The held-out scores at one step (0: before training).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct ClassEvalPoint {
-    pub step: usize,
-    #[serde(flatten)]
-    pub eval: ClassEval,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ClassifySummary {
-    pub backend: String,
-    pub method: Method,
-    pub steps: usize,
-    pub cancelled: bool,
-    pub losses: Vec<f32>,
-    pub grad_norms: Vec<f32>,
-    pub lrs: Vec<f64>,
-    /// Before training (step 0), every `eval_every` steps and at the end.
-    pub eval: Vec<ClassEvalPoint>,
-    pub trainable_params: usize,
-    pub total_params: usize,
-    pub first_step_ms: f64,
-    pub median_step_ms: f64,
-    pub examples_per_s: f64,
-    /// Non-padding tokens through the encoder per second of training.
-    pub tokens_per_s: f64,
-}
+pub type ClassifyProgress = Progress<ClassEval>;
+pub type ClassifySummary = Summary<ClassEval>;
+pub type ClassEvalPoint = EvalPoint<ClassEval>;
 
 fn tensors(b: &ClassBatch, device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>, Tensor<1, Int>) {
     let shape = [b.batch_size, b.seq_len];
@@ -281,282 +244,147 @@ fn ce_sum(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
     picked.sum().neg()
 }
 
-/// Fine-tune `model` on `train` (`config.grad_accum` batches per step; the loss of a step is the
-/// mean over all its examples), scoring `eval` before, every `eval_every` steps and at the end.
-/// `on_progress` returning `false` stops the run after that step, and a [`Control::Pause`] makes
-/// it wait between two steps (see [`finetune`](super::finetune::finetune)). A non-finite loss or gradient
-/// stops it with `train.non_finite_loss`, keeping the weights from before that step.
-pub async fn train_classifier<C: Into<Control>>(
-    model: &mut ClassifierModel,
-    backend: &Backend,
-    train: &[ClassBatch],
-    eval: &[ClassBatch],
-    config: &FinetuneConfig,
-    on_progress: impl FnMut(&ClassifyProgress) -> C,
-) -> Result<ClassifySummary> {
-    train_classifier_checkpointed(model, backend, train, eval, config, None, on_progress).await
+/// Sequence classification as a [`Task`]: cross-entropy of the head's logits, averaged over
+/// the examples of a step, with dropout on the pooled vector drawn from webtune's own generator
+/// (a host-side mask, so a seed gives the same run on every backend; its state is checkpointed).
+pub struct Classify {
+    labels: LabelMap,
+    head: HeadConfig,
+    dropout_rng: Rng,
 }
 
-/// [`train_classifier`] that saves [`Checkpoint`]s (every `checkpointing.every` steps, and when
-/// the run is paused or stopped before its last step) and can continue from one, as
-/// [`finetune_checkpointed`](super::finetune::finetune_checkpointed) does for causal LMs. A
-/// checkpoint holds the trainable parameters (LoRA factors or the whole encoder, and the head,
-/// so the resumed run goes on with the trained head rather than a freshly drawn one), AdamW's
-/// state, the position in the seeded batch order, the state of the head-dropout generator and
-/// the history; the model must be prepared as for the saved run (same base, labels, head and
-/// configuration), and the resumed run's losses are the uninterrupted run's. A causal
-/// checkpoint, or one of another model, labelling, head, dataset or configuration, is refused
-/// with `config.invalid`. The summary covers the whole run.
-pub async fn train_classifier_checkpointed<C: Into<Control>>(
+impl Classify {
+    pub fn new(model: &ClassifierModel, config: &FinetuneConfig) -> Self {
+        Self {
+            labels: model.labels.clone(),
+            head: model.head,
+            dropout_rng: Rng::new(config.seed ^ 0xD20B_0000),
+        }
+    }
+}
+
+/// What a classification checkpoint keeps besides the trainable weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct ClassState {
+    /// Class names in id order (the head's rows).
+    labels: Vec<String>,
+    head: HeadConfig,
+    /// The state of the generator that draws the head's dropout masks.
+    dropout_rng: u64,
+}
+
+impl Task<Bert> for Classify {
+    type Batch = ClassBatch;
+    type Eval = ClassEval;
+    const NAME: &'static str = "classification";
+    const SPEED: Speed = Speed::Examples;
+
+    fn check(&self, bert: &Bert, batches: &[ClassBatch], what: &str) -> Result<()> {
+        check(batches, bert, self.labels.len(), what)
+    }
+
+    fn loss_units(&self, batch: &ClassBatch) -> usize {
+        batch.batch_size
+    }
+
+    fn size(&self, batch: &ClassBatch) -> (usize, usize) {
+        // Padding is not work a person asked for: only real tokens count.
+        let tokens = batch.attention_mask.iter().filter(|&&m| m != 0).count();
+        (tokens, batch.batch_size)
+    }
+
+    fn loss(
+        &mut self,
+        bert: &Bert,
+        batch: &ClassBatch,
+        units: usize,
+        device: &Device,
+    ) -> Result<Tensor<1>> {
+        let (ids, mask, labels) = tensors(batch, device);
+        let dropout = Some((self.head.dropout, &mut self.dropout_rng));
+        let out = logits(bert, ids, mask, self.head.pooling, dropout)?;
+        Ok(ce_sum(out, labels).div_scalar(units as f64))
+    }
+
+    async fn evaluate(&self, bert: &Bert, batches: &[ClassBatch]) -> Result<ClassEval> {
+        evaluate_classifier(bert, batches, self.head.pooling).await
+    }
+
+    fn state(&self) -> Value {
+        serde_json::to_value(ClassState {
+            labels: self.labels.labels.clone(),
+            head: self.head,
+            dropout_rng: self.dropout_rng.state(),
+        })
+        .unwrap_or(Value::Null)
+    }
+
+    /// The checkpoint must be of a classifier with the same labels, in the same order, and
+    /// the same head.
+    fn restore(&mut self, state: &Value) -> Result<()> {
+        let refuse = |reason: &str, message: String| {
+            Err(Error::config(message)
+                .with_details(json!({ "field": "checkpoint", "reason": reason })))
+        };
+        let state: ClassState = match serde_json::from_value(state.clone()) {
+            Ok(s) => s,
+            Err(e) => {
+                return refuse(
+                    "inconsistent",
+                    format!("the checkpoint's classifier state does not read: {e}"),
+                )
+            }
+        };
+        if state.labels != self.labels.labels {
+            return refuse(
+                "labels",
+                format!(
+                    "the checkpoint was saved by a run with the labels [{}], this dataset has [{}]; \
+                     resume with the same dataset",
+                    state.labels.join(", "),
+                    self.labels.labels.join(", ")
+                ),
+            );
+        }
+        if state.head != self.head {
+            return refuse(
+                "head",
+                format!(
+                    "the checkpoint's head ({:?} pooling, dropout {}) is not this run's ({:?} \
+                     pooling, dropout {}); resume with the same head options",
+                    state.head.pooling, state.head.dropout, self.head.pooling, self.head.dropout
+                ),
+            );
+        }
+        self.dropout_rng = Rng::new(state.dropout_rng);
+        Ok(())
+    }
+}
+
+/// Fine-tune a classifier on `train` (`config.grad_accum` batches per step; the loss of a step
+/// is the mean over all its examples), scoring `eval` before, every `eval_every` steps and at
+/// the end; see [`train_loop`] for what `options` steer. A checkpoint holds the trainable
+/// parameters (LoRA factors or the whole encoder, and the head, so a resumed run goes on with
+/// the trained head rather than a freshly drawn one) and the labels, head options and dropout
+/// generator, which a resumed run must share.
+pub async fn train_classifier(
     model: &mut ClassifierModel,
     backend: &Backend,
     train: &[ClassBatch],
     eval: &[ClassBatch],
     config: &FinetuneConfig,
-    checkpointing: Option<Checkpointing<'_>>,
-    mut on_progress: impl FnMut(&ClassifyProgress) -> C,
+    options: RunOptions<'_, ClassEval>,
 ) -> Result<ClassifySummary> {
-    let mut checkpointing = checkpointing;
-    config.validate()?;
     if config.method != model.model.method {
         return Err(Error::config(
             "the model was prepared for another fine-tuning method than the config asks for",
         ));
     }
-    if train.is_empty() {
-        return Err(Error::config("there are no training batches"));
-    }
-    let n_labels = model.labels.len();
-    check(train, model.bert()?, n_labels, "training")?;
-    check(eval, model.bert()?, n_labels, "evaluation")?;
-    let (trainable_params, total_params) = model.model.parameter_counts();
-    let head = model.head;
-    let device = &config.training_device(backend);
-    let total_steps = config.total_steps(train.len());
-    let resume = checkpointing.as_mut().and_then(|c| c.resume.take());
-    let resume = match resume {
-        Some(ck) => {
-            ck.check_resume(
-                CheckpointTask::Classification,
-                config,
-                total_steps,
-                train.len(),
-                total_params,
-            )?;
-            let state = check_class_state(&ck, model)?;
-            Some((ck, state))
-        }
-        None => None,
-    };
-    let schedule = LrSchedule {
-        kind: config.schedule,
-        base_lr: config.lr,
-        warmup_steps: config.warmup,
-        total_steps,
-    };
-    let labels_now = model.labels.labels.clone();
+    let mut task = Classify::new(model, config);
     let Family::Bert(bert) = &mut model.model.family else {
         return Err(Error::new(Code::Internal, "not an encoder"));
     };
-    // Restored parameters (the head among them) take back their saved ids, which the optimizer
-    // record and the no-decay group are keyed by: restore first (as the causal loop does).
-    if let Some((ck, _)) = &resume {
-        *bert = restore_params(bert.clone(), &ck.params)?;
-    }
-    let mut optim = adamw_optimizer(&*bert, config, resume.is_some());
-    let mut summary = ClassifySummary {
-        backend: backend.info.backend.as_str().to_string(),
-        method: config.method,
-        steps: 0,
-        cancelled: false,
-        losses: Vec::new(),
-        grad_norms: Vec::new(),
-        lrs: Vec::new(),
-        eval: Vec::new(),
-        trainable_params,
-        total_params,
-        first_step_ms: 0.0,
-        median_step_ms: 0.0,
-        examples_per_s: 0.0,
-        tokens_per_s: 0.0,
-    };
-    let mut dropout_rng = Rng::new(config.seed ^ 0xD20B_0000);
-    if let Some((ck, state)) = &resume {
-        optim = load_optimizer(optim, &ck.optimizer)?;
-        summary.losses.clone_from(&ck.losses);
-        summary.grad_norms.clone_from(&ck.grad_norms);
-        summary.lrs.clone_from(&ck.lrs);
-        summary.eval.clone_from(&state.eval);
-        summary.steps = ck.step;
-        dropout_rng = Rng::new(state.dropout_rng);
-    } else if !eval.is_empty() {
-        summary.eval.push(ClassEvalPoint {
-            step: 0,
-            eval: evaluate_classifier(bert, eval, head.pooling).await?,
-        });
-    }
-    let n = train.len();
-    let mut stream = BatchStream::new(config.seed, n, config.shuffle);
-    // The seeded stream is replayed up to where the checkpoint left it.
-    let first_step = resume.as_ref().map_or(0, |(ck, _)| ck.step);
-    stream.skip(resume.as_ref().map_or(0, |(ck, _)| ck.consumed));
-    let mut start = now_ms();
-    let mut step_ms = Vec::with_capacity(total_steps);
-    let mut step_examples = Vec::with_capacity(total_steps);
-    let mut tokens = 0usize;
-    for step in first_step..total_steps {
-        let step_start = now_ms();
-        let micro: Vec<usize> = (0..config.grad_accum)
-            .map(|_| stream.next_batch())
-            .collect();
-        let examples: usize = micro.iter().map(|&i| train[i].batch_size).sum();
-        tokens += micro
-            .iter()
-            .map(|&i| train[i].attention_mask.iter().filter(|&&m| m != 0).count())
-            .sum::<usize>();
-        let mut accumulator = GradientsAccumulator::<Bert>::new();
-        let mut loss_value = 0.0f64;
-        for &i in &micro {
-            let (ids, mask, labels) = tensors(&train[i], device);
-            let out = logits(
-                bert,
-                ids,
-                mask,
-                head.pooling,
-                Some((head.dropout, &mut dropout_rng)),
-            )?;
-            let loss = ce_sum(out, labels).div_scalar(examples as f64);
-            let grads = GradientsParams::from_grads(loss.backward(), &*bert);
-            accumulator.accumulate(&*bert, grads);
-            loss_value += read_scalar(loss).await? as f64;
-        }
-        let mut grads = accumulator.grads();
-        let loss_value = loss_value as f32;
-        let lr = schedule.lr_at(step);
-        let grad_norm = check_and_clip(
-            &*bert,
-            &mut grads,
-            loss_value,
-            config.max_grad_norm,
-            step,
-            lr,
-        )
-        .await?;
-        *bert = optim.step(lr, bert.clone(), grads);
-        summary.losses.push(loss_value);
-        summary.grad_norms.push(grad_norm as f32);
-        summary.lrs.push(lr);
-        let done = step + 1;
-        summary.steps = done;
-        let eval_now = !eval.is_empty()
-            && (done == total_steps || (config.eval_every > 0 && done % config.eval_every == 0));
-        let e = if eval_now {
-            let e = evaluate_classifier(bert, eval, head.pooling).await?;
-            summary.eval.push(ClassEvalPoint {
-                step: done,
-                eval: e,
-            });
-            Some(e)
-        } else {
-            None
-        };
-        let now = now_ms();
-        step_ms.push(now - step_start);
-        step_examples.push(examples as f64);
-        let secs: f64 = step_ms.iter().sum::<f64>() / 1e3;
-        let progress = ClassifyProgress {
-            step: done,
-            total_steps,
-            epoch: stream.consumed as f64 / n as f64,
-            loss: loss_value,
-            lr,
-            grad_norm: grad_norm as f32,
-            examples_per_s: step_examples.iter().sum::<f64>() / secs.max(1e-9),
-            elapsed_s: (now - start) / 1e3,
-            eta_s: secs / step_ms.len() as f64 * (total_steps - done) as f64,
-            eval: e,
-        };
-        let control: Control = on_progress(&progress).into();
-        if let Some(c) = checkpointing.as_mut() {
-            let early = !matches!(control, Control::Continue);
-            if done < total_steps && (early || (c.every > 0 && done % c.every == 0)) {
-                let ck = Checkpoint {
-                    task: CheckpointTask::Classification,
-                    step: done,
-                    consumed: stream.consumed,
-                    config: config.clone(),
-                    losses: summary.losses.clone(),
-                    grad_norms: summary.grad_norms.clone(),
-                    lrs: summary.lrs.clone(),
-                    eval: Vec::new(),
-                    total_params: Some(total_params),
-                    train_batches: Some(n),
-                    classification: Some(ClassState {
-                        labels: labels_now.clone(),
-                        head,
-                        eval: summary.eval.clone(),
-                        dropout_rng: dropout_rng.state(),
-                    }),
-                    params: save_params(&*bert).await?,
-                    optimizer: optimizer_bytes(&optim)?,
-                };
-                (c.save)(ck);
-            }
-        }
-        let (go_on, paused_ms) = control.proceed().await;
-        start += paused_ms;
-        if !go_on {
-            summary.cancelled = done < total_steps;
-            break;
-        }
-        yield_now().await;
-    }
-    summary.first_step_ms = step_ms.first().copied().unwrap_or(0.0);
-    summary.median_step_ms = median(step_ms.get(1..).unwrap_or(&[]));
-    let secs: f64 = step_ms.iter().sum::<f64>() / 1e3;
-    summary.examples_per_s = step_examples.iter().sum::<f64>() / secs.max(1e-9);
-    summary.tokens_per_s = tokens as f64 / secs.max(1e-9);
-    Ok(summary)
-}
-
-/// The classification part of a checkpoint, checked against the classifier it would continue
-/// (its labels in the same order, the same head).
-fn check_class_state(ck: &Checkpoint, model: &ClassifierModel) -> Result<ClassState> {
-    let refuse = |reason: &str, message: String| {
-        Err(Error::config(message)
-            .with_details(serde_json::json!({ "field": "checkpoint", "reason": reason })))
-    };
-    let Some(state) = &ck.classification else {
-        return refuse("task", "this checkpoint has no classification state".into());
-    };
-    if state.labels != model.labels.labels {
-        return refuse(
-            "labels",
-            format!(
-                "the checkpoint was saved by a run with the labels [{}], this dataset has [{}]; \
-                 resume with the same dataset",
-                state.labels.join(", "),
-                model.labels.labels.join(", ")
-            ),
-        );
-    }
-    if state.head != model.head {
-        return refuse(
-            "head",
-            format!(
-                "the checkpoint's head ({:?} pooling, dropout {}) is not this run's ({:?} \
-                 pooling, dropout {}); resume with the same head options",
-                state.head.pooling, state.head.dropout, model.head.pooling, model.head.dropout
-            ),
-        );
-    }
-    if state.eval.iter().any(|e| e.step > ck.step) {
-        return refuse(
-            "inconsistent",
-            "the checkpoint's validation points lie beyond its step".into(),
-        );
-    }
-    Ok(state.clone())
+    train_loop(bert, &mut task, backend, train, eval, config, options).await
 }
 
 /// Mean cross-entropy and accuracy of `bert`'s head over `batches`, without recording gradients.
@@ -568,7 +396,7 @@ pub async fn evaluate_classifier(
     let bert = bert.valid();
     let (mut loss, mut correct, mut examples) = (0.0f64, 0usize, 0usize);
     for b in batches {
-        let device = bert_device(&bert)?;
+        let device = module_device(&bert)?;
         let (ids, mask, labels) = tensors(b, &device);
         let out = logits(&bert, ids, mask, pooling, None)?;
         loss += read_scalar(ce_sum(out.clone(), labels)).await? as f64;
@@ -598,20 +426,6 @@ pub async fn evaluate_classifier(
     })
 }
 
-fn bert_device(bert: &Bert) -> Result<Device> {
-    struct First(Option<Device>);
-    impl burn::module::ModuleVisitor for First {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if self.0.is_none() {
-                self.0 = Some(param.lazy_device());
-            }
-        }
-    }
-    let mut f = First(None);
-    bert.visit(&mut f);
-    f.0.ok_or_else(|| Error::new(Code::Internal, "the model has no parameters"))
-}
-
 /// Logits `[B][labels]` of a (trained) classifier for one batch, on the model's device.
 pub async fn predict(model: &ClassifierModel, batch: &ClassBatch) -> Result<Vec<Vec<f32>>> {
     batch_logits(model.bert()?, model.head.pooling, batch).await
@@ -624,11 +438,11 @@ pub async fn batch_logits(
     batch: &ClassBatch,
 ) -> Result<Vec<Vec<f32>>> {
     let bert = bert.valid();
-    let device = bert_device(&bert)?;
+    let device = module_device(&bert)?;
     let (ids, mask, _) = tensors(batch, &device);
     let out = logits(&bert, ids, mask, pooling, None)?;
     let [b, c] = out.dims();
-    let data = super::lora::read_f32(out.reshape([b * c])).await?;
+    let data = read_f32(out.reshape([b * c])).await?;
     Ok(data.chunks(c).map(<[f32]>::to_vec).collect())
 }
 

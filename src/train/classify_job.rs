@@ -1,51 +1,34 @@
-//! The classification counterpart of [`run_job`](super::job::run_job): an encoder (BERT,
-//! MiniLM) and a labelled dataset file in; the labels mapped to ids, a held-out split
-//! (stratified), the before/after metrics on it (accuracy, macro-F1, per class, confusion
-//! matrix), the held-out examples whose prediction changed, and a
-//! `BertForSequenceClassification` export out.
+//! The classifier's job ([`JobTask`]): an encoder (BERT, MiniLM) and a labelled dataset file
+//! in; the labels mapped to ids, a held-out split (stratified), the before/after metrics on it
+//! (accuracy, macro-F1, per class, confusion matrix), the held-out examples whose prediction
+//! changed, and a `BertForSequenceClassification` export out.
 //!
 //! "Before" is the base encoder with the head it will start training from: the checkpoint's own
 //! head when it has one per label, otherwise a freshly drawn one, so "before" is then chance
 //! level by construction — the honest baseline for a new labelling.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use super::checkpoint::Checkpointing;
 use super::classify::{
-    batch_logits, export_classifier, predict, train_classifier_checkpointed, ClassifierModel,
-    ClassifyProgress, ClassifySummary, HeadConfig,
+    batch_logits, export_classifier, predict, train_classifier, ClassEval, ClassifierModel,
+    ClassifySummary, HeadConfig, HeadOptions,
 };
-use super::control::Control;
-use super::export::{store_merged_as, ExportFiles};
+use super::export::{tokenizer_files, ExportFiles};
+use super::finetune::FinetuneConfig;
 use super::job::{
-    job_checkpointing, memory_message, read_and_split, reading_message, DatasetFiles, JobConfig,
-    JobEvent, ReadSplit,
+    read_and_split, tokenizer_of, DatasetFiles, JobConfig, JobContext, JobSizes, JobTask, Phase,
+    ReadSplit, Trained,
 };
-use super::memory::{self, BatchShape, MemoryEstimate};
-use super::run::TOKENIZER_FILES;
-use crate::backend::Backend;
+use super::memory::{BatchShape, MemoryEstimate};
+use super::trainer::RunOptions;
 use crate::data::batching::{class_batch_of_ids, ClassBatch, LabelMap};
 use crate::data::validate::{inspect, Content, Dataset, Example, Report};
 use crate::error::{Code, Error, Result};
 use crate::eval::metrics::{argmax, classification_metrics, log_softmax, ClassMetrics};
-use crate::io::hf::ModelFiles;
 use crate::io::tokenizer::Tokenizer;
 use crate::models::bert::{Bert, Pooling};
 use crate::models::loaded::{Family, LoadedModel};
 use crate::platform::now_ms;
-
-/// Choices for the classification head; the job picks what is unset.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HeadOptions {
-    /// Unset: the pooler when the checkpoint already has a head for these labels (that is what
-    /// it was trained with), else mean pooling (sentence-transformers' embedding, which every
-    /// checkpoint has).
-    pub pooling: Option<Pooling>,
-    /// Dropout on the pooled vector while training; unset: the checkpoint's
-    /// `classifier_dropout`, else `hidden_dropout_prob` (transformers' rule).
-    pub dropout: Option<f64>,
-}
 
 /// At most this many changed predictions are listed (all are counted).
 const MAX_CHANGED: usize = 20;
@@ -160,13 +143,6 @@ fn prediction(labels: &LabelMap, logits: &[f32], truth: usize) -> Prediction {
     }
 }
 
-fn encoder_files(files: &ModelFiles) -> ExportFiles {
-    TOKENIZER_FILES
-        .iter()
-        .filter_map(|n| files.get(n).map(|b| (format!("merged/{n}"), b.to_vec())))
-        .collect()
-}
-
 /// A labelled dataset read, validated, split (stratified) and batched for `base`.
 pub struct ClassData {
     pub report: Report,
@@ -180,16 +156,6 @@ pub struct ClassData {
     pub validation: Vec<usize>,
     pub train_batches: Vec<ClassBatch>,
     pub eval_batches: Vec<ClassBatch>,
-}
-
-fn tokenizer_of(base: &LoadedModel) -> Result<&Tokenizer> {
-    base.tokenizer.as_ref().ok_or_else(|| {
-        Error::new(
-            Code::ModelMissingFile,
-            "this model has no tokenizer, so text cannot be turned into tokens; load the model \
-             together with its tokenizer.json",
-        )
-    })
 }
 
 /// Read, validate, split and batch a labelled dataset file for the encoder `base`.
@@ -269,203 +235,194 @@ pub fn prepare_class_data<'a>(
     })
 }
 
-/// Fine-tune the encoder `base` (loaded from `files`) to classify the dataset file's labels.
-/// Events and cancellation as for [`run_job`](super::job::run_job).
-pub async fn run_classify_job<'a, C: Into<Control>>(
-    files: ModelFiles,
-    base: &LoadedModel,
-    backend: &Backend,
-    dataset: impl Into<DatasetFiles<'a>>,
-    config: &JobConfig,
-    on_event: impl FnMut(JobEvent) -> C,
-) -> Result<ClassifyJobOutput> {
-    run_classify_job_checkpointed(files, base, backend, dataset, config, None, on_event).await
+/// The classifier's part of a job.
+pub struct ClassifyJob;
+
+/// The base classifier's logits on the held-out examples, and whether its head came from the
+/// checkpoint (else it was drawn new).
+pub struct ClassBefore {
+    logits: Vec<Vec<f32>>,
+    metrics: ClassMetrics,
+    head_from_checkpoint: bool,
 }
 
-/// [`run_classify_job`] whose training saves checkpoints (every `config.checkpoint_every`
-/// steps, and when paused or stopped early; none for full fine-tuning of a model over
-/// [`MAX_FULL_CHECKPOINT_PARAMS`](super::job::MAX_FULL_CHECKPOINT_PARAMS)) and can continue from
-/// one saved by the same job (same model, dataset, labels, head and configuration): the
-/// continued run trains the checkpoint's head and weights, and its losses and final metrics are
-/// the uninterrupted run's. "Before" is scored, as in the uninterrupted job, on the base encoder
-/// with the head the run started from. See
-/// [`train_classifier_checkpointed`](super::classify::train_classifier_checkpointed).
-pub async fn run_classify_job_checkpointed<'a, C: Into<Control>>(
-    files: ModelFiles,
-    base: &LoadedModel,
-    backend: &Backend,
-    dataset: impl Into<DatasetFiles<'a>>,
-    config: &JobConfig,
-    checkpointing: Option<Checkpointing<'_>>,
-    mut on_event: impl FnMut(JobEvent) -> C,
-) -> Result<ClassifyJobOutput> {
-    let checkpointing = job_checkpointing(base, config, checkpointing, &mut on_event);
-    let tokenizer = tokenizer_of(base)?;
-    let dataset: DatasetFiles = dataset.into();
-    on_event(JobEvent::Phase {
-        phase: "data",
-        message: reading_message(&dataset),
-    });
-    let data = prepare_class_data(base, dataset, config)?;
-    let ClassData {
-        report,
-        validation_report,
-        overlap_removed,
-        dataset,
-        labels,
-        train,
-        validation,
-        train_batches,
-        eval_batches,
-    } = data;
-    let held_out: Vec<&Example> = validation.iter().map(|&i| &dataset.examples[i]).collect();
-    let memory = memory::plan(
-        &base.info,
-        &config.train,
-        BatchShape::largest(train_batches.iter().map(|b| (b.batch_size, b.seq_len))),
-        labels.len(),
-        &backend.info,
-    )?;
-    on_event(JobEvent::Phase {
-        phase: "memory",
-        message: memory_message(&memory),
-    });
+impl JobTask for ClassifyJob {
+    type Data = ClassData;
+    type Model = ClassifierModel;
+    type Eval = ClassEval;
+    type Before = ClassBefore;
+    type Output = ClassifyJobOutput;
+    const NAME: &'static str = "classification";
 
-    let base_config = files.config()?;
-    let extra = encoder_files(&files);
-    let loaded = LoadedModel::load(files, &config.train.training_device(backend))?;
-    let Family::Bert(bert) = &loaded.family else {
-        return Err(Error::config(format!(
-            "classification fine-tuning needs an encoder (BERT) model; {} is a causal language model",
-            base.info.architecture
-        )));
-    };
-    let head_from_checkpoint = bert.num_labels() == labels.len();
-    let head = head_config(bert, &base_config, config.head, head_from_checkpoint);
-    let mut model = ClassifierModel::prepare(loaded.family, labels.clone(), &config.train, head)?;
+    fn prepare(&self, job: &JobContext<'_>, dataset: DatasetFiles) -> Result<ClassData> {
+        prepare_class_data(job.base, dataset, job.config)
+    }
 
-    on_event(JobEvent::Phase {
-        phase: "evaluation",
-        message: format!("Base model on {} held-out examples…", held_out.len()),
-    });
-    let truth: Vec<usize> = eval_batches
+    fn sizes(&self, data: &ClassData) -> JobSizes {
+        let shapes = data.train_batches.iter().map(|b| (b.batch_size, b.seq_len));
+        JobSizes {
+            largest: BatchShape::largest(shapes),
+            labels: data.labels.len(),
+            train_examples: data.train.len(),
+            train_batches: data.train_batches.len(),
+            validation_examples: data.validation.len(),
+        }
+    }
+
+    /// "Before" is the base encoder with the head training starts from.
+    async fn before(
+        &self,
+        job: &JobContext<'_>,
+        data: &ClassData,
+        phase: Phase<'_>,
+    ) -> Result<(ClassifierModel, ClassBefore)> {
+        let config = job.config;
+        let device = config.train.training_device(job.backend);
+        let loaded = LoadedModel::load(job.files.clone(), &device)?;
+        let Family::Bert(bert) = &loaded.family else {
+            return Err(Error::config(format!(
+                "classification fine-tuning needs an encoder (BERT) model; {} is a causal \
+                 language model",
+                job.base.info.architecture
+            )));
+        };
+        let head_from_checkpoint = bert.num_labels() == data.labels.len();
+        let base_config = job.files.config()?;
+        let head = head_config(bert, &base_config, config.head, head_from_checkpoint);
+        let labels = data.labels.clone();
+        let model = ClassifierModel::prepare(loaded.family, labels, &config.train, head)?;
+        let n = data.validation.len();
+        phase(
+            "evaluation",
+            format!("Base model on {n} held-out examples…"),
+        );
+        let (logits, secs) = logits_of(&model, &data.eval_batches).await?;
+        let metrics = classification_metrics(&data.labels.labels, &truth(data), &logits, secs);
+        let before = ClassBefore {
+            logits,
+            metrics,
+            head_from_checkpoint,
+        };
+        Ok((model, before))
+    }
+
+    async fn train(
+        &self,
+        job: &JobContext<'_>,
+        model: &mut ClassifierModel,
+        data: &ClassData,
+        config: &FinetuneConfig,
+        options: RunOptions<'_, ClassEval>,
+    ) -> Result<ClassifySummary> {
+        let (train, eval) = (&data.train_batches, &data.eval_batches);
+        train_classifier(model, job.backend, train, eval, config, options).await
+    }
+
+    async fn export(
+        &self,
+        job: &JobContext<'_>,
+        model: &ClassifierModel,
+        _data: &ClassData,
+    ) -> Result<ExportFiles> {
+        let mut export: ExportFiles = export_classifier(model, &job.files.config()?)
+            .await?
+            .into_iter()
+            .map(|(n, b)| (format!("merged/{n}"), b))
+            .collect();
+        export.extend(tokenizer_files(job.files));
+        Ok(export)
+    }
+
+    async fn finish(
+        &self,
+        _job: &JobContext<'_>,
+        trained: Trained<Self>,
+        phase: Phase<'_>,
+    ) -> Result<ClassifyJobOutput> {
+        let Trained {
+            data,
+            model,
+            before,
+            summary,
+            memory,
+            export,
+            tuned,
+        } = trained;
+        let labels = &data.labels;
+        let truth = truth(&data);
+        let n = data.validation.len();
+        phase(
+            "evaluation",
+            format!("Fine-tuned model on {n} held-out examples…"),
+        );
+        let (logits_after, secs) = logits_of(&model, &data.eval_batches).await?;
+        let after = classification_metrics(&labels.labels, &truth, &logits_after, secs);
+        let mut changed = Vec::new();
+        for (k, &i) in data.validation.iter().enumerate() {
+            let (b, a) = (argmax(&before.logits[k]), argmax(&logits_after[k]));
+            if a == b {
+                continue;
+            }
+            let t = truth[k];
+            let status = match (b == t, a == t) {
+                (false, true) => "fixed",
+                (true, false) => "broken",
+                _ => "changed",
+            };
+            let e = &data.dataset.examples[i];
+            let Content::Labeled { text, label } = &e.content else {
+                continue;
+            };
+            changed.push(Changed {
+                source: e.loc.to_string(),
+                text: text.clone(),
+                label: label.clone(),
+                status,
+                before: prediction(labels, &before.logits[k], t),
+                after: prediction(labels, &logits_after[k], t),
+            });
+        }
+        let rank = |c: &Changed| match c.status {
+            "fixed" => 0,
+            "broken" => 1,
+            _ => 2,
+        };
+        changed.sort_by_key(rank);
+        let fixed = changed.iter().filter(|c| c.status == "fixed").count();
+        let broken = changed.iter().filter(|c| c.status == "broken").count();
+        let changed_total = changed.len();
+        changed.truncate(MAX_CHANGED);
+        Ok(ClassifyJobOutput {
+            report: data.report,
+            validation_report: data.validation_report,
+            overlap_removed: data.overlap_removed,
+            labels: labels.labels.clone(),
+            pooling: model.head.pooling,
+            head_from_checkpoint: before.head_from_checkpoint,
+            train_examples: data.train.len(),
+            validation_examples: data.validation.len(),
+            train_batches: data.train_batches.len(),
+            memory,
+            summary,
+            before: before.metrics,
+            after,
+            changed,
+            changed_total,
+            fixed,
+            broken,
+            files: export.iter().map(|(n, _)| n.clone()).collect(),
+            export,
+            tuned: Some(tuned),
+        })
+    }
+}
+
+/// The true label of every held-out example, in batch order.
+fn truth(data: &ClassData) -> Vec<usize> {
+    data.eval_batches
         .iter()
         .flat_map(|b| b.labels.iter().map(|&l| l as usize))
-        .collect();
-    let (logits_before, secs) = logits_of(&model, &eval_batches).await?;
-    let before = classification_metrics(&labels.labels, &truth, &logits_before, secs);
-
-    on_event(JobEvent::Phase {
-        phase: "training",
-        message: format!(
-            "Training on {} examples ({} batches), evaluating on {}…",
-            train.len(),
-            train_batches.len(),
-            held_out.len()
-        ),
-    });
-    let mut train_config = config.train.clone();
-    if train_config.eval_every == 0 {
-        let steps = train_config.total_steps(train_batches.len());
-        train_config.eval_every = (steps / 5).max(1);
-    }
-    let summary = train_classifier_checkpointed(
-        &mut model,
-        backend,
-        &train_batches,
-        &eval_batches,
-        &train_config,
-        checkpointing,
-        |p: &ClassifyProgress| on_event(JobEvent::ClassStep(p)),
-    )
-    .await?;
-
-    on_event(JobEvent::Phase {
-        phase: "evaluation",
-        message: format!("Fine-tuned model on {} held-out examples…", held_out.len()),
-    });
-    let (logits_after, secs) = logits_of(&model, &eval_batches).await?;
-    let after = classification_metrics(&labels.labels, &truth, &logits_after, secs);
-    let mut changed = Vec::new();
-    for (k, e) in held_out.iter().enumerate() {
-        let (b, a) = (argmax(&logits_before[k]), argmax(&logits_after[k]));
-        if a == b {
-            continue;
-        }
-        let t = truth[k];
-        let status = match (b == t, a == t) {
-            (false, true) => "fixed",
-            (true, false) => "broken",
-            _ => "changed",
-        };
-        let Content::Labeled { text, label } = &e.content else {
-            continue;
-        };
-        changed.push(Changed {
-            source: e.loc.to_string(),
-            text: text.clone(),
-            label: label.clone(),
-            status,
-            before: prediction(&labels, &logits_before[k], t),
-            after: prediction(&labels, &logits_after[k], t),
-        });
-    }
-    let rank = |c: &Changed| match c.status {
-        "fixed" => 0,
-        "broken" => 1,
-        _ => 2,
-    };
-    changed.sort_by_key(rank);
-    let fixed = changed.iter().filter(|c| c.status == "fixed").count();
-    let broken = changed.iter().filter(|c| c.status == "broken").count();
-    let changed_total = changed.len();
-    changed.truncate(MAX_CHANGED);
-
-    on_event(JobEvent::Phase {
-        phase: "export",
-        message: "Exporting the fine-tuned classifier…".into(),
-    });
-    let mut export: ExportFiles = export_classifier(&model, &base_config)
-        .await?
-        .into_iter()
-        .map(|(n, b)| (format!("merged/{n}"), b))
-        .collect();
-    export.extend(extra);
-    if !export.iter().any(|(n, _)| n == "merged/tokenizer.json") {
-        if let Some(json) = tokenizer.to_json()? {
-            export.push(("merged/tokenizer.json".into(), json.into_bytes()));
-        }
-    }
-    let mut merged = ModelFiles::new();
-    for (n, b) in &export {
-        if let Some(file) = n.strip_prefix("merged/") {
-            merged.insert(file.to_owned(), b.clone());
-        }
-    }
-    let tuned = LoadedModel::load(merged, &base.device)?;
-    store_merged_as(&mut export, config.export_dtype)?;
-    Ok(ClassifyJobOutput {
-        report,
-        validation_report,
-        overlap_removed,
-        labels: labels.labels.clone(),
-        pooling: head.pooling,
-        head_from_checkpoint,
-        train_examples: train.len(),
-        validation_examples: held_out.len(),
-        train_batches: train_batches.len(),
-        memory,
-        summary,
-        before,
-        after,
-        changed,
-        changed_total,
-        fixed,
-        broken,
-        files: export.iter().map(|(n, _)| n.clone()).collect(),
-        export,
-        tuned: Some(tuned),
-    })
+        .collect()
 }
 
 fn head_config(

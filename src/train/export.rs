@@ -13,6 +13,7 @@ use super::lora::{
     hf_tensor, lora_factors, merge, named_tensors, read_f32, transpose_2d, FamilyKind,
 };
 use crate::error::{Code, Error, Result};
+use crate::io::hf::ModelFiles;
 use crate::io::safetensors::{
     write_f32_with_metadata, write_with_metadata, SafeTensorsFile, StoreDtype,
 };
@@ -21,6 +22,44 @@ use burn::module::Module;
 
 /// Exported files: name → bytes.
 pub type ExportFiles = Vec<(String, Vec<u8>)>;
+
+/// Files copied from the base model into the merged export, when present.
+pub(crate) const TOKENIZER_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "chat_template.jinja",
+];
+
+/// The base model's tokenizer files (those of [`TOKENIZER_FILES`] it has) as `merged/…`.
+pub(crate) fn tokenizer_files(files: &ModelFiles) -> ExportFiles {
+    TOKENIZER_FILES
+        .iter()
+        .filter_map(|n| files.get(n).map(|b| (format!("merged/{n}"), b.to_vec())))
+        .collect()
+}
+
+/// Everything a fine-tuned causal LM exports: for LoRA the PEFT adapter (`adapter/…`, naming
+/// `base_model` as its base), and the merged model with the base's tokenizer files
+/// (`merged/…`). `files` are the base model's.
+pub async fn export_all(
+    model: &TrainableModel,
+    files: &ModelFiles,
+    base_model: &str,
+) -> Result<ExportFiles> {
+    let mut out: ExportFiles = Vec::new();
+    if model.lora.is_some() {
+        for (n, b) in export_adapter(model, base_model).await? {
+            out.push((format!("adapter/{n}"), b));
+        }
+    }
+    for (n, b) in export_merged(&model.family, &files.config()?).await? {
+        out.push((format!("merged/{n}"), b));
+    }
+    out.extend(tokenizer_files(files));
+    Ok(out)
+}
 
 fn inference_copy(family: &Family) -> Family {
     match family {

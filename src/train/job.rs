@@ -1,32 +1,26 @@
-//! A whole fine-tuning job as a person starts it: a model, a dataset file and one configuration
-//! in; a validated dataset, a held-out split, training, the before/after evaluation on the
-//! held-out examples (loss, perplexity, and greedy continuations side by side) and the exported
-//! files out. The browser worker and the CLI both call [`run_job`], so they do the same thing.
+//! A whole fine-tuning job as a person starts it, the same for every task: a model, a dataset
+//! file and one configuration in; the data read, validated, split and batched, the base model
+//! scored on the held-out part, training (the one loop of [`super::trainer`]), the exported
+//! files, and the fine-tuned model scored on the same held-out part. What differs by task (how
+//! data is batched, what "scored" means, what is exported) is a [`JobTask`]: the causal LM's
+//! job is [`super::causal_job`], the classifier's [`super::classify_job`]. The browser worker
+//! and the CLI both start jobs through [`super::run_task`], so they do the same thing.
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
-use super::checkpoint::{CheckpointTask, Checkpointing};
-use super::classify::ClassifyProgress;
-use super::classify_job::{
-    run_classify_job, run_classify_job_checkpointed, ClassifyJobOutput, HeadOptions,
-};
+use super::checkpoint::Checkpointing;
+use super::classify::HeadOptions;
 use super::control::Control;
 use super::export::{store_merged_as, ExportFiles};
-use super::finetune::{evaluate_loss, EvalLoss, FinetuneConfig, FinetuneProgress, FinetuneSummary};
+use super::finetune::{FinetuneConfig, Method};
 use super::memory::{self, BatchShape, MemoryEstimate};
-use super::run::train_checkpointed;
+use super::trainer::{Progress, RunOptions, Summary};
 use crate::backend::Backend;
-use crate::data::batching::CausalEncoder;
-use crate::data::chat::{ChatTemplate, Message};
 use crate::data::split::{join_validation, split, Holdout};
 use crate::data::validate::{
-    inspect, inspect_with_progress, Content, Dataset, Example, InspectOptions, OnDataProgress,
-    Report,
+    inspect_with_progress, Dataset, InspectOptions, OnDataProgress, Report,
 };
 use crate::error::{Code, Error, Result};
-use crate::eval::generate::{generate, GenerateOptions};
-use crate::eval::metrics::{answer_metrics, AnswerMetrics};
 use crate::io::hf::ModelFiles;
 use crate::io::safetensors::StoreDtype;
 use crate::io::tokenizer::Tokenizer;
@@ -94,17 +88,6 @@ impl JobConfig {
     }
 }
 
-/// One held-out prompt, what the data says follows it, and what each model wrote.
-#[derive(Debug, Clone, Serialize)]
-pub struct Sample {
-    /// Where the example comes from, e.g. "qa.jsonl line 12".
-    pub source: String,
-    pub prompt: String,
-    pub reference: String,
-    pub before: String,
-    pub after: String,
-}
-
 /// Something a job reports while it runs.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -114,151 +97,18 @@ pub enum JobEvent<'a> {
         phase: &'static str,
         message: String,
     },
-    Step(&'a FinetuneProgress),
-    /// A classification step (`examples_per_s` instead of `tokens_per_s`).
-    #[serde(rename = "step")]
-    ClassStep(&'a ClassifyProgress),
+    /// A training step, whatever the task (a classifier's reports `examples_per_s`, a causal
+    /// LM's `tokens_per_s`).
+    Step(&'a Progress),
 }
 
-#[derive(Serialize)]
-pub struct JobOutput {
-    pub report: Report,
-    /// The separate validation file's report, when one was given.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub validation_report: Option<Report>,
-    /// Training examples dropped because the validation file has them too.
-    pub overlap_removed: usize,
-    pub train_examples: usize,
-    pub validation_examples: usize,
-    pub train_batches: usize,
-    pub summary: FinetuneSummary,
-    /// Held-out loss of the base model and of the fine-tuned one.
-    pub before: Option<EvalLoss>,
-    pub after: Option<EvalLoss>,
-    pub samples: Vec<Sample>,
-    /// The memory the run was estimated to need (checked against the backend before training).
-    pub memory: MemoryEstimate,
-    /// Exact match and token F1 of the samples' greedy answers against their references, for
-    /// prompt–completion and chat data (plain text has no answers to match).
-    pub answers_before: Option<AnswerMetrics>,
-    pub answers_after: Option<AnswerMetrics>,
-    /// Names of the exported files (`merged/…`, `adapter/…`).
-    pub files: Vec<String>,
-    #[serde(skip)]
-    pub export: ExportFiles,
-    /// The fine-tuned model, loaded from its export on the inference device.
-    #[serde(skip)]
-    pub tuned: Option<LoadedModel>,
-}
-
-/// The dataset read, validated, split and batched for `base`'s tokenizer.
-pub struct PreparedData {
-    pub report: Report,
-    /// The separate validation file's report, when there is one.
-    pub validation_report: Option<Report>,
-    /// Training examples dropped because the validation file has them too.
-    pub overlap_removed: usize,
-    pub dataset: Dataset,
-    pub train: Vec<usize>,
-    pub validation: Vec<usize>,
-    pub train_batches: Vec<crate::data::TokenBatch>,
-    pub eval_batches: Vec<crate::data::TokenBatch>,
-    pub chat: Option<ChatTemplate>,
-}
-
-/// The chat template a model ships (chat_template.jinja, tokenizer_config.json or GGUF
-/// metadata; see [`ChatTemplate::from_model_files`]), if any.
-pub fn chat_template(files: &ModelFiles) -> Result<Option<ChatTemplate>> {
-    ChatTemplate::from_model_files(files)
-}
-
-fn tokenizer_of(model: &LoadedModel) -> Result<&Tokenizer> {
+pub(crate) fn tokenizer_of(model: &LoadedModel) -> Result<&Tokenizer> {
     model.tokenizer.as_ref().ok_or_else(|| {
         Error::new(
             Code::ModelMissingFile,
             "this model has no tokenizer, so a text dataset cannot be turned into tokens; load \
              the model together with its tokenizer.json",
         )
-    })
-}
-
-/// Read, validate, split and batch a dataset for `base`.
-pub fn prepare_data<'a>(
-    base: &LoadedModel,
-    chat: Option<ChatTemplate>,
-    files: impl Into<DatasetFiles<'a>>,
-    config: &JobConfig,
-) -> Result<PreparedData> {
-    let files = files.into();
-    config.validate()?;
-    let tokenizer = tokenizer_of(base)?;
-    let mut options = config.data.clone();
-    // Rows hold seq_len inputs plus one target: never more than the model's context.
-    options.causal.seq_len = options
-        .causal
-        .seq_len
-        .min(base.info.max_positions.saturating_sub(1))
-        .max(1);
-    if let Some(t) = &chat {
-        if options.chat_template.is_none() {
-            // The model's template with the model's special tokens, as it renders in training.
-            options.chat_template = Some(t.source().to_owned());
-            options.bos_token.clone_from(&t.bos_token);
-            options.eos_token.clone_from(&t.eos_token);
-        }
-    }
-    let architecture = &base.info.architecture;
-    let read = read_and_split(files, &options, tokenizer, config, |dataset| {
-        if dataset.labels.is_some() {
-            return Err(Error::new(
-                Code::DataInvalid,
-                format!(
-                    "{} is a classification dataset (text + label); {architecture} is a causal \
-                     language model, which learns to continue text. Use an encoder model \
-                     (BERT/MiniLM) for classification, or give prompt/completion pairs.",
-                    dataset.file
-                ),
-            ));
-        }
-        Ok(())
-    })?;
-    let ReadSplit {
-        dataset,
-        report,
-        validation_report,
-        overlap_removed,
-        train: train_idx,
-        validation,
-    } = read;
-    let encoder = CausalEncoder::new(tokenizer, chat.as_ref(), options.causal.clone());
-    let pick =
-        |idx: &[usize]| -> Vec<&Example> { idx.iter().map(|&i| &dataset.examples[i]).collect() };
-    let plain = dataset
-        .examples
-        .iter()
-        .all(|e| matches!(e.content, Content::Text { .. }));
-    let batches = |examples: Vec<&Example>| -> Result<Vec<crate::data::TokenBatch>> {
-        if plain {
-            encoder.packed(&examples, config.batch_size)
-        } else {
-            examples
-                .chunks(config.batch_size)
-                .map(|chunk| encoder.batch(chunk))
-                .collect()
-        }
-    };
-    let train_batches = batches(pick(&train_idx))?;
-    let eval_batches = batches(pick(&validation))?;
-    Ok(PreparedData {
-        report,
-        validation_report,
-        overlap_removed,
-        train: train_idx,
-        validation,
-        train_batches,
-        eval_batches,
-        chat,
-        dataset,
     })
 }
 
@@ -398,96 +248,13 @@ pub(crate) fn reading_message(files: &DatasetFiles) -> String {
     }
 }
 
-/// A prompt and its reference continuation for one held-out example.
-fn sample_prompt(
-    example: &Example,
-    tokenizer: &Tokenizer,
-    chat: Option<&ChatTemplate>,
-    separator: &str,
-) -> Result<Option<(Vec<u32>, String, String)>> {
-    Ok(match &example.content {
-        Content::Pair { prompt, completion } => {
-            let text = format!("{prompt}{separator}");
-            Some((tokenizer.encode(&text)?, text, completion.clone()))
-        }
-        Content::Chat { messages } => {
-            let Some(last) = messages.iter().rposition(|m| m.role == "assistant") else {
-                return Ok(None);
-            };
-            let fallback = ChatTemplate::chatml();
-            let template = chat.unwrap_or(&fallback);
-            let history: Vec<Message> = messages[..last].to_vec();
-            let text = template.render(&history, true)?;
-            Some((
-                tokenizer.encode_with(&text, false)?,
-                text,
-                messages[last].content.clone(),
-            ))
-        }
-        Content::Text { text } => {
-            let ids = tokenizer.encode(text)?;
-            if ids.len() < 4 {
-                return Ok(None);
-            }
-            let cut = (ids.len() / 2).min(32);
-            Some((
-                ids[..cut].to_vec(),
-                tokenizer.decode(&ids[..cut])?,
-                tokenizer.decode(&ids[cut..])?,
-            ))
-        }
-        Content::Labeled { .. } => None,
-    })
-}
-
-/// Greedy continuation of `ids` as text (stopping at EOS).
-pub async fn continue_text(model: &LoadedModel, ids: &[u32], tokens: usize) -> Result<String> {
-    let options = GenerateOptions {
-        max_new_tokens: tokens,
-        greedy: true,
-        stop_tokens: model.eos_token_id.into_iter().collect(),
-        ..Default::default()
-    };
-    let max = model.info.max_positions.saturating_sub(tokens + 1).max(1);
-    let ids = &ids[ids.len().saturating_sub(max)..];
-    let out = generate(model.causal_lm(), &model.device, ids, &options, |_| true).await?;
-    let out: Vec<u32> = out
-        .into_iter()
-        .filter(|t| Some(*t) != model.eos_token_id)
-        .collect();
-    match &model.tokenizer {
-        Some(t) => t.decode(&out),
-        None => Ok(format!("{out:?}")),
-    }
-}
-
-/// Fine-tune `base` (loaded from `files`) on the dataset file `name`/`bytes` and evaluate it
-/// before and after on held-out examples. `on_event` sees phases and every step; returning
-/// `false` from it cancels training (the job still evaluates and exports what was trained);
-/// returning [`Control::Pause`] for a step pauses training after it (answers to phase events are
-/// ignored).
-pub async fn run_job<'a, C: Into<Control>>(
-    files: ModelFiles,
-    base: &LoadedModel,
-    backend: &Backend,
-    dataset: impl Into<DatasetFiles<'a>>,
-    config: &JobConfig,
-    base_name: &str,
-    on_event: impl FnMut(JobEvent) -> C,
-) -> Result<JobOutput> {
-    run_job_checkpointed(
-        files, base, backend, dataset, config, base_name, None, on_event,
-    )
-    .await
-}
-
 /// Full fine-tuning of models above this many parameters saves no checkpoints.
 pub const MAX_FULL_CHECKPOINT_PARAMS: usize = 16 << 20;
 
 /// The checkpointing a job's training gets: saving every `config.checkpoint_every` steps, and
 /// none at all (said in a phase event) for full fine-tuning of a model over
 /// [`MAX_FULL_CHECKPOINT_PARAMS`] — unless the job resumes from a checkpoint (then it exists).
-pub(crate) fn job_checkpointing<'c, C>(
+fn job_checkpointing<'c, C>(
     base: &LoadedModel,
     config: &JobConfig,
     checkpointing: Option<Checkpointing<'c>>,
@@ -500,8 +267,8 @@ pub(crate) fn job_checkpointing<'c, C>(
     // A checkpoint holds the trainable weights and both AdamW moments, copied a few times on
     // the way out: fully fine-tuning a large model would need gigabytes (and could exhaust the
     // 4 GiB of wasm memory), so such runs train without checkpoints.
-    let too_big = config.train.method == super::finetune::Method::Full
-        && base.info.parameters > MAX_FULL_CHECKPOINT_PARAMS;
+    let too_big =
+        config.train.method == Method::Full && base.info.parameters > MAX_FULL_CHECKPOINT_PARAMS;
     let resuming = checkpointing.as_ref().is_some_and(|c| c.resume.is_some());
     if too_big && !resuming {
         if checkpointing.is_some() {
@@ -521,128 +288,178 @@ pub(crate) fn job_checkpointing<'c, C>(
     }
 }
 
-/// [`run_job`] whose training saves checkpoints (every `config.checkpoint_every` steps, and when
-/// paused or stopped early) and can continue from one saved by the same job (same model,
-/// dataset and configuration): the continued run's losses are the uninterrupted run's.
-#[allow(clippy::too_many_arguments)]
-pub async fn run_job_checkpointed<'a, C: Into<Control>>(
-    files: ModelFiles,
-    base: &LoadedModel,
-    backend: &Backend,
+/// Where a job runs: the base model (its files and the loaded inference copy), the backend,
+/// the configuration and the name the exports give the base.
+pub struct JobContext<'j> {
+    pub files: &'j ModelFiles,
+    pub base: &'j LoadedModel,
+    pub backend: &'j Backend,
+    pub config: &'j JobConfig,
+    pub base_name: &'j str,
+}
+
+/// A phase message: `(phase, message)`.
+pub type Phase<'p> = &'p mut dyn FnMut(&'static str, String);
+
+/// The sizes a job plans with and reports.
+pub struct JobSizes {
+    /// The largest training micro-batch (the memory estimate's activations).
+    pub largest: BatchShape,
+    /// Rows of a classification head (0 for none).
+    pub labels: usize,
+    pub train_examples: usize,
+    pub train_batches: usize,
+    pub validation_examples: usize,
+}
+
+/// What a task adds to a job; [`run_job`] does the rest, the same for every task (phases,
+/// checkpoint policy, memory plan, the training loop, the tokenizer in the export, the
+/// fine-tuned model loaded back from the export).
+#[allow(async_fn_in_trait)]
+pub trait JobTask {
+    /// The dataset read, validated, split and batched.
+    type Data;
+    /// The model being trained.
+    type Model;
+    /// The training loop's held-out scores.
+    type Eval: Serialize;
+    /// What the base model did on the held-out data, kept for the comparison after training.
+    type Before;
+    type Output;
+    /// The training task's name ([`super::task::Task::NAME`]): a checkpoint of another task is
+    /// refused before any data is read.
+    const NAME: &'static str;
+
+    fn prepare(&self, job: &JobContext<'_>, dataset: DatasetFiles) -> Result<Self::Data>;
+
+    fn sizes(&self, data: &Self::Data) -> JobSizes;
+
+    /// Score the base model on the held-out data and prepare the model to train.
+    async fn before(
+        &self,
+        job: &JobContext<'_>,
+        data: &Self::Data,
+        phase: Phase<'_>,
+    ) -> Result<(Self::Model, Self::Before)>;
+
+    async fn train(
+        &self,
+        job: &JobContext<'_>,
+        model: &mut Self::Model,
+        data: &Self::Data,
+        config: &FinetuneConfig,
+        options: RunOptions<'_, Self::Eval>,
+    ) -> Result<Summary<Self::Eval>>;
+
+    /// The trained model's files: `merged/…` (a Hugging Face model folder) and, for LoRA,
+    /// `adapter/…`.
+    async fn export(
+        &self,
+        job: &JobContext<'_>,
+        model: &Self::Model,
+        data: &Self::Data,
+    ) -> Result<ExportFiles>;
+
+    /// Score the fine-tuned model and compare it with the base.
+    async fn finish(
+        &self,
+        job: &JobContext<'_>,
+        trained: Trained<Self>,
+        phase: Phase<'_>,
+    ) -> Result<Self::Output>;
+}
+
+/// A job after training and export, handed to [`JobTask::finish`].
+pub struct Trained<T: JobTask + ?Sized> {
+    pub data: T::Data,
+    pub model: T::Model,
+    pub before: T::Before,
+    pub summary: Summary<T::Eval>,
+    pub memory: MemoryEstimate,
+    /// The exported files (merged weights in `config.export_dtype`).
+    pub export: ExportFiles,
+    /// The fine-tuned model, loaded from its merged export on the inference device: what a
+    /// person downloads is what is scored and used.
+    pub tuned: LoadedModel,
+}
+
+/// Run `task`'s job: `base` (loaded from `job.files`) fine-tuned on `dataset`. `on_event` sees
+/// phases and every step; returning `false` from it cancels training (the job still evaluates
+/// and exports what was trained); returning [`Control::Pause`] for a step pauses training
+/// after it (answers to phase events are ignored). With `checkpointing`, training saves
+/// checkpoints (every `config.checkpoint_every` steps, and when paused or stopped early; none
+/// for full fine-tuning of a model over [`MAX_FULL_CHECKPOINT_PARAMS`]) and can continue from
+/// one saved by the same job (same model, dataset and configuration): the continued run's
+/// losses are the uninterrupted run's.
+pub async fn run_job<'a, T: JobTask, C: Into<Control>>(
+    task: &T,
+    job: &JobContext<'_>,
     dataset: impl Into<DatasetFiles<'a>>,
-    config: &JobConfig,
-    base_name: &str,
     checkpointing: Option<Checkpointing<'_>>,
     mut on_event: impl FnMut(JobEvent) -> C,
-) -> Result<JobOutput> {
-    let checkpointing = job_checkpointing(base, config, checkpointing, &mut on_event);
+) -> Result<T::Output> {
+    let config = job.config;
+    config.validate()?;
+    // Refuse a checkpoint of another task before reading data or scoring the base model.
+    if let Some(ck) = checkpointing.as_ref().and_then(|c| c.resume.as_ref()) {
+        ck.check_task(T::NAME)?;
+    }
+    let checkpointing = job_checkpointing(job.base, config, checkpointing, &mut on_event);
     let dataset: DatasetFiles = dataset.into();
-    let chat = chat_template(&files)?;
     on_event(JobEvent::Phase {
         phase: "data",
         message: reading_message(&dataset),
     });
-    let data = prepare_data(base, chat, dataset, config)?;
-    let tokenizer = tokenizer_of(base)?;
-    let separator = config.data.causal.separator.clone();
+    let data = task.prepare(job, dataset)?;
+    let sizes = task.sizes(&data);
     let memory = memory::plan(
-        &base.info,
+        &job.base.info,
         &config.train,
-        BatchShape::largest(data.train_batches.iter().map(|b| (b.batch_size, b.seq_len))),
-        0,
-        &backend.info,
+        sizes.largest,
+        sizes.labels,
+        &job.backend.info,
     )?;
     on_event(JobEvent::Phase {
         phase: "memory",
         message: memory_message(&memory),
     });
-
-    // Samples and the base model's continuations first: the base model is at hand now.
-    let mut samples = Vec::new();
-    for &i in &data.validation {
-        if samples.len() >= config.samples {
-            break;
-        }
-        let example = &data.dataset.examples[i];
-        if let Some((ids, prompt, reference)) =
-            sample_prompt(example, tokenizer, data.chat.as_ref(), &separator)?
-        {
-            if ids.is_empty() {
-                continue;
-            }
-            on_event(JobEvent::Phase {
-                phase: "samples",
-                message: format!("Base model on held-out example {}…", samples.len() + 1),
-            });
-            let before = continue_text(base, &ids, config.sample_tokens).await?;
-            samples.push((
-                ids,
-                Sample {
-                    source: example.loc.to_string(),
-                    prompt,
-                    reference,
-                    before,
-                    after: String::new(),
-                },
-            ));
-        }
-    }
+    let (mut model, before) = task
+        .before(job, &data, &mut |phase, message| {
+            on_event(JobEvent::Phase { phase, message });
+        })
+        .await?;
 
     on_event(JobEvent::Phase {
         phase: "training",
         message: format!(
             "Training on {} examples ({} batches), evaluating on {}…",
-            data.train.len(),
-            data.train_batches.len(),
-            data.validation.len()
+            sizes.train_examples, sizes.train_batches, sizes.validation_examples
         ),
     });
-    let mut config_train = config.train.clone();
-    if config_train.eval_every == 0 {
+    let mut train_config = config.train.clone();
+    if train_config.eval_every == 0 {
         // A few points on the validation curve without slowing training much.
-        let steps = config_train.total_steps(data.train_batches.len());
-        config_train.eval_every = (steps / 5).max(1);
+        let steps = train_config.total_steps(sizes.train_batches);
+        train_config.eval_every = (steps / 5).max(1);
     }
-    let out = train_checkpointed(
-        files,
-        backend,
-        &data.train_batches,
-        &data.eval_batches,
-        &config_train,
-        base_name,
-        checkpointing,
-        |p| on_event(JobEvent::Step(p)),
-    )
-    .await?;
+    let options = RunOptions::default()
+        .checkpointing(checkpointing)
+        .on_step(|p| on_event(JobEvent::Step(&p.erased())));
+    let summary = task
+        .train(job, &mut model, &data, &train_config, options)
+        .await?;
 
     on_event(JobEvent::Phase {
         phase: "export",
-        message: "Loading the fine-tuned model for evaluation…".into(),
+        message: "Exporting the fine-tuned model and loading it back for evaluation…".into(),
     });
-    let mut export = out.files;
+    let mut export = task.export(job, &model, &data).await?;
     // A GGUF base has no tokenizer.json to copy: write the one built from its metadata, so
     // the export is a complete Hugging Face model.
     if !export.iter().any(|(n, _)| n == "merged/tokenizer.json") {
-        if let Some(json) = tokenizer.to_json()? {
+        if let Some(json) = tokenizer_of(job.base)?.to_json()? {
             export.push(("merged/tokenizer.json".into(), json.into_bytes()));
         }
-    }
-    // Nor a tokenizer_config.json: carry its chat template (and the tokens it inserts) over,
-    // so the fine-tuned model chats like the base.
-    if let Some(t) = data.chat.as_ref().filter(|_| {
-        !export
-            .iter()
-            .any(|(n, _)| n == "merged/tokenizer_config.json" || n == "merged/chat_template.jinja")
-    }) {
-        let config = json!({
-            "chat_template": t.source(),
-            "bos_token": t.bos_token,
-            "eos_token": t.eos_token,
-        });
-        export.push((
-            "merged/tokenizer_config.json".into(),
-            serde_json::to_vec_pretty(&config).unwrap_or_default(),
-        ));
     }
     let mut merged = ModelFiles::new();
     for (n, b) in &export {
@@ -650,214 +467,21 @@ pub async fn run_job_checkpointed<'a, C: Into<Control>>(
             merged.insert(file.to_owned(), b.clone());
         }
     }
-    let tuned = LoadedModel::load(merged, &base.device)?;
+    let tuned = LoadedModel::load(merged, &job.base.device)?;
     store_merged_as(&mut export, config.export_dtype)?;
-    let after = match out.after {
-        Some(a) => Some(a),
-        None => Some(evaluate_loss(&tuned.family, &data.eval_batches).await?),
-    };
-    let before = match out.before {
-        Some(b) => Some(b),
-        None => Some(evaluate_loss(&base.family, &data.eval_batches).await?),
-    };
-    let total = samples.len();
-    let mut done = Vec::new();
-    for (k, (ids, mut sample)) in samples.into_iter().enumerate() {
-        on_event(JobEvent::Phase {
-            phase: "samples",
-            message: format!("Fine-tuned model on held-out example {}/{total}…", k + 1),
-        });
-        sample.after = continue_text(&tuned, &ids, config.sample_tokens).await?;
-        done.push(sample);
-    }
-    let answers = |after: bool| {
-        if !data.dataset.has_answers() {
-            return None;
-        }
-        answer_metrics(done.iter().map(|s| {
-            let out = if after { &s.after } else { &s.before };
-            (out.as_str(), s.reference.as_str())
-        }))
-    };
-    let (answers_before, answers_after) = (answers(false), answers(true));
-    Ok(JobOutput {
-        report: data.report,
-        validation_report: data.validation_report,
-        overlap_removed: data.overlap_removed,
-        train_examples: data.train.len(),
-        validation_examples: data.validation.len(),
-        train_batches: data.train_batches.len(),
-        summary: out.summary,
+    let trained = Trained {
+        data,
+        model,
         before,
-        after,
-        samples: done,
+        summary,
         memory,
-        answers_before,
-        answers_after,
-        files: export.iter().map(|(n, _)| n.clone()).collect(),
         export,
-        tuned: Some(tuned),
+        tuned,
+    };
+    task.finish(job, trained, &mut |phase, message| {
+        on_event(JobEvent::Phase { phase, message });
     })
-}
-
-/// Score a model on a dataset file (all of it): mean masked loss and perplexity, and for
-/// prompt–completion and chat data the exact match and token F1 of greedy answers to the first
-/// `config.samples` prompts (`answers`, as `train` reports `answers_before`/`answers_after`).
-pub async fn eval_file(
-    model: &LoadedModel,
-    chat: Option<ChatTemplate>,
-    name: &str,
-    bytes: &[u8],
-    config: &JobConfig,
-) -> Result<serde_json::Value> {
-    let tokenizer = tokenizer_of(model)?;
-    let mut options = config.data.clone();
-    options.causal.seq_len = options
-        .causal
-        .seq_len
-        .min(model.info.max_positions.saturating_sub(1))
-        .max(1);
-    let (dataset, report) = inspect(name, bytes, &options, Some(tokenizer))?;
-    let encoder = CausalEncoder::new(tokenizer, chat.as_ref(), options.causal.clone());
-    let examples: Vec<&Example> = dataset.examples.iter().collect();
-    let batches = if examples
-        .iter()
-        .all(|e| matches!(e.content, Content::Text { .. }))
-    {
-        encoder.packed(&examples, config.batch_size)?
-    } else {
-        examples
-            .chunks(config.batch_size.max(1))
-            .map(|c| encoder.batch(c))
-            .collect::<Result<Vec<_>>>()?
-    };
-    let loss = evaluate_loss(&model.family, &batches).await?;
-    // Greedy answers of the first `samples` prompts against their references, as `train` scores
-    // its held-out samples (plain text has no answers).
-    let mut pairs = Vec::new();
-    if dataset.has_answers() {
-        for example in &dataset.examples {
-            if pairs.len() >= config.samples {
-                break;
-            }
-            let prompt = sample_prompt(
-                example,
-                tokenizer,
-                chat.as_ref(),
-                &config.data.causal.separator,
-            )?;
-            if let Some((ids, _, reference)) = prompt.filter(|p| !p.0.is_empty()) {
-                let answer = continue_text(model, &ids, config.sample_tokens).await?;
-                pairs.push((answer, reference));
-            }
-        }
-    }
-    let answers = answer_metrics(pairs.iter().map(|(a, r)| (a.as_str(), r.as_str())));
-    Ok(json!({
-        "examples": dataset.examples.len(),
-        "eval": loss,
-        "answers": answers,
-        "report": report,
-    }))
-}
-
-/// What a job produced: a causal language model or a classifier.
-#[derive(Serialize)]
-#[serde(tag = "task", rename_all = "snake_case")]
-pub enum JobResult {
-    Causal(JobOutput),
-    Classification(ClassifyJobOutput),
-}
-
-impl JobResult {
-    /// The exported files (`merged/…`, `adapter/…`).
-    pub fn export(&self) -> &ExportFiles {
-        match self {
-            JobResult::Causal(o) => &o.export,
-            JobResult::Classification(o) => &o.export,
-        }
-    }
-
-    /// Moves the exported files and the fine-tuned model out (after serializing the result).
-    pub fn take(&mut self) -> (ExportFiles, Option<LoadedModel>) {
-        match self {
-            JobResult::Causal(o) => (std::mem::take(&mut o.export), o.tuned.take()),
-            JobResult::Classification(o) => (std::mem::take(&mut o.export), o.tuned.take()),
-        }
-    }
-}
-
-/// The job `base` calls for: classification for an encoder, causal LM fine-tuning otherwise.
-pub async fn run_task<'a, C: Into<Control>>(
-    files: ModelFiles,
-    base: &LoadedModel,
-    backend: &Backend,
-    dataset: impl Into<DatasetFiles<'a>>,
-    config: &JobConfig,
-    base_name: &str,
-    on_event: impl FnMut(JobEvent) -> C,
-) -> Result<JobResult> {
-    if base.is_encoder() {
-        let out = run_classify_job(files, base, backend, dataset, config, on_event).await?;
-        Ok(JobResult::Classification(out))
-    } else {
-        let out = run_job(files, base, backend, dataset, config, base_name, on_event).await?;
-        Ok(JobResult::Causal(out))
-    }
-}
-
-/// [`run_task`] with checkpoints, saved and resumed from: [`run_job_checkpointed`] for a causal
-/// LM, [`run_classify_job_checkpointed`] for an encoder (the checkpoint then holds the
-/// classification head too). A checkpoint continues only the kind of job that saved it: a
-/// causal one given to an encoder (or the reverse) is refused at once with `config.invalid`
-/// (details `{"field": "checkpoint", "reason": "task"}`), as is one of another configuration,
-/// model, labelling or dataset. Full fine-tuning of a model over [`MAX_FULL_CHECKPOINT_PARAMS`]
-/// saves none (see [`run_job_checkpointed`]).
-#[allow(clippy::too_many_arguments)]
-pub async fn run_task_checkpointed<'a, C: Into<Control>>(
-    files: ModelFiles,
-    base: &LoadedModel,
-    backend: &Backend,
-    dataset: impl Into<DatasetFiles<'a>>,
-    config: &JobConfig,
-    base_name: &str,
-    checkpointing: Option<Checkpointing<'_>>,
-    on_event: impl FnMut(JobEvent) -> C,
-) -> Result<JobResult> {
-    // Refuse a checkpoint of the other kind before reading data or scoring the base model.
-    let task = if base.is_encoder() {
-        CheckpointTask::Classification
-    } else {
-        CheckpointTask::Causal
-    };
-    if let Some(ck) = checkpointing.as_ref().and_then(|c| c.resume.as_ref()) {
-        ck.check_task(task)?;
-    }
-    if base.is_encoder() {
-        let out = run_classify_job_checkpointed(
-            files,
-            base,
-            backend,
-            dataset,
-            config,
-            checkpointing,
-            on_event,
-        )
-        .await?;
-        return Ok(JobResult::Classification(out));
-    }
-    let out = run_job_checkpointed(
-        files,
-        base,
-        backend,
-        dataset,
-        config,
-        base_name,
-        checkpointing,
-        on_event,
-    )
-    .await?;
-    Ok(JobResult::Causal(out))
+    .await
 }
 
 /// "About 1.2 GiB: weights …" for the phase message.

@@ -1,8 +1,13 @@
-//! Training: objectives, schedules and the loop. The loop is written on burn's core, nn and optim
-//! (burn-train's `Learner` does not build for wasm32) and is shared by the browser worker and the
-//! native CLI; it reports progress through a callback that can also stop the run.
+//! Training: one loop ([`trainer`]) over tasks ([`task`]: [`causal`] language modelling,
+//! [`classify`]-cation), the jobs a person starts (data → before → train → after → export), and
+//! what they need: LoRA wiring, optimiser schedule, checkpoints, export. The loop is written on
+//! burn's core, nn and optim (burn-train's `Learner` does not build for wasm32) and is shared by
+//! the browser worker and the native CLI; it reports progress through a callback that can also
+//! stop or pause the run.
 
 pub mod adapter;
+pub mod causal;
+pub mod causal_job;
 pub mod checkpoint;
 pub mod classify;
 pub mod classify_job;
@@ -17,51 +22,78 @@ pub mod qlora;
 pub mod replay;
 pub mod run;
 pub mod schedule;
+pub mod task;
 pub mod toy;
+pub mod trainer;
 
 use serde::Serialize;
 
-/// Sent after every optimiser step.
-#[derive(Debug, Clone, Serialize)]
-pub struct Progress {
-    pub step: usize,
-    pub total_steps: usize,
-    pub loss: f32,
-    pub lr: f64,
-    pub tokens_per_s: f64,
-    pub elapsed_s: f64,
-    pub eta_s: f64,
-    pub memory_bytes: Option<u64>,
+use crate::backend::Backend;
+use crate::error::Result;
+use crate::io::hf::ModelFiles;
+use crate::models::loaded::LoadedModel;
+use causal_job::{CausalJob, JobOutput};
+use checkpoint::Checkpointing;
+use classify_job::{ClassifyJob, ClassifyJobOutput};
+use control::Control;
+use export::ExportFiles;
+use job::{run_job, DatasetFiles, JobConfig, JobContext, JobEvent};
+
+/// What a job produced: a causal language model or a classifier.
+#[derive(Serialize)]
+#[serde(tag = "task", rename_all = "snake_case")]
+pub enum JobResult {
+    Causal(JobOutput),
+    Classification(ClassifyJobOutput),
 }
 
-/// What a finished (or cancelled) run reports.
-#[derive(Debug, Clone, Serialize)]
-pub struct RunSummary {
-    pub backend: String,
-    /// Steps completed.
-    pub steps: usize,
-    pub cancelled: bool,
-    /// Train loss of every completed step.
-    pub losses: Vec<f32>,
-    pub initial_loss: f32,
-    pub final_loss: f32,
-    /// The first step includes kernel compilation on WebGPU, so it is reported apart.
-    pub first_step_ms: f64,
-    /// Median over steps after the first.
-    pub median_step_ms: f64,
-    pub tokens_per_s: f64,
-}
-
-pub(crate) fn median(values: &[f64]) -> f64 {
-    if values.is_empty() {
-        return 0.0;
+impl JobResult {
+    /// The exported files (`merged/…`, `adapter/…`).
+    pub fn export(&self) -> &ExportFiles {
+        match self {
+            JobResult::Causal(o) => &o.export,
+            JobResult::Classification(o) => &o.export,
+        }
     }
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let mid = sorted.len() / 2;
-    if sorted.len() % 2 == 1 {
-        sorted[mid]
+
+    /// Moves the exported files and the fine-tuned model out (after serializing the result).
+    pub fn take(&mut self) -> (ExportFiles, Option<LoadedModel>) {
+        match self {
+            JobResult::Causal(o) => (std::mem::take(&mut o.export), o.tuned.take()),
+            JobResult::Classification(o) => (std::mem::take(&mut o.export), o.tuned.take()),
+        }
+    }
+}
+
+/// The job `base` calls for: classification for an encoder, causal LM fine-tuning otherwise.
+/// With `checkpointing`, checkpoints are saved and possibly resumed from; a checkpoint continues
+/// only the kind of job that saved it: a causal one given to an encoder (or the reverse) is
+/// refused at once with `config.invalid` (details `{"field": "checkpoint", "reason": "task"}`),
+/// as is one of another configuration, model, labelling or dataset. Full fine-tuning of a model
+/// over [`job::MAX_FULL_CHECKPOINT_PARAMS`] saves none.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_task<'a, C: Into<Control>>(
+    files: ModelFiles,
+    base: &LoadedModel,
+    backend: &Backend,
+    dataset: impl Into<DatasetFiles<'a>>,
+    config: &JobConfig,
+    base_name: &str,
+    checkpointing: Option<Checkpointing<'_>>,
+    on_event: impl FnMut(JobEvent) -> C,
+) -> Result<JobResult> {
+    let job = JobContext {
+        files: &files,
+        base,
+        backend,
+        config,
+        base_name,
+    };
+    Ok(if base.is_encoder() {
+        let out = run_job(&ClassifyJob, &job, dataset, checkpointing, on_event).await?;
+        JobResult::Classification(out)
     } else {
-        0.5 * (sorted[mid - 1] + sorted[mid])
-    }
+        let out = run_job(&CausalJob, &job, dataset, checkpointing, on_event).await?;
+        JobResult::Causal(out)
+    })
 }

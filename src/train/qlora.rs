@@ -24,9 +24,9 @@ use burn::tensor::TensorData;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::lora::{hf_module, matches_target, FamilyKind};
 use crate::error::{Code, Error, Result};
 use crate::models::loaded::Family;
+use crate::models::names::{hf_module, matches_target, FamilyKind};
 
 /// How the frozen base weights are stored while training with LoRA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,8 +7,10 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::finetune::{finetune, FinetuneConfig, FinetuneSummary, Method, TrainableModel};
+use super::causal::{finetune, FinetuneSummary};
+use super::finetune::{FinetuneConfig, Method, TrainableModel};
 use super::lora::LoraInit;
+use super::trainer::RunOptions;
 use crate::backend::Backend;
 use crate::data::TokenBatch;
 use crate::error::{Error, Result};
@@ -126,9 +128,7 @@ pub async fn replay(
 ) -> Result<(TrainableModel, FinetuneSummary)> {
     let family = LoadedModel::load(files, &run.config.training_device(backend))?.family;
     let mut model = TrainableModel::prepare_with(family, &run.config, run.init.clone())?;
-    let summary = finetune(&mut model, backend, &run.batches, &[], &run.config, |_| {
-        true
-    })
-    .await?;
+    let options = RunOptions::default();
+    let summary = finetune(&mut model, backend, &run.batches, &[], &run.config, options).await?;
     Ok((model, summary))
 }

@@ -2,17 +2,15 @@
 //! → burn path trains on every backend and agrees across them.
 
 use burn::optim::{AdamWConfig, GradientsParams};
-use burn::prelude::*;
-use burn::tensor::TensorData;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::causal::batch_tensors;
 use super::loss::masked_cross_entropy;
 use super::schedule::{LrSchedule, ScheduleKind};
-use super::{median, Progress, RunSummary};
+use super::trainer::{median, read_scalar};
 use crate::backend::Backend;
 use crate::data::toy::copy_batch;
-use crate::data::TokenBatch;
 use crate::error::{Code, Error, Result};
 use crate::models::toy::{ToyModel, ToyModelConfig};
 use crate::platform::{now_ms, yield_now};
@@ -110,25 +108,13 @@ impl ToyTrainConfig {
     }
 }
 
-fn batch_tensors(
-    batch: &TokenBatch,
-    device: &Device,
-) -> (Tensor<2, Int>, Tensor<2, Int>, Tensor<2>) {
-    let shape = [batch.batch_size, batch.seq_len];
-    (
-        Tensor::from_data(TensorData::new(batch.inputs.clone(), shape), device),
-        Tensor::from_data(TensorData::new(batch.targets.clone(), shape), device),
-        Tensor::from_data(TensorData::new(batch.loss_mask.clone(), shape), device),
-    )
-}
-
 /// Train the toy model. `on_progress` is called after every step; returning `false` stops the
 /// run after that step (a cancelled run still returns its summary).
 pub async fn train_toy(
     backend: &Backend,
     config: &ToyTrainConfig,
-    mut on_progress: impl FnMut(&Progress) -> bool,
-) -> Result<RunSummary> {
+    mut on_progress: impl FnMut(&ToyProgress) -> bool,
+) -> Result<ToySummary> {
     config.validate()?;
     let device = &backend.device;
     // Separate streams: changing the data length never changes the initial weights.
@@ -184,7 +170,7 @@ pub async fn train_toy(
         let elapsed_s = (now - start) / 1e3;
         let recent = &step_ms[step_ms.len().saturating_sub(20)..];
         let recent_s = recent.iter().sum::<f64>() / 1e3;
-        let progress = Progress {
+        let progress = ToyProgress {
             step: done,
             total_steps: config.steps,
             loss: loss_value,
@@ -204,7 +190,7 @@ pub async fn train_toy(
 
     let later = step_ms.get(1..).unwrap_or(&[]);
     let median_step_ms = median(later);
-    Ok(RunSummary {
+    Ok(ToySummary {
         backend: backend.info.backend.as_str().to_string(),
         steps: losses.len(),
         cancelled,
@@ -221,13 +207,33 @@ pub async fn train_toy(
     })
 }
 
-async fn read_scalar(tensor: Tensor<1>) -> Result<f32> {
-    let data = tensor.into_data_async().await.map_err(|e| {
-        Error::new(
-            Code::DeviceLost,
-            format!("reading a result back from the device failed: {e:?}"),
-        )
-    })?;
-    let first = data.iter::<f32>().next();
-    first.ok_or_else(|| Error::new(Code::Internal, "the loss tensor was empty"))
+/// Sent after every optimiser step.
+#[derive(Debug, Clone, Serialize)]
+pub struct ToyProgress {
+    pub step: usize,
+    pub total_steps: usize,
+    pub loss: f32,
+    pub lr: f64,
+    pub tokens_per_s: f64,
+    pub elapsed_s: f64,
+    pub eta_s: f64,
+    pub memory_bytes: Option<u64>,
+}
+
+/// What a finished (or cancelled) run reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct ToySummary {
+    pub backend: String,
+    /// Steps completed.
+    pub steps: usize,
+    pub cancelled: bool,
+    /// Train loss of every completed step.
+    pub losses: Vec<f32>,
+    pub initial_loss: f32,
+    pub final_loss: f32,
+    /// The first step includes kernel compilation on WebGPU, so it is reported apart.
+    pub first_step_ms: f64,
+    /// Median over steps after the first.
+    pub median_step_ms: f64,
+    pub tokens_per_s: f64,
 }

@@ -16,17 +16,16 @@ use crate::error::{Code, Error};
 use crate::eval::generate::{generate, GenerateOptions};
 use crate::io::hf::ModelFiles;
 use crate::models::loaded::LoadedModel;
+use crate::train::causal::evaluate_loss;
+use crate::train::causal_job::{chat_template, prepare_data};
 use crate::train::checkpoint::{Checkpoint, Checkpointing};
 use crate::train::classify_job::{evaluate_classification, prepare_class_data};
 use crate::train::control::Control;
 use crate::train::export::ExportFiles;
-use crate::train::finetune::evaluate_loss;
-use crate::train::job::{
-    chat_template, prepare_data, run_task, run_task_checkpointed, DataSource, DatasetFile,
-    DatasetFiles, JobConfig,
-};
+use crate::train::job::{DataSource, DatasetFile, DatasetFiles, JobConfig};
 use crate::train::memory::{self, BatchShape, MemoryEstimate, MemoryLimits};
 use crate::train::replay::{replay, ReferenceRun};
+use crate::train::run_task;
 use crate::train::toy::{train_toy, ToyTrainConfig};
 
 #[cfg(feature = "wasm-threads")]
@@ -529,51 +528,8 @@ impl Session {
         validation_name: Option<String>,
         validation_bytes: Option<Vec<u8>>,
     ) -> js_sys::Promise {
-        let base = self.current_model();
-        let files = self.files.borrow().clone();
-        let tuned_slot = self.tuned.clone();
-        let backend = self.backend.clone();
-        wasm_bindgen_futures::future_to_promise(async move {
-            let base = base?;
-            let run = async {
-                let config = job_config(config)?;
-                let files = files.ok_or_else(|| {
-                    Error::new(Code::ModelNotLoaded, "no model is loaded; load one first")
-                })?;
-                let progress = data_progress_to(&on_event);
-                let out = run_task(
-                    (*files).clone(),
-                    &base,
-                    &backend,
-                    dataset_files(
-                        &name,
-                        &bytes,
-                        &validation_name,
-                        &validation_bytes,
-                        Some(&progress),
-                    ),
-                    &config,
-                    "webtune-base",
-                    |event| {
-                        let Ok(value) = to_js(&event) else {
-                            return Control::Continue;
-                        };
-                        match on_event.call1(&JsValue::NULL, &value) {
-                            Ok(result) => js_control(result),
-                            Err(_) => Control::Stop,
-                        }
-                    },
-                )
-                .await?;
-                Ok::<_, Error>(out)
-            };
-            let mut out = run.await.map_err(|e| error_to_js(&e))?;
-            let value = to_js(&out)?;
-            if let (export, Some(model)) = out.take() {
-                *tuned_slot.borrow_mut() = Some(Rc::new(Tuned { model, export }));
-            }
-            Ok(value)
-        })
+        let validation = validation_name.zip(validation_bytes);
+        self.start_job(name, bytes, config, on_event, None, validation)
     }
 
     /// As `finetune`, saving checkpoints and possibly continuing from one — causal LMs and
@@ -598,6 +554,22 @@ impl Session {
         validation_name: Option<String>,
         validation_bytes: Option<Vec<u8>>,
     ) -> js_sys::Promise {
+        let validation = validation_name.zip(validation_bytes);
+        let checkpoints = Some((on_checkpoint, resume));
+        self.start_job(name, bytes, config, on_event, checkpoints, validation)
+    }
+
+    /// The job behind `finetune` and `finetuneResumable`: `checkpoints` is where checkpoints go
+    /// and the one to resume from, if any.
+    fn start_job(
+        &self,
+        name: String,
+        bytes: Vec<u8>,
+        config: JsValue,
+        on_event: js_sys::Function,
+        checkpoints: Option<(js_sys::Function, Option<Vec<u8>>)>,
+        validation: Option<(String, Vec<u8>)>,
+    ) -> js_sys::Promise {
         let base = self.current_model();
         let files = self.files.borrow().clone();
         let tuned_slot = self.tuned.clone();
@@ -610,15 +582,31 @@ impl Session {
                     Error::new(Code::ModelNotLoaded, "no model is loaded; load one first")
                 })?;
                 let progress = data_progress_to(&on_event);
+                let (on_checkpoint, resume) = match checkpoints {
+                    Some((f, resume)) => (Some(f), resume),
+                    None => (None, None),
+                };
                 let resume = resume.as_deref().map(Checkpoint::from_bytes).transpose()?;
-                let mut save = |ck: Checkpoint| {
+                let save = move |ck: Checkpoint| {
+                    let Some(on_checkpoint) = &on_checkpoint else {
+                        return;
+                    };
                     let out = js_sys::Object::new();
                     let _ = js_sys::Reflect::set(&out, &"step".into(), &(ck.step as f64).into());
                     let bytes = js_sys::Uint8Array::from(ck.to_bytes().as_slice());
                     let _ = js_sys::Reflect::set(&out, &"bytes".into(), &bytes);
                     let _ = on_checkpoint.call1(&JsValue::NULL, &out);
                 };
-                let out = run_task_checkpointed(
+                let checkpointing = on_checkpoint.is_some().then(|| Checkpointing {
+                    resume,
+                    every: config.checkpoint_every,
+                    save: Box::new(save),
+                });
+                let (validation_name, validation_bytes) = match validation {
+                    Some((n, b)) => (Some(n), Some(b)),
+                    None => (None, None),
+                };
+                let out = run_task(
                     (*files).clone(),
                     &base,
                     &backend,
@@ -631,11 +619,7 @@ impl Session {
                     ),
                     &config,
                     "webtune-base",
-                    Some(Checkpointing {
-                        resume,
-                        every: config.checkpoint_every,
-                        save: &mut save,
-                    }),
+                    checkpointing,
                     |event| {
                         let Ok(value) = to_js(&event) else {
                             return Control::Continue;

@@ -8,6 +8,7 @@ pub mod llama;
 pub mod loaded;
 pub mod names;
 pub mod toy;
+pub mod walk;
 
 use burn::prelude::*;
 

@@ -19,7 +19,7 @@ use super::memory::{BatchShape, MemoryEstimate};
 use super::trainer::RunOptions;
 use crate::data::batching::CausalEncoder;
 use crate::data::chat::{ChatTemplate, Message};
-use crate::data::validate::{inspect, Content, Dataset, Example, Report};
+use crate::data::validate::{inspect, Content, Dataset, Example, InspectOptions, Report};
 use crate::data::TokenBatch;
 use crate::error::{Code, Error, Result};
 use crate::eval::generate::{generate, GenerateOptions};
@@ -101,13 +101,7 @@ pub fn prepare_data<'a>(
     let files = files.into();
     config.validate()?;
     let tokenizer = tokenizer_of(base)?;
-    let mut options = config.data.clone();
-    // Rows hold seq_len inputs plus one target: never more than the model's context.
-    options.causal.seq_len = options
-        .causal
-        .seq_len
-        .min(base.info.max_positions.saturating_sub(1))
-        .max(1);
+    let mut options = causal_options(config, base);
     if let Some(t) = &chat {
         if options.chat_template.is_none() {
             // The model's template with the model's special tokens, as it renders in training.
@@ -158,6 +152,15 @@ pub fn prepare_data<'a>(
         chat,
         dataset,
     })
+}
+
+/// The job's data options for `model`: rows hold `seq_len` inputs plus one target, so never
+/// more than the model's context.
+fn causal_options(config: &JobConfig, model: &LoadedModel) -> InspectOptions {
+    let mut options = config.data.clone();
+    let longest = model.info.max_positions.saturating_sub(1);
+    options.causal.seq_len = options.causal.seq_len.min(longest).max(1);
+    options
 }
 
 /// Whether every example is plain text (packed into full rows rather than one per row).
@@ -260,12 +263,7 @@ pub async fn eval_file(
     config: &JobConfig,
 ) -> Result<serde_json::Value> {
     let tokenizer = tokenizer_of(model)?;
-    let mut options = config.data.clone();
-    options.causal.seq_len = options
-        .causal
-        .seq_len
-        .min(model.info.max_positions.saturating_sub(1))
-        .max(1);
+    let options = causal_options(config, model);
     let (dataset, report) = inspect(name, bytes, &options, Some(tokenizer))?;
     let encoder = CausalEncoder::new(tokenizer, chat.as_ref(), options.causal.clone());
     let examples: Vec<&Example> = dataset.examples.iter().collect();
@@ -413,29 +411,21 @@ impl JobTask for CausalJob {
         trained: Trained<Self>,
         phase: Phase<'_>,
     ) -> Result<JobOutput> {
-        let Trained {
-            data,
-            model,
-            before: samples,
-            summary,
-            memory,
-            export,
-            tuned,
-        } = trained;
+        let (data, summary, tuned) = (trained.data, trained.summary, trained.tuned);
         let eval = &data.eval_batches;
         // The loop scored the base (step 0, also kept by a checkpoint) and, unless the run was
         // stopped early, the trained model at its last step.
         let after = match summary.eval.last() {
             Some(e) if e.step == summary.steps && summary.steps > 0 => e.eval,
-            _ => evaluate_loss(&model.family, eval).await?,
+            _ => evaluate_loss(&trained.model.family, eval).await?,
         };
         let before = match summary.eval.first() {
             Some(e) if e.step == 0 => e.eval,
             _ => evaluate_loss(&job.base.family, eval).await?,
         };
-        let total = samples.len();
+        let total = trained.before.len();
         let mut done = Vec::new();
-        for (k, (ids, mut sample)) in samples.into_iter().enumerate() {
+        for (k, (ids, mut sample)) in trained.before.into_iter().enumerate() {
             let n = k + 1;
             phase(
                 "samples",
@@ -465,11 +455,11 @@ impl JobTask for CausalJob {
             before: Some(before),
             after: Some(after),
             samples: done,
-            memory,
+            memory: trained.memory,
             answers_before,
             answers_after,
-            files: export.iter().map(|(n, _)| n.clone()).collect(),
-            export,
+            files: trained.export.iter().map(|(n, _)| n.clone()).collect(),
+            export: trained.export,
             tuned: Some(tuned),
         })
     }

@@ -16,7 +16,7 @@
 //!
 //! The bytes start with a versioned magic, `WTCKPT03`; other versions are refused by name.
 
-use burn::module::{ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::module::{Param, ParamId};
 use burn::optim::{DynOptimizer, DynState, LearningRate, StateSink, StateSource};
 use burn::prelude::*;
 use burn::tensor::kind::BridgeTensor;
@@ -26,6 +26,7 @@ use serde_json::{json, Value};
 
 use super::finetune::FinetuneConfig;
 use crate::error::{Code, Error, Result};
+use crate::models::walk::{MapAt, Paths, VisitAt};
 
 /// The magic of the format written and read.
 const MAGIC: &[u8; 8] = b"WTCKPT03";
@@ -272,10 +273,10 @@ fn checksum(bytes: &[u8]) -> u64 {
 
 /// The trainable parameters of a module, read back from the device.
 pub(crate) async fn save_params<M: Module>(module: &M) -> Result<Vec<SavedParam>> {
-    let mut c = Trainable::default();
+    let mut c = Paths::new(Trainable::default());
     module.visit(&mut c);
-    let mut out = Vec::with_capacity(c.out.len());
-    for (path, id, shape, value) in c.out {
+    let mut out = Vec::with_capacity(c.inner.out.len());
+    for (path, id, shape, value) in c.inner.out {
         let values = super::lora::read_f32(value).await?;
         out.push(SavedParam {
             path,
@@ -289,18 +290,11 @@ pub(crate) async fn save_params<M: Module>(module: &M) -> Result<Vec<SavedParam>
 
 #[derive(Default)]
 struct Trainable {
-    path: Vec<String>,
     out: Vec<(String, u64, Vec<usize>, Tensor<1>)>,
 }
 
-impl ModuleVisitor for Trainable {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+impl VisitAt for Trainable {
+    fn visit_at<const D: usize>(&mut self, path: &str, param: &Param<Tensor<D>>) {
         let value = param.base();
         if !value.is_require_grad() {
             return;
@@ -308,7 +302,7 @@ impl ModuleVisitor for Trainable {
         let shape = value.dims().to_vec();
         let n: usize = shape.iter().product();
         self.out.push((
-            self.path.join("."),
+            path.to_string(),
             param.id.val(),
             shape,
             value.detach().reshape([n]),
@@ -319,13 +313,13 @@ impl ModuleVisitor for Trainable {
 /// Put saved values (and ids) back into the module's trainable parameters; every saved one must
 /// find its parameter, with the same shape.
 pub(crate) fn restore_params<M: Module>(module: M, saved: &[SavedParam]) -> Result<M> {
-    let mut r = Restore {
-        path: Vec::new(),
+    let mut r = Paths::new(Restore {
         saved,
         found: vec![false; saved.len()],
         error: None,
-    };
+    });
     let module = module.map(&mut r);
+    let r = r.inner;
     if let Some(e) = r.error {
         return Err(e);
     }
@@ -340,21 +334,13 @@ pub(crate) fn restore_params<M: Module>(module: M, saved: &[SavedParam]) -> Resu
 }
 
 struct Restore<'a> {
-    path: Vec<String>,
     saved: &'a [SavedParam],
     found: Vec<bool>,
     error: Option<Error>,
 }
 
-impl ModuleMapper for Restore<'_> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let path = self.path.join(".");
+impl MapAt for Restore<'_> {
+    fn map_at<const D: usize>(&mut self, path: &str, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let Some(i) = self.saved.iter().position(|p| p.path == path) else {
             return param;
         };

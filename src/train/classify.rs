@@ -7,14 +7,14 @@
 //! The export is a `BertForSequenceClassification` checkpoint (LoRA merged) whose config.json
 //! names the classes (`id2label`/`label2id`), loadable with `AutoModelForSequenceClassification`.
 
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::{Module, Param};
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::TensorData;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::export::{merged_tensors, ExportFiles};
+use super::export::{merged_safetensors, ExportFiles};
 use super::finetune::{FinetuneConfig, Method, TrainableModel};
 use super::lora::{read_f32, LoraInit};
 use super::task::{EvalPoint, Speed, Task};
@@ -22,9 +22,9 @@ use super::trainer::{module_device, read_scalar, train_loop, Progress, RunOption
 use crate::backend::Backend;
 use crate::data::batching::{ClassBatch, LabelMap};
 use crate::error::{Code, Error, Result};
-use crate::io::safetensors::write_f32_with_metadata;
 use crate::models::bert::{Bert, Pooling};
 use crate::models::loaded::Family;
+use crate::models::walk::{MapAt, Paths};
 use crate::rng::Rng;
 
 /// The head's choices (the optimiser's are in [`FinetuneConfig`]).
@@ -68,20 +68,11 @@ pub struct ClassifierModel {
 }
 
 /// Make every parameter whose path starts with `prefix` trainable again (after LoRA froze it).
-struct Unfreeze {
-    prefix: &'static str,
-    path: Vec<String>,
-}
+struct Unfreeze(&'static str);
 
-impl ModuleMapper for Unfreeze {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        if self.path.first().is_some_and(|p| p == self.prefix) {
+impl MapAt for Unfreeze {
+    fn map_at<const D: usize>(&mut self, path: &str, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if path.split('.').next() == Some(self.0) {
             param.set_require_grad(true)
         } else {
             param
@@ -138,10 +129,7 @@ impl ClassifierModel {
         };
         let mut model = TrainableModel::prepare_with(Family::Bert(bert), config, init)?;
         if model.method == Method::Lora {
-            let mut unfreeze = Unfreeze {
-                prefix: "classifier",
-                path: Vec::new(),
-            };
+            let mut unfreeze = Paths::new(Unfreeze("classifier"));
             if let Family::Bert(b) = model.family {
                 model.family = Family::Bert(b.map(&mut unfreeze));
             }
@@ -460,12 +448,7 @@ pub async fn export_classifier(
     model: &ClassifierModel,
     base_config: &Value,
 ) -> Result<ExportFiles> {
-    let tensors = merged_tensors(&model.model.family).await?;
-    let refs: Vec<(&str, &[usize], &[f32])> = tensors
-        .iter()
-        .map(|(n, s, d)| (n.as_str(), s.as_slice(), d.as_slice()))
-        .collect();
-    let weights = write_f32_with_metadata(&refs, &[("format", "pt")]);
+    let weights = merged_safetensors(&model.model.family).await?;
     let mut config = base_config.clone();
     let obj = config
         .as_object_mut()

@@ -339,15 +339,7 @@ impl JobTask for ClassifyJob {
         trained: Trained<Self>,
         phase: Phase<'_>,
     ) -> Result<ClassifyJobOutput> {
-        let Trained {
-            data,
-            model,
-            before,
-            summary,
-            memory,
-            export,
-            tuned,
-        } = trained;
+        let (data, model, before) = (trained.data, trained.model, trained.before);
         let labels = &data.labels;
         let truth = truth(&data);
         let n = data.validation.len();
@@ -402,17 +394,17 @@ impl JobTask for ClassifyJob {
             train_examples: data.train.len(),
             validation_examples: data.validation.len(),
             train_batches: data.train_batches.len(),
-            memory,
-            summary,
+            memory: trained.memory,
+            summary: trained.summary,
             before: before.metrics,
             after,
             changed,
             changed_total,
             fixed,
             broken,
-            files: export.iter().map(|(n, _)| n.clone()).collect(),
-            export,
-            tuned: Some(tuned),
+            files: trained.export.iter().map(|(n, _)| n.clone()).collect(),
+            export: trained.export,
+            tuned: Some(trained.tuned),
         })
     }
 }

@@ -93,15 +93,20 @@ pub async fn merged_tensors(family: &Family) -> Result<Vec<(String, Vec<usize>, 
     Ok(out)
 }
 
-/// `model.safetensors` + `config.json` of the merged model. `base_config` is the config.json
-/// the model was loaded from; only its dtype is changed (the weights are written as f32).
-pub async fn export_merged(family: &Family, base_config: &Value) -> Result<ExportFiles> {
+/// `model.safetensors` bytes of the merged model (f32, transformers' `format: pt`).
+pub async fn merged_safetensors(family: &Family) -> Result<Vec<u8>> {
     let tensors = merged_tensors(family).await?;
     let refs: Vec<(&str, &[usize], &[f32])> = tensors
         .iter()
         .map(|(n, s, d)| (n.as_str(), s.as_slice(), d.as_slice()))
         .collect();
-    let weights = write_f32_with_metadata(&refs, &[("format", "pt")]);
+    Ok(write_f32_with_metadata(&refs, &[("format", "pt")]))
+}
+
+/// `model.safetensors` + `config.json` of the merged model. `base_config` is the config.json
+/// the model was loaded from; only its dtype is changed (the weights are written as f32).
+pub async fn export_merged(family: &Family, base_config: &Value) -> Result<ExportFiles> {
+    let weights = merged_safetensors(family).await?;
     let mut config = base_config.clone();
     if let Some(obj) = config.as_object_mut() {
         for key in ["torch_dtype", "dtype"] {

@@ -16,6 +16,7 @@ use super::schedule::ScheduleKind;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::models::loaded::Family;
+use crate::models::walk::Paths;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -316,10 +317,7 @@ impl TrainableModel {
                         _ => false,
                     }
                 };
-                let mut freeze = FreezeWhere {
-                    pred: frozen,
-                    path: Vec::new(),
-                };
+                let mut freeze = Paths::new(FreezeWhere(frozen));
                 let family = match family {
                     Family::Gpt2(m) => Family::Gpt2(m.map(&mut freeze)),
                     Family::Llama(m) => Family::Llama(m.map(&mut freeze)),

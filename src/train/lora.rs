@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 
-use burn::module::{LoraAdapter, Module, ModuleMapper, ModuleVisitor, Param, Reparameterizer};
+use burn::module::{LoraAdapter, Module, Param, Reparameterizer};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use serde_json::json;
@@ -29,6 +29,7 @@ use crate::models::gpt2::Gpt2;
 use crate::models::llama::Llama;
 use crate::models::loaded::Family;
 pub use crate::models::names::{hf_module, hf_tensor, matches_target, FamilyKind, HfTensor};
+use crate::models::walk::{MapAt, Paths, VisitAt};
 use crate::rng::Rng;
 
 /// Resolve configured targets for a family: empty → family defaults, `all-linear` → every
@@ -251,22 +252,14 @@ pub(crate) struct NamedTensor {
 
 #[derive(Default)]
 struct Collect {
-    path: Vec<String>,
     out: Vec<NamedTensor>,
     /// Only the LoRA factors (`….lora.a|b`), not the bases.
     factors_only: bool,
 }
 
-impl ModuleVisitor for Collect {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+impl VisitAt for Collect {
+    fn visit_at<const D: usize>(&mut self, path: &str, param: &Param<Tensor<D>>) {
         // Inside a reparameterized parameter the visitor sees the base, then the factors.
-        let path = self.path.join(".");
         if self.factors_only && !(path.ends_with(".lora.a") || path.ends_with(".lora.b")) {
             return;
         }
@@ -278,7 +271,7 @@ impl ModuleVisitor for Collect {
         let shape = value.dims().to_vec();
         let n: usize = shape.iter().product();
         self.out.push(NamedTensor {
-            path,
+            path: path.to_string(),
             shape,
             value: value.reshape([n]),
         });
@@ -291,16 +284,16 @@ pub(crate) fn named_tensors(family: &Family) -> Vec<NamedTensor> {
 }
 
 fn collect(family: &Family, factors_only: bool) -> Vec<NamedTensor> {
-    let mut c = Collect {
+    let mut c = Paths::new(Collect {
         factors_only,
         ..Collect::default()
-    };
+    });
     match family {
         Family::Gpt2(m) => m.visit(&mut c),
         Family::Llama(m) => m.visit(&mut c),
         Family::Bert(m) => m.visit(&mut c),
     }
-    c.out
+    c.inner.out
 }
 
 pub(crate) async fn read_f32(t: Tensor<1>) -> Result<Vec<f32>> {
@@ -377,20 +370,11 @@ pub async fn lora_factors(family: &Family) -> Result<Vec<LoraFactors>> {
 }
 
 /// Freeze every parameter whose burn path satisfies `pred` (full fine-tuning's frozen parts).
-pub(crate) struct FreezeWhere<F: Fn(&str) -> bool> {
-    pub pred: F,
-    pub path: Vec<String>,
-}
+pub(crate) struct FreezeWhere<F: Fn(&str) -> bool>(pub F);
 
-impl<F: Fn(&str) -> bool> ModuleMapper for FreezeWhere<F> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        if (self.pred)(&self.path.join(".")) {
+impl<F: Fn(&str) -> bool> MapAt for FreezeWhere<F> {
+    fn map_at<const D: usize>(&mut self, path: &str, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if (self.0)(path) {
             param.set_require_grad(false)
         } else {
             param

@@ -27,6 +27,7 @@ use serde_json::json;
 use crate::error::{Code, Error, Result};
 use crate::models::loaded::Family;
 use crate::models::names::{hf_module, matches_target, FamilyKind};
+use crate::models::walk::{MapAt, Paths};
 
 /// How the frozen base weights are stored while training with LoRA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,7 +116,6 @@ struct Quantize<'a> {
     kind: FamilyKind,
     quant: BaseQuant,
     block: usize,
-    path: Vec<String>,
     report: &'a mut QuantReport,
     probed: Vec<usize>,
     error: Option<Error>,
@@ -172,17 +172,10 @@ impl Quantize<'_> {
     }
 }
 
-impl ModuleMapper for Quantize<'_> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let path = self.path.join(".");
+impl MapAt for Quantize<'_> {
+    fn map_at<const D: usize>(&mut self, path: &str, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         // The projections PEFT's "all-linear" names: not a classifier head, which trains.
-        let linear = hf_module(self.kind, &path).is_some_and(|m| {
+        let linear = hf_module(self.kind, path).is_some_and(|m| {
             self.kind
                 .linear_modules()
                 .iter()
@@ -195,7 +188,7 @@ impl ModuleMapper for Quantize<'_> {
         let (d_in, d_out) = (shape[0], shape[1]);
         let block = block_for(d_out, self.block);
         if block < MIN_BLOCK.min(self.block) {
-            self.report.kept_f32.push(path);
+            self.report.kept_f32.push(path.to_string());
             return param;
         }
         let device = param.lazy_device();
@@ -252,21 +245,21 @@ pub fn quantize_base(
         block_size,
         ..QuantReport::default()
     };
-    let mut q = Quantize {
+    let q = Quantize {
         kind,
         quant,
         block: block_size,
-        path: Vec::new(),
         report: &mut report,
         probed: Vec::new(),
         error: None,
     };
+    let mut q = Paths::new(q);
     let family = match family {
         Family::Gpt2(m) => Family::Gpt2(m.map(&mut q)),
         Family::Llama(m) => Family::Llama(m.map(&mut q)),
         Family::Bert(m) => Family::Bert(m.map(&mut q)),
     };
-    if let Some(e) = q.error {
+    if let Some(e) = q.inner.error {
         return Err(e);
     }
     if report.tensors == 0 {

@@ -582,26 +582,25 @@ impl Session {
                     Error::new(Code::ModelNotLoaded, "no model is loaded; load one first")
                 })?;
                 let progress = data_progress_to(&on_event);
-                let (on_checkpoint, resume) = match checkpoints {
-                    Some((f, resume)) => (Some(f), resume),
-                    None => (None, None),
+                let checkpointing = match checkpoints {
+                    Some((on_checkpoint, resume)) => {
+                        let resume = resume.as_deref().map(Checkpoint::from_bytes).transpose()?;
+                        let save = move |ck: Checkpoint| {
+                            let out = js_sys::Object::new();
+                            let step = (ck.step as f64).into();
+                            let _ = js_sys::Reflect::set(&out, &"step".into(), &step);
+                            let bytes = js_sys::Uint8Array::from(ck.to_bytes().as_slice());
+                            let _ = js_sys::Reflect::set(&out, &"bytes".into(), &bytes);
+                            let _ = on_checkpoint.call1(&JsValue::NULL, &out);
+                        };
+                        Some(Checkpointing {
+                            resume,
+                            every: config.checkpoint_every,
+                            save: Box::new(save),
+                        })
+                    }
+                    None => None,
                 };
-                let resume = resume.as_deref().map(Checkpoint::from_bytes).transpose()?;
-                let save = move |ck: Checkpoint| {
-                    let Some(on_checkpoint) = &on_checkpoint else {
-                        return;
-                    };
-                    let out = js_sys::Object::new();
-                    let _ = js_sys::Reflect::set(&out, &"step".into(), &(ck.step as f64).into());
-                    let bytes = js_sys::Uint8Array::from(ck.to_bytes().as_slice());
-                    let _ = js_sys::Reflect::set(&out, &"bytes".into(), &bytes);
-                    let _ = on_checkpoint.call1(&JsValue::NULL, &out);
-                };
-                let checkpointing = on_checkpoint.is_some().then(|| Checkpointing {
-                    resume,
-                    every: config.checkpoint_every,
-                    save: Box::new(save),
-                });
                 let (validation_name, validation_bytes) = match validation {
                     Some((n, b)) => (Some(n), Some(b)),
                     None => (None, None),

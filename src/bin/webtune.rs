@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 use serde_json::{json, Value};
 use webtune::backend::{Backend, BackendKind};
@@ -45,182 +45,263 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Architecture, parameter count, sizes and stored dtype of a model.
-    Info {
-        /// A model folder in Hugging Face layout, or a .gguf file.
-        model: PathBuf,
-    },
+    Info(InfoArgs),
     /// Run the model on a text (or token ids) and print the last position's logits.
-    Forward {
-        model: PathBuf,
-        #[arg(long, conflicts_with = "ids")]
-        text: Option<String>,
-        /// Comma-separated token ids instead of text.
-        #[arg(long, value_delimiter = ',')]
-        ids: Option<Vec<u32>>,
-    },
+    Forward(ForwardArgs),
     /// Continue a prompt.
-    Generate {
-        model: PathBuf,
-        #[arg(long, conflicts_with_all = ["ids", "chat"])]
-        prompt: Option<String>,
-        /// Comma-separated prompt token ids instead of text.
-        #[arg(long, value_delimiter = ',', conflicts_with = "chat")]
-        ids: Option<Vec<u32>>,
-        /// A user message, formatted with the model's chat template (the answer stops at the
-        /// template's end-of-turn token).
-        #[arg(long)]
-        chat: Option<String>,
-        /// A system message before --chat.
-        #[arg(long, requires = "chat")]
-        system: Option<String>,
-        #[arg(long, default_value_t = 32)]
-        max_new_tokens: usize,
-        /// Always pick the most likely token.
-        #[arg(long)]
-        greedy: bool,
-        #[arg(long, default_value_t = 1.0)]
-        temperature: f32,
-        /// 0 turns top-k off.
-        #[arg(long, default_value_t = 50)]
-        top_k: usize,
-        #[arg(long, default_value_t = 1.0)]
-        top_p: f32,
-        #[arg(long, default_value_t = 1.0)]
-        repetition_penalty: f32,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Recompute every position for each token (to measure what the KV cache saves).
-        #[arg(long)]
-        no_cache: bool,
-        /// Keep going past the end-of-sequence token.
-        #[arg(long)]
-        ignore_eos: bool,
-        /// A LoRA adapter folder (PEFT's `adapter_config.json` + `adapter_model.safetensors`, as
-        /// `webtune train --out DIR` writes to DIR/adapter), merged into the model first.
-        #[arg(long)]
-        adapter: Option<PathBuf>,
-    },
+    Generate(GenerateArgs),
     /// Fine-tune a model on a dataset file (JSONL, JSON, CSV, TSV or TXT): validates the data,
     /// holds out a validation share (or reads --validation), trains (LoRA by default), evaluates
     /// before and after, and writes the merged model (and the PEFT adapter) to --out.
-    Train {
-        model: PathBuf,
-        #[arg(long)]
-        data: PathBuf,
-        /// A separate validation file (same fields as --data) instead of holding out a share of
-        /// --data; training examples that also appear in it are dropped from training.
-        #[arg(long, alias = "val-data")]
-        validation: Option<PathBuf>,
-        /// The whole job configuration as JSON (same keys as the browser API's `finetune`); the
-        /// flags below override it.
-        #[arg(long)]
-        config: Option<String>,
-        /// `causal-lm` or `classification`: checked against the model (an encoder classifies,
-        /// every other model continues text).
-        #[arg(long)]
-        task: Option<String>,
-        /// `lora` or `full`.
-        #[arg(long)]
-        method: Option<String>,
-        #[arg(long, conflicts_with = "epochs")]
-        steps: Option<usize>,
-        /// Passes over the training batches (instead of --steps).
-        #[arg(long)]
-        epochs: Option<usize>,
-        #[arg(long)]
-        lr: Option<f64>,
-        #[arg(long)]
-        seed: Option<u64>,
-        #[arg(long)]
-        lora_r: Option<usize>,
-        #[arg(long)]
-        lora_alpha: Option<f64>,
-        /// Module names (`q_proj,v_proj`, `c_attn`, `query,value`) or `all-linear`.
-        #[arg(long, value_delimiter = ',')]
-        lora_targets: Option<Vec<String>>,
-        #[arg(long)]
-        batch_size: Option<usize>,
-        #[arg(long)]
-        grad_accum: Option<usize>,
-        #[arg(long)]
-        seq_len: Option<usize>,
-        /// Warmup steps.
-        #[arg(long)]
-        warmup: Option<usize>,
-        /// `constant`, `linear` or `cosine`.
-        #[arg(long)]
-        schedule: Option<String>,
-        #[arg(long)]
-        weight_decay: Option<f64>,
-        /// Global gradient-norm clipping (0: off).
-        #[arg(long)]
-        clip: Option<f64>,
-        /// Share of --data held out for validation (without --validation).
-        #[arg(long)]
-        val_fraction: Option<f64>,
-        /// Recompute cheap activations in the backward pass instead of keeping them (less
-        /// memory for long sequences, same results).
-        #[arg(long)]
-        gradient_checkpointing: bool,
-        /// QLoRA: keep the frozen base's linear weights quantized while training with LoRA,
-        /// `q8` or `q4` (blocks of 32 values per scale; `train.quantize_block_size` changes it).
-        #[arg(long)]
-        quantize_base: Option<String>,
-        /// Precision of the merged model's weights: `f32` (as trained), `f16` or `bf16` (half
-        /// the size; transformers loads it with `torch_dtype` from its config).
-        #[arg(long)]
-        export_dtype: Option<String>,
-        /// Where to write `merged/` and `adapter/`.
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Device for training: `cpu` (default) or `webgpu` (native wgpu).
-        #[arg(long, default_value = "cpu")]
-        backend: String,
-    },
+    Train(TrainArgs),
     /// Read, validate, split and tokenize a dataset file for a model without training: the
     /// report (format, schema, examples kept and skipped with file and line, labels, token
     /// lengths), the train/validation split and the read speed.
-    Data {
-        model: PathBuf,
-        #[arg(long)]
-        data: PathBuf,
-        /// A separate validation file (as for `train`).
-        #[arg(long)]
-        validation: Option<PathBuf>,
-        /// The job configuration as JSON (its `data`, `validation_fraction`, `batch_size` ...).
-        #[arg(long)]
-        config: Option<String>,
-    },
+    Data(DataArgs),
     /// Loss and perplexity of a model on a dataset file.
-    Eval {
-        model: PathBuf,
-        #[arg(long)]
-        data: PathBuf,
-        #[arg(long)]
-        config: Option<String>,
-        /// A LoRA adapter folder (PEFT format, e.g. DIR/adapter of `webtune train --out DIR`),
-        /// merged into the model before evaluating.
-        #[arg(long)]
-        adapter: Option<PathBuf>,
-    },
+    Eval(EvalArgs),
     /// Train the toy transformer on the copy task (the foundation's end-to-end check).
-    Toy {
-        /// Full configuration as a JSON object (same keys as the browser API's `trainToy`).
-        #[arg(long)]
-        config: Option<String>,
-        /// Override the number of steps.
-        #[arg(long)]
-        steps: Option<usize>,
-        /// Override the seed.
-        #[arg(long)]
-        seed: Option<u64>,
-        /// Override the peak learning rate.
-        #[arg(long)]
-        lr: Option<f64>,
-        /// `cpu` (default) or `webgpu` (native wgpu).
-        #[arg(long, default_value = "cpu")]
-        backend: String,
-    },
+    Toy(ToyArgs),
+}
+
+#[derive(Args)]
+struct InfoArgs {
+    /// A model folder in Hugging Face layout, or a .gguf file.
+    model: PathBuf,
+}
+
+#[derive(Args)]
+struct ForwardArgs {
+    model: PathBuf,
+    #[arg(long, conflicts_with = "ids")]
+    text: Option<String>,
+    /// Comma-separated token ids instead of text.
+    #[arg(long, value_delimiter = ',')]
+    ids: Option<Vec<u32>>,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    model: PathBuf,
+    #[arg(long, conflicts_with_all = ["ids", "chat"])]
+    prompt: Option<String>,
+    /// Comma-separated prompt token ids instead of text.
+    #[arg(long, value_delimiter = ',', conflicts_with = "chat")]
+    ids: Option<Vec<u32>>,
+    /// A user message, formatted with the model's chat template (the answer stops at the
+    /// template's end-of-turn token).
+    #[arg(long)]
+    chat: Option<String>,
+    /// A system message before --chat.
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
+    #[arg(long, default_value_t = 32)]
+    max_new_tokens: usize,
+    /// Always pick the most likely token.
+    #[arg(long)]
+    greedy: bool,
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    /// 0 turns top-k off.
+    #[arg(long, default_value_t = 50)]
+    top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Recompute every position for each token (to measure what the KV cache saves).
+    #[arg(long)]
+    no_cache: bool,
+    /// Keep going past the end-of-sequence token.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// A LoRA adapter folder (PEFT's `adapter_config.json` + `adapter_model.safetensors`, as
+    /// `webtune train --out DIR` writes to DIR/adapter), merged into the model first.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    model: PathBuf,
+    #[arg(long)]
+    data: PathBuf,
+    /// A separate validation file (same fields as --data) instead of holding out a share of
+    /// --data; training examples that also appear in it are dropped from training.
+    #[arg(long, alias = "val-data")]
+    validation: Option<PathBuf>,
+    /// The whole job configuration as JSON (same keys as the browser API's `finetune`); the
+    /// flags below override it.
+    #[arg(long)]
+    config: Option<String>,
+    /// `causal-lm` or `classification`: checked against the model (an encoder classifies,
+    /// every other model continues text).
+    #[arg(long)]
+    task: Option<String>,
+    /// `lora` or `full`.
+    #[arg(long)]
+    method: Option<String>,
+    #[arg(long, conflicts_with = "epochs")]
+    steps: Option<usize>,
+    /// Passes over the training batches (instead of --steps).
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long)]
+    lora_r: Option<usize>,
+    #[arg(long)]
+    lora_alpha: Option<f64>,
+    /// Module names (`q_proj,v_proj`, `c_attn`, `query,value`) or `all-linear`.
+    #[arg(long, value_delimiter = ',')]
+    lora_targets: Option<Vec<String>>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    grad_accum: Option<usize>,
+    #[arg(long)]
+    seq_len: Option<usize>,
+    /// Warmup steps.
+    #[arg(long)]
+    warmup: Option<usize>,
+    /// `constant`, `linear` or `cosine`.
+    #[arg(long)]
+    schedule: Option<String>,
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// Global gradient-norm clipping (0: off).
+    #[arg(long)]
+    clip: Option<f64>,
+    /// Share of --data held out for validation (without --validation).
+    #[arg(long)]
+    val_fraction: Option<f64>,
+    /// Recompute cheap activations in the backward pass instead of keeping them (less
+    /// memory for long sequences, same results).
+    #[arg(long)]
+    gradient_checkpointing: bool,
+    /// QLoRA: keep the frozen base's linear weights quantized while training with LoRA,
+    /// `q8` or `q4` (blocks of 32 values per scale; `train.quantize_block_size` changes it).
+    #[arg(long)]
+    quantize_base: Option<String>,
+    /// Precision of the merged model's weights: `f32` (as trained), `f16` or `bf16` (half
+    /// the size; transformers loads it with `torch_dtype` from its config).
+    #[arg(long)]
+    export_dtype: Option<String>,
+    /// Where to write `merged/` and `adapter/`.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Device for training: `cpu` (default) or `webgpu` (native wgpu).
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+}
+
+impl TrainArgs {
+    /// The flags given, as a patch of the job configuration (`JobConfig::with_overrides`).
+    fn overrides(&self) -> Result<Value, Error> {
+        let mut train = serde_json::Map::new();
+        let mut job = serde_json::Map::new();
+        // --steps and --epochs each replace the other (clap refuses both together).
+        if let Some(v) = self.steps {
+            train.insert("steps".into(), json!(v));
+            train.insert("epochs".into(), Value::Null);
+        }
+        if let Some(v) = self.epochs {
+            train.insert("epochs".into(), json!(v));
+            train.insert("steps".into(), Value::Null);
+        }
+        let flags = [
+            ("method", self.method.as_ref().map(|v| json!(v))),
+            ("lr", self.lr.map(|v| json!(v))),
+            ("seed", self.seed.map(|v| json!(v))),
+            ("lora_r", self.lora_r.map(|v| json!(v))),
+            ("lora_alpha", self.lora_alpha.map(|v| json!(v))),
+            ("lora_targets", self.lora_targets.as_ref().map(|v| json!(v))),
+            ("grad_accum", self.grad_accum.map(|v| json!(v))),
+            ("warmup", self.warmup.map(|v| json!(v))),
+            ("schedule", self.schedule.as_ref().map(|v| json!(v))),
+            ("weight_decay", self.weight_decay.map(|v| json!(v))),
+            ("max_grad_norm", self.clip.map(|v| json!(v))),
+            (
+                "gradient_checkpointing",
+                self.gradient_checkpointing.then_some(json!(true)),
+            ),
+            (
+                "quantize_base",
+                self.quantize_base
+                    .as_deref()
+                    .map(|v| BaseQuant::parse(v).map(|q| json!(q.as_str())))
+                    .transpose()?,
+            ),
+        ];
+        for (key, value) in flags {
+            if let Some(value) = value {
+                train.insert(key.into(), value);
+            }
+        }
+        if let Some(v) = self.batch_size {
+            job.insert("batch_size".into(), json!(v));
+        }
+        if let Some(v) = self.val_fraction {
+            job.insert("validation_fraction".into(), json!(v));
+        }
+        if let Some(v) = &self.export_dtype {
+            job.insert("export_dtype".into(), json!(v));
+        }
+        if let Some(v) = self.seq_len {
+            job.insert("data".into(), json!({ "causal": { "seq_len": v } }));
+        }
+        job.insert("train".into(), Value::Object(train));
+        Ok(Value::Object(job))
+    }
+}
+
+#[derive(Args)]
+struct DataArgs {
+    model: PathBuf,
+    #[arg(long)]
+    data: PathBuf,
+    /// A separate validation file (as for `train`).
+    #[arg(long)]
+    validation: Option<PathBuf>,
+    /// The job configuration as JSON (its `data`, `validation_fraction`, `batch_size` ...).
+    #[arg(long)]
+    config: Option<String>,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    model: PathBuf,
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long)]
+    config: Option<String>,
+    /// A LoRA adapter folder (PEFT format, e.g. DIR/adapter of `webtune train --out DIR`),
+    /// merged into the model before evaluating.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ToyArgs {
+    /// Full configuration as a JSON object (same keys as the browser API's `trainToy`).
+    #[arg(long)]
+    config: Option<String>,
+    /// Override the number of steps.
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Override the seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Override the peak learning rate.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// `cpu` (default) or `webgpu` (native wgpu).
+    #[arg(long, default_value = "cpu")]
+    backend: String,
 }
 
 #[derive(Serialize)]
@@ -315,593 +396,528 @@ fn print_json(value: &impl Serialize) -> Result<(), Error> {
 
 fn run(cli: &Cli) -> Result<(), Error> {
     match &cli.command {
-        Command::Info { model } => {
-            let model = load(model)?;
-            if cli.json {
-                print_json(&model.info)?;
-            } else {
-                let i = &model.info;
-                println!("architecture   {}", i.architecture);
-                println!(
-                    "parameters     {} ({:.1}M)",
-                    i.parameters,
-                    i.parameters as f64 / 1e6
-                );
-                println!("layers         {}", i.layers);
-                println!("hidden size    {}", i.hidden_size);
-                println!("heads          {}", i.heads);
-                println!(
-                    "matmul weights {} ({:.1}M per token, LM head included)",
-                    i.matmul_weights,
-                    i.matmul_weights as f64 / 1e6
-                );
-                println!("vocab size     {}", i.vocab_size);
-                println!("max positions  {}", i.max_positions);
-                println!("stored dtype   {}", i.dtype.join(", "));
-                println!(
-                    "tokenizer      {}",
-                    if i.has_tokenizer { "yes" } else { "no" }
-                );
-                match (&i.chat.chat_template_source, &i.chat.chat_template_error) {
-                    (Some(source), _) => println!("chat template  yes ({source})"),
-                    (None, Some(error)) => println!("chat template  unusable: {error}"),
-                    (None, None) => println!("chat template  no"),
-                }
-            }
-            Ok(())
-        }
-        Command::Forward { model, text, ids } => {
-            let model = load(model)?;
-            let ids = input_ids(&model, text, ids)?;
-            if model.is_encoder() {
-                // An encoder: the first token's last hidden state and the mean-pooled sentence
-                // embedding (sentence-transformers' pooling for MiniLM).
-                let hidden = pollster::block_on(model.encode_hidden(&ids))?;
-                let first = hidden.first().cloned().unwrap_or_default();
-                let d = first.len();
-                let mean: Vec<f32> = (0..d)
-                    .map(|j| hidden.iter().map(|h| h[j]).sum::<f32>() / hidden.len() as f32)
-                    .collect();
-                if cli.json {
-                    print_json(
-                        &json!({ "input_ids": ids, "hidden_first": first, "pooled_mean": mean }),
-                    )?;
-                } else {
-                    println!("input ids: {ids:?}");
-                    println!(
-                        "mean-pooled embedding ({d} values): {:?}",
-                        &mean[..d.min(8)]
-                    );
-                }
-                return Ok(());
-            }
-            let logits = pollster::block_on(model.logits(&ids))?;
-            let last = logits.last().cloned().unwrap_or_default();
-            if cli.json {
-                print_json(&json!({ "input_ids": ids, "logits_last": last }))?;
-            } else {
-                let best = last
-                    .iter()
-                    .enumerate()
-                    .max_by(|a, b| a.1.total_cmp(b.1))
-                    .map(|(i, _)| i)
-                    .unwrap_or(0);
-                println!("input ids: {ids:?}");
-                println!(
-                    "most likely next token: {best} (logit {:.4})",
-                    last.get(best).copied().unwrap_or(f32::NAN)
-                );
-            }
-            Ok(())
-        }
-        Command::Generate {
-            model,
-            prompt,
-            ids,
-            chat,
-            system,
-            max_new_tokens,
-            greedy,
-            temperature,
-            top_k,
-            top_p,
-            repetition_penalty,
-            seed,
-            no_cache,
-            ignore_eos,
-            adapter,
-        } => {
-            let model = with_adapter(load(model)?, adapter.as_deref())?.0;
-            let chat_prompt = match chat {
-                Some(message) => {
-                    let mut messages = Vec::new();
-                    if let Some(system) = system {
-                        messages.push(Message::new("system", system));
-                    }
-                    messages.push(Message::new("user", message));
-                    Some((model.chat_prompt(&messages, true)?, messages))
-                }
-                None => None,
-            };
-            let prompt_ids = match &chat_prompt {
-                Some((_, messages)) => model.chat_ids(messages, true)?,
-                None => input_ids(&model, prompt, ids)?,
-            };
-            let opts = GenerateOptions {
-                max_new_tokens: *max_new_tokens,
-                greedy: *greedy,
-                temperature: *temperature,
-                top_k: *top_k,
-                top_p: *top_p,
-                repetition_penalty: *repetition_penalty,
-                seed: *seed,
-                use_cache: !no_cache,
-                stop_tokens: if *ignore_eos {
-                    vec![]
-                } else if chat_prompt.is_some() {
-                    model.chat_stop_tokens()
-                } else {
-                    model.eos_token_id.into_iter().collect()
-                },
-            };
-            let start = webtune::platform::now_ms();
-            let stream = !cli.json && model.tokenizer.is_some();
-            // A chat reply is shown without the end-of-turn token that closes it.
-            let ends_turn = |t: &u32| chat_prompt.is_some() && opts.stop_tokens.contains(t);
-            let mut shown = String::new();
-            let mut so_far = Vec::new();
-            let tokens = pollster::block_on(generate(
-                model.causal_lm(),
-                &model.device,
-                &prompt_ids,
-                &opts,
-                |t| {
-                    if stream && !ends_turn(&t) {
-                        // Decode the whole continuation each time: a token can end mid-character.
-                        so_far.push(t);
-                        if let Some(Ok(text)) =
-                            model.tokenizer.as_ref().map(|tk| tk.decode(&so_far))
-                        {
-                            if let Some(new) = text.strip_prefix(shown.as_str()) {
-                                print!("{new}");
-                                let _ = std::io::stdout().flush();
-                            }
-                            shown = text;
-                        }
-                    }
-                    true
-                },
-            ))?;
-            let seconds = (webtune::platform::now_ms() - start) / 1e3;
-            let reply = match tokens.split_last() {
-                Some((last, rest)) if ends_turn(last) => rest,
-                _ => &tokens[..],
-            };
-            let text = match &model.tokenizer {
-                Some(tk) => Some(tk.decode(reply)?),
-                None => None,
-            };
-            if cli.json {
-                print_json(&json!({
-                    "prompt_ids": prompt_ids,
-                    "generated_ids": tokens,
-                    "text": text,
-                    "chat_prompt": chat_prompt.as_ref().map(|(text, _)| text),
-                    "tokens_per_s": tokens.len() as f64 / seconds.max(1e-9),
-                    "use_cache": opts.use_cache,
-                }))?;
-            } else {
-                if !stream {
-                    println!("{tokens:?}");
-                } else {
-                    println!();
-                }
-                eprintln!(
-                    "{} tokens in {seconds:.2}s ({:.1} tokens/s)",
-                    tokens.len(),
-                    tokens.len() as f64 / seconds.max(1e-9)
-                );
-            }
-            Ok(())
-        }
-        Command::Train {
-            model,
-            data,
-            validation,
-            config,
-            task,
-            method,
-            steps,
-            epochs,
-            lr,
-            seed,
-            lora_r,
-            lora_alpha,
-            lora_targets,
-            batch_size,
-            grad_accum,
-            seq_len,
-            warmup,
-            schedule,
-            weight_decay,
-            clip,
-            val_fraction,
-            gradient_checkpointing,
-            quantize_base,
-            export_dtype,
-            out,
-            backend,
-        } => {
-            let mut cfg = match config {
-                Some(text) => JobConfig::from_json(text)?,
-                None => JobConfig::default(),
-            };
-            if epochs.is_some() {
-                cfg.train.epochs = *epochs;
-                cfg.train.steps = None;
-            }
-            if let Some(v) = lora_r {
-                cfg.train.lora_r = *v;
-            }
-            if let Some(v) = lora_alpha {
-                cfg.train.lora_alpha = *v;
-            }
-            if let Some(v) = lora_targets {
-                cfg.train.lora_targets.clone_from(v);
-            }
-            if let Some(v) = batch_size {
-                cfg.batch_size = *v;
-            }
-            if let Some(v) = grad_accum {
-                cfg.train.grad_accum = *v;
-            }
-            if let Some(v) = seq_len {
-                cfg.data.causal.seq_len = *v;
-            }
-            if let Some(v) = warmup {
-                cfg.train.warmup = *v;
-            }
-            if let Some(v) = schedule {
-                cfg.train.schedule = serde_json::from_value(json!(v))
-                    .map_err(|_| Error::config("--schedule must be constant, linear or cosine"))?;
-            }
-            if let Some(v) = weight_decay {
-                cfg.train.weight_decay = *v;
-            }
-            if let Some(v) = clip {
-                cfg.train.max_grad_norm = *v;
-            }
-            if let Some(v) = val_fraction {
-                cfg.validation_fraction = *v;
-            }
-            if *gradient_checkpointing {
-                cfg.train.gradient_checkpointing = true;
-            }
-            if let Some(v) = quantize_base {
-                cfg.train.quantize_base = Some(BaseQuant::parse(v)?);
-            }
-            if let Some(v) = export_dtype {
-                cfg.export_dtype = serde_json::from_value(json!(v))
-                    .map_err(|_| Error::config("--export-dtype must be f32, f16 or bf16"))?;
-            }
-            if let Some(method) = method {
-                cfg.train.method = serde_json::from_value(json!(method))
-                    .map_err(|_| Error::config("--method must be lora or full"))?;
-            }
-            if steps.is_some() {
-                cfg.train.steps = *steps;
-                cfg.train.epochs = None;
-            }
-            if let Some(lr) = lr {
-                cfg.train.lr = *lr;
-            }
-            if let Some(seed) = seed {
-                cfg.train.seed = *seed;
-            }
-            let files = ModelFiles::from_dir(model)?;
-            let base = LoadedModel::load(files.clone(), &burn::tensor::Device::flex())?;
-            if let Some(task) = task {
-                let model_task = if base.is_encoder() {
-                    "classification"
-                } else {
-                    "causal-lm"
-                };
-                if task != model_task {
-                    return Err(Error::config(format!(
-                        "--task {task}: {} is {}; its task is {model_task}",
-                        model.display(),
-                        if base.is_encoder() {
-                            "an encoder (it classifies texts)"
-                        } else {
-                            "a causal language model (it continues text)"
-                        }
-                    )));
-                }
-            }
-            let name = data_file_name(data)?;
-            let held_out = validation
-                .as_deref()
-                .map(|p| data_file_name(p).map(|n| (n, p)))
-                .transpose()?;
-            let backend = pollster::block_on(Backend::create(BackendKind::parse(backend)?))?;
-            let json_out = cli.json;
-            let progress_json = cli.progress_json;
-            if progress_json {
-                eprintln!("{}", json!({ "backend_info": &backend.info }));
-            }
-            let progress = data_progress(json_out || progress_json);
-            let output = pollster::block_on(run_task(
-                files,
-                &base,
-                &backend,
-                DatasetFiles {
-                    train: DatasetFile {
-                        name: &name,
-                        source: DataSource::Path(data),
-                    },
-                    validation: held_out.as_ref().map(|(name, path)| DatasetFile {
-                        name,
-                        source: DataSource::Path(path),
-                    }),
-                    progress: Some(&progress),
-                },
-                &cfg,
-                &model.display().to_string(),
-                None,
-                |event| {
-                    if progress_json {
-                        if let Ok(line) = serde_json::to_string(&event) {
-                            eprintln!("{line}");
-                        }
-                    }
-                    if !json_out {
-                        match event {
-                            JobEvent::Phase { message, .. } => eprintln!("{message}"),
-                            JobEvent::Step(p) => {
-                                if p.step == 1 || p.step % 10 == 0 || p.step == p.total_steps {
-                                    eprintln!("{}", step_line(p));
-                                }
-                            }
-                        }
-                    }
-                    true
-                },
-            ))?;
-            if let Some(out) = out {
-                for (name, bytes) in output.export() {
-                    let path = out.join(name);
-                    if let Some(parent) = path.parent() {
-                        std::fs::create_dir_all(parent).map_err(|e| {
-                            Error::config(format!("cannot create {}: {e}", parent.display()))
-                        })?;
-                    }
-                    std::fs::write(&path, bytes).map_err(|e| {
-                        Error::config(format!("cannot write {}: {e}", path.display()))
-                    })?;
-                }
-            }
-            if cli.json {
-                // The result as the page gets it, plus the headline numbers at the top.
-                let (steps, train_loss, tokens_per_s) = match &output {
-                    JobResult::Causal(o) => {
-                        (o.summary.steps, &o.summary.losses, o.summary.tokens_per_s)
-                    }
-                    JobResult::Classification(o) => {
-                        (o.summary.steps, &o.summary.losses, o.summary.tokens_per_s)
-                    }
-                };
-                let mut value = serde_json::to_value(&output).map_err(internal)?;
-                value["steps"] = json!(steps);
-                value["train_loss"] = json!(train_loss);
-                value["tokens_per_s"] = json!(tokens_per_s);
-                print_json(&value)?;
-            } else {
-                match &output {
-                    JobResult::Causal(output) => print_causal(output),
-                    JobResult::Classification(output) => print_classification(output),
-                }
-                match out {
-                    Some(out) => println!(
-                        "\nwrote {} files under {}",
-                        output.export().len(),
-                        out.display()
-                    ),
-                    None => println!("\n(no --out given: nothing written)"),
-                }
-            }
-            Ok(())
-        }
-        Command::Data {
-            model,
-            data,
-            validation,
-            config,
-        } => {
-            let cfg = match config {
-                Some(text) => JobConfig::from_json(text)?,
-                None => JobConfig::default(),
-            };
-            let files = ModelFiles::from_dir(model)?;
-            let chat = chat_template(&files)?;
-            let base = LoadedModel::load(files, &burn::tensor::Device::flex())?;
-            let name = data_file_name(data)?;
-            let held_out = validation
-                .as_deref()
-                .map(|p| data_file_name(p).map(|n| (n, p)))
-                .transpose()?;
-            let progress = data_progress(cli.json);
-            let dataset = DatasetFiles {
-                train: DatasetFile {
-                    name: &name,
-                    source: DataSource::Path(data),
-                },
-                validation: held_out.as_ref().map(|(name, path)| DatasetFile {
-                    name,
-                    source: DataSource::Path(path),
-                }),
-                progress: Some(&progress),
-            };
-            let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
-            let total_bytes = size(data) + held_out.as_ref().map_or(0, |(_, p)| size(p));
-            let start = std::time::Instant::now();
-            let mut value = if base.is_encoder() {
-                let d = webtune::train::classify_job::prepare_class_data(&base, dataset, &cfg)?;
-                json!({
-                    "task": "classification",
-                    "labels": d.labels.labels,
-                    "report": d.report,
-                    "validation_report": d.validation_report,
-                    "overlap_removed": d.overlap_removed,
-                    "train_examples": d.train.len(),
-                    "validation_examples": d.validation.len(),
-                    "train_batches": d.train_batches.len(),
-                    "eval_batches": d.eval_batches.len(),
-                })
-            } else {
-                let d = webtune::train::causal_job::prepare_data(&base, chat, dataset, &cfg)?;
-                json!({
-                    "task": "causal",
-                    "report": d.report,
-                    "validation_report": d.validation_report,
-                    "overlap_removed": d.overlap_removed,
-                    "train_examples": d.train.len(),
-                    "validation_examples": d.validation.len(),
-                    "train_batches": d.train_batches.len(),
-                    "eval_batches": d.eval_batches.len(),
-                })
-            };
-            let seconds = start.elapsed().as_secs_f64();
-            value["seconds"] = json!(seconds);
-            value["bytes"] = json!(total_bytes);
-            value["mb_per_s"] = json!(total_bytes as f64 / 1e6 / seconds.max(1e-9));
-            if cli.json {
-                print_json(&value)?;
-            } else {
-                print_data_report(&value);
-            }
-            Ok(())
-        }
-        Command::Eval {
-            model,
-            data,
-            config,
-            adapter,
-        } => {
-            let cfg = match config {
-                Some(text) => JobConfig::from_json(text)?,
-                None => JobConfig::default(),
-            };
-            let files = ModelFiles::from_dir(model)?;
-            let chat = chat_template(&files)?;
-            let base = LoadedModel::load(files, &burn::tensor::Device::flex())?;
-            let (base, applied) = with_adapter(base, adapter.as_deref())?;
-            let (name, bytes) = named_file(data)?;
-            if base.is_encoder() {
-                let value = pollster::block_on(webtune::train::classify_job::eval_class_file(
-                    &base, &name, &bytes, &cfg,
-                ))?;
-                if cli.json {
-                    print_json(&value)?;
-                } else {
-                    let m = |k: &str| value["eval"][k].as_f64().unwrap_or(f64::NAN);
-                    println!(
-                        "{} examples: accuracy {:.3}, macro-F1 {:.3}, loss {:.4}",
-                        value["examples"],
-                        m("accuracy"),
-                        m("macro_f1"),
-                        m("loss")
-                    );
-                }
-                return Ok(());
-            }
-            let mut value = pollster::block_on(eval_file(&base, chat, &name, &bytes, &cfg))?;
-            if let Some(summary) = applied {
-                value["adapter"] = summary;
-            }
-            if cli.json {
-                print_json(&value)?;
-            } else {
-                if let Some(a) = value.get("adapter") {
-                    println!(
-                        "with LoRA adapter {} (r {}, {} modules, merged)",
-                        a["path"], a["r"], a["modules"]
-                    );
-                }
-                println!(
-                    "{} examples: loss {:.4}, perplexity {:.2}",
-                    value["examples"], value["eval"]["loss"], value["eval"]["perplexity"]
-                );
-                let a = &value["answers"];
-                if !a.is_null() {
-                    println!(
-                        "greedy answers to {} prompts: exact match {:.3}, token F1 {:.3}",
-                        a["examples"],
-                        a["exact_match"].as_f64().unwrap_or(f64::NAN),
-                        a["token_f1"].as_f64().unwrap_or(f64::NAN)
-                    );
-                }
-            }
-            Ok(())
-        }
-        Command::Toy {
-            config,
-            steps,
-            seed,
-            lr,
-            backend,
-        } => {
-            let mut cfg = match config {
-                Some(text) => ToyTrainConfig::from_json(text)?,
-                None => ToyTrainConfig::default(),
-            };
-            if let Some(steps) = steps {
-                cfg.steps = *steps;
-            }
-            if let Some(seed) = seed {
-                cfg.seed = *seed;
-            }
-            if let Some(lr) = lr {
-                cfg.lr = *lr;
-            }
-            let kind = BackendKind::parse(backend)?;
-            let backend = pollster::block_on(Backend::create(kind))?;
-            let json = cli.json;
-            let progress_json = cli.progress_json;
-            if progress_json {
-                eprintln!("{}", json!({ "backend_info": &backend.info }));
-            }
-            let mut summary = pollster::block_on(train_toy(&backend, &cfg, |p| {
-                if progress_json {
-                    if let Ok(line) = serde_json::to_string(p) {
-                        eprintln!("{line}");
-                    }
-                }
-                if !json && (p.step == 1 || p.step % 20 == 0 || p.step == p.total_steps) {
-                    eprintln!(
-                        "step {:>5}/{}  loss {:.4}  lr {:.2e}  {:.0} tok/s  eta {:.1}s",
-                        p.step, p.total_steps, p.loss, p.lr, p.tokens_per_s, p.eta_s
-                    );
-                }
-                true
-            }))?;
-            summary.backend = format!("{}-native", summary.backend);
-            if json {
-                println!("{}", serde_json::to_string(&summary).map_err(internal)?);
-            } else {
-                println!(
-                    "{} steps on {}: loss {:.4} → {:.4}, {:.2} ms/step (first step {:.0} ms), {:.0} tokens/s",
-                    summary.steps,
-                    summary.backend,
-                    summary.initial_loss,
-                    summary.final_loss,
-                    summary.median_step_ms,
-                    summary.first_step_ms,
-                    summary.tokens_per_s
-                );
-            }
-            Ok(())
+        Command::Info(args) => run_info(cli, args),
+        Command::Forward(args) => run_forward(cli, args),
+        Command::Generate(args) => run_generate(cli, args),
+        Command::Train(args) => run_train(cli, args),
+        Command::Data(args) => run_data(cli, args),
+        Command::Eval(args) => run_eval(cli, args),
+        Command::Toy(args) => run_toy(cli, args),
+    }
+}
+
+fn run_info(cli: &Cli, args: &InfoArgs) -> Result<(), Error> {
+    let InfoArgs { model } = args;
+    let model = load(model)?;
+    if cli.json {
+        print_json(&model.info)?;
+    } else {
+        let i = &model.info;
+        println!("architecture   {}", i.architecture);
+        println!(
+            "parameters     {} ({:.1}M)",
+            i.parameters,
+            i.parameters as f64 / 1e6
+        );
+        println!("layers         {}", i.layers);
+        println!("hidden size    {}", i.hidden_size);
+        println!("heads          {}", i.heads);
+        println!(
+            "matmul weights {} ({:.1}M per token, LM head included)",
+            i.matmul_weights,
+            i.matmul_weights as f64 / 1e6
+        );
+        println!("vocab size     {}", i.vocab_size);
+        println!("max positions  {}", i.max_positions);
+        println!("stored dtype   {}", i.dtype.join(", "));
+        println!(
+            "tokenizer      {}",
+            if i.has_tokenizer { "yes" } else { "no" }
+        );
+        match (&i.chat.chat_template_source, &i.chat.chat_template_error) {
+            (Some(source), _) => println!("chat template  yes ({source})"),
+            (None, Some(error)) => println!("chat template  unusable: {error}"),
+            (None, None) => println!("chat template  no"),
         }
     }
+    Ok(())
+}
+
+fn run_forward(cli: &Cli, args: &ForwardArgs) -> Result<(), Error> {
+    let ForwardArgs { model, text, ids } = args;
+    let model = load(model)?;
+    let ids = input_ids(&model, text, ids)?;
+    if model.is_encoder() {
+        // An encoder: the first token's last hidden state and the mean-pooled sentence
+        // embedding (sentence-transformers' pooling for MiniLM).
+        let hidden = pollster::block_on(model.encode_hidden(&ids))?;
+        let first = hidden.first().cloned().unwrap_or_default();
+        let d = first.len();
+        let mean: Vec<f32> = (0..d)
+            .map(|j| hidden.iter().map(|h| h[j]).sum::<f32>() / hidden.len() as f32)
+            .collect();
+        if cli.json {
+            print_json(&json!({ "input_ids": ids, "hidden_first": first, "pooled_mean": mean }))?;
+        } else {
+            println!("input ids: {ids:?}");
+            println!(
+                "mean-pooled embedding ({d} values): {:?}",
+                &mean[..d.min(8)]
+            );
+        }
+        return Ok(());
+    }
+    let logits = pollster::block_on(model.logits(&ids))?;
+    let last = logits.last().cloned().unwrap_or_default();
+    if cli.json {
+        print_json(&json!({ "input_ids": ids, "logits_last": last }))?;
+    } else {
+        let best = last
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i)
+            .unwrap_or(0);
+        println!("input ids: {ids:?}");
+        println!(
+            "most likely next token: {best} (logit {:.4})",
+            last.get(best).copied().unwrap_or(f32::NAN)
+        );
+    }
+    Ok(())
+}
+
+fn run_generate(cli: &Cli, args: &GenerateArgs) -> Result<(), Error> {
+    let GenerateArgs {
+        model,
+        prompt,
+        ids,
+        chat,
+        system,
+        max_new_tokens,
+        greedy,
+        temperature,
+        top_k,
+        top_p,
+        repetition_penalty,
+        seed,
+        no_cache,
+        ignore_eos,
+        adapter,
+    } = args;
+    let model = with_adapter(load(model)?, adapter.as_deref())?.0;
+    let chat_prompt = match chat {
+        Some(message) => {
+            let mut messages = Vec::new();
+            if let Some(system) = system {
+                messages.push(Message::new("system", system));
+            }
+            messages.push(Message::new("user", message));
+            Some((model.chat_prompt(&messages, true)?, messages))
+        }
+        None => None,
+    };
+    let prompt_ids = match &chat_prompt {
+        Some((_, messages)) => model.chat_ids(messages, true)?,
+        None => input_ids(&model, prompt, ids)?,
+    };
+    let opts = GenerateOptions {
+        max_new_tokens: *max_new_tokens,
+        greedy: *greedy,
+        temperature: *temperature,
+        top_k: *top_k,
+        top_p: *top_p,
+        repetition_penalty: *repetition_penalty,
+        seed: *seed,
+        use_cache: !no_cache,
+        stop_tokens: if *ignore_eos {
+            vec![]
+        } else if chat_prompt.is_some() {
+            model.chat_stop_tokens()
+        } else {
+            model.eos_token_id.into_iter().collect()
+        },
+    };
+    let start = webtune::platform::now_ms();
+    let stream = !cli.json && model.tokenizer.is_some();
+    // A chat reply is shown without the end-of-turn token that closes it.
+    let ends_turn = |t: &u32| chat_prompt.is_some() && opts.stop_tokens.contains(t);
+    let mut shown = String::new();
+    let mut so_far = Vec::new();
+    let tokens = pollster::block_on(generate(
+        model.causal_lm(),
+        &model.device,
+        &prompt_ids,
+        &opts,
+        |t| {
+            if stream && !ends_turn(&t) {
+                // Decode the whole continuation each time: a token can end mid-character.
+                so_far.push(t);
+                if let Some(Ok(text)) = model.tokenizer.as_ref().map(|tk| tk.decode(&so_far)) {
+                    if let Some(new) = text.strip_prefix(shown.as_str()) {
+                        print!("{new}");
+                        let _ = std::io::stdout().flush();
+                    }
+                    shown = text;
+                }
+            }
+            true
+        },
+    ))?;
+    let seconds = (webtune::platform::now_ms() - start) / 1e3;
+    let reply = match tokens.split_last() {
+        Some((last, rest)) if ends_turn(last) => rest,
+        _ => &tokens[..],
+    };
+    let text = match &model.tokenizer {
+        Some(tk) => Some(tk.decode(reply)?),
+        None => None,
+    };
+    if cli.json {
+        print_json(&json!({
+            "prompt_ids": prompt_ids,
+            "generated_ids": tokens,
+            "text": text,
+            "chat_prompt": chat_prompt.as_ref().map(|(text, _)| text),
+            "tokens_per_s": tokens.len() as f64 / seconds.max(1e-9),
+            "use_cache": opts.use_cache,
+        }))?;
+    } else {
+        if !stream {
+            println!("{tokens:?}");
+        } else {
+            println!();
+        }
+        eprintln!(
+            "{} tokens in {seconds:.2}s ({:.1} tokens/s)",
+            tokens.len(),
+            tokens.len() as f64 / seconds.max(1e-9)
+        );
+    }
+    Ok(())
+}
+
+fn run_train(cli: &Cli, args: &TrainArgs) -> Result<(), Error> {
+    let TrainArgs {
+        model,
+        data,
+        validation,
+        config,
+        task,
+        out,
+        backend,
+        ..
+    } = args;
+    let base_config = match config {
+        Some(text) => JobConfig::from_json(text)?,
+        None => JobConfig::default(),
+    };
+    let cfg = base_config.with_overrides(&args.overrides()?)?;
+    let files = ModelFiles::from_dir(model)?;
+    let base = LoadedModel::load(files.clone(), &burn::tensor::Device::flex())?;
+    if let Some(task) = task {
+        let model_task = if base.is_encoder() {
+            "classification"
+        } else {
+            "causal-lm"
+        };
+        if task != model_task {
+            return Err(Error::config(format!(
+                "--task {task}: {} is {}; its task is {model_task}",
+                model.display(),
+                if base.is_encoder() {
+                    "an encoder (it classifies texts)"
+                } else {
+                    "a causal language model (it continues text)"
+                }
+            )));
+        }
+    }
+    let name = data_file_name(data)?;
+    let held_out = validation
+        .as_deref()
+        .map(|p| data_file_name(p).map(|n| (n, p)))
+        .transpose()?;
+    let backend = pollster::block_on(Backend::create(BackendKind::parse(backend)?))?;
+    let json_out = cli.json;
+    let progress_json = cli.progress_json;
+    if progress_json {
+        eprintln!("{}", json!({ "backend_info": &backend.info }));
+    }
+    let progress = data_progress(json_out || progress_json);
+    let output = pollster::block_on(run_task(
+        files,
+        &base,
+        &backend,
+        DatasetFiles {
+            train: DatasetFile {
+                name: &name,
+                source: DataSource::Path(data),
+            },
+            validation: held_out.as_ref().map(|(name, path)| DatasetFile {
+                name,
+                source: DataSource::Path(path),
+            }),
+            progress: Some(&progress),
+        },
+        &cfg,
+        &model.display().to_string(),
+        None,
+        |event| {
+            if progress_json {
+                if let Ok(line) = serde_json::to_string(&event) {
+                    eprintln!("{line}");
+                }
+            }
+            if !json_out {
+                match event {
+                    JobEvent::Phase { message, .. } => eprintln!("{message}"),
+                    JobEvent::Step(p) => {
+                        if p.step == 1 || p.step % 10 == 0 || p.step == p.total_steps {
+                            eprintln!("{}", step_line(p));
+                        }
+                    }
+                }
+            }
+            true
+        },
+    ))?;
+    if let Some(out) = out {
+        for (name, bytes) in output.export() {
+            let path = out.join(name);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    Error::config(format!("cannot create {}: {e}", parent.display()))
+                })?;
+            }
+            std::fs::write(&path, bytes)
+                .map_err(|e| Error::config(format!("cannot write {}: {e}", path.display())))?;
+        }
+    }
+    if cli.json {
+        // The result as the page gets it, plus the headline numbers at the top.
+        let (steps, train_loss, tokens_per_s) = match &output {
+            JobResult::Causal(o) => (o.summary.steps, &o.summary.losses, o.summary.tokens_per_s),
+            JobResult::Classification(o) => {
+                (o.summary.steps, &o.summary.losses, o.summary.tokens_per_s)
+            }
+        };
+        let mut value = serde_json::to_value(&output).map_err(internal)?;
+        value["steps"] = json!(steps);
+        value["train_loss"] = json!(train_loss);
+        value["tokens_per_s"] = json!(tokens_per_s);
+        print_json(&value)?;
+    } else {
+        match &output {
+            JobResult::Causal(output) => print_causal(output),
+            JobResult::Classification(output) => print_classification(output),
+        }
+        match out {
+            Some(out) => println!(
+                "\nwrote {} files under {}",
+                output.export().len(),
+                out.display()
+            ),
+            None => println!("\n(no --out given: nothing written)"),
+        }
+    }
+    Ok(())
+}
+
+fn run_data(cli: &Cli, args: &DataArgs) -> Result<(), Error> {
+    let DataArgs {
+        model,
+        data,
+        validation,
+        config,
+    } = args;
+    let cfg = match config {
+        Some(text) => JobConfig::from_json(text)?,
+        None => JobConfig::default(),
+    };
+    let files = ModelFiles::from_dir(model)?;
+    let chat = chat_template(&files)?;
+    let base = LoadedModel::load(files, &burn::tensor::Device::flex())?;
+    let name = data_file_name(data)?;
+    let held_out = validation
+        .as_deref()
+        .map(|p| data_file_name(p).map(|n| (n, p)))
+        .transpose()?;
+    let progress = data_progress(cli.json);
+    let dataset = DatasetFiles {
+        train: DatasetFile {
+            name: &name,
+            source: DataSource::Path(data),
+        },
+        validation: held_out.as_ref().map(|(name, path)| DatasetFile {
+            name,
+            source: DataSource::Path(path),
+        }),
+        progress: Some(&progress),
+    };
+    let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    let total_bytes = size(data) + held_out.as_ref().map_or(0, |(_, p)| size(p));
+    let start = std::time::Instant::now();
+    let mut value = if base.is_encoder() {
+        let d = webtune::train::classify_job::prepare_class_data(&base, dataset, &cfg)?;
+        json!({
+            "task": "classification",
+            "labels": d.labels.labels,
+            "report": d.report,
+            "validation_report": d.validation_report,
+            "overlap_removed": d.overlap_removed,
+            "train_examples": d.train.len(),
+            "validation_examples": d.validation.len(),
+            "train_batches": d.train_batches.len(),
+            "eval_batches": d.eval_batches.len(),
+        })
+    } else {
+        let d = webtune::train::causal_job::prepare_data(&base, chat, dataset, &cfg)?;
+        json!({
+            "task": "causal",
+            "report": d.report,
+            "validation_report": d.validation_report,
+            "overlap_removed": d.overlap_removed,
+            "train_examples": d.train.len(),
+            "validation_examples": d.validation.len(),
+            "train_batches": d.train_batches.len(),
+            "eval_batches": d.eval_batches.len(),
+        })
+    };
+    let seconds = start.elapsed().as_secs_f64();
+    value["seconds"] = json!(seconds);
+    value["bytes"] = json!(total_bytes);
+    value["mb_per_s"] = json!(total_bytes as f64 / 1e6 / seconds.max(1e-9));
+    if cli.json {
+        print_json(&value)?;
+    } else {
+        print_data_report(&value);
+    }
+    Ok(())
+}
+
+fn run_eval(cli: &Cli, args: &EvalArgs) -> Result<(), Error> {
+    let EvalArgs {
+        model,
+        data,
+        config,
+        adapter,
+    } = args;
+    let cfg = match config {
+        Some(text) => JobConfig::from_json(text)?,
+        None => JobConfig::default(),
+    };
+    let files = ModelFiles::from_dir(model)?;
+    let chat = chat_template(&files)?;
+    let base = LoadedModel::load(files, &burn::tensor::Device::flex())?;
+    let (base, applied) = with_adapter(base, adapter.as_deref())?;
+    let (name, bytes) = named_file(data)?;
+    if base.is_encoder() {
+        let value = pollster::block_on(webtune::train::classify_job::eval_class_file(
+            &base, &name, &bytes, &cfg,
+        ))?;
+        if cli.json {
+            print_json(&value)?;
+        } else {
+            let m = |k: &str| value["eval"][k].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "{} examples: accuracy {:.3}, macro-F1 {:.3}, loss {:.4}",
+                value["examples"],
+                m("accuracy"),
+                m("macro_f1"),
+                m("loss")
+            );
+        }
+        return Ok(());
+    }
+    let mut value = pollster::block_on(eval_file(&base, chat, &name, &bytes, &cfg))?;
+    if let Some(summary) = applied {
+        value["adapter"] = summary;
+    }
+    if cli.json {
+        print_json(&value)?;
+    } else {
+        if let Some(a) = value.get("adapter") {
+            println!(
+                "with LoRA adapter {} (r {}, {} modules, merged)",
+                a["path"], a["r"], a["modules"]
+            );
+        }
+        println!(
+            "{} examples: loss {:.4}, perplexity {:.2}",
+            value["examples"], value["eval"]["loss"], value["eval"]["perplexity"]
+        );
+        let a = &value["answers"];
+        if !a.is_null() {
+            println!(
+                "greedy answers to {} prompts: exact match {:.3}, token F1 {:.3}",
+                a["examples"],
+                a["exact_match"].as_f64().unwrap_or(f64::NAN),
+                a["token_f1"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn run_toy(cli: &Cli, args: &ToyArgs) -> Result<(), Error> {
+    let ToyArgs {
+        config,
+        steps,
+        seed,
+        lr,
+        backend,
+    } = args;
+    let mut cfg = match config {
+        Some(text) => ToyTrainConfig::from_json(text)?,
+        None => ToyTrainConfig::default(),
+    };
+    if let Some(steps) = steps {
+        cfg.steps = *steps;
+    }
+    if let Some(seed) = seed {
+        cfg.seed = *seed;
+    }
+    if let Some(lr) = lr {
+        cfg.lr = *lr;
+    }
+    let kind = BackendKind::parse(backend)?;
+    let backend = pollster::block_on(Backend::create(kind))?;
+    let json = cli.json;
+    let progress_json = cli.progress_json;
+    if progress_json {
+        eprintln!("{}", json!({ "backend_info": &backend.info }));
+    }
+    let mut summary = pollster::block_on(train_toy(&backend, &cfg, |p| {
+        if progress_json {
+            if let Ok(line) = serde_json::to_string(p) {
+                eprintln!("{line}");
+            }
+        }
+        if !json && (p.step == 1 || p.step % 20 == 0 || p.step == p.total_steps) {
+            eprintln!(
+                "step {:>5}/{}  loss {:.4}  lr {:.2e}  {:.0} tok/s  eta {:.1}s",
+                p.step, p.total_steps, p.loss, p.lr, p.tokens_per_s, p.eta_s
+            );
+        }
+        true
+    }))?;
+    summary.backend = format!("{}-native", summary.backend);
+    if json {
+        println!("{}", serde_json::to_string(&summary).map_err(internal)?);
+    } else {
+        println!(
+            "{} steps on {}: loss {:.4} → {:.4}, {:.2} ms/step (first step {:.0} ms), {:.0} tokens/s",
+            summary.steps,
+            summary.backend,
+            summary.initial_loss,
+            summary.final_loss,
+            summary.median_step_ms,
+            summary.first_step_ms,
+            summary.tokens_per_s
+        );
+    }
+    Ok(())
 }
 
 /// "step   10/100  loss 1.2345  lr 2.00e-4  1234 tok/s  eta 12s  val loss 1.3000".

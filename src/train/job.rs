@@ -75,6 +75,30 @@ impl JobConfig {
             .map_err(|e| Error::config(format!("invalid fine-tuning configuration: {e}")))
     }
 
+    /// This configuration with `overrides` merged in: a JSON object in the configuration's own
+    /// shape (`{"train": {"lr": 1e-4}, "data": {"causal": {"seq_len": 128}}}`), key by key, a
+    /// `null` clearing an optional setting. What the CLI's flags and a page's form change; the
+    /// result is read as a whole again, so a wrong key or type is a `config.invalid` error.
+    pub fn with_overrides(&self, overrides: &serde_json::Value) -> Result<Self> {
+        fn merge(base: &mut serde_json::Value, patch: &serde_json::Value) {
+            match (base, patch) {
+                (serde_json::Value::Object(base), serde_json::Value::Object(patch)) => {
+                    for (key, value) in patch {
+                        merge(
+                            base.entry(key.clone()).or_insert(serde_json::Value::Null),
+                            value,
+                        );
+                    }
+                }
+                (base, patch) => *base = patch.clone(),
+            }
+        }
+        let mut value =
+            serde_json::to_value(self).map_err(|e| Error::new(Code::Internal, format!("{e}")))?;
+        merge(&mut value, overrides);
+        Self::from_json(&value.to_string())
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
         if !(self.validation_fraction > 0.0 && self.validation_fraction < 1.0) {
             return Err(Error::config("validation_fraction must be between 0 and 1"));
@@ -498,4 +522,42 @@ pub fn memory_message(m: &MemoryEstimate) -> String {
         m.batch_size,
         m.seq_len
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn overrides_change_what_they_name_and_nothing_else() {
+        let mut base = JobConfig::default();
+        base.train.epochs = Some(3);
+        base.data.causal.separator = " => ".into();
+        assert_eq!(base.with_overrides(&json!({})).unwrap(), base);
+
+        let patch = json!({
+            "batch_size": 2,
+            "data": { "causal": { "seq_len": 64 } },
+            "train": { "lr": 1e-3, "steps": 7, "epochs": null, "quantize_base": "q8" },
+        });
+        let out = base.with_overrides(&patch).unwrap();
+        let mut expected = base.clone();
+        expected.batch_size = 2;
+        expected.data.causal.seq_len = 64;
+        expected.train.lr = 1e-3;
+        expected.train.steps = Some(7);
+        expected.train.epochs = None;
+        expected.train.quantize_base = Some(crate::train::qlora::BaseQuant::Q8);
+        assert_eq!(out, expected);
+
+        for bad in [
+            json!({ "train": { "lr": "fast" } }),
+            json!({ "train": { "learning_rate": 1e-3 } }),
+            json!({ "batch_sise": 2 }),
+        ] {
+            let e = base.with_overrides(&bad).unwrap_err();
+            assert_eq!(e.code, Code::ConfigInvalid, "{bad}: {e:?}");
+        }
+    }
 }

@@ -14,13 +14,11 @@ use webtune::eval::generate::{generate, GenerateOptions};
 use webtune::io::hf::ModelFiles;
 use webtune::models::loaded::LoadedModel;
 use webtune::train::adapter::{apply_peft_adapter, read_peft_adapter};
-use webtune::train::causal_job::{chat_template, eval_file};
-use webtune::train::job::{DataSource, DatasetFile, DatasetFiles, JobConfig, JobEvent};
 use webtune::train::qlora::BaseQuant;
 use webtune::train::toy::{train_toy, ToyTrainConfig};
-use webtune::train::trainer::Progress;
-use webtune::train::{run_task, JobResult};
 use webtune::Error;
+use webtune::{run_task, JobResult, Progress};
+use webtune::{DataSource, DatasetFile, DatasetFiles, JobConfig, JobEvent};
 
 #[derive(Parser)]
 #[command(
@@ -736,8 +734,7 @@ fn run_data(cli: &Cli, args: &DataArgs) -> Result<(), Error> {
         None => JobConfig::default(),
     };
     let files = ModelFiles::from_dir(model)?;
-    let chat = chat_template(&files)?;
-    let base = LoadedModel::load(files, &burn::tensor::Device::flex())?;
+    let base = LoadedModel::load(files.clone(), &burn::tensor::Device::flex())?;
     let name = data_file_name(data)?;
     let held_out = validation
         .as_deref()
@@ -758,32 +755,7 @@ fn run_data(cli: &Cli, args: &DataArgs) -> Result<(), Error> {
     let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
     let total_bytes = size(data) + held_out.as_ref().map_or(0, |(_, p)| size(p));
     let start = std::time::Instant::now();
-    let mut value = if base.is_encoder() {
-        let d = webtune::train::classify_job::prepare_class_data(&base, dataset, &cfg)?;
-        json!({
-            "task": "classification",
-            "labels": d.labels.labels,
-            "report": d.report,
-            "validation_report": d.validation_report,
-            "overlap_removed": d.overlap_removed,
-            "train_examples": d.train.len(),
-            "validation_examples": d.validation.len(),
-            "train_batches": d.train_batches.len(),
-            "eval_batches": d.eval_batches.len(),
-        })
-    } else {
-        let d = webtune::train::causal_job::prepare_data(&base, chat, dataset, &cfg)?;
-        json!({
-            "task": "causal",
-            "report": d.report,
-            "validation_report": d.validation_report,
-            "overlap_removed": d.overlap_removed,
-            "train_examples": d.train.len(),
-            "validation_examples": d.validation.len(),
-            "train_batches": d.train_batches.len(),
-            "eval_batches": d.eval_batches.len(),
-        })
-    };
+    let mut value = webtune::inspect_data(&base, &files, dataset, &cfg)?;
     let seconds = start.elapsed().as_secs_f64();
     value["seconds"] = json!(seconds);
     value["bytes"] = json!(total_bytes);
@@ -808,14 +780,11 @@ fn run_eval(cli: &Cli, args: &EvalArgs) -> Result<(), Error> {
         None => JobConfig::default(),
     };
     let files = ModelFiles::from_dir(model)?;
-    let chat = chat_template(&files)?;
-    let base = LoadedModel::load(files, &burn::tensor::Device::flex())?;
+    let base = LoadedModel::load(files.clone(), &burn::tensor::Device::flex())?;
     let (base, applied) = with_adapter(base, adapter.as_deref())?;
     let (name, bytes) = named_file(data)?;
+    let mut value = pollster::block_on(webtune::eval_data(&base, &files, &name, &bytes, &cfg))?;
     if base.is_encoder() {
-        let value = pollster::block_on(webtune::train::classify_job::eval_class_file(
-            &base, &name, &bytes, &cfg,
-        ))?;
         if cli.json {
             print_json(&value)?;
         } else {
@@ -830,7 +799,6 @@ fn run_eval(cli: &Cli, args: &EvalArgs) -> Result<(), Error> {
         }
         return Ok(());
     }
-    let mut value = pollster::block_on(eval_file(&base, chat, &name, &bytes, &cfg))?;
     if let Some(summary) = applied {
         value["adapter"] = summary;
     }
@@ -942,7 +910,7 @@ fn step_line(p: &Progress) -> String {
     )
 }
 
-fn print_causal(output: &webtune::train::causal_job::JobOutput) {
+fn print_causal(output: &webtune::JobOutput) {
     let fmt = |e: Option<webtune::train::causal::EvalLoss>| {
         e.map(|e| format!("loss {:.4}, perplexity {:.2}", e.loss, e.perplexity))
             .unwrap_or_else(|| "–".into())
@@ -971,7 +939,7 @@ fn print_causal(output: &webtune::train::causal_job::JobOutput) {
     }
 }
 
-fn print_classification(output: &webtune::train::classify_job::ClassifyJobOutput) {
+fn print_classification(output: &webtune::ClassifyJobOutput) {
     let (b, a) = (&output.before, &output.after);
     println!(
         "{} steps; {} validation examples, labels {}",

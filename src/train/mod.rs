@@ -27,14 +27,18 @@ pub mod toy;
 pub mod trainer;
 
 use serde::Serialize;
+use serde_json::{json, Value};
 
 use crate::backend::Backend;
 use crate::error::Result;
 use crate::io::hf::ModelFiles;
 use crate::models::loaded::LoadedModel;
-use causal_job::{CausalJob, JobOutput};
+pub use causal_job::JobOutput;
+pub use classify_job::ClassifyJobOutput;
+
+use causal_job::{chat_template, eval_file, prepare_data, CausalJob};
 use checkpoint::Checkpointing;
-use classify_job::{ClassifyJob, ClassifyJobOutput};
+use classify_job::{eval_class_file, prepare_class_data, ClassifyJob};
 use control::Control;
 use export::ExportFiles;
 use job::{run_job, DatasetFiles, JobConfig, JobContext, JobEvent};
@@ -96,4 +100,56 @@ pub async fn run_task<'a, C: Into<Control>>(
         let out = run_job(&CausalJob, &job, dataset, checkpointing, on_event).await?;
         JobResult::Causal(out)
     })
+}
+
+/// Read, validate, split and batch a dataset file for `base`'s task without training: the
+/// report, the split and the batch counts (what `webtune data` prints).
+pub fn inspect_data(
+    base: &LoadedModel,
+    files: &ModelFiles,
+    dataset: DatasetFiles,
+    config: &JobConfig,
+) -> Result<Value> {
+    if base.is_encoder() {
+        let d = prepare_class_data(base, dataset, config)?;
+        return Ok(json!({
+            "task": "classification",
+            "labels": d.labels.labels,
+            "report": d.report,
+            "validation_report": d.validation_report,
+            "overlap_removed": d.overlap_removed,
+            "train_examples": d.train.len(),
+            "validation_examples": d.validation.len(),
+            "train_batches": d.train_batches.len(),
+            "eval_batches": d.eval_batches.len(),
+        }));
+    }
+    let d = prepare_data(base, chat_template(files)?, dataset, config)?;
+    Ok(json!({
+        "task": "causal",
+        "report": d.report,
+        "validation_report": d.validation_report,
+        "overlap_removed": d.overlap_removed,
+        "train_examples": d.train.len(),
+        "validation_examples": d.validation.len(),
+        "train_batches": d.train_batches.len(),
+        "eval_batches": d.eval_batches.len(),
+    }))
+}
+
+/// Score `model` on every example of a dataset file as its task scores (loss, perplexity and
+/// greedy answers for a causal LM; accuracy, F1 and confusion for a classifier), what
+/// `webtune eval` prints.
+pub async fn eval_data(
+    model: &LoadedModel,
+    files: &ModelFiles,
+    name: &str,
+    bytes: &[u8],
+    config: &JobConfig,
+) -> Result<Value> {
+    if model.is_encoder() {
+        eval_class_file(model, name, bytes, config).await
+    } else {
+        eval_file(model, chat_template(files)?, name, bytes, config).await
+    }
 }

@@ -116,7 +116,8 @@ impl JobConfig {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum JobEvent<'a> {
-    /// A new phase: "data", "training", "samples", "export".
+    /// A new phase: "data", "memory", "samples" or "evaluation" (the task's before/after),
+    /// "training", "export".
     Phase {
         phase: &'static str,
         message: String,
@@ -265,7 +266,7 @@ pub(crate) fn read_and_split(
 }
 
 /// "Reading train.csv…" or "Reading train.csv and valid.csv…".
-pub(crate) fn reading_message(files: &DatasetFiles) -> String {
+fn reading_message(files: &DatasetFiles) -> String {
     match files.validation {
         Some(v) => format!("Reading {} and {}…", files.train.name, v.name),
         None => format!("Reading {}…", files.train.name),

@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use webtune::backend::{Backend, BackendKind};
 use webtune::data::chat::Message;
+use webtune::data::validate::OnDataProgress;
 use webtune::eval::generate::{generate, GenerateOptions};
 use webtune::io::hf::ModelFiles;
 use webtune::models::loaded::LoadedModel;
@@ -387,6 +388,48 @@ fn input_ids(
     }
 }
 
+/// `--data` and `--validation` as the job reads them: from disk, by their file names.
+struct DataPaths<'p> {
+    name: String,
+    path: &'p Path,
+    held_out: Option<(String, &'p Path)>,
+}
+
+impl<'p> DataPaths<'p> {
+    fn new(data: &'p Path, validation: Option<&'p Path>) -> Result<Self, Error> {
+        let held_out = validation
+            .map(|p| data_file_name(p).map(|n| (n, p)))
+            .transpose()?;
+        Ok(Self {
+            name: data_file_name(data)?,
+            path: data,
+            held_out,
+        })
+    }
+
+    fn files<'a>(&'a self, progress: OnDataProgress<'a>) -> DatasetFiles<'a> {
+        DatasetFiles {
+            train: DatasetFile {
+                name: &self.name,
+                source: DataSource::Path(self.path),
+            },
+            validation: self.held_out.as_ref().map(|(name, path)| DatasetFile {
+                name,
+                source: DataSource::Path(path),
+            }),
+            progress: Some(progress),
+        }
+    }
+}
+
+/// `--config` (JSON), or the defaults.
+fn job_config(config: &Option<String>) -> Result<JobConfig, Error> {
+    match config {
+        Some(text) => JobConfig::from_json(text),
+        None => Ok(JobConfig::default()),
+    }
+}
+
 fn print_json(value: &impl Serialize) -> Result<(), Error> {
     println!("{}", serde_json::to_string(value).map_err(internal)?);
     Ok(())
@@ -606,10 +649,7 @@ fn run_train(cli: &Cli, args: &TrainArgs) -> Result<(), Error> {
         backend,
         ..
     } = args;
-    let base_config = match config {
-        Some(text) => JobConfig::from_json(text)?,
-        None => JobConfig::default(),
-    };
+    let base_config = job_config(config)?;
     let cfg = base_config.with_overrides(&args.overrides()?)?;
     let files = ModelFiles::from_dir(model)?;
     let base = LoadedModel::load(files.clone(), &burn::tensor::Device::flex())?;
@@ -631,11 +671,7 @@ fn run_train(cli: &Cli, args: &TrainArgs) -> Result<(), Error> {
             )));
         }
     }
-    let name = data_file_name(data)?;
-    let held_out = validation
-        .as_deref()
-        .map(|p| data_file_name(p).map(|n| (n, p)))
-        .transpose()?;
+    let paths = DataPaths::new(data, validation.as_deref())?;
     let backend = pollster::block_on(Backend::create(BackendKind::parse(backend)?))?;
     let json_out = cli.json;
     let progress_json = cli.progress_json;
@@ -647,17 +683,7 @@ fn run_train(cli: &Cli, args: &TrainArgs) -> Result<(), Error> {
         files,
         &base,
         &backend,
-        DatasetFiles {
-            train: DatasetFile {
-                name: &name,
-                source: DataSource::Path(data),
-            },
-            validation: held_out.as_ref().map(|(name, path)| DatasetFile {
-                name,
-                source: DataSource::Path(path),
-            }),
-            progress: Some(&progress),
-        },
+        paths.files(&progress),
         &cfg,
         &model.display().to_string(),
         None,
@@ -729,31 +755,14 @@ fn run_data(cli: &Cli, args: &DataArgs) -> Result<(), Error> {
         validation,
         config,
     } = args;
-    let cfg = match config {
-        Some(text) => JobConfig::from_json(text)?,
-        None => JobConfig::default(),
-    };
+    let cfg = job_config(config)?;
     let files = ModelFiles::from_dir(model)?;
     let base = LoadedModel::load(files.clone(), &burn::tensor::Device::flex())?;
-    let name = data_file_name(data)?;
-    let held_out = validation
-        .as_deref()
-        .map(|p| data_file_name(p).map(|n| (n, p)))
-        .transpose()?;
+    let paths = DataPaths::new(data, validation.as_deref())?;
     let progress = data_progress(cli.json);
-    let dataset = DatasetFiles {
-        train: DatasetFile {
-            name: &name,
-            source: DataSource::Path(data),
-        },
-        validation: held_out.as_ref().map(|(name, path)| DatasetFile {
-            name,
-            source: DataSource::Path(path),
-        }),
-        progress: Some(&progress),
-    };
+    let dataset = paths.files(&progress);
     let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
-    let total_bytes = size(data) + held_out.as_ref().map_or(0, |(_, p)| size(p));
+    let total_bytes = size(data) + paths.held_out.as_ref().map_or(0, |(_, p)| size(p));
     let start = std::time::Instant::now();
     let mut value = webtune::inspect_data(&base, &files, dataset, &cfg)?;
     let seconds = start.elapsed().as_secs_f64();
@@ -775,10 +784,7 @@ fn run_eval(cli: &Cli, args: &EvalArgs) -> Result<(), Error> {
         config,
         adapter,
     } = args;
-    let cfg = match config {
-        Some(text) => JobConfig::from_json(text)?,
-        None => JobConfig::default(),
-    };
+    let cfg = job_config(config)?;
     let files = ModelFiles::from_dir(model)?;
     let base = LoadedModel::load(files.clone(), &burn::tensor::Device::flex())?;
     let (base, applied) = with_adapter(base, adapter.as_deref())?;

@@ -110,31 +110,30 @@ pub fn inspect_data(
     dataset: DatasetFiles,
     config: &JobConfig,
 ) -> Result<Value> {
-    if base.is_encoder() {
-        let d = prepare_class_data(base, dataset, config)?;
-        return Ok(json!({
-            "task": "classification",
-            "labels": d.labels.labels,
-            "report": d.report,
-            "validation_report": d.validation_report,
-            "overlap_removed": d.overlap_removed,
-            "train_examples": d.train.len(),
-            "validation_examples": d.validation.len(),
-            "train_batches": d.train_batches.len(),
-            "eval_batches": d.eval_batches.len(),
-        }));
+    // The fields both tasks' data have; a classifier's adds its labels.
+    macro_rules! summary {
+        ($task:literal, $d:expr) => {
+            json!({
+                "task": $task,
+                "report": $d.report,
+                "validation_report": $d.validation_report,
+                "overlap_removed": $d.overlap_removed,
+                "train_examples": $d.train.len(),
+                "validation_examples": $d.validation.len(),
+                "train_batches": $d.train_batches.len(),
+                "eval_batches": $d.eval_batches.len(),
+            })
+        };
     }
-    let d = prepare_data(base, chat_template(files)?, dataset, config)?;
-    Ok(json!({
-        "task": "causal",
-        "report": d.report,
-        "validation_report": d.validation_report,
-        "overlap_removed": d.overlap_removed,
-        "train_examples": d.train.len(),
-        "validation_examples": d.validation.len(),
-        "train_batches": d.train_batches.len(),
-        "eval_batches": d.eval_batches.len(),
-    }))
+    Ok(if base.is_encoder() {
+        let d = prepare_class_data(base, dataset, config)?;
+        let mut value = summary!("classification", d);
+        value["labels"] = json!(d.labels.labels);
+        value
+    } else {
+        let d = prepare_data(base, chat_template(files)?, dataset, config)?;
+        summary!("causal", d)
+    })
 }
 
 /// Score `model` on every example of a dataset file as its task scores (loss, perplexity and

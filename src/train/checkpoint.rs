@@ -21,10 +21,12 @@ use burn::optim::{DynOptimizer, DynState, LearningRate, StateSink, StateSource};
 use burn::prelude::*;
 use burn::tensor::kind::BridgeTensor;
 use burn::tensor::{Bytes, TensorData};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::finetune::FinetuneConfig;
+use super::task::EvalPoint;
 use crate::error::{Code, Error, Result};
 use crate::models::walk::{MapAt, Paths, VisitAt};
 
@@ -250,6 +252,30 @@ impl Checkpoint {
             );
         }
         Ok(())
+    }
+}
+
+impl Checkpoint {
+    /// The validation points saved so far, read as the task's scores `E`; points that do not
+    /// read, or lie beyond the checkpoint's step, make it `inconsistent` (as [`check_resume`]
+    /// says of its other fields).
+    ///
+    /// [`check_resume`]: Checkpoint::check_resume
+    pub fn eval_points<E: DeserializeOwned>(&self) -> Result<Vec<EvalPoint<E>>> {
+        let refuse = |message: String| {
+            Error::config(format!("the checkpoint is inconsistent: {message}"))
+                .with_details(json!({ "field": "checkpoint", "reason": "inconsistent" }))
+        };
+        let points: Vec<EvalPoint<E>> = self
+            .eval
+            .iter()
+            .map(|e| serde_json::from_value(e.clone()))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| refuse(format!("its validation points: {e}")))?;
+        if points.iter().any(|e| e.step > self.step) {
+            return Err(refuse("its validation points lie beyond its step".into()));
+        }
+        Ok(points)
     }
 }
 

@@ -216,20 +216,7 @@ pub async fn train_loop<M: Module, T: Task<M>>(
     let resume = checkpointing.as_mut().and_then(|c| c.resume.take());
     if let Some(ck) = &resume {
         ck.check_resume(T::NAME, config, total_steps, n, total_params)?;
-        summary.eval = ck
-            .eval
-            .iter()
-            .map(|e| serde_json::from_value(e.clone()))
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|e| {
-                refuse_checkpoint("inconsistent", format!("its validation points: {e}"))
-            })?;
-        if summary.eval.iter().any(|e: &EvalPoint<_>| e.step > ck.step) {
-            return Err(refuse_checkpoint(
-                "inconsistent",
-                "its validation points lie beyond its step".into(),
-            ));
-        }
+        summary.eval = ck.eval_points()?;
         task.restore(&ck.state)?;
         // Restored parameters take back their saved ids, which the optimizer record and the
         // no-decay group are keyed by: restore first.
@@ -388,11 +375,6 @@ fn rates(timings: &[(f64, f64, f64)]) -> (f64, f64, f64) {
     let tokens: f64 = timings.iter().map(|t| t.1).sum();
     let examples: f64 = timings.iter().map(|t| t.2).sum();
     (secs, per_s(tokens), per_s(examples))
-}
-
-fn refuse_checkpoint(reason: &str, message: String) -> Error {
-    Error::config(format!("the checkpoint is inconsistent: {message}"))
-        .with_details(json!({ "field": "checkpoint", "reason": reason }))
 }
 
 pub(crate) fn median(values: &[f64]) -> f64 {

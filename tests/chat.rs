@@ -438,22 +438,30 @@ fn a_job_on_a_gguf_chat_model_exports_its_template() {
         out.samples[0].prompt
     );
     // …and the GGUF base's template travels with the export, so the fine-tuned model chats too.
-    let (_, bytes) = out
-        .export
-        .iter()
-        .find(|(n, _)| n == "merged/tokenizer_config.json")
+    let bytes = pollster::block_on(out.export.read("merged/tokenizer_config.json"))
         .expect("a tokenizer_config.json in the export");
-    let exported: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+    let exported: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(exported["chat_template"], TOKENS_TEMPLATE);
     assert_eq!(exported["bos_token"], "\"");
     assert_eq!(exported["eos_token"], "#");
-    let tuned = out.tuned.expect("the tuned model");
+    // The exported folder, loaded as a model, renders chats as the base does; so does the job's
+    // fine-tuned model (the base's template, the trained weights).
+    let mut merged = ModelFiles::new();
+    for (name, bytes) in pollster::block_on(out.export.read_all()).unwrap() {
+        if let Some(file) = name.strip_prefix("merged/") {
+            merged.insert(file, bytes);
+        }
+    }
+    let reloaded = LoadedModel::load(merged, &Device::flex()).expect("the export loads");
     assert_eq!(
-        tuned.info.chat.chat_template_source.as_deref(),
+        reloaded.info.chat.chat_template_source.as_deref(),
         Some("tokenizer_config.json")
     );
-    assert_eq!(
-        tuned.chat_prompt(&hi(), true).unwrap(),
-        base.chat_prompt(&hi(), true).unwrap()
-    );
+    let tuned = out.tuned.expect("the tuned model");
+    for model in [&reloaded, &tuned] {
+        assert_eq!(
+            model.chat_prompt(&hi(), true).unwrap(),
+            base.chat_prompt(&hi(), true).unwrap()
+        );
+    }
 }

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use webtune::backend::Backend;
 use webtune::data::batching::{ClassBatch, LabelMap};
 use webtune::io::hf::ModelFiles;
-use webtune::io::safetensors::{write_f32, SafeTensorsFile};
+use webtune::io::safetensors::{write_f32, SafeTensorsFile, StoreDtype};
 use webtune::models::bert::Pooling;
 use webtune::models::loaded::LoadedModel;
 use webtune::train::classify::{
@@ -302,7 +302,12 @@ fn new_head_mean_pooling_and_export() {
     // Mean pooling is not what transformers' head computes: the export ships a modeling file
     // with that pooling and points AutoModelForSequenceClassification at it
     // (tools/reference/check_classify_export.py loads it with trust_remote_code).
-    let files = pollster::block_on(export_classifier(&model, &base_config())).unwrap();
+    let export = export_classifier(&model, &base_config(), StoreDtype::F32).unwrap();
+    let files: Vec<(String, Vec<u8>)> = pollster::block_on(export.read_all())
+        .unwrap()
+        .into_iter()
+        .map(|(n, b)| (n.trim_start_matches("merged/").to_string(), b))
+        .collect();
     let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,
@@ -341,7 +346,12 @@ fn new_head_mean_pooling_and_export() {
         RunOptions::default(),
     ))
     .unwrap();
-    let files = pollster::block_on(export_classifier(&model, &base_config())).unwrap();
+    let export = export_classifier(&model, &base_config(), StoreDtype::F32).unwrap();
+    let files: Vec<(String, Vec<u8>)> = pollster::block_on(export.read_all())
+        .unwrap()
+        .into_iter()
+        .map(|(n, b)| (n.trim_start_matches("merged/").to_string(), b))
+        .collect();
     let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,

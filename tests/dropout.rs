@@ -208,7 +208,7 @@ fn lora_dropout_changes_training_but_not_the_starting_model() {
         // Before any step the adapters add nothing: the merged exports are identical.
         let start = |json: &str| {
             let m = TrainableModel::prepare(load(name, &backend.device), &config(json)).unwrap();
-            pollster::block_on(merged_tensors(&m.family)).unwrap()
+            pollster::block_on(merged_tensors(&m)).unwrap()
         };
         assert_eq!(start(&off), start(&on), "{name}: merged weights at step 0");
 

@@ -165,7 +165,7 @@ fn full_parity(name: &str) {
     let (model, summary) =
         pollster::block_on(replay(files(name), &Backend::cpu(), &run)).expect("full run");
     check_steps(&format!("{name} full"), &summary, &r["full"]);
-    let tensors = pollster::block_on(merged_tensors(&model.family)).unwrap();
+    let tensors = pollster::block_on(merged_tensors(&model)).unwrap();
     let by_name: BTreeMap<&str, &Vec<f32>> =
         tensors.iter().map(|(n, _, d)| (n.as_str(), d)).collect();
     let mut worst = 0f32;
@@ -257,7 +257,7 @@ fn merged_forward_equals_unmerged_and_export_round_trips() {
         let ids: Vec<i64> = (0..20).map(|i| (i * 37 + 11) % 100).collect();
         let unmerged = logits(&model.family, &ids);
 
-        let files = pollster::block_on(export_merged(&model.family, &base_config(name))).unwrap();
+        let files = pollster::block_on(export_merged(&model, &base_config(name))).unwrap();
         let merged = model.merged();
         let merged_logits = logits(&merged, &ids);
         let (d, ok) = compare(&merged_logits, &unmerged, 1e-5, 1e-5);

@@ -125,9 +125,9 @@ fn lora_job_lowers_held_out_loss_and_exports_a_model_that_loads() {
 
     // The export is a complete model: it loads, and gives the tuned model's logits.
     let mut merged = ModelFiles::new();
-    for (name, bytes) in &out.export {
+    for (name, bytes) in pollster::block_on(out.export.read_all()).unwrap() {
         if let Some(file) = name.strip_prefix("merged/") {
-            merged.insert(file, bytes.clone());
+            merged.insert(file, bytes);
         }
     }
     let reloaded = LoadedModel::load(merged, &Device::flex()).expect("export loads");
@@ -242,7 +242,7 @@ fn a_classification_job_learns_the_labels_and_reports_what_changed() {
     let config = class_config("lora");
     let (mut steps, mut phases) = (0, Vec::new());
     let result = pollster::block_on(run_task(
-        files,
+        &files,
         &base,
         &Backend::cpu(),
         DatasetFile {
@@ -342,7 +342,8 @@ fn a_classification_job_learns_the_labels_and_reports_what_changed() {
         again.loss,
         after.loss
     );
-    let names: Vec<&str> = out.export.iter().map(|(n, _)| n.as_str()).collect();
+    let names = out.export.names();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
     assert!(
         names.contains(&"merged/tokenizer.json") && names.contains(&"merged/config.json"),
         "{names:?}"
@@ -371,7 +372,7 @@ fn tasks_refuse_data_of_the_other_kind_with_a_clear_error() {
     let (files, base) = sentiment_model();
     let text = "{\"text\": \"the film was good\"}\n{\"text\": \"the plot was dull\"}\n";
     let err = pollster::block_on(run_task(
-        files,
+        &files,
         &base,
         &Backend::cpu(),
         DatasetFile {
@@ -390,7 +391,7 @@ fn tasks_refuse_data_of_the_other_kind_with_a_clear_error() {
     let (files, base) = model();
     let labelled = sentiment_jsonl(10);
     let err = pollster::block_on(run_task(
-        files,
+        &files,
         &base,
         &Backend::cpu(),
         DatasetFile {
@@ -572,7 +573,7 @@ fn a_classification_job_evaluates_on_the_validation_file() {
     config.train.steps = Some(4);
     let mut reading = String::new();
     let result = pollster::block_on(run_task(
-        files,
+        &files,
         &base,
         &Backend::cpu(),
         with_validation(
@@ -619,11 +620,7 @@ fn the_merged_export_can_be_half_precision() {
     config.export_dtype = StoreDtype::F16;
     let (_, f16_run) = capitals_job(&config, |_| true);
     let file = |out: &webtune::train::causal_job::JobOutput, name: &str| {
-        out.export
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, b)| b.clone())
-            .unwrap()
+        pollster::block_on(out.export.read(name)).unwrap()
     };
     let full = SafeTensorsFile::parse("f32", file(&f32_run, "merged/model.safetensors")).unwrap();
     let half = SafeTensorsFile::parse("f16", file(&f16_run, "merged/model.safetensors")).unwrap();
@@ -657,9 +654,9 @@ fn the_merged_export_can_be_half_precision() {
         file(&f16_run, "adapter/adapter_model.safetensors")
     );
     let mut merged = ModelFiles::new();
-    for (n, b) in &f16_run.export {
+    for (n, b) in pollster::block_on(f16_run.export.read_all()).unwrap() {
         if let Some(f) = n.strip_prefix("merged/") {
-            merged.insert(f.to_owned(), b.clone());
+            merged.insert(f.to_owned(), b);
         }
     }
     LoadedModel::load(merged, &Device::flex()).expect("the f16 export loads");

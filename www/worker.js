@@ -978,7 +978,7 @@ async function exportFiles(id) {
   if (!started) return;
   const { session, op } = started;
   try {
-    const out = session.exportFiles();
+    const out = await session.exportFiles();
     const files = {};
     const transfer = [];
     for (const [name, bytes] of Object.entries(out ?? {})) {

@@ -15,6 +15,7 @@ use webtune::eval::generate::{generate, GenerateOptions};
 use webtune::io::hf::ModelFiles;
 use webtune::models::loaded::LoadedModel;
 use webtune::train::adapter::{apply_peft_adapter, read_peft_adapter};
+use webtune::train::export::Export;
 use webtune::train::qlora::BaseQuant;
 use webtune::train::toy::{train_toy, ToyTrainConfig};
 use webtune::Error;
@@ -652,7 +653,8 @@ fn run_train(cli: &Cli, args: &TrainArgs) -> Result<(), Error> {
     let base_config = job_config(config)?;
     let cfg = base_config.with_overrides(&args.overrides()?)?;
     let files = ModelFiles::from_dir(model)?;
-    let base = LoadedModel::load(files.clone(), &burn::tensor::Device::flex())?;
+    let meta = files.without_weights();
+    let base = LoadedModel::load(files, &burn::tensor::Device::flex())?;
     if let Some(task) = task {
         let model_task = if base.is_encoder() {
             "classification"
@@ -680,7 +682,7 @@ fn run_train(cli: &Cli, args: &TrainArgs) -> Result<(), Error> {
     }
     let progress = data_progress(json_out || progress_json);
     let output = pollster::block_on(run_task(
-        files,
+        &meta,
         &base,
         &backend,
         paths.files(&progress),
@@ -707,16 +709,7 @@ fn run_train(cli: &Cli, args: &TrainArgs) -> Result<(), Error> {
         },
     ))?;
     if let Some(out) = out {
-        for (name, bytes) in output.export() {
-            let path = out.join(name);
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| {
-                    Error::config(format!("cannot create {}: {e}", parent.display()))
-                })?;
-            }
-            std::fs::write(&path, bytes)
-                .map_err(|e| Error::config(format!("cannot write {}: {e}", path.display())))?;
-        }
+        pollster::block_on(write_export(output.export(), out))?;
     }
     if cli.json {
         // The result as the page gets it, plus the headline numbers at the top.
@@ -739,11 +732,31 @@ fn run_train(cli: &Cli, args: &TrainArgs) -> Result<(), Error> {
         match out {
             Some(out) => println!(
                 "\nwrote {} files under {}",
-                output.export().len(),
+                output.export().names().len(),
                 out.display()
             ),
             None => println!("\n(no --out given: nothing written)"),
         }
+    }
+    Ok(())
+}
+
+/// Write every exported file under `out`, the merged weights tensor by tensor (never whole in
+/// memory).
+async fn write_export(export: &Export, out: &Path) -> Result<(), Error> {
+    for name in export.names() {
+        let path = out.join(&name);
+        let fail =
+            |e: std::io::Error| Error::config(format!("cannot write {}: {e}", path.display()));
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::config(format!("cannot create {}: {e}", parent.display())))?;
+        }
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&path).map_err(fail)?);
+        export
+            .write(&name, &mut |bytes| file.write_all(bytes).map_err(fail))
+            .await?;
+        file.flush().map_err(fail)?;
     }
     Ok(())
 }

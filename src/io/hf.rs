@@ -183,6 +183,19 @@ impl ModelFiles {
         })
     }
 
+    /// Every file but the safetensors weights: what a job needs of a model once it is loaded
+    /// (config, tokenizer, chat template, and a GGUF file, whose metadata holds all three and
+    /// whose quantized bytes are small), without a second copy of dense weights.
+    pub fn without_weights(&self) -> ModelFiles {
+        let files = self
+            .files
+            .iter()
+            .filter(|(name, _)| !name.ends_with(".safetensors"))
+            .map(|(n, b)| (n.clone(), b.clone()))
+            .collect();
+        ModelFiles { files }
+    }
+
     /// Parse the weights, single-file or sharded. Consumes the weight bytes.
     pub fn take_weights(&mut self) -> Result<Weights> {
         if let Some(name) = self.gguf_name()? {

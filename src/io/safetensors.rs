@@ -261,7 +261,7 @@ impl StoreDtype {
         }
     }
 
-    fn width(self) -> usize {
+    pub fn width(self) -> usize {
         match self {
             StoreDtype::F32 => 4,
             StoreDtype::F16 | StoreDtype::Bf16 => 2,
@@ -275,6 +275,22 @@ pub fn write_with_metadata(
     metadata: &[(&str, &str)],
     dtype: StoreDtype,
 ) -> Vec<u8> {
+    let entries: Vec<(&str, &[usize])> = tensors.iter().map(|(n, s, _)| (*n, *s)).collect();
+    let mut out = header(&entries, metadata, dtype);
+    for (_, _, data) in tensors {
+        encode(data, dtype, &mut out);
+    }
+    out
+}
+
+/// The start of a safetensors file whose tensors (`name`, `shape`) follow in this order, each
+/// stored in `dtype`: the header's length, the header, and the padding that aligns the data.
+/// With [`encode`], a file is written one tensor at a time, never held whole.
+pub fn header(
+    tensors: &[(&str, &[usize])],
+    metadata: &[(&str, &str)],
+    dtype: StoreDtype,
+) -> Vec<u8> {
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
         let map: serde_json::Map<String, serde_json::Value> = metadata
@@ -284,8 +300,8 @@ pub fn write_with_metadata(
         header.insert("__metadata__".into(), serde_json::Value::Object(map));
     }
     let mut offset = 0usize;
-    for (name, shape, data) in tensors {
-        let len = data.len() * dtype.width();
+    for (name, shape) in tensors {
+        let len = shape.iter().product::<usize>() * dtype.width();
         header.insert(
             name.to_string(),
             json!({
@@ -301,19 +317,22 @@ pub fn write_with_metadata(
     while (header.len() + 8) % 8 != 0 {
         header.push(b' ');
     }
-    let mut out = Vec::with_capacity(8 + header.len() + offset);
+    let mut out = Vec::with_capacity(8 + header.len());
     out.extend_from_slice(&(header.len() as u64).to_le_bytes());
     out.extend_from_slice(&header);
-    for (_, _, data) in tensors {
-        for &v in *data {
-            match dtype {
-                StoreDtype::F32 => out.extend_from_slice(&v.to_le_bytes()),
-                StoreDtype::F16 => out.extend_from_slice(&half::f16::from_f32(v).to_le_bytes()),
-                StoreDtype::Bf16 => out.extend_from_slice(&half::bf16::from_f32(v).to_le_bytes()),
-            }
+    out
+}
+
+/// Append one tensor's values to `out` as stored in `dtype` (little-endian).
+pub fn encode(data: &[f32], dtype: StoreDtype, out: &mut Vec<u8>) {
+    out.reserve(data.len() * dtype.width());
+    for &v in data {
+        match dtype {
+            StoreDtype::F32 => out.extend_from_slice(&v.to_le_bytes()),
+            StoreDtype::F16 => out.extend_from_slice(&half::f16::from_f32(v).to_le_bytes()),
+            StoreDtype::Bf16 => out.extend_from_slice(&half::bf16::from_f32(v).to_le_bytes()),
         }
     }
-    out
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use serde_json::json;
 
 use crate::error::{Code, Error, Result};
 
+#[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
 }

@@ -80,10 +80,14 @@ pub fn dropout<const D: usize>(x: Tensor<D>, prob: f64) -> Tensor<D> {
     DropoutConfig::new(prob).init().forward(x)
 }
 
-/// A linear layer's `x @ W + b`. While training with LoRA dropout, an adapted layer computes
-/// PEFT's form instead, `x @ W_base + b + scale · (dropout(x) @ a) @ b`: burn's adapter folds the
-/// factors into the weight (`W_base + scale · a @ b`), which leaves no place to drop the branch's
-/// input. Otherwise (no adapter, no dropout, inference) it is burn's own `Linear::forward`.
+/// A linear layer's `x @ W + b`. An adapted layer computes PEFT's form instead,
+/// `x @ W_base + b + scale · (dropout(x) @ a) @ b`, while training with LoRA dropout (burn's
+/// adapter folds the factors into the weight, `W_base + scale · a @ b`, which leaves no place to
+/// drop the branch's input) and at inference (the fine-tuned model scored and generating keeps
+/// its adapters apart: the branch costs rows · r · (in + out) where folding costs in · r · out
+/// on every call, and a QLoRA base is never made dense). Otherwise (no adapter; training
+/// without dropout, where the folded form is what the parity runs measured) it is burn's own
+/// `Linear::forward`.
 ///
 /// A batch of sequences `[B, T, d]` is multiplied as one `[B·T, d]` matrix, as PyTorch does: the
 /// CPU backend otherwise runs B matrix products of T rows, each packing the whole weight again
@@ -106,11 +110,17 @@ pub fn linear_forward<const D: usize>(
 
 fn linear_2d<const D: usize>(layer: &Linear, x: Tensor<D>, lora_dropout: f64) -> Tensor<D> {
     let adapter = layer.weight.adapter();
+    let training = x.device().is_autodiff();
     match adapter {
-        Some(lora) if lora_dropout > 0.0 && x.device().is_autodiff() => {
+        Some(lora) if !training || lora_dropout > 0.0 => {
             let bias = layer.bias.as_ref().map(|b| b.val());
             let base = linear_op(x.clone(), layer.weight.base(), bias);
-            let down = linear_op(dropout(x, lora_dropout), lora.a.val(), None);
+            let input = if training {
+                dropout(x, lora_dropout)
+            } else {
+                x
+            };
+            let down = linear_op(input, lora.a.val(), None);
             base + linear_op(down, lora.b.val(), None).mul_scalar(lora.scale)
         }
         _ => layer.forward(x),

@@ -1,7 +1,7 @@
 //! A model ready to use: architecture, config, weights on a device, tokenizer. Built from the
 //! same `ModelFiles` whether they came from a folder, the browser's file picker or a URL.
 
-use burn::module::Module;
+use burn::module::{Module, ModuleMapper, Param};
 use burn::prelude::*;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -23,6 +23,44 @@ pub enum Family {
     Llama(Llama),
     /// An encoder: no next-token prediction (see [`CausalLm::check_causal`]).
     Bert(Bert),
+}
+
+impl Family {
+    /// The same weights made trainable on `device`, the inference device's autodiff twin (with
+    /// its gradient-checkpointing strategy): burn's tensors are reference-counted and an
+    /// autodiff tensor wraps its inner one, so the parameters are shared with `self`, not
+    /// copied, and training holds no second copy of the base. Every parameter requires grad,
+    /// as when loading onto the autodiff device; LoRA and freezing then choose what trains.
+    pub fn trainable_on(&self, device: &Device) -> Family {
+        struct Trainable<'a>(&'a Device);
+        impl ModuleMapper for Trainable<'_> {
+            fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+                param.map(|t| {
+                    let t = t.to_device(&self.0.clone().inner()).autodiff();
+                    match self.0.gradient_checkpointing_strategy() {
+                        Some(s) => t.with_gradient_checkpointing_strategy(s),
+                        None => t,
+                    }
+                    .require_grad()
+                })
+            }
+        }
+        let mut to = Trainable(device);
+        match self {
+            Family::Gpt2(m) => Family::Gpt2(m.clone().map(&mut to)),
+            Family::Llama(m) => Family::Llama(m.clone().map(&mut to)),
+            Family::Bert(m) => Family::Bert(m.clone().map(&mut to)),
+        }
+    }
+
+    /// The same weights without autodiff (nothing recorded when run, no gradient kept).
+    pub fn valid(&self) -> Family {
+        match self {
+            Family::Gpt2(m) => Family::Gpt2(m.valid()),
+            Family::Llama(m) => Family::Llama(m.valid()),
+            Family::Bert(m) => Family::Bert(m.valid()),
+        }
+    }
 }
 
 impl CausalLm for Family {
@@ -111,6 +149,19 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
+    /// This model with other weights of the same shape (a fine-tuned copy, LoRA adapters
+    /// attached or not): config, tokenizer and chat template are this model's.
+    pub fn with_family(&self, family: Family) -> LoadedModel {
+        LoadedModel {
+            family,
+            info: self.info.clone(),
+            tokenizer: self.tokenizer.clone(),
+            eos_token_id: self.eos_token_id,
+            device: self.device.clone(),
+            chat_template: self.chat_template.clone(),
+        }
+    }
+
     pub fn load(files: ModelFiles, device: &Device) -> Result<Self> {
         // Read before the weights consume the files. A template that does not compile leaves
         // the model usable without chat mode; the error is kept in the info.

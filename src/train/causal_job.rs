@@ -9,8 +9,8 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::causal::{evaluate_loss, finetune, EvalLoss, FinetuneSummary};
-use super::export::{export_all, ExportFiles};
-use super::finetune::{FinetuneConfig, TrainableModel};
+use super::export::{export_all, Export};
+use super::finetune::{set_train_dropout, FinetuneConfig, TrainableModel};
 use super::job::{
     read_and_split, tokenizer_of, DatasetFiles, JobConfig, JobContext, JobSizes, JobTask, Phase,
     ReadSplit, Trained,
@@ -64,8 +64,9 @@ pub struct JobOutput {
     /// Names of the exported files (`merged/…`, `adapter/…`).
     pub files: Vec<String>,
     #[serde(skip)]
-    pub export: ExportFiles,
-    /// The fine-tuned model, loaded from its export on the inference device.
+    pub export: Export,
+    /// The fine-tuned model: the base with the trained adapters (or weights), on the inference
+    /// device.
     #[serde(skip)]
     pub tuned: Option<LoadedModel>,
 }
@@ -362,8 +363,7 @@ impl JobTask for CausalJob {
             samples.push((ids, sample));
         }
         let device = config.train.training_device(job.backend);
-        let loaded = LoadedModel::load(job.files.clone(), &device)?;
-        let model = TrainableModel::prepare(loaded.family, &config.train)?;
+        let model = TrainableModel::prepare(base.family.trainable_on(&device), &config.train)?;
         Ok((model, samples))
     }
 
@@ -384,25 +384,33 @@ impl JobTask for CausalJob {
         job: &JobContext<'_>,
         model: &TrainableModel,
         data: &PreparedData,
-    ) -> Result<ExportFiles> {
-        let mut export = export_all(model, job.files, job.base_name).await?;
+    ) -> Result<Export> {
+        let dtype = job.config.export_dtype;
+        let mut export = export_all(model, job.files, job.base_name, dtype).await?;
         // A GGUF base has no tokenizer_config.json: carry its chat template (and the tokens it
         // inserts) over, so the fine-tuned model chats like the base.
-        let has_template = export
-            .iter()
-            .any(|(n, _)| n == "merged/tokenizer_config.json" || n == "merged/chat_template.jinja");
+        let has_template =
+            export.has("merged/tokenizer_config.json") || export.has("merged/chat_template.jinja");
         if let Some(t) = data.chat.as_ref().filter(|_| !has_template) {
             let config = json!({
                 "chat_template": t.source(),
                 "bos_token": t.bos_token,
                 "eos_token": t.eos_token,
             });
-            export.push((
-                "merged/tokenizer_config.json".into(),
+            export.insert(
+                "merged/tokenizer_config.json",
                 serde_json::to_vec_pretty(&config).unwrap_or_default(),
-            ));
+            );
         }
         Ok(export)
+    }
+
+    /// The base with the trained adapters kept apart (LoRA; a QLoRA base stays quantized) or
+    /// the trained weights (full fine-tuning): no merged copy of the model.
+    async fn tuned(&self, job: &JobContext<'_>, model: &TrainableModel) -> Result<LoadedModel> {
+        let mut family = model.family.valid();
+        set_train_dropout(&mut family, false, 0.0)?;
+        Ok(job.base.with_family(family))
     }
 
     async fn finish(
@@ -458,7 +466,7 @@ impl JobTask for CausalJob {
             memory: trained.memory,
             answers_before,
             answers_after,
-            files: trained.export.iter().map(|(n, _)| n.clone()).collect(),
+            files: trained.export.names(),
             export: trained.export,
             tuned: Some(tuned),
         })

@@ -14,7 +14,7 @@ use burn::tensor::TensorData;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::export::{merged_safetensors, ExportFiles};
+use super::export::{merged_config, Export};
 use super::finetune::{FinetuneConfig, Method, TrainableModel};
 use super::lora::{read_f32, LoraInit};
 use super::task::{EvalPoint, Speed, Task};
@@ -22,6 +22,7 @@ use super::trainer::{module_device, read_scalar, train_loop, Progress, RunOption
 use crate::backend::Backend;
 use crate::data::batching::{ClassBatch, LabelMap};
 use crate::error::{Code, Error, Result};
+use crate::io::safetensors::StoreDtype;
 use crate::models::bert::{Bert, Pooling};
 use crate::models::loaded::Family;
 use crate::models::walk::{MapAt, Paths};
@@ -437,18 +438,18 @@ pub async fn batch_logits(
 /// transformers' loader for heads trained on `cls` or `mean` pooling (see [`export_classifier`]).
 pub const MODELING_WEBTUNE_PY: &str = include_str!("modeling_webtune.py");
 
-/// A `BertForSequenceClassification` checkpoint: `model.safetensors` (LoRA merged, `bert.`
-/// names, `classifier.*`) and `config.json` (the base config with `architectures`, `id2label`,
+/// A `BertForSequenceClassification` checkpoint under `merged/`: `model.safetensors` (LoRA
+/// merged, `bert.` names, `classifier.*`, stored in `dtype`) and `config.json` (the base config with `architectures`, `id2label`,
 /// `label2id` and the pooling used, `webtune_pooling`). transformers' own head classifies the
 /// pooler output, so a head trained on `cls` or `mean` pooling would load there and predict
 /// differently: such exports also carry `modeling_webtune.py`, a class with that pooling, and
 /// an `auto_map` entry for it, so `AutoModelForSequenceClassification.from_pretrained(dir,
 /// trust_remote_code=True)` predicts what webtune predicts.
-pub async fn export_classifier(
+pub fn export_classifier(
     model: &ClassifierModel,
     base_config: &Value,
-) -> Result<ExportFiles> {
-    let weights = merged_safetensors(&model.model.family).await?;
+    dtype: StoreDtype,
+) -> Result<Export> {
     let mut config = base_config.clone();
     let obj = config
         .as_object_mut()
@@ -502,22 +503,12 @@ pub async fn export_classifier(
             obj.remove("auto_map");
         }
     }
-    for key in ["torch_dtype", "dtype"] {
-        if obj.contains_key(key) {
-            obj.insert(key.into(), json!("float32"));
-        }
-    }
-    let config = serde_json::to_vec_pretty(&config)
-        .map_err(|e| Error::new(Code::Internal, format!("{e}")))?;
-    let mut files = vec![
-        ("model.safetensors".into(), weights),
-        ("config.json".into(), config),
-    ];
+    let mut files = vec![("merged/config.json".into(), merged_config(&config)?)];
     if custom_pooling {
         files.push((
-            "modeling_webtune.py".into(),
+            "merged/modeling_webtune.py".into(),
             MODELING_WEBTUNE_PY.as_bytes().to_vec(),
         ));
     }
-    Ok(files)
+    Export::new(files, &model.model, dtype)
 }

@@ -13,7 +13,7 @@ use super::classify::{
     batch_logits, export_classifier, predict, train_classifier, ClassEval, ClassifierModel,
     ClassifySummary, HeadConfig, HeadOptions,
 };
-use super::export::{tokenizer_files, ExportFiles};
+use super::export::{tokenizer_files, Export};
 use super::finetune::FinetuneConfig;
 use super::job::{
     read_and_split, tokenizer_of, DatasetFiles, JobConfig, JobContext, JobSizes, JobTask, Phase,
@@ -25,6 +25,8 @@ use crate::data::batching::{class_batch_of_ids, ClassBatch, LabelMap};
 use crate::data::validate::{inspect, Content, Dataset, Example, Report};
 use crate::error::{Code, Error, Result};
 use crate::eval::metrics::{argmax, classification_metrics, log_softmax, ClassMetrics};
+use crate::io::hf::ModelFiles;
+use crate::io::safetensors::StoreDtype;
 use crate::io::tokenizer::Tokenizer;
 use crate::models::bert::{Bert, Pooling};
 use crate::models::loaded::{Family, LoadedModel};
@@ -87,7 +89,7 @@ pub struct ClassifyJobOutput {
     /// Names of the exported files (`merged/…`).
     pub files: Vec<String>,
     #[serde(skip)]
-    pub export: ExportFiles,
+    pub export: Export,
     /// The fine-tuned classifier, loaded from its export on the inference device.
     #[serde(skip)]
     pub tuned: Option<LoadedModel>,
@@ -278,8 +280,8 @@ impl JobTask for ClassifyJob {
     ) -> Result<(ClassifierModel, ClassBefore)> {
         let config = job.config;
         let device = config.train.training_device(job.backend);
-        let loaded = LoadedModel::load(job.files.clone(), &device)?;
-        let Family::Bert(bert) = &loaded.family else {
+        let family = job.base.family.trainable_on(&device);
+        let Family::Bert(bert) = &family else {
             return Err(Error::config(format!(
                 "classification fine-tuning needs an encoder (BERT) model; {} is a causal \
                  language model",
@@ -290,7 +292,7 @@ impl JobTask for ClassifyJob {
         let base_config = job.files.config()?;
         let head = head_config(bert, &base_config, config.head, head_from_checkpoint);
         let labels = data.labels.clone();
-        let model = ClassifierModel::prepare(loaded.family, labels, &config.train, head)?;
+        let model = ClassifierModel::prepare(family, labels, &config.train, head)?;
         let n = data.validation.len();
         phase(
             "evaluation",
@@ -323,14 +325,31 @@ impl JobTask for ClassifyJob {
         job: &JobContext<'_>,
         model: &ClassifierModel,
         _data: &ClassData,
-    ) -> Result<ExportFiles> {
-        let mut export: ExportFiles = export_classifier(model, &job.files.config()?)
-            .await?
-            .into_iter()
-            .map(|(n, b)| (format!("merged/{n}"), b))
-            .collect();
-        export.extend(tokenizer_files(job.files));
+    ) -> Result<Export> {
+        let config = job.files.config()?;
+        let mut export = export_classifier(model, &config, job.config.export_dtype)?;
+        for (name, bytes) in tokenizer_files(job.files) {
+            export.insert(name, bytes);
+        }
         Ok(export)
+    }
+
+    /// Loaded back from the export: what a person downloads is what is scored and used (an
+    /// encoder is small; its labels and pooling come from the exported config). The weights
+    /// are read in f32 whatever the export's precision, as the causal LM's tuned model keeps
+    /// them.
+    async fn tuned(&self, job: &JobContext<'_>, model: &ClassifierModel) -> Result<LoadedModel> {
+        let export = export_classifier(model, &job.files.config()?, StoreDtype::F32)?;
+        let mut files = ModelFiles::new();
+        for name in export.names() {
+            if let Some(file) = name.strip_prefix("merged/") {
+                files.insert(file, export.read(&name).await?);
+            }
+        }
+        for (name, bytes) in tokenizer_files(job.files) {
+            files.insert(name.trim_start_matches("merged/"), bytes);
+        }
+        LoadedModel::load(files, &job.base.device)
     }
 
     async fn finish(
@@ -402,7 +421,7 @@ impl JobTask for ClassifyJob {
             changed_total,
             fixed,
             broken,
-            files: trained.export.iter().map(|(n, _)| n.clone()).collect(),
+            files: trained.export.names(),
             export: trained.export,
             tuned: Some(trained.tuned),
         })

@@ -8,17 +8,16 @@
 
 use serde_json::{json, Value};
 
+use burn::module::{Module, Param};
+use burn::prelude::*;
+
 use super::finetune::TrainableModel;
-use super::lora::{
-    hf_tensor, lora_factors, merge, named_tensors, read_f32, transpose_2d, FamilyKind,
-};
+use super::lora::{hf_tensor, lora_factors, read_f32, transpose_2d, FamilyKind};
 use crate::error::{Code, Error, Result};
 use crate::io::hf::ModelFiles;
-use crate::io::safetensors::{
-    write_f32_with_metadata, write_with_metadata, SafeTensorsFile, StoreDtype,
-};
+use crate::io::safetensors::{self, write_f32_with_metadata, StoreDtype};
 use crate::models::loaded::Family;
-use burn::module::Module;
+use crate::models::walk::{Paths, VisitAt};
 
 /// Exported files: name → bytes.
 pub type ExportFiles = Vec<(String, Vec<u8>)>;
@@ -40,129 +39,336 @@ pub(crate) fn tokenizer_files(files: &ModelFiles) -> ExportFiles {
         .collect()
 }
 
+/// What a fine-tuned model exports: small files ready now (the adapter, `config.json`, the
+/// tokenizer) and the merged weights (`merged/model.safetensors`), written only when asked
+/// for, one tensor at a time, from the trained model itself: a job never holds a merged copy
+/// of the model, and saving one needs memory for its largest tensor, not for the file.
+pub struct Export {
+    /// Name → bytes of everything but the merged weights.
+    pub files: ExportFiles,
+    /// The merged weights, when the export has a merged model.
+    merged: Option<MergedWeights>,
+}
+
+/// The name of the merged weights in an export.
+pub const MERGED_WEIGHTS: &str = "merged/model.safetensors";
+
+impl Export {
+    /// `files` plus the merged weights of `model`, stored in `dtype` (recorded as `torch_dtype`
+    /// in `merged/config.json`, which `files` must hold).
+    pub fn new(mut files: ExportFiles, model: &TrainableModel, dtype: StoreDtype) -> Result<Self> {
+        for (name, bytes) in files.iter_mut() {
+            if name == "merged/config.json" {
+                *bytes = with_dtype(bytes, dtype)?;
+            }
+        }
+        Ok(Self {
+            files,
+            merged: Some(MergedWeights::of(model, dtype)?),
+        })
+    }
+
+    /// Every file's name: the adapter's, then the merged model's (its weights first).
+    pub fn names(&self) -> Vec<String> {
+        let named = |merged: bool| {
+            self.files
+                .iter()
+                .filter(move |(n, _)| n.starts_with("merged/") == merged)
+                .map(|(n, _)| n.clone())
+        };
+        let weights = self.merged.as_ref().map(|_| MERGED_WEIGHTS.to_string());
+        named(false).chain(weights).chain(named(true)).collect()
+    }
+
+    /// The size of `name` in bytes, known before it is written.
+    pub fn size(&self, name: &str) -> Option<u64> {
+        match &self.merged {
+            Some(m) if name == MERGED_WEIGHTS => Some(m.size()),
+            _ => self
+                .files
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, b)| b.len() as u64),
+        }
+    }
+
+    /// Write `name` through `sink`, in pieces (one tensor of the merged weights at a time).
+    pub async fn write(&self, name: &str, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        match &self.merged {
+            Some(m) if name == MERGED_WEIGHTS => m.write(sink).await,
+            _ => {
+                let (_, bytes) = self.files.iter().find(|(n, _)| n == name).ok_or_else(|| {
+                    Error::new(
+                        Code::ModelMissingFile,
+                        format!("the export has no file {name}"),
+                    )
+                })?;
+                sink(bytes)
+            }
+        }
+    }
+
+    /// One file whole (the merged weights materialized: for small models and tests).
+    pub async fn read(&self, name: &str) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.write(name, &mut |b| {
+            out.extend_from_slice(b);
+            Ok(())
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Every file whole, in [`names`](Self::names) order.
+    pub async fn read_all(&self) -> Result<ExportFiles> {
+        let mut out = Vec::new();
+        for name in self.names() {
+            let bytes = self.read(&name).await?;
+            out.push((name, bytes));
+        }
+        Ok(out)
+    }
+
+    /// Add a small file (or replace one of the same name).
+    pub fn insert(&mut self, name: impl Into<String>, bytes: Vec<u8>) {
+        let name = name.into();
+        self.files.retain(|(n, _)| *n != name);
+        self.files.push((name, bytes));
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.size(name).is_some()
+    }
+}
+
 /// Everything a fine-tuned causal LM exports: for LoRA the PEFT adapter (`adapter/…`, naming
 /// `base_model` as its base), and the merged model with the base's tokenizer files
-/// (`merged/…`). `files` are the base model's.
+/// (`merged/…`), its weights stored in `dtype`. `files` are the base model's.
 pub async fn export_all(
     model: &TrainableModel,
     files: &ModelFiles,
     base_model: &str,
-) -> Result<ExportFiles> {
+    dtype: StoreDtype,
+) -> Result<Export> {
     let mut out: ExportFiles = Vec::new();
     if model.lora.is_some() {
         for (n, b) in export_adapter(model, base_model).await? {
             out.push((format!("adapter/{n}"), b));
         }
     }
-    for (n, b) in export_merged(&model.family, &files.config()?).await? {
-        out.push((format!("merged/{n}"), b));
-    }
+    out.push((
+        "merged/config.json".into(),
+        merged_config(&files.config()?)?,
+    ));
     out.extend(tokenizer_files(files));
-    Ok(out)
+    Export::new(out, model, dtype)
 }
 
-fn inference_copy(family: &Family) -> Family {
-    match family {
-        Family::Gpt2(m) => Family::Gpt2(m.valid()),
-        Family::Llama(m) => Family::Llama(m.valid()),
-        Family::Bert(m) => Family::Bert(m.valid()),
+/// One tensor of the merged model, computed when it is written.
+struct MergedTensor {
+    /// Hugging Face's name and shape (as written).
+    name: String,
+    shape: Vec<usize>,
+    /// burn keeps it `[in, out]`; the file has `[out, in]`.
+    transposed: bool,
+    /// burn's shape.
+    dims: Vec<usize>,
+    /// The stored base, flattened (dequantized when it is quantized).
+    base: Box<dyn Fn() -> Tensor<1>>,
+    /// LoRA factors `a [in, r]`, `b [r, out]`, flattened, with the rank.
+    lora: Option<(Tensor<1>, Tensor<1>, usize)>,
+}
+
+/// The merged weights of a trained model under Hugging Face names, in model order: each is
+/// `base + scale · a @ b` where LoRA adapted it, the (dequantized) base or the trained weight
+/// elsewhere. The tensors are shared with the model, not copied.
+struct MergedWeights {
+    tensors: Vec<MergedTensor>,
+    scale: f64,
+    dtype: StoreDtype,
+}
+
+impl MergedWeights {
+    fn of(model: &TrainableModel, dtype: StoreDtype) -> Result<Self> {
+        struct Walk {
+            kind: FamilyKind,
+            out: Vec<MergedTensor>,
+            factor: Option<(String, Tensor<1>)>,
+            error: Option<Error>,
+        }
+        impl VisitAt for Walk {
+            fn visit_at<const D: usize>(&mut self, path: &str, param: &Param<Tensor<D>>) {
+                let value = param.base();
+                let dims = value.dims().to_vec();
+                let flat = move |t: Tensor<D>| t.reshape([dims.iter().product::<usize>()]);
+                // Inside an adapted parameter the walk sees the base, then `lora.a`, `lora.b`.
+                if let Some(owner) = path.strip_suffix(".lora.a") {
+                    self.factor = Some((owner.to_string(), flat(value)));
+                    return;
+                }
+                if let Some(owner) = path.strip_suffix(".lora.b") {
+                    let a = self.factor.take().filter(|(o, _)| o == owner);
+                    let base = self.out.last_mut().filter(|_| a.is_some());
+                    match (a, base) {
+                        (Some((_, a)), Some(base)) => {
+                            let rank = value.dims()[0];
+                            base.lora = Some((a, flat(value), rank));
+                        }
+                        _ => {
+                            self.error = Some(Error::new(
+                                Code::Internal,
+                                format!("LoRA factors of {owner} out of order"),
+                            ))
+                        }
+                    }
+                    return;
+                }
+                let Some(hf) = hf_tensor(self.kind, path) else {
+                    self.error = Some(Error::new(
+                        Code::Internal,
+                        format!("no Hugging Face name for parameter {path}"),
+                    ));
+                    return;
+                };
+                let dims = value.dims().to_vec();
+                let quantized = matches!(value.dtype(), burn::tensor::DType::QFloat(_));
+                let n = dims.iter().product::<usize>();
+                let base = move || {
+                    let v = value.clone();
+                    let v = if quantized { v.dequantize() } else { v };
+                    v.reshape([n])
+                };
+                let shape = if hf.transposed {
+                    vec![dims[1], dims[0]]
+                } else {
+                    dims.clone()
+                };
+                self.out.push(MergedTensor {
+                    name: hf.name,
+                    shape,
+                    transposed: hf.transposed,
+                    dims,
+                    base: Box::new(base),
+                    lora: None,
+                });
+            }
+        }
+        let family = model.family.valid();
+        let mut walk = Paths::new(Walk {
+            kind: FamilyKind::of(&family),
+            out: Vec::new(),
+            factor: None,
+            error: None,
+        });
+        match &family {
+            Family::Gpt2(m) => m.visit(&mut walk),
+            Family::Llama(m) => m.visit(&mut walk),
+            Family::Bert(m) => m.visit(&mut walk),
+        }
+        if let Some(e) = walk.inner.error {
+            return Err(e);
+        }
+        Ok(Self {
+            tensors: walk.inner.out,
+            scale: model.lora.as_ref().map_or(0.0, |l| l.scale()),
+            dtype,
+        })
+    }
+
+    fn header(&self) -> Vec<u8> {
+        let entries: Vec<(&str, &[usize])> = self
+            .tensors
+            .iter()
+            .map(|t| (t.name.as_str(), t.shape.as_slice()))
+            .collect();
+        safetensors::header(&entries, &[("format", "pt")], self.dtype)
+    }
+
+    fn size(&self) -> u64 {
+        let values: usize = self
+            .tensors
+            .iter()
+            .map(|t| t.shape.iter().product::<usize>())
+            .sum();
+        (self.header().len() + values * self.dtype.width()) as u64
+    }
+
+    /// The tensor's merged values as stored in the file (Hugging Face's layout).
+    async fn values(&self, t: &MergedTensor) -> Result<Vec<f32>> {
+        let mut w = (t.base)();
+        if let Some((a, b, r)) = &t.lora {
+            let (d_in, d_out) = (t.dims[0], t.dims[1]);
+            let a = a.clone().reshape([d_in, *r]);
+            let b = b.clone().reshape([*r, d_out]);
+            let merged = w.reshape([d_in, d_out]) + a.matmul(b).mul_scalar(self.scale);
+            w = merged.reshape([d_in * d_out]);
+        }
+        let data = read_f32(w).await?;
+        Ok(if t.transposed {
+            transpose_2d(&data, &t.dims)
+        } else {
+            data
+        })
+    }
+
+    async fn write(&self, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        sink(&self.header())?;
+        let mut buf = Vec::new();
+        for t in &self.tensors {
+            buf.clear();
+            safetensors::encode(&self.values(t).await?, self.dtype, &mut buf);
+            sink(&buf)?;
+        }
+        Ok(())
     }
 }
 
 /// Merged f32 weights under Hugging Face names, `(name, shape, data)`, in model order.
-pub async fn merged_tensors(family: &Family) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
-    let kind = FamilyKind::of(family);
-    // Merge a copy: the caller's model keeps its adapters.
-    let merged = merge(inference_copy(family));
+pub async fn merged_tensors(model: &TrainableModel) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    let merged = MergedWeights::of(model, StoreDtype::F32)?;
     let mut out = Vec::new();
-    for t in named_tensors(&merged) {
-        let hf = hf_tensor(kind, &t.path).ok_or_else(|| {
-            Error::new(
-                Code::Internal,
-                format!("no Hugging Face name for parameter {}", t.path),
-            )
-        })?;
-        let data = read_f32(t.value).await?;
-        let (shape, data) = if hf.transposed {
-            (vec![t.shape[1], t.shape[0]], transpose_2d(&data, &t.shape))
-        } else {
-            (t.shape, data)
-        };
-        out.push((hf.name, shape, data));
+    for t in &merged.tensors {
+        out.push((t.name.clone(), t.shape.clone(), merged.values(t).await?));
     }
     Ok(out)
 }
 
-/// `model.safetensors` bytes of the merged model (f32, transformers' `format: pt`).
-pub async fn merged_safetensors(family: &Family) -> Result<Vec<u8>> {
-    let tensors = merged_tensors(family).await?;
-    let refs: Vec<(&str, &[usize], &[f32])> = tensors
-        .iter()
-        .map(|(n, s, d)| (n.as_str(), s.as_slice(), d.as_slice()))
-        .collect();
-    Ok(write_f32_with_metadata(&refs, &[("format", "pt")]))
+/// `base_config` (the config.json the model was loaded from) for a merged export in f32.
+pub(crate) fn merged_config(base_config: &Value) -> Result<Vec<u8>> {
+    let bytes =
+        serde_json::to_vec(base_config).map_err(|e| Error::new(Code::Internal, format!("{e}")))?;
+    with_dtype(&bytes, StoreDtype::F32)
 }
 
-/// `model.safetensors` + `config.json` of the merged model. `base_config` is the config.json
-/// the model was loaded from; only its dtype is changed (the weights are written as f32).
-pub async fn export_merged(family: &Family, base_config: &Value) -> Result<ExportFiles> {
-    let weights = merged_safetensors(family).await?;
-    let mut config = base_config.clone();
+/// `config` (config.json bytes) with `dtype` as its `torch_dtype` and `dtype` where it names
+/// one (transformers reads a missing `torch_dtype` as f32, so f32 adds none).
+fn with_dtype(config: &[u8], dtype: StoreDtype) -> Result<Vec<u8>> {
+    let mut config: Value =
+        serde_json::from_slice(config).map_err(|e| Error::new(Code::Internal, format!("{e}")))?;
     if let Some(obj) = config.as_object_mut() {
         for key in ["torch_dtype", "dtype"] {
-            if obj.contains_key(key) {
-                obj.insert(key.into(), json!("float32"));
+            let add = key == "torch_dtype" && dtype != StoreDtype::F32;
+            if add || obj.contains_key(key) {
+                obj.insert(key.into(), json!(dtype.torch_name()));
             }
         }
     }
-    let config = serde_json::to_vec_pretty(&config)
-        .map_err(|e| Error::new(Code::Internal, format!("{e}")))?;
-    Ok(vec![
-        ("model.safetensors".into(), weights),
-        ("config.json".into(), config),
-    ])
+    serde_json::to_vec_pretty(&config).map_err(|e| Error::new(Code::Internal, format!("{e}")))
 }
 
-/// Rewrites an export's merged weights (`merged/model.safetensors`, written in f32) in `dtype`
-/// and records it as `torch_dtype` in `merged/config.json`; the adapter stays f32, as PEFT
-/// keeps adapters. Nothing to do for f32.
-pub fn store_merged_as(files: &mut ExportFiles, dtype: StoreDtype) -> Result<()> {
-    if dtype == StoreDtype::F32 {
-        return Ok(());
+/// `model.safetensors` + `config.json` of the merged model, whole (f32). `base_config` is the
+/// config.json the model was loaded from.
+pub async fn export_merged(model: &TrainableModel, base_config: &Value) -> Result<ExportFiles> {
+    let export = Export::new(
+        vec![("merged/config.json".into(), merged_config(base_config)?)],
+        model,
+        StoreDtype::F32,
+    )?;
+    let mut out = Vec::new();
+    for (name, bytes) in export.read_all().await? {
+        out.push((name.trim_start_matches("merged/").to_string(), bytes));
     }
-    for (name, bytes) in files.iter_mut() {
-        match name.as_str() {
-            "merged/model.safetensors" => {
-                let file = SafeTensorsFile::parse(name, std::mem::take(bytes))?;
-                let mut tensors = Vec::with_capacity(file.tensors.len());
-                for tensor in file.tensors.keys() {
-                    let (data, shape) = file.read_f32(tensor).ok_or_else(|| {
-                        Error::new(Code::Internal, format!("{tensor} cannot be read back"))
-                    })?;
-                    tensors.push((tensor.as_str(), shape, data));
-                }
-                let refs: Vec<(&str, &[usize], &[f32])> = tensors
-                    .iter()
-                    .map(|(n, s, d)| (*n, s.as_slice(), d.as_slice()))
-                    .collect();
-                *bytes = write_with_metadata(&refs, &[("format", "pt")], dtype);
-            }
-            "merged/config.json" => {
-                let mut config: Value = serde_json::from_slice(bytes)
-                    .map_err(|e| Error::new(Code::Internal, format!("{e}")))?;
-                if let Some(obj) = config.as_object_mut() {
-                    obj.insert("torch_dtype".into(), json!(dtype.torch_name()));
-                    if obj.contains_key("dtype") {
-                        obj.insert("dtype".into(), json!(dtype.torch_name()));
-                    }
-                }
-                *bytes = serde_json::to_vec_pretty(&config)
-                    .map_err(|e| Error::new(Code::Internal, format!("{e}")))?;
-            }
-            _ => {}
-        }
-    }
-    Ok(())
+    Ok(out)
 }
 
 /// `adapter_model.safetensors` + `adapter_config.json` in PEFT's format, loadable with

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::Checkpointing;
 use super::classify::HeadOptions;
 use super::control::Control;
-use super::export::{store_merged_as, ExportFiles};
+use super::export::Export;
 use super::finetune::{FinetuneConfig, Method};
 use super::memory::{self, BatchShape, MemoryEstimate};
 use super::trainer::{Progress, RunOptions, Summary};
@@ -376,14 +376,17 @@ pub trait JobTask {
         options: RunOptions<'_, Self::Eval>,
     ) -> Result<Summary<Self::Eval>>;
 
-    /// The trained model's files: `merged/…` (a Hugging Face model folder) and, for LoRA,
-    /// `adapter/…`.
+    /// The trained model's files: `merged/…` (a Hugging Face model folder, its weights written
+    /// on demand in `job.config.export_dtype`) and, for LoRA, `adapter/…`.
     async fn export(
         &self,
         job: &JobContext<'_>,
         model: &Self::Model,
         data: &Self::Data,
-    ) -> Result<ExportFiles>;
+    ) -> Result<Export>;
+
+    /// The fine-tuned model for evaluation and generation, sharing the trained model's weights.
+    async fn tuned(&self, job: &JobContext<'_>, model: &Self::Model) -> Result<LoadedModel>;
 
     /// Score the fine-tuned model and compare it with the base.
     async fn finish(
@@ -401,10 +404,9 @@ pub struct Trained<T: JobTask + ?Sized> {
     pub before: T::Before,
     pub summary: Summary<T::Eval>,
     pub memory: MemoryEstimate,
-    /// The exported files (merged weights in `config.export_dtype`).
-    pub export: ExportFiles,
-    /// The fine-tuned model, loaded from its merged export on the inference device: what a
-    /// person downloads is what is scored and used.
+    /// The exported files (the merged weights written on demand, in `config.export_dtype`).
+    pub export: Export,
+    /// The fine-tuned model on the inference device (see [`JobTask::tuned`]).
     pub tuned: LoadedModel,
 }
 
@@ -476,24 +478,17 @@ pub async fn run_job<'a, T: JobTask, C: Into<Control>>(
 
     on_event(JobEvent::Phase {
         phase: "export",
-        message: "Exporting the fine-tuned model and loading it back for evaluation…".into(),
+        message: "Preparing the export (adapter now, merged weights when saved)…".into(),
     });
     let mut export = task.export(job, &model, &data).await?;
     // A GGUF base has no tokenizer.json to copy: write the one built from its metadata, so
     // the export is a complete Hugging Face model.
-    if !export.iter().any(|(n, _)| n == "merged/tokenizer.json") {
+    if !export.has("merged/tokenizer.json") {
         if let Some(json) = tokenizer_of(job.base)?.to_json()? {
-            export.push(("merged/tokenizer.json".into(), json.into_bytes()));
+            export.insert("merged/tokenizer.json", json.into_bytes());
         }
     }
-    let mut merged = ModelFiles::new();
-    for (n, b) in &export {
-        if let Some(file) = n.strip_prefix("merged/") {
-            merged.insert(file.to_owned(), b.clone());
-        }
-    }
-    let tuned = LoadedModel::load(merged, &job.base.device)?;
-    store_merged_as(&mut export, config.export_dtype)?;
+    let tuned = task.tuned(job, &model).await?;
     let trained = Trained {
         data,
         model,

@@ -40,7 +40,7 @@ use causal_job::{chat_template, eval_file, prepare_data, CausalJob};
 use checkpoint::Checkpointing;
 use classify_job::{eval_class_file, prepare_class_data, ClassifyJob};
 use control::Control;
-use export::ExportFiles;
+use export::Export;
 use job::{run_job, DatasetFiles, JobConfig, JobContext, JobEvent};
 
 /// What a job produced: a causal language model or a classifier.
@@ -52,19 +52,19 @@ pub enum JobResult {
 }
 
 impl JobResult {
-    /// The exported files (`merged/…`, `adapter/…`).
-    pub fn export(&self) -> &ExportFiles {
+    /// The export (`merged/…`, `adapter/…`; the merged weights written when asked for).
+    pub fn export(&self) -> &Export {
         match self {
             JobResult::Causal(o) => &o.export,
             JobResult::Classification(o) => &o.export,
         }
     }
 
-    /// Moves the exported files and the fine-tuned model out (after serializing the result).
-    pub fn take(&mut self) -> (ExportFiles, Option<LoadedModel>) {
+    /// The export and the fine-tuned model (after serializing the result).
+    pub fn into_parts(self) -> (Export, Option<LoadedModel>) {
         match self {
-            JobResult::Causal(o) => (std::mem::take(&mut o.export), o.tuned.take()),
-            JobResult::Classification(o) => (std::mem::take(&mut o.export), o.tuned.take()),
+            JobResult::Causal(o) => (o.export, o.tuned),
+            JobResult::Classification(o) => (o.export, o.tuned),
         }
     }
 }
@@ -77,7 +77,7 @@ impl JobResult {
 /// over [`job::MAX_FULL_CHECKPOINT_PARAMS`] saves none.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_task<'a, C: Into<Control>>(
-    files: ModelFiles,
+    files: &ModelFiles,
     base: &LoadedModel,
     backend: &Backend,
     dataset: impl Into<DatasetFiles<'a>>,
@@ -87,7 +87,7 @@ pub async fn run_task<'a, C: Into<Control>>(
     on_event: impl FnMut(JobEvent) -> C,
 ) -> Result<JobResult> {
     let job = JobContext {
-        files: &files,
+        files,
         base,
         backend,
         config,

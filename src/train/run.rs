@@ -12,6 +12,7 @@ use crate::backend::Backend;
 use crate::data::TokenBatch;
 use crate::error::Result;
 use crate::io::hf::ModelFiles;
+use crate::io::safetensors::StoreDtype;
 use crate::models::loaded::{Family, LoadedModel};
 
 /// A finished (or cancelled) run.
@@ -53,7 +54,10 @@ pub async fn train(
         (_, false) => Some(evaluate_loss(&model.family, eval).await?),
         _ => None,
     };
-    let out = export_all(&model, &files, base_model).await?;
+    let out = export_all(&model, &files, base_model, StoreDtype::F32)
+        .await?
+        .read_all()
+        .await?;
     Ok(TrainOutput {
         summary,
         before: first_eval,

@@ -21,7 +21,7 @@ use crate::train::causal_job::{chat_template, prepare_data};
 use crate::train::checkpoint::{Checkpoint, Checkpointing};
 use crate::train::classify_job::{evaluate_classification, prepare_class_data};
 use crate::train::control::Control;
-use crate::train::export::ExportFiles;
+use crate::train::export::Export;
 use crate::train::job::{DataSource, DatasetFile, DatasetFiles, JobConfig};
 use crate::train::memory::{self, BatchShape, MemoryEstimate, MemoryLimits};
 use crate::train::replay::{replay, ReferenceRun};
@@ -101,7 +101,8 @@ pub struct Session {
     // Shared with the promises of running calls, so a long generation does not borrow the
     // session (JS may call other methods meanwhile).
     model: Rc<RefCell<Option<Rc<LoadedModel>>>>,
-    /// The loaded model's files: training loads them again on the autodiff device.
+    /// The loaded model's files but its safetensors weights (config, tokenizer, a GGUF file):
+    /// jobs read the config and tokenizer files from them and export them beside the weights.
     files: Rc<RefCell<Option<Rc<ModelFiles>>>>,
     /// The latest fine-tuned model and its exported files.
     tuned: Rc<RefCell<Option<Rc<Tuned>>>>,
@@ -109,7 +110,7 @@ pub struct Session {
 
 struct Tuned {
     model: LoadedModel,
-    export: ExportFiles,
+    export: Export,
 }
 
 /// `{name: Uint8Array | ArrayBuffer}` (a plain object or a `Map`) → model files.
@@ -262,7 +263,8 @@ impl Session {
         let device = self.backend.inference.clone();
         wasm_bindgen_futures::future_to_promise(async move {
             let files = files_from_js(&files).map_err(|e| error_to_js(&e))?;
-            let kept = files.clone();
+            // Config, tokenizer and chat template stay at hand for jobs; dense weights do not.
+            let kept = files.without_weights();
             let model = LoadedModel::load(files, &device).map_err(|e| error_to_js(&e))?;
             let info = to_js(&model.info)?;
             *slot.borrow_mut() = Some(Rc::new(model));
@@ -606,7 +608,7 @@ impl Session {
                     None => (None, None),
                 };
                 let out = run_task(
-                    (*files).clone(),
+                    &files,
                     &base,
                     &backend,
                     dataset_files(
@@ -632,9 +634,9 @@ impl Session {
                 .await?;
                 Ok::<_, Error>(out)
             };
-            let mut out = run.await.map_err(|e| error_to_js(&e))?;
+            let out = run.await.map_err(|e| error_to_js(&e))?;
             let value = to_js(&out)?;
-            if let (export, Some(model)) = out.take() {
+            if let (export, Some(model)) = out.into_parts() {
                 *tuned_slot.borrow_mut() = Some(Rc::new(Tuned { model, export }));
             }
             Ok(value)
@@ -642,23 +644,44 @@ impl Session {
     }
 
     /// The fine-tuned model's files: `{"merged/model.safetensors": Uint8Array, ...}` (plus
-    /// `adapter/...` for LoRA) — a Hugging Face model folder and a PEFT adapter.
+    /// `adapter/...` for LoRA) — a Hugging Face model folder and a PEFT adapter. Resolves once
+    /// they are written: the merged weights are computed now, one tensor at a time, each copied
+    /// into the JavaScript array at once, so wasm memory never holds the file.
     #[wasm_bindgen(js_name = exportFiles)]
-    pub fn export_files(&self) -> Result<JsValue, JsValue> {
-        let tuned = self
-            .tuned
-            .borrow()
-            .clone()
-            .ok_or_else(|| error_to_js(&no_tuned_model()))?;
-        let out = js_sys::Object::new();
-        for (name, bytes) in &tuned.export {
-            js_sys::Reflect::set(
-                &out,
-                &name.as_str().into(),
-                &js_sys::Uint8Array::from(bytes.as_slice()),
-            )?;
-        }
-        Ok(out.into())
+    pub fn export_files(&self) -> js_sys::Promise {
+        let tuned = self.tuned.borrow().clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let tuned = tuned.ok_or_else(|| error_to_js(&no_tuned_model()))?;
+            let out = js_sys::Object::new();
+            for name in tuned.export.names() {
+                let size = tuned.export.size(&name).unwrap_or(0);
+                let size = u32::try_from(size).map_err(|_| {
+                    error_to_js(&Error::new(
+                        Code::MemoryInsufficient,
+                        format!(
+                            "{name} is {:.1} GiB, more than one browser array holds (4 GiB): \
+                             export the merged weights as f16 or bf16 (export_dtype), or use \
+                             the adapter",
+                            size as f64 / (1u64 << 30) as f64
+                        ),
+                    ))
+                })?;
+                let array = js_sys::Uint8Array::new_with_length(size);
+                let mut at = 0u32;
+                tuned
+                    .export
+                    .write(&name, &mut |bytes| {
+                        let end = at + bytes.len() as u32;
+                        array.subarray(at, end).copy_from(bytes);
+                        at = end;
+                        Ok(())
+                    })
+                    .await
+                    .map_err(|e| error_to_js(&e))?;
+                js_sys::Reflect::set(&out, &name.as_str().into(), &array)?;
+            }
+            Ok(out.into())
+        })
     }
 
     /// Info of the fine-tuned model, or `null`.

@@ -361,12 +361,26 @@ test("c. privacy: after the model is loaded, checking data, fine-tuning, generat
     const exported = await withTimeout(
       page.evaluate(async () => {
         const r = await window.webtune.exportFiles();
-        return { error: r.error, names: r.files ? Object.keys(r.files) : null };
+        // The merged weights are written on demand, tensor by tensor: a whole safetensors
+        // file (header, then every tensor's bytes up to the last offset), not zeros.
+        const w = r.files?.["merged/model.safetensors"];
+        let weights = null;
+        if (w) {
+          const n = Number(new DataView(w.buffer, w.byteOffset, 8).getBigUint64(0, true));
+          const header = JSON.parse(new TextDecoder().decode(w.subarray(8, 8 + n)));
+          const tensors = Object.entries(header).filter(([k]) => k !== "__metadata__");
+          const end = Math.max(...tensors.map(([, t]) => t.data_offsets[1]));
+          weights = { complete: 8 + n + end === w.byteLength, tensors: tensors.length, nonzero: w.subarray(8 + n).some((b) => b !== 0) };
+        }
+        return { error: r.error, names: r.files ? Object.keys(r.files) : null, weights };
       }),
       60_000,
       "exportFiles()",
     );
     assert.equal(exported.error, null);
+    assert.ok(exported.names.includes("merged/config.json") && exported.names.includes("adapter/adapter_model.safetensors"), exported.names.join(", "));
+    assert.equal(exported.weights?.complete, true, JSON.stringify(exported.weights));
+    assert.ok(exported.weights.tensors > 0 && exported.weights.nonzero, JSON.stringify(exported.weights));
     // And a real download through the page's button.
     const [download] = await Promise.all([
       page.waitForEvent("download", { timeout: 30_000 }),

@@ -161,6 +161,29 @@ impl Backend {
 
     /// Bytes the device's allocator has in use, where the backend reports it.
     pub fn memory_in_use(&self) -> Option<u64> {
-        self.device.memory_pool_usage().map(|u| u.bytes_in_use)
+        match self.device.memory_pool_usage() {
+            Some(u) => Some(u.bytes_in_use),
+            None => process_memory(),
+        }
+    }
+}
+
+/// What this process holds in memory: the wasm module's linear memory (it never shrinks, so
+/// this is the peak so far), natively on Linux the resident set.
+pub fn process_memory() -> Option<u64> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        Some(core::arch::wasm32::memory_size(0) as u64 * 65536)
+    }
+    #[cfg(all(not(target_arch = "wasm32"), target_os = "linux"))]
+    {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+    #[cfg(all(not(target_arch = "wasm32"), not(target_os = "linux")))]
+    {
+        None
     }
 }

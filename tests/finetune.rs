@@ -41,6 +41,13 @@ fn reference(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).expect("reference")).expect("JSON")
 }
 
+/// The fixture's weights on the CPU, as the page and the CLI load a model.
+fn base(name: &str) -> Family {
+    LoadedModel::load(files(name), &Device::flex())
+        .expect("the fixture loads")
+        .family
+}
+
 fn files(name: &str) -> ModelFiles {
     ModelFiles::from_dir(&fixture(&format!("tiny_random/{name}"))).expect("fixture")
 }
@@ -126,7 +133,7 @@ fn lora_run(name: &str) -> (TrainableModel, FinetuneSummary, Value) {
     let r = reference(name);
     let run = ReferenceRun::from_json(&r, "lora").unwrap();
     let (model, summary) =
-        pollster::block_on(replay(files(name), &Backend::cpu(), &run)).expect("LoRA run");
+        pollster::block_on(replay(&base(name), &Backend::cpu(), &run)).expect("LoRA run");
     (model, summary, r)
 }
 
@@ -163,7 +170,7 @@ fn full_parity(name: &str) {
     let run = ReferenceRun::from_json(&r, "full").unwrap();
     assert_eq!(run.config.method, Method::Full);
     let (model, summary) =
-        pollster::block_on(replay(files(name), &Backend::cpu(), &run)).expect("full run");
+        pollster::block_on(replay(&base(name), &Backend::cpu(), &run)).expect("full run");
     check_steps(&format!("{name} full"), &summary, &r["full"]);
     let tensors = pollster::block_on(merged_tensors(&model)).unwrap();
     let by_name: BTreeMap<&str, &Vec<f32>> =
@@ -551,7 +558,7 @@ fn gradient_checkpointing_changes_nothing_but_memory() {
                     .gradient_checkpointing_strategy(),
                 Some(burn::tensor::GradientCheckpointingStrategy::Balanced)
             );
-            let (_, summary) = pollster::block_on(replay(files(name), &backend, &run))
+            let (_, summary) = pollster::block_on(replay(&base(name), &backend, &run))
                 .unwrap_or_else(|e| panic!("{name} {method}: {e:?}"));
             check_steps(
                 &format!("{name} {method} checkpointed"),

@@ -354,6 +354,9 @@ export interface TrainSummary {
   first_step_ms?: number;
   median_step_ms?: number;
   tokens_per_s?: number;
+  /** The most memory a step reported: WebGPU's buffer pool, or on the CPU the wasm module's
+   * linear memory (natively the resident set); null where neither can be read. */
+  peak_memory_bytes?: number | null;
   [key: string]: unknown;
 }
 

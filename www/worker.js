@@ -146,7 +146,8 @@
  *       or traps sends {code, message, details} on its port: this worker is then blocked waiting
  *       for that thread, so the page must treat it as a fatal error of this worker.
  *   {type: "progress", id, step, total_steps, loss, lr, tokens_per_s, elapsed_s, eta_s, memory_bytes}
- *       After every training step (memory_bytes is null when the backend cannot tell).
+ *       After every training step (memory_bytes: WebGPU's buffer pool, or on the CPU the
+ *       module's linear memory, which only grows; null when the backend cannot tell).
  *   {type: "download", id, file, url, loaded, total, cached, done, missing?}
  *       Progress of one file of a hub load: bytes `loaded` of `total` (null when the server does
  *       not say). At most 10 per second per file, and always a final one with `done: true`.

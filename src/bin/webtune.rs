@@ -62,6 +62,28 @@ enum Command {
     Eval(EvalArgs),
     /// Train the toy transformer on the copy task (the foundation's end-to-end check).
     Toy(ToyArgs),
+    /// Write a model folder with the exact shapes of a real model (smollm2-135m, smollm2-360m,
+    /// qwen2.5-0.5b, smollm2-1.7b) and seeded random weights: for sizing memory and speed of a
+    /// run before downloading the real weights (its outputs mean nothing).
+    Shape(ShapeArgs),
+}
+
+#[derive(Args)]
+struct ShapeArgs {
+    /// One of smollm2-135m, smollm2-360m, qwen2.5-0.5b, smollm2-1.7b.
+    name: String,
+    /// The folder to write (config.json, model.safetensors, tokenizer.json).
+    #[arg(long)]
+    out: PathBuf,
+    /// A model whose tokenizer to copy (a folder with tokenizer.json, or a .gguf file); its ids
+    /// must fit the shape's vocabulary (SmolLM2's 49,152 fit every shape here).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// The stored precision: bf16 (default, as the real checkpoints), f16 or f32.
+    #[arg(long, default_value = "bf16")]
+    dtype: String,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 #[derive(Args)]
@@ -445,6 +467,7 @@ fn run(cli: &Cli) -> Result<(), Error> {
         Command::Data(args) => run_data(cli, args),
         Command::Eval(args) => run_eval(cli, args),
         Command::Toy(args) => run_toy(cli, args),
+        Command::Shape(args) => run_shape(cli, args),
     }
 }
 
@@ -843,6 +866,59 @@ fn run_eval(cli: &Cli, args: &EvalArgs) -> Result<(), Error> {
                 a["token_f1"].as_f64().unwrap_or(f64::NAN)
             );
         }
+    }
+    Ok(())
+}
+
+fn run_shape(cli: &Cli, args: &ShapeArgs) -> Result<(), Error> {
+    use webtune::io::safetensors::StoreDtype;
+    use webtune::models::shapes;
+    let ShapeArgs {
+        name,
+        out,
+        tokenizer,
+        dtype,
+        seed,
+    } = args;
+    let config = shapes::config(name)?;
+    let dtype: StoreDtype = serde_json::from_value(json!(dtype))
+        .map_err(|_| Error::config(format!("--dtype {dtype}: choose bf16, f16 or f32")))?;
+    let fail = |path: &Path, e: std::io::Error| {
+        Error::config(format!("cannot write {}: {e}", path.display()))
+    };
+    std::fs::create_dir_all(out).map_err(|e| fail(out, e))?;
+    let mut config_out = config.clone();
+    config_out["torch_dtype"] = json!(dtype.torch_name());
+    let path = out.join("config.json");
+    let text = serde_json::to_vec_pretty(&config_out).map_err(internal)?;
+    std::fs::write(&path, text).map_err(|e| fail(&path, e))?;
+    if let Some(model) = tokenizer {
+        let json = ModelFiles::from_dir(model)?
+            .tokenizer()?
+            .and_then(|t| t.to_json().transpose())
+            .transpose()?
+            .ok_or_else(|| {
+                Error::config(format!("{} has no tokenizer to copy", model.display()))
+            })?;
+        let path = out.join("tokenizer.json");
+        std::fs::write(&path, json).map_err(|e| fail(&path, e))?;
+    }
+    let path = out.join("model.safetensors");
+    let file = std::fs::File::create(&path).map_err(|e| fail(&path, e))?;
+    let mut file = std::io::BufWriter::new(file);
+    shapes::write_weights(&config, *seed, dtype, &mut file)?;
+    file.flush().map_err(|e| fail(&path, e))?;
+    let parameters = shapes::parameters(&config)?;
+    if cli.json {
+        print_json(&json!({ "shape": name, "parameters": parameters, "out": out }))?;
+    } else {
+        println!(
+            "wrote {} ({:.0}M parameters, random weights, {}) to {}",
+            name,
+            parameters as f64 / 1e6,
+            dtype.torch_name(),
+            out.display()
+        );
     }
     Ok(())
 }

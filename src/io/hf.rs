@@ -48,6 +48,11 @@ impl ModelFiles {
         Self::default()
     }
 
+    /// Bytes of every file.
+    pub fn total_bytes(&self) -> u64 {
+        self.files.values().map(|b| b.len() as u64).sum()
+    }
+
     pub fn insert(&mut self, name: impl Into<String>, bytes: Vec<u8>) {
         self.files.insert(name.into(), bytes);
     }
@@ -283,6 +288,13 @@ impl Weights {
                 .iter()
                 .find_map(|g| g.shape_of(name).map(<[usize]>::to_vec))
         })
+    }
+
+    /// Bytes of the weight files (what loading held besides the model it built).
+    pub fn stored_bytes(&self) -> u64 {
+        let safetensors = self.files.iter().map(SafeTensorsFile::size);
+        let gguf = self.gguf.iter().map(GgufFile::size);
+        safetensors.chain(gguf).map(|n| n as u64).sum()
     }
 
     /// The dtypes stored, e.g. `["F32"]`.

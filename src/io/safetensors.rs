@@ -84,6 +84,11 @@ fn corrupt(file: &str, message: String) -> Error {
 }
 
 impl SafeTensorsFile {
+    /// The file's size in bytes.
+    pub fn size(&self) -> usize {
+        self.bytes.len()
+    }
+
     pub fn parse(name: &str, bytes: Vec<u8>) -> Result<Self> {
         let truncated = |needed: usize| {
             Error::new(

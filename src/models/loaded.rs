@@ -112,6 +112,8 @@ pub struct ModelInfo {
     pub attention_width: usize,
     /// Dtypes of the stored weights, e.g. `["F32"]`.
     pub dtype: Vec<&'static str>,
+    /// Bytes of the weight files the model was loaded from.
+    pub stored_bytes: u64,
     pub has_tokenizer: bool,
     /// `causal_lm` or `encoder`.
     pub kind: &'static str,
@@ -192,6 +194,7 @@ impl LoadedModel {
             .and_then(|g| first_id(g.get("eos_token_id")));
         let weights = files.take_weights()?;
         let dtype = weights.dtypes();
+        let stored_bytes = weights.stored_bytes();
         match arch.as_str() {
             "gpt2" => {
                 let cfg = Gpt2Config::from_json(&config)?;
@@ -211,6 +214,7 @@ impl LoadedModel {
                         + cfg.vocab_size * d,
                     attention_width: d,
                     dtype,
+                    stored_bytes,
                     has_tokenizer: tokenizer.is_some(),
                     chat: ChatInfo::default(),
                     kind: "causal_lm",
@@ -247,6 +251,7 @@ impl LoadedModel {
                         + cfg.vocab_size * d,
                     attention_width: q_width,
                     dtype,
+                    stored_bytes,
                     has_tokenizer: tokenizer.is_some(),
                     chat: ChatInfo::default(),
                     kind: "causal_lm",
@@ -288,6 +293,7 @@ impl LoadedModel {
                         + d * n,
                     attention_width: d,
                     dtype,
+                    stored_bytes,
                     has_tokenizer: tokenizer.is_some(),
                     chat: ChatInfo::default(),
                     kind: "encoder",

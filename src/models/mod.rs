@@ -7,6 +7,7 @@ pub mod layers;
 pub mod llama;
 pub mod loaded;
 pub mod names;
+pub mod shapes;
 pub mod toy;
 pub mod walk;
 

@@ -444,6 +444,7 @@ pub async fn run_job<'a, T: JobTask, C: Into<Control>>(
         &config.train,
         sizes.largest,
         sizes.labels,
+        job.files.total_bytes(),
         &job.backend.info,
     )?;
     on_event(JobEvent::Phase {
@@ -504,19 +505,26 @@ pub async fn run_job<'a, T: JobTask, C: Into<Control>>(
     .await
 }
 
-/// "About 1.2 GiB: weights …" for the phase message.
+/// "Estimated memory 1.2 GiB (weights …)" for the phase message.
 pub fn memory_message(m: &MemoryEstimate) -> String {
     let mib = |b: u64| format!("{:.0} MiB", b as f64 / (1u64 << 20) as f64);
+    let load = if m.load > m.total {
+        format!("; loading the model peaked near {}", mib(m.load))
+    } else {
+        String::new()
+    };
     format!(
         "Estimated memory {} (weights {}, gradients {}, optimizer {}, activations {} for {} × {} \
-         tokens)",
+         tokens, model files {}, runtime {}){load}",
         mib(m.total),
         mib(m.weights),
         mib(m.gradients),
         mib(m.optimizer),
         mib(m.activations),
         m.batch_size,
-        m.seq_len
+        m.seq_len,
+        mib(m.files),
+        mib(m.runtime),
     )
 }
 

@@ -4,8 +4,13 @@
 //! Everything is f32 (webtune computes in f32; quantized GGUF weights are expanded on load).
 //! Activations are what autodiff keeps for the backward pass, counted per token and layer from
 //! the operations of a pre-norm transformer block (norm in/out, q/k/v, scores and
-//! probabilities, MLP up/gate/activation/product, residuals) plus the LM head's logits: an
-//! estimate, good to tens of percent, which is what a yes/no decision needs.
+//! probabilities, MLP up/gate/activation/product, residuals) plus the LM head's logits. The
+//! model files a job keeps (a GGUF file holds the tokenizer and config) and a fixed runtime
+//! (code, allocator, tokenizer) come on top; loading held the weight files beside the model
+//! it built, which is the process's peak when it exceeds training's (memory freed after
+//! loading is reused, not returned: a wasm module never shrinks). Calibrated against measured
+//! peaks (native RSS, the wasm module's memory): within 15% on SmolLM2-135M (GGUF) and the
+//! SmolLM2-360M shape (bf16 safetensors); see docs/benchmarks.md.
 
 use serde::Serialize;
 
@@ -15,6 +20,9 @@ use crate::error::{Code, Error, Result};
 use crate::models::loaded::ModelInfo;
 
 const F32: u64 = 4;
+/// What a run holds besides the model and its training state: the code, the allocator's
+/// slack, the tokenizer and the data (measured: ~60 MiB natively and in the page).
+const RUNTIME: u64 = 60 << 20;
 
 /// The shape of the largest micro-batch a run will see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,9 +41,18 @@ pub struct MemoryEstimate {
     /// Kept for the backward pass of one micro-batch (without gradient checkpointing: an upper
     /// bound when it is on).
     pub activations: u64,
+    /// The model's files a job keeps (a GGUF file; a safetensors model keeps none).
+    pub files: u64,
+    /// The code, allocator slack, tokenizer and data.
+    pub runtime: u64,
     /// The run recomputes memory-bound activations in the backward pass.
     pub gradient_checkpointing: bool,
+    /// What training needs: everything above.
     pub total: u64,
+    /// Loading: the weight files and the f32 model built from them, at once.
+    pub load: u64,
+    /// The most the process holds: loading or training, whichever needs more.
+    pub peak: u64,
     /// The largest single tensor (a GPU buffer must hold it whole).
     pub largest_buffer: u64,
     /// What that tensor is, e.g. "logits [4 × 128 × 49152]".
@@ -98,26 +115,30 @@ impl BatchShape {
     }
 }
 
-/// Estimate and check in one call, as the jobs do before training.
+/// Estimate and check in one call, as the jobs do before training. `kept_files` are the bytes
+/// of the model files the job holds (see [`estimate`]).
 pub fn plan(
     info: &ModelInfo,
     config: &FinetuneConfig,
     shape: BatchShape,
     classes: usize,
+    kept_files: u64,
     backend: &BackendInfo,
 ) -> Result<MemoryEstimate> {
-    let e = estimate(info, config, shape, classes);
+    let e = estimate(info, config, shape, classes, kept_files);
     check_fits(&e, MemoryLimits::of(backend), config.method)?;
     Ok(e)
 }
 
 /// The memory a run on `info`'s model with `config` and batches of `shape` needs. `classes` is
-/// the number of labels for a classifier (0 for a causal LM, whose head spans the vocabulary).
+/// the number of labels for a classifier (0 for a causal LM, whose head spans the vocabulary);
+/// `kept_files` the bytes of the model files the job keeps beside the model.
 pub fn estimate(
     info: &ModelInfo,
     config: &FinetuneConfig,
     shape: BatchShape,
     classes: usize,
+    kept_files: u64,
 ) -> MemoryEstimate {
     let (b, t) = (shape.batch_size as u64, shape.seq_len as u64);
     let (d, i, h, l) = (
@@ -164,13 +185,19 @@ pub fn estimate(
     }
     let gradients = trainable * F32;
     let optimizer = 2 * trainable * F32;
+    let total = weights + gradients + optimizer + activations + kept_files + RUNTIME;
+    let load = info.stored_bytes + info.parameters as u64 * F32 + RUNTIME;
     MemoryEstimate {
         weights,
         gradients,
         optimizer,
         activations,
+        files: kept_files,
+        runtime: RUNTIME,
         gradient_checkpointing: config.gradient_checkpointing,
-        total: weights + gradients + optimizer + activations,
+        total,
+        load,
+        peak: total.max(load),
         largest_buffer: largest,
         largest_buffer_name: name,
         trainable_params: trainable,
@@ -282,6 +309,7 @@ mod tests {
             matmul_weights: 134_479_872,
             attention_width: 576,
             dtype: vec!["F32"],
+            stored_bytes: 0,
             has_tokenizer: true,
             kind: "causal_lm",
             labels: None,
@@ -300,17 +328,17 @@ mod tests {
     #[test]
     fn lora_needs_far_less_than_full_and_activations_grow_with_the_batch() {
         let info = smollm2();
-        let lora = estimate(&info, &FinetuneConfig::default(), shape(4, 128), 0);
+        let lora = estimate(&info, &FinetuneConfig::default(), shape(4, 128), 0, 0);
         let full_cfg = FinetuneConfig {
             method: Method::Full,
             ..Default::default()
         };
-        let full = estimate(&info, &full_cfg, shape(4, 128), 0);
+        let full = estimate(&info, &full_cfg, shape(4, 128), 0, 0);
         // r = 8 on q and v: 2 × 8 × 2 × 576 per layer.
         assert_eq!(lora.trainable_params, 30 * 2 * 8 * 2 * 576);
         assert_eq!(full.optimizer, 2 * full.gradients);
         assert!(full.total > lora.total + 3 * lora.weights / 2);
-        let bigger = estimate(&info, &FinetuneConfig::default(), shape(8, 128), 0);
+        let bigger = estimate(&info, &FinetuneConfig::default(), shape(8, 128), 0, 0);
         assert_eq!(bigger.weights, lora.weights);
         assert_eq!(bigger.activations, 2 * lora.activations);
         // The embedding (49152 × 576) outweighs 4 × 128 rows of logits, not 8 × 128.
@@ -321,7 +349,7 @@ mod tests {
     #[test]
     fn a_quantized_base_counts_its_linear_weights_at_a_byte_and_a_scale() {
         let info = smollm2();
-        let lora = estimate(&info, &FinetuneConfig::default(), shape(4, 128), 0);
+        let lora = estimate(&info, &FinetuneConfig::default(), shape(4, 128), 0, 0);
         let q8 = estimate(
             &info,
             &FinetuneConfig {
@@ -329,6 +357,7 @@ mod tests {
                 ..Default::default()
             },
             shape(4, 128),
+            0,
             0,
         );
         // Every parameter but the 49152 × 576 embedding, at 1 + 4/32 bytes instead of 4.
@@ -344,7 +373,7 @@ mod tests {
             method: Method::Full,
             ..Default::default()
         };
-        let e = estimate(&info, &cfg, shape(16, 256), 0);
+        let e = estimate(&info, &cfg, shape(16, 256), 0, 0);
         let limits = MemoryLimits {
             total: Some(3 << 30),
             buffer: None,
@@ -354,7 +383,7 @@ mod tests {
         assert!(err.message.contains("use LoRA"), "{}", err.message);
         assert!(err.message.contains("batch size of"), "{}", err.message);
         assert_eq!(err.details["total"], e.total);
-        let small = estimate(&info, &FinetuneConfig::default(), shape(1, 64), 0);
+        let small = estimate(&info, &FinetuneConfig::default(), shape(1, 64), 0, 0);
         check_fits(&small, limits, Method::Lora).unwrap();
         // One GPU buffer: the logits of a large batch overflow a 128 MiB binding.
         let gpu = MemoryLimits {
@@ -362,7 +391,7 @@ mod tests {
             buffer: Some(128 << 20),
         };
         let err = check_fits(
-            &estimate(&info, &FinetuneConfig::default(), shape(8, 256), 0),
+            &estimate(&info, &FinetuneConfig::default(), shape(8, 256), 0, 0),
             gpu,
             Method::Lora,
         )

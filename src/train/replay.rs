@@ -14,8 +14,7 @@ use super::trainer::RunOptions;
 use crate::backend::Backend;
 use crate::data::TokenBatch;
 use crate::error::{Error, Result};
-use crate::io::hf::ModelFiles;
-use crate::models::loaded::LoadedModel;
+use crate::models::loaded::Family;
 
 /// One method's run from a reference file.
 #[derive(Debug, Clone)]
@@ -120,13 +119,14 @@ impl ReferenceRun {
     }
 }
 
-/// Load `files` on the backend's training device and run the reference's steps on it.
+/// Run the reference's steps on `base` (a loaded model's weights, shared, not copied) on the
+/// backend's training device.
 pub async fn replay(
-    files: ModelFiles,
+    base: &Family,
     backend: &Backend,
     run: &ReferenceRun,
 ) -> Result<(TrainableModel, FinetuneSummary)> {
-    let family = LoadedModel::load(files, &run.config.training_device(backend))?.family;
+    let family = base.trainable_on(&run.config.training_device(backend));
     let mut model = TrainableModel::prepare_with(family, &run.config, run.init.clone())?;
     let options = RunOptions::default();
     let summary = finetune(&mut model, backend, &run.batches, &[], &run.config, options).await?;

@@ -50,7 +50,9 @@ pub struct Progress<E = Value> {
     pub examples_per_s: Option<f64>,
     pub elapsed_s: f64,
     pub eta_s: f64,
-    /// Memory the backend reports in use (None where it cannot tell).
+    /// Memory in use after the step: WebGPU's buffer pool; on the CPU backend what the
+    /// process holds (the wasm module's linear memory, which only grows, so its peak so far;
+    /// natively the resident set). None where neither can be read.
     pub memory_bytes: Option<u64>,
     /// Set on the steps where the eval batches were scored.
     pub eval: Option<E>,
@@ -112,6 +114,8 @@ pub struct Summary<E> {
     /// QLoRA: the base's quantized weights (absent with an f32 base).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quantized_base: Option<QuantReport>,
+    /// The most memory any step's progress reported (see [`Progress::memory_bytes`]).
+    pub peak_memory_bytes: Option<u64>,
 }
 
 /// What a run calls after every step.
@@ -211,6 +215,7 @@ pub async fn train_loop<M: Module, T: Task<M>>(
         tokens_per_s: 0.0,
         examples_per_s: None,
         quantized_base: None,
+        peak_memory_bytes: None,
     };
 
     let resume = checkpointing.as_mut().and_then(|c| c.resume.take());
@@ -317,6 +322,7 @@ pub async fn train_loop<M: Module, T: Task<M>>(
             memory_bytes: backend.memory_in_use(),
             eval: scored,
         };
+        summary.peak_memory_bytes = summary.peak_memory_bytes.max(progress.memory_bytes);
         let control = on_step(&progress);
         if let Some(c) = checkpointing.as_mut() {
             let early = !matches!(control, Control::Continue);

@@ -446,8 +446,9 @@ impl Session {
                 let progress = progress.as_ref().map(|p| p as OnDataProgress);
                 let dataset =
                     dataset_files(&name, &bytes, &validation_name, &validation_bytes, progress);
+                let kept = files.as_ref().map_or(0, |f| f.total_bytes());
                 if base.is_encoder() {
-                    return inspect_labelled(&base, dataset, &config, &backend_info);
+                    return inspect_labelled(&base, kept, dataset, &config, &backend_info);
                 }
                 let chat = match &files {
                     Some(f) => chat_template(f)?,
@@ -488,6 +489,7 @@ impl Session {
                 let shapes = data.train_batches.iter().map(|b| (b.batch_size, b.seq_len));
                 let (memory, memory_problem) = memory_json(
                     &base,
+                    kept,
                     &config,
                     BatchShape::largest(shapes),
                     0,
@@ -814,24 +816,24 @@ impl Session {
 
     /// Replay a committed reference training run (`tests/fixtures/reference/finetune_*.json`,
     /// recorded from PyTorch + PEFT by `tools/reference/finetune_reference.py`) on this session's
-    /// backend, starting from the loaded model's files: `reference` is that file's JSON text,
+    /// backend, starting from the loaded model's weights: `reference` is that file's JSON text,
     /// `method` `"lora"` or `"full"`. Resolves to `{summary, reference_losses,
     /// reference_grad_norms}`: a self-check of the backend's numerics (the browser tests compare
     /// WebGPU with PyTorch through it). The loaded model is not changed.
     #[wasm_bindgen(js_name = replayReference)]
     pub fn replay_reference(&self, reference: String, method: String) -> js_sys::Promise {
-        let files = self.files.borrow().clone();
+        let base = self.model.borrow().clone();
         let backend = self.backend.clone();
         wasm_bindgen_futures::future_to_promise(async move {
             let run = async {
-                let files = files.ok_or_else(|| {
+                let base = base.ok_or_else(|| {
                     Error::new(Code::ModelNotLoaded, "no model is loaded; load one first")
                 })?;
                 let value: serde_json::Value = serde_json::from_str(&reference).map_err(|e| {
                     Error::config(format!("the reference run is not valid JSON: {e}"))
                 })?;
                 let run = ReferenceRun::from_json(&value, &method)?;
-                let (_, summary) = replay((*files).clone(), &backend, &run).await?;
+                let (_, summary) = replay(&base.family, &backend, &run).await?;
                 Ok::<_, Error>(json!({
                     "summary": summary,
                     "reference_losses": run.losses,
@@ -931,6 +933,7 @@ fn data_progress_to(callback: &js_sys::Function) -> impl Fn(DataProgress<'_>) + 
 /// `inspectDataset` for an encoder: the labelled dataset's report, split and label ids.
 fn inspect_labelled(
     base: &LoadedModel,
+    kept_files: u64,
     dataset: DatasetFiles<'_>,
     config: &JobConfig,
     backend: &BackendInfo,
@@ -939,6 +942,7 @@ fn inspect_labelled(
     let shapes = data.train_batches.iter().map(|b| (b.batch_size, b.seq_len));
     let (memory, memory_problem) = memory_json(
         base,
+        kept_files,
         config,
         BatchShape::largest(shapes),
         data.labels.len(),
@@ -1021,12 +1025,13 @@ impl Session {
 /// The run's memory estimate and, when it cannot fit this backend, why (the job will refuse it).
 fn memory_json(
     base: &LoadedModel,
+    kept_files: u64,
     config: &JobConfig,
     shape: BatchShape,
     classes: usize,
     backend: &BackendInfo,
 ) -> (MemoryEstimate, Option<String>) {
-    let e = memory::estimate(&base.info, &config.train, shape, classes);
+    let e = memory::estimate(&base.info, &config.train, shape, classes, kept_files);
     let problem = memory::check_fits(&e, MemoryLimits::of(backend), config.train.method)
         .err()
         .map(|err| err.message);

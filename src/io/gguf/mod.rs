@@ -41,6 +41,11 @@ pub struct GgufFile {
 }
 
 impl GgufFile {
+    /// The file's size in bytes.
+    pub fn size(&self) -> usize {
+        self.bytes.len()
+    }
+
     pub fn parse(name: &str, bytes: Vec<u8>) -> Result<Self> {
         let header = GgufHeader::parse(name, &bytes)?;
         // Only Llama files carry the rope permutation (Qwen2 uses the NeoX rotation).

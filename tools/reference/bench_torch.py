@@ -5,13 +5,16 @@ One case per call; prints one JSON object on stdout:
   bench_torch.py --case smollm2-lora-step --batch 1 --seq 64 --steps 6
   bench_torch.py --case tiny-gpt2-vocab-train --batch 4 --seq 64 --steps 10
   bench_torch.py --case smollm2-generate --prompt-len 8 --new-tokens 16 [--no-cache]
+  bench_torch.py --case shape-lora-step --config DIR/config.json --batch 1 --seq 128 --steps 3
 
 The workload is the same shape as webtune's: SmolLM2-135M (Llama: 30 layers, hidden 576, 9 heads,
 3 KV heads, MLP 1536, vocab 49152, tied head), LoRA r=8 alpha=16 on q_proj/v_proj (c_attn for
 GPT-2), AdamW, global-norm clipping at 1.0, batch × seq tokens per step, float32, threads = the
 number of cores (--threads overrides). SmolLM2's weights are randomly initialised here — the
 default model ships as a GGUF, and step time does not depend on weight values; the token ids are
-random too. The tiny GPT-2 case loads tests/fixtures/tiny_random/gpt2-vocab.
+random too. The tiny GPT-2 case loads tests/fixtures/tiny_random/gpt2-vocab. The shape case builds
+the model of a config.json (one `webtune shape` wrote: SmolLM2-360M/1.7B, Qwen2.5-0.5B) with
+random weights, in fp32, and trains LoRA on q_proj/v_proj as the SmolLM2 case does.
 
 Step times are wall-clock per optimiser step (forward, backward, clip, AdamW, zero_grad); the first
 step is reported apart (warm-up), the rest give the median and spread.
@@ -138,7 +141,8 @@ def generate_case(torch, model, prompt_len, new_tokens, use_cache):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--case", required=True, choices=["smollm2-lora-step", "tiny-gpt2-vocab-train", "smollm2-generate"])
+    ap.add_argument("--case", required=True, choices=["smollm2-lora-step", "tiny-gpt2-vocab-train", "smollm2-generate", "shape-lora-step"])
+    ap.add_argument("--config", help="the config.json of the shape-lora-step case")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--steps", type=int, default=6)
@@ -156,6 +160,14 @@ def main():
     t0 = time.perf_counter()
     if args.case == "smollm2-lora-step":
         model = smollm2(torch)
+        load_s = time.perf_counter() - t0
+        result = train_case(torch, model, ["q_proj", "v_proj"], args.batch, args.seq, args.steps)
+    elif args.case == "shape-lora-step":
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        torch.manual_seed(0)
+        config = AutoConfig.from_pretrained(Path(args.config).parent)
+        model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32).float()
         load_s = time.perf_counter() - t0
         result = train_case(torch, model, ["q_proj", "v_proj"], args.batch, args.seq, args.steps)
     elif args.case == "tiny-gpt2-vocab-train":

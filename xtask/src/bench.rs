@@ -70,6 +70,7 @@ pub const CASES: &[&str] = &[
     "smollm2-generate",
     "tiny-gpt2-vocab-train",
     "data-read",
+    "shapes",
 ];
 
 const SMOLLM2_ID: &str = "smollm2-135m-instruct";
@@ -80,6 +81,8 @@ const MINILM_ID: &str = "all-minilm-l6-v2";
 /// Where the generated large datasets of the data-read cases go (served with the page, ignored
 /// by git).
 const BENCH_DATA: &str = "www/bench-data";
+/// Where the checkpoints with real models' shapes and random weights go (ignored by git).
+const SHAPES: &str = "target/bench-shapes";
 /// A fixed prompt (token ids of SmolLM2's vocabulary), so every path generates from the same one.
 const PROMPT_IDS: &[u32] = &[1, 9690, 198, 2683, 359, 253, 5356, 5646];
 
@@ -121,6 +124,9 @@ struct Case {
     torch: Option<Vec<String>>,
     /// For a fine-tuning case, what its model FLOPs per step are counted from.
     flops: Option<TrainShape>,
+    /// A model with a real model's shapes and random weights (`webtune shape <name>`), written
+    /// under [`SHAPES`] before the case runs.
+    shape: Option<&'static str>,
 }
 
 /// A fine-tuning workload's model and sequence shape.
@@ -182,6 +188,7 @@ fn cases(full: bool) -> Vec<Case> {
         browser: json!({ "kind": "toy", "config": toy }),
         torch: None,
         flops: None,
+        shape: None,
     });
 
     // SmolLM2-135M, LoRA r=8 on q/v, packed plain text (every row is seq_len tokens).
@@ -234,6 +241,7 @@ fn cases(full: bool) -> Vec<Case> {
             seq_len: seq,
             full: false,
         }),
+        shape: None,
     });
 
     // Generation, with and without the KV cache.
@@ -282,6 +290,7 @@ fn cases(full: bool) -> Vec<Case> {
             }),
             torch: Some(torch),
             flops: None,
+            shape: None,
         });
     }
 
@@ -325,6 +334,7 @@ fn cases(full: bool) -> Vec<Case> {
             seq_len: seq,
             full: false,
         }),
+        shape: None,
     });
 
     // Reading a large dataset: parse, validate, tokenize every example for the report, split
@@ -368,9 +378,107 @@ fn cases(full: bool) -> Vec<Case> {
             }),
             torch: None,
             flops: None,
+            shape: None,
+        });
+    }
+
+    // Models of the sizes people fine-tune, with their exact shapes and seeded random weights
+    // (`webtune shape`; memory and speed depend on shapes): LoRA on SmolLM2-360M at 1 × 128, and
+    // with --full QLoRA on Qwen2.5-0.5B (q8) and SmolLM2-1.7B (q4); PyTorch + PEFT runs LoRA
+    // (fp32) on the same shapes. The browser runs the 360M one in tests/e2e/scale.test.mjs.
+    let shapes: &[(&str, Option<&str>, usize)] = if full {
+        &[
+            ("smollm2-360m", None, 3),
+            ("qwen2.5-0.5b", Some("q8"), 3),
+            ("smollm2-1.7b", Some("q4"), 2),
+        ]
+    } else {
+        &[("smollm2-360m", None, 3)]
+    };
+    for &(shape, quantize, steps) in shapes {
+        let dir = root.join(SHAPES).join(shape);
+        let (batch, seq) = (1, 128);
+        let mut train = json!({
+            "method": "lora", "lora_r": 8, "lora_alpha": 16.0, "lora_targets": ["q_proj", "v_proj"],
+            "steps": steps, "eval_every": 1_000_000, "seed": 0
+        });
+        if let Some(q) = quantize {
+            train["quantize_base"] = json!(q);
+        }
+        let job = json!({
+            "batch_size": batch, "validation_max": 2, "samples": 0,
+            "data": { "causal": { "seq_len": seq } }, "train": train
+        });
+        out.push(Case {
+            name: format!(
+                "{shape}-{}",
+                quantize.map_or("lora".into(), |q| format!("qlora-{q}"))
+            ),
+            group: "shapes",
+            kind: "train",
+            tokens_per_step: Some(batch * seq),
+            native: vec![
+                s("train"),
+                dir.display().to_string(),
+                s("--data"),
+                data.display().to_string(),
+                s("--config"),
+                job.to_string(),
+                s("--json"),
+                s("--progress-json"),
+            ],
+            native_wgpu: None,
+            browser: json!(null),
+            torch: Some(vec![
+                s("--case"),
+                s("shape-lora-step"),
+                s("--config"),
+                dir.join("config.json").display().to_string(),
+                s("--batch"),
+                s(batch),
+                s("--seq"),
+                s(seq),
+                s("--steps"),
+                s(steps),
+            ]),
+            flops: Some(TrainShape {
+                model: dir,
+                seq_len: seq,
+                full: false,
+            }),
+            shape: Some(shape),
         });
     }
     out
+}
+
+/// Writes the checkpoints of the shape cases with the CLI (`webtune shape`, SmolLM2's tokenizer)
+/// if they are not there yet.
+fn write_bench_shapes(cli: &Path, cases: &[Case]) -> Result<()> {
+    let root = repo_root();
+    let tokenizer = root
+        .join("www/models")
+        .join(SMOLLM2_ID)
+        .join("resolve/main")
+        .join(SMOLLM2_GGUF);
+    for shape in cases.iter().filter_map(|c| c.shape) {
+        let dir = root.join(SHAPES).join(shape);
+        if dir.join("model.safetensors").is_file() {
+            continue;
+        }
+        println!(
+            "xtask bench: writing a {shape}-shaped checkpoint to {}",
+            dir.display()
+        );
+        util::run(
+            Command::new(cli)
+                .args(["shape", shape, "--out"])
+                .arg(&dir)
+                .arg("--tokenizer")
+                .arg(&tokenizer),
+        )?;
+    }
+    Ok(())
 }
 
 /// Writes the data-read cases' datasets (deterministic, from the sentiment sample's words) if
@@ -500,6 +608,7 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
         prepare_models()?;
     }
     write_bench_datasets(&selected)?;
+    write_bench_shapes(&cli, &selected)?;
     let mut notes: Vec<String> = Vec::new();
 
     // Model FLOPs per step of the fine-tuning cases, from each model's own description.
@@ -610,7 +719,7 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
             "timeout_ms": if options.full { 1_800_000 } else { 420_000 },
             // SwiftShader: minutes per SmolLM2 step; the default run reports a timeout.
             "fallback_timeout_ms": if options.full { 1_800_000 } else { 150_000 },
-            "cases": selected.iter().map(|c| {
+            "cases": selected.iter().filter(|c| !c.browser.is_null()).map(|c| {
                 let mut b = c.browser.clone();
                 b["name"] = json!(c.name);
                 b
@@ -642,7 +751,9 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
                 for &(backend, path) in &browser_backends {
                     let b = &v["backends"][backend];
                     for case in &selected {
-                        let value = if let Some(e) = b["error"].as_str() {
+                        let value = if case.browser.is_null() {
+                            json!({ "skipped": "no browser version of this workload" })
+                        } else if let Some(e) = b["error"].as_str() {
                             json!({ "error": e })
                         } else if let Some(skip) = b["skipped"].as_str() {
                             json!({ "skipped": skip })
@@ -1594,6 +1705,7 @@ mod tests {
             browser: json!(null),
             torch: None,
             flops: None,
+            shape: None,
         }
     }
 

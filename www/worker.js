@@ -232,6 +232,9 @@ let wasmExports = null;
 // wasm linear memory in bytes, or null before init. It never shrinks, so growth over repeated
 // identical jobs is a leak or fragmentation. A global, because the page has no message for it.
 self.webtuneWasmMemoryBytes = () => wasmExports?.memory?.buffer.byteLength ?? null;
+// Test hook beside it: the bytes of live allocations in the module (its allocator's count), which
+// grow with a leak but not with the allocator's fragmentation.
+self.webtuneWasmHeapBytes = () => wasmModule?.heapBytes?.() ?? null;
 /** The session promise, set by "init". Resolves to the wasm Session; rejects on init failure. */
 let sessionPromise = null;
 /** The operation in progress: {id, kind, cancelRequested, abort: AbortController | null}. */

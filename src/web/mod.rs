@@ -28,6 +28,7 @@ use crate::train::replay::{replay, ReferenceRun};
 use crate::train::run_task;
 use crate::train::toy::{train_toy, ToyTrainConfig};
 
+mod heap;
 #[cfg(feature = "wasm-threads")]
 pub mod threads;
 

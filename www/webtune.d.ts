@@ -52,6 +52,12 @@ export interface TrainConfig {
   shuffle?: boolean;
   /** Validation loss every N steps (0: about five times per run). */
   eval_every?: number;
+  /** Recompute memory-bound activations in the backward pass (same results, less memory). */
+  gradient_checkpointing?: boolean;
+  /** QLoRA (LoRA only): keep the frozen base's linear weights block-quantized while training,
+   * 8 or 4 bits plus a scale per `quantize_block_size` (32) values. The export is f32. */
+  quantize_base?: "q8" | "q4" | null;
+  quantize_block_size?: number;
   [key: string]: unknown;
 }
 

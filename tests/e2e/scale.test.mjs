@@ -87,3 +87,70 @@ test("a 360M-parameter model (SmolLM2-360M's shapes) loads from files and fine-t
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test("QLoRA in the page: the default SmolLM2 fine-tunes on CPU-wasm with its frozen base in 8 bits (chosen in the Fine-tune panel), before/after shown, a whole f32 export", { timeout: 1_200_000 }, async () => {
+  await withPage("scale-qlora-q8-cpu", browser, { backend: "cpu" }, async ({ page }) => {
+    await waitForBackend(page);
+    await waitInPage(page, () => !document.querySelector("form.default-form")?.hidden, null, 10_000, "the ready-made model form");
+    await page.getByTestId("load-default-model").click();
+    const loaded = await waitInPage(
+      page,
+      () => {
+        const record = window.webtune.loads.at(-1);
+        return record && record.status !== "loading" ? { error: record.error, info: record.info } : null;
+      },
+      null,
+      300_000,
+      "SmolLM2 to load",
+    );
+    assert.equal(loaded.error, null, JSON.stringify(loaded.error));
+
+    // Short rows and a 1% validation share keep each evaluation to seconds (as smollm2-qa does).
+    await page.getByLabel("Sequence length (tokens)").fill("64");
+    await page.getByLabel("Validation share").fill("0.01");
+    await page.getByLabel("Sample dataset").selectOption("chatterbot_english_qa.jsonl");
+    await page.getByTestId("use-sample").click();
+    await waitInPage(page, () => document.querySelector("[data-testid=dataset-state]")?.dataset.outcome === "done", null, 120_000, "the sample's report");
+
+    // The Fine-tune panel: LoRA with the frozen base in 8 bits, 3 steps of 2 rows.
+    await page.getByTestId("ft-method").selectOption("lora");
+    assert.equal(await page.getByTestId("ft-base-quant").isVisible(), true, "the base precision is offered for LoRA");
+    await page.getByTestId("ft-base-quant").selectOption("q8");
+    await page.getByTestId("ft-steps").fill("3");
+    await page.getByTestId("ft-lr").fill("0.002");
+    await page.getByTestId("ft-batch-size").fill("2");
+    const run = await withTimeout(page.evaluate(() => window.webtune.finetune(null)), 900_000, "QLoRA on SmolLM2 in the page");
+    assert.equal(run.error, null, `fine-tuning failed: ${JSON.stringify(run.error)}`);
+    assert.equal(run.config.train.quantize_base, "q8", JSON.stringify(run.config.train));
+    const r = run.result;
+    const q = r.summary.quantized_base;
+    console.log(`QLoRA q8 in the page: losses ${r.summary.losses.join(", ")}; before ${r.before.loss}, after ${r.after.loss}; base ${q?.f32_bytes} -> ${q?.quantized_bytes} bytes; memory ${r.summary.peak_memory_bytes} (estimated ${r.memory.peak})`);
+    writeArtifactJson("scale-qlora-q8-cpu.json", { summary: r.summary, memory: r.memory, before: r.before, after: r.after });
+    // Every linear projection of the 30 layers (q, k, v, o, gate, up, down) is stored in 8 bits.
+    assert.equal(q?.bits, 8, JSON.stringify(q));
+    assert.equal(q.tensors, 30 * 7, JSON.stringify(q));
+    assert.ok(q.quantized_bytes * 3 < q.f32_bytes, JSON.stringify(q));
+    assert.equal(r.summary.losses.length, 3);
+    assert.ok(r.summary.losses.every(Number.isFinite), r.summary.losses.join(", "));
+    assert.ok(Number.isFinite(r.before.loss) && Number.isFinite(r.after.loss), JSON.stringify([r.before, r.after]));
+    assert.ok(r.summary.peak_memory_bytes > 0 && r.memory.peak > 0);
+    await waitInPage(page, () => !document.querySelector("[data-testid=before-after]")?.hidden, null, 30_000, "the before/after table");
+
+    // The export is a whole f32 model: the merged weights' header says F32 for every tensor.
+    const exported = await withTimeout(
+      page.evaluate(async () => {
+        const out = await window.webtune.exportFiles();
+        const w = out.files?.["merged/model.safetensors"];
+        if (!w) return { error: out.error, names: out.files ? Object.keys(out.files) : null };
+        const n = Number(new DataView(w.buffer, w.byteOffset, 8).getBigUint64(0, true));
+        const header = JSON.parse(new TextDecoder().decode(w.subarray(8, 8 + n)));
+        const tensors = Object.entries(header).filter(([k]) => k !== "__metadata__");
+        const end = Math.max(...tensors.map(([, t]) => t.data_offsets[1]));
+        return { complete: 8 + n + end === w.byteLength, dtypes: [...new Set(tensors.map(([, t]) => t.dtype))], tensors: tensors.length };
+      }),
+      300_000,
+      "the QLoRA export",
+    );
+    assert.deepEqual({ complete: exported.complete, dtypes: exported.dtypes }, { complete: true, dtypes: ["F32"] }, JSON.stringify(exported));
+  });
+});

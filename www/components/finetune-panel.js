@@ -71,12 +71,23 @@ export function createFinetunePanel(section, { onStart, onStop, onPause = () => 
     el("option", { value: "f16" }, "f16 (half the size)"),
     el("option", { value: "bf16" }, "bf16 (half the size)"),
   );
+  // QLoRA: the frozen base's linear weights kept block-quantized while LoRA trains (less memory
+  // for the base, slower steps, a little precision lost); the export is f32 either way.
+  const baseQuant = el(
+    "select",
+    { id: "ft-base-quant", "data-testid": "ft-base-quant" },
+    el("option", { value: "f32" }, "f32 (as loaded)"),
+    el("option", { value: "q8" }, "8-bit (QLoRA)"),
+    el("option", { value: "q4" }, "4-bit (QLoRA)"),
+  );
+  const baseQuantWrap = el("div", { class: "field" }, el("label", { for: "ft-base-quant" }, "Frozen base"), baseQuant);
   // burn's balanced gradient checkpointing: same results, fewer activations kept.
   const checkpointing = el("input", { id: "ft-grad-checkpointing", name: "ft-grad-checkpointing", type: "checkbox", "data-testid": "ft-grad-checkpointing" });
   method.addEventListener("change", () => {
     const lora = method.value === "lora";
     rank.wrap.hidden = !lora;
     alpha.wrap.hidden = !lora;
+    baseQuantWrap.hidden = !lora;
     if (lr.field.dataset.touched !== "true") lr.field.value = String(DEFAULT_LR[kind][method.value]);
   });
   // Training batches of the checked dataset (the default steps follow it), or null.
@@ -122,6 +133,7 @@ export function createFinetunePanel(section, { onStart, onStop, onPause = () => 
       rank.wrap,
       alpha.wrap,
       batch.wrap,
+      baseQuantWrap,
       el("div", { class: "field" }, el("label", { for: "ft-export-dtype" }, "Download precision"), exportDtype),
       el(
         "div",
@@ -198,6 +210,7 @@ export function createFinetunePanel(section, { onStart, onStop, onPause = () => 
     if (method.value === "lora") {
       put("lora_r", rank.field, true);
       put("lora_alpha", alpha.field, false);
+      if (baseQuant.value !== "f32") out.quantize_base = baseQuant.value;
     }
     const b = batch.field.valueAsNumber;
     return {

@@ -80,7 +80,18 @@ export function createFinetunePanel(section, { onStart, onStop, onPause = () => 
     el("option", { value: "q8" }, "8-bit (QLoRA)"),
     el("option", { value: "q4" }, "4-bit (QLoRA)"),
   );
-  const baseQuantWrap = el("div", { class: "field" }, el("label", { for: "ft-base-quant" }, "Frozen base"), baseQuant);
+  const baseQuantWrap = el(
+    "div",
+    {
+      class: "field",
+      title:
+        "QLoRA keeps a block-quantized copy of the frozen linear weights. Today it needs more memory than LoRA, not less " +
+        "(the loaded model stays in f32, and each dense weight is formed again in the forward pass and kept for the backward), " +
+        "and its steps are several times slower; the memory estimate shows the difference before the run.",
+    },
+    el("label", { for: "ft-base-quant" }, "Frozen base"),
+    baseQuant,
+  );
   // burn's balanced gradient checkpointing: same results, fewer activations kept.
   const checkpointing = el("input", { id: "ft-grad-checkpointing", name: "ft-grad-checkpointing", type: "checkbox", "data-testid": "ft-grad-checkpointing" });
   method.addEventListener("change", () => {

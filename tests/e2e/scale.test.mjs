@@ -68,7 +68,7 @@ test("a 360M-parameter model (SmolLM2-360M's shapes) loads from files and fine-t
       const r = run.result;
       writeArtifactJson("scale-360m-cpu.json", { info: load.info, summary: r.summary, memory: r.memory, before: r.before, after: r.after });
       const losses = r.summary.losses;
-      console.log(`360M on CPU-wasm: losses ${losses.join(", ")}; memory ${JSON.stringify(r.summary.peak_memory_bytes)} (estimated ${r.memory.total})`);
+      console.log(`360M on CPU-wasm: losses ${losses.join(", ")}; memory ${JSON.stringify(r.summary.peak_memory_bytes)} (estimated ${r.memory.peak})`);
       assert.equal(losses.length, 3);
       assert.ok(losses.every(Number.isFinite), losses.join(", "));
       // The same batch three times at a high learning rate: the loss goes down.

@@ -259,6 +259,40 @@ impl ModelFiles {
     }
 }
 
+/// How many bytes of a weight file's start [`declared_values`] needs at most: a safetensors
+/// header is small; a GGUF file's metadata holds its tokenizer (a few MiB, tens for large
+/// vocabularies) before the tensor infos.
+pub const HEADER_PREFIX: usize = 64 << 20;
+
+/// The number of values the weight file `name` declares, read from `prefix` (its first bytes)
+/// alone: what loading it will build, before its bytes are read. `None` for a file that is not
+/// weights, or whose header `prefix` does not hold whole (then loading itself decides).
+pub fn declared_values(name: &str, prefix: &[u8]) -> Option<u64> {
+    let product = |shape: &[u64]| shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
+    if name.ends_with(".safetensors") {
+        let len = u64::from_le_bytes(prefix.get(..8)?.try_into().ok()?);
+        let end = 8usize.checked_add(usize::try_from(len).ok()?)?;
+        let header: BTreeMap<String, Value> = serde_json::from_slice(prefix.get(8..end)?).ok()?;
+        return header
+            .iter()
+            .filter(|(k, _)| *k != "__metadata__")
+            .map(|(_, v)| {
+                let shape: Vec<u64> = serde_json::from_value(v.get("shape")?.clone()).ok()?;
+                product(&shape)
+            })
+            .try_fold(0u64, |a, n| a.checked_add(n?));
+    }
+    if name.ends_with(".gguf") {
+        let header = gguf::GgufHeader::parse_prefix(name, prefix).ok()?;
+        return header
+            .tensors
+            .values()
+            .map(|t| product(&t.shape.iter().map(|&d| d as u64).collect::<Vec<_>>()))
+            .try_fold(0u64, |a, n| a.checked_add(n?));
+    }
+    None
+}
+
 /// All weight tensors of a checkpoint, looked up by name.
 #[derive(Debug, Clone)]
 pub struct Weights {
@@ -437,5 +471,42 @@ pub fn architecture(config: &Value) -> Result<String> {
             ),
         )
         .with_details(json!({ "model_type": model_type, "supported": SUPPORTED_ARCHITECTURES })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::safetensors::write_f32;
+
+    fn fixture(path: &str) -> Vec<u8> {
+        std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
+    }
+
+    #[test]
+    fn declared_values_come_from_the_header_alone() {
+        let bytes = write_f32(&[("a", &[2, 3], &[0.0; 6]), ("b", &[4], &[0.0; 4])]);
+        assert_eq!(declared_values("model.safetensors", &bytes), Some(10));
+        // The header is all it reads: cut right after it, the answer is the same.
+        let header_end = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        assert_eq!(
+            declared_values("model.safetensors", &bytes[..header_end]),
+            Some(10)
+        );
+        assert_eq!(
+            declared_values("model.safetensors", &bytes[..header_end - 1]),
+            None
+        );
+        assert_eq!(declared_values("config.json", b"{}"), None);
+
+        let gguf = fixture("tests/fixtures/tiny_gguf/tiny_llama_f32.gguf");
+        let whole = GgufFile::parse("tiny.gguf", gguf.clone()).unwrap();
+        let values = whole.num_values() as u64;
+        assert_eq!(declared_values("tiny.gguf", &gguf), Some(values));
+        // A GGUF file cut inside its data still declares every tensor; cut inside its
+        // metadata it declares nothing.
+        let cut = fixture("tests/fixtures/hostile/gguf/tiny_llama_f32-cut-4096.gguf");
+        assert_eq!(declared_values("cut.gguf", &cut), Some(values));
+        assert_eq!(declared_values("cut.gguf", &gguf[..300]), None);
     }
 }

@@ -14,7 +14,7 @@ use crate::data::chat::Message;
 use crate::data::validate::{DataProgress, OnDataProgress};
 use crate::error::{Code, Error};
 use crate::eval::generate::{generate, GenerateOptions};
-use crate::io::hf::ModelFiles;
+use crate::io::hf::{declared_values, ModelFiles, HEADER_PREFIX};
 use crate::models::loaded::LoadedModel;
 use crate::train::causal::evaluate_loss;
 use crate::train::causal_job::{chat_template, prepare_data};
@@ -114,8 +114,9 @@ struct Tuned {
     export: Export,
 }
 
-/// `{name: Uint8Array | ArrayBuffer}` (a plain object or a `Map`) → model files.
-fn files_from_js(files: &JsValue) -> Result<ModelFiles, Error> {
+/// `{name: Uint8Array | ArrayBuffer}` (a plain object or a `Map`) → (file name, bytes as a JS
+/// view), nothing copied yet.
+fn js_file_views(files: &JsValue) -> Result<Vec<(String, js_sys::Uint8Array)>, Error> {
     let bad = || {
         Error::config(
             "model files must be an object or Map from file name to Uint8Array/ArrayBuffer",
@@ -136,21 +137,92 @@ fn files_from_js(files: &JsValue) -> Result<ModelFiles, Error> {
     } else {
         return Err(bad());
     };
-    let mut out = ModelFiles::new();
+    let mut out = Vec::new();
     for (name, value) in entries {
         let name = name.as_string().ok_or_else(bad)?;
         // Folder pickers give paths like "gpt2/config.json": the file name is what matters.
         let name = name.rsplit('/').next().unwrap_or(&name).to_owned();
-        let bytes = if let Some(array) = value.dyn_ref::<js_sys::Uint8Array>() {
-            array.to_vec()
+        let view = if let Some(array) = value.dyn_ref::<js_sys::Uint8Array>() {
+            array.clone()
         } else if let Some(buffer) = value.dyn_ref::<js_sys::ArrayBuffer>() {
-            js_sys::Uint8Array::new(buffer).to_vec()
+            js_sys::Uint8Array::new(buffer)
         } else {
             return Err(bad().with_details(json!({ "file": name })));
         };
-        out.insert(name, bytes);
+        out.push((name, view));
     }
     Ok(out)
+}
+
+/// The views' bytes copied into the module as model files.
+fn files_from_js(views: &[(String, js_sys::Uint8Array)]) -> ModelFiles {
+    let mut out = ModelFiles::new();
+    for (name, view) in views {
+        out.insert(name.clone(), view.to_vec());
+    }
+    out
+}
+
+/// What a WebAssembly module can address (the threaded build's declared maximum too).
+const WASM_MEMORY: u64 = 4 << 30;
+/// Left free beside a load's estimate: the tokenizer, the allocator's slack, the next steps.
+const LOAD_HEADROOM: u64 = 256 << 20;
+
+/// Refuses a model the module cannot hold, before any of its bytes are copied in (a wasm module
+/// that runs out of memory traps and takes the session with it). Loading copies the files into
+/// the module and, on the CPU backend, builds every weight there in f32; what is already in use
+/// (the loaded model, kept until the new one loads) stays. Sizes come from the weight files'
+/// headers ([`declared_values`]).
+fn check_load_fits(
+    views: &[(String, js_sys::Uint8Array)],
+    backend: &BackendInfo,
+) -> Result<(), Error> {
+    let mut files = 0u64;
+    let mut values = 0u64;
+    for (name, view) in views {
+        let len = view.length();
+        files += len as u64;
+        let prefix_len = len.min(HEADER_PREFIX as u32);
+        if name.ends_with(".safetensors") || name.ends_with(".gguf") {
+            let prefix = view.subarray(0, prefix_len).to_vec();
+            values += declared_values(name, &prefix).unwrap_or(0);
+        }
+    }
+    let weights = match backend.backend {
+        BackendKind::Cpu => values * 4,
+        // Uploaded to the GPU tensor by tensor.
+        BackendKind::Webgpu => 0,
+    };
+    let in_use = heap::heap_bytes() as u64;
+    let need = files + weights;
+    if in_use + need + LOAD_HEADROOM <= WASM_MEMORY {
+        return Ok(());
+    }
+    let gib = |b: u64| format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64);
+    let advice = match backend.backend {
+        BackendKind::Cpu => {
+            "use the WebGPU backend (the weights then live in GPU memory), or a smaller model"
+        }
+        BackendKind::Webgpu => "use a smaller model, or split it into shards no larger than this",
+    };
+    Err(Error::new(
+        Code::MemoryInsufficient,
+        format!(
+            "loading this model needs about {} inside the page ({} of files copied in, {} of \
+             weights built in f32 for {} parameters) beside the {} in use, more than the {} a \
+             WebAssembly module can address: {advice}",
+            gib(need),
+            gib(files),
+            gib(weights),
+            values,
+            gib(in_use),
+            gib(WASM_MEMORY),
+        ),
+    )
+    .with_details(json!({
+        "needed_bytes": need, "files_bytes": files, "weights_bytes": weights,
+        "parameters": values, "in_use_bytes": in_use, "limit_bytes": WASM_MEMORY,
+    })))
 }
 
 fn no_tuned_model() -> Error {
@@ -262,8 +334,12 @@ impl Session {
         let files_slot = self.files.clone();
         let tuned_slot = self.tuned.clone();
         let device = self.backend.inference.clone();
+        let backend_info = self.backend.info.clone();
         wasm_bindgen_futures::future_to_promise(async move {
-            let files = files_from_js(&files).map_err(|e| error_to_js(&e))?;
+            let views = js_file_views(&files).map_err(|e| error_to_js(&e))?;
+            check_load_fits(&views, &backend_info).map_err(|e| error_to_js(&e))?;
+            let files = files_from_js(&views);
+            drop(views);
             // Config, tokenizer and chat template stay at hand for jobs; dense weights do not.
             let kept = files.without_weights();
             let model = LoadedModel::load(files, &device).map_err(|e| error_to_js(&e))?;

@@ -154,3 +154,54 @@ test("QLoRA in the page: the default SmolLM2 fine-tunes on CPU-wasm with its fro
     assert.deepEqual({ complete: exported.complete, dtypes: exported.dtypes }, { complete: true, dtypes: ["F32"] }, JSON.stringify(exported));
   });
 });
+
+test("a model the page's CPU backend cannot hold is refused before its bytes are copied in (memory.insufficient, with the estimate); the loaded model stays usable", { timeout: 300_000 }, async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "webtune-too-large-"));
+  try {
+    // SmolLM2-1.7B's config and a weights file that declares 1.23 G bf16 values (4.9 GB as the
+    // f32 weights the CPU backend builds): only its header is written, since the refusal must
+    // come from the header alone, before any weight is read.
+    const config = { architectures: ["LlamaForCausalLM"], model_type: "llama", hidden_size: 2048, intermediate_size: 8192, num_hidden_layers: 24, num_attention_heads: 32, num_key_value_heads: 32, vocab_size: 49152, max_position_embeddings: 8192, rms_norm_eps: 1e-5, tie_word_embeddings: true };
+    const values = 600_000 * 2048;
+    const header = Buffer.from(JSON.stringify({ "model.embed_tokens.weight": { dtype: "BF16", shape: [600_000, 2048], data_offsets: [0, values * 2] } }));
+    const length = Buffer.alloc(8);
+    length.writeBigUInt64LE(BigInt(header.length));
+    fs.writeFileSync(path.join(dir, "config.json"), JSON.stringify(config));
+    fs.writeFileSync(path.join(dir, "model.safetensors"), Buffer.concat([length, header]));
+    const tiny = path.join(ROOT, "tests/fixtures/tiny_random/gpt2");
+
+    await withPage("scale-too-large-cpu", browser, { backend: "cpu" }, async ({ page }) => {
+      await waitForBackend(page);
+      const loadFiles = async (files, what) => {
+        const index = await page.evaluate(() => window.webtune.loads.length);
+        await page.getByTestId("model-files").setInputFiles(files);
+        return waitInPage(
+          page,
+          (i) => {
+            const record = window.webtune.loads[i];
+            return record && record.status !== "loading" ? { status: record.status, info: record.info, error: record.error } : null;
+          },
+          index,
+          120_000,
+          what,
+        );
+      };
+      const small = await loadFiles(["config.json", "generation_config.json", "model.safetensors"].map((f) => path.join(tiny, f)), "the tiny model to load");
+      assert.equal(small.error, null, JSON.stringify(small.error));
+
+      const big = await loadFiles([path.join(dir, "config.json"), path.join(dir, "model.safetensors")], "the refusal");
+      assert.equal(big.error?.code, "memory.insufficient", JSON.stringify(big.error));
+      assert.match(big.error.message, /WebAssembly module can address: use the WebGPU backend/);
+      assert.equal(big.error.details.parameters, values);
+      assert.ok(big.error.details.needed_bytes > 4 * 2 ** 30, JSON.stringify(big.error.details));
+
+      // Nothing trapped: the tiny model is still the loaded one, and it still generates.
+      assert.deepEqual(await page.evaluate(() => window.webtune.model), small.info);
+      const gen = await withTimeout(page.evaluate(() => window.webtune.generate({ ids: [1, 2, 3] }, { greedy: true, max_new_tokens: 3, ignore_eos: true })), 60_000, "a generation after the refusal");
+      assert.equal(gen.error ?? null, null, JSON.stringify(gen.error));
+      assert.equal(gen.result.generated_ids.length, 3);
+    });
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});

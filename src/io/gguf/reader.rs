@@ -332,6 +332,16 @@ pub(super) fn corrupt(file: &str, message: String) -> Error {
 
 impl GgufHeader {
     pub fn parse(file: &str, bytes: &[u8]) -> Result<Self> {
+        Self::parse_with(file, bytes, true)
+    }
+
+    /// The header from the file's first bytes only (metadata and tensor infos, not the data):
+    /// what a model declares, before its bytes are read.
+    pub fn parse_prefix(file: &str, prefix: &[u8]) -> Result<Self> {
+        Self::parse_with(file, prefix, false)
+    }
+
+    fn parse_with(file: &str, bytes: &[u8], whole: bool) -> Result<Self> {
         let mut r = Reader {
             file,
             bytes,
@@ -464,7 +474,7 @@ impl GgufHeader {
                 return Err(corrupt(file, format!("tensor {name:?} appears twice")));
             }
         }
-        if !tensors.is_empty() && data_end > bytes.len() {
+        if whole && !tensors.is_empty() && data_end > bytes.len() {
             let last = tensors
                 .iter()
                 .max_by_key(|(_, t)| t.end)

@@ -447,7 +447,7 @@ test("d. a Hub repo downloads with progress, is cached (no request after a reloa
     const alert = page.locator('[role=alert][data-code="model.download_failed"]');
     assert.equal(await alert.count(), 1, "one alert for the missing repo");
     assert.match(await page.getByTestId("model-status").textContent(), /still in use/);
-    assert.deepEqual(await page.evaluate(() => window.webtune.model), first.info, "the previous model stays loaded");
+    assert.deepEqual(await page.evaluate(() => window.webtune.model), sharded.info, "the previous model (the sharded one) stays loaded");
     // A URL on an origin the worker may not reach loads in a new worker; when that fails, the
     // worker holding the model stays.
     const elsewhere = await withTimeout(
@@ -457,7 +457,7 @@ test("d. a Hub repo downloads with progress, is cached (no request after a reloa
     );
     assert.equal(elsewhere.error?.code, "model.download_failed", JSON.stringify(elsewhere.error));
     assert.equal(elsewhere.error.details.status, 404, "the new worker reached the origin it was asked for");
-    assert.deepEqual(await page.evaluate(() => window.webtune.model), first.info, "the previous model stays loaded");
+    assert.deepEqual(await page.evaluate(() => window.webtune.model), sharded.info, "the previous model (the sharded one) stays loaded");
     const still = await generateIds(page, { ids: REFERENCE.generation.prompt_ids }, greedyOptions(REFERENCE.generation.generated_ids.length), 60_000, "generation after the failed load");
     assert.deepEqual(still.result?.generated_ids, REFERENCE.generation.generated_ids);
 

@@ -51,7 +51,10 @@ test("a 360M-parameter model (SmolLM2-360M's shapes) loads from files and fine-t
       assert.equal(load.info.parameters, 361_821_120);
       assert.equal(load.info.hidden_size, 960);
 
-      await page.getByTestId("dataset-validation-file").setInputFiles({ name: "valid.jsonl", mimeType: "application/jsonl", buffer: Buffer.from(VALID) });
+      // The held-out example as a separate validation file (setValidationFile resolves once the
+      // page holds it; the file input reads it asynchronously).
+      await withTimeout(page.evaluate((text) => window.webtune.setValidationFile({ name: "valid.jsonl", bytes: text }), VALID), 60_000, "the validation file");
+      assert.match(await page.getByTestId("dataset-validation-name").textContent(), /^valid\.jsonl/);
       const config = {
         batch_size: 1,
         validation_max: 1,

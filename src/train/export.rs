@@ -46,8 +46,8 @@ pub(crate) fn tokenizer_files(files: &ModelFiles) -> ExportFiles {
 pub struct Export {
     /// Name → bytes of everything but the merged weights.
     pub files: ExportFiles,
-    /// The merged weights, when the export has a merged model.
-    merged: Option<MergedWeights>,
+    /// The merged weights.
+    merged: MergedWeights,
 }
 
 /// The name of the merged weights in an export.
@@ -64,7 +64,7 @@ impl Export {
         }
         Ok(Self {
             files,
-            merged: Some(MergedWeights::of(model, dtype)?),
+            merged: MergedWeights::of(model, dtype)?,
         })
     }
 
@@ -76,14 +76,14 @@ impl Export {
                 .filter(move |(n, _)| n.starts_with("merged/") == merged)
                 .map(|(n, _)| n.clone())
         };
-        let weights = self.merged.as_ref().map(|_| MERGED_WEIGHTS.to_string());
+        let weights = std::iter::once(MERGED_WEIGHTS.to_string());
         named(false).chain(weights).chain(named(true)).collect()
     }
 
     /// The size of `name` in bytes, known before it is written.
     pub fn size(&self, name: &str) -> Option<u64> {
-        match &self.merged {
-            Some(m) if name == MERGED_WEIGHTS => Some(m.size()),
+        match name {
+            MERGED_WEIGHTS => Some(self.merged.size()),
             _ => self
                 .files
                 .iter()
@@ -94,8 +94,8 @@ impl Export {
 
     /// Write `name` through `sink`, in pieces (one tensor of the merged weights at a time).
     pub async fn write(&self, name: &str, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
-        match &self.merged {
-            Some(m) if name == MERGED_WEIGHTS => m.write(sink).await,
+        match name {
+            MERGED_WEIGHTS => self.merged.write(sink).await,
             _ => {
                 let (_, bytes) = self.files.iter().find(|(n, _)| n == name).ok_or_else(|| {
                     Error::new(

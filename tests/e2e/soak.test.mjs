@@ -53,8 +53,9 @@ const MIB = 1 << 20;
 // - the wasm linear memory only grows, in steps of about one [4, 32, 50257] f32 logits tensor
 //   (24.5 MiB), when an allocation finds no free block: fragmentation as much as leaks. Since a
 //   job keeps one copy of the model (no reload from its export, no merged bytes), it no longer
-//   reaches its peak in cycle 1: measured 106 MiB after cycle 1, 131 after cycle 2, 155 from
-//   cycle 9 to 20 (the job that reloaded its export held 157.5 MiB from cycle 1). The bound
+//   reaches its peak in cycle 1: measured 106 MiB after cycle 1, 131 after cycle 2, then 155
+//   from cycle 9 (or from 7, or never) to 20 (the job that reloaded its export held 157.5 MiB
+//   from cycle 1), with 20.42 MiB of live heap after every cycle. The bound
 //   allows one such step after warm-up; leaking on purpose 1 MiB per cycle grew it by 24.6 MiB
 //   at cycle 18 and one model's weights (3.26 MB) per cycle by 73.7 MiB, which the heap bound
 //   catches either way.

@@ -14,7 +14,7 @@ use burn::tensor::TensorData;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::export::{merged_config, Export};
+use super::export::Export;
 use super::finetune::{FinetuneConfig, Method, TrainableModel};
 use super::lora::{read_f32, LoraInit};
 use super::task::{EvalPoint, Speed, Task};
@@ -503,12 +503,12 @@ pub fn export_classifier(
             obj.remove("auto_map");
         }
     }
-    let mut files = vec![("merged/config.json".into(), merged_config(&config)?)];
+    let mut files = Vec::new();
     if custom_pooling {
         files.push((
             "merged/modeling_webtune.py".into(),
             MODELING_WEBTUNE_PY.as_bytes().to_vec(),
         ));
     }
-    Export::new(files, &model.model, dtype)
+    Export::new(files, &config, &model.model, dtype)
 }

@@ -54,14 +54,16 @@ pub struct Export {
 pub const MERGED_WEIGHTS: &str = "merged/model.safetensors";
 
 impl Export {
-    /// `files` plus the merged weights of `model`, stored in `dtype` (recorded as `torch_dtype`
-    /// in `merged/config.json`, which `files` must hold).
-    pub fn new(mut files: ExportFiles, model: &TrainableModel, dtype: StoreDtype) -> Result<Self> {
-        for (name, bytes) in files.iter_mut() {
-            if name == "merged/config.json" {
-                *bytes = with_dtype(bytes, dtype)?;
-            }
-        }
+    /// `files` plus the merged model of `model`: its weights stored in `dtype`, and `config`
+    /// (the config.json it was loaded from, or a head's) as `merged/config.json` with `dtype`
+    /// recorded as its `torch_dtype`.
+    pub fn new(
+        mut files: ExportFiles,
+        config: &Value,
+        model: &TrainableModel,
+        dtype: StoreDtype,
+    ) -> Result<Self> {
+        files.insert(0, ("merged/config.json".into(), with_dtype(config, dtype)?));
         Ok(Self {
             files,
             merged: MergedWeights::of(model, dtype)?,
@@ -156,12 +158,8 @@ pub async fn export_all(
             out.push((format!("adapter/{n}"), b));
         }
     }
-    out.push((
-        "merged/config.json".into(),
-        merged_config(&files.config()?)?,
-    ));
     out.extend(tokenizer_files(files));
-    Export::new(out, model, dtype)
+    Export::new(out, &files.config()?, model, dtype)
 }
 
 /// One tensor of the merged model, computed when it is written.
@@ -200,10 +198,10 @@ impl MergedWeights {
             fn visit_at<const D: usize>(&mut self, path: &str, param: &Param<Tensor<D>>) {
                 let value = param.base();
                 let dims = value.dims().to_vec();
-                let flat = move |t: Tensor<D>| t.reshape([dims.iter().product::<usize>()]);
+                let n = dims.iter().product::<usize>();
                 // Inside an adapted parameter the walk sees the base, then `lora.a`, `lora.b`.
                 if let Some(owner) = path.strip_suffix(".lora.a") {
-                    self.factor = Some((owner.to_string(), flat(value)));
+                    self.factor = Some((owner.to_string(), value.reshape([n])));
                     return;
                 }
                 if let Some(owner) = path.strip_suffix(".lora.b") {
@@ -211,8 +209,7 @@ impl MergedWeights {
                     let base = self.out.last_mut().filter(|_| a.is_some());
                     match (a, base) {
                         (Some((_, a)), Some(base)) => {
-                            let rank = value.dims()[0];
-                            base.lora = Some((a, flat(value), rank));
+                            base.lora = Some((a, value.reshape([n]), dims[0]));
                         }
                         _ => {
                             self.error = Some(Error::new(
@@ -230,9 +227,7 @@ impl MergedWeights {
                     ));
                     return;
                 };
-                let dims = value.dims().to_vec();
                 let quantized = matches!(value.dtype(), burn::tensor::DType::QFloat(_));
-                let n = dims.iter().product::<usize>();
                 let base = move || {
                     let v = value.clone();
                     let v = if quantized { v.dequantize() } else { v };
@@ -333,18 +328,10 @@ pub async fn merged_tensors(model: &TrainableModel) -> Result<Vec<(String, Vec<u
     Ok(out)
 }
 
-/// `base_config` (the config.json the model was loaded from) for a merged export in f32.
-pub(crate) fn merged_config(base_config: &Value) -> Result<Vec<u8>> {
-    let bytes =
-        serde_json::to_vec(base_config).map_err(|e| Error::new(Code::Internal, format!("{e}")))?;
-    with_dtype(&bytes, StoreDtype::F32)
-}
-
-/// `config` (config.json bytes) with `dtype` as its `torch_dtype` and `dtype` where it names
+/// `config` as config.json bytes with `dtype` as its `torch_dtype` and `dtype` where it names
 /// one (transformers reads a missing `torch_dtype` as f32, so f32 adds none).
-fn with_dtype(config: &[u8], dtype: StoreDtype) -> Result<Vec<u8>> {
-    let mut config: Value =
-        serde_json::from_slice(config).map_err(|e| Error::new(Code::Internal, format!("{e}")))?;
+fn with_dtype(config: &Value, dtype: StoreDtype) -> Result<Vec<u8>> {
+    let mut config = config.clone();
     if let Some(obj) = config.as_object_mut() {
         for key in ["torch_dtype", "dtype"] {
             let add = key == "torch_dtype" && dtype != StoreDtype::F32;
@@ -359,11 +346,7 @@ fn with_dtype(config: &[u8], dtype: StoreDtype) -> Result<Vec<u8>> {
 /// `model.safetensors` + `config.json` of the merged model, whole (f32). `base_config` is the
 /// config.json the model was loaded from.
 pub async fn export_merged(model: &TrainableModel, base_config: &Value) -> Result<ExportFiles> {
-    let export = Export::new(
-        vec![("merged/config.json".into(), merged_config(base_config)?)],
-        model,
-        StoreDtype::F32,
-    )?;
+    let export = Export::new(Vec::new(), base_config, model, StoreDtype::F32)?;
     let mut out = Vec::new();
     for (name, bytes) in export.read_all().await? {
         out.push((name.trim_start_matches("merged/").to_string(), bytes));

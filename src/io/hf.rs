@@ -268,7 +268,9 @@ pub const HEADER_PREFIX: usize = 64 << 20;
 /// alone: what loading it will build, before its bytes are read. `None` for a file that is not
 /// weights, or whose header `prefix` does not hold whole (then loading itself decides).
 pub fn declared_values(name: &str, prefix: &[u8]) -> Option<u64> {
-    let product = |shape: &[u64]| shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
+    fn product(shape: impl IntoIterator<Item = u64>) -> Option<u64> {
+        shape.into_iter().try_fold(1u64, |a, d| a.checked_mul(d))
+    }
     if name.ends_with(".safetensors") {
         let len = u64::from_le_bytes(prefix.get(..8)?.try_into().ok()?);
         let end = 8usize.checked_add(usize::try_from(len).ok()?)?;
@@ -278,7 +280,7 @@ pub fn declared_values(name: &str, prefix: &[u8]) -> Option<u64> {
             .filter(|(k, _)| *k != "__metadata__")
             .map(|(_, v)| {
                 let shape: Vec<u64> = serde_json::from_value(v.get("shape")?.clone()).ok()?;
-                product(&shape)
+                product(shape)
             })
             .try_fold(0u64, |a, n| a.checked_add(n?));
     }
@@ -287,7 +289,7 @@ pub fn declared_values(name: &str, prefix: &[u8]) -> Option<u64> {
         return header
             .tensors
             .values()
-            .map(|t| product(&t.shape.iter().map(|&d| d as u64).collect::<Vec<_>>()))
+            .map(|t| product(t.shape.iter().map(|&d| d as u64)))
             .try_fold(0u64, |a, n| a.checked_add(n?));
     }
     None

@@ -208,6 +208,10 @@ pub fn estimate(
     }
 }
 
+/// What a WebAssembly module can address (wasm32; the threaded build declares it as its
+/// maximum too).
+pub const WASM_MEMORY: u64 = 4 << 30;
+
 /// What the backend can hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MemoryLimits {
@@ -223,7 +227,7 @@ impl MemoryLimits {
         let wasm = cfg!(target_arch = "wasm32");
         Self {
             // Leave room for the module, the dataset and the allocator's slack.
-            total: (wasm && info.backend == BackendKind::Cpu).then_some(3 << 30),
+            total: (wasm && info.backend == BackendKind::Cpu).then_some(WASM_MEMORY - (1 << 30)),
             buffer: info
                 .device_limits
                 .as_ref()
@@ -232,7 +236,8 @@ impl MemoryLimits {
     }
 }
 
-fn gib(bytes: u64) -> String {
+/// `bytes` for a message, e.g. "1.25 GiB".
+pub(crate) fn gib(bytes: u64) -> String {
     format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
 }
 

@@ -163,8 +163,6 @@ fn files_from_js(views: &[(String, js_sys::Uint8Array)]) -> ModelFiles {
     out
 }
 
-/// What a WebAssembly module can address (the threaded build's declared maximum too).
-const WASM_MEMORY: u64 = 4 << 30;
 /// Left free beside a load's estimate: the tokenizer, the allocator's slack, the next steps.
 const LOAD_HEADROOM: u64 = 256 << 20;
 
@@ -195,10 +193,9 @@ fn check_load_fits(
     };
     let in_use = heap::heap_bytes() as u64;
     let need = files + weights;
-    if in_use + need + LOAD_HEADROOM <= WASM_MEMORY {
+    if in_use + need + LOAD_HEADROOM <= memory::WASM_MEMORY {
         return Ok(());
     }
-    let gib = |b: u64| format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64);
     let advice = match backend.backend {
         BackendKind::Cpu => {
             "use the WebGPU backend (the weights then live in GPU memory), or a smaller model"
@@ -211,17 +208,17 @@ fn check_load_fits(
             "loading this model needs about {} inside the page ({} of files copied in, {} of \
              weights built in f32 for {} parameters) beside the {} in use, more than the {} a \
              WebAssembly module can address: {advice}",
-            gib(need),
-            gib(files),
-            gib(weights),
+            memory::gib(need),
+            memory::gib(files),
+            memory::gib(weights),
             values,
-            gib(in_use),
-            gib(WASM_MEMORY),
+            memory::gib(in_use),
+            memory::gib(memory::WASM_MEMORY),
         ),
     )
     .with_details(json!({
         "needed_bytes": need, "files_bytes": files, "weights_bytes": weights,
-        "parameters": values, "in_use_bytes": in_use, "limit_bytes": WASM_MEMORY,
+        "parameters": values, "in_use_bytes": in_use, "limit_bytes": memory::WASM_MEMORY,
     })))
 }
 

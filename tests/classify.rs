@@ -271,6 +271,16 @@ fn training_learns_cancels_and_refuses_non_finite_losses() {
     assert_eq!(err.code, Code::NonFiniteLoss, "{err}");
 }
 
+/// The classifier's export (f32), whole, under the names of the `merged/` folder.
+fn exported_files(model: &ClassifierModel) -> Vec<(String, Vec<u8>)> {
+    let export = export_classifier(model, &base_config(), StoreDtype::F32).unwrap();
+    pollster::block_on(export.read_all())
+        .unwrap()
+        .into_iter()
+        .map(|(n, b)| (n.trim_start_matches("merged/").to_string(), b))
+        .collect()
+}
+
 #[test]
 fn new_head_mean_pooling_and_export() {
     let r = reference();
@@ -302,12 +312,7 @@ fn new_head_mean_pooling_and_export() {
     // Mean pooling is not what transformers' head computes: the export ships a modeling file
     // with that pooling and points AutoModelForSequenceClassification at it
     // (tools/reference/check_classify_export.py loads it with trust_remote_code).
-    let export = export_classifier(&model, &base_config(), StoreDtype::F32).unwrap();
-    let files: Vec<(String, Vec<u8>)> = pollster::block_on(export.read_all())
-        .unwrap()
-        .into_iter()
-        .map(|(n, b)| (n.trim_start_matches("merged/").to_string(), b))
-        .collect();
+    let files = exported_files(&model);
     let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,
@@ -346,12 +351,7 @@ fn new_head_mean_pooling_and_export() {
         RunOptions::default(),
     ))
     .unwrap();
-    let export = export_classifier(&model, &base_config(), StoreDtype::F32).unwrap();
-    let files: Vec<(String, Vec<u8>)> = pollster::block_on(export.read_all())
-        .unwrap()
-        .into_iter()
-        .map(|(n, b)| (n.trim_start_matches("merged/").to_string(), b))
-        .collect();
+    let files = exported_files(&model);
     let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,

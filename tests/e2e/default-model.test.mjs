@@ -15,7 +15,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
-import { CLI, assertCleanLog, launchBrowser, waitForBackend, waitInPage, withPage, withTimeout } from "./harness.mjs";
+import { CLI, assertCleanLog, launchBrowser, loadDefaultModel, waitForBackend, waitInPage, withPage, withTimeout } from "./harness.mjs";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const INDEX = path.join(ROOT, "www/models/index.json");
@@ -51,18 +51,7 @@ test("the default model loads from the page, matches the native CLI, generates f
   await withPage("default-model", browser, { backend: "cpu" }, async ({ page, log }) => {
     await waitForBackend(page);
     await page.evaluate(() => window.webtune.clearModelCache());
-    await waitInPage(page, () => !document.querySelector("form.default-form")?.hidden, null, 10_000, "the ready-made model form");
-    await page.getByTestId("load-default-model").click();
-    const loaded = await waitInPage(
-      page,
-      () => {
-        const record = window.webtune.loads.at(-1);
-        return record && record.status !== "loading" ? record : null;
-      },
-      null,
-      300_000,
-      "the default model to download and load",
-    );
+    const loaded = await loadDefaultModel(page, 300_000, "the default model to download and load");
     assert.equal(loaded.error, null, `loading failed: ${JSON.stringify(loaded.error)}`);
     assert.deepEqual(loaded.info, nativeInfo, "the page reports what `webtune info` reports");
     assert.equal(loaded.info.architecture, "llama");

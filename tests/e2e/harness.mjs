@@ -213,6 +213,35 @@ export async function waitForBackend(page, ms = 90_000) {
   return withTimeout(page.evaluate(() => window.webtune.ready), ms, "the worker's backend message (window.webtune.ready)");
 }
 
+/** Wait until load number `index` (0-based, in window.webtune.loads) has ended; returns it. */
+export async function waitForLoad(page, index, ms, what) {
+  return waitInPage(
+    page,
+    (i) => {
+      const record = window.webtune.loads[i];
+      return record && record.status !== "loading" ? record : null;
+    },
+    index,
+    ms,
+    what,
+  );
+}
+
+/** Pick `paths` (absolute file paths) with the model panel's file input; returns the load record. */
+export async function pickModelFiles(page, paths, ms, what) {
+  const index = await page.evaluate(() => window.webtune.loads.length);
+  await page.getByTestId("model-files").setInputFiles(paths);
+  return waitForLoad(page, index, ms, what);
+}
+
+/** Load the ready-made model with its button; returns the load record. */
+export async function loadDefaultModel(page, ms, what) {
+  await waitInPage(page, () => !document.querySelector("form.default-form")?.hidden, null, 10_000, "the ready-made model form");
+  const index = await page.evaluate(() => window.webtune.loads.length);
+  await page.getByTestId("load-default-model").click();
+  return waitForLoad(page, index, ms, what);
+}
+
 /** Wait until run number `index` (0-based, in window.webtune.runs) has ended; returns it. */
 export async function waitForRunEnd(page, index, ms, what) {
   return waitInPage(

@@ -17,7 +17,9 @@ import {
   artifactPath,
   launchBrowser,
   maxAbsDiff,
+  pickModelFiles,
   waitForBackend,
+  waitForLoad,
   waitInPage,
   withPage,
   withTimeout,
@@ -139,29 +141,14 @@ function assertCleanLog(log, what = "the page") {
   assert.equal(log.crashed, false, `${what}: the renderer crashed`);
 }
 
-/** Wait for load record `index` (window.webtune.loads) to end; returns it. */
-async function waitForLoad(page, index, ms, what) {
-  return waitInPage(
-    page,
-    (i) => {
-      const record = window.webtune.loads[i];
-      return record && record.status !== "loading" ? record : null;
-    },
-    index,
-    ms,
-    what,
-  );
-}
-
 async function loadsCount(page) {
   return page.evaluate(() => window.webtune.loads.length);
 }
 
 /** Load the fixture through the file input; returns the load record. */
 async function loadWithFileInput(page, ms = 60_000) {
-  const index = await loadsCount(page);
-  await page.getByTestId("model-files").setInputFiles(MODEL_FILES.map((f) => path.join(MODEL_DIR, f)));
-  const record = await waitForLoad(page, index, ms, "the model picked with the file input to load");
+  const paths = MODEL_FILES.map((f) => path.join(MODEL_DIR, f));
+  const record = await pickModelFiles(page, paths, ms, "the model picked with the file input to load");
   assert.equal(record.error, null, `loading failed: ${JSON.stringify(record.error)}`);
   return record;
 }

@@ -11,7 +11,7 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
-import { CLI, launchBrowser, waitForBackend, waitInPage, withPage, withTimeout, writeArtifactJson } from "./harness.mjs";
+import { CLI, launchBrowser, loadDefaultModel, pickModelFiles, waitForBackend, waitInPage, withPage, withTimeout, writeArtifactJson } from "./harness.mjs";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const SMOLLM2_GGUF = path.join(ROOT, "www/models/smollm2-135m-instruct/resolve/main/SmolLM2-135M-Instruct.Q4_1.gguf");
@@ -35,18 +35,7 @@ test("a 360M-parameter model (SmolLM2-360M's shapes) loads from files and fine-t
     const files = ["config.json", "model.safetensors", "tokenizer.json"].map((f) => path.join(dir, f));
     await withPage("scale-360m-cpu", browser, { backend: "cpu" }, async ({ page }) => {
       await waitForBackend(page);
-      const index = await page.evaluate(() => window.webtune.loads.length);
-      await page.getByTestId("model-files").setInputFiles(files);
-      const load = await waitInPage(
-        page,
-        (i) => {
-          const record = window.webtune.loads[i];
-          return record && record.status !== "loading" ? { status: record.status, info: record.info, error: record.error } : null;
-        },
-        index,
-        600_000,
-        "the 360M checkpoint to load",
-      );
+      const load = await pickModelFiles(page, files, 600_000, "the 360M checkpoint to load");
       assert.equal(load.error, null, `loading failed: ${JSON.stringify(load.error)}`);
       assert.equal(load.info.parameters, 361_821_120);
       assert.equal(load.info.hidden_size, 960);
@@ -94,18 +83,7 @@ test("a 360M-parameter model (SmolLM2-360M's shapes) loads from files and fine-t
 test("QLoRA in the page: the default SmolLM2 fine-tunes on CPU-wasm with its frozen base in 8 bits (chosen in the Fine-tune panel), before/after shown, a whole f32 export", { timeout: 1_200_000 }, async () => {
   await withPage("scale-qlora-q8-cpu", browser, { backend: "cpu" }, async ({ page }) => {
     await waitForBackend(page);
-    await waitInPage(page, () => !document.querySelector("form.default-form")?.hidden, null, 10_000, "the ready-made model form");
-    await page.getByTestId("load-default-model").click();
-    const loaded = await waitInPage(
-      page,
-      () => {
-        const record = window.webtune.loads.at(-1);
-        return record && record.status !== "loading" ? { error: record.error, info: record.info } : null;
-      },
-      null,
-      300_000,
-      "SmolLM2 to load",
-    );
+    const loaded = await loadDefaultModel(page, 300_000, "SmolLM2 to load");
     assert.equal(loaded.error, null, JSON.stringify(loaded.error));
 
     // Short rows and a 1% validation share keep each evaluation to seconds (as smollm2-qa does).
@@ -175,24 +153,11 @@ test("a model the page's CPU backend cannot hold is refused before its bytes are
 
     await withPage("scale-too-large-cpu", browser, { backend: "cpu" }, async ({ page }) => {
       await waitForBackend(page);
-      const loadFiles = async (files, what) => {
-        const index = await page.evaluate(() => window.webtune.loads.length);
-        await page.getByTestId("model-files").setInputFiles(files);
-        return waitInPage(
-          page,
-          (i) => {
-            const record = window.webtune.loads[i];
-            return record && record.status !== "loading" ? { status: record.status, info: record.info, error: record.error } : null;
-          },
-          index,
-          120_000,
-          what,
-        );
-      };
-      const small = await loadFiles(["config.json", "generation_config.json", "model.safetensors"].map((f) => path.join(tiny, f)), "the tiny model to load");
+      const tinyFiles = ["config.json", "generation_config.json", "model.safetensors"].map((f) => path.join(tiny, f));
+      const small = await pickModelFiles(page, tinyFiles, 120_000, "the tiny model to load");
       assert.equal(small.error, null, JSON.stringify(small.error));
 
-      const big = await loadFiles([path.join(dir, "config.json"), path.join(dir, "model.safetensors")], "the refusal");
+      const big = await pickModelFiles(page, [path.join(dir, "config.json"), path.join(dir, "model.safetensors")], 120_000, "the refusal");
       assert.equal(big.error?.code, "memory.insufficient", JSON.stringify(big.error));
       assert.match(big.error.message, /WebAssembly module can address: use the WebGPU backend/);
       assert.equal(big.error.details.parameters, values);

@@ -15,7 +15,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
-import { artifactPath, assertCleanLog, launchBrowser, waitForBackend, waitInPage, withPage, withTimeout, writeArtifactJson } from "./harness.mjs";
+import { artifactPath, assertCleanLog, launchBrowser, loadDefaultModel, waitForBackend, waitInPage, withPage, withTimeout, writeArtifactJson } from "./harness.mjs";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const SAMPLE = "chatterbot_english_qa.jsonl";
@@ -81,18 +81,7 @@ test("SmolLM2 fine-tuned on the Q&A sample in the page: before/after loss and pe
     assert.equal(backend.backend, "cpu");
 
     // 1. The ready-made model, with its button (the first entry of models/index.json).
-    await waitInPage(page, () => !document.querySelector("form.default-form")?.hidden, null, 10_000, "the ready-made model form");
-    await page.getByTestId("load-default-model").click();
-    const loaded = await waitInPage(
-      page,
-      () => {
-        const record = window.webtune.loads.at(-1);
-        return record && record.status !== "loading" ? record : null;
-      },
-      null,
-      300_000,
-      "SmolLM2 to download and load",
-    );
+    const loaded = await loadDefaultModel(page, 300_000, "SmolLM2 to download and load");
     assert.equal(loaded.error, null, `loading failed: ${JSON.stringify(loaded.error)}`);
     assert.match(loaded.source.repo, /models\/smollm2-135m-instruct$/, JSON.stringify(loaded.source));
     assert.equal(loaded.info.architecture, "llama");

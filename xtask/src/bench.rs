@@ -205,22 +205,26 @@ fn cases(full: bool) -> Vec<Case> {
             }
         })
     };
+    // `webtune train MODEL --data DATA --config JOB`, with the progress events the bench reads.
+    let train_args = |model: &Path, data: &Path, job: &Value| {
+        vec![
+            s("train"),
+            model.display().to_string(),
+            s("--data"),
+            data.display().to_string(),
+            s("--config"),
+            job.to_string(),
+            s("--json"),
+            s("--progress-json"),
+        ]
+    };
     let smol_job = job(&["q_proj", "v_proj"], batch, seq, steps);
     out.push(Case {
         name: s("smollm2-lora-step"),
         group: "smollm2-lora-step",
         kind: "train",
         tokens_per_step: Some(batch * seq),
-        native: vec![
-            s("train"),
-            smollm2.display().to_string(),
-            s("--data"),
-            data.display().to_string(),
-            s("--config"),
-            smol_job.to_string(),
-            s("--json"),
-            s("--progress-json"),
-        ],
+        native: train_args(&smollm2, &data, &smol_job),
         native_wgpu: Some(vec![]),
         browser: json!({
             "kind": "finetune", "model": { "default": SMOLLM2_ID }, "dataset": DATASET,
@@ -303,16 +307,7 @@ fn cases(full: bool) -> Vec<Case> {
         group: "tiny-gpt2-vocab-train",
         kind: "train",
         tokens_per_step: Some(batch * seq),
-        native: vec![
-            s("train"),
-            gpt2_dir.display().to_string(),
-            s("--data"),
-            data.display().to_string(),
-            s("--config"),
-            gpt2_job.to_string(),
-            s("--json"),
-            s("--progress-json"),
-        ],
+        native: train_args(&gpt2_dir, &data, &gpt2_job),
         native_wgpu: Some(vec![]),
         browser: json!({
             "kind": "finetune",
@@ -398,17 +393,10 @@ fn cases(full: bool) -> Vec<Case> {
     for &(shape, quantize, steps) in shapes {
         let dir = root.join(SHAPES).join(shape);
         let (batch, seq) = (1, 128);
-        let mut train = json!({
-            "method": "lora", "lora_r": 8, "lora_alpha": 16.0, "lora_targets": ["q_proj", "v_proj"],
-            "steps": steps, "eval_every": 1_000_000, "seed": 0
-        });
+        let mut job = job(&["q_proj", "v_proj"], batch, seq, steps);
         if let Some(q) = quantize {
-            train["quantize_base"] = json!(q);
+            job["train"]["quantize_base"] = json!(q);
         }
-        let job = json!({
-            "batch_size": batch, "validation_max": 2, "samples": 0,
-            "data": { "causal": { "seq_len": seq } }, "train": train
-        });
         out.push(Case {
             name: format!(
                 "{shape}-{}",
@@ -417,16 +405,7 @@ fn cases(full: bool) -> Vec<Case> {
             group: "shapes",
             kind: "train",
             tokens_per_step: Some(batch * seq),
-            native: vec![
-                s("train"),
-                dir.display().to_string(),
-                s("--data"),
-                data.display().to_string(),
-                s("--config"),
-                job.to_string(),
-                s("--json"),
-                s("--progress-json"),
-            ],
+            native: train_args(&dir, &data, &job),
             native_wgpu: None,
             browser: json!(null),
             torch: Some(vec![

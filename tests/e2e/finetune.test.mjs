@@ -472,10 +472,30 @@ test("c. privacy: after the model is loaded, checking data, fine-tuning, generat
     const privacy = page.getByTestId("privacy");
     assert.equal(await privacy.getAttribute("data-requests"), "0");
     assert.match(await privacy.textContent(), /no network request since the model was loaded/);
-    // …and would say so if something did go out.
+    // …counts a file fetched from the page's own server (as a bundled sample is) without a
+    // warning…
     await page.evaluate(() => fetch("./models/index.json").then((r) => r.text()));
     await waitInPage(page, () => document.querySelector("[data-testid=privacy]")?.dataset.requests === "1", null, 10_000, "the page's request to be counted");
-    assert.match(await privacy.textContent(), /1 network request since the model was loaded: .*models\/index\.json/);
+    assert.equal(await privacy.getAttribute("data-state"), "own-server");
+    assert.match(await privacy.textContent(), /^Private: nothing sent to another host since the model was loaded; 1 request to this page's own server \(models\/index\.json\)/);
+    // …and warns when something goes to another host. The page's Content-Security-Policy lets
+    // no request out to another origin (connect-src is the page's own), so such a request is
+    // handed to a second indicator the way the worker reports its own requests.
+    const warned = await page.evaluate(async () => {
+      const { createPrivacyIndicator } = await import(new URL("components/privacy-indicator.js", location.href).href);
+      const box = document.createElement("div");
+      const indicator = createPrivacyIndicator(box);
+      indicator.modelLoaded();
+      const now = performance.timeOrigin + performance.now() + 1;
+      indicator.record(new URL("samples/shakespeare_excerpt.txt", location.href).href, now);
+      const own = { state: box.firstChild.dataset.state, text: box.firstChild.textContent };
+      indicator.record("https://tracker.example/collect?q=1", now);
+      return { own, state: box.firstChild.dataset.state, others: box.firstChild.dataset.otherHosts, text: box.firstChild.textContent };
+    });
+    assert.deepEqual(warned.own, { state: "own-server", text: "Private: nothing sent to another host since the model was loaded; 1 request to this page's own server (samples/shakespeare_excerpt.txt), which served this page." });
+    assert.equal(warned.state, "warn");
+    assert.equal(warned.others, "1");
+    assert.equal(warned.text, "1 request to another host since the model was loaded: https://tracker.example/collect?q=1. Also 1 request to this page's own server (samples/shakespeare_excerpt.txt).");
     const remote = log.requests.filter((r) => !isLocal(r.url));
     assert.deepEqual(remote, [], "no request to another host during the whole test");
     assert.deepEqual(log.failedRequests, []);

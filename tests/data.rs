@@ -427,24 +427,85 @@ fn report_on_the_shakespeare_sample() {
     let text = std::str::from_utf8(&bytes).unwrap();
     let non_blank = text.lines().filter(|l| !l.trim().is_empty()).count();
     let blank = text.lines().filter(|l| l.trim().is_empty()).count();
+
+    // A play is continuous text: detected, and read as one document in chunks of about one
+    // row (3 characters per token of the sequence length) that together hold every line.
     let (ds, report) = read("shakespeare_excerpt.txt", text);
     assert_eq!(report.format, Format::Text);
+    let choice = report
+        .text_mode
+        .as_ref()
+        .expect("a text file says how it was read");
+    let chunk = 3 * InspectOptions::default().causal.seq_len;
+    assert_eq!(choice.mode, TextMode::Document { chunk_chars: chunk });
+    assert!(choice.detected);
+    assert!(
+        choice.reason.starts_with("continuous text ("),
+        "{}",
+        choice.reason
+    );
+    assert!(ds.document);
+    assert_eq!(texts(&ds).concat(), text);
+    assert!(ds.examples.iter().all(|e| match &e.content {
+        Content::Text { text } => text.chars().count() <= chunk,
+        _ => false,
+    }));
+    assert_eq!(report.examples, ds.examples.len());
+    assert!(report.examples > 100, "{} chunks", report.examples);
+
+    // One example per line when asked.
+    let options = InspectOptions {
+        text_mode: TextMode::Lines,
+        ..Default::default()
+    };
+    let (ds, report) = inspect("shakespeare_excerpt.txt", &bytes, &options, None).unwrap();
     assert_eq!(report.examples, non_blank);
     assert_eq!(report.blank_lines, blank);
     assert_eq!(report.skipped, 0);
     assert_eq!(texts(&ds)[0], "A Midsummer Night's Dream");
+    assert!(!ds.document);
+    assert!(!report.text_mode.unwrap().detected);
+}
 
-    // Whole-document mode: chunks that together hold every line.
-    let options = InspectOptions {
-        text_mode: TextMode::Document { chunk_chars: 2000 },
-        ..Default::default()
-    };
-    let (ds, _) = inspect("shakespeare_excerpt.txt", &bytes, &options, None).unwrap();
-    assert_eq!(texts(&ds).concat(), text);
-    assert!(ds.examples.iter().all(|e| match &e.content {
-        Content::Text { text } => text.chars().count() <= 2000,
-        _ => false,
-    }));
+#[test]
+fn lines_that_stand_alone_are_examples_and_running_text_is_a_document() {
+    // Sentences, one per line: each line ends a sentence.
+    let sentences: String = (0..30)
+        .map(|i| format!("Sentence number {i} is complete on its own line.\n"))
+        .collect();
+    let (ds, report) = read("sentences.txt", &sentences);
+    let choice = report.text_mode.unwrap();
+    assert_eq!((choice.mode, choice.detected), (TextMode::Lines, true));
+    assert!(
+        choice.reason.contains("0% end mid-sentence"),
+        "{}",
+        choice.reason
+    );
+    assert_eq!(ds.examples.len(), 30);
+    assert!(!ds.document);
+
+    // Prose wrapped at a fixed width: lines break mid-sentence and continue in lower case.
+    let prose = "It was the best of times, it was the worst of times, it was the age of \
+                 wisdom, it was the age of foolishness, it was the epoch of belief, it was the \
+                 epoch of incredulity, it was the season of Light, it was the season of \
+                 Darkness. "
+        .repeat(8);
+    let wrapped: String = prose
+        .as_bytes()
+        .chunks(60)
+        .map(|c| format!("{}\n", String::from_utf8_lossy(c)))
+        .collect();
+    let (ds, report) = read("prose.txt", &wrapped);
+    assert!(matches!(
+        report.text_mode.unwrap().mode,
+        TextMode::Document { .. }
+    ));
+    assert!(ds.document);
+
+    // Too few lines to judge: one per line.
+    let (ds, report) = read("short.txt", "a line, unfinished\nanother one\n");
+    assert_eq!(report.text_mode.unwrap().mode, TextMode::Lines);
+    assert_eq!(ds.examples.len(), 2);
 }
 
 // ---------------------------------------------------------------- split

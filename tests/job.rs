@@ -3,10 +3,13 @@
 
 use burn::tensor::Device;
 use webtune::backend::Backend;
+use webtune::eval::uncertainty::{wilson, Outcome};
 use webtune::io::hf::ModelFiles;
 use webtune::models::loaded::LoadedModel;
 use webtune::train::causal_job::CausalJob;
-use webtune::train::job::{run_job, DataSource, DatasetFile, JobConfig, JobContext, JobEvent};
+use webtune::train::job::{
+    run_job, DataSource, DatasetFile, HeldOut, JobConfig, JobContext, JobEvent,
+};
 use webtune::Code;
 
 mod common;
@@ -108,6 +111,37 @@ fn lora_job_lowers_held_out_loss_and_exports_a_model_that_loads() {
         before.loss,
         after.loss
     );
+    // Every held-out example scored (fewer than the budget allows), each one row: the
+    // comparison resamples those 8 rows, and its outcome follows its interval.
+    assert_eq!(
+        out.held_out,
+        HeldOut {
+            examples: 8,
+            scored: 8,
+            returned_to_training: 0
+        }
+    );
+    let c = out.comparison.expect("a comparison with intervals");
+    assert_eq!((c.units, before.row_losses.len()), (8, 8));
+    assert_eq!(
+        before.row_tokens.iter().sum::<u32>() as usize,
+        before.tokens
+    );
+    let rows: f64 = before.row_losses.iter().map(|&l| l as f64).sum();
+    assert!((rows / before.tokens as f64 - before.loss as f64).abs() < 1e-5);
+    assert!((c.loss_before.value - before.loss as f64).abs() < 1e-5);
+    let change = after.loss as f64 / before.loss as f64 - 1.0;
+    assert!((c.loss_change.value - change).abs() < 1e-5);
+    let interval = c.loss_change.interval.expect("8 rows give an interval");
+    assert!(interval.contains(c.loss_change.value), "{interval:?}");
+    let expected = if interval.high < 0.0 {
+        Outcome::Better
+    } else if interval.low > 0.0 {
+        Outcome::Worse
+    } else {
+        Outcome::Same
+    };
+    assert_eq!(c.loss_change.outcome, expected);
     assert_eq!(out.samples.len(), 2);
     for s in &out.samples {
         assert!(
@@ -151,14 +185,14 @@ fn lora_job_lowers_held_out_loss_and_exports_a_model_that_loads() {
 #[test]
 fn datasets_the_model_cannot_learn_from_are_refused_clearly() {
     let (files, base) = model();
-    let run = |name: &str, bytes: &[u8]| {
+    let run_with = |config: &JobConfig, name: &str, bytes: &[u8]| {
         pollster::block_on(run_job(
             &CausalJob,
             &JobContext {
                 files: &files.clone(),
                 base: &base,
                 backend: &Backend::cpu(),
-                config: &config("lora", 0.01, 2),
+                config,
                 base_name: "tiny",
             },
             DatasetFile {
@@ -171,6 +205,7 @@ fn datasets_the_model_cannot_learn_from_are_refused_clearly() {
         .err()
         .expect("refused")
     };
+    let run = |name: &str, bytes: &[u8]| run_with(&config("lora", 0.01, 2), name, bytes);
     let err = run(
         "reviews.jsonl",
         b"{\"text\": \"good\", \"label\": \"pos\"}\n{\"text\": \"bad\", \"label\": \"neg\"}\n",
@@ -180,6 +215,35 @@ fn datasets_the_model_cannot_learn_from_are_refused_clearly() {
 
     let err = run("one.jsonl", b"{\"text\": \"just one example\"}\n");
     assert_eq!(err.code, Code::DataInvalid);
+
+    // Too few examples because a record was skipped: the error says which and why (the
+    // default 10% of 4 examples holds none out).
+    let mut tenth = config("lora", 0.01, 2);
+    tenth.validation_fraction = 0.1;
+    let err = run_with(
+        &tenth,
+        "small.jsonl",
+        b"{\"text\": \"one example\"}\n{\"text\": \"two\"}\n{\"text\": \"three\"}\n{\"text\": broken\n{\"text\": \"five\"}\n",
+    );
+    assert_eq!(err.code, Code::DataInvalid);
+    assert!(
+        err.message
+            .contains("the split left 4 training and 0 validation examples")
+            && err
+                .message
+                .contains("1 record was skipped: small.jsonl line 4: malformed JSON"),
+        "{}",
+        err.message
+    );
+    let err = run("two.jsonl", b"{\"text\": \"only this\"}\n[1, 2]\n");
+    assert!(
+        err.message.contains("has 1 usable example(s)")
+            && err
+                .message
+                .contains("1 record was skipped: two.jsonl line 2"),
+        "{}",
+        err.message
+    );
 
     let mut stop = config("lora", 0.01, 2);
     stop.data.policy = serde_json::from_str("\"stop\"").unwrap();
@@ -277,6 +341,22 @@ fn a_classification_job_learns_the_labels_and_reports_what_changed() {
     assert!(!out.head_from_checkpoint);
     assert_eq!(out.validation_examples, 20);
     let (before, after) = (&out.before, &out.after);
+    // Intervals: Wilson for the accuracies, a paired bootstrap for the change, which decides.
+    let c = out.comparison.expect("a comparison with intervals");
+    assert_eq!(c.examples, 20);
+    let right = |m: &webtune::eval::metrics::ClassMetrics| (m.accuracy * 20.0).round() as usize;
+    assert_eq!(c.accuracy_before.interval, wilson(right(before), 20));
+    assert_eq!(c.accuracy_after.interval, wilson(right(after), 20));
+    assert!((c.accuracy_change.value - (after.accuracy - before.accuracy)).abs() < 1e-12);
+    assert!((c.macro_f1_after.value - after.macro_f1).abs() < 1e-12);
+    let interval = c
+        .accuracy_change
+        .interval
+        .expect("20 examples give an interval");
+    assert!(interval.contains(c.accuracy_change.value));
+    if interval.low > 0.0 {
+        assert_eq!(c.accuracy_change.outcome, Outcome::Better);
+    }
     assert_eq!((before.examples, after.examples), (20, 20));
     for m in [before, after] {
         let counted: usize = m.confusion_matrix.iter().flatten().sum();
@@ -429,6 +509,106 @@ fn with_validation<'a>(
         }),
         progress: None,
     }
+}
+
+#[test]
+fn held_out_examples_beyond_validation_max_go_back_to_training() {
+    use webtune::train::causal_job::prepare_data;
+    let (_, base) = model();
+    let data = std::fs::read(fixture("data/capitals.jsonl")).unwrap();
+    let file = DatasetFile {
+        name: "capitals.jsonl",
+        source: DataSource::Bytes(&data),
+    };
+    let mut capped = config("lora", 0.01, 2);
+    capped.validation_max = Some(3);
+    let split = prepare_data(&base, None, file, &capped).unwrap();
+    assert_eq!(
+        split.held_out,
+        HeldOut {
+            examples: 8,
+            scored: 3,
+            returned_to_training: 5
+        }
+    );
+    assert_eq!((split.train.len(), split.validation.len()), (37, 3));
+    let mut all: Vec<usize> = split
+        .train
+        .iter()
+        .chain(&split.validation)
+        .copied()
+        .collect();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (0..40).collect::<Vec<_>>(),
+        "every example once, on one side"
+    );
+    // The scored three are a draw among the eight held out, not the first three of them.
+    let whole = prepare_data(&base, None, file, &config("lora", 0.01, 2)).unwrap();
+    assert_eq!(whole.validation.len(), 8, "by default all 8 are scored");
+    assert!(split
+        .validation
+        .iter()
+        .all(|i| whole.validation.contains(i)));
+
+    // The rest of a separate validation file is left unscored, never trained on.
+    let lines: Vec<String> = String::from_utf8(data.clone())
+        .unwrap()
+        .lines()
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let (train, validation) = (lines[..30].concat(), lines[30..].concat());
+    let files = with_validation(
+        ("train.jsonl", train.as_bytes()),
+        ("valid.jsonl", validation.as_bytes()),
+    );
+    let split = prepare_data(&base, None, files, &capped).unwrap();
+    assert_eq!((split.train.len(), split.validation.len()), (30, 3));
+    assert_eq!(
+        split.held_out,
+        HeldOut {
+            examples: 10,
+            scored: 3,
+            returned_to_training: 0
+        }
+    );
+}
+
+#[test]
+fn a_play_is_one_document_packed_without_end_of_text_between_its_chunks() {
+    use webtune::train::causal_job::prepare_data;
+    let (_, base) = model();
+    let eos = base.eos_token_id.expect("GPT-2 has an end-of-text token") as i64;
+    let verse = "Now, fair Hippolyta, our nuptial hour\nDraws on apace; four happy days bring in\n\
+                 Another moon: but, O, methinks, how slow\nThis old moon wanes! she lingers my desires,\n";
+    let play = verse.repeat(20);
+    let file = DatasetFile {
+        name: "play.txt",
+        source: DataSource::Bytes(play.as_bytes()),
+    };
+    let data = prepare_data(&base, None, file, &config("lora", 0.01, 2)).unwrap();
+    assert!(data.dataset.document, "{:?}", data.report.text_mode);
+    assert!(data.train.len() > 1 && !data.validation.is_empty());
+    // (Padding may reuse the token's id; it is never a target that counts.)
+    let counted_eos = |batches: &[webtune::data::TokenBatch]| {
+        batches
+            .iter()
+            .flat_map(|b| b.targets.iter().zip(&b.loss_mask))
+            .filter(|&(&t, &m)| t == eos && m > 0.0)
+            .count()
+    };
+    assert_eq!(
+        counted_eos(&data.train_batches) + counted_eos(&data.eval_batches),
+        0
+    );
+
+    // Lines that stand alone each end with the token, as before.
+    let mut lines = config("lora", 0.01, 2);
+    lines.data.text_mode = webtune::data::TextMode::Lines;
+    let data = prepare_data(&base, None, file, &lines).unwrap();
+    assert!(!data.dataset.document);
+    assert!(counted_eos(&data.train_batches) > 0);
 }
 
 #[test]

@@ -70,10 +70,17 @@ export interface JobConfig {
     max_examples?: number;
     schema?: unknown;
     causal?: { seq_len?: number; separator?: string; add_eos?: boolean; train_on_prompt?: boolean; [key: string]: unknown };
+    /** How a .txt file becomes examples: "auto" (default: continuous text such as a play or
+     * prose is one document in chunks of `chunk_chars`, ~one row of tokens by default; lines
+     * that stand alone are one example each), "lines" or "document". */
+    text_mode?: { mode: "auto" | "lines" | "document"; chunk_chars?: number };
     [key: string]: unknown;
   };
   validation_fraction?: number;
-  validation_max?: number;
+  /** At most this many held-out examples are scored; null or absent: as many as ~15 s of
+   * evaluation on two CPU cores allow for the model (at least 16). Held-out examples of the
+   * training file beyond it go back to training. */
+  validation_max?: number | null;
   batch_size?: number;
   /** Held-out prompts continued before and after (causal models). */
   samples?: number;
@@ -235,6 +242,8 @@ export interface DataReport {
   format: string;
   schema: { schema: { kind: string; [key: string]: unknown }; detected: boolean; fields: unknown; explanation: string };
   policy: "skip" | "stop";
+  /** How a text file was read, whether that was detected, and why. */
+  text_mode?: { mode: { mode: "lines" } | { mode: "document"; chunk_chars: number }; detected: boolean; reason: string };
   records: number;
   /** Good examples in the file. */
   examples: number;
@@ -272,6 +281,7 @@ export interface DatasetResult {
   overlap_removed: number;
   train_examples: number;
   validation_examples: number;
+  held_out: HeldOut;
   train_batches: number;
   eval_batches: number;
   total_steps: number;
@@ -288,6 +298,64 @@ export interface CausalEval {
   tokens: number;
   /** Wall-clock seconds the evaluation took. */
   seconds: number;
+  /** Each held-out row's summed loss and counted tokens: what the intervals resample. */
+  row_losses?: number[];
+  row_tokens?: number[];
+}
+
+/** A 95% interval. */
+export interface Interval {
+  low: number;
+  high: number;
+}
+
+/** A figure and its 95% interval (null: too few held-out units to give one). */
+export interface Estimate {
+  value: number;
+  interval: Interval | null;
+}
+
+/** A before → after change, its 95% interval (paired bootstrap over the held-out units) and
+ * what that interval says: "better"/"worse" only when it excludes no change. */
+export interface Change {
+  value: number;
+  interval: Interval | null;
+  outcome: "better" | "same" | "worse";
+}
+
+/** The held-out figures with intervals; `loss_change` is relative (−0.11: fell 11%). */
+export interface LossComparison {
+  /** Held-out rows resampled. */
+  units: number;
+  loss_before: Estimate;
+  loss_after: Estimate;
+  perplexity_before: Estimate;
+  perplexity_after: Estimate;
+  loss_change: Change;
+}
+
+/** Accuracy (Wilson intervals), macro-F1 and loss before and after; changes of rates in
+ * points as fractions (0.12: +12 points), of the loss relative. `accuracy_change` decides. */
+export interface ClassComparison {
+  examples: number;
+  accuracy_before: Estimate;
+  accuracy_after: Estimate;
+  macro_f1_before: Estimate;
+  macro_f1_after: Estimate;
+  loss_before: Estimate;
+  loss_after: Estimate;
+  accuracy_change: Change;
+  macro_f1_change: Change;
+  loss_change: Change;
+}
+
+/** What became of the held-out examples. */
+export interface HeldOut {
+  /** Held out by the split (or given by the validation file). */
+  examples: number;
+  scored: number;
+  /** Held-out examples of the training file beyond validation_max, trained on instead. */
+  returned_to_training: number;
 }
 
 export interface ClassStats {
@@ -370,6 +438,7 @@ interface TrainResultBase {
   report: DataReport;
   train_examples: number;
   validation_examples: number;
+  held_out: HeldOut;
   train_batches: number;
   summary: TrainSummary;
   /** Names of the exported files: "merged/...", and "adapter/..." after LoRA. */
@@ -386,6 +455,8 @@ export interface CausalTrainResult extends TrainResultBase {
   task: "causal";
   before: CausalEval | null;
   after: CausalEval | null;
+  /** Before/after with 95% intervals and the verdict; null without held-out rows. */
+  comparison: LossComparison | null;
   samples: Array<{ source: string; prompt: string; reference: string; before: string; after: string }>;
 }
 
@@ -394,6 +465,8 @@ export interface ClassificationTrainResult extends TrainResultBase {
   labels: string[];
   before: ClassificationEval | null;
   after: ClassificationEval | null;
+  /** Before/after with 95% intervals and the verdict. */
+  comparison: ClassComparison | null;
   pooling?: string;
   head_from_checkpoint?: boolean;
   /** Held-out examples whose prediction changed (at most 20 listed; changed_total counts all). */

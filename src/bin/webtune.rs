@@ -187,6 +187,11 @@ struct TrainArgs {
     grad_accum: Option<usize>,
     #[arg(long)]
     seq_len: Option<usize>,
+    /// How a .txt file becomes examples: `auto` (detected: continuous text such as a play or
+    /// prose is one document in chunks, self-contained lines are one example each), `lines` or
+    /// `document`.
+    #[arg(long, value_parser = ["auto", "lines", "document"])]
+    text_mode: Option<String>,
     /// Warmup steps.
     #[arg(long)]
     warmup: Option<usize>,
@@ -201,6 +206,10 @@ struct TrainArgs {
     /// Share of --data held out for validation (without --validation).
     #[arg(long)]
     val_fraction: Option<f64>,
+    /// Score at most this many held-out examples (default: as many as ~15 s of evaluation on
+    /// two CPU cores in the page allow for the model; the rest of a held-out share trains).
+    #[arg(long)]
+    val_max: Option<usize>,
     /// Recompute cheap activations in the backward pass instead of keeping them (less
     /// memory for long sequences, same results).
     #[arg(long)]
@@ -270,11 +279,31 @@ impl TrainArgs {
         if let Some(v) = self.val_fraction {
             job.insert("validation_fraction".into(), json!(v));
         }
+        if let Some(v) = self.val_max {
+            job.insert("validation_max".into(), json!(v));
+        }
         if let Some(v) = &self.export_dtype {
             job.insert("export_dtype".into(), json!(v));
         }
+        let mut data = serde_json::Map::new();
         if let Some(v) = self.seq_len {
-            job.insert("data".into(), json!({ "causal": { "seq_len": v } }));
+            data.insert("causal".into(), json!({ "seq_len": v }));
+        }
+        match self.text_mode.as_deref() {
+            // A document's chunks default to ~one row of tokens (see the dataset reader).
+            Some(mode @ ("auto" | "document")) => {
+                data.insert(
+                    "text_mode".into(),
+                    json!({ "mode": mode, "chunk_chars": 0 }),
+                );
+            }
+            Some(mode) => {
+                data.insert("text_mode".into(), json!({ "mode": mode }));
+            }
+            None => {}
+        }
+        if !data.is_empty() {
+            job.insert("data".into(), Value::Object(data));
         }
         job.insert("train".into(), Value::Object(train));
         Ok(Value::Object(job))
@@ -1006,16 +1035,29 @@ fn step_line(p: &Progress) -> String {
 }
 
 fn print_causal(output: &webtune::JobOutput) {
-    let fmt = |e: Option<webtune::train::causal::EvalLoss>| {
-        e.map(|e| format!("loss {:.4}, perplexity {:.2}", e.loss, e.perplexity))
+    let fmt = |e: &Option<webtune::train::causal::EvalLoss>| {
+        e.as_ref()
+            .map(|e| format!("loss {:.4}, perplexity {:.2}", e.loss, e.perplexity))
             .unwrap_or_else(|| "–".into())
     };
     println!(
         "{} steps; validation before: {}; after: {}",
         output.summary.steps,
-        fmt(output.before),
-        fmt(output.after)
+        fmt(&output.before),
+        fmt(&output.after)
     );
+    if let Some(c) = &output.comparison {
+        println!(
+            "{}",
+            judged(
+                "validation loss",
+                &c.loss_change,
+                |x| format!("{:+.1}%", x * 100.0),
+                c.units,
+                "held-out rows"
+            )
+        );
+    }
     if let (Some(b), Some(a)) = (output.answers_before, output.answers_after) {
         println!(
             "answers on {} samples: exact match {:.2} → {:.2}, token F1 {:.2} → {:.2}",
@@ -1034,6 +1076,30 @@ fn print_causal(output: &webtune::JobOutput) {
     }
 }
 
+/// "accuracy: +12.5 pts (95% interval +4.0 to +21.0 pts over 64 held-out examples): better".
+fn judged(
+    what: &str,
+    change: &webtune::eval::uncertainty::Change,
+    fmt: impl Fn(f64) -> String,
+    units: usize,
+    of: &str,
+) -> String {
+    use webtune::eval::uncertainty::{Outcome, MIN_UNITS};
+    let interval = match change.interval {
+        Some(i) => format!("95% interval {} to {}", fmt(i.low), fmt(i.high)),
+        None => format!("no interval: fewer than {MIN_UNITS}"),
+    };
+    let outcome = match change.outcome {
+        Outcome::Better => "better",
+        Outcome::Worse => "worse",
+        Outcome::Same => "no clear change",
+    };
+    format!(
+        "{what}: {} ({interval} over {units} {of}): {outcome}",
+        fmt(change.value)
+    )
+}
+
 fn print_classification(output: &webtune::ClassifyJobOutput) {
     let (b, a) = (&output.before, &output.after);
     println!(
@@ -1046,6 +1112,20 @@ fn print_classification(output: &webtune::ClassifyJobOutput) {
         "accuracy {:.3} → {:.3}; macro-F1 {:.3} → {:.3}; loss {:.4} → {:.4}",
         b.accuracy, a.accuracy, b.macro_f1, a.macro_f1, b.loss, a.loss
     );
+    if let Some(c) = &output.comparison {
+        let points = |x: f64| format!("{:+.1} pts", x * 100.0);
+        let n = c.examples;
+        println!(
+            "{}",
+            judged(
+                "accuracy",
+                &c.accuracy_change,
+                points,
+                n,
+                "held-out examples"
+            )
+        );
+    }
     for (before, after) in b.per_class.iter().zip(&a.per_class) {
         println!(
             "  {:<16} F1 {:.3} → {:.3}  (support {})",
@@ -1135,6 +1215,9 @@ fn print_data_report(value: &serde_json::Value) {
             "  {} records, {} examples kept, {} skipped {}, {} duplicates",
             r["records"], r["examples"], r["skipped"], r["skipped_by_reason"], r["duplicates"]
         );
+        if let Some(reason) = r["text_mode"]["reason"].as_str() {
+            println!("  text: {reason}");
+        }
         for issue in r["issues"].as_array().into_iter().flatten().take(20) {
             println!("  {}", issue["message"].as_str().unwrap_or("?"));
         }

@@ -59,15 +59,121 @@ impl Format {
 }
 
 /// How a plain-text file becomes examples.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "mode", rename_all = "snake_case")]
 pub enum TextMode {
+    /// Decided from the text ([`TextMode::resolve`]): continuous text (a play, prose, verse)
+    /// is a document in chunks of `chunk_chars`, a file of self-contained lines is read line by
+    /// line. `chunk_chars` 0: the caller's default (the dataset reader picks ~3 characters per
+    /// token of the sequence length, about one row).
+    Auto {
+        #[serde(default)]
+        chunk_chars: usize,
+    },
     /// Each non-blank line is one example.
-    #[default]
     Lines,
     /// The file is one document, cut at line breaks into chunks of at most `chunk_chars`
-    /// characters (a single longer line is cut at a character boundary) for causal LM.
-    Document { chunk_chars: usize },
+    /// characters (a single longer line is cut at a character boundary) for causal LM; 0: the
+    /// caller's default, as for `Auto`.
+    Document {
+        #[serde(default)]
+        chunk_chars: usize,
+    },
+}
+
+impl Default for TextMode {
+    fn default() -> Self {
+        TextMode::Auto { chunk_chars: 0 }
+    }
+}
+
+/// The text mode a file was read with, whether it was detected, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TextChoice {
+    /// `Lines` or `Document` (never `Auto`).
+    pub mode: TextMode,
+    pub detected: bool,
+    pub reason: String,
+}
+
+/// Fewer non-blank lines than this are read one per line when the mode is detected: too few
+/// to judge, and too few to cut into a training and a validation part.
+const MIN_DETECT_LINES: usize = 20;
+
+/// Detection reads at most this many non-blank lines.
+const DETECT_LINES: usize = 5000;
+
+/// Continuous text: at least this share of lines ends mid-sentence...
+const OPEN_LINES: f64 = 0.4;
+/// ...or at least this share starts in lower case (a sentence running on from the line before).
+const LOWER_STARTS: f64 = 0.25;
+
+impl TextMode {
+    /// The mode to read `text` with. `Auto` looks at its lines: in continuous text many lines
+    /// end mid-sentence (a comma, a semicolon, a word) or start in lower case; in a file of one
+    /// example per line (sentences, questions, tweets) lines end a sentence.
+    pub fn resolve(self, text: &str) -> TextChoice {
+        let chunk_chars = match self {
+            TextMode::Auto { chunk_chars } => chunk_chars.max(1),
+            mode => {
+                return TextChoice {
+                    mode,
+                    detected: false,
+                    reason: match mode {
+                        TextMode::Document { .. } => "continuous text, as asked".into(),
+                        _ => "one example per line, as asked".into(),
+                    },
+                }
+            }
+        };
+        let lines: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .take(DETECT_LINES)
+            .collect();
+        let lines_mode = |reason: String| TextChoice {
+            mode: TextMode::Lines,
+            detected: true,
+            reason,
+        };
+        if lines.len() < MIN_DETECT_LINES {
+            return lines_mode(format!(
+                "only {} non-blank line(s): one example per line",
+                lines.len()
+            ));
+        }
+        let ends_sentence =
+            |l: &&&str| l.chars().last().is_some_and(|c| ".!?…\"'”’»)]".contains(c));
+        let open = lines[..lines.len() - 1]
+            .iter()
+            .filter(|l| !ends_sentence(l))
+            .count() as f64
+            / (lines.len() - 1) as f64;
+        let lower = lines
+            .iter()
+            .filter(|l| l.chars().next().is_some_and(char::is_lowercase))
+            .count() as f64
+            / lines.len() as f64;
+        let (open_pct, lower_pct) = ((open * 100.0).round(), (lower * 100.0).round());
+        if open >= OPEN_LINES || lower >= LOWER_STARTS {
+            TextChoice {
+                mode: TextMode::Document { chunk_chars },
+                detected: true,
+                reason: format!(
+                    "continuous text ({open_pct}% of lines end mid-sentence, {lower_pct}% start \
+                     in lower case): read as one document in chunks of up to {chunk_chars} \
+                     characters; choose \"one example per line\" if each line stands alone"
+                ),
+            }
+        } else {
+            lines_mode(format!(
+                "lines that stand alone ({open_pct}% end mid-sentence, {lower_pct}% start in \
+                 lower case): one example per line; choose \"continuous text\" for a play, \
+                 prose or verse"
+            ))
+        }
+    }
 }
 
 /// Where a record came from: the file, the 1-based line it starts on, and for CSV/TSV the
@@ -126,6 +232,8 @@ pub struct ReadSummary {
     pub header: Option<Vec<String>>,
     /// Length of the decoded text (what the sink's offsets count in).
     pub text_len: usize,
+    /// How plain text was read (text files only).
+    pub text_mode: Option<TextChoice>,
 }
 
 /// A whole file read into records.
@@ -330,18 +438,21 @@ pub fn read_each(
     let text = text.as_ref();
     let format = format.unwrap_or_else(|| Format::detect(name, text));
     let file: Arc<str> = Arc::from(name);
-    let (blank_lines, header) = match format {
-        Format::Jsonl => (read_jsonl(&file, text, 1, 0, sink)?.0, None),
-        Format::Json => (read_json_array(&file, text, sink)?, None),
-        Format::Csv => (0, Some(read_delimited(&file, text, b',', sink)?)),
-        Format::Tsv => (0, Some(read_delimited(&file, text, b'\t', sink)?)),
-        Format::Text => (read_text(&file, text, text_mode, sink)?, None),
+    let choice = (format == Format::Text).then(|| text_mode.resolve(text));
+    let (blank_lines, header) = match (format, &choice) {
+        (Format::Jsonl, _) => (read_jsonl(&file, text, 1, 0, sink)?.0, None),
+        (Format::Json, _) => (read_json_array(&file, text, sink)?, None),
+        (Format::Csv, _) => (0, Some(read_delimited(&file, text, b',', sink)?)),
+        (Format::Tsv, _) => (0, Some(read_delimited(&file, text, b'\t', sink)?)),
+        (Format::Text, Some(c)) => (read_text(&file, text, c.mode, sink)?, None),
+        (Format::Text, None) => (read_text(&file, text, TextMode::Lines, sink)?, None),
     };
     Ok(ReadSummary {
         format,
         blank_lines,
         header,
         text_len: text.len(),
+        text_mode: choice,
     })
 }
 
@@ -387,13 +498,24 @@ pub fn read_each_path(
             &String::from_utf8_lossy(&start[..start.len().min(4096)]),
         )
     });
-    let line_based = matches!(
-        (format, text_mode),
-        (Format::Jsonl, _) | (Format::Text, TextMode::Lines)
-    );
+    // A detected text mode is decided on the first piece (up to 8 MiB: thousands of lines).
+    let choice = (format == Format::Text && utf8).then(|| {
+        let start = buf.strip_prefix(BOM).unwrap_or(&buf);
+        text_mode.resolve(&String::from_utf8_lossy(start))
+    });
+    let line_based = match &choice {
+        Some(c) => c.mode == TextMode::Lines,
+        None => format == Format::Jsonl,
+    };
     if !utf8 || !line_based || buf.len() >= len {
         file.read_to_end(&mut buf).map_err(io_error)?;
-        return read_each(name, &buf, Some(format), text_mode, encoding, sink);
+        let mode = choice.as_ref().map_or(text_mode, |c| c.mode);
+        let mut summary = read_each(name, &buf, Some(format), mode, encoding, sink)?;
+        // The choice made on the first piece, with its reason (the whole read was told it).
+        if let (Some(c), Some(s)) = (choice, summary.text_mode.as_mut()) {
+            *s = c;
+        }
+        return Ok(summary);
     }
     let file_name: Arc<str> = Arc::from(name);
     let (mut base, mut line, mut blank_lines, mut eof) = (0usize, 1usize, 0usize, false);
@@ -441,6 +563,7 @@ pub fn read_each_path(
         blank_lines,
         header: None,
         text_len: len,
+        text_mode: choice,
     })
 }
 
@@ -773,7 +896,8 @@ fn read_text(file: &Arc<str>, text: &str, mode: TextMode, sink: &mut Sink<'_>) -
     let mut blank_lines = 0;
     let mut end = 0;
     match mode {
-        TextMode::Lines => {
+        // Resolved before reading; undecided, a line is an example.
+        TextMode::Lines | TextMode::Auto { .. } => {
             blank_lines = read_text_lines(file, text, 1, 0, sink)?.0;
         }
         TextMode::Document { chunk_chars } => {

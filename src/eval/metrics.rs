@@ -83,31 +83,18 @@ pub fn classification_metrics(
         counted += 1;
     }
     let correct: usize = (0..n).map(|c| confusion[c][c]).sum();
-    let mut per_class = Vec::with_capacity(n);
-    let (mut f1_sum, mut present) = (0.0, 0usize);
-    for (c, label) in labels.iter().enumerate() {
-        let tp = confusion[c][c];
-        let support: usize = confusion[c].iter().sum();
-        let predicted: usize = confusion.iter().map(|row| row[c]).sum();
-        let precision = ratio(tp, predicted);
-        let recall = ratio(tp, support);
-        let f1 = if precision + recall > 0.0 {
-            2.0 * precision * recall / (precision + recall)
-        } else {
-            0.0
-        };
-        if support + predicted > 0 {
-            f1_sum += f1;
-            present += 1;
-        }
-        per_class.push(ClassScore {
-            label: label.clone(),
-            precision,
-            recall,
-            f1,
-            support,
-        });
-    }
+    let per_class = (0..n)
+        .map(|c| {
+            let (precision, recall, f1) = class_f1(&confusion, c);
+            ClassScore {
+                label: labels[c].clone(),
+                precision,
+                recall,
+                f1,
+                support: confusion[c].iter().sum(),
+            }
+        })
+        .collect();
     ClassMetrics {
         loss: if counted == 0 {
             0.0
@@ -115,15 +102,46 @@ pub fn classification_metrics(
             loss / counted as f64
         },
         accuracy: ratio(correct, counted),
-        macro_f1: if present == 0 {
-            0.0
-        } else {
-            f1_sum / present as f64
-        },
+        macro_f1: macro_f1(&confusion),
         per_class,
         confusion_matrix: confusion,
         examples: counted,
         seconds,
+    }
+}
+
+/// Precision, recall and F1 of class `c` in a `[true][predicted]` confusion matrix (0 where a
+/// ratio is 0/0).
+fn class_f1(confusion: &[Vec<usize>], c: usize) -> (f64, f64, f64) {
+    let tp = confusion[c][c];
+    let support: usize = confusion[c].iter().sum();
+    let predicted: usize = confusion.iter().map(|row| row[c]).sum();
+    let precision = ratio(tp, predicted);
+    let recall = ratio(tp, support);
+    let f1 = if precision + recall > 0.0 {
+        2.0 * precision * recall / (precision + recall)
+    } else {
+        0.0
+    };
+    (precision, recall, f1)
+}
+
+/// Mean F1 over the classes that occur among the true or the predicted labels of a
+/// `[true][predicted]` confusion matrix (scikit-learn's macro average).
+pub fn macro_f1(confusion: &[Vec<usize>]) -> f64 {
+    let (mut sum, mut present) = (0.0, 0usize);
+    for c in 0..confusion.len() {
+        let support: usize = confusion[c].iter().sum();
+        let predicted: usize = confusion.iter().map(|row| row[c]).sum();
+        if support + predicted > 0 {
+            sum += class_f1(confusion, c).2;
+            present += 1;
+        }
+    }
+    if present == 0 {
+        0.0
+    } else {
+        sum / present as f64
     }
 }
 

@@ -9,19 +9,21 @@ use burn::tensor::TensorData;
 use serde::{Deserialize, Serialize};
 
 use super::finetune::{FinetuneConfig, Method, TrainableModel};
-use super::loss::masked_cross_entropy;
+use super::lora::read_f32;
+use super::loss::{masked_cross_entropy, row_cross_entropy};
 use super::task::{EvalPoint, Speed, Task};
-use super::trainer::{module_device, read_scalar, train_loop, Progress, RunOptions, Summary};
+use super::trainer::{module_device, train_loop, Progress, RunOptions, Summary};
 use crate::backend::Backend;
 use crate::data::TokenBatch;
 use crate::error::{Error, Result};
+use crate::eval::uncertainty::{compare_losses, LossComparison, UnitLoss};
 use crate::models::loaded::Family;
 use crate::models::{CausalLm, KvCache};
 use crate::platform::now_ms;
 
 /// Mean masked cross-entropy over a set of batches. (Not `PartialEq`: two evaluations of the
 /// same model take different times; compare the measured fields.)
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EvalLoss {
     pub loss: f32,
     pub perplexity: f32,
@@ -29,6 +31,32 @@ pub struct EvalLoss {
     pub tokens: usize,
     /// Wall-clock time of the evaluation.
     pub seconds: f64,
+    /// Each held-out row's summed loss and its counted tokens, in batch order: the units a
+    /// before/after comparison resamples for its intervals ([`crate::eval::uncertainty`]).
+    /// Empty in checkpoints written before they were kept.
+    #[serde(default)]
+    pub row_losses: Vec<f32>,
+    #[serde(default)]
+    pub row_tokens: Vec<u32>,
+}
+
+impl EvalLoss {
+    /// The rows as units for [`compare_losses`].
+    pub fn units(&self) -> Vec<UnitLoss> {
+        self.row_losses
+            .iter()
+            .zip(&self.row_tokens)
+            .map(|(&sum, &count)| UnitLoss {
+                sum: sum as f64,
+                count: count as f64,
+            })
+            .collect()
+    }
+
+    /// Before and after on the same rows, with intervals (`None` if the rows were not kept).
+    pub fn compare(before: &Self, after: &Self, seed: u64) -> Option<LossComparison> {
+        compare_losses(&before.units(), &after.units(), seed)
+    }
 }
 
 pub type FinetuneProgress = Progress<EvalLoss>;
@@ -133,6 +161,7 @@ async fn eval_module<M: Module + CausalLm>(model: &M, batches: &[TokenBatch]) ->
     let device = module_device(&model)?;
     let mut sum = 0.0f64;
     let mut tokens = 0usize;
+    let (mut row_losses, mut row_tokens) = (Vec::new(), Vec::new());
     for b in batches {
         let counted = b.counted();
         if counted == 0 {
@@ -140,9 +169,16 @@ async fn eval_module<M: Module + CausalLm>(model: &M, batches: &[TokenBatch]) ->
         }
         let (inputs, targets, mask) = batch_tensors(b, &device);
         let logits = model.forward(inputs, None::<&mut KvCache>);
-        // Normalising by 1 gives the sum, so batches of any size weigh by their tokens.
-        let total = masked_cross_entropy(logits, targets, mask, 1);
-        sum += read_scalar(total).await? as f64;
+        // Per row, so batches of any size weigh by their tokens and the rows can be resampled.
+        let rows = read_f32(row_cross_entropy(logits, targets, mask)).await?;
+        for (row, loss) in b.loss_mask.chunks(b.seq_len).zip(rows) {
+            let n = row.iter().filter(|&&w| w > 0.0).count();
+            if n > 0 {
+                sum += loss as f64;
+                row_losses.push(loss);
+                row_tokens.push(n as u32);
+            }
+        }
         tokens += counted;
     }
     if tokens == 0 {
@@ -156,6 +192,8 @@ async fn eval_module<M: Module + CausalLm>(model: &M, batches: &[TokenBatch]) ->
         perplexity: loss.exp() as f32,
         tokens,
         seconds: (now_ms() - started) / 1e3,
+        row_losses,
+        row_tokens,
     })
 }
 

@@ -12,8 +12,8 @@ use super::causal::{evaluate_loss, finetune, EvalLoss, FinetuneSummary};
 use super::export::{export_all, Export};
 use super::finetune::{set_train_dropout, FinetuneConfig, TrainableModel};
 use super::job::{
-    read_and_split, tokenizer_of, DatasetFiles, JobConfig, JobContext, JobSizes, JobTask, Phase,
-    ReadSplit, Trained,
+    read_and_split, tokenizer_of, DatasetFiles, HeldOut, JobConfig, JobContext, JobSizes, JobTask,
+    Phase, ReadSplit, Trained,
 };
 use super::memory::{BatchShape, MemoryEstimate};
 use super::trainer::RunOptions;
@@ -24,6 +24,7 @@ use crate::data::TokenBatch;
 use crate::error::{Code, Error, Result};
 use crate::eval::generate::{generate, GenerateOptions};
 use crate::eval::metrics::{answer_metrics, AnswerMetrics};
+use crate::eval::uncertainty::LossComparison;
 use crate::io::hf::ModelFiles;
 use crate::io::tokenizer::Tokenizer;
 use crate::models::loaded::LoadedModel;
@@ -49,11 +50,16 @@ pub struct JobOutput {
     pub overlap_removed: usize,
     pub train_examples: usize,
     pub validation_examples: usize,
+    /// How many examples were held out, scored, and returned to training.
+    pub held_out: HeldOut,
     pub train_batches: usize,
     pub summary: FinetuneSummary,
     /// Held-out loss of the base model and of the fine-tuned one.
     pub before: Option<EvalLoss>,
     pub after: Option<EvalLoss>,
+    /// Before and after with 95% intervals, and the verdict the change gives (paired over the
+    /// held-out rows).
+    pub comparison: Option<LossComparison>,
     pub samples: Vec<Sample>,
     /// The memory the run was estimated to need (checked against the backend before training).
     pub memory: MemoryEstimate,
@@ -81,6 +87,8 @@ pub struct PreparedData {
     pub dataset: Dataset,
     pub train: Vec<usize>,
     pub validation: Vec<usize>,
+    /// What became of the held-out examples (how many scored, how many returned to training).
+    pub held_out: HeldOut,
     pub train_batches: Vec<TokenBatch>,
     pub eval_batches: Vec<TokenBatch>,
     pub chat: Option<ChatTemplate>,
@@ -112,7 +120,7 @@ pub fn prepare_data<'a>(
         }
     }
     let architecture = &base.info.architecture;
-    let read = read_and_split(files, &options, tokenizer, config, |dataset| {
+    let read = read_and_split(files, &options, tokenizer, &base.info, config, |dataset| {
         if dataset.labels.is_some() {
             return Err(Error::new(
                 Code::DataInvalid,
@@ -133,8 +141,13 @@ pub fn prepare_data<'a>(
         overlap_removed,
         train: train_idx,
         validation,
+        held_out,
     } = read;
-    let encoder = CausalEncoder::new(tokenizer, chat.as_ref(), options.causal.clone());
+    let mut causal = options.causal.clone();
+    // Chunks of one document run on into each other: an end-of-text token between them would
+    // teach the model to stop mid-sentence.
+    causal.add_eos &= !dataset.document;
+    let encoder = CausalEncoder::new(tokenizer, chat.as_ref(), causal);
     let plain = is_plain(&dataset);
     let batches = |idx: &[usize]| {
         let examples: Vec<&Example> = idx.iter().map(|&i| &dataset.examples[i]).collect();
@@ -148,6 +161,7 @@ pub fn prepare_data<'a>(
         overlap_removed,
         train: train_idx,
         validation,
+        held_out,
         train_batches,
         eval_batches,
         chat,
@@ -322,7 +336,7 @@ impl JobTask for CausalJob {
             labels: 0,
             train_examples: data.train.len(),
             train_batches: data.train_batches.len(),
-            validation_examples: data.validation.len(),
+            held_out: data.held_out,
         }
     }
 
@@ -424,13 +438,14 @@ impl JobTask for CausalJob {
         // The loop scored the base (step 0, also kept by a checkpoint) and, unless the run was
         // stopped early, the trained model at its last step.
         let after = match summary.eval.last() {
-            Some(e) if e.step == summary.steps && summary.steps > 0 => e.eval,
+            Some(e) if e.step == summary.steps && summary.steps > 0 => e.eval.clone(),
             _ => evaluate_loss(&trained.model.family, eval).await?,
         };
         let before = match summary.eval.first() {
-            Some(e) if e.step == 0 => e.eval,
+            Some(e) if e.step == 0 => e.eval.clone(),
             _ => evaluate_loss(&job.base.family, eval).await?,
         };
+        let comparison = EvalLoss::compare(&before, &after, job.config.train.seed);
         let total = trained.before.len();
         let mut done = Vec::new();
         for (k, (ids, mut sample)) in trained.before.into_iter().enumerate() {
@@ -458,10 +473,12 @@ impl JobTask for CausalJob {
             overlap_removed: data.overlap_removed,
             train_examples: data.train.len(),
             validation_examples: data.validation.len(),
+            held_out: data.held_out,
             train_batches: data.train_batches.len(),
             summary,
             before: Some(before),
             after: Some(after),
+            comparison,
             samples: done,
             memory: trained.memory,
             answers_before,

@@ -16,8 +16,8 @@ use super::classify::{
 use super::export::{tokenizer_files, Export};
 use super::finetune::FinetuneConfig;
 use super::job::{
-    read_and_split, tokenizer_of, DatasetFiles, JobConfig, JobContext, JobSizes, JobTask, Phase,
-    ReadSplit, Trained,
+    read_and_split, tokenizer_of, DatasetFiles, HeldOut, JobConfig, JobContext, JobSizes, JobTask,
+    Phase, ReadSplit, Trained,
 };
 use super::memory::{BatchShape, MemoryEstimate};
 use super::trainer::RunOptions;
@@ -25,6 +25,7 @@ use crate::data::batching::{class_batch_of_ids, ClassBatch, LabelMap};
 use crate::data::validate::{inspect, Content, Dataset, Example, Report};
 use crate::error::{Code, Error, Result};
 use crate::eval::metrics::{argmax, classification_metrics, log_softmax, ClassMetrics};
+use crate::eval::uncertainty::{compare_classes, ClassComparison, ClassUnit};
 use crate::io::hf::ModelFiles;
 use crate::io::safetensors::StoreDtype;
 use crate::io::tokenizer::Tokenizer;
@@ -75,12 +76,17 @@ pub struct ClassifyJobOutput {
     pub head_from_checkpoint: bool,
     pub train_examples: usize,
     pub validation_examples: usize,
+    /// How many examples were held out, scored, and returned to training.
+    pub held_out: HeldOut,
     pub train_batches: usize,
     /// The memory the run was estimated to need (checked against the backend before training).
     pub memory: MemoryEstimate,
     pub summary: ClassifySummary,
     pub before: ClassMetrics,
     pub after: ClassMetrics,
+    /// Before and after with 95% intervals, and the verdict their changes give (paired over
+    /// the held-out examples).
+    pub comparison: Option<ClassComparison>,
     /// Held-out examples whose predicted label changed, fixed ones first.
     pub changed: Vec<Changed>,
     pub changed_total: usize,
@@ -156,6 +162,8 @@ pub struct ClassData {
     pub labels: LabelMap,
     pub train: Vec<usize>,
     pub validation: Vec<usize>,
+    /// What became of the held-out examples (how many scored, how many returned to training).
+    pub held_out: HeldOut,
     pub train_batches: Vec<ClassBatch>,
     pub eval_batches: Vec<ClassBatch>,
 }
@@ -172,21 +180,28 @@ pub fn prepare_class_data<'a>(
     options.causal.seq_len = options.causal.seq_len.min(base.info.max_positions).max(2);
     let seq_len = options.causal.seq_len;
     let architecture = &base.info.architecture;
-    let read = read_and_split(files.into(), &options, tokenizer, config, |dataset| {
-        if dataset.labels.is_none() {
-            return Err(Error::new(
-                Code::DataInvalid,
-                format!(
+    let read = read_and_split(
+        files.into(),
+        &options,
+        tokenizer,
+        &base.info,
+        config,
+        |dataset| {
+            if dataset.labels.is_none() {
+                return Err(Error::new(
+                    Code::DataInvalid,
+                    format!(
                     "{} has no labels; {architecture} is an encoder, fine-tuned here to classify \
                      texts. Give each example a text and a label (fields text/label, \
                      sentence/label or text/category), or load a causal language model to learn \
                      to continue text.",
                     dataset.file
                 ),
-            ));
-        }
-        Ok(())
-    })?;
+                ));
+            }
+            Ok(())
+        },
+    )?;
     let ReadSplit {
         dataset,
         report,
@@ -194,6 +209,7 @@ pub fn prepare_class_data<'a>(
         overlap_removed,
         train,
         validation,
+        held_out,
     } = read;
     let labels = dataset
         .labels
@@ -231,6 +247,7 @@ pub fn prepare_class_data<'a>(
         labels,
         train,
         validation,
+        held_out,
         train_batches,
         eval_batches,
         dataset,
@@ -267,7 +284,7 @@ impl JobTask for ClassifyJob {
             labels: data.labels.len(),
             train_examples: data.train.len(),
             train_batches: data.train_batches.len(),
-            validation_examples: data.validation.len(),
+            held_out: data.held_out,
         }
     }
 
@@ -354,7 +371,7 @@ impl JobTask for ClassifyJob {
 
     async fn finish(
         &self,
-        _job: &JobContext<'_>,
+        job: &JobContext<'_>,
         trained: Trained<Self>,
         phase: Phase<'_>,
     ) -> Result<ClassifyJobOutput> {
@@ -368,6 +385,18 @@ impl JobTask for ClassifyJob {
         );
         let (logits_after, secs) = logits_of(&model, &data.eval_batches).await?;
         let after = classification_metrics(&labels.labels, &truth, &logits_after, secs);
+        let units: Vec<ClassUnit> = truth
+            .iter()
+            .zip(before.logits.iter().zip(&logits_after))
+            .map(|(&t, (b, a))| ClassUnit {
+                truth: t,
+                before: argmax(b),
+                after: argmax(a),
+                loss_before: -log_softmax(b).get(t).copied().unwrap_or(f64::NAN),
+                loss_after: -log_softmax(a).get(t).copied().unwrap_or(f64::NAN),
+            })
+            .collect();
+        let comparison = compare_classes(&units, labels.len(), job.config.train.seed);
         let mut changed = Vec::new();
         for (k, &i) in data.validation.iter().enumerate() {
             let (b, a) = (argmax(&before.logits[k]), argmax(&logits_after[k]));
@@ -412,11 +441,13 @@ impl JobTask for ClassifyJob {
             head_from_checkpoint: before.head_from_checkpoint,
             train_examples: data.train.len(),
             validation_examples: data.validation.len(),
+            held_out: data.held_out,
             train_batches: data.train_batches.len(),
             memory: trained.memory,
             summary: trained.summary,
             before: before.metrics,
             after,
+            comparison,
             changed,
             changed_total,
             fixed,

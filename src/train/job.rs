@@ -24,7 +24,8 @@ use crate::error::{Code, Error, Result};
 use crate::io::hf::ModelFiles;
 use crate::io::safetensors::StoreDtype;
 use crate::io::tokenizer::Tokenizer;
-use crate::models::loaded::LoadedModel;
+use crate::models::loaded::{LoadedModel, ModelInfo};
+use crate::rng::Rng;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -33,8 +34,11 @@ pub struct JobConfig {
     pub data: InspectOptions,
     /// Share of the examples held out for the before/after evaluation.
     pub validation_fraction: f64,
-    /// At most this many held-out examples are scored (evaluation costs a forward pass each).
-    pub validation_max: usize,
+    /// At most this many held-out examples are scored (evaluation costs a forward pass each);
+    /// unset (the default): as many as [`EVAL_FLOPS`] of work allow for the model, at least
+    /// [`MIN_VALIDATION`]. Held-out examples of the training file that are not scored go back
+    /// to training; those of a separate validation file are left unscored.
+    pub validation_max: Option<usize>,
     /// Sequences per optimiser micro-batch.
     pub batch_size: usize,
     pub train: FinetuneConfig,
@@ -57,7 +61,7 @@ impl Default for JobConfig {
         Self {
             data: InspectOptions::default(),
             validation_fraction: 0.1,
-            validation_max: 64,
+            validation_max: None,
             batch_size: 4,
             train: FinetuneConfig::default(),
             samples: 3,
@@ -103,7 +107,7 @@ impl JobConfig {
         if !(self.validation_fraction > 0.0 && self.validation_fraction < 1.0) {
             return Err(Error::config("validation_fraction must be between 0 and 1"));
         }
-        if self.batch_size == 0 || self.validation_max == 0 {
+        if self.batch_size == 0 || self.validation_max == Some(0) {
             return Err(Error::config(
                 "batch_size and validation_max must be at least 1",
             ));
@@ -174,6 +178,24 @@ impl<'a> From<DatasetFile<'a>> for DatasetFiles<'a> {
     }
 }
 
+/// Forward-pass work one evaluation of the held-out set may take when `validation_max` is not
+/// set (2 FLOPs per weight and token): about 15 s on two CPU cores in the page (CPU-wasm runs
+/// ~35 GFLOP/s), a few seconds natively or on a GPU. SmolLM2-135M scores ~1,900 tokens with
+/// it, MiniLM-L6 ~23,000 (a 400-sentence validation file whole). The training loop evaluates
+/// about six times per run.
+pub const EVAL_FLOPS: f64 = 5e11;
+
+/// Never fewer held-out examples than this are scored when `validation_max` is not set (when
+/// there are as many): enough units for an interval on the verdict even when each is long.
+pub const MIN_VALIDATION: usize = 16;
+
+/// How many held-out examples are scored when `validation_max` is not set, for a model that
+/// multiplies each token by `matmul_weights` weights and examples of `mean_tokens` tokens.
+pub fn auto_validation_max(matmul_weights: usize, mean_tokens: f64) -> usize {
+    let tokens = EVAL_FLOPS / (2.0 * matmul_weights.max(1) as f64);
+    ((tokens / mean_tokens.max(1.0)) as usize).max(MIN_VALIDATION)
+}
+
 /// The dataset files read, validated and split (indices into `dataset.examples`; the
 /// validation file's examples, if any, follow the training file's).
 pub(crate) struct ReadSplit {
@@ -183,16 +205,30 @@ pub(crate) struct ReadSplit {
     pub overlap_removed: usize,
     pub train: Vec<usize>,
     pub validation: Vec<usize>,
+    pub held_out: HeldOut,
+}
+
+/// What became of the held-out examples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct HeldOut {
+    /// Examples the split held out (or the validation file gave).
+    pub examples: usize,
+    /// Of those, the ones scored before and after.
+    pub scored: usize,
+    /// Held-out examples of the training file beyond `validation_max`, trained on instead.
+    pub returned_to_training: usize,
 }
 
 /// Read each file with `options` (`check` refuses a dataset of the wrong kind), then split: the
 /// whole validation file against the training file less the examples they share, or a seeded
-/// `validation_fraction` of the training file. At most `validation_max` examples are kept for
-/// validation.
+/// `validation_fraction` of the training file. At most `validation_max` examples (by default
+/// what [`EVAL_FLOPS`] allow for `model`) are scored, a seeded draw among the held-out ones;
+/// the rest of a held-out share goes back to training.
 pub(crate) fn read_and_split(
     files: DatasetFiles<'_>,
     options: &InspectOptions,
     tokenizer: &Tokenizer,
+    model: &ModelInfo,
     config: &JobConfig,
     check: impl Fn(&Dataset) -> Result<()>,
 ) -> Result<ReadSplit> {
@@ -225,8 +261,9 @@ pub(crate) fn read_and_split(
                     Code::DataInvalid,
                     format!(
                         "{name} has {} usable example(s); at least 2 are needed (one to train \
-                         on, one to evaluate)",
-                        dataset.examples.len()
+                         on, one to evaluate){}",
+                        dataset.examples.len(),
+                        skipped_note(&[&report])
                     ),
                 ));
             }
@@ -234,9 +271,35 @@ pub(crate) fn read_and_split(
             (split(&dataset, holdout, config.train.seed)?, None, 0)
         }
     };
-    let mut validation = parts.validation;
-    validation.truncate(config.validation_max);
-    if parts.train.is_empty() || validation.is_empty() {
+    let held_out_report = validation_report.as_ref().unwrap_or(&report);
+    let mean_tokens = held_out_report
+        .tokens
+        .as_ref()
+        .map_or(options.causal.seq_len as f64, |t| t.mean);
+    let cap = config
+        .validation_max
+        .unwrap_or_else(|| auto_validation_max(model.matmul_weights, mean_tokens));
+    let (mut train, mut validation) = (parts.train, parts.validation);
+    let examples = validation.len();
+    let mut returned_to_training = 0;
+    if validation.len() > cap {
+        // A seeded draw, not the first `cap`: held-out examples are in file order, and the
+        // start of a file is not a fair sample of it.
+        Rng::new(config.train.seed ^ 0x5C0_4ED).shuffle(&mut validation);
+        let rest = validation.split_off(cap);
+        validation.sort_unstable();
+        if files.validation.is_none() {
+            returned_to_training = rest.len();
+            train.extend(rest);
+            train.sort_unstable();
+        }
+    }
+    let held_out = HeldOut {
+        examples,
+        scored: validation.len(),
+        returned_to_training,
+    };
+    if train.is_empty() || validation.is_empty() {
         let overlap = if overlap_removed > 0 {
             format!(
                 " ({overlap_removed} training example(s) were dropped because the validation \
@@ -245,13 +308,17 @@ pub(crate) fn read_and_split(
         } else {
             String::new()
         };
+        let reports: Vec<&Report> = std::iter::once(&report)
+            .chain(validation_report.as_ref())
+            .collect();
         return Err(Error::new(
             Code::DataInvalid,
             format!(
                 "{name}: the split left {} training and {} validation examples; both need at \
-                 least one{overlap}",
-                parts.train.len(),
-                validation.len()
+                 least one{overlap}{}",
+                train.len(),
+                validation.len(),
+                skipped_note(&reports)
             ),
         ));
     }
@@ -260,9 +327,50 @@ pub(crate) fn read_and_split(
         report,
         validation_report,
         overlap_removed,
-        train: parts.train,
+        train,
         validation,
+        held_out,
     })
+}
+
+/// ". 1 record was skipped: data.jsonl line 4: malformed JSON (…)": the records the read
+/// skipped, when too few examples are left, since they are why (at most three named).
+fn skipped_note(reports: &[&Report]) -> String {
+    let skipped: usize = reports.iter().map(|r| r.skipped).sum();
+    if skipped == 0 {
+        return String::new();
+    }
+    let named: Vec<&str> = reports
+        .iter()
+        .flat_map(|r| &r.issues)
+        .take(3)
+        .map(|i| i.message.as_str())
+        .collect();
+    let more = if skipped > named.len() { "; …" } else { "" };
+    let records = if skipped == 1 {
+        "record was"
+    } else {
+        "records were"
+    };
+    format!(". {skipped} {records} skipped: {}{more}", named.join("; "))
+}
+
+/// "64 held-out examples", or "150 of 459 held-out examples (the other 309 returned to
+/// training)".
+fn held_out_message(h: &HeldOut) -> String {
+    if h.scored == h.examples {
+        return format!("{} held-out examples", h.scored);
+    }
+    let rest = h.examples - h.scored;
+    let why = if h.returned_to_training > 0 {
+        format!("the other {rest} returned to training")
+    } else {
+        format!("the other {rest} not scored")
+    };
+    format!(
+        "{} of {} held-out examples ({why}; set validation_max to change)",
+        h.scored, h.examples
+    )
 }
 
 /// "Reading train.csv…" or "Reading train.csv and valid.csv…".
@@ -334,7 +442,7 @@ pub struct JobSizes {
     pub labels: usize,
     pub train_examples: usize,
     pub train_batches: usize,
-    pub validation_examples: usize,
+    pub held_out: HeldOut,
 }
 
 /// What a task adds to a job; [`run_job`] does the rest, the same for every task (phases,
@@ -461,7 +569,9 @@ pub async fn run_job<'a, T: JobTask, C: Into<Control>>(
         phase: "training",
         message: format!(
             "Training on {} examples ({} batches), evaluating on {}…",
-            sizes.train_examples, sizes.train_batches, sizes.validation_examples
+            sizes.train_examples,
+            sizes.train_batches,
+            held_out_message(&sizes.held_out)
         ),
     });
     let mut train_config = config.train.clone();

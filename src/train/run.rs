@@ -47,10 +47,14 @@ pub async fn train(
     let loaded = LoadedModel::load(files.clone(), &config.training_device(backend))?;
     let mut model = TrainableModel::prepare(loaded.family, config)?;
     let summary = finetune(&mut model, backend, train, eval, config, options).await?;
-    let first_eval = summary.eval.first().filter(|e| e.step == 0).map(|e| e.eval);
+    let first_eval = summary
+        .eval
+        .first()
+        .filter(|e| e.step == 0)
+        .map(|e| e.eval.clone());
     let last_eval = summary.eval.last().filter(|e| e.step == summary.steps);
     let after = match (last_eval, eval.is_empty()) {
-        (Some(e), _) if summary.steps > 0 => Some(e.eval),
+        (Some(e), _) if summary.steps > 0 => Some(e.eval.clone()),
         (_, false) => Some(evaluate_loss(&model.family, eval).await?),
         _ => None,
     };

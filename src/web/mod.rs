@@ -578,6 +578,7 @@ impl Session {
                     "overlap_removed": data.overlap_removed,
                     "train_examples": data.train.len(),
                     "validation_examples": data.validation.len(),
+                    "held_out": data.held_out,
                     "train_batches": data.train_batches.len(),
                     "eval_batches": data.eval_batches.len(),
                     "total_steps": config.train.total_steps(data.train_batches.len()),
@@ -820,6 +821,7 @@ impl Session {
                     value["task"] = json!("classification");
                     value["labels"] = json!(data.labels.labels);
                     value["validation_examples"] = json!(data.validation.len());
+                    value["held_out"] = json!(data.held_out);
                     return Ok::<_, Error>(value);
                 }
                 let chat = match &files {
@@ -834,6 +836,7 @@ impl Session {
                     .map_err(|e| Error::new(Code::Internal, e.to_string()))?;
                 value["task"] = json!("causal");
                 value["validation_examples"] = json!(data.validation.len());
+                value["held_out"] = json!(data.held_out);
                 value["seconds"] = json!((crate::platform::now_ms() - start) / 1e3);
                 Ok(value)
             };
@@ -1057,6 +1060,7 @@ fn inspect_labelled(
         "overlap_removed": data.overlap_removed,
         "train_examples": data.train.len(),
         "validation_examples": data.validation.len(),
+        "held_out": data.held_out,
         "train_batches": data.train_batches.len(),
         "eval_batches": data.eval_batches.len(),
         "total_steps": config.train.total_steps(data.train_batches.len()),

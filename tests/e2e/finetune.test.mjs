@@ -231,6 +231,23 @@ test("a. a malformed JSONL line: listed with its line number under skip, data.in
       "latin.csv read as windows-1252",
     );
     assert.match(await page.getByTestId("report-examples").textContent(), /12/);
+    await page.getByLabel("Text encoding").selectOption("utf-8");
+
+    // A play is detected as continuous text and read as one document in chunks, said with the
+    // reason; the panel's switch reads it one example per line instead.
+    await page.getByLabel("Sample dataset").selectOption("shakespeare_excerpt.txt");
+    await page.getByTestId("use-sample").click();
+    const reportOf = (file) =>
+      waitInPage(page, (f) => document.querySelector("[data-testid=dataset-state]")?.dataset.outcome === "done" && (document.querySelector("[data-testid=report-file]")?.textContent ?? "").startsWith(f), file, 60_000, `${file}'s report`);
+    await reportOf("shakespeare_excerpt.txt");
+    assert.match(await page.getByTestId("report-text-mode").textContent(), /^continuous text \(\d+% of lines end mid-sentence.*\(detected\)$/);
+    const chunks = Number((await page.getByTestId("report-examples").textContent()).replaceAll(",", ""));
+    await page.getByLabel("Plain text is").selectOption("lines");
+    await waitInPage(page, () => /^one example per line, as asked/.test(document.querySelector("[data-testid=report-text-mode]")?.textContent ?? ""), null, 60_000, "the sample read line by line");
+    const lines = Number((await page.getByTestId("report-examples").textContent()).replaceAll(",", ""));
+    assert.ok(chunks > 50 && lines > 10 * chunks, `${chunks} chunks, ${lines} lines`);
+    await page.getByLabel("Plain text is").selectOption("auto");
+    await waitInPage(page, () => /^continuous text/.test(document.querySelector("[data-testid=report-text-mode]")?.textContent ?? "") && document.querySelector("[data-testid=dataset-state]")?.dataset.outcome === "done", null, 60_000, "the sample read as a document again");
 
     // Still usable: a good file is reported, generation works.
     const good = await inspect(page, "capitals.jsonl", GOOD_JSONL, DATA);
@@ -295,6 +312,17 @@ test("b. LoRA fine-tuning lowers the held-out loss; chart, before/after and samp
     assert.equal(await page.getByTestId("val-loss-change").getAttribute("data-better"), "true");
     assert.equal(await page.getByTestId("verdict").getAttribute("data-outcome"), "better");
     assert.match(await page.getByTestId("verdict").textContent(), /validation loss fell/);
+    // The verdict is the comparison's: the paired interval of the change excludes no change,
+    // and the panel shows it beside the change and under each figure.
+    const c = run.result.comparison;
+    assert.equal(c.loss_change.outcome, "better");
+    assert.ok(c.loss_change.interval.high < 0, JSON.stringify(c.loss_change));
+    assert.equal(c.units, b.row_losses.length);
+    const pctText = (x) => `${x > 0 ? "+" : x < 0 ? "−" : "±"}${Math.abs(x * 100).toFixed(1)}%`;
+    assert.equal((await page.getByTestId("val-loss-interval").textContent()).trim(), `${pctText(c.loss_change.interval.low)} to ${pctText(c.loss_change.interval.high)}`);
+    assert.equal(await page.getByTestId("val-loss-interval").getAttribute("data-outcome"), "better");
+    assert.match(await page.getByTestId("verdict").textContent(), new RegExp(`95% interval ${pctText(c.loss_change.interval.low)} to ${pctText(c.loss_change.interval.high)} over ${c.units} held-out rows`));
+    assert.equal((await page.getByTestId("val-loss-before-ci").textContent()).trim(), `95%: ${c.loss_before.interval.low.toFixed(4)}–${c.loss_before.interval.high.toFixed(4)}`);
     assert.equal(await page.getByTestId("sample-row").count(), samples.length);
     assert.equal((await page.getByTestId("sample-after").first().textContent()), samples[0].after);
     assert.ok((await page.locator("[data-testid=download-file]").count()) >= 4, "download buttons");

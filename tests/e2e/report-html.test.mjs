@@ -63,6 +63,15 @@ function causalResult() {
     },
     before: { loss: 3.612345, perplexity: 37.0512, tokens: 96 },
     after: { loss: 2.701234, perplexity: 14.8972, tokens: 96 },
+    held_out: { examples: 8, scored: 8, returned_to_training: 0 },
+    comparison: {
+      units: 8,
+      loss_before: { value: 3.612345, interval: { low: 3.4, high: 3.8 } },
+      loss_after: { value: 2.701234, interval: { low: 2.5, high: 2.9 } },
+      perplexity_before: { value: 37.0512, interval: { low: 29.96, high: 44.7 } },
+      perplexity_after: { value: 14.8972, interval: { low: 12.18, high: 18.17 } },
+      loss_change: { value: -0.2522, interval: { low: -0.31, high: -0.19 }, outcome: "better" },
+    },
     answers_before: { exact_match: 0, token_f1: 0.125, examples: 2 },
     answers_after: { exact_match: 0.5, token_f1: 0.75, examples: 2 },
     samples: [
@@ -131,12 +140,14 @@ test("a causal report is one self-contained document with escaped data, the numb
   assert.match(html, /<title>webtune report: owner\/&lt;i&gt;model&lt;\/i&gt; on &lt;b&gt;capitals&lt;\/b&gt;\.jsonl, 2025-03-04 05:06 UTC<\/title>/);
 
   // Before → after, as the results panel formats them, with the change.
-  assert.deepEqual(metricRow(html, "loss"), ["Validation loss", "3.6123", "2.7012", "−25.2%"]);
-  assert.deepEqual(metricRow(html, "perplexity"), ["Perplexity", "37.05", "14.90", "−59.8%"]);
-  assert.deepEqual(metricRow(html, "exact_match"), ["Exact match (greedy answers)", "0.0%", "50.0%", "+50.0 pts"]);
-  assert.deepEqual(metricRow(html, "token_f1"), ["Token F1 (greedy answers)", "0.125", "0.750", "+62.5 pts"]);
-  assert.deepEqual(metricRow(html, "tokens"), ["Tokens scored", "96", "96", ""]);
-  assert.deepEqual(metricRow(html, "examples"), ["Held-out examples", "8", "8", ""]);
+  assert.deepEqual(metricRow(html, "loss"), ["Validation loss", "3.6123", "2.7012", "−25.2%", "−31.0% to −19.0%"]);
+  assert.deepEqual(metricRow(html, "perplexity"), ["Perplexity", "37.05", "14.90", "−59.8%", ""]);
+  assert.deepEqual(metricRow(html, "exact_match"), ["Exact match (greedy answers)", "0.0%", "50.0%", "+50.0 pts", ""]);
+  assert.deepEqual(metricRow(html, "token_f1"), ["Token F1 (greedy answers)", "0.125", "0.750", "+62.5 pts", ""]);
+  assert.deepEqual(metricRow(html, "tokens"), ["Tokens scored", "96", "96", "", ""]);
+  assert.deepEqual(metricRow(html, "examples"), ["Held-out examples", "8", "8", "", ""]);
+  assert.match(html, /<tr data-metric="loss">.*<td class="interval" data-outcome="better">/);
+  assert.ok(html.includes("Validation loss: base 3.4000–3.8000, fine-tuned 2.5000–2.9000; Perplexity: base 29.96–44.70, fine-tuned 12.18–18.17."), "the figures' intervals");
   assert.match(html, /<tr data-metric="loss">.*<td class="change" data-better="true">/);
   assert.doesNotMatch(html, /data-metric="seconds"/, "no row for a number the run does not have");
 
@@ -166,6 +177,27 @@ test("a causal report is one self-contained document with escaped data, the numb
 
   // The examples, side by side.
   assert.equal((html.match(/<td class="text">/g) ?? []).length, 4 * result.samples.length);
+});
+
+test("the verdict follows the interval of the change, not the point estimates", () => {
+  const result = causalResult();
+  const judged = (loss_change, units = 8) => verdictFor({ ...result, comparison: { ...result.comparison, units, loss_change } });
+  // The interval excludes no change: the verdict says so with the interval.
+  const better = judged({ value: -0.2522, interval: { low: -0.31, high: -0.19 }, outcome: "better" });
+  assert.equal(better.outcome, "better");
+  assert.match(better.text, /^Fine-tuning helped: validation loss fell 25\.2% \(95% interval −31\.0% to −19\.0% over 8 held-out rows\)/);
+  // The same fall with an interval that includes zero: no clear change, whatever the points say.
+  const unsure = judged({ value: -0.2522, interval: { low: -0.4, high: 0.05 }, outcome: "same" });
+  assert.equal(unsure.outcome, "same");
+  assert.match(unsure.text, /^No clear change: validation loss fell 25\.2% \(95% interval −40\.0% to \+5\.0% over 8 held-out rows\).*includes no change/);
+  // Too few rows for an interval: no verdict either, and why.
+  const few = judged({ value: -0.2522, interval: null, outcome: "same" }, 3);
+  assert.equal(few.outcome, "same");
+  assert.match(few.text, /3 held-out rows are too few to tell a change from chance \(at least 6 are needed\)/);
+  // A rise whose interval excludes zero is worse, with the interval.
+  const worse = judged({ value: 0.1, interval: { low: 0.05, high: 0.15 }, outcome: "worse" });
+  assert.equal(worse.outcome, "worse");
+  assert.match(worse.text, /validation loss rose 25\.2% \(95% interval \+5\.0% to \+15\.0%/);
 });
 
 test("a classification report shows per-class scores, both confusion matrices and the changed predictions", () => {
@@ -205,6 +237,18 @@ test("a classification report shows per-class scores, both confusion matrices an
       examples: 10,
       seconds: 0.4,
     },
+    comparison: {
+      examples: 10,
+      accuracy_before: { value: 0.5, interval: { low: 0.2366, high: 0.7634 } },
+      accuracy_after: { value: 0.8, interval: { low: 0.4902, high: 0.9433 } },
+      macro_f1_before: { value: 0.3333, interval: null },
+      macro_f1_after: { value: 0.798, interval: null },
+      loss_before: { value: 0.6931, interval: null },
+      loss_after: { value: 0.4102, interval: null },
+      accuracy_change: { value: 0.3, interval: { low: 0.1, high: 0.6 }, outcome: "better" },
+      macro_f1_change: { value: 0.4647, interval: { low: 0.15, high: 0.7 }, outcome: "better" },
+      loss_change: { value: -0.408, interval: { low: -0.5, high: -0.3 }, outcome: "better" },
+    },
     changed: [{ source: "reviews.csv row 3 (line 4)", text: `great ${INJECT} film`, label: 'p"os', status: "fixed", before: { label: "neg", prob: 0.51, prob_true: 0.49 }, after: { label: 'p"os', prob: 0.934, prob_true: 0.934 } }],
     changed_total: 1,
     fixed: 1,
@@ -216,11 +260,13 @@ test("a classification report shows per-class scores, both confusion matrices an
   assert.ok(!html.includes(INJECT) && html.includes("great &lt;script&gt;alert(1)&lt;/script&gt; film"));
   assert.ok(html.includes('data-label="p&quot;os"'), "a label with a quote stays inside its attribute");
 
-  assert.deepEqual(metricRow(html, "accuracy"), ["Accuracy", "50.0%", "80.0%", "+30.0 pts"]);
-  assert.deepEqual(metricRow(html, "macro_f1"), ["Macro-F1", "0.333", "0.798", "+46.5 pts"]);
-  assert.deepEqual(metricRow(html, "loss"), ["Validation loss", "0.6931", "0.4102", "−40.8%"]);
-  assert.deepEqual(metricRow(html, "seconds"), ["Evaluation time", "0.5 s", "0.4 s", ""]);
+  assert.deepEqual(metricRow(html, "accuracy"), ["Accuracy", "50.0%", "80.0%", "+30.0 pts", "+10.0 pts to +60.0 pts"]);
+  assert.deepEqual(metricRow(html, "macro_f1"), ["Macro-F1", "0.333", "0.798", "+46.5 pts", "+15.0 pts to +70.0 pts"]);
+  assert.deepEqual(metricRow(html, "loss"), ["Validation loss", "0.6931", "0.4102", "−40.8%", "−50.0% to −30.0%"]);
+  assert.deepEqual(metricRow(html, "seconds"), ["Evaluation time", "0.5 s", "0.4 s", "", ""]);
+  assert.ok(html.includes("Accuracy: base 23.7%–76.3%, fine-tuned 49.0%–94.3%"), "accuracy's Wilson intervals");
   assert.ok(html.includes(escapeHtml(verdictFor(result).text)), "the classification verdict");
+  assert.match(verdictFor(result).text, /^Fine-tuning helped: held-out accuracy 50\.0% → 80\.0% \(\+30\.0 pts; 95% interval \+10\.0 pts to \+60\.0 pts over 10 held-out examples\)/);
 
   // Both confusion matrices, cell for cell, the diagonal marked.
   for (const [which, m] of [["before", result.before.confusion_matrix], ["after", result.after.confusion_matrix]]) {

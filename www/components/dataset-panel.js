@@ -63,6 +63,15 @@ export function createDatasetPanel(section, { samples, onFile, onSample, onInspe
     el("option", { value: "utf-16le" }, "UTF-16 LE"),
     el("option", { value: "utf-16be" }, "UTF-16 BE"),
   );
+  // How a .txt file becomes examples: detected by default (a play or prose is continuous text;
+  // a file of sentences or questions is one example per line), or chosen here.
+  const textMode = el(
+    "select",
+    { id: "dataset-text-mode", "data-testid": "dataset-text-mode" },
+    el("option", { value: "auto" }, "Detect from the text"),
+    el("option", { value: "lines" }, "One example per line"),
+    el("option", { value: "document" }, "Continuous text (one document)"),
+  );
   const seqLen = el("input", { id: "dataset-seq-len", type: "number", min: 8, step: 1, value: 128, inputmode: "numeric", "data-testid": "dataset-seq-len" });
   const validation = el("input", {
     id: "dataset-validation",
@@ -90,7 +99,7 @@ export function createDatasetPanel(section, { samples, onFile, onSample, onInspe
   const validationRemove = el("button", { type: "button", "data-testid": "dataset-validation-remove", hidden: true, onclick: () => onValidationFile(null) }, "Remove");
   let hasValidationFile = false;
   const recheck = el("button", { type: "button", "data-testid": "inspect-dataset", disabled: true, onclick: () => onInspect() }, "Check again");
-  for (const f of [policy, encoding, seqLen, validation]) f.addEventListener("change", () => section.dataset.hasDataset === "true" && onInspect());
+  for (const f of [policy, encoding, textMode, seqLen, validation]) f.addEventListener("change", () => section.dataset.hasDataset === "true" && onInspect());
 
   const chosen = el("p", { class: "result", "data-testid": "dataset-name" }, "No dataset chosen.");
   const state = el("p", { class: "help", role: "status", "aria-live": "polite", "data-testid": "dataset-state" }, "");
@@ -118,6 +127,7 @@ export function createDatasetPanel(section, { samples, onFile, onSample, onInspe
       { class: "fields dataset-options" },
       el("div", { class: "field" }, el("label", { for: "dataset-policy" }, "Bad records"), policy),
       el("div", { class: "field" }, el("label", { for: "dataset-encoding" }, "Text encoding"), encoding),
+      el("div", { class: "field" }, el("label", { for: "dataset-text-mode" }, "Plain text is"), textMode),
       el("div", { class: "field" }, el("label", { for: "dataset-seq-len" }, "Sequence length (tokens)"), seqLen),
       el("div", { class: "field" }, el("label", { for: "dataset-validation" }, "Validation share"), validation),
       el(
@@ -136,6 +146,13 @@ export function createDatasetPanel(section, { samples, onFile, onSample, onInspe
     preview,
   );
 
+  /** " — 34 of 89 held out are scored, 55 went back to training (the evaluation budget)". */
+  function heldOutNote(h) {
+    if (!h || h.scored >= h.examples) return "";
+    const rest = h.returned_to_training > 0 ? `${formatInt(h.returned_to_training)} went back to training` : `${formatInt(h.examples - h.scored)} are not scored`;
+    return ` — ${formatInt(h.scored)} of ${formatInt(h.examples)} held out are scored, ${rest} (the evaluation budget; validation_max sets it)`;
+  }
+
   function stat(label, value, testid) {
     return [el("dt", {}, label), el("dd", { "data-testid": testid }, value)];
   }
@@ -152,6 +169,7 @@ export function createDatasetPanel(section, { samples, onFile, onSample, onInspe
         stat("File", `${r.file} (${formatBytes(r.bytes)})`, "report-file"),
         stat("Format", `${FORMAT_NAMES[r.format] ?? r.format}${r.encoding && r.encoding !== "utf-8" ? ` (${r.encoding})` : ""}`, "report-format"),
         stat("Schema", `${SCHEMA_NAMES[kind] ?? kind} (${schema.detected ? "detected" : "chosen"})`, "report-schema"),
+        ...(r.text_mode ? stat("Read as", `${r.text_mode.reason}${r.text_mode.detected ? " (detected)" : ""}`, "report-text-mode") : []),
         stat("Records", formatInt(r.records), "report-records"),
         stat(
           "Examples kept",
@@ -165,7 +183,8 @@ export function createDatasetPanel(section, { samples, onFile, onSample, onInspe
         stat(
           "Split",
           `${formatInt(result.train_examples)} training · ${formatInt(result.validation_examples)} validation` +
-            (result.validation_report ? ` (from ${result.validation_report.file})` : ""),
+            (result.validation_report ? ` (from ${result.validation_report.file})` : "") +
+            heldOutNote(result.held_out),
           "report-split",
         ),
         ...(result.validation_report
@@ -291,7 +310,7 @@ export function createDatasetPanel(section, { samples, onFile, onSample, onInspe
       fileInput.disabled = busy;
       sampleSelect.disabled = busy;
       sampleButton.disabled = busy || !sampleSelect.value;
-      for (const f of [policy, encoding, seqLen, validationFile]) f.disabled = busy;
+      for (const f of [policy, encoding, textMode, seqLen, validationFile]) f.disabled = busy;
       validation.disabled = busy || hasValidationFile;
       validationRemove.disabled = busy;
     },
@@ -317,7 +336,7 @@ export function createDatasetPanel(section, { samples, onFile, onSample, onInspe
     },
     /** The job configuration's data part, from the controls. */
     config() {
-      const out = { data: { policy: policy.value, encoding: encoding.value, causal: {} } };
+      const out = { data: { policy: policy.value, encoding: encoding.value, text_mode: { mode: textMode.value }, causal: {} } };
       if (Number.isFinite(seqLen.valueAsNumber)) out.data.causal.seq_len = Math.trunc(seqLen.valueAsNumber);
       if (Number.isFinite(validation.valueAsNumber)) out.validation_fraction = validation.valueAsNumber;
       return out;

@@ -35,55 +35,111 @@ export function points(b, a) {
   return Number.isFinite(b) && Number.isFinite(a) ? `${a - b >= 0 ? "+" : "−"}${Math.abs((a - b) * 100).toFixed(1)} pts` : "–";
 }
 
+/** Fewer held-out units than this give no interval (src/eval/uncertainty.rs, MIN_UNITS). */
+export const MIN_UNITS = 6;
+
+/** A change that is a fraction (−0.291) as a signed percentage: "−29.1%". */
+const relative = (x) => signed(x * 100);
+/** A change of a rate in 0..1 as signed points: "+23.3 pts". */
+const pointsOf = (x) => `${x >= 0 ? "+" : "−"}${Math.abs(x * 100).toFixed(1)} pts`;
+
+/**
+ * The 95% intervals of a result's before/after figures, by metric key: `{before, after}` are
+ * intervals `{low, high}` of the figure (or null), `change` the job's judged change `{value,
+ * interval, outcome}` (or null) with `fmt` for its ends. From the job's `comparison`
+ * (src/eval/uncertainty.rs): Wilson for accuracy, a bootstrap over held-out units otherwise, a
+ * paired bootstrap for every change.
+ */
+export function intervalsOf(result) {
+  const c = result.comparison;
+  if (!c) return {};
+  const of = (before, after, change, fmt) => ({ before: before?.interval ?? null, after: after?.interval ?? null, change: change ?? null, fmt });
+  if (result.task === "classification") {
+    return {
+      accuracy: of(c.accuracy_before, c.accuracy_after, c.accuracy_change, pointsOf),
+      macro_f1: of(c.macro_f1_before, c.macro_f1_after, c.macro_f1_change, pointsOf),
+      loss: of(c.loss_before, c.loss_after, c.loss_change, relative),
+    };
+  }
+  return {
+    loss: of(c.loss_before, c.loss_after, c.loss_change, relative),
+    perplexity: of(c.perplexity_before, c.perplexity_after, null, relative),
+  };
+}
+
+/** "−31.2% to −27.1%": the interval of a change, or "–" without one. */
+export function changeInterval(change, fmt) {
+  return change?.interval ? `${fmt(change.interval.low)} to ${fmt(change.interval.high)}` : "–";
+}
+
 /**
  * The verdict on a fine-tuning result, {text, outcome: "better" | "same" | "worse" | "none"}:
- * the panel shows it, and the HTML report repeats it word for word.
+ * the panel shows it, and the HTML report repeats it word for word. The outcome is the job's
+ * (`comparison`): "better" or "worse" only when the 95% interval of the change excludes no
+ * change, whatever the two point estimates say.
  */
 export function verdictFor(result) {
   return result.task === "classification" ? classVerdict(result) : verdictText(result);
 }
 
+/** " (95% interval … over 26 held-out rows)", or "" without an interval. */
+function withInterval(change, fmt, units) {
+  return change?.interval ? ` (95% interval ${changeInterval(change, fmt)} over ${units})` : "";
+}
+
+/** Why there is no verdict when there is no interval. */
+function tooFew(units) {
+  return `${units} are too few to tell a change from chance (at least ${MIN_UNITS} are needed): hold out more data.`;
+}
+
 function classVerdict(result) {
-  const { before, after, summary } = result;
+  const { before, after, summary, comparison: c } = result;
+  if (!before || !after) return { text: "There were no held-out examples to evaluate, so there is no before/after comparison.", outcome: "none" };
   const stopped = summary.cancelled ? ` Training was stopped after ${formatInt(summary.steps)} steps.` : "";
   const chance = result.head_from_checkpoint
     ? ""
     : " The base model had no head for these labels, so its head was new and \u201cbefore\u201d is chance level: that is the baseline fine-tuning has to beat.";
-  const d = after.accuracy - before.accuracy;
-  if (d > 1e-9) {
-    return { text: `Fine-tuning helped: held-out accuracy ${percent(before.accuracy)} → ${percent(after.accuracy)} (${points(before.accuracy, after.accuracy)}), macro-F1 ${before.macro_f1.toFixed(3)} → ${after.macro_f1.toFixed(3)}.${chance}${stopped}`, outcome: "better" };
+  const change = c?.accuracy_change;
+  const units = `${formatInt(c?.examples ?? after.examples)} held-out examples`;
+  const ci = change?.interval ? `; 95% interval ${changeInterval(change, pointsOf)} over ${units}` : "";
+  const accuracy = `held-out accuracy ${percent(before.accuracy)} → ${percent(after.accuracy)} (${points(before.accuracy, after.accuracy)}${ci})`;
+  const outcome = change?.outcome ?? "same";
+  if (outcome === "better") {
+    return { text: `Fine-tuning helped: ${accuracy}, macro-F1 ${before.macro_f1.toFixed(3)} → ${after.macro_f1.toFixed(3)}.${chance}${stopped}`, outcome };
   }
-  if (Math.abs(d) <= 1e-9) {
-    return { text: `No change in held-out accuracy (${percent(after.accuracy)}); validation loss ${formatLoss(before.loss)} → ${formatLoss(after.loss)}. Try more steps or a higher learning rate.${chance}${stopped}`, outcome: "same" };
+  if (outcome === "worse") {
+    return { text: `Fine-tuning made the classifier worse: ${accuracy}. Try a lower learning rate or fewer steps.${stopped}`, outcome };
   }
-  return { text: `Fine-tuning made the classifier worse on held-out data: accuracy ${percent(before.accuracy)} → ${percent(after.accuracy)}. Try a lower learning rate or fewer steps.${stopped}`, outcome: "worse" };
+  const why = change?.interval ? "The interval includes no change. Try more steps, a higher learning rate or more held-out data." : tooFew(units);
+  return { text: `No clear change: ${accuracy}; validation loss ${formatLoss(before.loss)} → ${formatLoss(after.loss)}. ${why}${chance}${stopped}`, outcome: "same" };
 }
 
 function verdictText(result) {
-  const { before, after, summary } = result;
+  const { before, after, summary, comparison: c } = result;
   if (!before || !after) return { text: "There were no held-out examples to evaluate, so there is no before/after comparison.", outcome: "none" };
-  const change = pct(before.loss, after.loss);
+  const move = pct(before.loss, after.loss);
+  const change = c?.loss_change;
+  const units = `${formatInt(c?.units ?? 0)} held-out rows`;
+  const ci = withInterval(change, relative, units);
   const losses = summary.losses ?? [];
   const k = Math.max(1, Math.floor(losses.length / 5));
   const mean = (xs) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
   const trainFell = losses.length >= 2 && mean(losses.slice(-k)) < mean(losses.slice(0, k));
   const stopped = summary.cancelled ? ` Training was stopped after ${formatInt(summary.steps)} steps.` : "";
-  if (after.loss < before.loss - 1e-6) {
-    return {
-      text: `Fine-tuning helped: validation loss fell ${Math.abs(change).toFixed(1)}% (${formatLoss(before.loss)} → ${formatLoss(after.loss)}), perplexity ${before.perplexity.toFixed(2)} → ${after.perplexity.toFixed(2)}.${stopped}`,
-      outcome: "better",
-    };
+  const figures = `${formatLoss(before.loss)} → ${formatLoss(after.loss)}, perplexity ${before.perplexity.toFixed(2)} → ${after.perplexity.toFixed(2)}`;
+  const outcome = change?.outcome ?? "same";
+  if (outcome === "better") {
+    return { text: `Fine-tuning helped: validation loss fell ${Math.abs(move).toFixed(1)}%${ci}: ${figures}.${stopped}`, outcome };
   }
-  if (Math.abs(after.loss - before.loss) <= 1e-6) {
-    return { text: `No change: validation loss stayed at ${formatLoss(after.loss)}. Try more steps or a higher learning rate.${stopped}`, outcome: "same" };
+  if (outcome === "worse") {
+    const why = trainFell
+      ? "The training loss fell while the validation loss rose: the model is memorising the training examples (overfitting). Use fewer steps, a lower learning rate or more data."
+      : "The training loss did not fall either: the learning rate may be too high or too low, or there were too few steps.";
+    return { text: `Fine-tuning made the model worse on held-out data: validation loss rose ${Math.abs(move).toFixed(1)}%${ci}: ${figures}. ${why}${stopped}`, outcome };
   }
-  const why = trainFell
-    ? "The training loss fell while the validation loss rose: the model is memorising the training examples (overfitting). Use fewer steps, a lower learning rate or more data."
-    : "The training loss did not fall either: the learning rate may be too high or too low, or there were too few steps.";
-  return {
-    text: `Fine-tuning made the model worse on held-out data: validation loss rose ${change.toFixed(1)}% (${formatLoss(before.loss)} → ${formatLoss(after.loss)}). ${why}${stopped}`,
-    outcome: "worse",
-  };
+  const moved = Math.abs(move) < 0.05 ? "stayed the same" : `${move < 0 ? "fell" : "rose"} ${Math.abs(move).toFixed(1)}%`;
+  const why = change?.interval ? "The interval includes no change. Try more steps, a higher learning rate or more held-out data." : tooFew(units);
+  return { text: `No clear change: validation loss ${moved}${ci} (${figures}). ${why}${stopped}`, outcome: "same" };
 }
 
 /**
@@ -106,18 +162,43 @@ export function createResultsPanel(section, { onDownload, onClassify, onSimilari
     return el("td", { "data-testid": testid, ...attrs }, text);
   }
 
-  function renderTable(before, after, answers) {
+  // The result shown, for the caption's held-out counts.
+  let current = null;
+
+  /** "186 of 549 held-out examples (363 returned to training); ", or "" when all were scored. */
+  function heldOutText(result = current) {
+    const h = result?.held_out;
+    if (!h || h.scored === h.examples) return "";
+    const rest = h.returned_to_training > 0 ? `${formatInt(h.returned_to_training)} returned to training` : `${formatInt(h.examples - h.scored)} not scored`;
+    return `${formatInt(h.scored)} of ${formatInt(h.examples)} held-out examples scored, ${rest}; `;
+  }
+
+  /** A figure with its 95% interval below it (the figure alone carries the test id). */
+  function figure(text, testid, interval, fmt) {
+    const ci = interval ? el("small", { class: "ci", "data-testid": `${testid}-ci` }, `95%: ${fmt(interval.low)}–${fmt(interval.high)}`) : "";
+    return el("td", {}, el("span", { "data-testid": testid }, text), ci);
+  }
+
+  /** The change's 95% interval and what it says. */
+  function intervalCell(info, testid) {
+    const change = info?.change;
+    return cell(changeInterval(change, info?.fmt), `${testid}-interval`, { "data-outcome": change?.outcome ?? "" });
+  }
+
+  function renderTable(before, after, answers, intervals) {
     const row = (label, key, fmt, testid) => {
       const b = before?.[key];
       const a = after?.[key];
       const change = Number.isFinite(b) && Number.isFinite(a) && b !== 0 ? pct(b, a) : null;
+      const info = intervals[key];
       return el(
         "tr",
         {},
         el("th", { scope: "row" }, label),
-        cell(fmt(b), `${testid}-before`),
-        cell(fmt(a), `${testid}-after`),
+        figure(fmt(b), `${testid}-before`, info?.before, fmt),
+        figure(fmt(a), `${testid}-after`, info?.after, fmt),
         cell(change === null ? "–" : signed(change), `${testid}-change`, { "data-better": change === null ? "" : change < 0 ? "true" : "false" }),
+        intervalCell(info, testid),
       );
     };
     // Exact match and token F1 of the greedy answers shown below (prompt–completion and chat
@@ -126,16 +207,16 @@ export function createResultsPanel(section, { onDownload, onClassify, onSimilari
       const b = answers?.before?.[key];
       const a = answers?.after?.[key];
       const better = Number.isFinite(b) && Number.isFinite(a) && a !== b ? String(a > b) : "";
-      return el("tr", {}, el("th", { scope: "row" }, label), cell(percent(b), `${testid}-before`), cell(percent(a), `${testid}-after`), cell(points(b, a), `${testid}-change`, { "data-better": better }));
+      return el("tr", {}, el("th", { scope: "row" }, label), cell(percent(b), `${testid}-before`), cell(percent(a), `${testid}-after`), cell(points(b, a), `${testid}-change`, { "data-better": better }), cell("–", `${testid}-interval`));
     };
     const n = answers?.after?.examples ?? answers?.before?.examples;
     const answerRows = n ? [answerRow(`Exact match (${formatInt(n)} greedy answers; higher is better)`, "exact_match", "exact-match"), answerRow("Token F1 (same answers; higher is better)", "token_f1", "token-f1")] : [];
     table.replaceChildren(
-      el("caption", {}, `Held-out validation set (${formatInt(after?.tokens ?? before?.tokens)} tokens scored; loss and perplexity: lower is better)`),
+      el("caption", {}, `Held-out validation set (${heldOutText()}${formatInt(after?.tokens ?? before?.tokens)} tokens scored; loss and perplexity: lower is better; 95% intervals from a bootstrap over the held-out rows)`),
       el(
         "thead",
         {},
-        el("tr", {}, el("th", {}, ""), el("th", { scope: "col" }, "Base model"), el("th", { scope: "col" }, "Fine-tuned"), el("th", { scope: "col" }, "Change")),
+        el("tr", {}, el("th", {}, ""), el("th", { scope: "col" }, "Base model"), el("th", { scope: "col" }, "Fine-tuned"), el("th", { scope: "col" }, "Change"), el("th", { scope: "col" }, "95% interval of the change")),
       ),
       el(
         "tbody",
@@ -150,16 +231,18 @@ export function createResultsPanel(section, { onDownload, onClassify, onSimilari
 
   function renderClassTable(result) {
     const { before, after } = result;
+    const intervals = intervalsOf(result);
     const row = (label, key, fmt, testid, higherBetter) => {
       const b = before?.[key];
       const a = after?.[key];
       const better = Number.isFinite(b) && Number.isFinite(a) && a !== b ? String(higherBetter ? a > b : a < b) : "";
       const change = higherBetter ? points(b, a) : Number.isFinite(b) && Number.isFinite(a) && b !== 0 ? signed(pct(b, a)) : "–";
-      return el("tr", {}, el("th", { scope: "row" }, label), cell(fmt(b), `${testid}-before`), cell(fmt(a), `${testid}-after`), cell(change, `${testid}-change`, { "data-better": better }));
+      const info = intervals[key];
+      return el("tr", {}, el("th", { scope: "row" }, label), figure(fmt(b), `${testid}-before`, info?.before, fmt), figure(fmt(a), `${testid}-after`, info?.after, fmt), cell(change, `${testid}-change`, { "data-better": better }), intervalCell(info, testid));
     };
     table.replaceChildren(
-      el("caption", {}, `Held-out validation set (${formatInt(after?.examples ?? before?.examples)} examples, ${result.labels.length} labels)`),
-      el("thead", {}, el("tr", {}, el("th", {}, ""), el("th", { scope: "col" }, "Base model"), el("th", { scope: "col" }, "Fine-tuned"), el("th", { scope: "col" }, "Change"))),
+      el("caption", {}, `Held-out validation set (${heldOutText(result)}${formatInt(after?.examples ?? before?.examples)} examples scored, ${result.labels.length} labels; 95% intervals: Wilson for accuracy, a bootstrap over the examples otherwise)`),
+      el("thead", {}, el("tr", {}, el("th", {}, ""), el("th", { scope: "col" }, "Base model"), el("th", { scope: "col" }, "Fine-tuned"), el("th", { scope: "col" }, "Change"), el("th", { scope: "col" }, "95% interval of the change"))),
       el(
         "tbody",
         {},
@@ -376,7 +459,8 @@ export function createResultsPanel(section, { onDownload, onClassify, onSimilari
         renderClasses(result);
         renderTryIt(result);
       } else {
-        renderTable(result.before, result.after, { before: result.answers_before, after: result.answers_after });
+        current = result;
+        renderTable(result.before, result.after, { before: result.answers_before, after: result.answers_after }, intervalsOf(result));
         classes.hidden = true;
         tryIt.hidden = true;
       }

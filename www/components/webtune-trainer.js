@@ -30,6 +30,7 @@
 import { FineTuner, PRESETS, WebtuneError } from "../webtune.js";
 import { createLossChart } from "./loss-chart.js";
 import { el, formatBytes, formatDuration, formatInt, formatLoss } from "../lib/format.js";
+import { changeInterval, intervalsOf, verdictFor } from "./results-panel.js";
 
 const UPLOT_CSS = new URL("../vendor/uplot/uPlot.min.css", import.meta.url);
 const OVERRIDES = ["model", "dataset", "preset", "backend", "steps", "lr", "method", "endpoint"];
@@ -398,6 +399,7 @@ export class WebtuneTrainer extends HTMLElement {
   #showResult(result) {
     const { before: b, after: a } = result;
     const ui = this.#ui;
+    const intervals = intervalsOf(result);
     const row = (label, key, fmt, lowerIsBetter, testid) => {
       const x = b?.[key];
       const y = a?.[key];
@@ -411,6 +413,7 @@ export class WebtuneTrainer extends HTMLElement {
         el("td", { class: "num", "data-testid": `wt-${testid}-before` }, fmt(x)),
         el("td", { class: "num", "data-testid": `wt-${testid}-after` }, fmt(y)),
         el("td", { class: "num", "data-testid": `wt-${testid}-change`, "data-better": better }, change === null ? "–" : signedPct(change)),
+        el("td", { class: "num", "data-testid": `wt-${testid}-interval`, "data-outcome": intervals[key]?.change?.outcome ?? "" }, changeInterval(intervals[key]?.change, intervals[key]?.fmt)),
       );
     };
     const classification = result.task === "classification";
@@ -422,9 +425,10 @@ export class WebtuneTrainer extends HTMLElement {
         ]
       : [row("Loss", "loss", formatLoss, true, "loss"), row("Perplexity", "perplexity", (x) => (Number.isFinite(x) ? x.toFixed(2) : "–"), true, "perplexity")];
     const scored = classification ? `${formatInt(a?.examples ?? b?.examples)} held-out examples` : `${formatInt(a?.tokens ?? b?.tokens)} held-out tokens`;
+    const verdict = verdictFor(result);
     ui.table.replaceChildren(
-      el("caption", {}, `Before / after, measured on ${scored} the model never trained on`),
-      el("thead", {}, el("tr", {}, el("th", {}, ""), el("th", { scope: "col" }, "Base model"), el("th", { scope: "col" }, "Fine-tuned"), el("th", { scope: "col" }, "Change"))),
+      el("caption", { "data-testid": "wt-verdict", "data-outcome": verdict.outcome }, `Before / after, measured on ${scored} the model never trained on. ${verdict.text}`),
+      el("thead", {}, el("tr", {}, el("th", {}, ""), el("th", { scope: "col" }, "Base model"), el("th", { scope: "col" }, "Fine-tuned"), el("th", { scope: "col" }, "Change"), el("th", { scope: "col" }, "95% interval"))),
       el("tbody", {}, rows.filter(Boolean)),
     );
     ui.table.hidden = false;

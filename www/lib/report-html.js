@@ -8,7 +8,7 @@
 // free of DOM use, so node tests import it directly.
 
 import { formatBytes, formatInt, formatLoss, formatLr } from "./format.js";
-import { pct, percent, points, signed, verdictFor } from "../components/results-panel.js";
+import { changeInterval, intervalsOf, pct, percent, points, signed, verdictFor } from "../components/results-panel.js";
 
 const ESCAPES = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
 
@@ -75,7 +75,7 @@ function when(iso) {
  * One metrics row: `better` is "lower", "higher" or null (a count: no change shown). Rates in
  * 0..1 change in percentage points, others in percent, as the results panel shows them.
  */
-function metricRow({ label, key, before, after, fmt, better, rate = false }) {
+function metricRow({ label, key, before, after, fmt, better, rate = false, interval = null }) {
   if (!Number.isFinite(before) && !Number.isFinite(after)) return null;
   let change = "";
   let isBetter = "";
@@ -84,7 +84,20 @@ function metricRow({ label, key, before, after, fmt, better, rate = false }) {
     else change = before !== 0 ? signed(pct(before, after)) : "–";
     if (after !== before) isBetter = String(better === "lower" ? after < before : after > before);
   }
-  return html`<tr data-metric="${key}"><th scope="row">${label}</th><td class="before">${fmt(before)}</td><td class="after">${fmt(after)}</td><td class="change" data-better="${isBetter}">${change}</td></tr>`;
+  const ci = interval?.change ? changeInterval(interval.change, interval.fmt) : "";
+  return html`<tr data-metric="${key}"><th scope="row">${label}</th><td class="before">${fmt(before)}</td><td class="after">${fmt(after)}</td><td class="change" data-better="${isBetter}">${change}</td><td class="interval" data-outcome="${interval?.change?.outcome ?? ""}">${ci}</td></tr>`;
+}
+
+/** "Validation loss: base 7.0512–7.1722, fine-tuned 5.0012–5.0801": the figures' intervals. */
+function figureIntervals(rows, intervals) {
+  const parts = rows
+    .filter((r) => intervals[r.key]?.before || intervals[r.key]?.after)
+    .map((r) => {
+      const i = intervals[r.key];
+      const range = (x) => (x ? `${r.fmt(x.low)}–${r.fmt(x.high)}` : "–");
+      return `${r.label}: base ${range(i.before)}, fine-tuned ${range(i.after)}`;
+    });
+  return parts.length ? html`<p class="help" id="intervals">95% intervals of the figures (Wilson for accuracy, a bootstrap over the held-out units otherwise): ${parts.join("; ")}.</p>` : "";
 }
 
 function metricsTable(result) {
@@ -110,13 +123,15 @@ function metricsTable(result) {
         { label: "Tokens scored", key: "tokens", before: b.tokens, after: a.tokens, fmt: formatInt, better: null },
         { label: "Evaluation time", key: "seconds", before: b.seconds, after: a.seconds, fmt: seconds, better: null },
       ];
-  const body = rows.map(metricRow).filter(Boolean);
+  const intervals = intervalsOf(result);
+  const body = rows.map((r) => metricRow({ ...r, interval: intervals[r.key] })).filter(Boolean);
   if (!body.length) return html`<p class="help">There were no held-out examples to evaluate, so there are no before/after numbers.</p>`;
   return html`<table class="metrics" id="metrics">
-<thead><tr><th></th><th scope="col">Base model</th><th scope="col">Fine-tuned</th><th scope="col">Change</th></tr></thead>
+<thead><tr><th></th><th scope="col">Base model</th><th scope="col">Fine-tuned</th><th scope="col">Change</th><th scope="col">95% interval of the change</th></tr></thead>
 <tbody>
 ${body.map((r) => html`${r}\n`)}</tbody>
-</table>`;
+</table>
+${figureIntervals(rows, intervals)}`;
 }
 
 function perClassTable(result) {

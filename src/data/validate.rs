@@ -457,7 +457,7 @@ pub type OnDataProgress<'a> = &'a dyn Fn(DataProgress<'_>);
 /// row of `seq_len` tokens (~3 characters each in English with a BPE vocabulary: 3.3 measured
 /// on the Shakespeare sample with SmolLM2's), so the held-out share has many pieces to draw from.
 fn text_mode(options: &InspectOptions) -> TextMode {
-    let row = (3 * options.causal.seq_len).max(192);
+    let row = options.causal.seq_len.saturating_mul(3).max(192);
     match options.text_mode {
         TextMode::Auto { chunk_chars: 0 } => TextMode::Auto { chunk_chars: row },
         TextMode::Document { chunk_chars: 0 } => TextMode::Document { chunk_chars: row },

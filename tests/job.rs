@@ -582,7 +582,10 @@ fn a_play_is_one_document_packed_without_end_of_text_between_its_chunks() {
     let eos = base.eos_token_id.expect("GPT-2 has an end-of-text token") as i64;
     let verse = "Now, fair Hippolyta, our nuptial hour\nDraws on apace; four happy days bring in\n\
                  Another moon: but, O, methinks, how slow\nThis old moon wanes! she lingers my desires,\n";
-    let play = verse.repeat(20);
+    // Numbered, so that no two chunks are identical (duplicates stay on one side of a split).
+    let play: String = (0..20)
+        .map(|i| format!("Scene {i}, and so it goes on,\n{verse}"))
+        .collect();
     let file = DatasetFile {
         name: "play.txt",
         source: DataSource::Bytes(play.as_bytes()),

@@ -104,6 +104,7 @@ import { createGeneratePanel } from "./components/generate-panel.js";
 import { createDatasetPanel } from "./components/dataset-panel.js";
 import { createFinetunePanel } from "./components/finetune-panel.js";
 import { createResultsPanel, downloadName } from "./components/results-panel.js";
+import { createSteps } from "./components/steps.js";
 import { SAMPLES, sampleUrl } from "./lib/samples.js";
 import { curves, dataSummary, modelSource } from "./lib/report.js";
 import { reportHtml } from "./lib/report-html.js";
@@ -156,6 +157,10 @@ const state = {
   // The pending checkpoint-info request after a model load (see refreshCheckpoint), or null.
   checkpointRefresh: null,
   baseline: null,
+  // Whether the chosen dataset was checked without error for the loaded model (step 2 done),
+  // and the dataset the last fine-tuning run trained on (step 3 done when it is the chosen one).
+  datasetChecked: false,
+  trainedOn: null,
   finetunes: [],
   activeFinetune: null,
   tuned: null,
@@ -216,6 +221,12 @@ const finetunePanel = createFinetunePanel(document.getElementById("finetune-pane
   onContinue: () => void resumeInterrupted(null),
   onDiscard: () => void discardCheckpoint(),
 });
+const steps = createSteps(document.querySelector("[data-testid=steps]"));
+steps.update({ model: false, data: false, trained: false });
+// ?diagnostics=open or #diagnostics: the backend details and the toy check, unfolded.
+const diagnostics = document.getElementById("diagnostics");
+if (params.get("diagnostics") === "open" || location.hash === "#diagnostics") diagnostics.open = true;
+
 const resultsPanel = createResultsPanel(document.getElementById("results-panel"), {
   onDownload: (path) => void download(path),
   onClassify: (text, which) => classify(text, which),
@@ -251,6 +262,14 @@ function updateMode() {
     paused: Number.isInteger(state.activeFinetune?.pause),
   });
   document.body.dataset.mode = mode;
+  // A fine-tuning run reads and checks the data itself (one running counts), and an
+  // interrupted run's checkpoint opens the fine-tune step to offer it. Step 3 is done by a run
+  // on the current data.
+  steps.update({
+    model: state.model !== null,
+    data: state.datasetChecked || state.activeFinetune !== null || Boolean(state.checkpoint),
+    trained: state.lastResult !== null && state.trainedOn === state.dataset,
+  });
 }
 
 /** Show what is going on in the status line once an operation ended. */
@@ -460,6 +479,7 @@ async function refreshCheckpoint() {
   const fits = meta && model && meta.model?.architecture === model.architecture && meta.model?.parameters === model.parameters;
   state.checkpoint = fits ? meta : null;
   finetunePanel.checkpoint(state.checkpoint);
+  updateMode();
   return state.checkpoint;
 }
 
@@ -513,6 +533,8 @@ function refusalFor(kind) {
 
 function setModel(info) {
   state.model = info;
+  // The data is checked again with the new model's tokenizer.
+  state.datasetChecked = false;
   if (info) privacy.modelLoaded();
   window.webtune.model = info;
   generatePanel.setModel(info);
@@ -837,6 +859,10 @@ async function datasetFrom(input) {
 }
 
 function setDataset(dataset) {
+  // Another file sends the path back to step 2 until it is checked; checking the same one
+  // again (other options) keeps the steps after it open meanwhile.
+  const same = state.dataset && dataset.name === state.dataset.name && dataset.bytes === state.dataset.bytes;
+  if (!same) state.datasetChecked = false;
   state.dataset = dataset;
   datasetPanel.chosen(dataset.name, dataset.bytes.byteLength, state.model ? null : "Load a model to check it: the report counts tokens with the model's tokenizer.");
   updateMode();
@@ -950,6 +976,7 @@ async function inspectDataset(input, config) {
   record.id = id;
   const outcome = await result;
   state.activeOp = null;
+  state.datasetChecked = Boolean(outcome.result);
   if (outcome.result) {
     record.status = "done";
     record.result = outcome.result;
@@ -1020,6 +1047,9 @@ async function finetune(input, config, { resume = false } = {}) {
     record.status = r.summary?.cancelled ? "cancelled" : "done";
     setTuned(r.tuned_info ?? state.model);
     state.lastResult = r;
+    // The run read and checked its data: step 2 is done for it, step 3 too.
+    if (state.dataset === dataset) state.datasetChecked = true;
+    state.trainedOn = dataset;
     finetunePanel.finish(r);
     resultsPanel.show(r);
     const b = r.before?.loss;

@@ -67,7 +67,7 @@ function assertSameOrigin(log) {
 const browserRuns = new Map();
 function browserRun(backend) {
   if (!browserRuns.has(backend)) {
-    const promise = withPage(`toy-${backend}`, browser, { backend }, async ({ page, log }) => {
+    const promise = withPage(`toy-${backend}`, browser, { backend, diagnostics: "open" }, async ({ page, log }) => {
       const backendMessage = await waitForBackend(page);
       assert.equal(backendMessage.requested, backend);
       assert.equal(backendMessage.backend, backend, `the worker should run on ${backend}: ${backendMessage.reason}`);
@@ -118,7 +118,7 @@ function computeWorkers(log) {
 }
 
 test("a. the page loads and auto picks a backend (CPU when only a fallback WebGPU adapter exists)", { timeout: 150_000 }, async () => {
-  await withPage("a-auto-backend", browser, { backend: "auto" }, async ({ page, log }) => {
+  await withPage("a-auto-backend", browser, { backend: "auto", diagnostics: "open" }, async ({ page, log }) => {
     const message = await waitForBackend(page);
     assert.equal(message.requested, "auto");
     assert.ok(["webgpu", "cpu"].includes(message.backend), `unexpected backend ${message.backend}`);
@@ -181,7 +181,7 @@ test("a. the page loads and auto picks a backend (CPU when only a fallback WebGP
 });
 
 test("a2. switching backend replaces the worker", { timeout: 150_000 }, async () => {
-  await withPage("a2-switch-backend", browser, { backend: "auto" }, async ({ page, log }) => {
+  await withPage("a2-switch-backend", browser, { backend: "auto", diagnostics: "open" }, async ({ page, log }) => {
     await waitForBackend(page);
     const generation = await page.evaluate(() => window.webtune.generation);
     await page.getByTestId("backend-select").selectOption("cpu");
@@ -289,7 +289,7 @@ test("c. parity: WebGPU losses match the native CLI within tolerance", { timeout
 });
 
 test("d. cancel stops a long CPU run and the worker stays usable", { timeout: 300_000 }, async () => {
-  await withPage("d-cancel", browser, { backend: "cpu" }, async ({ page, log }) => {
+  await withPage("d-cancel", browser, { backend: "cpu", diagnostics: "open" }, async ({ page, log }) => {
     await waitForBackend(page);
     const generation = await page.evaluate(() => window.webtune.generation);
     const cancel = page.getByTestId("cancel");
@@ -333,7 +333,7 @@ test("d. cancel stops a long CPU run and the worker stays usable", { timeout: 30
 });
 
 test("f. an invalid config shows a config.invalid alert and the page keeps working", { timeout: 240_000 }, async () => {
-  await withPage("f-typed-error", browser, { backend: "cpu" }, async ({ page, log }) => {
+  await withPage("f-typed-error", browser, { backend: "cpu", diagnostics: "open" }, async ({ page, log }) => {
     await waitForBackend(page);
     const generation = await page.evaluate(() => window.webtune.generation);
 
@@ -385,7 +385,7 @@ const CRASHES = [
 ];
 
 for (const { where, config: CRASH_CONFIG } of CRASHES) test(`g. a run that crashes the wasm module ${where} settles; the page offers a restart and the new worker trains`, { timeout: 300_000 }, async () => {
-  await withPage(`g-crash-restart${CRASH_CONFIG.debug_panic_thread ? "-thread" : ""}`, browser, CRASH_CONFIG.debug_panic_thread ? { backend: "cpu", threads: 2 } : { backend: "cpu" }, async ({ page, log }) => {
+  await withPage(`g-crash-restart${CRASH_CONFIG.debug_panic_thread ? "-thread" : ""}`, browser, CRASH_CONFIG.debug_panic_thread ? { backend: "cpu", threads: 2, diagnostics: "open" } : { backend: "cpu", diagnostics: "open" }, async ({ page, log }) => {
     const backend = await waitForBackend(page);
     if (CRASH_CONFIG.debug_panic_thread) assert.equal(backend.cpu_threads, 2, `the CPU backend's threads: ${backend.reason}`);
     const generation = await page.evaluate(() => window.webtune.generation);

@@ -205,7 +205,8 @@ export function createDatasetPanel(section, { samples, onFile, onSample, onInspe
         el("h3", {}, `Problems (${formatInt(r.skipped)} record${r.skipped === 1 ? "" : "s"} ${r.policy === "stop" ? "" : "skipped"})`),
         el(
           "ol",
-          { class: "issues", "data-testid": "dataset-issues" },
+          // Scrolls when long: focusable, so a keyboard can scroll it too.
+          { class: "issues", "data-testid": "dataset-issues", tabindex: 0, "aria-label": "Skipped records" },
           r.issues.map((i) =>
             el(
               "li",
@@ -224,7 +225,7 @@ export function createDatasetPanel(section, { samples, onFile, onSample, onInspe
         el("h3", {}, "Warnings (kept)"),
         el(
           "ul",
-          { class: "issues warnings", "data-testid": "dataset-warnings" },
+          { class: "issues warnings", "data-testid": "dataset-warnings", tabindex: 0, "aria-label": "Warnings" },
           r.warnings.map((i) => el("li", {}, el("code", {}, `${i.file}:${i.line ?? "?"}`), " ", i.message)),
         ),
       );

@@ -159,8 +159,17 @@ export function createLossChart(container, { validation = false, lr = false } = 
   }
 
   build();
+  // Resized on the next frame, not inside the observer's callback: resizing there changes the
+  // layout the observer is reporting and ends in "ResizeObserver loop" errors on narrow screens.
+  // A hidden container (a step not open yet, folded diagnostics) has no width to follow.
+  let resizing = false;
   new ResizeObserver(() => {
-    if (chart && chart.width !== width()) chart.setSize({ width: width(), height: HEIGHT });
+    if (resizing || !container.clientWidth) return;
+    resizing = true;
+    requestAnimationFrame(() => {
+      resizing = false;
+      if (chart && container.clientWidth && chart.width !== width()) chart.setSize({ width: width(), height: HEIGHT });
+    });
   }).observe(container);
   // Canvas colours do not follow CSS: rebuild when the colour scheme changes.
   matchMedia("(prefers-color-scheme: dark)").addEventListener("change", build);

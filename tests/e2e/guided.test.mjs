@@ -70,9 +70,9 @@ async function assertAccessible(page, what) {
   assert.deepEqual(violations, [], `${what}: ${JSON.stringify(violations, null, 1)}`);
 }
 
-/** A screenshot of one step's section. */
+/** A screenshot of one step's section (the sticky step list kept out of the way). */
 async function shoot(page, width, key, name) {
-  await page.locator(`#step-${key}`).screenshot({ path: artifactPath(`guided-${width}-${name}.png`) });
+  await page.locator(`#step-${key}`).screenshot({ path: artifactPath(`guided-${width}-${name}.png`), style: "[data-testid=steps] { position: static !important; }" });
 }
 
 /** Choose a bundled sample in the data step and wait for its report. */
@@ -159,6 +159,7 @@ for (const width of [1280, 390]) {
         await assertAccessible(page, `${sample}: results`);
         await shoot(page, width, "finetune", `3-finetune-${slug}`);
         await shoot(page, width, "compare", `4-compare-${slug}`);
+        assert.doesNotMatch(await page.getByTestId("downloads").textContent(), /null/, "no stray text among the downloads");
       }
 
       // The encoder and the sentiment sample: a new model sends the path back to step 2.

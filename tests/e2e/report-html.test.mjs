@@ -194,6 +194,9 @@ test("the verdict follows the interval of the change, not the point estimates", 
   const few = judged({ value: -0.2522, interval: null, outcome: "same" }, 3);
   assert.equal(few.outcome, "same");
   assert.match(few.text, /3 held-out rows are too few to tell a change from chance \(at least 6 are needed\)/);
+  // Sure but small: said as such.
+  const small = verdictFor({ ...result, after: { ...result.after, loss: result.before.loss * 0.995 }, comparison: { ...result.comparison, loss_change: { value: -0.005, interval: { low: -0.007, high: -0.003 }, outcome: "better" } } });
+  assert.match(small.text, /^Fine-tuning helped a little: validation loss fell 0\.5% \(95% interval −0\.7% to −0\.3%/);
   // A rise whose interval excludes zero is worse, with the interval.
   const worse = judged({ value: 0.1, interval: { low: 0.05, high: 0.15 }, outcome: "worse" });
   assert.equal(worse.outcome, "worse");

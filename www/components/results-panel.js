@@ -129,7 +129,9 @@ function verdictText(result) {
   const figures = `${formatLoss(before.loss)} → ${formatLoss(after.loss)}, perplexity ${before.perplexity.toFixed(2)} → ${after.perplexity.toFixed(2)}`;
   const outcome = change?.outcome ?? "same";
   if (outcome === "better") {
-    return { text: `Fine-tuning helped: validation loss fell ${Math.abs(move).toFixed(1)}%${ci}: ${figures}.${stopped}`, outcome };
+    // Sure is not the same as large: a consistent fall of a fraction of a percent is said as such.
+    const how = Math.abs(move) < 2 ? "Fine-tuning helped a little" : "Fine-tuning helped";
+    return { text: `${how}: validation loss fell ${Math.abs(move).toFixed(1)}%${ci}: ${figures}.${stopped}`, outcome };
   }
   if (outcome === "worse") {
     const why = trainFell
@@ -422,7 +424,8 @@ export function createResultsPanel(section, { onDownload, onClassify, onSimilari
     const merged = files.filter((f) => f.startsWith("merged/"));
     const adapter = files.filter((f) => f.startsWith("adapter/"));
     const other = files.filter((f) => !f.startsWith("merged/") && !f.startsWith("adapter/"));
-    downloads.replaceChildren(
+    // (replaceChildren writes a null as the text "null": absent groups are left out first.)
+    const parts = [
       onReport
         ? el(
             "p",
@@ -445,7 +448,8 @@ export function createResultsPanel(section, { onDownload, onClassify, onSimilari
       ),
       group("LoRA adapter (PEFT)", adapter, "adapter/", "Only the adapter weights: load them on top of the base model with PEFT."),
       group("Other files", other, "", null),
-    );
+    ].filter(Boolean);
+    downloads.replaceChildren(...parts);
     downloads.hidden = false;
   }
 

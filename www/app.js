@@ -221,7 +221,7 @@ const finetunePanel = createFinetunePanel(document.getElementById("finetune-pane
   onContinue: () => void resumeInterrupted(null),
   onDiscard: () => void discardCheckpoint(),
 });
-const steps = createSteps(document.querySelector("[data-testid=steps]"));
+const steps = createSteps(document.querySelector("[data-testid=step-list]"));
 steps.update({ model: false, data: false, trained: false });
 // ?diagnostics=open or #diagnostics: the backend details and the toy check, unfolded.
 const diagnostics = document.getElementById("diagnostics");

@@ -37,7 +37,7 @@ function stepStates(page) {
     Object.fromEntries(
       keys.map((k) => {
         const s = document.getElementById(`step-${k}`);
-        const item = document.querySelector(`[data-testid=steps] li[data-step="${k}"]`);
+        const item = document.querySelector(`[data-testid=step-list] li[data-step="${k}"]`);
         return [k, { state: s.dataset.state, open: !s.querySelector(".step-body").hidden, listed: item.dataset.state, current: item.querySelector("a").getAttribute("aria-current") === "step" }];
       }),
     ),
@@ -72,7 +72,7 @@ async function assertAccessible(page, what) {
 
 /** A screenshot of one step's section (the sticky step list kept out of the way). */
 async function shoot(page, width, key, name) {
-  await page.locator(`#step-${key}`).screenshot({ path: artifactPath(`guided-${width}-${name}.png`), style: "[data-testid=steps] { position: static !important; }" });
+  await page.locator(`#step-${key}`).screenshot({ path: artifactPath(`guided-${width}-${name}.png`), style: "[data-testid=step-list] { position: static !important; }" });
 }
 
 /** Choose a bundled sample in the data step and wait for its report. */
@@ -159,7 +159,7 @@ for (const width of [1280, 390]) {
         await assertAccessible(page, `${sample}: results`);
         await shoot(page, width, "finetune", `3-finetune-${slug}`);
         await shoot(page, width, "compare", `4-compare-${slug}`);
-        assert.doesNotMatch(await page.getByTestId("downloads").textContent(), /null/, "no stray text among the downloads");
+        assert.doesNotMatch(await page.getByTestId("step-compare").getByTestId("downloads").textContent(), /null/, "no stray text among the downloads");
       }
 
       // The encoder and the sentiment sample: a new model sends the path back to step 2.

@@ -293,7 +293,8 @@ export function createDatasetPanel(section, { samples, onFile, onSample, onInspe
         while (end > 1 && !tokens[end - 1].counts && tokens[end - 1].id === tokens[end - 2].id) end -= 1;
         return el(
           "div",
-          { class: "preview-example", "data-testid": "preview-example", "aria-label": `Training example ${i + 1}` },
+          // Scrolls when long (a narrow screen): focusable, so a keyboard can scroll it too.
+          { class: "preview-example", "data-testid": "preview-example", "aria-label": `Training example ${i + 1}`, tabindex: 0 },
           tokens.slice(0, end).map((t) =>
             el(t.counts ? "mark" : "span", { class: t.counts ? "tok counts" : "tok", title: `token ${t.id}`, "data-counts": t.counts ? "1" : "0" }, t.text),
           ),

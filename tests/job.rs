@@ -748,7 +748,9 @@ fn a_validation_file_must_match_the_training_file() {
 fn a_classification_job_evaluates_on_the_validation_file() {
     use webtune::train::{run_task, JobResult};
     let (files, base) = sentiment_model();
-    let data = sentiment_jsonl(60);
+    // A 400-example validation file: scored whole by default (the evaluation budget of this
+    // small encoder is far larger), not the first 64 as before.
+    let data = sentiment_jsonl(448);
     let lines: Vec<&str> = data.lines().collect();
     let train: String = lines[..48].iter().map(|l| format!("{l}\n")).collect();
     let validation: String = lines[48..].iter().map(|l| format!("{l}\n")).collect();
@@ -786,11 +788,20 @@ fn a_classification_job_evaluates_on_the_validation_file() {
         .validation_report
         .as_ref()
         .expect("the validation report");
-    assert_eq!(report.examples, 12);
+    assert_eq!(report.examples, 400);
     // Duplicate texts in the generated reviews may overlap across the two files.
     assert_eq!(out.train_examples + out.overlap_removed, 48);
-    assert_eq!(out.validation_examples, 12);
-    assert_eq!((out.before.examples, out.after.examples), (12, 12));
+    assert_eq!(out.validation_examples, 400);
+    assert_eq!((out.before.examples, out.after.examples), (400, 400));
+    assert_eq!(
+        out.held_out,
+        HeldOut {
+            examples: 400,
+            scored: 400,
+            returned_to_training: 0
+        }
+    );
+    assert_eq!(out.comparison.expect("intervals").examples, 400);
     let json = serde_json::to_value(&out).unwrap();
     assert_eq!(json["validation_report"]["file"], "valid.jsonl");
 }

@@ -4,7 +4,7 @@
 // token lengths) and a preview of the first training examples with the tokens that count in the
 // loss highlighted. The file is read in this tab and never leaves the machine.
 
-import { el, formatBytes, formatInt } from "../lib/format.js";
+import { el, formatBytes, formatHeldOut, formatInt } from "../lib/format.js";
 
 const FORMAT_NAMES = { jsonl: "JSON Lines", json: "JSON array", csv: "CSV", tsv: "TSV", text: "plain text" };
 const SCHEMA_NAMES = {
@@ -146,11 +146,10 @@ export function createDatasetPanel(section, { samples, onFile, onSample, onInspe
     preview,
   );
 
-  /** " — 34 of 89 held out are scored, 55 went back to training (the evaluation budget)". */
+  /** " — 34 of 89 held out are scored, 55 went back to training (the evaluation budget…)". */
   function heldOutNote(h) {
-    if (!h || h.scored >= h.examples) return "";
-    const rest = h.returned_to_training > 0 ? `${formatInt(h.returned_to_training)} went back to training` : `${formatInt(h.examples - h.scored)} are not scored`;
-    return ` — ${formatInt(h.scored)} of ${formatInt(h.examples)} held out are scored, ${rest} (the evaluation budget; validation_max sets it)`;
+    const text = formatHeldOut(h);
+    return text ? ` — ${text} (the evaluation budget; validation_max sets it)` : "";
   }
 
   function stat(label, value, testid) {

@@ -8,7 +8,7 @@
 // class, both confusion matrices, the held-out examples whose prediction changed, and a box to
 // try a sentence on both models (plus sentence similarity before/after).
 
-import { el, formatBytes, formatInt, formatLoss } from "../lib/format.js";
+import { el, formatBytes, formatHeldOut, formatInt, formatLoss } from "../lib/format.js";
 
 /** "merged/model.safetensors" → "webtune-merged-model.safetensors". */
 export function downloadName(path) {
@@ -164,15 +164,10 @@ export function createResultsPanel(section, { onDownload, onClassify, onSimilari
     return el("td", { "data-testid": testid, ...attrs }, text);
   }
 
-  // The result shown, for the caption's held-out counts.
-  let current = null;
-
-  /** "186 of 549 held-out examples (363 returned to training); ", or "" when all were scored. */
-  function heldOutText(result = current) {
-    const h = result?.held_out;
-    if (!h || h.scored === h.examples) return "";
-    const rest = h.returned_to_training > 0 ? `${formatInt(h.returned_to_training)} returned to training` : `${formatInt(h.examples - h.scored)} not scored`;
-    return `${formatInt(h.scored)} of ${formatInt(h.examples)} held-out examples scored, ${rest}; `;
+  /** "34 of 89 held out are scored, 55 went back to training; ", or "" when all were scored. */
+  function heldOutText(result) {
+    const text = formatHeldOut(result?.held_out);
+    return text ? `${text}; ` : "";
   }
 
   /** A figure with its 95% interval below it (the figure alone carries the test id). */
@@ -187,7 +182,10 @@ export function createResultsPanel(section, { onDownload, onClassify, onSimilari
     return cell(changeInterval(change, info?.fmt), `${testid}-interval`, { "data-outcome": change?.outcome ?? "" });
   }
 
-  function renderTable(before, after, answers, intervals) {
+  function renderTable(result) {
+    const { before, after } = result;
+    const answers = { before: result.answers_before, after: result.answers_after };
+    const intervals = intervalsOf(result);
     const row = (label, key, fmt, testid) => {
       const b = before?.[key];
       const a = after?.[key];
@@ -214,7 +212,7 @@ export function createResultsPanel(section, { onDownload, onClassify, onSimilari
     const n = answers?.after?.examples ?? answers?.before?.examples;
     const answerRows = n ? [answerRow(`Exact match (${formatInt(n)} greedy answers; higher is better)`, "exact_match", "exact-match"), answerRow("Token F1 (same answers; higher is better)", "token_f1", "token-f1")] : [];
     table.replaceChildren(
-      el("caption", {}, `Held-out validation set (${heldOutText()}${formatInt(after?.tokens ?? before?.tokens)} tokens scored; loss and perplexity: lower is better; 95% intervals from a bootstrap over the held-out rows)`),
+      el("caption", {}, `Held-out validation set (${heldOutText(result)}${formatInt(after?.tokens ?? before?.tokens)} tokens scored; loss and perplexity: lower is better; 95% intervals from a bootstrap over the held-out rows)`),
       el(
         "thead",
         {},
@@ -463,8 +461,7 @@ export function createResultsPanel(section, { onDownload, onClassify, onSimilari
         renderClasses(result);
         renderTryIt(result);
       } else {
-        current = result;
-        renderTable(result.before, result.after, { before: result.answers_before, after: result.answers_after }, intervalsOf(result));
+        renderTable(result);
         classes.hidden = true;
         tryIt.hidden = true;
       }

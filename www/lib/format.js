@@ -7,6 +7,16 @@ export function formatInt(n) {
   return Number.isFinite(n) ? integer.format(n) : "–";
 }
 
+/**
+ * What became of a job's held-out examples ({examples, scored, returned_to_training}): "34 of 89
+ * held out are scored, 55 went back to training", or "" when all were scored.
+ */
+export function formatHeldOut(h) {
+  if (!h || h.scored >= h.examples) return "";
+  const rest = h.returned_to_training > 0 ? `${formatInt(h.returned_to_training)} went back to training` : `${formatInt(h.examples - h.scored)} are not scored`;
+  return `${formatInt(h.scored)} of ${formatInt(h.examples)} held out are scored, ${rest}`;
+}
+
 /** A loss value: 4 significant decimals. */
 export function formatLoss(x) {
   return Number.isFinite(x) ? x.toFixed(4) : "–";

@@ -597,6 +597,16 @@ fn prompt_is_masked_completion_counts_padding_is_masked() {
     let (p, c) = (prompt_ids.len(), completion_ids.len() + 1); // + EOS
     let b = enc.batch(&[&e]).unwrap();
     assert_eq!((b.batch_size, b.seq_len), (1, 16));
+    // A long seq_len does not pad a short pair further than its batch needs: the same row.
+    let wide = CausalEncoder::new(
+        &tok,
+        None,
+        CausalOptions {
+            seq_len: 128,
+            ..Default::default()
+        },
+    );
+    assert_eq!(wide.batch(&[&e]).unwrap(), b);
     let n = p + c;
     for t in 0..16 {
         // Target t is token t+1: it counts iff it is a completion token (or the EOS).

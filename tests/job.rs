@@ -216,15 +216,12 @@ fn datasets_the_model_cannot_learn_from_are_refused_clearly() {
     let err = run("one.jsonl", b"{\"text\": \"just one example\"}\n");
     assert_eq!(err.code, Code::DataInvalid);
 
-    // Too few examples because a record was skipped: the error says which and why (the
-    // default 10% of 4 examples holds none out).
+    // Too few examples because a record was skipped: the error says which and why (a tenth of
+    // 4 examples holds none out).
+    let small = b"{\"text\": \"one example\"}\n{\"text\": \"two\"}\n{\"text\": \"three\"}\n{\"text\": broken\n{\"text\": \"five\"}\n";
     let mut tenth = config("lora", 0.01, 2);
-    tenth.validation_fraction = 0.1;
-    let err = run_with(
-        &tenth,
-        "small.jsonl",
-        b"{\"text\": \"one example\"}\n{\"text\": \"two\"}\n{\"text\": \"three\"}\n{\"text\": broken\n{\"text\": \"five\"}\n",
-    );
+    tenth.validation_fraction = Some(0.1);
+    let err = run_with(&tenth, "small.jsonl", small);
     assert_eq!(err.code, Code::DataInvalid);
     assert!(
         err.message
@@ -235,6 +232,28 @@ fn datasets_the_model_cannot_learn_from_are_refused_clearly() {
         "{}",
         err.message
     );
+    // The default share holds out at least one example of so small a file (a quarter, aiming
+    // at MIN_HELD_OUT), so the same file trains.
+    let mut auto = config("lora", 0.01, 2);
+    auto.validation_fraction = None;
+    let out = pollster::block_on(run_job(
+        &CausalJob,
+        &JobContext {
+            files: &files.clone(),
+            base: &base,
+            backend: &Backend::cpu(),
+            config: &auto,
+            base_name: "tiny",
+        },
+        DatasetFile {
+            name: "small.jsonl",
+            source: DataSource::Bytes(small),
+        },
+        None,
+        |_| true,
+    ))
+    .expect("the default share leaves something to score");
+    assert_eq!((out.train_examples, out.held_out.examples), (3, 1));
     let err = run("two.jsonl", b"{\"text\": \"only this\"}\n[1, 2]\n");
     assert!(
         err.message.contains("has 1 usable example(s)")

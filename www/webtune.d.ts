@@ -76,7 +76,9 @@ export interface JobConfig {
     text_mode?: { mode: "auto" | "lines" | "document"; chunk_chars?: number };
     [key: string]: unknown;
   };
-  validation_fraction?: number;
+  /** Share of the training file held out (no validation file); null or absent: a tenth, but at
+   * least 40 examples of a small file (up to a quarter). */
+  validation_fraction?: number | null;
   /** At most this many held-out examples are scored; null or absent: as many as ~15 s of
    * evaluation on two CPU cores allow for the model (at least 16). Held-out examples of the
    * training file beyond it go back to training. */

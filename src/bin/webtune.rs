@@ -203,7 +203,8 @@ struct TrainArgs {
     /// Global gradient-norm clipping (0: off).
     #[arg(long)]
     clip: Option<f64>,
-    /// Share of --data held out for validation (without --validation).
+    /// Share of --data held out for validation (without --validation); default: a tenth, but
+    /// at least 40 examples of a small file (up to a quarter).
     #[arg(long)]
     val_fraction: Option<f64>,
     /// Score at most this many held-out examples (default: as many as ~15 s of evaluation on

@@ -337,6 +337,16 @@ impl JobTask for CausalJob {
             train_examples: data.train.len(),
             train_batches: data.train_batches.len(),
             held_out: data.held_out,
+            train_positions: data
+                .train_batches
+                .iter()
+                .map(|b| b.batch_size * b.seq_len)
+                .sum(),
+            eval_positions: data
+                .eval_batches
+                .iter()
+                .map(|b| b.batch_size * b.seq_len)
+                .sum(),
         }
     }
 

@@ -79,8 +79,11 @@ export function createDatasetPanel(section, { samples, onFile, onSample, onInspe
     min: 0.01,
     max: 0.9,
     step: "any",
-    value: 0.1,
+    // Empty: the job's default (a tenth, but at least 40 examples of a small file, up to a
+    // quarter), so a small dataset holds out enough to tell a gain from chance.
+    placeholder: "auto",
     inputmode: "decimal",
+    "aria-describedby": "dataset-validation-help",
     "data-testid": "dataset-validation",
   });
   // A separate validation file replaces the held-out share (the share field is disabled then).
@@ -129,7 +132,13 @@ export function createDatasetPanel(section, { samples, onFile, onSample, onInspe
       el("div", { class: "field" }, el("label", { for: "dataset-encoding" }, "Text encoding"), encoding),
       el("div", { class: "field" }, el("label", { for: "dataset-text-mode" }, "Plain text is"), textMode),
       el("div", { class: "field" }, el("label", { for: "dataset-seq-len" }, "Sequence length (tokens)"), seqLen),
-      el("div", { class: "field" }, el("label", { for: "dataset-validation" }, "Validation share"), validation),
+      el(
+        "div",
+        { class: "field" },
+        el("label", { for: "dataset-validation" }, "Validation share"),
+        validation,
+        el("span", { class: "help", id: "dataset-validation-help" }, "Empty: a tenth, at least 40 examples (up to a quarter)."),
+      ),
       el(
         "div",
         { class: "field" },

@@ -1,0 +1,38 @@
+// The npm package (www/package.json) ships every module its entry points import: a file left out
+// of "files" loads in this repository but fails for whoever installs the package.
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+const WWW = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../www");
+
+/** Relative imports (static and dynamic) of one module, resolved against it. */
+function importsOf(file) {
+  const text = fs.readFileSync(path.join(WWW, file), "utf8");
+  const specs = [...text.matchAll(/(?:from\s+|import\s*\(\s*)["'](\.{1,2}\/[^"']+)["']/g)].map((m) => m[1]);
+  return specs.map((s) => path.posix.normalize(path.posix.join(path.posix.dirname(file), s)));
+}
+
+test("the npm package lists every module its entry points reach", () => {
+  const pkg = JSON.parse(fs.readFileSync(path.join(WWW, "package.json"), "utf8"));
+  const files = new Set(pkg.files);
+  const entries = [pkg.main, ...Object.values(pkg.exports).flatMap((e) => (typeof e === "string" ? [e] : Object.values(e)))]
+    .filter((e) => e.endsWith(".js"))
+    .map((e) => path.posix.normalize(e));
+  const seen = new Set();
+  const queue = [...entries];
+  while (queue.length) {
+    const file = queue.pop();
+    if (seen.has(file)) continue;
+    seen.add(file);
+    assert.ok(fs.existsSync(path.join(WWW, file)), `${file} is imported but does not exist`);
+    queue.push(...importsOf(file));
+  }
+  const missing = [...seen].filter((f) => !files.has(f) && f !== "package.json");
+  assert.deepEqual(missing, [], `reached from ${entries.join(", ")} but not in package.json "files"`);
+  // The walk saw the component and its panels, so it followed imports at all.
+  assert.ok(seen.has("components/webtune-trainer.js") && seen.has("lib/format.js"), [...seen].join(", "));
+});

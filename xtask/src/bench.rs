@@ -39,6 +39,11 @@ pub struct BenchOptions {
 }
 
 impl BenchOptions {
+    /// Every case on every path.
+    fn complete(&self) -> bool {
+        self.cases.is_none() && self.paths.is_none() && self.browser && self.torch
+    }
+
     /// Whether the column `path` is measured in this run.
     fn wants(&self, path: &str) -> bool {
         let selected = self
@@ -867,7 +872,112 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
         file.display(),
         started.elapsed().as_secs_f64()
     );
+    // docs/benchmarks.md keeps the latest complete run (every case and path; history in git): a
+    // run of a few cases or columns would replace the whole table with part of it.
+    let doc_path = root.join(DOCS_FILE);
+    if options.complete() {
+        let command = format!(
+            "cargo xtask bench{}{}",
+            if options.full { " --full" } else { "" },
+            if options.no_build { " --no-build" } else { "" }
+        );
+        let section = latest_section(&command, &report, &table, &targets);
+        let doc = fs::read_to_string(&doc_path)
+            .with_context(|| format!("cannot read {}", doc_path.display()))?;
+        fs::write(&doc_path, replace_latest(&doc, &section)?)
+            .with_context(|| format!("cannot write {}", doc_path.display()))?;
+        println!("xtask bench: wrote the latest results into {DOCS_FILE}");
+    } else {
+        println!(
+            "xtask bench: {DOCS_FILE} left as it is (a run of some cases or columns; a run of \
+             all of them writes its table there)"
+        );
+    }
     Ok(())
+}
+
+/// Where the latest complete run's results are written, between [`LATEST_BEGIN`] and
+/// [`LATEST_END`].
+const DOCS_FILE: &str = "docs/benchmarks.md";
+const LATEST_BEGIN: &str = "<!-- cargo xtask bench writes from here -->";
+const LATEST_END: &str = "<!-- cargo xtask bench writes up to here -->";
+
+/// The docs' "latest results": the command, when and on what, the table, the module sizes, the
+/// targets and the run's notes.
+fn latest_section(command: &str, report: &Value, table: &str, targets: &Value) -> String {
+    let machine = &report["machine"];
+    let mut out = format!(
+        "`{command}`, {} UTC, {} ({} cores, {}), {:.0} s.\n",
+        report["date_utc"].as_str().unwrap_or("?"),
+        machine["cpu"].as_str().unwrap_or("?"),
+        machine["cores"],
+        machine["memory"].as_str().unwrap_or("memory unknown"),
+        report["seconds"].as_f64().unwrap_or(0.0),
+    );
+    if let Some(adapter) = report["browser"]["backends"]["webgpu"]["adapter"].as_object() {
+        let field = |k: &str| {
+            adapter
+                .get(k)
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_owned()
+        };
+        out += &format!(
+            "Browser WebGPU adapter: {} {} ({}).\n",
+            field("vendor"),
+            field("architecture"),
+            field("description")
+        );
+    }
+    out += "\n";
+    out += table;
+    out += "\n";
+    for (dir, size) in [
+        ("pkg", &report["wasm"]),
+        ("pkg-threads", &report["wasm_threads"]),
+    ] {
+        if let Some(w) = size.as_object() {
+            out += &format!(
+                "- `www/{dir}/webtune_bg.wasm`: {} raw, {} gzip\n",
+                util::megabytes(w["raw_bytes"].as_u64().unwrap_or(0)),
+                util::megabytes(w["gzip_bytes"].as_u64().unwrap_or(0))
+            );
+        }
+    }
+    out += "\nTargets:\n\n| target | status | measured |\n|---|---|---|\n";
+    for t in targets.as_array().into_iter().flatten() {
+        out += &format!(
+            "| {} | {} | {} |\n",
+            t["target"].as_str().unwrap_or("?"),
+            t["status"].as_str().unwrap_or("?"),
+            t["measured"].as_str().unwrap_or("?")
+        );
+    }
+    let notes: Vec<&str> = report["notes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if !notes.is_empty() {
+        out += "\nNotes from the run:\n\n";
+        for n in notes {
+            out += &format!("- {n}\n");
+        }
+    }
+    out
+}
+
+/// `doc` with what lies between the markers replaced by `section`.
+fn replace_latest(doc: &str, section: &str) -> Result<String> {
+    let (Some(begin), Some(end)) = (doc.find(LATEST_BEGIN), doc.find(LATEST_END)) else {
+        bail!("{DOCS_FILE} lacks the markers {LATEST_BEGIN} … {LATEST_END}");
+    };
+    if end < begin {
+        bail!("{DOCS_FILE}: {LATEST_END} comes before {LATEST_BEGIN}");
+    }
+    let head = &doc[..begin + LATEST_BEGIN.len()];
+    Ok(format!("{head}\n{section}{}", &doc[end..]))
 }
 
 /// Median, spread and count of `values`.
@@ -1535,6 +1645,33 @@ fn timestamp() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_latest_results_replace_what_lies_between_the_markers_only() {
+        let doc =
+            format!("# B\n\nprose\n\n{LATEST_BEGIN}\nold table\n{LATEST_END}\n\n## Targets\n");
+        let out = replace_latest(&doc, "new table\n").unwrap();
+        assert_eq!(
+            out,
+            format!("# B\n\nprose\n\n{LATEST_BEGIN}\nnew table\n{LATEST_END}\n\n## Targets\n")
+        );
+        // Writing twice gives the same document (nothing accumulates).
+        assert_eq!(replace_latest(&out, "new table\n").unwrap(), out);
+        assert!(replace_latest("# B\nno markers\n", "x").is_err());
+        let swapped = format!("{LATEST_END}\n{LATEST_BEGIN}\n");
+        assert!(replace_latest(&swapped, "x").is_err());
+        // The project's own page has the markers.
+        let real = fs::read_to_string(repo_root().join(DOCS_FILE)).unwrap();
+        assert!(replace_latest(&real, "x\n").is_ok());
+    }
+
+    #[test]
+    fn only_a_run_of_every_case_and_path_is_complete() {
+        assert!(options(None, true, true).complete());
+        assert!(!options(Some(&["native-cpu"]), true, true).complete());
+        assert!(!options(None, false, true).complete());
+        assert!(!options(None, true, false).complete());
+    }
 
     #[test]
     fn train_figures_skip_warmup_and_eval_steps() {

@@ -69,13 +69,14 @@ enum Task {
     /// Measure the same workloads on every path in one run — native CLI (CPU, release build),
     /// headless Chromium on CPU-wasm and WebGPU, and the PyTorch reference when a Python with
     /// torch is found ($WEBTUNE_TORCH_PYTHON, else python3) — print a table and write
-    /// target/bench/<timestamp>.json.
+    /// target/bench/<timestamp>.json; a run of every case and path also writes its results into
+    /// docs/benchmarks.md.
     Bench {
         /// Larger workloads (SmolLM2 LoRA at batch 4 × 128, more steps); takes much longer.
         #[arg(long)]
         full: bool,
         /// Only these cases (comma-separated): toy-train, smollm2-lora-step,
-        /// smollm2-generate, tiny-gpt2-vocab-train.
+        /// smollm2-generate, tiny-gpt2-vocab-train, data-read, shapes.
         #[arg(long, value_delimiter = ',')]
         cases: Option<Vec<String>>,
         /// Skip the headless Chromium paths (CPU-wasm, WebGPU).
@@ -87,8 +88,8 @@ enum Task {
         /// Measure what is already built (target/release/webtune, www/pkg, www/models).
         #[arg(long)]
         no_build: bool,
-        /// Only these columns (comma-separated): native-cpu, native-wgpu, wasm-cpu,
-        /// wasm-cpu-1t, wasm-webgpu, torch. The others show "not selected".
+        /// Only these columns (comma-separated): native-cpu, native-wgpu, native-wgpu-ss,
+        /// wasm-cpu, wasm-cpu-1t, wasm-webgpu, torch. The others show "not selected".
         #[arg(long, value_delimiter = ',')]
         paths: Option<Vec<String>>,
     },

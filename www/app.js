@@ -16,7 +16,7 @@
 //   train(config),      start a toy run; resolves with its run record when it ends (never rejects)
 //   cancel(), setBackend(choice), restartWorker(), whenReady()  (backend message of the current worker)
 //   workerState, generation, backendChoice   (read-only)
-//   model,              info of the loaded model (see worker.js "model") or null (read-only)
+//   model,              info of the loaded model (see protocol.d.ts ModelMessage) or null (read-only)
 //   loads,              [{id, source, status, downloads: [download messages], info, timing, error}]
 //   loadModelFiles(files)         load from File objects / a FileList / [{name, bytes}] (bytes:
 //                                 ArrayBuffer or typed array); non-model files are skipped.
@@ -127,7 +127,7 @@ const BUSY_WORDS = {
 const NAMES = { auto: "auto", webgpu: "WebGPU", cpu: "CPU" };
 
 const params = new URLSearchParams(location.search);
-const initialChoice = CHOICES.includes(params.get("backend")) ? params.get("backend") : "auto";
+const initialChoice = /** @type {"auto" | "webgpu" | "cpu"} */ (CHOICES.includes(params.get("backend")) ? params.get("backend") : "auto");
 const watchdogSeconds = Number(params.get("watchdog"));
 const watchdogMs = Number.isFinite(watchdogSeconds) && watchdogSeconds > 0 ? watchdogSeconds * 1000 : 60_000;
 const hubEndpoint = params.get("hub") || DEFAULT_ENDPOINT;
@@ -135,7 +135,7 @@ const hubEndpoint = params.get("hub") || DEFAULT_ENDPOINT;
 const threadsParam = Number(params.get("threads"));
 const cpuThreads = Number.isInteger(threadsParam) && threadsParam >= 1 ? threadsParam : undefined;
 
-const statusEl = document.querySelector("[data-testid=status]");
+const statusEl = /** @type {HTMLElement} */ (document.querySelector("[data-testid=status]"));
 const alerts = createAlerts(document.getElementById("alerts"));
 
 /** Everything the page knows; `window.webtune` exposes it. */
@@ -224,7 +224,7 @@ const finetunePanel = createFinetunePanel(document.getElementById("finetune-pane
 const steps = createSteps(document.querySelector("[data-testid=step-list]"));
 steps.update({ model: false, data: false, trained: false });
 // ?diagnostics=open or #diagnostics: the backend details and the toy check, unfolded.
-const diagnostics = document.getElementById("diagnostics");
+const diagnostics = /** @type {HTMLDetailsElement} */ (document.getElementById("diagnostics"));
 if (params.get("diagnostics") === "open" || location.hash === "#diagnostics") diagnostics.open = true;
 
 const resultsPanel = createResultsPanel(document.getElementById("results-panel"), {
@@ -346,10 +346,10 @@ client.on("stalled", ({ silentMs, state: workerState }) => {
 });
 
 /**
- * Start a toy run with `config` (snake_case keys, see worker.js). Resolves with the run record
+ * Start a toy run with `config` (snake_case keys, see protocol.d.ts TrainToyRequest). Resolves with the run record
  * when the run ends, successfully or not; never rejects.
  */
-async function train(config = {}) {
+async function train(/** @type {Record<string, any>} */ config = {}) {
   const run = {
     id: null,
     config: { ...config },
@@ -654,6 +654,7 @@ function loadModelFiles(files) {
 }
 
 /** window.webtune.loadModelFromHub. */
+/** @param {string} repo @param {{endpoint?: string, revision?: string, files?: string[]}} [options] */
 function loadModelFromHub(repo, { endpoint, revision, files } = {}) {
   const source = { kind: "hub", repo: String(repo ?? ""), revision: revision || "main", endpoint: endpoint || hubEndpoint };
   if (Array.isArray(files) && files.length) source.files = files.map(String);
@@ -737,7 +738,7 @@ async function generate(input, options = {}) {
 }
 
 /** Logits of every position of `ids` under the base or the "tuned" model: {shape, data: Float32Array, error}. */
-async function logits(ids, which = "base") {
+async function logits(ids, /** @type {import("./webtune").WhichModel} */ which = "base") {
   if (state.autoEval || state.checkpointRefresh) await settleAuto();
   const refusal = refusalFor("logits");
   if (refusal) {
@@ -925,7 +926,8 @@ async function autoBefore(dataset, config) {
   if (!state.model || state.activeOp || client.state !== "ready" || typeof client.evaluate !== "function") return;
   const op = { kind: "evaluate", auto: true };
   state.activeOp = op;
-  let done;
+  /** @type {(value?: unknown) => void} */
+  let done = () => {};
   state.autoEval = new Promise((resolve) => (done = resolve));
   const model = state.model;
   resultsPanel.baselinePending(dataset.name);

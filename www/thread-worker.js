@@ -7,7 +7,7 @@
 // reported to the page directly on `port` (the page then ends that worker as crashed).
 self.addEventListener(
   "message",
-  async ({ data }) => {
+  async (/** @type {MessageEvent} */ { data }) => {
     const { pkgUrl, module, memory, port } = data;
     let reported = false;
     const report = (code, message, details) => {

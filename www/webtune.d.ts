@@ -92,7 +92,7 @@ export interface JobConfig {
   head?: { pooling?: "cls" | "mean" | "pooler" | string; dropout?: number };
   /**
    * Causal LMs: save a checkpoint of training to the origin's private file system (OPFS) every
-   * N steps (default 25; 0: only when paused or stopped early); see worker.js "finetune".
+   * N steps (default 25; 0: only when paused or stopped early); see protocol.d.ts FinetuneRequest.
    */
   checkpoint_every?: number;
   /** Precision of the merged model's weights in the export: "f32" (default, as trained), or

@@ -1,5 +1,5 @@
 // webtune's embeddable JavaScript API: a promise-based, event-emitting wrapper around the compute
-// worker (worker.js; its header documents the message protocol). Types: webtune.d.ts.
+// worker (worker.js; its messages are typed in protocol.d.ts). Types: webtune.d.ts.
 //
 //   import { FineTuner } from "webtune";            // or "./webtune.js"
 //   const ft = await FineTuner.create({ backend: "auto" });

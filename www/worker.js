@@ -1,215 +1,8 @@
 // webtune compute worker (a module worker): loads the wasm module, chooses the compute backend,
 // and runs training, model loading (local files or Hub downloads) and generation off the main
 // thread, so the page never freezes.
-/*
- * Message protocol (structured-clone messages; every field name is stable API).
- *
- * page → worker
- *   {type: "init", backend: "auto" | "webgpu" | "cpu", interrupt?: SharedArrayBuffer, cpuThreads?: number}
- *       First message, exactly once per worker. One worker serves one backend choice: to switch,
- *       the page terminates this worker and starts a new one. The CPU backend runs on
- *       `cpuThreads` threads (default: navigator.hardwareConcurrency) when the page is
- *       cross-origin isolated and the threaded module (pkg-threads/) loads: its kernels then run
- *       on a pool of Web Workers sharing the wasm memory. 1, no isolation, or no threaded module
- *       gives the single-threaded module (the backend message says which and why).
- *       `interrupt` (optional, needs cross-origin isolation) is a 4-byte SharedArrayBuffer read
- *       as Int32Array: the page sets element 0 to 1 to stop the current operation and back to 0
- *       before it starts the next one.
- *       It exists because generation on the CPU never yields to the event loop, so a "cancel"
- *       message would only be read after the generation ended; the flag is read at every token.
- *   {type: "train-toy", id, config}
- *       Train the toy model. `id` is chosen by the page and echoed in every reply about this run.
- *       `config` is passed to wasm `Session.trainToy` as is (snake_case keys, all optional:
- *       steps, batch_size, seq_len, vocab, d_model, heads, lr, warmup, seed, ...). Messages sent
- *       before the backend is ready are queued.
- *       Test hooks: `config.debug_panic` (a string) makes wasm panic on purpose instead of training;
- *       `config.debug_panic_thread` makes a thread of the threaded CPU backend panic.
- *   {type: "load-model", id, source}
- *       Load a model, replacing the current one only if the new one loads (on error the previous
- *       model stays usable). `source` is one of
- *         {kind: "files", files: [{name, bytes: ArrayBuffer}]}   Hugging Face layout: config.json,
- *             model.safetensors (or model.safetensors.index.json and its shards), tokenizer.json,
- *             optional generation_config.json, ...; folder prefixes ("dir/config.json") are ignored.
- *         {kind: "hub", repo, revision?: "main", endpoint?: "https://huggingface.co"}
- *             `repo` is "owner/name" or a URL of the repo (then `endpoint` is ignored). Files come
- *             from `${endpoint}/${repo}/resolve/${revision}/${file}` (see lib/hub.js for which),
- *             and are kept in the Cache API (cache "webtune-models-v1", key = the file URL): a repo
- *             loaded before is read from there without any request.
- *       Replies: `download` messages (hub only), then `model`, or `error`.
- *   {type: "generate", id, input, options}
- *       Continue a prompt with the loaded model. `input` is a string, {text}, {ids: [int]} or
- *       {chat: [{role, content}], add_generation_prompt?: true} (formatted with the model's chat
- *       template; stops at the template's end-of-turn token unless stop_tokens are given);
- *       `options` (snake_case, all optional): max_new_tokens, greedy, temperature, top_k, top_p,
- *       repetition_penalty, seed, use_cache, stop_tokens, ignore_eos. Replies: `token` messages,
- *       then `done` (with `result`), or `error`.
- *   {type: "logits", id, ids: [int]}
- *       Logits of every position of one sequence. Reply: `logits`, or `error`.
- *       Optional `which`: "base" (default) or "tuned" (the latest fine-tuned model).
- *       (`generate`'s options may also carry `model: "base" | "tuned"`.)
- *   {type: "inspect-dataset", id, name, bytes: ArrayBuffer, config, validation?: {name, bytes}}
- *       Read and validate a dataset file for the loaded model without training (wasm
- *       `Session.inspectDataset`). `validation`, here and in `finetune` and `evaluate`, is a
- *       separate validation file (same fields): it replaces the held-out share, and training
- *       examples it also has are dropped from training (result.overlap_removed; its own report
- *       is result.validation_report). `name` is the file name (its extension picks the format unless
- *       `config.data.format` says otherwise); `config` is the fine-tuning job configuration
- *       (snake_case, all optional: data: {policy: "skip" | "stop", causal: {seq_len,
- *       train_on_prompt, ...}, schema, format}, validation_fraction, validation_max, batch_size,
- *       samples, sample_tokens, train: {method, lora_r, lora_alpha, lr, schedule, steps, ...}).
- *       Progress: `dataset-progress` messages {file, bytes, bytes_done, records_done} while each file
- *       is checked and tokenized (finetune reports the same as finetune-event {type:
- *       "data_progress", ...}).
- *       Reply: `dataset`, or `error` (`data.invalid` with details {file, line, row, field, reason}
- *       under policy "stop"; `model.not_loaded`; `config.invalid`).
- *   {type: "finetune", id, name, bytes: ArrayBuffer, config, resume?: boolean, validation?}
- *       Fine-tune the loaded model on a dataset file (wasm `Session.finetune`): evaluates the base
- *       model on the held-out split, trains (LoRA or full, `config.train`), evaluates again,
- *       continues a few held-out prompts with both models and exports the result. Replies:
- *       `finetune-event` messages, then `done` (with `result`), or `error`. Stop with `cancel` (or
- *       the interrupt flag, read after every step): training stops after its current step, and
- *       evaluation and export still run (result.summary.cancelled: true).
- *       Checkpoints (when wasm has `Session.finetuneResumable` and the browser has OPFS): the job
- *       saves one every `config.checkpoint_every` steps (default 25) and when paused or stopped
- *       early, to OPFS (see CHECKPOINT_DIR below), with the job's config, the model's identity and
- *       the dataset's name, size and SHA-256; each write is reported as finetune-event
- *       {type: "checkpoint", step, bytes} (or {type: "checkpoint", step, error}). A job that
- *       reaches its last step deletes it. `resume: true` continues the saved run instead (its
- *       saved config is used, `config` is ignored) once the dataset's size and SHA-256 and the
- *       model match; otherwise error `checkpoint.dataset_mismatch` / `checkpoint.model_mismatch`
- *       / `checkpoint.missing`. The continued run's losses are the uninterrupted run's.
- *   {type: "checkpoint-info", id}
- *       Reply `done` with result = the saved checkpoint's description ({step, total_steps,
- *       saved_at, config, dataset: {name, size, sha256}, validation: {name, size, sha256} | null, model}) or null.
- *   {type: "checkpoint-discard", id}
- *       Delete the saved checkpoint. Reply `done` (result null).
- *   {type: "evaluate", id, name, bytes: ArrayBuffer, config, which?: "base" | "tuned", validation?}
- *       Score the base (default) or the latest fine-tuned model on the held-out split of a dataset
- *       file, without training (wasm `Session.evaluate`). The split is the one `finetune` makes
- *       with the same `config` (same seed, validation_fraction, validation_max), so the base
- *       model's numbers equal a following job's `before`. Reply: `done` with result =
- *       {task: "causal", model, loss, perplexity, tokens, validation_examples} or, for an encoder
- *       (classification) model, {task: "classification", model, labels, loss, accuracy, macro_f1,
- *       per_class, confusion_matrix, examples}; or `error` (`evaluate.unsupported` when the wasm
- *       module was built without `Session.evaluate`, plus the codes of `inspect-dataset`).
- *   {type: "classify", id, text, which?: "base" | "tuned"}
- *       Classify one text with an encoder's head (the checkpoint's, or the fine-tuned one).
- *       Reply: `done` with result = {label, labels: [string], probs: [number]}, or `error`.
- *   {type: "similarity", id, a, b, which?: "base" | "tuned"}
- *       Cosine similarity of two texts' mean-pooled embeddings (an encoder). Reply: `done` with
- *       result = {similarity}, or `error`.
- *   {type: "export", id}
- *       The fine-tuned model's files. Reply: `files`, or `error` (no fine-tuned model yet).
- *   {type: "replay-reference", id, reference: string, method: "lora" | "full"}
- *       Self-check of the backend: run a committed PyTorch/PEFT reference training run
- *       (tests/fixtures/reference/finetune_*.json, its JSON text) from the loaded model's files
- *       (wasm `Session.replayReference`; the loaded model is unchanged). Reply: `done` with
- *       result = {summary: {losses, grad_norms, lrs, ...}, reference_losses, reference_grad_norms},
- *       or `error`.
- *   {type: "debug-lose-device"}
- *       Test hook: destroy the worker's GPU device(s), as a driver reset would. A session on WebGPU
- *       then reports error `device.lost` (fatal: restart the worker, or switch to the CPU).
- *   {type: "pause"}
- *       Pause the running fine-tuning job after its current training step (ignored otherwise, and
- *       after the last step): the training loop waits between two steps with all its state
- *       (weights, optimizer moments, data order, random generators) as it was, so a resumed run
- *       gives exactly the losses of an uninterrupted one. Reply: finetune-event
- *       {type: "paused", step, total_steps}. Interrupt flag value 2 asks the same (read after every
- *       step, so it pauses after the current one even though messages wait for the step's end);
- *       while paused, the flag going back to 0 resumes (when it paused the job) and 1 cancels.
- *   {type: "resume"}
- *       Continue a paused job (reply: finetune-event {type: "resumed", step, total_steps}); before
- *       the pause took effect it withdraws the request. `cancel` while paused ends the job as a
- *       cancel does (evaluated and exported, result.summary.cancelled: true).
- *   {type: "cancel"}
- *       Stop the current operation: a run stops after its current step and still ends with `done`
- *       (summary.cancelled: true; a fine-tuning job: result.summary.cancelled: true); a generation stops after its current token and ends with `done`
- *       (result.cancelled: true); a Hub download is aborted (error `model.load_cancelled`).
- *       Ignored when nothing runs.
- *   Only one of train-toy / load-model / generate / logits / inspect-dataset / finetune / evaluate /
- *   export
- *   runs at a time; another one sent
- *   meanwhile is refused with error `train.busy` (train-toy, finetune) or `worker.busy` (the others).
- *
- * worker → page
- *   {type: "backend", backend: "webgpu" | "cpu", requested, reason,
- *    adapter: {vendor, architecture, device, description, is_fallback} | null,
- *    limits: {adapter: {maxStorageBufferBindingSize, maxBufferSize, maxComputeWorkgroupStorageSize} | null,
- *             device: {max_storage_buffer_binding_size, max_buffer_size} | null} | null,
- *    info, version, cpu_threads}   (info: wasm Session.backendInfo(); version: the wasm crate
- *    version; cpu_threads: threads of the CPU backend, null on WebGPU)
- *       Sent once, when the session is ready. `requested` is the init choice, `backend` what is
- *       used, `reason` a sentence saying why. `adapter` is the WebGPU adapter the worker probed
- *       (also reported when auto chose CPU because of it); null when none was probed or found.
- *   {type: "thread-port", port: MessagePort}
- *       One per thread of the threaded CPU backend, before "backend". A pool thread that panics
- *       or traps sends {code, message, details} on its port: this worker is then blocked waiting
- *       for that thread, so the page must treat it as a fatal error of this worker.
- *   {type: "progress", id, step, total_steps, loss, lr, tokens_per_s, elapsed_s, eta_s, memory_bytes}
- *       After every training step (memory_bytes: WebGPU's buffer pool, or on the CPU the
- *       module's linear memory, which only grows; null when the backend cannot tell).
- *   {type: "download", id, file, url, loaded, total, cached, done, missing?}
- *       Progress of one file of a hub load: bytes `loaded` of `total` (null when the server does
- *       not say). At most 10 per second per file, and always a final one with `done: true`.
- *       `cached: true` when the file came from the browser's cache (no request was made);
- *       `missing: true` when an optional file is not in the repo (HTTP 404, remembered too).
- *   {type: "model", id, info, source, timing: {download_ms, load_ms}}
- *       The model is loaded. info = wasm `Session.modelInfo()`: {architecture, parameters, layers,
- *       hidden_size, heads, vocab_size, max_positions, matmul_weights, attention_width,
- *       dtype: ["F32", ...], has_tokenizer,
- *       has_chat_template, chat_template_source?, chat_template_error?}.
- *       source = {kind: "files", files: [name]} or {kind: "hub", repo, revision, endpoint, base,
- *       files: [{file, url, bytes, cached, missing}], cached: bool (all from the cache),
- *       cache_warning: string | null}.
- *   {type: "token", id, token, text}
- *       One generated token id; `text` is the decoded text of all tokens generated so far (null
- *       when the model has no tokenizer).
- *   {type: "done", id, summary}          (train-toy)
- *       The run ended; summary = {backend, steps, cancelled, losses, initial_loss, final_loss,
- *       first_step_ms, median_step_ms, tokens_per_s}.
- *   {type: "done", id, result}           (generate)
- *       result = {prompt_ids, generated_ids, text (null without a tokenizer), seconds,
- *       tokens_per_s, cancelled, chat_prompt (the formatted conversation, or null)}.
- *   {type: "logits", id, shape: [T, vocab], data: Float32Array}   (data row-major, transferred)
- *   {type: "dataset-progress", id, file, bytes, bytes_done, records_done}   (inspect-dataset)
- *   {type: "dataset", id, result}        (inspect-dataset)
- *       result = {report, train_examples, validation_examples, train_batches, eval_batches,
- *       total_steps, preview: [{tokens: [{id, text, counts}]}]}; report = the data report
- *       (file, bytes, format, schema: {schema: {kind, ...}, detected, fields, explanation}, policy,
- *       records, examples, skipped, skipped_by_reason, issues: [{reason, file, line, row?, field?,
- *       message}], issues_not_listed, warnings, blank_lines, duplicates, labels?, tokens?: {seq_len,
- *       min, median, p95, max, mean, total, truncated, histogram: [{from, to, count}]},
- *       chat_template?).
- *   {type: "finetune-event", id, event}  (finetune)
- *       event = {type: "phase", phase: "data" | "samples" | "training" | "export", message} or
- *       {type: "step", step, total_steps, epoch, loss, lr, grad_norm, tokens_per_s, elapsed_s, eta_s,
- *       memory_bytes, eval: null | {loss, perplexity, tokens}}, or (see "pause")
- *       {type: "paused" | "resumed", step, total_steps}.
- *   {type: "done", id, result}           (evaluate: see "evaluate" above)
- *   {type: "done", id, result}           (finetune)
- *       result = {report, train_examples, validation_examples, train_batches, summary: {backend,
- *       method, steps, cancelled, losses, grad_norms, lrs, eval: [{step, loss, perplexity, tokens}],
- *       trainable_params, total_params, first_step_ms, median_step_ms, tokens_per_s},
- *       before: {loss, perplexity, tokens} | null, after: {...} | null,
- *       samples: [{source, prompt, reference, before, after}], files: [name],
- *       tuned_info: wasm `Session.tunedInfo()` (the fine-tuned model's info) | null}.
- *   {type: "files", id, files: {name: ArrayBuffer}}   (export; the buffers are transferred)
- *       Names are "merged/model.safetensors", "merged/config.json", "merged/tokenizer.json", ...
- *       (a Hugging Face model folder) and, after LoRA, "adapter/adapter_model.safetensors",
- *       "adapter/adapter_config.json", ... (a PEFT adapter).
- *   {type: "network", url, at}
- *       The worker made a request (Resource Timing entry; `at` = timeOrigin + startTime, ms).
- *       The page counts those made after the model was loaded (the privacy indicator).
- *   {type: "error", id, error: {code, message, details}, fatal}
- *       `id` is the operation's id, or null for errors outside one (init, uncaught errors).
- *       `fatal: true` means this worker is unusable (wasm panic/trap, failed initialisation): the
- *       page should terminate it and offer a restart. Codes come from wasm (`config.invalid`,
- *       `device.unavailable`, `train.non_finite_loss`, `model.not_loaded`, `model.missing_file`,
- *       `weights.truncated`, `tokenizer.invalid`, `internal`, ...), from lib/hub.js
- *       (`model.download_failed`, `model.missing_file`, `model.load_cancelled`, `config.invalid`)
- *       or from this file: `wasm.load_failed`, `wasm.panic`, `wasm.trap`, `worker.uncaught`,
- *       `worker.protocol`, `train.busy`, `worker.busy`.
- */
+// The messages it takes and sends are typed once in protocol.d.ts (checked by `tsc`; see
+// tsconfig.worker.json) and explained in docs/protocol.md.
 
 import { downloadHubModel, forget, resolveHubSource } from "./lib/hub.js";
 
@@ -237,13 +30,24 @@ self.webtuneWasmMemoryBytes = () => wasmExports?.memory?.buffer.byteLength ?? nu
 self.webtuneWasmHeapBytes = () => wasmModule?.heapBytes?.() ?? null;
 /** The session promise, set by "init". Resolves to the wasm Session; rejects on init failure. */
 let sessionPromise = null;
-/** The operation in progress: {id, kind, cancelRequested, abort: AbortController | null}. */
+/**
+ * @typedef {object} Op  an operation in progress
+ * @property {string} id
+ * @property {string} kind
+ * @property {boolean} cancelRequested
+ * @property {AbortController | null} abort
+ * @property {boolean} pauseRequested
+ * @property {{step: number, end: (goOn: boolean) => void} | null} paused
+ * @property {number} [totalSteps]  a fine-tuning job's steps, once its first step reports them
+ */
+/** The operation in progress. @type {Op | null} */
 let currentOp = null;
-/** Int32Array over the page's interrupt SharedArrayBuffer (see "init"), or null. */
+/** Int32Array over the page's interrupt SharedArrayBuffer (see "init"), or null. @type {Int32Array | null} */
 let interrupt = null;
 /** Set once the wasm instance has panicked or trapped: nothing may call into it again. */
 let broken = null;
 
+/** @param {import("./protocol").Reply} message @param {Transferable[]} [transfer] */
 function post(message, transfer = []) {
   self.postMessage(message, transfer);
 }
@@ -345,6 +149,7 @@ if (typeof PerformanceObserver === "function") {
 // GPU) instead of surfacing later as a confusing failed readback, and so tests can lose one.
 const gpuDevices = [];
 function watchGpuDevices() {
+  // @ts-ignore: a mark on the wrapped method, so it is wrapped once.
   if (typeof GPUAdapter === "undefined" || GPUAdapter.prototype.requestDevice.webtuneWatched) return;
   const original = GPUAdapter.prototype.requestDevice;
   const watched = async function (...args) {
@@ -412,8 +217,11 @@ async function probeWebGpu() {
   if (!adapter) {
     return { adapter: null, limits: null, why: "WebGPU is exposed but no adapter is available" };
   }
+  // Older browsers lack `info` and name `isFallbackAdapter` on the adapter itself.
+  /** @type {Record<string, any>} */
   const info = adapter.info ?? {};
-  const isFallback = Boolean(info.isFallbackAdapter ?? adapter.isFallbackAdapter ?? false);
+  const isFallback = Boolean(info.isFallbackAdapter ?? /** @type {any} */ (adapter).isFallbackAdapter ?? false);
+  /** @type {Record<string, any>} */
   const limits = adapter.limits ?? {};
   return {
     adapter: {
@@ -983,6 +791,7 @@ async function exportFiles(id) {
   const { session, op } = started;
   try {
     const out = await session.exportFiles();
+    /** @type {Record<string, ArrayBuffer>} */
     const files = {};
     const transfer = [];
     for (const [name, bytes] of Object.entries(out ?? {})) {
@@ -1023,12 +832,13 @@ async function logits(id, ids, which) {
   try {
     if (!Array.isArray(ids) && !ArrayBuffer.isView(ids)) throw coded("config.invalid", "logits needs ids: an array of token ids.");
     // Uint32Array would wrap negative or fractional ids silently: check first.
-    const bad = Array.from(ids).find((t) => !Number.isInteger(t) || t < 0 || t > 0xffffffff);
+    const list = /** @type {ArrayLike<number>} */ (ids);
+    const bad = Array.from(list).find((t) => !Number.isInteger(t) || t < 0 || t > 0xffffffff);
     if (bad !== undefined) throw coded("config.invalid", `token ids must be non-negative integers, got ${bad}.`, { token_id: String(bad) });
     if (which != null && which !== "base" && which !== "tuned") {
       throw coded("config.invalid", `which must be "base" or "tuned", not ${JSON.stringify(which)}.`);
     }
-    const out = await session.logits(Uint32Array.from(ids), which ?? "base");
+    const out = await session.logits(Uint32Array.from(list), which ?? "base");
     const data = out.data;
     post({ type: "logits", id, shape: Array.from(out.shape), data }, [data.buffer]);
   } catch (e) {
@@ -1038,8 +848,9 @@ async function logits(id, ids, which) {
   }
 }
 
-self.addEventListener("message", (event) => {
-  const message = event.data ?? {};
+self.addEventListener("message", (/** @type {MessageEvent} */ event) => {
+  // Typed as the protocol says; every handler still checks what it reads (pages make mistakes).
+  const message = /** @type {import("./protocol").Request} */ (event.data ?? {});
   switch (message.type) {
     case "init": {
       if (sessionPromise !== null) {
@@ -1122,6 +933,6 @@ self.addEventListener("message", (event) => {
       }
       return;
     default:
-      reportError(null, Object.assign(new Error(`unknown message type ${JSON.stringify(message.type)}`), { code: "worker.protocol" }), { fatal: false });
+      reportError(null, Object.assign(new Error(`unknown message type ${JSON.stringify(event.data?.type)}`), { code: "worker.protocol" }), { fatal: false });
   }
 });

@@ -11,7 +11,11 @@ const WWW = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../ww
 
 /** Relative imports (static and dynamic) of one module, resolved against it. */
 function importsOf(file) {
-  const text = fs.readFileSync(path.join(WWW, file), "utf8");
+  // Comments out first: JSDoc's import("../protocol") types are not loaded at run time.
+  const text = fs
+    .readFileSync(path.join(WWW, file), "utf8")
+    .replace(/\/\*[\s\S]*?\*\//g, "")
+    .replace(/^\s*\/\/.*$/gm, "");
   const specs = [...text.matchAll(/(?:from\s+|import\s*\(\s*)["'](\.{1,2}\/[^"']+)["']/g)].map((m) => m[1]);
   return specs.map((s) => path.posix.normalize(path.posix.join(path.posix.dirname(file), s)));
 }
@@ -28,8 +32,8 @@ test("the npm package lists every module its entry points reach", () => {
     const file = queue.pop();
     if (seen.has(file)) continue;
     seen.add(file);
-    assert.ok(fs.existsSync(path.join(WWW, file)), `${file} is imported but does not exist`);
-    queue.push(...importsOf(file));
+    // Built files (pkg/, vendor/) may not exist yet: they must be listed all the same.
+    if (fs.existsSync(path.join(WWW, file))) queue.push(...importsOf(file));
   }
   const missing = [...seen].filter((f) => !files.has(f) && f !== "package.json");
   assert.deepEqual(missing, [], `reached from ${entries.join(", ")} but not in package.json "files"`);

@@ -72,7 +72,7 @@ export function createAlerts(container) {
 
   /** Remove alerts whose code matches `predicate(code)`. */
   function dismissWhere(predicate) {
-    for (const item of [...container.children]) {
+    for (const item of /** @type {HTMLElement[]} */ ([...container.children])) {
       if (predicate(item.dataset.code)) item.remove();
     }
   }

@@ -18,6 +18,7 @@ export function formatParameters(n) {
  * @param {string} options.endpoint      initial Hub endpoint
  * @param {(entries: {path: string, file: File}[]) => void} options.onFiles  files picked or dropped
  * @param {(repo: string, opts: {endpoint: string, revision: string}) => void} options.onHub
+ * @param {(id: string) => void} options.onDefault  load a ready-made model (its id in models/index.json)
  * @param {() => void} options.onCancel        stop a download
  * @param {() => void} options.onClearCache    forget downloaded models
  * @param {(base: string) => void} options.onDeleteCached  forget one cached repo (its URL before /resolve/)

@@ -146,7 +146,11 @@ function verdictText(result) {
 
 /**
  * @param {HTMLElement} section  the panel's <section>
- * @param {{onDownload: (path: string) => void, onReport?: (kind: "html" | "json") => void}} options
+ * @param {object} options
+ * @param {(path: string) => void} options.onDownload
+ * @param {(kind: "html" | "json") => void} [options.onReport]
+ * @param {(text: string, which: "base" | "tuned") => Promise<any>} [options.onClassify]  an encoder's label for a text
+ * @param {(a: string, b: string, which: "base" | "tuned") => Promise<any>} [options.onSimilarity]  two texts' cosine similarity
  */
 export function createResultsPanel(section, { onDownload, onClassify, onSimilarity, onReport }) {
   const empty = el("p", { class: "help", "data-testid": "results-empty" }, "Fine-tune a model to compare it with the base model here.");

@@ -25,10 +25,10 @@ export function createSteps(nav) {
         const state = done[key] ? "done" : key === now ? "current" : open[key] ? "open" : "upcoming";
         const el = section(key);
         el.dataset.state = state;
-        el.querySelector(".step-body").hidden = !open[key];
-        const hint = el.querySelector(".step-hint");
+        /** @type {HTMLElement} */ (el.querySelector(".step-body")).hidden = !open[key];
+        const hint = /** @type {HTMLElement | null} */ (el.querySelector(".step-hint"));
         if (hint) hint.hidden = open[key];
-        const item = nav.querySelector(`li[data-step="${key}"]`);
+        const item = /** @type {HTMLElement} */ (nav.querySelector(`li[data-step="${key}"]`));
         item.dataset.state = state;
         const link = item.querySelector("a");
         if (key === now) link.setAttribute("aria-current", "step");

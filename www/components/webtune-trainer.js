@@ -253,7 +253,7 @@ export class WebtuneTrainer extends HTMLElement {
 
   async #start() {
     this.#setState("starting", "Starting the training worker…");
-    const backend = this.#option("backend") || "auto";
+    const backend = /** @type {import("../webtune").Backend} */ (this.#option("backend") || "auto");
     const modelAttr = (this.#option("model") ?? "").trim();
     const datasetAttr = (this.#option("dataset") ?? "").trim();
     const endpoint = this.#option("endpoint") || undefined;

@@ -121,6 +121,7 @@ async function openCache() {
  */
 export async function downloadHubModel(hub, { signal, onProgress = () => {} } = {}) {
   const cache = await openCache();
+  /** @type {Object<string, ArrayBuffer>} */
   const files = {};
   const report = [];
   const urls = [];

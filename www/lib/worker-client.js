@@ -15,6 +15,18 @@
 
 import { resolveHubSource } from "./hub.js";
 
+/** @typedef {import("../protocol").Request} Request */
+/** @typedef {import("../protocol").RequestBody} RequestBody */
+/** @typedef {import("../webtune").WhichModel} WhichModel */
+
+/**
+ * Post one protocol message to a worker (typed here, so a wrong field fails `tsc`).
+ * @param {Worker} worker @param {Request} message @param {Transferable[]} [transfer]
+ */
+function send(worker, message, transfer = []) {
+  worker.postMessage(message, transfer);
+}
+
 /**
  * Events (subscribe with `on(type, fn)`; `on` returns an unsubscribe function):
  *   "state"    {state, generation}   state: "starting" | "ready" | "busy" | "crashed"
@@ -31,7 +43,7 @@ export class WorkerClient {
   /**
    * @param {object} options
    * @param {URL} options.workerUrl   module URL of worker.js
-   * @param {string} options.backend  "auto" | "webgpu" | "cpu"
+   * @param {"auto" | "webgpu" | "cpu"} options.backend
    * @param {number} [options.watchdogMs]  silence (while starting or busy) before "stalled"
    * @param {number} [options.cpuThreads]  CPU backend threads (default: the worker's choice,
    *   navigator.hardwareConcurrency; 1 = the single-threaded module)
@@ -129,7 +141,7 @@ export class WorkerClient {
       if (this.worker !== worker && this.candidate?.worker !== worker) return;
       this.emit("error", { id: null, fatal: false, error: { code: "worker.protocol", message: "A message from the worker could not be decoded." } });
     });
-    worker.postMessage({ type: "init", backend: this.backendChoice, interrupt: this.interrupt ?? undefined, cpuThreads: this.cpuThreads });
+    send(worker, { type: "init", backend: this.backendChoice, interrupt: this.interrupt ?? undefined, cpuThreads: this.cpuThreads });
     return worker;
   }
 
@@ -173,13 +185,14 @@ export class WorkerClient {
    * Load a model (`source` as in worker.js). `onDownload(message)` sees download progress.
    * `result` settles with `{info, source, timing}` or `{error}`.
    */
-  loadModel(source, { onDownload } = {}, transfer = []) {
+  loadModel(source, /** @type {{onDownload?: (message: object) => void}} */ { onDownload } = {}, transfer = []) {
     const needed = this.hubSourcesFor(source);
-    if (needed?.error) {
+    if (needed === null) return this.request("load", { type: "load-model", source }, onDownload, transfer);
+    if (!Array.isArray(needed)) {
       const id = `load-${this.generation}-${this.nextId++}`;
       return { id, result: Promise.resolve({ error: needed.error }) };
     }
-    if (needed === null || needed.every((s) => this.connect.includes(s))) {
+    if (needed.every((s) => this.connect.includes(s))) {
       return this.request("load", { type: "load-model", source }, onDownload, transfer);
     }
     return this.loadInNewWorker(source, [...new Set([...this.baseConnect, ...needed])], onDownload);
@@ -189,6 +202,7 @@ export class WorkerClient {
    * The CSP sources a hub `source` downloads from, [] when that is the worker's own origin, null
    * when it is no hub source or not a valid one (the worker then reports why), or {error} when
    * no CSP source can name its host.
+   * @returns {string[] | {error: {code: string, message: string, details: object}} | null}
    */
   hubSourcesFor(source) {
     if (source?.kind !== "hub") return null;
@@ -238,7 +252,7 @@ export class WorkerClient {
     switch (message?.type) {
       case "backend":
         candidate.backend = message;
-        candidate.worker.postMessage({ type: "load-model", id: candidate.id, source: candidate.source });
+        send(candidate.worker, { type: "load-model", id: candidate.id, source: candidate.source });
         break;
       case "network":
       case "download":
@@ -287,7 +301,7 @@ export class WorkerClient {
   }
 
   /** Generate. `onToken(message)` sees each token; `result` settles with `{result}` or `{error}`. */
-  generate(input, options, { onToken } = {}) {
+  generate(input, options, /** @type {{onToken?: (message: object) => void}} */ { onToken } = {}) {
     return this.request("gen", { type: "generate", input, options }, onToken);
   }
 
@@ -295,7 +309,7 @@ export class WorkerClient {
    * Logits of every position of the base (default) or the fine-tuned ("tuned") model; `result`
    * settles with `{shape, data}` or `{error}`.
    */
-  logits(ids, which = "base") {
+  logits(/** @type {number[]} */ ids, /** @type {WhichModel} */ which = "base") {
     return this.request("logits", { type: "logits", ids, which });
   }
 
@@ -320,7 +334,7 @@ export class WorkerClient {
    * Fine-tune on a dataset file. `onEvent(message)` sees each finetune-event message; `result`
    * settles with `{result}` or `{error}`.
    */
-  finetune(name, bytes, config, { onEvent, resume = false, validation = undefined } = {}) {
+  finetune(name, bytes, config, /** @type {{onEvent?: (message: object) => void, resume?: boolean, validation?: object}} */ { onEvent, resume = false, validation = undefined } = {}) {
     return this.request("ft", { type: "finetune", name, bytes, config, validation, ...(resume ? { resume: true } : {}) }, onEvent);
   }
 
@@ -338,13 +352,13 @@ export class WorkerClient {
    * A request the worker answers at once, beside any operation: it neither marks the worker
    * busy (which would refuse the page's next operation meanwhile) nor touches the interrupt flag.
    */
-  quietRequest(prefix, message) {
+  quietRequest(/** @type {string} */ prefix, /** @type {RequestBody} */ message) {
     const id = `${prefix}-${this.generation}-${this.nextId++}`;
     const result = new Promise((resolve) => this.pending.set(id, { resolve, onEvent: null }));
     if (!this.worker || this.state === "crashed") {
       this.settle(id, { error: { code: "worker.crashed", message: "The worker is not running; restart it first." } });
     } else {
-      this.worker.postMessage({ ...message, id });
+      send(this.worker, /** @type {Request} */ ({ ...message, id }));
     }
     return { id, result };
   }
@@ -353,17 +367,17 @@ export class WorkerClient {
    * Score the base (`which` "base") or fine-tuned ("tuned") model on a dataset file's held-out
    * split without training; `result` settles with `{result}` or `{error}`.
    */
-  evaluate(name, bytes, config, which = "base", validation = undefined) {
+  evaluate(/** @type {string} */ name, /** @type {ArrayBuffer} */ bytes, config, /** @type {WhichModel} */ which = "base", validation = undefined) {
     return this.request("eval", { type: "evaluate", name, bytes, config, which, validation });
   }
 
   /** Classify a text with an encoder's head; `result` settles with `{result: {label, labels, probs}}` or `{error}`. */
-  classify(text, which = "base") {
+  classify(/** @type {string} */ text, /** @type {WhichModel} */ which = "base") {
     return this.request("cls", { type: "classify", text, which });
   }
 
   /** Cosine similarity of two texts' embeddings; `result` settles with `{result: {similarity}}` or `{error}`. */
-  similarity(a, b, which = "base") {
+  similarity(/** @type {string} */ a, /** @type {string} */ b, /** @type {WhichModel} */ which = "base") {
     return this.request("sim", { type: "similarity", a, b, which });
   }
 
@@ -376,7 +390,7 @@ export class WorkerClient {
    * Send one operation (`message` without its id). Returns `{id, result}`; `result` always
    * settles. `onEvent` sees the operation's intermediate messages (progress, download, token).
    */
-  request(prefix, message, onEvent = null, transfer = []) {
+  request(/** @type {string} */ prefix, /** @type {RequestBody} */ message, onEvent = null, /** @type {Transferable[]} */ transfer = []) {
     const id = `${prefix}-${this.generation}-${this.nextId++}`;
     const result = new Promise((resolve) => this.pending.set(id, { resolve, onEvent }));
     if (!this.worker || this.state === "crashed") {
@@ -384,7 +398,7 @@ export class WorkerClient {
       return { id, result };
     }
     this.beginOperation();
-    this.worker.postMessage({ ...message, id }, transfer);
+    send(this.worker, /** @type {Request} */ ({ ...message, id }), transfer);
     return { id, result };
   }
 
@@ -392,8 +406,8 @@ export class WorkerClient {
   cancel() {
     this.paused = false;
     if (this.interrupt) Atomics.store(new Int32Array(this.interrupt), 0, 1);
-    this.worker?.postMessage({ type: "cancel" });
-    if (this.candidate?.backend) this.candidate.worker.postMessage({ type: "cancel" });
+    if (this.worker) send(this.worker, { type: "cancel" });
+    if (this.candidate?.backend) send(this.candidate.worker, { type: "cancel" });
     // Still starting: its load has not begun, so it ends here.
     else this.dropCandidate({ code: "model.load_cancelled", message: "Loading the model was cancelled." });
   }
@@ -403,7 +417,7 @@ export class WorkerClient {
     // A paused worker is silent on purpose: no "stalled" warning meanwhile.
     this.paused = true;
     if (this.interrupt) Atomics.store(new Int32Array(this.interrupt), 0, 2);
-    this.worker?.postMessage({ type: "pause" });
+    if (this.worker) send(this.worker, { type: "pause" });
   }
 
   /** Continue a paused fine-tuning job (see "resume" in worker.js). */
@@ -411,7 +425,7 @@ export class WorkerClient {
     this.paused = false;
     this.lastMessageAt = performance.now();
     if (this.interrupt) Atomics.store(new Int32Array(this.interrupt), 0, 0);
-    this.worker?.postMessage({ type: "resume" });
+    if (this.worker) send(this.worker, { type: "resume" });
   }
 
   handleMessage(message) {

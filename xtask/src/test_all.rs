@@ -32,6 +32,8 @@ pub fn test(options: &TestOptions) -> Result<()> {
         util::ensure_wasm_target()?;
         util::ensure_chromium()?;
         util::ensure_npm_deps()?;
+        typecheck(&root)?;
+        ran.push("the page's JavaScript type-checks".to_owned());
     }
 
     // The default models first: native parity tests read them (all-MiniLM-L6-v2,
@@ -108,6 +110,25 @@ pub fn test(options: &TestOptions) -> Result<()> {
         ran.join(", "),
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// `tsc --noEmit` over the page's JavaScript (tsconfig.json) and its workers
+/// (tsconfig.worker.json), with the typescript pinned in package-lock.json: JSDoc types,
+/// webtune.d.ts and the worker protocol (www/protocol.d.ts), so a misspelt message field fails
+/// here, in seconds, before any build.
+fn typecheck(root: &Path) -> Result<()> {
+    let tsc = root.join("node_modules/typescript/bin/tsc");
+    for project in ["tsconfig.json", "tsconfig.worker.json"] {
+        println!("xtask: tsc --noEmit -p {project}");
+        util::run(
+            Command::new("node")
+                .arg(&tsc)
+                .args(["--noEmit", "-p", project])
+                .current_dir(root),
+        )
+        .with_context(|| format!("the page's JavaScript does not type-check ({project})"))?;
+    }
     Ok(())
 }
 

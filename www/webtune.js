@@ -48,7 +48,9 @@ export class WebtuneError extends Error {
  * Ready-made job configurations (worker.js "finetune" config), per task — the page's presets.
  * `quick-demo` trains a few dozen steps on a small held-out set: a demonstration in minutes, not
  * a finished model; `balanced` one pass over the training data (three for a classifier);
- * `thorough` three passes (five) with larger adapters. The held-out set is scored in full up to
+ * `thorough` three passes (five) with larger adapters. The held-out share is the job's default (a
+ * tenth, but at least 40 examples of a small file; docs/evaluation.md); balanced's learning rate is
+ * the page's, from the sweep in docs/defaults.md. The held-out set is scored in full up to
  * the job's evaluation budget (`validation_max` unset; see JobConfig); the quick demo caps it at
  * 96 examples, enough rows for a 95% interval on its verdict. `standard` is the old name of
  * `balanced`.
@@ -56,7 +58,6 @@ export class WebtuneError extends Error {
 const PRESET_TABLE = {
   "quick-demo": {
     causal: {
-      validation_fraction: 0.1,
       validation_max: 96,
       batch_size: 2,
       samples: 2,
@@ -65,7 +66,6 @@ const PRESET_TABLE = {
       train: { method: "lora", lr: 2e-3, steps: 15, lora_r: 8, lora_alpha: 16, seed: 42 },
     },
     classification: {
-      validation_fraction: 0.2,
       batch_size: 8,
       data: { causal: { seq_len: 64 } },
       // A new head needs a high rate: MiniLM on the sentiment sample reaches 0.83 held-out
@@ -75,15 +75,13 @@ const PRESET_TABLE = {
   },
   balanced: {
     causal: {
-      validation_fraction: 0.1,
       batch_size: 4,
       samples: 3,
       sample_tokens: 24,
       data: { causal: { seq_len: 128 } },
-      train: { method: "lora", lr: 1e-3, epochs: 1, lora_r: 8, lora_alpha: 16, seed: 42 },
+      train: { method: "lora", lr: 2e-3, epochs: 1, lora_r: 8, lora_alpha: 16, seed: 42 },
     },
     classification: {
-      validation_fraction: 0.2,
       batch_size: 16,
       data: { causal: { seq_len: 128 } },
       train: { method: "lora", lr: 5e-3, epochs: 3, warmup: 6, seed: 42 },
@@ -93,7 +91,6 @@ const PRESET_TABLE = {
   // more) over the training data.
   thorough: {
     causal: {
-      validation_fraction: 0.1,
       batch_size: 4,
       samples: 3,
       sample_tokens: 32,
@@ -101,7 +98,6 @@ const PRESET_TABLE = {
       train: { method: "lora", lr: 1e-3, epochs: 3, lora_r: 16, lora_alpha: 32, seed: 42, eval_every: 50 },
     },
     classification: {
-      validation_fraction: 0.2,
       batch_size: 16,
       data: { causal: { seq_len: 128 } },
       train: { method: "lora", lr: 5e-3, epochs: 5, warmup: 10, seed: 42, eval_every: 50 },

@@ -10,7 +10,7 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 
-import { assertCleanLog, launchBrowser, loadDefaultModel, waitForBackend, waitForLoad, waitInPage, withPage } from "./harness.mjs";
+import { artifactPath, assertCleanLog, launchBrowser, loadDefaultModel, waitForBackend, waitForLoad, waitInPage, withPage } from "./harness.mjs";
 
 let browser;
 before(async () => {
@@ -82,6 +82,9 @@ test("the quick demo's defaults show a clear held-out gain: SmolLM2 on Q&A (perp
     assert.ok(qa.held.scored >= 16, JSON.stringify(qa.held));
     assert.equal(qa.verdict, "better");
     assert.match(qa.expected, /quick demo lowers held-out perplexity/);
+    // The before/after step as a newcomer sees it (the README's screenshot).
+    await page.setViewportSize({ width: 1280, height: 900 });
+    await page.locator("#step-compare").screenshot({ path: artifactPath("defaults-compare-qa.png"), style: "[data-testid=step-list] { position: static !important; }" });
 
     // MiniLM + sentiment.
     const i = await page.evaluate(() => window.webtune.loads.length);

@@ -1,5 +1,5 @@
 // What the page's scripts add to the platform's types (the page; the workers have
-// worker-globals.d.ts): coded errors, the page's test hooks and the vendored chart library.
+// worker-globals.d.ts): coded errors and the page's test hooks.
 // Checked with `tsc --noEmit` (tsconfig.json, run by `cargo xtask test`).
 
 /** Errors carry a webtune code ("data.invalid", "device.lost", …) and details. */
@@ -11,9 +11,4 @@ interface Error {
 interface Window {
   /** The page's debug and test hooks (www/app.js). */
   webtune?: any;
-}
-
-declare module "*/vendor/uplot/uPlot.esm.js" {
-  const uPlot: any;
-  export default uPlot;
 }

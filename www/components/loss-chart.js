@@ -104,8 +104,9 @@ export function createLossChart(container, { validation = false, lr = false } = 
     );
   }
 
+  /** uPlot's columns: x (steps), then one per series, null where a series has no point. */
   function series() {
-    return [steps, losses, ...(validation ? [evals] : []), ...(lr ? [lrs] : [])];
+    return /** @type {import("../vendor/uplot/uPlot.esm.js").AlignedData} */ ([steps, losses, ...(validation ? [evals] : []), ...(lr ? [lrs] : [])]);
   }
 
   function flush() {

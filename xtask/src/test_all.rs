@@ -32,6 +32,8 @@ pub fn test(options: &TestOptions) -> Result<()> {
         util::ensure_wasm_target()?;
         util::ensure_chromium()?;
         util::ensure_npm_deps()?;
+        // The page imports the vendored chart library; its types come with it.
+        crate::wasm::vendor_js()?;
         typecheck(&root)?;
         ran.push("the page's JavaScript type-checks".to_owned());
     }

@@ -283,6 +283,9 @@ pub fn vendor_js() -> Result<()> {
         ("uplot/dist/uPlot.esm.js", "uplot/uPlot.esm.js"),
         ("uplot/dist/uPlot.min.css", "uplot/uPlot.min.css"),
         ("uplot/LICENSE", "uplot/LICENSE"),
+        // Its types, named so that `tsc` reads them for uPlot.esm.js instead of checking the
+        // library's own JavaScript (see typecheck in test_all.rs).
+        ("uplot/dist/uPlot.d.ts", "uplot/uPlot.esm.d.ts"),
     ];
     for (from, to) in copies {
         let from = root.join("node_modules").join(from);

@@ -465,3 +465,58 @@ fn a_job_on_a_gguf_chat_model_exports_its_template() {
         );
     }
 }
+
+#[test]
+fn completions_end_with_the_token_the_model_stops_at() {
+    use webtune::train::causal_job::prepare_data;
+    use webtune::train::job::{DataSource, DatasetFile, JobConfig};
+    // The tiny model stops at its EOS "#"; its vocabulary also has <|endoftext|> (99), the
+    // first end-of-text token the encoder would otherwise pick. A completion that ended with
+    // that token would teach the model to answer past where generation stops.
+    let files = gguf_with_template(TOKENS_TEMPLATE);
+    let base = load(files);
+    let stop = base.eos_token_id.expect("the fixture has an EOS") as i64;
+    let endoftext = base
+        .tokenizer
+        .as_ref()
+        .unwrap()
+        .token_id("<|endoftext|>")
+        .unwrap() as i64;
+    assert_ne!(stop, endoftext);
+    let rows: String = ["hi", "yo", "ok", "no", "go", "up", "on", "by"]
+        .iter()
+        .map(|w| {
+            format!(
+                "{}\n",
+                serde_json::json!({ "prompt": w, "completion": format!("{w}!") })
+            )
+        })
+        .collect();
+    let last_counted_targets = |config: &JobConfig| -> Vec<i64> {
+        let file = DatasetFile {
+            name: "pairs.jsonl",
+            source: DataSource::Bytes(rows.as_bytes()),
+        };
+        let data = prepare_data(&base, None, file, config).expect("the data is read");
+        let mut ends = Vec::new();
+        for b in &data.train_batches {
+            for r in 0..b.batch_size {
+                let row = r * b.seq_len..(r + 1) * b.seq_len;
+                let last = row.clone().rev().find(|&t| b.loss_mask[t] > 0.0).unwrap();
+                ends.push(b.targets[last]);
+            }
+        }
+        ends
+    };
+    let mut config = JobConfig::from_json(
+        r#"{"batch_size": 4, "validation_fraction": 0.25, "data": {"causal": {"seq_len": 32}}}"#,
+    )
+    .unwrap();
+    let ends = last_counted_targets(&config);
+    assert_eq!(ends.len(), 6, "{ends:?}");
+    assert!(ends.iter().all(|&t| t == stop), "{ends:?}");
+    // Naming the token in the data options still chooses it.
+    config.data.causal.eos_token = Some("<|endoftext|>".into());
+    let ends = last_counted_targets(&config);
+    assert!(ends.iter().all(|&t| t == endoftext), "{ends:?}");
+}

@@ -157,6 +157,11 @@ impl Tokenizer {
         self.inner.token_to_id(token)
     }
 
+    /// The token (as the vocabulary spells it) with id `id`.
+    pub fn token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
     /// Whether `id` is a special added token (`<|im_end|>`, `</s>`…), which decoding for
     /// display may drop and chat templates use as markers.
     pub fn is_special(&self, id: u32) -> bool {

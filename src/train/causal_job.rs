@@ -170,11 +170,19 @@ pub fn prepare_data<'a>(
 }
 
 /// The job's data options for `model`: rows hold `seq_len` inputs plus one target, so never
-/// more than the model's context.
+/// more than the model's context; completions end with the token the model's generation stops
+/// at (its own EOS) unless `eos_token` names another. SmolLM2-Instruct stops at `<|im_end|>`:
+/// ending its completions with the `<|endoftext|>` its vocabulary also has taught the
+/// fine-tuned model to answer, end the answer, and answer again until the token limit.
 fn causal_options(config: &JobConfig, model: &LoadedModel) -> InspectOptions {
     let mut options = config.data.clone();
     let longest = model.info.max_positions.saturating_sub(1);
     options.causal.seq_len = options.causal.seq_len.min(longest).max(1);
+    if options.causal.eos_token.is_none() {
+        options.causal.eos_token = model
+            .eos_token_id
+            .and_then(|id| model.tokenizer.as_ref()?.token(id));
+    }
     options
 }
 

@@ -6,8 +6,9 @@
 
 import type {
   BackendInfo,
-  DataReport,
+  DataProgress,
   DatasetResult,
+  DownloadProgress,
   EvaluateResult,
   GenerateResult,
   JobConfig,
@@ -204,16 +205,9 @@ export interface ThreadPortMessage {
 }
 
 /** Progress of one file of a hub load (at most 10 a second, and a final one with done). */
-export interface DownloadMessage {
+export interface DownloadMessage extends DownloadProgress {
   type: "download";
   id: string;
-  file: string;
-  url: string;
-  loaded: number;
-  total: number | null;
-  cached: boolean;
-  done: boolean;
-  missing?: boolean;
 }
 
 /** The model is loaded. */
@@ -251,13 +245,9 @@ export interface LogitsMessage {
 }
 
 /** Reading a dataset file: bytes and records done so far. */
-export interface DatasetProgressMessage {
+export interface DatasetProgressMessage extends DataProgress {
   type: "dataset-progress";
   id: string;
-  file: string;
-  bytes: number;
-  bytes_done: number;
-  records_done: number;
 }
 
 export interface DatasetMessage {
@@ -322,4 +312,3 @@ export type Reply =
   | NetworkMessage
   | ErrorMessage;
 
-export type { DataReport };

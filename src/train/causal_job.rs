@@ -15,7 +15,7 @@ use super::job::{
     read_and_split, tokenizer_of, DatasetFiles, HeldOut, JobConfig, JobContext, JobSizes, JobTask,
     Phase, ReadSplit, Trained,
 };
-use super::memory::{BatchShape, MemoryEstimate};
+use super::memory::MemoryEstimate;
 use super::trainer::RunOptions;
 use crate::data::batching::CausalEncoder;
 use crate::data::chat::{ChatTemplate, Message};
@@ -338,24 +338,13 @@ impl JobTask for CausalJob {
     }
 
     fn sizes(&self, data: &PreparedData) -> JobSizes {
-        let shapes = data.train_batches.iter().map(|b| (b.batch_size, b.seq_len));
-        JobSizes {
-            largest: BatchShape::largest(shapes),
-            labels: 0,
-            train_examples: data.train.len(),
-            train_batches: data.train_batches.len(),
-            held_out: data.held_out,
-            train_positions: data
-                .train_batches
-                .iter()
-                .map(|b| b.batch_size * b.seq_len)
-                .sum(),
-            eval_positions: data
-                .eval_batches
-                .iter()
-                .map(|b| b.batch_size * b.seq_len)
-                .sum(),
-        }
+        JobSizes::of_batches(
+            data.train_batches.iter().map(|b| (b.batch_size, b.seq_len)),
+            data.eval_batches.iter().map(|b| (b.batch_size, b.seq_len)),
+            0,
+            data.train.len(),
+            data.held_out,
+        )
     }
 
     async fn before(

@@ -19,7 +19,7 @@ use super::job::{
     read_and_split, tokenizer_of, DatasetFiles, HeldOut, JobConfig, JobContext, JobSizes, JobTask,
     Phase, ReadSplit, Trained,
 };
-use super::memory::{BatchShape, MemoryEstimate};
+use super::memory::MemoryEstimate;
 use super::trainer::RunOptions;
 use crate::data::batching::{class_batch_of_ids, ClassBatch, LabelMap};
 use crate::data::validate::{inspect, Content, Dataset, Example, Report};
@@ -278,24 +278,13 @@ impl JobTask for ClassifyJob {
     }
 
     fn sizes(&self, data: &ClassData) -> JobSizes {
-        let shapes = data.train_batches.iter().map(|b| (b.batch_size, b.seq_len));
-        JobSizes {
-            largest: BatchShape::largest(shapes),
-            labels: data.labels.len(),
-            train_examples: data.train.len(),
-            train_batches: data.train_batches.len(),
-            held_out: data.held_out,
-            train_positions: data
-                .train_batches
-                .iter()
-                .map(|b| b.batch_size * b.seq_len)
-                .sum(),
-            eval_positions: data
-                .eval_batches
-                .iter()
-                .map(|b| b.batch_size * b.seq_len)
-                .sum(),
-        }
+        JobSizes::of_batches(
+            data.train_batches.iter().map(|b| (b.batch_size, b.seq_len)),
+            data.eval_batches.iter().map(|b| (b.batch_size, b.seq_len)),
+            data.labels.len(),
+            data.train.len(),
+            data.held_out,
+        )
     }
 
     /// "Before" is the base encoder with the head training starts from.

@@ -490,6 +490,31 @@ pub struct JobSizes {
     pub eval_positions: usize,
 }
 
+impl JobSizes {
+    /// The sizes of a job whose training and held-out batches have these (rows, row length)
+    /// shapes.
+    pub fn of_batches(
+        train: impl IntoIterator<Item = (usize, usize)>,
+        eval: impl IntoIterator<Item = (usize, usize)>,
+        labels: usize,
+        train_examples: usize,
+        held_out: HeldOut,
+    ) -> Self {
+        let train: Vec<(usize, usize)> = train.into_iter().collect();
+        let positions = |shapes: &[(usize, usize)]| shapes.iter().map(|(b, t)| b * t).sum();
+        let eval_positions = positions(&eval.into_iter().collect::<Vec<_>>());
+        Self {
+            largest: BatchShape::largest(train.iter().copied()),
+            labels,
+            train_examples,
+            train_batches: train.len(),
+            held_out,
+            train_positions: positions(&train),
+            eval_positions,
+        }
+    }
+}
+
 /// What a task adds to a job; [`run_job`] does the rest, the same for every task (phases,
 /// checkpoint policy, memory plan, the training loop, the tokenizer in the export, the
 /// fine-tuned model loaded back from the export).

@@ -10,7 +10,7 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 
-import { artifactPath, assertCleanLog, launchBrowser, loadDefaultModel, waitForBackend, waitForLoad, waitInPage, withPage } from "./harness.mjs";
+import { artifactPath, assertCleanLog, launchBrowser, loadDefaultModel, useSample, waitForBackend, waitForLoad, waitInPage, withPage } from "./harness.mjs";
 
 let browser;
 before(async () => {
@@ -21,16 +21,8 @@ after(async () => {
 });
 
 /** Choose a bundled sample, wait for its report and the automatic "before" score. */
-async function useSample(page, file) {
-  await page.getByLabel("Sample dataset").selectOption(file);
-  await page.getByTestId("use-sample").click();
-  await waitInPage(
-    page,
-    (f) => document.querySelector("[data-testid=dataset-state]")?.dataset.outcome === "done" && (document.querySelector("[data-testid=report-file]")?.textContent ?? "").startsWith(f),
-    file,
-    120_000,
-    `${file}'s report`,
-  );
+async function useSampleScored(page, file) {
+  await useSample(page, file);
   await waitInPage(page, () => document.querySelector("[data-testid=baseline]")?.dataset.state === "done", null, 300_000, `${file}: the automatic before score`);
 }
 
@@ -67,7 +59,7 @@ test("the quick demo's defaults show a clear held-out gain: SmolLM2 on Q&A (perp
     // SmolLM2 + Q&A.
     const loaded = await loadDefaultModel(page, 300_000, "SmolLM2 to load");
     assert.equal(loaded.error, null, JSON.stringify(loaded.error));
-    await useSample(page, "chatterbot_english_qa.jsonl");
+    await useSampleScored(page, "chatterbot_english_qa.jsonl");
     const qa = await quickDemo(page, "the SmolLM2 quick demo");
     assert.equal(qa.error, null, JSON.stringify(qa.error));
     assert.equal(qa.status, "done");
@@ -92,7 +84,7 @@ test("the quick demo's defaults show a clear held-out gain: SmolLM2 on Q&A (perp
     await page.getByTestId("load-default-model").click();
     const minilm = await waitForLoad(page, i, 120_000, "MiniLM to load");
     assert.equal(minilm.error, null, JSON.stringify(minilm.error));
-    await useSample(page, "pang_lee_polarity_200.jsonl");
+    await useSampleScored(page, "pang_lee_polarity_200.jsonl");
     const sentiment = await quickDemo(page, "the MiniLM quick demo");
     assert.equal(sentiment.error, null, JSON.stringify(sentiment.error));
     const a = sentiment.comparison.accuracy_change;

@@ -15,7 +15,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
-import { artifactPath, assertCleanLog, launchBrowser, loadDefaultModel, waitForBackend, waitForLoad, waitInPage, withPage } from "./harness.mjs";
+import { artifactPath, assertCleanLog, launchBrowser, loadDefaultModel, useSample, waitForBackend, waitForLoad, waitInPage, withPage } from "./harness.mjs";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 // axe-core from npm, evaluated through the DevTools protocol (the page's CSP forbids inline
@@ -73,19 +73,6 @@ async function assertAccessible(page, what) {
 /** A screenshot of one step's section (the sticky step list kept out of the way). */
 async function shoot(page, width, key, name) {
   await page.locator(`#step-${key}`).screenshot({ path: artifactPath(`guided-${width}-${name}.png`), style: "[data-testid=step-list] { position: static !important; }" });
-}
-
-/** Choose a bundled sample in the data step and wait for its report. */
-async function useSample(page, file) {
-  await page.getByLabel("Sample dataset").selectOption(file);
-  await page.getByTestId("use-sample").click();
-  await waitInPage(
-    page,
-    (f) => document.querySelector("[data-testid=dataset-state]")?.dataset.outcome === "done" && (document.querySelector("[data-testid=report-file]")?.textContent ?? "").startsWith(f),
-    file,
-    120_000,
-    `${file}'s report`,
-  );
 }
 
 /** Two training steps from the fine-tune step's form; resolves with the run's record. */

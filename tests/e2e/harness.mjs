@@ -242,6 +242,19 @@ export async function loadDefaultModel(page, ms, what) {
   return waitForLoad(page, index, ms, what);
 }
 
+/** Choose a bundled sample in the data step and wait for its report. */
+export async function useSample(page, file, ms = 120_000) {
+  await page.getByLabel("Sample dataset").selectOption(file);
+  await page.getByTestId("use-sample").click();
+  await waitInPage(
+    page,
+    (f) => document.querySelector("[data-testid=dataset-state]")?.dataset.outcome === "done" && (document.querySelector("[data-testid=report-file]")?.textContent ?? "").startsWith(f),
+    file,
+    ms,
+    `${file}'s report`,
+  );
+}
+
 /** Wait until run number `index` (0-based, in window.webtune.runs) has ended; returns it. */
 export async function waitForRunEnd(page, index, ms, what) {
   return waitInPage(

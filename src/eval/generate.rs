@@ -133,10 +133,16 @@ fn argmax(values: &[f32]) -> u32 {
     best as u32
 }
 
-/// Last-position logits of `[1, T, V]`, read back asynchronously.
-async fn last_logits(logits: Tensor<3>) -> Result<Vec<f32>> {
-    let [_, t, v] = logits.dims();
-    let last = logits.narrow(1, t - 1, 1).reshape([v]);
+/// The last position's logits `[V]` from hidden states `[1, T, d]` and the LM head `[V, d]`
+/// (only that position goes through the head), read back asynchronously.
+async fn last_logits(hidden: Tensor<3>, head: Tensor<2>) -> Result<Vec<f32>> {
+    let [_, t, d] = hidden.dims();
+    let v = head.dims()[0];
+    let last = hidden
+        .narrow(1, t - 1, 1)
+        .reshape([1, d])
+        .matmul(head.transpose())
+        .reshape([v]);
     let data = last.into_data_async().await.map_err(|e| {
         Error::new(
             Code::DeviceLost,
@@ -183,12 +189,12 @@ pub async fn generate(
     let mut generated = Vec::new();
     let mut pending = prompt.to_vec();
     while generated.len() < opts.max_new_tokens && history.len() < max_positions {
-        let logits = if opts.use_cache {
-            model.forward(to_tensor(&pending), Some(&mut cache))
+        let hidden = if opts.use_cache {
+            model.hidden(to_tensor(&pending), Some(&mut cache))
         } else {
-            model.forward(to_tensor(&history), None)
+            model.hidden(to_tensor(&history), None)
         };
-        let mut last = last_logits(logits).await?;
+        let mut last = last_logits(hidden, model.head()).await?;
         let token = choose_token(&mut last, &history, opts, &mut rng);
         history.push(token);
         generated.push(token);

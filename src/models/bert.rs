@@ -461,12 +461,11 @@ impl Bert {
         Ok(head.forward(pooled))
     }
 
-    /// Scores of every position against the token embeddings, `[B, T, vocab]`. An encoder is no
-    /// language model: this exists so that `CausalLm` stays total; webtune's causal entry points
+    /// The token embeddings `[vocab, d]`. An encoder is no language model: scoring its hidden
+    /// states against them exists so that `CausalLm` stays total; webtune's causal entry points
     /// refuse encoders before they get here (see `CausalLm::check_causal`).
-    pub fn embedding_scores(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
-        let x = self.forward(tokens, None, None);
-        x.matmul(self.word_embeddings.val().transpose().unsqueeze::<3>())
+    pub fn word_embeddings(&self) -> Tensor<2> {
+        self.word_embeddings.val()
     }
 }
 

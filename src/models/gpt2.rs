@@ -296,7 +296,20 @@ impl Gpt2 {
 
     /// Token ids `[B, T]` → logits `[B, T, vocab]`. With a cache, the tokens continue the cached
     /// sequence and the cache is extended.
-    pub fn forward(&self, tokens: Tensor<2, Int>, mut cache: Option<&mut KvCache>) -> Tensor<3> {
+    pub fn forward(&self, tokens: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
+        lm_head_logits(self.hidden(tokens, cache), self.head())
+    }
+
+    /// The LM head `[vocab, d]`: its own weight, or the token embedding it is tied to.
+    pub fn head(&self) -> Tensor<2> {
+        match &self.lm_head {
+            Some(w) => w.val(),
+            None => self.wte.val(),
+        }
+    }
+
+    /// Token ids `[B, T]` → the final hidden states `[B, T, d]` the LM head reads.
+    pub fn hidden(&self, tokens: Tensor<2, Int>, mut cache: Option<&mut KvCache>) -> Tensor<3> {
         let [_, t] = tokens.dims();
         let past = cache.as_ref().map_or(0, |c| c.len);
         let positions = self.wpe.val().narrow(0, past, t).unsqueeze::<3>();
@@ -322,11 +335,6 @@ impl Gpt2 {
         if let Some(cache) = cache {
             cache.len += t;
         }
-        let x = self.ln_f.forward(x);
-        let head = match &self.lm_head {
-            Some(w) => w.val(),
-            None => self.wte.val(),
-        };
-        lm_head_logits(x, head)
+        self.ln_f.forward(x)
     }
 }

@@ -676,7 +676,20 @@ impl Llama {
 
     /// Token ids `[B, T]` → logits `[B, T, vocab]`. With a cache, the tokens continue the cached
     /// sequence and the cache is extended.
-    pub fn forward(&self, tokens: Tensor<2, Int>, mut cache: Option<&mut KvCache>) -> Tensor<3> {
+    pub fn forward(&self, tokens: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
+        lm_head_logits(self.hidden(tokens, cache), self.head())
+    }
+
+    /// The LM head `[vocab, d]`: its own weight, or the token embedding it is tied to.
+    pub fn head(&self) -> Tensor<2> {
+        match &self.lm_head {
+            Some(w) => w.val(),
+            None => self.embed_tokens.val(),
+        }
+    }
+
+    /// Token ids `[B, T]` → the final hidden states `[B, T, d]` the LM head reads.
+    pub fn hidden(&self, tokens: Tensor<2, Int>, mut cache: Option<&mut KvCache>) -> Tensor<3> {
         let [_, t] = tokens.dims();
         let device = tokens.device();
         let past = cache.as_ref().map_or(0, |c| c.len);
@@ -719,12 +732,7 @@ impl Llama {
         if let Some(cache) = cache {
             cache.len += t;
         }
-        let x = self.norm.forward(x);
-        let head = match &self.lm_head {
-            Some(w) => w.val(),
-            None => self.embed_tokens.val(),
-        };
-        lm_head_logits(x, head)
+        self.norm.forward(x)
     }
 }
 

@@ -64,12 +64,19 @@ impl Family {
 }
 
 impl CausalLm for Family {
-    fn forward(&self, tokens: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
+    fn hidden(&self, tokens: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
         match self {
-            Family::Gpt2(m) => m.forward(tokens, cache),
-            Family::Llama(m) => m.forward(tokens, cache),
+            Family::Gpt2(m) => m.hidden(tokens, cache),
+            Family::Llama(m) => m.hidden(tokens, cache),
             // Unreachable through webtune's entry points, which call `check_causal` first.
-            Family::Bert(m) => m.embedding_scores(tokens),
+            Family::Bert(m) => m.forward(tokens, None, None),
+        }
+    }
+    fn head(&self) -> Tensor<2> {
+        match self {
+            Family::Gpt2(m) => m.head(),
+            Family::Llama(m) => m.head(),
+            Family::Bert(m) => m.word_embeddings(),
         }
     }
     fn max_positions(&self) -> usize {

@@ -46,8 +46,16 @@ pub(crate) fn check_config_sizes(
 
 /// A model that predicts the next token.
 pub trait CausalLm {
-    /// Token ids `[B, T]` → logits `[B, T, vocab]`, continuing `cache` when given.
-    fn forward(&self, tokens: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3>;
+    /// Token ids `[B, T]` → the final hidden states `[B, T, d]`, continuing `cache` when given.
+    fn hidden(&self, tokens: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3>;
+    /// The LM head `[vocab, d]` that turns hidden states into logits.
+    fn head(&self) -> Tensor<2>;
+    /// Token ids `[B, T]` → logits `[B, T, vocab]`, continuing `cache` when given. Training and
+    /// evaluation score targets from `hidden` and `head` without forming all the logits
+    /// ([`crate::train::loss`]); generation needs only the last position's.
+    fn forward(&self, tokens: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
+        layers::lm_head_logits(self.hidden(tokens, cache), self.head())
+    }
     /// Longest sequence the model accepts.
     fn max_positions(&self) -> usize;
     /// Whether `forward` predicts next tokens. Encoders (BERT) answer with a config error that
@@ -58,8 +66,11 @@ pub trait CausalLm {
 }
 
 impl CausalLm for gpt2::Gpt2 {
-    fn forward(&self, tokens: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
-        gpt2::Gpt2::forward(self, tokens, cache)
+    fn hidden(&self, tokens: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
+        gpt2::Gpt2::hidden(self, tokens, cache)
+    }
+    fn head(&self) -> Tensor<2> {
+        gpt2::Gpt2::head(self)
     }
     fn max_positions(&self) -> usize {
         gpt2::Gpt2::max_positions(self)
@@ -67,8 +78,11 @@ impl CausalLm for gpt2::Gpt2 {
 }
 
 impl CausalLm for llama::Llama {
-    fn forward(&self, tokens: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
-        llama::Llama::forward(self, tokens, cache)
+    fn hidden(&self, tokens: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
+        llama::Llama::hidden(self, tokens, cache)
+    }
+    fn head(&self) -> Tensor<2> {
+        llama::Llama::head(self)
     }
     fn max_positions(&self) -> usize {
         llama::Llama::max_positions(self)

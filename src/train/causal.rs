@@ -9,8 +9,7 @@ use burn::tensor::TensorData;
 use serde::{Deserialize, Serialize};
 
 use super::finetune::{FinetuneConfig, Method, TrainableModel};
-use super::lora::read_f32;
-use super::loss::{masked_cross_entropy, row_cross_entropy};
+use super::loss::{head_cross_entropy, head_row_losses};
 use super::task::{EvalPoint, Speed, Task};
 use super::trainer::{module_device, train_loop, Progress, RunOptions, Summary};
 use crate::backend::Backend;
@@ -116,9 +115,8 @@ impl<M: Module + CausalLm> Task<M> for Causal {
         units: usize,
         device: &Device,
     ) -> Result<Tensor<1>> {
-        let (inputs, targets, mask) = batch_tensors(batch, device);
-        let logits = model.forward(inputs, None::<&mut KvCache>);
-        Ok(masked_cross_entropy(logits, targets, mask, units))
+        let hidden = model.hidden(batch_inputs(batch, device), None::<&mut KvCache>);
+        Ok(head_cross_entropy(hidden, model.head(), batch, units))
     }
 
     async fn evaluate(&self, model: &M, batches: &[TokenBatch]) -> Result<EvalLoss> {
@@ -167,10 +165,9 @@ async fn eval_module<M: Module + CausalLm>(model: &M, batches: &[TokenBatch]) ->
         if counted == 0 {
             continue;
         }
-        let (inputs, targets, mask) = batch_tensors(b, &device);
-        let logits = model.forward(inputs, None::<&mut KvCache>);
+        let hidden = model.hidden(batch_inputs(b, &device), None::<&mut KvCache>);
         // Per row, so batches of any size weigh by their tokens and the rows can be resampled.
-        let rows = read_f32(row_cross_entropy(logits, targets, mask)).await?;
+        let rows = head_row_losses(hidden, model.head(), b).await?;
         for (row, loss) in b.loss_mask.chunks(b.seq_len).zip(rows) {
             let n = row.iter().filter(|&&w| w > 0.0).count();
             if n > 0 {
@@ -225,16 +222,11 @@ fn dropout_seed(seed: u64, step: usize) -> u64 {
     z ^ (z >> 31)
 }
 
-pub(crate) fn batch_tensors(
-    batch: &TokenBatch,
-    device: &Device,
-) -> (Tensor<2, Int>, Tensor<2, Int>, Tensor<2>) {
+/// A batch's input ids `[B, T]` on `device` (targets and weights stay on the host: the loss
+/// picks the positions that count there).
+fn batch_inputs(batch: &TokenBatch, device: &Device) -> Tensor<2, Int> {
     let shape = [batch.batch_size, batch.seq_len];
-    (
-        Tensor::from_data(TensorData::new(batch.inputs.clone(), shape), device),
-        Tensor::from_data(TensorData::new(batch.targets.clone(), shape), device),
-        Tensor::from_data(TensorData::new(batch.loss_mask.clone(), shape), device),
-    )
+    Tensor::from_data(TensorData::new(batch.inputs.clone(), shape), device)
 }
 
 fn check_batches(batches: &[TokenBatch], max_positions: usize, what: &str) -> Result<()> {

@@ -4,7 +4,9 @@
 //! Everything is f32 (webtune computes in f32; quantized GGUF weights are expanded on load).
 //! Activations are what autodiff keeps for the backward pass, counted per token and layer from
 //! the operations of a pre-norm transformer block (norm in/out, q/k/v, scores and
-//! probabilities, MLP up/gate/activation/product, residuals) plus the LM head's logits. The
+//! probabilities, MLP up/gate/activation/product, residuals) plus one chunk of the LM head's
+//! logits (the loss walks the positions in chunks, [`super::loss`]) and the hidden states'
+//! gradient it hands to autodiff. The
 //! model files a job keeps (a GGUF file holds the tokenizer and config) and a fixed runtime
 //! (code, allocator, tokenizer) come on top; loading held the weight files beside the model
 //! it built, which is the process's peak when it exceeds training's (memory freed after
@@ -178,11 +180,16 @@ pub fn estimate(
         (largest, name) = (scores, format!("attention scores [{b} × {h} × {t} × {t}]"));
     }
     if classes == 0 {
-        // Logits, their log-softmax and its gradient.
-        let logits = b * t * v * F32;
-        activations += 3 * logits;
-        if logits > largest {
-            (largest, name) = (logits, format!("logits [{b} × {t} × {v}]"));
+        // One chunk's logits, their exponentials and probabilities; the hidden states' gradient,
+        // and the head's when it trains (kept until the backward pass).
+        let rows = super::loss::head_chunk_rows(v as usize, (b * t) as usize) as u64;
+        let chunk = rows * v * F32;
+        activations += 3 * chunk + b * t * d * F32;
+        if config.method == Method::Full {
+            activations += v * d * F32;
+        }
+        if chunk > largest {
+            (largest, name) = (chunk, format!("logits [{rows} × {v}]"));
         }
     }
     let gradients = trainable * F32;
@@ -347,10 +354,15 @@ mod tests {
         assert!(full.total > lora.total + 3 * lora.weights / 2);
         let bigger = estimate(&info, &FinetuneConfig::default(), shape(8, 128), 0, 0);
         assert_eq!(bigger.weights, lora.weights);
-        assert_eq!(bigger.activations, 2 * lora.activations);
-        // The embedding (49152 × 576) outweighs 4 × 128 rows of logits, not 8 × 128.
+        // Everything doubles but the one chunk of logits (170 positions × 49152, three buffers).
+        assert_eq!(
+            bigger.activations,
+            2 * lora.activations - 3 * 170 * 49152 * 4
+        );
+        // The loss forms the logits of 170 positions at a time (32 MB), never all of them: the
+        // embedding stays the largest buffer however large the batch.
         assert_eq!(lora.largest_buffer_name, "token embedding [49152 × 576]");
-        assert_eq!(bigger.largest_buffer_name, "logits [8 × 128 × 49152]");
+        assert_eq!(bigger.largest_buffer_name, "token embedding [49152 × 576]");
     }
 
     #[test]
@@ -393,17 +405,17 @@ mod tests {
         assert_eq!(err.details["total"], e.total);
         let small = estimate(&info, &FinetuneConfig::default(), shape(1, 64), 0, 0);
         check_fits(&small, limits, Method::Lora).unwrap();
-        // One GPU buffer: the logits of a large batch overflow a 128 MiB binding.
+        // One GPU buffer: the attention scores of long sequences overflow a 128 MiB binding.
         let gpu = MemoryLimits {
             total: None,
             buffer: Some(128 << 20),
         };
         let err = check_fits(
-            &estimate(&info, &FinetuneConfig::default(), shape(8, 256), 0, 0),
+            &estimate(&info, &FinetuneConfig::default(), shape(2, 2048), 0, 0),
             gpu,
             Method::Lora,
         )
         .unwrap_err();
-        assert!(err.message.contains("logits"), "{}", err.message);
+        assert!(err.message.contains("attention scores"), "{}", err.message);
     }
 }

@@ -2,15 +2,17 @@
 //! → burn path trains on every backend and agrees across them.
 
 use burn::optim::{AdamWConfig, GradientsParams};
+use burn::prelude::*;
+use burn::tensor::TensorData;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::causal::batch_tensors;
 use super::loss::masked_cross_entropy;
 use super::schedule::{LrSchedule, ScheduleKind};
 use super::trainer::{median, read_scalar};
 use crate::backend::Backend;
 use crate::data::toy::copy_batch;
+use crate::data::TokenBatch;
 use crate::error::{Code, Error, Result};
 use crate::models::toy::{ToyModel, ToyModelConfig};
 use crate::platform::{now_ms, yield_now};
@@ -236,4 +238,17 @@ pub struct ToySummary {
     /// Median over steps after the first.
     pub median_step_ms: f64,
     pub tokens_per_s: f64,
+}
+
+/// A batch's inputs, targets and loss mask `[B, T]` on `device`.
+fn batch_tensors(
+    batch: &TokenBatch,
+    device: &Device,
+) -> (Tensor<2, Int>, Tensor<2, Int>, Tensor<2>) {
+    let shape = [batch.batch_size, batch.seq_len];
+    (
+        Tensor::from_data(TensorData::new(batch.inputs.clone(), shape), device),
+        Tensor::from_data(TensorData::new(batch.targets.clone(), shape), device),
+        Tensor::from_data(TensorData::new(batch.loss_mask.clone(), shape), device),
+    )
 }

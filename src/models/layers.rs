@@ -7,6 +7,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::module::linear as linear_op;
 use burn::tensor::{Bool, TensorData};
 
+use super::frozen::frozen_matmul;
 use crate::rng::Rng;
 
 /// A parameter drawn from N(0, std²) with webtune's own generator, identical on every backend.
@@ -111,10 +112,12 @@ pub fn linear_forward<const D: usize>(
 fn linear_2d<const D: usize>(layer: &Linear, x: Tensor<D>, lora_dropout: f64) -> Tensor<D> {
     let adapter = layer.weight.adapter();
     let training = x.device().is_autodiff();
+    let bias = || layer.bias.as_ref().map(|b| b.val());
+    // A quantized (QLoRA) base is never folded with its factors: that would form it densely.
+    let quantized = is_quantized(&layer.weight.base());
     match adapter {
-        Some(lora) if !training || lora_dropout > 0.0 => {
-            let bias = layer.bias.as_ref().map(|b| b.val());
-            let base = linear_op(x.clone(), layer.weight.base(), bias);
+        Some(lora) if !training || lora_dropout > 0.0 || quantized => {
+            let base = frozen_linear(x.clone(), layer.weight.base(), bias());
             let input = if training {
                 dropout(x, lora_dropout)
             } else {
@@ -123,8 +126,30 @@ fn linear_2d<const D: usize>(layer: &Linear, x: Tensor<D>, lora_dropout: f64) ->
             let down = linear_op(input, lora.a.val(), None);
             base + linear_op(down, lora.b.val(), None).mul_scalar(lora.scale)
         }
+        None if quantized => frozen_linear(x, layer.weight.base(), bias()),
         _ => layer.forward(x),
     }
+}
+
+fn is_quantized<const D: usize>(w: &Tensor<D>) -> bool {
+    matches!(w.dtype(), burn::tensor::DType::QFloat(_))
+}
+
+/// `x · w + bias` for a frozen `w`. A quantized `w` goes through [`frozen_matmul`], which keeps
+/// it quantized for the backward pass too (and dequantizes faster than burn on the CPU).
+fn frozen_linear<const D: usize>(x: Tensor<D>, w: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<D> {
+    if !is_quantized(&w) {
+        return linear_op(x, w, bias);
+    }
+    let dims = x.dims();
+    let rows = dims[..D - 1].iter().product();
+    let mut y = frozen_matmul(x.reshape([rows, dims[D - 1]]), w);
+    if let Some(b) = bias {
+        y = y + b.unsqueeze::<2>();
+    }
+    let mut out_dims = dims;
+    out_dims[D - 1] = y.dims()[1];
+    y.reshape(out_dims)
 }
 
 /// Scaled dot-product attention with a causal mask, on `[B, H, T, Dh]` tensors. Keys and values

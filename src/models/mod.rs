@@ -2,6 +2,7 @@
 //! several families live in `layers`.
 
 pub mod bert;
+pub mod frozen;
 pub mod gpt2;
 pub mod layers;
 pub mod llama;

@@ -6,9 +6,10 @@
 //! output dimension. Embeddings, the LM head, norms and biases stay f32; so do the LoRA factors,
 //! the only trainable parameters.
 //!
-//! In forward, burn composes `dequantize(base) + scale · (a @ b)` (or dequantizes a weight with
-//! no adapter), so each dense weight still exists transiently and autodiff keeps the adapted
-//! ones for the backward pass: what QLoRA saves is the memory of the *stored* base weights.
+//! A quantized projection is never folded with its factors: the layer computes
+//! `x·W + scale·(x·a)·b` with `x·W` through [`crate::models::frozen`], which makes W dense only
+//! inside its own product, in the forward pass and again in the backward, and keeps nothing
+//! dense for autodiff.
 //!
 //! burn's CPU backend (`flex`) keeps quantized values as one `i8` each whatever the bit width,
 //! so on the CPU 4 bits save no memory over 8 (only precision is lost); WebGPU packs them.

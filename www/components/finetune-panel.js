@@ -95,9 +95,9 @@ export function createFinetunePanel(section, { onStart, onStop, onPause = () => 
     {
       class: "field",
       title:
-        "QLoRA keeps a block-quantized copy of the frozen linear weights. Today it needs more memory than LoRA, not less " +
-        "(the loaded model stays in f32, and each dense weight is formed again in the forward pass and kept for the backward), " +
-        "and its steps are several times slower; the memory estimate shows the difference before the run.",
+        "QLoRA keeps a block-quantized copy of the frozen linear weights and trains over it as fast as LoRA. " +
+        "The loaded model stays in f32 beside that copy, so today it needs somewhat more memory than LoRA, not less; " +
+        "the memory estimate shows the difference before the run.",
     },
     el("label", { for: "ft-base-quant" }, "Frozen base"),
     baseQuant,

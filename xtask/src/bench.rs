@@ -383,17 +383,19 @@ fn cases(full: bool) -> Vec<Case> {
     }
 
     // Models of the sizes people fine-tune, with their exact shapes and seeded random weights
-    // (`webtune shape`; memory and speed depend on shapes): LoRA on SmolLM2-360M at 1 × 128, and
-    // with --full QLoRA on Qwen2.5-0.5B (q8) and SmolLM2-1.7B (q4); PyTorch + PEFT runs LoRA
-    // (fp32) on the same shapes. The browser runs the 360M one in tests/e2e/scale.test.mjs.
+    // (`webtune shape`; memory and speed depend on shapes): LoRA and QLoRA (q8) on SmolLM2-360M
+    // at 1 × 128, and with --full QLoRA on Qwen2.5-0.5B (q8) and SmolLM2-1.7B (q4); PyTorch + PEFT
+    // runs LoRA (fp32) on the same shapes. The browser runs the 360M LoRA one in
+    // tests/e2e/scale.test.mjs.
     let shapes: &[(&str, Option<&str>, usize)] = if full {
         &[
             ("smollm2-360m", None, 3),
+            ("smollm2-360m", Some("q8"), 3),
             ("qwen2.5-0.5b", Some("q8"), 3),
             ("smollm2-1.7b", Some("q4"), 2),
         ]
     } else {
-        &[("smollm2-360m", None, 3)]
+        &[("smollm2-360m", None, 3), ("smollm2-360m", Some("q8"), 3)]
     };
     for &(shape, quantize, steps) in shapes {
         let dir = root.join(SHAPES).join(shape);

@@ -252,3 +252,56 @@ fn a_quantized_base_is_refused_for_full_finetuning_and_bad_values() {
         .unwrap_err();
     assert_eq!(err.details["field"], "quantize_block_size");
 }
+
+/// A model quantized as it loads (`load_quantized`: no f32 copy of its projections ever exists)
+/// trains exactly as one quantized after loading, and the memory plan counts it compact. GPT-2's
+/// projections (`Conv1D`) load in f32 and are quantized by `quantize_base` as before.
+#[test]
+fn a_model_quantized_as_it_loads_trains_as_one_quantized_after_loading() {
+    use webtune::train::memory::{estimate, BatchShape};
+    use webtune::train::qlora::{load_quantized, BaseQuant};
+    let backend = Backend::cpu();
+    let cfg = config(Some("q8"));
+    let inference = burn::tensor::Device::flex();
+    for (name, at_load) in [("llama", 14), ("gpt2", 0)] {
+        let data = batches(name);
+        let run = |base: &LoadedModel| {
+            let mut model =
+                TrainableModel::prepare(base.family.trainable_on(&backend.device), &cfg).unwrap();
+            let summary = pollster::block_on(finetune(
+                &mut model,
+                &backend,
+                &data,
+                &data,
+                &cfg,
+                RunOptions::default(),
+            ))
+            .unwrap();
+            (summary.losses, model.quantized.unwrap())
+        };
+        let plain = LoadedModel::load(files(name), &inference).unwrap();
+        let (compact, report) = load_quantized(files(name), &inference, BaseQuant::Q8, 32).unwrap();
+        assert_eq!(report.tensors, at_load, "{name}");
+        assert_eq!(compact.info.compact.is_some(), at_load > 0, "{name}");
+        let (losses, after_load) = run(&plain);
+        let (compact_losses, at_load_report) = run(&compact);
+        assert_eq!(losses, compact_losses, "{name}");
+        // The job's report counts every quantized projection, whenever it was quantized.
+        assert_eq!(after_load, at_load_report, "{name}");
+        let shape = BatchShape {
+            batch_size: 2,
+            seq_len: 16,
+        };
+        let (a, b) = (
+            estimate(&plain.info, &cfg, shape, 0, 0),
+            estimate(&compact.info, &cfg, shape, 0, 0),
+        );
+        if at_load > 0 {
+            // The f32 projections and the quantized copy beside them are gone from the plan.
+            assert!(a.weights - b.weights >= report.f32_bytes, "{a:?} {b:?}");
+            assert_eq!(a.load - b.load, report.f32_bytes - report.quantized_bytes);
+        } else {
+            assert_eq!(a.weights, b.weights);
+        }
+    }
+}

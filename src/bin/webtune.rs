@@ -16,7 +16,8 @@ use webtune::io::hf::ModelFiles;
 use webtune::models::loaded::LoadedModel;
 use webtune::train::adapter::{apply_peft_adapter, read_peft_adapter};
 use webtune::train::export::Export;
-use webtune::train::qlora::BaseQuant;
+use webtune::train::finetune::Method;
+use webtune::train::qlora::{load_quantized, BaseQuant};
 use webtune::train::toy::{train_toy, ToyTrainConfig};
 use webtune::Error;
 use webtune::{run_task, JobResult, Progress};
@@ -707,7 +708,14 @@ fn run_train(cli: &Cli, args: &TrainArgs) -> Result<(), Error> {
     let cfg = base_config.with_overrides(&args.overrides()?)?;
     let files = ModelFiles::from_dir(model)?;
     let meta = files.without_weights();
-    let base = LoadedModel::load(files, &burn::tensor::Device::flex())?;
+    let device = burn::tensor::Device::flex();
+    // QLoRA: quantize the projections as they are read, so no f32 copy of them ever exists.
+    let base = match (cfg.train.method, cfg.train.quantize_base) {
+        (Method::Lora, Some(quant)) => {
+            load_quantized(files, &device, quant, cfg.train.quantize_block_size)?.0
+        }
+        _ => LoadedModel::load(files, &device)?,
+    };
     if let Some(task) = task {
         let model_task = if base.is_encoder() {
             "classification"

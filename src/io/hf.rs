@@ -208,6 +208,7 @@ impl ModelFiles {
             return Ok(Weights {
                 files: Vec::new(),
                 gguf: vec![GgufFile::parse(&name, bytes)?],
+                linear_hook: None,
             });
         }
         let mut shards = Vec::new();
@@ -255,6 +256,7 @@ impl ModelFiles {
         Ok(Weights {
             files,
             gguf: Vec::new(),
+            linear_hook: None,
         })
     }
 }
@@ -300,9 +302,28 @@ pub fn declared_values(name: &str, prefix: &[u8]) -> Option<u64> {
 pub struct Weights {
     files: Vec<SafeTensorsFile>,
     gguf: Vec<GgufFile>,
+    linear_hook: Option<LinearHook>,
+}
+
+/// A transform of each linear projection weight (`[in, out]`, by its stored name) as soon as it
+/// is read — quantizing it, say, so that the model never exists whole in f32.
+#[derive(Clone)]
+pub struct LinearHook(
+    pub std::sync::Arc<dyn Fn(&str, Tensor<2>) -> Result<Tensor<2>> + Send + Sync>,
+);
+
+impl std::fmt::Debug for LinearHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LinearHook")
+    }
 }
 
 impl Weights {
+    /// Pass every weight [`linear_weight`](Self::linear_weight) reads through `hook`.
+    pub fn set_linear_hook(&mut self, hook: LinearHook) {
+        self.linear_hook = Some(hook);
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         let st = self
             .files
@@ -412,10 +433,14 @@ impl Weights {
         device: &Device,
     ) -> Result<Tensor<2>> {
         let data = self.read(names, &[d_out, d_in])?;
-        Ok(Tensor::from_data(
+        let weight = Tensor::from_data(
             TensorData::new(transposed(&data, d_out, d_in), [d_in, d_out]),
             device,
-        ))
+        );
+        match &self.linear_hook {
+            Some(hook) => (hook.0)(&names[0], weight),
+            None => Ok(weight),
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use super::llama::{Llama, LlamaConfig};
 use super::{CausalLm, KvCache};
 use crate::data::chat::{ChatTemplate, Message};
 use crate::error::{Code, Error, Result};
-use crate::io::hf::{architecture, ModelFiles};
+use crate::io::hf::{architecture, LinearHook, ModelFiles};
 use crate::io::tokenizer::Tokenizer;
 
 // One per loaded model, and the weights themselves live on the device: boxing buys nothing.
@@ -121,6 +121,9 @@ pub struct ModelInfo {
     pub dtype: Vec<&'static str>,
     /// Bytes of the weight files the model was loaded from.
     pub stored_bytes: u64,
+    /// The linear projections quantized as they were loaded (QLoRA), when they were.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compact: Option<CompactWeights>,
     pub has_tokenizer: bool,
     /// `causal_lm` or `encoder`.
     pub kind: &'static str,
@@ -132,6 +135,14 @@ pub struct ModelInfo {
     pub pooling: Option<Pooling>,
     #[serde(flatten)]
     pub chat: ChatInfo,
+}
+
+/// Weights kept quantized since loading: how many f32 values they stand for, and the bytes they
+/// take (values and scales).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CompactWeights {
+    pub values: u64,
+    pub bytes: u64,
 }
 
 /// Whether the model ships a chat template (so the page offers chat mode), where it came from
@@ -172,10 +183,16 @@ impl LoadedModel {
     }
 
     pub fn load(files: ModelFiles, device: &Device) -> Result<Self> {
+        Self::load_with(files, device, None)
+    }
+
+    /// [`load`](Self::load), passing each linear projection weight through `hook` as it is read
+    /// (GPT-2's projections, stored as `Conv1D`, do not go through it).
+    pub fn load_with(files: ModelFiles, device: &Device, hook: Option<LinearHook>) -> Result<Self> {
         // Read before the weights consume the files. A template that does not compile leaves
         // the model usable without chat mode; the error is kept in the info.
         let chat = ChatTemplate::from_model_files(&files);
-        let mut model = Self::load_weights(files, device)?;
+        let mut model = Self::load_weights(files, device, hook)?;
         match chat {
             Ok(Some(t)) => {
                 model.info.chat = ChatInfo {
@@ -191,7 +208,11 @@ impl LoadedModel {
         Ok(model)
     }
 
-    fn load_weights(mut files: ModelFiles, device: &Device) -> Result<Self> {
+    fn load_weights(
+        mut files: ModelFiles,
+        device: &Device,
+        hook: Option<LinearHook>,
+    ) -> Result<Self> {
         let config = files.config()?;
         let arch = architecture(&config)?;
         let tokenizer = files.tokenizer()?;
@@ -199,7 +220,10 @@ impl LoadedModel {
             .get("generation_config.json")
             .and_then(|b| serde_json::from_slice::<Value>(b).ok())
             .and_then(|g| first_id(g.get("eos_token_id")));
-        let weights = files.take_weights()?;
+        let mut weights = files.take_weights()?;
+        if let Some(hook) = hook {
+            weights.set_linear_hook(hook);
+        }
         let dtype = weights.dtypes();
         let stored_bytes = weights.stored_bytes();
         match arch.as_str() {
@@ -222,6 +246,7 @@ impl LoadedModel {
                     attention_width: d,
                     dtype,
                     stored_bytes,
+                    compact: None,
                     has_tokenizer: tokenizer.is_some(),
                     chat: ChatInfo::default(),
                     kind: "causal_lm",
@@ -259,6 +284,7 @@ impl LoadedModel {
                     attention_width: q_width,
                     dtype,
                     stored_bytes,
+                    compact: None,
                     has_tokenizer: tokenizer.is_some(),
                     chat: ChatInfo::default(),
                     kind: "causal_lm",
@@ -301,6 +327,7 @@ impl LoadedModel {
                     attention_width: d,
                     dtype,
                     stored_bytes,
+                    compact: None,
                     has_tokenizer: tokenizer.is_some(),
                     chat: ChatInfo::default(),
                     kind: "encoder",

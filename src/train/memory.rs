@@ -151,24 +151,33 @@ pub fn estimate(
     );
     let v = info.vocab_size as u64;
     let trainable = trainable_params(info, config, classes);
-    let mut weights = info.parameters as u64 * F32
+    // The base as loaded: f32, but for projections quantized as they were read (`compact`).
+    let base = match info.compact {
+        Some(c) => (info.parameters as u64).saturating_sub(c.values) * F32 + c.bytes,
+        None => info.parameters as u64 * F32,
+    };
+    let mut weights = base
         + if config.method == Method::Lora {
             trainable * F32
         } else {
             0
         };
-    if let (Method::Lora, Some(_)) = (config.method, config.quantize_base) {
-        // QLoRA stores the linear projections (everything but the embeddings, roughly) as a
-        // byte per value (the CPU backend's storage at 8 and 4 bits; WebGPU packs 4-bit values
-        // tighter, so this is an upper bound there) plus an f32 scale per block: a copy beside
-        // the f32 base, which the loaded model keeps. Each projection is made dense only inside
-        // its own product, forward and backward (`models::frozen`): two of the largest at once.
+    // A quantized projection is made dense only inside its own product, forward and backward
+    // (`models::frozen`): two of the largest at once.
+    let dense = 2 * d * i.max(d) * F32;
+    if info.compact.is_some() {
+        weights += dense;
+    } else if let (Method::Lora, Some(_)) = (config.method, config.quantize_base) {
+        // QLoRA over an f32 base stores the linear projections (everything but the embeddings,
+        // roughly) as a byte per value (the CPU backend's storage at 8 and 4 bits; WebGPU packs
+        // 4-bit values tighter, so this is an upper bound there) plus an f32 scale per block: a
+        // copy beside the f32 base, which the loaded model keeps.
         let linear = (info.parameters as u64)
             .saturating_sub(v * d)
             .min(l * (4 * d * d + 3 * d * i));
         let block = config.quantize_block_size.max(1) as u64;
         let per_value = 1.0 + F32 as f64 / block as f64;
-        weights += (linear as f64 * per_value).ceil() as u64 + 2 * d * i.max(d) * F32;
+        weights += (linear as f64 * per_value).ceil() as u64 + dense;
     }
     let per_token_layer = 12 * d + 4 * i + 3 * h * t;
     let mut activations = b * t * l * per_token_layer * F32;
@@ -193,7 +202,7 @@ pub fn estimate(
     let gradients = trainable * F32;
     let optimizer = 2 * trainable * F32;
     let total = weights + gradients + optimizer + activations + kept_files + RUNTIME;
-    let load = info.stored_bytes + info.parameters as u64 * F32 + RUNTIME;
+    let load = info.stored_bytes + base + RUNTIME;
     MemoryEstimate {
         weights,
         gradients,
@@ -322,6 +331,7 @@ mod tests {
             attention_width: 576,
             dtype: vec!["F32"],
             stored_bytes: 0,
+            compact: None,
             has_tokenizer: true,
             kind: "causal_lm",
             labels: None,

@@ -25,8 +25,11 @@ use burn::tensor::TensorData;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use std::sync::{Arc, Mutex};
+
 use crate::error::{Code, Error, Result};
-use crate::models::loaded::Family;
+use crate::io::hf::{LinearHook, ModelFiles};
+use crate::models::loaded::{CompactWeights, Family, LoadedModel};
 use crate::models::names::{hf_module, matches_target, FamilyKind};
 use crate::models::walk::{MapAt, Paths};
 
@@ -123,53 +126,74 @@ struct Quantize<'a> {
 }
 
 impl Quantize<'_> {
-    /// Whether this backend quantizes and dequantizes `scheme` correctly, tried once per block
-    /// size on a small tensor (burn's `supports_dtype` answers for arithmetic, which no backend
-    /// offers on quantized tensors; the CPU backend stores them only).
     fn probe(&mut self, device: &Device, scheme: &QuantScheme, block: usize) -> Result<()> {
-        if self.probed.contains(&block) {
-            return Ok(());
+        if !self.probed.contains(&block) {
+            probe(self.quant, device, scheme, block)?;
+            self.probed.push(block);
         }
-        let refuse = |why: String| {
-            Error::new(
-                Code::DeviceUnavailable,
-                format!(
-                    "this backend cannot keep weights {}-bit quantized in blocks of {block} ({why}); \
-                     train without quantize_base",
-                    self.quant.bits()
-                ),
-            )
-            .with_details(json!({ "field": "quantize_base", "block_size": block }))
-        };
-        if !quantizable(scheme) {
-            return Err(refuse("burn cannot quantize this scheme".into()));
-        }
-        let values: Vec<f32> = (0..2 * block)
-            .map(|i| ((i * 7 % 13) as f32 - 6.0) / 6.0)
-            .collect();
-        let x = Tensor::<2>::from_data(TensorData::new(values.clone(), [2, block]), device);
-        let back = x
-            .quantize_dynamic(scheme)
-            .dequantize()
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .map_err(|e| refuse(format!("{e:?}")))?;
-        // Symmetric rounding is off by at most half a step of the block's largest value (1).
-        let (lo, hi) = self.quant.value().range();
-        let step = 2.0 / (hi - lo);
-        let tolerance = step * 0.5 + 1e-6;
-        let off = |(a, b): (&f32, &f32)| {
-            let d = (a - b).abs();
-            d.is_nan() || d > tolerance
-        };
-        if back.len() != values.len() || values.iter().zip(&back).any(off) {
-            return Err(refuse(format!(
-                "a round trip is off by more than half a step ({tolerance})"
-            )));
-        }
-        self.probed.push(block);
         Ok(())
+    }
+}
+
+/// Whether this backend quantizes and dequantizes `scheme` correctly, tried on a small tensor
+/// (burn's `supports_dtype` answers for arithmetic, which no backend offers on quantized
+/// tensors; the CPU backend stores them only).
+fn probe(quant: BaseQuant, device: &Device, scheme: &QuantScheme, block: usize) -> Result<()> {
+    let refuse = |why: String| {
+        Error::new(
+            Code::DeviceUnavailable,
+            format!(
+                "this backend cannot keep weights {}-bit quantized in blocks of {block} ({why}); \
+                 train without quantize_base",
+                quant.bits()
+            ),
+        )
+        .with_details(json!({ "field": "quantize_base", "block_size": block }))
+    };
+    if !quantizable(scheme) {
+        return Err(refuse("burn cannot quantize this scheme".into()));
+    }
+    let values: Vec<f32> = (0..2 * block)
+        .map(|i| ((i * 7 % 13) as f32 - 6.0) / 6.0)
+        .collect();
+    let x = Tensor::<2>::from_data(TensorData::new(values.clone(), [2, block]), device);
+    let back = x
+        .quantize_dynamic(scheme)
+        .dequantize()
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .map_err(|e| refuse(format!("{e:?}")))?;
+    // Symmetric rounding is off by at most half a step of the block's largest value (1).
+    let (lo, hi) = quant.value().range();
+    let step = 2.0 / (hi - lo);
+    let tolerance = step * 0.5 + 1e-6;
+    let off = |(a, b): (&f32, &f32)| {
+        let d = (a - b).abs();
+        d.is_nan() || d > tolerance
+    };
+    if back.len() != values.len() || values.iter().zip(&back).any(off) {
+        return Err(refuse(format!(
+            "a round trip is off by more than half a step ({tolerance})"
+        )));
+    }
+    Ok(())
+}
+
+impl QuantReport {
+    /// Count a `[d_in, d_out]` weight quantized in blocks of `block` on `device`.
+    fn add(&mut self, d_in: usize, d_out: usize, block: usize, bits: u32, device: &Device) {
+        let n = (d_in * d_out) as u64;
+        // burn's CPU backend stores each quantized value in a byte; the GPU backends pack them.
+        let value_bytes = if device.clone().without_autodiff() != Device::flex() {
+            (n * bits as u64).div_ceil(8)
+        } else {
+            n
+        };
+        self.tensors += 1;
+        self.values += n;
+        self.f32_bytes += 4 * n;
+        self.quantized_bytes += value_bytes + 4 * (n / block as u64);
     }
 }
 
@@ -188,27 +212,24 @@ impl MapAt for Quantize<'_> {
         let shape = param.lazy_shape();
         let (d_in, d_out) = (shape[0], shape[1]);
         let block = block_for(d_out, self.block);
+        let device = param.lazy_device();
+        if matches!(param.base().dtype(), DType::QFloat(_)) {
+            // Quantized as it was loaded (`load_quantized`).
+            self.report
+                .add(d_in, d_out, block, self.quant.bits(), &device);
+            return param;
+        }
         if block < MIN_BLOCK.min(self.block) {
             self.report.kept_f32.push(path.to_string());
             return param;
         }
-        let device = param.lazy_device();
         let scheme = self.quant.scheme(&device, block);
         if let Err(e) = self.probe(&device, &scheme, block) {
             self.error = Some(e);
             return param;
         }
-        let n = (d_in * d_out) as u64;
-        // burn's CPU backend stores each quantized value in a byte; the GPU backends pack them.
-        let value_bytes = if device.clone().without_autodiff() != Device::flex() {
-            (n * self.quant.bits() as u64).div_ceil(8)
-        } else {
-            n
-        };
-        self.report.tensors += 1;
-        self.report.values += n;
-        self.report.f32_bytes += 4 * n;
-        self.report.quantized_bytes += value_bytes + 4 * (n / block as u64);
+        self.report
+            .add(d_in, d_out, block, self.quant.bits(), &device);
         param.map(|w| w.quantize_dynamic(&scheme))
     }
 }
@@ -279,4 +300,72 @@ pub fn dequantize_all(family: Family) -> Family {
         Family::Llama(m) => Family::Llama(m.map(&mut Dequantize)),
         Family::Bert(m) => Family::Bert(m.map(&mut Dequantize)),
     }
+}
+
+/// Load a model with its linear projections quantized as they are read (the same weights, scheme
+/// and blocks [`quantize_base`] would give), so that the process never holds them in f32: the
+/// peak while loading is the files plus the compact model, and QLoRA trains over the loaded
+/// weights themselves instead of a quantized copy beside an f32 base. Llama-family and BERT
+/// projections; GPT-2's (`Conv1D`) load in f32, and `quantize_base` quantizes them as before.
+pub fn load_quantized(
+    files: ModelFiles,
+    device: &Device,
+    quant: BaseQuant,
+    block_size: usize,
+) -> Result<(LoadedModel, QuantReport)> {
+    if !(1..=255).contains(&block_size) {
+        return Err(Error::config(format!(
+            "quantize_block_size must be between 1 and 255, got {block_size}"
+        ))
+        .with_details(json!({ "field": "quantize_block_size" })));
+    }
+    let report = QuantReport {
+        bits: quant.bits(),
+        block_size,
+        ..QuantReport::default()
+    };
+    let state = Arc::new(Mutex::new((report, Vec::<usize>::new())));
+    let hook_state = state.clone();
+    let hook = LinearHook(Arc::new(
+        move |name: &str, w: Tensor<2>| -> Result<Tensor<2>> {
+            let module = name.rsplit('.').nth(1).unwrap_or_default();
+            let linear = [FamilyKind::Llama, FamilyKind::Bert]
+                .iter()
+                .any(|k| k.linear_modules().contains(&module));
+            if !linear {
+                return Ok(w);
+            }
+            let [d_in, d_out] = w.dims();
+            let block = block_for(d_out, block_size);
+            let mut guard = hook_state
+                .lock()
+                .map_err(|_| Error::new(Code::Internal, "a poisoned lock"))?;
+            let (report, probed) = &mut *guard;
+            if block < MIN_BLOCK.min(block_size) {
+                report.kept_f32.push(name.to_string());
+                return Ok(w);
+            }
+            let device = w.device();
+            let scheme = quant.scheme(&device, block);
+            if !probed.contains(&block) {
+                probe(quant, &device, &scheme, block)?;
+                probed.push(block);
+            }
+            report.add(d_in, d_out, block, quant.bits(), &device);
+            Ok(w.quantize_dynamic(&scheme))
+        },
+    ));
+    let mut model = LoadedModel::load_with(files, device, Some(hook))?;
+    let report = state
+        .lock()
+        .map_err(|_| Error::new(Code::Internal, "a poisoned lock"))?
+        .0
+        .clone();
+    if report.tensors > 0 {
+        model.info.compact = Some(CompactWeights {
+            values: report.values,
+            bytes: report.quantized_bytes,
+        });
+    }
+    Ok((model, report))
 }

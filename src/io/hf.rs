@@ -305,12 +305,13 @@ pub struct Weights {
     linear_hook: Option<LinearHook>,
 }
 
+/// What a [`LinearHook`] does to a weight, given its stored name.
+pub type LinearTransform = dyn Fn(&str, Tensor<2>) -> Result<Tensor<2>> + Send + Sync;
+
 /// A transform of each linear projection weight (`[in, out]`, by its stored name) as soon as it
 /// is read — quantizing it, say, so that the model never exists whole in f32.
 #[derive(Clone)]
-pub struct LinearHook(
-    pub std::sync::Arc<dyn Fn(&str, Tensor<2>) -> Result<Tensor<2>> + Send + Sync>,
-);
+pub struct LinearHook(pub std::sync::Arc<LinearTransform>);
 
 impl std::fmt::Debug for LinearHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -124,10 +124,15 @@ impl<B: Backend + FrozenOps, C: CheckpointStrategy> FrozenOps for Autodiff<B, C>
     }
 }
 
+/// Whether `w` is stored quantized.
+pub fn is_quantized<const D: usize>(w: &Tensor<D>) -> bool {
+    matches!(w.dtype(), burn::tensor::DType::QFloat(_))
+}
+
 /// `x [n, in] · w [in, out]` where `w` is frozen: a quantized `w` stays quantized for the
 /// backward pass (see the module's notes); any other `w` is an ordinary product.
 pub fn frozen_matmul(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
-    if !matches!(w.dtype(), burn::tensor::DType::QFloat(_)) {
+    if !is_quantized(&w) {
         return x.matmul(w);
     }
     Tensor::from_dispatch(<Dispatch as FrozenOps>::frozen_matmul(

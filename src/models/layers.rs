@@ -7,7 +7,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::module::linear as linear_op;
 use burn::tensor::{Bool, TensorData};
 
-use super::frozen::frozen_matmul;
+use super::frozen::{frozen_matmul, is_quantized};
 use crate::rng::Rng;
 
 /// A parameter drawn from N(0, std²) with webtune's own generator, identical on every backend.
@@ -129,10 +129,6 @@ fn linear_2d<const D: usize>(layer: &Linear, x: Tensor<D>, lora_dropout: f64) ->
         None if quantized => frozen_linear(x, layer.weight.base(), bias()),
         _ => layer.forward(x),
     }
-}
-
-fn is_quantized<const D: usize>(w: &Tensor<D>) -> bool {
-    matches!(w.dtype(), burn::tensor::DType::QFloat(_))
 }
 
 /// `x · w + bias` for a frozen `w`. A quantized `w` goes through [`frozen_matmul`], which keeps

@@ -25,6 +25,7 @@ use serde_json::json;
 use crate::error::{Code, Error, Result};
 use crate::io::hf::transposed;
 use crate::models::bert::Bert;
+use crate::models::frozen::is_quantized;
 use crate::models::gpt2::Gpt2;
 use crate::models::llama::Llama;
 use crate::models::loaded::Family;
@@ -265,7 +266,7 @@ impl VisitAt for Collect {
         }
         // A QLoRA base is read as the f32 weights it stands for.
         let value = match param.base() {
-            v if matches!(v.dtype(), burn::tensor::DType::QFloat(_)) => v.dequantize(),
+            v if is_quantized(&v) => v.dequantize(),
             v => v,
         };
         let shape = value.dims().to_vec();

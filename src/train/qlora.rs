@@ -20,7 +20,6 @@
 use burn::module::{Module, ModuleMapper, Param};
 use burn::prelude::*;
 use burn::tensor::quantization::{quantizable, QuantMode, QuantScheme, QuantValue, ScaleDtype};
-use burn::tensor::DType;
 use burn::tensor::TensorData;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -29,6 +28,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Code, Error, Result};
 use crate::io::hf::{LinearHook, ModelFiles};
+use crate::models::frozen::is_quantized;
 use crate::models::loaded::{CompactWeights, Family, LoadedModel};
 use crate::models::names::{hf_module, matches_target, FamilyKind};
 use crate::models::walk::{MapAt, Paths};
@@ -213,7 +213,7 @@ impl MapAt for Quantize<'_> {
         let (d_in, d_out) = (shape[0], shape[1]);
         let block = block_for(d_out, self.block);
         let device = param.lazy_device();
-        if matches!(param.base().dtype(), DType::QFloat(_)) {
+        if is_quantized(&param.base()) {
             // Quantized as it was loaded (`load_quantized`).
             self.report
                 .add(d_in, d_out, block, self.quant.bits(), &device);
@@ -239,7 +239,7 @@ struct Dequantize;
 
 impl ModuleMapper for Dequantize {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        if matches!(param.base().dtype(), DType::QFloat(_)) {
+        if is_quantized(&param.base()) {
             param.map(|w| w.dequantize())
         } else {
             param

@@ -618,6 +618,33 @@ test("e. a short LoRA run on WebGPU has the CPU run's per-step losses", { timeou
   assert.ok(d.max <= WEBGPU_LOSS_TOLERANCE, `WebGPU losses differ from CPU by ${d.max}`);
 });
 
+test("e2. QLoRA (q8 base) on WebGPU has the CPU run's per-step losses: the frozen quantized product on both backends", { timeout: 900_000 }, async () => {
+  const config = { ...SMALL, train: { ...SMALL.train, quantize_base: "q8" } };
+  const results = {};
+  for (const backend of ["cpu", "webgpu"]) {
+    await withPage(`finetune-e2-qlora-${backend}`, browser, { backend }, async ({ page, log }) => {
+      const message = await waitForBackend(page);
+      assert.equal(message.backend, backend);
+      await loadFixture(page);
+      const run = await finetune(page, "capitals.jsonl", GOOD_JSONL, config, 600_000);
+      assert.equal(run.error, null, `${backend} QLoRA failed: ${JSON.stringify(run.error)}`);
+      results[backend] = run.result.summary;
+      assertCleanLog(assert, log);
+    });
+  }
+  const { cpu, webgpu: gpu } = results;
+  const d = maxAbsDiff(cpu.losses, gpu.losses);
+  console.log(`QLoRA losses cpu ${JSON.stringify(cpu.losses)} webgpu ${JSON.stringify(gpu.losses)}; max |Δ| ${d.max.toExponential(2)}; quantized ${JSON.stringify(gpu.quantized_base)}`);
+  // The tiny GPT-2's 8 projections (c_attn, c_proj, c_fc, mlp c_proj × 2 layers), 8-bit on both.
+  for (const s of [cpu, gpu]) {
+    assert.equal(s.quantized_base?.bits, 8, JSON.stringify(s.quantized_base));
+    assert.equal(s.quantized_base.tensors, 8, JSON.stringify(s.quantized_base));
+    assert.equal(s.losses.length, 5);
+    assert.ok(s.losses.every(Number.isFinite), s.losses.join(", "));
+  }
+  assert.ok(d.max <= WEBGPU_LOSS_TOLERANCE, `WebGPU QLoRA losses differ from CPU by ${d.max}`);
+});
+
 test("f. a run too big for the CPU backend's memory is refused before training, with advice, and the page stays usable", { timeout: 300_000 }, async () => {
   await withPage("finetune-f-memory", browser, { backend: "cpu" }, async ({ page, log }) => {
     await waitForBackend(page);

@@ -15,7 +15,7 @@ use webtune::backend::Backend;
 use webtune::data::TokenBatch;
 use webtune::io::hf::ModelFiles;
 use webtune::models::loaded::{Family, LoadedModel};
-use webtune::train::causal::{evaluate_loss, finetune};
+use webtune::train::causal::{evaluate_loss, finetune, FinetuneSummary};
 use webtune::train::finetune::{FinetuneConfig, TrainableModel};
 use webtune::train::lora::{lora_factors, parameters};
 use webtune::train::replay::ReferenceRun;
@@ -52,6 +52,24 @@ fn config(quant: Option<&str>) -> FinetuneConfig {
         r#"{{"method": "lora", "steps": 3, "lora_targets": ["all-linear"], "lr": 1e-2, "shuffle": false{q}}}"#
     ))
     .expect("config")
+}
+
+/// Fine-tune `model` on `data`, scoring the same batches.
+fn train(
+    model: &mut TrainableModel,
+    backend: &Backend,
+    data: &[TokenBatch],
+    cfg: &FinetuneConfig,
+) -> FinetuneSummary {
+    pollster::block_on(finetune(
+        model,
+        backend,
+        data,
+        data,
+        cfg,
+        RunOptions::default(),
+    ))
+    .unwrap()
 }
 
 fn eval(family: &Family, data: &[TokenBatch]) -> f32 {
@@ -153,15 +171,7 @@ fn quantized_bases_train_only_the_factors_and_score_close_to_the_f32_base() {
                 "{name} {quant}: {gap:e}"
             );
 
-            let summary = pollster::block_on(finetune(
-                &mut model,
-                &backend,
-                &data,
-                &data,
-                &cfg,
-                RunOptions::default(),
-            ))
-            .unwrap();
+            let summary = train(&mut model, &backend, &data, &cfg);
             assert!(summary.losses.iter().all(|l| l.is_finite()));
             let (first, last) = (summary.eval[0].eval.loss, summary.eval.last().unwrap());
             assert!(last.eval.loss < first, "{name} {quant}: {first} → {last:?}");
@@ -268,15 +278,7 @@ fn a_model_quantized_as_it_loads_trains_as_one_quantized_after_loading() {
         let run = |base: &LoadedModel| {
             let mut model =
                 TrainableModel::prepare(base.family.trainable_on(&backend.device), &cfg).unwrap();
-            let summary = pollster::block_on(finetune(
-                &mut model,
-                &backend,
-                &data,
-                &data,
-                &cfg,
-                RunOptions::default(),
-            ))
-            .unwrap();
+            let summary = train(&mut model, &backend, &data, &cfg);
             (summary.losses, model.quantized.unwrap())
         };
         let plain = LoadedModel::load(files(name), &inference).unwrap();

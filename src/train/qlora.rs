@@ -116,23 +116,65 @@ fn block_for(n: usize, block: usize) -> usize {
     (1..=block.min(n)).rev().find(|b| n % b == 0).unwrap_or(1)
 }
 
-struct Quantize<'a> {
-    kind: FamilyKind,
+/// The per-weight decisions both ways of quantizing a base share (after loading,
+/// [`quantize_base`]; while loading, [`load_quantized`]): the block, whether the backend handles
+/// it (probed once per block size), and the report.
+struct Quantizer {
     quant: BaseQuant,
     block: usize,
-    report: &'a mut QuantReport,
     probed: Vec<usize>,
-    error: Option<Error>,
+    report: QuantReport,
 }
 
-impl Quantize<'_> {
-    fn probe(&mut self, device: &Device, scheme: &QuantScheme, block: usize) -> Result<()> {
+impl Quantizer {
+    fn new(quant: BaseQuant, block_size: usize) -> Result<Self> {
+        if !(1..=255).contains(&block_size) {
+            return Err(Error::config(format!(
+                "quantize_block_size must be between 1 and 255, got {block_size}"
+            ))
+            .with_details(json!({ "field": "quantize_block_size" })));
+        }
+        Ok(Self {
+            quant,
+            block: block_size,
+            probed: Vec::new(),
+            report: QuantReport {
+                bits: quant.bits(),
+                block_size,
+                ..QuantReport::default()
+            },
+        })
+    }
+
+    /// The scheme to store the `[d_in, d_out]` weight `name` in, counted in the report; `None`
+    /// (recorded as kept in f32) when no usable block divides its output dimension.
+    fn scheme(
+        &mut self,
+        name: &str,
+        d_in: usize,
+        d_out: usize,
+        device: &Device,
+    ) -> Result<Option<QuantScheme>> {
+        let block = block_for(d_out, self.block);
+        if block < MIN_BLOCK.min(self.block) {
+            self.report.kept_f32.push(name.to_string());
+            return Ok(None);
+        }
+        let scheme = self.quant.scheme(device, block);
         if !self.probed.contains(&block) {
-            probe(self.quant, device, scheme, block)?;
+            probe(self.quant, device, &scheme, block)?;
             self.probed.push(block);
         }
-        Ok(())
+        self.report
+            .add(d_in, d_out, block, self.quant.bits(), device);
+        Ok(Some(scheme))
     }
+}
+
+struct Quantize {
+    kind: FamilyKind,
+    q: Quantizer,
+    error: Option<Error>,
 }
 
 /// Whether this backend quantizes and dequantizes `scheme` correctly, tried on a small tensor
@@ -203,7 +245,7 @@ impl QuantReport {
     }
 }
 
-impl MapAt for Quantize<'_> {
+impl MapAt for Quantize {
     fn map_at<const D: usize>(&mut self, path: &str, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         // The projections PEFT's "all-linear" names: not a classifier head, which trains.
         let linear = hf_module(self.kind, path).is_some_and(|m| {
@@ -217,26 +259,22 @@ impl MapAt for Quantize<'_> {
         }
         let shape = param.lazy_shape();
         let (d_in, d_out) = (shape[0], shape[1]);
-        let block = block_for(d_out, self.block);
         let device = param.lazy_device();
         if is_quantized(&param.base()) {
-            // Quantized as it was loaded (`load_quantized`).
-            self.report
-                .add(d_in, d_out, block, self.quant.bits(), &device);
+            // Quantized as it was loaded (`load_quantized`), by the same rules.
+            let block = block_for(d_out, self.q.block);
+            let bits = self.q.quant.bits();
+            self.q.report.add(d_in, d_out, block, bits, &device);
             return param;
         }
-        if block < MIN_BLOCK.min(self.block) {
-            self.report.kept_f32.push(path.to_string());
-            return param;
+        match self.q.scheme(path, d_in, d_out, &device) {
+            Ok(Some(scheme)) => param.map(|w| w.quantize_dynamic(&scheme)),
+            Ok(None) => param,
+            Err(e) => {
+                self.error = Some(e);
+                param
+            }
         }
-        let scheme = self.quant.scheme(&device, block);
-        if let Err(e) = self.probe(&device, &scheme, block) {
-            self.error = Some(e);
-            return param;
-        }
-        self.report
-            .add(d_in, d_out, block, self.quant.bits(), &device);
-        param.map(|w| w.quantize_dynamic(&scheme))
     }
 }
 
@@ -261,24 +299,9 @@ pub fn quantize_base(
     quant: BaseQuant,
     block_size: usize,
 ) -> Result<(Family, QuantReport)> {
-    if !(1..=255).contains(&block_size) {
-        return Err(Error::config(format!(
-            "quantize_block_size must be between 1 and 255, got {block_size}"
-        ))
-        .with_details(json!({ "field": "quantize_block_size" })));
-    }
-    let kind = FamilyKind::of(&family);
-    let mut report = QuantReport {
-        bits: quant.bits(),
-        block_size,
-        ..QuantReport::default()
-    };
     let q = Quantize {
-        kind,
-        quant,
-        block: block_size,
-        report: &mut report,
-        probed: Vec::new(),
+        kind: FamilyKind::of(&family),
+        q: Quantizer::new(quant, block_size)?,
         error: None,
     };
     let mut q = Paths::new(q);
@@ -290,6 +313,7 @@ pub fn quantize_base(
     if let Some(e) = q.inner.error {
         return Err(e);
     }
+    let report = q.inner.q.report;
     if report.tensors == 0 {
         return Err(Error::config(
             "quantize_base found no linear weight it could quantize in this model",
@@ -319,18 +343,7 @@ pub fn load_quantized(
     quant: BaseQuant,
     block_size: usize,
 ) -> Result<(LoadedModel, QuantReport)> {
-    if !(1..=255).contains(&block_size) {
-        return Err(Error::config(format!(
-            "quantize_block_size must be between 1 and 255, got {block_size}"
-        ))
-        .with_details(json!({ "field": "quantize_block_size" })));
-    }
-    let report = QuantReport {
-        bits: quant.bits(),
-        block_size,
-        ..QuantReport::default()
-    };
-    let state = Arc::new(Mutex::new((report, Vec::<usize>::new())));
+    let state = Arc::new(Mutex::new(Quantizer::new(quant, block_size)?));
     let hook_state = state.clone();
     let hook = LinearHook(Arc::new(
         move |name: &str, w: Tensor<2>| -> Result<Tensor<2>> {
@@ -342,30 +355,21 @@ pub fn load_quantized(
                 return Ok(w);
             }
             let [d_in, d_out] = w.dims();
-            let block = block_for(d_out, block_size);
-            let mut guard = hook_state
+            let scheme = hook_state
                 .lock()
-                .map_err(|_| Error::new(Code::Internal, "a poisoned lock"))?;
-            let (report, probed) = &mut *guard;
-            if block < MIN_BLOCK.min(block_size) {
-                report.kept_f32.push(name.to_string());
-                return Ok(w);
-            }
-            let device = w.device();
-            let scheme = quant.scheme(&device, block);
-            if !probed.contains(&block) {
-                probe(quant, &device, &scheme, block)?;
-                probed.push(block);
-            }
-            report.add(d_in, d_out, block, quant.bits(), &device);
-            Ok(w.quantize_dynamic(&scheme))
+                .map_err(|_| Error::new(Code::Internal, "a poisoned lock"))?
+                .scheme(name, d_in, d_out, &w.device())?;
+            Ok(match scheme {
+                Some(scheme) => w.quantize_dynamic(&scheme),
+                None => w,
+            })
         },
     ));
     let mut model = LoadedModel::load_with(files, device, Some(hook))?;
     let report = state
         .lock()
         .map_err(|_| Error::new(Code::Internal, "a poisoned lock"))?
-        .0
+        .report
         .clone();
     if report.tensors > 0 {
         model.info.compact = Some(CompactWeights {

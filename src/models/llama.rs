@@ -23,6 +23,7 @@ use super::layers::{
     causal_attention_window, linear_forward, lm_head_logits, merge_heads, split_heads, Activation,
     TrainDropout,
 };
+use super::swiglu::swiglu;
 use super::KvCache;
 use crate::error::{Code, Error, Result};
 use crate::io::hf::Weights;
@@ -726,8 +727,14 @@ impl Llama {
             ));
             x = x + proj(&block.o_proj, attn);
             let h = block.post_norm.forward(x.clone());
-            let gate = self.activation.forward(proj(&block.gate_proj, h.clone()));
-            x = x + proj(&block.down_proj, gate * proj(&block.up_proj, h));
+            let gate = proj(&block.gate_proj, h.clone());
+            let up = proj(&block.up_proj, h);
+            let inner = match self.activation {
+                // One op that keeps only its inputs for the backward pass (`models::swiglu`).
+                Activation::Silu => swiglu(gate, up),
+                act => act.forward(gate) * up,
+            };
+            x = x + proj(&block.down_proj, inner);
         }
         if let Some(cache) = cache {
             cache.len += t;

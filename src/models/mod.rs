@@ -9,6 +9,7 @@ pub mod llama;
 pub mod loaded;
 pub mod names;
 pub mod shapes;
+pub mod swiglu;
 pub mod toy;
 pub mod walk;
 

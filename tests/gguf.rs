@@ -352,3 +352,54 @@ fn broken_gguf_files_give_clear_errors() {
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
+
+/// Every file of a fixture folder, read into memory (what the page hands over as bytes).
+fn in_memory(dir: &str) -> ModelFiles {
+    let mut files = ModelFiles::new();
+    for entry in std::fs::read_dir(fixture(dir)).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        files.insert(name, std::fs::read(entry.path()).unwrap());
+    }
+    files
+}
+
+#[test]
+fn weights_read_tensor_by_tensor_from_disk_are_the_weights_in_memory() {
+    let input = [1u32, 5, 9, 2, 7];
+    for (on_disk, in_ram) in [
+        (
+            ModelFiles::from_dir(&fixture("tiny_random/llama")).unwrap(),
+            in_memory("tiny_random/llama"),
+        ),
+        (
+            ModelFiles::from_dir(&fixture("tiny_gguf/tiny_llama_mixed.gguf")).unwrap(),
+            gguf_files("tiny_llama_mixed.gguf", bytes("tiny_llama_mixed.gguf")),
+        ),
+    ] {
+        // Opened, not read: the weights hold no bytes until loading asks for a tensor.
+        assert!(on_disk.resident_bytes() < in_ram.resident_bytes() / 2);
+        let (disk, ram) = (load(on_disk).unwrap(), load(in_ram).unwrap());
+        let logits = |m: &LoadedModel| pollster::block_on(m.logits(&input)).unwrap();
+        assert_eq!(logits(&disk), logits(&ram));
+        assert_eq!(disk.info.stored_bytes, ram.info.stored_bytes);
+        // Loading held the whole file in memory, or one tensor at a time from disk.
+        assert_eq!(ram.info.load_bytes, ram.info.stored_bytes);
+        assert!(
+            disk.info.load_bytes > 0 && disk.info.load_bytes < disk.info.stored_bytes / 4,
+            "{} of {}",
+            disk.info.load_bytes,
+            disk.info.stored_bytes
+        );
+    }
+
+    // A file cut short on disk is the same clear error as in memory.
+    let dir = std::env::temp_dir().join(format!("webtune-cut-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = bytes("tiny_llama_mixed.gguf");
+    let path = dir.join("m.gguf");
+    std::fs::write(&path, &good[..good.len() - 1]).unwrap();
+    let err = load(ModelFiles::from_dir(&path).unwrap()).unwrap_err();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(err.code, Code::WeightsTruncated, "{err}");
+    assert!(err.message.contains("ends at byte"), "{}", err.message);
+}

@@ -145,7 +145,11 @@ fn broken_checkpoints_give_clear_errors() {
     let mut files = ModelFiles::new();
     files.insert(
         "model.safetensors",
-        tiny_files().get("model.safetensors").unwrap().to_vec(),
+        tiny_files()
+            .read("model.safetensors")
+            .unwrap()
+            .unwrap()
+            .to_vec(),
     );
     let err = load(files).unwrap_err();
     assert_eq!(err.code, Code::ModelMissingFile);
@@ -160,7 +164,11 @@ fn broken_checkpoints_give_clear_errors() {
     assert_eq!(load(files).unwrap_err().code, Code::ModelMissingFile);
 
     // Truncated weights: every cut is an error naming the file, never a panic.
-    let weights = tiny_files().get("model.safetensors").unwrap().to_vec();
+    let weights = tiny_files()
+        .read("model.safetensors")
+        .unwrap()
+        .unwrap()
+        .to_vec();
     for cut in [0, 7, 100, weights.len() / 2, weights.len() - 1] {
         let mut files = tiny_files();
         files.insert("model.safetensors", weights[..cut].to_vec());
@@ -203,7 +211,7 @@ fn half_precision_weights_load_close_to_f32() {
     let files = tiny_files();
     let f32_file = SafeTensorsFile::parse(
         "model.safetensors",
-        files.get("model.safetensors").unwrap().to_vec(),
+        files.read("model.safetensors").unwrap().unwrap().to_vec(),
     )
     .unwrap();
     // Re-encode every tensor as F16 and as BF16 by hand.

@@ -21,7 +21,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use burn::tensor::Device;
@@ -32,6 +32,7 @@ use webtune::data::{self, ChatTemplate, Format, InspectOptions, Message, Policy,
 use webtune::io::gguf::{self, GgufFile, GgufHeader};
 use webtune::io::hf::ModelFiles;
 use webtune::io::safetensors::SafeTensorsFile;
+use webtune::io::source::{FileBytes, ReadAt};
 use webtune::io::tokenizer::Tokenizer;
 use webtune::models::bert::BertConfig;
 use webtune::models::gpt2::Gpt2Config;
@@ -365,41 +366,95 @@ fn gguf_header_region(bytes: &[u8]) -> usize {
     GgufHeader::parse("x.gguf", bytes).map_or(bytes.len(), |h| h.data_start)
 }
 
-/// Parses and then reads every tensor (the read path is where offsets are used).
-fn exercise_safetensors(name: &str, bytes: Vec<u8>) -> webtune::error::Result<usize> {
-    let f = SafeTensorsFile::parse(name, bytes)?;
-    let names: Vec<String> = f.tensors.keys().cloned().collect();
-    let mut n = 0;
-    for t in names {
-        if let Some((data, _)) = f.read_f32(&t) {
-            n += data.len();
-        }
+/// The same bytes behind a handle, read a range at a time as a weight file on disk is.
+struct Behind(Vec<u8>);
+
+impl ReadAt for Behind {
+    fn size(&self) -> u64 {
+        self.0.len() as u64
     }
-    Ok(n)
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), String> {
+        let start = usize::try_from(offset).map_err(|e| e.to_string())?;
+        let bytes = start
+            .checked_add(buf.len())
+            .and_then(|end| self.0.get(start..end));
+        buf.copy_from_slice(bytes.ok_or("past the end")?);
+        Ok(())
+    }
+}
+
+fn behind(bytes: Vec<u8>) -> FileBytes {
+    FileBytes::Handle(Arc::new(Behind(bytes)))
+}
+
+/// What reading gave: each tensor's values (as bits: a bit flip can make NaNs), or the
+/// error's code.
+type Outcome = Result<Vec<(String, Vec<u32>)>, webtune::error::Code>;
+
+fn outcome(read: &webtune::error::Result<Vec<(String, Vec<f32>)>>) -> Outcome {
+    let bits = |d: &[f32]| d.iter().map(|v| v.to_bits()).collect();
+    match read {
+        Ok(t) => Ok(t.iter().map(|(n, d)| (n.clone(), bits(d))).collect()),
+        Err(e) => Err(e.code),
+    }
+}
+
+/// The same outcome whether the file is in memory or read tensor by tensor from a handle; the
+/// memory one's result is returned.
+fn both_ways(
+    bytes: Vec<u8>,
+    read: impl Fn(FileBytes) -> webtune::error::Result<Vec<(String, Vec<f32>)>>,
+) -> webtune::error::Result<usize> {
+    let from_handle = outcome(&read(behind(bytes.clone())));
+    let from_memory = read(FileBytes::Memory(bytes));
+    assert_eq!(
+        outcome(&from_memory),
+        from_handle,
+        "in memory vs behind a handle"
+    );
+    from_memory.map(|t| t.iter().map(|(_, d)| d.len()).sum())
+}
+
+/// Parses and then reads every tensor (the read path is where offsets are used), from memory
+/// and behind a handle.
+fn exercise_safetensors(name: &str, bytes: Vec<u8>) -> webtune::error::Result<usize> {
+    both_ways(bytes, |bytes| {
+        let f = SafeTensorsFile::parse(name, bytes)?;
+        let names: Vec<String> = f.tensors.keys().cloned().collect();
+        let mut out = Vec::new();
+        for t in names {
+            if let Some((data, _)) = f.read_f32(&t) {
+                out.push((t, data));
+            }
+        }
+        Ok(out)
+    })
 }
 
 fn exercise_gguf(name: &str, bytes: Vec<u8>) -> webtune::error::Result<usize> {
     let header = GgufHeader::parse(name, &bytes)?;
-    let _ = gguf::hf_config(name, &header, &bytes);
+    let _ = gguf::hf_config(name, &header, &FileBytes::Memory(bytes.clone()));
     if let Ok(Some(json)) = gguf::tokenizer_json(name, &header) {
         let _ = Tokenizer::from_bytes(json.to_string().as_bytes());
     }
-    let f = GgufFile::parse(name, bytes)?;
-    let _ = (f.num_values(), f.dtype_names().count());
-    let names: Vec<String> = f.hf_names().map(str::to_string).collect();
-    let mut n = 0;
-    for t in names {
-        if let Some((data, _)) = f.read_f32(&t) {
-            n += data.len();
+    both_ways(bytes, |bytes| {
+        let f = GgufFile::parse(name, bytes)?;
+        let _ = (f.num_values(), f.dtype_names().count());
+        let names: Vec<String> = f.hf_names().map(str::to_string).collect();
+        let mut out = Vec::new();
+        for t in names {
+            if let Some((data, _)) = f.read_f32(&t) {
+                out.push((t, data));
+            }
         }
-    }
-    let raw: Vec<String> = f.header.tensors.keys().cloned().collect();
-    for t in raw {
-        if let Some((data, _)) = f.read_raw(&t) {
-            n += data.len();
+        let raw: Vec<String> = f.header.tensors.keys().cloned().collect();
+        for t in raw {
+            if let Some((data, _)) = f.read_raw(&t) {
+                out.push((t, data));
+            }
         }
-    }
-    Ok(n)
+        Ok(out)
+    })
 }
 
 fn load(files: &[(&str, &[u8])]) -> webtune::error::Result<usize> {

@@ -176,7 +176,7 @@ fn with_tensors(edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<f32>)>)) -> 
     let mut files = tiny_files();
     let parsed = SafeTensorsFile::parse(
         "model.safetensors",
-        files.get("model.safetensors").unwrap().to_vec(),
+        files.read("model.safetensors").unwrap().unwrap().to_vec(),
     )
     .unwrap();
     let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = parsed
@@ -270,7 +270,11 @@ fn broken_checkpoints_give_clear_errors() {
     }
 
     // Truncated weights.
-    let weights = tiny_files().get("model.safetensors").unwrap().to_vec();
+    let weights = tiny_files()
+        .read("model.safetensors")
+        .unwrap()
+        .unwrap()
+        .to_vec();
     for cut in [0, 7, 100, weights.len() / 2, weights.len() - 1] {
         let mut files = tiny_files();
         files.insert("model.safetensors", weights[..cut].to_vec());

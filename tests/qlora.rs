@@ -307,3 +307,35 @@ fn a_model_quantized_as_it_loads_trains_as_one_quantized_after_loading() {
         }
     }
 }
+
+/// A base loaded quantized trains only as what it is: full fine-tuning (which would train the
+/// quantized projections) and another bit width are refused before any step; LoRA in its own
+/// precision, or without naming one, is not.
+#[test]
+fn a_base_loaded_quantized_refuses_full_finetuning_and_another_precision() {
+    use webtune::train::qlora::{check_base_precision, load_quantized, BaseQuant};
+    let (compact, _) = load_quantized(
+        files("llama"),
+        &burn::tensor::Device::flex(),
+        BaseQuant::Q8,
+        32,
+    )
+    .unwrap();
+    let full = FinetuneConfig::from_json(r#"{"method": "full"}"#).unwrap();
+    let err = check_base_precision(&compact.info, &full).unwrap_err();
+    assert_eq!(
+        (err.code, &err.details["field"]),
+        (Code::ConfigInvalid, &"method".into())
+    );
+    assert!(err.message.contains("8 bits"), "{}", err.message);
+    let err = check_base_precision(&compact.info, &config(Some("q4"))).unwrap_err();
+    assert_eq!(err.details["field"], "quantize_base");
+    for ok in [config(Some("q8")), config(None)] {
+        check_base_precision(&compact.info, &ok).unwrap();
+    }
+    // An f32 base takes any of them.
+    let plain = LoadedModel::load(files("llama"), &burn::tensor::Device::flex()).unwrap();
+    for any in [full, config(Some("q4")), config(None)] {
+        check_base_precision(&plain.info, &any).unwrap();
+    }
+}

@@ -586,6 +586,8 @@ async function loadModel(label, sourceSummary, prepare) {
   let outcome;
   try {
     const { source, transfer } = await prepare();
+    const precision = modelPanel.precision();
+    if (precision !== "f32") source.quantize_base = precision;
     const { id, result } = client.loadModel(
       source,
       {
@@ -637,8 +639,10 @@ function loadModelEntries(entries) {
         details: { chosen: entries.slice(0, 50).map((e) => e.path) },
       });
     }
-    const files = await Promise.all(picked.map(async (p) => ({ name: p.name, bytes: await p.file.arrayBuffer() })));
-    return { source: { kind: "files", files }, transfer: files.map((f) => f.bytes) };
+    // Files, not their bytes: the worker reads weights from them a tensor at a time, so a
+    // file larger than the module's memory loads and nothing is copied up front.
+    const files = picked.map((p) => ({ name: p.name, bytes: p.file }));
+    return { source: { kind: "files", files }, transfer: [] };
   });
 }
 

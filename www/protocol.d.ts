@@ -23,13 +23,21 @@ export interface FileBytes {
   bytes: ArrayBuffer;
 }
 
-/** Where a model comes from. */
-export type ModelSourceMessage =
+/** A model file: a Blob (a picked File) is best, the module reads weights from it a tensor at a time. */
+export interface ModelFile {
+  name: string;
+  bytes: ArrayBuffer | Blob;
+}
+
+/** Where a model comes from, and how its base is kept: `quantize_base` ("q8" / "q4") keeps the
+ * linear projections quantized as they are read (QLoRA: LoRA only, far less memory). */
+export type ModelSourceMessage = (
   /** Hugging Face layout (config.json, weights, tokenizer.json, …) or one .gguf. */
-  | { kind: "files"; files: FileBytes[] }
+  | { kind: "files"; files: ModelFile[] }
   /** `repo` is "owner/name" or a URL of the repo; files come from
    * `${endpoint}/${repo}/resolve/${revision}/${file}` and are kept in the Cache API. */
-  | { kind: "hub"; repo: string; revision?: string; endpoint?: string; files?: string[] };
+  | { kind: "hub"; repo: string; revision?: string; endpoint?: string; files?: string[] }
+) & { quantize_base?: "q8" | "q4" | null };
 
 /** What `generate` continues: text, token ids, or a conversation formatted by the model's chat
  * template (then stopping at its end-of-turn token unless `stop_tokens` are given). */

@@ -144,6 +144,9 @@ export interface LoadModelOptions {
   files?: string[];
   /** models/index.json for {served} sources. */
   index?: string | URL;
+  /** Keep the linear projections quantized as they are read ("q8" or "q4"; default f32): QLoRA
+   * over a base that takes about a quarter of the memory. Such a base trains only with LoRA. */
+  quantize_base?: "q8" | "q4" | "f32";
 }
 
 export interface ModelInfo {
@@ -159,6 +162,13 @@ export interface ModelInfo {
   /** Heads × head dim: attention costs 4 · layers · context · attention_width FLOPs per token. */
   attention_width: number;
   dtype: string[];
+  /** Bytes of the weight files. */
+  stored_bytes: number;
+  /** What loading held beside the model: files read whole, or the largest tensor of files read
+   * tensor by tensor (Blobs, files on disk). */
+  load_bytes: number;
+  /** The linear projections kept quantized since loading (`quantize_base`). */
+  compact?: { quant: "q8" | "q4"; values: number; bytes: number };
   has_tokenizer: boolean;
   /** The model ships a chat template: `generate({chat: [...]})` formats conversations with it. */
   has_chat_template: boolean;

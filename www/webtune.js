@@ -170,8 +170,9 @@ export async function servedModels(index = MODELS_INDEX_URL) {
 }
 
 /**
- * Files (File, FileList, [{name, bytes}]) → [{name, bytes: ArrayBuffer}] of the model files among
- * them, and the buffers made here (safe to transfer: the caller's own ArrayBuffers are copied).
+ * Files (File, FileList, [{name, bytes}]) → [{name, bytes: ArrayBuffer | File}] of the model files
+ * among them, and the buffers made here (safe to transfer: the caller's own ArrayBuffers are
+ * copied; Files are passed as they are).
  */
 async function modelFiles(list) {
   const items = Array.from(list);
@@ -190,11 +191,8 @@ async function modelFiles(list) {
   }
   if (blobs.length) {
     const { picked } = pickModelFiles(entriesFromFileList(blobs));
-    for (const p of picked) {
-      const bytes = await p.file.arrayBuffer();
-      files.push({ name: p.name, bytes });
-      owned.push(bytes);
-    }
+    // The Files themselves: the worker reads weights from them a tensor at a time.
+    for (const p of picked) files.push({ name: p.name, bytes: p.file });
   }
   if (files.length === 0) {
     throw new WebtuneError("model.missing_file", `None of the ${items.length} given files is a model file (config.json, *.safetensors, tokenizer.json, *.gguf).`);
@@ -434,12 +432,15 @@ export class FineTuner {
    * ("owner/name"); a URL of a Hub-layout repo or of one file (".../resolve/main/x.gguf"; relative
    * URLs start with "./", "../" or "/"); File objects / a FileList / [{name, bytes}] (a folder's
    * non-model files are skipped); {hub | url, endpoint?, revision?, files?}; or {served: id,
-   * index?} (a model listed in models/index.json). Emits "download" events.
+   * index?} (a model listed in models/index.json). `options.quantize_base` ("q8" / "q4") keeps
+   * the base's projections quantized as they load (QLoRA, LoRA only). Emits "download" events.
    * Resolves with {info, source, timing}.
    */
   async loadModel(source, options = {}) {
     this.#alive();
     const { source: message, transfer } = await modelSource(source, options ?? {});
+    const quant = options?.quantize_base;
+    if (quant !== undefined && quant !== null && quant !== "f32") message.quantize_base = String(quant);
     const onDownload = (m) => {
       const { type: _t, id: _i, ...progress } = m;
       this.#emit("download", progress);

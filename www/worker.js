@@ -475,7 +475,10 @@ async function trainToy(id, config) {
   }
 }
 
-/** `[{name, bytes}]` → `{name: ArrayBuffer}` for wasm; throws `worker.protocol` on bad input. */
+/**
+ * `[{name, bytes}]` → `{name: ArrayBuffer | Blob}` for wasm; throws `worker.protocol` on bad input.
+ * A Blob (a picked File) is best: the module reads weights from it a tensor at a time.
+ */
 function localFiles(files) {
   if (!Array.isArray(files) || files.length === 0) {
     throw coded("model.missing_file", "No model files were given: choose config.json, the .safetensors weights and tokenizer.json.");
@@ -484,8 +487,8 @@ function localFiles(files) {
   for (const f of files) {
     const name = typeof f?.name === "string" ? f.name : null;
     const bytes = f?.bytes;
-    if (!name || !(bytes instanceof ArrayBuffer || ArrayBuffer.isView(bytes))) {
-      throw coded("worker.protocol", "load-model files must be [{name, bytes: ArrayBuffer}].", { name });
+    if (!name || !(bytes instanceof ArrayBuffer || ArrayBuffer.isView(bytes) || bytes instanceof Blob)) {
+      throw coded("worker.protocol", "load-model files must be [{name, bytes: ArrayBuffer | Blob}].", { name });
     }
     out[name] = bytes;
   }
@@ -528,7 +531,7 @@ async function loadModel(id, source) {
     const t1 = performance.now();
     let info;
     try {
-      info = await session.loadModel(files);
+      info = await session.loadModel(files, { quantize_base: source.quantize_base ?? null });
     } catch (e) {
       // Files that do not load should not be served from the cache again: a retry downloads them.
       if (downloaded && !isFatal(e)) await forget(downloaded.urls);

@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 
 use super::gguf::{self, GgufFile, GgufHeader};
 use super::safetensors::SafeTensorsFile;
+use super::source::FileBytes;
 use super::tokenizer::Tokenizer;
 use crate::error::{Code, Error, Result};
 
@@ -37,10 +38,11 @@ pub fn is_model_file(name: &str) -> bool {
         || name.ends_with(".gguf")
 }
 
-/// The files of one model, in memory, keyed by their name in the repo.
+/// The files of one model, keyed by their name in the repo: in memory, or (weight files)
+/// behind a handle that loading reads tensor by tensor.
 #[derive(Debug, Default, Clone)]
 pub struct ModelFiles {
-    files: BTreeMap<String, Vec<u8>>,
+    files: BTreeMap<String, FileBytes>,
 }
 
 impl ModelFiles {
@@ -48,28 +50,43 @@ impl ModelFiles {
         Self::default()
     }
 
-    /// Bytes of every file.
-    pub fn total_bytes(&self) -> u64 {
-        self.files.values().map(|b| b.len() as u64).sum()
+    /// Bytes the files hold in memory (none for a file behind a handle).
+    pub fn resident_bytes(&self) -> u64 {
+        self.files.values().map(|b| b.resident() as u64).sum()
     }
 
-    pub fn insert(&mut self, name: impl Into<String>, bytes: Vec<u8>) {
-        self.files.insert(name.into(), bytes);
+    pub fn insert(&mut self, name: impl Into<String>, bytes: impl Into<FileBytes>) {
+        self.files.insert(name.into(), bytes.into());
     }
 
+    /// A file, in memory or behind a handle.
+    pub fn file(&self, name: &str) -> Option<&FileBytes> {
+        self.files.get(name)
+    }
+
+    /// A whole file's bytes, read from behind its handle when it has one; `None` when absent.
+    pub fn read(&self, name: &str) -> Result<Option<std::borrow::Cow<'_, [u8]>>> {
+        self.files
+            .get(name)
+            .map(|b| b.read(name, 0..b.len()))
+            .transpose()
+    }
+
+    /// A file's bytes, when it is in memory (every file but weights behind a handle).
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        self.files.get(name).map(Vec::as_slice)
+        self.files.get(name).and_then(FileBytes::as_slice)
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.files.keys().map(String::as_str)
     }
 
-    fn take(&mut self, name: &str) -> Option<Vec<u8>> {
+    fn take(&mut self, name: &str) -> Option<FileBytes> {
         self.files.remove(name)
     }
 
     /// Read the model files of a local directory, or a single model file (e.g. a `.gguf`).
+    /// Weight files are opened, not read: loading reads them tensor by tensor.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn from_dir(dir: &std::path::Path) -> Result<Self> {
         if dir.is_file() {
@@ -86,14 +103,8 @@ impl ModelFiles {
                     ),
                 ));
             }
-            let bytes = std::fs::read(dir).map_err(|e| {
-                Error::new(
-                    Code::ModelMissingFile,
-                    format!("cannot read {}: {e}", dir.display()),
-                )
-            })?;
             let mut files = Self::new();
-            files.insert(name, bytes);
+            files.insert(name.clone(), open_model_file(&name, dir)?);
             return Ok(files);
         }
         let entries = std::fs::read_dir(dir).map_err(|e| {
@@ -106,13 +117,7 @@ impl ModelFiles {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if is_model_file(&name) {
-                let bytes = std::fs::read(entry.path()).map_err(|e| {
-                    Error::new(
-                        Code::ModelMissingFile,
-                        format!("cannot read {}: {e}", entry.path().display()),
-                    )
-                })?;
-                files.insert(name, bytes);
+                files.insert(name.clone(), open_model_file(&name, &entry.path())?);
             }
         }
         Ok(files)
@@ -140,7 +145,10 @@ impl ModelFiles {
     }
 
     fn gguf_header(&self, name: &str) -> Result<GgufHeader> {
-        GgufHeader::parse(name, self.get(name).unwrap_or_default())
+        match self.files.get(name) {
+            Some(bytes) => gguf::header_of(name, bytes),
+            None => GgufHeader::parse(name, &[]),
+        }
     }
 
     /// The tokenizer: tokenizer.json, or the vocabulary inside a GGUF file. `None` when neither.
@@ -169,7 +177,8 @@ impl ModelFiles {
     /// Parse `config.json` (or build it from a GGUF file's metadata).
     pub fn config(&self) -> Result<Value> {
         if let Some(name) = self.gguf_name()? {
-            let bytes = self.get(&name).unwrap_or_default();
+            let none = FileBytes::default();
+            let bytes = self.files.get(&name).unwrap_or(&none);
             return gguf::hf_config(&name, &self.gguf_header(&name)?, bytes);
         }
         let bytes = self.get("config.json").ok_or_else(|| {
@@ -190,7 +199,8 @@ impl ModelFiles {
 
     /// Every file but the safetensors weights: what a job needs of a model once it is loaded
     /// (config, tokenizer, chat template, and a GGUF file, whose metadata holds all three and
-    /// whose quantized bytes are small), without a second copy of dense weights.
+    /// whose quantized bytes are small, or nothing behind a handle), without a second copy of
+    /// dense weights.
     pub fn without_weights(&self) -> ModelFiles {
         let files = self
             .files
@@ -213,6 +223,7 @@ impl ModelFiles {
         }
         let mut shards = Vec::new();
         if let Some(index) = self.take("model.safetensors.index.json") {
+            let index = index.read("model.safetensors.index.json", 0..index.len())?;
             let index: Value = serde_json::from_slice(&index).map_err(|e| {
                 Error::new(
                     Code::WeightsCorrupt,
@@ -233,7 +244,7 @@ impl ModelFiles {
             for name in names {
                 shards.push(name);
             }
-        } else if self.get("model.safetensors").is_some() {
+        } else if self.files.contains_key("model.safetensors") {
             shards.push("model.safetensors".to_string());
         }
         if shards.is_empty() {
@@ -261,38 +272,42 @@ impl ModelFiles {
     }
 }
 
-/// How many bytes of a weight file's start [`declared_values`] needs at most: a safetensors
-/// header is small; a GGUF file's metadata holds its tokenizer (a few MiB, tens for large
-/// vocabularies) before the tensor infos.
-pub const HEADER_PREFIX: usize = 64 << 20;
-
-/// The number of values the weight file `name` declares, read from `prefix` (its first bytes)
-/// alone: what loading it will build, before its bytes are read. `None` for a file that is not
-/// weights, or whose header `prefix` does not hold whole (then loading itself decides).
-pub fn declared_values(name: &str, prefix: &[u8]) -> Option<u64> {
+/// The tensors the weight file `name` declares, with their number of values, read from its
+/// header alone, before its data is read: what loading it will build. Names are Hugging Face
+/// names (a GGUF tensor webtune does not map keeps its llama.cpp name). `None` for a file that
+/// is not weights, or whose header is not whole (then loading itself decides).
+pub fn declared_tensors(name: &str, bytes: &FileBytes) -> Option<Vec<(String, u64)>> {
     fn product(shape: impl IntoIterator<Item = u64>) -> Option<u64> {
         shape.into_iter().try_fold(1u64, |a, d| a.checked_mul(d))
     }
     if name.ends_with(".safetensors") {
-        let len = u64::from_le_bytes(prefix.get(..8)?.try_into().ok()?);
+        let len = u64::from_le_bytes(bytes.read(name, 0..8).ok()?.as_ref().try_into().ok()?);
+        // The format caps the header at 100 MB: a larger length is corrupt, not worth reading.
+        if len > 100_000_000 {
+            return None;
+        }
         let end = 8usize.checked_add(usize::try_from(len).ok()?)?;
-        let header: BTreeMap<String, Value> = serde_json::from_slice(prefix.get(8..end)?).ok()?;
+        let header = bytes.read(name, 8..end).ok()?;
+        let header: BTreeMap<String, Value> = serde_json::from_slice(&header).ok()?;
         return header
-            .iter()
-            .filter(|(k, _)| *k != "__metadata__")
-            .map(|(_, v)| {
+            .into_iter()
+            .filter(|(k, _)| k != "__metadata__")
+            .map(|(k, v)| {
                 let shape: Vec<u64> = serde_json::from_value(v.get("shape")?.clone()).ok()?;
-                product(shape)
+                Some((k, product(shape)?))
             })
-            .try_fold(0u64, |a, n| a.checked_add(n?));
+            .collect();
     }
     if name.ends_with(".gguf") {
-        let header = gguf::GgufHeader::parse_prefix(name, prefix).ok()?;
+        let header = gguf::declared_header(name, bytes).ok()?;
         return header
             .tensors
-            .values()
-            .map(|t| product(t.shape.iter().map(|&d| d as u64)))
-            .try_fold(0u64, |a, n| a.checked_add(n?));
+            .iter()
+            .map(|(k, t)| {
+                let values = product(t.shape.iter().map(|&d| d as u64))?;
+                Some((gguf::hf_name(k).unwrap_or_else(|| k.clone()), values))
+            })
+            .collect();
     }
     None
 }
@@ -348,11 +363,28 @@ impl Weights {
         })
     }
 
-    /// Bytes of the weight files (what loading held besides the model it built).
+    /// Bytes of the weight files.
     pub fn stored_bytes(&self) -> u64 {
         let safetensors = self.files.iter().map(SafeTensorsFile::size);
         let gguf = self.gguf.iter().map(GgufFile::size);
         safetensors.chain(gguf).map(|n| n as u64).sum()
+    }
+
+    /// What loading holds besides the model it builds: the weight files in memory, or, for
+    /// files behind a handle, the largest tensor's bytes (read one at a time).
+    pub fn load_bytes(&self) -> u64 {
+        let st = self.files.iter().map(|f| match f.resident() {
+            0 => (0, f.largest_tensor()),
+            n => (n, 0),
+        });
+        let gguf = self.gguf.iter().map(|g| match g.resident() {
+            0 => (0, g.largest_tensor()),
+            n => (n, 0),
+        });
+        let (resident, largest) = st
+            .chain(gguf)
+            .fold((0, 0), |(r, l), (n, t)| (r + n, l.max(t)));
+        (resident + largest) as u64
     }
 
     /// The dtypes stored, e.g. `["F32"]`.
@@ -382,14 +414,21 @@ impl Weights {
     /// as f32 with the shape checked against `shape`.
     pub fn read(&self, names: &[String], shape: &[usize]) -> Result<Vec<f32>> {
         for name in names {
-            let found = self
-                .files
-                .iter()
-                .find_map(|f| f.read_f32(name).map(|r| (r, f.name.as_str())))
-                .or_else(|| {
-                    let mut g = self.gguf.iter();
-                    g.find_map(|g| g.read_f32(name).map(|r| (r, g.name.as_str())))
-                });
+            let mut found = None;
+            for f in &self.files {
+                if let Some(t) = f.tensor_f32(name)? {
+                    found = Some((t, f.name.as_str()));
+                    break;
+                }
+            }
+            for g in &self.gguf {
+                if found.is_some() {
+                    break;
+                }
+                if let Some(t) = g.tensor_f32(name)? {
+                    found = Some((t, g.name.as_str()));
+                }
+            }
             if let Some(((data, found), file)) = found {
                 if found != shape {
                     return Err(Error::new(
@@ -443,6 +482,23 @@ impl Weights {
             None => Ok(weight),
         }
     }
+}
+
+/// A model file from disk: weights are opened to be read tensor by tensor, anything else is
+/// read whole.
+#[cfg(not(target_arch = "wasm32"))]
+fn open_model_file(name: &str, path: &std::path::Path) -> Result<FileBytes> {
+    let cannot = |e: std::io::Error| {
+        Error::new(
+            Code::ModelMissingFile,
+            format!("cannot read {}: {e}", path.display()),
+        )
+    };
+    if name.ends_with(".safetensors") || name.ends_with(".gguf") {
+        let file = super::source::DiskFile::open(path).map_err(cannot)?;
+        return Ok(FileBytes::Handle(std::sync::Arc::new(file)));
+    }
+    std::fs::read(path).map(FileBytes::Memory).map_err(cannot)
 }
 
 /// A row-major `[rows, cols]` matrix as row-major `[cols, rows]`.
@@ -512,29 +568,33 @@ mod tests {
     }
 
     #[test]
-    fn declared_values_come_from_the_header_alone() {
+    fn declared_tensors_come_from_the_header_alone() {
+        let declared = |name: &str, bytes: &[u8]| {
+            let tensors = declared_tensors(name, &bytes.to_vec().into())?;
+            Some(tensors.iter().map(|(_, n)| n).sum::<u64>())
+        };
         let bytes = write_f32(&[("a", &[2, 3], &[0.0; 6]), ("b", &[4], &[0.0; 4])]);
-        assert_eq!(declared_values("model.safetensors", &bytes), Some(10));
+        assert_eq!(declared("model.safetensors", &bytes), Some(10));
         // The header is all it reads: cut right after it, the answer is the same.
         let header_end = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
         assert_eq!(
-            declared_values("model.safetensors", &bytes[..header_end]),
+            declared("model.safetensors", &bytes[..header_end]),
             Some(10)
         );
         assert_eq!(
-            declared_values("model.safetensors", &bytes[..header_end - 1]),
+            declared("model.safetensors", &bytes[..header_end - 1]),
             None
         );
-        assert_eq!(declared_values("config.json", b"{}"), None);
+        assert_eq!(declared("config.json", b"{}"), None);
 
         let gguf = fixture("tests/fixtures/tiny_gguf/tiny_llama_f32.gguf");
         let whole = GgufFile::parse("tiny.gguf", gguf.clone()).unwrap();
         let values = whole.num_values() as u64;
-        assert_eq!(declared_values("tiny.gguf", &gguf), Some(values));
+        assert_eq!(declared("tiny.gguf", &gguf), Some(values));
         // A GGUF file cut inside its data still declares every tensor; cut inside its
         // metadata it declares nothing.
         let cut = fixture("tests/fixtures/hostile/gguf/tiny_llama_f32-cut-4096.gguf");
-        assert_eq!(declared_values("cut.gguf", &cut), Some(values));
-        assert_eq!(declared_values("cut.gguf", &gguf[..300]), None);
+        assert_eq!(declared("cut.gguf", &cut), Some(values));
+        assert_eq!(declared("cut.gguf", &gguf[..300]), None);
     }
 }

@@ -4,4 +4,5 @@
 pub mod gguf;
 pub mod hf;
 pub mod safetensors;
+pub mod source;
 pub mod tokenizer;

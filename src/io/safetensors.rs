@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::source::FileBytes;
 use crate::error::{Code, Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,11 +58,12 @@ pub struct TensorEntry {
     pub end: usize,
 }
 
-/// A parsed safetensors file that owns its bytes.
+/// A parsed safetensors file: its header, and its bytes in memory or behind a handle (then
+/// each tensor is read when asked for).
 #[derive(Debug, Clone)]
 pub struct SafeTensorsFile {
     pub name: String,
-    bytes: Vec<u8>,
+    bytes: FileBytes,
     pub tensors: BTreeMap<String, TensorEntry>,
 }
 
@@ -89,7 +91,22 @@ impl SafeTensorsFile {
         self.bytes.len()
     }
 
-    pub fn parse(name: &str, bytes: Vec<u8>) -> Result<Self> {
+    /// Bytes of the file held in memory.
+    pub fn resident(&self) -> usize {
+        self.bytes.resident()
+    }
+
+    /// The largest tensor's bytes: what reading one tensor at a time holds at most.
+    pub fn largest_tensor(&self) -> usize {
+        self.tensors
+            .values()
+            .map(|t| t.end - t.start)
+            .max()
+            .unwrap_or(0)
+    }
+
+    pub fn parse(name: &str, bytes: impl Into<FileBytes>) -> Result<Self> {
+        let bytes = bytes.into();
         let truncated = |needed: usize| {
             Error::new(
                 Code::WeightsTruncated,
@@ -100,11 +117,11 @@ impl SafeTensorsFile {
             )
             .with_details(json!({ "file": name, "bytes": bytes.len(), "needed": needed }))
         };
-        let Some(len_bytes) = bytes.get(..8) else {
+        if bytes.len() < 8 {
             return Err(truncated(8));
-        };
+        }
         let mut len = [0u8; 8];
-        len.copy_from_slice(len_bytes);
+        len.copy_from_slice(&bytes.read(name, 0..8)?);
         let header_len = u64::from_le_bytes(len);
         if header_len > MAX_HEADER as u64 {
             return Err(corrupt(
@@ -113,10 +130,11 @@ impl SafeTensorsFile {
             ));
         }
         let header_end = 8 + header_len as usize;
-        let Some(header) = bytes.get(8..header_end) else {
+        if bytes.len() < header_end {
             return Err(truncated(header_end));
-        };
-        let raw: BTreeMap<String, serde_json::Value> = serde_json::from_slice(header)
+        }
+        let header = bytes.read(name, 8..header_end)?;
+        let raw: BTreeMap<String, serde_json::Value> = serde_json::from_slice(&header)
             .map_err(|e| corrupt(name, format!("header is not a JSON object ({e})")))?;
 
         let mut tensors = BTreeMap::new();
@@ -189,11 +207,19 @@ impl SafeTensorsFile {
         })
     }
 
-    /// The tensor converted to f32, with its shape.
+    /// The tensor converted to f32, with its shape; `None` when the file has no such tensor or
+    /// (behind a handle) it cannot be read: [`tensor_f32`](Self::tensor_f32) says why.
     pub fn read_f32(&self, tensor: &str) -> Option<(Vec<f32>, Vec<usize>)> {
-        let entry = self.tensors.get(tensor)?;
-        let data = self.bytes.get(entry.start..entry.end)?;
-        Some((to_f32(data, entry.dtype), entry.shape.clone()))
+        self.tensor_f32(tensor).ok().flatten()
+    }
+
+    /// The tensor converted to f32, with its shape; `Ok(None)` when the file has no such tensor.
+    pub fn tensor_f32(&self, tensor: &str) -> Result<Option<(Vec<f32>, Vec<usize>)>> {
+        let Some(entry) = self.tensors.get(tensor) else {
+            return Ok(None);
+        };
+        let data = self.bytes.read(&self.name, entry.start..entry.end)?;
+        Ok(Some((to_f32(&data, entry.dtype), entry.shape.clone())))
     }
 }
 

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use super::bert::{Bert, BertConfig, Pooling};
 use super::gpt2::{Gpt2, Gpt2Config};
+use super::layers::Activation;
 use super::llama::{Llama, LlamaConfig};
 use super::{CausalLm, KvCache};
 use crate::data::chat::{ChatTemplate, Message};
@@ -117,10 +118,18 @@ pub struct ModelInfo {
     /// Width of the attention's dot products (heads × head dim): scores and the weighted sum
     /// cost 4 · layers · context · attention_width FLOPs per token.
     pub attention_width: usize,
+    /// Values per token and layer the MLP keeps for the backward pass, in units of
+    /// `intermediate_size`: 2 for the fused `silu(g)·u` (`models::swiglu`), 4 for an MLP of
+    /// plain tensor ops (GELU's input, its intermediates and output).
+    #[serde(skip)]
+    pub mlp_kept: usize,
     /// Dtypes of the stored weights, e.g. `["F32"]`.
     pub dtype: Vec<&'static str>,
     /// Bytes of the weight files the model was loaded from.
     pub stored_bytes: u64,
+    /// What loading held besides the model: weight files read whole, or the largest tensor of
+    /// files read tensor by tensor.
+    pub load_bytes: u64,
     /// The linear projections quantized as they were loaded (QLoRA), when they were.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compact: Option<CompactWeights>,
@@ -137,10 +146,11 @@ pub struct ModelInfo {
     pub chat: ChatInfo,
 }
 
-/// Weights kept quantized since loading: how many f32 values they stand for, and the bytes they
-/// take (values and scales).
+/// Weights kept quantized since loading: how, how many f32 values they stand for, and the bytes
+/// they take (values and scales).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct CompactWeights {
+    pub quant: crate::train::qlora::BaseQuant,
     pub values: u64,
     pub bytes: u64,
 }
@@ -226,6 +236,7 @@ impl LoadedModel {
         }
         let dtype = weights.dtypes();
         let stored_bytes = weights.stored_bytes();
+        let load_bytes = weights.load_bytes();
         match arch.as_str() {
             "gpt2" => {
                 let cfg = Gpt2Config::from_json(&config)?;
@@ -244,8 +255,10 @@ impl LoadedModel {
                     matmul_weights: cfg.n_layer * (4 * d * d + 2 * d * cfg.inner())
                         + cfg.vocab_size * d,
                     attention_width: d,
+                    mlp_kept: 4,
                     dtype,
                     stored_bytes,
+                    load_bytes,
                     compact: None,
                     has_tokenizer: tokenizer.is_some(),
                     chat: ChatInfo::default(),
@@ -282,8 +295,13 @@ impl LoadedModel {
                         * (2 * d * q_width + 2 * d * kv_width + 3 * d * cfg.intermediate_size)
                         + cfg.vocab_size * d,
                     attention_width: q_width,
+                    mlp_kept: match Activation::parse(&cfg.hidden_act) {
+                        Some(Activation::Silu) => 2,
+                        _ => 4,
+                    },
                     dtype,
                     stored_bytes,
+                    load_bytes,
                     compact: None,
                     has_tokenizer: tokenizer.is_some(),
                     chat: ChatInfo::default(),
@@ -325,8 +343,10 @@ impl LoadedModel {
                         + if model.has_pooler() { d * d } else { 0 }
                         + d * n,
                     attention_width: d,
+                    mlp_kept: 4,
                     dtype,
                     stored_bytes,
+                    load_bytes,
                     compact: None,
                     has_tokenizer: tokenizer.is_some(),
                     chat: ChatInfo::default(),

@@ -605,6 +605,7 @@ pub async fn run_job<'a, T: JobTask, C: Into<Control>>(
 ) -> Result<T::Output> {
     let config = job.config;
     config.validate()?;
+    super::qlora::check_base_precision(&job.base.info, &config.train)?;
     // Refuse a checkpoint of another task before reading data or scoring the base model.
     if let Some(ck) = checkpointing.as_ref().and_then(|c| c.resume.as_ref()) {
         ck.check_task(T::NAME)?;
@@ -622,7 +623,7 @@ pub async fn run_job<'a, T: JobTask, C: Into<Control>>(
         &config.train,
         sizes.largest,
         sizes.labels,
-        job.files.total_bytes(),
+        job.files.resident_bytes(),
         &job.backend.info,
     )?;
     on_event(JobEvent::Phase {

@@ -179,7 +179,7 @@ pub fn estimate(
         let per_value = 1.0 + F32 as f64 / block as f64;
         weights += (linear as f64 * per_value).ceil() as u64 + dense;
     }
-    let per_token_layer = 12 * d + 4 * i + 3 * h * t;
+    let per_token_layer = 12 * d + info.mlp_kept as u64 * i + 3 * h * t;
     let mut activations = b * t * l * per_token_layer * F32;
     let scores = b * h * t * t * F32;
     let (mut largest, mut name) = (v * d * F32, format!("token embedding [{v} × {d}]"));
@@ -202,7 +202,7 @@ pub fn estimate(
     let gradients = trainable * F32;
     let optimizer = 2 * trainable * F32;
     let total = weights + gradients + optimizer + activations + kept_files + RUNTIME;
-    let load = info.stored_bytes + base + RUNTIME;
+    let load = info.load_bytes + base + RUNTIME;
     MemoryEstimate {
         weights,
         gradients,
@@ -331,6 +331,8 @@ mod tests {
             attention_width: 576,
             dtype: vec!["F32"],
             stored_bytes: 0,
+            load_bytes: 0,
+            mlp_kept: 2,
             compact: None,
             has_tokenizer: true,
             kind: "causal_lm",

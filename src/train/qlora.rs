@@ -29,9 +29,10 @@ use std::sync::{Arc, Mutex};
 use crate::error::{Code, Error, Result};
 use crate::io::hf::{LinearHook, ModelFiles};
 use crate::models::frozen::is_quantized;
-use crate::models::loaded::{CompactWeights, Family, LoadedModel};
+use crate::models::loaded::{CompactWeights, Family, LoadedModel, ModelInfo};
 use crate::models::names::{hf_module, matches_target, FamilyKind};
 use crate::models::walk::{MapAt, Paths};
+use crate::train::finetune::{FinetuneConfig, Method};
 
 /// How the frozen base weights are stored while training with LoRA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -337,6 +338,44 @@ pub fn dequantize_all(family: Family) -> Family {
 /// peak while loading is the files plus the compact model, and QLoRA trains over the loaded
 /// weights themselves instead of a quantized copy beside an f32 base. Llama-family and BERT
 /// projections; GPT-2's (`Conv1D`) load in f32, and `quantize_base` quantizes them as before.
+/// Whether [`load_quantized`] quantizes the weight stored as `name` (a Hugging Face name): the
+/// linear projections of the Llama family and BERT.
+pub fn quantized_as_loaded(name: &str) -> bool {
+    let Some(module) = name.strip_suffix(".weight") else {
+        return false;
+    };
+    let module = module.rsplit('.').next().unwrap_or_default();
+    [FamilyKind::Llama, FamilyKind::Bert]
+        .iter()
+        .any(|k| k.linear_modules().contains(&module))
+}
+
+/// Refuses a job that does not fit a base loaded quantized: full fine-tuning trains every
+/// weight, and a base loaded in one precision cannot train in another.
+pub fn check_base_precision(base: &ModelInfo, config: &FinetuneConfig) -> Result<()> {
+    let Some(compact) = base.compact else {
+        return Ok(());
+    };
+    let loaded = compact.quant.as_str();
+    if config.method == Method::Full {
+        return Err(Error::config(format!(
+            "the base was loaded with its projections in {} bits for QLoRA; full fine-tuning \
+             trains every weight and needs it in f32: load the model again in f32, or use LoRA",
+            compact.quant.bits()
+        ))
+        .with_details(json!({ "field": "method", "base": loaded })));
+    }
+    match config.quantize_base {
+        Some(q) if q != compact.quant => Err(Error::config(format!(
+            "the base was loaded in {loaded}, so it trains in {loaded}, not {}: ask for \
+             quantize_base \"{loaded}\", or load the model again",
+            q.as_str()
+        ))
+        .with_details(json!({ "field": "quantize_base", "base": loaded }))),
+        _ => Ok(()),
+    }
+}
+
 pub fn load_quantized(
     files: ModelFiles,
     device: &Device,
@@ -347,11 +386,7 @@ pub fn load_quantized(
     let hook_state = state.clone();
     let hook = LinearHook(Arc::new(
         move |name: &str, w: Tensor<2>| -> Result<Tensor<2>> {
-            let module = name.rsplit('.').nth(1).unwrap_or_default();
-            let linear = [FamilyKind::Llama, FamilyKind::Bert]
-                .iter()
-                .any(|k| k.linear_modules().contains(&module));
-            if !linear {
+            if !quantized_as_loaded(name) {
                 return Ok(w);
             }
             let [d_in, d_out] = w.dims();
@@ -373,6 +408,7 @@ pub fn load_quantized(
         .clone();
     if report.tensors > 0 {
         model.info.compact = Some(CompactWeights {
+            quant,
             values: report.values,
             bytes: report.quantized_bytes,
         });

@@ -4,6 +4,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::json;
@@ -14,7 +15,8 @@ use crate::data::chat::Message;
 use crate::data::validate::{DataProgress, OnDataProgress};
 use crate::error::{Code, Error};
 use crate::eval::generate::{generate, GenerateOptions};
-use crate::io::hf::{declared_values, ModelFiles, HEADER_PREFIX};
+use crate::io::hf::{declared_tensors, ModelFiles};
+use crate::io::source::{FileBytes, ReadAt};
 use crate::models::loaded::LoadedModel;
 use crate::train::causal::evaluate_loss;
 use crate::train::causal_job::{chat_template, prepare_data};
@@ -24,6 +26,7 @@ use crate::train::control::Control;
 use crate::train::export::Export;
 use crate::train::job::{DataSource, DatasetFile, DatasetFiles, JobConfig};
 use crate::train::memory::{self, BatchShape, MemoryEstimate, MemoryLimits};
+use crate::train::qlora::{load_quantized, quantized_as_loaded, BaseQuant, DEFAULT_BLOCK_SIZE};
 use crate::train::replay::{replay, ReferenceRun};
 use crate::train::run_task;
 use crate::train::toy::{train_toy, ToyTrainConfig};
@@ -114,12 +117,68 @@ struct Tuned {
     export: Export,
 }
 
-/// `{name: Uint8Array | ArrayBuffer}` (a plain object or a `Map`) → (file name, bytes as a JS
-/// view), nothing copied yet.
-fn js_file_views(files: &JsValue) -> Result<Vec<(String, js_sys::Uint8Array)>, Error> {
+/// A model file handed over from JS: bytes (`Uint8Array`/`ArrayBuffer`) or a `Blob` (a picked
+/// `File`, a downloaded body). Weight files stay where they are and are read a tensor at a time
+/// while the model loads (a `Blob` through `FileReaderSync`, which workers have), so the module
+/// never holds a whole weight file: a file larger than its memory can load.
+enum JsFile {
+    View(js_sys::Uint8Array),
+    Blob(web_sys::Blob),
+}
+
+impl ReadAt for JsFile {
+    fn size(&self) -> u64 {
+        match self {
+            Self::View(v) => v.length() as u64,
+            Self::Blob(b) => b.size() as u64,
+        }
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), String> {
+        let end = offset + buf.len() as u64;
+        match self {
+            // JS lengths are below 2^32 here: views index with u32.
+            Self::View(v) => v.subarray(offset as u32, end as u32).copy_to(buf),
+            Self::Blob(b) => {
+                let part = b
+                    .slice_with_f64_and_f64(offset as f64, end as f64)
+                    .map_err(|e| js_message(&e))?;
+                let reader = web_sys::FileReaderSync::new().map_err(|_| {
+                    "FileReaderSync is missing: give files as Blobs only to a Worker".to_string()
+                })?;
+                let bytes = reader
+                    .read_as_array_buffer(&part)
+                    .map_err(|e| js_message(&e))?;
+                let bytes = js_sys::Uint8Array::new(&bytes);
+                if bytes.length() as usize != buf.len() {
+                    return Err(format!(
+                        "{} bytes came back instead of {} (the file changed on disk?)",
+                        bytes.length(),
+                        buf.len()
+                    ));
+                }
+                bytes.copy_to(buf);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A thrown JS value's message.
+fn js_message(e: &JsValue) -> String {
+    e.dyn_ref::<js_sys::Error>()
+        .map(|e| String::from(e.message()))
+        .or_else(|| e.as_string())
+        .unwrap_or_else(|| format!("{e:?}"))
+}
+
+/// `{name: Uint8Array | ArrayBuffer | Blob}` (a plain object or a `Map`) → model files. Weight
+/// files stay in JS, read as the model loads; the others (config, tokenizer: small) are copied
+/// into the module.
+fn files_from_js(files: &JsValue) -> Result<ModelFiles, Error> {
     let bad = || {
         Error::config(
-            "model files must be an object or Map from file name to Uint8Array/ArrayBuffer",
+            "model files must be an object or Map from file name to Uint8Array/ArrayBuffer/Blob",
         )
     };
     let entries: Vec<(JsValue, JsValue)> = if let Some(map) = files.dyn_ref::<js_sys::Map>() {
@@ -137,57 +196,68 @@ fn js_file_views(files: &JsValue) -> Result<Vec<(String, js_sys::Uint8Array)>, E
     } else {
         return Err(bad());
     };
-    let mut out = Vec::new();
+    let mut out = ModelFiles::new();
     for (name, value) in entries {
         let name = name.as_string().ok_or_else(bad)?;
         // Folder pickers give paths like "gpt2/config.json": the file name is what matters.
         let name = name.rsplit('/').next().unwrap_or(&name).to_owned();
-        let view = if let Some(array) = value.dyn_ref::<js_sys::Uint8Array>() {
-            array.clone()
+        let file = if let Some(array) = value.dyn_ref::<js_sys::Uint8Array>() {
+            JsFile::View(array.clone())
         } else if let Some(buffer) = value.dyn_ref::<js_sys::ArrayBuffer>() {
-            js_sys::Uint8Array::new(buffer)
+            JsFile::View(js_sys::Uint8Array::new(buffer))
+        } else if let Some(blob) = value.dyn_ref::<web_sys::Blob>() {
+            JsFile::Blob(blob.clone())
         } else {
             return Err(bad().with_details(json!({ "file": name })));
         };
-        out.push((name, view));
+        // The module is single-threaded where JS values live; nothing here crosses threads.
+        #[allow(clippy::arc_with_non_send_sync)]
+        let handle = FileBytes::Handle(Arc::new(file));
+        if name.ends_with(".safetensors") || name.ends_with(".gguf") {
+            out.insert(name, handle);
+        } else {
+            let bytes = handle.read(&name, 0..handle.len())?.into_owned();
+            out.insert(name, bytes);
+        }
     }
     Ok(out)
-}
-
-/// The views' bytes copied into the module as model files.
-fn files_from_js(views: &[(String, js_sys::Uint8Array)]) -> ModelFiles {
-    let mut out = ModelFiles::new();
-    for (name, view) in views {
-        out.insert(name.clone(), view.to_vec());
-    }
-    out
 }
 
 /// Left free beside a load's estimate: the tokenizer, the allocator's slack, the next steps.
 const LOAD_HEADROOM: u64 = 256 << 20;
 
-/// Refuses a model the module cannot hold, before any of its bytes are copied in (a wasm module
-/// that runs out of memory traps and takes the session with it). Loading copies the files into
-/// the module and, on the CPU backend, builds every weight there in f32; what is already in use
-/// (the loaded model, kept until the new one loads) stays. Sizes come from the weight files'
-/// headers ([`declared_values`]).
+/// Refuses a model the module cannot hold, before any weight is read (a wasm module that runs
+/// out of memory traps and takes the session with it). Weight files stay outside the module
+/// and are read a tensor at a time; on the CPU backend every weight is built there in f32; what
+/// is already in use (the loaded model, kept until the new one loads) stays. Sizes come from
+/// the weight files' headers ([`declared_values`]).
 fn check_load_fits(
-    views: &[(String, js_sys::Uint8Array)],
+    model: &ModelFiles,
+    quant: Option<BaseQuant>,
     backend: &BackendInfo,
 ) -> Result<(), Error> {
-    let mut files = 0u64;
-    let mut values = 0u64;
-    for (name, view) in views {
-        let len = view.length();
-        files += len as u64;
-        let prefix_len = len.min(HEADER_PREFIX as u32);
-        if name.ends_with(".safetensors") || name.ends_with(".gguf") {
-            let prefix = view.subarray(0, prefix_len).to_vec();
-            values += declared_values(name, &prefix).unwrap_or(0);
+    let mut files = model.resident_bytes();
+    let (mut values, mut compact, mut largest) = (0u64, 0u64, 0u64);
+    for name in model.names() {
+        for (tensor, n) in model
+            .file(name)
+            .and_then(|b| declared_tensors(name, b))
+            .unwrap_or_default()
+        {
+            values += n;
+            largest = largest.max(n);
+            if quant.is_some() && quantized_as_loaded(&tensor) {
+                compact += n;
+            }
         }
     }
+    // Read one at a time: its stored bytes and its f32 values (at most 4 + 4 bytes a value).
+    files += 8 * largest;
     let weights = match backend.backend {
-        BackendKind::Cpu => values * 4,
+        // A quantized value takes a byte on the CPU backend, plus an f32 scale per block.
+        BackendKind::Cpu => {
+            (values - compact) * 4 + compact + compact * 4 / DEFAULT_BLOCK_SIZE as u64
+        }
         // Uploaded to the GPU tensor by tensor.
         BackendKind::Webgpu => 0,
     };
@@ -196,18 +266,24 @@ fn check_load_fits(
     if in_use + need + LOAD_HEADROOM <= memory::WASM_MEMORY {
         return Ok(());
     }
-    let advice = match backend.backend {
-        BackendKind::Cpu => {
+    let advice = match (backend.backend, quant) {
+        (BackendKind::Cpu, None) => {
+            "load it with its projections in 8 bits (QLoRA), use the WebGPU backend (the \
+             weights then live in GPU memory), or a smaller model"
+        }
+        (BackendKind::Cpu, Some(_)) => {
             "use the WebGPU backend (the weights then live in GPU memory), or a smaller model"
         }
-        BackendKind::Webgpu => "use a smaller model, or split it into shards no larger than this",
+        (BackendKind::Webgpu, _) => {
+            "use a smaller model, or split it into shards no larger than this"
+        }
     };
     Err(Error::new(
         Code::MemoryInsufficient,
         format!(
-            "loading this model needs about {} inside the page ({} of files copied in, {} of \
-             weights built in f32 for {} parameters) beside the {} in use, more than the {} a \
-             WebAssembly module can address: {advice}",
+            "loading this model needs about {} inside the page ({} of files and the largest \
+             tensor read, {} of weights built for {} parameters) beside the {} in use, more \
+             than the {} a WebAssembly module can address: {advice}",
             memory::gib(need),
             memory::gib(files),
             memory::gib(weights),
@@ -220,6 +296,24 @@ fn check_load_fits(
         "needed_bytes": need, "files_bytes": files, "weights_bytes": weights,
         "parameters": values, "in_use_bytes": in_use, "limit_bytes": memory::WASM_MEMORY,
     })))
+}
+
+/// `loadModel`'s options: `{quantize_base?: "q8" | "q4"}` (absent, `null` or `"f32"`: f32).
+fn load_quant(options: &JsValue) -> Result<Option<BaseQuant>, Error> {
+    if options.is_undefined() || options.is_null() {
+        return Ok(None);
+    }
+    let value: serde_json::Value = serde_wasm_bindgen::from_value(options.clone())
+        .map_err(|e| Error::config(format!("invalid load options: {e}")))?;
+    match value.get("quantize_base") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) if s == "f32" => Ok(None),
+        Some(serde_json::Value::String(s)) => BaseQuant::parse(s).map(Some),
+        Some(other) => Err(Error::config(format!(
+            "quantize_base must be \"q8\", \"q4\" or \"f32\", got {other}"
+        ))
+        .with_details(json!({ "field": "quantize_base" }))),
+    }
 }
 
 fn no_tuned_model() -> Error {
@@ -321,25 +415,30 @@ impl Session {
         })
     }
 
-    /// Load a model from its files (`{name: Uint8Array}` or a `Map`): Hugging Face layout
-    /// (`config.json`, safetensors, `tokenizer.json`, ...) or a GGUF file. Replaces the current
-    /// model only when the new one loads; on error the previous model stays usable.
-    /// Resolves to the model's info.
+    /// Load a model from its files (`{name: Blob | Uint8Array | ArrayBuffer}` or a `Map`):
+    /// Hugging Face layout (`config.json`, safetensors, `tokenizer.json`, ...) or a GGUF file.
+    /// `options.quantize_base` (`"q8"` / `"q4"`) keeps the linear projections quantized as they
+    /// are read (QLoRA: the base then trains only with LoRA). Replaces the current model only
+    /// when the new one loads; on error the previous model stays usable. Resolves to the
+    /// model's info.
     #[wasm_bindgen(js_name = loadModel)]
-    pub fn load_model(&self, files: JsValue) -> js_sys::Promise {
+    pub fn load_model(&self, files: JsValue, options: JsValue) -> js_sys::Promise {
         let slot = self.model.clone();
         let files_slot = self.files.clone();
         let tuned_slot = self.tuned.clone();
         let device = self.backend.inference.clone();
         let backend_info = self.backend.info.clone();
         wasm_bindgen_futures::future_to_promise(async move {
-            let views = js_file_views(&files).map_err(|e| error_to_js(&e))?;
-            check_load_fits(&views, &backend_info).map_err(|e| error_to_js(&e))?;
-            let files = files_from_js(&views);
-            drop(views);
+            let quant = load_quant(&options).map_err(|e| error_to_js(&e))?;
+            let files = files_from_js(&files).map_err(|e| error_to_js(&e))?;
+            check_load_fits(&files, quant, &backend_info).map_err(|e| error_to_js(&e))?;
             // Config, tokenizer and chat template stay at hand for jobs; dense weights do not.
             let kept = files.without_weights();
-            let model = LoadedModel::load(files, &device).map_err(|e| error_to_js(&e))?;
+            let model = match quant {
+                Some(q) => load_quantized(files, &device, q, DEFAULT_BLOCK_SIZE).map(|m| m.0),
+                None => LoadedModel::load(files, &device),
+            }
+            .map_err(|e| error_to_js(&e))?;
             let info = to_js(&model.info)?;
             *slot.borrow_mut() = Some(Rc::new(model));
             *files_slot.borrow_mut() = Some(Rc::new(kept));
@@ -520,7 +619,7 @@ impl Session {
                 let progress = progress.as_ref().map(|p| p as OnDataProgress);
                 let dataset =
                     dataset_files(&name, &bytes, &validation_name, &validation_bytes, progress);
-                let kept = files.as_ref().map_or(0, |f| f.total_bytes());
+                let kept = files.as_ref().map_or(0, |f| f.resident_bytes());
                 if base.is_encoder() {
                     return inspect_labelled(&base, kept, dataset, &config, &backend_info);
                 }

@@ -80,6 +80,72 @@ test("a 360M-parameter model (SmolLM2-360M's shapes) loads from files and fine-t
   }
 });
 
+test("Qwen2.5-0.5B's shapes load with 8-bit projections from files (read a tensor at a time) and QLoRA fine-tunes on CPU-wasm: finite losses falling on a repeated batch, memory reported; full fine-tuning of that base is refused", { timeout: 1_200_000 }, async () => {
+  assert.ok(CLI, "WEBTUNE_CLI (the native CLI, set by cargo xtask test) writes the checkpoint");
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "webtune-qwen-0.5b-"));
+  try {
+    execFileSync(CLI, ["shape", "qwen2.5-0.5b", "--out", dir, "--tokenizer", SMOLLM2_GGUF], { stdio: "inherit" });
+    const files = ["config.json", "model.safetensors", "tokenizer.json"].map((f) => path.join(dir, f));
+    await withPage("scale-qwen-q8-cpu", browser, { backend: "cpu" }, async ({ page }) => {
+      await waitForBackend(page);
+      await page.getByTestId("model-precision").selectOption("q8");
+      const load = await pickModelFiles(page, files, 600_000, "the 0.5B checkpoint to load in 8 bits");
+      assert.equal(load.error, null, `loading failed: ${JSON.stringify(load.error)}`);
+      const info = load.info;
+      assert.equal(info.architecture, "qwen2");
+      assert.equal(info.hidden_size, 896);
+      // Every projection of the 24 layers (q, k, v, o, gate, up, down) came in as 8 bits: the
+      // loaded base is about a third of its f32 size, and the file was never held whole.
+      const projections = 24 * (2 * 896 * 896 + 2 * 896 * 128 + 3 * 896 * 4864);
+      assert.equal(info.compact?.quant, "q8", JSON.stringify(info.compact));
+      assert.equal(info.compact.values, projections, JSON.stringify(info.compact));
+      assert.ok(info.compact.bytes < info.compact.values * 1.2, JSON.stringify(info.compact));
+      // Loading held one tensor at a time (the largest: the bf16 embedding), not the 988 MB file.
+      assert.equal(info.load_bytes, 151_936 * 896 * 2, JSON.stringify([info.load_bytes, info.stored_bytes]));
+      assert.ok(info.stored_bytes > 3 * info.load_bytes, JSON.stringify([info.load_bytes, info.stored_bytes]));
+      assert.match(await page.getByTestId("model-memory").textContent(), /projections in q8/);
+      // The Fine-tune panel follows the base: 8-bit, LoRA only.
+      assert.equal(await page.getByTestId("ft-base-quant").inputValue(), "q8");
+      assert.equal(await page.getByTestId("ft-base-quant").isDisabled(), true);
+
+      await withTimeout(page.evaluate((text) => window.webtune.setValidationFile({ name: "valid.jsonl", bytes: text }), VALID), 60_000, "the validation file");
+      const config = {
+        batch_size: 1,
+        validation_max: 1,
+        samples: 0,
+        data: { causal: { seq_len: 128 } },
+        train: { method: "lora", lora_r: 8, lora_alpha: 16, steps: 3, lr: 1e-2, eval_every: 1000, seed: 0, quantize_base: "q8" },
+      };
+      // Full fine-tuning would train the quantized projections: refused before any step.
+      const full = await withTimeout(
+        page.evaluate(({ text, config }) => window.webtune.finetune({ name: "train.jsonl", bytes: text }, config), { text: TRAIN, config: { ...config, train: { ...config.train, method: "full", quantize_base: null } } }),
+        300_000,
+        "the refusal of full fine-tuning",
+      );
+      assert.equal(full.error?.code, "config.invalid", JSON.stringify(full.error));
+      assert.match(full.error.message, /loaded with its projections in 8 bits/);
+
+      const run = await withTimeout(
+        page.evaluate(({ text, config }) => window.webtune.finetune({ name: "train.jsonl", bytes: text }, config), { text: TRAIN, config }),
+        900_000,
+        "3 QLoRA steps on the 0.5B model",
+      );
+      assert.equal(run.error, null, `fine-tuning failed: ${JSON.stringify(run.error)}`);
+      const r = run.result;
+      writeArtifactJson("scale-qwen-q8-cpu.json", { info, summary: r.summary, memory: r.memory, before: r.before, after: r.after });
+      const losses = r.summary.losses;
+      console.log(`Qwen2.5-0.5B shape, q8 base on CPU-wasm: losses ${losses.join(", ")}; memory ${r.summary.peak_memory_bytes} (estimated ${r.memory.peak}); load held ${info.load_bytes} of ${info.stored_bytes} file bytes`);
+      assert.equal(losses.length, 3);
+      assert.ok(losses.every(Number.isFinite), losses.join(", "));
+      assert.ok(losses[2] < losses[0] - 0.5, losses.join(", "));
+      assert.equal(r.summary.quantized_base?.bits, 8, JSON.stringify(r.summary.quantized_base));
+      assert.ok(r.summary.peak_memory_bytes > 500_000_000, `memory reported: ${r.summary.peak_memory_bytes}`);
+    });
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test("QLoRA in the page: the default SmolLM2 fine-tunes on CPU-wasm with its frozen base in 8 bits (chosen in the Fine-tune panel), before/after shown, a whole f32 export", { timeout: 1_200_000 }, async () => {
   await withPage("scale-qlora-q8-cpu", browser, { backend: "cpu" }, async ({ page }) => {
     await waitForBackend(page);
@@ -136,7 +202,7 @@ test("QLoRA in the page: the default SmolLM2 fine-tunes on CPU-wasm with its fro
   });
 });
 
-test("a model the page's CPU backend cannot hold is refused before its bytes are copied in (memory.insufficient, with the estimate); the loaded model stays usable", { timeout: 300_000 }, async () => {
+test("a model the page's CPU backend cannot hold is refused before any weight is read (memory.insufficient, with the estimate and what would fit); the loaded model stays usable", { timeout: 300_000 }, async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "webtune-too-large-"));
   try {
     // SmolLM2-1.7B's config and a weights file that declares 1.23 G bf16 values (4.9 GB as the
@@ -159,7 +225,7 @@ test("a model the page's CPU backend cannot hold is refused before its bytes are
 
       const big = await pickModelFiles(page, [path.join(dir, "config.json"), path.join(dir, "model.safetensors")], 120_000, "the refusal");
       assert.equal(big.error?.code, "memory.insufficient", JSON.stringify(big.error));
-      assert.match(big.error.message, /WebAssembly module can address: use the WebGPU backend/);
+      assert.match(big.error.message, /WebAssembly module can address: load it with its projections in 8 bits \(QLoRA\), use the WebGPU backend/);
       assert.equal(big.error.details.parameters, values);
       assert.ok(big.error.details.needed_bytes > 4 * 2 ** 30, JSON.stringify(big.error.details));
 

@@ -95,9 +95,10 @@ export function createFinetunePanel(section, { onStart, onStop, onPause = () => 
     {
       class: "field",
       title:
-        "QLoRA keeps a block-quantized copy of the frozen linear weights and trains over it as fast as LoRA. " +
-        "The loaded model stays in f32 beside that copy, so today it needs somewhat more memory than LoRA, not less; " +
-        "the memory estimate shows the difference before the run.",
+        "QLoRA trains LoRA over a block-quantized copy of the frozen linear weights, as fast as LoRA. " +
+        "Chosen here, the copy is made beside the loaded f32 model, so it needs somewhat more memory than LoRA; " +
+        "to need less, choose the precision in the Model panel before loading. " +
+        "The memory estimate shows the difference before the run.",
     },
     el("label", { for: "ft-base-quant" }, "Frozen base"),
     baseQuant,
@@ -278,6 +279,17 @@ export function createFinetunePanel(section, { onStart, onStop, onPause = () => 
     /** The loaded model changed: defaults follow its kind (causal LM or encoder). */
     setModel(info) {
       kind = info?.kind === "encoder" ? "encoder" : "causal_lm";
+      // A base loaded quantized (Model panel) trains only with LoRA, in its own precision.
+      const loaded = info?.compact?.quant ?? null;
+      baseQuant.disabled = loaded !== null;
+      if (loaded !== null) baseQuant.value = loaded;
+      else if (baseQuant.dataset.locked === "true") baseQuant.value = "f32";
+      baseQuant.dataset.locked = String(loaded !== null);
+      method.querySelector("option[value=full]").disabled = loaded !== null;
+      if (loaded !== null && method.value === "full") {
+        method.value = "lora";
+        method.dispatchEvent(new Event("change"));
+      }
       expected.textContent = EXPECTED[kind];
       if (lr.field.dataset.touched !== "true") lr.field.value = String(DEFAULT_LR[kind][method.value]);
       if (batch.field.dataset.touched !== "true") batch.field.value = String(DEFAULT_BATCH[kind]);

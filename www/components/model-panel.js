@@ -114,6 +114,27 @@ export function createModelPanel(section, { endpoint, onFiles, onHub, onDefault,
     onHub(repo.value.trim(), { endpoint: endpointField.value.trim(), revision: revision.value.trim() || "main" });
   });
 
+  // The base's precision in memory, chosen before loading: 8 or 4 bits keeps the linear
+  // projections quantized as they are read (QLoRA), so a larger model fits the tab.
+  const precision = el(
+    "select",
+    { id: "model-precision", "data-testid": "model-precision", "aria-describedby": "model-precision-help" },
+    el("option", { value: "f32" }, "f32 (full precision; any method)"),
+    el("option", { value: "q8" }, "8-bit projections (QLoRA: LoRA only, about ¼ of the memory)"),
+    el("option", { value: "q4" }, "4-bit projections (QLoRA: LoRA only; smaller on WebGPU)"),
+  );
+  const precisionField = el(
+    "div",
+    { class: "field wide" },
+    el("label", { for: "model-precision" }, "Base weights in memory"),
+    precision,
+    el(
+      "p",
+      { id: "model-precision-help", class: "help" },
+      "Applies to the next load. Quantized projections cannot be fully fine-tuned; the export is f32 either way.",
+    ),
+  );
+
   const status = el("p", { class: "model-status", role: "status", "aria-live": "polite", "data-testid": "model-status" }, "No model loaded.");
   const downloads = el("ul", { class: "downloads", "data-testid": "downloads", "aria-label": "Downloads" });
   const info = el("table", { class: "model-info", "data-testid": "model-info", hidden: true });
@@ -124,6 +145,7 @@ export function createModelPanel(section, { endpoint, onFiles, onHub, onDefault,
 
   section.append(
     el("h2", { id: "model-title" }, "Model"),
+    precisionField,
     defaultForm,
     drop,
     el("div", { class: "or" }, "or from the Hub"),
@@ -179,8 +201,13 @@ export function createModelPanel(section, { endpoint, onFiles, onHub, onDefault,
   }
 
   return {
+    /** The precision chosen for the next load: "f32", "q8" or "q4". */
+    precision() {
+      return precision.value;
+    },
     /** canLoad: the worker is idle; loading: a load is running (Stop enabled). */
     setMode({ canLoad, loading }) {
+      precision.disabled = !canLoad;
       load.disabled = !canLoad;
       defaultLoad.disabled = !canLoad;
       filesInput.disabled = !canLoad;
@@ -239,8 +266,15 @@ export function createModelPanel(section, { endpoint, onFiles, onHub, onDefault,
           fact("Vocabulary", formatInt(modelInfo.vocab_size), "model-vocab"),
           fact("Context length", formatInt(modelInfo.max_positions), "model-context"),
           fact("Weights dtype", (modelInfo.dtype ?? []).join(", ") || "–", "model-dtype"),
-          // Weights are computed in f32 whatever their stored dtype; activations come on top.
-          fact("Memory (weights, f32)", `≈ ${formatBytes(modelInfo.parameters * 4)}`, "model-memory"),
+          // Weights are computed in f32 whatever their stored dtype (but projections loaded
+          // quantized); activations come on top.
+          modelInfo.compact
+            ? fact(
+                "Memory (weights)",
+                `≈ ${formatBytes((modelInfo.parameters - modelInfo.compact.values) * 4 + modelInfo.compact.bytes)}, projections in ${modelInfo.compact.quant} (f32: ${formatBytes(modelInfo.parameters * 4)})`,
+                "model-memory",
+              )
+            : fact("Memory (weights, f32)", `≈ ${formatBytes(modelInfo.parameters * 4)}`, "model-memory"),
           fact("Tokenizer", modelInfo.has_tokenizer ? "yes" : "no (prompts are token ids)", "model-tokenizer"),
           fact("Source", from, "model-source"),
         ),

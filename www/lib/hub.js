@@ -117,11 +117,13 @@ async function openCache() {
  * @param {object} hub
  * @param {{signal?: AbortSignal, onProgress?: (p: object) => void}} options
  *   onProgress({file, url, loaded, total, cached, done, missing?})
- * @returns {Promise<{files: Object<string, ArrayBuffer>, report: object[], urls: string[], cacheWarning: string|null}>}
+ * @returns {Promise<{files: Object<string, Blob>, report: object[], urls: string[], cacheWarning: string|null}>}
+ *   Files are Blobs: the browser keeps their bytes (the cache's on disk), and the module reads
+ *   weights from them a tensor at a time instead of holding whole files.
  */
 export async function downloadHubModel(hub, { signal, onProgress = () => {} } = {}) {
   const cache = await openCache();
-  /** @type {Object<string, ArrayBuffer>} */
+  /** @type {Object<string, Blob>} */
   const files = {};
   const report = [];
   const urls = [];
@@ -130,7 +132,7 @@ export async function downloadHubModel(hub, { signal, onProgress = () => {} } = 
   const want = async (file, { optional = false, missingOk = false } = {}) => {
     const got = await getFile(ctx, file, { allowMissing: optional || missingOk });
     urls.push(got.url);
-    report.push({ file, url: got.url, bytes: got.bytes?.byteLength ?? 0, cached: got.cached, missing: got.bytes === null });
+    report.push({ file, url: got.url, bytes: got.bytes?.size ?? 0, cached: got.cached, missing: got.bytes === null });
     if (got.bytes !== null) files[file] = got.bytes;
     return got;
   };
@@ -152,16 +154,16 @@ export async function downloadHubModel(hub, { signal, onProgress = () => {} } = 
         { repo: hub.repo, revision: hub.revision, url: single.url, status: 404 },
       );
     }
-    for (const shard of shardNames(index.bytes, index.url)) await want(shard);
+    for (const shard of shardNames(await index.bytes.text(), index.url)) await want(shard);
   }
   for (const file of OPTIONAL_FILES) await want(file, { optional: true });
   return { files, report, urls, cacheWarning: ctx.cacheWarning };
 }
 
-function shardNames(bytes, url) {
+function shardNames(text, url) {
   let index;
   try {
-    index = JSON.parse(new TextDecoder().decode(bytes));
+    index = JSON.parse(text);
   } catch (e) {
     throw codedError("model.config_invalid", `model.safetensors.index.json is not valid JSON (${e.message}).`, { url });
   }
@@ -197,8 +199,8 @@ async function getFile(ctx, file, { allowMissing }) {
         return { url, bytes: null, cached: true };
       }
       if (!hit.headers.get(MISSING_HEADER)) {
-        const bytes = await hit.arrayBuffer();
-        onProgress({ file, url, loaded: bytes.byteLength, total: bytes.byteLength, cached: true, done: true });
+        const bytes = await hit.blob();
+        onProgress({ file, url, loaded: bytes.size, total: bytes.size, cached: true, done: true });
         return { url, bytes, cached: true };
       }
     }
@@ -262,7 +264,8 @@ async function getFile(ctx, file, { allowMissing }) {
   } catch (e) {
     throw fetchFailure(e, file, url, hub, loaded);
   }
-  const bytes = concat(chunks, loaded);
+  const bytes = new Blob(chunks);
+  chunks.length = 0;
   onProgress({ file, url, loaded, total: total ?? loaded, cached: false, done: true });
   await remember(
     ctx,
@@ -297,19 +300,6 @@ function fetchFailure(e, file, url, hub, loaded = 0) {
       "Hub's own host and its subdomains).",
     { file, url, status: null, repo: hub.repo, revision: hub.revision },
   );
-}
-
-function concat(chunks, length) {
-  if (chunks.length === 1 && chunks[0].byteOffset === 0 && chunks[0].byteLength === chunks[0].buffer.byteLength) {
-    return chunks[0].buffer;
-  }
-  const out = new Uint8Array(length);
-  let at = 0;
-  for (const chunk of chunks) {
-    out.set(chunk, at);
-    at += chunk.byteLength;
-  }
-  return out.buffer;
 }
 
 /** Drop cache entries (after a download whose files would not load, so a retry fetches afresh). */

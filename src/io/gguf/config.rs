@@ -8,6 +8,7 @@ use serde_json::{json, Map, Value};
 use super::dequant::dequantize;
 use super::reader::{GgufHeader, MetaValue};
 use crate::error::{Code, Error, Result};
+use crate::io::source::FileBytes;
 
 /// Architectures whose GGUF tensors map onto webtune's Llama family, with the `model_type`
 /// they become.
@@ -15,7 +16,7 @@ const GGUF_ARCHITECTURES: &[(&str, &str)] = &[("llama", "llama"), ("qwen2", "qwe
 
 /// A Hugging Face `config.json` equivalent for a GGUF file: its metadata, plus the rope factors
 /// of `rope_freqs.weight`, which is why the file's `bytes` are needed too.
-pub fn hf_config(file: &str, h: &GgufHeader, bytes: &[u8]) -> Result<Value> {
+pub fn hf_config(file: &str, h: &GgufHeader, bytes: &FileBytes) -> Result<Value> {
     let arch = h.architecture().ok_or_else(|| {
         Error::new(
             Code::ModelConfigInvalid,
@@ -183,7 +184,7 @@ pub fn hf_config(file: &str, h: &GgufHeader, bytes: &[u8]) -> Result<Value> {
 
 /// The per-frequency rope divisors of `rope_freqs.weight` (llama.cpp's `freq_factors`), when the
 /// file has them: one positive number per rotated pair of a head, `head_dim / 2` of them.
-fn rope_freqs(file: &str, h: &GgufHeader, bytes: &[u8]) -> Result<Option<Vec<f32>>> {
+fn rope_freqs(file: &str, h: &GgufHeader, bytes: &FileBytes) -> Result<Option<Vec<f32>>> {
     const NAME: &str = "rope_freqs.weight";
     let Some(t) = h.tensors.get(NAME) else {
         return Ok(None);
@@ -208,10 +209,10 @@ fn rope_freqs(file: &str, h: &GgufHeader, bytes: &[u8]) -> Result<Option<Vec<f32
             head_dim.map_or("?".into(), |d| (d / 2).to_string())
         )));
     }
-    let data = bytes
-        .get(t.start..t.end)
-        .ok_or_else(|| bad("lies outside the file".into()))?;
-    let factors = dequantize(t.dtype, data);
+    if t.end > bytes.len() {
+        return Err(bad("lies outside the file".into()));
+    }
+    let factors = dequantize(t.dtype, &bytes.read(file, t.start..t.end)?);
     if let Some(f) = factors.iter().find(|f| !(f.is_finite() && **f > 0.0)) {
         return Err(bad(format!(
             "holds {f}; every factor must be a positive number"

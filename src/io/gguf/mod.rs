@@ -20,9 +20,11 @@ mod dequant;
 mod reader;
 mod vocab;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use crate::error::Result;
+use crate::error::{Code, Result};
+use crate::io::source::FileBytes;
 
 pub use config::{hf_config, hf_name, unpermute_rows};
 pub use dequant::dequantize;
@@ -30,12 +32,13 @@ use reader::corrupt;
 pub use reader::{GgmlType, GgufHeader, GgufTensor, MetaValue};
 pub use vocab::{chat_template, tokenizer_json, GgufChatTemplate};
 
-/// A parsed GGUF file that owns its bytes; tensors are dequantised when read.
+/// A parsed GGUF file: its header, and its bytes in memory or behind a handle; tensors are
+/// read and dequantised when asked for.
 #[derive(Debug, Clone)]
 pub struct GgufFile {
     pub name: String,
     pub header: GgufHeader,
-    bytes: Vec<u8>,
+    bytes: FileBytes,
     /// Hugging Face name → (llama.cpp name, heads whose rows to un-permute).
     names: BTreeMap<String, (String, Option<usize>)>,
 }
@@ -46,8 +49,28 @@ impl GgufFile {
         self.bytes.len()
     }
 
-    pub fn parse(name: &str, bytes: Vec<u8>) -> Result<Self> {
-        let header = GgufHeader::parse(name, &bytes)?;
+    /// Bytes of the file held in memory.
+    pub fn resident(&self) -> usize {
+        self.bytes.resident()
+    }
+
+    /// The file's bytes.
+    pub fn bytes(&self) -> &FileBytes {
+        &self.bytes
+    }
+
+    /// The largest mapped tensor's bytes: what reading one tensor at a time holds at most.
+    pub fn largest_tensor(&self) -> usize {
+        let t = self
+            .names
+            .values()
+            .filter_map(|(g, _)| self.header.tensors.get(g));
+        t.map(|t| t.end - t.start).max().unwrap_or(0)
+    }
+
+    pub fn parse(name: &str, bytes: impl Into<FileBytes>) -> Result<Self> {
+        let bytes = bytes.into();
+        let header = header_of(name, &bytes)?;
         // Only Llama files carry the rope permutation (Qwen2 uses the NeoX rotation).
         let permuted = header.architecture() == Some("llama");
         let heads = |k: &str| {
@@ -121,20 +144,68 @@ impl GgufFile {
         Some(&self.header.tensors.get(gguf)?.shape)
     }
 
-    /// A tensor by llama.cpp name, dequantised, exactly as stored (no un-permutation).
+    /// A tensor by llama.cpp name, dequantised, exactly as stored (no un-permutation); `None`
+    /// when absent or unreadable.
     pub fn read_raw(&self, gguf: &str) -> Option<(Vec<f32>, Vec<usize>)> {
-        let t = self.header.tensors.get(gguf)?;
-        let data = self.bytes.get(t.start..t.end)?;
-        Some((dequantize(t.dtype, data), t.shape.clone()))
+        self.tensor_raw(gguf).ok().flatten()
     }
 
-    /// A tensor by Hugging Face name, as f32 in Hugging Face's layout.
+    fn tensor_raw(&self, gguf: &str) -> Result<Option<(Vec<f32>, Vec<usize>)>> {
+        let Some(t) = self.header.tensors.get(gguf) else {
+            return Ok(None);
+        };
+        let data = self.bytes.read(&self.name, t.start..t.end)?;
+        Ok(Some((dequantize(t.dtype, &data), t.shape.clone())))
+    }
+
+    /// A tensor by Hugging Face name, as f32 in Hugging Face's layout; `None` when absent or
+    /// unreadable: [`tensor_f32`](Self::tensor_f32) says why.
     pub fn read_f32(&self, hf: &str) -> Option<(Vec<f32>, Vec<usize>)> {
-        let (gguf, unpermute) = self.names.get(hf)?;
-        let (data, shape) = self.read_raw(gguf)?;
-        Some(match unpermute {
+        self.tensor_f32(hf).ok().flatten()
+    }
+
+    /// A tensor by Hugging Face name, as f32 in Hugging Face's layout; `Ok(None)` when the file
+    /// has no such tensor.
+    pub fn tensor_f32(&self, hf: &str) -> Result<Option<(Vec<f32>, Vec<usize>)>> {
+        let Some((gguf, unpermute)) = self.names.get(hf) else {
+            return Ok(None);
+        };
+        let Some((data, shape)) = self.tensor_raw(gguf)? else {
+            return Ok(None);
+        };
+        Ok(Some(match unpermute {
             Some(h) => (unpermute_rows(&data, &shape, *h), shape),
             None => (data, shape),
-        })
+        }))
+    }
+}
+
+/// A GGUF file's header, its tensors checked against the file's size. Behind a handle only
+/// its start is read (see [`declared_header`]).
+pub fn header_of(name: &str, bytes: &FileBytes) -> Result<GgufHeader> {
+    if let Some(all) = bytes.as_slice() {
+        return GgufHeader::parse(name, all);
+    }
+    let (prefix, _) = grow_prefix(name, bytes)?;
+    GgufHeader::parse_sized(name, &prefix, bytes.len())
+}
+
+/// What a GGUF file declares (metadata and tensor infos) from its start alone, whether or not
+/// its data is all there.
+pub fn declared_header(name: &str, bytes: &FileBytes) -> Result<GgufHeader> {
+    grow_prefix(name, bytes).map(|(_, header)| header)
+}
+
+/// The file's start, grown until the metadata and tensor infos fit (a vocabulary makes them a
+/// few MiB, tens for large ones), with the header parsed from it.
+fn grow_prefix<'a>(name: &str, bytes: &'a FileBytes) -> Result<(Cow<'a, [u8]>, GgufHeader)> {
+    let mut n = 1 << 20;
+    loop {
+        let prefix = bytes.prefix(name, n)?;
+        match GgufHeader::parse_prefix(name, &prefix) {
+            Err(e) if e.code == Code::WeightsTruncated && prefix.len() < bytes.len() => n *= 4,
+            Err(e) => return Err(e),
+            Ok(header) => return Ok((prefix, header)),
+        }
     }
 }

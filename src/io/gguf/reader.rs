@@ -332,16 +332,22 @@ pub(super) fn corrupt(file: &str, message: String) -> Error {
 
 impl GgufHeader {
     pub fn parse(file: &str, bytes: &[u8]) -> Result<Self> {
-        Self::parse_with(file, bytes, true)
+        Self::parse_with(file, bytes, Some(bytes.len()))
     }
 
     /// The header from the file's first bytes only (metadata and tensor infos, not the data):
     /// what a model declares, before its bytes are read.
     pub fn parse_prefix(file: &str, prefix: &[u8]) -> Result<Self> {
-        Self::parse_with(file, prefix, false)
+        Self::parse_with(file, prefix, None)
     }
 
-    fn parse_with(file: &str, bytes: &[u8], whole: bool) -> Result<Self> {
+    /// The header from the file's first bytes, checked against the whole file's length `len`
+    /// (a file read tensor by tensor).
+    pub fn parse_sized(file: &str, prefix: &[u8], len: usize) -> Result<Self> {
+        Self::parse_with(file, prefix, Some(len))
+    }
+
+    fn parse_with(file: &str, bytes: &[u8], file_len: Option<usize>) -> Result<Self> {
         let mut r = Reader {
             file,
             bytes,
@@ -474,7 +480,8 @@ impl GgufHeader {
                 return Err(corrupt(file, format!("tensor {name:?} appears twice")));
             }
         }
-        if whole && !tensors.is_empty() && data_end > bytes.len() {
+        let len = file_len.unwrap_or(usize::MAX);
+        if !tensors.is_empty() && data_end > len {
             let last = tensors
                 .iter()
                 .max_by_key(|(_, t)| t.end)
@@ -483,11 +490,10 @@ impl GgufHeader {
             return Err(Error::new(
                 Code::WeightsTruncated,
                 format!(
-                    "{file} is truncated: it has {} bytes but tensor {last:?} ends at byte {data_end}; download it again",
-                    bytes.len()
+                    "{file} is truncated: it has {len} bytes but tensor {last:?} ends at byte {data_end}; download it again",
                 ),
             )
-            .with_details(json!({ "file": file, "bytes": bytes.len(), "needed": data_end, "tensor": last })));
+            .with_details(json!({ "file": file, "bytes": len, "needed": data_end, "tensor": last })));
         }
         Ok(Self {
             version,

@@ -333,11 +333,6 @@ pub fn dequantize_all(family: Family) -> Family {
     }
 }
 
-/// Load a model with its linear projections quantized as they are read (the same weights, scheme
-/// and blocks [`quantize_base`] would give), so that the process never holds them in f32: the
-/// peak while loading is the files plus the compact model, and QLoRA trains over the loaded
-/// weights themselves instead of a quantized copy beside an f32 base. Llama-family and BERT
-/// projections; GPT-2's (`Conv1D`) load in f32, and `quantize_base` quantizes them as before.
 /// Whether [`load_quantized`] quantizes the weight stored as `name` (a Hugging Face name): the
 /// linear projections of the Llama family and BERT.
 pub fn quantized_as_loaded(name: &str) -> bool {
@@ -376,6 +371,12 @@ pub fn check_base_precision(base: &ModelInfo, config: &FinetuneConfig) -> Result
     }
 }
 
+/// Load a model with its linear projections quantized as they are read (the same weights, scheme
+/// and blocks [`quantize_base`] would give), so that the process never holds them in f32: the
+/// peak while loading is the compact model plus the tensor being read (plus any weight file
+/// given in memory rather than behind a handle), and QLoRA trains over the loaded
+/// weights themselves instead of a quantized copy beside an f32 base. Llama-family and BERT
+/// projections; GPT-2's (`Conv1D`) load in f32, and `quantize_base` quantizes them as before.
 pub fn load_quantized(
     files: ModelFiles,
     device: &Device,

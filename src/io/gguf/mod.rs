@@ -54,11 +54,6 @@ impl GgufFile {
         self.bytes.resident()
     }
 
-    /// The file's bytes.
-    pub fn bytes(&self) -> &FileBytes {
-        &self.bytes
-    }
-
     /// The largest mapped tensor's bytes: what reading one tensor at a time holds at most.
     pub fn largest_tensor(&self) -> usize {
         let t = self

@@ -66,10 +66,7 @@ impl ModelFiles {
 
     /// A whole file's bytes, read from behind its handle when it has one; `None` when absent.
     pub fn read(&self, name: &str) -> Result<Option<std::borrow::Cow<'_, [u8]>>> {
-        self.files
-            .get(name)
-            .map(|b| b.read(name, 0..b.len()))
-            .transpose()
+        self.files.get(name).map(|b| b.read_all(name)).transpose()
     }
 
     /// A file's bytes, when it is in memory (every file but weights behind a handle).
@@ -223,7 +220,7 @@ impl ModelFiles {
         }
         let mut shards = Vec::new();
         if let Some(index) = self.take("model.safetensors.index.json") {
-            let index = index.read("model.safetensors.index.json", 0..index.len())?;
+            let index = index.read_all("model.safetensors.index.json")?;
             let index: Value = serde_json::from_slice(&index).map_err(|e| {
                 Error::new(
                     Code::WeightsCorrupt,

@@ -127,6 +127,11 @@ impl FileBytes {
         }
     }
 
+    /// The whole file.
+    pub fn read_all(&self, name: &str) -> Result<Cow<'_, [u8]>> {
+        self.read(name, 0..self.len())
+    }
+
     /// At most the first `n` bytes.
     pub fn prefix(&self, name: &str, n: usize) -> Result<Cow<'_, [u8]>> {
         self.read(name, 0..n.min(self.len()))

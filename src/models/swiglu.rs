@@ -34,16 +34,7 @@ pub trait SwigluOps: Backend {
         dy: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let sig = Self::sigmoid(g.clone());
-        let silu = Self::float_mul(g.clone(), sig.clone());
-        let du = Self::float_mul(dy.clone(), silu);
-        // σ · (1 + g · (1 − σ))
-        let one_minus = Self::float_add_scalar(Self::float_neg(sig.clone()), 1f32.into());
-        let slope = Self::float_mul(
-            sig,
-            Self::float_add_scalar(Self::float_mul(g, one_minus), 1f32.into()),
-        );
-        let dg = Self::float_mul(Self::float_mul(dy, u), slope);
-        (dg, du)
+        swiglu_backward_ops::<Self>(g, sig, u, dy)
     }
 }
 
@@ -92,11 +83,11 @@ impl SwigluOps for Flex {
             sig.as_slice::<f32>(),
         );
         let (Some(gs), Some(us), Some(dys), Some(ss)) = slices else {
-            return swiglu_backward_ops::<Self>(g, u, dy);
+            return swiglu_backward_ops::<Self>(g, sig, u, dy);
         };
         let n = gs.len();
         if us.len() != n || dys.len() != n || ss.len() != n {
-            return swiglu_backward_ops::<Self>(g, u, dy);
+            return swiglu_backward_ops::<Self>(g, sig, u, dy);
         }
         let (mut dg, mut du) = (vec![0f32; n], vec![0f32; n]);
         for_pairs(&mut dg, &mut du, |start, dg, du| {
@@ -113,15 +104,17 @@ impl SwigluOps for Flex {
     }
 }
 
-/// The default body, for layouts the one-pass loop does not take.
+/// The gradients in tensor ops, given `sig = σ(g)`: the default body, and the CPU backend's for
+/// layouts its one-pass loop does not take.
 fn swiglu_backward_ops<B: Backend>(
     g: FloatTensor<B>,
+    sig: FloatTensor<B>,
     u: FloatTensor<B>,
     dy: FloatTensor<B>,
 ) -> (FloatTensor<B>, FloatTensor<B>) {
-    let sig = B::sigmoid(g.clone());
     let silu = B::float_mul(g.clone(), sig.clone());
     let du = B::float_mul(dy.clone(), silu);
+    // σ · (1 + g · (1 − σ))
     let one_minus = B::float_add_scalar(B::float_neg(sig.clone()), 1f32.into());
     let slope = B::float_mul(
         sig,

@@ -175,9 +175,7 @@ pub fn estimate(
         let linear = (info.parameters as u64)
             .saturating_sub(v * d)
             .min(l * (4 * d * d + 3 * d * i));
-        let block = config.quantize_block_size.max(1) as u64;
-        let per_value = 1.0 + F32 as f64 / block as f64;
-        weights += (linear as f64 * per_value).ceil() as u64 + dense;
+        weights += super::qlora::cpu_quantized_bytes(linear, config.quantize_block_size) + dense;
     }
     let per_token_layer = 12 * d + info.mlp_kept as u64 * i + 3 * h * t;
     let mut activations = b * t * l * per_token_layer * F32;

@@ -333,6 +333,12 @@ pub fn dequantize_all(family: Family) -> Family {
     }
 }
 
+/// Bytes `values` quantized values take on the CPU backend, at 8 bits as at 4: a byte each
+/// (burn-flex's storage) plus an f32 scale per `block` of them.
+pub fn cpu_quantized_bytes(values: u64, block: usize) -> u64 {
+    values + (4 * values).div_ceil(block.max(1) as u64)
+}
+
 /// Whether [`load_quantized`] quantizes the weight stored as `name` (a Hugging Face name): the
 /// linear projections of the Llama family and BERT.
 pub fn quantized_as_loaded(name: &str) -> bool {

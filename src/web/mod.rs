@@ -26,7 +26,9 @@ use crate::train::control::Control;
 use crate::train::export::Export;
 use crate::train::job::{DataSource, DatasetFile, DatasetFiles, JobConfig};
 use crate::train::memory::{self, BatchShape, MemoryEstimate, MemoryLimits};
-use crate::train::qlora::{load_quantized, quantized_as_loaded, BaseQuant, DEFAULT_BLOCK_SIZE};
+use crate::train::qlora::{
+    cpu_quantized_bytes, load_quantized, quantized_as_loaded, BaseQuant, DEFAULT_BLOCK_SIZE,
+};
 use crate::train::replay::{replay, ReferenceRun};
 use crate::train::run_task;
 use crate::train::toy::{train_toy, ToyTrainConfig};
@@ -216,7 +218,7 @@ fn files_from_js(files: &JsValue) -> Result<ModelFiles, Error> {
         if name.ends_with(".safetensors") || name.ends_with(".gguf") {
             out.insert(name, handle);
         } else {
-            let bytes = handle.read(&name, 0..handle.len())?.into_owned();
+            let bytes = handle.read_all(&name)?.into_owned();
             out.insert(name, bytes);
         }
     }
@@ -254,9 +256,8 @@ fn check_load_fits(
     // Read one at a time: its stored bytes and its f32 values (at most 4 + 4 bytes a value).
     files += 8 * largest;
     let weights = match backend.backend {
-        // A quantized value takes a byte on the CPU backend, plus an f32 scale per block.
         BackendKind::Cpu => {
-            (values - compact) * 4 + compact + compact * 4 / DEFAULT_BLOCK_SIZE as u64
+            (values - compact) * 4 + cpu_quantized_bytes(compact, DEFAULT_BLOCK_SIZE)
         }
         // Uploaded to the GPU tensor by tensor.
         BackendKind::Webgpu => 0,

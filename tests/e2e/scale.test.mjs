@@ -27,12 +27,21 @@ after(async () => {
   await browser?.close();
 });
 
-test("a 360M-parameter model (SmolLM2-360M's shapes) loads from files and fine-tunes on CPU-wasm: finite losses falling on a repeated batch, memory reported", { timeout: 1_200_000 }, async () => {
+/** `fn(files)` over a checkpoint of `shape`'s exact shapes (`webtune shape`, SmolLM2's tokenizer),
+ * written to a temporary folder and removed afterwards. */
+async function withShapeCheckpoint(shape, fn) {
   assert.ok(CLI, "WEBTUNE_CLI (the native CLI, set by cargo xtask test) writes the checkpoint");
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "webtune-smollm2-360m-"));
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `webtune-${shape}-`));
   try {
-    execFileSync(CLI, ["shape", "smollm2-360m", "--out", dir, "--tokenizer", SMOLLM2_GGUF], { stdio: "inherit" });
-    const files = ["config.json", "model.safetensors", "tokenizer.json"].map((f) => path.join(dir, f));
+    execFileSync(CLI, ["shape", shape, "--out", dir, "--tokenizer", SMOLLM2_GGUF], { stdio: "inherit" });
+    await fn(["config.json", "model.safetensors", "tokenizer.json"].map((f) => path.join(dir, f)));
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+test("a 360M-parameter model (SmolLM2-360M's shapes) loads from files and fine-tunes on CPU-wasm: finite losses falling on a repeated batch, memory reported", { timeout: 1_200_000 }, async () => {
+  await withShapeCheckpoint("smollm2-360m", async (files) => {
     await withPage("scale-360m-cpu", browser, { backend: "cpu" }, async ({ page }) => {
       await waitForBackend(page);
       const load = await pickModelFiles(page, files, 600_000, "the 360M checkpoint to load");
@@ -75,17 +84,11 @@ test("a 360M-parameter model (SmolLM2-360M's shapes) loads from files and fine-t
       );
       assert.equal(gen.error ?? null, null, JSON.stringify(gen.error));
     });
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test("Qwen2.5-0.5B's shapes load with 8-bit projections from files (read a tensor at a time) and QLoRA fine-tunes on CPU-wasm: finite losses falling on a repeated batch, memory reported; full fine-tuning of that base is refused", { timeout: 1_200_000 }, async () => {
-  assert.ok(CLI, "WEBTUNE_CLI (the native CLI, set by cargo xtask test) writes the checkpoint");
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "webtune-qwen-0.5b-"));
-  try {
-    execFileSync(CLI, ["shape", "qwen2.5-0.5b", "--out", dir, "--tokenizer", SMOLLM2_GGUF], { stdio: "inherit" });
-    const files = ["config.json", "model.safetensors", "tokenizer.json"].map((f) => path.join(dir, f));
+  await withShapeCheckpoint("qwen2.5-0.5b", async (files) => {
     await withPage("scale-qwen-q8-cpu", browser, { backend: "cpu" }, async ({ page }) => {
       await waitForBackend(page);
       await page.getByTestId("model-precision").selectOption("q8");
@@ -141,9 +144,7 @@ test("Qwen2.5-0.5B's shapes load with 8-bit projections from files (read a tenso
       assert.equal(r.summary.quantized_base?.bits, 8, JSON.stringify(r.summary.quantized_base));
       assert.ok(r.summary.peak_memory_bytes > 500_000_000, `memory reported: ${r.summary.peak_memory_bytes}`);
     });
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test("QLoRA in the page: the default SmolLM2 fine-tunes on CPU-wasm with its frozen base in 8 bits (chosen in the Fine-tune panel), before/after shown, a whole f32 export", { timeout: 1_200_000 }, async () => {

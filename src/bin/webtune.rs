@@ -18,6 +18,7 @@ use webtune::train::adapter::{apply_peft_adapter, read_peft_adapter};
 use webtune::train::export::Export;
 use webtune::train::finetune::Method;
 use webtune::train::qlora::{load_quantized, BaseQuant};
+use webtune::train::recipe::{recipe, BaseModelRef};
 use webtune::train::toy::{train_toy, ToyTrainConfig};
 use webtune::Error;
 use webtune::{run_task, JobResult, Progress};
@@ -55,6 +56,10 @@ enum Command {
     /// holds out a validation share (or reads --validation), trains (LoRA by default), evaluates
     /// before and after, and writes the merged model (and the PEFT adapter) to --out.
     Train(TrainArgs),
+    /// Write the job `train` would run (same arguments) as a Python project for Hugging Face
+    /// transformers + PEFT launched by Accelerate, to --out: the same data, split, tokens,
+    /// batches, LoRA start and optimiser, for one GPU, several, or a cluster.
+    Recipe(TrainArgs),
     /// Read, validate, split and tokenize a dataset file for a model without training: the
     /// report (format, schema, examples kept and skipped with file and line, labels, token
     /// lengths), the train/validation split and the read speed.
@@ -495,6 +500,7 @@ fn run(cli: &Cli) -> Result<(), Error> {
         Command::Forward(args) => run_forward(cli, args),
         Command::Generate(args) => run_generate(cli, args),
         Command::Train(args) => run_train(cli, args),
+        Command::Recipe(args) => run_recipe(cli, args),
         Command::Data(args) => run_data(cli, args),
         Command::Eval(args) => run_eval(cli, args),
         Command::Toy(args) => run_toy(cli, args),
@@ -691,6 +697,72 @@ fn run_generate(cli: &Cli, args: &GenerateArgs) -> Result<(), Error> {
         );
     }
     Ok(())
+}
+
+fn run_recipe(cli: &Cli, args: &TrainArgs) -> Result<(), Error> {
+    let out = args.out.as_ref().ok_or_else(|| {
+        Error::config("webtune recipe needs --out DIR: the folder to write the project to")
+    })?;
+    let cfg = job_config(&args.config)?.with_overrides(&args.overrides()?)?;
+    let files = ModelFiles::from_dir(&args.model)?;
+    let meta = files.without_weights();
+    let base = LoadedModel::load(files, &burn::tensor::Device::flex())?;
+    let model_ref = base_model_ref(&args.model);
+    let paths = DataPaths::new(&args.data, args.validation.as_deref())?;
+    let backend = pollster::block_on(Backend::create(BackendKind::parse(&args.backend)?))?;
+    let progress = data_progress(cli.json);
+    let written = pollster::block_on(recipe(
+        &model_ref,
+        &meta,
+        &base,
+        &backend,
+        paths.files(&progress),
+        &cfg,
+    ))?;
+    let mut names = Vec::new();
+    for (name, bytes) in &written {
+        let path = out.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::config(format!("cannot create {}: {e}", parent.display())))?;
+        }
+        std::fs::write(&path, bytes)
+            .map_err(|e| Error::config(format!("cannot write {}: {e}", path.display())))?;
+        names.push(name.as_str());
+    }
+    if cli.json {
+        print_json(&json!({ "out": out, "files": names }))?;
+    } else {
+        println!("wrote {} files under {}:", names.len(), out.display());
+        for name in names {
+            println!("  {name}");
+        }
+        println!(
+            "run it with: cd {} && pip install -r requirements.txt && python train.py",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+/// The base model as the recipe's `job.json` names it: the folder as given (absolute, so the
+/// project runs from anywhere on this machine), and the GGUF file in it for a `.gguf` path.
+fn base_model_ref(model: &Path) -> BaseModelRef {
+    let absolute = std::fs::canonicalize(model).unwrap_or_else(|_| model.to_path_buf());
+    if absolute.is_file() {
+        let dir = absolute.parent().unwrap_or(Path::new("."));
+        BaseModelRef {
+            path: dir.display().to_string(),
+            gguf_file: absolute
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned()),
+        }
+    } else {
+        BaseModelRef {
+            path: absolute.display().to_string(),
+            gguf_file: None,
+        }
+    }
 }
 
 fn run_train(cli: &Cli, args: &TrainArgs) -> Result<(), Error> {

@@ -174,7 +174,7 @@ pub fn prepare_data<'a>(
 /// at (its own EOS) unless `eos_token` names another. SmolLM2-Instruct stops at `<|im_end|>`:
 /// ending its completions with the `<|endoftext|>` its vocabulary also has taught the
 /// fine-tuned model to answer, end the answer, and answer again until the token limit.
-fn causal_options(config: &JobConfig, model: &LoadedModel) -> InspectOptions {
+pub(crate) fn causal_options(config: &JobConfig, model: &LoadedModel) -> InspectOptions {
     let mut options = config.data.clone();
     let longest = model.info.max_positions.saturating_sub(1);
     options.causal.seq_len = options.causal.seq_len.min(longest).max(1);
@@ -187,7 +187,7 @@ fn causal_options(config: &JobConfig, model: &LoadedModel) -> InspectOptions {
 }
 
 /// Whether every example is plain text (packed into full rows rather than one per row).
-fn is_plain(dataset: &Dataset) -> bool {
+pub(crate) fn is_plain(dataset: &Dataset) -> bool {
     dataset
         .examples
         .iter()

@@ -19,6 +19,7 @@ pub mod lora;
 pub mod loss;
 pub mod memory;
 pub mod qlora;
+pub mod recipe;
 pub mod replay;
 pub mod run;
 pub mod schedule;

@@ -160,3 +160,100 @@ fn adapters_that_do_not_fit_are_refused_clearly() {
     let e = apply_peft_adapter(base("tiny_random/bert"), &a).unwrap_err();
     assert!(e.message.contains("merged model"), "{}", e.message);
 }
+
+/// `train --init-adapter`: a run continues from an adapter (here the one a first run wrote):
+/// with a zero learning rate (the first warmup step) its "before" is the first run's "after",
+/// and its export keeps the adapter's rank and modules. An adapter of another base is refused
+/// naming the base it was trained on; full fine-tuning of an adapter is refused.
+#[test]
+fn a_run_continues_from_an_adapter_where_the_run_that_wrote_it_ended() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("continue_adapter");
+    let _ = std::fs::remove_dir_all(&dir);
+    let model = fixture("tiny_random/gpt2-vocab");
+    let data = fixture("data/capitals.jsonl");
+    let (model, data) = (model.to_str().unwrap(), data.to_str().unwrap());
+    let first_out = dir.join("first");
+    let common = [
+        "train",
+        model,
+        "--data",
+        data,
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "32",
+    ];
+    let run = |extra: &[&str]| {
+        let mut args = common.to_vec();
+        args.extend(extra);
+        common::webtune_json(&args)
+    };
+    let (ok, first) = run(&[
+        "--steps",
+        "4",
+        "--lr",
+        "1e-2",
+        "--lora-r",
+        "4",
+        "--out",
+        first_out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{first}");
+    let loss = |v: &Value, at: &str| v[at]["loss"].as_f64().unwrap();
+    assert!(
+        (loss(&first, "before") - loss(&first, "after")).abs() > 1e-3,
+        "the first run moved the model: {first}"
+    );
+
+    let adapter = first_out.join("adapter");
+    let second_out = dir.join("second");
+    let (ok, second) = run(&[
+        "--steps",
+        "1",
+        "--warmup",
+        "1",
+        "--init-adapter",
+        adapter.to_str().unwrap(),
+        "--out",
+        second_out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{second}");
+    assert!(
+        (loss(&second, "before") - loss(&first, "after")).abs() < 1e-5,
+        "continued from {} but scored {} before training",
+        loss(&first, "after"),
+        loss(&second, "before")
+    );
+    assert!((loss(&second, "after") - loss(&first, "after")).abs() < 1e-5);
+    let exported: Value = serde_json::from_slice(
+        &std::fs::read(second_out.join("adapter/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(exported["r"], 4, "the adapter's rank, not the default 8");
+    // The modules the adapter adapted, by name.
+    assert_eq!(
+        exported["target_modules"],
+        serde_json::json!(["transformer.h.0.attn.c_attn", "transformer.h.1.attn.c_attn"])
+    );
+
+    let other = fixture("peft_adapters/llama_q_v");
+    let (ok, refused) = run(&["--steps", "1", "--init-adapter", other.to_str().unwrap()]);
+    assert!(!ok);
+    assert_eq!(
+        refused["error"]["code"], "model.shape_mismatch",
+        "{refused}"
+    );
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(message.contains("trained on"), "{message}");
+
+    let (ok, refused) = run(&[
+        "--steps",
+        "1",
+        "--method",
+        "full",
+        "--init-adapter",
+        adapter.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert_eq!(refused["error"]["details"]["field"], "method", "{refused}");
+}

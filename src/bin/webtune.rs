@@ -229,6 +229,11 @@ struct TrainArgs {
     /// the size; transformers loads it with `torch_dtype` from its config).
     #[arg(long)]
     export_dtype: Option<String>,
+    /// Continue training a LoRA adapter (PEFT's format, such as a previous run's DIR/adapter):
+    /// its factors are where training starts, its rank, alpha and modules are the run's; the
+    /// optimiser starts fresh.
+    #[arg(long, conflicts_with_all = ["lora_r", "lora_alpha", "lora_targets"])]
+    init_adapter: Option<PathBuf>,
     /// Where to write `merged/` and `adapter/`.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -238,6 +243,22 @@ struct TrainArgs {
 }
 
 impl TrainArgs {
+    /// The job configuration: --config with the flags patched in, continuing --init-adapter
+    /// when given (refused for an encoder: see `FinetuneConfig::continue_adapter`).
+    fn job(&self, base: &LoadedModel) -> Result<JobConfig, Error> {
+        let mut cfg = job_config(&self.config)?.with_overrides(&self.overrides()?)?;
+        if let Some(dir) = &self.init_adapter {
+            if base.is_encoder() {
+                return Err(Error::config(
+                    "--init-adapter continues a causal language model's adapter; a classifier \
+                     continues from its merged model (DIR/merged) instead",
+                ));
+            }
+            cfg.train = cfg.train.continue_adapter(read_peft_adapter(dir)?)?;
+        }
+        Ok(cfg)
+    }
+
     /// The flags given, as a patch of the job configuration (`JobConfig::with_overrides`).
     fn overrides(&self) -> Result<Value, Error> {
         let mut train = serde_json::Map::new();
@@ -703,10 +724,12 @@ fn run_recipe(cli: &Cli, args: &TrainArgs) -> Result<(), Error> {
     let out = args.out.as_ref().ok_or_else(|| {
         Error::config("webtune recipe needs --out DIR: the folder to write the project to")
     })?;
-    let cfg = job_config(&args.config)?.with_overrides(&args.overrides()?)?;
+    // Check the arguments before loading the model.
+    job_config(&args.config)?.with_overrides(&args.overrides()?)?;
     let files = ModelFiles::from_dir(&args.model)?;
     let meta = files.without_weights();
     let base = LoadedModel::load(files, &burn::tensor::Device::flex())?;
+    let cfg = args.job(&base)?;
     let model_ref = base_model_ref(&args.model);
     let paths = DataPaths::new(&args.data, args.validation.as_deref())?;
     let backend = pollster::block_on(Backend::create(BackendKind::parse(&args.backend)?))?;
@@ -776,8 +799,9 @@ fn run_train(cli: &Cli, args: &TrainArgs) -> Result<(), Error> {
         backend,
         ..
     } = args;
-    let base_config = job_config(config)?;
-    let cfg = base_config.with_overrides(&args.overrides()?)?;
+    // How to load depends on the configuration; an adapter to continue is read once the model
+    // is there (`TrainArgs::job`).
+    let cfg = job_config(config)?.with_overrides(&args.overrides()?)?;
     let files = ModelFiles::from_dir(model)?;
     let meta = files.without_weights();
     let device = burn::tensor::Device::flex();
@@ -806,6 +830,7 @@ fn run_train(cli: &Cli, args: &TrainArgs) -> Result<(), Error> {
             )));
         }
     }
+    let cfg = args.job(&base)?;
     let paths = DataPaths::new(data, validation.as_deref())?;
     let backend = pollster::block_on(Backend::create(BackendKind::parse(backend)?))?;
     let json_out = cli.json;

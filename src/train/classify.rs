@@ -90,6 +90,15 @@ impl ClassifierModel {
         config: &FinetuneConfig,
         head: HeadConfig,
     ) -> Result<Self> {
+        if config.init_adapter.is_some() {
+            // A classification adapter carries its trained head (PEFT's modules_to_save),
+            // which continuing would have to restore too.
+            return Err(Error::config(
+                "continuing an adapter works for causal language models; a classifier \
+                 continues from its merged model instead",
+            )
+            .with_details(json!({ "field": "init_adapter" })));
+        }
         Self::prepare_with(family, labels, config, head, LoraInit::Seeded(config.seed))
     }
 

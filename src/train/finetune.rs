@@ -8,13 +8,16 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use std::sync::Arc;
+
+use super::adapter::PeftAdapter;
 use super::lora::{
     apply_lora, merge, resolve_targets, FamilyKind, FreezeWhere, LoraInit, LoraSpec,
 };
 use super::qlora::{quantize_base, BaseQuant, QuantReport, DEFAULT_BLOCK_SIZE};
 use super::schedule::ScheduleKind;
 use crate::backend::Backend;
-use crate::error::{Error, Result};
+use crate::error::{Code, Error, Result};
 use crate::models::loaded::Family;
 use crate::models::walk::Paths;
 
@@ -82,6 +85,22 @@ pub struct FinetuneConfig {
     pub quantize_base: Option<BaseQuant>,
     /// QLoRA: values sharing one quantization scale (1–255).
     pub quantize_block_size: usize,
+    /// LoRA: start from a trained adapter's factors instead of the seeded draw, to continue
+    /// training it (`train --init-adapter`); set with [`FinetuneConfig::continue_adapter`]. Not
+    /// part of the configuration's JSON: the factors are weights, not settings.
+    #[serde(skip)]
+    pub init_adapter: Option<InitAdapter>,
+}
+
+/// An adapter a run continues from (see [`FinetuneConfig::init_adapter`]). Two configurations
+/// are equal only when they continue the very same adapter.
+#[derive(Debug, Clone)]
+pub struct InitAdapter(pub Arc<PeftAdapter>);
+
+impl PartialEq for InitAdapter {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 impl Default for FinetuneConfig {
@@ -113,6 +132,7 @@ impl Default for FinetuneConfig {
             gradient_checkpointing: false,
             quantize_base: None,
             quantize_block_size: DEFAULT_BLOCK_SIZE,
+            init_adapter: None,
         }
     }
 }
@@ -233,6 +253,24 @@ impl FinetuneConfig {
         Ok(())
     }
 
+    /// This configuration continuing `adapter`: LoRA starting from its factors, with its rank,
+    /// alpha (rsLoRA's scaling folded in) and target modules; the optimiser starts fresh.
+    pub fn continue_adapter(mut self, adapter: PeftAdapter) -> Result<Self> {
+        if self.method != Method::Lora {
+            return Err(Error::config(
+                "continuing an adapter trains it further with LoRA; full fine-tuning starts \
+                 from a model, not an adapter (merge the adapter first: `webtune train` writes \
+                 the merged model to DIR/merged)",
+            )
+            .with_details(json!({ "field": "method" })));
+        }
+        self.lora_r = adapter.spec.rank;
+        self.lora_alpha = adapter.spec.alpha;
+        self.lora_targets = adapter.spec.targets.clone();
+        self.init_adapter = Some(InitAdapter(Arc::new(adapter)));
+        Ok(self)
+    }
+
     /// Optimiser steps for `n_batches` micro-batches.
     pub fn total_steps(&self, n_batches: usize) -> usize {
         match self.steps {
@@ -260,8 +298,31 @@ pub struct TrainableModel {
 impl TrainableModel {
     /// Prepare a loaded model (on an autodiff device) for `config`; LoRA factors start as
     /// PEFT's default init from `config.seed`.
+    /// With [`FinetuneConfig::init_adapter`], the factors start as that adapter's instead, and
+    /// an adapter that does not fit the model is refused naming the base it was trained on.
     pub fn prepare(family: Family, config: &FinetuneConfig) -> Result<Self> {
-        Self::prepare_with(family, config, LoraInit::Seeded(config.seed))
+        match &config.init_adapter {
+            None => Self::prepare_with(family, config, LoraInit::Seeded(config.seed)),
+            Some(InitAdapter(adapter)) => {
+                let trained_on = adapter
+                    .base_model
+                    .as_deref()
+                    .map(|b| format!(" (it was trained on {b})"))
+                    .unwrap_or_default();
+                Self::prepare_with(family, config, adapter.spec.init.clone()).map_err(|e| {
+                    // Whatever attaching found wrong is a mismatch between the adapter and
+                    // this model, not a bad setting.
+                    Error {
+                        code: Code::ShapeMismatch,
+                        message: format!(
+                            "the adapter to continue does not fit this model{trained_on}: {}",
+                            e.message
+                        ),
+                        ..e
+                    }
+                })
+            }
+        }
     }
 
     /// As [`prepare`](Self::prepare), with the LoRA factors' start given (replaying a PEFT run).
@@ -292,6 +353,26 @@ impl TrainableModel {
                     None => (family, None),
                 };
                 let (family, modules) = apply_lora(family, &spec)?;
+                if let LoraInit::Given(given) = &spec.init {
+                    let missing: Vec<&String> =
+                        given.keys().filter(|m| !modules.contains(m)).collect();
+                    if !missing.is_empty() {
+                        return Err(Error::new(
+                            Code::ShapeMismatch,
+                            format!(
+                                "factors were given for modules this {kind:?} model does not \
+                                 have or does not adapt: {}",
+                                missing
+                                    .iter()
+                                    .take(3)
+                                    .map(|m| m.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        )
+                        .with_details(json!({ "missing": missing })));
+                    }
+                }
                 Ok(Self {
                     family,
                     kind,

@@ -1,8 +1,8 @@
-//! `webtune recipe`: the Python project it writes is checked against a reviewed copy (its
-//! `job.json` whole, every other file by size and hash), so a change to what a recipe contains
-//! shows up here. That the project reproduces webtune's run is checked with torch outside CI by
-//! `tools/reference/check_recipe.py` (losses within 1e-4). `WEBTUNE_BLESS=1` rewrites the copies
-//! after a deliberate change.
+//! `webtune recipe`: the Python project it writes (causal LoRA and full, classification) is
+//! checked against a reviewed copy (its `job.json` whole, every other file by size and hash), so
+//! a change to what a recipe contains shows up here. That the project reproduces webtune's run is
+//! checked with torch outside CI by `tools/reference/check_recipe.py` (losses within 1e-4).
+//! `WEBTUNE_BLESS=1` rewrites the copies after a deliberate change.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -36,12 +36,11 @@ fn files_under(dir: &Path, prefix: &str, out: &mut BTreeMap<String, Vec<u8>>) {
 
 /// Writes the recipe for `args` and returns its manifest, the model's absolute path replaced by
 /// `<model>` (it differs per checkout).
-fn recipe(case: &str, model: &str, args: &[&str]) -> Value {
+fn recipe(case: &str, model_dir: &Path, args: &[&str]) -> Value {
     let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join("recipes")
         .join(case);
     let _ = std::fs::remove_dir_all(&out);
-    let model_dir = fixture(model);
     let out_str = out.to_str().unwrap();
     let mut all = vec!["recipe", model_dir.to_str().unwrap(), "--out", out_str];
     all.extend(args);
@@ -60,7 +59,7 @@ fn recipe(case: &str, model: &str, args: &[&str]) -> Value {
         files.len(),
         "the files printed are the files written"
     );
-    let absolute = std::fs::canonicalize(&model_dir).unwrap();
+    let absolute = std::fs::canonicalize(model_dir).unwrap();
     let absolute = absolute.to_str().unwrap();
     let mut manifest = serde_json::Map::new();
     let mut job = Value::Null;
@@ -111,7 +110,7 @@ fn check_golden(case: &str, manifest: &Value) {
 fn lora_on_pairs_writes_the_reviewed_recipe() {
     let manifest = recipe(
         "gpt2-lora-pairs",
-        "tiny_random/gpt2-vocab",
+        &fixture("tiny_random/gpt2-vocab"),
         &[
             "--data",
             fixture("data/capitals.jsonl").to_str().unwrap(),
@@ -156,7 +155,7 @@ fn lora_on_pairs_writes_the_reviewed_recipe() {
 fn full_fine_tuning_on_text_packs_rows_and_has_no_adapter() {
     let manifest = recipe(
         "gpt2-full-text",
-        "tiny_random/gpt2-vocab",
+        &fixture("tiny_random/gpt2-vocab"),
         &[
             "--data",
             fixture("../../www/samples/shakespeare_excerpt.txt")
@@ -193,28 +192,48 @@ fn full_fine_tuning_on_text_packs_rows_and_has_no_adapter() {
 }
 
 #[test]
-fn a_classifier_or_a_quantized_base_is_refused_with_a_reason() {
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("recipes/refused");
-    let data = std::env::temp_dir().join("webtune-recipe-sentiment.jsonl");
-    std::fs::write(&data, common::sentiment_jsonl(40)).unwrap();
-    let bert = fixture("tiny_random/bert");
-    let (ok, printed) = webtune(&[
-        "recipe",
-        bert.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(!ok);
-    assert_eq!(printed["error"]["code"], "config.invalid");
-    assert!(
-        printed["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("encoder"),
-        "{printed}"
+fn a_classifier_recipe_carries_its_head_and_pooling() {
+    let Some(weights) = common::default_model("all-minilm-l6-v2/resolve/main/model.safetensors")
+    else {
+        return;
+    };
+    let minilm = weights.parent().unwrap();
+    let data = fixture("../../www/samples/pang_lee_polarity_200.jsonl");
+    let manifest = recipe(
+        "minilm-lora-sentiment",
+        minilm,
+        &[
+            "--data",
+            data.to_str().unwrap(),
+            "--steps",
+            "5",
+            "--batch-size",
+            "4",
+            "--seq-len",
+            "64",
+        ],
     );
+    let job = &manifest["job"];
+    assert_eq!(job["task"], "classification");
+    assert_eq!(job["data"]["labels"], json!(["neg", "pos"]));
+    // MiniLM has no head for these labels: a new one, on mean pooling, dropout from its config.
+    assert_eq!(job["head"]["pooling"], "mean");
+    assert_eq!(job["head"]["from_checkpoint"], false);
+    assert_eq!(job["lora"]["targets"], json!(["query", "value"]));
+    for name in [
+        "initial_head.safetensors",
+        "modeling_webtune.py",
+        "initial_adapter/adapter_config.json",
+    ] {
+        assert!(manifest["files"].get(name).is_some(), "{name} missing");
+    }
+    check_golden("minilm-lora-sentiment", &manifest);
+}
+
+#[test]
+fn a_quantized_base_or_no_out_folder_is_refused_with_a_reason() {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("recipes/refused");
+    let _ = std::fs::remove_dir_all(&out);
     let gpt2 = fixture("tiny_random/gpt2-vocab");
     let (ok, printed) = webtune(&[
         "recipe",
@@ -227,6 +246,7 @@ fn a_classifier_or_a_quantized_base_is_refused_with_a_reason() {
         out.to_str().unwrap(),
     ]);
     assert!(!ok);
+    assert_eq!(printed["error"]["code"], "config.invalid");
     assert_eq!(printed["error"]["details"]["field"], "quantize_base");
     let (ok, printed) = webtune(&[
         "recipe",

@@ -466,7 +466,7 @@ fn truth(data: &ClassData) -> Vec<usize> {
         .collect()
 }
 
-fn head_config(
+pub(crate) fn head_config(
     bert: &Bert,
     config: &serde_json::Value,
     options: HeadOptions,

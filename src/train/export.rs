@@ -359,6 +359,18 @@ pub async fn export_merged(model: &TrainableModel, base_config: &Value) -> Resul
 /// `PeftModel.from_pretrained(base, dir)`. `base_model` is recorded as
 /// `base_model_name_or_path` (a Hub id or a path).
 pub async fn export_adapter(model: &TrainableModel, base_model: &str) -> Result<ExportFiles> {
+    export_adapter_with(model, base_model, &[], &[]).await
+}
+
+/// [`export_adapter`] with modules PEFT saves whole beside the factors (`modules_to_save`, such
+/// as a classifier's head): their names in `modules` and their tensors in `saved`, under their
+/// Hugging Face names (stored as `base_model.model.<name>`).
+pub async fn export_adapter_with(
+    model: &TrainableModel,
+    base_model: &str,
+    modules: &[&str],
+    saved: &[(&str, &[usize], &[f32])],
+) -> Result<ExportFiles> {
     let spec = model.lora.as_ref().ok_or_else(|| {
         Error::config("this model was fully fine-tuned; export the merged model instead")
     })?;
@@ -381,6 +393,13 @@ pub async fn export_adapter(model: &TrainableModel, base_model: &str) -> Result<
         refs.push((na.as_str(), sa.as_slice(), f.a.as_slice()));
         refs.push((nb.as_str(), sb.as_slice(), f.b.as_slice()));
     }
+    let saved_names: Vec<String> = saved
+        .iter()
+        .map(|(name, _, _)| format!("base_model.model.{name}"))
+        .collect();
+    for ((_, shape, data), name) in saved.iter().zip(&saved_names) {
+        refs.push((name.as_str(), shape, data));
+    }
     let weights = write_f32_with_metadata(&refs, &[("format", "pt")]);
     let config = json!({
         "peft_type": "LORA",
@@ -395,7 +414,7 @@ pub async fn export_adapter(model: &TrainableModel, base_model: &str) -> Result<
         "fan_in_fan_out": model.kind == FamilyKind::Gpt2,
         "init_lora_weights": true,
         "inference_mode": true,
-        "modules_to_save": null,
+        "modules_to_save": if modules.is_empty() { Value::Null } else { json!(modules) },
         "use_rslora": false,
         "use_dora": false,
     });

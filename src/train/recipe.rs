@@ -1,11 +1,12 @@
-//! A way out of the tab: the same job as a small Python project for Hugging Face transformers +
-//! PEFT, launched by Accelerate, so it runs on one GPU, several, or a cluster.
+//! A way out of the tab: the same job (a causal LM's or a classifier's) as a small Python project
+//! for Hugging Face transformers + PEFT, launched by Accelerate, so it runs on one GPU, several,
+//! or a cluster.
 //!
 //! The project reproduces the job rather than resembling it. webtune does the parts where two
 //! implementations would drift (reading the file, the schema mapping, the split, the seeded
-//! draws, the chat template's choice, the LoRA factors' seeded start) and writes their results:
-//! the examples as read, in training order (`data/*.jsonl`), the tokenizer it used, and for LoRA
-//! the initial adapter. The script does the rest the way webtune does (tokens and loss masks,
+//! draws, the chat template's choice, the LoRA factors' and a new head's seeded start) and writes
+//! their results: the examples as read, in training order (`data/*.jsonl`), the tokenizer it
+//! used, for LoRA the initial adapter, for a classifier the head's starting weights. The script does the rest the way webtune does (tokens and loss masks,
 //! padding, packing, the seeded batch order, AdamW, the schedule, clipping) and hands the steps to
 //! transformers' `Trainer`. `tools/reference/check_recipe.py` runs a generated recipe with torch
 //! and compares its losses with webtune's; `tests/recipe.rs` keeps the generated files equal to a
@@ -14,16 +15,20 @@
 use serde_json::{json, Value};
 
 use super::causal_job::{causal_options, is_plain, prepare_data};
-use super::export::{export_adapter, ExportFiles};
+use super::classify::{ClassifierModel, MODELING_WEBTUNE_PY};
+use super::classify_job::{head_config, prepare_class_data};
+use super::export::{export_adapter_with, ExportFiles};
 use super::finetune::{Method, TrainableModel};
 use super::job::{tokenizer_of, DatasetFiles, JobConfig};
+use super::lora::parameters;
 use crate::backend::Backend;
 use crate::data::batching::{CausalEncoder, PAD_MULTIPLE};
 use crate::data::chat::ChatTemplate;
-use crate::data::validate::Content;
+use crate::data::validate::{Content, Dataset};
 use crate::error::{Code, Error, Result};
-use crate::io::hf::ModelFiles;
-use crate::models::loaded::LoadedModel;
+use crate::io::hf::{transposed, ModelFiles};
+use crate::io::safetensors::write_f32;
+use crate::models::loaded::{Family, LoadedModel};
 
 /// The recipe's format; `train.py` refuses a `job.json` of another.
 pub const RECIPE_VERSION: u32 = 1;
@@ -55,8 +60,9 @@ pub struct BaseModelRef {
     pub gguf_file: Option<String>,
 }
 
-/// The recipe's files for the job `config` of `base` on `data`. Only causal-LM jobs for now: a
-/// classifier's is refused with a `config.invalid` that says so.
+/// The recipe's files for the job `config` of `base` on `data`: a causal LM's (LoRA or full, on
+/// text, pairs or chat) or an encoder's classification job. A quantized base (QLoRA) is refused
+/// with a `config.invalid` that says why.
 pub async fn recipe(
     model_ref: &BaseModelRef,
     files: &ModelFiles,
@@ -65,13 +71,6 @@ pub async fn recipe(
     data: DatasetFiles<'_>,
     config: &JobConfig,
 ) -> Result<ExportFiles> {
-    if base.is_encoder() {
-        return Err(Error::config(
-            "training recipes are written for causal language models so far; this model is an \
-             encoder (a classifier), whose recipe webtune does not write yet",
-        )
-        .with_details(json!({ "field": "task", "reason": "classification" })));
-    }
     if config.train.quantize_base.is_some() {
         // bitsandbytes' 4/8-bit formats are not webtune's blocks: the numbers would differ and
         // the recipe would promise a reproduction it cannot give.
@@ -81,6 +80,108 @@ pub async fn recipe(
         )
         .with_details(json!({ "field": "quantize_base" })));
     }
+    let data_files: Vec<&str> = std::iter::once(data.train.name)
+        .chain(data.validation.map(|v| v.name))
+        .collect();
+    let tokenizer = tokenizer_of(base)?;
+    let mut out: ExportFiles = Vec::new();
+    let (mut job, steps, seq_len) = if base.is_encoder() {
+        classification(base, files, backend, data, config, &mut out).await?
+    } else {
+        causal_lm(base, files, backend, data, config, model_ref, &mut out).await?
+    };
+    let train = &config.train;
+    job["recipe_version"] = json!(RECIPE_VERSION);
+    job["written_by"] = json!(format!("webtune {}", env!("CARGO_PKG_VERSION")));
+    job["base_model"] = json!({
+        "path": model_ref.path,
+        "gguf_file": model_ref.gguf_file,
+        "architecture": base.info.architecture,
+        "parameters": base.info.parameters,
+    });
+    job["data"]["files"] = json!(data_files);
+    job["data"]["train"] = json!("data/train.jsonl");
+    job["data"]["validation"] = json!("data/validation.jsonl");
+    job["tokens"]["tokenizer"] = json!("tokenizer.json");
+    job["tokens"]["seq_len"] = json!(seq_len);
+    job["tokens"]["pad_multiple"] = json!(PAD_MULTIPLE);
+    job["batch_size"] = json!(config.batch_size);
+    job["grad_accum"] = json!(train.grad_accum);
+    job["steps"] = json!(steps);
+    job["shuffle"] = json!(train.shuffle);
+    job["seed"] = json!(train.seed);
+    job["method"] = json!(train.method);
+    job["full"] = match train.method {
+        Method::Full => json!({
+            "freeze_embeddings": train.freeze_embeddings,
+            "freeze_layers": train.freeze_layers,
+        }),
+        Method::Lora => Value::Null,
+    };
+    job["optimizer"] = json!({
+        "lr": train.lr,
+        "weight_decay": train.weight_decay,
+        "decay_bias_and_norm": train.decay_bias_and_norm,
+        "adam_beta1": train.adam_beta1,
+        "adam_beta2": train.adam_beta2,
+        "adam_eps": train.adam_eps,
+        "max_grad_norm": train.max_grad_norm,
+    });
+    job["schedule"] = json!({ "kind": train.schedule, "warmup": train.warmup });
+    job["model_dropout"] = json!(train.model_dropout);
+    job["gradient_checkpointing"] = json!(train.gradient_checkpointing);
+    job["export_dtype"] = json!(config.export_dtype);
+
+    let tokenizer_json = tokenizer
+        .to_json()?
+        .ok_or_else(|| Error::new(Code::Internal, "the tokenizer could not be written as JSON"))?;
+    out.push(("tokenizer.json".into(), tokenizer_json.into_bytes()));
+    let mut job = serde_json::to_vec_pretty(&job).map_err(internal)?;
+    job.push(b'\n');
+    out.push(("job.json".into(), job));
+    out.push(("train.py".into(), TRAIN_PY.as_bytes().to_vec()));
+    out.push(("requirements.txt".into(), REQUIREMENTS.as_bytes().to_vec()));
+    out.push((
+        "README.md".into(),
+        readme(model_ref, base, config, steps, seq_len).into_bytes(),
+    ));
+    for (name, text) in ACCELERATE {
+        out.push(((*name).into(), text.as_bytes().to_vec()));
+    }
+    Ok(out)
+}
+
+/// One JSON line per example, in the order given, with where it came from.
+fn jsonl(dataset: &Dataset, idx: &[usize]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    for &i in idx {
+        let e = &dataset.examples[i];
+        let mut line = match &e.content {
+            Content::Text { text } => json!({ "text": text }),
+            Content::Pair { prompt, completion } => {
+                json!({ "prompt": prompt, "completion": completion })
+            }
+            Content::Chat { messages } => json!({ "messages": messages }),
+            Content::Labeled { text, label } => json!({ "text": text, "label": label }),
+        };
+        line["source"] = json!(e.loc.to_string());
+        out.extend(serde_json::to_vec(&line).map_err(internal)?);
+        out.push(b'\n');
+    }
+    Ok(out)
+}
+
+/// A causal LM's part of `job.json` and its files (data, LoRA's initial adapter); the total
+/// steps and the row length.
+async fn causal_lm(
+    base: &LoadedModel,
+    files: &ModelFiles,
+    backend: &Backend,
+    data: DatasetFiles<'_>,
+    config: &JobConfig,
+    model_ref: &BaseModelRef,
+    out: &mut ExportFiles,
+) -> Result<(Value, usize, usize)> {
     let prepared = prepare_data(base, ChatTemplate::from_model_files(files)?, data, config)?;
     let tokenizer = tokenizer_of(base)?;
     let mut causal = causal_options(config, base).causal;
@@ -96,142 +197,178 @@ pub async fn recipe(
         (None, true) => Some(ChatTemplate::chatml()),
         (_, false) => None,
     };
-
-    let rows = |idx: &[usize]| -> Result<Vec<u8>> {
-        let mut out = Vec::new();
-        for &i in idx {
-            let e = &prepared.dataset.examples[i];
-            let mut line = match &e.content {
-                Content::Text { text } => json!({ "text": text }),
-                Content::Pair { prompt, completion } => {
-                    json!({ "prompt": prompt, "completion": completion })
-                }
-                Content::Chat { messages } => json!({ "messages": messages }),
-                Content::Labeled { .. } => {
-                    return Err(Error::new(
-                        Code::Internal,
-                        "a labelled example in a causal job",
-                    ))
-                }
-            };
-            line["source"] = json!(e.loc.to_string());
-            out.extend(serde_json::to_vec(&line).map_err(internal)?);
-            out.push(b'\n');
-        }
-        Ok(out)
-    };
-
+    out.push((
+        "data/train.jsonl".into(),
+        jsonl(&prepared.dataset, &prepared.train)?,
+    ));
+    out.push((
+        "data/validation.jsonl".into(),
+        jsonl(&prepared.dataset, &prepared.validation)?,
+    ));
     let train = &config.train;
-    let steps = train.total_steps(prepared.train_batches.len());
-    let mut out: ExportFiles = vec![
-        ("data/train.jsonl".into(), rows(&prepared.train)?),
-        ("data/validation.jsonl".into(), rows(&prepared.validation)?),
-    ];
-    let tokenizer_json = tokenizer
-        .to_json()?
-        .ok_or_else(|| Error::new(Code::Internal, "the tokenizer could not be written as JSON"))?;
-    out.push(("tokenizer.json".into(), tokenizer_json.into_bytes()));
-
     let lora = match train.method {
         Method::Lora => {
-            // The factors' seeded start as webtune draws it: the script starts from it, so its
-            // run and webtune's are the same run from the first step.
+            // The factors' start as webtune draws it (or the adapter it continues): the script
+            // starts from it, so its run and webtune's are the same run from the first step.
             let device = train.training_device(backend);
             let model = TrainableModel::prepare(base.family.trainable_on(&device), train)?;
-            for (name, bytes) in export_adapter(&model, &model_ref.path).await? {
-                out.push((format!("initial_adapter/{name}"), bytes));
-            }
-            let spec = model.lora.as_ref().expect("a LoRA model has its spec");
-            json!({
-                "r": spec.rank,
-                "alpha": spec.alpha,
-                "dropout": spec.dropout,
-                "targets": spec.targets,
-                "initial_adapter": "initial_adapter",
-            })
+            lora_part(&model, &model_ref.path, Some("CAUSAL_LM"), &[], out).await?
         }
         Method::Full => Value::Null,
     };
-
-    let data_files: Vec<&str> = std::iter::once(data.train.name)
-        .chain(data.validation.map(|v| v.name))
-        .collect();
     let job = json!({
-        "recipe_version": RECIPE_VERSION,
-        "written_by": format!("webtune {}", env!("CARGO_PKG_VERSION")),
         "task": "causal_lm",
-        "base_model": {
-            "path": model_ref.path,
-            "gguf_file": model_ref.gguf_file,
-            "architecture": base.info.architecture,
-            "parameters": base.info.parameters,
-        },
         "data": {
-            "files": data_files,
             "schema": prepared.dataset.schema,
-            "train": "data/train.jsonl",
-            "validation": "data/validation.jsonl",
             "train_examples": prepared.train.len(),
             "validation_examples": prepared.validation.len(),
             "packed": is_plain(&prepared.dataset),
         },
         "tokens": {
-            "tokenizer": "tokenizer.json",
-            "seq_len": causal.seq_len,
             "separator": causal.separator,
             "add_eos": causal.add_eos,
             "eos_id": encoder.eos_id(),
             "pad_id": encoder.pad_id(),
             "train_on_prompt": causal.train_on_prompt,
-            "pad_multiple": PAD_MULTIPLE,
         },
         "chat_template": template.as_ref().map(|t| json!({
             "source": t.source(),
             "bos_token": t.bos_token,
             "eos_token": t.eos_token,
         })),
-        "batch_size": config.batch_size,
-        "grad_accum": train.grad_accum,
-        "steps": steps,
         "train_batches": prepared.train_batches.len(),
-        "shuffle": train.shuffle,
-        "seed": train.seed,
-        "method": train.method,
         "lora": lora,
-        "full": match train.method {
-            Method::Full => json!({
-                "freeze_embeddings": train.freeze_embeddings,
-                "freeze_layers": train.freeze_layers,
-            }),
-            Method::Lora => Value::Null,
-        },
-        "optimizer": {
-            "lr": train.lr,
-            "weight_decay": train.weight_decay,
-            "decay_bias_and_norm": train.decay_bias_and_norm,
-            "adam_beta1": train.adam_beta1,
-            "adam_beta2": train.adam_beta2,
-            "adam_eps": train.adam_eps,
-            "max_grad_norm": train.max_grad_norm,
-        },
-        "schedule": { "kind": train.schedule, "warmup": train.warmup },
-        "model_dropout": train.model_dropout,
-        "gradient_checkpointing": train.gradient_checkpointing,
-        "export_dtype": config.export_dtype,
     });
-    let mut job = serde_json::to_vec_pretty(&job).map_err(internal)?;
-    job.push(b'\n');
-    out.push(("job.json".into(), job));
-    out.push(("train.py".into(), TRAIN_PY.as_bytes().to_vec()));
-    out.push(("requirements.txt".into(), REQUIREMENTS.as_bytes().to_vec()));
+    Ok((
+        job,
+        train.total_steps(prepared.train_batches.len()),
+        causal.seq_len,
+    ))
+}
+
+/// A classifier's part of `job.json` and its files (data, the head's starting weights, LoRA's
+/// initial adapter, the model class for the head's pooling); the total steps and the row length.
+async fn classification(
+    base: &LoadedModel,
+    files: &ModelFiles,
+    backend: &Backend,
+    data: DatasetFiles<'_>,
+    config: &JobConfig,
+    out: &mut ExportFiles,
+) -> Result<(Value, usize, usize)> {
+    let prepared = prepare_class_data(base, data, config)?;
+    let tokenizer = tokenizer_of(base)?;
     out.push((
-        "README.md".into(),
-        readme(model_ref, base, config, steps, causal.seq_len).into_bytes(),
+        "data/train.jsonl".into(),
+        jsonl(&prepared.dataset, &prepared.train)?,
     ));
-    for (name, text) in ACCELERATE {
-        out.push(((*name).into(), text.as_bytes().to_vec()));
+    out.push((
+        "data/validation.jsonl".into(),
+        jsonl(&prepared.dataset, &prepared.validation)?,
+    ));
+    let train = &config.train;
+    let device = train.training_device(backend);
+    let family = base.family.trainable_on(&device);
+    let Family::Bert(bert) = &family else {
+        return Err(Error::new(Code::Internal, "an encoder that is not BERT"));
+    };
+    let from_checkpoint = bert.num_labels() == prepared.labels.len();
+    let head = head_config(bert, &files.config()?, config.head, from_checkpoint);
+    let model = ClassifierModel::prepare(family, prepared.labels.clone(), train, head)?;
+    // The head as training starts: drawn from the seed, or the checkpoint's own.
+    let params = parameters(&model.model.family).await?;
+    let find = |path: &str| {
+        params
+            .iter()
+            .find(|(p, _, _)| p == path)
+            .ok_or_else(|| Error::new(Code::Internal, format!("the classifier has no {path}")))
+    };
+    let (_, w_shape, w) = find("classifier.weight")?;
+    let (_, _, b) = find("classifier.bias")?;
+    let (hidden, labels) = (w_shape[0], w_shape[1]);
+    let w = transposed(w, hidden, labels);
+    let head_tensors: [(&str, &[usize], &[f32]); 2] = [
+        ("classifier.weight", &[labels, hidden], &w),
+        ("classifier.bias", &[labels], b),
+    ];
+    out.push(("initial_head.safetensors".into(), write_f32(&head_tensors)));
+    out.push((
+        "modeling_webtune.py".into(),
+        MODELING_WEBTUNE_PY.as_bytes().to_vec(),
+    ));
+    let lora = match train.method {
+        // No task type: the script wraps its own classifier class; the head is a module PEFT
+        // saves whole.
+        Method::Lora => lora_part(&model.model, "", None, &head_tensors, out).await?,
+        Method::Full => Value::Null,
+    };
+    let seq_len = config
+        .data
+        .causal
+        .seq_len
+        .min(base.info.max_positions)
+        .max(2);
+    let job = json!({
+        "task": "classification",
+        "data": {
+            "schema": prepared.dataset.schema,
+            "labels": prepared.labels.labels,
+            "train_examples": prepared.train.len(),
+            "validation_examples": prepared.validation.len(),
+        },
+        "tokens": {
+            "pad_id": tokenizer.token_id("[PAD]").unwrap_or(0),
+        },
+        "head": {
+            "pooling": head.pooling,
+            "dropout": head.dropout,
+            "initial": "initial_head.safetensors",
+            "from_checkpoint": from_checkpoint,
+        },
+        "train_batches": prepared.train_batches.len(),
+        "lora": lora,
+    });
+    Ok((
+        job,
+        train.total_steps(prepared.train_batches.len()),
+        seq_len,
+    ))
+}
+
+/// LoRA's starting factors as a PEFT adapter under `initial_adapter/` (its config's
+/// `task_type` set to `task`; `head`, a classifier's, saved whole beside them), and the `lora`
+/// part of `job.json`.
+async fn lora_part(
+    model: &TrainableModel,
+    base_path: &str,
+    task: Option<&str>,
+    head: &[(&str, &[usize], &[f32])],
+    out: &mut ExportFiles,
+) -> Result<Value> {
+    let modules: &[&str] = if head.is_empty() {
+        &[]
+    } else {
+        &["classifier"]
+    };
+    for (name, mut bytes) in export_adapter_with(model, base_path, modules, head).await? {
+        if name == "adapter_config.json" {
+            let mut config: Value = serde_json::from_slice(&bytes).map_err(internal)?;
+            config["task_type"] = json!(task);
+            bytes = serde_json::to_vec_pretty(&config).map_err(internal)?;
+        }
+        out.push((format!("initial_adapter/{name}"), bytes));
     }
-    Ok(out)
+    let spec = model
+        .lora
+        .as_ref()
+        .ok_or_else(|| Error::new(Code::Internal, "a LoRA model without its spec"))?;
+    Ok(json!({
+        "r": spec.rank,
+        "alpha": spec.alpha,
+        "dropout": spec.dropout,
+        "targets": spec.targets,
+        "initial_adapter": "initial_adapter",
+    }))
 }
 
 fn internal(e: serde_json::Error) -> Error {

@@ -8,8 +8,11 @@ within 1e-4 relative, step by step (the real SmolLM2 cases: or 3e-5 absolute, se
 ABSOLUTE_FLOOR). Cases: GPT-2 LoRA on prompt/completion pairs, GPT-2 full
 fine-tuning on a text file packed into rows (cosine schedule, weight decay, clipping), and the
 real SmolLM2-135M-Instruct GGUF (Llama family) with LoRA on chat conversations (its chat
-template) and full fine-tuning on pairs. One case also exports, and its merged model and adapter
-are loaded back with transformers and PEFT.
+template) and full fine-tuning on pairs, and all-MiniLM-L6-v2 classifying the sentiment sample
+(LoRA with mean pooling, full with cls pooling; held-out accuracy must be equal too), and a
+LoRA run continuing (`--init-adapter`) the adapter the first case's recipe saved. Two cases
+also export: GPT-2's merged model and adapter are loaded back with transformers and PEFT, the
+classifier's merged folder with AutoModelForSequenceClassification.
 
     cargo build --release --bin webtune
     /path/to/venv/bin/python tools/reference/check_recipe.py [--webtune PATH] [--cases a,b]
@@ -41,6 +44,10 @@ STEPS = 5
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
 GPT2 = FIXTURES / "tiny_random" / "gpt2-vocab"
 SMOLLM2 = REPO_ROOT / "www/models/smollm2-135m-instruct/resolve/main/SmolLM2-135M-Instruct.Q4_1.gguf"
+MINILM = REPO_ROOT / "www/models/all-minilm-l6-v2/resolve/main"
+SENTIMENT = REPO_ROOT / "www/samples/pang_lee_polarity_200.jsonl"
+# The head's dropout off: webtune draws its masks from its own generator, torch from its own.
+NO_HEAD_DROPOUT = ["--config", '{"head": {"dropout": 0}}']
 
 CASES = {
     "gpt2-lora-pairs": (
@@ -65,8 +72,28 @@ CASES = {
         ["--method", "full", "--batch-size", "2", "--grad-accum", "2", "--seq-len", "32", "--lr", "1e-4",
          "--warmup", "2", "--weight-decay", "0.01"],
     ),
+    # Continues the adapter the first case's recipe saved with PEFT (so that case runs first):
+    # webtune reads it (`--init-adapter`) and the recipe starts from the same factors.
+    "gpt2-lora-continued": (
+        GPT2,
+        FIXTURES / "data/capitals.jsonl",
+        ["--batch-size", "2", "--seq-len", "32", "--lr", "5e-3", "--seed", "7",
+         "--init-adapter", REPO_ROOT / "target/tmp/recipes/gpt2-lora-pairs/output/adapter"],
+    ),
+    "minilm-lora-mean": (
+        MINILM,
+        SENTIMENT,
+        ["--batch-size", "4", "--grad-accum", "2", "--seq-len", "64", "--lr", "5e-3", "--warmup", "1",
+         *NO_HEAD_DROPOUT],
+    ),
+    "minilm-full-cls": (
+        MINILM,
+        SENTIMENT,
+        ["--method", "full", "--batch-size", "4", "--seq-len", "64", "--lr", "1e-4", "--weight-decay", "0.01",
+         "--config", '{"head": {"dropout": 0, "pooling": "cls"}}'],
+    ),
 }
-EXPORTED = "gpt2-lora-pairs"
+EXPORTED = ("gpt2-lora-pairs", "minilm-lora-mean")
 
 
 def run(cmd, **kw):
@@ -97,6 +124,33 @@ def check_export(out, model_dir):
     return diff
 
 
+def check_classifier_export(out, theirs):
+    """The recipe's merged classifier loads with AutoModelForSequenceClassification (its
+    modeling_webtune.py, trust_remote_code) and scores the held-out examples as the run did."""
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        out / "output" / "merged", trust_remote_code=True, dtype=torch.float32
+    ).eval()
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    rows = [json.loads(line) for line in (out / "data" / "validation.jsonl").read_text().splitlines()]
+    right = 0
+    with torch.no_grad():
+        for row in rows:
+            ids = tok.encode(row["text"]).ids
+            ids = ids if len(ids) <= 64 else ids[:63] + ids[-1:]  # as the run truncated: [SEP] kept
+            ids = torch.tensor([ids])
+            label = model.config.id2label[int(model(input_ids=ids).logits.argmax(-1))]
+            right += label == row["label"]
+    accuracy = right / len(rows)
+    recipe = json.loads((out / "output" / "result.json").read_text())["after"]["accuracy"]
+    if abs(accuracy - recipe) > 1e-9:
+        sys.exit(f"FAILED: the merged classifier scores {accuracy}, the run {recipe}")
+    return f"accuracy {accuracy:.3f}"
+
+
 def main():
     p = argparse.ArgumentParser()
     target = Path(os.environ.get("CARGO_TARGET_DIR", REPO_ROOT / "target"))
@@ -108,13 +162,15 @@ def main():
     worst = 0.0
     for name in args.cases.split(","):
         model, data, flags = CASES[name]
+        if name == "gpt2-lora-continued" and not Path(flags[-1]).exists():
+            sys.exit("FAILED: gpt2-lora-continued continues gpt2-lora-pairs' adapter: run that case first")
         if not model.exists():
             sys.exit(f"FAILED: {model} not found (cargo xtask models)")
         common = [model, "--data", data, "--steps", str(STEPS), *flags]
         theirs = json.loads(run([args.webtune, "--json", "train", *common]))
         out = REPO_ROOT / "target" / "tmp" / "recipes" / name
         run([args.webtune, "--json", "recipe", *common, "--out", out])
-        extra = [] if name == EXPORTED else ["--no-export"]
+        extra = [] if name in EXPORTED else ["--no-export"]
         run([sys.executable, out / "train.py", "--output", out / "output", *extra],
             env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
         ours = [json.loads(line)["loss"] for line in (out / "output" / "losses.jsonl").read_text().splitlines()]
@@ -134,9 +190,18 @@ def main():
         if max(errors) > TOLERANCE:
             sys.exit(f"FAILED: {name}: recipe and webtune differ by {max(errors):.2e} relative (> {TOLERANCE}"
                      f"{f' and > {floor} absolute' if floor else ''})")
-        if name == EXPORTED:
+        if "accuracy" in result["after"]:
+            for when in ("before", "after"):
+                if abs(result[when]["accuracy"] - theirs[when]["accuracy"]) > 1e-9:
+                    sys.exit(f"FAILED: {name}: held-out accuracy {when} {result[when]['accuracy']} vs "
+                             f"webtune's {theirs[when]['accuracy']}")
+            print(f"  accuracy before {result['before']['accuracy']:.3f}, after {result['after']['accuracy']:.3f} (equal)")
+        if name == "gpt2-lora-pairs":
             diff = check_export(out / "output", model)
             print(f"  exports: merged vs base + adapter logits within {diff:.1e}")
+        elif name in EXPORTED:
+            diff = check_classifier_export(out, theirs)
+            print(f"  export: merged classifier reproduces the recipe's held-out accuracy ({diff})")
     print(f"all cases within {TOLERANCE} relative (or their absolute floor); largest counted {worst:.2e}")
 
 

@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Run a webtune fine-tuning job with Hugging Face transformers + PEFT, launched by Accelerate.
 
-webtune wrote this folder for one job: `job.json` (every setting), `data/` (the examples as
-webtune read them from your file, in its training order, with the schema mapping applied),
-`tokenizer.json` (the tokenizer webtune used) and, for LoRA, `initial_adapter/` (the factors'
-seeded start). This script turns the examples into tokens, loss masks and micro-batches as
-webtune does, draws the micro-batches in webtune's seeded order, and hands the optimiser steps
-to transformers' Trainer (AdamW, the same schedule, warmup and clipping), so the run is the
-same run: on the tiny test models its per-step losses equal webtune's within 1e-4.
+webtune wrote this folder for one job, a causal LM's or a classifier's: `job.json` (every
+setting), `data/` (the examples as webtune read them from your file, in its training order,
+with the schema mapping applied), `tokenizer.json` (the tokenizer webtune used), for LoRA
+`initial_adapter/` (the factors' start) and for a classifier `initial_head.safetensors` and
+`modeling_webtune.py` (the head's start and its pooling). This script turns the examples into
+tokens, loss masks and micro-batches as webtune does, draws the micro-batches in webtune's
+seeded order, and hands the optimiser steps to transformers' Trainer (AdamW, the same schedule,
+warmup and clipping), so the run is the same run: its per-step losses equal webtune's (within
+2e-7 relative on webtune's test models).
 
     python train.py                                          # one device
     accelerate launch --config_file accelerate/multi_gpu.yaml train.py
@@ -15,7 +17,8 @@ same run: on the tiny test models its per-step losses equal webtune's within 1e-
 
 Writes `output/adapter/` (LoRA, PEFT format), `output/merged/` (the full model, transformers
 format), `output/losses.jsonl` (one line per optimiser step) and `output/result.json`
-(held-out loss and perplexity before and after). `--help` lists the options.
+(held-out loss and perplexity, or a classifier's loss and accuracy, before and after).
+`--help` lists the options.
 """
 
 import argparse
@@ -59,8 +62,8 @@ def load_job(path):
     job = json.loads(path.read_text(encoding="utf-8"))
     if job.get("recipe_version") != RECIPE_VERSION:
         sys.exit(f"{path}: recipe version {job.get('recipe_version')}; this script reads version {RECIPE_VERSION}")
-    if job.get("task") != "causal_lm":
-        sys.exit(f"{path}: task {job.get('task')!r}; this script trains causal language models")
+    if job.get("task") not in ("causal_lm", "classification"):
+        sys.exit(f"{path}: task {job.get('task')!r}; this script trains causal_lm and classification jobs")
     return job
 
 
@@ -190,6 +193,42 @@ def micro_batches(examples, encoder, job):
     return rows, batches
 
 
+def class_batches(examples, tokenizer, job):
+    """Classification rows (token ids with the tokenizer's special tokens, label id) and
+    micro-batches: consecutive groups of batch_size. A text longer than seq_len keeps its
+    trailing special token (BERT's [SEP]), as webtune truncates."""
+    seq_len, size = job["tokens"]["seq_len"], job["batch_size"]
+    label_id = {label: i for i, label in enumerate(job["data"]["labels"])}
+    suffix = len(tokenizer.encode("", add_special_tokens=True).ids) // 2
+    rows = []
+    for ex in examples:
+        ids = tokenizer.encode(ex["text"], add_special_tokens=True).ids
+        if len(ids) > seq_len:
+            tail = ids[len(ids) - min(suffix, seq_len):]
+            ids = ids[: seq_len - len(tail)] + tail
+        rows.append((ids, label_id[ex["label"]]))
+    groups = [list(range(i, min(i + size, len(rows)))) for i in range(0, len(rows), size)]
+    return rows, [(g, None) for g in groups]
+
+
+def class_collate(pad_id, seq_len, multiple):
+    def run(items):
+        width = padded_len(max(len(ids) for ids, _ in items), seq_len, multiple)
+        return {
+            "input_ids": torch.tensor([ids + [pad_id] * (width - len(ids)) for ids, _ in items]),
+            "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in items]),
+            "labels": torch.tensor([label for _, label in items]),
+        }
+
+    return run
+
+
+def class_loss(outputs, labels, num_items_in_batch=None):
+    """Cross-entropy summed over the micro-batch, divided by the examples of the whole step."""
+    total = torch.nn.functional.cross_entropy(outputs.logits.float(), labels, reduction="sum")
+    return total / (num_items_in_batch if num_items_in_batch is not None else labels.numel())
+
+
 class Rows(Dataset):
     """Each item: one row as transformers' causal LMs take it. A row of `width` inputs holds
     width + 1 tokens; labels[0] is -100 (nothing predicts the first token) and labels[t] is
@@ -270,12 +309,59 @@ class BatchOrder:
 # --- The model -------------------------------------------------------------------------------------
 
 
+def base_path(job, model_arg):
+    path = model_arg or job["base_model"]["path"]
+    if not model_arg and not Path(path).is_absolute() and (HERE / path).exists():
+        path = str((HERE / path).resolve())
+    return path
+
+
+def load_classifier(job, model_arg):
+    """The encoder with webtune's head (modeling_webtune.py: pooler, cls or mean pooling), the
+    head's starting weights as webtune drew them, and LoRA on the encoder or parts frozen."""
+    import safetensors.torch
+
+    sys.path.insert(0, str(HERE))
+    from modeling_webtune import WebtuneBertForSequenceClassification
+
+    path = base_path(job, model_arg)
+    labels = job["data"]["labels"]
+    config = AutoConfig.from_pretrained(path)
+    config.num_labels = len(labels)
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {label: i for i, label in enumerate(labels)}
+    config.webtune_pooling = job["head"]["pooling"]
+    # webtune applies no dropout inside the encoder; the head's is the job's.
+    config.hidden_dropout_prob = 0.0
+    config.attention_probs_dropout_prob = 0.0
+    config.classifier_dropout = job["head"]["dropout"]
+    model = WebtuneBertForSequenceClassification.from_pretrained(
+        path, config=config, dtype=torch.float32, attn_implementation="eager"
+    )
+    head = safetensors.torch.load_file(str(HERE / job["head"]["initial"]))
+    with torch.no_grad():
+        model.classifier.weight.copy_(head["classifier.weight"])
+        model.classifier.bias.copy_(head["classifier.bias"])
+    # The loss is class_loss (Trainer's compute_loss_func), not a model argument.
+    model.accepts_loss_kwargs = False
+    if job["gradient_checkpointing"]:
+        model.gradient_checkpointing_enable()
+    if job["method"] == "lora":
+        from peft import PeftModel
+
+        # LoRA on the encoder; the head trains whole, a module the adapter saves (modules_to_save).
+        adapter = str(HERE / job["lora"]["initial_adapter"])
+        model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
+    else:
+        freeze(model, job["full"])
+    return model
+
+
 def load_model(job, model_arg):
-    base = job["base_model"]
-    path = model_arg or base["path"]
-    if not model_arg and not Path(path).is_absolute():
-        path = str((HERE / path).resolve()) if (HERE / path).exists() else path
-    gguf = None if model_arg else base.get("gguf_file")
+    if job["task"] == "classification":
+        return load_classifier(job, model_arg)
+    path = base_path(job, model_arg)
+    gguf = None if model_arg else job["base_model"].get("gguf_file")
     overrides = {}
     config = AutoConfig.from_pretrained(path, gguf_file=gguf) if gguf else AutoConfig.from_pretrained(path)
     if not job["model_dropout"]:
@@ -313,7 +399,8 @@ def freeze(model, full):
     if full["freeze_embeddings"]:
         frozen |= {id(p) for p in model.get_input_embeddings().parameters()}
         for name, module in model.named_modules():
-            if name.endswith(("wpe", "embed_positions")):
+            # GPT-2's positions; BERT's embeddings module (words, positions, token types, norm).
+            if name.endswith(("wpe", "embed_positions")) or name.split(".")[-1] == "embeddings":
                 frozen |= {id(p) for p in module.parameters()}
     block = re.compile(r"\.(?:h|layers|layer|blocks)\.(\d+)\.")
     for name, p in model.named_parameters():
@@ -393,28 +480,57 @@ def held_out_loss(trainer, rows, batches, collate_fn):
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": counted}
 
 
+@torch.no_grad()
+def held_out_classes(trainer, rows, batches, collate_fn):
+    """Mean cross-entropy and accuracy over the held-out examples."""
+    model = trainer.model
+    was_training = model.training
+    model.eval()
+    total, right, n = 0.0, 0, 0
+    device = trainer.accelerator.device
+    for group, _ in batches:
+        batch = {k: v.to(device) for k, v in collate_fn([rows[r] for r in group]).items()}
+        labels = batch.pop("labels")
+        logits = model(**batch).logits.float()
+        total += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+        right += int((logits.argmax(-1) == labels).sum())
+        n += len(group)
+    model.train(was_training)
+    return {"loss": total / max(n, 1), "accuracy": right / max(n, 1), "examples": n}
+
+
 def main():
     args = parse_args()
     job = load_job(args.job)
     tokenizer = Tokenizer.from_file(str(HERE / job["tokens"]["tokenizer"]))
     tokenizer.no_truncation()
     tokenizer.no_padding()
-    encoder = Encoder(job, tokenizer)
     pad = job["tokens"]["pad_id"]
-    train_rows, train_batches = micro_batches(read_jsonl(HERE / job["data"]["train"]), encoder, job)
-    val_rows, val_batches = micro_batches(read_jsonl(HERE / job["data"]["validation"]), encoder, job)
-    if len(train_batches) != job["train_batches"]:
-        sys.exit(f"{len(train_batches)} training micro-batches where webtune made {job['train_batches']}: the data or tokenizer changed")
-    packed = job["data"]["packed"]
     seq_len = job["tokens"]["seq_len"]
     mult = job["tokens"]["pad_multiple"]
+    train_data = read_jsonl(HERE / job["data"]["train"])
+    val_data = read_jsonl(HERE / job["data"]["validation"])
+    classify = job["task"] == "classification"
+    if classify:
+        train_rows, train_batches = class_batches(train_data, tokenizer, job)
+        val_rows, val_batches = class_batches(val_data, tokenizer, job)
+        collate_fn = class_collate(pad, seq_len, mult)
+        held_out = held_out_classes
+    else:
+        encoder = Encoder(job, tokenizer)
+        train_rows, train_batches = micro_batches(train_data, encoder, job)
+        val_rows, val_batches = micro_batches(val_data, encoder, job)
+        packed = job["data"]["packed"]
 
-    def width_of(items):
-        if packed:
-            return seq_len
-        return padded_len(max(len(ids) - 1 for ids, _ in items), seq_len, mult)
+        def width_of(items):
+            if packed:
+                return seq_len
+            return padded_len(max(len(ids) - 1 for ids, _ in items), seq_len, mult)
 
-    collate_fn = collate(pad, width_of)
+        collate_fn = collate(pad, width_of)
+        held_out = held_out_loss
+    if len(train_batches) != job["train_batches"]:
+        sys.exit(f"{len(train_batches)} training micro-batches where webtune made {job['train_batches']}: the data or tokenizer changed")
     steps = job["steps"] if args.max_steps is None else min(args.max_steps, job["steps"])
     opt, sched = job["optimizer"], job["schedule"]
     schedule = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[sched["kind"]]
@@ -455,17 +571,18 @@ def main():
         collate_fn=collate_fn,
         decay_all=opt["decay_bias_and_norm"],
         callbacks=[losses],
+        compute_loss_func=class_loss if classify else None,
     )
     losses.trainer = trainer
     if args.max_steps is not None:
         trainer.add_callback(StopAt(steps))
     result = {"job": str(args.job), "steps": steps}
     if not args.no_eval and val_batches:
-        result["before"] = held_out_loss(trainer, val_rows, val_batches, collate_fn)
+        result["before"] = held_out(trainer, val_rows, val_batches, collate_fn)
         print(f"held-out loss before: {result['before']['loss']:.4f}", flush=True)
     trainer.train()
     if not args.no_eval and val_batches:
-        result["after"] = held_out_loss(trainer, val_rows, val_batches, collate_fn)
+        result["after"] = held_out(trainer, val_rows, val_batches, collate_fn)
         print(f"held-out loss after: {result['after']['loss']:.4f}", flush=True)
     if trainer.accelerator.is_main_process:
         (args.output / "result.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
@@ -491,13 +608,29 @@ def export(trainer, job, out):
     dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[job["export_dtype"]]
     if not trainer.accelerator.is_main_process:
         return
-    if job["method"] == "lora":
-        model.save_pretrained(str(out / "adapter"))
-        model = model.merge_and_unload()
     merged = out / "merged"
-    model.to(dtype).save_pretrained(str(merged))
+    if job["task"] == "classification":
+        if job["method"] == "lora":
+            model.save_pretrained(str(out / "adapter"))  # the encoder's factors and the head
+            model = model.merge_and_unload()
+        model.to(dtype).save_pretrained(str(merged))
+        # A BertForSequenceClassification checkpoint; a head on cls/mean pooling also carries
+        # the class that pools that way (load it with trust_remote_code=True).
+        config = json.loads((merged / "config.json").read_text(encoding="utf-8"))
+        config["architectures"] = ["BertForSequenceClassification"]
+        config.pop("auto_map", None)
+        if job["head"]["pooling"] != "pooler":
+            auto = "modeling_webtune.WebtuneBertForSequenceClassification"
+            config["auto_map"] = {"AutoModelForSequenceClassification": auto}
+            (merged / "modeling_webtune.py").write_bytes((HERE / "modeling_webtune.py").read_bytes())
+        (merged / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    else:
+        if job["method"] == "lora":
+            model.save_pretrained(str(out / "adapter"))
+            model = model.merge_and_unload()
+        model.to(dtype).save_pretrained(str(merged))
     fast = PreTrainedTokenizerFast(tokenizer_file=str(HERE / job["tokens"]["tokenizer"]))
-    eos = job["tokens"]["eos_id"]
+    eos = job["tokens"].get("eos_id")
     if eos is not None:
         fast.eos_token = fast.pad_token = fast.convert_ids_to_tokens(eos)
     if job.get("chat_template"):

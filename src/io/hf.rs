@@ -459,6 +459,22 @@ impl Weights {
         Ok(Tensor::from_data(TensorData::new(data, shape), device))
     }
 
+    /// A GPT-2 `Conv1D` weight: stored `[in, out]`, already the matrix burn multiplies by; through
+    /// the linear hook as [`Weights::linear_weight`] (QLoRA quantizes it as it loads).
+    pub fn conv1d_weight(
+        &self,
+        names: &[String],
+        d_in: usize,
+        d_out: usize,
+        device: &Device,
+    ) -> Result<Tensor<2>> {
+        let weight = self.tensor(names, [d_in, d_out], device)?;
+        match &self.linear_hook {
+            Some(hook) => (hook.0)(&names[0], weight),
+            None => Ok(weight),
+        }
+    }
+
     /// An `nn.Linear` weight, stored `[out, in]`, as the `[in, out]` matrix burn multiplies by —
     /// transposed here, in memory: a transposed view would be copied again by the CPU backend
     /// on every matmul (most of a generated token's time before this).

@@ -201,9 +201,10 @@ fn load_linear(
     device: &Device,
 ) -> Result<Linear> {
     Ok(Linear {
-        weight: Param::from_tensor(w.tensor(
+        weight: Param::from_tensor(w.conv1d_weight(
             &names(&format!("{name}.weight")),
-            [d_in, d_out],
+            d_in,
+            d_out,
             device,
         )?),
         bias: Some(Param::from_tensor(w.tensor(

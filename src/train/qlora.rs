@@ -346,7 +346,7 @@ pub fn quantized_as_loaded(name: &str) -> bool {
         return false;
     };
     let module = module.rsplit('.').next().unwrap_or_default();
-    [FamilyKind::Llama, FamilyKind::Bert]
+    [FamilyKind::Gpt2, FamilyKind::Llama, FamilyKind::Bert]
         .iter()
         .any(|k| k.linear_modules().contains(&module))
 }
@@ -381,8 +381,8 @@ pub fn check_base_precision(base: &ModelInfo, config: &FinetuneConfig) -> Result
 /// and blocks [`quantize_base`] would give), so that the process never holds them in f32: the
 /// peak while loading is the compact model plus the tensor being read (plus any weight file
 /// given in memory rather than behind a handle), and QLoRA trains over the loaded
-/// weights themselves instead of a quantized copy beside an f32 base. Llama-family and BERT
-/// projections; GPT-2's (`Conv1D`) load in f32, and `quantize_base` quantizes them as before.
+/// weights themselves instead of a quantized copy beside an f32 base. GPT-2's `Conv1D`,
+/// Llama-family and BERT projections alike.
 pub fn load_quantized(
     files: ModelFiles,
     device: &Device,

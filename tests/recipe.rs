@@ -230,34 +230,52 @@ fn a_classifier_recipe_carries_its_head_and_pooling() {
     check_golden("minilm-lora-sentiment", &manifest);
 }
 
+/// A QLoRA job's recipe trains the base in f32, and says so; without --out nothing is written.
 #[test]
-fn a_quantized_base_or_no_out_folder_is_refused_with_a_reason() {
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("recipes/refused");
-    let _ = std::fs::remove_dir_all(&out);
+fn a_qlora_job_says_its_base_trains_in_f32_and_no_out_folder_is_refused() {
+    let manifest = recipe(
+        "gpt2-qlora-pairs",
+        &fixture("tiny_random/gpt2-vocab"),
+        &[
+            "--data",
+            fixture("data/capitals.jsonl").to_str().unwrap(),
+            "--quantize-base",
+            "q8",
+        ],
+    );
+    assert_eq!(manifest["job"]["webtune_base_quant"], "q8");
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("recipes/gpt2-qlora-pairs");
+    let readme = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(readme.contains("f32 here"), "{readme}");
+    // The same factors' start as without QLoRA: the seeded draw does not read the base.
+    let plain = Path::new(env!("CARGO_TARGET_TMPDIR")).join("recipes/gpt2-plain-pairs");
+    let _ = std::fs::remove_dir_all(&plain);
     let gpt2 = fixture("tiny_random/gpt2-vocab");
-    let (ok, printed) = webtune(&[
+    let data = fixture("data/capitals.jsonl");
+    let (ok, _) = webtune(&[
         "recipe",
         gpt2.to_str().unwrap(),
         "--data",
-        fixture("data/capitals.jsonl").to_str().unwrap(),
-        "--quantize-base",
-        "q8",
+        data.to_str().unwrap(),
         "--out",
-        out.to_str().unwrap(),
+        plain.to_str().unwrap(),
     ]);
-    assert!(!ok);
-    assert_eq!(printed["error"]["code"], "config.invalid");
-    assert_eq!(printed["error"]["details"]["field"], "quantize_base");
+    assert!(ok);
+    let factors = "initial_adapter/adapter_model.safetensors";
+    assert_eq!(
+        std::fs::read(out.join(factors)).unwrap(),
+        std::fs::read(plain.join(factors)).unwrap()
+    );
+
     let (ok, printed) = webtune(&[
         "recipe",
         gpt2.to_str().unwrap(),
         "--data",
-        fixture("data/capitals.jsonl").to_str().unwrap(),
+        data.to_str().unwrap(),
     ]);
     assert!(!ok);
     assert!(printed["error"]["message"]
         .as_str()
         .unwrap()
         .contains("--out"));
-    assert!(!out.exists(), "a refused recipe writes nothing");
 }

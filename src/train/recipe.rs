@@ -6,11 +6,11 @@
 //! implementations would drift (reading the file, the schema mapping, the split, the seeded
 //! draws, the chat template's choice, the LoRA factors' and a new head's seeded start) and writes
 //! their results: the examples as read, in training order (`data/*.jsonl`), the tokenizer it
-//! used, for LoRA the initial adapter, for a classifier the head's starting weights. The script does the rest the way webtune does (tokens and loss masks,
-//! padding, packing, the seeded batch order, AdamW, the schedule, clipping) and hands the steps to
-//! transformers' `Trainer`. `tools/reference/check_recipe.py` runs a generated recipe with torch
-//! and compares its losses with webtune's; `tests/recipe.rs` keeps the generated files equal to a
-//! reviewed copy.
+//! used, for LoRA the initial adapter, for a classifier the head's starting weights. The script
+//! does the rest the way webtune does (tokens and loss masks, padding, packing, the seeded batch
+//! order, AdamW, the schedule, clipping) and hands the steps to transformers' `Trainer`.
+//! `tools/reference/check_recipe.py` runs generated recipes with torch and compares their losses
+//! with webtune's; `tests/recipe.rs` keeps the generated files equal to a reviewed copy.
 
 use serde_json::{json, Value};
 
@@ -61,8 +61,9 @@ pub struct BaseModelRef {
 }
 
 /// The recipe's files for the job `config` of `base` on `data`: a causal LM's (LoRA or full, on
-/// text, pairs or chat) or an encoder's classification job. A quantized base (QLoRA) is refused
-/// with a `config.invalid` that says why.
+/// text, pairs or chat) or an encoder's classification job. A QLoRA job's recipe trains the base
+/// in f32 (`job.json` and the README say so): bitsandbytes' 4/8-bit formats are not webtune's
+/// blocks, and on a GPU the base fits without them.
 pub async fn recipe(
     model_ref: &BaseModelRef,
     files: &ModelFiles,
@@ -71,15 +72,6 @@ pub async fn recipe(
     data: DatasetFiles<'_>,
     config: &JobConfig,
 ) -> Result<ExportFiles> {
-    if config.train.quantize_base.is_some() {
-        // bitsandbytes' 4/8-bit formats are not webtune's blocks: the numbers would differ and
-        // the recipe would promise a reproduction it cannot give.
-        return Err(Error::config(
-            "a recipe reproduces the job in f32 on a GPU, where a quantized base (QLoRA) is not \
-             needed to fit; write it without quantize_base",
-        )
-        .with_details(json!({ "field": "quantize_base" })));
-    }
     let data_files: Vec<&str> = std::iter::once(data.train.name)
         .chain(data.validation.map(|v| v.name))
         .collect();
@@ -131,6 +123,8 @@ pub async fn recipe(
     job["model_dropout"] = json!(train.model_dropout);
     job["gradient_checkpointing"] = json!(train.gradient_checkpointing);
     job["export_dtype"] = json!(config.export_dtype);
+    // What webtune's own run kept quantized; the recipe trains that base in f32.
+    job["webtune_base_quant"] = json!(train.quantize_base);
 
     let tokenizer_json = tokenizer
         .to_json()?
@@ -397,6 +391,14 @@ fn readme(
         ),
         Method::Full => "full fine-tuning".to_string(),
     };
+    let precision = match train.quantize_base {
+        Some(q) => format!(
+            "\n- Base weights: f32 here. webtune's run kept them in {} (QLoRA), a format of its \
+             own; the losses then differ from webtune's by that rounding.",
+            q.as_str()
+        ),
+        None => String::new(),
+    };
     let base_name = match &model.gguf_file {
         Some(file) => format!("{}/{file}", model.path),
         None => model.path.clone(),
@@ -413,4 +415,5 @@ fn readme(
                 train.grad_accum, config.batch_size, seq_len
             ),
         )
+        .replace("{{PRECISION}}", &precision)
 }

@@ -215,6 +215,7 @@ const datasetPanel = createDatasetPanel(document.getElementById("dataset-panel")
 });
 const finetunePanel = createFinetunePanel(document.getElementById("finetune-panel"), {
   onStart: () => void finetune(null),
+  onRecipe: () => void downloadRecipe(),
   onStop: () => cancel(),
   onPause: () => pause(),
   onResume: () => resume(),
@@ -1100,6 +1101,42 @@ async function exportFiles() {
   return { files, error: null };
 }
 
+/**
+ * "Download a training recipe": the job the panel would start, as a Python project for
+ * transformers + PEFT + Accelerate (worker "recipe"), saved as webtune-recipe.zip. Nothing is
+ * trained and nothing is uploaded.
+ */
+async function downloadRecipe() {
+  // The automatic "before" evaluation first, as a run waits for it.
+  if (state.autoEval || state.checkpointRefresh) await settleAuto();
+  const refusal = refusalFor("train") ?? (state.model ? null : { code: "model.not_loaded", message: "Load a model first." });
+  if (refusal) return void alerts.show(refusal);
+  if (!state.dataset) return void alerts.show({ code: "data.missing", message: "Choose a dataset file or a sample first." });
+  setStatus("Writing the training recipe…", "running");
+  const { result } = client.recipe(state.dataset.name, state.dataset.bytes, panelConfig(), validationMessage());
+  const outcome = await result;
+  if (outcome.error) {
+    setStatus("The training recipe could not be written.", "error");
+    alerts.show(outcome.error);
+    return;
+  }
+  saveBlob(new Blob([outcome.result], { type: "application/zip" }), "webtune-recipe.zip");
+  setStatus("Training recipe saved (webtune-recipe.zip).", "done");
+}
+
+/** Offer `blob` as a download named `name` through a Blob URL. */
+function saveBlob(blob, name) {
+  const url = URL.createObjectURL(blob);
+  const a = document.createElement("a");
+  a.href = url;
+  a.download = name;
+  a.hidden = true;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+}
+
 /** Save one exported file through a Blob URL (nothing is uploaded). */
 async function download(path) {
   const { files, error } = await exportFiles();
@@ -1110,15 +1147,7 @@ async function download(path) {
     return;
   }
   const type = path.endsWith(".json") ? "application/json" : "application/octet-stream";
-  const url = URL.createObjectURL(new Blob([bytes], { type }));
-  const a = document.createElement("a");
-  a.href = url;
-  a.download = downloadName(path);
-  a.hidden = true;
-  document.body.append(a);
-  a.click();
-  a.remove();
-  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+  saveBlob(new Blob([bytes], { type }), downloadName(path));
 }
 
 /**
@@ -1167,15 +1196,7 @@ function downloadReport(kind = "json") {
     return;
   }
   const type = kind === "html" ? "text/html;charset=utf-8" : "application/json";
-  const url = URL.createObjectURL(new Blob([body], { type }));
-  const a = document.createElement("a");
-  a.href = url;
-  a.download = `webtune-evaluation-report.${kind === "html" ? "html" : "json"}`;
-  a.hidden = true;
-  document.body.append(a);
-  a.click();
-  a.remove();
-  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+  saveBlob(new Blob([body], { type }), `webtune-evaluation-report.${kind === "html" ? "html" : "json"}`);
 }
 
 /** Delete the downloaded model files from the browser (the loaded model stays loaded). */

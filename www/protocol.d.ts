@@ -125,6 +125,19 @@ export interface EvaluateRequest {
   validation?: FileBytes;
 }
 
+/** The job `finetune` would run with these arguments, written as a Python project for Hugging
+ * Face transformers + PEFT launched by Accelerate (the CLI's `webtune recipe`; nothing is
+ * trained). Reply: `done` with result an ArrayBuffer, a ZIP archive of `webtune-recipe/…`, or
+ * `error`. */
+export interface RecipeRequest {
+  type: "recipe";
+  id: string;
+  name: string;
+  bytes: ArrayBuffer;
+  config?: JobConfig;
+  validation?: FileBytes;
+}
+
 /** The saved checkpoint's description (`done`, result CheckpointMeta or null), or delete it. */
 export interface CheckpointRequest {
   type: "checkpoint-info" | "checkpoint-discard";
@@ -170,7 +183,7 @@ export interface ControlRequest {
 }
 
 /** Every message a page may send. Only one of train-toy, load-model, generate, logits,
- * inspect-dataset, finetune, evaluate and export runs at a time; another is refused with
+ * inspect-dataset, finetune, evaluate, recipe and export runs at a time; another is refused with
  * `train.busy` (train-toy, finetune) or `worker.busy`. */
 export type Request =
   | InitRequest
@@ -181,6 +194,7 @@ export type Request =
   | InspectDatasetRequest
   | FinetuneRequest
   | EvaluateRequest
+  | RecipeRequest
   | CheckpointRequest
   | ClassifyRequest
   | SimilarityRequest

@@ -593,6 +593,12 @@ export declare class FineTuner {
    */
   evaluate(options?: JobConfig & { model?: WhichModel }): Promise<EvaluateResult>;
   train(config?: JobConfig & { preset?: PresetName }): Promise<TrainResult>;
+  /**
+   * The job train(config) would run, as a Python project for transformers + PEFT launched by
+   * Accelerate (same data, split, batches, starting weights and optimiser): a ZIP archive of
+   * `webtune-recipe/…`. Nothing is trained.
+   */
+  recipe(config?: JobConfig & { preset?: PresetName }): Promise<Uint8Array>;
   /** Returns whether something was running. */
   cancel(): boolean;
   /**

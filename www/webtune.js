@@ -502,17 +502,8 @@ export class FineTuner {
     return { ...result, task: result.task ?? taskOf(this.#model) };
   }
 
-  /**
-   * Fine-tune the loaded model on the loaded dataset (worker.js "finetune"): evaluates the base
-   * model on the held-out split, trains, evaluates again and exports. `config` is merged over
-   * the dataset's options; `config.preset` ("quick-demo", "standard") starts from PRESETS.
-   * Emits "phase" and "progress" (one per training step). cancel() stops after the current
-   * step; the promise still resolves (result.cancelled true) with the model trained so far.
-   */
-  async train(config = {}) {
-    this.#alive();
-    this.#needModel("train()");
-    this.#needDataset("train()");
+  /** train()'s configuration: `config` (and its preset) merged over the dataset's options. */
+  #jobConfig(config) {
     const { preset, ...rest } = config ?? {};
     let base = this.#dataset.options;
     if (preset !== undefined) {
@@ -524,7 +515,21 @@ export class FineTuner {
     const asked = rest.train ?? {};
     if (asked.steps != null && base?.train?.epochs != null) base = mergeConfig(base, { train: { epochs: null } });
     if (asked.epochs != null && base?.train?.steps != null) base = mergeConfig(base, { train: { steps: null } });
-    const job = mergeConfig(base, rest);
+    return mergeConfig(base, rest);
+  }
+
+  /**
+   * Fine-tune the loaded model on the loaded dataset (worker.js "finetune"): evaluates the base
+   * model on the held-out split, trains, evaluates again and exports. `config` is merged over
+   * the dataset's options; `config.preset` ("quick-demo", "standard") starts from PRESETS.
+   * Emits "phase" and "progress" (one per training step). cancel() stops after the current
+   * step; the promise still resolves (result.cancelled true) with the model trained so far.
+   */
+  async train(config = {}) {
+    this.#alive();
+    this.#needModel("train()");
+    this.#needDataset("train()");
+    const job = this.#jobConfig(config);
     const d = this.#dataset;
     const onEvent = (m) => {
       const { type, ...event } = m.event ?? {};
@@ -540,6 +545,23 @@ export class FineTuner {
     this.#lastResult = result;
     this.#trainedOn = d;
     return result;
+  }
+
+  /**
+   * The job train(config) would run, as a Python project that runs it with Hugging Face
+   * transformers + PEFT on GPUs or a cluster (launched by Accelerate): the same examples,
+   * split, batches, starting weights and optimiser, so on one device it reproduces webtune's
+   * losses. Nothing is trained. Resolves with the ZIP archive's bytes (a Uint8Array holding
+   * `webtune-recipe/…`: job.json, data/, train.py, requirements.txt, README.md, accelerate/).
+   */
+  async recipe(config = {}) {
+    this.#alive();
+    this.#needModel("recipe()");
+    this.#needDataset("recipe()");
+    const job = this.#jobConfig(config);
+    const d = this.#dataset;
+    const outcome = await this.#settle(this.#client.recipe(d.name, d.bytes, job, d.validation));
+    return new Uint8Array(outcome.result);
   }
 
   /**

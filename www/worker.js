@@ -538,6 +538,8 @@ async function loadModel(id, source) {
       throw e;
     }
     const t2 = performance.now();
+    // Picked files say nothing of where the model lives on disk: the recipe's reader fills it in.
+    loadedModelName = described.kind === "hub" ? described.repo : null;
     post({ type: "model", id, info, source: described, timing: { download_ms: t1 - t0, load_ms: t2 - t1 } });
   } catch (e) {
     reportError(id, e);
@@ -772,6 +774,28 @@ async function evaluate(id, name, bytes, config, which, validation) {
   }
 }
 
+/** How a recipe's job.json names the base: its Hub repository, or a folder for the user to fill in. */
+let loadedModelName = null;
+
+async function recipe(id, name, bytes, config, validation) {
+  const started = await beginOp(id, "recipe");
+  if (!started) return;
+  const { session, op } = started;
+  try {
+    if (typeof session.recipe !== "function") {
+      throw coded("recipe.unsupported", "This build of the webtune wasm module cannot write recipes (it has no Session.recipe); rebuild it with `cargo xtask build-wasm`.");
+    }
+    const data = datasetBytes("recipe", name, bytes);
+    const zip = await session.recipe(name, data, config ?? {}, loadedModelName ?? "path/to/the/base/model", ...validationArgs("recipe", validation));
+    const buffer = zip.byteOffset === 0 && zip.byteLength === zip.buffer.byteLength ? zip.buffer : zip.slice().buffer;
+    post({ type: "done", id, result: buffer }, [buffer]);
+  } catch (e) {
+    reportError(id, e);
+  } finally {
+    finish(op);
+  }
+}
+
 async function encoderCall(id, kind, which, call) {
   const started = await beginOp(id, kind);
   if (!started) return;
@@ -911,6 +935,9 @@ self.addEventListener("message", (/** @type {MessageEvent} */ event) => {
       return;
     case "export":
       exportFiles(message.id);
+      return;
+    case "recipe":
+      recipe(message.id, message.name, message.bytes, message.config, message.validation);
       return;
     case "replay-reference":
       replayReference(message.id, message.reference, message.method);

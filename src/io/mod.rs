@@ -6,3 +6,4 @@ pub mod hf;
 pub mod safetensors;
 pub mod source;
 pub mod tokenizer;
+pub mod zip;

@@ -29,6 +29,7 @@ use crate::train::memory::{self, BatchShape, MemoryEstimate, MemoryLimits};
 use crate::train::qlora::{
     cpu_quantized_bytes, load_quantized, quantized_as_loaded, BaseQuant, DEFAULT_BLOCK_SIZE,
 };
+use crate::train::recipe::{recipe, BaseModelRef};
 use crate::train::replay::{replay, ReferenceRun};
 use crate::train::run_task;
 use crate::train::toy::{train_toy, ToyTrainConfig};
@@ -817,6 +818,49 @@ impl Session {
                 *tuned_slot.borrow_mut() = Some(Rc::new(Tuned { model, export }));
             }
             Ok(value)
+        })
+    }
+
+    /// The job `finetune` would run with these arguments, as a Python project for Hugging Face
+    /// transformers + PEFT launched by Accelerate (the CLI's `webtune recipe`), zipped under
+    /// `webtune-recipe/`: resolves to a `Uint8Array`. `model` is how the project's job.json
+    /// names the base (a Hub id, or a folder for the user to fill in). Nothing is trained.
+    pub fn recipe(
+        &self,
+        name: String,
+        bytes: Vec<u8>,
+        config: JsValue,
+        model: String,
+        validation_name: Option<String>,
+        validation_bytes: Option<Vec<u8>>,
+    ) -> js_sys::Promise {
+        let base = self.current_model();
+        let files = self.files.borrow().clone();
+        let backend = self.backend.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let base = base?;
+            let run = async {
+                let config = job_config(config)?;
+                let files = files.ok_or_else(|| {
+                    Error::new(Code::ModelNotLoaded, "no model is loaded; load one first")
+                })?;
+                let model_ref = BaseModelRef {
+                    path: model,
+                    gguf_file: files
+                        .names()
+                        .find(|n| n.ends_with(".gguf"))
+                        .map(str::to_string),
+                };
+                let data = dataset_files(&name, &bytes, &validation_name, &validation_bytes, None);
+                let written = recipe(&model_ref, &files, &base, &backend, data, &config).await?;
+                let named: Vec<(String, Vec<u8>)> = written
+                    .into_iter()
+                    .map(|(n, b)| (format!("webtune-recipe/{n}"), b))
+                    .collect();
+                crate::io::zip::stored(&named)
+            };
+            let zip = run.await.map_err(|e| error_to_js(&e))?;
+            Ok(js_sys::Uint8Array::from(zip.as_slice()).into())
         })
     }
 

@@ -108,7 +108,7 @@ const isLocal = (url) => {
 
 // ---------------------------------------------------------------------------------------------
 
-test("a. the API: create → loadModel → loadDataset → train (progress events) → export merged and PEFT → generate", { timeout: 300_000 }, async () => {
+test("a. the API: create → loadModel → loadDataset → train (progress events) → export merged and PEFT → recipe → generate", { timeout: 300_000 }, async () => {
   await withPageAt("embed-a-api", browser, API_PAGE, {}, async ({ page, log }) => {
     const setup = await setUp(page);
     assert.equal(setup.backend, "cpu");
@@ -131,6 +131,9 @@ test("a. the API: create → loadModel → loadDataset → train (progress event
         const merged = await ft.export("merged");
         const peft = await ft.export("peft");
         const all = await ft.export("all");
+        // The same job as a Python project: a ZIP of stored files, so its job.json reads as text.
+        const recipe = await ft.recipe(config);
+        const recipeText = decode(recipe);
         const tokens = [];
         const offToken = ft.on("token", (t) => tokens.push(t.token));
         const tuned = await ft.generate("Q: What is the capital of France?", { greedy: true, max_new_tokens: 4, ignore_eos: true });
@@ -146,6 +149,12 @@ test("a. the API: create → loadModel → loadDataset → train (progress event
           peft: Object.fromEntries(Object.entries(peft).map(([n, b]) => [n, b.byteLength])),
           adapterConfig: JSON.parse(decode(peft["adapter_config.json"])),
           all: Object.keys(all),
+          recipe: {
+            magic: [...recipe.subarray(0, 4)],
+            job: recipeText.includes("webtune-recipe/job.json"),
+            steps: recipeText.match(/"steps": (\d+)/)?.[1] ?? null,
+            trainPy: recipeText.includes("webtune-recipe/train.py"),
+          },
           tuned,
           base,
           tokens,
@@ -166,6 +175,7 @@ test("a. the API: create → loadModel → loadDataset → train (progress event
     assert.equal(result.task, "causal");
     assert.equal(result.cancelled, false);
     assert.equal(result.summary.steps, 6);
+    assert.deepEqual(out.recipe, { magic: [0x50, 0x4b, 3, 4], job: true, steps: "6", trainPy: true }, "recipe() writes the job as a ZIP");
     assert.equal(result.summary.backend, "cpu");
     assert.deepEqual(progress.map((p) => p.step), [1, 2, 3, 4, 5, 6], "one progress event per step");
     assert.ok(progress.every((p) => p.total_steps === 6 && Number.isFinite(p.loss) && Number.isFinite(p.lr)));

@@ -2,7 +2,8 @@
 // (tests/fixtures/tiny_random/gpt2-vocab): the dataset report (a malformed JSONL line under the
 // skip and stop policies), a LoRA run whose held-out loss falls, shown on the chart and in the
 // before/after panel, Stop mid-run, a no-egress check over the whole local flow (with the
-// evaluation report downloaded as JSON and as an HTML page that opens offline), the exported
+// evaluation report downloaded as JSON and as an HTML page that opens offline, and the training
+// recipe as a ZIP), the exported
 // merged model loading in the native CLI with the same logits, and WebGPU losses matching CPU.
 
 import { after, before, test } from "node:test";
@@ -12,6 +13,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
+import zlib from "node:zlib";
 
 import {
   CLI,
@@ -55,6 +57,27 @@ const DATA = { data: { policy: "skip", causal: { seq_len: 32 } }, validation_fra
 const LORA = { ...DATA, samples: 3, sample_tokens: 12, train: { method: "lora", lr: 1e-2, steps: 30, eval_every: 10, seed: 7, lora_r: 8, lora_alpha: 16 } };
 
 const OP_TIMEOUT_MS = 180_000;
+
+/** The files of a ZIP of stored entries (what the page writes), read through its central directory. */
+function readStoredZip(buf) {
+  const end = buf.length - 22;
+  assert.equal(buf.readUInt32LE(end), 0x06054b50, "the end of the central directory");
+  const files = {};
+  let at = buf.readUInt32LE(end + 16);
+  for (let i = 0; i < buf.readUInt16LE(end + 10); i++) {
+    assert.equal(buf.readUInt32LE(at), 0x02014b50, "a central directory entry");
+    const [method, crc, size, nameLength] = [buf.readUInt16LE(at + 10), buf.readUInt32LE(at + 16), buf.readUInt32LE(at + 24), buf.readUInt16LE(at + 28)];
+    const local = buf.readUInt32LE(at + 42);
+    const start = local + 30 + buf.readUInt16LE(local + 26) + buf.readUInt16LE(local + 28);
+    const data = buf.subarray(start, start + size);
+    const name = buf.toString("utf8", at + 46, at + 46 + nameLength);
+    assert.equal(method, 0, `${name} is stored`);
+    assert.equal(zlib.crc32(data), crc, `${name}'s CRC`);
+    files[name] = data;
+    at += 46 + nameLength + buf.readUInt16LE(at + 30) + buf.readUInt16LE(at + 32);
+  }
+  return files;
+}
 
 let browser;
 before(async () => {
@@ -491,6 +514,28 @@ test("c. privacy: after the model is loaded, checking data, fine-tuning, generat
       await viewer.close();
       fs.rmSync(path.dirname(htmlPath), { recursive: true, force: true });
     }
+    // The training recipe: the panel's job as a Python project (transformers + PEFT +
+    // Accelerate), written in the page as one ZIP, with the split and data of this dataset.
+    const [recipeDownload] = await Promise.all([page.waitForEvent("download", { timeout: 60_000 }), page.getByTestId("ft-recipe").click()]);
+    assert.equal(recipeDownload.suggestedFilename(), "webtune-recipe.zip");
+    const recipe = readStoredZip(fs.readFileSync(await recipeDownload.path()));
+    for (const name of ["job.json", "train.py", "requirements.txt", "README.md", "tokenizer.json", "data/train.jsonl", "data/validation.jsonl", "initial_adapter/adapter_model.safetensors", "accelerate/fsdp.yaml"]) {
+      assert.ok(recipe[`webtune-recipe/${name}`], `the recipe has ${name}: ${Object.keys(recipe).join(", ")}`);
+    }
+    const job = JSON.parse(recipe["webtune-recipe/job.json"].toString("utf8"));
+    assert.equal(job.task, "causal_lm");
+    assert.equal(job.method, "lora");
+    // The panel's row length, within the model's 128 positions (a row needs one more token).
+    const panelSeqLen = Number(await page.getByTestId("dataset-seq-len").inputValue());
+    assert.equal(job.tokens.seq_len, Math.min(panelSeqLen, 127));
+    assert.equal(job.data.train_examples + job.data.validation_examples, latest.report.examples);
+    const trainLines = recipe["webtune-recipe/data/train.jsonl"].toString("utf8").trim().split("\n");
+    assert.equal(trainLines.length, job.data.train_examples);
+    assert.ok(trainLines.every((l) => JSON.parse(l).source.startsWith("capitals.jsonl line ")), trainLines[0]);
+    // Picked files do not say where the model lives: the recipe's reader names it (--model).
+    assert.equal(job.base_model.path, "path/to/the/base/model");
+    assert.equal(JSON.parse(recipe["webtune-recipe/tokenizer.json"].toString("utf8")).model.type, "BPE");
+    await waitInPage(page, () => document.querySelector("[data-testid=ft-recipe]")?.disabled === false, null, 10_000, "the page to be usable after the recipe");
     await page.waitForTimeout(500);
 
     const during = log.requests.slice(mark);

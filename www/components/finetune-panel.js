@@ -41,9 +41,12 @@ const PHASES = {
 /**
  * @param {HTMLElement} section  the panel's <section>
  * @param {{onStart: (train: object) => void, onStop: () => void, onPause?: () => void, onResume?: () => void,
- *          onContinue?: () => void, onDiscard?: () => void}} options
+ *          onContinue?: () => void, onDiscard?: () => void, onRecipe?: (train: object) => void}} options
  */
-export function createFinetunePanel(section, { onStart, onStop, onPause = () => {}, onResume = () => {}, onContinue = () => {}, onDiscard = () => {} }) {
+export function createFinetunePanel(
+  section,
+  { onStart, onStop, onPause = () => {}, onResume = () => {}, onContinue = () => {}, onDiscard = () => {}, onRecipe = () => {} },
+) {
   const preset = el(
     "select",
     { id: "ft-preset", "data-testid": "ft-preset" },
@@ -135,6 +138,17 @@ export function createFinetunePanel(section, { onStart, onStop, onPause = () => 
 
   const start = el("button", { type: "submit", class: "primary", "data-testid": "ft-start", disabled: true }, "Start fine-tuning");
   const stop = el("button", { type: "button", "data-testid": "ft-stop", disabled: true, onclick: () => onStop() }, "Stop");
+  const recipe = el(
+    "button",
+    {
+      type: "button",
+      "data-testid": "ft-recipe",
+      disabled: true,
+      title: "This job as a Python project (transformers + PEFT + Accelerate) that runs it on GPUs or a cluster: same data, split and settings.",
+      onclick: () => onRecipe(config()),
+    },
+    "Download a training recipe",
+  );
   // One button: "Pause" while training, "Resume" once paused (or while a pause is pending).
   let pauseState = null; // null | "pausing" | "paused"
   const pause = el(
@@ -164,7 +178,7 @@ export function createFinetunePanel(section, { onStart, onStop, onPause = () => 
         el("label", { for: "ft-grad-checkpointing" }, "Gradient checkpointing (less memory)"),
       ),
     ),
-    el("div", { class: "buttons" }, start, pause, stop),
+    el("div", { class: "buttons" }, start, pause, stop, recipe),
   );
   form.addEventListener("submit", (event) => {
     event.preventDefault();
@@ -266,6 +280,7 @@ export function createFinetunePanel(section, { onStart, onStop, onPause = () => 
     /** canStart: model + dataset + idle worker; running / cancelling: a job is in progress. */
     setMode({ canStart, running, cancelling, pausing = false, paused = false }) {
       start.disabled = !canStart;
+      recipe.disabled = !canStart;
       continueRun.disabled = !canStart;
       discard.disabled = running;
       stop.disabled = !running || cancelling;

@@ -371,6 +371,14 @@ export class WorkerClient {
     return this.request("eval", { type: "evaluate", name, bytes, config, which, validation });
   }
 
+  /**
+   * The job finetune() would run with these arguments, as a Python project for transformers +
+   * PEFT + Accelerate; `result` settles with `{result: ArrayBuffer}` (a ZIP) or `{error}`.
+   */
+  recipe(/** @type {string} */ name, /** @type {ArrayBuffer} */ bytes, config, validation = undefined) {
+    return this.request("recipe", { type: "recipe", name, bytes, config, validation });
+  }
+
   /** Classify a text with an encoder's head; `result` settles with `{result: {label, labels, probs}}` or `{error}`. */
   classify(/** @type {string} */ text, /** @type {WhichModel} */ which = "base") {
     return this.request("cls", { type: "classify", text, which });

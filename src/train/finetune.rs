@@ -298,31 +298,33 @@ pub struct TrainableModel {
 impl TrainableModel {
     /// Prepare a loaded model (on an autodiff device) for `config`; LoRA factors start as
     /// PEFT's default init from `config.seed`.
+    ///
     /// With [`FinetuneConfig::init_adapter`], the factors start as that adapter's instead, and
     /// an adapter that does not fit the model is refused naming the base it was trained on.
     pub fn prepare(family: Family, config: &FinetuneConfig) -> Result<Self> {
-        match &config.init_adapter {
-            None => Self::prepare_with(family, config, LoraInit::Seeded(config.seed)),
-            Some(InitAdapter(adapter)) => {
-                let trained_on = adapter
-                    .base_model
-                    .as_deref()
-                    .map(|b| format!(" (it was trained on {b})"))
-                    .unwrap_or_default();
-                Self::prepare_with(family, config, adapter.spec.init.clone()).map_err(|e| {
-                    // Whatever attaching found wrong is a mismatch between the adapter and
-                    // this model, not a bad setting.
-                    Error {
-                        code: Code::ShapeMismatch,
-                        message: format!(
-                            "the adapter to continue does not fit this model{trained_on}: {}",
-                            e.message
-                        ),
-                        ..e
-                    }
-                })
-            }
-        }
+        let Some(InitAdapter(adapter)) = &config.init_adapter else {
+            return Self::prepare_with(family, config, LoraInit::Seeded(config.seed));
+        };
+        // The settings first: what fails after them is attaching the adapter's factors.
+        config.validate()?;
+        let trained_on = adapter
+            .base_model
+            .as_deref()
+            .map(|b| format!(" (it was trained on {b})"))
+            .unwrap_or_default();
+        Self::prepare_with(family, config, adapter.spec.init.clone()).map_err(|e| match e.code {
+            // A module the model lacks (config.invalid) or of another size: a mismatch between
+            // the adapter and this model, not a bad setting.
+            Code::ShapeMismatch | Code::ConfigInvalid => Error {
+                code: Code::ShapeMismatch,
+                message: format!(
+                    "the adapter to continue does not fit this model{trained_on}: {}",
+                    e.message
+                ),
+                ..e
+            },
+            _ => e,
+        })
     }
 
     /// As [`prepare`](Self::prepare), with the LoRA factors' start given (replaying a PEFT run).

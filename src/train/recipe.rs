@@ -18,7 +18,7 @@ use super::causal_job::{causal_options, is_plain, prepare_data};
 use super::classify::{ClassifierModel, MODELING_WEBTUNE_PY};
 use super::classify_job::{head_config, prepare_class_data};
 use super::export::{export_adapter_with, ExportFiles};
-use super::finetune::{Method, TrainableModel};
+use super::finetune::{FinetuneConfig, Method, TrainableModel};
 use super::job::{tokenizer_of, DatasetFiles, JobConfig};
 use super::lora::parameters;
 use crate::backend::Backend;
@@ -205,7 +205,10 @@ async fn causal_lm(
             // The factors' start as webtune draws it (or the adapter it continues): the script
             // starts from it, so its run and webtune's are the same run from the first step.
             let device = train.training_device(backend);
-            let model = TrainableModel::prepare(base.family.trainable_on(&device), train)?;
+            let model = TrainableModel::prepare(
+                base.family.trainable_on(&device),
+                &factors_only(train, base),
+            )?;
             lora_part(&model, &model_ref.path, Some("CAUSAL_LM"), &[], out).await?
         }
         Method::Full => Value::Null,
@@ -268,7 +271,12 @@ async fn classification(
     };
     let from_checkpoint = bert.num_labels() == prepared.labels.len();
     let head = head_config(bert, &files.config()?, config.head, from_checkpoint);
-    let model = ClassifierModel::prepare(family, prepared.labels.clone(), train, head)?;
+    let model = ClassifierModel::prepare(
+        family,
+        prepared.labels.clone(),
+        &factors_only(train, base),
+        head,
+    )?;
     // The head as training starts: drawn from the seed, or the checkpoint's own.
     let params = parameters(&model.model.family).await?;
     let find = |path: &str| {
@@ -327,6 +335,16 @@ async fn classification(
         train.total_steps(prepared.train_batches.len()),
         seq_len,
     ))
+}
+
+/// `train` for drawing the starting factors only: no quantized copy of an f32 base (the seeded
+/// draw does not read the base's values); a base loaded quantized keeps its own precision.
+fn factors_only(train: &FinetuneConfig, base: &LoadedModel) -> FinetuneConfig {
+    let mut train = train.clone();
+    if base.info.compact.is_none() {
+        train.quantize_base = None;
+    }
+    train
 }
 
 /// LoRA's starting factors as a PEFT adapter under `initial_adapter/` (its config's

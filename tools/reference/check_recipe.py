@@ -6,9 +6,10 @@ before training, from `--json`) and to `webtune recipe`; the recipe's `train.py`
 the CPU in float32 and its `output/losses.jsonl` and `output/result.json` must agree with webtune's
 within 1e-4 relative, step by step (the real SmolLM2 cases: or 3e-5 absolute, see
 ABSOLUTE_FLOOR). Cases: GPT-2 LoRA on prompt/completion pairs, GPT-2 full
-fine-tuning on a text file packed into rows (cosine schedule, weight decay, clipping), and the
-real SmolLM2-135M-Instruct GGUF (Llama family) with LoRA on chat conversations (its chat
-template) and full fine-tuning on pairs, and all-MiniLM-L6-v2 classifying the sentiment sample
+fine-tuning on a text file packed into rows (cosine schedule, weight decay, clipping), a tiny
+seeded Llama with SmolLM2's tokenizer (LoRA all-linear on chat through its template, full on
+pairs), the real SmolLM2-135M-Instruct GGUF (Llama family) with LoRA on chat conversations and
+full fine-tuning on pairs, and all-MiniLM-L6-v2 classifying the sentiment sample
 (LoRA with mean pooling, full with cls pooling; held-out accuracy must be equal too), and a
 LoRA run continuing (`--init-adapter`) the adapter the first case's recipe saved. Two cases
 also export: GPT-2's merged model and adapter are loaded back with transformers and PEFT, the
@@ -49,6 +50,11 @@ SENTIMENT = REPO_ROOT / "www/samples/pang_lee_polarity_200.jsonl"
 # The head's dropout off: webtune draws its masks from its own generator, torch from its own.
 NO_HEAD_DROPOUT = ["--config", '{"head": {"dropout": 0}}']
 
+# A 2-layer Llama (hidden 64, GQA 4/2, tied embeddings; seeded random weights) with SmolLM2's
+# tokenizer and chat template, made here (`tiny_llama()`): the Llama path without the real
+# model's 30 layers of float32 rounding.
+TINY_LLAMA = REPO_ROOT / "target/tmp/recipes/_tiny_llama"
+
 CASES = {
     "gpt2-lora-pairs": (
         GPT2,
@@ -60,6 +66,18 @@ CASES = {
         REPO_ROOT / "www/samples/shakespeare_excerpt.txt",
         ["--method", "full", "--batch-size", "2", "--seq-len", "32", "--lr", "1e-3", "--schedule", "cosine",
          "--weight-decay", "0.1", "--clip", "0.5"],
+    ),
+    "tiny-llama-lora-chat": (
+        TINY_LLAMA,
+        FIXTURES / "data/capitals_chat.jsonl",
+        ["--batch-size", "2", "--grad-accum", "2", "--seq-len", "64", "--lr", "1e-2", "--warmup", "1",
+         "--lora-targets", "all-linear"],
+    ),
+    "tiny-llama-full-pairs": (
+        TINY_LLAMA,
+        FIXTURES / "data/capitals.jsonl",
+        ["--method", "full", "--batch-size", "2", "--seq-len", "32", "--lr", "1e-3", "--weight-decay", "0.1",
+         "--schedule", "cosine"],
     ),
     "smollm2-lora-chat": (
         SMOLLM2,
@@ -151,6 +169,25 @@ def check_classifier_export(out, theirs):
     return f"accuracy {accuracy:.3f}"
 
 
+def tiny_llama():
+    """Writes TINY_LLAMA once: the seeded tiny Llama and SmolLM2's tokenizer (with its chat
+    template) as transformers reads it from the GGUF."""
+    if (TINY_LLAMA / "model.safetensors").exists():
+        return
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(str(SMOLLM2.parent), gguf_file=SMOLLM2.name)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5,
+        tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(TINY_LLAMA)
+    tok.save_pretrained(TINY_LLAMA)
+
+
 def main():
     p = argparse.ArgumentParser()
     target = Path(os.environ.get("CARGO_TARGET_DIR", REPO_ROOT / "target"))
@@ -160,6 +197,8 @@ def main():
     if not args.webtune.exists():
         sys.exit(f"FAILED: {args.webtune} not found: cargo build --release --bin webtune")
     worst = 0.0
+    if any(CASES[name][0] == TINY_LLAMA for name in args.cases.split(",")):
+        tiny_llama()
     for name in args.cases.split(","):
         model, data, flags = CASES[name]
         if name == "gpt2-lora-continued" and not Path(flags[-1]).exists():

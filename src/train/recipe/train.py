@@ -55,6 +55,11 @@ def parse_args():
     p.add_argument("--bf16", action="store_true", help="bf16 mixed precision (faster on recent GPUs; the numbers then differ from webtune's f32)")
     p.add_argument("--no-export", action="store_true", help="do not write output/adapter and output/merged")
     p.add_argument("--no-eval", action="store_true", help="skip the held-out loss before and after")
+    p.add_argument(
+        "--cpu-processes",
+        action="store_true",
+        help="several processes on the CPU (gloo), to try the multi-process path without GPUs: torchrun --nproc_per_node N train.py --cpu-processes",
+    )
     return p.parse_args()
 
 
@@ -287,7 +292,7 @@ class SplitMix64:
 
 class BatchOrder:
     """The micro-batches of the whole run, in webtune's order: epochs over the batches, each
-    epoch shuffled (seeded) when the job shuffles; steps × grad_accum of them."""
+    epoch shuffled (seeded) when the job shuffles; `count` of them."""
 
     def __init__(self, batches, count, seed, shuffle):
         self.batches, self.count, self.seed, self.shuffle = batches, count, seed, shuffle
@@ -555,13 +560,17 @@ def main():
         save_strategy="no",
         eval_strategy="no",
         report_to=[],
+        **({"use_cpu": True, "ddp_backend": "gloo"} if args.cpu_processes else {}),
         disable_tqdm=True,
         remove_unused_columns=False,
         dataloader_num_workers=0,
         **({"gradient_checkpointing": True} if job["gradient_checkpointing"] else {}),
     )
     model = load_model(job, args.model)
-    batch_order = BatchOrder(train_batches, job["steps"] * job["grad_accum"], job["seed"], job["shuffle"])
+    # The whole run's micro-batches: each of N processes takes every N-th, so one optimiser step
+    # sees N × grad_accum of them, in the order one process would take N × grad_accum.
+    micro = job["steps"] * job["grad_accum"] * training_args.world_size
+    batch_order = BatchOrder(train_batches, micro, job["seed"], job["shuffle"])
     losses = StepLosses(args.output / "losses.jsonl")
     trainer = RecipeTrainer(
         model=model,

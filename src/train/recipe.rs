@@ -92,8 +92,8 @@ pub async fn recipe(
         "parameters": base.info.parameters,
     });
     job["data"]["files"] = json!(data_files);
-    job["data"]["train"] = json!("data/train.jsonl");
-    job["data"]["validation"] = json!("data/validation.jsonl");
+    job["data"]["train"] = json!(TRAIN_EXAMPLES);
+    job["data"]["validation"] = json!(VALIDATION_EXAMPLES);
     job["tokens"]["tokenizer"] = json!("tokenizer.json");
     job["tokens"]["seq_len"] = json!(seq_len);
     job["tokens"]["pad_multiple"] = json!(PAD_MULTIPLE);
@@ -145,6 +145,22 @@ pub async fn recipe(
     Ok(out)
 }
 
+/// Where the project keeps the training and held-out examples.
+const TRAIN_EXAMPLES: &str = "data/train.jsonl";
+const VALIDATION_EXAMPLES: &str = "data/validation.jsonl";
+
+/// The split's examples as the project's two JSONL files, in the split's order.
+fn push_examples(
+    out: &mut ExportFiles,
+    dataset: &Dataset,
+    train: &[usize],
+    validation: &[usize],
+) -> Result<()> {
+    out.push((TRAIN_EXAMPLES.into(), jsonl(dataset, train)?));
+    out.push((VALIDATION_EXAMPLES.into(), jsonl(dataset, validation)?));
+    Ok(())
+}
+
 /// One JSON line per example, in the order given, with where it came from.
 fn jsonl(dataset: &Dataset, idx: &[usize]) -> Result<Vec<u8>> {
     let mut out = Vec::new();
@@ -191,14 +207,12 @@ async fn causal_lm(
         (None, true) => Some(ChatTemplate::chatml()),
         (_, false) => None,
     };
-    out.push((
-        "data/train.jsonl".into(),
-        jsonl(&prepared.dataset, &prepared.train)?,
-    ));
-    out.push((
-        "data/validation.jsonl".into(),
-        jsonl(&prepared.dataset, &prepared.validation)?,
-    ));
+    push_examples(
+        out,
+        &prepared.dataset,
+        &prepared.train,
+        &prepared.validation,
+    )?;
     let train = &config.train;
     let lora = match train.method {
         Method::Lora => {
@@ -255,14 +269,12 @@ async fn classification(
 ) -> Result<(Value, usize, usize)> {
     let prepared = prepare_class_data(base, data, config)?;
     let tokenizer = tokenizer_of(base)?;
-    out.push((
-        "data/train.jsonl".into(),
-        jsonl(&prepared.dataset, &prepared.train)?,
-    ));
-    out.push((
-        "data/validation.jsonl".into(),
-        jsonl(&prepared.dataset, &prepared.validation)?,
-    ));
+    push_examples(
+        out,
+        &prepared.dataset,
+        &prepared.train,
+        &prepared.validation,
+    )?;
     let train = &config.train;
     let device = train.training_device(backend);
     let family = base.family.trainable_on(&device);

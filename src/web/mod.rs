@@ -408,6 +408,19 @@ impl Session {
         })
     }
 
+    /// The loaded model and the files it was loaded from (a job reads its config, chat
+    /// template and tokenizer files), or `model.not_loaded`.
+    fn current_model_and_files(&self) -> Result<(Rc<LoadedModel>, Rc<ModelFiles>), JsValue> {
+        let base = self.current_model()?;
+        let files = self.files.borrow().clone().ok_or_else(|| {
+            error_to_js(&Error::new(
+                Code::ModelNotLoaded,
+                "no model is loaded; load one first",
+            ))
+        })?;
+        Ok((base, files))
+    }
+
     fn current_model(&self) -> Result<Rc<LoadedModel>, JsValue> {
         self.model.borrow().clone().ok_or_else(|| {
             error_to_js(&Error::new(
@@ -750,17 +763,13 @@ impl Session {
         checkpoints: Option<(js_sys::Function, Option<Vec<u8>>)>,
         validation: Option<(String, Vec<u8>)>,
     ) -> js_sys::Promise {
-        let base = self.current_model();
-        let files = self.files.borrow().clone();
+        let loaded = self.current_model_and_files();
         let tuned_slot = self.tuned.clone();
         let backend = self.backend.clone();
         wasm_bindgen_futures::future_to_promise(async move {
-            let base = base?;
+            let (base, files) = loaded?;
             let run = async {
                 let config = job_config(config)?;
-                let files = files.ok_or_else(|| {
-                    Error::new(Code::ModelNotLoaded, "no model is loaded; load one first")
-                })?;
                 let progress = data_progress_to(&on_event);
                 let checkpointing = match checkpoints {
                     Some((on_checkpoint, resume)) => {
@@ -834,16 +843,12 @@ impl Session {
         validation_name: Option<String>,
         validation_bytes: Option<Vec<u8>>,
     ) -> js_sys::Promise {
-        let base = self.current_model();
-        let files = self.files.borrow().clone();
+        let loaded = self.current_model_and_files();
         let backend = self.backend.clone();
         wasm_bindgen_futures::future_to_promise(async move {
-            let base = base?;
+            let (base, files) = loaded?;
             let run = async {
                 let config = job_config(config)?;
-                let files = files.ok_or_else(|| {
-                    Error::new(Code::ModelNotLoaded, "no model is loaded; load one first")
-                })?;
                 let model_ref = BaseModelRef {
                     path: model,
                     gguf_file: files

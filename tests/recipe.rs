@@ -65,7 +65,7 @@ fn recipe(case: &str, model_dir: &Path, args: &[&str]) -> Value {
     let mut job = Value::Null;
     for (name, bytes) in &files {
         let bytes = match name.as_str() {
-            "job.json" | "initial_adapter/adapter_config.json" => {
+            "job.json" | "initial_adapter/adapter_config.json" | "README.md" => {
                 let text = String::from_utf8(bytes.clone()).unwrap();
                 // JSON escapes nothing in a plain path.
                 text.replace(absolute, "<model>").into_bytes()

@@ -8,7 +8,9 @@ use serde_json::Value;
 use webtune::error::Code;
 use webtune::io::hf::ModelFiles;
 use webtune::models::loaded::LoadedModel;
-use webtune::train::adapter::{apply_peft_adapter, parse_peft_adapter, read_peft_adapter};
+use webtune::train::adapter::{
+    apply_peft_adapter, attach_peft_adapter, parse_peft_adapter, read_peft_adapter,
+};
 
 mod common;
 use common::{fixture, ids};
@@ -81,6 +83,56 @@ fn adapters_saved_by_peft_give_transformers_logits() {
         "7 projections × 2 layers: {:?}",
         a.modules
     );
+}
+
+/// The page's hot swap: adapters attached un-merged beside one loaded base give PEFT's logits,
+/// and attaching one changes neither the base nor another attached adapter.
+#[test]
+fn adapters_attached_side_by_side_share_one_unchanged_base() {
+    let r = reference();
+    let cases = &r["cases"];
+    let base = base("tiny_random/llama");
+    let seq = ids(&cases["llama_q_v"]["sequence"]);
+    let logits = |m: &LoadedModel| pollster::block_on(m.logits(&seq)).unwrap();
+    let before = logits(&base);
+    let max_diff = |got: &[Vec<f32>], want: &Value| -> f32 {
+        let want = want.as_array().unwrap();
+        assert_eq!(got.len(), want.len());
+        let mut diff = 0f32;
+        for (row, w) in got.iter().zip(want) {
+            for (x, w) in row.iter().zip(w.as_array().unwrap()) {
+                diff = diff.max((x - w.as_f64().unwrap() as f32).abs());
+            }
+        }
+        diff
+    };
+    let read = |case: &str| read_peft_adapter(&fixture(&format!("peft_adapters/{case}"))).unwrap();
+    let a = attach_peft_adapter(&base, &read("llama_q_v")).unwrap();
+    let b = attach_peft_adapter(&base, &read("llama_all_linear_rslora")).unwrap();
+    // b attached after a: a still answers as itself.
+    for (model, case) in [(&a, "llama_q_v"), (&b, "llama_all_linear_rslora")] {
+        assert_eq!(
+            cases[case]["sequence"], cases["llama_q_v"]["sequence"],
+            "one sequence serves both cases"
+        );
+        let diff = max_diff(&logits(model), &cases[case]["logits"]);
+        assert!(
+            diff <= 2e-5,
+            "{case} attached: logits differ from PEFT's by {diff}"
+        );
+    }
+    // The base answers as before: attaching shared its weights without changing them.
+    assert_eq!(logits(&base), before);
+    // Merging the same adapter gives the attached model's logits.
+    let merged = apply_peft_adapter(base, &read("llama_q_v")).unwrap();
+    let (m, u) = (logits(&merged), logits(&a));
+    let diff = m
+        .iter()
+        .flatten()
+        .zip(u.iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(diff <= 1e-5, "merged vs attached: {diff}");
 }
 
 fn edited_config(case: &str, edit: impl FnOnce(&mut Value)) -> Vec<u8> {

@@ -194,6 +194,41 @@ impl ModelFiles {
         })
     }
 
+    /// A short identity of the model: 64-bit FNV-1a over `config.json` and, for every weight
+    /// file, its name, size and bytes (a file over 4 MiB is sampled: 16 evenly spaced 64 KiB
+    /// windows, first and last included, so a 3 GB file is identified without reading it whole).
+    /// Adapters record it so an adapter is only applied to the base it was trained on; two
+    /// copies of the same model, however loaded (folder, picked files, URL), agree.
+    pub fn fingerprint(&self) -> Result<String> {
+        const WHOLE: usize = 4 << 20;
+        const WINDOW: usize = 64 << 10;
+        const WINDOWS: usize = 16;
+        let mut hash = Fnv1a::default();
+        if let Some(config) = self.read("config.json")? {
+            hash.write(b"config.json");
+            hash.write(&config);
+        }
+        for (name, bytes) in &self.files {
+            if !is_weight_file(name) {
+                continue;
+            }
+            let len = bytes.len();
+            hash.write(name.as_bytes());
+            hash.write(&(len as u64).to_le_bytes());
+            if len <= WHOLE {
+                hash.write(&bytes.read_all(name)?);
+                continue;
+            }
+            let last = len - WINDOW;
+            for i in 0..WINDOWS {
+                let start = last / (WINDOWS - 1) * i;
+                let start = if i == WINDOWS - 1 { last } else { start };
+                hash.write(&bytes.read(name, start..start + WINDOW)?);
+            }
+        }
+        Ok(format!("{:016x}", hash.0))
+    }
+
     /// Every file but the safetensors weights: what a job needs of a model once it is loaded
     /// (config, tokenizer, chat template, and a GGUF file, whose metadata holds all three and
     /// whose quantized bytes are small, or nothing behind a handle), without a second copy of
@@ -507,7 +542,7 @@ fn open_model_file(name: &str, path: &std::path::Path) -> Result<FileBytes> {
             format!("cannot read {}: {e}", path.display()),
         )
     };
-    if name.ends_with(".safetensors") || name.ends_with(".gguf") {
+    if is_weight_file(name) {
         let file = super::source::DiskFile::open(path).map_err(cannot)?;
         return Ok(FileBytes::Handle(std::sync::Arc::new(file)));
     }
@@ -571,6 +606,28 @@ pub fn architecture(config: &Value) -> Result<String> {
     }
 }
 
+fn is_weight_file(name: &str) -> bool {
+    name.ends_with(".safetensors") || name.ends_with(".gguf")
+}
+
+/// 64-bit FNV-1a: small, dependency-free, and stable across platforms (an identity, not a
+/// defence against forgery).
+struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv1a {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -609,5 +666,31 @@ mod tests {
         let cut = fixture("tests/fixtures/hostile/gguf/tiny_llama_f32-cut-4096.gguf");
         assert_eq!(declared("cut.gguf", &cut), Some(values));
         assert_eq!(declared("cut.gguf", &gguf[..300]), None);
+    }
+
+    fn files(config: &[u8], weights: Vec<u8>) -> ModelFiles {
+        let mut f = ModelFiles::new();
+        f.insert("config.json", config.to_vec());
+        f.insert("model.safetensors", weights);
+        f.insert("tokenizer.json", b"{}".to_vec());
+        f
+    }
+
+    #[test]
+    fn the_fingerprint_follows_config_and_weights() {
+        let big: Vec<u8> = (0..5u32 << 20).map(|i| (i * 31 % 251) as u8).collect();
+        let id = files(b"{}", big.clone()).fingerprint().unwrap();
+        assert_eq!(id.len(), 16);
+        assert_eq!(files(b"{}", big.clone()).fingerprint().unwrap(), id);
+        // Another config, another size, or a changed byte in a sampled window: another model.
+        assert_ne!(files(b"{ }", big.clone()).fingerprint().unwrap(), id);
+        assert_ne!(files(b"{}", big[1..].to_vec()).fingerprint().unwrap(), id);
+        let mut edited = big.clone();
+        edited[big.len() - 1] ^= 1;
+        assert_ne!(files(b"{}", edited).fingerprint().unwrap(), id);
+        // The tokenizer is not the weights: a model keeps its identity under another tokenizer.
+        let mut f = files(b"{}", big);
+        f.insert("tokenizer.json", b"{\"x\": 1}".to_vec());
+        assert_eq!(f.fingerprint().unwrap(), id);
     }
 }

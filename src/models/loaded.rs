@@ -18,7 +18,7 @@ use crate::io::tokenizer::Tokenizer;
 
 // One per loaded model, and the weights themselves live on the device: boxing buys nothing.
 #[allow(clippy::large_enum_variant)]
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Family {
     Gpt2(Gpt2),
     Llama(Llama),

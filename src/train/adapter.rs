@@ -256,7 +256,16 @@ pub fn read_peft_adapter(dir: &std::path::Path) -> Result<PeftAdapter> {
 }
 
 /// Attach the adapter to a causal LM and merge it into the weights.
-pub fn apply_peft_adapter(mut model: LoadedModel, adapter: &PeftAdapter) -> Result<LoadedModel> {
+pub fn apply_peft_adapter(model: LoadedModel, adapter: &PeftAdapter) -> Result<LoadedModel> {
+    let mut attached = attach_peft_adapter(&model, adapter)?;
+    attached.family = merge(attached.family);
+    Ok(attached)
+}
+
+/// The model with the adapter attached beside its weights, un-merged: the base's tensors are
+/// shared (a family's clone copies handles, not values), so any number of adapters can sit on
+/// one loaded base at the cost of their factors, and switching among them costs nothing.
+pub fn attach_peft_adapter(model: &LoadedModel, adapter: &PeftAdapter) -> Result<LoadedModel> {
     if model.is_encoder() {
         // Classification adapters carry a trained head (modules_to_save) that webtune's
         // classification exports merge instead.
@@ -271,8 +280,7 @@ pub fn apply_peft_adapter(mut model: LoadedModel, adapter: &PeftAdapter) -> Resu
         .map(|b| format!(" (it was trained on {b})"))
         .unwrap_or_default();
     let kind = FamilyKind::of(&model.family);
-    let family = model.family;
-    let (adapted, attached) = apply_lora(family, &adapter.spec).map_err(|e| {
+    let (adapted, attached) = apply_lora(model.family.clone(), &adapter.spec).map_err(|e| {
         let message = format!("the adapter does not fit this model{base}: {}", e.message);
         // Whatever attaching found wrong (no such module, other sizes) is a mismatch between
         // the adapter and this base, not a bad setting of the user's.
@@ -302,6 +310,5 @@ pub fn apply_peft_adapter(mut model: LoadedModel, adapter: &PeftAdapter) -> Resu
         )
         .with_details(json!({ "missing": missing })));
     }
-    model.family = merge(adapted);
-    Ok(model)
+    Ok(model.with_family(adapted))
 }

@@ -3,6 +3,7 @@
 //! and errors at the boundary.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -17,7 +18,10 @@ use crate::error::{Code, Error};
 use crate::eval::generate::{generate, GenerateOptions};
 use crate::io::hf::{declared_tensors, ModelFiles};
 use crate::io::source::{FileBytes, ReadAt};
-use crate::models::loaded::LoadedModel;
+use crate::models::loaded::{LoadedModel, ModelInfo};
+use crate::train::adapter::{
+    attach_peft_adapter, parse_peft_adapter, ADAPTER_CONFIG, ADAPTER_WEIGHTS,
+};
 use crate::train::causal::evaluate_loss;
 use crate::train::causal_job::{chat_template, prepare_data};
 use crate::train::checkpoint::{Checkpoint, Checkpointing};
@@ -89,6 +93,14 @@ fn to_js<T: Serialize + ?Sized>(value: &T) -> Result<JsValue, JsValue> {
         .map_err(|e| error_to_js(&Error::new(Code::Internal, e.to_string())))
 }
 
+/// A model's info with the fingerprint of the files it was loaded from.
+fn info_to_js(info: &ModelInfo, fingerprint: Option<&str>) -> Result<JsValue, JsValue> {
+    let mut value = serde_json::to_value(info)
+        .map_err(|e| error_to_js(&Error::new(Code::Internal, e.to_string())))?;
+    value["fingerprint"] = json!(fingerprint);
+    to_js(&value)
+}
+
 /// A JS `Error` carrying the stable `code` and structured `details`.
 fn error_to_js(error: &Error) -> JsValue {
     let js = js_sys::Error::new(&error.message);
@@ -113,12 +125,22 @@ pub struct Session {
     files: Rc<RefCell<Option<Rc<ModelFiles>>>>,
     /// The latest fine-tuned model and its exported files.
     tuned: Rc<RefCell<Option<Rc<Tuned>>>>,
+    /// LoRA adapters attached to the loaded model by name, un-merged: each shares the base's
+    /// weights, so choosing one (`model: "adapter:NAME"`) switches without reloading anything.
+    adapters: Rc<RefCell<BTreeMap<String, Rc<LoadedModel>>>>,
+    /// The loaded model's [`ModelFiles::fingerprint`]: what an adapter library records as "the
+    /// base this adapter belongs to".
+    fingerprint: Rc<RefCell<Option<String>>>,
 }
 
 struct Tuned {
-    model: LoadedModel,
+    model: Rc<LoadedModel>,
     export: Export,
 }
+
+/// What `model`/`which` may name: the base, the latest fine-tuned model, or an attached
+/// adapter.
+const ADAPTER_PREFIX: &str = "adapter:";
 
 /// A model file handed over from JS: bytes (`Uint8Array`/`ArrayBuffer`) or a `Blob` (a picked
 /// `File`, a downloaded body). Weight files stay where they are and are read a tensor at a time
@@ -405,6 +427,8 @@ impl Session {
             model: Rc::new(RefCell::new(None)),
             files: Rc::new(RefCell::new(None)),
             tuned: Rc::new(RefCell::new(None)),
+            adapters: Rc::new(RefCell::new(BTreeMap::new())),
+            fingerprint: Rc::new(RefCell::new(None)),
         })
     }
 
@@ -441,12 +465,15 @@ impl Session {
         let slot = self.model.clone();
         let files_slot = self.files.clone();
         let tuned_slot = self.tuned.clone();
+        let adapters_slot = self.adapters.clone();
+        let fingerprint_slot = self.fingerprint.clone();
         let device = self.backend.inference.clone();
         let backend_info = self.backend.info.clone();
         wasm_bindgen_futures::future_to_promise(async move {
             let quant = load_quant(&options).map_err(|e| error_to_js(&e))?;
             let files = files_from_js(&files).map_err(|e| error_to_js(&e))?;
             check_load_fits(&files, quant, &backend_info).map_err(|e| error_to_js(&e))?;
+            let fingerprint = files.fingerprint().map_err(|e| error_to_js(&e))?;
             // Config, tokenizer and chat template stay at hand for jobs; dense weights do not.
             let kept = files.without_weights();
             let model = match quant {
@@ -454,11 +481,13 @@ impl Session {
                 None => LoadedModel::load(files, &device),
             }
             .map_err(|e| error_to_js(&e))?;
-            let info = to_js(&model.info)?;
+            let info = info_to_js(&model.info, Some(&fingerprint))?;
             *slot.borrow_mut() = Some(Rc::new(model));
             *files_slot.borrow_mut() = Some(Rc::new(kept));
-            // A fine-tuned model belongs to the base it was trained from.
+            *fingerprint_slot.borrow_mut() = Some(fingerprint);
+            // A fine-tuned model and attached adapters belong to the base they were made for.
             *tuned_slot.borrow_mut() = None;
+            adapters_slot.borrow_mut().clear();
             Ok(info)
         })
     }
@@ -467,7 +496,7 @@ impl Session {
     #[wasm_bindgen(js_name = modelInfo)]
     pub fn model_info(&self) -> Result<JsValue, JsValue> {
         match self.model.borrow().as_ref() {
-            Some(model) => to_js(&model.info),
+            Some(model) => info_to_js(&model.info, self.fingerprint.borrow().as_deref()),
             None => Ok(JsValue::NULL),
         }
     }
@@ -496,8 +525,8 @@ impl Session {
     pub fn logits(&self, ids: Vec<u32>, which: Option<String>) -> js_sys::Promise {
         let pick = self.pick_model(which.as_deref());
         wasm_bindgen_futures::future_to_promise(async move {
-            let (base, tuned) = pick?;
-            let model = tuned.as_ref().map_or(&*base, |t| &t.model);
+            let (_, model) = pick?;
+            let model = &*model;
             let rows = model.logits(&ids).await.map_err(|e| error_to_js(&e))?;
             let vocab = rows.first().map_or(0, Vec::len);
             let flat: Vec<f32> = rows.iter().flatten().copied().collect();
@@ -527,10 +556,13 @@ impl Session {
         options: JsValue,
         on_token: js_sys::Function,
     ) -> js_sys::Promise {
-        let base = self.current_model();
-        let tuned = self.tuned.borrow().clone();
+        let which = js_sys::Reflect::get(&options, &"model".into())
+            .ok()
+            .and_then(|v| v.as_string());
+        let pick = self.pick_model(which.as_deref());
         wasm_bindgen_futures::future_to_promise(async move {
-            let base = base?;
+            let (_base, model) = pick?;
+            let model = &*model;
             let run = async {
                 let mut value: serde_json::Value = if options.is_undefined() || options.is_null() {
                     json!({})
@@ -538,16 +570,13 @@ impl Session {
                     serde_wasm_bindgen::from_value(options)
                         .map_err(|e| Error::config(format!("invalid generation options: {e}")))?
                 };
-                let which = value.as_object_mut().and_then(|o| o.remove("model"));
-                let model: &LoadedModel = match which.as_ref().and_then(|v| v.as_str()) {
-                    None | Some("base") => &base,
-                    Some("tuned") => &tuned.as_ref().ok_or_else(no_tuned_model)?.model,
-                    Some(other) => {
+                if let Some(which) = value.as_object_mut().and_then(|o| o.remove("model")) {
+                    if !which.is_string() && !which.is_null() {
                         return Err(Error::config(format!(
-                            "model must be \"base\" or \"tuned\", not {other:?}"
-                        )))
+                            "model must be \"base\", \"tuned\" or \"adapter:NAME\", not {which}"
+                        )));
                     }
-                };
+                }
                 let ignore_eos = value
                     .as_object_mut()
                     .and_then(|o| o.remove("ignore_eos"))
@@ -824,7 +853,10 @@ impl Session {
             let out = run.await.map_err(|e| error_to_js(&e))?;
             let value = to_js(&out)?;
             if let (export, Some(model)) = out.into_parts() {
-                *tuned_slot.borrow_mut() = Some(Rc::new(Tuned { model, export }));
+                *tuned_slot.borrow_mut() = Some(Rc::new(Tuned {
+                    model: Rc::new(model),
+                    export,
+                }));
             }
             Ok(value)
         })
@@ -919,24 +951,150 @@ impl Session {
         }
     }
 
+    /// Attach a PEFT LoRA adapter to the loaded model under `name` (replacing one of that
+    /// name): `files` holds `adapter_config.json` and `adapter_model.safetensors` (as `loadModel`
+    /// takes files; folder paths are fine). The adapter stays un-merged beside the shared base
+    /// weights; `generate`/`logits`/`evaluate` then run it as `model: "adapter:NAME"`. An
+    /// adapter that does not fit the base (other modules or sizes) is `model.shape_mismatch`.
+    /// Resolves to `{name, r, lora_alpha, use_rslora, scale, modules, base_model_name_or_path,
+    /// attach_ms}`.
+    #[wasm_bindgen(js_name = attachAdapter)]
+    pub fn attach_adapter(&self, name: String, files: JsValue) -> js_sys::Promise {
+        let base = self.current_model();
+        let slot = self.adapters.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let base = base?;
+            let run = || {
+                if name.is_empty() {
+                    return Err(Error::config("an adapter needs a name"));
+                }
+                let start = crate::platform::now_ms();
+                let files = files_from_js(&files)?;
+                let read = |file: &str| {
+                    files.read(file)?.map(|b| b.into_owned()).ok_or_else(|| {
+                        Error::new(
+                            Code::ModelMissingFile,
+                            format!(
+                                "the adapter has no {file} (a PEFT adapter folder holds \
+                                 {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS})"
+                            ),
+                        )
+                        .with_details(json!({ "file": file }))
+                    })
+                };
+                let adapter = parse_peft_adapter(
+                    &read(ADAPTER_CONFIG)?,
+                    ADAPTER_WEIGHTS,
+                    read(ADAPTER_WEIGHTS)?,
+                )?;
+                let model = attach_peft_adapter(&base, &adapter)?;
+                let mut value = adapter.summary();
+                value["name"] = json!(name);
+                value["attach_ms"] = json!(crate::platform::now_ms() - start);
+                Ok::<_, Error>((model, value))
+            };
+            let (model, value) = run().map_err(|e| error_to_js(&e))?;
+            slot.borrow_mut().insert(name, Rc::new(model));
+            to_js(&value)
+        })
+    }
+
+    /// Take an attached adapter off the loaded model; `false` when none had that name.
+    #[wasm_bindgen(js_name = detachAdapter)]
+    pub fn detach_adapter(&self, name: String) -> bool {
+        self.adapters.borrow_mut().remove(&name).is_some()
+    }
+
+    /// Names of the adapters attached to the loaded model.
+    #[wasm_bindgen(js_name = attachedAdapters)]
+    pub fn attached_adapters(&self) -> Vec<String> {
+        self.adapter_names()
+    }
+
+    /// The latest job's PEFT adapter, `{"adapter_config.json": Uint8Array,
+    /// "adapter_model.safetensors": Uint8Array}`: what an adapter library keeps (without the
+    /// merged weights `exportFiles` also writes). `model.not_loaded` before a job; a full
+    /// fine-tuning job has no adapter (`config.invalid`).
+    #[wasm_bindgen(js_name = adapterFiles)]
+    pub fn adapter_files(&self) -> js_sys::Promise {
+        let tuned = self.tuned.borrow().clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let run = async {
+                let tuned = tuned.ok_or_else(no_tuned_model)?;
+                let names: Vec<String> = tuned
+                    .export
+                    .names()
+                    .into_iter()
+                    .filter(|n| n.starts_with("adapter/"))
+                    .collect();
+                if names.is_empty() {
+                    return Err(Error::config(
+                        "the latest job fine-tuned every weight: it has no adapter (train with \
+                         method \"lora\" or \"qlora\" to get one)",
+                    ));
+                }
+                let out = js_sys::Object::new();
+                for name in names {
+                    let mut bytes = Vec::new();
+                    tuned
+                        .export
+                        .write(&name, &mut |b| {
+                            bytes.extend_from_slice(b);
+                            Ok(())
+                        })
+                        .await?;
+                    let file = name.trim_start_matches("adapter/");
+                    let array = js_sys::Uint8Array::from(bytes.as_slice());
+                    let _ = js_sys::Reflect::set(&out, &file.into(), &array);
+                }
+                Ok::<_, Error>(out)
+            };
+            run.await.map(Into::into).map_err(|e| error_to_js(&e))
+        })
+    }
+
+    /// The loaded base and the model `which` names: `"base"` (default), `"tuned"` (the latest
+    /// fine-tuned model) or `"adapter:NAME"` (an attached adapter).
     fn pick_model(
         &self,
         which: Option<&str>,
-    ) -> Result<(Rc<LoadedModel>, Option<Rc<Tuned>>), JsValue> {
+    ) -> Result<(Rc<LoadedModel>, Rc<LoadedModel>), JsValue> {
         let base = self.current_model()?;
-        match which {
-            None | Some("base") => Ok((base, None)),
+        let chosen = match which {
+            None | Some("base") => base.clone(),
             Some("tuned") => {
                 let tuned = self.tuned.borrow().clone();
-                Ok((
-                    base,
-                    Some(tuned.ok_or_else(|| error_to_js(&no_tuned_model()))?),
-                ))
+                tuned
+                    .ok_or_else(|| error_to_js(&no_tuned_model()))?
+                    .model
+                    .clone()
             }
-            Some(other) => Err(error_to_js(&Error::config(format!(
-                "model must be \"base\" or \"tuned\", not {other:?}"
-            )))),
-        }
+            Some(other) => match other.strip_prefix(ADAPTER_PREFIX) {
+                Some(name) => self.adapters.borrow().get(name).cloned().ok_or_else(|| {
+                    error_to_js(
+                        &Error::new(
+                            Code::ModelNotLoaded,
+                            format!(
+                                "no adapter named {name:?} is attached to the loaded model \
+                                 (attached: {})",
+                                self.adapter_names().join(", ")
+                            ),
+                        )
+                        .with_details(json!({ "adapter": name })),
+                    )
+                })?,
+                None => {
+                    return Err(error_to_js(&Error::config(format!(
+                        "model must be \"base\", \"tuned\" or \"adapter:NAME\", not {other:?}"
+                    ))))
+                }
+            },
+        };
+        Ok((base, chosen))
+    }
+
+    fn adapter_names(&self) -> Vec<String> {
+        self.adapters.borrow().keys().cloned().collect()
     }
 
     /// Score the base model (`which` "base", default) or the latest fine-tuned one ("tuned")
@@ -957,8 +1115,8 @@ impl Session {
         let pick = self.pick_model(which.as_deref());
         let files = self.files.borrow().clone();
         wasm_bindgen_futures::future_to_promise(async move {
-            let (base, tuned) = pick?;
-            let model = tuned.as_ref().map_or(&*base, |t| &t.model);
+            let (base, model) = pick?;
+            let model = &*model;
             let run = async {
                 let config = job_config(config)?;
                 let dataset =
@@ -1000,8 +1158,8 @@ impl Session {
     pub fn classify(&self, text: String, which: Option<String>) -> js_sys::Promise {
         let pick = self.pick_model(which.as_deref());
         wasm_bindgen_futures::future_to_promise(async move {
-            let (base, tuned) = pick?;
-            let model = tuned.as_ref().map_or(&*base, |t| &t.model);
+            let (_, model) = pick?;
+            let model = &*model;
             let run = async {
                 let logits = model.classify(&text).await?;
                 let lp = crate::eval::metrics::log_softmax(&logits);
@@ -1024,8 +1182,8 @@ impl Session {
     pub fn similarity(&self, a: String, b: String, which: Option<String>) -> js_sys::Promise {
         let pick = self.pick_model(which.as_deref());
         wasm_bindgen_futures::future_to_promise(async move {
-            let (base, tuned) = pick?;
-            let model = tuned.as_ref().map_or(&*base, |t| &t.model);
+            let (_, model) = pick?;
+            let model = &*model;
             let run = async {
                 if !model.is_encoder() {
                     return Err(Error::config(

@@ -138,6 +138,22 @@ export interface RecipeRequest {
   validation?: FileBytes;
 }
 
+/** The adapter library (worker.js, lib/adapter-library.js). `adapters`, `adapter-rename`,
+ * `adapter-delete` and `adapter-files` are answered beside a running operation; `adapter-load`
+ * (attach to the loaded model, then keep) and `adapter-use` (attach a kept one) take the
+ * worker's turn. Replies: `done` with AdapterMeta[] / AdapterMeta / AdapterSwitch /
+ * {meta, files: {name: ArrayBuffer}}, or `error` (adapter.not_found, adapter.exists,
+ * adapter.base_mismatch, model.shape_mismatch, adapter.unsupported). */
+export type AdapterRequest =
+  | { type: "adapters"; id: string }
+  /** `files`, or `url`: a folder holding adapter_config.json and adapter_model.safetensors, which
+   * the worker downloads (its connect-src must allow that host, as for model downloads). */
+  | { type: "adapter-load"; id: string; name: string | null; files?: ModelFile[]; url?: string; origin?: "files" | "url" }
+  | { type: "adapter-use"; id: string; name: string | null }
+  | { type: "adapter-rename"; id: string; name: string; to: string }
+  | { type: "adapter-delete"; id: string; name: string }
+  | { type: "adapter-files"; id: string; name: string };
+
 /** The saved checkpoint's description (`done`, result CheckpointMeta or null), or delete it. */
 export interface CheckpointRequest {
   type: "checkpoint-info" | "checkpoint-discard";
@@ -195,6 +211,7 @@ export type Request =
   | FinetuneRequest
   | EvaluateRequest
   | RecipeRequest
+  | AdapterRequest
   | CheckpointRequest
   | ClassifyRequest
   | SimilarityRequest

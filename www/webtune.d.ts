@@ -3,7 +3,8 @@
 
 export type Backend = "auto" | "webgpu" | "cpu";
 export type Task = "causal" | "classification";
-export type WhichModel = "base" | "tuned";
+/** The base model, the latest fine-tuned one, or an adapter of the library attached to the base. */
+export type WhichModel = "base" | "tuned" | `adapter:${string}`;
 
 /** Every error webtune throws or emits. */
 export declare class WebtuneError extends Error {
@@ -98,7 +99,52 @@ export interface JobConfig {
   /** Precision of the merged model's weights in the export: "f32" (default, as trained), or
    * "f16"/"bf16" (half the size; config.json's torch_dtype says which). Adapters stay f32. */
   export_dtype?: "f32" | "f16" | "bf16";
+  /** The adapter library's name for the adapter a LoRA job trains (default: the dataset file's
+   * name, numbered when taken). Not part of the job itself. */
+  adapter_name?: string;
   [key: string]: unknown;
+}
+
+/** The base an adapter belongs to. */
+export interface AdapterBase {
+  /** The Hub repository, the GGUF file's name, or the architecture for picked files. */
+  name: string;
+  architecture: string;
+  parameters: number;
+  /** ModelInfo.fingerprint of the base it was trained on or loaded for. */
+  fingerprint: string | null;
+}
+
+/** An adapter kept in the browser's adapter library (OPFS), as `adapters()` lists it. */
+export interface AdapterMeta {
+  id: string;
+  name: string;
+  created_at: string;
+  source: "trained" | "files" | "url";
+  base: AdapterBase;
+  lora: { r: number | null; lora_alpha: number | null; use_rslora: boolean; target_modules: string[]; lora_dropout: number | null; base_model_name_or_path: string | null };
+  dataset: { name: string; size: number; sha256: string | null } | null;
+  /** The job configuration that trained it (trained adapters). */
+  config: JobConfig | null;
+  /** The job's held-out scores before and after training (trained adapters). */
+  metrics: { before: CausalEval | null; after: CausalEval | null } | null;
+  steps: number | null;
+  cancelled: boolean;
+  /** It was made for the loaded model (fingerprints agree). */
+  fits?: boolean;
+  /** It is attached to the loaded model: choosing it costs nothing. */
+  attached?: boolean;
+}
+
+/** What switching to an adapter (or back to the base) cost. */
+export interface AdapterSwitch {
+  name: string | null;
+  model: WhichModel;
+  /** The whole switch as the worker measured it, reading the library included. */
+  switch_ms: number;
+  /** Attaching its factors to the base (0 when it was attached already). */
+  attach_ms: number;
+  attached_before: boolean;
 }
 
 export type PresetName = "quick-demo" | "balanced" | "thorough" | "standard";
@@ -170,6 +216,9 @@ export interface ModelInfo {
   /** The linear projections kept quantized since loading (`quantize_base`). */
   compact?: { quant: "q8" | "q4"; values: number; bytes: number };
   has_tokenizer: boolean;
+  /** 16 hex digits identifying the loaded files (config.json and the weights; see
+   * docs/formats.md): what adapters record as their base. */
+  fingerprint?: string | null;
   /** The model ships a chat template: `generate({chat: [...]})` formats conversations with it. */
   has_chat_template: boolean;
   /** Where the template came from: "chat_template.jinja", "tokenizer_config.json", "gguf", ... */
@@ -614,6 +663,22 @@ export declare class FineTuner {
     options?: GenerateOptions,
   ): Promise<GenerateResult>;
   export(kind?: ExportKind): Promise<ExportedFiles>;
+  /** Adapters kept in this browser (OPFS), oldest first, marked `fits`/`attached` for the loaded model. */
+  adapters(): Promise<AdapterMeta[]>;
+  /**
+   * Keep a PEFT adapter (adapter_config.json + adapter_model.safetensors) for the loaded model:
+   * File objects / a FileList / [{name, bytes}], or the URL of a folder holding both files.
+   * Refused (`model.shape_mismatch`) when it does not fit the model.
+   */
+  loadAdapter(source: string | URL | Blob[] | FileList | Array<{ name: string; bytes: ArrayBuffer | Uint8Array }>, options?: { name?: string }): Promise<AdapterMeta & { attach_ms: number }>;
+  /** Answer generate()/evaluate() with this adapter (null: the base model) from now on. */
+  useAdapter(name: string | null): Promise<AdapterSwitch>;
+  /** The adapter generate() and evaluate() use by default (null: none chosen). */
+  readonly adapter: string | null;
+  renameAdapter(name: string, to: string): Promise<AdapterMeta>;
+  deleteAdapter(name: string): Promise<AdapterMeta>;
+  /** A kept adapter's PEFT files, as export("peft") gives them. */
+  adapterFiles(name: string): Promise<ExportedFiles>;
   dispose(): void;
 }
 

@@ -276,6 +276,7 @@ export class FineTuner {
   #tuned = null;
   #lastResult = null;
   #trainedOn = null; // the #dataset object the latest train() used
+  #adapter = null; // the kept adapter useAdapter() chose, or null
   #disposed = false;
 
   /** Use FineTuner.create(). */
@@ -448,6 +449,7 @@ export class FineTuner {
     const outcome = await this.#settle(this.#client.loadModel(message, { onDownload }, transfer));
     this.#model = outcome.info;
     this.#tuned = null;
+    this.#adapter = null;
     this.#lastResult = null;
     this.#dataset = this.#dataset ? { ...this.#dataset, result: null } : null;
     return { info: outcome.info, source: outcome.source, timing: outcome.timing };
@@ -493,7 +495,7 @@ export class FineTuner {
     this.#alive();
     this.#needModel("evaluate()");
     this.#needDataset("evaluate()");
-    const which = model ?? (this.#tuned ? "tuned" : "base");
+    const which = model ?? this.#defaultModel();
     if (which === "tuned" && !this.#tuned) throw new WebtuneError("model.not_tuned", "There is no fine-tuned model yet: call train() first.");
     const d = this.#dataset;
     const start = this.#trainedOn === d && this.#lastResult ? this.#lastResult.config : d.options;
@@ -542,6 +544,8 @@ export class FineTuner {
     const r = outcome.result;
     const result = { ...r, task: r.task ?? (Array.isArray(r.labels) ? "classification" : "causal"), cancelled: Boolean(r.summary?.cancelled), config: job };
     this.#tuned = r.tuned_info ?? this.#model;
+    // The model just trained answers next, not an adapter chosen before.
+    this.#adapter = null;
     this.#lastResult = result;
     this.#trainedOn = d;
     return result;
@@ -600,7 +604,7 @@ export class FineTuner {
     this.#alive();
     this.#needModel("generate()");
     const opts = { ...(options ?? {}) };
-    opts.model ??= this.#tuned ? "tuned" : "base";
+    opts.model ??= this.#defaultModel();
     if (opts.model === "tuned" && !this.#tuned) throw new WebtuneError("model.not_tuned", "There is no fine-tuned model yet: call train() first, or pass {model: \"base\"}.");
     const onToken = (m) => this.#emit("token", { token: m.token, text: m.text });
     const outcome = await this.#settle(this.#client.generate(prompt, opts, { onToken }));
@@ -627,6 +631,101 @@ export class FineTuner {
       throw new WebtuneError(kind === "merged" ? "export.empty" : "export.no_adapter", kind === "merged" ? "The export holds no merged model." : "There is no adapter to export: the model was fully fine-tuned (use \"merged\").");
     }
     return files;
+  }
+
+  /** What answers generate() and evaluate() when they name no model. */
+  #defaultModel() {
+    if (this.#adapter !== null) return `adapter:${this.#adapter}`;
+    return this.#tuned ? "tuned" : "base";
+  }
+
+  /** The adapter useAdapter() chose (null: none). */
+  get adapter() {
+    return this.#adapter;
+  }
+
+  /**
+   * The adapters kept in this browser (OPFS: they outlive the tab), oldest first: every LoRA
+   * adapter train() made (named by `adapter_name`, else after the dataset) and every one
+   * loadAdapter() took, with its base, shape, dataset and before/after scores. `fits` says it
+   * belongs to the loaded model, `attached` that choosing it costs nothing.
+   */
+  async adapters() {
+    this.#alive();
+    return (await this.#settle(this.#client.adapters())).result;
+  }
+
+  /**
+   * Keep a PEFT LoRA adapter for the loaded model and attach it: `source` is File objects / a
+   * FileList / [{name, bytes}] holding adapter_config.json and adapter_model.safetensors (other
+   * files are ignored), a URL of a folder holding both, or a Hub repo id ({endpoint, revision}
+   * options as loadModel's). It must fit the model (`model.shape_mismatch` otherwise). Resolves
+   * with its description and `attach_ms`.
+   */
+  async loadAdapter(source, options = {}) {
+    this.#alive();
+    this.#needModel("loadAdapter()");
+    let files;
+    let origin = "files";
+    if (typeof source === "string" || source instanceof URL) {
+      const text = String(source).trim();
+      let folder = urlOf(text);
+      if (folder === null) {
+        const endpoint = String(options.endpoint ?? "https://huggingface.co").replace(/\/+$/, "");
+        folder = `${endpoint}/${text}/resolve/${options.revision ?? "main"}/`;
+      }
+      if (!folder.endsWith("/")) folder += "/";
+      // The worker downloads it: it is the one allowed to reach model hosts.
+      origin = "url";
+      files = folder;
+    } else {
+      const list = isBlob(source) ? [source] : Array.from(source ?? []);
+      files = [];
+      for (const item of list) {
+        const name = String(item?.webkitRelativePath || item?.name || "");
+        const bytes = isBlob(item) ? item : toArrayBuffer(item?.bytes);
+        if (!bytes) throw new WebtuneError("config.invalid", "Adapter files must be File objects or {name, bytes: ArrayBuffer | Uint8Array}.");
+        files.push({ name, bytes });
+      }
+    }
+    const outcome = await this.#settle(this.#client.loadAdapter(options.name ?? null, files, origin));
+    return outcome.result;
+  }
+
+  /**
+   * Choose the model generate() and evaluate() use from now on: a kept adapter, attached
+   * un-merged beside the loaded base (no reload: switching back and forth costs milliseconds),
+   * or null for none (then the latest fine-tuned model answers, else the base; pass {model:
+   * "base"} to generate() for the base itself). An adapter kept for another base
+   * is refused (`adapter.base_mismatch`, naming both). Resolves with the switch's timing.
+   */
+  async useAdapter(name) {
+    this.#alive();
+    this.#needModel("useAdapter()");
+    const outcome = await this.#settle(this.#client.useAdapter(name ?? null));
+    this.#adapter = name ?? null;
+    return outcome.result;
+  }
+
+  async renameAdapter(name, to) {
+    this.#alive();
+    const meta = (await this.#settle(this.#client.renameAdapter(name, to))).result;
+    if (this.#adapter === name) this.#adapter = meta.name;
+    return meta;
+  }
+
+  async deleteAdapter(name) {
+    this.#alive();
+    const meta = (await this.#settle(this.#client.deleteAdapter(name))).result;
+    if (this.#adapter === name) this.#adapter = null;
+    return meta;
+  }
+
+  /** A kept adapter's PEFT files ({"adapter_config.json": Uint8Array, ...}), to download or share. */
+  async adapterFiles(name) {
+    this.#alive();
+    const { files } = (await this.#settle(this.#client.adapterFiles(name))).result;
+    return Object.fromEntries(Object.entries(files).map(([n, b]) => [n, new Uint8Array(b)]));
   }
 
   /** Terminate the worker. Pending operations reject with `worker.disposed`; later calls too. */

@@ -5,6 +5,7 @@
 // tsconfig.worker.json) and explained in docs/protocol.md.
 
 import { downloadHubModel, forget, resolveHubSource } from "./lib/hub.js";
+import { ADAPTER_FILES, deleteAdapter, freeName, listAdapters, loraOf, readAdapter, renameAdapter, saveAdapter } from "./lib/adapter-library.js";
 
 const PKG_URL = new URL("./pkg/webtune.js", import.meta.url);
 // Passed explicitly: wasm-bindgen's `init()` only defaults to the file next to webtune.js when
@@ -540,6 +541,7 @@ async function loadModel(id, source) {
     const t2 = performance.now();
     // Picked files say nothing of where the model lives on disk: the recipe's reader fills it in.
     loadedModelName = described.kind === "hub" ? described.repo : null;
+    loadedModelLabel = described.kind === "files" ? (described.files.find((f) => f.endsWith(".gguf")) ?? null) : null;
     post({ type: "model", id, info, source: described, timing: { download_ms: t1 - t0, load_ms: t2 - t1 } });
   } catch (e) {
     reportError(id, e);
@@ -554,6 +556,8 @@ async function generate(id, input, options) {
   const { session, op } = started;
   let stoppedByCancel = false;
   try {
+    checkWhich(options?.model);
+    await ensureAdapter(session, options?.model);
     const result = await session.generate(input ?? "", options ?? {}, (token, text) => {
       post({ type: "token", id, token, text: text ?? null });
       if (stopRequested(op)) {
@@ -689,6 +693,9 @@ async function finetune(id, name, bytes, config, resume, validation) {
   const started = await beginOp(id, "finetune");
   if (!started) return;
   const { session, op } = started;
+  // The library's name for the adapter this job trains; not a setting of the job itself.
+  const { adapter_name: adapterName, ...jobConfig } = config ?? {};
+  config = jobConfig;
   try {
     const data = datasetBytes("finetune", name, bytes);
     const [validationName, validationData] = validationArgs("finetune", validation);
@@ -745,7 +752,8 @@ async function finetune(id, name, bytes, config, resume, validation) {
     } catch {
       tunedInfo = null;
     }
-    post({ type: "done", id, result: { ...result, tuned_info: tunedInfo } });
+    const adapter = await keepTrainedAdapter(session, { adapterName, name, data, config, result });
+    post({ type: "done", id, result: { ...result, tuned_info: tunedInfo, adapter } });
   } catch (e) {
     reportError(id, e);
   } finally {
@@ -761,9 +769,8 @@ async function evaluate(id, name, bytes, config, which, validation) {
     if (typeof session.evaluate !== "function") {
       throw coded("evaluate.unsupported", "This build of the webtune wasm module cannot evaluate without training (it has no Session.evaluate); rebuild it with `cargo xtask build-wasm`.");
     }
-    if (which != null && which !== "base" && which !== "tuned") {
-      throw coded("config.invalid", `which must be "base" or "tuned", not ${JSON.stringify(which)}.`);
-    }
+    checkWhich(which);
+    await ensureAdapter(session, which);
     const data = datasetBytes("evaluate", name, bytes);
     const result = await session.evaluate(name, data, config ?? {}, which ?? "base", ...validationArgs("evaluate", validation));
     post({ type: "done", id, result: { ...result, model: which ?? "base" } });
@@ -776,6 +783,8 @@ async function evaluate(id, name, bytes, config, which, validation) {
 
 /** How a recipe's job.json names the base: its Hub repository, or a folder for the user to fill in. */
 let loadedModelName = null;
+/** What the adapter library calls a base loaded from picked files: its GGUF file's name, or null. */
+let loadedModelLabel = null;
 
 async function recipe(id, name, bytes, config, validation) {
   const started = await beginOp(id, "recipe");
@@ -801,9 +810,8 @@ async function encoderCall(id, kind, which, call) {
   if (!started) return;
   const { session, op } = started;
   try {
-    if (which != null && which !== "base" && which !== "tuned") {
-      throw coded("config.invalid", `which must be "base" or "tuned", not ${JSON.stringify(which)}.`);
-    }
+    checkWhich(which);
+    await ensureAdapter(session, which);
     post({ type: "done", id, result: await call(session, which ?? "base") });
   } catch (e) {
     reportError(id, e);
@@ -852,6 +860,218 @@ async function replayReference(id, reference, method) {
   }
 }
 
+// The adapter library (lib/adapter-library.js) and hot swap: adapters sit un-merged beside the
+// loaded base in the wasm session, attached on first use; a request names one as
+// "adapter:NAME" wherever it names "base" or "tuned".
+
+const ADAPTER_PREFIX = "adapter:";
+
+function checkWhich(which) {
+  if (which == null || which === "base" || which === "tuned") return;
+  if (typeof which === "string" && which.startsWith(ADAPTER_PREFIX) && which.length > ADAPTER_PREFIX.length) return;
+  throw coded("config.invalid", `The model must be "base", "tuned" or "adapter:NAME", not ${JSON.stringify(which)}.`);
+}
+
+/** The loaded model as an adapter's description records it. */
+function baseIdentity(session) {
+  const i = session.modelInfo();
+  if (!i) throw coded("model.not_loaded", "No model is loaded; load one first.");
+  return { name: loadedModelName ?? loadedModelLabel ?? i.architecture, architecture: i.architecture, parameters: i.parameters, fingerprint: i.fingerprint ?? null };
+}
+
+function describeBase(b) {
+  return `${b?.name ?? "an unnamed model"} (${b?.architecture ?? "?"}, ${Number(b?.parameters ?? 0).toLocaleString("en-US")} parameters)`;
+}
+
+/** Refuses an adapter kept for another base, naming both. */
+function checkBase(session, meta) {
+  const loaded = baseIdentity(session);
+  if (meta.base?.fingerprint && loaded.fingerprint && meta.base.fingerprint !== loaded.fingerprint) {
+    throw coded(
+      "adapter.base_mismatch",
+      `The adapter "${meta.name}" was trained on ${describeBase(meta.base)}, not on the loaded model, ${describeBase(loaded)}: load that model to use it.`,
+      { adapter: meta.name, adapter_base: meta.base, loaded },
+    );
+  }
+}
+
+/**
+ * Attach a kept adapter to the session unless it already is. Resolves to {attach_ms,
+ * attached_before}; a base model or "tuned" needs nothing.
+ */
+async function ensureAdapter(session, which) {
+  if (typeof which !== "string" || !which.startsWith(ADAPTER_PREFIX)) return null;
+  const name = which.slice(ADAPTER_PREFIX.length);
+  if (typeof session.attachAdapter !== "function") throw coded("adapter.unsupported", "This build of the webtune wasm module cannot attach adapters; rebuild it with `cargo xtask build-wasm`.");
+  if (session.attachedAdapters().includes(name)) return { attach_ms: 0, attached_before: true };
+  const { meta, files } = await readAdapter(name);
+  checkBase(session, meta);
+  const summary = await session.attachAdapter(name, files);
+  return { attach_ms: summary.attach_ms, attached_before: false };
+}
+
+async function sha256OrNull(bytes) {
+  return typeof crypto?.subtle?.digest === "function" ? sha256Hex(bytes) : null;
+}
+
+/**
+ * After a LoRA job on a causal model: keep its adapter in the library (named `adapterName`, or
+ * after the dataset), so it can be chosen again after a reload. Resolves to
+ * the kept description, `null` when the job has no adapter to keep, or `{error}`: a failure
+ * to keep it does not fail the job, whose model stays usable as "tuned".
+ */
+async function keepTrainedAdapter(session, { adapterName, name, data, config, result }) {
+  if (typeof session.adapterFiles !== "function" || result?.task === "classification" || Array.isArray(result?.labels)) return null;
+  if ((config?.train?.method ?? "lora") === "full") return null;
+  try {
+    const files = await session.adapterFiles();
+    const stem = String(name).replace(/\.[^.]*$/, "") || "adapter";
+    const wanted = adapterName != null && String(adapterName).trim() !== "" ? String(adapterName).trim() : await freeName(stem);
+    const meta = await saveAdapter(
+      {
+        name: wanted,
+        source: "trained",
+        base: baseIdentity(session),
+        lora: loraOf(files["adapter_config.json"]),
+        dataset: { name, size: data.byteLength, sha256: await sha256OrNull(data) },
+        config,
+        metrics: { before: result?.before ?? null, after: result?.after ?? null },
+        steps: result?.summary?.steps ?? null,
+        cancelled: Boolean(result?.summary?.cancelled),
+      },
+      files,
+    );
+    // Not attached now: "tuned" is the same model, and a tab that trains many times should not
+    // hold every adapter's factors. The first "adapter:NAME" request attaches it.
+    return meta;
+  } catch (e) {
+    return { error: errorPayload(e) };
+  }
+}
+
+/** Files given as [{name, bytes}] → {adapter_config.json, adapter_model.safetensors} as Uint8Array. */
+async function adapterFilesOf(list) {
+  if (!Array.isArray(list)) throw coded("worker.protocol", "adapter-load needs files: [{name, bytes}].");
+  const out = {};
+  for (const f of list) {
+    const base = String(f?.name ?? "").split("/").pop();
+    if (!ADAPTER_FILES.includes(base)) continue;
+    const b = f.bytes;
+    out[base] = b instanceof Blob ? new Uint8Array(await b.arrayBuffer()) : ArrayBuffer.isView(b) ? new Uint8Array(b.buffer, b.byteOffset, b.byteLength) : b instanceof ArrayBuffer ? new Uint8Array(b) : null;
+  }
+  for (const f of ADAPTER_FILES) {
+    if (!out[f]) throw coded("model.missing_file", `The adapter has no ${f}: a PEFT adapter is adapter_config.json and adapter_model.safetensors (as save_pretrained writes them).`, { file: f });
+  }
+  return out;
+}
+
+/** The two files of the adapter in the folder at `url`, downloaded (not cached). */
+async function downloadAdapter(url, signal) {
+  const out = [];
+  for (const name of ADAPTER_FILES) {
+    const at = new URL(name, url).href;
+    let response;
+    try {
+      response = await fetch(at, { signal });
+    } catch (e) {
+      throw coded(
+        "network.failed",
+        `Could not download ${at}: ${e?.message ?? e}. The worker reaches only the hosts its page allows (the model's host among them): load a model from that host first, or pick the adapter's files.`,
+        { url: at },
+      );
+    }
+    if (!response.ok) throw coded("model.missing_file", `Could not download ${at} (HTTP ${response.status}).`, { url: at, status: response.status, file: name });
+    out.push({ name, bytes: await response.arrayBuffer() });
+  }
+  return out;
+}
+
+/** Load a PEFT adapter from files or a URL into the library: it must fit the loaded model (attached at once). */
+async function loadAdapter(id, name, list, origin) {
+  const started = await beginOp(id, "adapter-load");
+  if (!started) return;
+  const { session, op } = started;
+  try {
+    if (typeof list === "string") {
+      op.abort = new AbortController();
+      list = await downloadAdapter(list, op.abort.signal);
+    }
+    const files = await adapterFilesOf(list);
+    const lora = loraOf(files["adapter_config.json"]);
+    const wanted = name != null && String(name).trim() !== "" ? String(name).trim() : await freeName(lora.base_model_name_or_path ? `${String(lora.base_model_name_or_path).split("/").pop()} adapter` : "adapter");
+    if ((await listAdapters()).some((m) => m.name === wanted)) {
+      throw coded("adapter.exists", `An adapter named ${JSON.stringify(wanted)} is already kept; choose another name or delete that one.`, { name: wanted });
+    }
+    // Attaching checks that it fits this base (modules and sizes) before anything is kept.
+    const summary = await session.attachAdapter(wanted, files);
+    let meta;
+    try {
+      meta = await saveAdapter({ name: wanted, source: origin === "url" ? "url" : "files", base: baseIdentity(session), lora, dataset: null, config: null, metrics: null, steps: null, cancelled: false }, files);
+    } catch (e) {
+      session.detachAdapter(wanted);
+      throw e;
+    }
+    post({ type: "done", id, result: { ...meta, attach_ms: summary.attach_ms } });
+  } catch (e) {
+    reportError(id, e);
+  } finally {
+    finish(op);
+  }
+}
+
+/** Make `name` (null: the base) the model that answers, attaching it if needed; times the switch. */
+async function useAdapter(id, name) {
+  const started = await beginOp(id, "adapter-use");
+  if (!started) return;
+  const { session, op } = started;
+  try {
+    const t0 = performance.now();
+    const attach = name == null ? null : await ensureAdapter(session, ADAPTER_PREFIX + String(name));
+    post({ type: "done", id, result: { name: name ?? null, model: name == null ? "base" : ADAPTER_PREFIX + name, switch_ms: performance.now() - t0, attach_ms: attach?.attach_ms ?? 0, attached_before: attach?.attached_before ?? true } });
+  } catch (e) {
+    reportError(id, e);
+  } finally {
+    finish(op);
+  }
+}
+
+/** The library, each adapter marked with whether it fits the loaded model and is attached. */
+async function adapterList() {
+  const list = await listAdapters();
+  const session = sessionPromise ? await sessionPromise.catch(() => null) : null;
+  let loaded = null;
+  try {
+    loaded = session?.modelInfo() ? baseIdentity(session) : null;
+  } catch {
+    loaded = null;
+  }
+  const attached = new Set(typeof session?.attachedAdapters === "function" ? session.attachedAdapters() : []);
+  return list.map((m) => ({ ...m, fits: loaded != null && (!m.base?.fingerprint || m.base.fingerprint === loaded.fingerprint), attached: attached.has(m.name) }));
+}
+
+async function adapterDelete(name) {
+  const meta = await deleteAdapter(String(name));
+  const session = sessionPromise ? await sessionPromise.catch(() => null) : null;
+  session?.detachAdapter?.(meta.name);
+  return meta;
+}
+
+async function adapterRename(name, to) {
+  const session = sessionPromise ? await sessionPromise.catch(() => null) : null;
+  const meta = await renameAdapter(String(name), String(to ?? "").trim());
+  // The session knows it by its old name: attach again on next use.
+  session?.detachAdapter?.(String(name));
+  return meta;
+}
+
+/** Answer a request the library serves without the compute session's turn. */
+function libraryRequest(id, work, transfer = (/** @type {any} */ _r) => []) {
+  work.then(
+    (result) => post({ type: "done", id, result }, transfer(result)),
+    (e) => reportError(id, e, { fatal: false }),
+  );
+}
+
 async function logits(id, ids, which) {
   const started = await beginOp(id, "logits");
   if (!started) return;
@@ -862,9 +1082,8 @@ async function logits(id, ids, which) {
     const list = /** @type {ArrayLike<number>} */ (ids);
     const bad = Array.from(list).find((t) => !Number.isInteger(t) || t < 0 || t > 0xffffffff);
     if (bad !== undefined) throw coded("config.invalid", `token ids must be non-negative integers, got ${bad}.`, { token_id: String(bad) });
-    if (which != null && which !== "base" && which !== "tuned") {
-      throw coded("config.invalid", `which must be "base" or "tuned", not ${JSON.stringify(which)}.`);
-    }
+    checkWhich(which);
+    await ensureAdapter(session, which);
     const out = await session.logits(Uint32Array.from(list), which ?? "base");
     const data = out.data;
     post({ type: "logits", id, shape: Array.from(out.shape), data }, [data.buffer]);
@@ -935,6 +1154,28 @@ self.addEventListener("message", (/** @type {MessageEvent} */ event) => {
       return;
     case "export":
       exportFiles(message.id);
+      return;
+    case "adapters":
+      libraryRequest(message.id, adapterList());
+      return;
+    case "adapter-load":
+      loadAdapter(message.id, message.name, message.url ?? message.files, message.origin);
+      return;
+    case "adapter-use":
+      useAdapter(message.id, message.name ?? null);
+      return;
+    case "adapter-rename":
+      libraryRequest(message.id, adapterRename(message.name, message.to));
+      return;
+    case "adapter-delete":
+      libraryRequest(message.id, adapterDelete(message.name));
+      return;
+    case "adapter-files":
+      libraryRequest(
+        message.id,
+        readAdapter(String(message.name)).then(({ meta, files }) => ({ meta, files: Object.fromEntries(Object.entries(files).map(([n, b]) => [n, b.buffer])) })),
+        (r) => Object.values(r.files),
+      );
       return;
     case "recipe":
       recipe(message.id, message.name, message.bytes, message.config, message.validation);

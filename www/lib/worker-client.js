@@ -394,6 +394,38 @@ export class WorkerClient {
     return this.request("export", { type: "export" });
   }
 
+  /** The adapter library, each entry with `fits` (the loaded model) and `attached`; quiet. */
+  adapters() {
+    return this.quietRequest("adapters", { type: "adapters" });
+  }
+
+  /**
+   * Keep a PEFT adapter under `name`, attached to the loaded model it must fit: `files`
+   * ([{name, bytes}]), or with origin "url" the URL of a folder holding its two files (the worker
+   * downloads them).
+   */
+  loadAdapter(/** @type {string | null} */ name, /** @type {any} */ files, /** @type {"files" | "url"} */ origin = "files") {
+    return origin === "url" ? this.request("adapter", { type: "adapter-load", name, url: String(files), origin }) : this.request("adapter", { type: "adapter-load", name, files, origin });
+  }
+
+  /** Attach a kept adapter (null: none) so that "adapter:NAME" answers at once; resolves with the switch's timing. */
+  useAdapter(/** @type {string | null} */ name) {
+    return this.request("adapter", { type: "adapter-use", name });
+  }
+
+  renameAdapter(/** @type {string} */ name, /** @type {string} */ to) {
+    return this.quietRequest("adapter", { type: "adapter-rename", name, to });
+  }
+
+  deleteAdapter(/** @type {string} */ name) {
+    return this.quietRequest("adapter", { type: "adapter-delete", name });
+  }
+
+  /** A kept adapter's PEFT files: `result` settles with `{result: {meta, files: {name: ArrayBuffer}}}`. */
+  adapterFiles(/** @type {string} */ name) {
+    return this.quietRequest("adapter", { type: "adapter-files", name });
+  }
+
   /**
    * Send one operation (`message` without its id). Returns `{id, result}`; `result` always
    * settles. `onEvent` sees the operation's intermediate messages (progress, download, token).

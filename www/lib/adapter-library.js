@@ -1,0 +1,164 @@
+// The adapter library: every LoRA adapter the page trains or loads, kept in the origin private
+// file system (OPFS) so it outlives the tab. One folder per adapter under `webtune-adapters/`,
+// named by an id that never changes (renaming edits the description only), holding PEFT's two
+// files and `meta.json`:
+//
+//   {id, name, created_at, source: "trained" | "files" | "url",
+//    base: {name, architecture, parameters, fingerprint},
+//    lora: {r, lora_alpha, use_rslora, target_modules, lora_dropout},
+//    dataset: {name, size, sha256} | null, config: the job's configuration | null,
+//    metrics: {before, after} | null, steps: number | null, cancelled: boolean}
+//
+// meta.json is written after the weights, so a listed adapter never misses a file; a folder
+// without it (a write cut short) is not listed and is removed by the next save.
+
+const ROOT = "webtune-adapters";
+export const ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors"];
+
+function coded(code, message, details) {
+  return Object.assign(new Error(message), { code, details });
+}
+
+async function rootDir(create) {
+  if (!navigator.storage?.getDirectory) {
+    if (!create) return null;
+    throw coded("adapter.unsupported", "This browser has no origin private file system (it needs a secure context): adapters cannot be kept.");
+  }
+  const root = await navigator.storage.getDirectory();
+  try {
+    return await root.getDirectoryHandle(ROOT, { create });
+  } catch (e) {
+    if (!create) return null;
+    throw coded("adapter.unsupported", `The adapter library cannot be opened: ${e?.message ?? e}`);
+  }
+}
+
+async function readJson(dir, name) {
+  const file = await (await dir.getFileHandle(name)).getFile();
+  return JSON.parse(await file.text());
+}
+
+async function write(dir, name, data) {
+  const handle = await dir.getFileHandle(name, { create: true });
+  const writable = await handle.createWritable();
+  await writable.write(data);
+  await writable.close();
+}
+
+/** [{meta, dir}] of every complete adapter, oldest first; incomplete folders under `stale`. */
+async function scan() {
+  const root = await rootDir(false);
+  const entries = [];
+  const stale = [];
+  if (!root) return { root, entries, stale };
+  // entries() is in every browser with OPFS but not yet in TypeScript's DOM types.
+  for await (const [id, handle] of /** @type {any} */ (root).entries()) {
+    if (handle.kind !== "directory") continue;
+    try {
+      entries.push({ meta: await readJson(handle, "meta.json"), dir: handle });
+    } catch {
+      stale.push(id);
+    }
+  }
+  entries.sort((a, b) => String(a.meta.created_at).localeCompare(String(b.meta.created_at)));
+  return { root, entries, stale };
+}
+
+/** Every kept adapter's description, oldest first. */
+export async function listAdapters() {
+  return (await scan()).entries.map((e) => e.meta);
+}
+
+async function find(name) {
+  const entry = (await scan()).entries.find((e) => e.meta.name === name);
+  if (!entry) {
+    const names = (await listAdapters()).map((m) => m.name);
+    throw coded("adapter.not_found", `There is no adapter named ${JSON.stringify(name)} in this browser${names.length ? ` (kept: ${names.join(", ")})` : ""}.`, { name });
+  }
+  return entry;
+}
+
+/** `name`, or `name (2)`, `name (3)` … when taken. */
+export async function freeName(name) {
+  const taken = new Set((await listAdapters()).map((m) => m.name));
+  if (!taken.has(name)) return name;
+  for (let i = 2; ; i++) if (!taken.has(`${name} (${i})`)) return `${name} (${i})`;
+}
+
+function checkName(name) {
+  if (typeof name !== "string" || name.trim() === "" || name.length > 200) {
+    throw coded("config.invalid", "An adapter's name is a non-empty text of at most 200 characters.", { name });
+  }
+}
+
+/**
+ * Keep an adapter: `files` maps ADAPTER_FILES to bytes (Uint8Array / ArrayBuffer), `meta` its
+ * description without id/created_at. A name already kept is `adapter.exists`. Resolves to the
+ * stored description.
+ */
+export async function saveAdapter(meta, files) {
+  checkName(meta.name);
+  for (const f of ADAPTER_FILES) {
+    if (!files[f]) throw coded("model.missing_file", `The adapter has no ${f}.`, { file: f });
+  }
+  const { root: existing, entries, stale } = await scan();
+  if (entries.some((e) => e.meta.name === meta.name)) {
+    throw coded("adapter.exists", `An adapter named ${JSON.stringify(meta.name)} is already kept; choose another name or delete that one.`, { name: meta.name });
+  }
+  for (const id of stale) await existing?.removeEntry(id, { recursive: true }).catch(() => {});
+  const root = await rootDir(true);
+  const id = crypto.randomUUID();
+  const dir = await root.getDirectoryHandle(id, { create: true });
+  const stored = { ...meta, id, created_at: new Date().toISOString() };
+  try {
+    for (const f of ADAPTER_FILES) await write(dir, f, files[f]);
+    await write(dir, "meta.json", JSON.stringify(stored));
+  } catch (e) {
+    await root.removeEntry(id, { recursive: true }).catch(() => {});
+    const quota = e?.name === "QuotaExceededError";
+    throw coded(quota ? "adapter.quota" : "adapter.write_failed", `The adapter could not be kept: ${quota ? "the browser's storage for this site is full" : e?.message ?? e}.`, { name: meta.name });
+  }
+  return stored;
+}
+
+/** A kept adapter's description and files ({name: Uint8Array}). */
+export async function readAdapter(name) {
+  const { meta, dir } = await find(name);
+  const files = {};
+  for (const f of ADAPTER_FILES) {
+    const file = await (await dir.getFileHandle(f)).getFile();
+    files[f] = new Uint8Array(await file.arrayBuffer());
+  }
+  return { meta, files };
+}
+
+export async function renameAdapter(name, to) {
+  checkName(to);
+  const { meta, dir } = await find(name);
+  if (to === name) return meta;
+  if ((await listAdapters()).some((m) => m.name === to)) {
+    throw coded("adapter.exists", `An adapter named ${JSON.stringify(to)} is already kept.`, { name: to });
+  }
+  const renamed = { ...meta, name: to };
+  await write(dir, "meta.json", JSON.stringify(renamed));
+  return renamed;
+}
+
+export async function deleteAdapter(name) {
+  const { meta } = await find(name);
+  const root = await rootDir(false);
+  await root.removeEntry(meta.id, { recursive: true });
+  return meta;
+}
+
+/** What an adapter_config.json says of the adapter's shape, for the library's description. */
+export function loraOf(configBytes) {
+  let c;
+  try {
+    c = JSON.parse(new TextDecoder().decode(configBytes));
+  } catch (e) {
+    throw coded("model.config_invalid", `adapter_config.json is not valid JSON: ${e?.message ?? e}`, { file: "adapter_config.json" });
+  }
+  const targets = Array.isArray(c.target_modules) ? c.target_modules : c.target_modules != null ? [String(c.target_modules)] : [];
+  return { r: c.r ?? null, lora_alpha: c.lora_alpha ?? null, use_rslora: Boolean(c.use_rslora), target_modules: targets, lora_dropout: c.lora_dropout ?? null, base_model_name_or_path: c.base_model_name_or_path ?? null };
+}

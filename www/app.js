@@ -85,6 +85,18 @@
 //   tuned                         info of the latest fine-tuned model, or null (read-only)
 //   exportFiles()                 resolves with {files: {name: Uint8Array}, error} (the
 //                                 fine-tuned model's "merged/..." and "adapter/..." files)
+//   adapters()                    re-read the adapter library kept in this browser (OPFS): resolves
+//                                 with {result: [AdapterMeta with fits/attached], error}
+//   loadAdapterFiles(files, {name})  keep a PEFT adapter (adapter_config.json +
+//                                 adapter_model.safetensors as Files or {name, bytes}) for the
+//                                 loaded model (it must fit it); resolves with {result, error}
+//   useAdapter(name | null)       attach a kept adapter beside the base (null: back to the base);
+//                                 resolves with {result: {switch_ms, attach_ms, ...}, error}; the
+//                                 generate panel then answers with it. `adapter`: its name.
+//   renameAdapter(name, to), deleteAdapter(name), adapterFiles(name) ({files, error})
+//   compare(prompt, models, options)  greedy continuations of `prompt` by each of `models`
+//                                 ("base", "adapter:NAME", "tuned") and, with a checked dataset,
+//                                 each one's held-out loss: resolves with {rows, error}
 //   clearModelCache()             forget downloaded model files; resolves with true/false
 //   cachedModels()                re-read the model cache (also shown in the model panel);
 //                                 resolves with [{base, repo, revisions, files, bytes}]
@@ -101,6 +113,7 @@ import { createBackendPanel } from "./components/backend-panel.js";
 import { createToyPanel } from "./components/toy-panel.js";
 import { createModelPanel } from "./components/model-panel.js";
 import { createGeneratePanel } from "./components/generate-panel.js";
+import { createAdaptersPanel } from "./components/adapters-panel.js";
 import { createDatasetPanel } from "./components/dataset-panel.js";
 import { createFinetunePanel } from "./components/finetune-panel.js";
 import { createResultsPanel, downloadName } from "./components/results-panel.js";
@@ -123,6 +136,8 @@ const BUSY_WORDS = {
   classify: "classifying",
   evaluate: "evaluating the base model",
   replay: "replaying a reference run",
+  adapter: "switching adapters",
+  compare: "comparing models",
 };
 const NAMES = { auto: "auto", webgpu: "WebGPU", cpu: "CPU" };
 
@@ -165,6 +180,9 @@ const state = {
   activeFinetune: null,
   tuned: null,
   lastResult: null,
+  /** The adapter library as last listed, and the adapter in use (null: none). */
+  adapters: [],
+  adapter: null,
   exported: null,
 };
 const runsById = new Map();
@@ -204,6 +222,14 @@ const generatePanel = createGeneratePanel(document.getElementById("generate-pane
   onGenerate: (input, options) => void generate(input, options),
   onStop: () => cancel(),
   onError: (error) => alerts.show(error),
+});
+const adaptersPanel = createAdaptersPanel(document.getElementById("adapters-panel"), {
+  onLoad: (files, name) => void loadAdapterFiles(files, { name }),
+  onUse: (name) => void useAdapter(name),
+  onRename: (name, to) => void renameAdapter(name, to),
+  onDelete: (name) => void deleteAdapter(name),
+  onDownload: (name) => void downloadAdapter(name),
+  onCompare: (prompt, models, maxTokens) => void compareModels(prompt, models, { max_new_tokens: maxTokens }),
 });
 
 const datasetPanel = createDatasetPanel(document.getElementById("dataset-panel"), {
@@ -253,6 +279,7 @@ function updateMode() {
   toyPanel.setMode(mode);
   modelPanel.setMode({ canLoad: mode === "idle", loading: op?.kind === "load" });
   generatePanel.setMode({ canGenerate: mode === "idle" && state.model !== null, generating: op?.kind === "generate" });
+  adaptersPanel.setMode({ canAct: mode === "idle" && state.model !== null });
   const idle = mode === "idle";
   datasetPanel.setMode({ canInspect: idle && state.model !== null && state.dataset !== null, busy: op?.kind === "inspect" || op?.kind === "finetune" });
   finetunePanel.setMode({
@@ -307,6 +334,7 @@ client.on("backend", (message) => {
   window.webtune.backend = message;
   backendPanel.showBackend(message);
   resolveReady(message); // only the first call counts
+  void refreshAdapters();
   alerts.dismissWhere((code) => code === "worker.unresponsive");
 });
 
@@ -541,6 +569,10 @@ function setModel(info) {
   generatePanel.setModel(info);
   datasetPanel.setModel(info);
   finetunePanel.setModel(info);
+  // Adapters attach to the model loaded now (the library marks which fit it).
+  state.adapter = null;
+  adaptersPanel.switched(null, null);
+  void refreshAdapters();
   // The base model's "before" belonged to the previous model.
   state.baseline = null;
   resultsPanel.baseline(null, null);
@@ -727,7 +759,7 @@ async function generate(input, options = {}) {
   if (outcome.result) {
     record.result = outcome.result;
     record.status = outcome.result.cancelled ? "cancelled" : "done";
-    generatePanel.finish({ ...outcome.result, model: options.model === "tuned" ? "tuned" : "base" }, state.backend?.backend);
+    generatePanel.finish({ ...outcome.result, model: options.model ?? "base" }, state.backend?.backend);
     idleStatus();
   } else {
     record.error = outcome.error;
@@ -808,6 +840,138 @@ function classify(text, which = "base") {
 /** Cosine similarity of two texts' embeddings: {result: {similarity}, error}. */
 function similarity(a, b, which = "base") {
   return encoderOp((c) => c.similarity(String(a ?? ""), String(b ?? ""), which));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The adapter library (worker.js, lib/adapter-library.js) and the compare view.
+
+/** Re-read the library; resolves with its list (also shown in the Adapters panel). */
+async function refreshAdapters() {
+  const outcome = await client.adapters().result;
+  if (outcome.error) return { result: null, error: outcome.error };
+  state.adapters = outcome.result ?? [];
+  if (state.adapter !== null && !state.adapters.some((m) => m.name === state.adapter && m.fits)) state.adapter = null;
+  adaptersPanel.show(state.adapters);
+  generatePanel.setAdapters(state.adapters.filter((m) => m.fits).map((m) => m.name));
+  return { result: state.adapters, error: null };
+}
+
+/** Run one adapter operation that takes the worker's turn; resolves with {result, error}. */
+async function adapterOp(kind, call) {
+  if (state.autoEval || state.checkpointRefresh) await settleAuto();
+  const refusal = refusalFor(kind) ?? (state.model ? null : { code: "model.not_loaded", message: "Load a model first: adapters belong to a base model." });
+  if (refusal) {
+    alerts.show(refusal);
+    return { result: null, error: refusal };
+  }
+  state.activeOp = { kind };
+  updateMode();
+  let outcome;
+  try {
+    outcome = await call();
+  } finally {
+    state.activeOp = null;
+    updateMode();
+  }
+  if (outcome.error && client.state !== "crashed") alerts.show(outcome.error);
+  return { result: outcome.result ?? null, error: outcome.error ?? null };
+}
+
+/** window.webtune.loadAdapterFiles: keep a PEFT adapter (File objects or [{name, bytes}]) for the loaded model. */
+async function loadAdapterFiles(files, { name = null } = {}) {
+  const list = Array.from(files ?? [], (f) => ({ name: String(f.webkitRelativePath || f.name), bytes: f instanceof Blob ? f : ArrayBuffer.isView(f.bytes) ? f.bytes.slice().buffer : f.bytes }));
+  const out = await adapterOp("adapter", () => client.loadAdapter(name, list).result);
+  if (out.result) setStatus(`Adapter “${out.result.name}” loaded and kept in this browser.`, "done");
+  await refreshAdapters();
+  return out;
+}
+
+/** window.webtune.useAdapter: generate with a kept adapter (null: the base model); resolves with the switch's timing. */
+async function useAdapter(name) {
+  const out = await adapterOp("adapter", () => client.useAdapter(name ?? null).result);
+  if (!out.error) {
+    state.adapter = name ?? null;
+    adaptersPanel.switched(state.adapter, out.result);
+    generatePanel.setAdapters(state.adapters.filter((m) => m.fits).map((m) => m.name), state.adapter);
+    await refreshAdapters();
+  }
+  return out;
+}
+
+/** A library request that does not take the worker's turn; shows its error. */
+async function quietAdapterOp(request) {
+  const outcome = await request.result;
+  if (outcome.error) alerts.show(outcome.error);
+  await refreshAdapters();
+  return { result: outcome.result ?? null, error: outcome.error ?? null };
+}
+
+async function renameAdapter(name, to) {
+  const out = await quietAdapterOp(client.renameAdapter(name, to));
+  if (out.result && state.adapter === name) {
+    state.adapter = out.result.name;
+    adaptersPanel.switched(state.adapter, null);
+    generatePanel.setAdapters(state.adapters.filter((m) => m.fits).map((m) => m.name), state.adapter);
+  }
+  return out;
+}
+
+async function deleteAdapter(name) {
+  const out = await quietAdapterOp(client.deleteAdapter(name));
+  if (out.result && state.adapter === name) {
+    state.adapter = null;
+    adaptersPanel.switched(null, null);
+  }
+  return out;
+}
+
+/** window.webtune.adapterFiles: a kept adapter's PEFT files as {name: Uint8Array}. */
+async function adapterFiles(name) {
+  const outcome = await client.adapterFiles(name).result;
+  if (outcome.error) return { files: null, error: outcome.error };
+  return { files: Object.fromEntries(Object.entries(outcome.result.files).map(([n, b]) => [n, new Uint8Array(b)])), error: null };
+}
+
+/** Save a kept adapter's two PEFT files (named after it). */
+async function downloadAdapter(name) {
+  const { files, error } = await adapterFiles(name);
+  if (error) return void alerts.show(error);
+  const stem = name.replace(/[^\w.-]+/g, "_");
+  for (const [file, bytes] of Object.entries(files)) saveBlob(new Blob([bytes]), `${stem}-${file}`);
+}
+
+/**
+ * window.webtune.compare: continue `prompt` greedily with each of `models` ("base",
+ * "adapter:NAME", "tuned") in turn, and with a checked dataset score each on its held-out split.
+ * Resolves with {rows: [{model, label, text, generated_ids, loss, perplexity, switch_ms}], error}.
+ */
+async function compareModels(prompt, models, options = {}) {
+  const rows = models.map((model) => ({ model, label: model === "base" ? "Base model" : model === "tuned" ? "Fine-tuned model" : `Adapter “${model.slice(8)}”`, text: null, generated_ids: null, loss: null, perplexity: null, error: null }));
+  adaptersPanel.compared(rows);
+  const withData = state.datasetChecked && state.dataset !== null;
+  const config = state.baseline?.config ?? panelConfig();
+  const out = await adapterOp("compare", async () => {
+    for (const row of rows) {
+      const gen = await client.generate({ text: String(prompt ?? "") }, { ...options, greedy: true, model: row.model }).result;
+      if (gen.error) {
+        row.error = gen.error;
+        adaptersPanel.compared(rows);
+        return { error: gen.error };
+      }
+      row.text = gen.result.text;
+      row.generated_ids = gen.result.generated_ids;
+      if (withData) {
+        const ev = await client.evaluate(state.dataset.name, state.dataset.bytes, config, row.model, validationMessage()).result;
+        if (ev.error) return { error: ev.error };
+        row.loss = ev.result.loss;
+        row.perplexity = ev.result.perplexity;
+      }
+      adaptersPanel.compared(rows);
+    }
+    return { result: rows };
+  });
+  await refreshAdapters();
+  return { rows, error: out.error };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1054,6 +1218,9 @@ async function finetune(input, config, { resume = false } = {}) {
     record.status = r.summary?.cancelled ? "cancelled" : "done";
     setTuned(r.tuned_info ?? state.model);
     state.lastResult = r;
+    // A LoRA job's adapter was kept in the library (or why not).
+    if (r.adapter?.error) alerts.show({ ...r.adapter.error, message: `The adapter was trained but not kept in this browser: ${r.adapter.error.message}` });
+    void refreshAdapters();
     // The run read and checked its data: step 2 is done for it, step 3 too.
     if (state.dataset === dataset) state.datasetChecked = true;
     state.trainedOn = dataset;
@@ -1302,6 +1469,16 @@ window.webtune = {
   inspectDataset: (input = null, config) => inspectDataset(input, config).catch((e) => ({ status: "error", error: plainError(e) })),
   finetune: (input = null, config) => finetune(input, config).catch((e) => ({ status: "error", events: [], result: null, error: plainError(e) })),
   exportFiles: () => exportFiles().catch((e) => ({ files: null, error: plainError(e) })),
+  adapters: () => refreshAdapters().catch((e) => ({ result: null, error: plainError(e) })),
+  loadAdapterFiles: (files, options) => loadAdapterFiles(files, options).catch((e) => ({ result: null, error: plainError(e) })),
+  useAdapter: (name = null) => useAdapter(name).catch((e) => ({ result: null, error: plainError(e) })),
+  renameAdapter: (name, to) => renameAdapter(name, to).catch((e) => ({ result: null, error: plainError(e) })),
+  deleteAdapter: (name) => deleteAdapter(name).catch((e) => ({ result: null, error: plainError(e) })),
+  adapterFiles: (name) => adapterFiles(name).catch((e) => ({ files: null, error: plainError(e) })),
+  compare: (prompt, models, options) => compareModels(prompt, models, options).catch((e) => ({ rows: [], error: plainError(e) })),
+  get adapter() {
+    return state.adapter;
+  },
   finetuneChart: () => finetunePanel.chartData(),
   evaluationReport,
   evaluationReportHtml,

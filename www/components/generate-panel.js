@@ -58,13 +58,21 @@ export function createGeneratePanel(section, { onGenerate, onStop, onError }) {
   // Which model answers: the base model, or the latest fine-tuned one.
   const useBase = el("input", { type: "radio", id: "gen-model-base", name: "gen-model", value: "base", checked: true, "data-testid": "gen-model-base" });
   const useTuned = el("input", { type: "radio", id: "gen-model-tuned", name: "gen-model", value: "tuned", disabled: true, "data-testid": "gen-model-tuned" });
+  // Or an adapter of the library, attached beside the base (the Adapters panel).
+  const useAdapter = el("input", { type: "radio", id: "gen-model-adapter", name: "gen-model", value: "adapter", disabled: true, "data-testid": "gen-model-adapter" });
+  const adapterSelect = el("select", { id: "gen-adapter", "aria-label": "Adapter", disabled: true, "data-testid": "gen-adapter" });
+  adapterSelect.addEventListener("change", () => {
+    useAdapter.checked = true;
+  });
   const modelChoice = el(
     "fieldset",
     { class: "choice", "data-testid": "gen-model" },
     el("legend", {}, "Generate with"),
     el("span", { class: "field checkbox" }, useBase, el("label", { for: "gen-model-base" }, "Base model")),
     el("span", { class: "field checkbox" }, useTuned, el("label", { for: "gen-model-tuned" }, "Fine-tuned model")),
+    el("span", { class: "field checkbox" }, useAdapter, el("label", { for: "gen-model-adapter" }, "Adapter"), adapterSelect),
   );
+  let adapterNames = [];
   let tunedAvailable = false;
 
   // Chat mode: offered only when the loaded model has a chat template.
@@ -163,6 +171,7 @@ export function createGeneratePanel(section, { onGenerate, onStop, onError }) {
   function options() {
     const out = { greedy: greedy.checked };
     if (useTuned.checked && tunedAvailable) out.model = "tuned";
+    if (useAdapter.checked && adapterSelect.value) out.model = `adapter:${adapterSelect.value}`;
     const put = (key, field, integer) => {
       const v = field.valueAsNumber;
       if (Number.isFinite(v)) out[key] = integer ? Math.trunc(v) : v;
@@ -194,6 +203,7 @@ export function createGeneratePanel(section, { onGenerate, onStop, onError }) {
       for (const f of [prompt, maxNew.field, penalty.field, greedy, useBase, chatMode, system]) f.disabled = generating;
       resetChat.disabled = generating || conversation.length === 0;
       useTuned.disabled = generating || !tunedAvailable;
+      useAdapter.disabled = adapterSelect.disabled = generating || adapterNames.length === 0;
       for (const f of samplingFields) f.field.disabled = generating || greedy.checked;
     },
     /** Whether a fine-tuned model exists (it becomes the default choice when it appears). */
@@ -203,6 +213,20 @@ export function createGeneratePanel(section, { onGenerate, onStop, onError }) {
       useTuned.disabled = !tunedAvailable || section.dataset.mode === "generating";
       if (appeared) useTuned.checked = true;
       if (!tunedAvailable) useBase.checked = true;
+    },
+    /** Names of the library's adapters that fit the loaded model; `chosen` becomes the choice. */
+    setAdapters(names, chosen = undefined) {
+      const previous = adapterSelect.value;
+      adapterNames = names ?? [];
+      adapterSelect.replaceChildren(...adapterNames.map((n) => el("option", { value: n }, n)));
+      const pick = chosen === undefined ? previous : chosen;
+      if (pick !== null && adapterNames.includes(pick)) adapterSelect.value = pick;
+      if (chosen !== undefined) {
+        if (chosen === null && useAdapter.checked) useBase.checked = true;
+        if (chosen !== null && adapterNames.includes(chosen)) useAdapter.checked = true;
+      }
+      if (adapterNames.length === 0 && useAdapter.checked) useBase.checked = true;
+      useAdapter.disabled = adapterSelect.disabled = section.dataset.mode === "generating" || adapterNames.length === 0;
     },
     /** The loaded model changed (null: none). */
     setModel(info) {
@@ -253,7 +277,7 @@ export function createGeneratePanel(section, { onGenerate, onStop, onError }) {
         ` · ${result.tokens_per_s.toFixed(1)} tokens/s` +
         (backend ? ` on ${BACKEND_NAMES[backend] ?? backend}` : "") +
         ` · prompt ${formatInt(result.prompt_ids.length)} tokens` +
-        (result.model === "tuned" ? " · fine-tuned model" : tunedAvailable ? " · base model" : "");
+        (String(result.model).startsWith("adapter:") ? ` · adapter “${String(result.model).slice(8)}”` : result.model === "tuned" ? " · fine-tuned model" : tunedAvailable || adapterNames.length ? " · base model" : "");
     },
     fail(error) {
       render();

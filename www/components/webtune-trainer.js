@@ -14,6 +14,8 @@
 //   steps, lr, method ("lora" | "full")   override the preset's training settings
 //   endpoint   Hub endpoint for repo ids (default https://huggingface.co)
 //   label      the heading (default "Fine-tune <model>")
+//   adapter    the name of an adapter kept in this browser (the adapter library) to use once the
+//              model is loaded; the picker (part "adapters") lists the kept adapters of the model
 //   url-params when present, the page's query parameters model, dataset, preset, backend, steps,
 //              lr, method and endpoint override the attributes (handy for demos and tests)
 //
@@ -21,7 +23,7 @@
 //   --webtune-accent (buttons, train-loss line), --webtune-eval (validation points),
 //   --webtune-bg, --webtune-fg, --webtune-muted, --webtune-border, --webtune-radius,
 //   --webtune-font, --webtune-good, --webtune-bad (before/after changes), --webtune-error.
-// Parts (::part): container, header, title, dropzone, button, chart, table.
+// Parts (::part): container, header, title, dropzone, button, chart, table, adapters.
 //
 // Events (bubbling, composed CustomEvents on the element): "webtune-state" {state},
 // "webtune-progress" (a training step), "webtune-done" (the train() result), "webtune-error"
@@ -178,6 +180,9 @@ export class WebtuneTrainer extends HTMLElement {
     ui.outputs = el("div", { "data-testid": "wt-outputs" });
     ui.try = el("div", { hidden: true, "data-testid": "wt-try" }, el("div", { class: "try" }, ui.prompt, ui.generate), ui.outputs);
     ui.error = el("p", { class: "error", role: "alert", hidden: true, "data-testid": "wt-error" });
+    // The adapter library's adapters for this model: choosing one switches without reloading.
+    ui.adapter = el("select", { part: "adapters", "aria-label": "Adapter", "data-testid": "wt-adapter" });
+    ui.adapters = el("label", { class: "controls", hidden: true }, "Adapter: ", ui.adapter);
     ui.privacy = el("p", { class: "privacy" }, "Training runs in this browser tab; your data is not uploaded.");
 
     const root = this.shadowRoot;
@@ -190,6 +195,7 @@ export class WebtuneTrainer extends HTMLElement {
         el("header", { part: "header" }, ui.title, ui.status),
         ui.drop,
         el("div", { class: "controls" }, ui.train, ui.cancel, ui.progress, ui.step, ui.loss),
+        ui.adapters,
         ui.chart,
         ui.table,
         ui.extra,
@@ -219,6 +225,7 @@ export class WebtuneTrainer extends HTMLElement {
       if (file) void this.#useFile(file);
     });
     ui.generate.addEventListener("click", () => void this.#tryPrompt());
+    ui.adapter.addEventListener("change", () => void this.useAdapter(ui.adapter.value || null));
     this.#ui = ui;
   }
 
@@ -230,7 +237,8 @@ export class WebtuneTrainer extends HTMLElement {
     this.#ui.train.disabled = busy || !this.#tuner?.model || !this.#tuner?.dataset;
     this.#ui.cancel.disabled = !(state === "training" || (state === "loading" && this.#tuner));
     this.#ui.file.disabled = busy;
-    this.#ui.generate.disabled = busy || !this.#tuner?.tuned;
+    this.#ui.generate.disabled = busy || !(this.#tuner?.tuned || this.#tuner?.adapter);
+    this.#ui.adapter.disabled = busy;
     this.dispatchEvent(new CustomEvent("webtune-state", { detail: { state }, bubbles: true, composed: true }));
   }
 
@@ -303,8 +311,11 @@ export class WebtuneTrainer extends HTMLElement {
     this.#ui.title.textContent = this.getAttribute("label") ?? `Fine-tune ${modelAttr} (${params >= 1e6 ? `${(params / 1e6).toFixed(1)} M` : formatInt(params)} parameters)`;
     this.#setState("loaded", `Model loaded${loaded.source.cached ? " from the browser cache" : ""} on ${this.#tuner.backend.backend === "webgpu" ? "WebGPU" : "the CPU"}.`);
     this.dataset.modelLoaded = "";
+    await this.#refreshAdapters();
+    const wanted = this.#option("adapter");
+    if (wanted) await this.useAdapter(wanted);
     if (this.#data) await this.#check();
-    else this.#setState("loaded", "Model loaded. Drop a dataset file to continue.");
+    else this.#setState("loaded", `Model loaded${this.#tuner.adapter ? `, adapter “${this.#tuner.adapter}” in use` : ""}. Drop a dataset file to continue.`);
   }
 
   /** The job options: the preset for the model's task. */
@@ -379,6 +390,7 @@ export class WebtuneTrainer extends HTMLElement {
       this.#result = result;
       this.#chart.flush();
       this.#showResult(result);
+      await this.#refreshAdapters();
       const s = result.summary;
       this.#setState(
         "done",
@@ -481,16 +493,51 @@ export class WebtuneTrainer extends HTMLElement {
     ui.try.hidden = classification;
   }
 
+  /** Refill the adapter picker from the library (shown once it holds an adapter of this model). */
+  async #refreshAdapters() {
+    const ui = this.#ui;
+    let list;
+    try {
+      list = (await this.#tuner.adapters()).filter((m) => m.fits);
+    } catch {
+      // A library that cannot be read (no OPFS) only hides the picker.
+      ui.adapters.hidden = true;
+      return;
+    }
+    ui.adapter.replaceChildren(el("option", { value: "" }, this.#tuner.tuned ? "None (the model trained here)" : "None (the base model)"), ...list.map((m) => el("option", { value: m.name }, m.name)));
+    ui.adapter.value = this.#tuner.adapter ?? "";
+    ui.adapters.hidden = list.length === 0;
+  }
+
+  /** Answer with a kept adapter (null: none), switching without reloading the model. */
+  async useAdapter(name) {
+    if (!this.#tuner?.model) return null;
+    this.#clearError();
+    try {
+      const s = await this.#tuner.useAdapter(name);
+      this.#ui.adapter.value = name ?? "";
+      this.#ui.try.hidden = false;
+      this.#setState("loaded", name === null ? "No adapter in use." : `Adapter “${name}” in use (switched in ${s.switch_ms.toFixed(1)} ms).`);
+      return s;
+    } catch (e) {
+      this.#ui.adapter.value = this.#tuner.adapter ?? "";
+      this.#fail(e);
+      return null;
+    }
+  }
+
   async #tryPrompt() {
     const prompt = this.#ui.prompt.value.trim();
-    if (!prompt || !this.#tuner?.tuned) return;
+    if (!prompt || !(this.#tuner?.tuned || this.#tuner?.adapter)) return;
     this.#clearError();
     this.#setState("generating", "Continuing the prompt with both models…");
     const outputs = [];
     try {
-      for (const which of ["base", "tuned"]) {
+      const adapter = this.#tuner.adapter;
+      for (const which of ["base", adapter ? `adapter:${adapter}` : "tuned"]) {
         const r = await this.#tuner.generate(prompt, { model: which, max_new_tokens: 32, temperature: 0.8, top_p: 0.95, seed: 1 });
-        outputs.push(el("p", { class: "out", "data-testid": `wt-output-${which}` }, el("strong", {}, which === "base" ? "Base model: " : "Fine-tuned: "), r.text ?? r.generated_ids.join(" ")));
+        const label = which === "base" ? "Base model: " : adapter ? `Adapter “${adapter}”: ` : "Fine-tuned: ";
+        outputs.push(el("p", { class: "out", "data-testid": `wt-output-${which === "base" ? "base" : "tuned"}` }, el("strong", {}, label), r.text ?? r.generated_ids.join(" ")));
         this.#ui.outputs.replaceChildren(...outputs);
       }
       this.#setState("done", "Done.");

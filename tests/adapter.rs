@@ -309,3 +309,96 @@ fn a_run_continues_from_an_adapter_where_the_run_that_wrote_it_ended() {
     assert!(!ok);
     assert_eq!(refused["error"]["details"]["field"], "method", "{refused}");
 }
+
+/// `train --checkpoint FILE` then `train --init-adapter FILE`: a run continued from its webtune
+/// checkpoint (factors, AdamW's moments, its place in the data) gives the losses of the run that
+/// never stopped, step for step; training flags beside a checkpoint are refused (its settings
+/// are the run's), and so is a file that is not a checkpoint.
+#[test]
+fn a_run_continued_from_its_checkpoint_gives_the_uninterrupted_losses() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("continue_checkpoint");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = fixture("tiny_random/gpt2-vocab");
+    let data = fixture("data/capitals.jsonl");
+    let (model, data) = (model.to_str().unwrap(), data.to_str().unwrap());
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            model,
+            "--data",
+            data,
+            "--batch-size",
+            "2",
+            "--seq-len",
+            "32",
+        ];
+        args.extend(extra);
+        common::webtune_json(&args)
+    };
+    let settings = [
+        "--steps",
+        "8",
+        "--lr",
+        "1e-2",
+        "--lora-r",
+        "4",
+        "--grad-accum",
+        "2",
+        "--warmup",
+        "2",
+        "--schedule",
+        "cosine",
+    ];
+    let (ok, straight) = run(&settings);
+    assert!(ok, "{straight}");
+    let file = dir.join("run.ckpt");
+    let mut with_checkpoints = settings.to_vec();
+    with_checkpoints.extend([
+        "--checkpoint",
+        file.to_str().unwrap(),
+        "--checkpoint-every",
+        "3",
+    ]);
+    let (ok, saved) = run(&with_checkpoints);
+    assert!(ok, "{saved}");
+    // Saving checkpoints changes nothing in the run.
+    assert_eq!(saved["train_loss"], straight["train_loss"]);
+    // The last one saved is step 6 (none at the end: the run finished).
+    let (ok, continued) = run(&["--init-adapter", file.to_str().unwrap()]);
+    assert!(ok, "{continued}");
+    let losses = |v: &Value| -> Vec<f64> {
+        v["train_loss"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    let (want, got) = (losses(&straight), losses(&continued));
+    assert_eq!(
+        got.len(),
+        8,
+        "the continued run reports the whole run: {continued}"
+    );
+    for (step, (w, g)) in want.iter().zip(&got).enumerate() {
+        assert!(
+            (w - g).abs() <= 1e-6 * w.abs().max(1.0),
+            "step {}: continued {g}, uninterrupted {w}",
+            step + 1
+        );
+    }
+    let after = |v: &Value| v["after"]["loss"].as_f64().unwrap();
+    assert!((after(&continued) - after(&straight)).abs() <= 1e-6);
+
+    let (ok, refused) = run(&["--init-adapter", file.to_str().unwrap(), "--lr", "1e-3"]);
+    assert!(!ok);
+    assert_eq!(
+        refused["error"]["details"]["field"], "init_adapter",
+        "{refused}"
+    );
+    let (ok, refused) = run(&["--init-adapter", data]);
+    assert!(!ok);
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(message.contains("is not a webtune checkpoint"), "{message}");
+}

@@ -116,6 +116,12 @@ fn a_gguf_file_is_a_model_too() {
     let (ok, from_dir) = webtune(&["info", fixture("tiny_random/llama").to_str().unwrap()]);
     assert!(ok);
     assert_eq!(info["parameters"], from_dir["parameters"]);
+    // The same model in another file is another base for an adapter library.
+    let fingerprint = |v: &serde_json::Value| v["fingerprint"].as_str().unwrap().to_owned();
+    assert_eq!(fingerprint(&info).len(), 16, "{info}");
+    assert_ne!(fingerprint(&info), fingerprint(&from_dir));
+    let (_, again) = webtune(&["info", gguf.to_str().unwrap()]);
+    assert_eq!(fingerprint(&again), fingerprint(&info));
 
     let not_a_model = fixture("reference/tiny_gpt2.json");
     let (ok, out) = webtune(&["info", not_a_model.to_str().unwrap()]);

@@ -11,10 +11,12 @@ use serde_json::{json, Value};
 use webtune::backend::{Backend, BackendKind};
 use webtune::data::chat::Message;
 use webtune::data::validate::OnDataProgress;
+use webtune::error::Code;
 use webtune::eval::generate::{generate, GenerateOptions};
 use webtune::io::hf::ModelFiles;
 use webtune::models::loaded::LoadedModel;
 use webtune::train::adapter::{apply_peft_adapter, read_peft_adapter};
+use webtune::train::checkpoint::{Checkpoint, Checkpointing};
 use webtune::train::export::Export;
 use webtune::train::finetune::Method;
 use webtune::train::qlora::{load_quantized, BaseQuant};
@@ -229,11 +231,20 @@ struct TrainArgs {
     /// the size; transformers loads it with `torch_dtype` from its config).
     #[arg(long)]
     export_dtype: Option<String>,
-    /// Continue training a LoRA adapter (PEFT's format, such as a previous run's DIR/adapter):
-    /// its factors are where training starts, its rank, alpha and modules are the run's; the
-    /// optimiser starts fresh.
+    /// Continue training. A LoRA adapter folder in PEFT's format (such as a previous run's
+    /// DIR/adapter): its factors are where training starts, its rank, alpha and modules are the
+    /// run's, the optimiser starts fresh. Or a checkpoint file written by --checkpoint: the run
+    /// it belongs to continues where it stopped (its weights, AdamW's state, its place in the
+    /// data and its training settings), with the losses of a run that never stopped.
     #[arg(long, conflicts_with_all = ["lora_r", "lora_alpha", "lora_targets"])]
     init_adapter: Option<PathBuf>,
+    /// Save checkpoints of the run to FILE every --checkpoint-every steps (written beside it,
+    /// then renamed over it), for --init-adapter FILE to continue.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Steps between checkpoints (default 25).
+    #[arg(long, requires = "checkpoint")]
+    checkpoint_every: Option<usize>,
     /// Where to write `merged/` and `adapter/`.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -244,19 +255,53 @@ struct TrainArgs {
 
 impl TrainArgs {
     /// The job configuration: --config with the flags patched in, continuing --init-adapter
-    /// when given (refused for an encoder: see `FinetuneConfig::continue_adapter`).
-    fn job(&self, base: &LoadedModel) -> Result<JobConfig, Error> {
-        let mut cfg = job_config(&self.config)?.with_overrides(&self.overrides()?)?;
-        if let Some(dir) = &self.init_adapter {
-            if base.is_encoder() {
+    /// when given (an adapter folder: refused for an encoder, see
+    /// `FinetuneConfig::continue_adapter`), and the checkpoint to resume when --init-adapter is
+    /// one (its training settings are the run's).
+    fn job(&self, base: &LoadedModel) -> Result<(JobConfig, Option<Checkpoint>), Error> {
+        let overrides = self.overrides()?;
+        let mut cfg = job_config(&self.config)?.with_overrides(&overrides)?;
+        let Some(path) = &self.init_adapter else {
+            return Ok((cfg, None));
+        };
+        if path.is_file() {
+            let bytes = std::fs::read(path).map_err(|e| {
+                Error::new(
+                    Code::ModelMissingFile,
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let ck = Checkpoint::from_bytes(&bytes).map_err(|e| Error {
+                message: format!(
+                    "{} is not a webtune checkpoint ({}); --init-adapter takes a PEFT adapter \
+                     folder or a file written by --checkpoint",
+                    path.display(),
+                    e.message
+                ),
+                ..e
+            })?;
+            if overrides
+                .get("train")
+                .is_some_and(|t| t.as_object().is_some_and(|t| !t.is_empty()))
+            {
                 return Err(Error::config(
-                    "--init-adapter continues a causal language model's adapter; a classifier \
-                     continues from its merged model (DIR/merged) instead",
-                ));
+                    "a checkpoint continues its run with that run's training settings (steps, \
+                     learning rate, LoRA, seed, ...): drop the training flags, or continue from \
+                     an adapter folder to train it anew",
+                )
+                .with_details(json!({ "field": "init_adapter" })));
             }
-            cfg.train = cfg.train.continue_adapter(read_peft_adapter(dir)?)?;
+            cfg.train = ck.config.clone();
+            return Ok((cfg, Some(ck)));
         }
-        Ok(cfg)
+        if base.is_encoder() {
+            return Err(Error::config(
+                "--init-adapter continues a causal language model's adapter; a classifier \
+                 continues from its merged model (DIR/merged) instead",
+            ));
+        }
+        cfg.train = cfg.train.continue_adapter(read_peft_adapter(path)?)?;
+        Ok((cfg, None))
     }
 
     /// The flags given, as a patch of the job configuration (`JobConfig::with_overrides`).
@@ -312,6 +357,9 @@ impl TrainArgs {
         }
         if let Some(v) = &self.export_dtype {
             job.insert("export_dtype".into(), json!(v));
+        }
+        if let Some(v) = self.checkpoint_every {
+            job.insert("checkpoint_every".into(), json!(v));
         }
         let mut data = serde_json::Map::new();
         if let Some(v) = self.seq_len {
@@ -531,9 +579,14 @@ fn run(cli: &Cli) -> Result<(), Error> {
 
 fn run_info(cli: &Cli, args: &InfoArgs) -> Result<(), Error> {
     let InfoArgs { model } = args;
-    let model = load(model)?;
+    let files = ModelFiles::from_dir(model)?;
+    // The identity an adapter records of its base (the page's ModelInfo.fingerprint).
+    let fingerprint = files.fingerprint()?;
+    let model = LoadedModel::load(files, &burn::tensor::Device::flex())?;
     if cli.json {
-        print_json(&model.info)?;
+        let mut value = serde_json::to_value(&model.info).map_err(internal)?;
+        value["fingerprint"] = json!(fingerprint);
+        print_json(&value)?;
     } else {
         let i = &model.info;
         println!("architecture   {}", i.architecture);
@@ -562,6 +615,7 @@ fn run_info(cli: &Cli, args: &InfoArgs) -> Result<(), Error> {
             (None, Some(error)) => println!("chat template  unusable: {error}"),
             (None, None) => println!("chat template  no"),
         }
+        println!("fingerprint    {fingerprint}");
     }
     Ok(())
 }
@@ -729,7 +783,15 @@ fn run_recipe(cli: &Cli, args: &TrainArgs) -> Result<(), Error> {
     let files = ModelFiles::from_dir(&args.model)?;
     let meta = files.without_weights();
     let base = LoadedModel::load(files, &burn::tensor::Device::flex())?;
-    let cfg = args.job(&base)?;
+    let (cfg, resume) = args.job(&base)?;
+    if resume.is_some() {
+        // Its AdamW state is burn's: the Python project starts from an adapter instead.
+        return Err(Error::config(
+            "a recipe continues an adapter folder (--init-adapter DIR/adapter), not a webtune \
+             checkpoint: export the run (--out) and continue its adapter",
+        )
+        .with_details(json!({ "field": "init_adapter" })));
+    }
     let model_ref = base_model_ref(&args.model);
     let paths = DataPaths::new(&args.data, args.validation.as_deref())?;
     let backend = pollster::block_on(Backend::create(BackendKind::parse(&args.backend)?))?;
@@ -788,6 +850,38 @@ fn base_model_ref(model: &Path) -> BaseModelRef {
     }
 }
 
+/// Resuming `resume` and saving checkpoints to `file` (a failed write is said on stderr: the
+/// run goes on), or neither.
+fn checkpointing(
+    resume: Option<Checkpoint>,
+    file: Option<PathBuf>,
+) -> Option<Checkpointing<'static>> {
+    if resume.is_none() && file.is_none() {
+        return None;
+    }
+    let save = move |ck: Checkpoint| {
+        let Some(file) = &file else { return };
+        let mut partial = file.clone().into_os_string();
+        partial.push(".partial");
+        let partial = PathBuf::from(partial);
+        let written =
+            std::fs::write(&partial, ck.to_bytes()).and_then(|()| std::fs::rename(&partial, file));
+        match written {
+            Ok(()) => eprintln!("checkpoint of step {} saved to {}", ck.step, file.display()),
+            Err(e) => eprintln!(
+                "warning: could not save the checkpoint to {}: {e}",
+                file.display()
+            ),
+        }
+    };
+    Some(Checkpointing {
+        resume,
+        // The job sets it from its configuration (checkpoint_every).
+        every: 0,
+        save: Box::new(save),
+    })
+}
+
 fn run_train(cli: &Cli, args: &TrainArgs) -> Result<(), Error> {
     let TrainArgs {
         model,
@@ -830,7 +924,8 @@ fn run_train(cli: &Cli, args: &TrainArgs) -> Result<(), Error> {
             )));
         }
     }
-    let cfg = args.job(&base)?;
+    let (cfg, resume) = args.job(&base)?;
+    let checkpointing = checkpointing(resume, args.checkpoint.clone());
     let paths = DataPaths::new(data, validation.as_deref())?;
     let backend = pollster::block_on(Backend::create(BackendKind::parse(backend)?))?;
     let json_out = cli.json;
@@ -846,7 +941,7 @@ fn run_train(cli: &Cli, args: &TrainArgs) -> Result<(), Error> {
         paths.files(&progress),
         &cfg,
         &model.display().to_string(),
-        None,
+        checkpointing,
         |event| {
             if progress_json {
                 if let Ok(line) = serde_json::to_string(&event) {

@@ -199,6 +199,11 @@ impl Checkpoint {
             })))
         };
         self.check_task(task)?;
+        // The adapter a run continued is not saved (its factors are the checkpoint's own).
+        let config = &FinetuneConfig {
+            init_adapter: None,
+            ..config.clone()
+        };
         if &self.config != config {
             return refuse(
                 "config",

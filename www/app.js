@@ -226,6 +226,10 @@ const generatePanel = createGeneratePanel(document.getElementById("generate-pane
 const adaptersPanel = createAdaptersPanel(document.getElementById("adapters-panel"), {
   onLoad: (files, name) => void loadAdapterFiles(files, { name }),
   onUse: (name) => void useAdapter(name),
+  onContinue: (name) => {
+    finetunePanel.setAdapters(fittingAdapters(), name);
+    document.getElementById("finetune-panel")?.scrollIntoView({ behavior: "smooth", block: "start" });
+  },
   onRename: (name, to) => void renameAdapter(name, to),
   onDelete: (name) => void deleteAdapter(name),
   onDownload: (name) => void downloadAdapter(name),
@@ -845,6 +849,11 @@ function similarity(a, b, which = "base") {
 // ---------------------------------------------------------------------------------------------
 // The adapter library (worker.js, lib/adapter-library.js) and the compare view.
 
+/** Names of the kept adapters that belong to the loaded model. */
+function fittingAdapters() {
+  return state.adapters.filter((m) => m.fits).map((m) => m.name);
+}
+
 /** Re-read the library; resolves with its list (also shown in the Adapters panel). */
 async function refreshAdapters() {
   const outcome = await client.adapters().result;
@@ -852,7 +861,8 @@ async function refreshAdapters() {
   state.adapters = outcome.result ?? [];
   if (state.adapter !== null && !state.adapters.some((m) => m.name === state.adapter && m.fits)) state.adapter = null;
   adaptersPanel.show(state.adapters);
-  generatePanel.setAdapters(state.adapters.filter((m) => m.fits).map((m) => m.name));
+  generatePanel.setAdapters(fittingAdapters());
+  finetunePanel.setAdapters(fittingAdapters());
   return { result: state.adapters, error: null };
 }
 
@@ -892,7 +902,7 @@ async function useAdapter(name) {
   if (!out.error) {
     state.adapter = name ?? null;
     adaptersPanel.switched(state.adapter, out.result);
-    generatePanel.setAdapters(state.adapters.filter((m) => m.fits).map((m) => m.name), state.adapter);
+    generatePanel.setAdapters(fittingAdapters(), state.adapter);
     await refreshAdapters();
   }
   return out;
@@ -911,7 +921,7 @@ async function renameAdapter(name, to) {
   if (out.result && state.adapter === name) {
     state.adapter = out.result.name;
     adaptersPanel.switched(state.adapter, null);
-    generatePanel.setAdapters(state.adapters.filter((m) => m.fits).map((m) => m.name), state.adapter);
+    generatePanel.setAdapters(fittingAdapters(), state.adapter);
   }
   return out;
 }

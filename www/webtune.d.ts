@@ -102,6 +102,10 @@ export interface JobConfig {
   /** The adapter library's name for the adapter a LoRA job trains (default: the dataset file's
    * name, numbered when taken). Not part of the job itself. */
   adapter_name?: string;
+  /** A kept adapter (its name in the adapter library) whose training this job continues: LoRA
+   * starts from its factors, with its rank, alpha and modules; the optimiser starts fresh. It
+   * must belong to the loaded model (`adapter.base_mismatch`). Causal LMs only. */
+  init_adapter?: string;
   [key: string]: unknown;
 }
 
@@ -130,6 +134,8 @@ export interface AdapterMeta {
   metrics: { before: CausalEval | null; after: CausalEval | null } | null;
   steps: number | null;
   cancelled: boolean;
+  /** The kept adapter its job continued (`init_adapter`), or null. */
+  continued_from?: string | null;
   /** It was made for the loaded model (fingerprints agree). */
   fits?: boolean;
   /** It is attached to the loaded model: choosing it costs nothing. */

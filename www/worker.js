@@ -693,9 +693,11 @@ async function finetune(id, name, bytes, config, resume, validation) {
   const started = await beginOp(id, "finetune");
   if (!started) return;
   const { session, op } = started;
-  // The library's name for the adapter this job trains; not a setting of the job itself.
-  const { adapter_name: adapterName, ...jobConfig } = config ?? {};
+  // The library's name for the adapter this job trains, and the kept adapter it continues
+  // training: not settings of the job itself.
+  const { adapter_name: adapterName, init_adapter: initName, ...jobConfig } = config ?? {};
   config = jobConfig;
+  let continued = initName ?? null;
   try {
     const data = datasetBytes("finetune", name, bytes);
     const [validationName, validationData] = validationArgs("finetune", validation);
@@ -713,6 +715,7 @@ async function finetune(id, name, bytes, config, resume, validation) {
       if (resume) {
         saved = await checkpointFor(session, dataset, heldOut);
         config = saved.meta.config;
+        continued = saved.meta.init_adapter ?? null;
       }
       const model = modelKey(session);
       // Writes are chained, so they land in step order; a failed write is reported, not fatal.
@@ -721,7 +724,7 @@ async function finetune(id, name, bytes, config, resume, validation) {
           try {
             const dir = await checkpointDir(true);
             await writeFile(dir, "run.ckpt", ckpt);
-            const meta = { step, total_steps: op.totalSteps ?? null, saved_at: new Date().toISOString(), config: config ?? {}, dataset, validation: heldOut, model };
+            const meta = { step, total_steps: op.totalSteps ?? null, saved_at: new Date().toISOString(), config: config ?? {}, init_adapter: continued, dataset, validation: heldOut, model };
             await writeFile(dir, "run.json", JSON.stringify(meta));
             post({ type: "finetune-event", id, event: { type: "checkpoint", step, bytes: ckpt.byteLength } });
           } catch (e) {
@@ -729,9 +732,11 @@ async function finetune(id, name, bytes, config, resume, validation) {
           }
         });
       };
-      run = (onEvent) => session.finetuneResumable(name, data, config ?? {}, onEvent, onCheckpoint, saved?.bytes ?? null, validationName, validationData);
+      const runConfig = await withInitAdapter(session, config, continued);
+      run = (onEvent) => session.finetuneResumable(name, data, runConfig, onEvent, onCheckpoint, saved?.bytes ?? null, validationName, validationData);
     } else {
-      run = (onEvent) => session.finetune(name, data, config ?? {}, onEvent, validationName, validationData);
+      const runConfig = await withInitAdapter(session, config, continued);
+      run = (onEvent) => session.finetune(name, data, runConfig, onEvent, validationName, validationData);
     }
     // wasm yields to the event loop only once per step, so a "cancel" message can arrive late:
     // the interrupt flag, read after every event, stops the run after its current step.
@@ -752,7 +757,7 @@ async function finetune(id, name, bytes, config, resume, validation) {
     } catch {
       tunedInfo = null;
     }
-    const adapter = await keepTrainedAdapter(session, { adapterName, name, data, config, result });
+    const adapter = await keepTrainedAdapter(session, { adapterName, name, data, config, result, continued });
     post({ type: "done", id, result: { ...result, tuned_info: tunedInfo, adapter } });
   } catch (e) {
     reportError(id, e);
@@ -910,6 +915,14 @@ async function ensureAdapter(session, which) {
   return { attach_ms: summary.attach_ms, attached_before: false };
 }
 
+/** The job's configuration for wasm: with the files of the kept adapter `name` it continues, if any. */
+async function withInitAdapter(session, config, name) {
+  if (name == null) return config ?? {};
+  const { meta, files } = await readAdapter(String(name));
+  checkBase(session, meta);
+  return { ...(config ?? {}), init_adapter: files };
+}
+
 async function sha256OrNull(bytes) {
   return typeof crypto?.subtle?.digest === "function" ? sha256Hex(bytes) : null;
 }
@@ -920,7 +933,7 @@ async function sha256OrNull(bytes) {
  * the kept description, `null` when the job has no adapter to keep, or `{error}`: a failure
  * to keep it does not fail the job, whose model stays usable as "tuned".
  */
-async function keepTrainedAdapter(session, { adapterName, name, data, config, result }) {
+async function keepTrainedAdapter(session, { adapterName, name, data, config, result, continued }) {
   if (typeof session.adapterFiles !== "function" || result?.task === "classification" || Array.isArray(result?.labels)) return null;
   if ((config?.train?.method ?? "lora") === "full") return null;
   try {
@@ -938,6 +951,7 @@ async function keepTrainedAdapter(session, { adapterName, name, data, config, re
         metrics: { before: result?.before ?? null, after: result?.after ?? null },
         steps: result?.summary?.steps ?? null,
         cancelled: Boolean(result?.summary?.cancelled),
+        continued_from: continued,
       },
       files,
     );

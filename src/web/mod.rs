@@ -20,7 +20,7 @@ use crate::io::hf::{declared_tensors, ModelFiles};
 use crate::io::source::{FileBytes, ReadAt};
 use crate::models::loaded::{LoadedModel, ModelInfo};
 use crate::train::adapter::{
-    attach_peft_adapter, parse_peft_adapter, ADAPTER_CONFIG, ADAPTER_WEIGHTS,
+    attach_peft_adapter, parse_peft_adapter, PeftAdapter, ADAPTER_CONFIG, ADAPTER_WEIGHTS,
 };
 use crate::train::causal::evaluate_loss;
 use crate::train::causal_job::{chat_template, prepare_data};
@@ -345,6 +345,34 @@ fn no_tuned_model() -> Error {
         Code::ModelNotLoaded,
         "there is no fine-tuned model yet; fine-tune the loaded model first",
     )
+}
+
+/// A job's configuration with `init_adapter` (a PEFT adapter's files, as `attachAdapter` takes
+/// them) taken out and read: the adapter the job continues training (`train --init-adapter`).
+fn job_config_and_adapter(config: JsValue) -> Result<(JobConfig, Option<PeftAdapter>), Error> {
+    let files = js_sys::Reflect::get(&config, &"init_adapter".into()).unwrap_or(JsValue::UNDEFINED);
+    if files.is_undefined() || files.is_null() {
+        return Ok((job_config(config)?, None));
+    }
+    // A copy without the key: the files are not settings.
+    let rest = js_sys::Object::assign(&js_sys::Object::new(), config.unchecked_ref());
+    let _ = js_sys::Reflect::delete_property(&rest, &"init_adapter".into());
+    let files = files_from_js(&files)?;
+    let read = |file: &str| {
+        files.read(file)?.map(|b| b.into_owned()).ok_or_else(|| {
+            Error::new(
+                Code::ModelMissingFile,
+                format!("the adapter to continue has no {file}"),
+            )
+            .with_details(json!({ "file": file }))
+        })
+    };
+    let adapter = parse_peft_adapter(
+        &read(ADAPTER_CONFIG)?,
+        ADAPTER_WEIGHTS,
+        read(ADAPTER_WEIGHTS)?,
+    )?;
+    Ok((job_config(rest.into())?, Some(adapter)))
 }
 
 fn job_config(config: JsValue) -> Result<JobConfig, Error> {
@@ -741,6 +769,9 @@ impl Session {
     /// (`true`: resume; `false` or a rejection: stop as `false` does).
     /// Resolves to `{report, summary, before, after, samples, files, ...}`; the fine-tuned
     /// model then answers `generate(..., {model: "tuned"})` and `exportFiles()`.
+    /// `config.init_adapter`, a PEFT adapter's files (`{"adapter_config.json": ...,
+    /// "adapter_model.safetensors": ...}`), continues training that adapter (LoRA on a causal
+    /// LM: its rank, alpha and modules are the job's; the optimiser starts fresh).
     pub fn finetune(
         &self,
         name: String,
@@ -798,7 +829,17 @@ impl Session {
         wasm_bindgen_futures::future_to_promise(async move {
             let (base, files) = loaded?;
             let run = async {
-                let config = job_config(config)?;
+                let (mut config, init) = job_config_and_adapter(config)?;
+                if let Some(adapter) = init {
+                    if base.is_encoder() {
+                        return Err(Error::config(
+                            "continuing an adapter trains a causal language model's LoRA \
+                             factors further; a classifier starts from its merged model",
+                        )
+                        .with_details(json!({ "field": "init_adapter" })));
+                    }
+                    config.train = config.train.continue_adapter(adapter)?;
+                }
                 let progress = data_progress_to(&on_event);
                 let checkpointing = match checkpoints {
                     Some((on_checkpoint, resume)) => {

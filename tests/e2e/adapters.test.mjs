@@ -344,3 +344,38 @@ test("c. <webtune-trainer adapter=…> uses a kept adapter once its model loads 
     assertCleanBesideHub(log);
   });
 });
+
+test("d. train({init_adapter}) continues a kept adapter from its factors (its rank wins; a warmup step scores its job's after), kept as a new adapter; the page's Fine-tune panel starts from one", { timeout: 300_000 }, async () => {
+  await withPage("adapters-d-continue", browser, { backend: "cpu" }, async ({ page, log }) => {
+    await waitForBackend(page);
+    assert.equal((await loadModelFilesFromDisk(page, VOCAB, OP_MS, "the gpt2-vocab fixture")).error, null);
+    const first = await finetune(page, "capitals.jsonl", CAPITALS, "first");
+    assert.equal(first.error, null, JSON.stringify(first.error));
+    // The kept adapter is offered as a start in the Fine-tune panel.
+    await page.waitForSelector("[data-testid=ft-init-adapter] option[value=first]", { state: "attached" });
+    await page.locator("[data-testid=adapter-row][data-name=first] [data-testid=adapter-continue]").click();
+    assert.equal(await page.getByTestId("ft-init-adapter").inputValue(), "first");
+    const config = { ...CONFIG, train: { ...CONFIG.train, steps: 1, warmup: 1, lora_r: 8, lora_alpha: 32 }, adapter_name: "second" };
+    const second = await withTimeout(
+      page.evaluate(async ({ text, config }) => {
+        const r = await window.webtune.finetune({ name: "capitals.jsonl", bytes: text }, { ...config, init_adapter: document.querySelector("[data-testid=ft-init-adapter]").value });
+        return { error: r.error, adapter: r.result?.adapter ?? null, before: r.result?.before ?? null, after: r.result?.after ?? null };
+      }, { text: CAPITALS, config }),
+      OP_MS,
+      "continuing the adapter",
+    );
+    assert.equal(second.error, null, JSON.stringify(second.error));
+    const near = (x, y) => Math.abs(x - y) <= 1e-5 * Math.max(1, Math.abs(y));
+    assert.ok(near(second.before.loss, first.after.loss), `before ${second.before.loss} vs the first job's after ${first.after.loss}`);
+    assert.ok(near(second.after.loss, first.after.loss), "a warmup step (learning rate 0) changes nothing");
+    assert.equal(second.adapter.name, "second");
+    assert.equal(second.adapter.continued_from, "first");
+    assert.deepEqual([second.adapter.lora.r, second.adapter.lora.lora_alpha], [4, 8], "the continued adapter's rank and alpha, not the config's");
+    const missing = await page.evaluate(async ({ text, config }) => {
+      const r = await window.webtune.finetune({ name: "capitals.jsonl", bytes: text }, { ...config, init_adapter: "nonexistent" });
+      return r.error;
+    }, { text: CAPITALS, config });
+    assert.equal(missing?.code, "adapter.not_found", JSON.stringify(missing));
+    assertCleanLog(assert, log);
+  });
+});

@@ -11,11 +11,11 @@ export const MAX_COMPARED = 3;
 
 /**
  * @param {HTMLElement} section
- * @param {{onLoad: (files: File[], name: string | null) => void, onUse: (name: string | null) => void,
+ * @param {{onLoad: (files: File[], name: string | null) => void, onUse: (name: string | null) => void, onContinue: (name: string) => void,
  *   onRename: (name: string, to: string) => void, onDelete: (name: string) => void,
  *   onDownload: (name: string) => void, onCompare: (prompt: string, models: string[], maxTokens: number) => void}} handlers
  */
-export function createAdaptersPanel(section, { onLoad, onUse, onRename, onDelete, onDownload, onCompare }) {
+export function createAdaptersPanel(section, { onLoad, onUse, onContinue, onRename, onDelete, onDownload, onCompare }) {
   const files = el("input", { type: "file", id: "adapter-files", multiple: true, accept: ".json,.safetensors", "data-testid": "adapter-files" });
   const name = el("input", { type: "text", id: "adapter-name", "data-testid": "adapter-name", placeholder: "optional" });
   const load = el("button", { type: "button", "data-testid": "adapter-load", disabled: true }, "Load adapter");
@@ -114,6 +114,7 @@ export function createAdaptersPanel(section, { onLoad, onUse, onRename, onDelete
         "div",
         { class: "buttons" },
         el("button", { type: "button", "data-testid": "adapter-use", "data-unfit": String(!m.fits), onclick: () => onUse(m.name) }, "Use"),
+        el("button", { type: "button", "data-testid": "adapter-continue", "data-quiet": "true", "data-unfit": String(!m.fits), title: "Start the next fine-tuning run from this adapter", onclick: () => onContinue(m.name) }, "Continue training"),
         el("button", { type: "button", "data-testid": "adapter-download", "data-quiet": "true", onclick: () => onDownload(m.name) }, "Download"),
         rename,
         el("button", { type: "button", "data-testid": "adapter-rename", "data-quiet": "true", onclick: () => rename.value.trim() && rename.value.trim() !== m.name && onRename(m.name, rename.value.trim()) }, "Rename"),

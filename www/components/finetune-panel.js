@@ -106,6 +106,13 @@ export function createFinetunePanel(
     el("label", { for: "ft-base-quant" }, "Frozen base"),
     baseQuant,
   );
+  // Continue training a kept adapter (the Adapters panel's library) instead of a new one.
+  const initAdapter = el("select", { id: "ft-init-adapter", "data-testid": "ft-init-adapter" }, el("option", { value: "" }, "A new adapter"));
+  const initAdapterWrap = el("div", { class: "field", hidden: true }, el("label", { for: "ft-init-adapter" }, "Start from"), initAdapter);
+  initAdapter.addEventListener("change", () => {
+    // The adapter's rank and alpha are the run's.
+    rank.field.disabled = alpha.field.disabled = initAdapter.value !== "";
+  });
   // burn's balanced gradient checkpointing: same results, fewer activations kept.
   const checkpointing = el("input", { id: "ft-grad-checkpointing", name: "ft-grad-checkpointing", type: "checkbox", "data-testid": "ft-grad-checkpointing" });
   method.addEventListener("change", () => {
@@ -113,6 +120,7 @@ export function createFinetunePanel(
     rank.wrap.hidden = !lora;
     alpha.wrap.hidden = !lora;
     baseQuantWrap.hidden = !lora;
+    initAdapterWrap.hidden = !lora || initAdapter.options.length < 2;
     if (lr.field.dataset.touched !== "true") lr.field.value = String(DEFAULT_LR[kind][method.value]);
   });
   // Training batches of the checked dataset (the default steps follow it), or null.
@@ -166,6 +174,7 @@ export function createFinetunePanel(
       el("div", { class: "field" }, el("label", { for: "ft-method" }, "Method"), method),
       steps.wrap,
       lr.wrap,
+      initAdapterWrap,
       rank.wrap,
       alpha.wrap,
       batch.wrap,
@@ -252,6 +261,7 @@ export function createFinetunePanel(
     }
     const b = batch.field.valueAsNumber;
     return {
+      ...(method.value === "lora" && initAdapter.value ? { init_adapter: initAdapter.value } : {}),
       train: out,
       ...(Number.isFinite(b) ? { batch_size: Math.trunc(b) } : {}),
       ...(exportDtype.value !== "f32" ? { export_dtype: exportDtype.value } : {}),
@@ -288,8 +298,17 @@ export function createFinetunePanel(
       pause.disabled = !running || cancelling;
       pause.textContent = pauseState === null ? "Pause" : "Resume";
       pause.dataset.state = pauseState ?? "running";
-      for (const f of [preset, method, steps.field, lr.field, rank.field, alpha.field, batch.field]) f.disabled = running;
+      for (const f of [preset, method, steps.field, lr.field, rank.field, alpha.field, batch.field, initAdapter]) f.disabled = running;
+      if (initAdapter.value !== "") rank.field.disabled = alpha.field.disabled = true;
       section.dataset.mode = running ? (cancelling ? "cancelling" : "running") : canStart ? "idle" : "unavailable";
+    },
+    /** The kept adapters a run may continue (those of the loaded causal LM); `chosen` is selected. */
+    setAdapters(names, chosen = undefined) {
+      const keep = chosen === undefined ? initAdapter.value : chosen ?? "";
+      initAdapter.replaceChildren(el("option", { value: "" }, "A new adapter"), ...(kind === "encoder" ? [] : names).map((n) => el("option", { value: n }, `Adapter “${n}”`)));
+      initAdapter.value = Array.from(initAdapter.options).some((o) => o.value === keep) ? keep : "";
+      initAdapterWrap.hidden = method.value !== "lora" || initAdapter.options.length < 2;
+      initAdapter.dispatchEvent(new Event("change"));
     },
     /** The loaded model changed: defaults follow its kind (causal LM or encoder). */
     setModel(info) {

@@ -66,6 +66,7 @@ export class WorkerClient {
     this.lastError = null;
     this.listeners = new Map();
     this.pending = new Map(); // operation id → {resolve, onEvent}
+    this.quiet = new Set(); // ids of pending quiet requests (they do not make the worker busy)
     // Shared with the worker so that "stop" reaches a generation that never yields (see worker.js).
     this.interrupt = typeof SharedArrayBuffer === "function" && self.crossOriginIsolated ? new SharedArrayBuffer(4) : null;
     this.nextId = 1;
@@ -355,6 +356,7 @@ export class WorkerClient {
   quietRequest(/** @type {string} */ prefix, /** @type {RequestBody} */ message) {
     const id = `${prefix}-${this.generation}-${this.nextId++}`;
     const result = new Promise((resolve) => this.pending.set(id, { resolve, onEvent: null }));
+    this.quiet.add(id);
     if (!this.worker || this.state === "crashed") {
       this.settle(id, { error: { code: "worker.crashed", message: "The worker is not running; restart it first." } });
     } else {
@@ -475,7 +477,7 @@ export class WorkerClient {
       case "backend":
         this.backend = message;
         this.emit("backend", message);
-        this.setState(this.pending.size > 0 ? "busy" : "ready");
+        this.setState(this.operations() > 0 ? "busy" : "ready");
         for (const w of this.readyWaiters.splice(0)) w.resolve(message);
         break;
       case "network":
@@ -518,12 +520,18 @@ export class WorkerClient {
     }
   }
 
+  /** Operations in flight (quiet requests aside). */
+  operations() {
+    return this.pending.size - this.quiet.size;
+  }
+
   settle(id, outcome) {
     const entry = this.pending.get(id);
     if (!entry) return;
     this.pending.delete(id);
+    this.quiet.delete(id);
     entry.resolve(outcome);
-    if (this.pending.size === 0 && this.state === "busy" && this.worker) this.setState("ready");
+    if (this.operations() === 0 && this.state === "busy" && this.worker) this.setState("ready");
   }
 
   settleAll(error) {

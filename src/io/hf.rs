@@ -194,36 +194,73 @@ impl ModelFiles {
         })
     }
 
-    /// A short identity of the model: 64-bit FNV-1a over `config.json` and, for every weight
-    /// file, its name, size and bytes (a file over 4 MiB is sampled: 16 evenly spaced 64 KiB
-    /// windows, first and last included, so a 3 GB file is identified without reading it whole).
-    /// Adapters record it so an adapter is only applied to the base it was trained on; two
-    /// copies of the same model, however loaded (folder, picked files, URL), agree.
+    /// A short identity of the model's weights: 64-bit FNV-1a over `config.json` and every
+    /// tensor in name order (its name, stored type, shape and bytes; a tensor over 8 KiB is
+    /// sampled: its first, middle and last 2 KiB). Tensors, not files: a sharded copy of a
+    /// model is the same model, and a 3 GB checkpoint is identified from a few MiB of reads.
+    /// Adapters record it so an adapter is only applied to the base it was trained on; the same
+    /// weights agree however they were loaded (folder, picked files, URL).
     pub fn fingerprint(&self) -> Result<String> {
-        const WHOLE: usize = 4 << 20;
-        const WINDOW: usize = 64 << 10;
-        const WINDOWS: usize = 16;
+        const WHOLE: usize = 8 << 10;
+        const WINDOW: usize = 2 << 10;
+        struct Stored<'a> {
+            name: String,
+            dtype: String,
+            shape: Vec<usize>,
+            file: &'a str,
+            bytes: &'a FileBytes,
+            range: std::ops::Range<usize>,
+        }
+        let mut tensors = Vec::new();
+        for (file, bytes) in &self.files {
+            if file.ends_with(".safetensors") {
+                let parsed = SafeTensorsFile::parse(file, bytes.clone())?;
+                for (name, t) in parsed.tensors {
+                    let dtype = t.dtype.name().to_owned();
+                    let (shape, range) = (t.shape, t.start..t.end);
+                    tensors.push(Stored {
+                        name,
+                        dtype,
+                        shape,
+                        file,
+                        bytes,
+                        range,
+                    });
+                }
+            } else if file.ends_with(".gguf") {
+                for (name, t) in gguf::declared_header(file, bytes)?.tensors {
+                    let dtype = format!("{:?}", t.dtype);
+                    let (shape, range) = (t.shape, t.start..t.end);
+                    tensors.push(Stored {
+                        name,
+                        dtype,
+                        shape,
+                        file,
+                        bytes,
+                        range,
+                    });
+                }
+            }
+        }
+        tensors.sort_by(|a, b| a.name.cmp(&b.name));
         let mut hash = Fnv1a::default();
         if let Some(config) = self.read("config.json")? {
-            hash.write(b"config.json");
             hash.write(&config);
         }
-        for (name, bytes) in &self.files {
-            if !is_weight_file(name) {
+        for t in &tensors {
+            hash.write(t.name.as_bytes());
+            hash.write(t.dtype.as_bytes());
+            for d in &t.shape {
+                hash.write(&(*d as u64).to_le_bytes());
+            }
+            let (start, end) = (t.range.start, t.range.end);
+            if end - start <= WHOLE {
+                hash.write(&t.bytes.read(t.file, start..end)?);
                 continue;
             }
-            let len = bytes.len();
-            hash.write(name.as_bytes());
-            hash.write(&(len as u64).to_le_bytes());
-            if len <= WHOLE {
-                hash.write(&bytes.read_all(name)?);
-                continue;
-            }
-            let last = len - WINDOW;
-            for i in 0..WINDOWS {
-                let start = last / (WINDOWS - 1) * i;
-                let start = if i == WINDOWS - 1 { last } else { start };
-                hash.write(&bytes.read(name, start..start + WINDOW)?);
+            let middle = start + (end - start) / 2 - WINDOW / 2;
+            for at in [start, middle, end - WINDOW] {
+                hash.write(&t.bytes.read(t.file, at..at + WINDOW)?);
             }
         }
         Ok(format!("{:016x}", hash.0))
@@ -668,28 +705,47 @@ mod tests {
         assert_eq!(declared("cut.gguf", &gguf[..300]), None);
     }
 
-    fn files(config: &[u8], weights: Vec<u8>) -> ModelFiles {
+    fn model(config: &[u8], shards: &[Vec<u8>]) -> ModelFiles {
         let mut f = ModelFiles::new();
         f.insert("config.json", config.to_vec());
-        f.insert("model.safetensors", weights);
+        for (i, shard) in shards.iter().enumerate() {
+            f.insert(format!("model-{i:05}.safetensors"), shard.clone());
+        }
         f.insert("tokenizer.json", b"{}".to_vec());
         f
     }
 
     #[test]
-    fn the_fingerprint_follows_config_and_weights() {
-        let big: Vec<u8> = (0..5u32 << 20).map(|i| (i * 31 % 251) as u8).collect();
-        let id = files(b"{}", big.clone()).fingerprint().unwrap();
+    fn the_fingerprint_follows_config_and_tensors_not_files() {
+        let big: Vec<f32> = (0..10_000).map(|i| i as f32 * 0.5).collect();
+        let small = [1.0f32, 2.0, 3.0];
+        let whole = write_f32(&[("a", &[100, 100], &big), ("b", &[3], &small)]);
+        let id = model(b"{}", &[whole.clone()]).fingerprint().unwrap();
         assert_eq!(id.len(), 16);
-        assert_eq!(files(b"{}", big.clone()).fingerprint().unwrap(), id);
-        // Another config, another size, or a changed byte in a sampled window: another model.
-        assert_ne!(files(b"{ }", big.clone()).fingerprint().unwrap(), id);
-        assert_ne!(files(b"{}", big[1..].to_vec()).fingerprint().unwrap(), id);
-        let mut edited = big.clone();
-        edited[big.len() - 1] ^= 1;
-        assert_ne!(files(b"{}", edited).fingerprint().unwrap(), id);
-        // The tokenizer is not the weights: a model keeps its identity under another tokenizer.
-        let mut f = files(b"{}", big);
+        // The same tensors in two shards: the same model.
+        let (a, b) = (
+            write_f32(&[("a", &[100, 100], &big)]),
+            write_f32(&[("b", &[3], &small)]),
+        );
+        assert_eq!(model(b"{}", &[a.clone(), b]).fingerprint().unwrap(), id);
+        // Another config, another shape, a changed value (sampled or whole): another model.
+        assert_ne!(model(b"{ }", &[whole]).fingerprint().unwrap(), id);
+        let reshaped = write_f32(&[("a", &[10, 1000], &big), ("b", &[3], &small)]);
+        assert_ne!(model(b"{}", &[reshaped]).fingerprint().unwrap(), id);
+        for at in [0, 5_000, 9_999] {
+            let mut edited = big.clone();
+            edited[at] += 1.0;
+            let changed = write_f32(&[("a", &[100, 100], &edited), ("b", &[3], &small)]);
+            assert_ne!(
+                model(b"{}", &[changed]).fingerprint().unwrap(),
+                id,
+                "value {at}"
+            );
+        }
+        let changed = write_f32(&[("a", &[100, 100], &big), ("b", &[3], &[1.0, 2.0, 4.0])]);
+        assert_ne!(model(b"{}", &[changed]).fingerprint().unwrap(), id);
+        // The tokenizer is not the weights.
+        let mut f = model(b"{}", &[a, write_f32(&[("b", &[3], &small)])]);
         f.insert("tokenizer.json", b"{\"x\": 1}".to_vec());
         assert_eq!(f.fingerprint().unwrap(), id);
     }

@@ -66,7 +66,7 @@ export function createAdaptersPanel(section, { onLoad, onUse, onContinue, onRena
       "details",
       { class: "compare-box", "data-testid": "compare-box" },
       el("summary", {}, "Compare the base and adapters"),
-      el("div", { class: "field wide" }, el("label", { for: "compare-prompt" }, "Prompt"), comparePrompt),
+      el("div", { class: "field wide" }, el("label", { for: "compare-prompt" }, "Text to continue"), comparePrompt),
       el("div", { class: "fields" }, el("div", { class: "field" }, el("label", { for: "compare-tokens" }, "New tokens"), compareTokens)),
       el("p", { class: "help" }, `Greedy continuations of the base and up to ${MAX_COMPARED} adapters; with a checked dataset, each one's held-out loss too.`),
       compareChoices,

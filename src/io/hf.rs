@@ -579,7 +579,7 @@ fn open_model_file(name: &str, path: &std::path::Path) -> Result<FileBytes> {
             format!("cannot read {}: {e}", path.display()),
         )
     };
-    if is_weight_file(name) {
+    if name.ends_with(".safetensors") || name.ends_with(".gguf") {
         let file = super::source::DiskFile::open(path).map_err(cannot)?;
         return Ok(FileBytes::Handle(std::sync::Arc::new(file)));
     }
@@ -641,10 +641,6 @@ pub fn architecture(config: &Value) -> Result<String> {
         )
         .with_details(json!({ "model_type": model_type, "supported": SUPPORTED_ARCHITECTURES })))
     }
-}
-
-fn is_weight_file(name: &str) -> bool {
-    name.ends_with(".safetensors") || name.ends_with(".gguf")
 }
 
 /// 64-bit FNV-1a: small, dependency-free, and stable across platforms (an identity, not a
@@ -720,7 +716,9 @@ mod tests {
         let big: Vec<f32> = (0..10_000).map(|i| i as f32 * 0.5).collect();
         let small = [1.0f32, 2.0, 3.0];
         let whole = write_f32(&[("a", &[100, 100], &big), ("b", &[3], &small)]);
-        let id = model(b"{}", &[whole.clone()]).fingerprint().unwrap();
+        let id = model(b"{}", std::slice::from_ref(&whole))
+            .fingerprint()
+            .unwrap();
         assert_eq!(id.len(), 16);
         // The same tensors in two shards: the same model.
         let (a, b) = (

@@ -90,6 +90,9 @@
 //   loadAdapterFiles(files, {name})  keep a PEFT adapter (adapter_config.json +
 //                                 adapter_model.safetensors as Files or {name, bytes}) for the
 //                                 loaded model (it must fit it); resolves with {result, error}
+//   loadAdapterFromUrl(source, {name, endpoint, revision})  the same from a folder URL or a Hub
+//                                 repo id (downloaded by the worker, which reaches only the hosts
+//                                 of the models it loaded)
 //   useAdapter(name | null)       attach a kept adapter beside the base (null: back to the base);
 //                                 resolves with {result: {switch_ms, attach_ms, ...}, error}; the
 //                                 generate panel then answers with it. `adapter`: its name.
@@ -225,6 +228,7 @@ const generatePanel = createGeneratePanel(document.getElementById("generate-pane
 });
 const adaptersPanel = createAdaptersPanel(document.getElementById("adapters-panel"), {
   onLoad: (files, name) => void loadAdapterFiles(files, { name }),
+  onLoadUrl: (source, name) => void loadAdapterFromUrl(source, { name }),
   onUse: (name) => void useAdapter(name),
   onContinue: (name) => {
     finetunePanel.setAdapters(fittingAdapters(), name);
@@ -896,6 +900,20 @@ async function loadAdapterFiles(files, { name = null } = {}) {
   return out;
 }
 
+/**
+ * window.webtune.loadAdapterFromUrl: keep a PEFT adapter downloaded by the worker from a folder
+ * URL or a Hub repo ("owner/name", on the page's Hub endpoint).
+ */
+async function loadAdapterFromUrl(source, { name = null, endpoint = hubEndpoint, revision = "main" } = {}) {
+  const text = String(source ?? "").trim();
+  let folder = /^[a-z][a-z0-9+.-]*:\/\//i.test(text) || /^\.{0,2}\//.test(text) ? new URL(text, document.baseURI).href : `${String(endpoint).replace(/\/+$/, "")}/${text}/resolve/${revision}/`;
+  if (!folder.endsWith("/")) folder += "/";
+  const out = await adapterOp("adapter", () => client.loadAdapter(name, folder, "url").result);
+  if (out.result) setStatus(`Adapter “${out.result.name}” downloaded and kept in this browser.`, "done");
+  await refreshAdapters();
+  return out;
+}
+
 /** window.webtune.useAdapter: generate with a kept adapter (null: the base model); resolves with the switch's timing. */
 async function useAdapter(name) {
   const out = await adapterOp("adapter", () => client.useAdapter(name ?? null).result);
@@ -1481,6 +1499,7 @@ window.webtune = {
   exportFiles: () => exportFiles().catch((e) => ({ files: null, error: plainError(e) })),
   adapters: () => refreshAdapters().catch((e) => ({ result: null, error: plainError(e) })),
   loadAdapterFiles: (files, options) => loadAdapterFiles(files, options).catch((e) => ({ result: null, error: plainError(e) })),
+  loadAdapterFromUrl: (source, options) => loadAdapterFromUrl(source, options).catch((e) => ({ result: null, error: plainError(e) })),
   useAdapter: (name = null) => useAdapter(name).catch((e) => ({ result: null, error: plainError(e) })),
   renameAdapter: (name, to) => renameAdapter(name, to).catch((e) => ({ result: null, error: plainError(e) })),
   deleteAdapter: (name) => deleteAdapter(name).catch((e) => ({ result: null, error: plainError(e) })),

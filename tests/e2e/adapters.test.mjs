@@ -379,3 +379,44 @@ test("d. train({init_adapter}) continues a kept adapter from its factors (its ra
     assertCleanLog(assert, log);
   });
 });
+
+test("e. the page loads adapters from its Adapters panel: PEFT files, and a Hub repo on the host the model came from; another host is refused before any request", { timeout: 300_000 }, async () => {
+  await withPage("adapters-e-page-load", browser, { backend: "cpu", hub: hub.endpoint }, async ({ page, log }) => {
+    await waitForBackend(page);
+    const loaded = await withTimeout(
+      page.evaluate((endpoint) => window.webtune.loadModelFromHub("webtune-test/tiny-gpt2", { endpoint }), hub.endpoint),
+      OP_MS,
+      "the tiny gpt2 from the Hub-layout server",
+    );
+    assert.equal(loaded.error, null, JSON.stringify(loaded.error));
+    await page.locator("summary", { hasText: "Load a PEFT adapter" }).click();
+    // From the Hub (the page's ?hub= endpoint), by repo id.
+    await page.getByTestId("adapter-name").fill("from-hub");
+    await page.getByTestId("adapter-url").fill("webtune-test/gpt2-c-attn");
+    await page.getByTestId("adapter-url-load").click();
+    await page.waitForSelector("[data-testid=adapter-row][data-name=from-hub]", { timeout: OP_MS });
+    // From picked files.
+    await page.getByTestId("adapter-name").fill("from-files");
+    await page.getByTestId("adapter-files").setInputFiles(ADAPTER_FILES.map((f) => path.join(FIXTURES, "peft_adapters/gpt2_c_attn", f)));
+    await page.getByTestId("adapter-load").click();
+    await page.waitForSelector("[data-testid=adapter-row][data-name=from-files]", { timeout: OP_MS });
+    const listed = await call(page, "adapters");
+    assert.deepEqual(
+      listed.result.map((m) => [m.name, m.source, m.fits]),
+      [
+        ["from-hub", "url", true],
+        ["from-files", "files", true],
+      ],
+    );
+    // The same adapter either way: the same logits.
+    const ids = PEFT_REFERENCE.cases.gpt2_c_attn.sequence;
+    const logits = (which) => page.evaluate(async ({ ids, which }) => Array.from((await window.webtune.logits(ids, which)).data), { ids, which });
+    assert.deepEqual(await logits("adapter:from-hub"), await logits("adapter:from-files"));
+    const before = log.requests.length;
+    const blocked = await call(page, "loadAdapterFromUrl", "https://example.invalid/some/adapter/");
+    assert.equal(blocked.error?.code, "network.blocked", JSON.stringify(blocked.error));
+    assert.match(blocked.error.message, /may not reach example\.invalid/);
+    assert.equal(log.requests.slice(before).filter((r) => r.url.includes("example.invalid")).length, 0);
+    assertCleanBesideHub(log);
+  });
+});

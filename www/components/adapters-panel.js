@@ -11,15 +11,31 @@ export const MAX_COMPARED = 3;
 
 /**
  * @param {HTMLElement} section
- * @param {{onLoad: (files: File[], name: string | null) => void, onUse: (name: string | null) => void, onContinue: (name: string) => void,
+ * @param {{onLoad: (files: File[], name: string | null) => void, onLoadUrl: (source: string, name: string | null) => void, onUse: (name: string | null) => void, onContinue: (name: string) => void,
  *   onRename: (name: string, to: string) => void, onDelete: (name: string) => void,
  *   onDownload: (name: string) => void, onCompare: (prompt: string, models: string[], maxTokens: number) => void}} handlers
  */
-export function createAdaptersPanel(section, { onLoad, onUse, onContinue, onRename, onDelete, onDownload, onCompare }) {
+export function createAdaptersPanel(section, { onLoad, onLoadUrl, onUse, onContinue, onRename, onDelete, onDownload, onCompare }) {
   const files = el("input", { type: "file", id: "adapter-files", multiple: true, accept: ".json,.safetensors", "data-testid": "adapter-files" });
   const name = el("input", { type: "text", id: "adapter-name", "data-testid": "adapter-name", placeholder: "optional" });
   const load = el("button", { type: "button", "data-testid": "adapter-load", disabled: true }, "Load adapter");
   files.addEventListener("change", () => syncButtons());
+  // A whole adapter folder (as save_pretrained writes it): its two files are picked from it.
+  const folder = el("input", { type: "file", id: "adapter-folder", webkitdirectory: true, "data-testid": "adapter-folder" });
+  folder.addEventListener("change", () => {
+    onLoad(Array.from(folder.files ?? []), name.value.trim() || null);
+    folder.value = "";
+    name.value = "";
+  });
+  const url = el("input", { type: "text", id: "adapter-url", "data-testid": "adapter-url", placeholder: "owner/name or https://…/folder/" });
+  const loadUrl = el("button", { type: "button", "data-testid": "adapter-url-load", disabled: true }, "Download adapter");
+  url.addEventListener("input", () => syncButtons());
+  loadUrl.addEventListener("click", () => {
+    onLoadUrl(url.value.trim(), name.value.trim() || null);
+    url.value = "";
+    name.value = "";
+    syncButtons();
+  });
   load.addEventListener("click", () => {
     onLoad(Array.from(files.files ?? []), name.value.trim() || null);
     files.value = "";
@@ -61,6 +77,9 @@ export function createAdaptersPanel(section, { onLoad, onUse, onContinue, onRena
       el("summary", {}, "Load a PEFT adapter"),
       el("div", { class: "fields" }, el("div", { class: "field wide" }, el("label", { for: "adapter-files" }, "adapter_config.json and adapter_model.safetensors"), files), el("div", { class: "field" }, el("label", { for: "adapter-name" }, "Name"), name)),
       el("div", { class: "buttons" }, load),
+      el("div", { class: "fields" }, el("div", { class: "field wide" }, el("label", { for: "adapter-folder" }, "Or its folder"), folder)),
+      el("div", { class: "fields" }, el("div", { class: "field wide" }, el("label", { for: "adapter-url" }, "Or a Hub repo or URL (from the host the model came from)"), url)),
+      el("div", { class: "buttons" }, loadUrl),
     ),
     el(
       "details",
@@ -81,6 +100,8 @@ export function createAdaptersPanel(section, { onLoad, onUse, onContinue, onRena
 
   function syncButtons() {
     load.disabled = !canAct || (files.files?.length ?? 0) === 0;
+    loadUrl.disabled = !canAct || url.value.trim() === "";
+    folder.disabled = !canAct;
     useBase.disabled = !canAct || active === null;
     compareRun.disabled = !canAct || compareChoices.querySelectorAll("input:checked").length === 0;
     // Library chores run beside other work; Use needs the worker's turn and an adapter of this model.

@@ -407,7 +407,25 @@ export class WorkerClient {
    * downloads them).
    */
   loadAdapter(/** @type {string | null} */ name, /** @type {any} */ files, /** @type {"files" | "url"} */ origin = "files") {
-    return origin === "url" ? this.request("adapter", { type: "adapter-load", name, url: String(files), origin }) : this.request("adapter", { type: "adapter-load", name, files, origin });
+    if (origin !== "url") return this.request("adapter", { type: "adapter-load", name, files, origin });
+    // The worker reaches only the hosts of the models it was started for: say so up front
+    // rather than let the download fail on the policy.
+    let url;
+    try {
+      url = new URL(String(files));
+    } catch {
+      url = null;
+    }
+    const allowed = url !== null && (url.origin === this.workerUrl.origin || hubSources(url).every((s) => this.connect.includes(s)));
+    if (!allowed) {
+      const id = `adapter-${this.generation}-${this.nextId++}`;
+      const message =
+        url === null
+          ? `${JSON.stringify(String(files))} is not a URL.`
+          : `The worker may not reach ${url.host}: it connects only to this site and the hosts of the models it loaded. Load a model from ${url.host} first, or pick the adapter's files.`;
+      return { id, result: Promise.resolve({ error: { code: url === null ? "config.invalid" : "network.blocked", message, details: { url: String(files) } } }) };
+    }
+    return this.request("adapter", { type: "adapter-load", name, url: url.href, origin });
   }
 
   /** Attach a kept adapter (null: none) so that "adapter:NAME" answers at once; resolves with the switch's timing. */

@@ -357,22 +357,30 @@ fn job_config_and_adapter(config: JsValue) -> Result<(JobConfig, Option<PeftAdap
     // A copy without the key: the files are not settings.
     let rest = js_sys::Object::assign(&js_sys::Object::new(), config.unchecked_ref());
     let _ = js_sys::Reflect::delete_property(&rest, &"init_adapter".into());
-    let files = files_from_js(&files)?;
+    Ok((job_config(rest.into())?, Some(adapter_from_js(&files)?)))
+}
+
+/// A PEFT adapter from its files handed over from JS (`{name: bytes}` as `loadModel` takes them;
+/// folder paths are fine).
+fn adapter_from_js(files: &JsValue) -> Result<PeftAdapter, Error> {
+    let files = files_from_js(files)?;
     let read = |file: &str| {
         files.read(file)?.map(|b| b.into_owned()).ok_or_else(|| {
             Error::new(
                 Code::ModelMissingFile,
-                format!("the adapter to continue has no {file}"),
+                format!(
+                    "the adapter has no {file} (a PEFT adapter folder holds {ADAPTER_CONFIG} \
+                     and {ADAPTER_WEIGHTS})"
+                ),
             )
             .with_details(json!({ "file": file }))
         })
     };
-    let adapter = parse_peft_adapter(
+    parse_peft_adapter(
         &read(ADAPTER_CONFIG)?,
         ADAPTER_WEIGHTS,
         read(ADAPTER_WEIGHTS)?,
-    )?;
-    Ok((job_config(rest.into())?, Some(adapter)))
+    )
 }
 
 fn job_config(config: JsValue) -> Result<JobConfig, Error> {
@@ -1010,24 +1018,7 @@ impl Session {
                     return Err(Error::config("an adapter needs a name"));
                 }
                 let start = crate::platform::now_ms();
-                let files = files_from_js(&files)?;
-                let read = |file: &str| {
-                    files.read(file)?.map(|b| b.into_owned()).ok_or_else(|| {
-                        Error::new(
-                            Code::ModelMissingFile,
-                            format!(
-                                "the adapter has no {file} (a PEFT adapter folder holds \
-                                 {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS})"
-                            ),
-                        )
-                        .with_details(json!({ "file": file }))
-                    })
-                };
-                let adapter = parse_peft_adapter(
-                    &read(ADAPTER_CONFIG)?,
-                    ADAPTER_WEIGHTS,
-                    read(ADAPTER_WEIGHTS)?,
-                )?;
+                let adapter = adapter_from_js(&files)?;
                 let model = attach_peft_adapter(&base, &adapter)?;
                 let mut value = adapter.summary();
                 value["name"] = json!(name);

@@ -799,8 +799,18 @@ async function recipe(id, name, bytes, config, validation) {
     if (typeof session.recipe !== "function") {
       throw coded("recipe.unsupported", "This build of the webtune wasm module cannot write recipes (it has no Session.recipe); rebuild it with `cargo xtask build-wasm`.");
     }
+    // The library's keys are not job settings; a kept adapter to continue is not written into
+    // a recipe (yet): the CLI's `recipe --init-adapter DIR` does it from the downloaded adapter.
+    const { adapter_name: _name, init_adapter: initName, ...jobConfig } = config ?? {};
+    if (initName != null) {
+      throw coded(
+        "recipe.unsupported",
+        `A recipe from the page starts from the base model, not from the kept adapter "${initName}": download that adapter (Adapters panel) and run \`webtune recipe --init-adapter DIR\` on it, or choose "A new adapter".`,
+        { init_adapter: initName },
+      );
+    }
     const data = datasetBytes("recipe", name, bytes);
-    const zip = await session.recipe(name, data, config ?? {}, loadedModelName ?? "path/to/the/base/model", ...validationArgs("recipe", validation));
+    const zip = await session.recipe(name, data, jobConfig, loadedModelName ?? "path/to/the/base/model", ...validationArgs("recipe", validation));
     const buffer = zip.byteOffset === 0 && zip.byteLength === zip.buffer.byteLength ? zip.buffer : zip.slice().buffer;
     post({ type: "done", id, result: buffer }, [buffer]);
   } catch (e) {

@@ -376,6 +376,12 @@ test("d. train({init_adapter}) continues a kept adapter from its factors (its ra
       return r.error;
     }, { text: CAPITALS, config });
     assert.equal(missing?.code, "adapter.not_found", JSON.stringify(missing));
+    // A recipe does not continue a kept adapter: said, not a settings error.
+    assert.equal(await page.getByTestId("ft-init-adapter").inputValue(), "first");
+    // (Step 3 may be folded here: the button's own click, as a user's would run it.)
+    await page.evaluate(() => document.querySelector("[data-testid=ft-recipe]").click());
+    await page.waitForSelector("[data-testid=error] [data-testid=error-code]:text('recipe.unsupported')", { timeout: OP_MS });
+    assert.match(await page.locator("[data-testid=error]", { hasText: "recipe.unsupported" }).first().textContent(), /starts from the base model, not from the kept adapter "first"/);
     assertCleanLog(assert, log);
   });
 });

@@ -213,32 +213,23 @@ impl ModelFiles {
         }
         let mut tensors = Vec::new();
         for (file, bytes) in &self.files {
+            let mut push = |name, dtype, shape, range| {
+                tensors.push(Stored {
+                    name,
+                    dtype,
+                    shape,
+                    file,
+                    bytes,
+                    range,
+                })
+            };
             if file.ends_with(".safetensors") {
-                let parsed = SafeTensorsFile::parse(file, bytes.clone())?;
-                for (name, t) in parsed.tensors {
-                    let dtype = t.dtype.name().to_owned();
-                    let (shape, range) = (t.shape, t.start..t.end);
-                    tensors.push(Stored {
-                        name,
-                        dtype,
-                        shape,
-                        file,
-                        bytes,
-                        range,
-                    });
+                for (name, t) in SafeTensorsFile::parse(file, bytes.clone())?.tensors {
+                    push(name, t.dtype.name().to_owned(), t.shape, t.start..t.end);
                 }
             } else if file.ends_with(".gguf") {
                 for (name, t) in gguf::declared_header(file, bytes)?.tensors {
-                    let dtype = format!("{:?}", t.dtype);
-                    let (shape, range) = (t.shape, t.start..t.end);
-                    tensors.push(Stored {
-                        name,
-                        dtype,
-                        shape,
-                        file,
-                        bytes,
-                        range,
-                    });
+                    push(name, format!("{:?}", t.dtype), t.shape, t.start..t.end);
                 }
             }
         }

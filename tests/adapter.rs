@@ -213,6 +213,25 @@ fn adapters_that_do_not_fit_are_refused_clearly() {
     assert!(e.message.contains("merged model"), "{}", e.message);
 }
 
+/// `webtune train` on the tiny GPT-2 with the real vocabulary and capitals.jsonl (batches of 2
+/// rows of 32 tokens), plus `extra` flags: (succeeded, its JSON).
+fn train_tiny(extra: &[&str]) -> (bool, Value) {
+    let model = fixture("tiny_random/gpt2-vocab");
+    let data = fixture("data/capitals.jsonl");
+    let mut args = vec![
+        "train",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "32",
+    ];
+    args.extend(extra);
+    common::webtune_json(&args)
+}
+
 /// `train --init-adapter`: a run continues from an adapter (here the one a first run wrote):
 /// with a zero learning rate (the first warmup step) its "before" is the first run's "after",
 /// and its export keeps the adapter's rank and modules. An adapter of another base is refused
@@ -221,25 +240,8 @@ fn adapters_that_do_not_fit_are_refused_clearly() {
 fn a_run_continues_from_an_adapter_where_the_run_that_wrote_it_ended() {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("continue_adapter");
     let _ = std::fs::remove_dir_all(&dir);
-    let model = fixture("tiny_random/gpt2-vocab");
-    let data = fixture("data/capitals.jsonl");
-    let (model, data) = (model.to_str().unwrap(), data.to_str().unwrap());
     let first_out = dir.join("first");
-    let common = [
-        "train",
-        model,
-        "--data",
-        data,
-        "--batch-size",
-        "2",
-        "--seq-len",
-        "32",
-    ];
-    let run = |extra: &[&str]| {
-        let mut args = common.to_vec();
-        args.extend(extra);
-        common::webtune_json(&args)
-    };
+    let run = train_tiny;
     let (ok, first) = run(&[
         "--steps",
         "4",
@@ -319,23 +321,9 @@ fn a_run_continued_from_its_checkpoint_gives_the_uninterrupted_losses() {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("continue_checkpoint");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let model = fixture("tiny_random/gpt2-vocab");
     let data = fixture("data/capitals.jsonl");
-    let (model, data) = (model.to_str().unwrap(), data.to_str().unwrap());
-    let run = |extra: &[&str]| {
-        let mut args = vec![
-            "train",
-            model,
-            "--data",
-            data,
-            "--batch-size",
-            "2",
-            "--seq-len",
-            "32",
-        ];
-        args.extend(extra);
-        common::webtune_json(&args)
-    };
+    let data = data.to_str().unwrap();
+    let run = train_tiny;
     let settings = [
         "--steps",
         "8",

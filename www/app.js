@@ -125,7 +125,7 @@ import { SAMPLES, sampleUrl } from "./lib/samples.js";
 import { curves, dataSummary, modelSource } from "./lib/report.js";
 import { reportHtml } from "./lib/report-html.js";
 import { entriesFromFileList, pickModelFiles } from "./lib/model-files.js";
-import { CACHE_NAME, DEFAULT_ENDPOINT, deleteCachedModel, listCachedModels } from "./lib/hub.js";
+import { adapterFolderUrl, CACHE_NAME, DEFAULT_ENDPOINT, deleteCachedModel, listCachedModels } from "./lib/hub.js";
 
 const CHOICES = ["auto", "webgpu", "cpu"];
 const BUSY_WORDS = {
@@ -905,9 +905,7 @@ async function loadAdapterFiles(files, { name = null } = {}) {
  * URL or a Hub repo ("owner/name", on the page's Hub endpoint).
  */
 async function loadAdapterFromUrl(source, { name = null, endpoint = hubEndpoint, revision = "main" } = {}) {
-  const text = String(source ?? "").trim();
-  let folder = /^[a-z][a-z0-9+.-]*:\/\//i.test(text) || /^\.{0,2}\//.test(text) ? new URL(text, document.baseURI).href : `${String(endpoint).replace(/\/+$/, "")}/${text}/resolve/${revision}/`;
-  if (!folder.endsWith("/")) folder += "/";
+  const folder = adapterFolderUrl(source, { endpoint, revision, base: document.baseURI });
   const out = await adapterOp("adapter", () => client.loadAdapter(name, folder, "url").result);
   if (out.result) setStatus(`Adapter “${out.result.name}” downloaded and kept in this browser.`, "done");
   await refreshAdapters();

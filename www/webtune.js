@@ -14,7 +14,7 @@
 // page that can load them (module workers and wasm need a served origin, not file://).
 
 import { WorkerClient } from "./lib/worker-client.js";
-import { deleteCachedModel, listCachedModels, CACHE_NAME } from "./lib/hub.js";
+import { adapterFolderUrl, deleteCachedModel, listCachedModels, CACHE_NAME } from "./lib/hub.js";
 import { entriesFromFileList, isModelFile, pickModelFiles } from "./lib/model-files.js";
 
 const WORKER_URL = new URL("./worker.js", import.meta.url);
@@ -668,16 +668,9 @@ export class FineTuner {
     let files;
     let origin = "files";
     if (typeof source === "string" || source instanceof URL) {
-      const text = String(source).trim();
-      let folder = urlOf(text);
-      if (folder === null) {
-        const endpoint = String(options.endpoint ?? "https://huggingface.co").replace(/\/+$/, "");
-        folder = `${endpoint}/${text}/resolve/${options.revision ?? "main"}/`;
-      }
-      if (!folder.endsWith("/")) folder += "/";
       // The worker downloads it: it is the one allowed to reach model hosts.
       origin = "url";
-      files = folder;
+      files = adapterFolderUrl(source, { endpoint: options.endpoint ?? undefined, revision: options.revision ?? undefined, base: documentBase() });
     } else {
       const list = isBlob(source) ? [source] : Array.from(source ?? []);
       files = [];

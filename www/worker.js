@@ -5,7 +5,8 @@
 // tsconfig.worker.json) and explained in docs/protocol.md.
 
 import { downloadHubModel, forget, resolveHubSource } from "./lib/hub.js";
-import { ADAPTER_FILES, deleteAdapter, freeName, listAdapters, loraOf, readAdapter, renameAdapter, saveAdapter } from "./lib/adapter-library.js";
+import { readJson, writeFile } from "./lib/opfs.js";
+import { ADAPTER_FILES, checkNameFree, deleteAdapter, freeName, listAdapters, loraOf, readAdapter, renameAdapter, saveAdapter } from "./lib/adapter-library.js";
 
 const PKG_URL = new URL("./pkg/webtune.js", import.meta.url);
 // Passed explicitly: wasm-bindgen's `init()` only defaults to the file next to webtune.js when
@@ -622,20 +623,12 @@ async function checkpointDir(create) {
   }
 }
 
-async function writeFile(dir, name, data) {
-  const handle = await dir.getFileHandle(name, { create: true });
-  const writable = await handle.createWritable();
-  await writable.write(data);
-  await writable.close();
-}
-
 /** The saved checkpoint's description, or null. */
 async function checkpointMeta() {
   const dir = await checkpointDir(false);
   if (!dir) return null;
   try {
-    const file = await (await dir.getFileHandle("run.json")).getFile();
-    return JSON.parse(await file.text());
+    return await readJson(dir, "run.json");
   } catch {
     return null;
   }
@@ -708,8 +701,9 @@ async function finetune(id, name, bytes, config, resume, validation) {
     if (resume && !resumable) throw coded("checkpoint.unsupported", "This browser or wasm build cannot save or resume checkpoints.");
     let writes = Promise.resolve();
     let run;
+    // What the checkpoint and the kept adapter record of the data (hashed once).
+    const dataset = { name, size: data.byteLength, sha256: await sha256OrNull(data) };
     if (resumable) {
-      const dataset = { name, size: data.byteLength, sha256: await sha256Hex(data) };
       const heldOut = validationData ? { name: validationName, size: validationData.byteLength, sha256: await sha256Hex(validationData) } : null;
       let saved = null;
       if (resume) {
@@ -757,7 +751,7 @@ async function finetune(id, name, bytes, config, resume, validation) {
     } catch {
       tunedInfo = null;
     }
-    const adapter = await keepTrainedAdapter(session, { adapterName, name, data, config, result, continued });
+    const adapter = await keepTrainedAdapter(session, { adapterName, dataset, config, result, continued });
     post({ type: "done", id, result: { ...result, tuned_info: tunedInfo, adapter } });
   } catch (e) {
     reportError(id, e);
@@ -943,12 +937,12 @@ async function sha256OrNull(bytes) {
  * the kept description, `null` when the job has no adapter to keep, or `{error}`: a failure
  * to keep it does not fail the job, whose model stays usable as "tuned".
  */
-async function keepTrainedAdapter(session, { adapterName, name, data, config, result, continued }) {
+async function keepTrainedAdapter(session, { adapterName, dataset, config, result, continued }) {
   if (typeof session.adapterFiles !== "function" || result?.task === "classification" || Array.isArray(result?.labels)) return null;
   if ((config?.train?.method ?? "lora") === "full") return null;
   try {
     const files = await session.adapterFiles();
-    const stem = String(name).replace(/\.[^.]*$/, "") || "adapter";
+    const stem = String(dataset.name).replace(/\.[^.]*$/, "") || "adapter";
     const wanted = adapterName != null && String(adapterName).trim() !== "" ? String(adapterName).trim() : await freeName(stem);
     const meta = await saveAdapter(
       {
@@ -956,7 +950,7 @@ async function keepTrainedAdapter(session, { adapterName, name, data, config, re
         source: "trained",
         base: baseIdentity(session),
         lora: loraOf(files["adapter_config.json"]),
-        dataset: { name, size: data.byteLength, sha256: await sha256OrNull(data) },
+        dataset,
         config,
         metrics: { before: result?.before ?? null, after: result?.after ?? null },
         steps: result?.summary?.steps ?? null,
@@ -1023,9 +1017,7 @@ async function loadAdapter(id, name, list, origin) {
     const files = await adapterFilesOf(list);
     const lora = loraOf(files["adapter_config.json"]);
     const wanted = name != null && String(name).trim() !== "" ? String(name).trim() : await freeName(lora.base_model_name_or_path ? `${String(lora.base_model_name_or_path).split("/").pop()} adapter` : "adapter");
-    if ((await listAdapters()).some((m) => m.name === wanted)) {
-      throw coded("adapter.exists", `An adapter named ${JSON.stringify(wanted)} is already kept; choose another name or delete that one.`, { name: wanted });
-    }
+    await checkNameFree(wanted);
     // Attaching checks that it fits this base (modules and sizes) before anything is kept.
     const summary = await session.attachAdapter(wanted, files);
     let meta;

@@ -12,6 +12,8 @@
 // meta.json is written after the weights, so a listed adapter never misses a file; a folder
 // without it (a write cut short) is not listed and is removed by the next save.
 
+import { readJson, writeFile } from "./opfs.js";
+
 const ROOT = "webtune-adapters";
 export const ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors"];
 
@@ -31,18 +33,6 @@ async function rootDir(create) {
     if (!create) return null;
     throw coded("adapter.unsupported", `The adapter library cannot be opened: ${e?.message ?? e}`);
   }
-}
-
-async function readJson(dir, name) {
-  const file = await (await dir.getFileHandle(name)).getFile();
-  return JSON.parse(await file.text());
-}
-
-async function write(dir, name, data) {
-  const handle = await dir.getFileHandle(name, { create: true });
-  const writable = await handle.createWritable();
-  await writable.write(data);
-  await writable.close();
 }
 
 /** [{meta, dir}] of every complete adapter, oldest first; incomplete folders under `stale`. */
@@ -69,13 +59,31 @@ export async function listAdapters() {
   return (await scan()).entries.map((e) => e.meta);
 }
 
-async function find(name) {
-  const entry = (await scan()).entries.find((e) => e.meta.name === name);
+/** The entry of the adapter `name` among `entries`; `adapter.not_found` naming those kept. */
+function findIn(entries, name) {
+  const entry = entries.find((e) => e.meta.name === name);
   if (!entry) {
-    const names = (await listAdapters()).map((m) => m.name);
+    const names = entries.map((e) => e.meta.name);
     throw coded("adapter.not_found", `There is no adapter named ${JSON.stringify(name)} in this browser${names.length ? ` (kept: ${names.join(", ")})` : ""}.`, { name });
   }
   return entry;
+}
+
+async function find(name) {
+  return findIn((await scan()).entries, name);
+}
+
+/** `adapter.exists` when `name` is taken among `entries`. */
+function refuseTaken(entries, name) {
+  if (entries.some((e) => e.meta.name === name)) {
+    throw coded("adapter.exists", `An adapter named ${JSON.stringify(name)} is already kept; choose another name or delete that one.`, { name });
+  }
+}
+
+/** Throws unless `name` is a valid name no kept adapter has (checked before work a save would waste). */
+export async function checkNameFree(name) {
+  checkName(name);
+  refuseTaken((await scan()).entries, name);
 }
 
 /** `name`, or `name (2)`, `name (3)` … when taken. */
@@ -102,17 +110,15 @@ export async function saveAdapter(meta, files) {
     if (!files[f]) throw coded("model.missing_file", `The adapter has no ${f}.`, { file: f });
   }
   const { root: existing, entries, stale } = await scan();
-  if (entries.some((e) => e.meta.name === meta.name)) {
-    throw coded("adapter.exists", `An adapter named ${JSON.stringify(meta.name)} is already kept; choose another name or delete that one.`, { name: meta.name });
-  }
+  refuseTaken(entries, meta.name);
   for (const id of stale) await existing?.removeEntry(id, { recursive: true }).catch(() => {});
   const root = await rootDir(true);
   const id = crypto.randomUUID();
   const dir = await root.getDirectoryHandle(id, { create: true });
   const stored = { ...meta, id, created_at: new Date().toISOString() };
   try {
-    for (const f of ADAPTER_FILES) await write(dir, f, files[f]);
-    await write(dir, "meta.json", JSON.stringify(stored));
+    for (const f of ADAPTER_FILES) await writeFile(dir, f, files[f]);
+    await writeFile(dir, "meta.json", JSON.stringify(stored));
   } catch (e) {
     await root.removeEntry(id, { recursive: true }).catch(() => {});
     const quota = e?.name === "QuotaExceededError";
@@ -134,13 +140,12 @@ export async function readAdapter(name) {
 
 export async function renameAdapter(name, to) {
   checkName(to);
-  const { meta, dir } = await find(name);
+  const { entries } = await scan();
+  const { meta, dir } = findIn(entries, name);
   if (to === name) return meta;
-  if ((await listAdapters()).some((m) => m.name === to)) {
-    throw coded("adapter.exists", `An adapter named ${JSON.stringify(to)} is already kept.`, { name: to });
-  }
+  refuseTaken(entries, to);
   const renamed = { ...meta, name: to };
-  await write(dir, "meta.json", JSON.stringify(renamed));
+  await writeFile(dir, "meta.json", JSON.stringify(renamed));
   return renamed;
 }
 

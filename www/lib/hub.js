@@ -25,6 +25,20 @@ const MISSING_HEADER = "x-webtune-missing";
 const PROGRESS_INTERVAL_MS = 100;
 const REPO_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]*\/[A-Za-z0-9][A-Za-z0-9_.-]*$/;
 
+/**
+ * The folder a PEFT adapter is downloaded from, ending in "/": `source` is a URL (absolute, or
+ * relative to `base` when it starts with "./", "../" or "/") or a Hub repo id on `endpoint` at
+ * `revision`.
+ * @param {unknown} source
+ * @param {{endpoint?: string, revision?: string, base?: string}} [options]
+ */
+export function adapterFolderUrl(source, { endpoint = DEFAULT_ENDPOINT, revision = "main", base } = {}) {
+  const text = String(source ?? "").trim();
+  const isUrl = /^[a-z][a-z0-9+.-]*:\/\//i.test(text) || /^\.{0,2}\//.test(text);
+  const folder = isUrl ? new URL(text, base).href : `${String(endpoint).replace(/\/+$/, "")}/${text}/resolve/${revision}/`;
+  return folder.endsWith("/") ? folder : `${folder}/`;
+}
+
 export function codedError(code, message, details) {
   const error = new Error(message);
   error.code = code;

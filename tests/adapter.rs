@@ -1,13 +1,15 @@
 //! LoRA adapters in PEFT's format read back onto their base model (`webtune eval|generate
 //! --adapter`): adapters saved by PEFT itself (tools/reference/peft_adapters.py) give
 //! transformers' logits, and adapters that do not fit, or use what webtune does not implement,
-//! are refused with a clear error.
+//! are refused with a clear error. A classifier's adapter (PEFT's SEQ_CLS: LoRA on the encoder
+//! and the head saved whole) attaches to the bare encoder with its head.
 
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 use serde_json::Value;
 use webtune::error::Code;
 use webtune::io::hf::ModelFiles;
-use webtune::models::loaded::LoadedModel;
+use webtune::models::bert::{int_tensor, Pooling};
+use webtune::models::loaded::{Family, LoadedModel};
 use webtune::train::adapter::{
     apply_peft_adapter, attach_peft_adapter, parse_peft_adapter, read_peft_adapter,
 };
@@ -206,11 +208,31 @@ fn adapters_that_do_not_fit_are_refused_clearly() {
         e.message
     );
 
-    // An encoder: classifier adapters carry a head webtune merges into its exports instead.
+    // A Llama adapter on an encoder: modules it does not have.
     let (config, weights) = adapter_files("llama_q_v");
     let a = parse_peft_adapter(&config, "adapter_model.safetensors", weights).unwrap();
     let e = apply_peft_adapter(base("tiny_random/bert"), &a).unwrap_err();
-    assert!(e.message.contains("merged model"), "{}", e.message);
+    assert_eq!(e.code, Code::ShapeMismatch, "{e:?}");
+    assert!(e.message.contains("q_proj"), "{}", e.message);
+
+    // A classifier's adapter on a causal LM is refused naming what it is.
+    let (config, weights) = adapter_files("bert_seq_cls");
+    let a = parse_peft_adapter(&config, "adapter_model.safetensors", weights.clone()).unwrap();
+    let e = attach_peft_adapter(&base("tiny_random/llama"), &a).unwrap_err();
+    assert_eq!(e.code, Code::ShapeMismatch, "{e:?}");
+    assert!(e.message.contains("classifier"), "{}", e.message);
+    // A note whose labels are not one per row of the head.
+    let e = a
+        .with_classifier_note(br#"{"labels": ["a", "b"], "pooling": "mean"}"#)
+        .unwrap_err();
+    assert_eq!(e.code, Code::ShapeMismatch, "{e:?}");
+    assert!(e.message.contains("3 rows"), "{}", e.message);
+    // Saved modules other than a classifier's head are still refused.
+    let config = edited_config("bert_seq_cls", |c| {
+        c["modules_to_save"] = serde_json::json!(["classifier", "pooler"])
+    });
+    let e = parse(config, weights);
+    assert!(e.message.contains("pooler"), "{}", e.message);
 }
 
 /// `webtune train` on the tiny GPT-2 with the real vocabulary and capitals.jsonl (batches of 2
@@ -389,4 +411,176 @@ fn a_run_continued_from_its_checkpoint_gives_the_uninterrupted_losses() {
     assert!(!ok);
     let message = refused["error"]["message"].as_str().unwrap();
     assert!(message.contains("is not a webtune checkpoint"), "{message}");
+}
+
+/// Class logits of `seq` (one row, no padding) with the encoder's head and pooling.
+fn class_logits(model: &LoadedModel, seq: &[u32]) -> Vec<f32> {
+    let Family::Bert(bert) = &model.family else {
+        panic!("not an encoder");
+    };
+    let ids: Vec<i64> = seq.iter().map(|&i| i as i64).collect();
+    let hidden = bert.forward(int_tensor(&ids, 1, ids.len(), &model.device), None, None);
+    let pooling = model.info.pooling.expect("a head's pooling");
+    let logits: Tensor<2> = bert
+        .classify(bert.pool(hidden, None, pooling).unwrap())
+        .unwrap();
+    logits
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap()
+}
+
+/// PEFT's SEQ_CLS adapter on the tiny BERT (LoRA on query/value, the head saved whole) attaches
+/// to the bare encoder, which has no head of its own, and gives PEFT's class logits, attached
+/// or merged; its labels are transformers' defaults without webtune's note, the note's with it.
+#[test]
+fn a_classifier_adapter_saved_by_peft_gives_its_class_logits() {
+    let r = reference();
+    let case = &r["classifiers"]["bert_seq_cls"];
+    let seq = ids(&case["sequence"]);
+    let model = base(case["base"].as_str().unwrap());
+    assert!(model.info.labels.is_none(), "the base has no head");
+    let dir = fixture(case["adapter"].as_str().unwrap());
+    let adapter = read_peft_adapter(&dir).unwrap();
+    let head = adapter.head.as_ref().expect("the adapter's head");
+    assert_eq!((head.num_labels, head.hidden), (3, 32));
+
+    let attached = attach_peft_adapter(&model, &adapter).unwrap();
+    assert_eq!(
+        attached.info.labels.as_deref(),
+        Some(&["LABEL_0", "LABEL_1", "LABEL_2"].map(String::from)[..])
+    );
+    assert_eq!(attached.info.pooling, Some(Pooling::Pooler));
+    assert!(model.info.labels.is_none(), "the base keeps no head");
+    let want: Vec<f32> = case["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    let max_diff = |a: &[f32], b: &[f32]| {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    };
+    let got = class_logits(&attached, &seq);
+    let d = max_diff(&got, &want);
+    eprintln!("bert_seq_cls: max |logit diff| vs PEFT {d:.2e}: {got:?}");
+    assert!(d <= 2e-5, "class logits differ from PEFT's by {d}");
+    let merged = apply_peft_adapter(base("tiny_random/bert"), &adapter).unwrap();
+    let d = max_diff(&class_logits(&merged, &seq), &got);
+    assert!(d <= 1e-5, "merged differs from attached by {d}");
+
+    // With webtune's note: its labels and pooling.
+    let noted = adapter
+        .clone()
+        .with_classifier_note(br#"{"labels": ["neg", "neu", "pos"], "pooling": "cls"}"#)
+        .unwrap();
+    let attached = attach_peft_adapter(&model, &noted).unwrap();
+    assert_eq!(attached.info.labels.as_ref().unwrap()[2], "pos");
+    assert_eq!(attached.info.pooling, Some(Pooling::Cls));
+    let cls = class_logits(&attached, &seq);
+    assert!(max_diff(&cls, &got) > 1e-4, "cls pooling changed nothing");
+}
+
+/// The CLI's LoRA classifier (MiniLM on 40 reviews) exports its adapter beside the merged model;
+/// `eval MINILM --adapter DIR/adapter` scores exactly what `eval DIR/merged` scores (the head and
+/// its mean pooling come with the adapter), and continuing a classifier's adapter is refused
+/// with what to do instead.
+#[test]
+fn a_classifier_adapter_on_its_base_scores_as_its_merged_export() {
+    let Some(weights) = common::default_model("all-minilm-l6-v2/resolve/main/model.safetensors")
+    else {
+        return;
+    };
+    let minilm = weights.parent().unwrap().to_str().unwrap().to_string();
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("classifier_adapter");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // 20 reviews of each label, so the run and both evaluations take seconds.
+    let sample =
+        std::fs::read_to_string(fixture("../../www/samples/pang_lee_polarity_200.jsonl")).unwrap();
+    let (neg, pos): (Vec<&str>, Vec<&str>) = sample
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .partition(|l| l.contains("\"neg\""));
+    let lines: Vec<&str> = neg
+        .iter()
+        .take(20)
+        .chain(pos.iter().take(20))
+        .copied()
+        .collect();
+    let data = dir.join("reviews.jsonl");
+    std::fs::write(&data, lines.join("\n") + "\n").unwrap();
+    let data = data.to_str().unwrap();
+    let out = dir.join("out");
+    let (ok, trained) = common::webtune_json(&[
+        "train",
+        &minilm,
+        "--data",
+        data,
+        "--steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--seq-len",
+        "48",
+        "--lr",
+        "1e-2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{trained}");
+    assert_eq!(trained["task"], "classification", "{trained}");
+    let note: Value = serde_json::from_slice(
+        &std::fs::read(out.join("adapter/webtune_classifier.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        note,
+        serde_json::json!({"labels": ["neg", "pos"], "pooling": "mean"})
+    );
+
+    let adapter = out.join("adapter");
+    let (ok, with_adapter) = common::webtune_json(&[
+        "eval",
+        &minilm,
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--data",
+        data,
+    ]);
+    assert!(ok, "{with_adapter}");
+    let (ok, merged) =
+        common::webtune_json(&["eval", out.join("merged").to_str().unwrap(), "--data", data]);
+    assert!(ok, "{merged}");
+    let (a, m) = (&with_adapter["eval"], &merged["eval"]);
+    assert_eq!(a["examples"], 40);
+    assert_eq!(a["confusion_matrix"], m["confusion_matrix"], "{a} vs {m}");
+    let (la, lm) = (a["loss"].as_f64().unwrap(), m["loss"].as_f64().unwrap());
+    assert!(
+        (la - lm).abs() <= 1e-5,
+        "loss with the adapter {la} vs merged {lm}"
+    );
+    assert_eq!(with_adapter["adapter"]["classifier_labels"], 2);
+
+    let (ok, refused) = common::webtune_json(&[
+        "train",
+        &minilm,
+        "--data",
+        data,
+        "--init-adapter",
+        adapter.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("merged model"),
+        "{refused}"
+    );
 }

@@ -1,8 +1,8 @@
 //! Classification fine-tuning of the tiny BERT against PyTorch (transformers + PEFT), replayed
 //! step for step from tests/fixtures/reference/classify_bert.json: full fine-tuning and LoRA
 //! (query/value, the head trained in full), cancellation, non-finite losses, accuracy, and the
-//! `BertForSequenceClassification` export (left in target/tmp/classify_export for
-//! tools/reference/check_classify_export.py).
+//! `BertForSequenceClassification` export and the LoRA classifier's PEFT adapter (left in
+//! target/tmp/classify_export* for tools/reference/check_classify_export.py).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,8 +14,10 @@ use webtune::io::hf::ModelFiles;
 use webtune::io::safetensors::{write_f32, SafeTensorsFile, StoreDtype};
 use webtune::models::bert::Pooling;
 use webtune::models::loaded::LoadedModel;
+use webtune::train::adapter::{attach_peft_adapter, parse_peft_adapter};
 use webtune::train::classify::{
-    evaluate_classifier, export_classifier, predict, train_classifier, ClassifierModel, HeadConfig,
+    evaluate_classifier, export_classifier, export_classifier_adapter, predict, train_classifier,
+    ClassifierModel, HeadConfig,
 };
 use webtune::train::finetune::{FinetuneConfig, Method};
 use webtune::train::lora::LoraInit;
@@ -329,14 +331,69 @@ fn new_head_mean_pooling_and_export() {
     write_export(&model, &files, &b[0], "classify_export_mean");
     // Reloaded here with its pooling, the export predicts the same.
     let again = reload(&files, &backend, head);
+    let trained = pollster::block_on(predict(&model, &b[0])).unwrap().concat();
     let d = max_diff(
         &pollster::block_on(predict(&again, &b[0])).unwrap().concat(),
-        &pollster::block_on(predict(&model, &b[0])).unwrap().concat(),
+        &trained,
     );
     assert!(
         d <= 1e-5,
         "exported mean-pooled model predicts differently ({d})"
     );
+
+    // The same model as a PEFT adapter of the base (SEQ_CLS: the factors, the head saved whole,
+    // and webtune's note of the labels and pooling): attached to the base encoder, un-merged as
+    // the page's adapter library does, it predicts what the trained model predicts.
+    let base_path = "tests/fixtures/tiny_random/bert";
+    let adapter = pollster::block_on(export_classifier_adapter(&model, base_path)).unwrap();
+    let names: Vec<&str> = adapter.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "adapter_model.safetensors",
+            "adapter_config.json",
+            "webtune_classifier.json"
+        ]
+    );
+    let peft_config = file_json(&adapter, "adapter_config.json");
+    assert_eq!(peft_config["task_type"], "SEQ_CLS");
+    assert_eq!(peft_config["modules_to_save"], json!(["classifier"]));
+    let note = file_json(&adapter, "webtune_classifier.json");
+    assert_eq!(
+        note,
+        json!({"labels": ["negative", "neutral", "positive"], "pooling": "mean"})
+    );
+    let dir =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tmp/classify_export_mean/adapter");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, bytes) in &adapter {
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+    let parsed = parse_peft_adapter(
+        &adapter[1].1,
+        "adapter_model.safetensors",
+        adapter[0].1.clone(),
+    )
+    .unwrap()
+    .with_classifier_note(&adapter[2].1)
+    .unwrap();
+    let base = LoadedModel::load(
+        ModelFiles::from_dir(&fixture("tiny_random/bert")).unwrap(),
+        &backend.device,
+    )
+    .unwrap();
+    let attached = attach_peft_adapter(&base, &parsed).unwrap();
+    assert_eq!(attached.info.labels.as_ref().unwrap(), &labels().labels);
+    assert_eq!(attached.info.pooling, Some(Pooling::Mean));
+    let as_adapter =
+        ClassifierModel::prepare(attached.family, labels(), &config_full(), head).unwrap();
+    let d = max_diff(
+        &pollster::block_on(predict(&as_adapter, &b[0]))
+            .unwrap()
+            .concat(),
+        &trained,
+    );
+    assert!(d <= 1e-5, "the attached adapter predicts differently ({d})");
 
     // Export a pooler-pooled model (what transformers' head computes) and check it reloads here.
     let mut model = prepare(&r, &config(Method::Lora), &backend);

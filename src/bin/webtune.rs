@@ -682,7 +682,7 @@ fn run_generate(cli: &Cli, args: &GenerateArgs) -> Result<(), Error> {
         ignore_eos,
         adapter,
     } = args;
-    let model = with_adapter(load(model)?, adapter.as_deref())?.0;
+    let (model, applied) = with_adapter(load(model)?, adapter.as_deref())?;
     let chat_prompt = match chat {
         Some(message) => {
             let mut messages = Vec::new();
@@ -758,6 +758,7 @@ fn run_generate(cli: &Cli, args: &GenerateArgs) -> Result<(), Error> {
             "chat_prompt": chat_prompt.as_ref().map(|(text, _)| text),
             "tokens_per_s": tokens.len() as f64 / seconds.max(1e-9),
             "use_cache": opts.use_cache,
+            "adapter": applied,
         }))?;
     } else {
         if !stream {
@@ -1056,6 +1057,9 @@ fn run_eval(cli: &Cli, args: &EvalArgs) -> Result<(), Error> {
     let (base, applied) = with_adapter(base, adapter.as_deref())?;
     let (name, bytes) = named_file(data)?;
     let mut value = pollster::block_on(webtune::eval_data(&base, &files, &name, &bytes, &cfg))?;
+    if let Some(summary) = applied {
+        value["adapter"] = summary;
+    }
     if base.is_encoder() {
         if cli.json {
             print_json(&value)?;
@@ -1070,9 +1074,6 @@ fn run_eval(cli: &Cli, args: &EvalArgs) -> Result<(), Error> {
             );
         }
         return Ok(());
-    }
-    if let Some(summary) = applied {
-        value["adapter"] = summary;
     }
     if cli.json {
         print_json(&value)?;

@@ -373,6 +373,16 @@ impl Bert {
         self
     }
 
+    /// The model with a given classification head: `weight` `[hidden, num_labels]` (burn's
+    /// layout), `bias` `[num_labels]` (a classification adapter's saved head).
+    pub fn with_classifier(mut self, weight: Tensor<2>, bias: Tensor<1>) -> Self {
+        self.classifier = Some(Linear {
+            weight: Param::from_tensor(weight),
+            bias: Some(Param::from_tensor(bias)),
+        });
+        self
+    }
+
     /// Token ids `[B, T]` → last hidden states `[B, T, hidden]`. `token_types` default to 0;
     /// `attention_mask` (`[B, T]`, 1 on tokens, 0 on padding) keeps padded keys out of every
     /// query's attention, as transformers' additive mask does. Padded positions still get a

@@ -1,22 +1,35 @@
 //! Reading a PEFT LoRA adapter (`adapter_config.json` + `adapter_model.safetensors`) back onto its
 //! base model: webtune's own adapter exports, or adapters trained with PEFT on a workstation.
 //!
-//! The factors are attached with [`apply_lora`] from their stored values and merged, so the model
-//! runs as fast as the base. Only what changes the function is refused (DoRA, per-module
-//! rank/alpha patterns, trained biases, extra saved modules); `lora_dropout` does not matter
-//! at inference and is ignored.
+//! The factors are attached with [`apply_lora`] from their stored values, un-merged beside the
+//! base (hot swap) or merged into it. A classifier's adapter also saves its head whole
+//! (`modules_to_save: ["classifier"]`, as PEFT's `SEQ_CLS` task does); webtune's own carry the
+//! head's labels and pooling in [`ADAPTER_CLASSIFIER`] beside PEFT's two files. Only what
+//! changes the function is refused (DoRA, per-module rank/alpha patterns, trained biases,
+//! other saved modules); `lora_dropout` does not matter at inference and is ignored.
 
 use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
+use burn::prelude::*;
+use burn::tensor::TensorData;
+
 use super::lora::{apply_lora, merge, FamilyKind, LoraInit, LoraSpec};
 use crate::error::{Code, Error, Result};
+use crate::io::hf::transposed;
 use crate::io::safetensors::SafeTensorsFile;
-use crate::models::loaded::LoadedModel;
+use crate::models::bert::Pooling;
+use crate::models::loaded::{Family, LoadedModel};
 
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
+/// webtune's note beside a classifier's adapter: `{"labels": [...], "pooling": "mean"}`, what
+/// PEFT's config does not record (the head's rows' names and the pooling it was trained on).
+pub const ADAPTER_CLASSIFIER: &str = "webtune_classifier.json";
+
+/// Modules PEFT saves whole for a sequence-classification head (`SEQ_CLS` adds both names).
+const HEAD_MODULES: [&str; 2] = ["classifier", "score"];
 
 /// A parsed adapter, ready to attach.
 #[derive(Debug, Clone)]
@@ -29,9 +42,59 @@ pub struct PeftAdapter {
     /// `lora_alpha` as written (the spec's alpha folds in rsLoRA's scaling).
     pub lora_alpha: f64,
     pub use_rslora: bool,
+    /// A classifier's head, saved whole beside the factors.
+    pub head: Option<AdapterHead>,
+}
+
+/// A classification head an adapter carries: `classifier.weight` `[labels, hidden]` (PEFT's
+/// layout, row-major) and `classifier.bias`, with the labels and pooling when
+/// [`ADAPTER_CLASSIFIER`] gives them.
+#[derive(Debug, Clone)]
+pub struct AdapterHead {
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+    pub num_labels: usize,
+    pub hidden: usize,
+    pub labels: Option<Vec<String>>,
+    pub pooling: Option<Pooling>,
 }
 
 impl PeftAdapter {
+    /// With the labels and pooling of [`ADAPTER_CLASSIFIER`] (its bytes): one label per row of
+    /// the head.
+    pub fn with_classifier_note(mut self, note: &[u8]) -> Result<Self> {
+        #[derive(serde::Deserialize)]
+        struct Note {
+            labels: Vec<String>,
+            pooling: Option<Pooling>,
+        }
+        let note: Note = serde_json::from_slice(note).map_err(|e| {
+            bad(format!(
+                "{ADAPTER_CLASSIFIER} is not what webtune writes: {e}"
+            ))
+            .with_details(json!({ "file": ADAPTER_CLASSIFIER }))
+        })?;
+        let head = self.head.as_mut().ok_or_else(|| {
+            bad(format!(
+                "{ADAPTER_CLASSIFIER} names a classifier's labels, but the adapter saves no \
+                 classifier head"
+            ))
+        })?;
+        if note.labels.len() != head.num_labels {
+            return Err(Error::new(
+                Code::ShapeMismatch,
+                format!(
+                    "{ADAPTER_CLASSIFIER} names {} labels, but the adapter's head has {} rows",
+                    note.labels.len(),
+                    head.num_labels
+                ),
+            ));
+        }
+        head.labels = Some(note.labels);
+        head.pooling = note.pooling;
+        Ok(self)
+    }
+
     /// What the CLI prints about the adapter it applied.
     pub fn summary(&self) -> Value {
         json!({
@@ -41,6 +104,7 @@ impl PeftAdapter {
             "scale": self.spec.scale(),
             "modules": self.modules.len(),
             "base_model_name_or_path": self.base_model,
+            "classifier_labels": self.head.as_ref().map(|h| h.num_labels),
         })
     }
 }
@@ -101,14 +165,16 @@ pub fn parse_peft_adapter(config: &[u8], file: &str, weights: Vec<u8>) -> Result
         }
     }
     if let Some(m) = field("modules_to_save").and_then(Value::as_array) {
-        if !m.is_empty() {
+        let other: Vec<&str> = m
+            .iter()
+            .map(|v| v.as_str().unwrap_or("?"))
+            .filter(|name| !HEAD_MODULES.contains(name))
+            .collect();
+        if !other.is_empty() {
             return Err(bad(format!(
-                "the adapter also saves whole modules ({}); webtune reads LoRA factors only — \
-                 load the merged model instead",
-                m.iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                "the adapter also saves whole modules ({}); webtune reads LoRA factors and a \
+                 classifier's head only — load the merged model instead",
+                other.join(", ")
             )));
         }
     }
@@ -145,6 +211,8 @@ pub fn parse_peft_adapter(config: &[u8], file: &str, weights: Vec<u8>) -> Result
     // PEFT saves `base_model.model.<module>.lora_{A,B}.weight`; an adapter name may sit before
     // `.weight` in hand-saved state dicts.
     let mut factors: BTreeMap<String, FactorPair> = BTreeMap::new();
+    let mut head: FactorPair = (None, None);
+    let mut head_shape = Vec::new();
     for name in weights.tensors.keys() {
         let unknown = || {
             bad(format!(
@@ -154,6 +222,28 @@ pub fn parse_peft_adapter(config: &[u8], file: &str, weights: Vec<u8>) -> Result
             .with_details(json!({ "file": file, "tensor": name }))
         };
         let rest = name.strip_prefix("base_model.model.").ok_or_else(unknown)?;
+        // A saved head: `classifier.weight` as PEFT writes it (its wrapper's
+        // `modules_to_save.<adapter>.` taken out), or with the wrapper left in.
+        let head_part = rest.strip_prefix("classifier.").map(|tail| {
+            tail.split_once("modules_to_save.")
+                .and_then(|(_, t)| t.split_once('.'))
+                .map_or(tail, |(_, t)| t)
+        });
+        if let Some(part @ ("weight" | "bias")) = head_part {
+            let (data, shape) = weights.read_f32(name).ok_or_else(|| {
+                Error::new(
+                    Code::WeightsTruncated,
+                    format!("{file}: {name} cannot be read"),
+                )
+            })?;
+            if part == "weight" {
+                head_shape = shape;
+                head.0 = Some(data);
+            } else {
+                head.1 = Some(data);
+            }
+            continue;
+        }
         let (module, which) = ["lora_A", "lora_B"]
             .iter()
             .find_map(|w| {
@@ -210,6 +300,36 @@ pub fn parse_peft_adapter(config: &[u8], file: &str, weights: Vec<u8>) -> Result
     if given.is_empty() {
         return Err(bad(format!("{file} holds no LoRA factors")));
     }
+    let head = match head {
+        (None, None) => None,
+        (Some(weight), Some(bias)) => match head_shape[..] {
+            [num_labels, hidden] if bias.len() == num_labels && num_labels > 0 => {
+                Some(AdapterHead {
+                    weight,
+                    bias,
+                    num_labels,
+                    hidden,
+                    labels: None,
+                    pooling: None,
+                })
+            }
+            _ => {
+                return Err(Error::new(
+                    Code::ShapeMismatch,
+                    format!(
+                        "{file}: the classifier's weight has shape {head_shape:?} and its bias \
+                         {} values; a head is [labels, hidden] and [labels]",
+                        bias.len()
+                    ),
+                ))
+            }
+        },
+        _ => {
+            return Err(bad(format!(
+                "{file} has only one of classifier.weight and classifier.bias"
+            )))
+        }
+    };
     let modules: Vec<String> = given.keys().cloned().collect();
     // rsLoRA scales by alpha/sqrt(r); the spec scales by alpha/r.
     let alpha = if use_rslora {
@@ -231,6 +351,7 @@ pub fn parse_peft_adapter(config: &[u8], file: &str, weights: Vec<u8>) -> Result
             .map(str::to_string),
         lora_alpha,
         use_rslora,
+        head,
     })
 }
 
@@ -252,10 +373,14 @@ pub fn read_peft_adapter(dir: &std::path::Path) -> Result<PeftAdapter> {
     };
     let config = read(ADAPTER_CONFIG)?;
     let weights = read(ADAPTER_WEIGHTS)?;
-    parse_peft_adapter(&config, ADAPTER_WEIGHTS, weights)
+    let adapter = parse_peft_adapter(&config, ADAPTER_WEIGHTS, weights)?;
+    match std::fs::read(dir.join(ADAPTER_CLASSIFIER)) {
+        Ok(note) => adapter.with_classifier_note(&note),
+        Err(_) => Ok(adapter),
+    }
 }
 
-/// Attach the adapter to a causal LM and merge it into the weights.
+/// Attach the adapter and merge it into the weights.
 pub fn apply_peft_adapter(model: LoadedModel, adapter: &PeftAdapter) -> Result<LoadedModel> {
     let mut attached = attach_peft_adapter(&model, adapter)?;
     attached.family = merge(attached.family);
@@ -266,19 +391,28 @@ pub fn apply_peft_adapter(model: LoadedModel, adapter: &PeftAdapter) -> Result<L
 /// shared (a family's clone copies handles, not values), so any number of adapters can sit on
 /// one loaded base at the cost of their factors, and switching among them costs nothing.
 pub fn attach_peft_adapter(model: &LoadedModel, adapter: &PeftAdapter) -> Result<LoadedModel> {
-    if model.is_encoder() {
-        // Classification adapters carry a trained head (modules_to_save) that webtune's
-        // classification exports merge instead.
-        return Err(bad(
-            "webtune applies adapters to causal language models; for a classifier, load the \
-             merged model (the merged/ folder of a webtune export)",
-        ));
-    }
     let base = adapter
         .base_model
         .as_deref()
         .map(|b| format!(" (it was trained on {b})"))
         .unwrap_or_default();
+    if adapter.head.is_some() && !model.is_encoder() {
+        return Err(Error::new(
+            Code::ShapeMismatch,
+            format!(
+                "this adapter is a classifier's (it saves a classification head){base}; load \
+                 the encoder it was trained on"
+            ),
+        ));
+    }
+    // A BertModel's modules (PEFT on a bare encoder) are the classifier's under `bert.`.
+    let bert_names;
+    let adapter = if model.is_encoder() && adapter.modules.iter().any(|m| !m.starts_with("bert.")) {
+        bert_names = under_bert(adapter);
+        &bert_names
+    } else {
+        adapter
+    };
     let kind = FamilyKind::of(&model.family);
     let (adapted, attached) = apply_lora(model.family.clone(), &adapter.spec).map_err(|e| {
         let message = format!("the adapter does not fit this model{base}: {}", e.message);
@@ -310,5 +444,78 @@ pub fn attach_peft_adapter(model: &LoadedModel, adapter: &PeftAdapter) -> Result
         )
         .with_details(json!({ "missing": missing })));
     }
-    Ok(model.with_family(adapted))
+    let mut attached = model.with_family(adapted);
+    if let Some(head) = &adapter.head {
+        with_head(&mut attached, head, &base)?;
+    }
+    Ok(attached)
+}
+
+/// The adapter with its encoder modules named as in `BertForSequenceClassification`.
+fn under_bert(adapter: &PeftAdapter) -> PeftAdapter {
+    let rename = |m: &String| {
+        if m.starts_with("bert.") {
+            m.clone()
+        } else {
+            format!("bert.{m}")
+        }
+    };
+    let mut out = adapter.clone();
+    out.modules = adapter.modules.iter().map(rename).collect();
+    out.spec.targets = adapter.spec.targets.iter().map(rename).collect();
+    if let LoraInit::Given(given) = &adapter.spec.init {
+        out.spec.init =
+            LoraInit::Given(given.iter().map(|(k, v)| (rename(k), v.clone())).collect());
+    }
+    out
+}
+
+/// Put the adapter's classification head on the encoder, with its labels (the note's, else the
+/// base's own when it has as many, else transformers' `LABEL_i`) and pooling (the note's, else
+/// what a checkpoint's head uses: the pooler when there is one).
+fn with_head(model: &mut LoadedModel, head: &AdapterHead, base: &str) -> Result<()> {
+    let Family::Bert(bert) = &model.family else {
+        return Err(Error::new(Code::Internal, "an encoder that is not BERT"));
+    };
+    let hidden = bert.hidden_size();
+    if head.hidden != hidden {
+        return Err(Error::new(
+            Code::ShapeMismatch,
+            format!(
+                "the adapter's classifier reads {} values per text, but this encoder's hidden \
+                 size is {hidden}{base}",
+                head.hidden
+            ),
+        ));
+    }
+    let n = head.num_labels;
+    let device = model.device.clone();
+    let weight = Tensor::<2>::from_data(
+        TensorData::new(transposed(&head.weight, n, hidden), [hidden, n]),
+        &device,
+    );
+    let bias = Tensor::<1>::from_data(TensorData::new(head.bias.clone(), [n]), &device);
+    let pooling = head.pooling.unwrap_or(if bert.has_pooler() {
+        Pooling::Pooler
+    } else {
+        Pooling::Mean
+    });
+    if pooling == Pooling::Pooler && !bert.has_pooler() {
+        return Err(Error::new(
+            Code::ShapeMismatch,
+            format!("the adapter's head classifies the pooler's output, but this encoder has no pooler{base}"),
+        ));
+    }
+    let labels = head.labels.clone().unwrap_or_else(|| {
+        model
+            .info
+            .labels
+            .clone()
+            .filter(|l| l.len() == n)
+            .unwrap_or_else(|| (0..n).map(|i| format!("LABEL_{i}")).collect())
+    });
+    model.family = Family::Bert(bert.clone().with_classifier(weight, bias));
+    model.info.labels = Some(labels);
+    model.info.pooling = Some(pooling);
+    Ok(())
 }

@@ -14,14 +14,16 @@ use burn::tensor::TensorData;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::export::Export;
+use super::adapter::{ADAPTER_CLASSIFIER, ADAPTER_CONFIG};
+use super::export::{export_adapter_with, Export, ExportFiles};
 use super::finetune::{FinetuneConfig, Method, TrainableModel};
-use super::lora::{read_f32, LoraInit};
+use super::lora::{named_tensors, read_f32, LoraInit};
 use super::task::{EvalPoint, Speed, Task};
 use super::trainer::{module_device, read_scalar, train_loop, Progress, RunOptions, Summary};
 use crate::backend::Backend;
 use crate::data::batching::{ClassBatch, LabelMap};
 use crate::error::{Code, Error, Result};
+use crate::io::hf::transposed;
 use crate::io::safetensors::StoreDtype;
 use crate::models::bert::{Bert, Pooling};
 use crate::models::loaded::Family;
@@ -520,4 +522,56 @@ pub fn export_classifier(
         ));
     }
     Export::new(files, &config, &model.model, dtype)
+}
+
+/// The head as PEFT and transformers store it: `classifier.weight` `[labels, hidden]`
+/// (row-major) and `classifier.bias` `[labels]`.
+pub(crate) async fn head_tensors(model: &ClassifierModel) -> Result<(Vec<f32>, Vec<f32>)> {
+    let tensors = named_tensors(&model.model.family);
+    let find = |path: &str| {
+        tensors
+            .iter()
+            .find(|t| t.path == path)
+            .ok_or_else(|| Error::new(Code::Internal, format!("the classifier has no {path}")))
+    };
+    let w = find("classifier.weight")?;
+    let (hidden, labels) = (w.shape[0], w.shape[1]);
+    let weight = transposed(&read_f32(w.value.clone()).await?, hidden, labels);
+    let bias = read_f32(find("classifier.bias")?.value.clone()).await?;
+    Ok((weight, bias))
+}
+
+/// A LoRA classifier as a PEFT adapter of its base encoder (`task_type: "SEQ_CLS"`, the head
+/// saved whole as `modules_to_save: ["classifier"]`), plus [`ADAPTER_CLASSIFIER`]: the labels
+/// and pooling, which PEFT's config has no place for. Loads with
+/// `PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base,
+/// num_labels=…), dir)` (for cls/mean pooling, on the class in `modeling_webtune.py`) and in
+/// webtune's adapter library.
+pub async fn export_classifier_adapter(
+    model: &ClassifierModel,
+    base_model: &str,
+) -> Result<ExportFiles> {
+    let (weight, bias) = head_tensors(model).await?;
+    let labels = model.labels.len();
+    let hidden = weight.len() / labels.max(1);
+    let head: [(&str, &[usize], &[f32]); 2] = [
+        ("classifier.weight", &[labels, hidden], &weight),
+        ("classifier.bias", &[labels], &bias),
+    ];
+    let mut files = export_adapter_with(&model.model, base_model, &["classifier"], &head).await?;
+    for (name, bytes) in &mut files {
+        if name == ADAPTER_CONFIG {
+            let mut config: Value = serde_json::from_slice(bytes)
+                .map_err(|e| Error::new(Code::Internal, format!("{e}")))?;
+            config["task_type"] = json!("SEQ_CLS");
+            *bytes = serde_json::to_vec_pretty(&config)
+                .map_err(|e| Error::new(Code::Internal, format!("{e}")))?;
+        }
+    }
+    let note = json!({ "labels": model.labels.labels, "pooling": model.head.pooling });
+    files.push((
+        ADAPTER_CLASSIFIER.into(),
+        serde_json::to_vec_pretty(&note).map_err(|e| Error::new(Code::Internal, format!("{e}")))?,
+    ));
+    Ok(files)
 }

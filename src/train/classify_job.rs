@@ -10,8 +10,8 @@
 use serde::Serialize;
 
 use super::classify::{
-    batch_logits, export_classifier, predict, train_classifier, ClassEval, ClassifierModel,
-    ClassifySummary, HeadConfig, HeadOptions,
+    batch_logits, export_classifier, export_classifier_adapter, predict, train_classifier,
+    ClassEval, ClassifierModel, ClassifySummary, HeadConfig, HeadOptions,
 };
 use super::export::{tokenizer_files, Export};
 use super::finetune::FinetuneConfig;
@@ -344,6 +344,11 @@ impl JobTask for ClassifyJob {
     ) -> Result<Export> {
         let config = job.files.config()?;
         let mut export = export_classifier(model, &config, job.config.export_dtype)?;
+        if model.model.lora.is_some() {
+            for (name, bytes) in export_classifier_adapter(model, job.base_name).await? {
+                export.insert(format!("adapter/{name}"), bytes);
+            }
+        }
         for (name, bytes) in tokenizer_files(job.files) {
             export.insert(name, bytes);
         }

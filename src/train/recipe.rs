@@ -15,18 +15,17 @@
 use serde_json::{json, Value};
 
 use super::causal_job::{causal_options, is_plain, prepare_data};
-use super::classify::{ClassifierModel, MODELING_WEBTUNE_PY};
+use super::classify::{head_tensors, ClassifierModel, MODELING_WEBTUNE_PY};
 use super::classify_job::{head_config, prepare_class_data};
 use super::export::{export_adapter_with, ExportFiles};
 use super::finetune::{FinetuneConfig, Method, TrainableModel};
 use super::job::{tokenizer_of, DatasetFiles, JobConfig};
-use super::lora::parameters;
 use crate::backend::Backend;
 use crate::data::batching::{CausalEncoder, PAD_MULTIPLE};
 use crate::data::chat::ChatTemplate;
 use crate::data::validate::{Content, Dataset};
 use crate::error::{Code, Error, Result};
-use crate::io::hf::{transposed, ModelFiles};
+use crate::io::hf::ModelFiles;
 use crate::io::safetensors::write_f32;
 use crate::models::loaded::{Family, LoadedModel};
 
@@ -290,20 +289,12 @@ async fn classification(
         head,
     )?;
     // The head as training starts: drawn from the seed, or the checkpoint's own.
-    let params = parameters(&model.model.family).await?;
-    let find = |path: &str| {
-        params
-            .iter()
-            .find(|(p, _, _)| p == path)
-            .ok_or_else(|| Error::new(Code::Internal, format!("the classifier has no {path}")))
-    };
-    let (_, w_shape, w) = find("classifier.weight")?;
-    let (_, _, b) = find("classifier.bias")?;
-    let (hidden, labels) = (w_shape[0], w_shape[1]);
-    let w = transposed(w, hidden, labels);
+    let (w, b) = head_tensors(&model).await?;
+    let labels = prepared.labels.len();
+    let hidden = w.len() / labels;
     let head_tensors: [(&str, &[usize], &[f32]); 2] = [
         ("classifier.weight", &[labels, hidden], &w),
-        ("classifier.bias", &[labels], b),
+        ("classifier.bias", &[labels], &b),
     ];
     out.push(("initial_head.safetensors".into(), write_f32(&head_tensors)));
     out.push((

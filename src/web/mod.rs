@@ -20,7 +20,8 @@ use crate::io::hf::{declared_tensors, ModelFiles};
 use crate::io::source::{FileBytes, ReadAt};
 use crate::models::loaded::{LoadedModel, ModelInfo};
 use crate::train::adapter::{
-    attach_peft_adapter, parse_peft_adapter, PeftAdapter, ADAPTER_CONFIG, ADAPTER_WEIGHTS,
+    attach_peft_adapter, parse_peft_adapter, PeftAdapter, ADAPTER_CLASSIFIER, ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
 };
 use crate::train::causal::evaluate_loss;
 use crate::train::causal_job::{chat_template, prepare_data};
@@ -360,8 +361,25 @@ fn job_config_and_adapter(config: JsValue) -> Result<(JobConfig, Option<PeftAdap
     Ok((job_config(rest.into())?, Some(adapter_from_js(&files)?)))
 }
 
+/// A job's configuration for `base`, continuing the adapter of `config.init_adapter` when it
+/// has one (a causal LM's LoRA: its factors, rank, alpha and modules).
+fn continuing(base: &LoadedModel, config: JsValue) -> Result<JobConfig, Error> {
+    let (mut config, init) = job_config_and_adapter(config)?;
+    if let Some(adapter) = init {
+        if base.is_encoder() {
+            return Err(Error::config(
+                "continuing an adapter trains a causal language model's LoRA factors further; a \
+                 classifier starts from its merged model",
+            )
+            .with_details(json!({ "field": "init_adapter" })));
+        }
+        config.train = config.train.continue_adapter(adapter)?;
+    }
+    Ok(config)
+}
+
 /// A PEFT adapter from its files handed over from JS (`{name: bytes}` as `loadModel` takes them;
-/// folder paths are fine).
+/// folder paths are fine), with webtune's classifier note when there is one.
 fn adapter_from_js(files: &JsValue) -> Result<PeftAdapter, Error> {
     let files = files_from_js(files)?;
     let read = |file: &str| {
@@ -376,11 +394,16 @@ fn adapter_from_js(files: &JsValue) -> Result<PeftAdapter, Error> {
             .with_details(json!({ "file": file }))
         })
     };
-    parse_peft_adapter(
+    let adapter = parse_peft_adapter(
         &read(ADAPTER_CONFIG)?,
         ADAPTER_WEIGHTS,
         read(ADAPTER_WEIGHTS)?,
-    )
+    )?;
+    // A classifier's labels and pooling, when webtune wrote the adapter.
+    match files.read(ADAPTER_CLASSIFIER)? {
+        Some(note) => adapter.with_classifier_note(&note),
+        None => Ok(adapter),
+    }
 }
 
 fn job_config(config: JsValue) -> Result<JobConfig, Error> {
@@ -837,17 +860,7 @@ impl Session {
         wasm_bindgen_futures::future_to_promise(async move {
             let (base, files) = loaded?;
             let run = async {
-                let (mut config, init) = job_config_and_adapter(config)?;
-                if let Some(adapter) = init {
-                    if base.is_encoder() {
-                        return Err(Error::config(
-                            "continuing an adapter trains a causal language model's LoRA \
-                             factors further; a classifier starts from its merged model",
-                        )
-                        .with_details(json!({ "field": "init_adapter" })));
-                    }
-                    config.train = config.train.continue_adapter(adapter)?;
-                }
+                let config = continuing(&base, config)?;
                 let progress = data_progress_to(&on_event);
                 let checkpointing = match checkpoints {
                     Some((on_checkpoint, resume)) => {
@@ -914,7 +927,9 @@ impl Session {
     /// The job `finetune` would run with these arguments, as a Python project for Hugging Face
     /// transformers + PEFT launched by Accelerate (the CLI's `webtune recipe`), zipped under
     /// `webtune-recipe/`: resolves to a `Uint8Array`. `model` is how the project's job.json
-    /// names the base (a Hub id, or a folder for the user to fill in). Nothing is trained.
+    /// names the base (a Hub id, or a folder for the user to fill in). `config.init_adapter` (an
+    /// adapter's files, as `finetune` takes them) starts the project from that adapter, as
+    /// `webtune recipe --init-adapter DIR` does. Nothing is trained.
     pub fn recipe(
         &self,
         name: String,
@@ -929,7 +944,7 @@ impl Session {
         wasm_bindgen_futures::future_to_promise(async move {
             let (base, files) = loaded?;
             let run = async {
-                let config = job_config(config)?;
+                let config = continuing(&base, config)?;
                 let model_ref = BaseModelRef {
                     path: model,
                     gguf_file: files
@@ -1002,11 +1017,13 @@ impl Session {
 
     /// Attach a PEFT LoRA adapter to the loaded model under `name` (replacing one of that
     /// name): `files` holds `adapter_config.json` and `adapter_model.safetensors` (as `loadModel`
-    /// takes files; folder paths are fine). The adapter stays un-merged beside the shared base
-    /// weights; `generate`/`logits`/`evaluate` then run it as `model: "adapter:NAME"`. An
-    /// adapter that does not fit the base (other modules or sizes) is `model.shape_mismatch`.
-    /// Resolves to `{name, r, lora_alpha, use_rslora, scale, modules, base_model_name_or_path,
-    /// attach_ms}`.
+    /// takes files; folder paths are fine), and for a classifier's adapter webtune's
+    /// `webtune_classifier.json` when it has one. The adapter stays un-merged beside the shared
+    /// base weights; `generate`/`logits`/`evaluate`/`classify` then run it as
+    /// `"adapter:NAME"`. An adapter that does not fit the base (other modules or sizes) is
+    /// `model.shape_mismatch`. Resolves to `{name, r, lora_alpha, use_rslora, scale, modules,
+    /// base_model_name_or_path, classifier_labels, labels, pooling, attach_ms}` (`labels` and
+    /// `pooling`: what a classifier's adapter answers with; null otherwise).
     #[wasm_bindgen(js_name = attachAdapter)]
     pub fn attach_adapter(&self, name: String, files: JsValue) -> js_sys::Promise {
         let base = self.current_model();
@@ -1022,6 +1039,9 @@ impl Session {
                 let model = attach_peft_adapter(&base, &adapter)?;
                 let mut value = adapter.summary();
                 value["name"] = json!(name);
+                // A classifier's: the labels and pooling it answers with once attached.
+                value["labels"] = json!(adapter.head.as_ref().map(|_| &model.info.labels));
+                value["pooling"] = json!(adapter.head.as_ref().and_then(|_| model.info.pooling));
                 value["attach_ms"] = json!(crate::platform::now_ms() - start);
                 Ok::<_, Error>((model, value))
             };
@@ -1044,7 +1064,8 @@ impl Session {
     }
 
     /// The latest job's PEFT adapter, `{"adapter_config.json": Uint8Array,
-    /// "adapter_model.safetensors": Uint8Array}`: what an adapter library keeps (without the
+    /// "adapter_model.safetensors": Uint8Array}` (a classifier's also
+    /// `"webtune_classifier.json"`: its labels and pooling): what an adapter library keeps (without the
     /// merged weights `exportFiles` also writes). `model.not_loaded` before a job; a full
     /// fine-tuning job has no adapter (`config.invalid`).
     #[wasm_bindgen(js_name = adapterFiles)]

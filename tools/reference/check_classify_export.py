@@ -4,13 +4,15 @@ their logits with the ones webtune computed (webtune_logits.json). Exit 1 on any
 
 - classify_export: a pooler-pooled head, transformers' own BertForSequenceClassification;
 - classify_export_mean: a mean-pooled head, loaded through the export's modeling_webtune.py
-  (`trust_remote_code=True`, as its config's auto_map says)."""
+  (`trust_remote_code=True`, as its config's auto_map says);
+- classify_export_mean/adapter: the same LoRA classifier as a PEFT adapter (SEQ_CLS, the head
+  saved whole) on the base encoder, with the labels and pooling of webtune_classifier.json."""
 
 import json
 
 import torch
 from _common import REPO_ROOT, require
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoConfig, AutoModelForSequenceClassification
 
 EXPORTS = [("classify_export", False), ("classify_export_mean", True)]
 
@@ -38,9 +40,38 @@ def check(name, remote_code):
     require(diff < 1e-4, f"{name}: logits differ by {diff}")
 
 
+def check_adapter(name):
+    import sys
+
+    from peft import PeftModel
+
+    path = REPO_ROOT / "target/tmp" / name
+    adapter = path / "adapter"
+    note = json.loads((adapter / "webtune_classifier.json").read_text())
+    base = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    sys.path.insert(0, str(path))
+    from modeling_webtune import WebtuneBertForSequenceClassification
+
+    labels = note["labels"]
+    config = AutoConfig.from_pretrained(str(REPO_ROOT / base), num_labels=len(labels), id2label=dict(enumerate(labels)))
+    config.webtune_pooling = note["pooling"]
+    model = WebtuneBertForSequenceClassification.from_pretrained(
+        str(REPO_ROOT / base), config=config, attn_implementation="eager"
+    )
+    model = PeftModel.from_pretrained(model, str(adapter)).eval()
+    ours = json.loads((path / "webtune_logits.json").read_text())
+    b = ours["batch"]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor(b["input_ids"]), attention_mask=torch.tensor(b["attention_mask"])).logits
+    diff = float((logits - torch.tensor(ours["logits"])).abs().max())
+    print(f"{name}/adapter: {type(model).__name__} on {base}; max |logit diff| {diff:.2e}")
+    require(diff < 1e-4, f"{name}/adapter: logits differ by {diff}")
+
+
 def main():
     for name, remote_code in EXPORTS:
         check(name, remote_code)
+    check_adapter("classify_export_mean")
 
 
 if __name__ == "__main__":

@@ -579,6 +579,7 @@ function setModel(info) {
   finetunePanel.setModel(info);
   // Adapters attach to the model loaded now (the library marks which fit it).
   state.adapter = null;
+  adaptersPanel.setTask(info?.kind);
   adaptersPanel.switched(null, null);
   void refreshAdapters();
   // The base model's "before" belonged to the previous model.
@@ -972,7 +973,8 @@ async function downloadAdapter(name) {
  * Resolves with {rows: [{model, label, text, generated_ids, loss, perplexity, switch_ms}], error}.
  */
 async function compareModels(prompt, models, options = {}) {
-  const rows = models.map((model) => ({ model, label: model === "base" ? "Base model" : model === "tuned" ? "Fine-tuned model" : `Adapter “${model.slice(8)}”`, text: null, generated_ids: null, loss: null, perplexity: null, error: null }));
+  if (state.model?.kind === "encoder") return compareClassifiers(prompt, models);
+  const rows = models.map((model) => ({ model, label: compareLabel(model), text: null, generated_ids: null, loss: null, perplexity: null, error: null }));
   adaptersPanel.compared(rows);
   const withData = state.datasetChecked && state.dataset !== null;
   const config = state.baseline?.config ?? panelConfig();
@@ -991,6 +993,44 @@ async function compareModels(prompt, models, options = {}) {
         if (ev.error) return { error: ev.error };
         row.loss = ev.result.loss;
         row.perplexity = ev.result.perplexity;
+      }
+      adaptersPanel.compared(rows);
+    }
+    return { result: rows };
+  });
+  await refreshAdapters();
+  return { rows, error: out.error };
+}
+
+function compareLabel(model) {
+  return model === "base" ? "Base model" : model === "tuned" ? "Fine-tuned model" : `Adapter “${model.slice(8)}”`;
+}
+
+/**
+ * The compare view for an encoder: `text` classified by each model, with its held-out accuracy
+ * on the checked dataset. A model without a head (a base encoder) says so in its cell and the
+ * others go on.
+ */
+async function compareClassifiers(text, models) {
+  const rows = models.map((model) => ({ model, label: compareLabel(model), predicted: null, accuracy: null, loss: null, error: null }));
+  adaptersPanel.compared(rows);
+  const withData = state.datasetChecked && state.dataset !== null;
+  const config = state.baseline?.config ?? panelConfig();
+  const out = await adapterOp("compare", async () => {
+    for (const row of rows) {
+      const c = await client.classify(String(text ?? ""), row.model).result;
+      if (c.error) {
+        row.error = c.error;
+        adaptersPanel.compared(rows);
+        if (client.state === "crashed") return { error: c.error };
+        continue;
+      }
+      row.predicted = c.result;
+      if (withData) {
+        const ev = await client.evaluate(state.dataset.name, state.dataset.bytes, config, row.model, validationMessage()).result;
+        if (ev.error) return { error: ev.error };
+        row.accuracy = ev.result.accuracy;
+        row.loss = ev.result.loss;
       }
       adaptersPanel.compared(rows);
     }

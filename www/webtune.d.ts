@@ -125,13 +125,20 @@ export interface AdapterMeta {
   name: string;
   created_at: string;
   source: "trained" | "files" | "url";
+  /** A causal LM's adapter, or a classifier's (LoRA on the encoder with its head saved whole). */
+  task?: "causal_lm" | "classification";
+  /** A classifier's class names, in the head's row order; null for a causal LM's. */
+  labels?: string[] | null;
+  /** How a classifier's head pools the encoder's output; null for a causal LM's. */
+  pooling?: "cls" | "mean" | "pooler" | null;
   base: AdapterBase;
   lora: { r: number | null; lora_alpha: number | null; use_rslora: boolean; target_modules: string[]; lora_dropout: number | null; base_model_name_or_path: string | null };
   dataset: { name: string; size: number; sha256: string | null } | null;
   /** The job configuration that trained it (trained adapters). */
   config: JobConfig | null;
-  /** The job's held-out scores before and after training (trained adapters). */
-  metrics: { before: CausalEval | null; after: CausalEval | null } | null;
+  /** The job's held-out scores before and after training (trained adapters): a classifier's
+   * are ClassificationEval (accuracy, macro-F1, loss). */
+  metrics: { before: CausalEval | ClassificationEval | null; after: CausalEval | ClassificationEval | null } | null;
   steps: number | null;
   cancelled: boolean;
   /** The kept adapter its job continued (`init_adapter`), or null. */

@@ -6,7 +6,7 @@
 
 import { downloadHubModel, forget, resolveHubSource } from "./lib/hub.js";
 import { readJson, writeFile } from "./lib/opfs.js";
-import { ADAPTER_FILES, checkNameFree, deleteAdapter, freeName, listAdapters, loraOf, readAdapter, renameAdapter, saveAdapter } from "./lib/adapter-library.js";
+import { ADAPTER_FILES, ADAPTER_NOTE, checkNameFree, deleteAdapter, freeName, listAdapters, loraOf, readAdapter, renameAdapter, saveAdapter } from "./lib/adapter-library.js";
 
 const PKG_URL = new URL("./pkg/webtune.js", import.meta.url);
 // Passed explicitly: wasm-bindgen's `init()` only defaults to the file next to webtune.js when
@@ -793,18 +793,12 @@ async function recipe(id, name, bytes, config, validation) {
     if (typeof session.recipe !== "function") {
       throw coded("recipe.unsupported", "This build of the webtune wasm module cannot write recipes (it has no Session.recipe); rebuild it with `cargo xtask build-wasm`.");
     }
-    // The library's keys are not job settings; a kept adapter to continue is not written into
-    // a recipe (yet): the CLI's `recipe --init-adapter DIR` does it from the downloaded adapter.
+    // The library's keys are not job settings; a kept adapter to continue goes to wasm as its
+    // files (the project starts from them, as `webtune recipe --init-adapter DIR` does).
     const { adapter_name: _name, init_adapter: initName, ...jobConfig } = config ?? {};
-    if (initName != null) {
-      throw coded(
-        "recipe.unsupported",
-        `A recipe from the page starts from the base model, not from the kept adapter "${initName}": download that adapter (Adapters panel) and run \`webtune recipe --init-adapter DIR\` on it, or choose "A new adapter".`,
-        { init_adapter: initName },
-      );
-    }
+    const runConfig = await withInitAdapter(session, jobConfig, initName ?? null);
     const data = datasetBytes("recipe", name, bytes);
-    const zip = await session.recipe(name, data, jobConfig, loadedModelName ?? "path/to/the/base/model", ...validationArgs("recipe", validation));
+    const zip = await session.recipe(name, data, runConfig, loadedModelName ?? "path/to/the/base/model", ...validationArgs("recipe", validation));
     const buffer = zip.byteOffset === 0 && zip.byteLength === zip.buffer.byteLength ? zip.buffer : zip.slice().buffer;
     post({ type: "done", id, result: buffer }, [buffer]);
   } catch (e) {
@@ -931,14 +925,19 @@ async function sha256OrNull(bytes) {
   return typeof crypto?.subtle?.digest === "function" ? sha256Hex(bytes) : null;
 }
 
+/** What the library records of an adapter's task: a classifier's labels and pooling, else none. */
+function taskOf(labels, pooling) {
+  return Array.isArray(labels) ? { task: "classification", labels, pooling: pooling ?? null } : { task: "causal_lm", labels: null, pooling: null };
+}
+
 /**
- * After a LoRA job on a causal model: keep its adapter in the library (named `adapterName`, or
- * after the dataset), so it can be chosen again after a reload. Resolves to
+ * After a LoRA job (a causal LM's or a classifier's): keep its adapter in the library (named
+ * `adapterName`, or after the dataset), so it can be chosen again after a reload. Resolves to
  * the kept description, `null` when the job has no adapter to keep, or `{error}`: a failure
  * to keep it does not fail the job, whose model stays usable as "tuned".
  */
 async function keepTrainedAdapter(session, { adapterName, dataset, config, result, continued }) {
-  if (typeof session.adapterFiles !== "function" || result?.task === "classification" || Array.isArray(result?.labels)) return null;
+  if (typeof session.adapterFiles !== "function") return null;
   if ((config?.train?.method ?? "lora") === "full") return null;
   try {
     const files = await session.adapterFiles();
@@ -948,6 +947,7 @@ async function keepTrainedAdapter(session, { adapterName, dataset, config, resul
       {
         name: wanted,
         source: "trained",
+        ...taskOf(result?.labels, result?.pooling),
         base: baseIdentity(session),
         lora: loraOf(files["adapter_config.json"]),
         dataset,
@@ -972,8 +972,11 @@ async function adapterFilesOf(list) {
   if (!Array.isArray(list)) throw coded("worker.protocol", "adapter-load needs files: [{name, bytes}].");
   const out = {};
   for (const f of list) {
-    const base = String(f?.name ?? "").split("/").pop();
-    if (!ADAPTER_FILES.includes(base)) continue;
+    // The page downloads a kept adapter's files as "<name>-adapter_config.json" …: read them back
+    // under either name.
+    const leaf = String(f?.name ?? "").split("/").pop() ?? "";
+    const base = [...ADAPTER_FILES, ADAPTER_NOTE].find((n) => leaf === n || leaf.endsWith(`-${n}`));
+    if (!base) continue;
     const b = f.bytes;
     out[base] = b instanceof Blob ? new Uint8Array(await b.arrayBuffer()) : ArrayBuffer.isView(b) ? new Uint8Array(b.buffer, b.byteOffset, b.byteLength) : b instanceof ArrayBuffer ? new Uint8Array(b) : null;
   }
@@ -983,10 +986,10 @@ async function adapterFilesOf(list) {
   return out;
 }
 
-/** The two files of the adapter in the folder at `url`, downloaded (not cached). */
+/** The files of the adapter in the folder at `url` (PEFT's two, and webtune's note when there is one), downloaded (not cached). */
 async function downloadAdapter(url, signal) {
   const out = [];
-  for (const name of ADAPTER_FILES) {
+  for (const name of [...ADAPTER_FILES, ADAPTER_NOTE]) {
     const at = new URL(name, url).href;
     let response;
     try {
@@ -998,6 +1001,7 @@ async function downloadAdapter(url, signal) {
         { url: at },
       );
     }
+    if (name === ADAPTER_NOTE && response.status === 404) continue;
     if (!response.ok) throw coded("model.missing_file", `Could not download ${at} (HTTP ${response.status}).`, { url: at, status: response.status, file: name });
     out.push({ name, bytes: await response.arrayBuffer() });
   }
@@ -1022,7 +1026,7 @@ async function loadAdapter(id, name, list, origin) {
     const summary = await session.attachAdapter(wanted, files);
     let meta;
     try {
-      meta = await saveAdapter({ name: wanted, source: origin === "url" ? "url" : "files", base: baseIdentity(session), lora, dataset: null, config: null, metrics: null, steps: null, cancelled: false }, files);
+      meta = await saveAdapter({ name: wanted, source: origin === "url" ? "url" : "files", ...taskOf(summary.labels, summary.pooling), base: baseIdentity(session), lora, dataset: null, config: null, metrics: null, steps: null, cancelled: false }, files);
     } catch (e) {
       session.detachAdapter(wanted);
       throw e;

@@ -178,6 +178,43 @@ test("MiniLM learns the sentiment sample in the page, as the native CLI does, an
     assert.match(await page.getByRole("region", { name: "Before / after" }).getByTestId("downloads").textContent(), /trust_remote_code=True/);
     const info = cli(["info", path.join(tmp, "merged")]);
     assert.deepEqual(info.labels, ["neg", "pos"]);
+    // LoRA: the export also holds the classifier as a PEFT adapter of the base (SEQ_CLS, the head
+    // saved whole) with webtune's note of its labels and pooling — natively too.
+    for (const f of ["adapter_config.json", "adapter_model.safetensors", "webtune_classifier.json"]) {
+      assert.ok(exported.names.includes(`adapter/${f}`), `the page's export has adapter/${f}: ${exported.names.join(", ")}`);
+      assert.ok(fs.existsSync(path.join(tmp, "adapter", f)), `the CLI's export has adapter/${f}`);
+    }
+    assert.deepEqual(JSON.parse(fs.readFileSync(path.join(tmp, "adapter/webtune_classifier.json"), "utf8")), { labels: ["neg", "pos"], pooling: "mean" });
+
+    // The adapter library keeps the classifier with its labels and before/after accuracy; used
+    // as an adapter of the base (un-merged) it classifies as the fine-tuned model does, and the
+    // compare view puts the base (no head yet) and the adapter side by side, each with its
+    // held-out accuracy on the checked dataset.
+    const kept = r.adapter;
+    assert.ok(kept && !kept.error, `the classifier's adapter is kept: ${JSON.stringify(kept)}`);
+    assert.equal(kept.task, "classification");
+    assert.deepEqual(kept.labels, ["neg", "pos"]);
+    assert.equal(kept.pooling, "mean");
+    assert.equal(kept.metrics.after.accuracy, r.after.accuracy);
+    const text = "a warm , funny and beautifully acted film .";
+    const viaAdapter = await page.evaluate(([t, n]) => window.webtune.classify(t, `adapter:${n}`), [text, kept.name]);
+    assert.equal(viaAdapter.error, null, JSON.stringify(viaAdapter.error));
+    assert.deepEqual(viaAdapter.result.labels, ["neg", "pos"]);
+    const probDiff = Math.max(...viaAdapter.result.probs.map((p, i) => Math.abs(p - api.result.probs[i])));
+    assert.ok(probDiff <= 1e-4, `the adapter classifies as the fine-tuned model (max |p diff| ${probDiff})`);
+    const compared = await withTimeout(page.evaluate(([t, n]) => window.webtune.compare(t, ["base", `adapter:${n}`]), [text, kept.name]), 300_000, "the compare view");
+    assert.equal(compared.error ?? null, null, JSON.stringify(compared.error));
+    const [baseRow, adapterRow] = compared.rows;
+    assert.equal(baseRow.error?.code, "config.invalid", "the base encoder has no head to classify with");
+    assert.equal(adapterRow.error, null);
+    assert.equal(adapterRow.predicted.label, api.result.label);
+    assert.ok(Math.abs(adapterRow.accuracy - r.after.accuracy) <= 1 / r.after.examples + 1e-9, `compare accuracy ${adapterRow.accuracy} vs the job's ${r.after.accuracy}`);
+    const cell = page.locator(`[data-testid="compare-cell"][data-model="adapter:${kept.name}"]`);
+    assert.match(await cell.getByTestId("compare-text").textContent(), new RegExp(`^${api.result.label} \\(`));
+    assert.match(await cell.getByTestId("compare-loss").textContent(), /held-out accuracy \d/);
+    const row = page.locator(`[data-testid="adapter-row"][data-name="${kept.name}"]`);
+    assert.match(await row.getByTestId("adapter-row-details").textContent(), /held-out accuracy .*% → .*%.*classifies neg \/ pos/);
+    assert.equal(await row.getByTestId("adapter-continue").count(), 0, "a classifier's adapter offers no continued training");
 
     assert.deepEqual(log.requests.slice(requestsAfterData), [], "training, evaluating, classifying and exporting touched no network");
     assertCleanLog(assert, log);

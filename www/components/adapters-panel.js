@@ -2,10 +2,10 @@
 // loaded from PEFT files), each with its base, shape, dataset, date and before/after scores;
 // choose one to generate with it (the base stays loaded: switching costs milliseconds), rename,
 // delete, download its PEFT files, or load one from files. Below it, the compare view: the same
-// prompt continued greedily by the base and up to three adapters side by side, each with its
-// held-out loss on the checked dataset.
+// prompt continued greedily (for an encoder: the same text classified) by the base and up to
+// three adapters side by side, each with its held-out loss (accuracy) on the checked dataset.
 
-import { el, formatInt, formatLoss, formatMs } from "../lib/format.js";
+import { el, formatInt, formatLoss, formatMs, formatPercent } from "../lib/format.js";
 
 export const MAX_COMPARED = 3;
 
@@ -48,7 +48,10 @@ export function createAdaptersPanel(section, { onLoad, onLoadUrl, onUse, onConti
   const empty = el("p", { class: "help", "data-testid": "adapter-empty" }, "No adapter is kept in this browser yet: fine-tune with LoRA, or load a PEFT adapter.");
 
   const comparePrompt = el("textarea", { id: "compare-prompt", rows: 2, "data-testid": "compare-prompt" });
+  const comparePromptLabel = el("label", { for: "compare-prompt" }, "Text to continue");
   const compareTokens = el("input", { id: "compare-tokens", type: "number", min: 1, step: 1, value: 24, "data-testid": "compare-tokens" });
+  const compareTokensField = el("div", { class: "fields" }, el("div", { class: "field" }, el("label", { for: "compare-tokens" }, "New tokens"), compareTokens));
+  const compareHelp = el("p", { class: "help" });
   const compareChoices = el("fieldset", { class: "choice", "data-testid": "compare-models" });
   const compareRun = el("button", { type: "button", class: "primary", "data-testid": "compare-run", disabled: true }, "Compare");
   const compareOut = el("div", { class: "compare-grid", "data-testid": "compare-results" });
@@ -85,9 +88,9 @@ export function createAdaptersPanel(section, { onLoad, onLoadUrl, onUse, onConti
       "details",
       { class: "compare-box", "data-testid": "compare-box" },
       el("summary", {}, "Compare the base and adapters"),
-      el("div", { class: "field wide" }, el("label", { for: "compare-prompt" }, "Text to continue"), comparePrompt),
-      el("div", { class: "fields" }, el("div", { class: "field" }, el("label", { for: "compare-tokens" }, "New tokens"), compareTokens)),
-      el("p", { class: "help" }, `Greedy continuations of the base and up to ${MAX_COMPARED} adapters; with a checked dataset, each one's held-out loss too.`),
+      el("div", { class: "field wide" }, comparePromptLabel, comparePrompt),
+      compareTokensField,
+      compareHelp,
       compareChoices,
       el("div", { class: "buttons" }, compareRun),
       compareOut,
@@ -97,6 +100,18 @@ export function createAdaptersPanel(section, { onLoad, onLoadUrl, onUse, onConti
   let adapters = [];
   let canAct = false;
   let active = null;
+  // "encoder" (a BERT/MiniLM: adapters classify) or "causal_lm" (they continue text).
+  let task = "causal_lm";
+
+  function syncTask() {
+    const encoder = task === "encoder";
+    comparePromptLabel.textContent = encoder ? "Text to classify" : "Text to continue";
+    compareTokensField.hidden = encoder;
+    compareHelp.textContent = encoder
+      ? `The class the base and up to ${MAX_COMPARED} adapters give this text; with a checked dataset, each one's held-out accuracy too.`
+      : `Greedy continuations of the base and up to ${MAX_COMPARED} adapters; with a checked dataset, each one's held-out loss too.`;
+  }
+  syncTask();
 
   function syncButtons() {
     load.disabled = !canAct || (files.files?.length ?? 0) === 0;
@@ -112,6 +127,11 @@ export function createAdaptersPanel(section, { onLoad, onLoadUrl, onUse, onConti
   }
 
   function metrics(m) {
+    if (m.task === "classification") {
+      const b = m.metrics?.before?.accuracy;
+      const a = m.metrics?.after?.accuracy;
+      if (Number.isFinite(b) && Number.isFinite(a)) return `held-out accuracy ${formatPercent(b)} → ${formatPercent(a)}`;
+    }
     const b = m.metrics?.before?.loss;
     const a = m.metrics?.after?.loss;
     if (Number.isFinite(b) && Number.isFinite(a)) return `held-out loss ${formatLoss(b)} → ${formatLoss(a)}`;
@@ -122,6 +142,7 @@ export function createAdaptersPanel(section, { onLoad, onLoadUrl, onUse, onConti
     const rename = el("input", { type: "text", value: m.name, "aria-label": `New name for ${m.name}`, "data-testid": "adapter-rename-name" });
     const details = [
       `r ${m.lora?.r ?? "?"}, alpha ${m.lora?.lora_alpha ?? "?"}${m.lora?.target_modules?.length ? ` on ${m.lora.target_modules.join(", ")}` : ""}`,
+      Array.isArray(m.labels) ? `classifies ${m.labels.join(" / ")}` : null,
       m.dataset ? `${m.dataset.name} (${formatInt(m.dataset.size)} bytes)` : null,
       m.steps != null ? `${m.steps} steps${m.cancelled ? " (stopped early)" : ""}` : null,
       new Date(m.created_at).toLocaleString(),
@@ -135,7 +156,8 @@ export function createAdaptersPanel(section, { onLoad, onLoadUrl, onUse, onConti
         "div",
         { class: "buttons" },
         el("button", { type: "button", "data-testid": "adapter-use", "data-unfit": String(!m.fits), onclick: () => onUse(m.name) }, "Use"),
-        el("button", { type: "button", "data-testid": "adapter-continue", "data-quiet": "true", "data-unfit": String(!m.fits), title: "Start the next fine-tuning run from this adapter", onclick: () => onContinue(m.name) }, "Continue training"),
+        // A classifier starts a run from its merged model, not from an adapter (the wasm job refuses it).
+        m.task === "classification" ? null : el("button", { type: "button", "data-testid": "adapter-continue", "data-quiet": "true", "data-unfit": String(!m.fits), title: "Start the next fine-tuning run from this adapter", onclick: () => onContinue(m.name) }, "Continue training"),
         el("button", { type: "button", "data-testid": "adapter-download", "data-quiet": "true", onclick: () => onDownload(m.name) }, "Download"),
         rename,
         el("button", { type: "button", "data-testid": "adapter-rename", "data-quiet": "true", onclick: () => rename.value.trim() && rename.value.trim() !== m.name && onRename(m.name, rename.value.trim()) }, "Rename"),
@@ -165,6 +187,18 @@ export function createAdaptersPanel(section, { onLoad, onLoadUrl, onUse, onConti
     syncButtons();
   }
 
+  function classCell(r) {
+    const p = r.predicted;
+    const prob = p ? p.probs?.[p.labels?.indexOf(p.label) ?? -1] : null;
+    return el(
+      "div",
+      { class: "compare-cell", "data-testid": "compare-cell", "data-model": r.model },
+      el("h3", {}, r.label),
+      el("p", { class: "generated", "data-testid": "compare-text", "data-label": p?.label ?? "" }, r.error ? `Failed: ${r.error.message}` : p ? `${p.label}${Number.isFinite(prob) ? ` (${formatPercent(prob)})` : ""}` : "…"),
+      el("p", { class: "help", "data-testid": "compare-loss" }, Number.isFinite(r.accuracy) ? `held-out accuracy ${formatPercent(r.accuracy)} (loss ${formatLoss(r.loss)})` : p == null && !r.error ? "" : "no dataset checked: no held-out accuracy"),
+    );
+  }
+
   return {
     /** The library as the worker lists it. */
     show(list) {
@@ -182,8 +216,21 @@ export function createAdaptersPanel(section, { onLoad, onLoadUrl, onUse, onConti
       canAct = can;
       syncButtons();
     },
-    /** Compare results: [{model, label, text, error, loss, perplexity, seconds}] (a cell may still be pending). */
+    /** The loaded model's kind: "encoder" adapters classify, others continue text. */
+    setTask(kind) {
+      task = kind === "encoder" ? "encoder" : "causal_lm";
+      syncTask();
+    },
+    /**
+     * Compare results (a cell may still be pending): [{model, label, text, error, loss,
+     * perplexity}] for generation, [{model, label, predicted: {label, probs, labels}, error,
+     * accuracy, loss}] for classification.
+     */
     compared(rows) {
+      if (task === "encoder") {
+        compareOut.replaceChildren(...rows.map(classCell));
+        return;
+      }
       compareOut.replaceChildren(
         ...rows.map((r) =>
           el(

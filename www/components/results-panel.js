@@ -8,7 +8,7 @@
 // class, both confusion matrices, the held-out examples whose prediction changed, and a box to
 // try a sentence on both models (plus sentence similarity before/after).
 
-import { el, formatBytes, formatHeldOut, formatInt, formatLoss } from "../lib/format.js";
+import { el, formatBytes, formatHeldOut, formatInt, formatLoss, formatPercent } from "../lib/format.js";
 
 /** "merged/model.safetensors" → "webtune-merged-model.safetensors". */
 export function downloadName(path) {
@@ -26,9 +26,7 @@ export function signed(x, digits = 1) {
 }
 
 /** A rate in 0..1 as a percentage. */
-export function percent(x) {
-  return Number.isFinite(x) ? `${(x * 100).toFixed(1)}%` : "–";
-}
+export const percent = formatPercent;
 
 /** The change of a rate in percentage points: "+12.5 pts". */
 export function points(b, a) {

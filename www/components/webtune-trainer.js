@@ -15,7 +15,9 @@
 //   endpoint   Hub endpoint for repo ids (default https://huggingface.co)
 //   label      the heading (default "Fine-tune <model>")
 //   adapter    the name of an adapter kept in this browser (the adapter library) to use once the
-//              model is loaded; the picker (part "adapters") lists the kept adapters of the model
+//              model is loaded; the picker (part "adapters") lists the kept adapters of the model,
+//              and a file input (part "adapter-files") keeps and uses a PEFT adapter picked from
+//              disk (adapter_config.json + adapter_model.safetensors)
 //   url-params when present, the page's query parameters model, dataset, preset, backend, steps,
 //              lr, method and endpoint override the attributes (handy for demos and tests)
 //
@@ -23,7 +25,8 @@
 //   --webtune-accent (buttons, train-loss line), --webtune-eval (validation points),
 //   --webtune-bg, --webtune-fg, --webtune-muted, --webtune-border, --webtune-radius,
 //   --webtune-font, --webtune-good, --webtune-bad (before/after changes), --webtune-error.
-// Parts (::part): container, header, title, dropzone, button, chart, table, adapters.
+// Parts (::part): container, header, title, dropzone, button, chart, table, adapters,
+// adapter-files.
 //
 // Events (bubbling, composed CustomEvents on the element): "webtune-state" {state},
 // "webtune-progress" (a training step), "webtune-done" (the train() result), "webtune-error"
@@ -183,6 +186,8 @@ export class WebtuneTrainer extends HTMLElement {
     // The adapter library's adapters for this model: choosing one switches without reloading.
     ui.adapter = el("select", { part: "adapters", "aria-label": "Adapter", "data-testid": "wt-adapter" });
     ui.adapters = el("label", { class: "controls", hidden: true }, "Adapter: ", ui.adapter);
+    ui.adapterFiles = el("input", { type: "file", multiple: true, accept: ".json,.safetensors", part: "adapter-files", "aria-label": "PEFT adapter files", "data-testid": "wt-adapter-files" });
+    ui.adapterLoad = el("label", { class: "controls", hidden: true }, "Add a PEFT adapter (adapter_config.json + adapter_model.safetensors): ", ui.adapterFiles);
     ui.privacy = el("p", { class: "privacy" }, "Training runs in this browser tab; your data is not uploaded.");
 
     const root = this.shadowRoot;
@@ -196,6 +201,7 @@ export class WebtuneTrainer extends HTMLElement {
         ui.drop,
         el("div", { class: "controls" }, ui.train, ui.cancel, ui.progress, ui.step, ui.loss),
         ui.adapters,
+        ui.adapterLoad,
         ui.chart,
         ui.table,
         ui.extra,
@@ -226,6 +232,11 @@ export class WebtuneTrainer extends HTMLElement {
     });
     ui.generate.addEventListener("click", () => void this.#tryPrompt());
     ui.adapter.addEventListener("change", () => void this.useAdapter(ui.adapter.value || null));
+    ui.adapterFiles.addEventListener("change", () => {
+      const files = Array.from(ui.adapterFiles.files ?? []);
+      ui.adapterFiles.value = "";
+      if (files.length) void this.loadAdapter(files);
+    });
     this.#ui = ui;
   }
 
@@ -239,6 +250,7 @@ export class WebtuneTrainer extends HTMLElement {
     this.#ui.file.disabled = busy;
     this.#ui.generate.disabled = busy || !(this.#tuner?.tuned || this.#tuner?.adapter);
     this.#ui.adapter.disabled = busy;
+    this.#ui.adapterFiles.disabled = busy;
     this.dispatchEvent(new CustomEvent("webtune-state", { detail: { state }, bubbles: true, composed: true }));
   }
 
@@ -507,6 +519,26 @@ export class WebtuneTrainer extends HTMLElement {
     ui.adapter.replaceChildren(el("option", { value: "" }, this.#tuner.tuned ? "None (the model trained here)" : "None (the base model)"), ...list.map((m) => el("option", { value: m.name }, m.name)));
     ui.adapter.value = this.#tuner.adapter ?? "";
     ui.adapters.hidden = list.length === 0;
+    ui.adapterLoad.hidden = false;
+  }
+
+  /**
+   * Keep a PEFT adapter for the loaded model (File objects, or [{name, bytes}]) and use it.
+   * Resolves to its description, or null when it was refused (the error is shown).
+   */
+  async loadAdapter(files, options = {}) {
+    if (!this.#tuner?.model) return null;
+    this.#clearError();
+    this.#setState("loading", "Loading the adapter…");
+    try {
+      const meta = await this.#tuner.loadAdapter(files, options);
+      await this.#refreshAdapters();
+      await this.useAdapter(meta.name);
+      return meta;
+    } catch (e) {
+      this.#fail(e);
+      return null;
+    }
   }
 
   /** Answer with a kept adapter (null: none), switching without reloading the model. */

@@ -4,10 +4,15 @@
 // files and `meta.json`:
 //
 //   {id, name, created_at, source: "trained" | "files" | "url",
+//    task: "causal_lm" | "classification",
+//    labels: [class names] | null, pooling: "cls" | "mean" | "pooler" | null (a classifier's),
 //    base: {name, architecture, parameters, fingerprint},
 //    lora: {r, lora_alpha, use_rslora, target_modules, lora_dropout},
 //    dataset: {name, size, sha256} | null, config: the job's configuration | null,
 //    metrics: {before, after} | null, steps: number | null, cancelled: boolean}
+//
+// A classifier's adapter also keeps webtune_classifier.json (its labels and pooling), which
+// PEFT's two files have no place for.
 //
 // meta.json is written after the weights, so a listed adapter never misses a file; a folder
 // without it (a write cut short) is not listed and is removed by the next save.
@@ -16,6 +21,8 @@ import { readJson, writeFile } from "./opfs.js";
 
 const ROOT = "webtune-adapters";
 export const ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors"];
+/** Kept beside ADAPTER_FILES when an adapter has it: a classifier's labels and pooling. */
+export const ADAPTER_NOTE = "webtune_classifier.json";
 
 function coded(code, message, details) {
   return Object.assign(new Error(message), { code, details });
@@ -118,6 +125,7 @@ export async function saveAdapter(meta, files) {
   const stored = { ...meta, id, created_at: new Date().toISOString() };
   try {
     for (const f of ADAPTER_FILES) await writeFile(dir, f, files[f]);
+    if (files[ADAPTER_NOTE]) await writeFile(dir, ADAPTER_NOTE, files[ADAPTER_NOTE]);
     await writeFile(dir, "meta.json", JSON.stringify(stored));
   } catch (e) {
     await root.removeEntry(id, { recursive: true }).catch(() => {});
@@ -131,9 +139,15 @@ export async function saveAdapter(meta, files) {
 export async function readAdapter(name) {
   const { meta, dir } = await find(name);
   const files = {};
-  for (const f of ADAPTER_FILES) {
-    const file = await (await dir.getFileHandle(f)).getFile();
-    files[f] = new Uint8Array(await file.arrayBuffer());
+  for (const f of [...ADAPTER_FILES, ADAPTER_NOTE]) {
+    let handle;
+    try {
+      handle = await dir.getFileHandle(f);
+    } catch (e) {
+      if (f === ADAPTER_NOTE && e?.name === "NotFoundError") continue;
+      throw e;
+    }
+    files[f] = new Uint8Array(await (await handle.getFile()).arrayBuffer());
   }
   return { meta, files };
 }

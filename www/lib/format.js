@@ -39,6 +39,11 @@ export function formatDuration(seconds) {
   return `${Math.floor(s / 3600)} h ${String(Math.floor((s % 3600) / 60)).padStart(2, "0")} min`;
 }
 
+/** A rate in 0..1 as a percentage. */
+export function formatPercent(x) {
+  return Number.isFinite(x) ? `${(x * 100).toFixed(1)}%` : "–";
+}
+
 /** Milliseconds with sensible precision. */
 export function formatMs(ms) {
   if (!Number.isFinite(ms)) return "–";

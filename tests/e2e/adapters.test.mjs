@@ -14,7 +14,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
-import { assertCleanLog, launchBrowser, loadModelFilesFromDisk, startHubServer, waitForBackend, withPage, withPageAt, withTimeout, writeArtifactJson } from "./harness.mjs";
+import { assertCleanLog, launchBrowser, loadModelFilesFromDisk, readStoredZip, startHubServer, waitForBackend, withPage, withPageAt, withTimeout, writeArtifactJson } from "./harness.mjs";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const FIXTURES = path.join(ROOT, "tests/fixtures");
@@ -299,7 +299,7 @@ test("b. FineTuner: loadAdapter from a Hub-layout URL, adapters(), useAdapter() 
   });
 });
 
-test("c. <webtune-trainer adapter=…> uses a kept adapter once its model loads (from a Hub-layout URL: the same files, the same fingerprint) and offers the library in its picker", { timeout: 300_000 }, async () => {
+test("c. <webtune-trainer adapter=…> uses a kept adapter once its model loads (from a Hub-layout URL: the same files, the same fingerprint), offers the library in its picker and keeps an adapter picked from files", { timeout: 300_000 }, async () => {
   await withPageAt("adapters-c-component", browser, "examples/index.html", {}, async ({ page, log }) => {
     const files = VOCAB.map((p) => ({ name: path.basename(p), b64: fs.readFileSync(p).toString("base64") }));
     // Train and keep an adapter with the API, from picked files.
@@ -311,8 +311,11 @@ test("c. <webtune-trainer adapter=…> uses a kept adapter once its model loads 
           await ft.loadModel(files.map((f) => ({ name: f.name, bytes: Uint8Array.from(atob(f.b64), (c) => c.charCodeAt(0)) })));
           await ft.loadDataset({ name: "capitals.jsonl", text }, config);
           const r = await ft.train({ ...config, train: { ...config.train, steps: 3 }, adapter_name: "capitals" });
+          // Its PEFT files, to pick again below as a user would from a download.
+          const files = await ft.adapterFiles("capitals");
           ft.dispose();
-          return r.adapter;
+          const b64 = (bytes) => btoa(Array.from(bytes, (b) => String.fromCharCode(b)).join(""));
+          return { ...r.adapter, files: Object.fromEntries(Object.entries(files).map(([n, b]) => [n, b64(b)])) };
         },
         { files, text: CAPITALS, config: CONFIG },
       ),
@@ -341,6 +344,18 @@ test("c. <webtune-trainer adapter=…> uses a kept adapter once its model loads 
     // Back to no adapter through the picker.
     await picker.selectOption("");
     await page.waitForFunction(() => /No adapter in use/.test(document.querySelector("#wt")?.shadowRoot?.querySelector("[data-testid=wt-status]")?.textContent ?? ""), null, { timeout: OP_MS });
+    // PEFT files picked in the element (part "adapter-files") are kept, listed and used; named
+    // as the page's Download button names them ("<adapter>-adapter_config.json", ...).
+    await page
+      .locator("#wt")
+      .locator("[data-testid=wt-adapter-files]")
+      .setInputFiles(ADAPTER_FILES.map((name) => ({ name: `capitals-${name}`, mimeType: "application/octet-stream", buffer: Buffer.from(kept.files[name], "base64") })));
+    await page.waitForFunction(() => /[Aa]dapter “[^”]+” in use \(switched/.test(document.querySelector("#wt")?.shadowRoot?.querySelector("[data-testid=wt-status]")?.textContent ?? ""), null, { timeout: OP_MS });
+    const options = await picker.locator("option").allTextContents();
+    assert.equal(options.length, 3, options.join(", "));
+    const added = options[2];
+    assert.notEqual(added, "capitals");
+    assert.equal(await picker.inputValue(), added);
     assertCleanBesideHub(log);
   });
 });
@@ -376,12 +391,21 @@ test("d. train({init_adapter}) continues a kept adapter from its factors (its ra
       return r.error;
     }, { text: CAPITALS, config });
     assert.equal(missing?.code, "adapter.not_found", JSON.stringify(missing));
-    // A recipe does not continue a kept adapter: said, not a settings error.
+    // The page's recipe continues the kept adapter too: its project starts from "first"'s factors
+    // (rank 4 whatever the panel says), as `webtune recipe --init-adapter DIR` writes it.
     assert.equal(await page.getByTestId("ft-init-adapter").inputValue(), "first");
+    const download = page.waitForEvent("download", { timeout: OP_MS });
     // (Step 3 may be folded here: the button's own click, as a user's would run it.)
     await page.evaluate(() => document.querySelector("[data-testid=ft-recipe]").click());
-    await page.waitForSelector("[data-testid=error] [data-testid=error-code]:text('recipe.unsupported')", { timeout: OP_MS });
-    assert.match(await page.locator("[data-testid=error]", { hasText: "recipe.unsupported" }).first().textContent(), /starts from the base model, not from the kept adapter "first"/);
+    const zip = readStoredZip(fs.readFileSync(await (await download).path()));
+    const job = JSON.parse(zip["webtune-recipe/job.json"].toString("utf8"));
+    assert.equal(job.lora?.r, 4, JSON.stringify(job.lora));
+    assert.equal(job.lora?.initial_adapter, "initial_adapter");
+    const kept = await page.evaluate(async () => {
+      const r = await window.webtune.adapterFiles("first");
+      return Array.from(r.files["adapter_model.safetensors"]);
+    });
+    assert.deepEqual([...zip["webtune-recipe/initial_adapter/adapter_model.safetensors"]], kept, "the recipe starts from the kept adapter's factors");
     assertCleanLog(assert, log);
   });
 });

@@ -13,7 +13,6 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
-import zlib from "node:zlib";
 
 import {
   CLI,
@@ -22,6 +21,7 @@ import {
   launchBrowser,
   loadDefaultModel,
   maxAbsDiff,
+  readStoredZip,
   waitForBackend,
   waitInPage,
   withPage,
@@ -57,27 +57,6 @@ const DATA = { data: { policy: "skip", causal: { seq_len: 32 } }, validation_fra
 const LORA = { ...DATA, samples: 3, sample_tokens: 12, train: { method: "lora", lr: 1e-2, steps: 30, eval_every: 10, seed: 7, lora_r: 8, lora_alpha: 16 } };
 
 const OP_TIMEOUT_MS = 180_000;
-
-/** The files of a ZIP of stored entries (what the page writes), read through its central directory. */
-function readStoredZip(buf) {
-  const end = buf.length - 22;
-  assert.equal(buf.readUInt32LE(end), 0x06054b50, "the end of the central directory");
-  const files = {};
-  let at = buf.readUInt32LE(end + 16);
-  for (let i = 0; i < buf.readUInt16LE(end + 10); i++) {
-    assert.equal(buf.readUInt32LE(at), 0x02014b50, "a central directory entry");
-    const [method, crc, size, nameLength] = [buf.readUInt16LE(at + 10), buf.readUInt32LE(at + 16), buf.readUInt32LE(at + 24), buf.readUInt16LE(at + 28)];
-    const local = buf.readUInt32LE(at + 42);
-    const start = local + 30 + buf.readUInt16LE(local + 26) + buf.readUInt16LE(local + 28);
-    const data = buf.subarray(start, start + size);
-    const name = buf.toString("utf8", at + 46, at + 46 + nameLength);
-    assert.equal(method, 0, `${name} is stored`);
-    assert.equal(zlib.crc32(data), crc, `${name}'s CRC`);
-    files[name] = data;
-    at += 46 + nameLength + buf.readUInt16LE(at + 30) + buf.readUInt16LE(at + 32);
-  }
-  return files;
-}
 
 let browser;
 before(async () => {

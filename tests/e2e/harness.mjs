@@ -13,6 +13,8 @@ import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import http from "node:http";
 import path from "node:path";
+import zlib from "node:zlib";
+import assert from "node:assert/strict";
 
 export const BASE_URL = process.env.WEBTUNE_URL ?? "http://127.0.0.1:8080/";
 export const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
@@ -350,3 +352,23 @@ export async function loadModelFilesFromDisk(page, paths, ms, what) {
   );
 }
 
+/** The files of a ZIP of stored entries (what the page writes), read through its central directory. */
+export function readStoredZip(buf) {
+  const end = buf.length - 22;
+  assert.equal(buf.readUInt32LE(end), 0x06054b50, "the end of the central directory");
+  const files = {};
+  let at = buf.readUInt32LE(end + 16);
+  for (let i = 0; i < buf.readUInt16LE(end + 10); i++) {
+    assert.equal(buf.readUInt32LE(at), 0x02014b50, "a central directory entry");
+    const [method, crc, size, nameLength] = [buf.readUInt16LE(at + 10), buf.readUInt32LE(at + 16), buf.readUInt32LE(at + 24), buf.readUInt16LE(at + 28)];
+    const local = buf.readUInt32LE(at + 42);
+    const start = local + 30 + buf.readUInt16LE(local + 26) + buf.readUInt16LE(local + 28);
+    const data = buf.subarray(start, start + size);
+    const name = buf.toString("utf8", at + 46, at + 46 + nameLength);
+    assert.equal(method, 0, `${name} is stored`);
+    assert.equal(zlib.crc32(data), crc, `${name}'s CRC`);
+    files[name] = data;
+    at += 46 + nameLength + buf.readUInt16LE(at + 30) + buf.readUInt16LE(at + 32);
+  }
+  return files;
+}

@@ -146,17 +146,60 @@ async function runFinetune(page, c) {
   };
 }
 
+/** Switches base ↔ adapter timed in the adapter case. */
+const SWITCHES = 20;
+
+/**
+ * Keep the case's PEFT adapter in the page's library (attached at once: `attach_ms`), switch
+ * between the base and it SWITCHES times (the worker's `switch_ms` each), and leave it in use.
+ * Resolves to the adapter's name and the timings.
+ */
+async function useBenchAdapter(page, adapter) {
+  const files = adapter.files.map((name) => ({ name, b64: fs.readFileSync(path.join(adapter.dir, name)).toString("base64") }));
+  const r = await page.evaluate(
+    async ({ files, switches }) => {
+      const w = window.webtune;
+      const name = "bench-adapter";
+      // A library left over from an earlier run (OPFS outlives the page).
+      if ((await w.adapters()).result?.some((m) => m.name === name)) await w.deleteAdapter(name);
+      const entries = files.map(({ name, b64 }) => ({ name, bytes: Uint8Array.from(atob(b64), (ch) => ch.charCodeAt(0)) }));
+      const loaded = await w.loadAdapterFiles(entries, { name });
+      if (loaded.error) return { error: loaded.error };
+      const switchMs = [];
+      for (let i = 0; i < switches; i++) {
+        const s = await w.useAdapter(i % 2 === 0 ? null : name);
+        if (s.error) return { error: s.error };
+        switchMs.push(s.result.switch_ms);
+      }
+      const last = await w.useAdapter(name);
+      if (last.error) return { error: last.error };
+      return { name, attach_ms: loaded.result.attach_ms, switch_ms: switchMs };
+    },
+    { files, switches: SWITCHES },
+  );
+  if (r.error) throw new Error(`the adapter could not be used: ${JSON.stringify(r.error)}`);
+  return r;
+}
+
 async function runGenerate(page, c) {
   await ensureModel(page, c.model);
+  const adapter = c.adapter ? await useBenchAdapter(page, c.adapter) : null;
   const r = await page.evaluate(
     async ({ ids, options }) => {
       const rec = await window.webtune.generate({ ids }, options);
       return { status: rec.status, error: rec.error, result: rec.result };
     },
-    { ids: c.ids, options: { max_new_tokens: c.max_new_tokens, greedy: true, ignore_eos: true, use_cache: c.use_cache } },
+    { ids: c.ids, options: { max_new_tokens: c.max_new_tokens, greedy: true, ignore_eos: true, use_cache: c.use_cache, ...(adapter ? { model: `adapter:${adapter.name}` } : {}) } },
   );
+  if (adapter) await page.evaluate((name) => window.webtune.deleteAdapter(name), adapter.name);
   if (r.status !== "done") throw new Error(`generate ended with ${r.status}: ${JSON.stringify(r.error)}`);
-  return { tokens: r.result.generated_ids.length, seconds: r.result.seconds, tokens_per_s: r.result.tokens_per_s, use_cache: c.use_cache };
+  return {
+    tokens: r.result.generated_ids.length,
+    seconds: r.result.seconds,
+    tokens_per_s: r.result.tokens_per_s,
+    use_cache: c.use_cache,
+    ...(adapter ? { attach_ms: adapter.attach_ms, switch_ms: stats(adapter.switch_ms) } : {}),
+  };
 }
 
 async function runToy(page, c) {

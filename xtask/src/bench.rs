@@ -73,6 +73,7 @@ pub const CASES: &[&str] = &[
     "toy-train",
     "smollm2-lora-step",
     "smollm2-generate",
+    "smollm2-adapter",
     "tiny-gpt2-vocab-train",
     "data-read",
     "shapes",
@@ -88,6 +89,9 @@ const MINILM_ID: &str = "all-minilm-l6-v2";
 const BENCH_DATA: &str = "www/bench-data";
 /// Where the checkpoints with real models' shapes and random weights go (ignored by git).
 const SHAPES: &str = "target/bench-shapes";
+/// The SmolLM2 LoRA adapter of the adapter case (PEFT files), trained for two steps by the CLI.
+const BENCH_ADAPTER: &str = "target/bench-adapter";
+const ADAPTER_FILES: [&str; 2] = ["adapter_config.json", "adapter_model.safetensors"];
 /// A fixed prompt (token ids of SmolLM2's vocabulary), so every path generates from the same one.
 const PROMPT_IDS: &[u32] = &[1, 9690, 198, 2683, 359, 253, 5356, 5646];
 
@@ -303,6 +307,40 @@ fn cases(full: bool) -> Vec<Case> {
         });
     }
 
+    // Hot swap: the same generation with a LoRA adapter (r=8 on q/v) on the base. The page keeps
+    // it un-merged beside the base and switches between base and adapter without a reload (the
+    // switch and attach times are in the notes); the native CLI merges it (`--adapter`).
+    let adapter = root.join(BENCH_ADAPTER).join("adapter");
+    let new_tokens = if full { 64 } else { 24 };
+    out.push(Case {
+        name: s("smollm2-generate (LoRA adapter)"),
+        group: "smollm2-adapter",
+        kind: "generate",
+        tokens_per_step: None,
+        native: vec![
+            s("generate"),
+            smollm2.display().to_string(),
+            s("--adapter"),
+            adapter.display().to_string(),
+            s("--ids"),
+            ids.join(","),
+            s("--max-new-tokens"),
+            s(new_tokens),
+            s("--greedy"),
+            s("--ignore-eos"),
+            s("--json"),
+        ],
+        native_wgpu: None,
+        browser: json!({
+            "kind": "generate", "model": { "default": SMOLLM2_ID }, "ids": PROMPT_IDS,
+            "max_new_tokens": new_tokens, "use_cache": true,
+            "adapter": { "dir": adapter, "files": ADAPTER_FILES },
+        }),
+        torch: None,
+        flops: None,
+        shape: None,
+    });
+
     // Tiny GPT-2 with the real 50257-token vocabulary: the LM head dominates.
     let (batch, seq, steps) = if full { (4, 64, 30) } else { (4, 64, 10) };
     let gpt2_job = job(&["c_attn"], batch, seq, steps);
@@ -467,6 +505,44 @@ fn write_bench_shapes(cli: &Path, cases: &[Case]) -> Result<()> {
     Ok(())
 }
 
+/// Trains the adapter case's adapter (two LoRA steps on SmolLM2; PEFT files under
+/// [`BENCH_ADAPTER`]`/adapter`) if a selected case needs it and it is not there yet.
+fn write_bench_adapter(cli: &Path, cases: &[Case]) -> Result<()> {
+    let root = repo_root();
+    let out = root.join(BENCH_ADAPTER);
+    if !cases.iter().any(|c| c.group == "smollm2-adapter")
+        || ADAPTER_FILES
+            .iter()
+            .all(|f| out.join("adapter").join(f).is_file())
+    {
+        return Ok(());
+    }
+    let smollm2 = root
+        .join("www/models")
+        .join(SMOLLM2_ID)
+        .join("resolve/main")
+        .join(SMOLLM2_GGUF);
+    let job = json!({
+        "batch_size": 1, "validation_max": 2, "samples": 0,
+        "data": { "causal": { "seq_len": 64 } },
+        "train": { "method": "lora", "lora_r": 8, "lora_alpha": 16.0,
+                   "lora_targets": ["q_proj", "v_proj"], "steps": 2, "seed": 0 }
+    });
+    println!(
+        "xtask bench: training the adapter case's SmolLM2 adapter into {}",
+        out.display()
+    );
+    util::run(
+        Command::new(cli)
+            .arg("train")
+            .arg(&smollm2)
+            .arg("--data")
+            .arg(root.join("www/samples").join(DATASET))
+            .args(["--config", &job.to_string(), "--out"])
+            .arg(&out),
+    )
+}
+
 /// Writes the data-read cases' datasets (deterministic, from the sentiment sample's words) if
 /// they are not there yet: `reviews-*.jsonl` (text/label) and `qa-*.jsonl` (prompt/completion).
 fn write_bench_datasets(cases: &[Case]) -> Result<()> {
@@ -595,6 +671,7 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
     }
     write_bench_datasets(&selected)?;
     write_bench_shapes(&cli, &selected)?;
+    write_bench_adapter(&cli, &selected)?;
     let mut notes: Vec<String> = Vec::new();
 
     // Model FLOPs per step of the fine-tuning cases, from each model's own description.
@@ -1207,6 +1284,7 @@ fn run_native(
             "tokens": out["generated_ids"].as_array().map(Vec::len),
             "tokens_per_s": out["tokens_per_s"],
             "use_cache": out["use_cache"],
+            "adapter": out["adapter"],
         })
     };
     value["peak_rss_bytes"] = json!(run.peak_rss_kb.map(|kb| kb * 1024));
@@ -1574,6 +1652,19 @@ fn table(cases: &[Case], results: &BTreeMap<String, BTreeMap<String, Value>>) ->
             }
             if let Some(n) = v["tokens"].as_u64() {
                 notes.push(format!("{n} tokens"));
+            }
+            if let Some(ms) = v["attach_ms"].as_f64() {
+                notes.push(format!("adapter attached in {ms:.1} ms"));
+            }
+            if let Some(ms) = v["switch_ms"]["median"].as_f64() {
+                notes.push(format!(
+                    "base ↔ adapter switch median {ms:.2} ms (max {:.2}, {} switches)",
+                    v["switch_ms"]["max"].as_f64().unwrap_or(f64::NAN),
+                    v["switch_ms"]["n"]
+                ));
+            }
+            if v["adapter"].is_object() {
+                notes.push("adapter merged at load".into());
             }
             if let Some(m) = v["mb_per_s"].as_f64() {
                 notes.push(format!(

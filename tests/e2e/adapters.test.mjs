@@ -312,10 +312,10 @@ test("c. <webtune-trainer adapter=…> uses a kept adapter once its model loads 
           await ft.loadDataset({ name: "capitals.jsonl", text }, config);
           const r = await ft.train({ ...config, train: { ...config.train, steps: 3 }, adapter_name: "capitals" });
           // Its PEFT files, to pick again below as a user would from a download.
-          const files = await ft.adapterFiles("capitals");
+          const peft = await ft.adapterFiles("capitals");
           ft.dispose();
           const b64 = (bytes) => btoa(Array.from(bytes, (b) => String.fromCharCode(b)).join(""));
-          return { ...r.adapter, files: Object.fromEntries(Object.entries(files).map(([n, b]) => [n, b64(b)])) };
+          return { ...r.adapter, files: Object.fromEntries(Object.entries(peft).map(([n, b]) => [n, b64(b)])) };
         },
         { files, text: CAPITALS, config: CONFIG },
       ),

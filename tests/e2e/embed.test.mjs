@@ -52,27 +52,41 @@ after(async () => {
 
 const b64 = (dir, files) => files.map((name) => ({ name, b64: fs.readFileSync(path.join(dir, name)).toString("base64") }));
 
-/** Import webtune.js into the page as window.wt, with helpers: wt.files(list), wt.caught(promise). */
+/**
+ * Import webtune.js into the page as window.wt, with helpers: wt.files(list), wt.caught(promise).
+ * The import can stall the way openPage's navigation does on a loaded machine (harness.mjs: the
+ * module requests stay open): the page is reloaded and the import tried again, up to 3 times.
+ */
 async function importApi(page) {
-  await withTimeout(
-    page.evaluate(async () => {
-      window.wt = await import(new URL("../webtune.js", location.href).href);
-      window.wtFiles = (list) => list.map((f) => ({ name: f.name, bytes: Uint8Array.from(atob(f.b64), (c) => c.charCodeAt(0)) }));
-      // An error as data, with how it was typed.
-      window.wtCaught = async (promise) => {
-        try {
-          return { value: await promise, error: null };
-        } catch (e) {
-          return {
-            value: null,
-            error: { name: e?.name, code: e?.code, message: e?.message, details: e?.details ?? null, webtune: e instanceof window.wt.WebtuneError, isError: e instanceof Error },
+  for (let tries = 1; ; tries++) {
+    try {
+      await withTimeout(
+        page.evaluate(async () => {
+          window.wt = await import(new URL("../webtune.js", location.href).href);
+          window.wtFiles = (list) => list.map((f) => ({ name: f.name, bytes: Uint8Array.from(atob(f.b64), (c) => c.charCodeAt(0)) }));
+          // An error as data, with how it was typed.
+          window.wtCaught = async (promise) => {
+            try {
+              return { value: await promise, error: null };
+            } catch (e) {
+              return {
+                value: null,
+                error: { name: e?.name, code: e?.code, message: e?.message, details: e?.details ?? null, webtune: e instanceof window.wt.WebtuneError, isError: e instanceof Error },
+              };
+            }
           };
-        }
-      };
-    }),
-    60_000,
-    "webtune.js to be imported",
-  );
+        }),
+        60_000,
+        "webtune.js to be imported",
+      );
+      return;
+    } catch (e) {
+      if (tries >= 3 || !String(e?.message).startsWith("timed out")) throw e;
+      console.log(`importApi: ${e.message}; reloading the page, try ${tries + 1} of 3 in 10 s`);
+      await new Promise((r) => setTimeout(r, 10_000));
+      await page.reload({ waitUntil: "load", timeout: 60_000 });
+    }
+  }
 }
 
 /** Create a CPU FineTuner as window.ft with the tiny gpt2-vocab model and (optionally) the good dataset loaded. */

@@ -31,13 +31,18 @@ def check(name, remote_code):
     unexpected = [k for k in info.get("unexpected_keys", []) if not (remote_code and "pooler" in k)]
     require(not unexpected, f"{name}: loading reported unexpected keys: {unexpected}")
     model.eval()
+    compare(name, model, path, f"class {type(model).__name__}; id2label {model.config.id2label}")
+
+
+def compare(label, model, path, what):
+    """Require `model`'s logits on the batch of path/webtune_logits.json to be webtune's."""
     ours = json.loads((path / "webtune_logits.json").read_text())
     b = ours["batch"]
     with torch.no_grad():
         logits = model(input_ids=torch.tensor(b["input_ids"]), attention_mask=torch.tensor(b["attention_mask"])).logits
     diff = float((logits - torch.tensor(ours["logits"])).abs().max())
-    print(f"{name}: class {type(model).__name__}; id2label {model.config.id2label}; max |logit diff| {diff:.2e}")
-    require(diff < 1e-4, f"{name}: logits differ by {diff}")
+    print(f"{label}: {what}; max |logit diff| {diff:.2e}")
+    require(diff < 1e-4, f"{label}: logits differ by {diff}")
 
 
 def check_adapter(name):
@@ -59,13 +64,7 @@ def check_adapter(name):
         str(REPO_ROOT / base), config=config, attn_implementation="eager"
     )
     model = PeftModel.from_pretrained(model, str(adapter)).eval()
-    ours = json.loads((path / "webtune_logits.json").read_text())
-    b = ours["batch"]
-    with torch.no_grad():
-        logits = model(input_ids=torch.tensor(b["input_ids"]), attention_mask=torch.tensor(b["attention_mask"])).logits
-    diff = float((logits - torch.tensor(ours["logits"])).abs().max())
-    print(f"{name}/adapter: {type(model).__name__} on {base}; max |logit diff| {diff:.2e}")
-    require(diff < 1e-4, f"{name}/adapter: logits differ by {diff}")
+    compare(f"{name}/adapter", model, path, f"{type(model).__name__} on {base}")
 
 
 def main():

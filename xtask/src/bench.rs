@@ -259,11 +259,9 @@ fn cases(full: bool) -> Vec<Case> {
 
     // Generation, with and without the KV cache.
     let ids: Vec<String> = PROMPT_IDS.iter().map(u32::to_string).collect();
-    for (use_cache, new_tokens) in [
-        (true, if full { 64 } else { 24 }),
-        (false, if full { 32 } else { 12 }),
-    ] {
-        let mut native = vec![
+    // `webtune generate SMOLLM2` from the prompt, greedy, `new_tokens` tokens.
+    let generate_args = |new_tokens: usize| {
+        vec![
             s("generate"),
             smollm2.display().to_string(),
             s("--ids"),
@@ -273,7 +271,13 @@ fn cases(full: bool) -> Vec<Case> {
             s("--greedy"),
             s("--ignore-eos"),
             s("--json"),
-        ];
+        ]
+    };
+    for (use_cache, new_tokens) in [
+        (true, if full { 64 } else { 24 }),
+        (false, if full { 32 } else { 12 }),
+    ] {
+        let mut native = generate_args(new_tokens);
         let mut torch = vec![
             s("--case"),
             s("smollm2-generate"),
@@ -317,19 +321,11 @@ fn cases(full: bool) -> Vec<Case> {
         group: "smollm2-adapter",
         kind: "generate",
         tokens_per_step: None,
-        native: vec![
-            s("generate"),
-            smollm2.display().to_string(),
-            s("--adapter"),
-            adapter.display().to_string(),
-            s("--ids"),
-            ids.join(","),
-            s("--max-new-tokens"),
-            s(new_tokens),
-            s("--greedy"),
-            s("--ignore-eos"),
-            s("--json"),
-        ],
+        native: [
+            generate_args(new_tokens),
+            vec![s("--adapter"), adapter.display().to_string()],
+        ]
+        .concat(),
         native_wgpu: None,
         browser: json!({
             "kind": "generate", "model": { "default": SMOLLM2_ID }, "ids": PROMPT_IDS,

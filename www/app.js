@@ -969,30 +969,49 @@ async function downloadAdapter(name) {
 
 /**
  * window.webtune.compare: continue `prompt` greedily with each of `models` ("base",
- * "adapter:NAME", "tuned") in turn, and with a checked dataset score each on its held-out split.
- * Resolves with {rows: [{model, label, text, generated_ids, loss, perplexity, switch_ms}], error}.
+ * "adapter:NAME", "tuned") in turn — for an encoder, classify it — and with a checked dataset
+ * score each on its held-out split. Resolves with {rows: [{model, label, text, generated_ids,
+ * loss, perplexity}] (an encoder's: {model, label, predicted, accuracy, loss}), error}.
  */
 async function compareModels(prompt, models, options = {}) {
-  if (state.model?.kind === "encoder") return compareClassifiers(prompt, models);
-  const rows = models.map((model) => ({ model, label: compareLabel(model), text: null, generated_ids: null, loss: null, perplexity: null, error: null }));
+  const text = String(prompt ?? "");
+  // What each model is asked and which held-out scores its cell shows: an encoder classifies the
+  // text (a model without a head, a base encoder, says so in its cell and the others go on); a
+  // causal LM continues it greedily (a failure stops the comparison).
+  const task =
+    state.model?.kind === "encoder"
+      ? {
+          cell: { predicted: null, accuracy: null, loss: null },
+          ask: (model) => client.classify(text, model),
+          fill: (row, r) => (row.predicted = r),
+          scores: (row, ev) => Object.assign(row, { accuracy: ev.accuracy, loss: ev.loss }),
+          goesOn: () => client.state !== "crashed",
+        }
+      : {
+          cell: { text: null, generated_ids: null, loss: null, perplexity: null },
+          ask: (model) => client.generate({ text }, { ...options, greedy: true, model }),
+          fill: (row, r) => Object.assign(row, { text: r.text, generated_ids: r.generated_ids }),
+          scores: (row, ev) => Object.assign(row, { loss: ev.loss, perplexity: ev.perplexity }),
+          goesOn: () => false,
+        };
+  const rows = models.map((model) => ({ model, label: compareLabel(model), ...task.cell, error: null }));
   adaptersPanel.compared(rows);
   const withData = state.datasetChecked && state.dataset !== null;
   const config = state.baseline?.config ?? panelConfig();
   const out = await adapterOp("compare", async () => {
     for (const row of rows) {
-      const gen = await client.generate({ text: String(prompt ?? "") }, { ...options, greedy: true, model: row.model }).result;
-      if (gen.error) {
-        row.error = gen.error;
+      const answer = await task.ask(row.model).result;
+      if (answer.error) {
+        row.error = answer.error;
         adaptersPanel.compared(rows);
-        return { error: gen.error };
+        if (task.goesOn()) continue;
+        return { error: answer.error };
       }
-      row.text = gen.result.text;
-      row.generated_ids = gen.result.generated_ids;
+      task.fill(row, answer.result);
       if (withData) {
         const ev = await client.evaluate(state.dataset.name, state.dataset.bytes, config, row.model, validationMessage()).result;
         if (ev.error) return { error: ev.error };
-        row.loss = ev.result.loss;
-        row.perplexity = ev.result.perplexity;
+        task.scores(row, ev.result);
       }
       adaptersPanel.compared(rows);
     }
@@ -1004,40 +1023,6 @@ async function compareModels(prompt, models, options = {}) {
 
 function compareLabel(model) {
   return model === "base" ? "Base model" : model === "tuned" ? "Fine-tuned model" : `Adapter “${model.slice(8)}”`;
-}
-
-/**
- * The compare view for an encoder: `text` classified by each model, with its held-out accuracy
- * on the checked dataset. A model without a head (a base encoder) says so in its cell and the
- * others go on.
- */
-async function compareClassifiers(text, models) {
-  const rows = models.map((model) => ({ model, label: compareLabel(model), predicted: null, accuracy: null, loss: null, error: null }));
-  adaptersPanel.compared(rows);
-  const withData = state.datasetChecked && state.dataset !== null;
-  const config = state.baseline?.config ?? panelConfig();
-  const out = await adapterOp("compare", async () => {
-    for (const row of rows) {
-      const c = await client.classify(String(text ?? ""), row.model).result;
-      if (c.error) {
-        row.error = c.error;
-        adaptersPanel.compared(rows);
-        if (client.state === "crashed") return { error: c.error };
-        continue;
-      }
-      row.predicted = c.result;
-      if (withData) {
-        const ev = await client.evaluate(state.dataset.name, state.dataset.bytes, config, row.model, validationMessage()).result;
-        if (ev.error) return { error: ev.error };
-        row.accuracy = ev.result.accuracy;
-        row.loss = ev.result.loss;
-      }
-      adaptersPanel.compared(rows);
-    }
-    return { result: rows };
-  });
-  await refreshAdapters();
-  return { rows, error: out.error };
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -117,15 +117,24 @@ fn quantized_bases_train_only_the_factors_and_score_close_to_the_f32_base() {
         let f32_loss = eval(&load(name, &backend), &data);
         let zero_gap = (eval(&zeroed(load(name, &backend)), &data) - f32_loss).abs();
         let f32_params = pollster::block_on(parameters(&load(name, &backend))).unwrap();
-        for (quant, bound, share, levels) in [("q8", 1e-4, 0.01, 127.0), ("q4", 3e-3, 0.25, 7.0)] {
+        // `stored`: at most this fraction of the f32 bytes; `slack`: how far past half a step
+        // a value may land (the CPU keeps a packed 4-bit block's scale in f16: up to 7 levels
+        // times 2⁻¹¹ of a step more).
+        for (quant, bound, share, levels, stored, slack) in [
+            ("q8", 1e-4, 0.01, 127.0, 1.0 / 3.0, 1.0001),
+            ("q4", 3e-3, 0.25, 7.0, 1.0 / 5.0, 1.01),
+        ] {
             let cfg = config(Some(quant));
             let mut model = TrainableModel::prepare(load(name, &backend), &cfg).unwrap();
             let report = model.quantized.clone().expect("quantization report");
             assert_eq!(report.tensors, projections, "{name} {quant}");
             assert!(report.kept_f32.is_empty());
-            // One byte per value on the CPU, plus an f32 scale per 32 (16 for Llama's 16-wide
-            // k/v projections) values.
-            assert!(report.quantized_bytes * 3 < report.f32_bytes);
+            // A byte per value on the CPU at 8 bits plus an f32 scale per 32 (16 for Llama's
+            // 16-wide k/v projections) values; half a byte at 4 plus an f16 scale.
+            assert!(
+                (report.quantized_bytes as f64) < stored * report.f32_bytes as f64,
+                "{name} {quant}: {report:?}"
+            );
 
             // The stored (dequantized) bases are the f32 ones to within half a step of their
             // block's largest magnitude; blocks run along the output dimension.
@@ -144,7 +153,7 @@ fn quantized_bases_train_only_the_factors_and_score_close_to_the_f32_base() {
                 let block = if shape[1] % 32 == 0 { 32 } else { 16 };
                 for (qb, wb) in q.chunks(block).zip(w.chunks(block)) {
                     let peak = wb.iter().fold(0f32, |m, x| m.max(x.abs()));
-                    let half_step = peak / levels / 2.0 * 1.0001 + 1e-12;
+                    let half_step = peak / levels / 2.0 * slack + 1e-12;
                     for (a, b) in qb.iter().zip(wb) {
                         assert!((a - b).abs() <= half_step, "{path}: {a} vs {b}");
                     }

@@ -16,7 +16,7 @@ use super::lora::{hf_tensor, lora_factors, read_f32, transpose_2d, FamilyKind};
 use crate::error::{Code, Error, Result};
 use crate::io::hf::ModelFiles;
 use crate::io::safetensors::{self, write_f32_with_metadata, StoreDtype};
-use crate::models::frozen::is_quantized;
+use crate::models::frozen::dequantize;
 use crate::models::loaded::Family;
 use crate::models::walk::{Paths, VisitAt};
 
@@ -228,12 +228,7 @@ impl MergedWeights {
                     ));
                     return;
                 };
-                let quantized = is_quantized(&value);
-                let base = move || {
-                    let v = value.clone();
-                    let v = if quantized { v.dequantize() } else { v };
-                    v.reshape([n])
-                };
+                let base = move || dequantize(value.clone()).reshape([n]);
                 let shape = if hf.transposed {
                     vec![dims[1], dims[0]]
                 } else {

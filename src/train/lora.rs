@@ -25,7 +25,7 @@ use serde_json::json;
 use crate::error::{Code, Error, Result};
 use crate::io::hf::transposed;
 use crate::models::bert::Bert;
-use crate::models::frozen::is_quantized;
+use crate::models::frozen::dequantize;
 use crate::models::gpt2::Gpt2;
 use crate::models::llama::Llama;
 use crate::models::loaded::Family;
@@ -236,12 +236,13 @@ pub fn apply_lora(family: Family, spec: &LoraSpec) -> Result<(Family, Vec<String
 /// Fold the adapters into the base weights (`W + scale · a @ b`) and drop them: the model is a
 /// plain model again, as fast as before LoRA. A QLoRA base comes back dequantized (f32).
 pub fn merge(family: Family) -> Family {
-    let merged = match family {
+    // Dequantized first, by `models::frozen`: burn's merge would dequantize a packed 4-bit base
+    // itself, and only `frozen` reads those.
+    match super::qlora::dequantize_all(family) {
         Family::Gpt2(m) => Family::Gpt2(m.materialize()),
         Family::Llama(m) => Family::Llama(m.materialize()),
         Family::Bert(m) => Family::Bert(m.materialize()),
-    };
-    super::qlora::dequantize_all(merged)
+    }
 }
 
 /// One parameter's value as read through a visitor: its burn path, shape and a flat view.
@@ -265,10 +266,7 @@ impl VisitAt for Collect {
             return;
         }
         // A QLoRA base is read as the f32 weights it stands for.
-        let value = match param.base() {
-            v if is_quantized(&v) => v.dequantize(),
-            v => v,
-        };
+        let value = dequantize(param.base());
         let shape = value.dims().to_vec();
         let n: usize = shape.iter().product();
         self.out.push(NamedTensor {

@@ -167,15 +167,16 @@ pub fn estimate(
     let dense = 2 * d * i.max(d) * F32;
     if info.compact.is_some() {
         weights += dense;
-    } else if let (Method::Lora, Some(_)) = (config.method, config.quantize_base) {
+    } else if let (Method::Lora, Some(q)) = (config.method, config.quantize_base) {
         // QLoRA over an f32 base stores the linear projections (everything but the embeddings,
-        // roughly) as a byte per value (the CPU backend's storage at 8 and 4 bits; WebGPU packs
-        // 4-bit values tighter, so this is an upper bound there) plus an f32 scale per block: a
-        // copy beside the f32 base, which the loaded model keeps.
+        // roughly) as the CPU backend stores them (WebGPU packs 8-bit values tighter, so this
+        // is an upper bound there) plus an f32 scale per block: a copy beside the f32 base,
+        // which the loaded model keeps.
         let linear = (info.parameters as u64)
             .saturating_sub(v * d)
             .min(l * (4 * d * d + 3 * d * i));
-        weights += super::qlora::cpu_quantized_bytes(linear, config.quantize_block_size) + dense;
+        let block = config.quantize_block_size;
+        weights += super::qlora::cpu_quantized_bytes(linear, block, q.bits()) + dense;
     }
     let per_token_layer = 12 * d + info.mlp_kept as u64 * i + 3 * h * t;
     let mut activations = b * t * l * per_token_layer * F32;

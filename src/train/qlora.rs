@@ -3,7 +3,7 @@
 //! Before the adapters are attached, every linear projection weight of the base (the modules
 //! PEFT's "all-linear" names — not only the LoRA targets) is quantized with burn's symmetric
 //! block quantization: 8 or 4 bits per value, one f32 scale per block of values along the
-//! output dimension. Embeddings, the LM head, norms and biases stay f32; so do the LoRA factors,
+//! output dimension (kept in f16 for a packed 4-bit block on the CPU, see below). Embeddings, the LM head, norms and biases stay f32; so do the LoRA factors,
 //! the only trainable parameters.
 //!
 //! A quantized projection is never folded with its factors: the layer computes
@@ -11,8 +11,9 @@
 //! inside its own product, in the forward pass and again in the backward, and keeps nothing
 //! dense for autodiff.
 //!
-//! burn's CPU backend (`flex`) keeps quantized values as one `i8` each whatever the bit width,
-//! so on the CPU 4 bits save no memory over 8 (only precision is lost); WebGPU packs them.
+//! burn's CPU backend (`flex`) keeps quantized values as one `i8` each whatever the bit width;
+//! [`crate::models::frozen::compact`] packs 4-bit ones two to a byte there (WebGPU packs them
+//! itself), so q4 takes about half of q8's memory on every backend.
 //!
 //! Merging (export, `TrainableModel::merged`) folds the adapters into the dequantized base and
 //! dequantizes every other quantized weight: a merged model is f32, as without QLoRA.
@@ -28,7 +29,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Code, Error, Result};
 use crate::io::hf::{LinearHook, ModelFiles};
-use crate::models::frozen::is_quantized;
+use crate::models::frozen::{compact, dequantize, is_quantized};
 use crate::models::loaded::{CompactWeights, Family, LoadedModel, ModelInfo};
 use crate::models::names::{hf_module, matches_target, FamilyKind};
 use crate::models::walk::{MapAt, Paths};
@@ -107,7 +108,8 @@ pub struct QuantReport {
     /// Linear weights left in f32 (no usable block divides their output dimension).
     pub kept_f32: Vec<String>,
     /// Bytes those quantized weights took in f32, and take now on this backend (values as
-    /// stored — one byte each on the CPU, packed on WebGPU — plus the scales).
+    /// stored, packed to their bits — except a 4-bit block of odd length on the CPU, a byte a
+    /// value — plus the scales).
     pub f32_bytes: u64,
     pub quantized_bytes: u64,
 }
@@ -233,16 +235,15 @@ impl QuantReport {
     /// Count a `[d_in, d_out]` weight quantized in blocks of `block` on `device`.
     fn add(&mut self, d_in: usize, d_out: usize, block: usize, bits: u32, device: &Device) {
         let n = (d_in * d_out) as u64;
-        // burn's CPU backend stores each quantized value in a byte; the GPU backends pack them.
-        let value_bytes = if device.clone().without_autodiff() != Device::flex() {
-            (n * bits as u64).div_ceil(8)
+        let bytes = if device.clone().without_autodiff() != Device::flex() {
+            (n * bits as u64).div_ceil(8) + 4 * (n / block as u64)
         } else {
-            n
+            cpu_quantized_bytes(n, block, bits)
         };
         self.tensors += 1;
         self.values += n;
         self.f32_bytes += 4 * n;
-        self.quantized_bytes += value_bytes + 4 * (n / block as u64);
+        self.quantized_bytes += bytes;
     }
 }
 
@@ -269,7 +270,7 @@ impl MapAt for Quantize {
             return param;
         }
         match self.q.scheme(path, d_in, d_out, &device) {
-            Ok(Some(scheme)) => param.map(|w| w.quantize_dynamic(&scheme)),
+            Ok(Some(scheme)) => param.map(|w| compact(w.quantize_dynamic(&scheme))),
             Ok(None) => param,
             Err(e) => {
                 self.error = Some(e);
@@ -279,13 +280,13 @@ impl MapAt for Quantize {
     }
 }
 
-/// Dequantize every quantized float parameter (after a merge: the model is f32 again).
+/// Dequantize every quantized float parameter (before a merge: the merged model is f32).
 struct Dequantize;
 
 impl ModuleMapper for Dequantize {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         if is_quantized(&param.base()) {
-            param.map(|w| w.dequantize())
+            param.map(dequantize)
         } else {
             param
         }
@@ -324,7 +325,7 @@ pub fn quantize_base(
     Ok((family, report))
 }
 
-/// Dequantize whatever is still quantized (call after `materialize`).
+/// Dequantize every quantized weight, keeping any adapter attached to it.
 pub fn dequantize_all(family: Family) -> Family {
     match family {
         Family::Gpt2(m) => Family::Gpt2(m.map(&mut Dequantize)),
@@ -333,10 +334,16 @@ pub fn dequantize_all(family: Family) -> Family {
     }
 }
 
-/// Bytes `values` quantized values take on the CPU backend, at 8 bits as at 4: a byte each
-/// (burn-flex's storage) plus an f32 scale per `block` of them.
-pub fn cpu_quantized_bytes(values: u64, block: usize) -> u64 {
-    values + (4 * values).div_ceil(block.max(1) as u64)
+/// Bytes `values` quantized values take on the CPU backend: a byte each (burn-flex's storage)
+/// plus an f32 scale per `block` of them, or at 4 bits in blocks of even length half a byte
+/// each plus an f16 scale (`models::frozen::compact`).
+pub fn cpu_quantized_bytes(values: u64, block: usize, bits: u32) -> u64 {
+    let blocks = values.div_ceil(block.max(1) as u64);
+    if bits == 4 && block % 2 == 0 {
+        values.div_ceil(2) + 2 * blocks
+    } else {
+        values + 4 * blocks
+    }
 }
 
 /// Whether [`load_quantized`] quantizes the weight stored as `name` (a Hugging Face name): the
@@ -402,7 +409,7 @@ pub fn load_quantized(
                 .map_err(|_| Error::new(Code::Internal, "a poisoned lock"))?
                 .scheme(name, d_in, d_out, &w.device())?;
             Ok(match scheme {
-                Some(scheme) => w.quantize_dynamic(&scheme),
+                Some(scheme) => compact(w.quantize_dynamic(&scheme)),
                 None => w,
             })
         },

@@ -281,7 +281,8 @@ fn check_load_fits(
     files += 8 * largest;
     let weights = match backend.backend {
         BackendKind::Cpu => {
-            (values - compact) * 4 + cpu_quantized_bytes(compact, DEFAULT_BLOCK_SIZE)
+            let bits = quant.map_or(8, BaseQuant::bits);
+            (values - compact) * 4 + cpu_quantized_bytes(compact, DEFAULT_BLOCK_SIZE, bits)
         }
         // Uploaded to the GPU tensor by tensor.
         BackendKind::Webgpu => 0,
@@ -1041,7 +1042,7 @@ impl Session {
                 value["name"] = json!(name);
                 // A classifier's: the labels and pooling it answers with once attached.
                 value["labels"] = json!(adapter.head.as_ref().map(|_| &model.info.labels));
-                value["pooling"] = json!(adapter.head.as_ref().and_then(|_| model.info.pooling));
+                value["pooling"] = json!(adapter.head.as_ref().and(model.info.pooling));
                 value["attach_ms"] = json!(crate::platform::now_ms() - start);
                 Ok::<_, Error>((model, value))
             };

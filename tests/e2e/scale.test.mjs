@@ -1,7 +1,8 @@
 // Scale browser tests: a model of SmolLM2-360M's exact shapes (seeded random weights written by
 // the native CLI's `webtune shape`, with SmolLM2's tokenizer) loads from files into the page's
 // CPU-wasm backend and fine-tunes there. Before the job kept one copy of the model, loading
-// this checkpoint trapped the wasm module ("unreachable") after ~7 s.
+// this checkpoint trapped the wasm module ("unreachable") after ~7 s. Qwen2.5-0.5B's and
+// SmolLM2-1.7B's shapes load with their projections quantized (8 and 4 bits) for QLoRA.
 
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
@@ -143,6 +144,52 @@ test("Qwen2.5-0.5B's shapes load with 8-bit projections from files (read a tenso
       assert.ok(losses[2] < losses[0] - 0.5, losses.join(", "));
       assert.equal(r.summary.quantized_base?.bits, 8, JSON.stringify(r.summary.quantized_base));
       assert.ok(r.summary.peak_memory_bytes > 500_000_000, `memory reported: ${r.summary.peak_memory_bytes}`);
+    });
+  });
+});
+
+test("SmolLM2-1.7B's shapes load with 4-bit projections (two values to a byte) and QLoRA fine-tunes on CPU-wasm: finite losses falling on a repeated batch, memory within the estimate's reach", { timeout: 1_800_000 }, async () => {
+  await withShapeCheckpoint("smollm2-1.7b", async (files) => {
+    await withPage("scale-1.7b-q4-cpu", browser, { backend: "cpu" }, async ({ page }) => {
+      await waitForBackend(page);
+      await page.getByTestId("model-precision").selectOption("q4");
+      const load = await pickModelFiles(page, files, 1_200_000, "the 1.7B checkpoint to load in 4 bits");
+      assert.equal(load.error, null, `loading failed: ${JSON.stringify(load.error)}`);
+      const info = load.info;
+      assert.equal(info.hidden_size, 2048);
+      // Every projection of the 24 layers came in as 4 bits, packed: half a byte a value plus an
+      // f32 scale per 32 values (a byte a value would be 1.125).
+      const projections = 24 * (4 * 2048 * 2048 + 3 * 2048 * 8192);
+      assert.equal(info.compact?.quant, "q4", JSON.stringify(info.compact));
+      assert.equal(info.compact.values, projections, JSON.stringify(info.compact));
+      assert.equal(info.compact.bytes, projections / 2 + (projections / 32) * 4, JSON.stringify(info.compact));
+      assert.match(await page.getByTestId("model-memory").textContent(), /projections in q4/);
+
+      await withTimeout(page.evaluate((text) => window.webtune.setValidationFile({ name: "valid.jsonl", bytes: text }), VALID), 60_000, "the validation file");
+      const config = {
+        batch_size: 1,
+        validation_max: 1,
+        samples: 0,
+        data: { causal: { seq_len: 128 } },
+        train: { method: "lora", lora_r: 8, lora_alpha: 16, steps: 3, lr: 3e-3, eval_every: 1000, seed: 0, quantize_base: "q4" },
+      };
+      const run = await withTimeout(
+        page.evaluate(({ text, config }) => window.webtune.finetune({ name: "train.jsonl", bytes: text }, config), { text: TRAIN, config }),
+        1_200_000,
+        "3 QLoRA steps on the 1.7B model",
+      );
+      assert.equal(run.error, null, `fine-tuning failed: ${JSON.stringify(run.error)}`);
+      const r = run.result;
+      writeArtifactJson("scale-1.7b-q4-cpu.json", { info, summary: r.summary, memory: r.memory, before: r.before, after: r.after });
+      const losses = r.summary.losses;
+      console.log(`SmolLM2-1.7B shape, q4 base on CPU-wasm: losses ${losses.join(", ")}; memory ${r.summary.peak_memory_bytes} (estimated ${r.memory.peak}); base ${info.compact.bytes} bytes for ${info.compact.values} projection values`);
+      assert.equal(losses.length, 3);
+      assert.ok(losses.every(Number.isFinite), losses.join(", "));
+      assert.ok(losses[2] < losses[0] - 0.5, losses.join(", "));
+      assert.equal(r.summary.quantized_base?.bits, 4, JSON.stringify(r.summary.quantized_base));
+      // The packed base alone is over 1 GB; the module stays under its 4 GiB.
+      assert.ok(r.summary.peak_memory_bytes > info.compact.bytes, `memory reported: ${r.summary.peak_memory_bytes}`);
+      assert.ok(r.summary.peak_memory_bytes < 4 * 2 ** 30, `memory reported: ${r.summary.peak_memory_bytes}`);
     });
   });
 });

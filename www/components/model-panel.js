@@ -121,7 +121,7 @@ export function createModelPanel(section, { endpoint, onFiles, onHub, onDefault,
     { id: "model-precision", "data-testid": "model-precision", "aria-describedby": "model-precision-help" },
     el("option", { value: "f32" }, "f32 (full precision; any method)"),
     el("option", { value: "q8" }, "8-bit projections (QLoRA: LoRA only, about ¼ of the memory)"),
-    el("option", { value: "q4" }, "4-bit projections (QLoRA: LoRA only; smaller on WebGPU)"),
+    el("option", { value: "q4" }, "4-bit projections (QLoRA: LoRA only, about ⅙ of the memory; less precise)"),
   );
   const precisionField = el(
     "div",

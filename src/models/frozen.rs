@@ -19,6 +19,7 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
+use burn::backend::flex::{FlexQTensor, FlexTensor};
 use burn::backend::ops::QTensorOps;
 use burn::backend::tensor::{FloatTensor, QuantizedTensor};
 use burn::backend::TensorMetadata;
@@ -59,8 +60,6 @@ impl FrozenOps for Flex {
         flex_pack(w)
     }
 }
-
-use burn::backend::flex::{FlexQTensor, FlexTensor};
 
 /// A 4-bit weight packed by [`flex_pack`]: values `v` in −7..7 stored as `v + 8`, two to a byte
 /// (the even index of each pair in the low nibble), then each block's scale as an f16 (GGUF's
@@ -158,8 +157,8 @@ fn flex_dequantize(w: FlexQTensor) -> FloatTensor<Flex> {
     FlexTensor::from_data(burn::tensor::TensorData::new(out, shape))
 }
 
-/// A 4-bit weight with an even number of values per block, two values to a byte (see
-/// [`is_packed`]); any other weight as it is.
+/// A 4-bit weight with an even number of values per block, two values to a byte and its scales
+/// in f16 (see [`is_packed`]); any other weight as it is.
 fn flex_pack(w: FlexQTensor) -> FlexQTensor {
     use burn::backend::flex::Layout;
     use burn::tensor::{Bytes, DType};

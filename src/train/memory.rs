@@ -169,9 +169,9 @@ pub fn estimate(
         weights += dense;
     } else if let (Method::Lora, Some(q)) = (config.method, config.quantize_base) {
         // QLoRA over an f32 base stores the linear projections (everything but the embeddings,
-        // roughly) as the CPU backend stores them (WebGPU packs 8-bit values tighter, so this
-        // is an upper bound there) plus an f32 scale per block: a copy beside the f32 base,
-        // which the loaded model keeps.
+        // roughly) with their scales as the CPU backend stores them (WebGPU's 4-bit blocks keep
+        // f32 scales: 1/16 of a byte a value more there): a copy beside the f32 base, which the
+        // loaded model keeps.
         let linear = (info.parameters as u64)
             .saturating_sub(v * d)
             .min(l * (4 * d * d + 3 * d * i));

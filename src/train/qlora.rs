@@ -3,8 +3,9 @@
 //! Before the adapters are attached, every linear projection weight of the base (the modules
 //! PEFT's "all-linear" names — not only the LoRA targets) is quantized with burn's symmetric
 //! block quantization: 8 or 4 bits per value, one f32 scale per block of values along the
-//! output dimension (kept in f16 for a packed 4-bit block on the CPU, see below). Embeddings, the LM head, norms and biases stay f32; so do the LoRA factors,
-//! the only trainable parameters.
+//! output dimension (kept in f16 for a packed 4-bit block on the CPU, see below). Embeddings,
+//! the LM head, norms and biases stay f32; so do the LoRA factors, the only trainable
+//! parameters.
 //!
 //! A quantized projection is never folded with its factors: the layer computes
 //! `x·W + scale·(x·a)·b` with `x·W` through [`crate::models::frozen`], which makes W dense only

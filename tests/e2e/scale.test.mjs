@@ -187,7 +187,7 @@ test("SmolLM2-1.7B's shapes load with 4-bit projections (two values to a byte) a
       assert.ok(losses.every(Number.isFinite), losses.join(", "));
       assert.ok(losses[2] < losses[0] - 0.5, losses.join(", "));
       assert.equal(r.summary.quantized_base?.bits, 4, JSON.stringify(r.summary.quantized_base));
-      // The packed base alone is over 1 GB; the module stays under its 4 GiB.
+      // More than the packed base alone (0.9 GB); the module stays under its 4 GiB.
       assert.ok(r.summary.peak_memory_bytes > info.compact.bytes, `memory reported: ${r.summary.peak_memory_bytes}`);
       assert.ok(r.summary.peak_memory_bytes < 4 * 2 ** 30, `memory reported: ${r.summary.peak_memory_bytes}`);
     });

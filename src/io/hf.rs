@@ -18,6 +18,7 @@ use super::safetensors::SafeTensorsFile;
 use super::source::FileBytes;
 use super::tokenizer::Tokenizer;
 use crate::error::{Code, Error, Result};
+use crate::models::names::{Layout, Table};
 
 /// Families webtune implements, by `model_type`.
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &["gpt2", "llama", "qwen2", "mistral", "bert"];
@@ -365,7 +366,10 @@ pub fn declared_tensors(name: &str, bytes: &FileBytes) -> Option<Vec<(String, u6
             .iter()
             .map(|(k, t)| {
                 let values = product(t.shape.iter().map(|&d| d as u64))?;
-                Some((gguf::hf_name(k).unwrap_or_else(|| k.clone()), values))
+                Some((
+                    gguf::hf_name(k).map_or_else(|| k.clone(), |(n, _)| n),
+                    values,
+                ))
             })
             .collect();
     }
@@ -522,40 +526,44 @@ impl Weights {
         Ok(Tensor::from_data(TensorData::new(data, shape), device))
     }
 
-    /// A GPT-2 `Conv1D` weight: stored `[in, out]`, already the matrix burn multiplies by; through
-    /// the linear hook as [`Weights::linear_weight`] (QLoRA quantizes it as it loads).
-    pub fn conv1d_weight(
+    /// A family's parameter by its burn path (`blocks.0.ln_1.gamma`), read under the names the
+    /// family's table gives it, with burn's `shape`.
+    pub fn param<const D: usize>(
         &self,
-        names: &[String],
-        d_in: usize,
-        d_out: usize,
+        table: &Table,
+        path: &str,
+        shape: [usize; D],
         device: &Device,
-    ) -> Result<Tensor<2>> {
-        let weight = self.tensor(names, [d_in, d_out], device)?;
-        match &self.linear_hook {
-            Some(hook) => (hook.0)(&names[0], weight),
-            None => Ok(weight),
-        }
+    ) -> Result<Tensor<D>> {
+        self.tensor(&table.hf_names(path), shape, device)
     }
 
-    /// An `nn.Linear` weight, stored `[out, in]`, as the `[in, out]` matrix burn multiplies by —
-    /// transposed here, in memory: a transposed view would be copied again by the CPU backend
-    /// on every matmul (most of a generated token's time before this).
-    pub fn linear_weight(
+    /// A linear projection's weight by its burn path, as the `[in, out]` matrix burn multiplies
+    /// by, through the linear hook (QLoRA quantizes it as it loads). An `nn.Linear` weight is
+    /// stored `[out, in]` and transposed here, in memory: a transposed view would be copied
+    /// again by the CPU backend on every matmul. GPT-2's `Conv1D` is stored `[in, out]` already.
+    pub fn linear(
         &self,
-        names: &[String],
-        d_out: usize,
+        table: &Table,
+        path: &str,
         d_in: usize,
+        d_out: usize,
         device: &Device,
     ) -> Result<Tensor<2>> {
-        let data = self.read(names, &[d_out, d_in])?;
-        let weight = Tensor::from_data(
-            TensorData::new(transposed(&data, d_out, d_in), [d_in, d_out]),
-            device,
-        );
-        match &self.linear_hook {
-            Some(hook) => (hook.0)(&names[0], weight),
-            None => Ok(weight),
+        let names = table.hf_names(path);
+        let layout = table.by_model(path).map(|(e, _)| e.layout);
+        let weight = if layout == Some(Layout::Linear) {
+            let data = self.read(&names, &[d_out, d_in])?;
+            Tensor::from_data(
+                TensorData::new(transposed(&data, d_out, d_in), [d_in, d_out]),
+                device,
+            )
+        } else {
+            self.tensor(&names, [d_in, d_out], device)?
+        };
+        match (&self.linear_hook, names.first()) {
+            (Some(hook), Some(name)) => (hook.0)(name, weight),
+            _ => Ok(weight),
         }
     }
 }

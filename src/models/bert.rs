@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::layers::{layer_norm, merge_heads, split_heads, Activation};
+use super::names::BERT;
 use crate::error::{Code, Error, Result};
 use crate::io::hf::Weights;
 
@@ -239,36 +240,34 @@ pub struct Bert {
     activation: Activation,
 }
 
-/// Tensor names with and without the `bert.` prefix.
-fn names(name: &str) -> Vec<String> {
-    vec![format!("bert.{name}"), name.to_string()]
-}
-
 fn load_linear(
     w: &Weights,
-    names: &[String],
+    path: &str,
     d_in: usize,
     d_out: usize,
     device: &Device,
 ) -> Result<Linear> {
-    // Stored [out, in] (nn.Linear); burn multiplies by [in, out].
-    let with =
-        |suffix: &str| -> Vec<String> { names.iter().map(|n| format!("{n}.{suffix}")).collect() };
-    let weight = w.linear_weight(&with("weight"), d_out, d_in, device)?;
     Ok(Linear {
-        weight: Param::from_tensor(weight),
-        bias: Some(Param::from_tensor(w.tensor(
-            &with("bias"),
+        weight: Param::from_tensor(w.linear(
+            &BERT,
+            &format!("{path}.weight"),
+            d_in,
+            d_out,
+            device,
+        )?),
+        bias: Some(Param::from_tensor(w.param(
+            &BERT,
+            &format!("{path}.bias"),
             [d_out],
             device,
         )?)),
     })
 }
 
-fn load_norm(w: &Weights, name: &str, d: usize, eps: f64, device: &Device) -> Result<LayerNorm> {
+fn load_norm(w: &Weights, path: &str, d: usize, eps: f64, device: &Device) -> Result<LayerNorm> {
     // The weights first, so a corrupt `d` fails on their shapes before anything is allocated.
-    let gamma = w.tensor(&names(&format!("{name}.weight")), [d], device)?;
-    let beta = w.tensor(&names(&format!("{name}.bias")), [d], device)?;
+    let gamma = w.param(&BERT, &format!("{path}.gamma"), [d], device)?;
+    let beta = w.param(&BERT, &format!("{path}.beta"), [d], device)?;
     let mut norm = layer_norm(d, eps, device);
     norm.gamma = Param::from_tensor(gamma);
     norm.beta = Some(Param::from_tensor(beta));
@@ -282,46 +281,42 @@ impl Bert {
         let d = config.hidden_size;
         let ff = config.intermediate_size;
         let eps = config.layer_norm_eps;
-        let lin = |name: &str, d_in, d_out| load_linear(w, &names(name), d_in, d_out, device);
+        let lin = |path: &str, d_in, d_out| load_linear(w, path, d_in, d_out, device);
         // Grown as layers load (not reserved from the config's count).
         let mut layers = Vec::new();
         for i in 0..config.num_hidden_layers {
-            let p = format!("encoder.layer.{i}");
+            let p = format!("layers.{i}");
             layers.push(BertLayer {
-                query: lin(&format!("{p}.attention.self.query"), d, d)?,
-                key: lin(&format!("{p}.attention.self.key"), d, d)?,
-                value: lin(&format!("{p}.attention.self.value"), d, d)?,
-                attention_output: lin(&format!("{p}.attention.output.dense"), d, d)?,
-                attention_norm: load_norm(
-                    w,
-                    &format!("{p}.attention.output.LayerNorm"),
-                    d,
-                    eps,
-                    device,
-                )?,
-                intermediate: lin(&format!("{p}.intermediate.dense"), d, ff)?,
-                output: lin(&format!("{p}.output.dense"), ff, d)?,
-                output_norm: load_norm(w, &format!("{p}.output.LayerNorm"), d, eps, device)?,
+                query: lin(&format!("{p}.query"), d, d)?,
+                key: lin(&format!("{p}.key"), d, d)?,
+                value: lin(&format!("{p}.value"), d, d)?,
+                attention_output: lin(&format!("{p}.attention_output"), d, d)?,
+                attention_norm: load_norm(w, &format!("{p}.attention_norm"), d, eps, device)?,
+                intermediate: lin(&format!("{p}.intermediate"), d, ff)?,
+                output: lin(&format!("{p}.output"), ff, d)?,
+                output_norm: load_norm(w, &format!("{p}.output_norm"), d, eps, device)?,
             });
         }
-        let has = |name: &str| names(name).iter().any(|n| w.contains(n));
-        let pooler = if has("pooler.dense.weight") {
-            Some(lin("pooler.dense", d, d)?)
-        } else {
-            None
+        // The stored name of a parameter, if the checkpoint has it.
+        let stored = |path: &str| BERT.hf_names(path).into_iter().find(|n| w.contains(n));
+        let pooler = match stored("pooler.weight") {
+            Some(_) => Some(lin("pooler", d, d)?),
+            None => None,
         };
-        let classifier = if w.contains("classifier.weight") {
-            let n = w
-                .shape_of("classifier.weight")
-                .and_then(|s| s.first().copied())
-                .unwrap_or(0);
-            Some(load_linear(w, &["classifier".to_string()], d, n, device)?)
-        } else {
-            None
+        let classifier = match stored("classifier.weight") {
+            Some(name) => {
+                let n = w
+                    .shape_of(&name)
+                    .and_then(|s| s.first().copied())
+                    .unwrap_or(0);
+                Some(lin("classifier", d, n)?)
+            }
+            None => None,
         };
-        let emb = |name: &str, rows: usize| -> Result<Param<Tensor<2>>> {
-            Ok(Param::from_tensor(w.tensor(
-                &names(&format!("embeddings.{name}.weight")),
+        let emb = |path: &str, rows: usize| -> Result<Param<Tensor<2>>> {
+            Ok(Param::from_tensor(w.param(
+                &BERT,
+                path,
                 [rows, d],
                 device,
             )?))
@@ -330,7 +325,7 @@ impl Bert {
             word_embeddings: emb("word_embeddings", config.vocab_size)?,
             position_embeddings: emb("position_embeddings", config.max_position_embeddings)?,
             token_type_embeddings: emb("token_type_embeddings", config.type_vocab_size)?,
-            embeddings_norm: load_norm(w, "embeddings.LayerNorm", d, eps, device)?,
+            embeddings_norm: load_norm(w, "embeddings_norm", d, eps, device)?,
             layers,
             pooler,
             classifier,

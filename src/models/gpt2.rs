@@ -16,6 +16,7 @@ use super::layers::{
     causal_attention_dropout, dropout, layer_norm, linear_forward, lm_head_logits, merge_heads,
     split_heads, Activation, TrainDropout,
 };
+use super::names::GPT2;
 use super::KvCache;
 use crate::error::{Code, Error, Result};
 use crate::io::hf::Weights;
@@ -188,38 +189,35 @@ pub struct Gpt2 {
     dropout: TrainDropout,
 }
 
-/// Tensor names with and without the `transformer.` prefix (GPT2LMHeadModel vs GPT2Model).
-fn names(name: &str) -> Vec<String> {
-    vec![format!("transformer.{name}"), name.to_string()]
-}
-
 fn load_linear(
     w: &Weights,
-    name: &str,
+    path: &str,
     d_in: usize,
     d_out: usize,
     device: &Device,
 ) -> Result<Linear> {
     Ok(Linear {
-        weight: Param::from_tensor(w.conv1d_weight(
-            &names(&format!("{name}.weight")),
+        weight: Param::from_tensor(w.linear(
+            &GPT2,
+            &format!("{path}.weight"),
             d_in,
             d_out,
             device,
         )?),
-        bias: Some(Param::from_tensor(w.tensor(
-            &names(&format!("{name}.bias")),
+        bias: Some(Param::from_tensor(w.param(
+            &GPT2,
+            &format!("{path}.bias"),
             [d_out],
             device,
         )?)),
     })
 }
 
-fn load_norm(w: &Weights, name: &str, d: usize, eps: f64, device: &Device) -> Result<LayerNorm> {
+fn load_norm(w: &Weights, path: &str, d: usize, eps: f64, device: &Device) -> Result<LayerNorm> {
     // The weights first: their shapes are checked against `d` before anything of size `d` is
     // allocated, so a corrupt config cannot make the loader reserve memory the file does not hold.
-    let gamma = w.tensor(&names(&format!("{name}.weight")), [d], device)?;
-    let beta = w.tensor(&names(&format!("{name}.bias")), [d], device)?;
+    let gamma = w.param(&GPT2, &format!("{path}.gamma"), [d], device)?;
+    let beta = w.param(&GPT2, &format!("{path}.beta"), [d], device)?;
     let mut norm = layer_norm(d, eps, device);
     norm.gamma = Param::from_tensor(gamma);
     norm.beta = Some(Param::from_tensor(beta));
@@ -233,19 +231,20 @@ impl Gpt2 {
         // Grown as layers load (not reserved from the config's count).
         let mut blocks = Vec::new();
         for i in 0..config.n_layer {
-            let p = format!("h.{i}");
+            let p = format!("blocks.{i}");
             blocks.push(Block {
                 ln_1: load_norm(w, &format!("{p}.ln_1"), d, eps, device)?,
-                c_attn: load_linear(w, &format!("{p}.attn.c_attn"), d, 3 * d, device)?,
-                c_proj: load_linear(w, &format!("{p}.attn.c_proj"), d, d, device)?,
+                c_attn: load_linear(w, &format!("{p}.c_attn"), d, 3 * d, device)?,
+                c_proj: load_linear(w, &format!("{p}.c_proj"), d, d, device)?,
                 ln_2: load_norm(w, &format!("{p}.ln_2"), d, eps, device)?,
-                c_fc: load_linear(w, &format!("{p}.mlp.c_fc"), d, config.inner(), device)?,
-                mlp_proj: load_linear(w, &format!("{p}.mlp.c_proj"), config.inner(), d, device)?,
+                c_fc: load_linear(w, &format!("{p}.c_fc"), d, config.inner(), device)?,
+                mlp_proj: load_linear(w, &format!("{p}.mlp_proj"), config.inner(), d, device)?,
             });
         }
         let lm_head = if !config.tie_word_embeddings && w.contains("lm_head.weight") {
-            Some(Param::from_tensor(w.tensor(
-                &["lm_head.weight".to_string()],
+            Some(Param::from_tensor(w.param(
+                &GPT2,
+                "lm_head",
                 [config.vocab_size, d],
                 device,
             )?))
@@ -253,16 +252,8 @@ impl Gpt2 {
             None
         };
         Ok(Self {
-            wte: Param::from_tensor(w.tensor(
-                &names("wte.weight"),
-                [config.vocab_size, d],
-                device,
-            )?),
-            wpe: Param::from_tensor(w.tensor(
-                &names("wpe.weight"),
-                [config.n_positions, d],
-                device,
-            )?),
+            wte: Param::from_tensor(w.param(&GPT2, "wte", [config.vocab_size, d], device)?),
+            wpe: Param::from_tensor(w.param(&GPT2, "wpe", [config.n_positions, d], device)?),
             blocks,
             ln_f: load_norm(w, "ln_f", d, eps, device)?,
             lm_head,

@@ -23,6 +23,7 @@ use super::layers::{
     causal_attention_window, linear_forward, lm_head_logits, merge_heads, split_heads, Activation,
     TrainDropout,
 };
+use super::names::LLAMA;
 use super::swiglu::swiglu;
 use super::KvCache;
 use crate::error::{Code, Error, Result};
@@ -540,24 +541,19 @@ pub struct Llama {
     dropout: TrainDropout,
 }
 
-/// `model.`-prefixed (LlamaForCausalLM) and bare (LlamaModel) names.
-fn names(name: &str) -> Vec<String> {
-    vec![format!("model.{name}"), name.to_string()]
-}
-
 fn load_linear(
     w: &Weights,
-    name: &str,
+    path: &str,
     d_in: usize,
     d_out: usize,
     bias: bool,
     device: &Device,
 ) -> Result<Linear> {
-    // Stored [out, in] (nn.Linear); burn multiplies by [in, out].
-    let weight = w.linear_weight(&names(&format!("{name}.weight")), d_out, d_in, device)?;
+    let weight = w.linear(&LLAMA, &format!("{path}.weight"), d_in, d_out, device)?;
     let bias = if bias {
-        Some(Param::from_tensor(w.tensor(
-            &names(&format!("{name}.bias")),
+        Some(Param::from_tensor(w.param(
+            &LLAMA,
+            &format!("{path}.bias"),
             [d_out],
             device,
         )?))
@@ -570,9 +566,9 @@ fn load_linear(
     })
 }
 
-fn load_norm(w: &Weights, name: &str, d: usize, eps: f64, device: &Device) -> Result<RmsNorm> {
+fn load_norm(w: &Weights, path: &str, d: usize, eps: f64, device: &Device) -> Result<RmsNorm> {
     Ok(RmsNorm {
-        gamma: Param::from_tensor(w.tensor(&names(&format!("{name}.weight")), [d], device)?),
+        gamma: Param::from_tensor(w.param(&LLAMA, &format!("{path}.gamma"), [d], device)?),
         epsilon: eps,
     })
 }
@@ -591,20 +587,20 @@ impl Llama {
         // Grown as layers load (not reserved from the config's count).
         let mut blocks = Vec::new();
         for i in 0..config.num_hidden_layers {
-            let p = format!("layers.{i}");
+            let p = format!("blocks.{i}");
             let attn = |n: &str, d_in, d_out, bias| {
-                load_linear(w, &format!("{p}.self_attn.{n}"), d_in, d_out, bias, device)
+                load_linear(w, &format!("{p}.{n}"), d_in, d_out, bias, device)
             };
             let mlp = |n: &str, d_in, d_out| {
-                load_linear(w, &format!("{p}.mlp.{n}"), d_in, d_out, mlp_bias, device)
+                load_linear(w, &format!("{p}.{n}"), d_in, d_out, mlp_bias, device)
             };
             blocks.push(Block {
-                input_norm: load_norm(w, &format!("{p}.input_layernorm"), d, eps, device)?,
+                input_norm: load_norm(w, &format!("{p}.input_norm"), d, eps, device)?,
                 q_proj: attn("q_proj", d, h * dh, qkv_bias)?,
                 k_proj: attn("k_proj", d, kv * dh, qkv_bias)?,
                 v_proj: attn("v_proj", d, kv * dh, qkv_bias)?,
                 o_proj: attn("o_proj", h * dh, d, o_bias)?,
-                post_norm: load_norm(w, &format!("{p}.post_attention_layernorm"), d, eps, device)?,
+                post_norm: load_norm(w, &format!("{p}.post_norm"), d, eps, device)?,
                 gate_proj: mlp("gate_proj", d, ff)?,
                 up_proj: mlp("up_proj", d, ff)?,
                 down_proj: mlp("down_proj", ff, d)?,
@@ -614,15 +610,17 @@ impl Llama {
         let lm_head = if config.tie_word_embeddings {
             None
         } else {
-            Some(Param::from_tensor(w.tensor(
-                &["lm_head.weight".to_string()],
+            Some(Param::from_tensor(w.param(
+                &LLAMA,
+                "lm_head",
                 [config.vocab_size, d],
                 device,
             )?))
         };
         Ok(Self {
-            embed_tokens: Param::from_tensor(w.tensor(
-                &names("embed_tokens.weight"),
+            embed_tokens: Param::from_tensor(w.param(
+                &LLAMA,
+                "embed_tokens",
                 [config.vocab_size, d],
                 device,
             )?),

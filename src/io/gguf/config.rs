@@ -1,7 +1,6 @@
 //! From GGUF metadata to Hugging Face: a `config.json` built from the `llama.*` / `qwen2.*` keys
-//! (with the rope factors of `rope_freqs.weight`), and the GGUF column of the tensor-name map
-//! (`blk.0.attn_q.weight` → `model.layers.0.self_attn.q_proj.weight`) with the un-permutation of
-//! Llama's Q/K rows.
+//! (with the rope factors of `rope_freqs.weight`), GGUF tensor names read through the Llama
+//! family's name table (`models::names`), and the un-permutation of Llama's Q/K rows.
 
 use serde_json::{json, Map, Value};
 
@@ -9,6 +8,7 @@ use super::dequant::dequantize;
 use super::reader::{GgufHeader, MetaValue};
 use crate::error::{Code, Error, Result};
 use crate::io::source::FileBytes;
+use crate::models::names::{fill, Rope, LLAMA};
 
 /// Architectures whose GGUF tensors map onto webtune's Llama family, with the `model_type`
 /// they become.
@@ -221,37 +221,11 @@ fn rope_freqs(file: &str, h: &GgufHeader, bytes: &FileBytes) -> Result<Option<Ve
     Ok(Some(factors))
 }
 
-/// The Hugging Face name of a llama.cpp tensor name, if webtune uses it.
-pub fn hf_name(gguf: &str) -> Option<String> {
-    let fixed = match gguf {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
-    };
-    if let Some(f) = fixed {
-        return Some(f.to_string());
-    }
-    let rest = gguf.strip_prefix("blk.")?;
-    let (layer, rest) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let (part, kind) = rest.rsplit_once('.')?;
-    if kind != "weight" && kind != "bias" {
-        return None;
-    }
-    let hf = match part {
-        "attn_norm" => "input_layernorm",
-        "ffn_norm" => "post_attention_layernorm",
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        _ => return None,
-    };
-    Some(format!("model.layers.{layer}.{hf}.{kind}"))
+/// The Hugging Face name of a llama.cpp tensor name, if webtune uses it (the GGUF column of
+/// the Llama family's name table), and whether its rows were permuted for llama.cpp's rotary.
+pub fn hf_name(gguf: &str) -> Option<(String, Option<Rope>)> {
+    let (e, layer) = LLAMA.by_gguf(gguf)?;
+    Some((fill(e.hf, layer), e.rope))
 }
 
 /// Undo convert_hf_to_gguf's `permute`: within each head of `Dh` rows, llama.cpp stores row
@@ -309,20 +283,30 @@ mod tests {
 
     #[test]
     fn names_map_to_hugging_face() {
+        let name = |g: &str| hf_name(g).map(|(n, _)| n);
         assert_eq!(
             hf_name("blk.12.attn_q.weight").unwrap(),
-            "model.layers.12.self_attn.q_proj.weight"
+            (
+                "model.layers.12.self_attn.q_proj.weight".into(),
+                Some(Rope::Query)
+            )
         );
         assert_eq!(
             hf_name("blk.0.attn_k.bias").unwrap(),
-            "model.layers.0.self_attn.k_proj.bias"
+            (
+                "model.layers.0.self_attn.k_proj.bias".into(),
+                Some(Rope::Key)
+            )
         );
         assert_eq!(
             hf_name("blk.3.ffn_norm.weight").unwrap(),
-            "model.layers.3.post_attention_layernorm.weight"
+            (
+                "model.layers.3.post_attention_layernorm.weight".into(),
+                None
+            )
         );
-        assert_eq!(hf_name("output.weight").unwrap(), "lm_head.weight");
-        assert_eq!(hf_name("blk.x.attn_q.weight"), None);
-        assert_eq!(hf_name("rope_freqs.weight"), None);
+        assert_eq!(name("output.weight").unwrap(), "lm_head.weight");
+        assert_eq!(name("blk.x.attn_q.weight"), None);
+        assert_eq!(name("rope_freqs.weight"), None);
     }
 }

@@ -25,6 +25,7 @@ use std::collections::BTreeMap;
 
 use crate::error::{Code, Result};
 use crate::io::source::FileBytes;
+use crate::models::names::Rope;
 
 pub use config::{hf_config, hf_name, unpermute_rows};
 pub use dequant::dequantize;
@@ -80,15 +81,13 @@ impl GgufFile {
         );
         let mut names = BTreeMap::new();
         for (gguf, t) in &header.tensors {
-            let Some(hf) = hf_name(gguf) else { continue };
-            let unpermute = if !permuted {
-                None
-            } else if hf.contains(".q_proj.") {
-                n_head
-            } else if hf.contains(".k_proj.") {
-                n_kv.or(n_head)
-            } else {
-                None
+            let Some((hf, rope)) = hf_name(gguf) else {
+                continue;
+            };
+            let unpermute = match rope.filter(|_| permuted) {
+                None => None,
+                Some(Rope::Query) => n_head,
+                Some(Rope::Key) => n_kv.or(n_head),
             };
             if let Some(h) = unpermute {
                 let rows = t.shape.first().copied().unwrap_or(0);

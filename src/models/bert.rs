@@ -22,163 +22,9 @@ use serde_json::{json, Value};
 
 use super::layers::{layer_norm, merge_heads, split_heads, Activation};
 use super::names::BERT;
+use super::Dims;
 use crate::error::{Code, Error, Result};
 use crate::io::hf::Weights;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BertConfig {
-    #[serde(default = "d_vocab")]
-    pub vocab_size: usize,
-    #[serde(default = "d_hidden")]
-    pub hidden_size: usize,
-    #[serde(default = "d_layers")]
-    pub num_hidden_layers: usize,
-    #[serde(default = "d_heads")]
-    pub num_attention_heads: usize,
-    #[serde(default = "d_intermediate")]
-    pub intermediate_size: usize,
-    #[serde(default = "d_act")]
-    pub hidden_act: String,
-    #[serde(default = "d_positions")]
-    pub max_position_embeddings: usize,
-    #[serde(default = "d_type_vocab")]
-    pub type_vocab_size: usize,
-    #[serde(default = "d_eps")]
-    pub layer_norm_eps: f64,
-    #[serde(default)]
-    pub pad_token_id: Option<u32>,
-    #[serde(default = "d_dropout")]
-    pub hidden_dropout_prob: f64,
-    /// Dropout before the classifier; transformers falls back to `hidden_dropout_prob`.
-    #[serde(default)]
-    pub classifier_dropout: Option<f64>,
-    #[serde(default = "d_position_type")]
-    pub position_embedding_type: String,
-    /// Class names by id, as strings (`{"0": "negative", …}`), when the checkpoint has a head.
-    #[serde(default)]
-    pub id2label: Option<BTreeMap<String, String>>,
-    /// The pooling a head was trained with, written by webtune's export (transformers' head
-    /// always uses the pooler).
-    #[serde(default)]
-    pub webtune_pooling: Option<Pooling>,
-}
-
-// transformers' BertConfig defaults, for keys a config.json leaves out.
-fn d_vocab() -> usize {
-    30522
-}
-fn d_hidden() -> usize {
-    768
-}
-fn d_layers() -> usize {
-    12
-}
-fn d_heads() -> usize {
-    12
-}
-fn d_intermediate() -> usize {
-    3072
-}
-fn d_act() -> String {
-    "gelu".into()
-}
-fn d_positions() -> usize {
-    512
-}
-fn d_type_vocab() -> usize {
-    2
-}
-fn d_eps() -> f64 {
-    1e-12
-}
-fn d_dropout() -> f64 {
-    0.1
-}
-fn d_position_type() -> String {
-    "absolute".into()
-}
-
-impl BertConfig {
-    pub fn from_json(config: &Value) -> Result<Self> {
-        let cfg: Self = serde_json::from_value(config.clone()).map_err(|e| {
-            Error::new(
-                Code::ModelConfigInvalid,
-                format!("config.json is not a valid BERT config: {e}"),
-            )
-        })?;
-        let bad = |m: String| Err(Error::new(Code::ModelConfigInvalid, m));
-        if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
-            return bad(format!(
-                "hidden_size ({}) must be a multiple of num_attention_heads ({})",
-                cfg.hidden_size, cfg.num_attention_heads
-            ));
-        }
-        if cfg.vocab_size == 0
-            || cfg.max_position_embeddings == 0
-            || cfg.num_hidden_layers == 0
-            || cfg.type_vocab_size == 0
-        {
-            return bad(
-                "vocab_size, max_position_embeddings, num_hidden_layers and type_vocab_size must be positive"
-                    .into(),
-            );
-        }
-        if cfg.hidden_size == 0 || cfg.intermediate_size == 0 {
-            return bad("hidden_size and intermediate_size must be positive".into());
-        }
-        super::check_config_sizes(
-            "BERT",
-            super::MAX_CONFIG_DIM,
-            &[
-                ("vocab_size", Some(cfg.vocab_size)),
-                ("hidden_size", Some(cfg.hidden_size)),
-                ("intermediate_size", Some(cfg.intermediate_size)),
-                ("max_position_embeddings", Some(cfg.max_position_embeddings)),
-                ("type_vocab_size", Some(cfg.type_vocab_size)),
-            ],
-        )?;
-        super::check_config_sizes(
-            "BERT",
-            super::MAX_CONFIG_LAYERS,
-            &[("num_hidden_layers", Some(cfg.num_hidden_layers))],
-        )?;
-        if Activation::parse(&cfg.hidden_act).is_none() {
-            return bad(format!("hidden_act {:?} is not supported", cfg.hidden_act));
-        }
-        if cfg.position_embedding_type != "absolute" {
-            return bad(format!(
-                "position_embedding_type {:?} is not supported (only \"absolute\")",
-                cfg.position_embedding_type
-            ));
-        }
-        Ok(cfg)
-    }
-
-    /// Class names in id order, when config.json names them (`id2label`).
-    pub fn labels(&self) -> Option<Vec<String>> {
-        let map = self.id2label.as_ref()?;
-        let mut pairs: Vec<(usize, &String)> = map
-            .iter()
-            .filter_map(|(k, v)| k.parse().ok().map(|k| (k, v)))
-            .collect();
-        pairs.sort();
-        let labels: Vec<String> = pairs.iter().map(|(_, v)| (*v).clone()).collect();
-        // Ids must be exactly 0..n for the classifier rows to mean anything.
-        let dense = pairs.iter().enumerate().all(|(i, (k, _))| i == *k);
-        (dense && !labels.is_empty()).then_some(labels)
-    }
-
-    pub fn summary(&self) -> Value {
-        json!({
-            "architecture": "bert",
-            "layers": self.num_hidden_layers,
-            "hidden_size": self.hidden_size,
-            "heads": self.num_attention_heads,
-            "vocab_size": self.vocab_size,
-            "max_positions": self.max_position_embeddings,
-        })
-    }
-}
 
 /// How a sentence becomes one vector for the classifier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -343,6 +189,47 @@ impl Bert {
         self.word_embeddings.dims()[1]
     }
 
+    /// Sizes and per-token work, for `ModelInfo`.
+    pub fn dims(&self, config: &BertConfig) -> Dims {
+        let d = config.hidden_size;
+        let ff = config.intermediate_size;
+        Dims {
+            parameters: self.num_params(),
+            layers: config.num_hidden_layers,
+            hidden_size: d,
+            intermediate_size: ff,
+            heads: config.num_attention_heads,
+            vocab_size: config.vocab_size,
+            max_positions: config.max_position_embeddings,
+            // q, k, v, attention output, intermediate, output; pooler; classifier.
+            matmul_weights: config.num_hidden_layers * (4 * d * d + 2 * d * ff)
+                + if self.has_pooler() { d * d } else { 0 }
+                + d * self.num_labels(),
+            attention_width: d,
+            // GELU's input, its intermediates and output.
+            mlp_kept: 4,
+        }
+    }
+
+    /// The classification head's class names (config.json's `id2label` when it names them
+    /// all) and how it pools, when the checkpoint has a head.
+    pub fn head_info(&self, config: &BertConfig) -> Option<(Vec<String>, Pooling)> {
+        let n = self.num_labels();
+        if n == 0 {
+            return None;
+        }
+        let labels = config
+            .labels()
+            .filter(|l| l.len() == n)
+            .unwrap_or_else(|| (0..n).map(|i| format!("LABEL_{i}")).collect());
+        let pooling = config.webtune_pooling.unwrap_or(if self.has_pooler() {
+            Pooling::Pooler
+        } else {
+            Pooling::Mean
+        });
+        Some((labels, pooling))
+    }
+
     pub fn has_pooler(&self) -> bool {
         self.pooler.is_some()
     }
@@ -497,4 +384,134 @@ pub fn mean_pool(hidden: Tensor<3>, attention_mask: Option<Tensor<2, Int>>) -> T
 /// Host-side helper: a `[rows, cols]` Int tensor from row-major data.
 pub fn int_tensor(data: &[i64], rows: usize, cols: usize, device: &Device) -> Tensor<2, Int> {
     Tensor::from_data(TensorData::new(data.to_vec(), [rows, cols]), device)
+}
+// config.json → BertConfig, validated.
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub hidden_act: String,
+    pub max_position_embeddings: usize,
+    pub type_vocab_size: usize,
+    pub layer_norm_eps: f64,
+    pub pad_token_id: Option<u32>,
+    pub hidden_dropout_prob: f64,
+    /// Dropout before the classifier; transformers falls back to `hidden_dropout_prob`.
+    pub classifier_dropout: Option<f64>,
+    pub position_embedding_type: String,
+    /// Class names by id, as strings (`{"0": "negative", …}`), when the checkpoint has a head.
+    pub id2label: Option<BTreeMap<String, String>>,
+    /// The pooling a head was trained with, written by webtune's export (transformers' head
+    /// always uses the pooler).
+    pub webtune_pooling: Option<Pooling>,
+}
+
+/// transformers' BertConfig defaults, for keys a config.json leaves out.
+impl Default for BertConfig {
+    fn default() -> Self {
+        Self {
+            vocab_size: 30522,
+            hidden_size: 768,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            intermediate_size: 3072,
+            hidden_act: "gelu".into(),
+            max_position_embeddings: 512,
+            type_vocab_size: 2,
+            layer_norm_eps: 1e-12,
+            pad_token_id: None,
+            hidden_dropout_prob: 0.1,
+            classifier_dropout: None,
+            position_embedding_type: "absolute".into(),
+            id2label: None,
+            webtune_pooling: None,
+        }
+    }
+}
+
+impl BertConfig {
+    pub fn from_json(config: &Value) -> Result<Self> {
+        let cfg: Self = serde_json::from_value(config.clone()).map_err(|e| {
+            Error::new(
+                Code::ModelConfigInvalid,
+                format!("config.json is not a valid BERT config: {e}"),
+            )
+        })?;
+        let bad = |m: String| Err(Error::new(Code::ModelConfigInvalid, m));
+        if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
+            return bad(format!(
+                "hidden_size ({}) must be a multiple of num_attention_heads ({})",
+                cfg.hidden_size, cfg.num_attention_heads
+            ));
+        }
+        if cfg.vocab_size == 0
+            || cfg.max_position_embeddings == 0
+            || cfg.num_hidden_layers == 0
+            || cfg.type_vocab_size == 0
+        {
+            return bad(
+                "vocab_size, max_position_embeddings, num_hidden_layers and type_vocab_size must be positive"
+                    .into(),
+            );
+        }
+        if cfg.hidden_size == 0 || cfg.intermediate_size == 0 {
+            return bad("hidden_size and intermediate_size must be positive".into());
+        }
+        super::check_config_sizes(
+            "BERT",
+            super::MAX_CONFIG_DIM,
+            &[
+                ("vocab_size", Some(cfg.vocab_size)),
+                ("hidden_size", Some(cfg.hidden_size)),
+                ("intermediate_size", Some(cfg.intermediate_size)),
+                ("max_position_embeddings", Some(cfg.max_position_embeddings)),
+                ("type_vocab_size", Some(cfg.type_vocab_size)),
+            ],
+        )?;
+        super::check_config_sizes(
+            "BERT",
+            super::MAX_CONFIG_LAYERS,
+            &[("num_hidden_layers", Some(cfg.num_hidden_layers))],
+        )?;
+        if Activation::parse(&cfg.hidden_act).is_none() {
+            return bad(format!("hidden_act {:?} is not supported", cfg.hidden_act));
+        }
+        if cfg.position_embedding_type != "absolute" {
+            return bad(format!(
+                "position_embedding_type {:?} is not supported (only \"absolute\")",
+                cfg.position_embedding_type
+            ));
+        }
+        Ok(cfg)
+    }
+
+    /// Class names in id order, when config.json names them (`id2label`).
+    pub fn labels(&self) -> Option<Vec<String>> {
+        let map = self.id2label.as_ref()?;
+        let mut pairs: Vec<(usize, &String)> = map
+            .iter()
+            .filter_map(|(k, v)| k.parse().ok().map(|k| (k, v)))
+            .collect();
+        pairs.sort();
+        let labels: Vec<String> = pairs.iter().map(|(_, v)| (*v).clone()).collect();
+        // Ids must be exactly 0..n for the classifier rows to mean anything.
+        let dense = pairs.iter().enumerate().all(|(i, (k, _))| i == *k);
+        (dense && !labels.is_empty()).then_some(labels)
+    }
+
+    pub fn summary(&self) -> Value {
+        json!({
+            "architecture": "bert",
+            "layers": self.num_hidden_layers,
+            "hidden_size": self.hidden_size,
+            "heads": self.num_attention_heads,
+            "vocab_size": self.vocab_size,
+            "max_positions": self.max_position_embeddings,
+        })
+    }
 }

@@ -17,147 +17,9 @@ use super::layers::{
     split_heads, Activation, TrainDropout,
 };
 use super::names::GPT2;
-use super::KvCache;
+use super::{Dims, KvCache};
 use crate::error::{Code, Error, Result};
 use crate::io::hf::Weights;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Gpt2Config {
-    #[serde(default = "d_vocab")]
-    pub vocab_size: usize,
-    #[serde(default = "d_positions")]
-    pub n_positions: usize,
-    #[serde(default = "d_embd")]
-    pub n_embd: usize,
-    #[serde(default = "d_layer")]
-    pub n_layer: usize,
-    #[serde(default = "d_head")]
-    pub n_head: usize,
-    #[serde(default)]
-    pub n_inner: Option<usize>,
-    #[serde(default = "d_eps")]
-    pub layer_norm_epsilon: f64,
-    #[serde(default = "d_act")]
-    pub activation_function: String,
-    #[serde(default = "d_true")]
-    pub tie_word_embeddings: bool,
-    #[serde(default)]
-    pub bos_token_id: Option<u32>,
-    #[serde(default)]
-    pub eos_token_id: Option<u32>,
-    /// Dropout on the embeddings, the attention probabilities and the residual branches. Only
-    /// applied while fine-tuning with `model_dropout` on (see `train::finetune`).
-    #[serde(default = "d_pdrop")]
-    pub embd_pdrop: f64,
-    #[serde(default = "d_pdrop")]
-    pub attn_pdrop: f64,
-    #[serde(default = "d_pdrop")]
-    pub resid_pdrop: f64,
-}
-
-// transformers' GPT2Config defaults, for keys a config.json leaves out.
-fn d_vocab() -> usize {
-    50257
-}
-fn d_positions() -> usize {
-    1024
-}
-fn d_embd() -> usize {
-    768
-}
-fn d_layer() -> usize {
-    12
-}
-fn d_head() -> usize {
-    12
-}
-fn d_eps() -> f64 {
-    1e-5
-}
-fn d_act() -> String {
-    "gelu_new".into()
-}
-fn d_true() -> bool {
-    true
-}
-fn d_pdrop() -> f64 {
-    0.1
-}
-
-impl Gpt2Config {
-    pub fn from_json(config: &Value) -> Result<Self> {
-        let cfg: Self = serde_json::from_value(config.clone()).map_err(|e| {
-            Error::new(
-                Code::ModelConfigInvalid,
-                format!("config.json is not a valid GPT-2 config: {e}"),
-            )
-        })?;
-        let bad = |m: String| Err(Error::new(Code::ModelConfigInvalid, m));
-        if cfg.n_head == 0 || cfg.n_embd % cfg.n_head != 0 {
-            return bad(format!(
-                "n_embd ({}) must be a multiple of n_head ({})",
-                cfg.n_embd, cfg.n_head
-            ));
-        }
-        if cfg.vocab_size == 0
-            || cfg.n_positions == 0
-            || cfg.n_layer == 0
-            || cfg.n_embd == 0
-            || cfg.n_inner == Some(0)
-        {
-            return bad(
-                "vocab_size, n_positions, n_layer, n_embd and n_inner must be positive".into(),
-            );
-        }
-        for (key, p) in [
-            ("embd_pdrop", cfg.embd_pdrop),
-            ("attn_pdrop", cfg.attn_pdrop),
-            ("resid_pdrop", cfg.resid_pdrop),
-        ] {
-            if !(p.is_finite() && (0.0..1.0).contains(&p)) {
-                return bad(format!("{key} must be in [0, 1), got {p}"));
-            }
-        }
-        let max = super::MAX_CONFIG_DIM;
-        super::check_config_sizes(
-            "GPT-2",
-            max,
-            &[
-                ("vocab_size", Some(cfg.vocab_size)),
-                ("n_positions", Some(cfg.n_positions)),
-                ("n_embd", cfg.n_embd.checked_mul(4)),
-                ("n_inner", Some(cfg.n_inner.unwrap_or(0))),
-            ],
-        )?;
-        super::check_config_sizes(
-            "GPT-2",
-            super::MAX_CONFIG_LAYERS,
-            &[("n_layer", Some(cfg.n_layer))],
-        )?;
-        if Activation::parse(&cfg.activation_function).is_none() {
-            return bad(format!(
-                "activation_function {:?} is not supported",
-                cfg.activation_function
-            ));
-        }
-        Ok(cfg)
-    }
-
-    pub fn inner(&self) -> usize {
-        self.n_inner.unwrap_or(self.n_embd.saturating_mul(4))
-    }
-
-    pub fn summary(&self) -> Value {
-        json!({
-            "architecture": "gpt2",
-            "layers": self.n_layer,
-            "hidden_size": self.n_embd,
-            "heads": self.n_head,
-            "vocab_size": self.vocab_size,
-            "max_positions": self.n_positions,
-        })
-    }
-}
 
 #[derive(Module, Debug)]
 pub struct Block {
@@ -271,6 +133,26 @@ impl Gpt2 {
         })
     }
 
+    /// Sizes and per-token work, for `ModelInfo`.
+    pub fn dims(&self, config: &Gpt2Config) -> Dims {
+        let d = config.n_embd;
+        Dims {
+            parameters: self.num_params(),
+            layers: config.n_layer,
+            hidden_size: d,
+            intermediate_size: config.inner(),
+            heads: config.n_head,
+            vocab_size: config.vocab_size,
+            max_positions: config.n_positions,
+            // c_attn (q, k, v), c_proj, c_fc, mlp.c_proj; the LM head is wte.
+            matmul_weights: config.n_layer * (4 * d * d + 2 * d * config.inner())
+                + config.vocab_size * d,
+            attention_width: d,
+            // GELU's input, its intermediates and output.
+            mlp_kept: 4,
+        }
+    }
+
     /// Dropout while training: config.json's probabilities when `model` is set, and `lora` on
     /// the input of every LoRA branch. Inference never drops anything (see [`dropout`]).
     pub fn set_train_dropout(&mut self, model: bool, lora: f64) {
@@ -328,5 +210,124 @@ impl Gpt2 {
             cache.len += t;
         }
         self.ln_f.forward(x)
+    }
+}
+// config.json → Gpt2Config, validated.
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Gpt2Config {
+    pub vocab_size: usize,
+    pub n_positions: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_inner: Option<usize>,
+    pub layer_norm_epsilon: f64,
+    pub activation_function: String,
+    pub tie_word_embeddings: bool,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+    /// Dropout on the embeddings, the attention probabilities and the residual branches. Only
+    /// applied while fine-tuning with `model_dropout` on (see `train::finetune`).
+    pub embd_pdrop: f64,
+    pub attn_pdrop: f64,
+    pub resid_pdrop: f64,
+}
+
+/// transformers' GPT2Config defaults, for keys a config.json leaves out.
+impl Default for Gpt2Config {
+    fn default() -> Self {
+        Self {
+            vocab_size: 50257,
+            n_positions: 1024,
+            n_embd: 768,
+            n_layer: 12,
+            n_head: 12,
+            n_inner: None,
+            layer_norm_epsilon: 1e-5,
+            activation_function: "gelu_new".into(),
+            tie_word_embeddings: true,
+            bos_token_id: None,
+            eos_token_id: None,
+            embd_pdrop: 0.1,
+            attn_pdrop: 0.1,
+            resid_pdrop: 0.1,
+        }
+    }
+}
+
+impl Gpt2Config {
+    pub fn from_json(config: &Value) -> Result<Self> {
+        let cfg: Self = serde_json::from_value(config.clone()).map_err(|e| {
+            Error::new(
+                Code::ModelConfigInvalid,
+                format!("config.json is not a valid GPT-2 config: {e}"),
+            )
+        })?;
+        let bad = |m: String| Err(Error::new(Code::ModelConfigInvalid, m));
+        if cfg.n_head == 0 || cfg.n_embd % cfg.n_head != 0 {
+            return bad(format!(
+                "n_embd ({}) must be a multiple of n_head ({})",
+                cfg.n_embd, cfg.n_head
+            ));
+        }
+        if cfg.vocab_size == 0
+            || cfg.n_positions == 0
+            || cfg.n_layer == 0
+            || cfg.n_embd == 0
+            || cfg.n_inner == Some(0)
+        {
+            return bad(
+                "vocab_size, n_positions, n_layer, n_embd and n_inner must be positive".into(),
+            );
+        }
+        for (key, p) in [
+            ("embd_pdrop", cfg.embd_pdrop),
+            ("attn_pdrop", cfg.attn_pdrop),
+            ("resid_pdrop", cfg.resid_pdrop),
+        ] {
+            if !(p.is_finite() && (0.0..1.0).contains(&p)) {
+                return bad(format!("{key} must be in [0, 1), got {p}"));
+            }
+        }
+        let max = super::MAX_CONFIG_DIM;
+        super::check_config_sizes(
+            "GPT-2",
+            max,
+            &[
+                ("vocab_size", Some(cfg.vocab_size)),
+                ("n_positions", Some(cfg.n_positions)),
+                ("n_embd", cfg.n_embd.checked_mul(4)),
+                ("n_inner", Some(cfg.n_inner.unwrap_or(0))),
+            ],
+        )?;
+        super::check_config_sizes(
+            "GPT-2",
+            super::MAX_CONFIG_LAYERS,
+            &[("n_layer", Some(cfg.n_layer))],
+        )?;
+        if Activation::parse(&cfg.activation_function).is_none() {
+            return bad(format!(
+                "activation_function {:?} is not supported",
+                cfg.activation_function
+            ));
+        }
+        Ok(cfg)
+    }
+
+    pub fn inner(&self) -> usize {
+        self.n_inner.unwrap_or(self.n_embd.saturating_mul(4))
+    }
+
+    pub fn summary(&self) -> Value {
+        json!({
+            "architecture": "gpt2",
+            "layers": self.n_layer,
+            "hidden_size": self.n_embd,
+            "heads": self.n_head,
+            "vocab_size": self.vocab_size,
+            "max_positions": self.n_positions,
+        })
     }
 }

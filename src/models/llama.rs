@@ -25,50 +25,317 @@ use super::layers::{
 };
 use super::names::LLAMA;
 use super::swiglu::swiglu;
-use super::KvCache;
+use super::{Dims, KvCache};
 use crate::error::{Code, Error, Result};
 use crate::io::hf::Weights;
 
+#[derive(Module, Debug)]
+pub struct Block {
+    input_norm: RmsNorm,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    post_norm: RmsNorm,
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+#[derive(Module, Debug)]
+pub struct Llama {
+    embed_tokens: Param<Tensor<2>>,
+    blocks: Vec<Block>,
+    norm: RmsNorm,
+    /// `[vocab, d]`; `None` when tied to `embed_tokens`.
+    lm_head: Option<Param<Tensor<2>>>,
+    #[module(skip)]
+    n_heads: usize,
+    #[module(skip)]
+    n_kv_heads: usize,
+    #[module(skip)]
+    inv_freq: Vec<f32>,
+    /// Per layer, the sliding window of its attention (`None`: all past positions).
+    #[module(skip)]
+    windows: Vec<Option<usize>>,
+    #[module(skip)]
+    max_positions: usize,
+    #[module(skip)]
+    activation: Activation,
+    /// config.json's `attention_dropout`.
+    #[module(skip)]
+    attention_dropout: f64,
+    /// The dropout applied while training (all zero unless fine-tuning turned it on).
+    #[module(skip)]
+    dropout: TrainDropout,
+}
+
+fn load_linear(
+    w: &Weights,
+    path: &str,
+    d_in: usize,
+    d_out: usize,
+    bias: bool,
+    device: &Device,
+) -> Result<Linear> {
+    let weight = w.linear(&LLAMA, &format!("{path}.weight"), d_in, d_out, device)?;
+    let bias = if bias {
+        Some(Param::from_tensor(w.param(
+            &LLAMA,
+            &format!("{path}.bias"),
+            [d_out],
+            device,
+        )?))
+    } else {
+        None
+    };
+    Ok(Linear {
+        weight: Param::from_tensor(weight),
+        bias,
+    })
+}
+
+fn load_norm(w: &Weights, path: &str, d: usize, eps: f64, device: &Device) -> Result<RmsNorm> {
+    Ok(RmsNorm {
+        gamma: Param::from_tensor(w.param(&LLAMA, &format!("{path}.gamma"), [d], device)?),
+        epsilon: eps,
+    })
+}
+
+impl Llama {
+    pub fn load(config: &LlamaConfig, w: &Weights, device: &Device) -> Result<Self> {
+        let d = config.hidden_size;
+        let eps = config.rms_norm_eps;
+        let (h, kv, dh) = (
+            config.num_attention_heads,
+            config.kv_heads(),
+            config.head_dim(),
+        );
+        let ff = config.intermediate_size;
+        let (qkv_bias, o_bias, mlp_bias) = (config.qkv_bias(), config.o_bias(), config.mlp_bias);
+        // Grown as layers load (not reserved from the config's count).
+        let mut blocks = Vec::new();
+        for i in 0..config.num_hidden_layers {
+            let p = format!("blocks.{i}");
+            let attn = |n: &str, d_in, d_out, bias| {
+                load_linear(w, &format!("{p}.{n}"), d_in, d_out, bias, device)
+            };
+            let mlp = |n: &str, d_in, d_out| {
+                load_linear(w, &format!("{p}.{n}"), d_in, d_out, mlp_bias, device)
+            };
+            blocks.push(Block {
+                input_norm: load_norm(w, &format!("{p}.input_norm"), d, eps, device)?,
+                q_proj: attn("q_proj", d, h * dh, qkv_bias)?,
+                k_proj: attn("k_proj", d, kv * dh, qkv_bias)?,
+                v_proj: attn("v_proj", d, kv * dh, qkv_bias)?,
+                o_proj: attn("o_proj", h * dh, d, o_bias)?,
+                post_norm: load_norm(w, &format!("{p}.post_norm"), d, eps, device)?,
+                gate_proj: mlp("gate_proj", d, ff)?,
+                up_proj: mlp("up_proj", d, ff)?,
+                down_proj: mlp("down_proj", ff, d)?,
+            });
+        }
+        // A tied checkpoint may still carry a copy of the head; transformers ignores it.
+        let lm_head = if config.tie_word_embeddings {
+            None
+        } else {
+            Some(Param::from_tensor(w.param(
+                &LLAMA,
+                "lm_head",
+                [config.vocab_size, d],
+                device,
+            )?))
+        };
+        Ok(Self {
+            embed_tokens: Param::from_tensor(w.param(
+                &LLAMA,
+                "embed_tokens",
+                [config.vocab_size, d],
+                device,
+            )?),
+            blocks,
+            norm: load_norm(w, "norm", d, eps, device)?,
+            lm_head,
+            n_heads: h,
+            n_kv_heads: kv,
+            inv_freq: inverse_frequencies(config.theta(), dh, &config.rope()?),
+            windows: config.layer_windows()?,
+            max_positions: config.max_positions(),
+            activation: Activation::parse(&config.hidden_act).unwrap_or(Activation::Silu),
+            attention_dropout: config.attention_dropout,
+            dropout: TrainDropout::default(),
+        })
+    }
+
+    /// Sizes and per-token work, for `ModelInfo`.
+    pub fn dims(&self, config: &LlamaConfig) -> Dims {
+        let d = config.hidden_size;
+        let ff = config.intermediate_size;
+        let q_width = config.num_attention_heads * config.head_dim();
+        let kv_width = config.kv_heads() * config.head_dim();
+        Dims {
+            parameters: self.num_params(),
+            layers: config.num_hidden_layers,
+            hidden_size: d,
+            intermediate_size: ff,
+            heads: config.num_attention_heads,
+            vocab_size: config.vocab_size,
+            max_positions: config.max_positions(),
+            // q, k, v, o; gate, up, down; the LM head (tied or not).
+            matmul_weights: config.num_hidden_layers
+                * (2 * d * q_width + 2 * d * kv_width + 3 * d * ff)
+                + config.vocab_size * d,
+            attention_width: q_width,
+            // The fused `silu(g)·u` keeps its two inputs (`models::swiglu`); another
+            // activation runs as plain tensor ops.
+            mlp_kept: match self.activation {
+                Activation::Silu => 2,
+                _ => 4,
+            },
+        }
+    }
+
+    /// Dropout while training: config.json's `attention_dropout` when `model` is set, and
+    /// `lora` on the input of every LoRA branch. Inference never drops anything.
+    pub fn set_train_dropout(&mut self, model: bool, lora: f64) {
+        self.dropout = TrainDropout {
+            attn: if model { self.attention_dropout } else { 0.0 },
+            lora,
+            ..TrainDropout::default()
+        };
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.max_positions
+    }
+
+    /// `cos` and `sin` for positions `start..start + t`, each `[1, 1, T, Dh]` with the
+    /// frequencies repeated for both halves (transformers' `cat(freqs, freqs)`).
+    fn rotary_tables(&self, start: usize, t: usize, device: &Device) -> (Tensor<4>, Tensor<4>) {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(t * 2 * half);
+        let mut sin = Vec::with_capacity(t * 2 * half);
+        for pos in start..start + t {
+            for _ in 0..2 {
+                for &f in &self.inv_freq {
+                    // The angle is rounded to f32 as in transformers; cos/sin are then exact.
+                    let angle = (pos as f32 * f) as f64;
+                    cos.push(angle.cos() as f32);
+                    sin.push(angle.sin() as f32);
+                }
+            }
+        }
+        let table =
+            |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, [1, 1, t, 2 * half]), device);
+        (table(cos), table(sin))
+    }
+
+    /// Token ids `[B, T]` → logits `[B, T, vocab]`. With a cache, the tokens continue the cached
+    /// sequence and the cache is extended.
+    pub fn forward(&self, tokens: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
+        lm_head_logits(self.hidden(tokens, cache), self.head())
+    }
+
+    /// The LM head `[vocab, d]`: its own weight, or the token embedding it is tied to.
+    pub fn head(&self) -> Tensor<2> {
+        match &self.lm_head {
+            Some(w) => w.val(),
+            None => self.embed_tokens.val(),
+        }
+    }
+
+    /// Token ids `[B, T]` → the final hidden states `[B, T, d]` the LM head reads.
+    pub fn hidden(&self, tokens: Tensor<2, Int>, mut cache: Option<&mut KvCache>) -> Tensor<3> {
+        let [_, t] = tokens.dims();
+        let device = tokens.device();
+        let past = cache.as_ref().map_or(0, |c| c.len);
+        let (cos, sin) = self.rotary_tables(past, t, &device);
+        let rotate = |x: Tensor<4>| {
+            // rotate_half: [x1, x2] → [-x2, x1].
+            let half = x.dims()[3] / 2;
+            let x1 = x.clone().narrow(3, 0, half);
+            let x2 = x.clone().narrow(3, half, half);
+            let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+            x * cos.clone() + rotated * sin.clone()
+        };
+        let group = self.n_heads / self.n_kv_heads;
+        let drop = self.dropout;
+        let proj = |layer: &Linear, x: Tensor<3>| linear_forward(layer, x, drop.lora);
+        let mut x = embedding(self.embed_tokens.val(), tokens);
+        for (i, block) in self.blocks.iter().enumerate() {
+            let h = block.input_norm.forward(x.clone());
+            let q = rotate(split_heads(proj(&block.q_proj, h.clone()), self.n_heads));
+            let mut k = rotate(split_heads(proj(&block.k_proj, h.clone()), self.n_kv_heads));
+            let mut v = split_heads(proj(&block.v_proj, h), self.n_kv_heads);
+            // The cache keeps the KV heads unrepeated; each serves `group` query heads. It keeps
+            // every past position, even those a sliding window no longer reaches (the mask
+            // skips them), so the cache grows as it does without a window.
+            if let Some(cache) = cache.as_deref_mut() {
+                (k, v) = cache.extend(i, k, v);
+            }
+            let attn = merge_heads(causal_attention_window(
+                q,
+                repeat_kv(k, group),
+                repeat_kv(v, group),
+                drop.attn,
+                self.windows.get(i).copied().flatten(),
+            ));
+            x = x + proj(&block.o_proj, attn);
+            let h = block.post_norm.forward(x.clone());
+            let gate = proj(&block.gate_proj, h.clone());
+            let up = proj(&block.up_proj, h);
+            let inner = match self.activation {
+                // One op that keeps only its inputs for the backward pass (`models::swiglu`).
+                Activation::Silu => swiglu(gate, up),
+                act => act.forward(gate) * up,
+            };
+            x = x + proj(&block.down_proj, inner);
+        }
+        if let Some(cache) = cache {
+            cache.len += t;
+        }
+        self.norm.forward(x)
+    }
+}
+
+/// `[B, KV, T, Dh]` → `[B, KV·group, T, Dh]`, each KV head repeated for consecutive query heads
+/// (transformers' `repeat_kv`).
+fn repeat_kv(x: Tensor<4>, group: usize) -> Tensor<4> {
+    if group == 1 {
+        return x;
+    }
+    let [b, kv, t, dh] = x.dims();
+    x.unsqueeze_dim::<5>(2)
+        .expand([b, kv, group, t, dh])
+        .reshape([b, kv * group, t, dh])
+}
+
+// config.json → LlamaConfig, validated, and the rotary frequencies it implies.
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LlamaConfig {
     /// `llama`, `qwen2` or `mistral`.
-    #[serde(default = "d_model_type")]
     pub model_type: String,
-    #[serde(default = "d_vocab")]
     pub vocab_size: usize,
-    #[serde(default = "d_hidden")]
     pub hidden_size: usize,
-    #[serde(default = "d_intermediate")]
     pub intermediate_size: usize,
-    #[serde(default = "d_layers")]
     pub num_hidden_layers: usize,
-    #[serde(default = "d_heads")]
     pub num_attention_heads: usize,
     /// Defaults to `num_attention_heads` (plain multi-head attention).
-    #[serde(default)]
     pub num_key_value_heads: Option<usize>,
     /// Defaults to `hidden_size / num_attention_heads`.
-    #[serde(default)]
     pub head_dim: Option<usize>,
-    #[serde(default = "d_eps")]
     pub rms_norm_eps: f64,
     /// transformers < 5 keeps it at the top level, 5.x under `rope_parameters`.
-    #[serde(default)]
     pub rope_theta: Option<f64>,
-    #[serde(default)]
     pub rope_parameters: Option<RopeParameters>,
     /// The pre-5.x name of `rope_parameters` (without the theta).
-    #[serde(default)]
     pub rope_scaling: Option<RopeParameters>,
-    #[serde(default = "d_positions")]
     pub max_position_embeddings: usize,
-    #[serde(default)]
     pub tie_word_embeddings: bool,
-    #[serde(default)]
     pub attention_bias: bool,
-    #[serde(default)]
     pub mlp_bias: bool,
-    #[serde(default = "d_act")]
     pub hidden_act: String,
     /// Mistral and Qwen2: how many positions (itself included) a sliding-window layer attends
     /// to. `None`: the key is absent, which transformers reads as 4096 for both; `Some(None)`:
@@ -80,13 +347,10 @@ pub struct LlamaConfig {
     )]
     pub sliding_window: Option<Option<usize>>,
     /// Qwen2: whether `sliding_window` applies at all (transformers' default: no).
-    #[serde(default)]
     pub use_sliding_window: Option<bool>,
     /// Qwen2: without `layer_types`, the layers from this index on slide (default 28).
-    #[serde(default)]
     pub max_window_layers: Option<usize>,
     /// Qwen2 (transformers 5): `full_attention` or `sliding_attention`, one per layer.
-    #[serde(default)]
     pub layer_types: Option<Vec<String>>,
     #[serde(default, deserialize_with = "id_or_list")]
     pub bos_token_id: Option<u32>,
@@ -94,8 +358,39 @@ pub struct LlamaConfig {
     pub eos_token_id: Option<u32>,
     /// Dropout on the attention probabilities while fine-tuning with `model_dropout` on
     /// (transformers' default, and SmolLM2's, is 0).
-    #[serde(default)]
     pub attention_dropout: f64,
+}
+
+/// transformers' LlamaConfig defaults, for keys a config.json leaves out.
+impl Default for LlamaConfig {
+    fn default() -> Self {
+        Self {
+            model_type: "llama".into(),
+            vocab_size: 32000,
+            hidden_size: 4096,
+            intermediate_size: 11008,
+            num_hidden_layers: 32,
+            num_attention_heads: 32,
+            num_key_value_heads: None,
+            head_dim: None,
+            rms_norm_eps: 1e-6,
+            rope_theta: None,
+            rope_parameters: None,
+            rope_scaling: None,
+            max_position_embeddings: 2048,
+            tie_word_embeddings: false,
+            attention_bias: false,
+            mlp_bias: false,
+            hidden_act: "silu".into(),
+            sliding_window: None,
+            use_sliding_window: None,
+            max_window_layers: None,
+            layer_types: None,
+            bos_token_id: None,
+            eos_token_id: None,
+            attention_dropout: 0.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -129,35 +424,6 @@ fn null_or_value<'de, D: Deserializer<'de>>(
     d: D,
 ) -> std::result::Result<Option<Option<usize>>, D::Error> {
     Option::<usize>::deserialize(d).map(Some)
-}
-
-// transformers' LlamaConfig defaults, for keys a config.json leaves out.
-fn d_model_type() -> String {
-    "llama".into()
-}
-fn d_vocab() -> usize {
-    32000
-}
-fn d_hidden() -> usize {
-    4096
-}
-fn d_intermediate() -> usize {
-    11008
-}
-fn d_layers() -> usize {
-    32
-}
-fn d_heads() -> usize {
-    32
-}
-fn d_eps() -> f64 {
-    1e-6
-}
-fn d_positions() -> usize {
-    2048
-}
-fn d_act() -> String {
-    "silu".into()
 }
 
 /// `eos_token_id` is an int, a list of ints (Llama 3: several end tokens) or null; the first
@@ -498,259 +764,6 @@ fn inverse_frequencies(theta: f64, head_dim: usize, rope: &Rope) -> Vec<f32> {
             }
         })
         .collect()
-}
-
-#[derive(Module, Debug)]
-pub struct Block {
-    input_norm: RmsNorm,
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
-    post_norm: RmsNorm,
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
-}
-
-#[derive(Module, Debug)]
-pub struct Llama {
-    embed_tokens: Param<Tensor<2>>,
-    blocks: Vec<Block>,
-    norm: RmsNorm,
-    /// `[vocab, d]`; `None` when tied to `embed_tokens`.
-    lm_head: Option<Param<Tensor<2>>>,
-    #[module(skip)]
-    n_heads: usize,
-    #[module(skip)]
-    n_kv_heads: usize,
-    #[module(skip)]
-    inv_freq: Vec<f32>,
-    /// Per layer, the sliding window of its attention (`None`: all past positions).
-    #[module(skip)]
-    windows: Vec<Option<usize>>,
-    #[module(skip)]
-    max_positions: usize,
-    #[module(skip)]
-    activation: Activation,
-    /// config.json's `attention_dropout`.
-    #[module(skip)]
-    attention_dropout: f64,
-    /// The dropout applied while training (all zero unless fine-tuning turned it on).
-    #[module(skip)]
-    dropout: TrainDropout,
-}
-
-fn load_linear(
-    w: &Weights,
-    path: &str,
-    d_in: usize,
-    d_out: usize,
-    bias: bool,
-    device: &Device,
-) -> Result<Linear> {
-    let weight = w.linear(&LLAMA, &format!("{path}.weight"), d_in, d_out, device)?;
-    let bias = if bias {
-        Some(Param::from_tensor(w.param(
-            &LLAMA,
-            &format!("{path}.bias"),
-            [d_out],
-            device,
-        )?))
-    } else {
-        None
-    };
-    Ok(Linear {
-        weight: Param::from_tensor(weight),
-        bias,
-    })
-}
-
-fn load_norm(w: &Weights, path: &str, d: usize, eps: f64, device: &Device) -> Result<RmsNorm> {
-    Ok(RmsNorm {
-        gamma: Param::from_tensor(w.param(&LLAMA, &format!("{path}.gamma"), [d], device)?),
-        epsilon: eps,
-    })
-}
-
-impl Llama {
-    pub fn load(config: &LlamaConfig, w: &Weights, device: &Device) -> Result<Self> {
-        let d = config.hidden_size;
-        let eps = config.rms_norm_eps;
-        let (h, kv, dh) = (
-            config.num_attention_heads,
-            config.kv_heads(),
-            config.head_dim(),
-        );
-        let ff = config.intermediate_size;
-        let (qkv_bias, o_bias, mlp_bias) = (config.qkv_bias(), config.o_bias(), config.mlp_bias);
-        // Grown as layers load (not reserved from the config's count).
-        let mut blocks = Vec::new();
-        for i in 0..config.num_hidden_layers {
-            let p = format!("blocks.{i}");
-            let attn = |n: &str, d_in, d_out, bias| {
-                load_linear(w, &format!("{p}.{n}"), d_in, d_out, bias, device)
-            };
-            let mlp = |n: &str, d_in, d_out| {
-                load_linear(w, &format!("{p}.{n}"), d_in, d_out, mlp_bias, device)
-            };
-            blocks.push(Block {
-                input_norm: load_norm(w, &format!("{p}.input_norm"), d, eps, device)?,
-                q_proj: attn("q_proj", d, h * dh, qkv_bias)?,
-                k_proj: attn("k_proj", d, kv * dh, qkv_bias)?,
-                v_proj: attn("v_proj", d, kv * dh, qkv_bias)?,
-                o_proj: attn("o_proj", h * dh, d, o_bias)?,
-                post_norm: load_norm(w, &format!("{p}.post_norm"), d, eps, device)?,
-                gate_proj: mlp("gate_proj", d, ff)?,
-                up_proj: mlp("up_proj", d, ff)?,
-                down_proj: mlp("down_proj", ff, d)?,
-            });
-        }
-        // A tied checkpoint may still carry a copy of the head; transformers ignores it.
-        let lm_head = if config.tie_word_embeddings {
-            None
-        } else {
-            Some(Param::from_tensor(w.param(
-                &LLAMA,
-                "lm_head",
-                [config.vocab_size, d],
-                device,
-            )?))
-        };
-        Ok(Self {
-            embed_tokens: Param::from_tensor(w.param(
-                &LLAMA,
-                "embed_tokens",
-                [config.vocab_size, d],
-                device,
-            )?),
-            blocks,
-            norm: load_norm(w, "norm", d, eps, device)?,
-            lm_head,
-            n_heads: h,
-            n_kv_heads: kv,
-            inv_freq: inverse_frequencies(config.theta(), dh, &config.rope()?),
-            windows: config.layer_windows()?,
-            max_positions: config.max_positions(),
-            activation: Activation::parse(&config.hidden_act).unwrap_or(Activation::Silu),
-            attention_dropout: config.attention_dropout,
-            dropout: TrainDropout::default(),
-        })
-    }
-
-    /// Dropout while training: config.json's `attention_dropout` when `model` is set, and
-    /// `lora` on the input of every LoRA branch. Inference never drops anything.
-    pub fn set_train_dropout(&mut self, model: bool, lora: f64) {
-        self.dropout = TrainDropout {
-            attn: if model { self.attention_dropout } else { 0.0 },
-            lora,
-            ..TrainDropout::default()
-        };
-    }
-
-    pub fn max_positions(&self) -> usize {
-        self.max_positions
-    }
-
-    /// `cos` and `sin` for positions `start..start + t`, each `[1, 1, T, Dh]` with the
-    /// frequencies repeated for both halves (transformers' `cat(freqs, freqs)`).
-    fn rotary_tables(&self, start: usize, t: usize, device: &Device) -> (Tensor<4>, Tensor<4>) {
-        let half = self.inv_freq.len();
-        let mut cos = Vec::with_capacity(t * 2 * half);
-        let mut sin = Vec::with_capacity(t * 2 * half);
-        for pos in start..start + t {
-            for _ in 0..2 {
-                for &f in &self.inv_freq {
-                    // The angle is rounded to f32 as in transformers; cos/sin are then exact.
-                    let angle = (pos as f32 * f) as f64;
-                    cos.push(angle.cos() as f32);
-                    sin.push(angle.sin() as f32);
-                }
-            }
-        }
-        let table =
-            |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, [1, 1, t, 2 * half]), device);
-        (table(cos), table(sin))
-    }
-
-    /// Token ids `[B, T]` → logits `[B, T, vocab]`. With a cache, the tokens continue the cached
-    /// sequence and the cache is extended.
-    pub fn forward(&self, tokens: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
-        lm_head_logits(self.hidden(tokens, cache), self.head())
-    }
-
-    /// The LM head `[vocab, d]`: its own weight, or the token embedding it is tied to.
-    pub fn head(&self) -> Tensor<2> {
-        match &self.lm_head {
-            Some(w) => w.val(),
-            None => self.embed_tokens.val(),
-        }
-    }
-
-    /// Token ids `[B, T]` → the final hidden states `[B, T, d]` the LM head reads.
-    pub fn hidden(&self, tokens: Tensor<2, Int>, mut cache: Option<&mut KvCache>) -> Tensor<3> {
-        let [_, t] = tokens.dims();
-        let device = tokens.device();
-        let past = cache.as_ref().map_or(0, |c| c.len);
-        let (cos, sin) = self.rotary_tables(past, t, &device);
-        let rotate = |x: Tensor<4>| {
-            // rotate_half: [x1, x2] → [-x2, x1].
-            let half = x.dims()[3] / 2;
-            let x1 = x.clone().narrow(3, 0, half);
-            let x2 = x.clone().narrow(3, half, half);
-            let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-            x * cos.clone() + rotated * sin.clone()
-        };
-        let group = self.n_heads / self.n_kv_heads;
-        let drop = self.dropout;
-        let proj = |layer: &Linear, x: Tensor<3>| linear_forward(layer, x, drop.lora);
-        let mut x = embedding(self.embed_tokens.val(), tokens);
-        for (i, block) in self.blocks.iter().enumerate() {
-            let h = block.input_norm.forward(x.clone());
-            let q = rotate(split_heads(proj(&block.q_proj, h.clone()), self.n_heads));
-            let mut k = rotate(split_heads(proj(&block.k_proj, h.clone()), self.n_kv_heads));
-            let mut v = split_heads(proj(&block.v_proj, h), self.n_kv_heads);
-            // The cache keeps the KV heads unrepeated; each serves `group` query heads. It keeps
-            // every past position, even those a sliding window no longer reaches (the mask
-            // skips them), so the cache grows as it does without a window.
-            if let Some(cache) = cache.as_deref_mut() {
-                (k, v) = cache.extend(i, k, v);
-            }
-            let attn = merge_heads(causal_attention_window(
-                q,
-                repeat_kv(k, group),
-                repeat_kv(v, group),
-                drop.attn,
-                self.windows.get(i).copied().flatten(),
-            ));
-            x = x + proj(&block.o_proj, attn);
-            let h = block.post_norm.forward(x.clone());
-            let gate = proj(&block.gate_proj, h.clone());
-            let up = proj(&block.up_proj, h);
-            let inner = match self.activation {
-                // One op that keeps only its inputs for the backward pass (`models::swiglu`).
-                Activation::Silu => swiglu(gate, up),
-                act => act.forward(gate) * up,
-            };
-            x = x + proj(&block.down_proj, inner);
-        }
-        if let Some(cache) = cache {
-            cache.len += t;
-        }
-        self.norm.forward(x)
-    }
-}
-
-/// `[B, KV, T, Dh]` → `[B, KV·group, T, Dh]`, each KV head repeated for consecutive query heads
-/// (transformers' `repeat_kv`).
-fn repeat_kv(x: Tensor<4>, group: usize) -> Tensor<4> {
-    if group == 1 {
-        return x;
-    }
-    let [b, kv, t, dh] = x.dims();
-    x.unsqueeze_dim::<5>(2)
-        .expand([b, kv, group, t, dh])
-        .reshape([b, kv * group, t, dh])
 }
 
 #[cfg(test)]

@@ -8,7 +8,6 @@ use serde_json::{json, Value};
 
 use super::bert::{Bert, BertConfig, Pooling};
 use super::gpt2::{Gpt2, Gpt2Config};
-use super::layers::Activation;
 use super::llama::{Llama, LlamaConfig};
 use super::{CausalLm, KvCache};
 use crate::data::chat::{ChatTemplate, Message};
@@ -237,143 +236,64 @@ impl LoadedModel {
         let dtype = weights.dtypes();
         let stored_bytes = weights.stored_bytes();
         let load_bytes = weights.load_bytes();
-        match arch.as_str() {
+        let mut head = None;
+        let (dims, eos_token_id, family) = match arch.as_str() {
             "gpt2" => {
                 let cfg = Gpt2Config::from_json(&config)?;
                 let model = Gpt2::load(&cfg, &weights, device)?;
-                let d = cfg.n_embd;
-                let info = ModelInfo {
-                    architecture: arch,
-                    parameters: model.num_params(),
-                    layers: cfg.n_layer,
-                    hidden_size: cfg.n_embd,
-                    intermediate_size: cfg.inner(),
-                    heads: cfg.n_head,
-                    vocab_size: cfg.vocab_size,
-                    max_positions: cfg.n_positions,
-                    // c_attn (q, k, v), c_proj, c_fc, mlp.c_proj; the LM head is wte.
-                    matmul_weights: cfg.n_layer * (4 * d * d + 2 * d * cfg.inner())
-                        + cfg.vocab_size * d,
-                    attention_width: d,
-                    mlp_kept: 4,
-                    dtype,
-                    stored_bytes,
-                    load_bytes,
-                    compact: None,
-                    has_tokenizer: tokenizer.is_some(),
-                    chat: ChatInfo::default(),
-                    kind: "causal_lm",
-                    labels: None,
-                    pooling: None,
-                };
-                Ok(Self {
-                    family: Family::Gpt2(model),
-                    info,
-                    tokenizer,
-                    chat_template: None,
-                    eos_token_id: eos_from_generation.or(cfg.eos_token_id),
-                    device: device.clone(),
-                })
+                (model.dims(&cfg), cfg.eos_token_id, Family::Gpt2(model))
             }
             "llama" | "qwen2" | "mistral" => {
                 let cfg = LlamaConfig::from_json(&config)?;
                 let model = Llama::load(&cfg, &weights, device)?;
-                let d = cfg.hidden_size;
-                let q_width = cfg.num_attention_heads * cfg.head_dim();
-                let kv_width = cfg.kv_heads() * cfg.head_dim();
-                let info = ModelInfo {
-                    architecture: arch,
-                    parameters: model.num_params(),
-                    layers: cfg.num_hidden_layers,
-                    hidden_size: cfg.hidden_size,
-                    intermediate_size: cfg.intermediate_size,
-                    heads: cfg.num_attention_heads,
-                    vocab_size: cfg.vocab_size,
-                    max_positions: cfg.max_positions(),
-                    // q, k, v, o; gate, up, down; the LM head (tied or not).
-                    matmul_weights: cfg.num_hidden_layers
-                        * (2 * d * q_width + 2 * d * kv_width + 3 * d * cfg.intermediate_size)
-                        + cfg.vocab_size * d,
-                    attention_width: q_width,
-                    mlp_kept: match Activation::parse(&cfg.hidden_act) {
-                        Some(Activation::Silu) => 2,
-                        _ => 4,
-                    },
-                    dtype,
-                    stored_bytes,
-                    load_bytes,
-                    compact: None,
-                    has_tokenizer: tokenizer.is_some(),
-                    chat: ChatInfo::default(),
-                    kind: "causal_lm",
-                    labels: None,
-                    pooling: None,
-                };
-                Ok(Self {
-                    family: Family::Llama(model),
-                    info,
-                    tokenizer,
-                    chat_template: None,
-                    eos_token_id: eos_from_generation.or(cfg.eos_token_id),
-                    device: device.clone(),
-                })
+                (model.dims(&cfg), cfg.eos_token_id, Family::Llama(model))
             }
             "bert" => {
                 let cfg = BertConfig::from_json(&config)?;
                 let model = Bert::load(&cfg, &weights, device)?;
-                let n = model.num_labels();
-                let d = cfg.hidden_size;
-                let labels = (n > 0).then(|| {
-                    cfg.labels()
-                        .filter(|l| l.len() == n)
-                        .unwrap_or_else(|| (0..n).map(|i| format!("LABEL_{i}")).collect())
-                });
-                let info = ModelInfo {
-                    architecture: arch,
-                    parameters: model.num_params(),
-                    layers: cfg.num_hidden_layers,
-                    hidden_size: cfg.hidden_size,
-                    intermediate_size: cfg.intermediate_size,
-                    heads: cfg.num_attention_heads,
-                    vocab_size: cfg.vocab_size,
-                    max_positions: cfg.max_position_embeddings,
-                    // q, k, v, attention output, intermediate, output; pooler; classifier.
-                    matmul_weights: cfg.num_hidden_layers
-                        * (4 * d * d + 2 * d * cfg.intermediate_size)
-                        + if model.has_pooler() { d * d } else { 0 }
-                        + d * n,
-                    attention_width: d,
-                    mlp_kept: 4,
-                    dtype,
-                    stored_bytes,
-                    load_bytes,
-                    compact: None,
-                    has_tokenizer: tokenizer.is_some(),
-                    chat: ChatInfo::default(),
-                    kind: "encoder",
-                    pooling: labels.as_ref().map(|_| {
-                        cfg.webtune_pooling.unwrap_or(if model.has_pooler() {
-                            Pooling::Pooler
-                        } else {
-                            Pooling::Mean
-                        })
-                    }),
-                    labels,
-                };
-                Ok(Self {
-                    family: Family::Bert(model),
-                    info,
-                    tokenizer,
-                    chat_template: None,
-                    eos_token_id: None,
-                    device: device.clone(),
-                })
+                head = model.head_info(&cfg);
+                (model.dims(&cfg), None, Family::Bert(model))
             }
-            other => Err(Error::new(
-                Code::UnsupportedArchitecture,
-                format!("{other} is recognised but cannot be loaded yet"),
-            )),
-        }
+            other => {
+                return Err(Error::new(
+                    Code::UnsupportedArchitecture,
+                    format!("{other} is recognised but cannot be loaded yet"),
+                ))
+            }
+        };
+        let encoder = matches!(family, Family::Bert(_));
+        let (labels, pooling) = head.unzip();
+        let info = ModelInfo {
+            architecture: arch,
+            parameters: dims.parameters,
+            layers: dims.layers,
+            hidden_size: dims.hidden_size,
+            intermediate_size: dims.intermediate_size,
+            heads: dims.heads,
+            vocab_size: dims.vocab_size,
+            max_positions: dims.max_positions,
+            matmul_weights: dims.matmul_weights,
+            attention_width: dims.attention_width,
+            mlp_kept: dims.mlp_kept,
+            dtype,
+            stored_bytes,
+            load_bytes,
+            compact: None,
+            has_tokenizer: tokenizer.is_some(),
+            chat: ChatInfo::default(),
+            kind: if encoder { "encoder" } else { "causal_lm" },
+            labels,
+            pooling,
+        };
+        Ok(Self {
+            family,
+            info,
+            tokenizer,
+            chat_template: None,
+            // An encoder generates nothing: no end-of-sequence token.
+            eos_token_id: eos_from_generation.filter(|_| !encoder).or(eos_token_id),
+            device: device.clone(),
+        })
     }
 
     pub fn causal_lm(&self) -> &impl CausalLm {

@@ -17,6 +17,25 @@ use burn::prelude::*;
 
 use crate::error::{Code, Error};
 
+/// A loaded model's shape as its family computes it: the part of `loaded::ModelInfo` that
+/// differs by family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dims {
+    pub parameters: usize,
+    pub layers: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub heads: usize,
+    pub vocab_size: usize,
+    pub max_positions: usize,
+    /// Weights each token is multiplied by in a forward pass (see `ModelInfo::matmul_weights`).
+    pub matmul_weights: usize,
+    /// Heads × head dim (see `ModelInfo::attention_width`).
+    pub attention_width: usize,
+    /// MLP values kept per token and layer, in units of `intermediate_size`.
+    pub mlp_kept: usize,
+}
+
 /// The largest size webtune accepts for one dimension read from a config.json (hidden size,
 /// vocabulary, positions, heads × head size…). Real checkpoints stay far below it; a corrupt or
 /// hostile config cannot make the loader compute overflowing shapes or reserve absurd memory.

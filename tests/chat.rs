@@ -520,3 +520,68 @@ fn completions_end_with_the_token_the_model_stops_at() {
     let ends = last_counted_targets(&config);
     assert!(ends.iter().all(|&t| t == endoftext), "{ends:?}");
 }
+
+#[test]
+fn a_chat_reply_stops_at_the_end_of_turn_and_leaves_that_token_out() {
+    use webtune::eval::generate::GenerateOptions;
+    use webtune::eval::respond::{respond, Prompt};
+    let model = load(gguf_with_template(TOKENS_TEMPLATE));
+    let greedy = GenerateOptions {
+        greedy: true,
+        max_new_tokens: 4,
+        ..GenerateOptions::default()
+    };
+    let chat = Prompt::Chat {
+        messages: hi(),
+        add_generation_prompt: true,
+    };
+    let text = Prompt::Text("hi".into());
+    // Stop tokens: the template's end of turn for a chat, EOS for text, none when ignored,
+    // and those given when given.
+    let prepared = chat.prepare(&model, greedy.clone(), false).unwrap();
+    assert_eq!(prepared.opts.stop_tokens, model.chat_stop_tokens());
+    assert_eq!(prepared.ids, model.chat_ids(&hi(), true).unwrap());
+    assert_eq!(
+        prepared.chat_prompt.as_deref(),
+        Some("\"user: hi<|endoftext|>assistant:#")
+    );
+    let plain = text.prepare(&model, greedy.clone(), false).unwrap();
+    assert_eq!(plain.opts.stop_tokens, vec![model.eos_token_id.unwrap()]);
+    assert_eq!(plain.chat_prompt, None);
+    assert!(chat
+        .prepare(&model, greedy.clone(), true)
+        .unwrap()
+        .opts
+        .stop_tokens
+        .is_empty());
+    // Make the first greedy token of the chat end the turn: the reply then has it in its ids
+    // but not in its text; the same stop token in a text prompt stays in the text.
+    let free = chat.prepare(&model, greedy.clone(), true).unwrap();
+    let first = pollster::block_on(respond(&model, &free, |_| true)).unwrap();
+    let t0 = first.generated_ids[0];
+    let stop_at_t0 = GenerateOptions {
+        stop_tokens: vec![t0],
+        ..greedy.clone()
+    };
+    let turn = chat.prepare(&model, stop_at_t0.clone(), false).unwrap();
+    assert!(turn.ends_turn(t0));
+    let mut seen = Vec::new();
+    let reply = pollster::block_on(respond(&model, &turn, |t| {
+        seen.push(t);
+        true
+    }))
+    .unwrap();
+    assert_eq!(reply.generated_ids, vec![t0]);
+    assert_eq!(seen, vec![t0], "on_token sees the closing token too");
+    assert_eq!(reply.text.as_deref(), Some(""));
+    let ids = Prompt::Ids(turn.ids.clone())
+        .prepare(&model, stop_at_t0, false)
+        .unwrap();
+    assert!(!ids.ends_turn(t0));
+    let reply = pollster::block_on(respond(&model, &ids, |_| true)).unwrap();
+    let tokenizer = model.tokenizer.as_ref().unwrap();
+    assert_eq!(reply.text.unwrap(), tokenizer.decode(&[t0]).unwrap());
+    // on_token returning false stops after that token.
+    let stopped = pollster::block_on(respond(&model, &free, |_| false)).unwrap();
+    assert_eq!(stopped.generated_ids.len(), 1);
+}

@@ -584,6 +584,8 @@ export interface GenerateResult {
   chat_prompt: string | null;
   seconds: number;
   tokens_per_s: number;
+  /** Whether keys and values of past positions were reused (the `use_cache` option). */
+  use_cache: boolean;
   cancelled: boolean;
   model: WhichModel;
 }

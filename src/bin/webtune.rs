@@ -12,7 +12,8 @@ use webtune::backend::{Backend, BackendKind};
 use webtune::data::chat::Message;
 use webtune::data::validate::OnDataProgress;
 use webtune::error::Code;
-use webtune::eval::generate::{generate, GenerateOptions};
+use webtune::eval::generate::GenerateOptions;
+use webtune::eval::respond::{respond, Prompt};
 use webtune::io::hf::ModelFiles;
 use webtune::models::loaded::LoadedModel;
 use webtune::train::adapter::{apply_peft_adapter, read_peft_adapter};
@@ -683,20 +684,19 @@ fn run_generate(cli: &Cli, args: &GenerateArgs) -> Result<(), Error> {
         adapter,
     } = args;
     let (model, applied) = with_adapter(load(model)?, adapter.as_deref())?;
-    let chat_prompt = match chat {
+    let prompt = match chat {
         Some(message) => {
             let mut messages = Vec::new();
             if let Some(system) = system {
                 messages.push(Message::new("system", system));
             }
             messages.push(Message::new("user", message));
-            Some((model.chat_prompt(&messages, true)?, messages))
+            Prompt::Chat {
+                messages,
+                add_generation_prompt: true,
+            }
         }
-        None => None,
-    };
-    let prompt_ids = match &chat_prompt {
-        Some((_, messages)) => model.chat_ids(messages, true)?,
-        None => input_ids(&model, prompt, ids)?,
+        None => Prompt::Ids(input_ids(&model, prompt, ids)?),
     };
     let opts = GenerateOptions {
         max_new_tokens: *max_new_tokens,
@@ -707,69 +707,43 @@ fn run_generate(cli: &Cli, args: &GenerateArgs) -> Result<(), Error> {
         repetition_penalty: *repetition_penalty,
         seed: *seed,
         use_cache: !no_cache,
-        stop_tokens: if *ignore_eos {
-            vec![]
-        } else if chat_prompt.is_some() {
-            model.chat_stop_tokens()
-        } else {
-            model.eos_token_id.into_iter().collect()
-        },
+        stop_tokens: Vec::new(),
     };
-    let start = webtune::platform::now_ms();
+    let prompt = prompt.prepare(&model, opts, *ignore_eos)?;
     let stream = !cli.json && model.tokenizer.is_some();
-    // A chat reply is shown without the end-of-turn token that closes it.
-    let ends_turn = |t: &u32| chat_prompt.is_some() && opts.stop_tokens.contains(t);
     let mut shown = String::new();
     let mut so_far = Vec::new();
-    let tokens = pollster::block_on(generate(
-        model.causal_lm(),
-        &model.device,
-        &prompt_ids,
-        &opts,
-        |t| {
-            if stream && !ends_turn(&t) {
-                // Decode the whole continuation each time: a token can end mid-character.
-                so_far.push(t);
-                if let Some(Ok(text)) = model.tokenizer.as_ref().map(|tk| tk.decode(&so_far)) {
-                    if let Some(new) = text.strip_prefix(shown.as_str()) {
-                        print!("{new}");
-                        let _ = std::io::stdout().flush();
-                    }
-                    shown = text;
+    let reply = pollster::block_on(respond(&model, &prompt, |t| {
+        // The token that closes a chat turn is not part of the reply.
+        if stream && !prompt.ends_turn(t) {
+            // Decode the whole continuation each time: a token can end mid-character.
+            so_far.push(t);
+            if let Some(Ok(text)) = model.tokenizer.as_ref().map(|tk| tk.decode(&so_far)) {
+                if let Some(new) = text.strip_prefix(shown.as_str()) {
+                    print!("{new}");
+                    let _ = std::io::stdout().flush();
                 }
+                shown = text;
             }
-            true
-        },
-    ))?;
-    let seconds = (webtune::platform::now_ms() - start) / 1e3;
-    let reply = match tokens.split_last() {
-        Some((last, rest)) if ends_turn(last) => rest,
-        _ => &tokens[..],
-    };
-    let text = match &model.tokenizer {
-        Some(tk) => Some(tk.decode(reply)?),
-        None => None,
-    };
+        }
+        true
+    }))?;
     if cli.json {
-        print_json(&json!({
-            "prompt_ids": prompt_ids,
-            "generated_ids": tokens,
-            "text": text,
-            "chat_prompt": chat_prompt.as_ref().map(|(text, _)| text),
-            "tokens_per_s": tokens.len() as f64 / seconds.max(1e-9),
-            "use_cache": opts.use_cache,
-            "adapter": applied,
-        }))?;
+        let mut value =
+            serde_json::to_value(&reply).map_err(|e| Error::new(Code::Internal, e.to_string()))?;
+        value["adapter"] = json!(applied);
+        print_json(&value)?;
     } else {
         if !stream {
-            println!("{tokens:?}");
+            println!("{:?}", reply.generated_ids);
         } else {
             println!();
         }
         eprintln!(
-            "{} tokens in {seconds:.2}s ({:.1} tokens/s)",
-            tokens.len(),
-            tokens.len() as f64 / seconds.max(1e-9)
+            "{} tokens in {:.2}s ({:.1} tokens/s)",
+            reply.generated_ids.len(),
+            reply.seconds,
+            reply.tokens_per_s
         );
     }
     Ok(())

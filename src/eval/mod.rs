@@ -2,4 +2,5 @@
 
 pub mod generate;
 pub mod metrics;
+pub mod respond;
 pub mod uncertainty;

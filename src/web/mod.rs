@@ -12,10 +12,10 @@ use serde_json::json;
 use wasm_bindgen::prelude::*;
 
 use crate::backend::{Backend, BackendInfo, BackendKind};
-use crate::data::chat::Message;
 use crate::data::validate::{DataProgress, OnDataProgress};
 use crate::error::{Code, Error};
-use crate::eval::generate::{generate, GenerateOptions};
+use crate::eval::generate::GenerateOptions;
+use crate::eval::respond::{respond, Prompt};
 use crate::io::hf::{declared_tensors, ModelFiles};
 use crate::io::source::{FileBytes, ReadAt};
 use crate::models::loaded::{LoadedModel, ModelInfo};
@@ -417,65 +417,6 @@ fn job_config(config: JsValue) -> Result<JobConfig, Error> {
     JobConfig::from_json(&value.to_string())
 }
 
-/// Prompt as `{text}` or `{ids}` (or a plain string).
-fn prompt_ids(model: &LoadedModel, input: &JsValue) -> Result<Vec<u32>, Error> {
-    if let Some(text) = input.as_string() {
-        return model.encode(&text);
-    }
-    let value: serde_json::Value = serde_wasm_bindgen::from_value(input.clone())
-        .map_err(|e| Error::config(format!("invalid prompt: {e}")))?;
-    if let Some(text) = value.get("text").and_then(|t| t.as_str()) {
-        return model.encode(text);
-    }
-    if let Some(ids) = value.get("ids") {
-        let ids: Vec<u32> = serde_json::from_value(ids.clone())
-            .map_err(|_| Error::config("prompt ids must be non-negative integers"))?;
-        model.check_ids(&ids)?;
-        return Ok(ids);
-    }
-    if let Some(chat) = value.get("chat") {
-        let add = value.get("add_generation_prompt").and_then(|v| v.as_bool());
-        return model.chat_ids(&chat_messages(chat)?, add.unwrap_or(true));
-    }
-    Err(Error::config(
-        "give the prompt as a string, {text}, {ids} or {chat: [{role, content}]}",
-    ))
-}
-
-/// `[{role, content}]` (or that list as JSON text) → chat messages.
-fn chat_messages(value: &serde_json::Value) -> Result<Vec<Message>, Error> {
-    let parsed;
-    let value = match value.as_str() {
-        Some(text) => {
-            parsed = serde_json::from_str::<serde_json::Value>(text)
-                .map_err(|e| Error::config(format!("the conversation is not valid JSON: {e}")))?;
-            &parsed
-        }
-        None => value,
-    };
-    serde_json::from_value(value.clone()).map_err(|e| {
-        Error::config(format!(
-            "a conversation is a list of {{role, content}} messages with string values: {e}"
-        ))
-    })
-}
-
-/// The formatted conversation when `input` is `{chat: …}`.
-fn chat_text(model: &LoadedModel, input: &JsValue) -> Result<Option<String>, Error> {
-    if input.as_string().is_some() || !input.is_object() {
-        return Ok(None);
-    }
-    let value: serde_json::Value = serde_wasm_bindgen::from_value(input.clone())
-        .map_err(|e| Error::config(format!("invalid prompt: {e}")))?;
-    let Some(chat) = value.get("chat") else {
-        return Ok(None);
-    };
-    let add = value.get("add_generation_prompt").and_then(|v| v.as_bool());
-    model
-        .chat_prompt(&chat_messages(chat)?, add.unwrap_or(true))
-        .map(Some)
-}
-
 #[wasm_bindgen]
 impl Session {
     /// Create a session on `"webgpu"` or `"cpu"`.
@@ -608,8 +549,9 @@ impl Session {
     /// (snake_case: max_new_tokens, greedy, temperature, top_k, top_p, repetition_penalty, seed,
     /// use_cache, stop_tokens) plus `ignore_eos` and `model` (`"base"`, the default, or
     /// `"tuned"`). `on_token(id, text_so_far)` sees each token;
-    /// returning `false` stops. Resolves to `{prompt_ids, generated_ids, text, seconds,
-    /// tokens_per_s, chat_prompt}` (`chat_prompt`: the formatted conversation, or null).
+    /// returning `false` stops. Resolves to `eval::respond::Reply`: `{prompt_ids, generated_ids,
+    /// text, seconds, tokens_per_s, use_cache, chat_prompt}` (`chat_prompt`: the formatted
+    /// conversation, or null).
     pub fn generate(
         &self,
         input: JsValue,
@@ -642,21 +584,16 @@ impl Session {
                     .and_then(|o| o.remove("ignore_eos"))
                     .and_then(|v| v.as_bool())
                     .unwrap_or(false);
-                let mut opts: GenerateOptions = serde_json::from_value(value)
+                let opts: GenerateOptions = serde_json::from_value(value)
                     .map_err(|e| Error::config(format!("invalid generation options: {e}")))?;
-                let chat_prompt = chat_text(model, &input)?;
-                if opts.stop_tokens.is_empty() && !ignore_eos {
-                    if chat_prompt.is_some() {
-                        // A chat turn ends at the template's end-of-turn token.
-                        opts.stop_tokens = model.chat_stop_tokens();
-                    } else {
-                        opts.stop_tokens.extend(model.eos_token_id);
-                    }
-                }
-                let ids = prompt_ids(model, &input)?;
-                let start = crate::platform::now_ms();
+                let input: serde_json::Value = match input.as_string() {
+                    Some(text) => json!(text),
+                    None => serde_wasm_bindgen::from_value(input)
+                        .map_err(|e| Error::config(format!("invalid prompt: {e}")))?,
+                };
+                let prompt = Prompt::from_json(&input)?.prepare(model, opts, ignore_eos)?;
                 let mut so_far = Vec::new();
-                let tokens = generate(model.causal_lm(), &model.device, &ids, &opts, |t| {
+                respond(model, &prompt, |t| {
                     so_far.push(t);
                     let text = model
                         .tokenizer
@@ -668,29 +605,7 @@ impl Session {
                         Err(_) => false,
                     }
                 })
-                .await?;
-                let seconds = (crate::platform::now_ms() - start) / 1e3;
-                // A chat reply is shown without the end-of-turn token that closed it.
-                let shown = match tokens.split_last() {
-                    Some((last, rest))
-                        if chat_prompt.is_some() && opts.stop_tokens.contains(last) =>
-                    {
-                        rest
-                    }
-                    _ => &tokens[..],
-                };
-                let text = match &model.tokenizer {
-                    Some(tk) => Some(tk.decode(shown)?),
-                    None => None,
-                };
-                Ok::<_, Error>(json!({
-                    "prompt_ids": ids,
-                    "generated_ids": tokens,
-                    "chat_prompt": chat_prompt,
-                    "text": text,
-                    "seconds": seconds,
-                    "tokens_per_s": tokens.len() as f64 / seconds.max(1e-9),
-                }))
+                .await
             };
             let result = run.await.map_err(|e| error_to_js(&e))?;
             to_js(&result)
@@ -1445,7 +1360,7 @@ impl Session {
         let run = || -> Result<serde_json::Value, Error> {
             let value: serde_json::Value = serde_wasm_bindgen::from_value(messages)
                 .map_err(|e| Error::config(format!("invalid conversation: {e}")))?;
-            let messages = chat_messages(&value)?;
+            let messages = Prompt::chat_messages(&value)?;
             let add = add_generation_prompt.unwrap_or(true);
             let text = model.chat_prompt(&messages, add)?;
             let ids = model.chat_ids(&messages, add)?;

@@ -876,3 +876,64 @@ fn the_merged_export_can_be_half_precision() {
     // What the job evaluated is the same either way: the page's model keeps f32.
     assert_eq!(f32_run.after.unwrap().loss, f16_run.after.unwrap().loss);
 }
+
+/// `inspect_data` (the page's dataset panel, `webtune data`): both tasks preview their first
+/// examples as the model sees them and size the job against the backend's room.
+#[test]
+fn inspecting_data_previews_examples_and_sizes_the_job() {
+    use webtune::train::memory::MemoryLimits;
+    use webtune::train::{inspect_data, Room};
+    let (files, base) = model();
+    let capitals = std::fs::read(fixture("data/capitals.jsonl")).unwrap();
+    let file = || DatasetFile {
+        name: "capitals.jsonl",
+        source: DataSource::Bytes(&capitals),
+    };
+    let config = config("lora", 1e-3, 4);
+    let out = inspect_data(&base, Some(&files), file(), &config, Room::default()).unwrap();
+    assert_eq!(out["task"], "causal");
+    let preview = out["preview"].as_array().unwrap();
+    assert_eq!(preview.len(), 3);
+    for row in preview {
+        let tokens = row["tokens"].as_array().unwrap();
+        let counts: Vec<bool> = tokens
+            .iter()
+            .map(|t| t["counts"].as_bool().unwrap())
+            .collect();
+        // A prompt/completion pair: the first token is never a target, the prompt does not
+        // count, the completion does.
+        assert!(!counts[0] && counts.contains(&true) && counts.contains(&false));
+        let text: String = tokens.iter().map(|t| t["text"].as_str().unwrap()).collect();
+        assert!(!text.trim().is_empty());
+    }
+    assert!(out["memory"]["weights"].as_u64().unwrap() > 0);
+    assert!(out["memory_problem"].is_null());
+    assert_eq!(out["total_steps"], 4);
+    // A room too small for the job: said before it starts.
+    let tight = Room {
+        kept_files: 0,
+        limits: MemoryLimits {
+            total: Some(1 << 20),
+            buffer: None,
+        },
+    };
+    let out = inspect_data(&base, Some(&files), file(), &config, tight).unwrap();
+    let problem = out["memory_problem"].as_str().unwrap();
+    assert!(problem.contains("GiB"), "{problem}");
+
+    // A classifier's preview names each example's label and counts every real token.
+    let (files, base) = sentiment_model();
+    let data = sentiment_jsonl(40);
+    let file = DatasetFile {
+        name: "sentiment.jsonl",
+        source: DataSource::Bytes(data.as_bytes()),
+    };
+    let out = inspect_data(&base, Some(&files), file, &config, Room::default()).unwrap();
+    assert_eq!(out["task"], "classification");
+    assert_eq!(out["labels"], serde_json::json!(["neg", "pos"]));
+    for row in out["preview"].as_array().unwrap() {
+        assert!(["neg", "pos"].contains(&row["label"].as_str().unwrap()));
+        let tokens = row["tokens"].as_array().unwrap();
+        assert!(!tokens.is_empty() && tokens.iter().all(|t| t["counts"] == true));
+    }
+}

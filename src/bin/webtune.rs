@@ -1005,7 +1005,12 @@ fn run_data(cli: &Cli, args: &DataArgs) -> Result<(), Error> {
     let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
     let total_bytes = size(data) + paths.held_out.as_ref().map_or(0, |(_, p)| size(p));
     let start = std::time::Instant::now();
-    let mut value = webtune::inspect_data(&base, &files, dataset, &cfg)?;
+    // Native memory has no fixed ceiling: the estimate is shown, nothing is refused.
+    let room = webtune::train::Room {
+        kept_files: files.resident_bytes(),
+        ..Default::default()
+    };
+    let mut value = webtune::inspect_data(&base, Some(&files), dataset, &cfg, room)?;
     let seconds = start.elapsed().as_secs_f64();
     value["seconds"] = json!(seconds);
     value["bytes"] = json!(total_bytes);

@@ -43,6 +43,7 @@ use classify_job::{eval_class_file, prepare_class_data, ClassifyJob};
 use control::Control;
 use export::Export;
 use job::{run_job, DatasetFiles, JobConfig, JobContext, JobEvent};
+use memory::{BatchShape, MemoryLimits};
 
 /// What a job produced: a causal language model or a classifier.
 #[derive(Serialize)]
@@ -103,17 +104,47 @@ pub async fn run_task<'a, C: Into<Control>>(
     })
 }
 
+/// Where an inspected job would run: the bytes of model files kept beside the loaded model
+/// (the page keeps them to export) and the backend's limits, for the memory estimate.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Room {
+    pub kept_files: u64,
+    pub limits: MemoryLimits,
+}
+
 /// Read, validate, split and batch a dataset file for `base`'s task without training: the
-/// report, the split and the batch counts (what `webtune data` prints).
-pub fn inspect_data(
+/// reports, the split, the batch and step counts, the memory the job would take on `room`
+/// (with why it cannot fit, when it cannot) and a preview of the first examples as the model
+/// sees them (each token's text and whether it counts in the loss; a classifier's label).
+/// What `webtune data` prints and the page's dataset panel shows. `files` gives the chat
+/// template of a causal model's conversations.
+pub fn inspect_data<'a>(
     base: &LoadedModel,
-    files: &ModelFiles,
-    dataset: DatasetFiles,
+    files: Option<&ModelFiles>,
+    dataset: impl Into<DatasetFiles<'a>>,
     config: &JobConfig,
+    room: Room,
 ) -> Result<Value> {
-    // The fields both tasks' data have; a classifier's adds its labels.
+    let dataset = dataset.into();
+    let decode = |id: i64| {
+        base.tokenizer
+            .as_ref()
+            .and_then(|t| t.decode(&[id as u32]).ok())
+            .unwrap_or_default()
+    };
+    let token = |id: i64, counts: bool| json!({ "id": id, "text": decode(id), "counts": counts });
+    // The fields both tasks' data have.
     macro_rules! summary {
-        ($task:literal, $d:expr) => {
+        ($task:literal, $d:expr, $classes:expr, $preview:expr) => {{
+            let shapes = $d.train_batches.iter().map(|b| (b.batch_size, b.seq_len));
+            let estimate = memory::estimate(
+                &base.info,
+                &config.train,
+                BatchShape::largest(shapes),
+                $classes,
+                room.kept_files,
+            );
+            let problem = memory::check_fits(&estimate, room.limits, config.train.method).err();
             json!({
                 "task": $task,
                 "report": $d.report,
@@ -121,19 +152,61 @@ pub fn inspect_data(
                 "overlap_removed": $d.overlap_removed,
                 "train_examples": $d.train.len(),
                 "validation_examples": $d.validation.len(),
+                "held_out": $d.held_out,
                 "train_batches": $d.train_batches.len(),
                 "eval_batches": $d.eval_batches.len(),
+                "total_steps": config.train.total_steps($d.train_batches.len()),
+                "memory": estimate,
+                "memory_problem": problem.map(|e| e.message),
+                "preview": $preview,
             })
-        };
+        }};
     }
     Ok(if base.is_encoder() {
         let d = prepare_class_data(base, dataset, config)?;
-        let mut value = summary!("classification", d);
+        let preview: Vec<Value> = d.train_batches.first().map_or_else(Vec::new, |b| {
+            (0..b.batch_size.min(3))
+                .map(|row| {
+                    let range = row * b.seq_len..(row + 1) * b.seq_len;
+                    let tokens: Vec<Value> = b.input_ids[range.clone()]
+                        .iter()
+                        .zip(&b.attention_mask[range])
+                        .filter(|(_, &m)| m == 1)
+                        .map(|(&id, _)| token(id, true))
+                        .collect();
+                    let label = d.labels.label(b.labels[row] as usize);
+                    json!({ "tokens": tokens, "label": label })
+                })
+                .collect()
+        });
+        let mut value = summary!("classification", d, d.labels.len(), preview);
         value["labels"] = json!(d.labels.labels);
         value
     } else {
-        let d = prepare_data(base, chat_template(files)?, dataset, config)?;
-        summary!("causal", d)
+        let chat = match files {
+            Some(f) => chat_template(f)?,
+            None => None,
+        };
+        let d = prepare_data(base, chat, dataset, config)?;
+        let preview: Vec<Value> = d.train_batches.first().map_or_else(Vec::new, |b| {
+            (0..b.batch_size.min(3))
+                .map(|row| {
+                    let range = row * b.seq_len..(row + 1) * b.seq_len;
+                    // The row's inputs plus its last target: every token of the example.
+                    // mask[t] says whether token t + 1 (the target of position t) counts.
+                    let mut ids = b.inputs[range.clone()].to_vec();
+                    ids.push(b.targets[range.end - 1]);
+                    let mask = &b.loss_mask[range];
+                    let tokens: Vec<Value> = ids
+                        .iter()
+                        .enumerate()
+                        .map(|(k, &id)| token(id, k > 0 && mask[k - 1] > 0.0))
+                        .collect();
+                    json!({ "tokens": tokens })
+                })
+                .collect()
+        });
+        summary!("causal", d, 0, preview)
     })
 }
 

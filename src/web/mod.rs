@@ -26,18 +26,18 @@ use crate::train::adapter::{
 use crate::train::causal::evaluate_loss;
 use crate::train::causal_job::{chat_template, prepare_data};
 use crate::train::checkpoint::{Checkpoint, Checkpointing};
-use crate::train::classify_job::{evaluate_classification, prepare_class_data};
+use crate::train::classify_job::evaluate_classification;
 use crate::train::control::Control;
 use crate::train::export::Export;
 use crate::train::job::{DataSource, DatasetFile, DatasetFiles, JobConfig};
-use crate::train::memory::{self, BatchShape, MemoryEstimate, MemoryLimits};
+use crate::train::memory::{self, MemoryLimits};
 use crate::train::qlora::{
     cpu_quantized_bytes, load_quantized, quantized_as_loaded, BaseQuant, DEFAULT_BLOCK_SIZE,
 };
 use crate::train::recipe::{recipe, BaseModelRef};
 use crate::train::replay::{replay, ReferenceRun};
-use crate::train::run_task;
 use crate::train::toy::{train_toy, ToyTrainConfig};
+use crate::train::{inspect_data, run_task, Room};
 
 mod heap;
 #[cfg(feature = "wasm-threads")]
@@ -638,70 +638,11 @@ impl Session {
                 let progress = progress.as_ref().map(|p| p as OnDataProgress);
                 let dataset =
                     dataset_files(&name, &bytes, &validation_name, &validation_bytes, progress);
-                let kept = files.as_ref().map_or(0, |f| f.resident_bytes());
-                if base.is_encoder() {
-                    return inspect_labelled(&base, kept, dataset, &config, &backend_info);
-                }
-                let chat = match &files {
-                    Some(f) => chat_template(f)?,
-                    None => None,
+                let room = Room {
+                    kept_files: files.as_ref().map_or(0, |f| f.resident_bytes()),
+                    limits: MemoryLimits::of(&backend_info),
                 };
-                let data = prepare_data(&base, chat, dataset, &config)?;
-                let tokenizer = base.tokenizer.as_ref();
-                let preview: Vec<serde_json::Value> = data
-                    .train_batches
-                    .first()
-                    .map(|b| {
-                        (0..b.batch_size.min(3))
-                            .map(|row| {
-                                let range = row * b.seq_len..(row + 1) * b.seq_len;
-                                // The row's inputs plus its last target: every token of the
-                                // example. mask[t] says whether token t + 1 (the target of
-                                // position t) counts in the loss.
-                                let mut ids: Vec<u32> =
-                                    b.inputs[range.clone()].iter().map(|&t| t as u32).collect();
-                                ids.push(b.targets[range.end - 1] as u32);
-                                let mask = &b.loss_mask[range];
-                                let pieces: Vec<serde_json::Value> = ids
-                                    .iter()
-                                    .enumerate()
-                                    .map(|(k, &id)| {
-                                        let text = tokenizer
-                                            .and_then(|t| t.decode(&[id]).ok())
-                                            .unwrap_or_default();
-                                        let counts = k > 0 && mask[k - 1] > 0.0;
-                                        json!({ "id": id, "text": text, "counts": counts })
-                                    })
-                                    .collect();
-                                json!({ "tokens": pieces })
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let shapes = data.train_batches.iter().map(|b| (b.batch_size, b.seq_len));
-                let (memory, memory_problem) = memory_json(
-                    &base,
-                    kept,
-                    &config,
-                    BatchShape::largest(shapes),
-                    0,
-                    &backend_info,
-                );
-                Ok(json!({
-                    "task": "causal",
-                    "memory": memory,
-                    "memory_problem": memory_problem,
-                    "report": data.report,
-                    "validation_report": data.validation_report,
-                    "overlap_removed": data.overlap_removed,
-                    "train_examples": data.train.len(),
-                    "validation_examples": data.validation.len(),
-                    "held_out": data.held_out,
-                    "train_batches": data.train_batches.len(),
-                    "eval_batches": data.eval_batches.len(),
-                    "total_steps": config.train.total_steps(data.train_batches.len()),
-                    "preview": preview,
-                }))
+                inspect_data(&base, files.as_deref(), dataset, &config, room)
             };
             let value = run().map_err(|e| error_to_js(&e))?;
             to_js(&value)
@@ -1283,67 +1224,6 @@ fn data_progress_to(callback: &js_sys::Function) -> impl Fn(DataProgress<'_>) + 
     }
 }
 
-/// `inspectDataset` for an encoder: the labelled dataset's report, split and label ids.
-fn inspect_labelled(
-    base: &LoadedModel,
-    kept_files: u64,
-    dataset: DatasetFiles<'_>,
-    config: &JobConfig,
-    backend: &BackendInfo,
-) -> Result<serde_json::Value, Error> {
-    let data = prepare_class_data(base, dataset, config)?;
-    let shapes = data.train_batches.iter().map(|b| (b.batch_size, b.seq_len));
-    let (memory, memory_problem) = memory_json(
-        base,
-        kept_files,
-        config,
-        BatchShape::largest(shapes),
-        data.labels.len(),
-        backend,
-    );
-    let tokenizer = base.tokenizer.as_ref();
-    let preview: Vec<serde_json::Value> = data
-        .train_batches
-        .first()
-        .map(|b| {
-            (0..b.batch_size.min(3))
-                .map(|row| {
-                    let range = row * b.seq_len..(row + 1) * b.seq_len;
-                    let pieces: Vec<serde_json::Value> = b.input_ids[range.clone()]
-                        .iter()
-                        .zip(&b.attention_mask[range])
-                        .filter(|(_, &m)| m == 1)
-                        .map(|(&id, _)| {
-                            let text = tokenizer
-                                .and_then(|t| t.decode(&[id as u32]).ok())
-                                .unwrap_or_default();
-                            json!({ "id": id, "text": text, "counts": true })
-                        })
-                        .collect();
-                    let label = data.labels.label(b.labels[row] as usize);
-                    json!({ "tokens": pieces, "label": label })
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    Ok(json!({
-        "task": "classification",
-        "memory": memory,
-        "memory_problem": memory_problem,
-        "labels": data.labels.labels,
-        "report": data.report,
-        "validation_report": data.validation_report,
-        "overlap_removed": data.overlap_removed,
-        "train_examples": data.train.len(),
-        "validation_examples": data.validation.len(),
-        "held_out": data.held_out,
-        "train_batches": data.train_batches.len(),
-        "eval_batches": data.eval_batches.len(),
-        "total_steps": config.train.total_steps(data.train_batches.len()),
-        "preview": preview,
-    }))
-}
-
 #[wasm_bindgen]
 impl Session {
     /// A conversation (`[{role, content}]`, or that list as JSON text) formatted with the loaded
@@ -1374,22 +1254,6 @@ impl Session {
         let value = run().map_err(|e| error_to_js(&e))?;
         to_js(&value)
     }
-}
-
-/// The run's memory estimate and, when it cannot fit this backend, why (the job will refuse it).
-fn memory_json(
-    base: &LoadedModel,
-    kept_files: u64,
-    config: &JobConfig,
-    shape: BatchShape,
-    classes: usize,
-    backend: &BackendInfo,
-) -> (MemoryEstimate, Option<String>) {
-    let e = memory::estimate(&base.info, &config.train, shape, classes, kept_files);
-    let problem = memory::check_fits(&e, MemoryLimits::of(backend), config.train.method)
-        .err()
-        .map(|err| err.message);
-    (e, problem)
 }
 
 /// A `finetune` callback's answer: `false` stops; a Promise pauses until it settles (to

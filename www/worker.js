@@ -583,10 +583,17 @@ function datasetBytes(kind, name, bytes) {
   throw coded("worker.protocol", `${kind} needs bytes: an ArrayBuffer of the dataset file.`, { name });
 }
 
-/** `[name, bytes]` of the optional separate validation file, or `[undefined, undefined]`. */
-function validationArgs(kind, validation) {
-  if (validation == null) return [undefined, undefined];
-  return [validation.name, datasetBytes(`${kind} (validation file)`, validation.name, validation.bytes)];
+/**
+ * What wasm's Session takes for a job on a dataset (inspectDataset, finetune, evaluate, recipe):
+ * `{data: {name, bytes}, validation: {name, bytes} | null, config}`; throws `worker.protocol`
+ * on bad bytes.
+ */
+function jobRequest(kind, name, bytes, config, validation) {
+  return {
+    data: { name, bytes: datasetBytes(kind, name, bytes) },
+    validation: validation == null ? null : { name: validation.name, bytes: datasetBytes(`${kind} (validation file)`, validation.name, validation.bytes) },
+    config: config ?? {},
+  };
 }
 
 async function inspectDataset(id, name, bytes, config, validation) {
@@ -594,10 +601,10 @@ async function inspectDataset(id, name, bytes, config, validation) {
   if (!started) return;
   const { session, op } = started;
   try {
-    const data = datasetBytes("inspect-dataset", name, bytes);
+    const request = jobRequest("inspect-dataset", name, bytes, config, validation);
     // Reading a large file takes a while: progress about a hundred times per file.
     const onProgress = (p) => post({ type: "dataset-progress", id, file: p.file, bytes: p.bytes, bytes_done: p.bytes_done, records_done: p.records_done });
-    const result = await session.inspectDataset(name, data, config ?? {}, ...validationArgs("inspect-dataset", validation), onProgress);
+    const result = await session.inspectDataset(request, onProgress);
     post({ type: "dataset", id, result });
   } catch (e) {
     reportError(id, e);
@@ -692,28 +699,28 @@ async function finetune(id, name, bytes, config, resume, validation) {
   config = jobConfig;
   let continued = initName ?? null;
   try {
-    const data = datasetBytes("finetune", name, bytes);
-    const [validationName, validationData] = validationArgs("finetune", validation);
-    // Checkpoints need a wasm build with Session.finetuneResumable, OPFS and WebCrypto (both only
-    // in secure contexts); without them the job trains without checkpoints.
-    const resumable =
-      typeof session.finetuneResumable === "function" && typeof crypto?.subtle?.digest === "function" && (await checkpointDir(true).catch(() => null)) !== null;
-    if (resume && !resumable) throw coded("checkpoint.unsupported", "This browser or wasm build cannot save or resume checkpoints.");
+    const request = jobRequest("finetune", name, bytes, config, validation);
+    const data = request.data.bytes;
+    const validationData = request.validation?.bytes ?? null;
+    // Checkpoints need OPFS and WebCrypto (both only in secure contexts); without them the job
+    // trains without checkpoints.
+    const resumable = typeof crypto?.subtle?.digest === "function" && (await checkpointDir(true).catch(() => null)) !== null;
+    if (resume && !resumable) throw coded("checkpoint.unsupported", "This browser cannot save or resume checkpoints.");
     let writes = Promise.resolve();
-    let run;
+    let onCheckpoint;
     // What the checkpoint and the kept adapter record of the data (hashed once).
     const dataset = { name, size: data.byteLength, sha256: await sha256OrNull(data) };
     if (resumable) {
-      const heldOut = validationData ? { name: validationName, size: validationData.byteLength, sha256: await sha256Hex(validationData) } : null;
-      let saved = null;
+      const heldOut = validationData ? { name: request.validation.name, size: validationData.byteLength, sha256: await sha256Hex(validationData) } : null;
       if (resume) {
-        saved = await checkpointFor(session, dataset, heldOut);
+        const saved = await checkpointFor(session, dataset, heldOut);
         config = saved.meta.config;
         continued = saved.meta.init_adapter ?? null;
+        request.resume = saved.bytes;
       }
       const model = modelKey(session);
       // Writes are chained, so they land in step order; a failed write is reported, not fatal.
-      const onCheckpoint = ({ step, bytes: ckpt }) => {
+      onCheckpoint = ({ step, bytes: ckpt }) => {
         writes = writes.then(async () => {
           try {
             const dir = await checkpointDir(true);
@@ -726,12 +733,9 @@ async function finetune(id, name, bytes, config, resume, validation) {
           }
         });
       };
-      const runConfig = await withInitAdapter(session, config, continued);
-      run = (onEvent) => session.finetuneResumable(name, data, runConfig, onEvent, onCheckpoint, saved?.bytes ?? null, validationName, validationData);
-    } else {
-      const runConfig = await withInitAdapter(session, config, continued);
-      run = (onEvent) => session.finetune(name, data, runConfig, onEvent, validationName, validationData);
     }
+    request.config = await withInitAdapter(session, config, continued);
+    const run = (onEvent) => session.finetune(request, onEvent, onCheckpoint);
     // wasm yields to the event loop only once per step, so a "cancel" message can arrive late:
     // the interrupt flag, read after every event, stops the run after its current step.
     const result = await run((event) => {
@@ -770,8 +774,7 @@ async function evaluate(id, name, bytes, config, which, validation) {
     }
     checkWhich(which);
     await ensureAdapter(session, which);
-    const data = datasetBytes("evaluate", name, bytes);
-    const result = await session.evaluate(name, data, config ?? {}, which ?? "base", ...validationArgs("evaluate", validation));
+    const result = await session.evaluate(jobRequest("evaluate", name, bytes, config, validation), which ?? "base");
     post({ type: "done", id, result: { ...result, model: which ?? "base" } });
   } catch (e) {
     reportError(id, e);
@@ -797,8 +800,8 @@ async function recipe(id, name, bytes, config, validation) {
     // files (the project starts from them, as `webtune recipe --init-adapter DIR` does).
     const { adapter_name: _name, init_adapter: initName, ...jobConfig } = config ?? {};
     const runConfig = await withInitAdapter(session, jobConfig, initName ?? null);
-    const data = datasetBytes("recipe", name, bytes);
-    const zip = await session.recipe(name, data, runConfig, loadedModelName ?? "path/to/the/base/model", ...validationArgs("recipe", validation));
+    const request = jobRequest("recipe", name, bytes, runConfig, validation);
+    const zip = await session.recipe(request, loadedModelName ?? "path/to/the/base/model");
     const buffer = zip.byteOffset === 0 && zip.byteLength === zip.buffer.byteLength ? zip.buffer : zip.slice().buffer;
     post({ type: "done", id, result: buffer }, [buffer]);
   } catch (e) {

@@ -612,19 +612,17 @@ impl Session {
         })
     }
 
-    /// Read and validate a dataset file for the loaded model without training: resolves to
-    /// `{report, train_examples, validation_examples, train_batches, eval_batches, preview}`
-    /// where `preview` shows the first examples as the model will see them (text and whether
-    /// each token counts in the loss). `config` is the fine-tuning job configuration (its
-    /// `data`, `validation_fraction`, `batch_size` ... matter here).
+    /// Read and validate a dataset for the loaded model without training. `request` is a
+    /// [`JobRequest`] (`{data: {name, bytes}, validation?: {name, bytes}, config?}`; `config`
+    /// is the fine-tuning job configuration, whose `data`, `validation_fraction`,
+    /// `batch_size`… matter here). Resolves to what `train::inspect_data` gives: the reports,
+    /// the split, the batch and step counts, the memory estimate (and why the job cannot fit
+    /// this backend, when it cannot) and a preview of the first examples as the model sees them.
+    /// `on_progress(p)` sees the reading progress of large files.
     #[wasm_bindgen(js_name = inspectDataset)]
     pub fn inspect_dataset(
         &self,
-        name: String,
-        bytes: Vec<u8>,
-        config: JsValue,
-        validation_name: Option<String>,
-        validation_bytes: Option<Vec<u8>>,
+        request: JsValue,
         on_progress: Option<js_sys::Function>,
     ) -> js_sys::Promise {
         let base = self.current_model();
@@ -633,24 +631,30 @@ impl Session {
         wasm_bindgen_futures::future_to_promise(async move {
             let base = base?;
             let run = || -> Result<serde_json::Value, Error> {
-                let config = job_config(config)?;
+                let request = JobRequest::from_js(&request)?;
+                let config = job_config(request.config.clone())?;
                 let progress = on_progress.as_ref().map(data_progress_to);
                 let progress = progress.as_ref().map(|p| p as OnDataProgress);
-                let dataset =
-                    dataset_files(&name, &bytes, &validation_name, &validation_bytes, progress);
                 let room = Room {
                     kept_files: files.as_ref().map_or(0, |f| f.resident_bytes()),
                     limits: MemoryLimits::of(&backend_info),
                 };
-                inspect_data(&base, files.as_deref(), dataset, &config, room)
+                inspect_data(
+                    &base,
+                    files.as_deref(),
+                    request.dataset(progress),
+                    &config,
+                    room,
+                )
             };
             let value = run().map_err(|e| error_to_js(&e))?;
             to_js(&value)
         })
     }
 
-    /// Fine-tune the loaded model on a dataset file and evaluate it before and after on
-    /// held-out examples. `on_event(event)` sees `{type: "phase", phase, message}` and
+    /// Fine-tune the loaded model on a dataset and evaluate it before and after on held-out
+    /// examples. `request` is a [`JobRequest`]: `{data: {name, bytes}, validation?: {name,
+    /// bytes}, config?, resume?}`. `on_event(event)` sees `{type: "phase", phase, message}` and
     /// `{type: "step", step, total_steps, loss, lr, grad_norm, tokens_per_s, elapsed_s, eta_s,
     /// eval, ...}`; returning `false` stops training early (evaluation and export still run);
     /// returning a Promise for a step pauses training after it until the Promise settles
@@ -660,56 +664,19 @@ impl Session {
     /// `config.init_adapter`, a PEFT adapter's files (`{"adapter_config.json": ...,
     /// "adapter_model.safetensors": ...}`), continues training that adapter (LoRA on a causal
     /// LM: its rank, alpha and modules are the job's; the optimiser starts fresh).
+    ///
+    /// With `on_checkpoint`, the job saves checkpoints (causal LMs and classifiers; an
+    /// encoder's holds the head too): `on_checkpoint({step, bytes: Uint8Array})` receives one
+    /// every `config.checkpoint_every` steps and when the run is paused or stopped early.
+    /// `request.resume` (a checkpoint's bytes) then continues the run it was saved from, on the
+    /// same model, dataset and configuration, with the losses the uninterrupted run would have
+    /// had. A checkpoint of the other kind of job, or of another model, dataset or
+    /// configuration, is refused with `config.invalid` (details `{field: "checkpoint", reason}`).
     pub fn finetune(
         &self,
-        name: String,
-        bytes: Vec<u8>,
-        config: JsValue,
+        request: JsValue,
         on_event: js_sys::Function,
-        validation_name: Option<String>,
-        validation_bytes: Option<Vec<u8>>,
-    ) -> js_sys::Promise {
-        let validation = validation_name.zip(validation_bytes);
-        self.start_job(name, bytes, config, on_event, None, validation)
-    }
-
-    /// As `finetune`, saving checkpoints and possibly continuing from one — causal LMs and
-    /// classification jobs (encoders: the checkpoint then holds the head too):
-    /// `on_checkpoint({step, bytes: Uint8Array})` receives one every `config.checkpoint_every`
-    /// steps and when the run is paused or stopped early; `resume` (a checkpoint's bytes, or
-    /// null) continues the run it was saved from, on the same model, dataset and configuration,
-    /// with the losses the uninterrupted run would have had. A checkpoint of the other kind of
-    /// job (causal for an encoder, or the reverse), or of another model, dataset or
-    /// configuration, is refused with `config.invalid` (details `{field: "checkpoint", reason}`).
-    // Positional arguments are how a wasm-bindgen method takes optional values from JS.
-    #[allow(clippy::too_many_arguments)]
-    #[wasm_bindgen(js_name = finetuneResumable)]
-    pub fn finetune_resumable(
-        &self,
-        name: String,
-        bytes: Vec<u8>,
-        config: JsValue,
-        on_event: js_sys::Function,
-        on_checkpoint: js_sys::Function,
-        resume: Option<Vec<u8>>,
-        validation_name: Option<String>,
-        validation_bytes: Option<Vec<u8>>,
-    ) -> js_sys::Promise {
-        let validation = validation_name.zip(validation_bytes);
-        let checkpoints = Some((on_checkpoint, resume));
-        self.start_job(name, bytes, config, on_event, checkpoints, validation)
-    }
-
-    /// The job behind `finetune` and `finetuneResumable`: `checkpoints` is where checkpoints go
-    /// and the one to resume from, if any.
-    fn start_job(
-        &self,
-        name: String,
-        bytes: Vec<u8>,
-        config: JsValue,
-        on_event: js_sys::Function,
-        checkpoints: Option<(js_sys::Function, Option<Vec<u8>>)>,
-        validation: Option<(String, Vec<u8>)>,
+        on_checkpoint: Option<js_sys::Function>,
     ) -> js_sys::Promise {
         let loaded = self.current_model_and_files();
         let tuned_slot = self.tuned.clone();
@@ -717,10 +684,11 @@ impl Session {
         wasm_bindgen_futures::future_to_promise(async move {
             let (base, files) = loaded?;
             let run = async {
-                let config = continuing(&base, config)?;
+                let request = JobRequest::from_js(&request)?;
+                let config = continuing(&base, request.config.clone())?;
                 let progress = data_progress_to(&on_event);
-                let checkpointing = match checkpoints {
-                    Some((on_checkpoint, resume)) => {
+                let checkpointing = match (on_checkpoint, &request.resume) {
+                    (Some(on_checkpoint), resume) => {
                         let resume = resume.as_deref().map(Checkpoint::from_bytes).transpose()?;
                         let save = move |ck: Checkpoint| {
                             let out = js_sys::Object::new();
@@ -736,23 +704,20 @@ impl Session {
                             save: Box::new(save),
                         })
                     }
-                    None => None,
-                };
-                let (validation_name, validation_bytes) = match validation {
-                    Some((n, b)) => (Some(n), Some(b)),
-                    None => (None, None),
+                    (None, Some(_)) => {
+                        return Err(Error::config(
+                            "resuming a checkpoint needs on_checkpoint: the resumed run saves its \
+                             own checkpoints",
+                        )
+                        .with_details(json!({ "field": "resume" })))
+                    }
+                    (None, None) => None,
                 };
                 let out = run_task(
                     &files,
                     &base,
                     &backend,
-                    dataset_files(
-                        &name,
-                        &bytes,
-                        &validation_name,
-                        &validation_bytes,
-                        Some(&progress),
-                    ),
+                    request.dataset(Some(&progress)),
                     &config,
                     "webtune-base",
                     checkpointing,
@@ -781,27 +746,20 @@ impl Session {
         })
     }
 
-    /// The job `finetune` would run with these arguments, as a Python project for Hugging Face
-    /// transformers + PEFT launched by Accelerate (the CLI's `webtune recipe`), zipped under
-    /// `webtune-recipe/`: resolves to a `Uint8Array`. `model` is how the project's job.json
-    /// names the base (a Hub id, or a folder for the user to fill in). `config.init_adapter` (an
-    /// adapter's files, as `finetune` takes them) starts the project from that adapter, as
-    /// `webtune recipe --init-adapter DIR` does. Nothing is trained.
-    pub fn recipe(
-        &self,
-        name: String,
-        bytes: Vec<u8>,
-        config: JsValue,
-        model: String,
-        validation_name: Option<String>,
-        validation_bytes: Option<Vec<u8>>,
-    ) -> js_sys::Promise {
+    /// The job `finetune` would run with this request (a [`JobRequest`], as `finetune` takes
+    /// it), as a Python project for Hugging Face transformers + PEFT launched by Accelerate (the
+    /// CLI's `webtune recipe`), zipped under `webtune-recipe/`: resolves to a `Uint8Array`.
+    /// `model` is how the project's job.json names the base (a Hub id, or a folder for the user
+    /// to fill in). `config.init_adapter` (an adapter's files) starts the project from that
+    /// adapter, as `webtune recipe --init-adapter DIR` does. Nothing is trained.
+    pub fn recipe(&self, request: JsValue, model: String) -> js_sys::Promise {
         let loaded = self.current_model_and_files();
         let backend = self.backend.clone();
         wasm_bindgen_futures::future_to_promise(async move {
             let (base, files) = loaded?;
             let run = async {
-                let config = continuing(&base, config)?;
+                let request = JobRequest::from_js(&request)?;
+                let config = continuing(&base, request.config.clone())?;
                 let model_ref = BaseModelRef {
                     path: model,
                     gguf_file: files
@@ -809,7 +767,7 @@ impl Session {
                         .find(|n| n.ends_with(".gguf"))
                         .map(str::to_string),
                 };
-                let data = dataset_files(&name, &bytes, &validation_name, &validation_bytes, None);
+                let data = request.dataset(None);
                 let written = recipe(&model_ref, &files, &base, &backend, data, &config).await?;
                 let named: Vec<(String, Vec<u8>)> = written
                     .into_iter()
@@ -1008,29 +966,22 @@ impl Session {
     }
 
     /// Score the base model (`which` "base", default) or the latest fine-tuned one ("tuned")
-    /// on the held-out split of a dataset file, without training: the split `finetune` makes
-    /// with the same `config`, so the base model's numbers equal that job's `before`. Resolves
+    /// on the held-out split of a dataset (`request`: a [`JobRequest`], as `finetune` takes it),
+    /// without training: the split `finetune` makes with the same `config`, so the base model's
+    /// numbers equal that job's `before`. Resolves
     /// to `{task: "causal", loss, perplexity, tokens, validation_examples, seconds}` or `{task:
     /// "classification", labels, loss, accuracy, macro_f1, per_class, confusion_matrix,
     /// examples, validation_examples, seconds}`.
-    pub fn evaluate(
-        &self,
-        name: String,
-        bytes: Vec<u8>,
-        config: JsValue,
-        which: Option<String>,
-        validation_name: Option<String>,
-        validation_bytes: Option<Vec<u8>>,
-    ) -> js_sys::Promise {
+    pub fn evaluate(&self, request: JsValue, which: Option<String>) -> js_sys::Promise {
         let pick = self.pick_model(which.as_deref());
         let files = self.files.borrow().clone();
         wasm_bindgen_futures::future_to_promise(async move {
             let (base, model) = pick?;
             let model = &*model;
             let run = async {
-                let config = job_config(config)?;
-                let dataset =
-                    dataset_files(&name, &bytes, &validation_name, &validation_bytes, None);
+                let request = JobRequest::from_js(&request)?;
+                let config = job_config(request.config.clone())?;
+                let dataset = request.dataset(None);
                 if model.is_encoder() {
                     let (data, m) = evaluate_classification(model, dataset, &config).await?;
                     let mut value = serde_json::to_value(&m)
@@ -1181,29 +1132,89 @@ fn cosine(x: &[f32], y: &[f32]) -> f64 {
     dot / (norm(x) * norm(y)).max(1e-12)
 }
 
-/// The dataset file and the optional separate validation file the JS caller passed (both the
-/// validation name and bytes, or neither).
-fn dataset_files<'a>(
-    name: &'a str,
-    bytes: &'a [u8],
-    validation_name: &'a Option<String>,
-    validation_bytes: &'a Option<Vec<u8>>,
-    progress: Option<OnDataProgress<'a>>,
-) -> DatasetFiles<'a> {
-    let validation = match (validation_name, validation_bytes) {
-        (Some(name), Some(bytes)) => Some(DatasetFile {
-            name,
-            source: DataSource::Bytes(bytes),
-        }),
-        _ => None,
-    };
-    DatasetFiles {
-        train: DatasetFile {
-            name,
-            source: DataSource::Bytes(bytes),
-        },
-        validation,
-        progress,
+/// A dataset file from JS: `{name, bytes}` (bytes: a `Uint8Array`, `ArrayBuffer` or array).
+struct NamedBytes {
+    name: String,
+    bytes: Vec<u8>,
+}
+
+impl NamedBytes {
+    fn from_js(value: &JsValue, what: &str) -> Result<Self, Error> {
+        let bad = |m: String| Error::config(m).with_details(json!({ "field": what }));
+        let name = js_sys::Reflect::get(value, &"name".into())
+            .ok()
+            .and_then(|n| n.as_string())
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| bad(format!("{what} needs the file's name")))?;
+        let bytes = js_sys::Reflect::get(value, &"bytes".into()).unwrap_or(JsValue::UNDEFINED);
+        let bytes = if bytes.is_instance_of::<js_sys::Uint8Array>()
+            || bytes.is_instance_of::<js_sys::ArrayBuffer>()
+        {
+            js_sys::Uint8Array::new(&bytes).to_vec()
+        } else {
+            serde_wasm_bindgen::from_value(bytes)
+                .map_err(|_| bad(format!("{what}'s bytes must be a Uint8Array")))?
+        };
+        Ok(Self { name, bytes })
+    }
+}
+
+/// What `Session.finetune` and `Session.inspectDataset` take: `{data: {name, bytes},
+/// validation?: {name, bytes}, config?, resume?: Uint8Array}` (`resume`: finetune only).
+struct JobRequest {
+    data: NamedBytes,
+    validation: Option<NamedBytes>,
+    /// Kept as JS: `init_adapter` holds files.
+    config: JsValue,
+    resume: Option<Vec<u8>>,
+}
+
+impl JobRequest {
+    fn from_js(value: &JsValue) -> Result<Self, Error> {
+        if !value.is_object() {
+            return Err(Error::config(
+                "the request must be {data: {name, bytes}, validation?, config?, resume?}",
+            ));
+        }
+        let get = |key: &str| {
+            js_sys::Reflect::get(value, &key.into())
+                .ok()
+                .filter(|v| !v.is_undefined() && !v.is_null())
+        };
+        let data =
+            get("data").ok_or_else(|| Error::config("the request has no data: {name, bytes}"))?;
+        let resume = match get("resume") {
+            Some(r) if r.is_instance_of::<js_sys::Uint8Array>() => {
+                Some(js_sys::Uint8Array::new(&r).to_vec())
+            }
+            Some(_) => {
+                return Err(
+                    Error::config("resume must be a checkpoint's bytes (Uint8Array)")
+                        .with_details(json!({ "field": "resume" })),
+                )
+            }
+            None => None,
+        };
+        Ok(Self {
+            data: NamedBytes::from_js(&data, "data")?,
+            validation: get("validation")
+                .map(|v| NamedBytes::from_js(&v, "validation"))
+                .transpose()?,
+            config: get("config").unwrap_or(JsValue::UNDEFINED),
+            resume,
+        })
+    }
+
+    fn dataset<'a>(&'a self, progress: Option<OnDataProgress<'a>>) -> DatasetFiles<'a> {
+        let file = |f: &'a NamedBytes| DatasetFile {
+            name: &f.name,
+            source: DataSource::Bytes(&f.bytes),
+        };
+        DatasetFiles {
+            train: file(&self.data),
+            validation: self.validation.as_ref().map(file),
+            progress,
+        }
     }
 }
 

@@ -93,11 +93,11 @@ fn info_reports_an_encoder() {
     assert_eq!(i.kind, "encoder");
     assert_eq!(
         (
-            i.layers,
-            i.hidden_size,
-            i.heads,
-            i.vocab_size,
-            i.max_positions
+            i.dims.layers,
+            i.dims.hidden_size,
+            i.dims.heads,
+            i.dims.vocab_size,
+            i.dims.max_positions
         ),
         (2, 32, 4, 100, 64)
     );
@@ -108,7 +108,7 @@ fn info_reports_an_encoder() {
         .values()
         .map(|s| ints(s).iter().product::<i64>() as usize)
         .sum();
-    assert_eq!(i.parameters, stored);
+    assert_eq!(i.dims.parameters, stored);
     // The matrices of the linear layers (and pooler): every 2-D tensor but the embeddings.
     let matrices: usize = r["tensors"]
         .as_object()
@@ -117,8 +117,8 @@ fn info_reports_an_encoder() {
         .filter(|(name, shape)| !name.contains("embeddings") && ints(shape).len() == 2)
         .map(|(_, s)| ints(s).iter().product::<i64>() as usize)
         .sum();
-    assert_eq!(i.matmul_weights, matrices);
-    assert_eq!(i.attention_width, 32);
+    assert_eq!(i.dims.matmul_weights, matrices);
+    assert_eq!(i.dims.attention_width, 32);
     assert!(i.labels.is_none());
 }
 

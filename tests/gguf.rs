@@ -121,20 +121,20 @@ fn f32_gguf_is_the_safetensors_model() {
     assert_eq!(a.architecture, "llama");
     assert_eq!(
         (
-            a.parameters,
-            a.layers,
-            a.hidden_size,
-            a.heads,
-            a.vocab_size,
-            a.max_positions
+            a.dims.parameters,
+            a.dims.layers,
+            a.dims.hidden_size,
+            a.dims.heads,
+            a.dims.vocab_size,
+            a.dims.max_positions
         ),
         (
-            b.parameters,
-            b.layers,
-            b.hidden_size,
-            b.heads,
-            b.vocab_size,
-            b.max_positions
+            b.dims.parameters,
+            b.dims.layers,
+            b.dims.hidden_size,
+            b.dims.heads,
+            b.dims.vocab_size,
+            b.dims.max_positions
         )
     );
     assert_eq!(a.dtype, vec!["F32"]);
@@ -192,7 +192,7 @@ fn llama3_rope_freqs_become_the_models_frequencies() {
 
     let gguf = load(gguf_files(name, bytes(name))).unwrap();
     let st = load(ModelFiles::from_dir(&fixture("tiny_random/llama3_rope")).unwrap()).unwrap();
-    assert_eq!(gguf.info.parameters, st.info.parameters);
+    assert_eq!(gguf.info.dims.parameters, st.info.dims.parameters);
     let (worst_vs_st, worst_vs_ref) = worst_logit_diffs(&gguf, &st, &reference);
     eprintln!("llama3-rope GGUF: max |logit diff| vs safetensors (llama3 config) {worst_vs_st:e}, vs transformers {worst_vs_ref:e}");
     assert!(worst_vs_st <= 1e-4, "{worst_vs_st}");

@@ -135,7 +135,7 @@ fn the_sentencepiece_vocabulary_tokenizes_like_transformers() {
     // The user path: a GGUF file on its own becomes a model with a tokenizer.
     let model = LoadedModel::load(files(FIXTURE, fixture_bytes()), &Device::flex()).unwrap();
     assert!(model.info.has_tokenizer);
-    assert_eq!(model.info.vocab_size, 512);
+    assert_eq!(model.info.dims.vocab_size, 512);
     let tok = model.tokenizer.as_ref().unwrap();
     assert_eq!(tok.vocab_size(), 512);
     assert_matches_reference(tok, "from the GGUF");

@@ -31,22 +31,25 @@ fn info_reports_the_architecture() {
     assert_eq!(i.architecture, "gpt2");
     assert_eq!(
         (
-            i.layers,
-            i.hidden_size,
-            i.heads,
-            i.vocab_size,
-            i.max_positions
+            i.dims.layers,
+            i.dims.hidden_size,
+            i.dims.heads,
+            i.dims.vocab_size,
+            i.dims.max_positions
         ),
         (2, 32, 4, 100, 64)
     );
     // wte + wpe + 2 blocks (2 LN, c_attn, c_proj, c_fc, c_proj) + ln_f; the LM head is tied.
     let block = 2 * 2 * 32 + (32 * 96 + 96) + (32 * 32 + 32) + (32 * 128 + 128) + (128 * 32 + 32);
-    assert_eq!(i.parameters, 100 * 32 + 64 * 32 + 2 * block + 2 * 32);
+    assert_eq!(i.dims.parameters, 100 * 32 + 64 * 32 + 2 * block + 2 * 32);
     // Every weight but the position embedding, the biases and the layer norms is multiplied by
     // each token (the token embedding as the tied LM head).
     let biases_and_norms = 2 * (2 * 2 * 32 + 96 + 32 + 128 + 32) + 2 * 32;
-    assert_eq!(i.matmul_weights, i.parameters - 64 * 32 - biases_and_norms);
-    assert_eq!(i.attention_width, 32);
+    assert_eq!(
+        i.dims.matmul_weights,
+        i.dims.parameters - 64 * 32 - biases_and_norms
+    );
+    assert_eq!(i.dims.attention_width, 32);
     assert_eq!(i.dtype, vec!["F32"]);
 }
 

@@ -465,7 +465,7 @@ fn load(files: &[(&str, &[u8])]) -> webtune::error::Result<usize> {
     let _ = mf.config();
     let _ = mf.tokenizer();
     let model = LoadedModel::load(mf, &Device::flex())?;
-    Ok(model.info.parameters)
+    Ok(model.info.dims.parameters)
 }
 
 // ---------------------------------------------------------------------------------------------

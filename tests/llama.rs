@@ -32,23 +32,23 @@ fn info_reports_the_architecture() {
     assert_eq!(i.architecture, "llama");
     assert_eq!(
         (
-            i.layers,
-            i.hidden_size,
-            i.heads,
-            i.vocab_size,
-            i.max_positions
+            i.dims.layers,
+            i.dims.hidden_size,
+            i.dims.heads,
+            i.dims.vocab_size,
+            i.dims.max_positions
         ),
         (2, 32, 4, 100, 64)
     );
     // embed + head (untied) + 2 blocks (2 RMSNorm, q 32→32, k/v 32→16, o, gate/up 32→64, down) + norm.
     let block = 2 * 32 + 32 * 32 + 2 * (32 * 16) + 32 * 32 + 3 * (32 * 64);
-    assert_eq!(i.parameters, 2 * 100 * 32 + 2 * block + 32);
+    assert_eq!(i.dims.parameters, 2 * 100 * 32 + 2 * block + 32);
     // Every weight but the embedding and the norms is multiplied by each token.
     assert_eq!(
-        i.matmul_weights,
-        i.parameters - 100 * 32 - (2 * 2 * 32 + 32)
+        i.dims.matmul_weights,
+        i.dims.parameters - 100 * 32 - (2 * 2 * 32 + 32)
     );
-    assert_eq!(i.attention_width, 4 * 8);
+    assert_eq!(i.dims.attention_width, 4 * 8);
     assert_eq!(i.dtype, vec!["F32"]);
     assert_eq!(model.eos_token_id, Some(2));
 }
@@ -225,8 +225,8 @@ fn broken_checkpoints_give_clear_errors() {
     files.insert("config.json", serde_json::to_vec(&config).unwrap());
     let tied = load(files).unwrap();
     assert_eq!(
-        tied.info.parameters,
-        load(tiny_files()).unwrap().info.parameters - 100 * 32
+        tied.info.dims.parameters,
+        load(tiny_files()).unwrap().info.dims.parameters - 100 * 32
     );
 
     // A tensor of the wrong shape names itself and both shapes.

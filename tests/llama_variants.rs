@@ -178,9 +178,9 @@ fn the_window_holds_in_the_cached_path() {
 fn the_window_is_not_a_context_limit() {
     // Before the window was implemented, Mistral's context was capped at it.
     let model = load("mistral_sw");
-    assert_eq!(model.info.max_positions, 64);
+    assert_eq!(model.info.dims.max_positions, 64);
     let model = load("llama3_rope");
-    assert_eq!(model.info.max_positions, 1024);
+    assert_eq!(model.info.dims.max_positions, 1024);
 }
 
 #[test]

@@ -593,19 +593,19 @@ fn run_info(cli: &Cli, args: &InfoArgs) -> Result<(), Error> {
         println!("architecture   {}", i.architecture);
         println!(
             "parameters     {} ({:.1}M)",
-            i.parameters,
-            i.parameters as f64 / 1e6
+            i.dims.parameters,
+            i.dims.parameters as f64 / 1e6
         );
-        println!("layers         {}", i.layers);
-        println!("hidden size    {}", i.hidden_size);
-        println!("heads          {}", i.heads);
+        println!("layers         {}", i.dims.layers);
+        println!("hidden size    {}", i.dims.hidden_size);
+        println!("heads          {}", i.dims.heads);
         println!(
             "matmul weights {} ({:.1}M per token, LM head included)",
-            i.matmul_weights,
-            i.matmul_weights as f64 / 1e6
+            i.dims.matmul_weights,
+            i.dims.matmul_weights as f64 / 1e6
         );
-        println!("vocab size     {}", i.vocab_size);
-        println!("max positions  {}", i.max_positions);
+        println!("vocab size     {}", i.dims.vocab_size);
+        println!("max positions  {}", i.dims.max_positions);
         println!("stored dtype   {}", i.dtype.join(", "));
         println!(
             "tokenizer      {}",

@@ -20,7 +20,7 @@ use burn::tensor::{Bool, TensorData};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::layers::{layer_norm, merge_heads, split_heads, Activation};
+use super::layers::{load_layer_norm, load_linear, merge_heads, split_heads, Activation};
 use super::names::BERT;
 use super::Dims;
 use crate::error::{Code, Error, Result};
@@ -86,40 +86,6 @@ pub struct Bert {
     activation: Activation,
 }
 
-fn load_linear(
-    w: &Weights,
-    path: &str,
-    d_in: usize,
-    d_out: usize,
-    device: &Device,
-) -> Result<Linear> {
-    Ok(Linear {
-        weight: Param::from_tensor(w.linear(
-            &BERT,
-            &format!("{path}.weight"),
-            d_in,
-            d_out,
-            device,
-        )?),
-        bias: Some(Param::from_tensor(w.param(
-            &BERT,
-            &format!("{path}.bias"),
-            [d_out],
-            device,
-        )?)),
-    })
-}
-
-fn load_norm(w: &Weights, path: &str, d: usize, eps: f64, device: &Device) -> Result<LayerNorm> {
-    // The weights first, so a corrupt `d` fails on their shapes before anything is allocated.
-    let gamma = w.param(&BERT, &format!("{path}.gamma"), [d], device)?;
-    let beta = w.param(&BERT, &format!("{path}.beta"), [d], device)?;
-    let mut norm = layer_norm(d, eps, device);
-    norm.gamma = Param::from_tensor(gamma);
-    norm.beta = Some(Param::from_tensor(beta));
-    Ok(norm)
-}
-
 impl Bert {
     /// Load the encoder, its pooler when the checkpoint has one, and a classification head
     /// when it has `classifier.weight` (`BertForSequenceClassification`).
@@ -127,7 +93,8 @@ impl Bert {
         let d = config.hidden_size;
         let ff = config.intermediate_size;
         let eps = config.layer_norm_eps;
-        let lin = |path: &str, d_in, d_out| load_linear(w, path, d_in, d_out, device);
+        let lin =
+            |path: &str, d_in, d_out| load_linear(w, &BERT, path, (d_in, d_out), true, device);
         // Grown as layers load (not reserved from the config's count).
         let mut layers = Vec::new();
         for i in 0..config.num_hidden_layers {
@@ -137,10 +104,24 @@ impl Bert {
                 key: lin(&format!("{p}.key"), d, d)?,
                 value: lin(&format!("{p}.value"), d, d)?,
                 attention_output: lin(&format!("{p}.attention_output"), d, d)?,
-                attention_norm: load_norm(w, &format!("{p}.attention_norm"), d, eps, device)?,
+                attention_norm: load_layer_norm(
+                    w,
+                    &BERT,
+                    &format!("{p}.attention_norm"),
+                    d,
+                    eps,
+                    device,
+                )?,
                 intermediate: lin(&format!("{p}.intermediate"), d, ff)?,
                 output: lin(&format!("{p}.output"), ff, d)?,
-                output_norm: load_norm(w, &format!("{p}.output_norm"), d, eps, device)?,
+                output_norm: load_layer_norm(
+                    w,
+                    &BERT,
+                    &format!("{p}.output_norm"),
+                    d,
+                    eps,
+                    device,
+                )?,
             });
         }
         // The stored name of a parameter, if the checkpoint has it.
@@ -171,7 +152,7 @@ impl Bert {
             word_embeddings: emb("word_embeddings", config.vocab_size)?,
             position_embeddings: emb("position_embeddings", config.max_position_embeddings)?,
             token_type_embeddings: emb("token_type_embeddings", config.type_vocab_size)?,
-            embeddings_norm: load_norm(w, "embeddings_norm", d, eps, device)?,
+            embeddings_norm: load_layer_norm(w, &BERT, "embeddings_norm", d, eps, device)?,
             layers,
             pooler,
             classifier,

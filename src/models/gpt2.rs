@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::layers::{
-    causal_attention_dropout, dropout, layer_norm, linear_forward, lm_head_logits, merge_heads,
-    split_heads, Activation, TrainDropout,
+    causal_attention_dropout, dropout, linear_forward, lm_head_logits, load_layer_norm,
+    load_linear, merge_heads, split_heads, Activation, TrainDropout,
 };
 use super::names::GPT2;
 use super::{Dims, KvCache};
@@ -51,41 +51,6 @@ pub struct Gpt2 {
     dropout: TrainDropout,
 }
 
-fn load_linear(
-    w: &Weights,
-    path: &str,
-    d_in: usize,
-    d_out: usize,
-    device: &Device,
-) -> Result<Linear> {
-    Ok(Linear {
-        weight: Param::from_tensor(w.linear(
-            &GPT2,
-            &format!("{path}.weight"),
-            d_in,
-            d_out,
-            device,
-        )?),
-        bias: Some(Param::from_tensor(w.param(
-            &GPT2,
-            &format!("{path}.bias"),
-            [d_out],
-            device,
-        )?)),
-    })
-}
-
-fn load_norm(w: &Weights, path: &str, d: usize, eps: f64, device: &Device) -> Result<LayerNorm> {
-    // The weights first: their shapes are checked against `d` before anything of size `d` is
-    // allocated, so a corrupt config cannot make the loader reserve memory the file does not hold.
-    let gamma = w.param(&GPT2, &format!("{path}.gamma"), [d], device)?;
-    let beta = w.param(&GPT2, &format!("{path}.beta"), [d], device)?;
-    let mut norm = layer_norm(d, eps, device);
-    norm.gamma = Param::from_tensor(gamma);
-    norm.beta = Some(Param::from_tensor(beta));
-    Ok(norm)
-}
-
 impl Gpt2 {
     pub fn load(config: &Gpt2Config, w: &Weights, device: &Device) -> Result<Self> {
         let d = config.n_embd;
@@ -95,12 +60,26 @@ impl Gpt2 {
         for i in 0..config.n_layer {
             let p = format!("blocks.{i}");
             blocks.push(Block {
-                ln_1: load_norm(w, &format!("{p}.ln_1"), d, eps, device)?,
-                c_attn: load_linear(w, &format!("{p}.c_attn"), d, 3 * d, device)?,
-                c_proj: load_linear(w, &format!("{p}.c_proj"), d, d, device)?,
-                ln_2: load_norm(w, &format!("{p}.ln_2"), d, eps, device)?,
-                c_fc: load_linear(w, &format!("{p}.c_fc"), d, config.inner(), device)?,
-                mlp_proj: load_linear(w, &format!("{p}.mlp_proj"), config.inner(), d, device)?,
+                ln_1: load_layer_norm(w, &GPT2, &format!("{p}.ln_1"), d, eps, device)?,
+                c_attn: load_linear(w, &GPT2, &format!("{p}.c_attn"), (d, 3 * d), true, device)?,
+                c_proj: load_linear(w, &GPT2, &format!("{p}.c_proj"), (d, d), true, device)?,
+                ln_2: load_layer_norm(w, &GPT2, &format!("{p}.ln_2"), d, eps, device)?,
+                c_fc: load_linear(
+                    w,
+                    &GPT2,
+                    &format!("{p}.c_fc"),
+                    (d, config.inner()),
+                    true,
+                    device,
+                )?,
+                mlp_proj: load_linear(
+                    w,
+                    &GPT2,
+                    &format!("{p}.mlp_proj"),
+                    (config.inner(), d),
+                    true,
+                    device,
+                )?,
             });
         }
         let lm_head = if !config.tie_word_embeddings && w.contains("lm_head.weight") {
@@ -117,7 +96,7 @@ impl Gpt2 {
             wte: Param::from_tensor(w.param(&GPT2, "wte", [config.vocab_size, d], device)?),
             wpe: Param::from_tensor(w.param(&GPT2, "wpe", [config.n_positions, d], device)?),
             blocks,
-            ln_f: load_norm(w, "ln_f", d, eps, device)?,
+            ln_f: load_layer_norm(w, &GPT2, "ln_f", d, eps, device)?,
             lm_head,
             n_head: config.n_head,
             // Validated by Gpt2Config::from_json.

@@ -8,6 +8,9 @@ use burn::tensor::module::linear as linear_op;
 use burn::tensor::{Bool, TensorData};
 
 use super::frozen::{frozen_matmul, is_quantized};
+use crate::error::Result;
+use crate::io::hf::Weights;
+use crate::models::names::Table;
 use crate::rng::Rng;
 
 /// A parameter drawn from N(0, std²) with webtune's own generator, identical on every backend.
@@ -41,6 +44,51 @@ pub fn layer_norm(d_model: usize, epsilon: f64, device: &Device) -> LayerNorm {
     LayerNormConfig::new(d_model)
         .with_epsilon(epsilon)
         .init(device)
+}
+
+/// A linear layer by its burn path (`blocks.0.c_attn`), read through the family's name
+/// table: the weight as [`Weights::linear`] lays it out and, when `bias`, its bias.
+pub fn load_linear(
+    w: &Weights,
+    table: &Table,
+    path: &str,
+    (d_in, d_out): (usize, usize),
+    bias: bool,
+    device: &Device,
+) -> Result<Linear> {
+    let weight = w.linear(table, &format!("{path}.weight"), d_in, d_out, device)?;
+    let bias = match bias {
+        true => Some(Param::from_tensor(w.param(
+            table,
+            &format!("{path}.bias"),
+            [d_out],
+            device,
+        )?)),
+        false => None,
+    };
+    Ok(Linear {
+        weight: Param::from_tensor(weight),
+        bias,
+    })
+}
+
+/// A LayerNorm by its burn path (`blocks.0.ln_1`). The weights are read first: their shapes
+/// are checked against `d` before anything of size `d` is allocated, so a corrupt config
+/// cannot make the loader reserve memory the file does not hold.
+pub fn load_layer_norm(
+    w: &Weights,
+    table: &Table,
+    path: &str,
+    d: usize,
+    eps: f64,
+    device: &Device,
+) -> Result<LayerNorm> {
+    let gamma = w.param(table, &format!("{path}.gamma"), [d], device)?;
+    let beta = w.param(table, &format!("{path}.beta"), [d], device)?;
+    let mut norm = layer_norm(d, eps, device);
+    norm.gamma = Param::from_tensor(gamma);
+    norm.beta = Some(Param::from_tensor(beta));
+    Ok(norm)
 }
 
 /// Split `[B, T, H·Dh]` into heads: `[B, H, T, Dh]`.

@@ -20,8 +20,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Value};
 
 use super::layers::{
-    causal_attention_window, linear_forward, lm_head_logits, merge_heads, split_heads, Activation,
-    TrainDropout,
+    causal_attention_window, linear_forward, lm_head_logits, load_linear, merge_heads, split_heads,
+    Activation, TrainDropout,
 };
 use super::names::LLAMA;
 use super::swiglu::swiglu;
@@ -70,31 +70,6 @@ pub struct Llama {
     dropout: TrainDropout,
 }
 
-fn load_linear(
-    w: &Weights,
-    path: &str,
-    d_in: usize,
-    d_out: usize,
-    bias: bool,
-    device: &Device,
-) -> Result<Linear> {
-    let weight = w.linear(&LLAMA, &format!("{path}.weight"), d_in, d_out, device)?;
-    let bias = if bias {
-        Some(Param::from_tensor(w.param(
-            &LLAMA,
-            &format!("{path}.bias"),
-            [d_out],
-            device,
-        )?))
-    } else {
-        None
-    };
-    Ok(Linear {
-        weight: Param::from_tensor(weight),
-        bias,
-    })
-}
-
 fn load_norm(w: &Weights, path: &str, d: usize, eps: f64, device: &Device) -> Result<RmsNorm> {
     Ok(RmsNorm {
         gamma: Param::from_tensor(w.param(&LLAMA, &format!("{path}.gamma"), [d], device)?),
@@ -118,10 +93,17 @@ impl Llama {
         for i in 0..config.num_hidden_layers {
             let p = format!("blocks.{i}");
             let attn = |n: &str, d_in, d_out, bias| {
-                load_linear(w, &format!("{p}.{n}"), d_in, d_out, bias, device)
+                load_linear(w, &LLAMA, &format!("{p}.{n}"), (d_in, d_out), bias, device)
             };
             let mlp = |n: &str, d_in, d_out| {
-                load_linear(w, &format!("{p}.{n}"), d_in, d_out, mlp_bias, device)
+                load_linear(
+                    w,
+                    &LLAMA,
+                    &format!("{p}.{n}"),
+                    (d_in, d_out),
+                    mlp_bias,
+                    device,
+                )
             };
             blocks.push(Block {
                 input_norm: load_norm(w, &format!("{p}.input_norm"), d, eps, device)?,

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use super::bert::{Bert, BertConfig, Pooling};
 use super::gpt2::{Gpt2, Gpt2Config};
 use super::llama::{Llama, LlamaConfig};
-use super::{CausalLm, KvCache};
+use super::{CausalLm, Dims, KvCache};
 use crate::data::chat::{ChatTemplate, Message};
 use crate::error::{Code, Error, Result};
 use crate::io::hf::{architecture, LinearHook, ModelFiles};
@@ -101,27 +101,9 @@ impl CausalLm for Family {
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelInfo {
     pub architecture: String,
-    pub parameters: usize,
-    pub layers: usize,
-    pub hidden_size: usize,
-    /// Width of the MLP's hidden layer.
-    pub intermediate_size: usize,
-    pub heads: usize,
-    pub vocab_size: usize,
-    pub max_positions: usize,
-    /// Weights each token is multiplied by in a forward pass: every linear layer, plus the LM
-    /// head (also when it is the tied embedding) and a classification head. A forward pass costs
-    /// 2 FLOPs per such weight and token, plus attention (see `attention_width`);
-    /// `cargo xtask bench` turns step times into FLOP/s with it.
-    pub matmul_weights: usize,
-    /// Width of the attention's dot products (heads × head dim): scores and the weighted sum
-    /// cost 4 · layers · context · attention_width FLOPs per token.
-    pub attention_width: usize,
-    /// Values per token and layer the MLP keeps for the backward pass, in units of
-    /// `intermediate_size`: 2 for the fused `silu(g)·u` (`models::swiglu`), 4 for an MLP of
-    /// plain tensor ops (GELU's input, its intermediates and output).
-    #[serde(skip)]
-    pub mlp_kept: usize,
+    /// Sizes and per-token work, as the family computes them.
+    #[serde(flatten)]
+    pub dims: Dims,
     /// Dtypes of the stored weights, e.g. `["F32"]`.
     pub dtype: Vec<&'static str>,
     /// Bytes of the weight files the model was loaded from.
@@ -265,16 +247,7 @@ impl LoadedModel {
         let (labels, pooling) = head.unzip();
         let info = ModelInfo {
             architecture: arch,
-            parameters: dims.parameters,
-            layers: dims.layers,
-            hidden_size: dims.hidden_size,
-            intermediate_size: dims.intermediate_size,
-            heads: dims.heads,
-            vocab_size: dims.vocab_size,
-            max_positions: dims.max_positions,
-            matmul_weights: dims.matmul_weights,
-            attention_width: dims.attention_width,
-            mlp_kept: dims.mlp_kept,
+            dims,
             dtype,
             stored_bytes,
             load_bytes,
@@ -315,12 +288,15 @@ impl LoadedModel {
 
     /// Token ids must exist in the embedding (a tokenizer from another model may not fit).
     pub fn check_ids(&self, ids: &[u32]) -> Result<()> {
-        if let Some(bad) = ids.iter().find(|&&t| t as usize >= self.info.vocab_size) {
+        if let Some(bad) = ids
+            .iter()
+            .find(|&&t| t as usize >= self.info.dims.vocab_size)
+        {
             return Err(Error::config(format!(
                 "token id {bad} is outside the model's vocabulary of {}",
-                self.info.vocab_size
+                self.info.dims.vocab_size
             ))
-            .with_details(json!({ "token_id": bad, "vocab_size": self.info.vocab_size })));
+            .with_details(json!({ "token_id": bad, "vocab_size": self.info.dims.vocab_size })));
         }
         Ok(())
     }
@@ -329,10 +305,10 @@ impl LoadedModel {
     pub async fn logits(&self, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
         self.family.check_causal()?;
         self.check_ids(ids)?;
-        if ids.is_empty() || ids.len() > self.info.max_positions {
+        if ids.is_empty() || ids.len() > self.info.dims.max_positions {
             return Err(Error::config(format!(
                 "the input must have between 1 and {} tokens, got {}",
-                self.info.max_positions,
+                self.info.dims.max_positions,
                 ids.len()
             )));
         }
@@ -374,10 +350,10 @@ impl LoadedModel {
             ));
         };
         self.check_ids(ids)?;
-        if ids.is_empty() || ids.len() > self.info.max_positions {
+        if ids.is_empty() || ids.len() > self.info.dims.max_positions {
             return Err(Error::config(format!(
                 "the input must have between 1 and {} tokens, got {}",
-                self.info.max_positions,
+                self.info.dims.max_positions,
                 ids.len()
             )));
         }
@@ -437,7 +413,7 @@ impl LoadedModel {
             )
         })?;
         let mut ids = tokenizer.encode(text)?;
-        let max = self.info.max_positions;
+        let max = self.info.dims.max_positions;
         if ids.len() > max {
             let last = ids[ids.len() - 1];
             ids.truncate(max - 1);
@@ -495,7 +471,7 @@ impl LoadedModel {
             let eot = t.end_of_turn(tokenizer);
             let eos = tokenizer.token_id(&t.eos_token);
             for id in [eot, eos].into_iter().flatten() {
-                if !stops.contains(&id) && (id as usize) < self.info.vocab_size {
+                if !stops.contains(&id) && (id as usize) < self.info.dims.vocab_size {
                     stops.push(id);
                 }
             }

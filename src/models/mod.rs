@@ -17,22 +17,29 @@ use burn::prelude::*;
 
 use crate::error::{Code, Error};
 
-/// A loaded model's shape as its family computes it: the part of `loaded::ModelInfo` that
-/// differs by family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A loaded model's shape as its family computes it (`loaded::ModelInfo` shows it flattened).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Dims {
     pub parameters: usize,
     pub layers: usize,
     pub hidden_size: usize,
+    /// Width of the MLP's hidden layer.
     pub intermediate_size: usize,
     pub heads: usize,
     pub vocab_size: usize,
     pub max_positions: usize,
-    /// Weights each token is multiplied by in a forward pass (see `ModelInfo::matmul_weights`).
+    /// Weights each token is multiplied by in a forward pass: every linear layer, plus the LM
+    /// head (also when it is the tied embedding) and a classification head. A forward pass costs
+    /// 2 FLOPs per such weight and token, plus attention (see `attention_width`);
+    /// `cargo xtask bench` turns step times into FLOP/s with it.
     pub matmul_weights: usize,
-    /// Heads × head dim (see `ModelInfo::attention_width`).
+    /// Width of the attention's dot products (heads × head dim): scores and the weighted sum
+    /// cost 4 · layers · context · attention_width FLOPs per token.
     pub attention_width: usize,
-    /// MLP values kept per token and layer, in units of `intermediate_size`.
+    /// Values per token and layer the MLP keeps for the backward pass, in units of
+    /// `intermediate_size`: 2 for the fused `silu(g)·u` (`models::swiglu`), 4 for an MLP of
+    /// plain tensor ops (GELU's input, its intermediates and output).
+    #[serde(skip)]
     pub mlp_kept: usize,
 }
 

@@ -230,7 +230,10 @@ mod tests {
         files.insert("model.safetensors", a);
         let model =
             crate::models::loaded::LoadedModel::load(files, &burn::tensor::Device::flex()).unwrap();
-        assert_eq!(model.info.parameters as u64, parameters(&small).unwrap());
+        assert_eq!(
+            model.info.dims.parameters as u64,
+            parameters(&small).unwrap()
+        );
         assert_eq!(model.info.architecture, "qwen2");
     }
 }

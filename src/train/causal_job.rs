@@ -176,7 +176,7 @@ pub fn prepare_data<'a>(
 /// fine-tuned model to answer, end the answer, and answer again until the token limit.
 pub(crate) fn causal_options(config: &JobConfig, model: &LoadedModel) -> InspectOptions {
     let mut options = config.data.clone();
-    let longest = model.info.max_positions.saturating_sub(1);
+    let longest = model.info.dims.max_positions.saturating_sub(1);
     options.causal.seq_len = options.causal.seq_len.min(longest).max(1);
     if options.causal.eos_token.is_none() {
         options.causal.eos_token = model
@@ -262,7 +262,12 @@ pub async fn continue_text(model: &LoadedModel, ids: &[u32], tokens: usize) -> R
         stop_tokens: model.eos_token_id.into_iter().collect(),
         ..Default::default()
     };
-    let max = model.info.max_positions.saturating_sub(tokens + 1).max(1);
+    let max = model
+        .info
+        .dims
+        .max_positions
+        .saturating_sub(tokens + 1)
+        .max(1);
     let ids = &ids[ids.len().saturating_sub(max)..];
     let out = generate(model.causal_lm(), &model.device, ids, &options, |_| true).await?;
     let out: Vec<u32> = out

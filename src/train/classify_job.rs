@@ -177,7 +177,11 @@ pub fn prepare_class_data<'a>(
     config.validate()?;
     let tokenizer = tokenizer_of(base)?;
     let mut options = config.data.clone();
-    options.causal.seq_len = options.causal.seq_len.min(base.info.max_positions).max(2);
+    options.causal.seq_len = options
+        .causal
+        .seq_len
+        .min(base.info.dims.max_positions)
+        .max(2);
     let seq_len = options.causal.seq_len;
     let architecture = &base.info.architecture;
     let read = read_and_split(
@@ -568,7 +572,11 @@ pub async fn eval_class_file(
         ));
     };
     let mut options = config.data.clone();
-    options.causal.seq_len = options.causal.seq_len.min(model.info.max_positions).max(2);
+    options.causal.seq_len = options
+        .causal
+        .seq_len
+        .min(model.info.dims.max_positions)
+        .max(2);
     let (dataset, report) = inspect(name, bytes, &options, Some(tokenizer))?;
     let map = LabelMap {
         labels: labels.clone(),

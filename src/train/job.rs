@@ -319,7 +319,7 @@ pub(crate) fn read_and_split(
         .map_or(options.causal.seq_len as f64, |t| t.mean);
     let cap = config
         .validation_max
-        .unwrap_or_else(|| auto_validation_max(model.matmul_weights, mean_tokens));
+        .unwrap_or_else(|| auto_validation_max(model.dims.matmul_weights, mean_tokens));
     let (mut train, mut validation) = (parts.train, parts.validation);
     let examples = validation.len();
     let mut returned_to_training = 0;
@@ -441,8 +441,8 @@ fn job_checkpointing<'c, C>(
     // A checkpoint holds the trainable weights and both AdamW moments, copied a few times on
     // the way out: fully fine-tuning a large model would need gigabytes (and could exhaust the
     // 4 GiB of wasm memory), so such runs train without checkpoints.
-    let too_big =
-        config.train.method == Method::Full && base.info.parameters > MAX_FULL_CHECKPOINT_PARAMS;
+    let too_big = config.train.method == Method::Full
+        && base.info.dims.parameters > MAX_FULL_CHECKPOINT_PARAMS;
     let resuming = checkpointing.as_ref().is_some_and(|c| c.resume.is_some());
     if too_big && !resuming {
         if checkpointing.is_some() {
@@ -451,8 +451,8 @@ fn job_checkpointing<'c, C>(
                 message: format!(
                     "No checkpoints for this run: full fine-tuning of {} parameters would need \
                      about {} MiB per checkpoint (LoRA checkpoints are small)",
-                    base.info.parameters,
-                    (base.info.parameters * 12) >> 20
+                    base.info.dims.parameters,
+                    (base.info.dims.parameters * 12) >> 20
                 ),
             });
         }

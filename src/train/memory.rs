@@ -67,27 +67,28 @@ pub struct MemoryEstimate {
 /// Trainable parameters of a run on `info`'s model: everything for full fine-tuning (less the
 /// frozen parts), the LoRA factors (r × (in + out) per adapted projection) otherwise.
 fn trainable_params(info: &ModelInfo, config: &FinetuneConfig, classes: usize) -> u64 {
-    let d = info.hidden_size as u64;
-    let layers = info.layers as u64;
+    let d = info.dims.hidden_size as u64;
+    let layers = info.dims.layers as u64;
     let head = classes as u64 * (d + 1);
     match config.method {
         Method::Full => {
             let embeddings = if config.freeze_embeddings {
-                info.vocab_size as u64 * d
+                info.dims.vocab_size as u64 * d
             } else {
                 0
             };
-            let per_layer =
-                (info.parameters as u64).saturating_sub(info.vocab_size as u64 * d) / layers.max(1);
-            let frozen = per_layer * config.freeze_layers.min(info.layers) as u64;
-            (info.parameters as u64)
+            let per_layer = (info.dims.parameters as u64)
+                .saturating_sub(info.dims.vocab_size as u64 * d)
+                / layers.max(1);
+            let frozen = per_layer * config.freeze_layers.min(info.dims.layers) as u64;
+            (info.dims.parameters as u64)
                 .saturating_sub(embeddings)
                 .saturating_sub(frozen)
                 + head
         }
         Method::Lora => {
             let r = config.lora_r as u64;
-            let i = info.intermediate_size as u64;
+            let i = info.dims.intermediate_size as u64;
             // Default targets: the query and value projections (d → d each).
             let targets = config.lora_targets.len();
             let per_layer = if config.lora_targets.iter().any(|t| t == "all-linear") {
@@ -144,17 +145,17 @@ pub fn estimate(
 ) -> MemoryEstimate {
     let (b, t) = (shape.batch_size as u64, shape.seq_len as u64);
     let (d, i, h, l) = (
-        info.hidden_size as u64,
-        info.intermediate_size as u64,
-        info.heads as u64,
-        info.layers as u64,
+        info.dims.hidden_size as u64,
+        info.dims.intermediate_size as u64,
+        info.dims.heads as u64,
+        info.dims.layers as u64,
     );
-    let v = info.vocab_size as u64;
+    let v = info.dims.vocab_size as u64;
     let trainable = trainable_params(info, config, classes);
     // The base as loaded: f32, but for projections quantized as they were read (`compact`).
     let base = match info.compact {
-        Some(c) => (info.parameters as u64).saturating_sub(c.values) * F32 + c.bytes,
-        None => info.parameters as u64 * F32,
+        Some(c) => (info.dims.parameters as u64).saturating_sub(c.values) * F32 + c.bytes,
+        None => info.dims.parameters as u64 * F32,
     };
     let mut weights = base
         + if config.method == Method::Lora {
@@ -172,13 +173,13 @@ pub fn estimate(
         // roughly) with their scales as the CPU backend stores them (WebGPU's 4-bit blocks keep
         // f32 scales: 1/16 of a byte a value more there): a copy beside the f32 base, which the
         // loaded model keeps.
-        let linear = (info.parameters as u64)
+        let linear = (info.dims.parameters as u64)
             .saturating_sub(v * d)
             .min(l * (4 * d * d + 3 * d * i));
         let block = config.quantize_block_size;
         weights += super::qlora::cpu_quantized_bytes(linear, block, q.bits()) + dense;
     }
-    let per_token_layer = 12 * d + info.mlp_kept as u64 * i + 3 * h * t;
+    let per_token_layer = 12 * d + info.dims.mlp_kept as u64 * i + 3 * h * t;
     let mut activations = b * t * l * per_token_layer * F32;
     let scores = b * h * t * t * F32;
     let (mut largest, mut name) = (v * d * F32, format!("token embedding [{v} × {d}]"));
@@ -318,20 +319,22 @@ mod tests {
     fn smollm2() -> ModelInfo {
         ModelInfo {
             architecture: "llama".into(),
-            parameters: 134_515_008,
-            layers: 30,
-            hidden_size: 576,
-            intermediate_size: 1536,
-            heads: 9,
-            vocab_size: 49152,
-            max_positions: 8192,
-            // As `webtune info` reports it.
-            matmul_weights: 134_479_872,
-            attention_width: 576,
+            dims: crate::models::Dims {
+                parameters: 134_515_008,
+                layers: 30,
+                hidden_size: 576,
+                intermediate_size: 1536,
+                heads: 9,
+                vocab_size: 49152,
+                max_positions: 8192,
+                // As `webtune info` reports it.
+                matmul_weights: 134_479_872,
+                attention_width: 576,
+                mlp_kept: 2,
+            },
             dtype: vec!["F32"],
             stored_bytes: 0,
             load_bytes: 0,
-            mlp_kept: 2,
             compact: None,
             has_tokenizer: true,
             kind: "causal_lm",
@@ -390,7 +393,7 @@ mod tests {
         );
         // Every parameter but the 49152 × 576 embedding, at 1 + 4/32 bytes beside the f32 base,
         // and two of the largest projections (576 × 1536) made dense.
-        let linear = (info.parameters - 49152 * 576) as u64;
+        let linear = (info.dims.parameters - 49152 * 576) as u64;
         assert_eq!(
             q8.weights - lora.weights,
             linear * 9 / 8 + 2 * 576 * 1536 * 4

@@ -88,7 +88,7 @@ pub async fn recipe(
         "path": model_ref.path,
         "gguf_file": model_ref.gguf_file,
         "architecture": base.info.architecture,
-        "parameters": base.info.parameters,
+        "parameters": base.info.dims.parameters,
     });
     job["data"]["files"] = json!(data_files);
     job["data"]["train"] = json!(TRAIN_EXAMPLES);
@@ -311,7 +311,7 @@ async fn classification(
         .data
         .causal
         .seq_len
-        .min(base.info.max_positions)
+        .min(base.info.dims.max_positions)
         .max(2);
     let job = json!({
         "task": "classification",

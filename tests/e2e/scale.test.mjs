@@ -41,6 +41,36 @@ async function withShapeCheckpoint(shape, fn) {
   }
 }
 
+/** Three LoRA steps of 1 × 128 tokens on the TRAIN example at a high learning rate (`train`
+ * overrides the training settings), with VALID as the validation file; asserts they ran and the
+ * losses are finite and fall (the same batch three times), writes `label`'s artifact and
+ * returns the job's result. */
+async function threeSteps(page, label, info, train, timeout) {
+  await withTimeout(page.evaluate((text) => window.webtune.setValidationFile({ name: "valid.jsonl", bytes: text }), VALID), 60_000, "the validation file");
+  assert.match(await page.getByTestId("dataset-validation-name").textContent(), /^valid\.jsonl/);
+  const config = {
+    batch_size: 1,
+    validation_max: 1,
+    samples: 0,
+    data: { causal: { seq_len: 128 } },
+    train: { method: "lora", lora_r: 8, lora_alpha: 16, steps: 3, lr: 1e-2, eval_every: 1000, seed: 0, ...train },
+  };
+  const run = await withTimeout(
+    page.evaluate(({ text, config }) => window.webtune.finetune({ name: "train.jsonl", bytes: text }, config), { text: TRAIN, config }),
+    timeout,
+    `3 steps on ${label}`,
+  );
+  assert.equal(run.error, null, `fine-tuning failed: ${JSON.stringify(run.error)}`);
+  const r = run.result;
+  writeArtifactJson(`${label}.json`, { info, summary: r.summary, memory: r.memory, before: r.before, after: r.after });
+  const losses = r.summary.losses;
+  console.log(`${label}: losses ${losses.join(", ")}; memory ${r.summary.peak_memory_bytes} (estimated ${r.memory.peak}); load held ${info.load_bytes} of ${info.stored_bytes} file bytes`);
+  assert.equal(losses.length, 3);
+  assert.ok(losses.every(Number.isFinite), losses.join(", "));
+  assert.ok(losses[2] < losses[0] - 0.5, losses.join(", "));
+  return r;
+}
+
 test("a 360M-parameter model (SmolLM2-360M's shapes) loads from files and fine-tunes on CPU-wasm: finite losses falling on a repeated batch, memory reported", { timeout: 1_200_000 }, async () => {
   await withShapeCheckpoint("smollm2-360m", async (files) => {
     await withPage("scale-360m-cpu", browser, { backend: "cpu" }, async ({ page }) => {
@@ -50,31 +80,7 @@ test("a 360M-parameter model (SmolLM2-360M's shapes) loads from files and fine-t
       assert.equal(load.info.parameters, 361_821_120);
       assert.equal(load.info.hidden_size, 960);
 
-      // The held-out example as a separate validation file (setValidationFile resolves once the
-      // page holds it; the file input reads it asynchronously).
-      await withTimeout(page.evaluate((text) => window.webtune.setValidationFile({ name: "valid.jsonl", bytes: text }), VALID), 60_000, "the validation file");
-      assert.match(await page.getByTestId("dataset-validation-name").textContent(), /^valid\.jsonl/);
-      const config = {
-        batch_size: 1,
-        validation_max: 1,
-        samples: 0,
-        data: { causal: { seq_len: 128 } },
-        train: { method: "lora", lora_r: 8, lora_alpha: 16, steps: 3, lr: 1e-2, eval_every: 1000, seed: 0 },
-      };
-      const run = await withTimeout(
-        page.evaluate(({ text, config }) => window.webtune.finetune({ name: "train.jsonl", bytes: text }, config), { text: TRAIN, config }),
-        900_000,
-        "3 LoRA steps on the 360M model",
-      );
-      assert.equal(run.error, null, `fine-tuning failed: ${JSON.stringify(run.error)}`);
-      const r = run.result;
-      writeArtifactJson("scale-360m-cpu.json", { info: load.info, summary: r.summary, memory: r.memory, before: r.before, after: r.after });
-      const losses = r.summary.losses;
-      console.log(`360M on CPU-wasm: losses ${losses.join(", ")}; memory ${JSON.stringify(r.summary.peak_memory_bytes)} (estimated ${r.memory.peak})`);
-      assert.equal(losses.length, 3);
-      assert.ok(losses.every(Number.isFinite), losses.join(", "));
-      // The same batch three times at a high learning rate: the loss goes down.
-      assert.ok(losses[2] < losses[0] - 0.5, losses.join(", "));
+      const r = await threeSteps(page, "scale-360m-cpu", load.info, {}, 900_000);
       assert.ok(r.summary.peak_memory_bytes > 1_000_000_000, `memory reported: ${r.summary.peak_memory_bytes}`);
       assert.ok(r.memory.total > 1_000_000_000, `estimate: ${r.memory.total}`);
       // The page stays usable: the fine-tuned model answers.
@@ -112,36 +118,24 @@ test("Qwen2.5-0.5B's shapes load with 8-bit projections from files (read a tenso
       assert.equal(await page.getByTestId("ft-base-quant").inputValue(), "q8");
       assert.equal(await page.getByTestId("ft-base-quant").isDisabled(), true);
 
+      // Full fine-tuning would train the quantized projections: refused before any step.
       await withTimeout(page.evaluate((text) => window.webtune.setValidationFile({ name: "valid.jsonl", bytes: text }), VALID), 60_000, "the validation file");
       const config = {
         batch_size: 1,
         validation_max: 1,
         samples: 0,
         data: { causal: { seq_len: 128 } },
-        train: { method: "lora", lora_r: 8, lora_alpha: 16, steps: 3, lr: 1e-2, eval_every: 1000, seed: 0, quantize_base: "q8" },
+        train: { method: "full", steps: 3, lr: 1e-2, eval_every: 1000, seed: 0 },
       };
-      // Full fine-tuning would train the quantized projections: refused before any step.
       const full = await withTimeout(
-        page.evaluate(({ text, config }) => window.webtune.finetune({ name: "train.jsonl", bytes: text }, config), { text: TRAIN, config: { ...config, train: { ...config.train, method: "full", quantize_base: null } } }),
+        page.evaluate(({ text, config }) => window.webtune.finetune({ name: "train.jsonl", bytes: text }, config), { text: TRAIN, config }),
         300_000,
         "the refusal of full fine-tuning",
       );
       assert.equal(full.error?.code, "config.invalid", JSON.stringify(full.error));
       assert.match(full.error.message, /loaded with its projections in 8 bits/);
 
-      const run = await withTimeout(
-        page.evaluate(({ text, config }) => window.webtune.finetune({ name: "train.jsonl", bytes: text }, config), { text: TRAIN, config }),
-        900_000,
-        "3 QLoRA steps on the 0.5B model",
-      );
-      assert.equal(run.error, null, `fine-tuning failed: ${JSON.stringify(run.error)}`);
-      const r = run.result;
-      writeArtifactJson("scale-qwen-q8-cpu.json", { info, summary: r.summary, memory: r.memory, before: r.before, after: r.after });
-      const losses = r.summary.losses;
-      console.log(`Qwen2.5-0.5B shape, q8 base on CPU-wasm: losses ${losses.join(", ")}; memory ${r.summary.peak_memory_bytes} (estimated ${r.memory.peak}); load held ${info.load_bytes} of ${info.stored_bytes} file bytes`);
-      assert.equal(losses.length, 3);
-      assert.ok(losses.every(Number.isFinite), losses.join(", "));
-      assert.ok(losses[2] < losses[0] - 0.5, losses.join(", "));
+      const r = await threeSteps(page, "scale-qwen-q8-cpu", info, { quantize_base: "q8" }, 900_000);
       assert.equal(r.summary.quantized_base?.bits, 8, JSON.stringify(r.summary.quantized_base));
       assert.ok(r.summary.peak_memory_bytes > 500_000_000, `memory reported: ${r.summary.peak_memory_bytes}`);
     });
@@ -165,27 +159,7 @@ test("SmolLM2-1.7B's shapes load with 4-bit projections (two values to a byte) a
       assert.equal(info.compact.bytes, projections / 2 + (projections / 32) * 2, JSON.stringify(info.compact));
       assert.match(await page.getByTestId("model-memory").textContent(), /projections in q4/);
 
-      await withTimeout(page.evaluate((text) => window.webtune.setValidationFile({ name: "valid.jsonl", bytes: text }), VALID), 60_000, "the validation file");
-      const config = {
-        batch_size: 1,
-        validation_max: 1,
-        samples: 0,
-        data: { causal: { seq_len: 128 } },
-        train: { method: "lora", lora_r: 8, lora_alpha: 16, steps: 3, lr: 3e-3, eval_every: 1000, seed: 0, quantize_base: "q4" },
-      };
-      const run = await withTimeout(
-        page.evaluate(({ text, config }) => window.webtune.finetune({ name: "train.jsonl", bytes: text }, config), { text: TRAIN, config }),
-        1_200_000,
-        "3 QLoRA steps on the 1.7B model",
-      );
-      assert.equal(run.error, null, `fine-tuning failed: ${JSON.stringify(run.error)}`);
-      const r = run.result;
-      writeArtifactJson("scale-1.7b-q4-cpu.json", { info, summary: r.summary, memory: r.memory, before: r.before, after: r.after });
-      const losses = r.summary.losses;
-      console.log(`SmolLM2-1.7B shape, q4 base on CPU-wasm: losses ${losses.join(", ")}; memory ${r.summary.peak_memory_bytes} (estimated ${r.memory.peak}); base ${info.compact.bytes} bytes for ${info.compact.values} projection values`);
-      assert.equal(losses.length, 3);
-      assert.ok(losses.every(Number.isFinite), losses.join(", "));
-      assert.ok(losses[2] < losses[0] - 0.5, losses.join(", "));
+      const r = await threeSteps(page, "scale-1.7b-q4-cpu", info, { lr: 3e-3, quantize_base: "q4" }, 1_200_000);
       assert.equal(r.summary.quantized_base?.bits, 4, JSON.stringify(r.summary.quantized_base));
       // More than the packed base alone (0.9 GB); the module stays under its 4 GiB.
       assert.ok(r.summary.peak_memory_bytes > info.compact.bytes, `memory reported: ${r.summary.peak_memory_bytes}`);

@@ -177,8 +177,8 @@ impl LoadedModel {
         Self::load_with(files, device, None)
     }
 
-    /// [`load`](Self::load), passing each linear projection weight through `hook` as it is read
-    /// (GPT-2's projections, stored as `Conv1D`, do not go through it).
+    /// [`load`](Self::load), passing each linear projection weight (GPT-2's `Conv1D` ones too)
+    /// through `hook` as it is read.
     pub fn load_with(files: ModelFiles, device: &Device, hook: Option<LinearHook>) -> Result<Self> {
         // Read before the weights consume the files. A template that does not compile leaves
         // the model usable without chat mode; the error is kept in the info.

@@ -348,7 +348,7 @@ pub fn cpu_quantized_bytes(values: u64, block: usize, bits: u32) -> u64 {
 }
 
 /// Whether [`load_quantized`] quantizes the weight stored as `name` (a Hugging Face name): the
-/// linear projections of the Llama family and BERT.
+/// linear projections of every family (PEFT's "all-linear"; not a head).
 pub fn quantized_as_loaded(name: &str) -> bool {
     let Some(module) = name.strip_suffix(".weight") else {
         return false;

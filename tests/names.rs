@@ -152,18 +152,7 @@ fn every_llama_row_loads_exports_and_reloads() {
     let (mut config, mut tensors) = fixture_checkpoint("llama");
     config["attention_bias"] = json!(true);
     config["mlp_bias"] = json!(true);
-    add_biases(
-        &mut tensors,
-        &[
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ],
-    );
+    add_biases(&mut tensors, FamilyKind::Llama.linear_modules());
     rows.extend(walk(&LLAMA, &config, &tensors));
     config["tie_word_embeddings"] = json!(true);
     tensors.remove("lm_head.weight");

@@ -550,9 +550,9 @@ impl Weights {
         d_out: usize,
         device: &Device,
     ) -> Result<Tensor<2>> {
-        let names = table.hf_names(path);
-        let layout = table.by_model(path).map(|(e, _)| e.layout);
-        let weight = if layout == Some(Layout::Linear) {
+        let row = table.by_model(path);
+        let names = row.map_or_else(Vec::new, |(e, layer)| table.names_of(e, layer));
+        let weight = if row.is_some_and(|(e, _)| e.layout == Layout::Linear) {
             let data = self.read(&names, &[d_out, d_in])?;
             Tensor::from_data(
                 TensorData::new(transposed(&data, d_out, d_in), [d_in, d_out]),

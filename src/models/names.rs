@@ -198,9 +198,12 @@ impl Table {
     /// (without the prefix). Empty for a path the table does not know, which the loader then
     /// reports as a missing tensor (tests/names.rs keeps every path a family loads in its table).
     pub fn hf_names(&self, path: &str) -> Vec<String> {
-        let Some((e, layer)) = self.by_model(path) else {
-            return Vec::new();
-        };
+        self.by_model(path)
+            .map_or_else(Vec::new, |(e, layer)| self.names_of(e, layer))
+    }
+
+    /// [`Table::hf_names`] of a row already found.
+    pub fn names_of(&self, e: &Entry, layer: Option<usize>) -> Vec<String> {
         let name = fill(e.hf, layer);
         match name.strip_prefix(self.prefix) {
             Some(bare) => {

@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 
 use crate::serve::serve_dir;
 use crate::util::{self, repo_root, CHROMIUM};
-use crate::wasm::{build_wasm, gzip_size, Threads};
+use crate::wasm::{build_wasm, gzip_size};
 use crate::{prepare_models, Profile};
 
 pub struct BenchOptions {
@@ -661,7 +661,7 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
         );
         util::run(util::cargo().args(["build", "--release", "-p", "webtune", "--bin", "webtune"]))?;
         if browser {
-            build_wasm(Profile::Release, Threads::Required)?;
+            build_wasm(Profile::Release)?;
         }
         prepare_models()?;
     }

@@ -153,18 +153,18 @@ fn main() -> ExitCode {
 
 fn run(task: Task) -> Result<()> {
     match task {
-        Task::BuildWasm { profile } => wasm::build_wasm(profile, wasm::Threads::Required),
+        Task::BuildWasm { profile } => wasm::build_wasm(profile),
         Task::Serve {
             port,
             host,
             profile,
             no_build,
         } => {
-            if !no_build {
-                // build_wasm also installs the npm packages and vendors the page's libraries.
-                wasm::build_wasm(profile, wasm::Threads::Optional)?;
-                prepare_models()?;
-            }
+            let background = if no_build {
+                None
+            } else {
+                Some(wasm::build_for_serve(profile)?)
+            };
             let root = util::repo_root().join("www");
             let server = serve::serve_dir(&root, SocketAddr::new(host, port))
                 .context("cannot start the server")?;
@@ -173,7 +173,13 @@ fn run(task: Task) -> Result<()> {
                 root.display(),
                 server.addr()
             );
+            for what in background.iter().flat_map(|b| &b.still_building) {
+                println!("xtask: still building: {what}");
+            }
             server.wait();
+            for handle in background.into_iter().flat_map(|b| b.done) {
+                let _ = handle.join();
+            }
             Ok(())
         }
         Task::Models => prepare_models(),

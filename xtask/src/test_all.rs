@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 
 use crate::serve::serve_dir;
 use crate::util::{self, repo_root, CHROMIUM};
-use crate::wasm::{build_wasm, Threads};
+use crate::wasm::build_wasm;
 use crate::{prepare_models, Profile};
 
 /// Which parts of the suite to run.
@@ -70,7 +70,7 @@ pub fn test(options: &TestOptions) -> Result<()> {
         let cli = util::target_dir()?
             .join("debug")
             .join(format!("webtune{}", std::env::consts::EXE_SUFFIX));
-        build_wasm(Profile::Release, Threads::Required)?; // also vendors the page's libraries
+        build_wasm(Profile::Release)?; // also vendors the page's libraries
 
         let files = e2e_test_files(&root.join("tests/e2e"))?;
         if files.is_empty() {

@@ -372,8 +372,13 @@ pub fn build_for_serve(profile: Profile) -> Result<ServeBuild> {
     }
     still_building.push("the threaded CPU module (until it is ready the CPU backend runs on one thread; reload the page then)");
     done.push(std::thread::spawn(move || {
-        match ensure_threads_toolchain().and_then(|()| build_package(profile, Package::Threads)) {
-            Ok(()) => println!("xtask: the threaded CPU module is ready: reload the page to use it"),
+        match ensure_threads_toolchain().and_then(|()| publish_package(profile, Package::Threads)) {
+            Ok(pending) => {
+                println!("xtask: the threaded CPU module is ready: reload the page to use it");
+                if let Some(Err(err)) = pending.map(Unoptimised::optimise) {
+                    println!("xtask: warning: wasm-opt of the threaded module failed ({err:#}); the page keeps the unoptimised one");
+                }
+            }
             Err(err) => {
                 println!("xtask: warning: the threaded CPU module could not be built ({err:#}); the page's CPU backend will run on one thread");
                 let _ = fs::remove_dir_all(&threads_dir);
@@ -835,5 +840,33 @@ mod tests {
         assert_ne!(a, build_stamp(b"abd", Profile::Release, true));
         assert_ne!(a, build_stamp(b"abc", Profile::Dev, true));
         assert_ne!(a, build_stamp(b"abc", Profile::Release, false));
+    }
+
+    #[test]
+    fn replaces_directories_whole() {
+        let root = std::env::temp_dir().join(format!("xtask-replace-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let dir = root.join("pkg");
+        let write = |d: &Path, name: &str, text: &str| {
+            fs::create_dir_all(d).unwrap();
+            fs::write(d.join(name), text).unwrap();
+        };
+        // Into a place that does not exist yet.
+        let fresh = tmp_sibling(&dir, "building");
+        write(&fresh, "webtune.js", "one");
+        replace_dir(&fresh, &dir).unwrap();
+        assert_eq!(fs::read_to_string(dir.join("webtune.js")).unwrap(), "one");
+        // Over an older package: nothing of it lingers, and no temporary directory is left.
+        write(&dir, "stale.js", "old");
+        write(&fresh, "webtune.js", "two");
+        replace_dir(&fresh, &dir).unwrap();
+        assert_eq!(fs::read_to_string(dir.join("webtune.js")).unwrap(), "two");
+        assert!(!dir.join("stale.js").exists());
+        let left: Vec<_> = fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("pkg")]);
+        fs::remove_dir_all(&root).unwrap();
     }
 }

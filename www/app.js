@@ -1,5 +1,6 @@
-// webtune page entry point: starts the compute worker (one per backend choice), wires it to the
-// panels, keeps the run history, and exposes `window.webtune` for debugging and the browser tests.
+// webtune page entry point: drives one FineTuner (webtune.js, the API embedders use; it owns the
+// compute worker, one per backend choice), wires it to the panels, keeps the run history, and
+// exposes `window.webtune` for debugging and the browser tests.
 //
 // URL parameters: ?backend=auto|webgpu|cpu (default auto); ?watchdog=<seconds> (default 60): how
 // long the worker may stay silent while starting or busy before the page offers a restart;
@@ -17,7 +18,7 @@
 //   cancel(), setBackend(choice), restartWorker(), whenReady()  (backend message of the current worker)
 //   workerState, generation, backendChoice   (read-only)
 //   model,              info of the loaded model (see protocol.d.ts ModelMessage) or null (read-only)
-//   loads,              [{id, source, status, downloads: [download messages], info, timing, error}]
+//   loads,              [{source, status, downloads: [download messages], info, timing, error}]
 //   loadModelFiles(files)         load from File objects / a FileList / [{name, bytes}] (bytes:
 //                                 ArrayBuffer or typed array); non-model files are skipped.
 //   loadModelFromHub(repo, {endpoint, revision, files})   download (or read from the browser
@@ -60,7 +61,7 @@
 //       worker's dataset result {report, train_examples, validation_examples, ..., preview}.
 //   finetune(input, config)       fine-tune on `input` (as above; null: the chosen dataset) with
 //                                 the job configuration `config` (default: the panels' settings).
-//       Resolves with {id, status: "done" | "cancelled" | "error", name, config,
+//       Resolves with {status: "done" | "cancelled" | "error", name, config,
 //       events: [finetune events], result, error}; result as worker.js "done" (finetune).
 //       cancel() stops it after the current step (evaluation and export still run).
 //   checkpoint                    the interrupted run saved in this browser (OPFS) for the loaded
@@ -109,7 +110,7 @@
 //   details}) and are also shown in the alert region.
 // }
 
-import { WorkerClient } from "./lib/worker-client.js";
+import { FineTuner } from "./webtune.js";
 import { createPrivacyIndicator } from "./components/privacy-indicator.js";
 import { createAlerts } from "./components/alerts.js";
 import { createBackendPanel } from "./components/backend-panel.js";
@@ -125,7 +126,7 @@ import { SAMPLES, sampleUrl } from "./lib/samples.js";
 import { curves, dataSummary, modelSource } from "./lib/report.js";
 import { reportHtml } from "./lib/report-html.js";
 import { entriesFromFileList, pickModelFiles } from "./lib/model-files.js";
-import { adapterFolderUrl, CACHE_NAME, DEFAULT_ENDPOINT, deleteCachedModel, listCachedModels } from "./lib/hub.js";
+import { DEFAULT_ENDPOINT } from "./lib/hub.js";
 
 const CHOICES = ["auto", "webgpu", "cpu"];
 const BUSY_WORDS = {
@@ -188,7 +189,6 @@ const state = {
   adapter: null,
   exported: null,
 };
-const runsById = new Map();
 
 let resolveReady;
 let rejectReady;
@@ -198,7 +198,8 @@ const ready = new Promise((resolve, reject) => {
 });
 ready.catch(() => {}); // a failed start is shown in the alert region; awaiting `ready` still rejects
 
-const client = new WorkerClient({ workerUrl: new URL("./worker.js", import.meta.url), backend: initialChoice, watchdogMs, cpuThreads });
+// Its worker starts now; the page shows the start once its handlers are wired (the end of this file).
+const tuner = FineTuner.start({ backend: initialChoice, watchdogMs, cpuThreads });
 
 const backendPanel = createBackendPanel(document.getElementById("backend-panel"), {
   choice: initialChoice,
@@ -282,7 +283,7 @@ function updateMode() {
   if (run) mode = run.status === "cancelling" ? "cancelling" : "running";
   // The automatic "before" evaluation keeps the controls usable: what they start waits for it.
   else if (op && !op.auto) mode = "busy";
-  else if (client.state === "ready" || (op?.auto && client.state === "busy")) mode = "idle";
+  else if (tuner.state === "ready" || (op?.auto && tuner.state === "busy")) mode = "idle";
   else mode = "unavailable";
   toyPanel.setMode(mode);
   modelPanel.setMode({ canLoad: mode === "idle", loading: op?.kind === "load" });
@@ -310,14 +311,16 @@ function updateMode() {
 
 /** Show what is going on in the status line once an operation ended. */
 function idleStatus() {
-  if (client.state === "ready") setStatus(`Ready on ${NAMES[state.backend?.backend] ?? "?"}.`, "idle");
+  if (tuner.state === "ready") setStatus(`Ready on ${NAMES[state.backend?.backend] ?? "?"}.`, "idle");
 }
 
 function restartAction() {
   return { label: "Restart worker", testid: "restart-worker-alert", run: () => restartWorker() };
 }
 
-client.on("state", ({ state: workerState }) => {
+tuner.on("state", (workerState) => showWorkerState(workerState));
+
+function showWorkerState(workerState) {
   backendPanel.showState(workerState);
   if (workerState === "starting") {
     state.backend = null;
@@ -328,16 +331,16 @@ client.on("state", ({ state: workerState }) => {
       setModel(null);
       modelPanel.clear("The worker was restarted, so the model is no longer loaded: load it again.");
     }
-    setStatus(`Starting the worker (${NAMES[client.backendChoice]})…`, "starting");
+    setStatus(`Starting the worker (${NAMES[tuner.backendChoice]})…`, "starting");
   } else if (workerState === "ready" && !state.activeOp) {
     setStatus(`Ready on ${NAMES[state.backend?.backend] ?? "?"}.`, "idle");
   } else if (workerState === "crashed") {
     setStatus("The worker stopped after a fatal error. Restart it to continue.", "crashed");
   }
   updateMode();
-});
+}
 
-client.on("backend", (message) => {
+tuner.on("backend", (message) => {
   state.backend = message;
   window.webtune.backend = message;
   backendPanel.showBackend(message);
@@ -347,20 +350,20 @@ client.on("backend", (message) => {
 });
 
 const privacy = createPrivacyIndicator(document.querySelector(".site-header"));
-client.on("network", ({ url, at }) => privacy.record(url, at));
+tuner.on("network", ({ url, at }) => privacy.record(url, at));
 
-client.on("progress", (message) => {
-  const run = runsById.get(message.id);
+tuner.on("toy-progress", (progress) => {
+  const run = state.activeRun;
   if (!run) return;
-  const { type: _type, id: _id, ...progress } = message;
   run.progress.push(progress);
-  if (run === state.activeRun) toyPanel.progress(progress);
+  toyPanel.progress(progress);
 });
 
-client.on("error", ({ error, fatal }) => {
-  if (fatal) {
+tuner.on("error", (e) => {
+  const error = plainError(e);
+  if (e.fatal) {
     const actions = [restartAction()];
-    if ((error.code === "device.unavailable" || error.code === "device.lost") && client.backendChoice !== "cpu") {
+    if ((error.code === "device.unavailable" || error.code === "device.lost") && tuner.backendChoice !== "cpu") {
       actions.push({ label: "Use the CPU", testid: "use-cpu", run: () => setBackend("cpu") });
     }
     alerts.show(error, { actions });
@@ -370,7 +373,7 @@ client.on("error", ({ error, fatal }) => {
   }
 });
 
-client.on("stalled", ({ silentMs, state: workerState }) => {
+tuner.on("stalled", ({ silentMs, state: workerState }) => {
   alerts.show(
     {
       code: "worker.unresponsive",
@@ -411,13 +414,12 @@ async function train(/** @type {Record<string, any>} */ config = {}) {
   state.activeRun = run;
   state.activeOp = { kind: "train" };
   toyPanel.begin(config);
-  const { id, result } = client.trainToy(config);
-  run.id = id;
-  runsById.set(id, run);
+  run.id = `toy-${tuner.generation}-${state.runs.length}`;
+  const pending = attempt(() => tuner.trainToy(config), (summary) => ({ summary }));
   updateMode();
   setStatus(`Training on ${NAMES[state.backend?.backend] ?? "?"}…`, "running");
 
-  const outcome = await result;
+  const outcome = await pending;
   state.activeRun = null;
   state.activeOp = null;
   if (outcome.summary) {
@@ -427,17 +429,17 @@ async function train(/** @type {Record<string, any>} */ config = {}) {
     toyPanel.finish(s);
     setStatus(
       s.cancelled ? `Run cancelled after ${s.steps} of ${run.config.steps ?? "?"} steps.` : `Run finished: ${s.steps} steps, loss ${s.initial_loss.toFixed(3)} → ${s.final_loss.toFixed(3)}.`,
-      client.state === "ready" ? "idle" : client.state,
+      tuner.state === "ready" ? "idle" : tuner.state,
     );
   } else {
     run.error = outcome.error;
     run.status = "error";
     toyPanel.fail(outcome.error);
     // Fatal errors were already shown (with a restart button) when the worker was stopped.
-    if (client.state !== "crashed") {
+    if (tuner.state !== "crashed") {
       const abandoned = outcome.error.code === "worker.restarted" || outcome.error.code === "worker.terminated";
       alerts.show(outcome.error, { level: abandoned ? "warning" : "error" });
-      setStatus(`Run failed: ${outcome.error.code}.`, client.state === "ready" ? "idle" : client.state);
+      setStatus(`Run failed: ${outcome.error.code}.`, tuner.state === "ready" ? "idle" : tuner.state);
     }
   }
   updateMode();
@@ -450,7 +452,7 @@ function cancel() {
   if (run) {
     if (run.status !== "running") return;
     run.status = "cancelling";
-    client.cancel();
+    tuner.cancel();
     setStatus("Cancelling after the current step…", "cancelling");
     updateMode();
     return;
@@ -459,7 +461,7 @@ function cancel() {
   if (ft) {
     if (ft.status !== "running") return;
     ft.status = "cancelling";
-    client.cancel();
+    tuner.cancel();
     finetunePanel.stopping();
     setStatus("Stopping after the current step; the model is still evaluated and exported…", "cancelling");
     updateMode();
@@ -468,7 +470,7 @@ function cancel() {
   const op = state.activeOp;
   if (!op || op.cancelling) return;
   op.cancelling = true;
-  client.cancel();
+  tuner.cancel();
   setStatus(op.kind === "load" ? "Stopping the download…" : "Stopping…", "cancelling");
 }
 
@@ -481,7 +483,7 @@ function pause() {
   const ft = state.activeFinetune;
   if (!ft || ft.status !== "running" || ft.pause != null) return false;
   ft.pause = "pausing";
-  client.pause();
+  tuner.pause();
   finetunePanel.pausing();
   setStatus("Pausing after the current step…", "running");
   updateMode();
@@ -493,7 +495,7 @@ function resume() {
   const ft = state.activeFinetune;
   if (!ft || ft.status !== "running" || ft.pause == null) return false;
   ft.pause = null;
-  client.resume();
+  tuner.resume();
   finetunePanel.resumed();
   setStatus(`Fine-tuning on ${NAMES[state.backend?.backend] ?? "?"}…`, "running");
   updateMode();
@@ -508,7 +510,7 @@ async function refreshCheckpoint() {
   const model = state.model;
   // A background request: operations started meanwhile wait for it (settleAuto) instead of
   // finding the worker busy.
-  const pending = model ? client.checkpointInfo().result : Promise.resolve({ result: null });
+  const pending = model ? attempt(() => tuner.checkpoint(), (result) => ({ result })) : Promise.resolve({ result: null });
   state.checkpointRefresh = pending;
   const outcome = await pending;
   if (state.checkpointRefresh === pending) state.checkpointRefresh = null;
@@ -532,7 +534,7 @@ async function resumeInterrupted(input) {
 }
 
 async function discardCheckpoint() {
-  await client.discardCheckpoint().result;
+  await attempt(() => tuner.discardCheckpoint());
   return refreshCheckpoint();
 }
 
@@ -555,11 +557,11 @@ function refusalFor(kind) {
       message: `The worker is ${what}; wait for it to finish or stop it first.`,
     };
   }
-  if (client.state !== "ready") {
+  if (tuner.state !== "ready") {
     const [code, message] = {
       crashed: ["worker.crashed", "The worker has stopped; restart it first."],
       busy: ["worker.busy", "The worker is finishing another request; try again in a moment."],
-    }[client.state] ?? ["worker.not_ready", "The backend is still starting; try again in a moment."];
+    }[tuner.state] ?? ["worker.not_ready", "The backend is still starting; try again in a moment."];
     return {
       code,
       message,
@@ -607,11 +609,25 @@ function plainError(e, fallbackCode = "page.error") {
 }
 
 /**
- * Load a model from `source` (worker.js "load-model"), given the ArrayBuffers to transfer.
- * `prepare()` (optional) builds the source and its transfer list after the busy check.
+ * A FineTuner call's outcome as the page's records keep it: `wrap(value)` ({result: value} by
+ * default) or {error: plain error}; never rejects. `call` runs before anything is awaited, so an
+ * operation reaches the worker synchronously (a cancel() right after generate() relies on it).
+ * @template T @param {() => Promise<T>} call @param {(value: T) => object} [wrap]
+ * @returns {Promise<Record<string, any>>}
+ */
+async function attempt(call, wrap = (result) => ({ result })) {
+  try {
+    return wrap(await call());
+  } catch (e) {
+    return { error: plainError(e) };
+  }
+}
+
+/**
+ * Load a model (FineTuner.loadModel); `prepare()` builds its source after the busy check.
  */
 async function loadModel(label, sourceSummary, prepare) {
-  const record = { id: null, source: sourceSummary, status: "loading", downloads: [], info: null, timing: null, error: null };
+  const record = { source: sourceSummary, status: "loading", downloads: [], info: null, timing: null, error: null };
   state.loads.push(record);
   if (state.autoEval || state.checkpointRefresh) await settleAuto();
   const refusal = refusalFor("load");
@@ -625,27 +641,12 @@ async function loadModel(label, sourceSummary, prepare) {
   updateMode();
   modelPanel.begin(label);
   setStatus(`Loading ${label}…`, "loading");
-  let outcome;
-  try {
-    const { source, transfer } = await prepare();
-    const precision = modelPanel.precision();
-    if (precision !== "f32") source.quantize_base = precision;
-    const { id, result } = client.loadModel(
-      source,
-      {
-        onDownload: (message) => {
-          const { type: _type, id: _id, ...progress } = message;
-          record.downloads.push(progress);
-          modelPanel.download(progress);
-        },
-      },
-      transfer,
-    );
-    record.id = id;
-    outcome = await result;
-  } catch (e) {
-    outcome = { error: plainError(e, "model.missing_file") };
-  }
+  const off = tuner.on("download", (progress) => {
+    record.downloads.push(progress);
+    modelPanel.download(progress);
+  });
+  const outcome = await attempt(async () => tuner.loadModel(await prepare(), { quantize_base: modelPanel.precision() }), (loaded) => loaded);
+  off();
   state.activeOp = null;
   void refreshCache();
   if (outcome.info) {
@@ -661,7 +662,7 @@ async function loadModel(label, sourceSummary, prepare) {
     record.error = outcome.error;
     record.status = outcome.error.code === "model.load_cancelled" ? "cancelled" : "error";
     modelPanel.fail(outcome.error, state.model);
-    if (client.state !== "crashed") {
+    if (tuner.state !== "crashed") {
       alerts.show(outcome.error, { level: record.status === "cancelled" ? "warning" : "error" });
       idleStatus();
     }
@@ -683,8 +684,7 @@ function loadModelEntries(entries) {
     }
     // Files, not their bytes: the worker reads weights from them a tensor at a time, so a
     // file larger than the module's memory loads and nothing is copied up front.
-    const files = picked.map((p) => ({ name: p.name, bytes: p.file }));
-    return { source: { kind: "files", files }, transfer: [] };
+    return picked.map((p) => ({ name: p.name, bytes: p.file }));
   });
 }
 
@@ -704,22 +704,16 @@ function loadModelFiles(files) {
 function loadModelFromHub(repo, { endpoint, revision, files } = {}) {
   const source = { kind: "hub", repo: String(repo ?? ""), revision: revision || "main", endpoint: endpoint || hubEndpoint };
   if (Array.isArray(files) && files.length) source.files = files.map(String);
-  return loadModel(source.repo || "a Hub model", { ...source }, async () => ({ source, transfer: [] }));
+  const { repo: hub, kind: _kind, ...options } = source;
+  return loadModel(source.repo || "a Hub model", { ...source }, async () => ({ hub, ...options }));
 }
 
 /**
  * The models served with this page (`cargo xtask models` puts them in www/models/ in the Hub's
  * URL layout, listed in models/index.json). Resolves to [] when there are none.
  */
-async function fetchDefaultModels() {
-  try {
-    const response = await fetch(new URL("./models/index.json", location.href));
-    if (!response.ok) return [];
-    const index = await response.json();
-    return Array.isArray(index?.models) ? index.models : [];
-  } catch {
-    return [];
-  }
+function fetchDefaultModels() {
+  return FineTuner.servedModels().catch(() => []);
 }
 
 /** window.webtune.loadDefaultModel: one of the models served with the page (default: the first). */
@@ -743,7 +737,7 @@ async function loadDefaultModel(id) {
 
 /** Generate from `input` (string | {text} | {ids}) with `options` (snake_case). */
 async function generate(input, options = {}) {
-  const record = { id: null, input, options: { ...options }, status: "generating", tokens: [], result: null, error: null };
+  const record = { input, options: { ...options }, status: "generating", tokens: [], result: null, error: null };
   if (state.autoEval || state.checkpointRefresh) await settleAuto();
   const refusal = refusalFor("generate");
   if (refusal) {
@@ -756,14 +750,12 @@ async function generate(input, options = {}) {
   updateMode();
   generatePanel.begin();
   setStatus(`Generating on ${NAMES[state.backend?.backend] ?? "?"}…`, "generating");
-  const { id, result } = client.generate(input, options, {
-    onToken: (message) => {
-      record.tokens.push(message.token);
-      generatePanel.token(message);
-    },
+  const off = tuner.on("token", (message) => {
+    record.tokens.push(message.token);
+    generatePanel.token(message);
   });
-  record.id = id;
-  const outcome = await result;
+  const outcome = await attempt(() => tuner.generate(input, { ...options, model: options.model ?? "base" }));
+  off();
   state.activeOp = null;
   if (outcome.result) {
     record.result = outcome.result;
@@ -774,7 +766,7 @@ async function generate(input, options = {}) {
     record.error = outcome.error;
     record.status = "error";
     generatePanel.fail(outcome.error);
-    if (client.state !== "crashed") {
+    if (tuner.state !== "crashed") {
       alerts.show(outcome.error);
       idleStatus();
     }
@@ -793,12 +785,11 @@ async function logits(ids, /** @type {import("./webtune").WhichModel} */ which =
   }
   state.activeOp = { kind: "logits" };
   updateMode();
-  const { result } = client.logits(Array.from(ids ?? []), which);
-  const outcome = await result;
+  const outcome = await attempt(() => tuner.logits(Array.from(ids ?? []), { model: which }), (r) => r);
   state.activeOp = null;
   updateMode();
   if (outcome.error) {
-    if (client.state !== "crashed") alerts.show(outcome.error);
+    if (tuner.state !== "crashed") alerts.show(outcome.error);
     return { shape: null, data: null, error: outcome.error };
   }
   return { shape: outcome.shape, data: outcome.data, error: null };
@@ -815,13 +806,13 @@ async function replayReference(reference, method) {
   if (refusal) return { result: null, error: refusal };
   state.activeOp = { kind: "replay" };
   updateMode();
-  const outcome = await client.replayReference(String(reference ?? ""), method).result;
+  const outcome = await attempt(() => tuner.replayReference(String(reference ?? ""), method));
   state.activeOp = null;
   updateMode();
   return { result: outcome.result ?? null, error: outcome.error ?? null };
 }
 
-/** Run one short encoder operation (`call(client)` → {result}); resolves with {result, error}. */
+/** Run one short encoder operation (`call()`, a FineTuner call); resolves with {result, error}. */
 async function encoderOp(call) {
   if (state.autoEval || state.checkpointRefresh) await settleAuto();
   const refusal = refusalFor("classify");
@@ -831,24 +822,24 @@ async function encoderOp(call) {
   }
   state.activeOp = { kind: "classify" };
   updateMode();
-  const outcome = await call(client).result;
+  const outcome = await attempt(call);
   state.activeOp = null;
   updateMode();
   if (outcome.error) {
-    if (client.state !== "crashed") alerts.show(outcome.error);
+    if (tuner.state !== "crashed") alerts.show(outcome.error);
     return { result: null, error: outcome.error };
   }
   return { result: outcome.result, error: null };
 }
 
 /** An encoder's prediction for `text`: {result: {label, labels, probs}, error}. */
-function classify(text, which = "base") {
-  return encoderOp((c) => c.classify(String(text ?? ""), which));
+function classify(text, /** @type {import("./webtune").WhichModel} */ which = "base") {
+  return encoderOp(() => tuner.classify(String(text ?? ""), { model: which }));
 }
 
 /** Cosine similarity of two texts' embeddings: {result: {similarity}, error}. */
-function similarity(a, b, which = "base") {
-  return encoderOp((c) => c.similarity(String(a ?? ""), String(b ?? ""), which));
+function similarity(a, b, /** @type {import("./webtune").WhichModel} */ which = "base") {
+  return encoderOp(() => tuner.similarity(String(a ?? ""), String(b ?? ""), { model: which }));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -861,7 +852,7 @@ function fittingAdapters() {
 
 /** Re-read the library; resolves with its list (also shown in the Adapters panel). */
 async function refreshAdapters() {
-  const outcome = await client.adapters().result;
+  const outcome = await attempt(() => tuner.adapters());
   if (outcome.error) return { result: null, error: outcome.error };
   state.adapters = outcome.result ?? [];
   if (state.adapter !== null && !state.adapters.some((m) => m.name === state.adapter && m.fits)) state.adapter = null;
@@ -888,14 +879,14 @@ async function adapterOp(kind, call) {
     state.activeOp = null;
     updateMode();
   }
-  if (outcome.error && client.state !== "crashed") alerts.show(outcome.error);
+  if (outcome.error && tuner.state !== "crashed") alerts.show(outcome.error);
   return { result: outcome.result ?? null, error: outcome.error ?? null };
 }
 
 /** window.webtune.loadAdapterFiles: keep a PEFT adapter (File objects or [{name, bytes}]) for the loaded model. */
 async function loadAdapterFiles(files, { name = null } = {}) {
   const list = Array.from(files ?? [], (f) => ({ name: String(f.webkitRelativePath || f.name), bytes: f instanceof Blob ? f : ArrayBuffer.isView(f.bytes) ? f.bytes.slice().buffer : f.bytes }));
-  const out = await adapterOp("adapter", () => client.loadAdapter(name, list).result);
+  const out = await adapterOp("adapter", () => attempt(() => tuner.loadAdapter(list, { name })));
   if (out.result) setStatus(`Adapter “${out.result.name}” loaded and kept in this browser.`, "done");
   await refreshAdapters();
   return out;
@@ -906,8 +897,7 @@ async function loadAdapterFiles(files, { name = null } = {}) {
  * URL or a Hub repo ("owner/name", on the page's Hub endpoint).
  */
 async function loadAdapterFromUrl(source, { name = null, endpoint = hubEndpoint, revision = "main" } = {}) {
-  const folder = adapterFolderUrl(source, { endpoint, revision, base: document.baseURI });
-  const out = await adapterOp("adapter", () => client.loadAdapter(name, folder, "url").result);
+  const out = await adapterOp("adapter", () => attempt(() => tuner.loadAdapter(String(source ?? ""), { name, endpoint, revision })));
   if (out.result) setStatus(`Adapter “${out.result.name}” downloaded and kept in this browser.`, "done");
   await refreshAdapters();
   return out;
@@ -915,7 +905,7 @@ async function loadAdapterFromUrl(source, { name = null, endpoint = hubEndpoint,
 
 /** window.webtune.useAdapter: generate with a kept adapter (null: the base model); resolves with the switch's timing. */
 async function useAdapter(name) {
-  const out = await adapterOp("adapter", () => client.useAdapter(name ?? null).result);
+  const out = await adapterOp("adapter", () => attempt(() => tuner.useAdapter(name ?? null)));
   if (!out.error) {
     state.adapter = name ?? null;
     adaptersPanel.switched(state.adapter, out.result);
@@ -926,15 +916,15 @@ async function useAdapter(name) {
 }
 
 /** A library request that does not take the worker's turn; shows its error. */
-async function quietAdapterOp(request) {
-  const outcome = await request.result;
+async function quietAdapterOp(call) {
+  const outcome = await attempt(call);
   if (outcome.error) alerts.show(outcome.error);
   await refreshAdapters();
   return { result: outcome.result ?? null, error: outcome.error ?? null };
 }
 
 async function renameAdapter(name, to) {
-  const out = await quietAdapterOp(client.renameAdapter(name, to));
+  const out = await quietAdapterOp(() => tuner.renameAdapter(name, to));
   if (out.result && state.adapter === name) {
     state.adapter = out.result.name;
     adaptersPanel.switched(state.adapter, null);
@@ -944,7 +934,7 @@ async function renameAdapter(name, to) {
 }
 
 async function deleteAdapter(name) {
-  const out = await quietAdapterOp(client.deleteAdapter(name));
+  const out = await quietAdapterOp(() => tuner.deleteAdapter(name));
   if (out.result && state.adapter === name) {
     state.adapter = null;
     adaptersPanel.switched(null, null);
@@ -954,9 +944,7 @@ async function deleteAdapter(name) {
 
 /** window.webtune.adapterFiles: a kept adapter's PEFT files as {name: Uint8Array}. */
 async function adapterFiles(name) {
-  const outcome = await client.adapterFiles(name).result;
-  if (outcome.error) return { files: null, error: outcome.error };
-  return { files: Object.fromEntries(Object.entries(outcome.result.files).map(([n, b]) => [n, new Uint8Array(b)])), error: null };
+  return attempt(() => tuner.adapterFiles(name), (files) => ({ files, error: null }));
 }
 
 /** Save a kept adapter's two PEFT files (named after it). */
@@ -982,14 +970,14 @@ async function compareModels(prompt, models, options = {}) {
     state.model?.kind === "encoder"
       ? {
           cell: { predicted: null, accuracy: null, loss: null },
-          ask: (model) => client.classify(text, model),
+          ask: (model) => attempt(() => tuner.classify(text, { model })),
           fill: (row, r) => (row.predicted = r),
           scores: (row, ev) => Object.assign(row, { accuracy: ev.accuracy, loss: ev.loss }),
-          goesOn: () => client.state !== "crashed",
+          goesOn: () => tuner.state !== "crashed",
         }
       : {
           cell: { text: null, generated_ids: null, loss: null, perplexity: null },
-          ask: (model) => client.generate({ text }, { ...options, greedy: true, model }),
+          ask: (model) => attempt(() => tuner.generate({ text }, { ...options, greedy: true, model })),
           fill: (row, r) => Object.assign(row, { text: r.text, generated_ids: r.generated_ids }),
           scores: (row, ev) => Object.assign(row, { loss: ev.loss, perplexity: ev.perplexity }),
           goesOn: () => false,
@@ -1000,7 +988,7 @@ async function compareModels(prompt, models, options = {}) {
   const config = state.baseline?.config ?? panelConfig();
   const out = await adapterOp("compare", async () => {
     for (const row of rows) {
-      const answer = await task.ask(row.model).result;
+      const answer = await task.ask(row.model);
       if (answer.error) {
         row.error = answer.error;
         adaptersPanel.compared(rows);
@@ -1009,7 +997,7 @@ async function compareModels(prompt, models, options = {}) {
       }
       task.fill(row, answer.result);
       if (withData) {
-        const ev = await client.evaluate(state.dataset.name, state.dataset.bytes, config, row.model, validationMessage()).result;
+        const ev = await attempt(() => tuner.evaluate({ ...config, model: row.model }, datasetOptions(state.dataset)));
         if (ev.error) return { error: ev.error };
         task.scores(row, ev.result);
       }
@@ -1089,9 +1077,9 @@ function setDataset(dataset) {
   updateMode();
 }
 
-/** The separate validation file as worker messages carry it, or undefined. */
-function validationMessage() {
-  return state.validation ? { name: state.validation.name, bytes: state.validation.bytes } : undefined;
+/** FineTuner's dataset options for `dataset` and the separate validation file, if any. */
+function datasetOptions(dataset) {
+  return { dataset: { name: dataset.name, bytes: dataset.bytes }, validation: state.validation ?? undefined };
 }
 
 /** window.webtune.setValidationFile: keep (or drop) a validation file and re-check the dataset. */
@@ -1109,7 +1097,7 @@ async function setValidationFile(input) {
     state.validation = { name: file.name, bytes: file.bytes };
   }
   datasetPanel.validationFile(state.validation ? { name: state.validation.name, bytes: state.validation.bytes.byteLength } : null);
-  if (state.dataset && state.model && (!state.activeOp || state.activeOp.auto) && client.state !== "crashed") return inspectDataset(null);
+  if (state.dataset && state.model && (!state.activeOp || state.activeOp.auto) && tuner.state !== "crashed") return inspectDataset(null);
   return null;
 }
 
@@ -1123,7 +1111,7 @@ async function chooseAndInspect(input) {
     return;
   }
   setDataset(dataset);
-  if (state.model && (!state.activeOp || state.activeOp.auto) && client.state !== "crashed") await inspectDataset(null);
+  if (state.model && (!state.activeOp || state.activeOp.auto) && tuner.state !== "crashed") await inspectDataset(null);
 }
 
 /**
@@ -1143,7 +1131,7 @@ async function settleAuto() {
  */
 async function autoBefore(dataset, config) {
   if (state.checkpointRefresh) await state.checkpointRefresh.catch(() => {});
-  if (!state.model || state.activeOp || client.state !== "ready" || typeof client.evaluate !== "function") return;
+  if (!state.model || state.activeOp || tuner.state !== "ready") return;
   const op = { kind: "evaluate", auto: true };
   state.activeOp = op;
   /** @type {(value?: unknown) => void} */
@@ -1152,8 +1140,7 @@ async function autoBefore(dataset, config) {
   const model = state.model;
   resultsPanel.baselinePending(dataset.name);
   try {
-    const { result } = client.evaluate(dataset.name, dataset.bytes, config, "base", validationMessage());
-    const outcome = await result;
+    const outcome = await attempt(() => tuner.evaluate({ ...config, model: "base" }, datasetOptions(dataset)));
     state.baseline = outcome.result ? { dataset: dataset.name, config, result: outcome.result } : null;
     // A model loaded meanwhile makes these numbers stale (loading waited, so this is rare).
     if (state.model === model) resultsPanel.baseline(outcome.result ?? null, outcome.error ?? null);
@@ -1167,11 +1154,11 @@ async function autoBefore(dataset, config) {
 
 /** window.webtune.inspectDataset. */
 async function inspectDataset(input, config) {
-  const record = { id: null, status: "checking", name: null, config: null, result: null, error: null };
+  const record = { status: "checking", name: null, config: null, result: null, error: null };
   const fail = (error) => {
     record.status = "error";
     record.error = error;
-    if (client.state !== "crashed") alerts.show(error);
+    if (tuner.state !== "crashed") alerts.show(error);
     return record;
   };
   let dataset;
@@ -1194,9 +1181,10 @@ async function inspectDataset(input, config) {
   datasetPanel.begin(dataset.name);
   setStatus(`Checking ${dataset.name}…`, "loading");
   // Copied to the worker (not transferred): the page keeps the bytes for fine-tuning.
-  const { id, result } = client.inspectDataset(dataset.name, dataset.bytes, record.config, validationMessage(), (p) => datasetPanel.progress(p));
-  record.id = id;
-  const outcome = await result;
+  const off = tuner.on("data-progress", (p) => datasetPanel.progress(p));
+  const { dataset: file, validation } = datasetOptions(dataset);
+  const outcome = await attempt(() => tuner.loadDataset(file, { ...record.config, validation }));
+  off();
   state.activeOp = null;
   state.datasetChecked = Boolean(outcome.result);
   if (outcome.result) {
@@ -1219,12 +1207,12 @@ async function inspectDataset(input, config) {
 
 /** window.webtune.finetune. */
 async function finetune(input, config, { resume = false } = {}) {
-  const record = { id: null, status: "running", name: null, config: null, events: [], result: null, error: null, pause: null };
+  const record = { status: "running", name: null, config: null, events: [], result: null, error: null, pause: null };
   state.finetunes.push(record);
   const fail = (error) => {
     record.status = "error";
     record.error = error;
-    if (client.state !== "crashed") alerts.show(error);
+    if (tuner.state !== "crashed") alerts.show(error);
     return record;
   };
   let dataset;
@@ -1247,17 +1235,13 @@ async function finetune(input, config, { resume = false } = {}) {
   finetunePanel.begin(record.config);
   setStatus(`Fine-tuning on ${NAMES[state.backend?.backend] ?? "?"}…`, "running");
   if (resume) record.resumed = true;
-  const { id, result } = client.finetune(dataset.name, dataset.bytes, record.config, {
-    resume,
-    validation: validationMessage(),
-    onEvent: (message) => {
-      record.events.push(message.event);
-      finetunePanel.event(message.event);
-      pauseEvent(record, message.event);
-    },
+  const off = tuner.on("job-event", (event) => {
+    record.events.push(event);
+    finetunePanel.event(event);
+    pauseEvent(record, event);
   });
-  record.id = id;
-  const outcome = await result;
+  const outcome = await attempt(() => tuner.train(record.config, { ...datasetOptions(dataset), resume }));
+  off();
   state.activeOp = null;
   state.activeFinetune = null;
   record.pause = null;
@@ -1282,13 +1266,13 @@ async function finetune(input, config, { resume = false } = {}) {
     setStatus(
       `Fine-tuning ${r.summary.cancelled ? "stopped" : "finished"} after ${r.summary.steps} steps` +
         (Number.isFinite(a) && Number.isFinite(b) ? `: validation loss ${b.toFixed(3)} → ${a.toFixed(3)}.` : "."),
-      client.state === "ready" ? "idle" : client.state,
+      tuner.state === "ready" ? "idle" : tuner.state,
     );
   } else {
     finetunePanel.fail(outcome.error);
     if (outcome.error?.code === "data.invalid") datasetPanel.fail(outcome.error);
     fail(outcome.error);
-    if (client.state !== "crashed") setStatus(`Fine-tuning failed: ${outcome.error.code}.`, client.state === "ready" ? "idle" : client.state);
+    if (tuner.state !== "crashed") setStatus(`Fine-tuning failed: ${outcome.error.code}.`, tuner.state === "ready" ? "idle" : tuner.state);
   }
   updateMode();
   return record;
@@ -1305,15 +1289,15 @@ async function exportFiles() {
   }
   state.activeOp = { kind: "export" };
   updateMode();
-  const { result } = client.exportFiles();
-  const outcome = await result;
+  // "all": the merged model's files under merged/, the adapter's under adapter/.
+  const outcome = await attempt(() => tuner.export("all"), (files) => ({ files }));
   state.activeOp = null;
   updateMode();
   if (outcome.error) {
-    if (client.state !== "crashed") alerts.show(outcome.error);
+    if (tuner.state !== "crashed") alerts.show(outcome.error);
     return { files: null, error: outcome.error };
   }
-  const files = Object.fromEntries(Object.entries(outcome.files).map(([name, buffer]) => [name, new Uint8Array(buffer)]));
+  const files = outcome.files;
   state.exported = { files };
   resultsPanel.sizes(Object.keys(files), Object.fromEntries(Object.entries(files).map(([n, b]) => [n, b.byteLength])));
   return { files, error: null };
@@ -1331,8 +1315,7 @@ async function downloadRecipe() {
   if (refusal) return void alerts.show(refusal);
   if (!state.dataset) return void alerts.show({ code: "data.missing", message: "Choose a dataset file or a sample first." });
   setStatus("Writing the training recipe…", "running");
-  const { result } = client.recipe(state.dataset.name, state.dataset.bytes, panelConfig(), validationMessage());
-  const outcome = await result;
+  const outcome = await attempt(() => tuner.recipe(panelConfig(), datasetOptions(state.dataset)));
   if (outcome.error) {
     setStatus("The training recipe could not be written.", "error");
     alerts.show(outcome.error);
@@ -1420,7 +1403,7 @@ function downloadReport(kind = "json") {
 /** Delete the downloaded model files from the browser (the loaded model stays loaded). */
 async function clearModelCache() {
   try {
-    const deleted = await caches.delete(CACHE_NAME);
+    const deleted = await FineTuner.clearCache();
     modelPanel.note(deleted ? "Downloaded model files were deleted from this browser." : "No downloaded model files were stored.");
     await refreshCache();
     return deleted;
@@ -1436,7 +1419,7 @@ function refreshCache() {
   // Reads are chained so that an older listing never overwrites a newer one.
   cacheRead = cacheRead
     .catch(() => [])
-    .then(() => listCachedModels())
+    .then(() => FineTuner.cachedModels())
     .then(
       (repos) => {
         modelPanel.setCache(repos);
@@ -1454,7 +1437,7 @@ function refreshCache() {
 async function deleteCached(base) {
   if (state.activeOp?.kind === "load") return 0;
   try {
-    const count = await deleteCachedModel(base);
+    const count = await FineTuner.deleteCachedModel(base);
     modelPanel.note(`Deleted ${base} from the browser's model cache.`);
     await refreshCache();
     return count;
@@ -1471,12 +1454,12 @@ function setBackend(choice) {
   const url = new URL(location.href);
   url.searchParams.set("backend", choice);
   history.replaceState(null, "", url);
-  client.setBackend(choice);
+  tuner.setBackend(choice);
 }
 
 function restartWorker() {
   alerts.dismissWhere((code) => code === "worker.unresponsive");
-  client.restart();
+  tuner.restart();
 }
 
 // Errors in the page itself should be visible too, not only in the console.
@@ -1534,7 +1517,7 @@ window.webtune = {
   finetuneChart: () => finetunePanel.chartData(),
   evaluationReport,
   evaluationReportHtml,
-  debugLoseDevice: () => client.worker?.postMessage({ type: "debug-lose-device" }),
+  debugLoseDevice: () => tuner.debugLoseDevice(),
   get dataset() {
     return state.dataset ? { name: state.dataset.name, bytes: state.dataset.bytes.byteLength, source: state.dataset.source } : null;
   },
@@ -1553,17 +1536,18 @@ window.webtune = {
   },
   setBackend,
   restartWorker,
-  whenReady: () => client.whenReady(),
+  whenReady: () => tuner.whenReady(),
   get workerState() {
-    return client.state;
+    return tuner.state;
   },
   get generation() {
-    return client.generation;
+    return tuner.generation;
   },
   get backendChoice() {
-    return client.backendChoice;
+    return tuner.backendChoice;
   },
 };
 
 void refreshCache();
-client.start();
+// The worker started with the FineTuner; its "starting" came before these handlers.
+showWorkerState(tuner.state);

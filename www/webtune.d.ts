@@ -190,7 +190,7 @@ export type ModelSource =
   | URL
   | File
   | FileList
-  | Array<File | NamedBytes>
+  | Array<File | NamedBytes | { name: string; bytes: Blob }>
   | { hub: string; endpoint?: string; revision?: string; files?: string[] }
   | { url: string; revision?: string; files?: string[] }
   | { served: string; index?: string | URL };
@@ -622,6 +622,50 @@ export interface FineTunerEvents {
   /** Training waits after this step (pause()) until resume() or cancel(). */
   paused: { step: number; total_steps: number };
   resumed: { step: number; total_steps: number };
+  /** Every fine-tuning job event as the worker sends it (phase, step, data_progress, checkpoint, paused, resumed). */
+  "job-event": JobEvent;
+  /** A toy run's step (trainToy()). */
+  "toy-progress": { step: number; total_steps: number; loss: number; [key: string]: unknown };
+  /** A request the worker made (the privacy check counts them; none after a model loads). */
+  network: { url: string; at: number };
+}
+
+export interface JobEvent {
+  type: "phase" | "step" | "data_progress" | "checkpoint" | "paused" | "resumed";
+  [key: string]: unknown;
+}
+
+/** Where the dataset of evaluate(), train() and recipe() comes from when it is not the loaded one. */
+export interface DatasetOptions {
+  /** Read this file instead (it becomes the loaded dataset, unchecked). */
+  dataset?: DatasetInput;
+  /** Its separate validation file (replaces the held-out share). */
+  validation?: DatasetInput;
+}
+
+/** The interrupted fine-tuning run saved in this browser (OPFS). */
+export interface CheckpointMeta {
+  step: number;
+  total_steps: number;
+  saved_at: string;
+  config: JobConfig;
+  dataset: { name: string; size: number; sha256: string };
+  model: { architecture: string; parameters: number; [key: string]: unknown };
+  [key: string]: unknown;
+}
+
+export interface ToySummary {
+  steps: number;
+  initial_loss: number;
+  final_loss: number;
+  cancelled: boolean;
+  [key: string]: unknown;
+}
+
+export interface Classification {
+  label: string;
+  labels: string[];
+  probs: number[];
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -629,6 +673,8 @@ export interface FineTunerEvents {
 export declare class FineTuner {
   /** Start a worker and wait for its backend. */
   static create(options?: CreateOptions): Promise<FineTuner>;
+  /** Start a worker without waiting ("state"/"backend" events, whenReady()). */
+  static start(options?: CreateOptions): FineTuner;
   static cachedModels(): Promise<CachedModel[]>;
   /** Resolves with the number of cache entries deleted. */
   static deleteCachedModel(base: string): Promise<number>;
@@ -644,6 +690,16 @@ export declare class FineTuner {
   readonly dataset: { name: string; bytes: number; options: JobConfig; report: DataReport | null } | null;
   readonly tuned: ModelInfo | null;
   readonly lastResult: TrainResult | null;
+  /** The backend asked for; `backend.backend` is the one running. */
+  readonly backendChoice: Backend;
+  /** Workers started so far (one more per restart() or setBackend()). */
+  readonly generation: number;
+
+  whenReady(): Promise<BackendInfo>;
+  /** A new worker on `choice` (the model is gone). */
+  setBackend(choice: Backend): void;
+  /** A new worker on the same backend (the model is gone). */
+  restart(): void;
 
   on<K extends keyof FineTunerEvents>(type: K, fn: (detail: FineTunerEvents[K]) => void): () => void;
   off<K extends keyof FineTunerEvents>(type: K, fn: (detail: FineTunerEvents[K]) => void): void;
@@ -655,14 +711,18 @@ export declare class FineTuner {
    * Held-out scores without training. After train() on the same dataset it uses that job's
    * configuration (the same split); before, the dataset's options merged with `options`.
    */
-  evaluate(options?: JobConfig & { model?: WhichModel }): Promise<EvaluateResult>;
-  train(config?: JobConfig & { preset?: PresetName }): Promise<TrainResult>;
+  evaluate(config?: JobConfig & { model?: WhichModel }, options?: DatasetOptions): Promise<EvaluateResult>;
+  /** `options.resume`: continue the interrupted run saved in this browser (checkpoint()). */
+  train(config?: JobConfig & { preset?: PresetName }, options?: DatasetOptions & { resume?: boolean }): Promise<TrainResult>;
   /**
    * The job train(config) would run, as a Python project for transformers + PEFT launched by
    * Accelerate (same data, split, batches, starting weights and optimiser): a ZIP archive of
    * `webtune-recipe/…`. Nothing is trained.
    */
-  recipe(config?: JobConfig & { preset?: PresetName }): Promise<Uint8Array>;
+  recipe(config?: JobConfig & { preset?: PresetName }, options?: DatasetOptions): Promise<Uint8Array>;
+  /** The interrupted run saved in this browser, or null. */
+  checkpoint(): Promise<CheckpointMeta | null>;
+  discardCheckpoint(): Promise<void>;
   /** Returns whether something was running. */
   cancel(): boolean;
   /**
@@ -678,6 +738,18 @@ export declare class FineTuner {
     options?: GenerateOptions,
   ): Promise<GenerateResult>;
   export(kind?: ExportKind): Promise<ExportedFiles>;
+  /** An encoder's label for `text` (its classification head). */
+  classify(text: string, options?: { model?: WhichModel }): Promise<Classification>;
+  /** Cosine similarity of two texts' mean-pooled embeddings (an encoder). */
+  similarity(a: string, b: string, options?: { model?: WhichModel }): Promise<{ similarity: number }>;
+  /** Logits of every position: shape [T, vocab]. */
+  logits(ids: ArrayLike<number>, options?: { model?: WhichModel }): Promise<{ shape: number[]; data: Float32Array }>;
+  /** Check the backend by training the built-in toy model; "toy-progress" per step. */
+  trainToy(config?: Record<string, unknown>): Promise<ToySummary>;
+  /** Replay a committed PyTorch/PEFT reference run (its JSON text) from the loaded model's files. */
+  replayReference(reference: string, method: "lora" | "full"): Promise<{ summary: TrainSummary; reference_losses: number[]; reference_grad_norms: number[] }>;
+  /** Test hook: the worker destroys its GPU devices. */
+  debugLoseDevice(): void;
   /** Adapters kept in this browser (OPFS), oldest first, marked `fits`/`attached` for the loaded model. */
   adapters(): Promise<AdapterMeta[]>;
   /**
@@ -685,7 +757,10 @@ export declare class FineTuner {
    * File objects / a FileList / [{name, bytes}], or the URL of a folder holding both files.
    * Refused (`model.shape_mismatch`) when it does not fit the model.
    */
-  loadAdapter(source: string | URL | Blob[] | FileList | Array<{ name: string; bytes: ArrayBuffer | Uint8Array }>, options?: { name?: string }): Promise<AdapterMeta & { attach_ms: number }>;
+  loadAdapter(
+    source: string | URL | Blob[] | FileList | Array<{ name: string; bytes: ArrayBuffer | Uint8Array | Blob }>,
+    options?: { name?: string | null; endpoint?: string; revision?: string },
+  ): Promise<AdapterMeta & { attach_ms: number }>;
   /** Answer generate()/evaluate() with this adapter (null: the base model) from now on. */
   useAdapter(name: string | null): Promise<AdapterSwitch>;
   /** The adapter generate() and evaluate() use by default (null: none chosen). */

@@ -25,7 +25,7 @@ const BACKENDS = ["auto", "webgpu", "cpu"];
 export class WebtuneError extends Error {
   constructor(code, message, details) {
     super(message);
-    this.name = "WebtuneError";
+    this.name = /** @type {const} */ ("WebtuneError");
     this.code = String(code || "internal");
     this.details = details;
   }
@@ -55,6 +55,7 @@ export class WebtuneError extends Error {
  * 96 examples, enough rows for a 95% interval on its verdict. `standard` is the old name of
  * `balanced`.
  */
+/** @type {Record<Exclude<import("./webtune").PresetName, "standard">, Record<import("./webtune").Task, import("./webtune").JobConfig>>} */
 const PRESET_TABLE = {
   "quick-demo": {
     causal: {
@@ -105,8 +106,8 @@ const PRESET_TABLE = {
   },
 };
 // "standard" was the first name of "balanced"; it stays as an alias.
-PRESET_TABLE.standard = PRESET_TABLE.balanced;
-export const PRESETS = Object.freeze(PRESET_TABLE);
+/** @type {Readonly<Record<import("./webtune").PresetName, Record<import("./webtune").Task, import("./webtune").JobConfig>>>} */
+export const PRESETS = Object.freeze({ ...PRESET_TABLE, standard: PRESET_TABLE.balanced });
 
 /** The task a model is trained for: encoders (BERT/MiniLM) classify, everything else continues text. */
 export function taskOf(info) {
@@ -133,6 +134,10 @@ function toArrayBuffer(bytes) {
 
 function isBlob(x) {
   return typeof Blob !== "undefined" && x instanceof Blob;
+}
+
+function checkBackend(choice) {
+  if (!BACKENDS.includes(choice)) throw new WebtuneError("config.invalid", `backend must be one of ${BACKENDS.join(", ")}, not ${JSON.stringify(choice)}.`);
 }
 
 function documentBase() {
@@ -181,7 +186,11 @@ async function modelFiles(list) {
   const blobs = [];
   for (const item of items) {
     if (isBlob(item)) blobs.push(item);
-    else if (item && typeof item.name === "string" && toArrayBuffer(item.bytes)) {
+    else if (item && typeof item.name === "string" && isBlob(item.bytes)) {
+      // A File under a name of its own (a folder pick's entry): read a tensor at a time.
+      const name = item.name.split("/").pop();
+      if (isModelFile(name)) files.push({ name, bytes: item.bytes });
+    } else if (item && typeof item.name === "string" && toArrayBuffer(item.bytes)) {
       const name = item.name.split("/").pop();
       if (!isModelFile(name)) continue;
       const bytes = toArrayBuffer(item.bytes);
@@ -283,16 +292,22 @@ export class FineTuner {
   constructor(client) {
     if (!(client instanceof WorkerClient)) throw new WebtuneError("config.invalid", "Use `await FineTuner.create(options)`.");
     this.#client = client;
-    const forward = (type, map = (x) => x) => this.#unsubscribe.push(client.on(type, (detail) => this.#emit(type, map(detail))));
+    const forward = (type, map = (x) => x, as = type) => this.#unsubscribe.push(client.on(type, (detail) => this.#emit(as, map(detail))));
+    // Before the page hears of it: a new worker (restart, another backend) holds no model.
+    this.#unsubscribe.push(
+      client.on("state", ({ state }) => {
+        if (state === "starting") this.#forget();
+      }),
+    );
     forward("state", (d) => d.state);
     forward("backend");
     forward("stalled");
+    forward("network", ({ url, at }) => ({ url, at }));
+    // The toy run's steps (trainToy); "progress" is fine-tuning's.
+    forward("progress", ({ type: _t, id: _i, ...step }) => step, "toy-progress");
     this.#unsubscribe.push(
       client.on("error", ({ error, fatal }) => {
-        if (fatal) {
-          this.#model = null;
-          this.#tuned = null;
-        }
+        if (fatal) this.#forget();
         this.#emit("error", Object.assign(WebtuneError.from(error), { fatal: Boolean(fatal) }));
       }),
     );
@@ -305,21 +320,69 @@ export class FineTuner {
    * the CPU backend, default navigator.hardwareConcurrency; more than one needs a cross-origin
    * isolated page, else the backend says why it runs on one).
    */
-  static async create({ backend = "auto", workerUrl = WORKER_URL, watchdogMs = 60_000, cpuThreads } = {}) {
-    if (!BACKENDS.includes(backend)) throw new WebtuneError("config.invalid", `backend must be one of ${BACKENDS.join(", ")}, not ${JSON.stringify(backend)}.`);
+  static async create(options = {}) {
+    const tuner = FineTuner.start(options);
+    try {
+      await tuner.whenReady();
+    } catch (e) {
+      tuner.dispose();
+      throw e;
+    }
+    return tuner;
+  }
+
+  /**
+   * A FineTuner whose worker is still starting (create() without the wait): "state" and
+   * "backend" events tell how the start goes, whenReady() waits for it. An operation called
+   * meanwhile waits for the backend too (and fails if it does not start). Options as create()'s.
+   * @param {import("./webtune").CreateOptions} [options]
+   */
+  static start({ backend = "auto", workerUrl = WORKER_URL, watchdogMs = 60_000, cpuThreads } = {}) {
+    checkBackend(backend);
     if (cpuThreads !== undefined && !(Number.isInteger(cpuThreads) && cpuThreads >= 1)) {
       throw new WebtuneError("config.invalid", `cpuThreads must be a whole number of at least 1, not ${JSON.stringify(cpuThreads)}.`);
     }
     const client = new WorkerClient({ workerUrl: new URL(String(workerUrl), documentBase()), backend, watchdogMs, cpuThreads });
     const tuner = new FineTuner(client);
     client.start();
+    return tuner;
+  }
+
+  /** Resolves with the backend message once the current worker is ready; rejects (a WebtuneError) if it fails first. */
+  async whenReady() {
+    this.#alive();
     try {
-      await client.whenReady();
+      return await this.#client.whenReady();
     } catch (e) {
-      tuner.dispose();
       throw WebtuneError.from(e, "device.unavailable");
     }
-    return tuner;
+  }
+
+  /**
+   * Run on another backend ("auto" | "webgpu" | "cpu"): a new worker replaces this one, so the
+   * model, dataset and fine-tuned model are gone ("state" goes to "starting"). Does nothing when
+   * that backend is already chosen.
+   */
+  setBackend(choice) {
+    this.#alive();
+    checkBackend(choice);
+    this.#client.setBackend(choice);
+  }
+
+  /** Replace the worker with a fresh one on the same backend (after a crash or a stall); the model is gone. */
+  restart() {
+    this.#alive();
+    this.#client.restart();
+  }
+
+  /** The backend asked for ("auto" | "webgpu" | "cpu"); `backend` says which one runs. */
+  get backendChoice() {
+    return this.#client.backendChoice;
+  }
+
+  /** How many workers this FineTuner has started (1, then one more per restart or backend switch). */
+  get generation() {
+    return this.#client.generation;
   }
 
   /** Models this browser keeps from earlier downloads (Cache API "webtune-models-v1"), one entry per repo. */
@@ -347,9 +410,9 @@ export class FineTuner {
     return this.#client.backend;
   }
 
-  /** "starting" | "ready" | "busy" | "crashed" | "disposed". */
+  /** @returns {import("./webtune").WorkerState} */
   get state() {
-    return this.#disposed ? "disposed" : this.#client.state;
+    return this.#disposed ? "disposed" : /** @type {import("./webtune").WorkerState} */ (this.#client.state);
   }
 
   /** Info of the loaded model ({architecture, parameters, ...}) or null. */
@@ -411,6 +474,35 @@ export class FineTuner {
 
   #alive() {
     if (this.#disposed) throw new WebtuneError("worker.disposed", "This FineTuner was disposed; create a new one.");
+  }
+
+  /** The worker that held the model is gone. */
+  #forget() {
+    this.#model = null;
+    this.#tuned = null;
+    this.#adapter = null;
+    this.#lastResult = null;
+    if (this.#dataset) this.#dataset = { ...this.#dataset, result: null };
+  }
+
+  /**
+   * The dataset an operation reads: `options.dataset` (any loadDataset() input, with
+   * `options.validation`) when given — it becomes the loaded dataset, unchecked, unless it is the
+   * loaded one — else the loaded dataset.
+   */
+  async #datasetFor(what, options) {
+    const given = options?.dataset;
+    if (given == null) {
+      this.#needDataset(what);
+      return this.#dataset;
+    }
+    const dataset = await datasetOf(given, {});
+    const validation = options.validation == null ? undefined : await datasetOf(options.validation, {});
+    const d = this.#dataset;
+    const same = (a, b) => (a == null && b == null) || (a != null && b != null && a.name === b.name && a.bytes === b.bytes);
+    if (d && same(d, dataset) && same(d.validation, validation)) return d;
+    this.#dataset = { ...dataset, validation, options: {}, result: null };
+    return this.#dataset;
   }
 
   #needModel(what) {
@@ -490,14 +582,15 @@ export class FineTuner {
    * so it scores exactly the held-out examples the job did; before, the dataset's options —
    * pass the training config you will use (or put it in loadDataset's options) to get the
    * numbers a following train() reports as `before`. `config` is merged over either.
+   * `options.dataset` (with `options.validation`) scores another file, which becomes the loaded
+   * dataset without a check (as train()'s).
    */
-  async evaluate({ model, ...config } = {}) {
+  /** @param {import("./webtune").JobConfig & {model?: import("./webtune").WhichModel}} [config] @param {import("./webtune").DatasetOptions} [options] */
+  async evaluate({ model, ...config } = {}, options = {}) {
     this.#alive();
     this.#needModel("evaluate()");
-    this.#needDataset("evaluate()");
-    const which = model ?? this.#defaultModel();
-    if (which === "tuned" && !this.#tuned) throw new WebtuneError("model.not_tuned", "There is no fine-tuned model yet: call train() first.");
-    const d = this.#dataset;
+    const which = this.#whichModel(model);
+    const d = await this.#datasetFor("evaluate()", options);
     const start = this.#trainedOn === d && this.#lastResult ? this.#lastResult.config : d.options;
     const outcome = await this.#settle(this.#client.evaluate(d.name, d.bytes, mergeConfig(start, config), which, d.validation));
     const result = outcome.result;
@@ -507,7 +600,7 @@ export class FineTuner {
   /** train()'s configuration: `config` (and its preset) merged over the dataset's options. */
   #jobConfig(config) {
     const { preset, ...rest } = config ?? {};
-    let base = this.#dataset.options;
+    let base = this.#dataset.options ?? {};
     if (preset !== undefined) {
       const chosen = PRESETS[preset]?.[taskOf(this.#model)];
       if (!chosen) throw new WebtuneError("config.invalid", `Unknown preset ${JSON.stringify(preset)}; choose one of ${Object.keys(PRESETS).join(", ")}.`);
@@ -526,21 +619,25 @@ export class FineTuner {
    * the dataset's options; `config.preset` ("quick-demo", "standard") starts from PRESETS.
    * Emits "phase" and "progress" (one per training step). cancel() stops after the current
    * step; the promise still resolves (result.cancelled true) with the model trained so far.
+   * Every job event is also emitted whole as "job-event" ({type, ...}). Options: `dataset` (and
+   * `validation`) trains on that file instead of the loaded dataset (it becomes the loaded one,
+   * unchecked: the job reads and checks it itself); `resume: true` continues the interrupted run
+   * saved in this browser (checkpoint()) on the same file, with that run's configuration.
    */
-  async train(config = {}) {
+  async train(config = {}, options = {}) {
     this.#alive();
     this.#needModel("train()");
-    this.#needDataset("train()");
+    const d = await this.#datasetFor("train()", options);
     const job = this.#jobConfig(config);
-    const d = this.#dataset;
     const onEvent = (m) => {
+      if (m.event) this.#emit("job-event", m.event);
       const { type, ...event } = m.event ?? {};
       if (type === "step") this.#emit("progress", event);
       else if (type === "phase") this.#emit("phase", event);
       else if (type === "data_progress") this.#emit("data-progress", event);
       else if (type === "paused" || type === "resumed") this.#emit(type, event);
     };
-    const outcome = await this.#settle(this.#client.finetune(d.name, d.bytes, job, { onEvent, validation: d.validation }));
+    const outcome = await this.#settle(this.#client.finetune(d.name, d.bytes, job, { onEvent, validation: d.validation, resume: Boolean(options?.resume) }));
     const r = outcome.result;
     const result = { ...r, task: r.task ?? (Array.isArray(r.labels) ? "classification" : "causal"), cancelled: Boolean(r.summary?.cancelled), config: job };
     this.#tuned = r.tuned_info ?? this.#model;
@@ -557,13 +654,13 @@ export class FineTuner {
    * split, batches, starting weights and optimiser, so on one device it reproduces webtune's
    * losses. Nothing is trained. Resolves with the ZIP archive's bytes (a Uint8Array holding
    * `webtune-recipe/…`: job.json, data/, train.py, requirements.txt, README.md, accelerate/).
+   * `options.dataset`/`validation` as train()'s.
    */
-  async recipe(config = {}) {
+  async recipe(config = {}, options = {}) {
     this.#alive();
     this.#needModel("recipe()");
-    this.#needDataset("recipe()");
+    const d = await this.#datasetFor("recipe()", options);
     const job = this.#jobConfig(config);
-    const d = this.#dataset;
     const outcome = await this.#settle(this.#client.recipe(d.name, d.bytes, job, d.validation));
     return new Uint8Array(outcome.result);
   }
@@ -600,15 +697,89 @@ export class FineTuner {
    * use_cache, stop_tokens, ignore_eos, and model: "base" | "tuned" (default: the fine-tuned
    * model when there is one). Emits "token" events. Resolves with {text, generated_ids, ...}.
    */
+  /** @param {import("./webtune").GenerateOptions} [options] */
   async generate(prompt, options = {}) {
     this.#alive();
     this.#needModel("generate()");
     const opts = { ...(options ?? {}) };
-    opts.model ??= this.#defaultModel();
-    if (opts.model === "tuned" && !this.#tuned) throw new WebtuneError("model.not_tuned", "There is no fine-tuned model yet: call train() first, or pass {model: \"base\"}.");
+    opts.model = this.#whichModel(opts.model);
     const onToken = (m) => this.#emit("token", { token: m.token, text: m.text });
     const outcome = await this.#settle(this.#client.generate(prompt, opts, { onToken }));
     return { ...outcome.result, model: opts.model };
+  }
+
+  /**
+   * An encoder's label for `text` with its classification head: {label, labels, probs}.
+   * `options.model`: "base" | "tuned" | "adapter:NAME" (default as generate()'s).
+   */
+  async classify(text, options = {}) {
+    this.#alive();
+    this.#needModel("classify()");
+    const which = this.#whichModel(options?.model);
+    return (await this.#settle(this.#client.classify(String(text ?? ""), which))).result;
+  }
+
+  /** Cosine similarity of two texts' mean-pooled embeddings (an encoder): {similarity}. `options.model` as classify()'s. */
+  async similarity(a, b, options = {}) {
+    this.#alive();
+    this.#needModel("similarity()");
+    const which = this.#whichModel(options?.model);
+    return (await this.#settle(this.#client.similarity(String(a ?? ""), String(b ?? ""), which))).result;
+  }
+
+  /**
+   * The logits of every position of `ids` (token ids): {shape: [T, vocab], data: Float32Array},
+   * for checking numbers against another implementation. `options.model` as classify()'s.
+   */
+  async logits(ids, options = {}) {
+    this.#alive();
+    this.#needModel("logits()");
+    const which = this.#whichModel(options?.model);
+    const { shape, data } = await this.#settle(this.#client.logits(Array.from(ids ?? []), which));
+    return { shape, data };
+  }
+
+  /**
+   * The interrupted fine-tuning run saved in this browser (OPFS): {step, total_steps, saved_at,
+   * config, dataset: {name, size, sha256}, model} or null. train(config, {resume: true}) on the
+   * same file continues it. Answered beside a running operation.
+   */
+  async checkpoint() {
+    this.#alive();
+    return (await this.#settle(this.#client.checkpointInfo())).result ?? null;
+  }
+
+  /** Delete the saved checkpoint. */
+  async discardCheckpoint() {
+    this.#alive();
+    await this.#settle(this.#client.discardCheckpoint());
+  }
+
+  /**
+   * Check the backend: train the built-in toy model (worker.js "train-toy"; config e.g. {steps,
+   * seed}) and resolve with its summary {steps, initial_loss, final_loss, cancelled, ...}.
+   * Emits "toy-progress" per step. Needs no model.
+   */
+  async trainToy(config = {}) {
+    this.#alive();
+    return (await this.#settle(this.#client.trainToy(config ?? {}))).summary;
+  }
+
+  /**
+   * Self-check: replay a committed PyTorch/PEFT reference run (the JSON text of
+   * tests/fixtures/reference/finetune_*.json; method "lora" | "full") on this backend from the
+   * loaded model's files: {summary, reference_losses, reference_grad_norms}.
+   */
+  async replayReference(reference, method) {
+    this.#alive();
+    this.#needModel("replayReference()");
+    return (await this.#settle(this.#client.replayReference(String(reference ?? ""), method))).result;
+  }
+
+  /** Test hook: the worker destroys its GPU devices, as a driver reset would. */
+  debugLoseDevice() {
+    this.#alive();
+    this.#client.debugLoseDevice();
   }
 
   /**
@@ -623,6 +794,7 @@ export class FineTuner {
     if (prefix === undefined) throw new WebtuneError("config.invalid", `export() takes "merged", "peft" or "all", not ${JSON.stringify(kind)}.`);
     if (!this.#tuned) throw new WebtuneError("model.not_tuned", "There is no fine-tuned model to export: call train() first.");
     const outcome = await this.#settle(this.#client.exportFiles());
+    /** @type {Record<string, Uint8Array>} */
     const files = {};
     for (const [name, buffer] of Object.entries(outcome.files)) {
       if (name.startsWith(prefix)) files[name.slice(prefix.length)] = new Uint8Array(buffer);
@@ -631,6 +803,13 @@ export class FineTuner {
       throw new WebtuneError(kind === "merged" ? "export.empty" : "export.no_adapter", kind === "merged" ? "The export holds no merged model." : "There is no adapter to export: the model was fully fine-tuned (use \"merged\").");
     }
     return files;
+  }
+
+  /** `model` as asked (checked), or the default one. */
+  #whichModel(model) {
+    const which = model ?? this.#defaultModel();
+    if (which === "tuned" && !this.#tuned) throw new WebtuneError("model.not_tuned", "There is no fine-tuned model yet: call train() first, or pass {model: \"base\"}.");
+    return which;
   }
 
   /** What answers generate() and evaluate() when they name no model. */
@@ -666,7 +845,7 @@ export class FineTuner {
     this.#alive();
     this.#needModel("loadAdapter()");
     let files;
-    let origin = "files";
+    let origin = /** @type {"files" | "url"} */ ("files");
     if (typeof source === "string" || source instanceof URL) {
       // The worker downloads it: it is the one allowed to reach model hosts.
       origin = "url";
@@ -676,7 +855,7 @@ export class FineTuner {
       files = [];
       for (const item of list) {
         const name = String(item?.webkitRelativePath || item?.name || "");
-        const bytes = isBlob(item) ? item : toArrayBuffer(item?.bytes);
+        const bytes = isBlob(item) ? item : isBlob(item?.bytes) ? item.bytes : toArrayBuffer(item?.bytes);
         if (!bytes) throw new WebtuneError("config.invalid", "Adapter files must be File objects or {name, bytes: ArrayBuffer | Uint8Array}.");
         files.push({ name, bytes });
       }

@@ -472,6 +472,11 @@ export class WorkerClient {
     else this.dropCandidate({ code: "model.load_cancelled", message: "Loading the model was cancelled." });
   }
 
+  /** Test hook: the worker destroys its GPU devices as a driver reset would (see worker.js). */
+  debugLoseDevice() {
+    if (this.worker) send(this.worker, { type: "debug-lose-device" });
+  }
+
   /** Pause the running fine-tuning job after its current step (see "pause" in worker.js). */
   pause() {
     // A paused worker is silent on purpose: no "stalled" warning meanwhile.

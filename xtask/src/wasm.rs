@@ -266,10 +266,10 @@ fn publish_package(profile: Profile, package: Package) -> Result<Option<Unoptimi
             "  wasm-bindgen   {}",
             megabytes(file_size(&fresh.join("webtune_bg.wasm"))?)
         );
+        let features = wasm_opt_features(&raw)
+            .with_context(|| format!("cannot configure wasm-opt for {}", raw_path.display()))?;
+        replace_dir(&fresh, &pkg)?;
         if optimise {
-            let features = wasm_opt_features(&raw)
-                .with_context(|| format!("cannot configure wasm-opt for {}", raw_path.display()))?;
-            replace_dir(&fresh, &pkg)?;
             Some(Unoptimised {
                 package,
                 pkg: pkg.clone(),
@@ -278,7 +278,6 @@ fn publish_package(profile: Profile, package: Package) -> Result<Option<Unoptimi
                 features,
             })
         } else {
-            replace_dir(&fresh, &pkg)?;
             finish_package(&pkg, &cache, &stamp)?;
             None
         }
@@ -345,6 +344,9 @@ pub fn build_for_serve(profile: Profile) -> Result<ServeBuild> {
     util::ensure_npm_deps()?;
     check_wasm_bindgen_lock(&root.join("Cargo.lock"))?;
     vendor_js()?;
+    let main_dir = root.join("www").join(Package::Main.dir_name());
+    let stamp_of = |dir: &Path| fs::read_to_string(dir.join(".build-stamp")).ok();
+    let stamp_before = stamp_of(&main_dir);
     // Downloads, not computing: they overlap the compile.
     let models = std::thread::spawn(crate::prepare_models);
     let main = publish_package(profile, Package::Main);
@@ -357,7 +359,8 @@ pub fn build_for_serve(profile: Profile) -> Result<ServeBuild> {
     let threads_dir = root.join("www").join(Package::Threads.dir_name());
     let mut still_building = Vec::new();
     let mut done = Vec::new();
-    if main.is_some() && threads_dir.exists() {
+    let main_changed = main.is_some() || stamp_of(&main_dir) != stamp_before;
+    if main_changed && threads_dir.exists() {
         // The sources changed since it was built: until its rebuild, the page runs its CPU
         // backend on one thread rather than on a module that may not match the worker.
         fs::remove_dir_all(&threads_dir)

@@ -735,17 +735,16 @@ async function finetune(id, name, bytes, config, resume, validation) {
       };
     }
     request.config = await withInitAdapter(session, config, continued);
-    const run = (onEvent) => session.finetune(request, onEvent, onCheckpoint);
     // wasm yields to the event loop only once per step, so a "cancel" message can arrive late:
     // the interrupt flag, read after every event, stops the run after its current step.
-    const result = await run((event) => {
+    const result = await session.finetune(request, (event) => {
       if (event.type === "step") op.totalSteps = event.total_steps;
       post({ type: "finetune-event", id, event });
       if (stopRequested(op)) return false;
       // Pausing after the last step would only delay the evaluation.
       if (event.type === "step" && event.step < event.total_steps && pauseRequested(op)) return pauseAfter(op, id, event);
       return true;
-    });
+    }, onCheckpoint);
     await writes;
     // A run that reached its end needs no checkpoint; a stopped one keeps its last.
     if (resumable && !result?.summary?.cancelled) await discardCheckpoint();

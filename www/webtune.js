@@ -186,16 +186,13 @@ async function modelFiles(list) {
   const blobs = [];
   for (const item of items) {
     if (isBlob(item)) blobs.push(item);
-    else if (item && typeof item.name === "string" && isBlob(item.bytes)) {
-      // A File under a name of its own (a folder pick's entry): read a tensor at a time.
-      const name = item.name.split("/").pop();
-      if (isModelFile(name)) files.push({ name, bytes: item.bytes });
-    } else if (item && typeof item.name === "string" && toArrayBuffer(item.bytes)) {
+    else if (item && typeof item.name === "string" && (isBlob(item.bytes) || toArrayBuffer(item.bytes))) {
       const name = item.name.split("/").pop();
       if (!isModelFile(name)) continue;
-      const bytes = toArrayBuffer(item.bytes);
+      // A File under a name of its own (a folder pick's entry) stays a File: read a tensor at a time.
+      const bytes = isBlob(item.bytes) ? item.bytes : toArrayBuffer(item.bytes);
       files.push({ name, bytes });
-      if (bytes !== item.bytes) owned.push(bytes);
+      if (!isBlob(bytes) && bytes !== item.bytes) owned.push(bytes);
     } else throw new WebtuneError("config.invalid", "Model files must be File objects or {name, bytes: ArrayBuffer | Uint8Array}.");
   }
   if (blobs.length) {
@@ -270,6 +267,11 @@ async function datasetOf(input, options) {
     throw new WebtuneError("config.invalid", "A dataset is a File/Blob, a URL, or {name, bytes} / {name, text}; its name's extension (.jsonl, .json, .csv, .tsv, .txt) picks the format.");
   }
   return { name, bytes };
+}
+
+/** A separate validation file (any dataset input) as {name, bytes}; undefined for none. */
+async function validationOf(input) {
+  return input == null ? undefined : datasetOf(input, {});
 }
 
 /**
@@ -497,7 +499,7 @@ export class FineTuner {
       return this.#dataset;
     }
     const dataset = await datasetOf(given, {});
-    const validation = options.validation == null ? undefined : await datasetOf(options.validation, {});
+    const validation = await validationOf(options.validation);
     const d = this.#dataset;
     const same = (a, b) => (a == null && b == null) || (a != null && b != null && a.name === b.name && a.bytes === b.bytes);
     if (d && same(d, dataset) && same(d.validation, validation)) return d;
@@ -562,7 +564,7 @@ export class FineTuner {
     this.#alive();
     const { name: nameOverride, validation: heldOut, ...config } = options ?? {};
     const dataset = await datasetOf(input, { name: nameOverride });
-    const validation = heldOut == null ? undefined : await datasetOf(heldOut, {});
+    const validation = await validationOf(heldOut);
     this.#needModel("loadDataset()");
     // Copied to the worker, not transferred: train() and evaluate() send the bytes again.
     const onProgress = (m) => {

@@ -120,29 +120,25 @@ pub fn test(options: &TestOptions) -> Result<()> {
 /// webtune.d.ts and the worker protocol (www/protocol.d.ts), so a misspelt message field fails
 /// here, in seconds, before any build; then webtune.d.ts against webtune.js (tsconfig.api.json).
 fn typecheck(root: &Path) -> Result<()> {
-    let tsc = root.join("node_modules/typescript/bin/tsc");
-    for project in ["tsconfig.json", "tsconfig.worker.json"] {
+    let tsc = |project: &str| {
         println!("xtask: tsc --noEmit -p {project}");
         util::run(
             Command::new("node")
-                .arg(&tsc)
+                .arg(root.join("node_modules/typescript/bin/tsc"))
                 .args(["--noEmit", "-p", project])
                 .current_dir(root),
         )
-        .with_context(|| format!("the page's JavaScript does not type-check ({project})"))?;
+    };
+    for project in ["tsconfig.json", "tsconfig.worker.json"] {
+        tsc(project)
+            .with_context(|| format!("the page's JavaScript does not type-check ({project})"))?;
     }
     // The package's declarations against its implementation (tests/types/webtune-api.ts): an
     // import of webtune.js resolves to webtune.d.ts, so the check reads a copy under another name.
     let copy = root.join("www/webtune.api-check.tmp.js");
     fs::copy(root.join("www/webtune.js"), &copy)
         .with_context(|| format!("cannot write {}", copy.display()))?;
-    println!("xtask: tsc --noEmit -p tsconfig.api.json");
-    let checked = util::run(
-        Command::new("node")
-            .arg(&tsc)
-            .args(["--noEmit", "-p", "tsconfig.api.json"])
-            .current_dir(root),
-    );
+    let checked = tsc("tsconfig.api.json");
     let _ = fs::remove_file(&copy);
     checked.context("www/webtune.d.ts does not match www/webtune.js (tsconfig.api.json)")
 }

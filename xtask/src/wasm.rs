@@ -77,13 +77,19 @@ impl Package {
 /// Builds `www/pkg`, `www/pkg-threads` (and `www/vendor`) for `profile`, each in full
 /// (tests and benchmarks measure both modules; `serve` has its own order, `build_for_serve`).
 pub fn build_wasm(profile: Profile) -> Result<()> {
-    util::ensure_wasm_target()?;
-    util::ensure_npm_deps()?;
-    check_wasm_bindgen_lock(&repo_root().join("Cargo.lock"))?;
+    ensure_build_tools()?;
     build_package(profile, Package::Main)?;
     ensure_threads_toolchain()?;
     build_package(profile, Package::Threads)?;
     vendor_js()
+}
+
+/// What every wasm build needs first: the wasm target, the npm packages (wasm-opt among them)
+/// and a Cargo.lock whose wasm-bindgen matches xtask's.
+fn ensure_build_tools() -> Result<()> {
+    util::ensure_wasm_target()?;
+    util::ensure_npm_deps()?;
+    check_wasm_bindgen_lock(&repo_root().join("Cargo.lock"))
 }
 
 /// Installs the nightly toolchain and its standard library sources where missing (rustup).
@@ -340,9 +346,7 @@ pub struct ServeBuild {
 /// the main module's cargo build, instead of after every step (issue 22).
 pub fn build_for_serve(profile: Profile) -> Result<ServeBuild> {
     let root = repo_root();
-    util::ensure_wasm_target()?;
-    util::ensure_npm_deps()?;
-    check_wasm_bindgen_lock(&root.join("Cargo.lock"))?;
+    ensure_build_tools()?;
     vendor_js()?;
     let main_dir = root.join("www").join(Package::Main.dir_name());
     let stamp_of = |dir: &Path| fs::read_to_string(dir.join(".build-stamp")).ok();

@@ -110,7 +110,7 @@
 //   details}) and are also shown in the alert region.
 // }
 
-import { FineTuner } from "./webtune.js";
+import { FineTuner, mergeConfig } from "./webtune.js";
 import { createPrivacyIndicator } from "./components/privacy-indicator.js";
 import { createAlerts } from "./components/alerts.js";
 import { createBackendPanel } from "./components/backend-panel.js";
@@ -1016,17 +1016,9 @@ function compareLabel(model) {
 // ---------------------------------------------------------------------------------------------
 // Datasets, fine-tuning, export.
 
-function deepMerge(base, over) {
-  const out = { ...base };
-  for (const [key, value] of Object.entries(over ?? {})) {
-    out[key] = value && typeof value === "object" && !Array.isArray(value) && base?.[key] && typeof base[key] === "object" ? deepMerge(base[key], value) : value;
-  }
-  return out;
-}
-
 /** The job configuration the panels describe. */
 function panelConfig() {
-  return deepMerge(datasetPanel.config(), finetunePanel.config());
+  return mergeConfig(datasetPanel.config(), finetunePanel.config());
 }
 
 /**

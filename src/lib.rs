@@ -21,7 +21,9 @@ pub use error::{Code, Error, Result};
 // What the CLI and an embedder start jobs with; the modules behind them are for the rest.
 pub use train::job::{DataSource, DatasetFile, DatasetFiles, JobConfig, JobEvent};
 pub use train::trainer::Progress;
-pub use train::{eval_data, inspect_data, run_task, ClassifyJobOutput, JobOutput, JobResult};
+pub use train::{
+    eval_data, inspect_data, run_task, ClassifyJobOutput, EmbedJobOutput, JobOutput, JobResult,
+};
 
 /// The crate version, shown by the page and the CLI.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

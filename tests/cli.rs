@@ -436,5 +436,67 @@ fn train_json_has_the_headline_numbers_for_both_tasks() {
         "modeling_webtune.WebtuneBertForSequenceClassification"
     );
     assert!(written.join("merged/modeling_webtune.py").is_file());
+
+    // Sentence pairs on the same encoder: its embeddings are tuned (no head), the export is a
+    // sentence-transformers folder, and `data` / `eval` read the file as pairs too.
+    let pairs = out.join("pairs.jsonl");
+    std::fs::write(&pairs, common::pairs_jsonl(48)).unwrap();
+    let (ok, report) = webtune(&[
+        "data",
+        dir.to_str().unwrap(),
+        "--data",
+        pairs.to_str().unwrap(),
+    ]);
+    assert!(ok, "{report}");
+    assert_eq!(report["task"], "embedding");
+    assert_eq!(
+        report["report"]["schema"]["schema"]["kind"],
+        "sentence_pairs"
+    );
+    let first = &report["preview"][0];
+    assert!(!first["tokens"].as_array().unwrap().is_empty(), "{report}");
+    assert!(
+        !first["positive"].as_array().unwrap().is_empty(),
+        "{report}"
+    );
+    let written = out.join("embedder");
+    let (ok, result) = webtune(&[
+        "train",
+        dir.to_str().unwrap(),
+        "--data",
+        pairs.to_str().unwrap(),
+        "--steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--out",
+        written.to_str().unwrap(),
+    ]);
+    assert!(ok, "{result}");
+    assert_eq!(result["task"], "embedding");
+    assert_eq!(result["steps"], 4);
+    for key in [
+        "accuracy",
+        "mrr",
+        "positive_cosine",
+        "negative_cosine",
+        "loss",
+    ] {
+        assert!(result["after"][key].is_number(), "{key}: {result}");
+    }
+    let modules: Value =
+        serde_json::from_slice(&std::fs::read(written.join("merged/modules.json")).unwrap())
+            .unwrap();
+    assert_eq!(modules[1]["path"], "1_Pooling");
+    assert!(written.join("merged/1_Pooling/config.json").is_file());
+    let (ok, scored) = webtune(&[
+        "eval",
+        written.join("merged").to_str().unwrap(),
+        "--data",
+        pairs.to_str().unwrap(),
+    ]);
+    assert!(ok, "{scored}");
+    assert_eq!(scored["task"], "embedding");
+    assert_eq!(scored["eval"]["pairs"], 48);
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -34,6 +34,7 @@ fn texts(ds: &Dataset) -> Vec<String> {
         .map(|e| match &e.content {
             Content::Text { text } | Content::Labeled { text, .. } => text.clone(),
             Content::Pair { prompt, completion } => format!("{prompt}|{completion}"),
+            Content::SentencePair { anchor, positive } => format!("{anchor}≈{positive}"),
             Content::Chat { messages } => format!("{} messages", messages.len()),
         })
         .collect()

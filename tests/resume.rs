@@ -819,7 +819,7 @@ mod class_checkpoints {
     fn classified(r: webtune::Result<JobResult>) -> ClassifyJobOutput {
         match r.expect("the job runs") {
             JobResult::Classification(o) => o,
-            JobResult::Causal(_) => panic!("an encoder runs a classification job"),
+            _ => panic!("an encoder given labelled texts runs a classification job"),
         }
     }
 

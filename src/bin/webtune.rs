@@ -946,6 +946,7 @@ fn run_train(cli: &Cli, args: &TrainArgs) -> Result<(), Error> {
             JobResult::Classification(o) => {
                 (o.summary.steps, &o.summary.losses, o.summary.tokens_per_s)
             }
+            JobResult::Embedding(o) => (o.summary.steps, &o.summary.losses, o.summary.tokens_per_s),
         };
         let mut value = serde_json::to_value(&output).map_err(internal)?;
         value["steps"] = json!(steps);
@@ -956,6 +957,7 @@ fn run_train(cli: &Cli, args: &TrainArgs) -> Result<(), Error> {
         match &output {
             JobResult::Causal(output) => print_causal(output),
             JobResult::Classification(output) => print_classification(output),
+            JobResult::Embedding(output) => print_embedding(output),
         }
         match out {
             Some(out) => println!(
@@ -1044,13 +1046,26 @@ fn run_eval(cli: &Cli, args: &EvalArgs) -> Result<(), Error> {
             print_json(&value)?;
         } else {
             let m = |k: &str| value["eval"][k].as_f64().unwrap_or(f64::NAN);
-            println!(
-                "{} examples: accuracy {:.3}, macro-F1 {:.3}, loss {:.4}",
-                value["examples"],
-                m("accuracy"),
-                m("macro_f1"),
-                m("loss")
-            );
+            if value["task"] == "embedding" {
+                println!(
+                    "{} pairs, each anchor searching all positives: recall@1 {:.3}, MRR {:.3}, \
+                     cosine of a pair {:.3} (others {:.3}), loss {:.4}",
+                    value["examples"],
+                    m("accuracy"),
+                    m("mrr"),
+                    m("positive_cosine"),
+                    m("negative_cosine"),
+                    m("loss")
+                );
+            } else {
+                println!(
+                    "{} examples: accuracy {:.3}, macro-F1 {:.3}, loss {:.4}",
+                    value["examples"],
+                    m("accuracy"),
+                    m("macro_f1"),
+                    m("loss")
+                );
+            }
         }
         return Ok(());
     }
@@ -1328,6 +1343,46 @@ fn print_classification(output: &webtune::ClassifyJobOutput) {
             c.after.label,
             c.after.prob,
             c.label
+        );
+    }
+}
+
+fn print_embedding(output: &webtune::EmbedJobOutput) {
+    let (b, a) = (&output.before, &output.after);
+    println!(
+        "{} steps; {} held-out pairs, each anchor searching all {} positives ({:?} pooling)",
+        output.summary.steps, a.pairs, a.pairs, output.pooling
+    );
+    println!(
+        "recall@1 {:.3} → {:.3}; MRR {:.3} → {:.3}; loss {:.4} → {:.4}",
+        b.accuracy, a.accuracy, b.mrr, a.mrr, b.loss, a.loss
+    );
+    println!(
+        "cosine of a pair {:.3} → {:.3}; of other pairs {:.3} → {:.3}",
+        b.positive_cosine, a.positive_cosine, b.negative_cosine, a.negative_cosine
+    );
+    if let Some(c) = &output.comparison {
+        let points = |x: f64| format!("{:+.1} pts", x * 100.0);
+        let n = c.pairs;
+        println!(
+            "{}",
+            judged(
+                "recall@1",
+                &c.accuracy_change,
+                points,
+                n,
+                "held-out anchors"
+            )
+        );
+    }
+    println!(
+        "{} best matches changed: {} fixed, {} broken",
+        output.changed_total, output.fixed, output.broken
+    );
+    for c in &output.changed {
+        println!(
+            "  [{}] {} {:?}: {:?} → {:?}",
+            c.status, c.source, c.anchor, c.before.text, c.after.text
         );
     }
 }

@@ -151,6 +151,13 @@ impl<'a> CausalEncoder<'a> {
                 // The template ends each turn itself; no extra EOS.
                 return Ok(Encoded { ids, counted });
             }
+            Content::SentencePair { .. } => {
+                return Err(Error::new(
+                    Code::DataInvalid,
+                    "sentence pairs tune an encoder's embeddings (BERT, MiniLM); a causal \
+                     language model learns from text, prompt/completion pairs or chats",
+                ))
+            }
         };
         self.push_eos(&mut e);
         Ok(e)
@@ -312,19 +319,8 @@ pub fn class_batch_of_ids(
     seq_len: usize,
     pad_id: u32,
 ) -> Result<ClassBatch> {
-    // What the post-processor wraps around text: BERT's [CLS] … [SEP] adds one at each end.
-    let suffix = tokenizer.encode("")?.len() / 2;
-    let longest = ids.iter().map(Vec::len).max().unwrap_or(1);
-    let width = padded_len(longest, seq_len);
-    let n = examples.len() * width;
-    let mut batch = ClassBatch {
-        batch_size: examples.len(),
-        seq_len: width,
-        input_ids: Vec::with_capacity(n),
-        attention_mask: Vec::with_capacity(n),
-        labels: Vec::with_capacity(examples.len()),
-    };
-    for (e, mut ids) in examples.iter().zip(ids) {
+    let mut label_ids = Vec::with_capacity(examples.len());
+    for e in examples {
         let Content::Labeled { label, .. } = &e.content else {
             return Err(Error::new(
                 Code::DataInvalid,
@@ -341,20 +337,125 @@ pub fn class_batch_of_ids(
             )
             .with_details(json!({ "file": &*e.loc.file, "line": e.loc.line, "reason": "unknown_label", "label": label }))
         })?;
+        label_ids.push(id as i64);
+    }
+    let rows = encoder_rows(tokenizer, ids, seq_len, pad_id)?;
+    Ok(ClassBatch {
+        batch_size: rows.rows,
+        seq_len: rows.seq_len,
+        input_ids: rows.input_ids,
+        attention_mask: rows.attention_mask,
+        labels: label_ids,
+    })
+}
+
+/// Rows of token ids for an encoder, in host memory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextRows {
+    pub rows: usize,
+    pub seq_len: usize,
+    /// `[rows × seq_len]` token ids, padded with `pad_id`.
+    pub input_ids: Vec<i64>,
+    /// `[rows × seq_len]` 1 on tokens, 0 on padding.
+    pub attention_mask: Vec<i64>,
+}
+
+/// Texts tokenized for an encoder (`ids[i]` with the tokenizer's special tokens), each
+/// truncated to `seq_len` keeping a trailing special token such as BERT's `[SEP]`, padded to
+/// the longest ([`padded_len`]): padding is masked out of attention, so it only costs time.
+pub fn encoder_rows(
+    tokenizer: &Tokenizer,
+    ids: Vec<Vec<u32>>,
+    seq_len: usize,
+    pad_id: u32,
+) -> Result<TextRows> {
+    // What the post-processor wraps around text: BERT's [CLS] … [SEP] adds one at each end.
+    let suffix = tokenizer.encode("")?.len() / 2;
+    let longest = ids.iter().map(Vec::len).max().unwrap_or(1);
+    let width = padded_len(longest, seq_len);
+    let n = ids.len() * width;
+    let mut out = TextRows {
+        rows: ids.len(),
+        seq_len: width,
+        input_ids: Vec::with_capacity(n),
+        attention_mask: Vec::with_capacity(n),
+    };
+    for mut ids in ids {
         if ids.len() > seq_len {
             let tail: Vec<u32> = ids[ids.len() - suffix.min(seq_len)..].to_vec();
             ids.truncate(seq_len - tail.len());
             ids.extend(tail);
         }
         for t in 0..width {
-            batch
-                .input_ids
+            out.input_ids
                 .push(ids.get(t).copied().unwrap_or(pad_id) as i64);
-            batch.attention_mask.push((t < ids.len()) as i64);
+            out.attention_mask.push((t < ids.len()) as i64);
         }
-        batch.labels.push(id as i64);
     }
-    Ok(batch)
+    Ok(out)
+}
+
+/// Sentence pairs for contrastive training: row `i` of `anchors` means what row `i` of
+/// `positives` means (and, within the batch, not what the other rows do).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairBatch {
+    pub anchors: TextRows,
+    pub positives: TextRows,
+}
+
+impl PairBatch {
+    pub fn pairs(&self) -> usize {
+        self.anchors.rows
+    }
+
+    /// (rows, row length) the encoder runs for this batch: both sides, at the longer width.
+    pub fn shape(&self) -> (usize, usize) {
+        (
+            self.anchors.rows + self.positives.rows,
+            self.anchors.seq_len.max(self.positives.seq_len),
+        )
+    }
+}
+
+/// The two texts of a pair example: a sentence pair, or a prompt and its completion (a
+/// question and its answer pair up just as well for retrieval).
+pub fn pair_texts(content: &Content) -> Option<(&str, &str)> {
+    match content {
+        Content::SentencePair { anchor, positive } => Some((anchor, positive)),
+        Content::Pair { prompt, completion } => Some((prompt, completion)),
+        _ => None,
+    }
+}
+
+/// `examples` (pairs, see [`pair_texts`]) tokenized into batches of `batch_size` pairs, each
+/// side padded to its own longest text (at most `seq_len` tokens).
+pub fn pair_batches(
+    tokenizer: &Tokenizer,
+    examples: &[&Example],
+    batch_size: usize,
+    seq_len: usize,
+    pad_id: u32,
+) -> Result<Vec<PairBatch>> {
+    examples
+        .chunks(batch_size.max(1))
+        .map(|chunk| {
+            let (mut anchors, mut positives) = (Vec::new(), Vec::new());
+            for e in chunk {
+                let (a, p) = pair_texts(&e.content).ok_or_else(|| {
+                    Error::new(Code::DataInvalid, format!("{}: not a sentence pair", e.loc))
+                })?;
+                anchors.push(tokenizer.encode(a)?);
+                positives.push(tokenizer.encode(p)?);
+            }
+            // Rows are padded to their longest, not in steps: a pair batch is small.
+            let width = |ids: &[Vec<u32>]| ids.iter().map(Vec::len).max().unwrap_or(1).min(seq_len);
+            let (wa, wp) = (width(&anchors), width(&positives));
+            Ok(PairBatch {
+                anchors: encoder_rows(tokenizer, anchors, wa, pad_id)?,
+                positives: encoder_rows(tokenizer, positives, wp, pad_id)?,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

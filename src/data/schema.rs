@@ -30,6 +30,9 @@ pub enum Schema {
     Chat { messages: String },
     /// Text classification.
     Classification { text: String, label: String },
+    /// Sentence pairs that mean the same (a question and its answer, a sentence and its
+    /// paraphrase): an encoder learns embeddings that put each pair close together.
+    SentencePairs { anchor: String, positive: String },
 }
 
 impl Schema {
@@ -49,6 +52,7 @@ impl Schema {
             }
             Schema::Chat { messages } => vec![messages],
             Schema::Classification { text, label } => vec![text, label],
+            Schema::SentencePairs { anchor, positive } => vec![anchor, positive],
         }
     }
 
@@ -77,6 +81,9 @@ impl Schema {
             Schema::Classification { text, label } => {
                 format!("classification: text \"{text}\" → label \"{label}\"")
             }
+            Schema::SentencePairs { anchor, positive } => {
+                format!("sentence pairs: \"{anchor}\" ≈ \"{positive}\"")
+            }
         }
     }
 }
@@ -102,7 +109,7 @@ fn find<'a>(fields: &'a [String], name: &str) -> Option<&'a String> {
 }
 
 /// The schema the field names suggest, in order of specificity: chat, Alpaca, classification,
-/// prompt/completion pairs, plain text.
+/// sentence pairs, prompt/completion pairs, plain text.
 pub fn detect(fields: &[String]) -> Option<Schema> {
     let f = |name| find(fields, name).cloned();
     if let Some(messages) = f("messages") {
@@ -122,6 +129,15 @@ pub fn detect(fields: &[String]) -> Option<Schema> {
             }
         }
     }
+    // Pairs beside a label or a score (NLI, STS) are not all positives: training every one of
+    // them as "the same meaning" would teach contradictions; such files need a mapping by hand.
+    if f("label").is_none() && f("score").is_none() {
+        for (a, p) in SENTENCE_PAIRS {
+            if let (Some(anchor), Some(positive)) = (f(a), f(p)) {
+                return Some(Schema::SentencePairs { anchor, positive });
+            }
+        }
+    }
     for (p, c) in [
         ("prompt", "completion"),
         ("prompt", "response"),
@@ -134,6 +150,14 @@ pub fn detect(fields: &[String]) -> Option<Schema> {
     }
     f("text").map(|text| Schema::Text { text })
 }
+
+/// Field names of sentence pairs, as sentence-transformers' datasets name them.
+pub const SENTENCE_PAIRS: [(&str, &str); 4] = [
+    ("anchor", "positive"),
+    ("sentence1", "sentence2"),
+    ("query", "positive"),
+    ("text1", "text2"),
+];
 
 /// Fields present in at least half of the first `sample` readable records.
 pub fn common_fields(records: &[std::result::Result<Record, Issue>], sample: usize) -> Vec<String> {
@@ -185,7 +209,8 @@ pub fn resolve(
             format!(
                 "{file}: cannot tell which fields hold the examples (fields: {}). Expected \
                  text; prompt/completion (or input/output, question/answer, prompt/response); \
-                 instruction/input/output; messages; or text/label. Choose the mapping by hand.",
+                 instruction/input/output; messages; text/label; or sentence pairs (anchor/positive, \
+                 sentence1/sentence2). Choose the mapping by hand.",
                 if fields.is_empty() {
                     "none".to_string()
                 } else {
@@ -260,6 +285,18 @@ mod tests {
                 })
             );
         }
+        for (a, p) in SENTENCE_PAIRS {
+            assert_eq!(
+                detect(&names(&[a, p])),
+                Some(Schema::SentencePairs {
+                    anchor: a.into(),
+                    positive: p.into()
+                })
+            );
+        }
+        // NLI and STS files: not every pair is a positive, so nothing is guessed.
+        assert_eq!(detect(&names(&["sentence1", "sentence2", "label"])), None);
+        assert_eq!(detect(&names(&["sentence1", "sentence2", "score"])), None);
         assert_eq!(detect(&names(&["foo", "bar"])), None);
     }
 

@@ -90,6 +90,11 @@ pub enum Content {
         text: String,
         label: String,
     },
+    /// Two texts that mean the same, for an encoder's embeddings.
+    SentencePair {
+        anchor: String,
+        positive: String,
+    },
 }
 
 impl Content {
@@ -387,6 +392,10 @@ pub fn to_content(record: &Record, schema: &Schema) -> std::result::Result<Conte
             text: get_str(record, text, false, false)?,
             label: get_str(record, label, false, true)?.trim().to_string(),
         },
+        Schema::SentencePairs { anchor, positive } => Content::SentencePair {
+            anchor: get_str(record, anchor, false, false)?,
+            positive: get_str(record, positive, false, false)?,
+        },
     })
 }
 
@@ -551,16 +560,13 @@ pub fn inspect_path(
 type ReadFn<'r> =
     dyn Fn(Option<Format>, &mut formats::Sink<'_>) -> Result<formats::ReadSummary> + 'r;
 
-fn inspect_source(
+/// The schema, from the fields at the start of the file (a pass that stops early), and what
+/// that pass saw of the file.
+fn detect_in(
     name: &str,
-    bytes_len: usize,
-    encoding: Encoding,
     read: &ReadFn<'_>,
     options: &InspectOptions,
-    tokenizer: Option<&Tokenizer>,
-    progress: Option<OnDataProgress<'_>>,
-) -> Result<(Dataset, Report)> {
-    // The schema first, from the fields at the start of the file (a pass that stops early).
+) -> Result<(schema::Detection, formats::ReadSummary)> {
     let mut head = Vec::new();
     let mut good = 0;
     let summary = read(options.format, &mut |record, _| {
@@ -583,7 +589,55 @@ fn inspect_source(
         summary.header.as_deref(),
         options.schema.as_ref(),
     )?;
-    drop(head);
+    Ok((detection, summary))
+}
+
+/// The schema `options` give or the start of the file suggests, without reading the rest:
+/// what decides an encoder's task (labelled texts or sentence pairs) before the job starts.
+pub fn detect_schema(name: &str, bytes: &[u8], options: &InspectOptions) -> Result<Schema> {
+    let read = |format: Option<Format>, sink: &mut formats::Sink<'_>| {
+        formats::read_each(
+            name,
+            bytes,
+            format,
+            text_mode(options),
+            options.encoding,
+            sink,
+        )
+    };
+    Ok(detect_in(name, &read, options)?.0.schema)
+}
+
+/// [`detect_schema`] for a file on disk.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn detect_schema_path(
+    name: &str,
+    path: &std::path::Path,
+    options: &InspectOptions,
+) -> Result<Schema> {
+    let read = |format: Option<Format>, sink: &mut formats::Sink<'_>| {
+        formats::read_each_path(
+            name,
+            path,
+            format,
+            text_mode(options),
+            options.encoding,
+            sink,
+        )
+    };
+    Ok(detect_in(name, &read, options)?.0.schema)
+}
+
+fn inspect_source(
+    name: &str,
+    bytes_len: usize,
+    encoding: Encoding,
+    read: &ReadFn<'_>,
+    options: &InspectOptions,
+    tokenizer: Option<&Tokenizer>,
+    progress: Option<OnDataProgress<'_>>,
+) -> Result<(Dataset, Report)> {
+    let (detection, summary) = detect_in(name, read, options)?;
     let schema = detection.schema.clone();
 
     let chat = match (&schema, &options.chat_template) {
@@ -642,6 +696,10 @@ fn inspect_source(
             if let (Some(tokenizer), Some(encoder)) = (tokenizer, &encoder) {
                 let n = match &content {
                     Content::Labeled { text, .. } => tokenizer.encode(text).map(|ids| ids.len()),
+                    // Each side is encoded on its own; the longer one is what a row must hold.
+                    Content::SentencePair { anchor, positive } => tokenizer
+                        .encode(anchor)
+                        .and_then(|a| Ok(a.len().max(tokenizer.encode(positive)?.len()))),
                     other => encoder.encode(other).map(|e| e.ids.len()),
                 }
                 .map_err(|e| {
@@ -740,7 +798,7 @@ fn inspect_source(
     };
 
     // Causal examples need seq_len + 1 tokens (inputs plus the last target).
-    let limit = if schema.is_classification() {
+    let limit = if schema.is_classification() || matches!(schema, Schema::SentencePairs { .. }) {
         seq_len
     } else {
         seq_len.saturating_add(1)

@@ -53,6 +53,111 @@ pub fn argmax(values: &[f32]) -> usize {
     best
 }
 
+/// How one anchor's own positive ranks among every candidate positive.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct RetrievalUnit {
+    /// 1 when the anchor's positive is the most similar candidate.
+    pub rank: usize,
+    /// The candidate ranked first.
+    pub top: usize,
+    /// Cross-entropy of the anchor's positive among the candidates' scaled cosines (the
+    /// contrastive loss over the whole set rather than one batch).
+    pub loss: f64,
+    /// Cosine similarity of the anchor and its positive.
+    pub positive_cosine: f64,
+    /// Mean cosine similarity of the anchor and the other candidates.
+    pub negative_cosine: f64,
+}
+
+/// Retrieval quality of sentence embeddings on pairs: each anchor searches every positive.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
+pub struct RetrievalMetrics {
+    /// Mean contrastive loss (nats) over the whole set, see [`RetrievalUnit::loss`].
+    pub loss: f64,
+    /// Share of anchors whose own positive ranks first (recall@1).
+    pub accuracy: f64,
+    /// Mean reciprocal rank of the own positive.
+    pub mrr: f64,
+    pub positive_cosine: f64,
+    pub negative_cosine: f64,
+    pub pairs: usize,
+}
+
+fn unit_norm(v: &[f32]) -> Vec<f64> {
+    // F.normalize's eps: a zero vector stays zero instead of dividing by zero.
+    let norm = v
+        .iter()
+        .map(|&x| (x as f64).powi(2))
+        .sum::<f64>()
+        .sqrt()
+        .max(1e-12);
+    v.iter().map(|&x| x as f64 / norm).collect()
+}
+
+/// Each anchor's rank, loss and cosines against all `positives` (`positives[i]` is
+/// `anchors[i]`'s), the loss over cosines multiplied by `scale`.
+pub fn retrieval_units(
+    anchors: &[Vec<f32>],
+    positives: &[Vec<f32>],
+    scale: f64,
+) -> Vec<RetrievalUnit> {
+    let a: Vec<Vec<f64>> = anchors.iter().map(|v| unit_norm(v)).collect();
+    let p: Vec<Vec<f64>> = positives.iter().map(|v| unit_norm(v)).collect();
+    let n = a.len().min(p.len());
+    (0..n)
+        .map(|i| {
+            let cos: Vec<f64> = p[..n]
+                .iter()
+                .map(|pj| a[i].iter().zip(pj).map(|(x, y)| x * y).sum())
+                .collect();
+            let max = cos.iter().fold(f64::NEG_INFINITY, |m, &c| m.max(c * scale));
+            let log_sum = max
+                + cos
+                    .iter()
+                    .map(|&c| (c * scale - max).exp())
+                    .sum::<f64>()
+                    .ln();
+            let mut top = 0;
+            for (j, &c) in cos.iter().enumerate() {
+                if c > cos[top] {
+                    top = j;
+                }
+            }
+            RetrievalUnit {
+                // Ties count against the positive: a model that maps everything to one point
+                // must not score as perfect.
+                rank: 1 + cos
+                    .iter()
+                    .enumerate()
+                    .filter(|&(j, &c)| j != i && c >= cos[i])
+                    .count(),
+                top,
+                loss: log_sum - cos[i] * scale,
+                positive_cosine: cos[i],
+                negative_cosine: if n > 1 {
+                    (cos.iter().sum::<f64>() - cos[i]) / (n - 1) as f64
+                } else {
+                    0.0
+                },
+            }
+        })
+        .collect()
+}
+
+/// The means of `units`.
+pub fn retrieval_metrics(units: &[RetrievalUnit]) -> RetrievalMetrics {
+    let n = units.len().max(1) as f64;
+    let mean = |f: &dyn Fn(&RetrievalUnit) -> f64| units.iter().map(f).sum::<f64>() / n;
+    RetrievalMetrics {
+        loss: mean(&|u| u.loss),
+        accuracy: mean(&|u| (u.rank == 1) as u8 as f64),
+        mrr: mean(&|u| 1.0 / u.rank as f64),
+        positive_cosine: mean(&|u| u.positive_cosine),
+        negative_cosine: mean(&|u| u.negative_cosine),
+        pairs: units.len(),
+    }
+}
+
 fn ratio(num: usize, den: usize) -> f64 {
     if den == 0 {
         0.0
@@ -216,6 +321,32 @@ pub fn answer_metrics<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retrieval_ranks_each_anchors_own_positive() {
+        // Anchor 0 finds its positive; anchor 1's positive is beaten by positive 0.
+        let anchors = vec![vec![1.0, 0.0], vec![0.6, 0.8]];
+        let positives = vec![vec![3.0, 4.0], vec![0.0, 1.0]];
+        let u = retrieval_units(&anchors, &positives, 20.0);
+        assert_eq!((u[0].rank, u[0].top), (1, 0));
+        let cos01 = (0.6 * 3.0 + 0.8 * 4.0) / 5.0;
+        assert!((u[1].positive_cosine - 0.8).abs() < 1e-6);
+        assert!((u[1].negative_cosine - cos01).abs() < 1e-6);
+        assert_eq!((u[1].rank, u[1].top), (2, 0));
+        // The loss is the cross-entropy of the own positive among the scaled cosines.
+        let expected = -(20.0 * 0.8 - ((20.0 * cos01).exp() + (20.0f64 * 0.8).exp()).ln());
+        assert!(
+            (u[1].loss - expected).abs() < 1e-5,
+            "{} vs {expected}",
+            u[1].loss
+        );
+        let m = retrieval_metrics(&u);
+        assert_eq!((m.accuracy, m.mrr, m.pairs), (0.5, 0.75, 2));
+        // Everything on one point: no anchor ranks its positive first.
+        let same = vec![vec![1.0, 1.0]; 3];
+        let u = retrieval_units(&same, &same, 20.0);
+        assert!(u.iter().all(|u| u.rank == 3));
+    }
 
     fn onehot(pred: &[usize], n: usize) -> Vec<Vec<f32>> {
         pred.iter()

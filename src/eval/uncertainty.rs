@@ -315,6 +315,76 @@ pub fn compare_classes(units: &[ClassUnit], labels: usize, seed: u64) -> Option<
     })
 }
 
+/// Retrieval before and after with intervals: recall@1 (Wilson), mean reciprocal rank and the
+/// loss (bootstrap), and their paired changes; the recall@1 change decides, as accuracy does
+/// for a classifier.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RetrievalComparison {
+    pub pairs: usize,
+    pub accuracy_before: Estimate,
+    pub accuracy_after: Estimate,
+    pub mrr_before: Estimate,
+    pub mrr_after: Estimate,
+    pub loss_before: Estimate,
+    pub loss_after: Estimate,
+    pub positive_cosine_before: Estimate,
+    pub positive_cosine_after: Estimate,
+    pub accuracy_change: Change,
+    pub mrr_change: Change,
+    pub loss_change: Change,
+}
+
+/// Compare the same anchors' retrieval before and after (`None` unless both score the same
+/// anchors, at least one).
+pub fn compare_retrieval(
+    before: &[super::metrics::RetrievalUnit],
+    after: &[super::metrics::RetrievalUnit],
+    seed: u64,
+) -> Option<RetrievalComparison> {
+    let n = before.len();
+    if n == 0 || after.len() != n {
+        return None;
+    }
+    type Stat = fn(&super::metrics::RetrievalUnit) -> f64;
+    let hit: Stat = |u| (u.rank == 1) as u8 as f64;
+    let rr: Stat = |u| 1.0 / u.rank as f64;
+    let loss: Stat = |u| u.loss;
+    let cosine: Stat = |u| u.positive_cosine;
+    let mean = |units: &[super::metrics::RetrievalUnit], f: Stat, d: &[usize]| {
+        d.iter().map(|&i| f(&units[i])).sum::<f64>() / d.len() as f64
+    };
+    let all: Vec<usize> = (0..n).collect();
+    let boot = |units: &[super::metrics::RetrievalUnit], f: Stat| Estimate {
+        value: mean(units, f, &all),
+        interval: bootstrap(n, seed, |d| mean(units, f, d)),
+    };
+    let rate = |units: &[super::metrics::RetrievalUnit]| {
+        let hits = units.iter().filter(|u| u.rank == 1).count();
+        Estimate {
+            value: hits as f64 / n as f64,
+            interval: wilson(hits, n),
+        }
+    };
+    let change = |f: Stat, higher: bool| {
+        let diff = |d: &[usize]| mean(after, f, d) - mean(before, f, d);
+        Change::judged(diff(&all), bootstrap(n, seed, diff), higher)
+    };
+    Some(RetrievalComparison {
+        pairs: n,
+        accuracy_before: rate(before),
+        accuracy_after: rate(after),
+        mrr_before: boot(before, rr),
+        mrr_after: boot(after, rr),
+        loss_before: boot(before, loss),
+        loss_after: boot(after, loss),
+        positive_cosine_before: boot(before, cosine),
+        positive_cosine_after: boot(after, cosine),
+        accuracy_change: change(hit, true),
+        mrr_change: change(rr, true),
+        loss_change: change(loss, false),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

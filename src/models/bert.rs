@@ -325,6 +325,12 @@ impl Bert {
         }
     }
 
+    /// The encoder alone: a classification head, if any, dropped.
+    pub fn without_classifier(mut self) -> Self {
+        self.classifier = None;
+        self
+    }
+
     /// Classification logits `[B, num_labels]` from pooled vectors `[B, hidden]` (dropout, if
     /// any, is applied by the caller, which owns the random stream).
     pub fn classify(&self, pooled: Tensor<2>) -> Result<Tensor<2>> {

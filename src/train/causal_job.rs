@@ -19,6 +19,7 @@ use super::memory::MemoryEstimate;
 use super::trainer::RunOptions;
 use crate::data::batching::CausalEncoder;
 use crate::data::chat::{ChatTemplate, Message};
+use crate::data::schema::Schema;
 use crate::data::validate::{inspect, Content, Dataset, Example, InspectOptions, Report};
 use crate::data::TokenBatch;
 use crate::error::{Code, Error, Result};
@@ -129,6 +130,18 @@ pub fn prepare_data<'a>(
                      language model, which learns to continue text. Use an encoder model \
                      (BERT/MiniLM) for classification, or give prompt/completion pairs.",
                     dataset.file
+                ),
+            ));
+        }
+        if matches!(dataset.schema, Schema::SentencePairs { .. }) {
+            return Err(Error::new(
+                Code::DataInvalid,
+                format!(
+                    "{} holds sentence pairs ({}), which tune an encoder's sentence embeddings; \
+                     {architecture} is a causal language model, which learns to continue text. \
+                     Load an encoder (MiniLM), or give prompt/completion pairs.",
+                    dataset.file,
+                    dataset.schema.describe()
                 ),
             ));
         }
@@ -250,7 +263,7 @@ fn sample_prompt(
                 tokenizer.decode(&ids[cut..])?,
             ))
         }
-        Content::Labeled { .. } => None,
+        Content::Labeled { .. } | Content::SentencePair { .. } => None,
     })
 }
 

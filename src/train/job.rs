@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::Checkpointing;
 use super::classify::HeadOptions;
 use super::control::Control;
+use super::embed::EmbedConfig;
 use super::export::Export;
 use super::finetune::{FinetuneConfig, Method};
 use super::memory::{self, BatchShape, MemoryEstimate};
@@ -47,8 +48,10 @@ pub struct JobConfig {
     /// Held-out prompts continued by the model before and after training.
     pub samples: usize,
     pub sample_tokens: usize,
-    /// The classification head (encoder models only).
+    /// The classification head (encoder models given labelled texts).
     pub head: HeadOptions,
+    /// Sentence embeddings (encoder models given pairs).
+    pub embedding: EmbedConfig,
     /// Save a checkpoint every N training steps (and when paused or stopped early) where the
     /// caller asks for checkpoints (`run_task_checkpointed`); 0: only then. Causal and
     /// classification jobs alike.
@@ -69,6 +72,7 @@ impl Default for JobConfig {
             samples: 3,
             sample_tokens: 24,
             head: HeadOptions::default(),
+            embedding: EmbedConfig::default(),
             checkpoint_every: 25,
             export_dtype: StoreDtype::F32,
         }
@@ -161,6 +165,22 @@ pub enum DataSource<'a> {
     /// On disk: streamed where the format allows, so files larger than memory can be read.
     #[cfg(not(target_arch = "wasm32"))]
     Path(&'a std::path::Path),
+}
+
+impl DatasetFile<'_> {
+    /// The schema `options` give or the start of the file suggests (see
+    /// [`crate::data::validate::detect_schema`]).
+    pub fn schema(&self, options: &InspectOptions) -> Result<crate::data::schema::Schema> {
+        match self.source {
+            DataSource::Bytes(bytes) => {
+                crate::data::validate::detect_schema(self.name, bytes, options)
+            }
+            #[cfg(not(target_arch = "wasm32"))]
+            DataSource::Path(path) => {
+                crate::data::validate::detect_schema_path(self.name, path, options)
+            }
+        }
+    }
 }
 
 /// The training file and, optionally, a separate validation file (without one, a seeded share

@@ -12,6 +12,8 @@ pub mod checkpoint;
 pub mod classify;
 pub mod classify_job;
 pub mod control;
+pub mod embed;
+pub mod embed_job;
 pub mod export;
 pub mod finetune;
 pub mod job;
@@ -31,26 +33,30 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::backend::Backend;
-use crate::error::Result;
+use crate::data;
+use crate::error::{Code, Error, Result};
 use crate::io::hf::ModelFiles;
 use crate::models::loaded::LoadedModel;
 pub use causal_job::JobOutput;
 pub use classify_job::ClassifyJobOutput;
+pub use embed_job::EmbedJobOutput;
 
 use causal_job::{chat_template, eval_file, prepare_data, CausalJob};
 use checkpoint::Checkpointing;
 use classify_job::{eval_class_file, prepare_class_data, ClassifyJob};
 use control::Control;
+use embed_job::{eval_pair_file, is_pair_schema, prepare_pair_data, EmbedJob};
 use export::Export;
 use job::{run_job, DatasetFiles, JobConfig, JobContext, JobEvent};
 use memory::{BatchShape, MemoryLimits};
 
-/// What a job produced: a causal language model or a classifier.
+/// What a job produced: a causal language model, a classifier or sentence embeddings.
 #[derive(Serialize)]
 #[serde(tag = "task", rename_all = "snake_case")]
 pub enum JobResult {
     Causal(JobOutput),
     Classification(ClassifyJobOutput),
+    Embedding(EmbedJobOutput),
 }
 
 impl JobResult {
@@ -59,6 +65,7 @@ impl JobResult {
         match self {
             JobResult::Causal(o) => &o.export,
             JobResult::Classification(o) => &o.export,
+            JobResult::Embedding(o) => &o.export,
         }
     }
 
@@ -67,11 +74,19 @@ impl JobResult {
         match self {
             JobResult::Causal(o) => (o.export, o.tuned),
             JobResult::Classification(o) => (o.export, o.tuned),
+            JobResult::Embedding(o) => (o.export, o.tuned),
         }
     }
 }
 
-/// The job `base` calls for: classification for an encoder, causal LM fine-tuning otherwise.
+/// What an encoder learns from a dataset: sentence embeddings from pairs, else a classifier.
+fn encoder_tunes_embeddings(dataset: &DatasetFiles, config: &JobConfig) -> Result<bool> {
+    Ok(is_pair_schema(&dataset.train.schema(&config.data)?))
+}
+
+/// The job `base` and the data call for: for an encoder, sentence embeddings when the data are
+/// pairs (anchor/positive, sentence1/sentence2, question/answer) and classification otherwise;
+/// causal LM fine-tuning for anything else.
 /// With `checkpointing`, checkpoints are saved and possibly resumed from; a checkpoint continues
 /// only the kind of job that saved it: a causal one given to an encoder (or the reverse) is
 /// refused at once with `config.invalid` (details `{"field": "checkpoint", "reason": "task"}`),
@@ -95,13 +110,19 @@ pub async fn run_task<'a, C: Into<Control>>(
         config,
         base_name,
     };
-    Ok(if base.is_encoder() {
-        let out = run_job(&ClassifyJob, &job, dataset, checkpointing, on_event).await?;
-        JobResult::Classification(out)
-    } else {
-        let out = run_job(&CausalJob, &job, dataset, checkpointing, on_event).await?;
-        JobResult::Causal(out)
-    })
+    let dataset: DatasetFiles = dataset.into();
+    Ok(
+        if base.is_encoder() && encoder_tunes_embeddings(&dataset, config)? {
+            let out = run_job(&EmbedJob, &job, dataset, checkpointing, on_event).await?;
+            JobResult::Embedding(out)
+        } else if base.is_encoder() {
+            let out = run_job(&ClassifyJob, &job, dataset, checkpointing, on_event).await?;
+            JobResult::Classification(out)
+        } else {
+            let out = run_job(&CausalJob, &job, dataset, checkpointing, on_event).await?;
+            JobResult::Causal(out)
+        },
+    )
 }
 
 /// Where an inspected job would run: the bytes of model files kept beside the loaded model
@@ -135,8 +156,11 @@ pub fn inspect_data<'a>(
     let token = |id: i64, counts: bool| json!({ "id": id, "text": decode(id), "counts": counts });
     // The fields both tasks' data have.
     macro_rules! summary {
-        ($task:literal, $d:expr, $classes:expr, $preview:expr) => {{
-            let shapes = $d.train_batches.iter().map(|b| (b.batch_size, b.seq_len));
+        ($task:literal, $d:expr, $classes:expr, $preview:expr) => {
+            summary!($task, $d, $classes, $preview, |b| (b.batch_size, b.seq_len))
+        };
+        ($task:literal, $d:expr, $classes:expr, $preview:expr, $shape:expr) => {{
+            let shapes = $d.train_batches.iter().map($shape);
             let estimate = memory::estimate(
                 &base.info,
                 &config.train,
@@ -162,52 +186,78 @@ pub fn inspect_data<'a>(
             })
         }};
     }
-    Ok(if base.is_encoder() {
-        let d = prepare_class_data(base, dataset, config)?;
-        let preview: Vec<Value> = d.train_batches.first().map_or_else(Vec::new, |b| {
-            (0..b.batch_size.min(3))
-                .map(|row| {
-                    let range = row * b.seq_len..(row + 1) * b.seq_len;
-                    let tokens: Vec<Value> = b.input_ids[range.clone()]
-                        .iter()
-                        .zip(&b.attention_mask[range])
-                        .filter(|(_, &m)| m == 1)
-                        .map(|(&id, _)| token(id, true))
-                        .collect();
-                    let label = d.labels.label(b.labels[row] as usize);
-                    json!({ "tokens": tokens, "label": label })
-                })
-                .collect()
-        });
-        let mut value = summary!("classification", d, d.labels.len(), preview);
-        value["labels"] = json!(d.labels.labels);
-        value
-    } else {
-        let chat = match files {
-            Some(f) => chat_template(f)?,
-            None => None,
-        };
-        let d = prepare_data(base, chat, dataset, config)?;
-        let preview: Vec<Value> = d.train_batches.first().map_or_else(Vec::new, |b| {
-            (0..b.batch_size.min(3))
-                .map(|row| {
-                    let range = row * b.seq_len..(row + 1) * b.seq_len;
-                    // The row's inputs plus its last target: every token of the example.
-                    // mask[t] says whether token t + 1 (the target of position t) counts.
-                    let mut ids = b.inputs[range.clone()].to_vec();
-                    ids.push(b.targets[range.end - 1]);
-                    let mask = &b.loss_mask[range];
-                    let tokens: Vec<Value> = ids
-                        .iter()
-                        .enumerate()
-                        .map(|(k, &id)| token(id, k > 0 && mask[k - 1] > 0.0))
-                        .collect();
-                    json!({ "tokens": tokens })
-                })
-                .collect()
-        });
-        summary!("causal", d, 0, preview)
-    })
+    let pair_rows = |rows: &data::batching::TextRows, row: usize| -> Vec<Value> {
+        let range = row * rows.seq_len..(row + 1) * rows.seq_len;
+        rows.input_ids[range.clone()]
+            .iter()
+            .zip(&rows.attention_mask[range])
+            .filter(|(_, &m)| m == 1)
+            .map(|(&id, _)| token(id, true))
+            .collect()
+    };
+    Ok(
+        if base.is_encoder() && encoder_tunes_embeddings(&dataset, config)? {
+            let d = prepare_pair_data(base, dataset, config)?;
+            let preview: Vec<Value> = d.train_batches.first().map_or_else(Vec::new, |b| {
+                (0..b.pairs().min(3))
+                    .map(|row| {
+                        json!({
+                            "tokens": pair_rows(&b.anchors, row),
+                            "positive": pair_rows(&b.positives, row),
+                        })
+                    })
+                    .collect()
+            });
+            let mut value = summary!("embedding", d, 0, preview, |b| b.shape());
+            value["seq_len"] = json!(d.seq_len);
+            value
+        } else if base.is_encoder() {
+            let d = prepare_class_data(base, dataset, config)?;
+            let preview: Vec<Value> = d.train_batches.first().map_or_else(Vec::new, |b| {
+                (0..b.batch_size.min(3))
+                    .map(|row| {
+                        let range = row * b.seq_len..(row + 1) * b.seq_len;
+                        let tokens: Vec<Value> = b.input_ids[range.clone()]
+                            .iter()
+                            .zip(&b.attention_mask[range])
+                            .filter(|(_, &m)| m == 1)
+                            .map(|(&id, _)| token(id, true))
+                            .collect();
+                        let label = d.labels.label(b.labels[row] as usize);
+                        json!({ "tokens": tokens, "label": label })
+                    })
+                    .collect()
+            });
+            let mut value = summary!("classification", d, d.labels.len(), preview);
+            value["labels"] = json!(d.labels.labels);
+            value
+        } else {
+            let chat = match files {
+                Some(f) => chat_template(f)?,
+                None => None,
+            };
+            let d = prepare_data(base, chat, dataset, config)?;
+            let preview: Vec<Value> = d.train_batches.first().map_or_else(Vec::new, |b| {
+                (0..b.batch_size.min(3))
+                    .map(|row| {
+                        let range = row * b.seq_len..(row + 1) * b.seq_len;
+                        // The row's inputs plus its last target: every token of the example.
+                        // mask[t] says whether token t + 1 (the target of position t) counts.
+                        let mut ids = b.inputs[range.clone()].to_vec();
+                        ids.push(b.targets[range.end - 1]);
+                        let mask = &b.loss_mask[range];
+                        let tokens: Vec<Value> = ids
+                            .iter()
+                            .enumerate()
+                            .map(|(k, &id)| token(id, k > 0 && mask[k - 1] > 0.0))
+                            .collect();
+                        json!({ "tokens": tokens })
+                    })
+                    .collect()
+            });
+            summary!("causal", d, 0, preview)
+        },
+    )
 }
 
 /// Score `model` on every example of a dataset file as its task scores (loss, perplexity and
@@ -220,9 +270,74 @@ pub async fn eval_data(
     bytes: &[u8],
     config: &JobConfig,
 ) -> Result<Value> {
-    if model.is_encoder() {
+    let pairs = || -> Result<bool> {
+        Ok(is_pair_schema(&data::validate::detect_schema(
+            name,
+            bytes,
+            &config.data,
+        )?))
+    };
+    if model.is_encoder() && pairs()? {
+        eval_pair_file(model, name, bytes, config).await
+    } else if model.is_encoder() {
         eval_class_file(model, name, bytes, config).await
     } else {
         eval_file(model, chat_template(files)?, name, bytes, config).await
     }
+}
+
+/// Score `model` (the base, or a model fine-tuned from `base`) on the held-out split a job on
+/// `base` with `config` would make of `dataset`, without training: the base model's numbers
+/// equal that job's `before`. `{task: "causal", loss, perplexity, tokens, validation_examples,
+/// held_out, seconds}`, `{task: "classification", labels, loss, accuracy, macro_f1, per_class,
+/// confusion_matrix, examples, validation_examples, held_out, seconds}` or `{task: "embedding",
+/// loss, accuracy, mrr, positive_cosine, negative_cosine, pairs, validation_examples, held_out,
+/// seconds}`. `files` give the chat template of a causal model's conversations.
+pub async fn evaluate_split<'a>(
+    base: &LoadedModel,
+    model: &LoadedModel,
+    files: Option<&ModelFiles>,
+    dataset: impl Into<DatasetFiles<'a>>,
+    config: &JobConfig,
+) -> Result<Value> {
+    let dataset: DatasetFiles = dataset.into();
+    fn to_value(v: &impl Serialize) -> Result<Value> {
+        serde_json::to_value(v).map_err(|e| Error::new(Code::Internal, e.to_string()))
+    }
+    let start = crate::platform::now_ms();
+    if model.is_encoder() && encoder_tunes_embeddings(&dataset, config)? {
+        let data = prepare_pair_data(base, dataset, config)?;
+        let crate::models::loaded::Family::Bert(bert) = &model.family else {
+            return Err(Error::config("sentence embeddings need an encoder"));
+        };
+        let (m, _) = embed::evaluate_pairs(bert, &data.eval_batches, config.embedding).await?;
+        let mut value = to_value(&m)?;
+        value["task"] = json!("embedding");
+        value["validation_examples"] = json!(data.validation.len());
+        value["held_out"] = json!(data.held_out);
+        value["seconds"] = json!((crate::platform::now_ms() - start) / 1e3);
+        return Ok(value);
+    }
+    if model.is_encoder() {
+        let (data, m) = classify_job::evaluate_classification(model, dataset, config).await?;
+        let mut value = to_value(&m)?;
+        value["task"] = json!("classification");
+        value["labels"] = json!(data.labels.labels);
+        value["validation_examples"] = json!(data.validation.len());
+        value["held_out"] = json!(data.held_out);
+        return Ok(value);
+    }
+    let chat = match files {
+        Some(f) => chat_template(f)?,
+        None => None,
+    };
+    // A tuned model is scored on the base's split and tokenization.
+    let data = prepare_data(base, chat, dataset, config)?;
+    let loss = causal::evaluate_loss(&model.family, &data.eval_batches).await?;
+    let mut value = to_value(&loss)?;
+    value["task"] = json!("causal");
+    value["validation_examples"] = json!(data.validation.len());
+    value["held_out"] = json!(data.held_out);
+    value["seconds"] = json!((crate::platform::now_ms() - start) / 1e3);
+    Ok(value)
 }

@@ -75,6 +75,14 @@ pub async fn recipe(
         .chain(data.validation.map(|v| v.name))
         .collect();
     let tokenizer = tokenizer_of(base)?;
+    if base.is_encoder() && super::embed_job::is_pair_schema(&data.train.schema(&config.data)?) {
+        return Err(Error::config(
+            "training recipes are written for causal language models and classifiers; a \
+             sentence-embedding job (an encoder on pairs) has none: fine-tune it here and \
+             download its sentence-transformers export",
+        )
+        .with_details(json!({ "field": "task", "reason": "embedding" })));
+    }
     let mut out: ExportFiles = Vec::new();
     let (mut job, steps, seq_len) = if base.is_encoder() {
         classification(base, files, backend, data, config, &mut out).await?
@@ -172,6 +180,9 @@ fn jsonl(dataset: &Dataset, idx: &[usize]) -> Result<Vec<u8>> {
             }
             Content::Chat { messages } => json!({ "messages": messages }),
             Content::Labeled { text, label } => json!({ "text": text, "label": label }),
+            Content::SentencePair { anchor, positive } => {
+                json!({ "anchor": anchor, "positive": positive })
+            }
         };
         line["source"] = json!(e.loc.to_string());
         out.extend(serde_json::to_vec(&line).map_err(internal)?);

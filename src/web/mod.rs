@@ -23,10 +23,7 @@ use crate::train::adapter::{
     attach_peft_adapter, parse_peft_adapter, PeftAdapter, ADAPTER_CLASSIFIER, ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
 };
-use crate::train::causal::evaluate_loss;
-use crate::train::causal_job::{chat_template, prepare_data};
 use crate::train::checkpoint::{Checkpoint, Checkpointing};
-use crate::train::classify_job::evaluate_classification;
 use crate::train::control::Control;
 use crate::train::export::Export;
 use crate::train::job::{DataSource, DatasetFile, DatasetFiles, JobConfig};
@@ -37,7 +34,7 @@ use crate::train::qlora::{
 use crate::train::recipe::{recipe, BaseModelRef};
 use crate::train::replay::{replay, ReferenceRun};
 use crate::train::toy::{train_toy, ToyTrainConfig};
-use crate::train::{inspect_data, run_task, Room};
+use crate::train::{evaluate_split, inspect_data, run_task, Room};
 
 mod heap;
 #[cfg(feature = "wasm-threads")]
@@ -968,10 +965,7 @@ impl Session {
     /// Score the base model (`which` "base", default) or the latest fine-tuned one ("tuned")
     /// on the held-out split of a dataset (`request`: a [`JobRequest`], as `finetune` takes it),
     /// without training: the split `finetune` makes with the same `config`, so the base model's
-    /// numbers equal that job's `before`. Resolves
-    /// to `{task: "causal", loss, perplexity, tokens, validation_examples, seconds}` or `{task:
-    /// "classification", labels, loss, accuracy, macro_f1, per_class, confusion_matrix,
-    /// examples, validation_examples, seconds}`.
+    /// numbers equal that job's `before`. Resolves to what [`evaluate_split`] gives.
     pub fn evaluate(&self, request: JsValue, which: Option<String>) -> js_sys::Promise {
         let pick = self.pick_model(which.as_deref());
         let files = self.files.borrow().clone();
@@ -982,31 +976,7 @@ impl Session {
                 let request = JobRequest::from_js(&request)?;
                 let config = job_config(request.config.clone())?;
                 let dataset = request.dataset(None);
-                if model.is_encoder() {
-                    let (data, m) = evaluate_classification(model, dataset, &config).await?;
-                    let mut value = serde_json::to_value(&m)
-                        .map_err(|e| Error::new(Code::Internal, e.to_string()))?;
-                    value["task"] = json!("classification");
-                    value["labels"] = json!(data.labels.labels);
-                    value["validation_examples"] = json!(data.validation.len());
-                    value["held_out"] = json!(data.held_out);
-                    return Ok::<_, Error>(value);
-                }
-                let chat = match &files {
-                    Some(f) => chat_template(f)?,
-                    None => None,
-                };
-                // The tuned model is scored on the base's split and tokenization.
-                let data = prepare_data(&base, chat, dataset, &config)?;
-                let start = crate::platform::now_ms();
-                let loss = evaluate_loss(&model.family, &data.eval_batches).await?;
-                let mut value = serde_json::to_value(loss)
-                    .map_err(|e| Error::new(Code::Internal, e.to_string()))?;
-                value["task"] = json!("causal");
-                value["validation_examples"] = json!(data.validation.len());
-                value["held_out"] = json!(data.held_out);
-                value["seconds"] = json!((crate::platform::now_ms() - start) / 1e3);
-                Ok(value)
+                evaluate_split(&base, model, files.as_deref(), dataset, &config).await
             };
             let value = run.await.map_err(|e| error_to_js(&e))?;
             to_js(&value)

@@ -128,6 +128,22 @@ pub fn sentiment_jsonl(n: usize) -> String {
         .collect()
 }
 
+/// `n` sentence pairs the tiny BERT can learn to match: both sides share their two opinion
+/// words (in another order, among other filler words).
+pub fn pairs_jsonl(n: usize) -> String {
+    let mut rng = webtune::rng::Rng::new(5);
+    let words: Vec<&str> = WORDS_POS.iter().chain(&WORDS_NEG).copied().collect();
+    let mut pick = |from: &[&'static str]| from[rng.below(from.len() as u64) as usize];
+    (0..n)
+        .map(|_| {
+            let (a, b) = (pick(&words), pick(&words));
+            let anchor = format!("{} {a} {} {b}", pick(&FILLER), pick(&FILLER));
+            let positive = format!("{b} {} {a} {}", pick(&FILLER), pick(&FILLER));
+            serde_json::json!({"anchor": anchor, "positive": positive}).to_string() + "\n"
+        })
+        .collect()
+}
+
 pub fn sentiment_model() -> (ModelFiles, LoadedModel) {
     let mut files = ModelFiles::from_dir(&fixture("tiny_random/bert")).expect("fixture");
     files.insert("tokenizer.json", sentiment_tokenizer().into_bytes());

@@ -3,7 +3,8 @@
 //! tests/fixtures/reference/contrastive_bert.json (full fine-tuning, and LoRA against PEFT);
 //! the job an encoder runs when given pairs (routing, retrieval before/after, the
 //! sentence-transformers export and the fine-tuned model it reloads as), stopping and resuming
-//! it, and the refusals (pairs for a causal LM, a batch of one, pooler pooling).
+//! it, and the refusals (pairs for a causal LM, a batch of one, pooler pooling). The exports are
+//! left in target/tmp/embedding_export_{lora,full} for tools/reference/check_embedding_export.py.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -15,6 +16,7 @@ use webtune::data::batching::{PairBatch, TextRows};
 use webtune::io::hf::ModelFiles;
 use webtune::models::bert::Pooling;
 use webtune::models::loaded::{Family, LoadedModel};
+use webtune::train::adapter::{attach_peft_adapter, parse_peft_adapter};
 use webtune::train::checkpoint::{Checkpoint, Checkpointing};
 use webtune::train::control::Control;
 use webtune::train::embed::{embeddings, train_embedder, EmbedConfig};
@@ -327,7 +329,9 @@ fn an_encoder_given_pairs_learns_embeddings_and_exports_a_sentence_transformer()
         let reloaded = LoadedModel::load(files, &Device::flex()).unwrap();
         assert!(reloaded.info.labels.is_none(), "no head is exported");
         let tuned = out.tuned.as_ref().unwrap();
-        for text in ["the film was good", "dull plot and awful acting"] {
+        let texts = ["the film was good", "dull plot and awful acting"];
+        let mut ours = Vec::new();
+        for text in texts {
             let (x, y) = (
                 pollster::block_on(tuned.embed(text)).unwrap(),
                 pollster::block_on(reloaded.embed(text)).unwrap(),
@@ -341,7 +345,50 @@ fn an_encoder_given_pairs_learns_embeddings_and_exports_a_sentence_transformer()
                 d < 1e-4,
                 "{method}: the export embeds {text:?} differently by {d}"
             );
+            ours.push(x);
         }
+        if method == "lora" {
+            // The adapter names a bare encoder's modules (PEFT on a BertModel), and webtune
+            // attaches it back onto the base: the same embeddings again.
+            let weights = read("adapter/adapter_model.safetensors");
+            let file =
+                webtune::io::safetensors::SafeTensorsFile::parse("a", weights.clone()).unwrap();
+            assert!(
+                file.tensors
+                    .keys()
+                    .all(|k| k.starts_with("base_model.model.encoder.")),
+                "{:?}",
+                file.tensors.keys().collect::<Vec<_>>()
+            );
+            let adapter = parse_peft_adapter(
+                &read("adapter/adapter_config.json"),
+                "adapter_model.safetensors",
+                weights,
+            )
+            .unwrap();
+            let (_, base) = sentiment_model();
+            let attached = attach_peft_adapter(&base, &adapter).unwrap();
+            let x = pollster::block_on(attached.embed(texts[0])).unwrap();
+            let y = pollster::block_on(tuned.embed(texts[0])).unwrap();
+            let d = x
+                .iter()
+                .zip(&y)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(d < 1e-4, "the attached adapter embeds differently by {d}");
+        }
+        // Left for tools/reference/check_embedding_export.py: the folder and what webtune embeds.
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("target/tmp")
+            .join(format!("embedding_export_{method}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        for name in &names {
+            let path = dir.join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, read(name)).unwrap();
+        }
+        let embedded = serde_json::json!({ "texts": texts, "embeddings": ours });
+        std::fs::write(dir.join("webtune_embeddings.json"), embedded.to_string()).unwrap();
     }
 }
 

@@ -23,7 +23,7 @@ use crate::backend::Backend;
 use crate::data::batching::{PairBatch, TextRows};
 use crate::error::{Code, Error, Result};
 use crate::eval::metrics::{retrieval_metrics, retrieval_units, RetrievalMetrics, RetrievalUnit};
-use crate::io::safetensors::StoreDtype;
+use crate::io::safetensors::{write_f32_with_metadata, SafeTensorsFile, StoreDtype};
 use crate::models::bert::{int_tensor, Bert, Pooling};
 use crate::models::loaded::Family;
 
@@ -342,13 +342,40 @@ pub fn export_embedder(
     Export::new(files, &config, model, dtype)
 }
 
-/// A LoRA embedder as a PEFT adapter of its base encoder (`task_type: "FEATURE_EXTRACTION"`).
+/// Adapter weights renamed from a sequence classifier's modules (`base_model.model.bert.…`) to a
+/// bare encoder's (`base_model.model.…`): an embedder's base is a `BertModel`, which PEFT wraps
+/// without the `bert.` its classification class puts in front.
+fn bare_encoder_names(bytes: &[u8]) -> Result<Vec<u8>> {
+    let file = SafeTensorsFile::parse(super::adapter::ADAPTER_WEIGHTS, bytes.to_vec())?;
+    let mut tensors = Vec::new();
+    for name in file.tensors.keys() {
+        let (data, shape) = file
+            .read_f32(name)
+            .ok_or_else(|| Error::new(Code::Internal, format!("adapter tensor {name} unread")))?;
+        let bare = match name.strip_prefix("base_model.model.bert.") {
+            Some(rest) => format!("base_model.model.{rest}"),
+            None => name.clone(),
+        };
+        tensors.push((bare, shape, data));
+    }
+    let refs: Vec<(&str, &[usize], &[f32])> = tensors
+        .iter()
+        .map(|(n, s, d)| (n.as_str(), s.as_slice(), d.as_slice()))
+        .collect();
+    Ok(write_f32_with_metadata(&refs, &[("format", "pt")]))
+}
+
+/// A LoRA embedder as a PEFT adapter of its base encoder (`task_type: "FEATURE_EXTRACTION"`,
+/// the modules named as in a `BertModel`).
 pub async fn export_embedder_adapter(
     model: &TrainableModel,
     base_model: &str,
 ) -> Result<ExportFiles> {
     let mut files = export_adapter_with(model, base_model, &[], &[]).await?;
     for (name, bytes) in &mut files {
+        if name == super::adapter::ADAPTER_WEIGHTS {
+            *bytes = bare_encoder_names(bytes)?;
+        }
         if name == super::adapter::ADAPTER_CONFIG {
             let mut config: Value = serde_json::from_slice(bytes)
                 .map_err(|e| Error::new(Code::Internal, format!("{e}")))?;

@@ -4,6 +4,8 @@
 //! reciprocal rank, the cosine of its own pair against the others'), the anchors whose best
 //! match changed, and a sentence-transformers export out.
 
+use std::collections::HashSet;
+
 use serde::Serialize;
 
 use super::embed::{
@@ -26,6 +28,7 @@ use crate::eval::metrics::{RetrievalMetrics, RetrievalUnit};
 use crate::eval::uncertainty::{compare_retrieval, RetrievalComparison};
 use crate::models::bert::{Bert, Pooling};
 use crate::models::loaded::{Family, LoadedModel};
+use crate::rng::Rng;
 
 /// At most this many changed anchors are listed (all are counted).
 const MAX_CHANGED: usize = 20;
@@ -131,14 +134,56 @@ fn seq_len_for(base: &LoadedModel, config: &JobConfig) -> usize {
 fn batches_of(
     base: &LoadedModel,
     dataset: &Dataset,
-    idx: &[usize],
-    batch_size: usize,
+    groups: &[Vec<usize>],
     seq_len: usize,
 ) -> Result<Vec<PairBatch>> {
     let tokenizer = tokenizer_of(base)?;
     let pad_id = tokenizer.token_id("[PAD]").unwrap_or(0);
-    let examples: Vec<&Example> = idx.iter().map(|&i| &dataset.examples[i]).collect();
-    pair_batches(tokenizer, &examples, batch_size, seq_len, pad_id)
+    let mut out = Vec::with_capacity(groups.len());
+    for group in groups {
+        let examples: Vec<&Example> = group.iter().map(|&i| &dataset.examples[i]).collect();
+        out.extend(pair_batches(
+            tokenizer,
+            &examples,
+            group.len(),
+            seq_len,
+            pad_id,
+        )?);
+    }
+    Ok(out)
+}
+
+/// The training pairs grouped into batches of `batch_size` in a seeded random order, no batch
+/// holding the same text twice (sentence-transformers' `NoDuplicatesBatchSampler`). Every
+/// other pair of a batch is a negative: pairs in file order put one topic's pairs together (a
+/// question asked twice with two answers is a false negative), and a text twice in a batch is
+/// its own negative. A pair that fits no batch yet waits for the next one.
+fn mixed_batches(
+    dataset: &Dataset,
+    idx: &[usize],
+    batch_size: usize,
+    seed: u64,
+) -> Vec<Vec<usize>> {
+    let mut waiting = idx.to_vec();
+    Rng::new(seed ^ 0xE3B_0000).shuffle(&mut waiting);
+    let texts = |i: usize| pair_texts(&dataset.examples[i].content).unwrap_or(("", ""));
+    let mut groups = Vec::new();
+    while !waiting.is_empty() {
+        let mut seen = HashSet::new();
+        let mut group = Vec::with_capacity(batch_size);
+        waiting.retain(|&i| {
+            let (a, p) = texts(i);
+            if group.len() == batch_size || seen.contains(a) || seen.contains(p) {
+                return true;
+            }
+            seen.insert(a);
+            seen.insert(p);
+            group.push(i);
+            false
+        });
+        groups.push(group);
+    }
+    groups
 }
 
 /// Read, validate, split and batch a file of pairs for the encoder `base`.
@@ -191,8 +236,14 @@ pub fn prepare_pair_data<'a>(
         validation,
         held_out,
     } = read;
-    let train_batches = batches_of(base, &dataset, &train, config.batch_size, seq_len)?;
-    let eval_batches = batches_of(base, &dataset, &validation, config.batch_size, seq_len)?;
+    let groups = mixed_batches(&dataset, &train, config.batch_size, config.train.seed);
+    let train_batches = batches_of(base, &dataset, &groups, seq_len)?;
+    // Held-out pairs are scored against all of them at once: their batches are only chunks.
+    let chunks: Vec<Vec<usize>> = validation
+        .chunks(config.batch_size)
+        .map(<[usize]>::to_vec)
+        .collect();
+    let eval_batches = batches_of(base, &dataset, &chunks, seq_len)?;
     // With batch_size ≥ 2 only the last batch can hold a single pair (no negatives, a loss of
     // 0 whatever the model does); a file too small for any batch of two trains nothing.
     if train_batches.iter().all(|b| b.pairs() < 2) {
@@ -449,7 +500,11 @@ pub async fn eval_pair_file(
         ));
     }
     let all: Vec<usize> = (0..dataset.examples.len()).collect();
-    let batches = batches_of(model, &dataset, &all, config.batch_size, seq_len)?;
+    let chunks: Vec<Vec<usize>> = all
+        .chunks(config.batch_size)
+        .map(<[usize]>::to_vec)
+        .collect();
+    let batches = batches_of(model, &dataset, &chunks, seq_len)?;
     let (metrics, _) = evaluate_pairs(bert, &batches, config.embedding).await?;
     Ok(serde_json::json!({
         "task": "embedding",
@@ -458,4 +513,64 @@ pub async fn eval_pair_file(
         "eval": metrics,
         "report": report,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::formats::{Format, Location};
+    use crate::data::validate::{Content, Example};
+
+    #[test]
+    fn mixed_batches_hold_every_pair_once_and_no_text_twice() {
+        // Three questions asked twice with different answers, and one answer given twice.
+        let pairs = [
+            ("q1", "a1"),
+            ("q1", "a2"),
+            ("q2", "a3"),
+            ("q2", "a4"),
+            ("q3", "a5"),
+            ("q3", "a6"),
+            ("q4", "a1"),
+            ("q5", "a7"),
+        ];
+        let examples = pairs
+            .iter()
+            .enumerate()
+            .map(|(i, (a, p))| Example {
+                loc: Location::line(&"p.jsonl".into(), i + 1),
+                content: Content::SentencePair {
+                    anchor: a.to_string(),
+                    positive: p.to_string(),
+                },
+            })
+            .collect();
+        let dataset = Dataset {
+            file: "p.jsonl".into(),
+            format: Format::Jsonl,
+            schema: Schema::SentencePairs {
+                anchor: "anchor".into(),
+                positive: "positive".into(),
+            },
+            examples,
+            labels: None,
+            document: false,
+        };
+        let idx: Vec<usize> = (0..pairs.len()).collect();
+        let groups = mixed_batches(&dataset, &idx, 4, 7);
+        let mut all: Vec<usize> = groups.concat();
+        all.sort_unstable();
+        assert_eq!(all, idx);
+        for g in &groups {
+            assert!(g.len() <= 4);
+            let mut texts: Vec<&str> = g.iter().flat_map(|&i| [pairs[i].0, pairs[i].1]).collect();
+            texts.sort_unstable();
+            let n = texts.len();
+            texts.dedup();
+            assert_eq!(texts.len(), n, "a text twice in {g:?}");
+        }
+        // Seeded: the same seed groups the same way, another seed differently.
+        assert_eq!(groups, mixed_batches(&dataset, &idx, 4, 7));
+        assert_ne!(groups, mixed_batches(&dataset, &idx, 4, 8));
+    }
 }

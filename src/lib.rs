@@ -22,7 +22,8 @@ pub use error::{Code, Error, Result};
 pub use train::job::{DataSource, DatasetFile, DatasetFiles, JobConfig, JobEvent};
 pub use train::trainer::Progress;
 pub use train::{
-    eval_data, inspect_data, run_task, ClassifyJobOutput, EmbedJobOutput, JobOutput, JobResult,
+    eval_data, inspect_data, run_task, task_name, ClassifyJobOutput, EmbedJobOutput, JobOutput,
+    JobResult,
 };
 
 /// The crate version, shown by the page and the CLI.

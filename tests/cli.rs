@@ -465,6 +465,8 @@ fn train_json_has_the_headline_numbers_for_both_tasks() {
         dir.to_str().unwrap(),
         "--data",
         pairs.to_str().unwrap(),
+        "--task",
+        "embedding",
         "--steps",
         "4",
         "--batch-size",
@@ -489,6 +491,23 @@ fn train_json_has_the_headline_numbers_for_both_tasks() {
             .unwrap();
     assert_eq!(modules[1]["path"], "1_Pooling");
     assert!(written.join("merged/1_Pooling/config.json").is_file());
+    // Pairs are no classification data.
+    let (ok, err) = webtune(&[
+        "train",
+        dir.to_str().unwrap(),
+        "--data",
+        pairs.to_str().unwrap(),
+        "--task",
+        "classification",
+    ]);
+    assert!(!ok);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("embedding job"),
+        "{err}"
+    );
     let (ok, scored) = webtune(&[
         "eval",
         written.join("merged").to_str().unwrap(),

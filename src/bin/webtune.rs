@@ -167,8 +167,9 @@ struct TrainArgs {
     /// flags below override it.
     #[arg(long)]
     config: Option<String>,
-    /// `causal-lm` or `classification`: checked against the model (an encoder classifies,
-    /// every other model continues text).
+    /// `causal-lm`, `classification` or `embedding`: checked against the model and the data (an
+    /// encoder classifies labelled texts and learns sentence embeddings from pairs; any other
+    /// model continues text).
     #[arg(long)]
     task: Option<String>,
     /// `lora` or `full`.
@@ -881,27 +882,25 @@ fn run_train(cli: &Cli, args: &TrainArgs) -> Result<(), Error> {
         }
         _ => LoadedModel::load(files, &device)?,
     };
-    if let Some(task) = task {
-        let model_task = if base.is_encoder() {
-            "classification"
-        } else {
-            "causal-lm"
-        };
-        if task != model_task {
-            return Err(Error::config(format!(
-                "--task {task}: {} is {}; its task is {model_task}",
-                model.display(),
-                if base.is_encoder() {
-                    "an encoder (it classifies texts)"
-                } else {
-                    "a causal language model (it continues text)"
-                }
-            )));
-        }
-    }
     let (cfg, resume) = args.job(&base)?;
     let checkpointing = checkpointing(resume, args.checkpoint.clone());
     let paths = DataPaths::new(data, validation.as_deref())?;
+    if let Some(task) = task {
+        let would = webtune::task_name(&base, &paths.files(&|_| {}), &cfg)?;
+        if task != would {
+            let why = if base.is_encoder() {
+                "an encoder learns a classifier from labelled texts and sentence embeddings \
+                 from pairs"
+            } else {
+                "it is a causal language model, which learns to continue text"
+            };
+            return Err(Error::config(format!(
+                "--task {task}: {} on {} is a {would} job: {why}",
+                model.display(),
+                data.display()
+            )));
+        }
+    }
     let backend = pollster::block_on(Backend::create(BackendKind::parse(backend)?))?;
     let json_out = cli.json;
     let progress_json = cli.progress_json;

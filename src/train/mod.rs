@@ -84,6 +84,22 @@ fn encoder_tunes_embeddings(dataset: &DatasetFiles, config: &JobConfig) -> Resul
     Ok(is_pair_schema(&dataset.train.schema(&config.data)?))
 }
 
+/// The task `run_task` would train `base` for on `dataset`: "causal-lm", "classification" or
+/// "embedding" (the CLI's `--task` names).
+pub fn task_name(
+    base: &LoadedModel,
+    dataset: &DatasetFiles,
+    config: &JobConfig,
+) -> Result<&'static str> {
+    Ok(if !base.is_encoder() {
+        "causal-lm"
+    } else if encoder_tunes_embeddings(dataset, config)? {
+        "embedding"
+    } else {
+        "classification"
+    })
+}
+
 /// The job `base` and the data call for: for an encoder, sentence embeddings when the data are
 /// pairs (anchor/positive, sentence1/sentence2, question/answer) and classification otherwise;
 /// causal LM fine-tuning for anything else.

@@ -18,7 +18,7 @@ use super::adapter::{ADAPTER_CLASSIFIER, ADAPTER_CONFIG};
 use super::export::{export_adapter_with, Export, ExportFiles};
 use super::finetune::{FinetuneConfig, Method, TrainableModel};
 use super::lora::{named_tensors, read_f32, LoraInit};
-use super::task::{EvalPoint, Speed, Task};
+use super::task::{refuse_state, EvalPoint, Speed, Task};
 use super::trainer::{module_device, read_scalar, train_loop, Progress, RunOptions, Summary};
 use crate::backend::Backend;
 use crate::data::batching::{ClassBatch, LabelMap};
@@ -322,10 +322,7 @@ impl Task<Bert> for Classify {
     /// The checkpoint must be of a classifier with the same labels, in the same order, and
     /// the same head.
     fn restore(&mut self, state: &Value) -> Result<()> {
-        let refuse = |reason: &str, message: String| {
-            Err(Error::config(message)
-                .with_details(json!({ "field": "checkpoint", "reason": reason })))
-        };
+        let refuse = |reason: &str, message: String| Err(refuse_state(reason, message));
         let state: ClassState = match serde_json::from_value(state.clone()) {
             Ok(s) => s,
             Err(e) => {

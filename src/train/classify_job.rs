@@ -16,8 +16,8 @@ use super::classify::{
 use super::export::{tokenizer_files, Export};
 use super::finetune::FinetuneConfig;
 use super::job::{
-    read_and_split, tokenizer_of, DatasetFiles, HeldOut, JobConfig, JobContext, JobSizes, JobTask,
-    Phase, ReadSplit, Trained,
+    change_status, read_and_split, tally_changes, tokenizer_of, DatasetFiles, HeldOut, JobConfig,
+    JobContext, JobSizes, JobTask, Phase, ReadSplit, Trained,
 };
 use super::memory::MemoryEstimate;
 use super::trainer::RunOptions;
@@ -32,9 +32,6 @@ use crate::io::tokenizer::Tokenizer;
 use crate::models::bert::{Bert, Pooling};
 use crate::models::loaded::{Family, LoadedModel};
 use crate::platform::now_ms;
-
-/// At most this many changed predictions are listed (all are counted).
-const MAX_CHANGED: usize = 20;
 
 /// What the prediction for one example was.
 #[derive(Debug, Clone, Serialize)]
@@ -412,11 +409,7 @@ impl JobTask for ClassifyJob {
                 continue;
             }
             let t = truth[k];
-            let status = match (b == t, a == t) {
-                (false, true) => "fixed",
-                (true, false) => "broken",
-                _ => "changed",
-            };
+            let status = change_status(b == t, a == t);
             let e = &data.dataset.examples[i];
             let Content::Labeled { text, label } = &e.content else {
                 continue;
@@ -430,16 +423,7 @@ impl JobTask for ClassifyJob {
                 after: prediction(labels, &logits_after[k], t),
             });
         }
-        let rank = |c: &Changed| match c.status {
-            "fixed" => 0,
-            "broken" => 1,
-            _ => 2,
-        };
-        changed.sort_by_key(rank);
-        let fixed = changed.iter().filter(|c| c.status == "fixed").count();
-        let broken = changed.iter().filter(|c| c.status == "broken").count();
-        let changed_total = changed.len();
-        changed.truncate(MAX_CHANGED);
+        let (changed, changed_total, fixed, broken) = tally_changes(changed, |c| c.status);
         Ok(ClassifyJobOutput {
             report: data.report,
             validation_report: data.validation_report,

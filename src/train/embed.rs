@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use super::export::{export_adapter_with, Export, ExportFiles};
 use super::finetune::{FinetuneConfig, TrainableModel};
 use super::lora::read_f32;
-use super::task::{Speed, Task};
+use super::task::{refuse_state, Speed, Task};
 use super::trainer::{module_device, train_loop, RunOptions, Summary};
 use crate::backend::Backend;
 use crate::data::batching::{PairBatch, TextRows};
@@ -185,10 +185,7 @@ impl Task<Bert> for Contrastive {
     }
 
     fn restore(&mut self, state: &Value) -> Result<()> {
-        let refuse = |reason: &str, message: String| {
-            Err(Error::config(message)
-                .with_details(json!({ "field": "checkpoint", "reason": reason })))
-        };
+        let refuse = |reason: &str, message: String| Err(refuse_state(reason, message));
         match serde_json::from_value::<EmbedState>(state.clone()) {
             Ok(s) if s.embedding == self.config => Ok(()),
             Ok(s) => refuse(

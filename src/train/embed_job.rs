@@ -15,8 +15,8 @@ use super::embed::{
 use super::export::{tokenizer_files, Export};
 use super::finetune::{set_train_dropout, FinetuneConfig, TrainableModel};
 use super::job::{
-    read_and_split, tokenizer_of, DatasetFiles, HeldOut, JobConfig, JobContext, JobSizes, JobTask,
-    Phase, ReadSplit, Trained,
+    change_status, read_and_split, tally_changes, tokenizer_of, DatasetFiles, HeldOut, JobConfig,
+    JobContext, JobSizes, JobTask, Phase, ReadSplit, Trained,
 };
 use super::memory::MemoryEstimate;
 use super::trainer::{RunOptions, Summary};
@@ -29,9 +29,6 @@ use crate::eval::uncertainty::{compare_retrieval, RetrievalComparison};
 use crate::models::bert::{Bert, Pooling};
 use crate::models::loaded::{Family, LoadedModel};
 use crate::rng::Rng;
-
-/// At most this many changed anchors are listed (all are counted).
-const MAX_CHANGED: usize = 20;
 
 /// Whether an encoder given data of `schema` tunes embeddings (sentence pairs, or prompts and
 /// completions: questions and answers pair up for retrieval) rather than a classifier.
@@ -411,11 +408,7 @@ impl JobTask for EmbedJob {
             if a.top == b.top {
                 continue;
             }
-            let status = match (b.rank == 1, a.rank == 1) {
-                (false, true) => "fixed",
-                (true, false) => "broken",
-                _ => "changed",
-            };
+            let status = change_status(b.rank == 1, a.rank == 1);
             let e = &data.dataset.examples[data.validation[k]];
             let Some((anchor, positive)) = pair_texts(&e.content) else {
                 continue;
@@ -434,16 +427,7 @@ impl JobTask for EmbedJob {
                 after: retrieved(a),
             });
         }
-        let rank = |c: &ChangedPair| match c.status {
-            "fixed" => 0,
-            "broken" => 1,
-            _ => 2,
-        };
-        changed.sort_by_key(rank);
-        let fixed = changed.iter().filter(|c| c.status == "fixed").count();
-        let broken = changed.iter().filter(|c| c.status == "broken").count();
-        let changed_total = changed.len();
-        changed.truncate(MAX_CHANGED);
+        let (changed, changed_total, fixed, broken) = tally_changes(changed, |c| c.status);
         Ok(EmbedJobOutput {
             report: data.report,
             validation_report: data.validation_report,

@@ -442,6 +442,36 @@ fn reading_message(files: &DatasetFiles) -> String {
     }
 }
 
+/// At most this many held-out examples whose prediction changed are listed (all are counted).
+pub const MAX_CHANGED: usize = 20;
+
+/// How a held-out example's prediction changed: "fixed" (wrong before, right after), "broken"
+/// (right before, wrong after) or "changed" (wrong both times, differently).
+pub fn change_status(right_before: bool, right_after: bool) -> &'static str {
+    match (right_before, right_after) {
+        (false, true) => "fixed",
+        (true, false) => "broken",
+        _ => "changed",
+    }
+}
+
+/// The changed examples to list (fixed first, then broken, at most [`MAX_CHANGED`]) with how
+/// many changed, were fixed and were broken in all.
+pub fn tally_changes<T>(
+    mut changed: Vec<T>,
+    status: impl Fn(&T) -> &'static str,
+) -> (Vec<T>, usize, usize, usize) {
+    changed.sort_by_key(|c| match status(c) {
+        "fixed" => 0,
+        "broken" => 1,
+        _ => 2,
+    });
+    let count = |s: &str| changed.iter().filter(|c| status(c) == s).count();
+    let (fixed, broken, total) = (count("fixed"), count("broken"), changed.len());
+    changed.truncate(MAX_CHANGED);
+    (changed, total, fixed, broken)
+}
+
 /// Full fine-tuning of models above this many parameters saves no checkpoints.
 pub const MAX_FULL_CHECKPOINT_PARAMS: usize = 16 << 20;
 

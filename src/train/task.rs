@@ -74,6 +74,12 @@ pub trait Task<M: Module> {
     }
 }
 
+/// A checkpoint whose task state does not fit this run: `config.invalid` with the reason.
+pub fn refuse_state(reason: &str, message: String) -> crate::error::Error {
+    crate::error::Error::config(message)
+        .with_details(serde_json::json!({ "field": "checkpoint", "reason": reason }))
+}
+
 /// The held-out scores at one step (0: before training).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct EvalPoint<E> {

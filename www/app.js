@@ -179,6 +179,9 @@ const state = {
   // Whether the chosen dataset was checked without error for the loaded model (step 2 done),
   // and the dataset the last fine-tuning run trained on (step 3 done when it is the chosen one).
   datasetChecked: false,
+  // What the checked dataset makes the loaded model learn ("causal", "classification" or
+  // "embedding": an encoder's task follows its data), or null.
+  dataTask: null,
   trainedOn: null,
   finetunes: [],
   activeFinetune: null,
@@ -288,6 +291,7 @@ function updateMode() {
   toyPanel.setMode(mode);
   modelPanel.setMode({ canLoad: mode === "idle", loading: op?.kind === "load" });
   generatePanel.setMode({ canGenerate: mode === "idle" && state.model !== null, generating: op?.kind === "generate" });
+  adaptersPanel.setTask(compareTask());
   adaptersPanel.setMode({ canAct: mode === "idle" && state.model !== null });
   const idle = mode === "idle";
   datasetPanel.setMode({ canInspect: idle && state.model !== null && state.dataset !== null, busy: op?.kind === "inspect" || op?.kind === "finetune" });
@@ -581,7 +585,6 @@ function setModel(info) {
   finetunePanel.setModel(info);
   // Adapters attach to the model loaded now (the library marks which fit it).
   state.adapter = null;
-  adaptersPanel.setTask(info?.kind);
   adaptersPanel.switched(null, null);
   void refreshAdapters();
   // The base model's "before" belonged to the previous model.
@@ -957,17 +960,34 @@ async function downloadAdapter(name) {
 
 /**
  * window.webtune.compare: continue `prompt` greedily with each of `models` ("base",
- * "adapter:NAME", "tuned") in turn — for an encoder, classify it — and with a checked dataset
- * score each on its held-out split. Resolves with {rows: [{model, label, text, generated_ids,
- * loss, perplexity}] (an encoder's: {model, label, predicted, accuracy, loss}), error}.
+ * "adapter:NAME", "tuned") in turn — for an encoder, classify it, or after a dataset of sentence
+ * pairs was checked, measure the similarity of its two lines — and with a checked dataset score
+ * each on its held-out split. Resolves with {rows: [{model, label, text, generated_ids, loss,
+ * perplexity}] (an encoder's: {model, label, predicted, accuracy, loss}; an embedder's: {model,
+ * label, similarity, accuracy (recall@1), mrr}), error}.
  */
 async function compareModels(prompt, models, options = {}) {
   const text = String(prompt ?? "");
   // What each model is asked and which held-out scores its cell shows: an encoder classifies the
-  // text (a model without a head, a base encoder, says so in its cell and the others go on); a
-  // causal LM continues it greedily (a failure stops the comparison).
+  // text (a model without a head, a base encoder, says so in its cell and the others go on) or
+  // measures two texts' cosine; a causal LM continues it greedily (a failure stops the
+  // comparison).
+  const kind = compareTask();
+  const [a, b] = twoTexts(text);
   const task =
-    state.model?.kind === "encoder"
+    kind === "embedding"
+      ? {
+          cell: { similarity: null, accuracy: null, mrr: null },
+          ask: (model) =>
+            attempt(async () => {
+              if (!a || !b) throw Object.assign(new Error("Write two texts, one per line, to compare how similar each model finds them."), { code: "config.invalid" });
+              return tuner.similarity(a, b, { model });
+            }),
+          fill: (row, r) => (row.similarity = r.similarity),
+          scores: (row, ev) => Object.assign(row, { accuracy: ev.accuracy, mrr: ev.mrr }),
+          goesOn: () => false,
+        }
+      : kind === "classification"
       ? {
           cell: { predicted: null, accuracy: null, loss: null },
           ask: (model) => attempt(() => tuner.classify(text, { model })),
@@ -1007,6 +1027,22 @@ async function compareModels(prompt, models, options = {}) {
   });
   await refreshAdapters();
   return { rows, error: out.error };
+}
+
+/**
+ * What the compare view asks the loaded model's adapters: a causal LM's continue text; an
+ * encoder's classify a text, or, once a dataset of sentence pairs is checked, measure two
+ * texts' similarity.
+ */
+function compareTask() {
+  if (state.model?.kind !== "encoder") return "causal_lm";
+  return state.datasetChecked && state.dataTask === "embedding" ? "embedding" : "classification";
+}
+
+/** The two texts of an embedding comparison: the first line, and the rest. */
+function twoTexts(text) {
+  const [a, ...rest] = text.split("\n");
+  return [a.trim(), rest.join("\n").trim()];
 }
 
 function compareLabel(model) {
@@ -1183,7 +1219,8 @@ async function inspectDataset(input, config) {
     record.status = "done";
     record.result = outcome.result;
     datasetPanel.show(outcome.result);
-    finetunePanel.dataset(outcome.result);
+    state.dataTask = outcome.result.task ?? null;
+    finetunePanel.dataset(outcome.result, record.config);
     idleStatus();
     // "Before" on its own, as soon as model and data are in: the numbers fine-tuning must beat
     // (not when the run would not fit: scoring uses the same batches).
@@ -1249,15 +1286,18 @@ async function finetune(input, config, { resume = false } = {}) {
     if (r.adapter?.error) alerts.show({ ...r.adapter.error, message: `The adapter was trained but not kept in this browser: ${r.adapter.error.message}` });
     void refreshAdapters();
     // The run read and checked its data: step 2 is done for it, step 3 too.
-    if (state.dataset === dataset) state.datasetChecked = true;
+    if (state.dataset === dataset) {
+      state.datasetChecked = true;
+      state.dataTask = r.task;
+    }
     state.trainedOn = dataset;
     finetunePanel.finish(r);
     resultsPanel.show(r);
-    const b = r.before?.loss;
-    const a = r.after?.loss;
+    // Retrieval is judged by recall@1, the others by their held-out loss.
+    const [what, b, a, fmt] =
+      r.task === "embedding" ? ["held-out recall@1", r.before?.accuracy, r.after?.accuracy, (x) => `${(x * 100).toFixed(1)}%`] : ["validation loss", r.before?.loss, r.after?.loss, (x) => x.toFixed(3)];
     setStatus(
-      `Fine-tuning ${r.summary.cancelled ? "stopped" : "finished"} after ${r.summary.steps} steps` +
-        (Number.isFinite(a) && Number.isFinite(b) ? `: validation loss ${b.toFixed(3)} → ${a.toFixed(3)}.` : "."),
+      `Fine-tuning ${r.summary.cancelled ? "stopped" : "finished"} after ${r.summary.steps} steps` + (Number.isFinite(a) && Number.isFinite(b) ? `: ${what} ${fmt(b)} → ${fmt(a)}.` : "."),
       tuner.state === "ready" ? "idle" : tuner.state,
     );
   } else {
@@ -1363,7 +1403,7 @@ function evaluationReport() {
     model_source: modelSource(load?.source),
     dataset: record.name,
     validation_file: record.validation ?? null,
-    task: record.result.task === "classification" ? "classification" : "causal",
+    task: record.result.task ?? "causal",
     config: record.config,
     data_summary: dataSummary(record.result),
     curves: curves(record.result.summary),

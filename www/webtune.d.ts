@@ -2,7 +2,9 @@
 // (snake_case), documented at the top of worker.js.
 
 export type Backend = "auto" | "webgpu" | "cpu";
-export type Task = "causal" | "classification";
+/** What a job trains: a causal LM; an encoder's classifier (text/label data) or its sentence
+ * embeddings (pairs: anchor/positive, sentence1/sentence2, question/answer, prompt/completion). */
+export type Task = "causal" | "classification" | "embedding";
 /** The base model, the latest fine-tuned one, or an adapter of the library attached to the base. */
 export type WhichModel = "base" | "tuned" | `adapter:${string}`;
 
@@ -91,6 +93,11 @@ export interface JobConfig {
   train?: TrainConfig;
   /** Classification head (encoder models); unset fields are chosen by the job. */
   head?: { pooling?: "cls" | "mean" | "pooler" | string; dropout?: number };
+  /** Sentence embeddings (an encoder on pairs): how a text's token vectors become one
+   * (default "mean"), and the scale of the cosines in the contrastive loss (default 20,
+   * sentence-transformers' MultipleNegativesRankingLoss). `batch_size` must be at least 2:
+   * the other pairs of a batch are each anchor's negatives. */
+  embedding?: { pooling?: "mean" | "cls"; scale?: number };
   /**
    * Causal LMs: save a checkpoint of training to the origin's private file system (OPFS) every
    * N steps (default 25; 0: only when paused or stopped early); see protocol.d.ts FinetuneRequest.
@@ -125,20 +132,31 @@ export interface AdapterMeta {
   name: string;
   created_at: string;
   source: "trained" | "files" | "url";
-  /** A causal LM's adapter, or a classifier's (LoRA on the encoder with its head saved whole). */
-  task?: "causal_lm" | "classification";
+  /** A causal LM's adapter, a classifier's (LoRA on the encoder with its head saved whole), or
+   * a sentence embedder's (LoRA on the encoder, PEFT's FEATURE_EXTRACTION). */
+  task?: "causal_lm" | "classification" | "embedding";
   /** A classifier's class names, in the head's row order; null for a causal LM's. */
   labels?: string[] | null;
-  /** How a classifier's head pools the encoder's output; null for a causal LM's. */
+  /** How a classifier's head (or an embedder) pools the encoder's output; null for a causal LM's. */
   pooling?: "cls" | "mean" | "pooler" | null;
   base: AdapterBase;
-  lora: { r: number | null; lora_alpha: number | null; use_rslora: boolean; target_modules: string[]; lora_dropout: number | null; base_model_name_or_path: string | null };
+  lora: {
+    r: number | null;
+    lora_alpha: number | null;
+    use_rslora: boolean;
+    target_modules: string[];
+    lora_dropout: number | null;
+    base_model_name_or_path: string | null;
+    /** PEFT's task_type: "CAUSAL_LM", "SEQ_CLS", "FEATURE_EXTRACTION" (a sentence embedder's). */
+    task_type?: string | null;
+  };
   dataset: { name: string; size: number; sha256: string | null } | null;
   /** The job configuration that trained it (trained adapters). */
   config: JobConfig | null;
   /** The job's held-out scores before and after training (trained adapters): a classifier's
-   * are ClassificationEval (accuracy, macro-F1, loss). */
-  metrics: { before: CausalEval | ClassificationEval | null; after: CausalEval | ClassificationEval | null } | null;
+   * are ClassificationEval (accuracy, macro-F1, loss), an embedder's RetrievalEval (recall@1 as
+   * accuracy, MRR, loss). */
+  metrics: { before: CausalEval | ClassificationEval | RetrievalEval | null; after: CausalEval | ClassificationEval | RetrievalEval | null } | null;
   steps: number | null;
   cancelled: boolean;
   /** The kept adapter its job continued (`init_adapter`), or null. */
@@ -347,7 +365,16 @@ export interface DataReport {
   [key: string]: unknown;
 }
 
+/** One token of a preview: `counts` when it is predicted with loss (a language model's). */
+export interface PreviewToken {
+  id: number;
+  text: string;
+  counts: boolean;
+}
+
 export interface DatasetResult {
+  /** The job this dataset makes on the loaded model (an encoder's depends on the data). */
+  task: Task;
   report: DataReport;
   /** The separate validation file's report, when `validation` was given. */
   validation_report?: DataReport | null;
@@ -359,7 +386,18 @@ export interface DatasetResult {
   train_batches: number;
   eval_batches: number;
   total_steps: number;
-  preview: Array<{ tokens: Array<{ id: number; text: string; counts: boolean }> }>;
+  /** The job's memory estimate, and why it cannot fit (null when it can). */
+  memory: Record<string, any>;
+  memory_problem: string | null;
+  /** A classifier's labels, in the head's row order. */
+  labels?: string[];
+  /** Sentence pairs: tokens per text at most (each side of a pair). */
+  seq_len?: number;
+  /**
+   * The first training examples as the model sees them: a classifier's with its `label`, a
+   * pair's anchor in `tokens` and its positive in `positive`.
+   */
+  preview: Array<{ tokens: PreviewToken[]; label?: string; positive?: PreviewToken[] }>;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -451,9 +489,54 @@ export interface ClassificationEval {
   seconds?: number;
 }
 
+/**
+ * Retrieval on held-out pairs (sentence embeddings): each anchor searches every held-out
+ * positive by cosine similarity.
+ */
+export interface RetrievalEval {
+  /** Contrastive loss over the whole held-out set (each anchor's positive among all positives). */
+  loss: number;
+  /** Recall@1: the share of anchors whose own positive ranks first. */
+  accuracy: number;
+  /** Mean reciprocal rank of the own positive. */
+  mrr: number;
+  /** Mean cosine of a pair, and of an anchor with the other positives. */
+  positive_cosine: number;
+  negative_cosine: number;
+  pairs: number;
+}
+
+/** Recall@1 (Wilson intervals), MRR, loss and a pair's cosine before and after; changes of
+ * rates in points as fractions, of the loss relative. `accuracy_change` (recall@1) decides. */
+export interface RetrievalComparison {
+  pairs: number;
+  accuracy_before: Estimate;
+  accuracy_after: Estimate;
+  mrr_before: Estimate;
+  mrr_after: Estimate;
+  loss_before: Estimate;
+  loss_after: Estimate;
+  positive_cosine_before: Estimate;
+  positive_cosine_after: Estimate;
+  accuracy_change: Change;
+  mrr_change: Change;
+  loss_change: Change;
+}
+
+/** What one held-out anchor retrieved. */
+export interface Retrieved {
+  /** The positive ranked first. */
+  text: string;
+  /** Where the anchor's own positive ranked (1: first). */
+  rank: number;
+  /** Cosine of the anchor and its own positive. */
+  cosine: number;
+}
+
 export type EvaluateResult =
   | ({ task: "causal"; model: WhichModel; validation_examples?: number } & CausalEval)
-  | ({ task: "classification"; model: WhichModel; labels: string[] } & ClassificationEval);
+  | ({ task: "classification"; model: WhichModel; labels: string[] } & ClassificationEval)
+  | ({ task: "embedding"; model: WhichModel; validation_examples: number; held_out: HeldOut; seconds: number } & RetrievalEval);
 
 /** A "progress" event: one training step. */
 export interface StepProgress {
@@ -468,8 +551,8 @@ export interface StepProgress {
   elapsed_s?: number;
   eta_s: number | null;
   memory_bytes?: number | null;
-  /** A validation evaluation at this step, when one ran. */
-  eval?: { loss: number; perplexity?: number; tokens?: number; accuracy?: number } | null;
+  /** A validation evaluation at this step, when one ran (an embedder's: RetrievalEval's keys). */
+  eval?: { loss: number; perplexity?: number; tokens?: number; accuracy?: number; mrr?: number; positive_cosine?: number; negative_cosine?: number; pairs?: number } | null;
 }
 
 /** Reading a dataset file: records checked and tokenized so far (loadDataset and train). */
@@ -496,12 +579,14 @@ export interface TrainSummary {
   losses: number[];
   grad_norms?: number[];
   lrs?: number[];
-  eval?: Array<{ step: number; loss: number; perplexity?: number; tokens?: number }>;
+  eval?: Array<{ step: number; loss: number; perplexity?: number; tokens?: number; accuracy?: number; mrr?: number; positive_cosine?: number; negative_cosine?: number; pairs?: number }>;
   trainable_params?: number;
   total_params?: number;
   first_step_ms?: number;
   median_step_ms?: number;
   tokens_per_s?: number;
+  /** Classifiers and embedders count examples (pairs) instead of tokens. */
+  examples_per_s?: number;
   /** The most memory a step reported: WebGPU's buffer pool, or on the CPU the wasm module's
    * linear memory (natively the resident set); null where neither can be read. */
   peak_memory_bytes?: number | null;
@@ -558,7 +643,35 @@ export interface ClassificationTrainResult extends TrainResultBase {
   broken?: number;
 }
 
-export type TrainResult = CausalTrainResult | ClassificationTrainResult;
+export interface EmbeddingTrainResult extends TrainResultBase {
+  task: "embedding";
+  before: RetrievalEval | null;
+  after: RetrievalEval | null;
+  /** Before/after with 95% intervals and the verdict (recall@1 decides); null without held-out pairs. */
+  comparison: RetrievalComparison | null;
+  pooling: "mean" | "cls";
+  /** The cosine scale of the contrastive loss. */
+  scale: number;
+  /** Tokens per text at most. */
+  seq_len: number;
+  overlap_removed: number;
+  /** Held-out anchors whose best match changed, fixed ones first (at most 20 listed;
+   * changed_total counts all): what ranked first before and after. */
+  changed: Array<{
+    source: string;
+    anchor: string;
+    /** The anchor's own positive. */
+    positive: string;
+    status: "fixed" | "broken" | "changed";
+    before: Retrieved;
+    after: Retrieved;
+  }>;
+  changed_total: number;
+  fixed: number;
+  broken: number;
+}
+
+export type TrainResult = CausalTrainResult | ClassificationTrainResult | EmbeddingTrainResult;
 
 export interface GenerateOptions {
   max_new_tokens?: number;
@@ -740,7 +853,8 @@ export declare class FineTuner {
   export(kind?: ExportKind): Promise<ExportedFiles>;
   /** An encoder's label for `text` (its classification head). */
   classify(text: string, options?: { model?: WhichModel }): Promise<Classification>;
-  /** Cosine similarity of two texts' mean-pooled embeddings (an encoder). */
+  /** Cosine similarity of two texts' mean-pooled embeddings (an encoder; after embedding
+   * fine-tuning, "tuned" is the tuned embedder). */
   similarity(a: string, b: string, options?: { model?: WhichModel }): Promise<{ similarity: number }>;
   /** Logits of every position: shape [T, vocab]. */
   logits(ids: ArrayLike<number>, options?: { model?: WhichModel }): Promise<{ shape: number[]; data: Float32Array }>;
@@ -773,7 +887,8 @@ export declare class FineTuner {
 }
 
 export declare function servedModels(index?: string | URL): Promise<ServedModel[]>;
-export declare function taskOf(info: Pick<ModelInfo, "architecture"> | null): Task;
+/** The task a job on `info` runs: an encoder's follows `data` (a loadDataset() result) once there is one. */
+export declare function taskOf(info: Pick<ModelInfo, "architecture"> | null, data?: { task?: Task } | null): Task;
 export declare function mergeConfig<T extends object>(base: T, over: object | undefined): T;
 
 export default FineTuner;

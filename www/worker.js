@@ -927,13 +927,18 @@ async function sha256OrNull(bytes) {
   return typeof crypto?.subtle?.digest === "function" ? sha256Hex(bytes) : null;
 }
 
-/** What the library records of an adapter's task: a classifier's labels and pooling, else none. */
-function taskOf(labels, pooling) {
-  return Array.isArray(labels) ? { task: "classification", labels, pooling: pooling ?? null } : { task: "causal_lm", labels: null, pooling: null };
+/**
+ * What the library records of an adapter's task: a classifier's labels and pooling, a sentence
+ * embedder's pooling (`embedding`: a job on pairs, or PEFT's FEATURE_EXTRACTION), else none.
+ */
+function taskOf(labels, pooling, embedding = false) {
+  if (Array.isArray(labels)) return { task: "classification", labels, pooling: pooling ?? null };
+  if (embedding) return { task: "embedding", labels: null, pooling: pooling ?? null };
+  return { task: "causal_lm", labels: null, pooling: null };
 }
 
 /**
- * After a LoRA job (a causal LM's or a classifier's): keep its adapter in the library (named
+ * After a LoRA job (a causal LM's, a classifier's or a sentence embedder's): keep its adapter in the library (named
  * `adapterName`, or after the dataset), so it can be chosen again after a reload. Resolves to
  * the kept description, `null` when the job has no adapter to keep, or `{error}`: a failure
  * to keep it does not fail the job, whose model stays usable as "tuned".
@@ -949,7 +954,7 @@ async function keepTrainedAdapter(session, { adapterName, dataset, config, resul
       {
         name: wanted,
         source: "trained",
-        ...taskOf(result?.labels, result?.pooling),
+        ...taskOf(result?.labels, result?.pooling, result?.task === "embedding"),
         base: baseIdentity(session),
         lora: loraOf(files["adapter_config.json"]),
         dataset,
@@ -1028,7 +1033,8 @@ async function loadAdapter(id, name, list, origin) {
     const summary = await session.attachAdapter(wanted, files);
     let meta;
     try {
-      meta = await saveAdapter({ name: wanted, source: origin === "url" ? "url" : "files", ...taskOf(summary.labels, summary.pooling), base: baseIdentity(session), lora, dataset: null, config: null, metrics: null, steps: null, cancelled: false }, files);
+      const task = taskOf(summary.labels, summary.pooling, lora.task_type === "FEATURE_EXTRACTION");
+      meta = await saveAdapter({ name: wanted, source: origin === "url" ? "url" : "files", ...task, base: baseIdentity(session), lora, dataset: null, config: null, metrics: null, steps: null, cancelled: false }, files);
     } catch (e) {
       session.detachAdapter(wanted);
       throw e;

@@ -1,7 +1,8 @@
 // The HTML evaluation report (www/lib/report-html.js) and the report's derived sections
-// (www/lib/report.js), imported directly in node: hand-made causal and classification reports
-// whose data tries to inject markup, checked for escaping, self-containment (no script, no
-// external reference), the before/after numbers, the curves and the confusion matrices.
+// (www/lib/report.js), imported directly in node: hand-made causal, classification and
+// sentence-embedding reports whose data tries to inject markup, checked for escaping,
+// self-containment (no script, no external reference), the before/after numbers, the curves and
+// the confusion matrices.
 // No browser needed; the page's download of the same document is checked in finetune.test.mjs.
 
 import { test } from "node:test";
@@ -285,6 +286,107 @@ test("a classification report shows per-class scores, both confusion matrices an
   assert.match(html, /<tr data-status="fixed">.*<td>neg \(51\.0%\)<\/td><td>p&quot;os \(93\.4%\)<\/td><\/tr>/);
   assert.match(html, /<table class="labels" id="labels">[\s\S]*<tr><td>neg<\/td><td>20<\/td><\/tr>/);
   assert.equal(polylinePoints(html, "validation_loss").length, 2);
+});
+
+function embeddingResult() {
+  return {
+    task: "embedding",
+    pooling: "mean",
+    scale: 20,
+    seq_len: 64,
+    report: dataReport({ file: "qa.jsonl", schema: { schema: { kind: "sentence_pairs", anchor: "anchor", positive: "positive" }, detected: true, fields: ["anchor", "positive"] }, skipped: 0, skipped_by_reason: {} }),
+    overlap_removed: 0,
+    train_examples: 30,
+    validation_examples: 10,
+    held_out: { examples: 10, scored: 10, returned_to_training: 0 },
+    train_batches: 4,
+    summary: {
+      backend: "cpu",
+      method: "lora",
+      steps: 4,
+      cancelled: false,
+      losses: [1.9, 1.6, 1.4, 1.2],
+      grad_norms: [1, 1, 1, 1],
+      lrs: [0.001, 0.001, 0.001, 0.001],
+      eval: [{ step: 0, loss: 1.2345, accuracy: 0.5, mrr: 0.632, positive_cosine: 0.501, negative_cosine: 0.12, pairs: 10 }, { step: 4, loss: 0.8765, accuracy: 0.8, mrr: 0.856, positive_cosine: 0.679, negative_cosine: 0.15, pairs: 10 }],
+      trainable_params: 1000,
+      total_params: 22_000_000,
+      first_step_ms: 90,
+      median_step_ms: 80,
+      tokens_per_s: 0,
+      examples_per_s: 40,
+    },
+    before: { loss: 1.2345, accuracy: 0.5, mrr: 0.632, positive_cosine: 0.501, negative_cosine: 0.12, pairs: 10 },
+    after: { loss: 0.8765, accuracy: 0.8, mrr: 0.856, positive_cosine: 0.679, negative_cosine: 0.15, pairs: 10 },
+    comparison: {
+      pairs: 10,
+      accuracy_before: { value: 0.5, interval: { low: 0.2366, high: 0.7634 } },
+      accuracy_after: { value: 0.8, interval: { low: 0.4902, high: 0.9433 } },
+      mrr_before: { value: 0.632, interval: { low: 0.5, high: 0.75 } },
+      mrr_after: { value: 0.856, interval: { low: 0.75, high: 0.95 } },
+      loss_before: { value: 1.2345, interval: null },
+      loss_after: { value: 0.8765, interval: null },
+      positive_cosine_before: { value: 0.501, interval: { low: 0.45, high: 0.55 } },
+      positive_cosine_after: { value: 0.679, interval: { low: 0.62, high: 0.73 } },
+      accuracy_change: { value: 0.3, interval: { low: 0.1, high: 0.5 }, outcome: "better" },
+      mrr_change: { value: 0.224, interval: { low: 0.1, high: 0.35 }, outcome: "better" },
+      loss_change: { value: -0.358, interval: { low: -0.5, high: -0.2 }, outcome: "better" },
+    },
+    changed: [
+      {
+        source: "qa.jsonl line 4",
+        anchor: `what is ${INJECT}?`,
+        positive: "a <b>test</b>",
+        status: "fixed",
+        before: { text: "wrong <i>answer</i>", rank: 3, cosine: 0.41 },
+        after: { text: "a <b>test</b>", rank: 1, cosine: 0.77 },
+      },
+    ],
+    changed_total: 1,
+    fixed: 1,
+    broken: 0,
+    files: ["merged/model.safetensors", "merged/modules.json", "merged/1_Pooling/config.json"],
+  };
+}
+
+test("an embedding report shows retrieval before and after with its intervals, the texts whose best match changed, and the pooling", () => {
+  const result = embeddingResult();
+  const html = reportHtml(reportOf(result, { batch_size: 8, train: { lr: 0.001, steps: 4 } }));
+  assertSelfContained(html);
+  assert.ok(!html.includes(INJECT) && !html.includes("<b>") && !html.includes("<i>"), "no markup from data");
+
+  // Rates change in points, MRR, cosines and the loss by their difference (as the job judges them).
+  assert.deepEqual(metricRow(html, "accuracy"), ["Recall@1 (its own partner ranks first)", "50.0%", "80.0%", "+30.0 pts", "+10.0 pts to +50.0 pts"]);
+  assert.deepEqual(metricRow(html, "mrr"), ["Mean reciprocal rank", "0.632", "0.856", "+0.224", "+0.100 to +0.350"]);
+  assert.deepEqual(metricRow(html, "positive_cosine"), ["Cosine of a pair", "0.501", "0.679", "+0.178", ""]);
+  assert.deepEqual(metricRow(html, "negative_cosine"), ["Cosine with the other partners", "0.120", "0.150", "", ""]);
+  assert.deepEqual(metricRow(html, "loss"), ["Validation loss (contrastive)", "1.2345", "0.8765", "−0.3580", "−0.5000 to −0.2000"]);
+  assert.deepEqual(metricRow(html, "pairs"), ["Held-out pairs", "10", "10", "", ""]);
+  assert.ok(html.includes("Recall@1 (its own partner ranks first): base 23.7%–76.3%, fine-tuned 49.0%–94.3%; Mean reciprocal rank: base 0.500–0.750, fine-tuned 0.750–0.950"), "the figures' intervals");
+  assert.doesNotMatch(html, /class="confusion"/, "no confusion matrix for retrieval");
+
+  // The verdict: recall@1 decides, with its interval.
+  const verdict = verdictFor(result);
+  assert.equal(verdict.outcome, "better");
+  assert.match(verdict.text, /^Fine-tuning helped: held-out recall@1 50\.0% → 80\.0% \(\+30\.0 pts; 95% interval \+10\.0 pts to \+50\.0 pts over 10 held-out pairs\), MRR 0\.632 → 0\.856\./);
+  assert.ok(html.includes(`data-outcome="better">${escapeHtml(verdict.text)}</p>`));
+  const unsure = verdictFor({ ...result, comparison: { ...result.comparison, accuracy_change: { value: 0.3, interval: { low: -0.1, high: 0.6 }, outcome: "same" } } });
+  assert.equal(unsure.outcome, "same");
+  assert.match(unsure.text, /^No clear change: .*includes no change/);
+  const worse = verdictFor({ ...result, comparison: { ...result.comparison, accuracy_change: { value: -0.3, interval: { low: -0.5, high: -0.1 }, outcome: "worse" } } });
+  assert.equal(worse.outcome, "worse");
+  assert.match(worse.text, /^Fine-tuning made retrieval worse/);
+
+  // The changed text: what ranked first before (another text, its partner 3rd) and after (its own).
+  assert.ok(
+    html.includes(
+      '<td class="text">wrong &lt;i&gt;answer&lt;/i&gt;<div class="source">partner ranked 3, cosine 0.410</div></td><td class="text">its own partner<div class="source">partner ranked 1, cosine 0.770</div></td>',
+    ),
+    "before and after of the changed text",
+  );
+  assert.match(html, /<tr data-status="fixed"><td>fixed<\/td><td class="text">what is &lt;script&gt;alert\(1\)&lt;\/script&gt;\?/);
+  assert.ok(html.includes('<tr><th scope="row">Embeddings</th><td>mean pooling, cosine scale 20, at most 64 tokens per text</td></tr>'));
+  assert.ok(html.includes('<tr><th scope="row">Speed</th><td>40.0 pairs/s</td></tr>'), "pairs per second, not the tokens a pair task does not count");
 });
 
 test("the report's data summary and curves are read from the result", () => {

@@ -2,8 +2,9 @@
 // loaded from PEFT files), each with its base, shape, dataset, date and before/after scores;
 // choose one to generate with it (the base stays loaded: switching costs milliseconds), rename,
 // delete, download its PEFT files, or load one from files. Below it, the compare view: the same
-// prompt continued greedily (for an encoder: the same text classified) by the base and up to
-// three adapters side by side, each with its held-out loss (accuracy) on the checked dataset.
+// prompt continued greedily (for an encoder: the same text classified, or two texts' similarity
+// when the checked data are sentence pairs) by the base and up to three adapters side by side,
+// each with its held-out loss (accuracy, recall@1) on the checked dataset.
 
 import { el, formatInt, formatLoss, formatMs, formatPercent } from "../lib/format.js";
 
@@ -100,18 +101,28 @@ export function createAdaptersPanel(section, { onLoad, onLoadUrl, onUse, onConti
   let adapters = [];
   let canAct = false;
   let active = null;
-  // "encoder" (a BERT/MiniLM: adapters classify) or "causal_lm" (they continue text).
+  // What the compare view asks: "causal_lm" (adapters continue text), or for an encoder
+  // (BERT/MiniLM) "classification" (they classify) or "embedding" (they embed sentences).
   let task = "causal_lm";
+  const HELP = {
+    causal_lm: `Greedy continuations of the base and up to ${MAX_COMPARED} adapters; with a checked dataset, each one's held-out loss too.`,
+    classification: `The class the base and up to ${MAX_COMPARED} adapters give this text; with a checked dataset, each one's held-out accuracy too.`,
+    embedding: `How similar the base and up to ${MAX_COMPARED} sentence-embedding adapters find two texts (cosine); with a checked dataset of pairs, each one's held-out recall@1 and MRR too.`,
+  };
 
   function syncTask() {
-    const encoder = task === "encoder";
-    comparePromptLabel.textContent = encoder ? "Text to classify" : "Text to continue";
-    compareTokensField.hidden = encoder;
-    compareHelp.textContent = encoder
-      ? `The class the base and up to ${MAX_COMPARED} adapters give this text; with a checked dataset, each one's held-out accuracy too.`
-      : `Greedy continuations of the base and up to ${MAX_COMPARED} adapters; with a checked dataset, each one's held-out loss too.`;
+    comparePromptLabel.textContent = { causal_lm: "Text to continue", classification: "Text to classify", embedding: "Two texts, one per line" }[task];
+    compareTokensField.hidden = task !== "causal_lm";
+    compareHelp.textContent = HELP[task];
   }
   syncTask();
+
+  /** Whether the compare view offers adapter `m`: an encoder's adapters answer only what they were trained for. */
+  function comparable(m) {
+    if (!m.fits) return false;
+    if (task === "embedding") return m.task === "embedding";
+    return task === "classification" ? m.task !== "embedding" : true;
+  }
 
   function syncButtons() {
     load.disabled = !canAct || (files.files?.length ?? 0) === 0;
@@ -127,6 +138,11 @@ export function createAdaptersPanel(section, { onLoad, onLoadUrl, onUse, onConti
   }
 
   function metrics(m) {
+    if (m.task === "embedding") {
+      const b = m.metrics?.before;
+      const a = m.metrics?.after;
+      if (Number.isFinite(b?.accuracy) && Number.isFinite(a?.accuracy)) return `held-out recall@1 ${formatPercent(b.accuracy)} → ${formatPercent(a.accuracy)}, MRR ${b.mrr?.toFixed(3)} → ${a.mrr?.toFixed(3)}`;
+    }
     if (m.task === "classification") {
       const b = m.metrics?.before?.accuracy;
       const a = m.metrics?.after?.accuracy;
@@ -143,6 +159,7 @@ export function createAdaptersPanel(section, { onLoad, onLoadUrl, onUse, onConti
     const details = [
       `r ${m.lora?.r ?? "?"}, alpha ${m.lora?.lora_alpha ?? "?"}${m.lora?.target_modules?.length ? ` on ${m.lora.target_modules.join(", ")}` : ""}`,
       Array.isArray(m.labels) ? `classifies ${m.labels.join(" / ")}` : null,
+      m.task === "embedding" ? `embeds sentences${m.pooling ? ` (${m.pooling} pooling)` : ""}` : null,
       m.dataset ? `${m.dataset.name} (${formatInt(m.dataset.size)} bytes)` : null,
       m.steps != null ? `${m.steps} steps${m.cancelled ? " (stopped early)" : ""}` : null,
       new Date(m.created_at).toLocaleString(),
@@ -156,8 +173,9 @@ export function createAdaptersPanel(section, { onLoad, onLoadUrl, onUse, onConti
         "div",
         { class: "buttons" },
         el("button", { type: "button", "data-testid": "adapter-use", "data-unfit": String(!m.fits), onclick: () => onUse(m.name) }, "Use"),
-        // A classifier starts a run from its merged model, not from an adapter (the wasm job refuses it).
-        m.task === "classification" ? null : el("button", { type: "button", "data-testid": "adapter-continue", "data-quiet": "true", "data-unfit": String(!m.fits), title: "Start the next fine-tuning run from this adapter", onclick: () => onContinue(m.name) }, "Continue training"),
+        // An encoder's adapter (a classifier's, an embedder's) cannot be trained further: the
+        // wasm job continues only a causal LM's factors.
+        m.task === "classification" || m.task === "embedding" ? null : el("button", { type: "button", "data-testid": "adapter-continue", "data-quiet": "true", "data-unfit": String(!m.fits), title: "Start the next fine-tuning run from this adapter", onclick: () => onContinue(m.name) }, "Continue training"),
         el("button", { type: "button", "data-testid": "adapter-download", "data-quiet": "true", onclick: () => onDownload(m.name) }, "Download"),
         rename,
         el("button", { type: "button", "data-testid": "adapter-rename", "data-quiet": "true", onclick: () => rename.value.trim() && rename.value.trim() !== m.name && onRename(m.name, rename.value.trim()) }, "Rename"),
@@ -181,10 +199,26 @@ export function createAdaptersPanel(section, { onLoad, onLoadUrl, onUse, onConti
     compareChoices.replaceChildren(
       el("legend", {}, "Models"),
       box("base", "Base model", "base"),
-      ...adapters.filter((m) => m.fits).map((m) => box(`adapter:${m.name}`, m.name, "adapter")),
+      ...adapters.filter(comparable).map((m) => box(`adapter:${m.name}`, m.name, "adapter")),
     );
+    // Say why an encoder's other adapters are missing from the choice.
+    const other = adapters.filter((m) => m.fits && !comparable(m)).length;
+    compareHelp.textContent =
+      HELP[task] +
+      (other === 0 ? "" : task === "embedding" ? ` ${other} classifier adapter(s) are compared once a labelled dataset is checked.` : ` ${other} sentence-embedding adapter(s) are compared once a dataset of sentence pairs is checked.`);
     compareChoices.dispatchEvent(new Event("change"));
     syncButtons();
+  }
+
+  function similarityCell(r) {
+    const scored = Number.isFinite(r.accuracy) ? `held-out recall@1 ${formatPercent(r.accuracy)}, MRR ${r.mrr?.toFixed(3)}` : r.similarity == null && !r.error ? "" : "no dataset of pairs checked: no held-out recall";
+    return el(
+      "div",
+      { class: "compare-cell", "data-testid": "compare-cell", "data-model": r.model },
+      el("h3", {}, r.label),
+      el("p", { class: "generated", "data-testid": "compare-text", "data-similarity": r.similarity ?? "" }, r.error ? `Failed: ${r.error.message}` : Number.isFinite(r.similarity) ? `cosine ${r.similarity.toFixed(3)}` : "…"),
+      el("p", { class: "help", "data-testid": "compare-loss" }, scored),
+    );
   }
 
   function classCell(r) {
@@ -216,19 +250,30 @@ export function createAdaptersPanel(section, { onLoad, onLoadUrl, onUse, onConti
       canAct = can;
       syncButtons();
     },
-    /** The loaded model's kind: "encoder" adapters classify, others continue text. */
-    setTask(kind) {
-      task = kind === "encoder" ? "encoder" : "causal_lm";
+    /**
+     * What the compare view asks: "causal_lm" (continue text), "classification" (classify a
+     * text) or "embedding" (two texts' similarity).
+     */
+    setTask(next) {
+      const chosen = next === "embedding" || next === "classification" ? next : "causal_lm";
+      if (chosen === task) return;
+      task = chosen;
       syncTask();
+      render();
     },
     /**
      * Compare results (a cell may still be pending): [{model, label, text, error, loss,
      * perplexity}] for generation, [{model, label, predicted: {label, probs, labels}, error,
-     * accuracy, loss}] for classification.
+     * accuracy, loss}] for classification, [{model, label, similarity, error, accuracy, mrr}]
+     * for sentence embeddings.
      */
     compared(rows) {
-      if (task === "encoder") {
+      if (task === "classification") {
         compareOut.replaceChildren(...rows.map(classCell));
+        return;
+      }
+      if (task === "embedding") {
+        compareOut.replaceChildren(...rows.map(similarityCell));
         return;
       }
       compareOut.replaceChildren(

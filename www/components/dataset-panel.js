@@ -1,8 +1,9 @@
 // "Dataset" panel: choose a file (.jsonl, .json, .csv, .tsv, .txt) or a sample dataset, choose
 // what to do with bad records, the sequence length and the validation share; then the report
-// (format, detected schema, examples kept and skipped with reasons, issues with file:line, labels,
-// token lengths) and a preview of the first training examples with the tokens that count in the
-// loss highlighted. The file is read in this tab and never leaves the machine.
+// (format, detected schema, the task it makes for the loaded model, examples kept and skipped
+// with reasons, issues with file:line, labels, token lengths) and a preview of the first training
+// examples with the tokens that count in the loss highlighted (a pair's two texts side by side).
+// The file is read in this tab and never leaves the machine.
 
 import { el, formatBytes, formatHeldOut, formatInt } from "../lib/format.js";
 
@@ -14,6 +15,13 @@ const SCHEMA_NAMES = {
   chat: "chat messages",
   classification: "text → label",
   labeled: "text → label",
+  sentence_pairs: "sentence pairs",
+};
+// What the loaded model learns from the file: an encoder's task follows the data.
+const TASK_NAMES = {
+  causal: "text → language model (predicts the next tokens)",
+  classification: "text → label (a classifier)",
+  embedding: "sentence pairs → embeddings (each text learns to find its partner)",
 };
 
 /**
@@ -123,7 +131,12 @@ export function createDatasetPanel(section, { samples, onFile, onSample, onInspe
       { class: "dropzone" },
       el("div", { class: "field" }, el("label", { for: "dataset-file" }, "Dataset file"), fileInput),
       el("div", { class: "field" }, el("label", { for: "dataset-sample" }, "Sample dataset"), el("div", { class: "buttons" }, sampleSelect, sampleButton)),
-      el("p", { class: "help" }, "JSON Lines, JSON, CSV, TSV or plain text. Fields are detected: text; prompt/completion (or input/output, question/answer, prompt/response); Alpaca; chat messages; text/label."),
+      el(
+        "p",
+        { class: "help" },
+        "JSON Lines, JSON, CSV, TSV or plain text. Fields are detected: text; prompt/completion (or input/output, question/answer, prompt/response); Alpaca; chat messages; text/label; " +
+          "sentence pairs (anchor/positive, sentence1/sentence2, query/positive, text1/text2). An encoder (MiniLM) learns a classifier from text/label and sentence embeddings from pairs, questions and answers included.",
+      ),
     ),
     el(
       "div",
@@ -177,6 +190,7 @@ export function createDatasetPanel(section, { samples, onFile, onSample, onInspe
         stat("File", `${r.file} (${formatBytes(r.bytes)})`, "report-file"),
         stat("Format", `${FORMAT_NAMES[r.format] ?? r.format}${r.encoding && r.encoding !== "utf-8" ? ` (${r.encoding})` : ""}`, "report-format"),
         stat("Schema", `${SCHEMA_NAMES[kind] ?? kind} (${schema.detected ? "detected" : "chosen"})`, "report-schema"),
+        ...(result.task ? stat("Task", TASK_NAMES[result.task] ?? result.task, "report-task") : []),
         ...(r.text_mode ? stat("Read as", `${r.text_mode.reason}${r.text_mode.detected ? " (detected)" : ""}`, "report-text-mode") : []),
         stat("Records", formatInt(r.records), "report-records"),
         stat(
@@ -284,12 +298,38 @@ export function createDatasetPanel(section, { samples, onFile, onSample, onInspe
     report.hidden = false;
   }
 
+  /** A pair's anchor and positive as the encoder reads them (every token counts: no highlight). */
+  function renderPairs(rows) {
+    // WordPiece: a token that continues a word ("##ing") follows it directly, others after a space.
+    const side = (tokens, testid) =>
+      el(
+        "span",
+        { class: "pair-side", "data-testid": testid },
+        tokens.flatMap((t, i) => [i > 0 && !t.text.startsWith("##") ? " " : null, el("span", { class: "tok", title: `token ${t.id}` }, t.text)]),
+      );
+    preview.replaceChildren(
+      el("h3", {}, "What the model sees"),
+      el("p", { class: "help" }, "Each pair as the encoder reads it: a text, then the text it should come closest to. The other pairs of a batch are its negatives."),
+      ...rows.map((row, i) =>
+        el(
+          "div",
+          { class: "preview-example pair", "data-testid": "preview-example", "data-kind": "pair", "aria-label": `Training pair ${i + 1}`, tabindex: 0 },
+          side(row.tokens, "preview-anchor"),
+          el("span", { class: "pair-sep", "aria-label": "pairs with" }, " ≈ "),
+          side(row.positive ?? [], "preview-positive"),
+        ),
+      ),
+    );
+    preview.hidden = false;
+  }
+
   function renderPreview(result) {
     const rows = result.preview ?? [];
     if (!rows.length) {
       preview.hidden = true;
       return;
     }
+    if (result.task === "embedding") return renderPairs(rows);
     preview.replaceChildren(
       el("h3", {}, "What the model sees"),
       el("p", { class: "help" }, el("mark", { class: "tok counts" }, "Highlighted"), " tokens count in the loss (the model learns to predict them); the others are context."),

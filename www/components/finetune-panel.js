@@ -2,33 +2,58 @@
 // batch size; Start, Pause/Resume and Stop; the current phase, a progress bar with step, loss, learning rate,
 // tokens/s and ETA; and a live chart of the training loss with validation-loss points.
 
+import { PRESETS as JOB_PRESETS } from "../webtune.js";
 import { el, formatBytes, formatDuration, formatInt, formatLoss, formatLr, formatMs } from "../lib/format.js";
 import { createLossChart } from "./loss-chart.js";
 
-// Per model kind, chosen by a sweep on the bundled samples (docs/defaults.md). LoRA on SmolLM2:
+// Sentence embeddings take their presets from the API's table (webtune.js PRESETS), so the page
+// and embedders train the same runs and the numbers live in one place.
+const EMBEDDING = { quick: JOB_PRESETS["quick-demo"].embedding, balanced: JOB_PRESETS.balanced.embedding, thorough: JOB_PRESETS.thorough.embedding };
+// Per task, chosen by a sweep on the bundled samples (docs/defaults.md). LoRA on SmolLM2:
 // 2e-4 moves held-out perplexity by 4% in 20 steps, 2e-3 by 26% (Shakespeare) and 29% (Q&A),
 // and keeps gaining at 60 steps (39%, 38%). A new classification head on MiniLM: 5e-3 (+42
-// accuracy points in 60 steps, three passes); 1e-2 collapses to one class.
-const DEFAULT_LR = { causal_lm: { lora: 2e-3, full: 5e-5 }, encoder: { lora: 5e-3, full: 1e-4 } };
+// accuracy points in 60 steps, three passes); 1e-2 collapses to one class. Full fine-tuning of
+// an embedder: sentence-transformers' default rate.
+const DEFAULT_LR = {
+  causal: { lora: 2e-3, full: 5e-5 },
+  classification: { lora: 5e-3, full: 1e-4 },
+  embedding: { lora: EMBEDDING.balanced.train.lr, full: 2e-5 },
+};
 // What the presets gave on the bundled samples (LoRA, default rate; docs/defaults.md), shown
 // under the preset choice so the result can be judged against it.
 const EXPECTED = {
-  causal_lm:
+  causal:
     "Measured with SmolLM2-135M on the bundled samples: the quick demo lowers held-out perplexity by 26% (Shakespeare) and 29% (Q&A), balanced by 39% and 38%.",
-  encoder: "Measured with MiniLM on the sentiment sample: the quick demo (60 steps) adds 42 points of held-out accuracy; more passes do not add more on 200 reviews.",
+  classification: "Measured with MiniLM on the sentiment sample: the quick demo (60 steps) adds 42 points of held-out accuracy; more passes do not add more on 200 reviews.",
+  embedding:
+    "Sentence pairs teach the encoder's embeddings: each held-out text searches all the held-out partners, and the results compare how often its own partner comes first (recall@1) before and after.",
 };
-const DEFAULT_BATCH = { causal_lm: 4, encoder: 8 };
+const DEFAULT_BATCH = { causal: 4, classification: 8, embedding: EMBEDDING.balanced.batch_size };
 // Presets: how long to train (passes over the training batches, capped) and the LoRA size. The
-// learning rate stays the kind's default: it is what most often ruins a run (MiniLM collapses to
+// learning rate stays the task's default: it is what most often ruins a run (MiniLM collapses to
 // one class at 1e-2). "balanced" is what the page starts with. A classifier's new head needs
 // about three passes (MiniLM on the 200-review sample, 40 held out: 30 steps +17.5 points, no
 // verdict; 45 steps +37.5; 60 +42.5; 100 +35), which take under a minute in the page, so the
-// quick demo makes them too.
+// quick demo makes them too. An embedder's steps, batch, rank and warmup are EMBEDDING's.
 const PRESETS = {
-  quick: { label: "Quick demo (a few minutes)", epochs: { causal_lm: 0.5, encoder: 3 }, cap: { causal_lm: 20, encoder: 60 }, rank: 8 },
-  balanced: { label: "Balanced (default)", epochs: { causal_lm: 1, encoder: 3 }, cap: { causal_lm: 60, encoder: 300 }, rank: 8 },
-  thorough: { label: "Thorough (longer, larger adapters)", epochs: { causal_lm: 3, encoder: 5 }, cap: { causal_lm: 300, encoder: 500 }, rank: 16 },
+  quick: { label: "Quick demo (a few minutes)", epochs: { causal: 0.5, classification: 3 }, cap: { causal: 20, classification: 60, embedding: 60 }, rank: 8 },
+  balanced: { label: "Balanced (default)", epochs: { causal: 1, classification: 3 }, cap: { causal: 60, classification: 300, embedding: 300 }, rank: 8 },
+  thorough: { label: "Thorough (longer, larger adapters)", epochs: { causal: 3, classification: 5 }, cap: { causal: 300, classification: 500, embedding: 500 }, rank: 16 },
 };
+
+/** The training steps preset `name` gives `task` on `batches` training batches. */
+function presetSteps(name, task, batches) {
+  const job = task === "embedding" ? EMBEDDING[name].train : null;
+  if (job?.steps) return job.steps;
+  const epochs = job?.epochs ?? PRESETS[name].epochs[task];
+  return Math.max(1, Math.min(PRESETS[name].cap[task], Math.ceil(batches * epochs)));
+}
+
+/** Preset `name`'s batch size and LoRA rank for `task`. */
+function presetShape(name, task) {
+  const job = task === "embedding" ? EMBEDDING[name] : null;
+  return { batch: job?.batch_size ?? DEFAULT_BATCH[task], rank: job?.train?.lora_r ?? PRESETS[name].rank };
+}
 const PHASES = {
   data: "Reading the dataset",
   samples: "Evaluating and writing sample answers",
@@ -71,8 +96,11 @@ export function createFinetunePanel(
     el("option", { value: "full" }, "Full (every weight)"),
   );
   const steps = number("ft-steps", "Training steps", 30, { min: 1, step: 1, inputmode: "numeric" });
+  // The loaded model ("causal_lm" or "encoder") and what it learns from the checked data
+  // ("causal", "classification" or "embedding": an encoder's follows the data).
   let kind = "causal_lm";
-  const lr = number("ft-lr", "Fine-tune learning rate", DEFAULT_LR[kind].lora, { min: 0, step: "any", inputmode: "decimal" });
+  let task = "causal";
+  const lr = number("ft-lr", "Fine-tune learning rate", DEFAULT_LR[task].lora, { min: 0, step: "any", inputmode: "decimal" });
   const rank = number("ft-lora-r", "LoRA rank", 8, { min: 1, step: 1, inputmode: "numeric" });
   const alpha = number("ft-lora-alpha", "LoRA alpha", 16, { min: 0, step: "any", inputmode: "decimal" });
   const batch = number("ft-batch-size", "Batch size", 4, { min: 1, step: 1, inputmode: "numeric" });
@@ -121,26 +149,39 @@ export function createFinetunePanel(
     alpha.wrap.hidden = !lora;
     baseQuantWrap.hidden = !lora;
     initAdapterWrap.hidden = !lora || initAdapter.options.length < 2;
-    if (lr.field.dataset.touched !== "true") lr.field.value = String(DEFAULT_LR[kind][method.value]);
+    if (lr.field.dataset.touched !== "true") lr.field.value = String(DEFAULT_LR[task][method.value]);
   });
-  // Training batches of the checked dataset (the default steps follow it), or null.
+  // Training batches of the checked dataset at the batch size it was checked with (the default
+  // steps follow them), or null.
   let trainBatches = null;
+  let checkedBatch = null;
+  /** Training batches at the batch size in the field now (a preset may have changed it since the check). */
+  function batchesNow() {
+    const b = batch.field.valueAsNumber;
+    return Number.isFinite(checkedBatch) && b > 0 ? Math.ceil((trainBatches * checkedBatch) / b) : trainBatches;
+  }
   /** Put the preset's values into the fields the user has not typed into. */
   function applyPreset() {
-    const p = PRESETS[preset.value];
-    if (!p) return;
-    if (steps.field.dataset.touched !== "true" && Number.isFinite(trainBatches)) {
-      steps.field.value = String(Math.max(1, Math.min(p.cap[kind], Math.ceil(trainBatches * p.epochs[kind]))));
-    }
-    if (rank.field.dataset.touched !== "true") rank.field.value = String(p.rank);
-    if (alpha.field.dataset.touched !== "true") alpha.field.value = String(2 * p.rank);
+    if (!PRESETS[preset.value]) return;
+    const shape = presetShape(preset.value, task);
+    if (batch.field.dataset.touched !== "true") batch.field.value = String(shape.batch);
+    if (steps.field.dataset.touched !== "true" && Number.isFinite(trainBatches)) steps.field.value = String(presetSteps(preset.value, task, batchesNow()));
+    if (rank.field.dataset.touched !== "true") rank.field.value = String(shape.rank);
+    if (alpha.field.dataset.touched !== "true") alpha.field.value = String(2 * shape.rank);
+  }
+  /** The data decided what the model learns: defaults follow the task. */
+  function setTask(next) {
+    task = next;
+    expected.textContent = EXPECTED[task];
+    if (lr.field.dataset.touched !== "true") lr.field.value = String(DEFAULT_LR[task][method.value]);
+    if (batch.field.dataset.touched !== "true") batch.field.value = String(DEFAULT_BATCH[task]);
+    applyPreset();
   }
   preset.addEventListener("change", () => {
     if (preset.value === "custom") return;
     // Choosing a preset replaces the typed values: that is what the choice means.
     for (const f of [steps.field, rank.field, alpha.field, lr.field, batch.field]) delete f.dataset.touched;
-    lr.field.value = String(DEFAULT_LR[kind][method.value]);
-    batch.field.value = String(DEFAULT_BATCH[kind]);
+    lr.field.value = String(DEFAULT_LR[task][method.value]);
     applyPreset();
   });
 
@@ -218,7 +259,7 @@ export function createFinetunePanel(
   const result = el("p", { class: "result", "data-testid": "ft-result" }, "No fine-tuning yet.");
   const estimate = el("p", { class: "help", "data-testid": "ft-memory-estimate", hidden: true });
 
-  const expected = el("p", { class: "help", "data-testid": "ft-expected" }, EXPECTED[kind]);
+  const expected = el("p", { class: "help", "data-testid": "ft-expected" }, EXPECTED[task]);
   section.append(
     el("h2", { id: "finetune-title" }, "Fine-tune"),
     el(
@@ -226,7 +267,9 @@ export function createFinetunePanel(
       { id: "ft-help", class: "help" },
       "LoRA trains small low-rank adapters next to the frozen weights (fast, little memory); full fine-tuning changes every weight. " +
         "Presets choose how long to train: a quick demo (half a pass over the training examples, at most 20 steps; for a classifier three passes, at most 60), " +
-        "balanced (one pass, at most 60; a classifier three passes, at most 300) or thorough (three passes and larger adapters, at most 300; a classifier five passes, at most 500).",
+        "balanced (one pass, at most 60; a classifier three passes, at most 300) or thorough (three passes and larger adapters, at most 300; a classifier five passes, at most 500). " +
+        `Sentence pairs (an encoder learning embeddings) train in batches of ${EMBEDDING.balanced.batch_size} or more, the other pairs of a batch being each text's wrong answers: ` +
+        `a quick demo of ${EMBEDDING.quick.train.steps} steps, balanced one pass, thorough three passes with larger adapters (at least 2 pairs per batch).`,
     ),
     expected,
     form,
@@ -251,8 +294,11 @@ export function createFinetunePanel(
     };
     put("steps", steps.field, true);
     put("lr", lr.field, false);
-    // A new head starts from random weights: warm up over the first tenth of the run.
-    if (kind === "encoder" && Number.isFinite(out.steps)) out.warmup = Math.floor(out.steps / 10);
+    // A new head starts from random weights: warm up over the first tenth of the run. An
+    // embedder warms up as its preset says (a tenth of the run with your own settings).
+    const presetWarmup = task === "embedding" ? EMBEDDING[preset.value]?.train.warmup : undefined;
+    if (presetWarmup !== undefined) out.warmup = presetWarmup;
+    else if (kind === "encoder" && Number.isFinite(out.steps)) out.warmup = Math.floor(out.steps / 10);
     if (checkpointing.checked) out.gradient_checkpointing = true;
     if (method.value === "lora") {
       put("lora_r", rank.field, true);
@@ -278,9 +324,9 @@ export function createFinetunePanel(
     epoch.value.textContent = Number.isFinite(p.epoch) ? p.epoch.toFixed(2) : "–";
     loss.value.textContent = formatLoss(p.loss);
     rate.value.textContent = formatLr(p.lr);
-    // Classification steps count examples, causal ones tokens.
+    // Classification steps count examples, embedding steps pairs, causal ones tokens.
     const perExample = Number.isFinite(p.examples_per_s) && !Number.isFinite(p.tokens_per_s);
-    speed.value.textContent = perExample ? `${p.examples_per_s.toFixed(1)} ex/s` : formatInt(p.tokens_per_s);
+    speed.value.textContent = perExample ? `${p.examples_per_s.toFixed(1)} ${task === "embedding" ? "pairs" : "ex"}/s` : formatInt(p.tokens_per_s);
     eta.value.textContent = formatDuration(p.eta_s);
     memory.wrap.hidden = p.memory_bytes == null;
     if (p.memory_bytes != null) memory.value.textContent = formatBytes(p.memory_bytes);
@@ -310,9 +356,10 @@ export function createFinetunePanel(
       initAdapterWrap.hidden = method.value !== "lora" || initAdapter.options.length < 2;
       initAdapter.dispatchEvent(new Event("change"));
     },
-    /** The loaded model changed: defaults follow its kind (causal LM or encoder). */
+    /** The loaded model changed: defaults follow its kind (causal LM or encoder; an encoder classifies until its data say otherwise). */
     setModel(info) {
       kind = info?.kind === "encoder" ? "encoder" : "causal_lm";
+      task = kind === "encoder" ? "classification" : "causal";
       // A base loaded quantized (Model panel) trains only with LoRA, in its own precision.
       const loaded = info?.compact?.quant ?? null;
       baseQuant.disabled = loaded !== null;
@@ -324,10 +371,7 @@ export function createFinetunePanel(
         method.value = "lora";
         method.dispatchEvent(new Event("change"));
       }
-      expected.textContent = EXPECTED[kind];
-      if (lr.field.dataset.touched !== "true") lr.field.value = String(DEFAULT_LR[kind][method.value]);
-      if (batch.field.dataset.touched !== "true") batch.field.value = String(DEFAULT_BATCH[kind]);
-      applyPreset();
+      setTask(task);
     },
     /** Choose a preset ("quick", "balanced", "thorough"), as the select does. */
     setPreset(name) {
@@ -336,8 +380,11 @@ export function createFinetunePanel(
       preset.dispatchEvent(new Event("change"));
       return true;
     },
-    /** A dataset was checked: the default steps become one epoch (2.5 for a classifier; at most 60). */
-    dataset(inspected) {
+    /**
+     * A dataset was checked (with the job configuration `checked`): the task and the default
+     * steps follow it (the preset's passes over its training batches).
+     */
+    dataset(inspected, checked = null) {
       const m = inspected?.memory;
       estimate.hidden = !m;
       if (m) {
@@ -347,8 +394,16 @@ export function createFinetunePanel(
           (inspected.memory_problem ? `. It will not fit: ${inspected.memory_problem}` : ".");
         estimate.dataset.fits = inspected.memory_problem ? "false" : "true";
       }
-      if (Number.isFinite(inspected?.train_batches)) trainBatches = inspected.train_batches;
-      applyPreset();
+      if (Number.isFinite(inspected?.train_batches)) {
+        trainBatches = inspected.train_batches;
+        checkedBatch = Number.isFinite(checked?.batch_size) ? checked.batch_size : null;
+      }
+      if (inspected?.task && inspected.task !== task) setTask(inspected.task);
+      else applyPreset();
+    },
+    /** What the checked data make the model learn ("causal", "classification" or "embedding"). */
+    get task() {
+      return task;
     },
     /** The job configuration's training part, from the controls. */
     config,
@@ -425,7 +480,8 @@ export function createFinetunePanel(
         ` · train loss ${formatLoss(first)} → ${formatLoss(final)}` +
         ` · ${formatInt(s.trainable_params)} of ${formatInt(s.total_params)} parameters trained` +
         ` · ${formatMs(s.median_step_ms)}/step (median; first ${formatMs(s.first_step_ms)}) · ` +
-        (Number.isFinite(s.tokens_per_s) ? `${formatInt(s.tokens_per_s)} tokens/s` : `${(s.examples_per_s ?? 0).toFixed(1)} examples/s`);
+        // Tasks that count examples report examples_per_s (their tokens_per_s counts nothing).
+        (Number.isFinite(s.examples_per_s) ? `${s.examples_per_s.toFixed(1)} ${r.task === "embedding" ? "pairs" : "examples"}/s` : `${formatInt(s.tokens_per_s)} tokens/s`);
     },
     fail(error) {
       render();

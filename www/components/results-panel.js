@@ -6,7 +6,10 @@
 // HTML report (lib/report-html.js), so both say the same thing.
 // For a classifier (an encoder fine-tuned on labelled data): accuracy, macro-F1 and loss, F1 per
 // class, both confusion matrices, the held-out examples whose prediction changed, and a box to
-// try a sentence on both models (plus sentence similarity before/after).
+// try a sentence on both models (plus sentence similarity before/after). For sentence
+// embeddings (an encoder fine-tuned on pairs): retrieval on the held-out pairs — recall@1, mean
+// reciprocal rank, the cosine of a pair against the others' — the anchors whose best match
+// changed, and a box that measures two texts' similarity with both models.
 
 import { el, formatBytes, formatHeldOut, formatInt, formatLoss, formatPercent } from "../lib/format.js";
 
@@ -40,6 +43,10 @@ export const MIN_UNITS = 6;
 const relative = (x) => signed(x * 100);
 /** A change of a rate in 0..1 as signed points: "+23.3 pts". */
 const pointsOf = (x) => `${x >= 0 ? "+" : "−"}${Math.abs(x * 100).toFixed(1)} pts`;
+/** An absolute change with `digits` decimals: "+0.123", "−0.0456". */
+const difference = (digits) => (x) => (Number.isFinite(x) ? `${x >= 0 ? "+" : "−"}${Math.abs(x).toFixed(digits)}` : "–");
+/** A figure with three decimals (MRR, a cosine). */
+const three = (x) => (Number.isFinite(x) ? x.toFixed(3) : "–");
 
 /**
  * The 95% intervals of a result's before/after figures, by metric key: `{before, after}` are
@@ -57,6 +64,15 @@ export function intervalsOf(result) {
       accuracy: of(c.accuracy_before, c.accuracy_after, c.accuracy_change, pointsOf),
       macro_f1: of(c.macro_f1_before, c.macro_f1_after, c.macro_f1_change, pointsOf),
       loss: of(c.loss_before, c.loss_after, c.loss_change, relative),
+    };
+  }
+  // Retrieval's changes are differences (after − before), the loss's too.
+  if (result.task === "embedding") {
+    return {
+      accuracy: of(c.accuracy_before, c.accuracy_after, c.accuracy_change, pointsOf),
+      mrr: of(c.mrr_before, c.mrr_after, c.mrr_change, difference(3)),
+      loss: of(c.loss_before, c.loss_after, c.loss_change, difference(4)),
+      positive_cosine: of(c.positive_cosine_before, c.positive_cosine_after, null, difference(3)),
     };
   }
   return {
@@ -77,6 +93,7 @@ export function changeInterval(change, fmt) {
  * change, whatever the two point estimates say.
  */
 export function verdictFor(result) {
+  if (result.task === "embedding") return retrievalVerdict(result);
   return result.task === "classification" ? classVerdict(result) : verdictText(result);
 }
 
@@ -112,6 +129,24 @@ function classVerdict(result) {
   return { text: `No clear change: ${accuracy}; validation loss ${formatLoss(before.loss)} → ${formatLoss(after.loss)}. ${why}${chance}${stopped}`, outcome: "same" };
 }
 
+function retrievalVerdict(result) {
+  const { before, after, summary, comparison: c } = result;
+  if (!before || !after) return { text: "There were no held-out pairs to evaluate, so there is no before/after comparison.", outcome: "none" };
+  const stopped = summary.cancelled ? ` Training was stopped after ${formatInt(summary.steps)} steps.` : "";
+  const change = c?.accuracy_change;
+  const n = c?.pairs ?? after.pairs;
+  const units = `${formatInt(n)} held-out pairs`;
+  const ci = change?.interval ? `; 95% interval ${changeInterval(change, pointsOf)} over ${units}` : "";
+  const recall = `held-out recall@1 ${percent(before.accuracy)} → ${percent(after.accuracy)} (${points(before.accuracy, after.accuracy)}${ci})`;
+  const mrr = `MRR ${three(before.mrr)} → ${three(after.mrr)}`;
+  const search = ` Each of the ${formatInt(n)} held-out texts searched all ${formatInt(n)} partners; recall@1 is how often its own came first.`;
+  const outcome = change?.outcome ?? "same";
+  if (outcome === "better") return { text: `Fine-tuning helped: ${recall}, ${mrr}.${search}${stopped}`, outcome };
+  if (outcome === "worse") return { text: `Fine-tuning made retrieval worse: ${recall}, ${mrr}. Try a lower learning rate or fewer steps.${stopped}`, outcome };
+  const why = change?.interval ? "The interval includes no change. Try more steps, a higher learning rate or more held-out pairs." : tooFew(units);
+  return { text: `No clear change: ${recall}; ${mrr}. ${why}${search}${stopped}`, outcome: "same" };
+}
+
 function verdictText(result) {
   const { before, after, summary, comparison: c } = result;
   if (!before || !after) return { text: "There were no held-out examples to evaluate, so there is no before/after comparison.", outcome: "none" };
@@ -140,6 +175,21 @@ function verdictText(result) {
   const moved = Math.abs(move) < 0.05 ? "stayed the same" : `${move < 0 ? "fell" : "rose"} ${Math.abs(move).toFixed(1)}%`;
   const why = change?.interval ? "The interval includes no change. Try more steps, a higher learning rate or more held-out data." : tooFew(units);
   return { text: `No clear change: validation loss ${moved}${ci} (${figures}). ${why}${stopped}`, outcome: "same" };
+}
+
+/** How to use the merged folder whose files are `merged` ("merged/…" names). */
+function mergedHelp(merged) {
+  if (merged.includes("merged/modules.json")) {
+    // Saved files are named after their path ("webtune-merged-1_Pooling-config.json").
+    return (
+      "A sentence-transformers folder: put these files in one folder, 1_Pooling/config.json in its subfolder 1_Pooling, " +
+      "and load it with SentenceTransformer(folder); transformers' AutoModel reads it as a plain BERT encoder."
+    );
+  }
+  if (merged.includes("merged/modeling_webtune.py")) {
+    return "Put these files in one folder. The classifier was trained on mean or CLS pooling, which transformers' own BERT head does not do, so modeling_webtune.py comes with it: load it with AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True) to get the predictions seen here (webtune reads it as it is).";
+  }
+  return "Put these files in one folder: it loads like the base model (transformers, webtune).";
 }
 
 /**
@@ -254,6 +304,106 @@ export function createResultsPanel(section, { onDownload, onClassify, onSimilari
       ),
     );
     table.hidden = false;
+  }
+
+  /** Retrieval before/after: rates and MRR change by difference, as the job judges them. */
+  function renderRetrievalTable(result) {
+    const { before, after } = result;
+    const intervals = intervalsOf(result);
+    const row = (label, key, fmt, testid, { higherBetter = true, change: changeFmt = difference(3) } = {}) => {
+      const b = before?.[key];
+      const a = after?.[key];
+      const both = Number.isFinite(b) && Number.isFinite(a);
+      const better = both && a !== b && higherBetter !== null ? String(higherBetter ? a > b : a < b) : "";
+      const info = intervals[key];
+      return el("tr", {}, el("th", { scope: "row" }, label), figure(fmt(b), `${testid}-before`, info?.before, fmt), figure(fmt(a), `${testid}-after`, info?.after, fmt), cell(both ? changeFmt(a - b) : "–", `${testid}-change`, { "data-better": better }), intervalCell(info, testid));
+    };
+    const n = after?.pairs ?? before?.pairs;
+    table.replaceChildren(
+      el(
+        "caption",
+        {},
+        `Held-out pairs (${heldOutText(result)}${formatInt(n)} pairs scored: each text searches all ${formatInt(n)} partners by cosine similarity; ` +
+          "recall@1 and MRR: higher is better; 95% intervals: Wilson for recall@1, a bootstrap over the pairs otherwise)",
+      ),
+      el("thead", {}, el("tr", {}, el("th", {}, ""), el("th", { scope: "col" }, "Base model"), el("th", { scope: "col" }, "Fine-tuned"), el("th", { scope: "col" }, "Change"), el("th", { scope: "col" }, "95% interval of the change"))),
+      el(
+        "tbody",
+        {},
+        row("Recall@1 (its own partner ranks first)", "accuracy", percent, "recall", { change: pointsOf }),
+        row("Mean reciprocal rank", "mrr", three, "mrr"),
+        row("Cosine of a pair", "positive_cosine", three, "pair-cosine"),
+        // Lower is better only together with the pair's: both may rise, so no colour.
+        row("Cosine with the other partners", "negative_cosine", three, "other-cosine", { higherBetter: null }),
+        row("Validation loss (contrastive)", "loss", formatLoss, "val-loss", { higherBetter: false, change: difference(4) }),
+      ),
+    );
+    table.hidden = false;
+  }
+
+  /** The held-out texts whose best match changed: fixed first, as the job lists them. */
+  function renderRetrievalChanges(result) {
+    const changed = result.changed ?? [];
+    const found = (r, testid) =>
+      el(
+        "td",
+        { "data-testid": testid, "data-rank": String(r?.rank ?? "") },
+        r?.rank === 1 ? "its own partner" : (r?.text ?? "–"),
+        el("small", { class: "ci" }, r ? ` (partner ranked ${formatInt(r.rank)}, cosine ${three(r.cosine)})` : ""),
+      );
+    const list = changed.length
+      ? el(
+          "table",
+          { class: "side-by-side", "data-testid": "changed" },
+          el("caption", {}, `Held-out texts whose best match changed: ${formatInt(result.fixed)} fixed, ${formatInt(result.broken)} broken${result.changed_total > changed.length ? ` (first ${changed.length} of ${result.changed_total} shown)` : ""}`),
+          el("thead", {}, el("tr", {}, ["", "Text", "Its partner", "Base model ranked first", "Fine-tuned ranked first"].map((h) => el("th", { scope: "col" }, h)))),
+          el(
+            "tbody",
+            {},
+            changed.map((c) =>
+              el(
+                "tr",
+                { "data-testid": "changed-row", "data-status": c.status, title: c.source },
+                el("td", {}, c.status),
+                el("td", { "data-testid": "changed-anchor" }, c.anchor),
+                el("td", {}, c.positive),
+                found(c.before, "changed-before"),
+                found(c.after, "changed-after"),
+              ),
+            ),
+          ),
+        )
+      : el("p", { class: "help" }, "No held-out text's best match changed.");
+    classes.replaceChildren(el("h3", {}, "What changed"), list);
+    classes.hidden = false;
+  }
+
+  /** Two texts' cosine similarity with the base and the fine-tuned embedder. */
+  function renderSimilarity(result) {
+    if (!onSimilarity) return;
+    const a = el("input", { type: "text", "data-testid": "sim-a", "aria-label": "First text", placeholder: "A question, say" });
+    const b = el("input", { type: "text", "data-testid": "sim-b", "aria-label": "Second text", placeholder: "An answer to it" });
+    const out = el("p", { "data-testid": "sim-out", role: "status", "aria-live": "polite" });
+    const run = async () => {
+      out.textContent = "Comparing…";
+      delete out.dataset.before;
+      delete out.dataset.after;
+      const before = await onSimilarity(a.value, b.value, "base");
+      const after = await onSimilarity(a.value, b.value, "tuned");
+      const value = (r) => r?.result?.similarity;
+      out.textContent = `Cosine similarity: base ${three(value(before))}, fine-tuned ${three(value(after))}.`;
+      // Full precision for scripts; the text rounds.
+      if (Number.isFinite(value(before))) out.dataset.before = String(value(before));
+      if (Number.isFinite(value(after))) out.dataset.after = String(value(after));
+    };
+    const pooled = result.pooling === "cls" ? " (The box pools by the mean; this run trained CLS pooling, so the export's embeddings differ from these.)" : "";
+    tryIt.replaceChildren(
+      el("h3", {}, "Try it"),
+      el("p", { class: "help" }, `Two texts that belong together (a question and its answer) should come closer after fine-tuning, and unrelated ones stay apart: 1 is the same direction, 0 unrelated.${pooled}`),
+      el("form", { class: "row", onsubmit: (e) => (e.preventDefault(), void run()) }, a, b, el("button", { type: "submit", "data-testid": "sim-button" }, "Compare with both")),
+      out,
+    );
+    tryIt.hidden = false;
   }
 
   function matrix(title, labels, m, testid) {
@@ -442,9 +592,7 @@ export function createResultsPanel(section, { onDownload, onClassify, onSimilari
         "Merged model (Hugging Face folder)",
         merged,
         "merged/",
-        merged.includes("merged/modeling_webtune.py")
-          ? "Put these files in one folder. The classifier was trained on mean or CLS pooling, which transformers' own BERT head does not do, so modeling_webtune.py comes with it: load it with AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True) to get the predictions seen here (webtune reads it as it is)."
-          : "Put these files in one folder: it loads like the base model (transformers, webtune).",
+        mergedHelp(merged),
       ),
       group("LoRA adapter (PEFT)", adapter, "adapter/", "Only the adapter weights: load them on top of the base model with PEFT."),
       group("Other files", other, "", null),
@@ -457,11 +605,14 @@ export function createResultsPanel(section, { onDownload, onClassify, onSimilari
     show(result) {
       empty.hidden = true;
       baselineEl.hidden = true;
-      const classification = result.task === "classification";
-      if (classification) {
+      if (result.task === "classification") {
         renderClassTable(result);
         renderClasses(result);
         renderTryIt(result);
+      } else if (result.task === "embedding") {
+        renderRetrievalTable(result);
+        renderRetrievalChanges(result);
+        renderSimilarity(result);
       } else {
         renderTable(result);
         classes.hidden = true;
@@ -491,6 +642,12 @@ export function createResultsPanel(section, { onDownload, onClassify, onSimilari
       baselineEl.dataset.state = "done";
       const n = formatInt(r.validation_examples ?? r.examples);
       const secs = Number.isFinite(r.seconds) ? ` in ${r.seconds.toFixed(1)} s` : "";
+      if (r.task === "embedding") {
+        baselineEl.textContent =
+          `Before fine-tuning, on ${formatInt(r.pairs)} held-out pairs${secs}: recall@1 ${percent(r.accuracy)} (each text's own partner first among all ${formatInt(r.pairs)}), ` +
+          `MRR ${three(r.mrr)}, cosine of a pair ${three(r.positive_cosine)} against ${three(r.negative_cosine)} with the others. Fine-tuning should raise recall@1 and MRR.`;
+        return;
+      }
       baselineEl.textContent =
         r.task === "classification"
           ? `Before fine-tuning, on ${n} held-out examples${secs}: accuracy ${(r.accuracy * 100).toFixed(1)}%, macro-F1 ${r.macro_f1.toFixed(3)}, loss ${formatLoss(r.loss)}. ` +

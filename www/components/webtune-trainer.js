@@ -330,11 +330,10 @@ export class WebtuneTrainer extends HTMLElement {
     else this.#setState("loaded", `Model loaded${this.#tuner.adapter ? `, adapter “${this.#tuner.adapter}” in use` : ""}. Drop a dataset file to continue.`);
   }
 
-  /** The job options: the preset for the model's task. */
-  #options() {
+  /** The job options: the preset for `task` (what the model learns from its data). */
+  #options(task) {
     const preset = this.#option("preset") || "quick-demo";
-    const task = this.#tuner.task ?? "causal";
-    const chosen = PRESETS[preset]?.[task];
+    const chosen = PRESETS[preset]?.[task ?? "causal"];
     if (!chosen) throw new WebtuneError("config.invalid", `Unknown preset ${JSON.stringify(preset)}; choose one of ${Object.keys(PRESETS).join(", ")}.`);
     return chosen;
   }
@@ -360,8 +359,12 @@ export class WebtuneTrainer extends HTMLElement {
   async #check() {
     this.#clearError();
     this.#setState("checking", `Checking ${this.#data.name}…`);
-    const options = this.#options();
-    const result = await this.#tuner.loadDataset({ name: this.#data.name, bytes: this.#data.bytes }, options);
+    const data = { name: this.#data.name, bytes: this.#data.bytes };
+    const task = this.#tuner.task;
+    let result = await this.#tuner.loadDataset(data, this.#options(task));
+    // An encoder learns embeddings from pairs and a classifier from labels: once the check
+    // tells which, check again with that task's preset (its batches and memory estimate).
+    if (this.#tuner.task !== task) result = await this.#tuner.loadDataset(data, this.#options(this.#tuner.task));
     const r = result.report;
     this.#ui.datasetInfo.textContent =
       `${this.#data.name}: ${formatInt(r.examples)} examples` +
@@ -441,14 +444,21 @@ export class WebtuneTrainer extends HTMLElement {
       );
     };
     const classification = result.task === "classification";
-    const rows = classification
+    const embedding = result.task === "embedding";
+    const rows = embedding
+      ? [row("Recall@1", "accuracy", percent, false, "recall"), row("MRR", "mrr", f1, false, "mrr"), row("Loss", "loss", formatLoss, true, "loss")]
+      : classification
       ? [
           row("Accuracy", "accuracy", percent, false, "accuracy"),
           row("Macro-F1", "macro_f1", f1, false, "macro-f1"),
           row("Loss", "loss", formatLoss, true, "loss"),
         ]
       : [row("Loss", "loss", formatLoss, true, "loss"), row("Perplexity", "perplexity", (x) => (Number.isFinite(x) ? x.toFixed(2) : "–"), true, "perplexity")];
-    const scored = classification ? `${formatInt(a?.examples ?? b?.examples)} held-out examples` : `${formatInt(a?.tokens ?? b?.tokens)} held-out tokens`;
+    const scored = embedding
+      ? `${formatInt(a?.pairs ?? b?.pairs)} held-out pairs`
+      : classification
+      ? `${formatInt(a?.examples ?? b?.examples)} held-out examples`
+      : `${formatInt(a?.tokens ?? b?.tokens)} held-out tokens`;
     const verdict = verdictFor(result);
     ui.table.replaceChildren(
       el("caption", { "data-testid": "wt-verdict", "data-outcome": verdict.outcome }, `Before / after, measured on ${scored} the model never trained on. ${verdict.text}`),
@@ -458,7 +468,14 @@ export class WebtuneTrainer extends HTMLElement {
     ui.table.hidden = false;
 
     const extra = [];
-    if (classification) {
+    if (embedding) {
+      const changed = result.changed ?? [];
+      if (changed.length) extra.push(el("strong", {}, `Held-out texts whose best match changed (${formatInt(result.fixed ?? 0)} fixed, ${formatInt(result.broken ?? 0)} broken, ${formatInt(result.changed_total ?? changed.length)} in all)`));
+      for (const c of changed.slice(0, 5)) {
+        const first = (r) => (r?.rank === 1 ? "its own partner" : `“${r?.text ?? "–"}”`);
+        extra.push(el("div", { class: "sample", "data-testid": "wt-changed" }, el("q", {}, c.anchor), el("div", {}, `${c.status}: ranked first ${first(c.before)} → ${first(c.after)}`)));
+      }
+    } else if (classification) {
       const perClass = a?.per_class ?? [];
       if (perClass.length) {
         const beforeF1 = new Map((b?.per_class ?? []).map((c) => [c.label, c.f1]));
@@ -502,7 +519,8 @@ export class WebtuneTrainer extends HTMLElement {
     }
     ui.extra.replaceChildren(...extra);
     ui.extra.hidden = extra.length === 0;
-    ui.try.hidden = classification;
+    // The box continues a prompt: nothing an encoder does.
+    ui.try.hidden = classification || embedding;
   }
 
   /** Refill the adapter picker from the library (shown once it holds an adapter of this model). */

@@ -4,10 +4,11 @@
 // files and `meta.json`:
 //
 //   {id, name, created_at, source: "trained" | "files" | "url",
-//    task: "causal_lm" | "classification",
-//    labels: [class names] | null, pooling: "cls" | "mean" | "pooler" | null (a classifier's),
+//    task: "causal_lm" | "classification" | "embedding",
+//    labels: [class names] | null (a classifier's),
+//    pooling: "cls" | "mean" | "pooler" | null (a classifier's or a sentence embedder's),
 //    base: {name, architecture, parameters, fingerprint},
-//    lora: {r, lora_alpha, use_rslora, target_modules, lora_dropout},
+//    lora: {r, lora_alpha, use_rslora, target_modules, lora_dropout, base_model_name_or_path, task_type},
 //    dataset: {name, size, sha256} | null, config: the job's configuration | null,
 //    metrics: {before, after} | null, steps: number | null, cancelled: boolean}
 //
@@ -179,5 +180,14 @@ export function loraOf(configBytes) {
     throw coded("model.config_invalid", `adapter_config.json is not valid JSON: ${e?.message ?? e}`, { file: "adapter_config.json" });
   }
   const targets = Array.isArray(c.target_modules) ? c.target_modules : c.target_modules != null ? [String(c.target_modules)] : [];
-  return { r: c.r ?? null, lora_alpha: c.lora_alpha ?? null, use_rslora: Boolean(c.use_rslora), target_modules: targets, lora_dropout: c.lora_dropout ?? null, base_model_name_or_path: c.base_model_name_or_path ?? null };
+  // task_type: PEFT's CAUSAL_LM, SEQ_CLS or FEATURE_EXTRACTION (a sentence embedder's).
+  return {
+    r: c.r ?? null,
+    lora_alpha: c.lora_alpha ?? null,
+    use_rslora: Boolean(c.use_rslora),
+    target_modules: targets,
+    lora_dropout: c.lora_dropout ?? null,
+    base_model_name_or_path: c.base_model_name_or_path ?? null,
+    task_type: c.task_type ?? null,
+  };
 }

@@ -73,14 +73,16 @@ function when(iso) {
 
 /**
  * One metrics row: `better` is "lower", "higher" or null (a count: no change shown). Rates in
- * 0..1 change in percentage points, others in percent, as the results panel shows them.
+ * 0..1 change in percentage points, figures with `digits` by their difference (as retrieval's
+ * changes are judged), others in percent, as the results panel shows them.
  */
-function metricRow({ label, key, before, after, fmt, better, rate = false, interval = null }) {
+function metricRow({ label, key, before, after, fmt, better, rate = false, digits = null, interval = null }) {
   if (!Number.isFinite(before) && !Number.isFinite(after)) return null;
   let change = "";
   let isBetter = "";
   if (better && Number.isFinite(before) && Number.isFinite(after)) {
     if (rate) change = points(before, after);
+    else if (digits !== null) change = `${after >= before ? "+" : "−"}${Math.abs(after - before).toFixed(digits)}`;
     else change = before !== 0 ? signed(pct(before, after)) : "–";
     if (after !== before) isBetter = String(better === "lower" ? after < before : after > before);
   }
@@ -100,11 +102,25 @@ function figureIntervals(rows, intervals) {
   return parts.length ? html`<p class="help" id="intervals">95% intervals of the figures (Wilson for accuracy, a bootstrap over the held-out units otherwise): ${parts.join("; ")}.</p>` : "";
 }
 
+/** A sentence embedder's rows: retrieval on the held-out pairs. */
+function retrievalRows(b, a) {
+  return [
+    { label: "Recall@1 (its own partner ranks first)", key: "accuracy", before: b.accuracy, after: a.accuracy, fmt: percent, better: "higher", rate: true },
+    { label: "Mean reciprocal rank", key: "mrr", before: b.mrr, after: a.mrr, fmt: fixed(3), better: "higher", digits: 3 },
+    { label: "Cosine of a pair", key: "positive_cosine", before: b.positive_cosine, after: a.positive_cosine, fmt: fixed(3), better: "higher", digits: 3 },
+    { label: "Cosine with the other partners", key: "negative_cosine", before: b.negative_cosine, after: a.negative_cosine, fmt: fixed(3), better: null },
+    { label: "Validation loss (contrastive)", key: "loss", before: b.loss, after: a.loss, fmt: formatLoss, better: "lower", digits: 4 },
+    { label: "Held-out pairs", key: "pairs", before: b.pairs, after: a.pairs, fmt: formatInt, better: null },
+  ];
+}
+
 function metricsTable(result) {
   const b = result.before ?? {};
   const a = result.after ?? {};
   const classification = result.task === "classification";
-  const rows = classification
+  const rows = result.task === "embedding"
+    ? retrievalRows(b, a)
+    : classification
     ? [
         { label: "Accuracy", key: "accuracy", before: b.accuracy, after: a.accuracy, fmt: percent, better: "higher", rate: true },
         { label: "Macro-F1", key: "macro_f1", before: b.macro_f1, after: a.macro_f1, fmt: fixed(3), better: "higher", rate: true },
@@ -234,7 +250,28 @@ ${lineChart({ title: "Learning rate per step", series: [{ name: "learning rate",
 
 // --- examples -----------------------------------------------------------------------------------
 
+/** What ranked first for a held-out text: its own partner, or another text (with the partner's rank). */
+function retrieved(r) {
+  if (!r) return "–";
+  return html`${r.rank === 1 ? "its own partner" : r.text}<div class="source">partner ranked ${formatInt(r.rank)}, cosine ${fixed(3)(r.cosine)}</div>`;
+}
+
 function examplesSection(result) {
+  if (result.task === "embedding") {
+    const changed = result.changed ?? [];
+    if (!changed.length) return html`<p class="help">No held-out text's best match changed.</p>`;
+    const shown = result.changed_total > changed.length ? ` (first ${changed.length} of ${result.changed_total} shown)` : "";
+    return html`<table class="examples" id="examples">
+<caption>Held-out texts whose best match changed (each searched all held-out partners): ${formatInt(result.fixed)} fixed, ${formatInt(result.broken)} broken${shown}</caption>
+<thead><tr><th scope="col">Status</th><th scope="col">Text</th><th scope="col">Its partner</th><th scope="col">Base model ranked first</th><th scope="col">Fine-tuned ranked first</th></tr></thead>
+<tbody>
+${changed.map(
+  (c) =>
+    html`<tr data-status="${c.status}"><td>${c.status}</td><td class="text">${c.anchor}<div class="source">${c.source}</div></td><td class="text">${c.positive}</td><td class="text">${retrieved(c.before)}</td><td class="text">${retrieved(c.after)}</td></tr>
+`,
+)}</tbody>
+</table>`;
+  }
   if (result.task === "classification") {
     const changed = result.changed ?? [];
     if (!changed.length) return html`<p class="help">No held-out prediction changed.</p>`;
@@ -274,12 +311,14 @@ ${rows.filter(Boolean).map(([k, v]) => html`<tr><th scope="row">${k}</th><td>${v
 function settingsSection(report) {
   const s = report.result?.summary ?? {};
   const r = report.result ?? {};
-  const speed = Number.isFinite(s.tokens_per_s) ? `${formatInt(s.tokens_per_s)} tokens/s` : Number.isFinite(s.examples_per_s) ? `${s.examples_per_s.toFixed(1)} examples/s` : "–";
+  // Tasks that count examples report examples_per_s (their tokens_per_s counts nothing).
+  const speed = Number.isFinite(s.examples_per_s) ? `${s.examples_per_s.toFixed(1)} ${r.task === "embedding" ? "pairs" : "examples"}/s` : Number.isFinite(s.tokens_per_s) ? `${formatInt(s.tokens_per_s)} tokens/s` : "–";
   const run = facts([
     ["Method", s.method ?? "–"],
     ["Steps run", `${formatInt(s.steps)}${s.cancelled ? " (stopped early)" : ""}`],
     ["Trainable parameters", `${formatInt(s.trainable_params)} of ${formatInt(s.total_params)}`],
     r.task === "classification" ? ["Head", `${r.pooling ?? "–"} pooling, ${r.head_from_checkpoint ? "from the checkpoint" : "new"}`] : null,
+    r.task === "embedding" ? ["Embeddings", `${r.pooling ?? "–"} pooling, cosine scale ${r.scale ?? "–"}, at most ${formatInt(r.seq_len)} tokens per text`] : null,
     ["Backend", report.backend?.backend ?? s.backend ?? "–"],
     ["Step time (median, first)", `${fixed(1)(s.median_step_ms)} ms, ${fixed(1)(s.first_step_ms)} ms`],
     ["Speed", speed],

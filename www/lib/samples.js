@@ -4,8 +4,9 @@
 export const SAMPLES = [
   {
     file: "chatterbot_english_qa.jsonl",
-    title: "Questions and answers (ChatterBot corpus, 1,257 pairs)",
-    task: "prompt → response",
+    // Both tasks: a causal LM learns to answer, an encoder (MiniLM) to find the answer.
+    title: "Questions and answers (ChatterBot corpus, 1,257 pairs: answering, or retrieval with an encoder)",
+    task: "prompt → response for a language model; question → answer retrieval (sentence embeddings) for an encoder",
   },
   {
     file: "pang_lee_polarity_200.jsonl",

@@ -26,7 +26,7 @@ const EXPECTED = {
     "Measured with SmolLM2-135M on the bundled samples: the quick demo lowers held-out perplexity by 26% (Shakespeare) and 29% (Q&A), balanced by 39% and 38%.",
   classification: "Measured with MiniLM on the sentiment sample: the quick demo (60 steps) adds 42 points of held-out accuracy; more passes do not add more on 200 reviews.",
   embedding:
-    "Sentence pairs teach the encoder's embeddings: each held-out text searches all the held-out partners, and the results compare how often its own partner comes first (recall@1) before and after.",
+    "Sentence pairs teach the encoder's embeddings: each held-out text searches all the held-out partners, and the results compare how often its own partner comes first (recall@1) before and after. Measured natively with MiniLM on the Q&A sample: balanced (one pass) raised recall@1 from 0.561 to 0.593 and lowered the held-out loss by 17%; the quick demo moved recall@1 by +2.4 points, within the noise of 123 held-out pairs.",
 };
 const DEFAULT_BATCH = { causal: 4, classification: 8, embedding: EMBEDDING.balanced.batch_size };
 // Presets: how long to train (passes over the training batches, capped) and the LoRA size. The

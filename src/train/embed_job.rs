@@ -4,7 +4,7 @@
 //! reciprocal rank, the cosine of its own pair against the others'), the anchors whose best
 //! match changed, and a sentence-transformers export out.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 
 use serde::Serialize;
 
@@ -154,30 +154,38 @@ fn batches_of(
 /// holding the same text twice (sentence-transformers' `NoDuplicatesBatchSampler`). Every
 /// other pair of a batch is a negative: pairs in file order put one topic's pairs together (a
 /// question asked twice with two answers is a false negative), and a text twice in a batch is
-/// its own negative. A pair that fits no batch yet waits for the next one.
+/// its own negative. A pair that fits no batch yet waits, first in line, for the next one.
 fn mixed_batches(
     dataset: &Dataset,
     idx: &[usize],
     batch_size: usize,
     seed: u64,
 ) -> Vec<Vec<usize>> {
-    let mut waiting = idx.to_vec();
-    Rng::new(seed ^ 0xE3B_0000).shuffle(&mut waiting);
+    let mut order = idx.to_vec();
+    Rng::new(seed ^ 0xE3B_0000).shuffle(&mut order);
+    let mut waiting: VecDeque<usize> = order.into();
     let texts = |i: usize| pair_texts(&dataset.examples[i].content).unwrap_or(("", ""));
     let mut groups = Vec::new();
     while !waiting.is_empty() {
-        let mut seen = HashSet::new();
-        let mut group = Vec::with_capacity(batch_size);
-        waiting.retain(|&i| {
+        let (mut seen, mut group, mut deferred) = (HashSet::new(), Vec::new(), Vec::new());
+        // A batch looks at a few times its size before it closes short, so a file where most
+        // pairs share a text costs linear time, not quadratic (its batches are small instead).
+        let mut looked = 0;
+        while group.len() < batch_size && looked < 4 * batch_size {
+            let Some(i) = waiting.pop_front() else { break };
+            looked += 1;
             let (a, p) = texts(i);
-            if group.len() == batch_size || seen.contains(a) || seen.contains(p) {
-                return true;
+            if seen.contains(a) || seen.contains(p) {
+                deferred.push(i);
+                continue;
             }
             seen.insert(a);
             seen.insert(p);
             group.push(i);
-            false
-        });
+        }
+        for i in deferred.into_iter().rev() {
+            waiting.push_front(i);
+        }
         groups.push(group);
     }
     groups
@@ -553,6 +561,23 @@ mod tests {
             texts.dedup();
             assert_eq!(texts.len(), n, "a text twice in {g:?}");
         }
+        // Most pairs sharing one text: small batches, every pair still placed once.
+        let many = Dataset {
+            examples: (0..300)
+                .map(|i| Example {
+                    loc: Location::line(&"m.jsonl".into(), i + 1),
+                    content: Content::SentencePair {
+                        anchor: format!("q{i}"),
+                        positive: "the same answer".into(),
+                    },
+                })
+                .collect(),
+            ..dataset.clone()
+        };
+        let all: Vec<usize> = (0..300).collect();
+        let groups_many = mixed_batches(&many, &all, 16, 7);
+        assert_eq!(groups_many.len(), 300);
+        assert_eq!(groups_many.concat().len(), 300);
         // Seeded: the same seed groups the same way, another seed differently.
         assert_eq!(groups, mixed_batches(&dataset, &idx, 4, 7));
         assert_ne!(groups, mixed_batches(&dataset, &idx, 4, 8));

@@ -285,7 +285,7 @@ fn an_encoder_given_pairs_learns_embeddings_and_exports_a_sentence_transformer()
         // The loop's last held-out point is the job's "after".
         let last = out.summary.eval.last().unwrap();
         assert_eq!(last.step, 12);
-        assert!((last.eval.metrics.loss - a.loss).abs() < 1e-5);
+        assert!((last.eval.loss as f64 - a.loss).abs() < 1e-5);
         let c = out.comparison.as_ref().unwrap();
         assert_eq!(c.pairs, 16);
         assert_eq!(c.accuracy_before.value, b.accuracy);
@@ -392,21 +392,15 @@ fn an_encoder_given_pairs_learns_embeddings_and_exports_a_sentence_transformer()
     }
 }
 
+/// (That a stopped embedding job continues from its checkpoint as the uninterrupted one is
+/// tests/resume.rs's test over every task.) A checkpoint of another setup is refused.
 #[test]
-fn a_stopped_embedding_job_continues_from_its_checkpoint() {
+fn an_embedding_checkpoint_is_refused_by_another_setup() {
     let config = job_config("lora");
     let data = pairs_jsonl(64);
-    let straight = embedding(pair_job(&config, &data, None, 0));
     let stopped = pair_job(&config, &data, None, 5);
-    let saved = stopped.saved.clone();
+    let ck = Checkpoint::from_bytes(&stopped.saved[0].to_bytes()).unwrap();
     assert!(embedding(stopped).summary.cancelled);
-    assert_eq!(saved.iter().map(|c| c.step).collect::<Vec<_>>(), [5]);
-    let ck = Checkpoint::from_bytes(&saved[0].to_bytes()).unwrap();
-    let resumed = pair_job(&config, &data, Some(ck.clone()), 0);
-    let resumed = embedding(resumed);
-    assert_eq!(resumed.summary.losses, straight.summary.losses);
-    assert_eq!(resumed.after.loss, straight.after.loss);
-
     // Other embedding options, or a classification dataset: refused before training.
     let mut other = config.clone();
     other.embedding.scale = 10.0;

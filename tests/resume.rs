@@ -1,7 +1,8 @@
 //! Pausing and resuming a training run between two steps ([`Control::Pause`]): a paused and
 //! resumed run is the uninterrupted run (same per-step losses, bit for bit), and stopping while
 //! paused ends it as a cancel does — for the causal job (GPT-2 with its real vocabulary) and the
-//! classification loop (the tiny BERT).
+//! classification loop (the tiny BERT); checkpoints of the loops and of the jobs, where one test
+//! continues a stopped job of every task (causal, classification, sentence embeddings).
 
 use std::cell::Cell;
 use std::future::Future;
@@ -23,7 +24,7 @@ use webtune::train::job::{run_job, DataSource, DatasetFile, JobConfig, JobContex
 use webtune::train::trainer::RunOptions;
 
 mod common;
-use common::{fixture, sentiment_jsonl, sentiment_model};
+use common::{fixture, pairs_jsonl, sentiment_jsonl, sentiment_model};
 
 /// Pending `polls` times (waking itself each time, as a timer or a message would), then ready
 /// with `answer`; counts its polls in `seen`, so a test can tell the loop really awaited it.
@@ -514,7 +515,6 @@ mod class_checkpoints {
     use webtune::train::causal_job::prepare_data;
     use webtune::train::checkpoint::{Checkpoint, Checkpointing};
     use webtune::train::classify::{predict, train_classifier, ClassEvalPoint, ClassifySummary};
-    use webtune::train::classify_job::ClassifyJobOutput;
     use webtune::train::finetune::TrainableModel;
     use webtune::train::{run_task, JobResult};
     use webtune::{Code, Error};
@@ -770,26 +770,37 @@ mod class_checkpoints {
         .expect("valid config")
     }
 
-    /// The task the page runs, on the tiny BERT or (`causal`) the tiny GPT-2 with the capitals.
+    /// The three jobs the page runs: the tiny GPT-2 on the capitals, the tiny BERT on labelled
+    /// reviews (classification) and on sentence pairs (embeddings).
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Kind {
+        Causal,
+        Classification,
+        Embedding,
+    }
+
     fn task(
-        causal: bool,
+        kind: Kind,
         config: &JobConfig,
         resume: Option<Checkpoint>,
         mut on_step: impl FnMut(usize) -> Control,
     ) -> (webtune::Result<JobResult>, Vec<Checkpoint>) {
-        let (files, base, name, data) = if causal {
-            let files = ModelFiles::from_dir(&fixture("tiny_random/gpt2-vocab")).unwrap();
-            let base = LoadedModel::load(files.clone(), &Device::flex()).unwrap();
-            let data = std::fs::read(fixture("data/capitals.jsonl")).unwrap();
-            (files, base, "capitals.jsonl", data)
-        } else {
-            let (files, base) = sentiment_model();
-            (
-                files,
-                base,
-                "reviews.jsonl",
-                sentiment_jsonl(96).into_bytes(),
-            )
+        let (files, base, name, data) = match kind {
+            Kind::Causal => {
+                let files = ModelFiles::from_dir(&fixture("tiny_random/gpt2-vocab")).unwrap();
+                let base = LoadedModel::load(files.clone(), &Device::flex()).unwrap();
+                let data = std::fs::read(fixture("data/capitals.jsonl")).unwrap();
+                (files, base, "capitals.jsonl", data)
+            }
+            Kind::Classification => {
+                let (files, base) = sentiment_model();
+                let data = sentiment_jsonl(96).into_bytes();
+                (files, base, "reviews.jsonl", data)
+            }
+            Kind::Embedding => {
+                let (files, base) = sentiment_model();
+                (files, base, "pairs.jsonl", pairs_jsonl(96).into_bytes())
+            }
         };
         let saved = RefCell::new(Vec::new());
         let mut save = |ck: Checkpoint| saved.borrow_mut().push(ck);
@@ -816,80 +827,88 @@ mod class_checkpoints {
         (out, saved.into_inner())
     }
 
-    fn classified(r: webtune::Result<JobResult>) -> ClassifyJobOutput {
-        match r.expect("the job runs") {
-            JobResult::Classification(o) => o,
-            _ => panic!("an encoder given labelled texts runs a classification job"),
+    /// A job's result as the page gets it, without timings (they differ between runs).
+    fn untimed(r: &JobResult) -> serde_json::Value {
+        fn strip(v: &mut serde_json::Value) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    for key in [
+                        "seconds",
+                        "first_step_ms",
+                        "median_step_ms",
+                        "tokens_per_s",
+                        "examples_per_s",
+                        "peak_memory_bytes",
+                        "samples",
+                    ] {
+                        m.remove(key);
+                    }
+                    m.values_mut().for_each(strip);
+                }
+                serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+                _ => {}
+            }
         }
-    }
-
-    /// Metrics without their timing.
-    fn metrics(m: &webtune::eval::metrics::ClassMetrics) -> serde_json::Value {
-        let mut v = serde_json::to_value(m).unwrap();
-        v.as_object_mut().unwrap().remove("seconds");
+        let mut v = serde_json::to_value(r).unwrap();
+        strip(&mut v);
         v
     }
 
+    /// One test over every task (the causal LM, the classifier, sentence embeddings): a job
+    /// paused and stopped (the tab closing), then continued from its checkpoint in a new job,
+    /// ends as the uninterrupted job — losses, validation points, before/after and the export.
     #[test]
-    fn a_paused_classification_job_continues_from_its_checkpoint() {
-        for method in ["lora", "full"] {
-            let config = job_config(method);
-            let (straight, saved) = task(false, &config, None, |_| Control::Continue);
-            let straight = classified(straight);
-            let steps: Vec<usize> = saved.iter().map(|c| c.step).collect();
-            assert_eq!(
-                steps,
-                [5, 10],
-                "{method}: checkpoint_every of the job config"
-            );
-            assert_eq!(straight.summary.steps, 14);
+    fn a_paused_job_of_every_task_continues_from_its_checkpoint() {
+        for kind in [Kind::Causal, Kind::Classification, Kind::Embedding] {
+            for method in ["lora", "full"] {
+                let what = format!("{kind:?} {method}");
+                let config = job_config(method);
+                let (straight, saved) = task(kind, &config, None, |_| Control::Continue);
+                let straight = straight.expect("the job runs");
+                let steps: Vec<usize> = saved.iter().map(|c| c.step).collect();
+                assert_eq!(steps, [5, 10], "{what}: checkpoint_every of the job config");
 
-            // Paused at step 7, then the tab closes (Stop while paused): a checkpoint at 7.
-            let seen = Rc::new(Cell::new(0));
-            let (stopped, saved) = task(false, &config, None, |step| {
-                if step == 7 {
-                    pause(false, &seen)
-                } else {
-                    Control::Continue
+                // Paused at step 7, then the tab closes (Stop while paused): a checkpoint at 7.
+                let seen = Rc::new(Cell::new(0));
+                let (stopped, saved) = task(kind, &config, None, |step| {
+                    if step == 7 {
+                        pause(false, &seen)
+                    } else {
+                        Control::Continue
+                    }
+                });
+                let stopped = untimed(&stopped.expect("the stopped job still ends"));
+                assert_eq!(seen.get(), 4, "{what}: the pause was awaited");
+                assert_eq!(stopped["summary"]["steps"], 7, "{what}");
+                assert_eq!(stopped["summary"]["cancelled"], true, "{what}");
+                let steps: Vec<usize> = saved.iter().map(|c| c.step).collect();
+                assert_eq!(steps, [5, 7], "{what}");
+                let bytes = saved[1].to_bytes();
+                eprintln!("{what} job: checkpoint {} bytes", bytes.len());
+                let ck = Checkpoint::from_bytes(&bytes).unwrap();
+
+                let (resumed, later) = task(kind, &config, Some(ck), |_| Control::Continue);
+                let resumed = resumed.expect("the job continues");
+                let steps: Vec<usize> = later.iter().map(|c| c.step).collect();
+                assert_eq!(steps, [10], "{what}");
+                let (a, b) = (untimed(&straight), untimed(&resumed));
+                assert_eq!(a["task"], b["task"]);
+                assert_eq!(b["summary"]["steps"], 14, "{what}");
+                assert_eq!(b["summary"]["cancelled"], false, "{what}");
+                for key in ["losses", "grad_norms", "eval"] {
+                    assert_eq!(a["summary"][key], b["summary"][key], "{what}: {key}");
                 }
-            });
-            let stopped = classified(stopped);
-            assert_eq!(seen.get(), 4, "the pause was awaited");
-            assert_eq!(
-                (stopped.summary.steps, stopped.summary.cancelled),
-                (7, true)
-            );
-            let steps: Vec<usize> = saved.iter().map(|c| c.step).collect();
-            assert_eq!(steps, [5, 7]);
-            let bytes = saved[1].to_bytes();
-            eprintln!(
-                "classification job ({method}, tiny BERT): checkpoint {} bytes",
-                bytes.len()
-            );
-            let ck = Checkpoint::from_bytes(&bytes).unwrap();
-
-            let (resumed, later) = task(false, &config, Some(ck), |_| Control::Continue);
-            let resumed = classified(resumed);
-            let steps: Vec<usize> = later.iter().map(|c| c.step).collect();
-            assert_eq!(steps, [10]);
-            let (a, b) = (&straight.summary, &resumed.summary);
-            assert_eq!((b.steps, b.cancelled), (14, false));
-            assert_eq!(a.losses, b.losses, "{method}: per-step losses");
-            assert_eq!(a.grad_norms, b.grad_norms, "{method}: grad norms");
-            assert_eq!(a.eval, b.eval, "{method}: validation points");
-            assert_eq!(metrics(&straight.before), metrics(&resumed.before));
-            assert_eq!(
-                metrics(&straight.after),
-                metrics(&resumed.after),
-                "{method}: final metrics"
-            );
-            assert_eq!(straight.changed_total, resumed.changed_total);
-            // Training did something, so the equalities above say something.
-            assert_ne!(metrics(&straight.before), metrics(&straight.after));
-            let weights = |o: &ClassifyJobOutput| {
-                pollster::block_on(o.export.read("merged/model.safetensors")).expect("exported")
-            };
-            assert!(weights(&straight) == weights(&resumed), "{method}: export");
+                for key in ["before", "after", "comparison", "changed_total"] {
+                    assert_eq!(a[key], b[key], "{what}: {key}");
+                }
+                // Training did something, so the equalities above say something.
+                assert_ne!(a["before"], a["after"], "{what}");
+                let weights = |r: &JobResult| {
+                    pollster::block_on(r.export().read("merged/model.safetensors"))
+                        .expect("exported")
+                };
+                assert!(weights(&straight) == weights(&resumed), "{what}: export");
+            }
         }
     }
 
@@ -898,11 +917,11 @@ mod class_checkpoints {
         // A causal checkpoint (tiny GPT-2, stopped at step 2) and a classification one.
         let mut causal = causal_config("lora");
         causal.checkpoint_every = 0;
-        let (_, saved) = task(true, &causal, None, |s| (s < 2).into());
+        let (_, saved) = task(Kind::Causal, &causal, None, |s| (s < 2).into());
         let causal_ck = Checkpoint::from_bytes(&saved[0].to_bytes()).unwrap();
         assert_eq!(causal_ck.task, "causal");
         let config = job_config("lora");
-        let (_, saved) = task(false, &config, None, |s| (s < 2).into());
+        let (_, saved) = task(Kind::Classification, &config, None, |s| (s < 2).into());
         let class_ck = Checkpoint::from_bytes(&saved[0].to_bytes()).unwrap();
         assert_eq!(class_ck.task, "classification");
 
@@ -912,7 +931,7 @@ mod class_checkpoints {
         same.config = config.train.clone();
         for ck in [causal_ck.clone(), same] {
             let mut steps = 0;
-            let (out, saved) = task(false, &config, Some(ck), |_| {
+            let (out, saved) = task(Kind::Classification, &config, Some(ck), |_| {
                 steps += 1;
                 Control::Continue
             });
@@ -933,7 +952,9 @@ mod class_checkpoints {
         assert_eq!((e.code, reason(&e)), (Code::ConfigInvalid, "task"));
 
         // Classification → causal job, and → the causal loop.
-        let (out, _) = task(true, &causal, Some(class_ck.clone()), |_| Control::Continue);
+        let (out, _) = task(Kind::Causal, &causal, Some(class_ck.clone()), |_| {
+            Control::Continue
+        });
         let e = out.err().expect("refused");
         assert_eq!((e.code, reason(&e)), (Code::ConfigInvalid, "task"));
         assert!(e.message.contains("classification"), "{}", e.message);

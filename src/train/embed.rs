@@ -97,12 +97,32 @@ fn ranking_loss_sum(anchors: Tensor<2>, positives: Tensor<2>, scale: f64) -> Ten
     log_softmax(scores, 1).gather(1, own).sum().neg()
 }
 
-/// Retrieval scores of the held-out pairs, over the whole set at once (every anchor searches
-/// every held-out positive), so they do not depend on how the pairs were batched.
+/// Retrieval scores of the held-out pairs at one point of a run, over the whole set at once
+/// (every anchor searches every held-out positive), so they do not depend on how the pairs were
+/// batched; see [`RetrievalMetrics`]. In f32, as the other tasks' points: a checkpoint keeps
+/// them as JSON, and serde_json reads an f64 back only to within one unit in the last place,
+/// which would make a resumed run's points differ from the uninterrupted run's.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct EmbedEval {
-    #[serde(flatten)]
-    pub metrics: RetrievalMetrics,
+    pub loss: f32,
+    pub accuracy: f32,
+    pub mrr: f32,
+    pub positive_cosine: f32,
+    pub negative_cosine: f32,
+    pub pairs: usize,
+}
+
+impl From<RetrievalMetrics> for EmbedEval {
+    fn from(m: RetrievalMetrics) -> Self {
+        Self {
+            loss: m.loss as f32,
+            accuracy: m.accuracy as f32,
+            mrr: m.mrr as f32,
+            positive_cosine: m.positive_cosine as f32,
+            negative_cosine: m.negative_cosine as f32,
+            pairs: m.pairs,
+        }
+    }
 }
 
 /// Sentence-embedding fine-tuning as a [`Task`].
@@ -174,7 +194,7 @@ impl Task<Bert> for Contrastive {
 
     async fn evaluate(&self, bert: &Bert, batches: &[PairBatch]) -> Result<EmbedEval> {
         let (metrics, _) = evaluate_pairs(bert, batches, self.config).await?;
-        Ok(EmbedEval { metrics })
+        Ok(metrics.into())
     }
 
     fn state(&self) -> Value {

@@ -481,6 +481,43 @@ const SCHEMA_SAMPLE: usize = 200;
 /// so the same file always yields the same examples (the split has its own seed).
 const SAMPLE_SEED: u64 = 0x5eed_da7a;
 
+/// Reads the records of a file in memory with `options` (called twice, see [`ReadFn`]).
+fn bytes_reader<'a>(
+    name: &'a str,
+    bytes: &'a [u8],
+    options: &'a InspectOptions,
+) -> impl Fn(Option<Format>, &mut formats::Sink<'_>) -> Result<formats::ReadSummary> + 'a {
+    move |format, sink| {
+        formats::read_each(
+            name,
+            bytes,
+            format,
+            text_mode(options),
+            options.encoding,
+            sink,
+        )
+    }
+}
+
+/// [`bytes_reader`] for a file on disk, streamed.
+#[cfg(not(target_arch = "wasm32"))]
+fn path_reader<'a>(
+    name: &'a str,
+    path: &'a std::path::Path,
+    options: &'a InspectOptions,
+) -> impl Fn(Option<Format>, &mut formats::Sink<'_>) -> Result<formats::ReadSummary> + 'a {
+    move |format, sink| {
+        formats::read_each_path(
+            name,
+            path,
+            format,
+            text_mode(options),
+            options.encoding,
+            sink,
+        )
+    }
+}
+
 /// [`inspect`], reporting progress to `progress` about a hundred times over the file.
 ///
 /// Memory: records are handled one at a time (read, checked, tokenized for the statistics,
@@ -494,16 +531,7 @@ pub fn inspect_with_progress(
     tokenizer: Option<&Tokenizer>,
     progress: Option<OnDataProgress<'_>>,
 ) -> Result<(Dataset, Report)> {
-    let read = |format: Option<Format>, sink: &mut formats::Sink<'_>| {
-        formats::read_each(
-            name,
-            bytes,
-            format,
-            text_mode(options),
-            options.encoding,
-            sink,
-        )
-    };
+    let read = bytes_reader(name, bytes, options);
     let encoding = formats::effective_encoding(bytes, options.encoding);
     inspect_source(
         name,
@@ -542,16 +570,7 @@ pub fn inspect_path(
         .and_then(|mut f| f.read(&mut start))
         .map_err(unreadable)?;
     let encoding = formats::effective_encoding(&start[..n], options.encoding);
-    let read = |format: Option<Format>, sink: &mut formats::Sink<'_>| {
-        formats::read_each_path(
-            name,
-            path,
-            format,
-            text_mode(options),
-            options.encoding,
-            sink,
-        )
-    };
+    let read = path_reader(name, path, options);
     inspect_source(name, len, encoding, &read, options, tokenizer, progress)
 }
 
@@ -595,16 +614,7 @@ fn detect_in(
 /// The schema `options` give or the start of the file suggests, without reading the rest:
 /// what decides an encoder's task (labelled texts or sentence pairs) before the job starts.
 pub fn detect_schema(name: &str, bytes: &[u8], options: &InspectOptions) -> Result<Schema> {
-    let read = |format: Option<Format>, sink: &mut formats::Sink<'_>| {
-        formats::read_each(
-            name,
-            bytes,
-            format,
-            text_mode(options),
-            options.encoding,
-            sink,
-        )
-    };
+    let read = bytes_reader(name, bytes, options);
     Ok(detect_in(name, &read, options)?.0.schema)
 }
 
@@ -615,16 +625,7 @@ pub fn detect_schema_path(
     path: &std::path::Path,
     options: &InspectOptions,
 ) -> Result<Schema> {
-    let read = |format: Option<Format>, sink: &mut formats::Sink<'_>| {
-        formats::read_each_path(
-            name,
-            path,
-            format,
-            text_mode(options),
-            options.encoding,
-            sink,
-        )
-    };
+    let read = path_reader(name, path, options);
     Ok(detect_in(name, &read, options)?.0.schema)
 }
 
